@@ -1,0 +1,2 @@
+//! Pipeline benches (being written).
+fn main() {}

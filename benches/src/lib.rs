@@ -1,0 +1,1 @@
+//! kxdp criterion benchmarks live in `benches/`.

@@ -1,0 +1,3 @@
+//! The snapshot tables. (Being written.)
+pub mod maglev;
+pub mod route;

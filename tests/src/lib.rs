@@ -1,0 +1,1 @@
+//! kxdp integration tests live in `tests/`; this library is intentionally empty.

@@ -1,2 +1,1932 @@
 //! Connection tracking: the one mutable table, shared by every worker.
-//! (Being written: see the API contract in the helper brief.)
+//!
+//! # Contract
+//!
+//! A flow is stored the way Linux's nf_conntrack stores it: with its ORIGINAL key (the first
+//! packet as it arrived, e.g. `client:cport -> VIP:vport`) and its REPLY key (the packet we expect
+//! back after translation, e.g. `backend:bport -> client:cport`, or with SNAT
+//! `backend:bport -> node:natport`). Both keys find the flow; [`FlowRef::translated`] says what a
+//! packet in the matched direction is rewritten to. No two live flows share a key: [`Conntrack::insert`]
+//! refuses a reply key already in use ([`InsertError::Clash`]) and [`Conntrack::insert_snat`]
+//! picks a NAT port that makes it free.
+//!
+//! Every flow has a state and an expiry (`now + timeout(state)`, refreshed by
+//! [`Conntrack::update`]). A flow is *expired* once `now >= expiry`; an expired flow is absent to
+//! [`Conntrack::lookup`] and [`Conntrack::update`], is replaced by an insert of the same key, and
+//! is removed by the incremental [`Conntrack::gc`]. The table is bounded: when it is full, insert
+//! fails with [`InsertError::Full`]; a live flow is never evicted to make room (established
+//! connections matter more than new ones).
+//!
+//! The code is pure: time is an argument, nothing is allocated after [`Conntrack::new`], and
+//! there are no syscalls. Times have millisecond resolution and are rounded up, so a flow never
+//! expires early and at most 1 ms late.
+//!
+//! # Layout
+//!
+//! - `flows`: `capacity` records of 48 bytes (a seqlock version, both keys as two words each,
+//!   and a state word packing the expiry, the state, a seen-reply bit and a reuse generation).
+//! - `index`: open addressing with linear probing over `(4 * capacity).next_power_of_two()`
+//!   words, two entries per flow, so at most half full. An entry is `EMPTY` (0), `TOMBSTONE`
+//!   (`u64::MAX`) or `tag << 32 | (id * 2 + direction + 1)`, where the tag is the high half of the
+//!   key's [`FlowKey::hash`] and the home slot comes from its low bits. The low half is at most
+//!   `2 * MAX_CAPACITY`, so an entry is never mistaken for either marker.
+//! - a free list of record ids (a `Vec<u32>` stack of exactly `capacity`).
+//!
+//! That is 48 + 32 + 4 = 84 bytes per flow when `capacity` is a power of two, at most 116
+//! otherwise ([`Conntrack::memory_bytes`]).
+//!
+//! # Concurrency
+//!
+//! Readers ([`lookup`](Conntrack::lookup), [`update`](Conntrack::update),
+//! [`info`](Conntrack::info)) take no lock and write nothing but the state word. Writers
+//! (insert, remove, gc, retain) serialise on one mutex that also guards the free list, so the
+//! argument below only has to consider one writer against any number of readers.
+//!
+//! - **Records are seqlocked.** A record's keys are only written when it is taken off the free
+//!   list, inside a seqlock write (version odd, keys, state word, version even). A reader
+//!   validates its copy with the version, so it never sees keys from two flows. Removing a flow
+//!   does not touch the keys: it only marks the state word free, which is one atomic store, so
+//!   any consistent copy shows the flow either live (the read happened before the removal) or
+//!   freed.
+//! - **Index entries are published after their record.** Insert writes the record, then stores
+//!   the two entries with `Release`; a reader loads entries with `Acquire`, so an entry it sees
+//!   leads to a complete record. A version that is odd or changes under the reader therefore
+//!   means the flow the entry named has been removed and the slot is being reused; the reader
+//!   skips that entry and keeps probing.
+//! - **Live entries never move.** Removal turns entries into tombstones, which readers step
+//!   over. A tombstone becomes `EMPTY` (and so shortens later probes) only when no live entry
+//!   after it in the run has its home slot at or before it: then no search for a live key
+//!   passes through it, and a reader that does stop there was looking for a key that is not
+//!   live. This is what keeps probe sequences short under heavy churn without ever moving an
+//!   entry a reader might be chasing.
+//! - **Key-consistent results.** A lookup returns a flow only if the stored key of the matched
+//!   direction equals the key asked for, from a validated copy. A record freed and reused just
+//!   after validation can make a lookup return a flow that was removed a moment ago; that is
+//!   the same as the lookup having run a moment earlier.
+//! - **`update` is a CAS on the state word.** It reloads the word, checks the record still holds
+//!   the caller's keys (the word is stored with `Release` after the keys, so a reused record's
+//!   word brings its new keys with it), and compare-exchanges the new word in. Removal and reuse
+//!   both change the word, so the CAS fails if the flow went away after the check; the 12-bit
+//!   reuse generation keeps a reused record's word from equalling the old one (ABA would need
+//!   4096 reuses of one slot inside a single CAS window). Two workers updating the same flow
+//!   race benignly: the loser retries on the new word, and a refresh never moves the expiry
+//!   backwards within a state. The residual race is an update computed from a FlowRef whose
+//!   flow is removed, reused for a flow with the *same* keys, and updated in between: the new
+//!   flow gets the packet's state change, which is what that packet would have done to it.
+//! - **gc does not remove a flow a worker just refreshed.** It frees an expired flow with a CAS
+//!   from the expired word, and rechecks if the CAS fails; `update` never revives an expired flow.
+
+use core::fmt;
+use core::ops::RangeInclusive;
+use core::sync::atomic::{
+    fence, AtomicU32, AtomicU64, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
+use core::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::flow::{proto, FlowKey};
+use crate::time::Instant;
+
+/// Bits of the TCP header's flags byte that drive the state machine.
+pub mod tcp_flags {
+    /// No more data from sender.
+    pub const FIN: u8 = 0x01;
+    /// Synchronise sequence numbers: opens a connection.
+    pub const SYN: u8 = 0x02;
+    /// Reset the connection.
+    pub const RST: u8 = 0x04;
+    /// The acknowledgement field is significant.
+    pub const ACK: u8 = 0x10;
+}
+
+use tcp_flags::{ACK, FIN, RST, SYN};
+
+/// The most flows a table can hold: keeps index entries clear of the markers and the index
+/// (8 bytes per slot, 4 slots per flow) within reason.
+pub const MAX_CAPACITY: u32 = 1 << 28;
+
+/// How many consecutive NAT ports [`Conntrack::insert_snat`] tries before giving up.
+pub const SNAT_PORT_TRIES: u32 = 64;
+
+/// How many records an insert into a full table scans for expired flows before failing.
+const FULL_RECLAIM_SCAN: usize = 64;
+
+/// How many records [`Conntrack::retain`] checks per hold of the writer lock, so a flush of a
+/// large table does not stall workers that are inserting.
+const RETAIN_CHUNK: usize = 4096;
+
+/// How long a flow lives after its last packet, by state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP handshake in progress (SYN seen, handshake not completed).
+    pub tcp_opening: Duration,
+    /// TCP connection established.
+    pub tcp_established: Duration,
+    /// A FIN has been seen in either direction.
+    pub tcp_closing: Duration,
+    /// A RST has been seen.
+    pub tcp_closed: Duration,
+    /// UDP (and any protocol other than TCP and ICMP) with traffic one way only.
+    pub udp: Duration,
+    /// UDP with traffic both ways.
+    pub udp_stream: Duration,
+    /// ICMP echo.
+    pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    /// Linux's nf_conntrack defaults, with kube-proxy's `conntrack-tcp-timeout-established` of
+    /// one day.
+    fn default() -> Self {
+        Timeouts {
+            tcp_opening: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(86_400),
+            tcp_closing: Duration::from_secs(120),
+            tcp_closed: Duration::from_secs(10),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(120),
+            icmp: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// The timeout of a flow in `state`.
+    pub fn for_state(&self, state: FlowState) -> Duration {
+        match state {
+            FlowState::TcpOpening => self.tcp_opening,
+            FlowState::TcpEstablished => self.tcp_established,
+            FlowState::TcpClosing => self.tcp_closing,
+            FlowState::TcpClosed => self.tcp_closed,
+            FlowState::Udp => self.udp,
+            FlowState::UdpStream => self.udp_stream,
+            FlowState::Icmp => self.icmp,
+        }
+    }
+}
+
+/// How big the table is and how long flows live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    /// The most flows the table holds, `1..=`[`MAX_CAPACITY`]. Memory is allocated for all of
+    /// them up front (see [`Conntrack::memory_bytes`]).
+    pub capacity: u32,
+    /// Timeouts by state.
+    pub timeouts: Timeouts,
+}
+
+impl Default for ConntrackConfig {
+    /// 262 144 flows (about 21 MiB) with the default timeouts.
+    fn default() -> Self {
+        ConntrackConfig {
+            capacity: 262_144,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Which of a flow's two keys a packet matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The packet went the way the flow's first packet went.
+    Original,
+    /// The packet is a reply.
+    Reply,
+}
+
+/// Where a flow is in its life; each state has its own timeout (see [`Timeouts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// TCP: SYN seen, handshake not complete.
+    TcpOpening,
+    /// TCP: handshake complete, or picked up mid-stream.
+    TcpEstablished,
+    /// TCP: FIN seen in either direction.
+    TcpClosing,
+    /// TCP: RST seen.
+    TcpClosed,
+    /// UDP (or another protocol) with packets in the original direction only.
+    Udp,
+    /// UDP (or another protocol) with packets in both directions.
+    UdpStream,
+    /// ICMP echo.
+    Icmp,
+}
+
+impl FlowState {
+    /// The state's code in the state word; 0 means the record is free.
+    const fn code(self) -> u64 {
+        match self {
+            FlowState::TcpOpening => 1,
+            FlowState::TcpEstablished => 2,
+            FlowState::TcpClosing => 3,
+            FlowState::TcpClosed => 4,
+            FlowState::Udp => 5,
+            FlowState::UdpStream => 6,
+            FlowState::Icmp => 7,
+        }
+    }
+
+    const fn from_code(code: u64) -> Option<Self> {
+        Some(match code {
+            1 => FlowState::TcpOpening,
+            2 => FlowState::TcpEstablished,
+            3 => FlowState::TcpClosing,
+            4 => FlowState::TcpClosed,
+            5 => FlowState::Udp,
+            6 => FlowState::UdpStream,
+            7 => FlowState::Icmp,
+            _ => return None,
+        })
+    }
+
+    /// The state of a new flow whose first packet has protocol `proto` and TCP flags `flags`.
+    ///
+    /// TCP starting with a SYN (with or without ACK) is opening; TCP starting without one is a
+    /// connection picked up mid-stream (after an agent restart, say) and is taken as
+    /// established, like Linux's `nf_conntrack_tcp_loose`. The first packet's own FIN or RST
+    /// then applies as it would to any packet.
+    pub fn initial(proto: u8, flags: u8) -> FlowState {
+        match proto {
+            proto::TCP => {
+                let start = if flags & SYN != 0 {
+                    FlowState::TcpOpening
+                } else {
+                    FlowState::TcpEstablished
+                };
+                start.next(false, Direction::Original, flags).0
+            }
+            proto::ICMP => FlowState::Icmp,
+            _ => FlowState::Udp,
+        }
+    }
+
+    /// The state and seen-reply bit after a packet in `direction` with TCP flags `flags`
+    /// (0 for UDP and ICMP), given the current state and whether a reply has been seen.
+    ///
+    /// - RST in either direction closes a TCP flow; FIN in either direction starts closing it
+    ///   (a closed flow stays closed).
+    /// - An opening flow is established once a reply has been seen and a packet with ACK and
+    ///   without SYN arrives.
+    /// - A bare SYN in the original direction on a closing or closed flow reopens it: the
+    ///   client reused its port for a new connection (Linux does the same from TIME_WAIT and
+    ///   CLOSE). Without this the new connection would keep the short closed timer.
+    /// - UDP becomes a stream once a reply has been seen.
+    pub fn next(self, seen_reply: bool, direction: Direction, flags: u8) -> (FlowState, bool) {
+        use FlowState::*;
+        let seen = seen_reply || direction == Direction::Reply;
+        let state = match self {
+            TcpOpening | TcpEstablished | TcpClosing | TcpClosed => {
+                if flags & RST != 0 {
+                    TcpClosed
+                } else if matches!(self, TcpClosing | TcpClosed)
+                    && direction == Direction::Original
+                    && flags & (SYN | ACK | FIN) == SYN
+                {
+                    return (TcpOpening, false);
+                } else if self == TcpClosed {
+                    TcpClosed
+                } else if flags & FIN != 0 {
+                    TcpClosing
+                } else if self == TcpOpening && seen && flags & (SYN | ACK) == ACK {
+                    TcpEstablished
+                } else {
+                    self
+                }
+            }
+            Udp | UdpStream if seen => UdpStream,
+            Udp | UdpStream | Icmp => self,
+        };
+        (state, seen)
+    }
+}
+
+/// A flow as a lookup or insert found it: which key matched, and both keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowRef {
+    /// The flow's record number, for [`Conntrack::update`] and [`Conntrack::info`].
+    pub id: u32,
+    /// Which key the packet matched.
+    pub direction: Direction,
+    /// The key of the flow's first packet, as it arrived.
+    pub original: FlowKey,
+    /// The key of the replies we expect, after translation.
+    pub reply: FlowKey,
+}
+
+impl FlowRef {
+    /// The 5-tuple a packet in `self.direction` must be rewritten to: an original packet goes
+    /// where the reply comes from, a reply goes back as if from where the original was sent.
+    #[inline]
+    pub fn translated(&self) -> FlowKey {
+        match self.direction {
+            Direction::Original => self.reply.reversed(),
+            Direction::Reply => self.original.reversed(),
+        }
+    }
+
+    /// The key a packet in `self.direction` has before translation.
+    #[inline]
+    pub fn key(&self) -> FlowKey {
+        match self.direction {
+            Direction::Original => self.original,
+            Direction::Reply => self.reply,
+        }
+    }
+}
+
+/// Why a flow could not be inserted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+pub enum InsertError {
+    /// The table is at capacity and no flow in it has expired.
+    #[error("conntrack table full: no free or expired flow to reuse")]
+    Full,
+    /// The reply key (or the original key) is a key of another live flow.
+    #[error("conntrack clash: the flow's reply tuple belongs to another live flow")]
+    Clash,
+    /// Every NAT port tried for [`Conntrack::insert_snat`] gives a reply key in use.
+    #[error("no free NAT port: {SNAT_PORT_TRIES} ports tried in the range were all in use")]
+    PortsExhausted,
+}
+
+/// Shape of the index, for tests and occasional metrics (see [`Conntrack::index_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Index slots.
+    pub slots: usize,
+    /// Slots naming a flow (two per flow).
+    pub entries: usize,
+    /// Slots left by removed flows that are still needed as stepping stones.
+    pub tombstones: usize,
+    /// The longest run of non-empty slots: no probe, hit or miss, is longer than this plus one.
+    pub longest_run: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The state word: expiry, state, seen-reply bit and reuse generation in one atomic u64.
+
+/// Bits 0..48: expiry in whole milliseconds since [`Instant::ZERO`], rounded up.
+const EXPIRY_MASK: u64 = (1 << 48) - 1;
+/// Bits 48..51: [`FlowState::code`], 0 when the record is free.
+const STATE_SHIFT: u32 = 48;
+const STATE_MASK: u64 = 0b111 << STATE_SHIFT;
+/// Bit 51: a reply-direction packet has been seen.
+const SEEN_REPLY: u64 = 1 << 51;
+/// Bits 52..64: bumped every time the record is reused, so `update`'s CAS cannot mistake a new
+/// flow's word for the old one's.
+const GENERATION_ONE: u64 = 1 << 52;
+const GENERATION_MASK: u64 = !(GENERATION_ONE - 1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StateWord(u64);
+
+impl StateWord {
+    /// This record's word for a live flow, keeping the generation.
+    #[inline]
+    fn with(self, state: FlowState, seen_reply: bool, expiry_ms: u64) -> StateWord {
+        StateWord(
+            (self.0 & GENERATION_MASK)
+                | (state.code() << STATE_SHIFT)
+                | if seen_reply { SEEN_REPLY } else { 0 }
+                | expiry_ms.min(EXPIRY_MASK),
+        )
+    }
+
+    /// The word of the same record once freed: same generation, no state.
+    #[inline]
+    fn freed(self) -> StateWord {
+        StateWord(self.0 & GENERATION_MASK)
+    }
+
+    /// The word a record starts a new life with (still free until [`StateWord::with`]).
+    #[inline]
+    fn next_generation(self) -> StateWord {
+        StateWord((self.0 & GENERATION_MASK).wrapping_add(GENERATION_ONE))
+    }
+
+    /// The flow's state, or `None` if the record is free.
+    #[inline]
+    fn state(self) -> Option<FlowState> {
+        FlowState::from_code((self.0 & STATE_MASK) >> STATE_SHIFT)
+    }
+
+    #[inline]
+    fn seen_reply(self) -> bool {
+        self.0 & SEEN_REPLY != 0
+    }
+
+    #[inline]
+    fn expiry_ms(self) -> u64 {
+        self.0 & EXPIRY_MASK
+    }
+
+    /// `now >= expiry`. The expiry is a whole millisecond, so comparing `now`'s whole
+    /// milliseconds is exact.
+    #[inline]
+    fn is_expired(self, now: Instant) -> bool {
+        now.as_millis() >= self.expiry_ms()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow records.
+
+/// One flow. Keys are written only under the writer lock inside a seqlock write; the state word
+/// is also CASed by [`Conntrack::update`] without the lock.
+#[derive(Debug, Default)]
+struct FlowRecord {
+    /// Seqlock version: odd while the keys are being rewritten.
+    version: AtomicU32,
+    /// [`FlowKey::to_words`] of the original key.
+    original: [AtomicU64; 2],
+    /// [`FlowKey::to_words`] of the reply key.
+    reply: [AtomicU64; 2],
+    /// A [`StateWord`].
+    state: AtomicU64,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowRecord>() == 48);
+
+/// A validated copy of a record: keys as words, and the state word.
+#[derive(Clone, Copy)]
+struct RecordCopy {
+    original: (u64, u64),
+    reply: (u64, u64),
+    state: StateWord,
+}
+
+impl RecordCopy {
+    #[inline]
+    fn key(&self, direction: Direction) -> (u64, u64) {
+        match direction {
+            Direction::Original => self.original,
+            Direction::Reply => self.reply,
+        }
+    }
+}
+
+impl FlowRecord {
+    /// A consistent copy, lock-free, or `None` if a writer is reusing the record meanwhile
+    /// (which means the flow the caller was looking at has been removed).
+    #[inline]
+    fn read(&self) -> Option<RecordCopy> {
+        let v1 = self.version.load(Acquire);
+        if v1 & 1 != 0 {
+            return None;
+        }
+        let copy = RecordCopy {
+            original: (
+                self.original[0].load(Relaxed),
+                self.original[1].load(Relaxed),
+            ),
+            reply: (self.reply[0].load(Relaxed), self.reply[1].load(Relaxed)),
+            state: StateWord(self.state.load(Relaxed)),
+        };
+        // Orders the field loads before the second version load: if a writer's odd store or
+        // any of its field stores were visible to us, so is a version other than `v1`.
+        fence(Acquire);
+        let v2 = self.version.load(Relaxed);
+        (v1 == v2).then_some(copy)
+    }
+
+    /// Rewrites the record for a new flow. Writer lock held; the record is free.
+    fn write_locked(&self, original: &FlowKey, reply: &FlowKey, state: StateWord) {
+        let v = self.version.load(Relaxed);
+        debug_assert_eq!(v & 1, 0);
+        self.version.store(v.wrapping_add(1), Relaxed);
+        // Orders the odd version before the field stores (pairs with the reader's fence).
+        fence(Release);
+        let (a, b) = original.to_words();
+        self.original[0].store(a, Relaxed);
+        self.original[1].store(b, Relaxed);
+        let (a, b) = reply.to_words();
+        self.reply[0].store(a, Relaxed);
+        self.reply[1].store(b, Relaxed);
+        // Release: whoever loads this word with Acquire (`update`) sees the keys above.
+        self.state.store(state.0, Release);
+        self.version.store(v.wrapping_add(2), Release);
+    }
+
+    /// A key of the record, directly: only stable under the writer lock.
+    #[inline]
+    fn key_locked(&self, direction: Direction) -> FlowKey {
+        let words = match direction {
+            Direction::Original => &self.original,
+            Direction::Reply => &self.reply,
+        };
+        FlowKey::from_words(words[0].load(Relaxed), words[1].load(Relaxed))
+    }
+
+    /// Whether the record currently holds these keys (relaxed loads; see `update`).
+    #[inline]
+    fn holds(&self, original: (u64, u64), reply: (u64, u64)) -> bool {
+        self.original[0].load(Relaxed) == original.0
+            && self.original[1].load(Relaxed) == original.1
+            && self.reply[0].load(Relaxed) == reply.0
+            && self.reply[1].load(Relaxed) == reply.1
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Index entries.
+
+const EMPTY: u64 = 0;
+const TOMBSTONE: u64 = u64::MAX;
+
+#[inline]
+fn direction_bit(direction: Direction) -> u64 {
+    match direction {
+        Direction::Original => 0,
+        Direction::Reply => 1,
+    }
+}
+
+/// The entry naming `direction` of flow `id` for a key with hash `hash`.
+#[inline]
+fn make_entry(hash: u64, id: u32, direction: Direction) -> u64 {
+    (hash & !0xffff_ffff) | (u64::from(id) * 2 + direction_bit(direction) + 1)
+}
+
+/// The flow and direction an entry (neither `EMPTY` nor `TOMBSTONE`) names.
+#[inline]
+fn entry_target(entry: u64) -> (u32, Direction) {
+    let low = (entry as u32) - 1;
+    let direction = if low & 1 == 0 {
+        Direction::Original
+    } else {
+        Direction::Reply
+    };
+    (low >> 1, direction)
+}
+
+/// Whether an entry (neither `EMPTY` nor `TOMBSTONE`) may be for a key with hash `hash`.
+#[inline]
+fn tag_matches(entry: u64, hash: u64) -> bool {
+    entry >> 32 == hash >> 32
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table.
+
+/// What the writer lock guards besides the right to write.
+#[derive(Debug)]
+struct WriterState {
+    /// Free record ids; a stack, preallocated to the capacity.
+    free: Vec<u32>,
+    /// Where the next [`Conntrack::gc`] scan starts.
+    gc_cursor: u32,
+}
+
+/// The connection tracking table. `Send + Sync`: share it by reference between workers.
+pub struct Conntrack {
+    flows: Box<[FlowRecord]>,
+    index: Box<[AtomicU64]>,
+    /// `index.len() - 1`; the length is a power of two.
+    index_mask: usize,
+    /// Timeout in nanoseconds by [`FlowState::code`].
+    timeout_nanos: [u64; 8],
+    /// Flows in the table, expired or not. Changed under the writer lock.
+    len: AtomicUsize,
+    /// Bytes of the free list's allocation, which never grows.
+    free_list_bytes: usize,
+    writer: Mutex<WriterState>,
+}
+
+impl fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity())
+            .field("index_slots", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conntrack {
+    /// A table for `config.capacity` flows, with every array allocated now.
+    ///
+    /// # Panics
+    ///
+    /// If `config.capacity` is 0 or more than [`MAX_CAPACITY`].
+    pub fn new(config: ConntrackConfig) -> Self {
+        assert!(
+            (1..=MAX_CAPACITY).contains(&config.capacity),
+            "conntrack capacity {} is outside 1..={MAX_CAPACITY}",
+            config.capacity
+        );
+        let capacity = config.capacity as usize;
+        let index_len = (capacity * 4).next_power_of_two();
+        let flows: Box<[FlowRecord]> = (0..capacity).map(|_| FlowRecord::default()).collect();
+        let index: Box<[AtomicU64]> = (0..index_len).map(|_| AtomicU64::new(EMPTY)).collect();
+        // Reversed so that ids are handed out from 0 up, which keeps a small table's live
+        // records together.
+        let mut free = Vec::with_capacity(capacity);
+        free.extend((0..config.capacity).rev());
+        let mut timeout_nanos = [0; 8];
+        for code in 1..8 {
+            if let Some(state) = FlowState::from_code(code) {
+                let timeout = config.timeouts.for_state(state).as_nanos();
+                timeout_nanos[code as usize] = u64::try_from(timeout).unwrap_or(u64::MAX);
+            }
+        }
+        Conntrack {
+            flows,
+            index,
+            index_mask: index_len - 1,
+            timeout_nanos,
+            len: AtomicUsize::new(0),
+            free_list_bytes: free.capacity() * core::mem::size_of::<u32>(),
+            writer: Mutex::new(WriterState { free, gc_cursor: 0 }),
+        }
+    }
+
+    /// The live flow with `key` as its original or reply key, or `None` if there is none or it
+    /// has expired at `now`. Lock-free.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey, now: Instant) -> Option<FlowRef> {
+        let words = key.to_words();
+        let hash = crate::flow::hash_words(words.0, words.1);
+        let mut pos = hash as usize & self.index_mask;
+        // Bounded by the table for robustness; runs are short (see `sweep_tombstones`).
+        for _ in 0..self.index.len() {
+            let entry = self.index[pos].load(Acquire);
+            if entry == EMPTY {
+                return None;
+            }
+            if entry != TOMBSTONE && tag_matches(entry, hash) {
+                let (id, direction) = entry_target(entry);
+                if let Some(copy) = self.flows[id as usize].read() {
+                    // A freed record keeps its keys: check the state too. A freed match is a
+                    // flow removed under us; its key may have been re-inserted further on.
+                    if copy.key(direction) == words && copy.state.state().is_some() {
+                        if copy.state.is_expired(now) {
+                            // At most one entry per key: an expired flow's key has no other.
+                            return None;
+                        }
+                        return Some(FlowRef {
+                            id,
+                            direction,
+                            original: FlowKey::from_words(copy.original.0, copy.original.1),
+                            reply: FlowKey::from_words(copy.reply.0, copy.reply.1),
+                        });
+                    }
+                }
+            }
+            pos = (pos + 1) & self.index_mask;
+        }
+        None
+    }
+
+    /// Account for a packet of `flow` in `flow.direction` with TCP flags `tcp_flags` (0 for UDP
+    /// and ICMP) seen at `now`: advance the state (see [`FlowState::next`]) and refresh the
+    /// expiry. Lock-free. Does nothing if the flow has been removed or has expired at `now`
+    /// (the next packet's lookup misses and inserts afresh).
+    #[inline]
+    pub fn update(&self, flow: &FlowRef, tcp_flags: u8, now: Instant) {
+        let Some(record) = self.flows.get(flow.id as usize) else {
+            return;
+        };
+        let (original, reply) = (flow.original.to_words(), flow.reply.to_words());
+        let mut current = StateWord(record.state.load(Acquire));
+        loop {
+            let Some(state) = current.state() else {
+                return;
+            };
+            // Checked after loading the word: if the word is a reused record's, its Release
+            // store makes the new keys visible here and this check fails.
+            if current.is_expired(now) || !record.holds(original, reply) {
+                return;
+            }
+            let (next_state, seen_reply) =
+                state.next(current.seen_reply(), flow.direction, tcp_flags);
+            let mut expiry_ms = self.expiry_ms(next_state, now);
+            if next_state == state {
+                // Workers' clocks are read once per batch and may lag each other: never move
+                // an expiry backwards within a state.
+                expiry_ms = expiry_ms.max(current.expiry_ms());
+            }
+            let next = current.with(next_state, seen_reply, expiry_ms);
+            if next == current {
+                return; // Same state, same millisecond: nothing to write, no line to bounce.
+            }
+            match record
+                .state
+                .compare_exchange_weak(current.0, next.0, Relaxed, Acquire)
+            {
+                Ok(_) => return,
+                Err(actual) => current = StateWord(actual),
+            }
+        }
+    }
+
+    /// Add a flow whose first packet has key `original` (TCP flags `tcp_flags`, 0 for UDP and
+    /// ICMP) and whose replies will have key `reply`, at `now`. Takes the writer lock.
+    ///
+    /// If a live flow with original key `original` exists (another worker inserted it since our
+    /// lookup), it is updated with this packet and returned instead: use its `reply`, not yours.
+    /// An expired flow holding either key is removed first.
+    ///
+    /// # Errors
+    ///
+    /// [`InsertError::Clash`] if `reply` (or `original`) is a key of another live flow, or if
+    /// `reply == original`; [`InsertError::Full`] if every record holds a live flow.
+    pub fn insert(
+        &self,
+        original: FlowKey,
+        reply: FlowKey,
+        tcp_flags: u8,
+        now: Instant,
+    ) -> Result<FlowRef, InsertError> {
+        let mut writer = self.lock();
+        if let Some(existing) = self.claim_original(&mut writer, &original, tcp_flags, now)? {
+            return Ok(existing);
+        }
+        if !self.claim_reply(&mut writer, &original, &reply, now) {
+            return Err(InsertError::Clash);
+        }
+        if !self.ensure_free(&mut writer, now) {
+            return Err(InsertError::Full);
+        }
+        Ok(self.commit(&mut writer, original, reply, tcp_flags, now))
+    }
+
+    /// Like [`Conntrack::insert`], but with source NAT: `reply.dst_port` is chosen from `ports`
+    /// so that the reply key is free. The search starts at a hash of `original` within the
+    /// range and tries [`SNAT_PORT_TRIES`] consecutive ports (wrapping). For ICMP echo the
+    /// identifier is in the port fields, so the same call picks a NAT identifier.
+    ///
+    /// # Errors
+    ///
+    /// [`InsertError::Clash`] if `original` is the reply key of another live flow;
+    /// [`InsertError::Full`] if every record holds a live flow;
+    /// [`InsertError::PortsExhausted`] if every port tried gives a reply key in use (or the
+    /// range is empty).
+    pub fn insert_snat(
+        &self,
+        original: FlowKey,
+        reply: FlowKey,
+        ports: RangeInclusive<u16>,
+        tcp_flags: u8,
+        now: Instant,
+    ) -> Result<FlowRef, InsertError> {
+        let mut writer = self.lock();
+        if let Some(existing) = self.claim_original(&mut writer, &original, tcp_flags, now)? {
+            return Ok(existing);
+        }
+        // Full before port search, so a full table is reported as such.
+        if !self.ensure_free(&mut writer, now) {
+            return Err(InsertError::Full);
+        }
+        let (first, last) = (*ports.start(), *ports.end());
+        if first > last {
+            return Err(InsertError::PortsExhausted);
+        }
+        let span = u32::from(last - first) + 1;
+        let start = (original.hash() % u64::from(span)) as u32;
+        for attempt in 0..span.min(SNAT_PORT_TRIES) {
+            let port = first + ((start + attempt) % span) as u16;
+            let candidate = FlowKey {
+                dst_port: port,
+                ..reply
+            };
+            if self.claim_reply(&mut writer, &original, &candidate, now) {
+                return Ok(self.commit(&mut writer, original, candidate, tcp_flags, now));
+            }
+        }
+        Err(InsertError::PortsExhausted)
+    }
+
+    /// Remove `flow` if the table still holds it (same record, same keys), expired or not.
+    /// Returns whether it was removed. Takes the writer lock.
+    pub fn remove(&self, flow: &FlowRef) -> bool {
+        let mut writer = self.lock();
+        let Some(record) = self.flows.get(flow.id as usize) else {
+            return false;
+        };
+        if StateWord(record.state.load(Acquire)).state().is_none()
+            || !record.holds(flow.original.to_words(), flow.reply.to_words())
+        {
+            return false;
+        }
+        self.remove_locked(&mut writer, flow.id)
+    }
+
+    /// Scan up to `max_scan` records from where the last scan stopped and remove the flows
+    /// expired at `now`. Returns how many were removed. Takes the writer lock for the scan, so
+    /// bound `max_scan` to what workers can wait for (a few thousand is tens of microseconds).
+    pub fn gc(&self, now: Instant, max_scan: usize) -> usize {
+        let mut writer = self.lock();
+        self.gc_locked(&mut writer, now, max_scan)
+    }
+
+    /// Remove every flow for which `f(original, reply)` is false, expired or not, and return
+    /// how many were removed (used to flush UDP flows to a deleted backend). Takes the writer
+    /// lock in chunks of records, so workers can insert meanwhile: call it after publishing
+    /// the snapshot that stops new flows from being created the way `f` rejects, or flows
+    /// created during the scan may survive it.
+    pub fn retain(&self, mut f: impl FnMut(&FlowKey, &FlowKey) -> bool) -> usize {
+        let mut removed = 0;
+        for chunk_start in (0..self.flows.len()).step_by(RETAIN_CHUNK) {
+            let mut writer = self.lock();
+            let chunk_end = (chunk_start + RETAIN_CHUNK).min(self.flows.len());
+            for id in chunk_start..chunk_end {
+                let record = &self.flows[id];
+                if StateWord(record.state.load(Acquire)).state().is_none() {
+                    continue;
+                }
+                let original = record.key_locked(Direction::Original);
+                let reply = record.key_locked(Direction::Reply);
+                if !f(&original, &reply) && self.remove_locked(&mut writer, id as u32) {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// The state and expiry of flow `id`, or `None` if the record is free. Expired flows that
+    /// gc has not removed yet are reported with their past expiry.
+    pub fn info(&self, id: u32) -> Option<(FlowState, Instant)> {
+        let word = StateWord(self.flows.get(id as usize)?.state.load(Acquire));
+        Some((word.state()?, Instant::from_millis(word.expiry_ms())))
+    }
+
+    /// Flows in the table, including expired ones gc has not removed yet.
+    pub fn len(&self) -> usize {
+        self.len.load(Relaxed)
+    }
+
+    /// Whether the table holds no flow.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most flows the table holds.
+    pub fn capacity(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Heap bytes owned by the table: records, index and free list.
+    pub fn memory_bytes(&self) -> usize {
+        core::mem::size_of_val::<[FlowRecord]>(&self.flows)
+            + core::mem::size_of_val::<[AtomicU64]>(&self.index)
+            + self.free_list_bytes
+    }
+
+    /// Count entries, tombstones and the longest run of the index. Reads the whole index
+    /// without the lock (a racy but atomic-per-slot view): for tests and occasional metrics.
+    pub fn index_stats(&self) -> IndexStats {
+        let mut stats = IndexStats {
+            slots: self.index.len(),
+            ..IndexStats::default()
+        };
+        // Start right after an empty slot so no run is split by the wrap-around.
+        let start = (0..self.index.len())
+            .find(|&pos| self.index[pos].load(Relaxed) == EMPTY)
+            .map_or(0, |pos| pos + 1);
+        let mut run = 0;
+        for step in 0..self.index.len() {
+            match self.index[(start + step) & self.index_mask].load(Relaxed) {
+                EMPTY => run = 0,
+                entry => {
+                    if entry == TOMBSTONE {
+                        stats.tombstones += 1;
+                    } else {
+                        stats.entries += 1;
+                    }
+                    run += 1;
+                    stats.longest_run = stats.longest_run.max(run);
+                }
+            }
+        }
+        stats
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writer side: everything below runs with the writer lock held (the guard is passed in).
+
+    fn lock(&self) -> MutexGuard<'_, WriterState> {
+        // A panic while holding the lock can only come from a bug in this module; the free
+        // list and index are still usable, so carry on rather than cascade the panic.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Expiry of a flow entering `state` at `now`, in whole milliseconds rounded up.
+    #[inline]
+    fn expiry_ms(&self, state: FlowState, now: Instant) -> u64 {
+        let timeout = self.timeout_nanos[state.code() as usize];
+        now.as_nanos().saturating_add(timeout).div_ceil(1_000_000)
+    }
+
+    /// The key `original` must be free of other flows. Returns the live flow that already has
+    /// it as its original key (updated with this packet), `Clash` if it is another flow's
+    /// reply key, and `None` if it is free (after removing an expired holder).
+    fn claim_original(
+        &self,
+        writer: &mut WriterState,
+        original: &FlowKey,
+        tcp_flags: u8,
+        now: Instant,
+    ) -> Result<Option<FlowRef>, InsertError> {
+        match self.live_holder(writer, original, now) {
+            None => Ok(None),
+            Some(existing) if existing.direction == Direction::Original => {
+                self.update(&existing, tcp_flags, now);
+                Ok(Some(existing))
+            }
+            Some(_) => Err(InsertError::Clash),
+        }
+    }
+
+    /// Whether `reply` can be the reply key of a new flow with original key `original` (which
+    /// has been claimed): distinct from it and held by no live flow. Removes an expired holder.
+    fn claim_reply(
+        &self,
+        writer: &mut WriterState,
+        original: &FlowKey,
+        reply: &FlowKey,
+        now: Instant,
+    ) -> bool {
+        reply != original && self.live_holder(writer, reply, now).is_none()
+    }
+
+    /// The live flow with `key` as either key. A flow with `key` that has expired at `now` is
+    /// removed and `None` returned.
+    fn live_holder(
+        &self,
+        writer: &mut WriterState,
+        key: &FlowKey,
+        now: Instant,
+    ) -> Option<FlowRef> {
+        let (id, direction) = self.find_locked(key)?;
+        if self.remove_if_expired(writer, id, now) {
+            return None;
+        }
+        let record = &self.flows[id as usize];
+        Some(FlowRef {
+            id,
+            direction,
+            original: record.key_locked(Direction::Original),
+            reply: record.key_locked(Direction::Reply),
+        })
+    }
+
+    /// The flow and direction of the entry for `key`. Under the lock every entry names a
+    /// non-free record whose keys are stable, so no seqlock is needed.
+    fn find_locked(&self, key: &FlowKey) -> Option<(u32, Direction)> {
+        let hash = key.hash();
+        let mut pos = hash as usize & self.index_mask;
+        for _ in 0..self.index.len() {
+            let entry = self.index[pos].load(Relaxed);
+            if entry == EMPTY {
+                return None;
+            }
+            if entry != TOMBSTONE && tag_matches(entry, hash) {
+                let (id, direction) = entry_target(entry);
+                if self.flows[id as usize].key_locked(direction) == *key {
+                    return Some((id, direction));
+                }
+            }
+            pos = (pos + 1) & self.index_mask;
+        }
+        None
+    }
+
+    /// Make sure a record is free, scanning a few for expired flows if none is.
+    fn ensure_free(&self, writer: &mut WriterState, now: Instant) -> bool {
+        if writer.free.is_empty() {
+            self.gc_locked(writer, now, FULL_RECLAIM_SCAN);
+        }
+        !writer.free.is_empty()
+    }
+
+    /// Write a new flow into a free record and publish its two index entries. The keys have
+    /// been claimed and `ensure_free` has succeeded.
+    fn commit(
+        &self,
+        writer: &mut WriterState,
+        original: FlowKey,
+        reply: FlowKey,
+        tcp_flags: u8,
+        now: Instant,
+    ) -> FlowRef {
+        let id = writer
+            .free
+            .pop()
+            .expect("commit is only called after ensure_free");
+        let record = &self.flows[id as usize];
+        let state = FlowState::initial(original.proto, tcp_flags);
+        let word = StateWord(record.state.load(Relaxed))
+            .next_generation()
+            .with(state, false, self.expiry_ms(state, now));
+        record.write_locked(&original, &reply, word);
+        self.publish(&original, id, Direction::Original);
+        self.publish(&reply, id, Direction::Reply);
+        self.len.fetch_add(1, Relaxed);
+        FlowRef {
+            id,
+            direction: Direction::Original,
+            original,
+            reply,
+        }
+    }
+
+    /// Store the entry for `key` in the first empty or tombstone slot of its probe sequence.
+    /// One exists: live entries fill at most half the index.
+    fn publish(&self, key: &FlowKey, id: u32, direction: Direction) {
+        let hash = key.hash();
+        let mut pos = hash as usize & self.index_mask;
+        loop {
+            let entry = self.index[pos].load(Relaxed);
+            if entry == EMPTY || entry == TOMBSTONE {
+                // Release: a reader that loads this entry sees the record written before it.
+                self.index[pos].store(make_entry(hash, id, direction), Release);
+                return;
+            }
+            pos = (pos + 1) & self.index_mask;
+        }
+    }
+
+    /// Free flow `id` if its state word still shows it expired at `now`. The CAS from the
+    /// expired word loses to a concurrent `update` from a worker whose clock lags ours, and
+    /// then the flow is live again.
+    fn remove_if_expired(&self, writer: &mut WriterState, id: u32, now: Instant) -> bool {
+        let record = &self.flows[id as usize];
+        let mut current = StateWord(record.state.load(Acquire));
+        loop {
+            if current.state().is_none() || !current.is_expired(now) {
+                return false;
+            }
+            match record
+                .state
+                .compare_exchange(current.0, current.freed().0, AcqRel, Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) => current = StateWord(actual),
+            }
+        }
+        self.unlink(writer, id);
+        true
+    }
+
+    /// Free flow `id` whatever its state. Returns false if it was already free.
+    fn remove_locked(&self, writer: &mut WriterState, id: u32) -> bool {
+        let record = &self.flows[id as usize];
+        let before = StateWord(record.state.fetch_and(GENERATION_MASK, AcqRel));
+        if before.state().is_none() {
+            return false;
+        }
+        self.unlink(writer, id);
+        true
+    }
+
+    /// The rest of a removal once the state word says free: tombstone both entries, let the
+    /// tombstones that no search needs become empty, and recycle the record.
+    fn unlink(&self, writer: &mut WriterState, id: u32) {
+        let record = &self.flows[id as usize];
+        let slots = [Direction::Original, Direction::Reply]
+            .map(|direction| self.tombstone(&record.key_locked(direction), id, direction));
+        for pos in slots.into_iter().flatten() {
+            self.sweep_tombstones(pos);
+        }
+        writer.free.push(id);
+        self.len.fetch_sub(1, Relaxed);
+    }
+
+    /// Turn the entry naming `direction` of flow `id` into a tombstone; returns its slot.
+    fn tombstone(&self, key: &FlowKey, id: u32, direction: Direction) -> Option<usize> {
+        let hash = key.hash();
+        let wanted = make_entry(hash, id, direction);
+        let mut pos = hash as usize & self.index_mask;
+        for _ in 0..self.index.len() {
+            match self.index[pos].load(Relaxed) {
+                EMPTY => break,
+                entry if entry == wanted => {
+                    self.index[pos].store(TOMBSTONE, Release);
+                    return Some(pos);
+                }
+                _ => pos = (pos + 1) & self.index_mask,
+            }
+        }
+        debug_assert!(
+            false,
+            "conntrack index has no entry for flow {id} {direction:?}"
+        );
+        None
+    }
+
+    /// Empty the tombstones of the run holding `pos` that no live entry's probe path crosses.
+    ///
+    /// A search for a live entry at slot `j` with home slot `h` walks `h..=j`. Walking the run
+    /// backwards from its end, `reach` is the farthest (back from the end) home of the live
+    /// entries seen so far; a tombstone farther back than `reach` lies on no live path, so
+    /// making it empty cannot stop any search for a live key short. Live entries stay put.
+    fn sweep_tombstones(&self, pos: usize) {
+        let mask = self.index_mask;
+        let mut end = pos;
+        let mut steps = 0;
+        while self.index[end].load(Relaxed) != EMPTY {
+            end = (end + 1) & mask;
+            steps += 1;
+            if steps > mask {
+                return; // No empty slot at all; nothing can be emptied safely.
+            }
+        }
+        let mut reach = 0;
+        for back in 1..=mask {
+            let slot = end.wrapping_sub(back) & mask;
+            match self.index[slot].load(Relaxed) {
+                EMPTY => break,
+                TOMBSTONE => {
+                    if back > 0 {
+                        self.index[slot].store(EMPTY, Release);
+                    }
+                }
+                entry => {
+                    let (id, direction) = entry_target(entry);
+                    let home = self.flows[id as usize].key_locked(direction).hash() as usize;
+                    reach = reach.max(end.wrapping_sub(home) & mask);
+                }
+            }
+        }
+    }
+
+    fn gc_locked(&self, writer: &mut WriterState, now: Instant, max_scan: usize) -> usize {
+        let capacity = self.flows.len() as u32;
+        let mut removed = 0;
+        for _ in 0..max_scan.min(self.flows.len()) {
+            let id = writer.gc_cursor;
+            writer.gc_cursor = if id + 1 == capacity { 0 } else { id + 1 };
+            if self.remove_if_expired(writer, id, now) {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Slots a lookup of `key` examines (test instrumentation for probe lengths).
+    #[cfg(test)]
+    fn probe_length(&self, key: &FlowKey) -> usize {
+        let hash = key.hash();
+        let mut pos = hash as usize & self.index_mask;
+        for probes in 1..=self.index.len() {
+            let entry = self.index[pos].load(Relaxed);
+            if entry == EMPTY {
+                return probes;
+            }
+            if entry != TOMBSTONE && tag_matches(entry, hash) {
+                let (id, direction) = entry_target(entry);
+                if self.flows[id as usize].key_locked(direction) == *key {
+                    return probes;
+                }
+            }
+            pos = (pos + 1) & self.index_mask;
+        }
+        self.index.len()
+    }
+}
+
+const _: () = {
+    const fn shared_between_workers<T: Send + Sync>() {}
+    shared_between_workers::<Conntrack>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicBool;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
+    const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 11);
+
+    fn table(capacity: u32) -> Conntrack {
+        Conntrack::new(ConntrackConfig {
+            capacity,
+            ..ConntrackConfig::default()
+        })
+    }
+
+    /// `CLIENT:cport -> VIP:80` DNATed to `BACKEND:8080`.
+    fn dnat(proto: u8, cport: u16) -> (FlowKey, FlowKey) {
+        (
+            FlowKey::new(proto, CLIENT, cport, VIP, 80),
+            FlowKey::new(proto, BACKEND, 8080, CLIENT, cport),
+        )
+    }
+
+    /// A tiny deterministic generator (xorshift64*), so tests need no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn key(&mut self) -> FlowKey {
+            let r = self.next();
+            FlowKey::new(
+                proto::UDP,
+                Ipv4Addr::from(r as u32),
+                (r >> 32) as u16,
+                VIP,
+                (r >> 48) as u16,
+            )
+        }
+    }
+
+    /// The reply key the random-flow tests pair with `original`, so any FlowRef can be
+    /// checked for consistency from its original key alone.
+    fn reply_of(original: &FlowKey) -> FlowKey {
+        FlowKey::new(
+            original.proto,
+            BACKEND,
+            original.dst_port ^ 0x5a5a,
+            original.src_ip,
+            original.src_port,
+        )
+    }
+
+    #[test]
+    fn dnat_flow_is_found_both_ways_and_translated() {
+        let ct = table(16);
+        let now = Instant::from_secs(1);
+        let (original, reply) = dnat(proto::TCP, 40000);
+        let inserted = ct.insert(original, reply, SYN, now).unwrap();
+        assert_eq!(inserted.direction, Direction::Original);
+
+        let forward = ct.lookup(&original, now).unwrap();
+        assert_eq!(forward, inserted);
+        assert_eq!(
+            forward.translated(),
+            FlowKey::new(proto::TCP, CLIENT, 40000, BACKEND, 8080)
+        );
+
+        let back = ct.lookup(&reply, now).unwrap();
+        assert_eq!(back.direction, Direction::Reply);
+        assert_eq!(back.id, inserted.id);
+        assert_eq!(back.key(), reply);
+        assert_eq!(
+            back.translated(),
+            FlowKey::new(proto::TCP, VIP, 80, CLIENT, 40000)
+        );
+
+        assert_eq!(ct.lookup(&original.reversed(), now), None);
+        assert_eq!(ct.lookup(&dnat(proto::UDP, 40000).0, now), None);
+        assert_eq!(ct.lookup(&dnat(proto::TCP, 40001).0, now), None);
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn snat_flow_is_found_both_ways_and_translated() {
+        let ct = table(16);
+        let now = Instant::from_secs(1);
+        let original = FlowKey::new(proto::TCP, CLIENT, 40000, VIP, 80);
+        let reply = FlowKey::new(proto::TCP, BACKEND, 8080, NODE, 0);
+        let flow = ct
+            .insert_snat(original, reply, 30000..=30010, SYN, now)
+            .unwrap();
+        let nat_port = flow.reply.dst_port;
+        assert!((30000..=30010).contains(&nat_port));
+        assert_eq!(
+            flow.reply,
+            FlowKey {
+                dst_port: nat_port,
+                ..reply
+            }
+        );
+
+        let forward = ct.lookup(&original, now).unwrap();
+        assert_eq!(
+            forward.translated(),
+            FlowKey::new(proto::TCP, NODE, nat_port, BACKEND, 8080)
+        );
+        let back = ct.lookup(&flow.reply, now).unwrap();
+        assert_eq!(back.direction, Direction::Reply);
+        assert_eq!(
+            back.translated(),
+            FlowKey::new(proto::TCP, VIP, 80, CLIENT, 40000)
+        );
+        // The un-NATed reply key is not a key of the flow.
+        if nat_port != 0 {
+            assert_eq!(ct.lookup(&reply, now), None);
+        }
+    }
+
+    #[test]
+    fn icmp_echo_snat_picks_an_identifier() {
+        let ct = table(16);
+        let now = Instant::from_secs(1);
+        // Echo request: identifier in src_port; reply carries it in dst_port.
+        let original = FlowKey::new(proto::ICMP, CLIENT, 0x1234, BACKEND, 0);
+        let reply = FlowKey::new(proto::ICMP, BACKEND, 0, NODE, 0);
+        let flow = ct.insert_snat(original, reply, 1..=0xffff, 0, now).unwrap();
+        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::Icmp);
+        let back = ct.lookup(&flow.reply, now).unwrap();
+        assert_eq!(back.translated(), original.reversed());
+        // The request leaves from the node with the NAT identifier.
+        let request = flow.translated();
+        assert_eq!(
+            (request.src_ip, request.src_port),
+            (NODE, flow.reply.dst_port)
+        );
+        assert_eq!((request.dst_ip, request.dst_port), (BACKEND, 0));
+    }
+
+    #[test]
+    fn every_state_expires_exactly_after_its_own_timeout() {
+        // Distinct timeouts, so using the wrong state's timeout fails the test.
+        let timeouts = Timeouts {
+            tcp_opening: Duration::from_secs(11),
+            tcp_established: Duration::from_secs(12),
+            tcp_closing: Duration::from_secs(13),
+            tcp_closed: Duration::from_secs(14),
+            udp: Duration::from_secs(15),
+            udp_stream: Duration::from_secs(16),
+            icmp: Duration::from_secs(17),
+        };
+        use Direction::{Original, Reply};
+        // (state, protocol, first packet's flags, later packets)
+        let cases: &[(FlowState, u8, u8, &[(Direction, u8)])] = &[
+            (
+                FlowState::TcpOpening,
+                proto::TCP,
+                SYN,
+                &[(Reply, SYN | ACK)],
+            ),
+            (
+                FlowState::TcpEstablished,
+                proto::TCP,
+                SYN,
+                &[(Reply, SYN | ACK), (Original, ACK)],
+            ),
+            (
+                FlowState::TcpClosing,
+                proto::TCP,
+                ACK,
+                &[(Original, FIN | ACK)],
+            ),
+            (FlowState::TcpClosed, proto::TCP, ACK, &[(Reply, RST)]),
+            (FlowState::Udp, proto::UDP, 0, &[(Original, 0)]),
+            (FlowState::UdpStream, proto::UDP, 0, &[(Reply, 0)]),
+            (FlowState::Icmp, proto::ICMP, 0, &[(Reply, 0)]),
+        ];
+        for &(state, protocol, first, later) in cases {
+            let ct = Conntrack::new(ConntrackConfig {
+                capacity: 4,
+                timeouts,
+            });
+            let (original, reply) = dnat(protocol, 40000);
+            let t0 = Instant::from_secs(100);
+            let flow = ct.insert(original, reply, first, t0).unwrap();
+            // The last packet is at t1; the timeout counts from there.
+            let t1 = Instant::from_secs(101);
+            for &(direction, flags) in later {
+                let seen = ct
+                    .lookup(
+                        if direction == Original {
+                            &original
+                        } else {
+                            &reply
+                        },
+                        t1,
+                    )
+                    .unwrap();
+                assert_eq!(seen.direction, direction);
+                ct.update(&seen, flags, t1);
+            }
+            let expiry = t1 + timeouts.for_state(state);
+            assert_eq!(ct.info(flow.id), Some((state, expiry)), "{state:?}");
+            let just_before = Instant::from_nanos(expiry.as_nanos() - 1);
+            assert!(ct.lookup(&original, just_before).is_some(), "{state:?}");
+            assert!(ct.lookup(&reply, just_before).is_some(), "{state:?}");
+            assert_eq!(ct.lookup(&original, expiry), None, "{state:?}");
+            assert_eq!(ct.lookup(&reply, expiry), None, "{state:?}");
+            // gc agrees with lookup on the boundary.
+            assert_eq!(ct.gc(just_before, 4), 0, "{state:?}");
+            assert_eq!(ct.gc(expiry, 4), 1, "{state:?}");
+            assert!(ct.is_empty());
+        }
+    }
+
+    #[test]
+    fn expiry_is_rounded_up_to_the_millisecond_never_early() {
+        let ct = table(4);
+        let (original, reply) = dnat(proto::UDP, 1);
+        let t0 = Instant::from_nanos(5_000_000_001); // 5 s and 1 ns
+        let flow = ct.insert(original, reply, 0, t0).unwrap();
+        let exact = t0 + Timeouts::default().udp;
+        assert_eq!(ct.info(flow.id).unwrap().1, Instant::from_millis(35_001));
+        assert!(ct.lookup(&original, exact).is_some());
+        assert!(ct.lookup(&original, Instant::from_millis(35_001)).is_none());
+    }
+
+    #[test]
+    fn tcp_handshake_close_and_reset() {
+        let ct = table(16);
+        let now = Instant::from_secs(1);
+        let state = |flow: &FlowRef| ct.info(flow.id).unwrap().0;
+        let (original, reply) = dnat(proto::TCP, 40000);
+
+        let flow = ct.insert(original, reply, SYN, now).unwrap();
+        assert_eq!(state(&flow), FlowState::TcpOpening);
+        // An ACK before any reply (a spoofed third packet) does not establish.
+        ct.update(&flow, ACK, now);
+        assert_eq!(state(&flow), FlowState::TcpOpening);
+        let back = ct.lookup(&reply, now).unwrap();
+        ct.update(&back, SYN | ACK, now);
+        assert_eq!(state(&flow), FlowState::TcpOpening);
+        ct.update(&flow, ACK, now);
+        assert_eq!(state(&flow), FlowState::TcpEstablished);
+        ct.update(&flow, ACK | 0x08, now); // PSH|ACK: data
+        assert_eq!(state(&flow), FlowState::TcpEstablished);
+        ct.update(&back, FIN | ACK, now);
+        assert_eq!(state(&flow), FlowState::TcpClosing);
+        ct.update(&flow, ACK, now);
+        assert_eq!(state(&flow), FlowState::TcpClosing);
+        ct.update(&flow, RST, now);
+        assert_eq!(state(&flow), FlowState::TcpClosed);
+        ct.update(&flow, FIN | ACK, now);
+        assert_eq!(state(&flow), FlowState::TcpClosed, "closed stays closed");
+        // The client reuses its port for a new connection.
+        ct.update(&flow, SYN, now);
+        assert_eq!(state(&flow), FlowState::TcpOpening);
+        ct.update(&flow, ACK, now);
+        assert_eq!(
+            state(&flow),
+            FlowState::TcpOpening,
+            "reopened flow waits for a new reply"
+        );
+
+        // RST straight from opening.
+        let (o2, r2) = dnat(proto::TCP, 40001);
+        let f2 = ct.insert(o2, r2, SYN, now).unwrap();
+        ct.update(&ct.lookup(&r2, now).unwrap(), RST | ACK, now);
+        assert_eq!(state(&f2), FlowState::TcpClosed);
+
+        // Mid-stream pickup: established at once; a FIN pickup is closing.
+        let (o3, r3) = dnat(proto::TCP, 40002);
+        let f3 = ct.insert(o3, r3, ACK, now).unwrap();
+        assert_eq!(state(&f3), FlowState::TcpEstablished);
+        let (o4, r4) = dnat(proto::TCP, 40003);
+        let f4 = ct.insert(o4, r4, FIN | ACK, now).unwrap();
+        assert_eq!(state(&f4), FlowState::TcpClosing);
+        // A SYN on an established flow is a retransmission, not a reopen.
+        ct.update(&f3, SYN, now);
+        assert_eq!(state(&f3), FlowState::TcpEstablished);
+    }
+
+    #[test]
+    fn udp_becomes_a_stream_only_after_a_reply() {
+        let ct = table(4);
+        let now = Instant::from_secs(1);
+        let (original, reply) = dnat(proto::UDP, 5353);
+        let flow = ct.insert(original, reply, 0, now).unwrap();
+        ct.update(&flow, 0, now);
+        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::Udp);
+        ct.update(&ct.lookup(&reply, now).unwrap(), 0, now);
+        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::UdpStream);
+        ct.update(&flow, 0, now);
+        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::UdpStream);
+    }
+
+    #[test]
+    fn refresh_never_moves_expiry_backwards_within_a_state() {
+        let ct = table(4);
+        let (original, reply) = dnat(proto::UDP, 1);
+        let flow = ct
+            .insert(original, reply, 0, Instant::from_secs(10))
+            .unwrap();
+        ct.update(&flow, 0, Instant::from_secs(20));
+        ct.update(&flow, 0, Instant::from_secs(15)); // a worker with an older batch clock
+        assert_eq!(ct.info(flow.id).unwrap().1, Instant::from_secs(50));
+        // But a state change takes its own (shorter or longer) timeout.
+        ct.update(
+            &ct.lookup(&reply, Instant::from_secs(15)).unwrap(),
+            0,
+            Instant::from_secs(15),
+        );
+        assert_eq!(
+            ct.info(flow.id).unwrap(),
+            (FlowState::UdpStream, Instant::from_secs(135))
+        );
+    }
+
+    #[test]
+    fn update_does_not_revive_expired_or_removed_flows() {
+        let ct = table(4);
+        let (original, reply) = dnat(proto::UDP, 1);
+        let t0 = Instant::from_secs(10);
+        let flow = ct.insert(original, reply, 0, t0).unwrap();
+        let late = t0 + Duration::from_secs(30);
+        ct.update(&flow, 0, late);
+        assert_eq!(ct.lookup(&original, late), None);
+
+        // Removed, and the record reused by another flow: a stale FlowRef must not touch it.
+        assert!(ct.remove(&flow));
+        assert!(!ct.remove(&flow));
+        let (o2, r2) = dnat(proto::TCP, 2);
+        let other = ct.insert(o2, r2, SYN, t0).unwrap();
+        assert_eq!(other.id, flow.id, "LIFO free list reuses the record");
+        let before = ct.info(other.id);
+        ct.update(&flow, RST, Instant::from_secs(11));
+        assert_eq!(ct.info(other.id), before);
+    }
+
+    #[test]
+    fn full_table_refuses_new_flows_and_never_evicts_live_ones() {
+        let ct = table(4);
+        let t0 = Instant::from_secs(1);
+        let established: Vec<FlowRef> = (0..2)
+            .map(|port| {
+                let (o, r) = dnat(proto::TCP, port);
+                ct.insert(o, r, ACK, t0).unwrap()
+            })
+            .collect();
+        for port in 2..4 {
+            let (o, r) = dnat(proto::UDP, port);
+            ct.insert(o, r, 0, t0).unwrap();
+        }
+        assert_eq!(ct.len(), 4);
+        let (o, r) = dnat(proto::UDP, 100);
+        assert_eq!(ct.insert(o, r, 0, t0), Err(InsertError::Full));
+        let nat_reply = FlowKey::new(proto::UDP, BACKEND, 8080, NODE, 0);
+        assert_eq!(
+            ct.insert_snat(o, nat_reply, 1000..=2000, 0, t0),
+            Err(InsertError::Full)
+        );
+        for flow in &established {
+            assert_eq!(ct.lookup(&flow.original, t0).as_ref(), Some(flow));
+        }
+
+        // The UDP flows expire; gc makes room for exactly two more.
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(ct.gc(t1, 100), 2);
+        assert_eq!(ct.len(), 2);
+        for port in 100..102 {
+            let (o, r) = dnat(proto::UDP, port);
+            ct.insert(o, r, 0, t1).unwrap();
+        }
+        let (o, r) = dnat(proto::UDP, 102);
+        assert_eq!(ct.insert(o, r, 0, t1), Err(InsertError::Full));
+        for flow in &established {
+            assert!(ct.lookup(&flow.original, t1).is_some());
+        }
+
+        // Without a gc pass, an insert into a full table reclaims expired flows itself.
+        let t2 = t1 + Duration::from_secs(30);
+        let (o, r) = dnat(proto::UDP, 103);
+        assert!(ct.insert(o, r, 0, t2).is_ok());
+        for flow in &established {
+            assert!(ct.lookup(&flow.original, t2).is_some());
+        }
+    }
+
+    #[test]
+    fn expired_flow_is_replaced_by_insert() {
+        let ct = table(4);
+        let (original, old_reply) = dnat(proto::UDP, 7);
+        let t0 = Instant::from_secs(1);
+        ct.insert(original, old_reply, 0, t0).unwrap();
+        let t1 = t0 + Duration::from_secs(31);
+        assert_eq!(ct.lookup(&original, t1), None);
+        let new_reply = FlowKey::new(proto::UDP, Ipv4Addr::new(10, 244, 3, 3), 8080, CLIENT, 7);
+        let flow = ct.insert(original, new_reply, 0, t1).unwrap();
+        assert_eq!(flow.reply, new_reply);
+        assert_eq!(ct.lookup(&original, t1), Some(flow));
+        assert_eq!(
+            ct.lookup(&new_reply, t1).unwrap().direction,
+            Direction::Reply
+        );
+        assert_eq!(ct.lookup(&old_reply, t1), None);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.info(flow.id).unwrap().1, t1 + Duration::from_secs(30));
+
+        // An expired flow holding only the new flow's reply key is replaced too.
+        let t2 = t1 + Duration::from_secs(31);
+        let (o2, _) = dnat(proto::UDP, 8);
+        let f2 = ct.insert(o2, new_reply, 0, t2).unwrap();
+        assert_eq!(ct.lookup(&new_reply, t2).unwrap().original, o2);
+        assert_eq!(ct.lookup(&original, t2), None);
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.lookup(&o2, t2), Some(f2));
+    }
+
+    #[test]
+    fn clashes_and_racing_inserts() {
+        let ct = table(8);
+        let now = Instant::from_secs(1);
+        let (original, reply) = dnat(proto::TCP, 40000);
+        let first = ct.insert(original, reply, SYN, now).unwrap();
+
+        // Another worker inserting the same flow gets the existing one, with its reply.
+        let elsewhere = FlowKey::new(
+            proto::TCP,
+            Ipv4Addr::new(10, 244, 9, 9),
+            8080,
+            CLIENT,
+            40000,
+        );
+        assert_eq!(ct.insert(original, elsewhere, SYN, now), Ok(first));
+        assert_eq!(ct.lookup(&elsewhere, now), None);
+        assert_eq!(ct.len(), 1);
+
+        // A different flow wanting the same reply key clashes.
+        let other = FlowKey::new(proto::TCP, CLIENT, 40000, Ipv4Addr::new(10, 96, 0, 11), 80);
+        assert_eq!(ct.insert(other, reply, SYN, now), Err(InsertError::Clash));
+        // A flow whose original key is a live flow's reply key clashes.
+        assert_eq!(
+            ct.insert(reply, other.reversed(), SYN, now),
+            Err(InsertError::Clash)
+        );
+        assert_eq!(
+            ct.insert_snat(reply, other.reversed(), 1..=10, SYN, now),
+            Err(InsertError::Clash)
+        );
+        // A flow cannot be its own reply.
+        assert_eq!(ct.insert(other, other, SYN, now), Err(InsertError::Clash));
+        assert_eq!(ct.len(), 1);
+        assert_eq!(ct.lookup(&reply, now).unwrap().original, original);
+    }
+
+    #[test]
+    fn snat_ports_are_distinct_and_run_out() {
+        let ct = table(2048);
+        let now = Instant::from_secs(1);
+        let reply = FlowKey::new(proto::TCP, BACKEND, 8080, NODE, 0);
+        let mut ports = HashSet::new();
+        for i in 0..1500u32 {
+            let client = Ipv4Addr::from(u32::from(CLIENT) + i % 7);
+            let original = FlowKey::new(proto::TCP, client, 30000 + i as u16, BACKEND, 8080);
+            let flow = ct
+                .insert_snat(original, reply, 20000..=29999, SYN, now)
+                .unwrap();
+            assert!((20000..=29999).contains(&flow.reply.dst_port));
+            assert!(ports.insert(flow.reply.dst_port), "port reused");
+            assert_eq!(ct.lookup(&flow.reply, now).unwrap().original, original);
+        }
+
+        // A four-port range holds four flows to one destination, then runs out.
+        let small = table(16);
+        let mut flows = Vec::new();
+        for cport in 0..4 {
+            let original = FlowKey::new(proto::UDP, CLIENT, cport, BACKEND, 53);
+            let reply = FlowKey::new(proto::UDP, BACKEND, 53, NODE, 0);
+            flows.push(
+                small
+                    .insert_snat(original, reply, 40000..=40003, 0, now)
+                    .unwrap(),
+            );
+        }
+        let original = FlowKey::new(proto::UDP, CLIENT, 99, BACKEND, 53);
+        let reply = FlowKey::new(proto::UDP, BACKEND, 53, NODE, 0);
+        assert_eq!(
+            small.insert_snat(original, reply, 40000..=40003, 0, now),
+            Err(InsertError::PortsExhausted)
+        );
+        // Another destination may reuse the same ports.
+        let other_dst = FlowKey::new(proto::UDP, BACKEND, 54, NODE, 0);
+        let o2 = FlowKey::new(proto::UDP, CLIENT, 99, BACKEND, 54);
+        assert!(small
+            .insert_snat(o2, other_dst, 40000..=40003, 0, now)
+            .is_ok());
+        // Once one expires its port is reused.
+        let later = now + Duration::from_secs(30);
+        let flow = small
+            .insert_snat(original, reply, 40000..=40003, 0, later)
+            .unwrap();
+        assert!((40000..=40003).contains(&flow.reply.dst_port));
+        #[allow(clippy::reversed_empty_ranges)]
+        let empty = 5..=4;
+        assert_eq!(
+            small.insert_snat(dnat(proto::UDP, 1).0, reply, empty, 0, later),
+            Err(InsertError::PortsExhausted)
+        );
+    }
+
+    #[test]
+    fn retain_removes_rejected_flows() {
+        let ct = table(64);
+        let now = Instant::from_secs(1);
+        let gone = Ipv4Addr::new(10, 244, 5, 5);
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
+        for cport in 0..40u16 {
+            let backend = if cport % 4 == 0 { gone } else { BACKEND };
+            let original = FlowKey::new(proto::UDP, CLIENT, cport, VIP, 53);
+            let reply = FlowKey::new(proto::UDP, backend, 53, CLIENT, cport);
+            let flow = ct.insert(original, reply, 0, now).unwrap();
+            if backend == gone {
+                &mut dropped
+            } else {
+                &mut kept
+            }
+            .push(flow);
+        }
+        assert_eq!(ct.retain(|_, reply| reply.src_ip != gone), 10);
+        assert_eq!(ct.len(), 30);
+        for flow in &dropped {
+            assert_eq!(ct.lookup(&flow.original, now), None);
+            assert_eq!(ct.lookup(&flow.reply, now), None);
+            assert_eq!(ct.info(flow.id), None);
+        }
+        for flow in &kept {
+            assert_eq!(ct.lookup(&flow.reply, now).unwrap().original, flow.original);
+        }
+        assert_eq!(ct.retain(|_, _| true), 0);
+        let stats = ct.index_stats();
+        assert_eq!(stats.entries, 60);
+    }
+
+    #[test]
+    fn tombstones_do_not_lengthen_probes_after_heavy_churn() {
+        const CAPACITY: u32 = 1024;
+        let ct = table(CAPACITY);
+        let now = Instant::from_secs(1);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut live: Vec<FlowRef> = (0..CAPACITY)
+            .map(|_| {
+                let key = rng.key();
+                ct.insert(key, reply_of(&key), 0, now).unwrap()
+            })
+            .collect();
+        for _ in 0..10 * CAPACITY {
+            let victim = live.swap_remove((rng.next() % live.len() as u64) as usize);
+            assert!(ct.remove(&victim));
+            let key = rng.key();
+            live.push(ct.insert(key, reply_of(&key), 0, now).unwrap());
+        }
+        for flow in &live {
+            assert_eq!(ct.lookup(&flow.reply, now).unwrap().original, flow.original);
+        }
+        let stats = ct.index_stats();
+        assert_eq!(stats.entries, 2 * CAPACITY as usize);
+        let mut probe = Rng(7);
+        let absent: Vec<FlowKey> = (0..4096).map(|_| probe.key()).collect();
+        let miss_probes = |ct: &Conntrack| {
+            let lengths: Vec<usize> = absent.iter().map(|key| ct.probe_length(key)).collect();
+            let mean = lengths.iter().sum::<usize>() as f64 / lengths.len() as f64;
+            (mean, *lengths.iter().max().unwrap())
+        };
+        let (mean, max) = miss_probes(&ct);
+        // For reference: the same live flows inserted into a fresh table.
+        let fresh = table(CAPACITY);
+        for flow in &live {
+            fresh.insert(flow.original, flow.reply, 0, now).unwrap();
+        }
+        let (fresh_mean, fresh_max) = miss_probes(&fresh);
+        eprintln!(
+            "after churn: {stats:?}, miss probes mean {mean:.2} max {max}; \
+             fresh table: {:?}, mean {fresh_mean:.2} max {fresh_max}",
+            fresh.index_stats()
+        );
+        // Measured: about 600 tombstones, mean 5 and longest run 45 (fresh: 2.5 and 25), stable
+        // from 10x to 1000x churn. Without the tombstone sweep every slot ends up non-empty
+        // and a miss walks the whole index.
+        assert!(stats.tombstones <= stats.entries / 2, "{stats:?}");
+        assert!(mean < 6.5, "mean miss probe {mean}");
+        assert!(stats.longest_run < 96, "{stats:?}");
+
+        // Removing everything leaves a completely empty index.
+        for flow in &live {
+            assert!(ct.remove(flow));
+        }
+        assert_eq!(
+            ct.index_stats(),
+            IndexStats {
+                slots: 4 * CAPACITY as usize,
+                ..IndexStats::default()
+            }
+        );
+    }
+
+    #[test]
+    fn concurrent_readers_see_only_consistent_flows() {
+        const CAPACITY: u32 = 2048;
+        const STABLE: usize = 256;
+        let ct = table(CAPACITY);
+        let now = Instant::from_secs(1);
+        let mut rng = Rng(42);
+        let stable: Vec<FlowRef> = (0..STABLE)
+            .map(|_| {
+                let key = rng.key();
+                ct.insert(key, reply_of(&key), 0, now).unwrap()
+            })
+            .collect();
+        // A small pool, so keys are removed and re-inserted (in other records) constantly.
+        let pool: Vec<FlowKey> = (0..1024).map(|_| rng.key()).collect();
+        let stop = AtomicBool::new(false);
+
+        std::thread::scope(|s| {
+            let readers: Vec<_> = (0..2u64)
+                .map(|seed| {
+                    let (ct, stable, pool, stop) = (&ct, &stable, &pool, &stop);
+                    s.spawn(move || {
+                        let mut rng = Rng(seed + 7);
+                        let (mut lookups, mut hits) = (0u64, 0u64);
+                        while !stop.load(Relaxed) {
+                            let flow = &stable[(rng.next() % STABLE as u64) as usize];
+                            let key = if lookups % 2 == 0 {
+                                flow.original
+                            } else {
+                                flow.reply
+                            };
+                            let found = ct.lookup(&key, now).expect("a live flow went missing");
+                            assert_eq!(found.key(), key);
+                            assert_eq!(
+                                (found.id, found.original, found.reply),
+                                (flow.id, flow.original, flow.reply)
+                            );
+                            ct.update(&found, 0, now);
+
+                            let original = pool[(rng.next() % pool.len() as u64) as usize];
+                            let key = if lookups % 3 == 0 {
+                                reply_of(&original)
+                            } else {
+                                original
+                            };
+                            if let Some(found) = ct.lookup(&key, now) {
+                                assert_eq!(found.key(), key);
+                                assert_eq!(found.original, original);
+                                assert_eq!(found.reply, reply_of(&original));
+                                hits += 1;
+                            }
+                            assert_eq!(ct.lookup(&rng.key(), now), None);
+                            lookups += 1;
+                        }
+                        (lookups, hits)
+                    })
+                })
+                .collect();
+
+            let mut live: Vec<FlowRef> = Vec::new();
+            for round in 0..200_000u32 {
+                if live.len() < (CAPACITY as usize - STABLE) * 3 / 4 && round % 3 != 0 {
+                    let original = pool[(rng.next() % pool.len() as u64) as usize];
+                    match ct.insert(original, reply_of(&original), 0, now) {
+                        Ok(flow) if !live.contains(&flow) => live.push(flow),
+                        Ok(_) => {}
+                        Err(e) => panic!("insert failed: {e}"),
+                    }
+                } else if !live.is_empty() {
+                    let victim = live.swap_remove((rng.next() % live.len() as u64) as usize);
+                    assert!(ct.remove(&victim));
+                }
+            }
+            stop.store(true, Relaxed);
+            for reader in readers {
+                let (lookups, hits) = reader.join().unwrap();
+                eprintln!("reader: {lookups} lookups, {hits} hits on churning flows");
+                assert!(lookups > 1000 && hits > 0);
+            }
+        });
+        assert_eq!(ct.len(), STABLE + ct.len() - STABLE);
+        for flow in &stable {
+            assert_eq!(ct.lookup(&flow.original, now).as_ref(), Some(flow));
+        }
+    }
+
+    #[test]
+    fn memory_per_flow_is_bounded() {
+        let ct = table(1 << 20);
+        let per_flow = ct.memory_bytes() as f64 / ct.capacity() as f64;
+        eprintln!(
+            "conntrack: {} bytes for {} flows = {per_flow:.1} bytes per flow",
+            ct.memory_bytes(),
+            ct.capacity()
+        );
+        assert!(per_flow <= 128.0);
+        // The worst case: one more than a power of two doubles the index.
+        let odd = table((1 << 16) + 1);
+        assert!(odd.memory_bytes() as f64 / odd.capacity() as f64 <= 128.0);
+    }
+
+    #[test]
+    fn state_word_round_trips_and_generations_wrap() {
+        let word = StateWord(0)
+            .next_generation()
+            .with(FlowState::UdpStream, true, 123_456);
+        assert_eq!(word.state(), Some(FlowState::UdpStream));
+        assert!(word.seen_reply());
+        assert_eq!(word.expiry_ms(), 123_456);
+        let freed = word.freed();
+        assert_eq!(freed.state(), None);
+        assert_ne!(freed.next_generation(), freed);
+        let last = StateWord(GENERATION_MASK);
+        assert_eq!(last.next_generation(), StateWord(0));
+        assert_eq!(
+            entry_target(make_entry(u64::MAX, MAX_CAPACITY - 1, Direction::Reply)),
+            (MAX_CAPACITY - 1, Direction::Reply)
+        );
+        assert_ne!(
+            make_entry(u64::MAX, MAX_CAPACITY - 1, Direction::Reply),
+            TOMBSTONE
+        );
+        assert_ne!(make_entry(0, 0, Direction::Original), EMPTY);
+    }
+}

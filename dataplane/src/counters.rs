@@ -48,7 +48,7 @@ events! {
     VxlanEncap => ("vxlan_encap", "packets encapsulated toward another node"),
     VxlanDecap => ("vxlan_decap", "packets decapsulated from another node"),
     ServiceNewFlow => ("service_new_flow", "new service flows: Maglev pick and conntrack insert"),
-    ServiceEstablished => ("service_established", "service packets translated from an existing conntrack entry"),
+    NatEstablished => ("nat_established", "packets translated in their original direction from an existing conntrack entry"),
     ReverseNat => ("reverse_nat", "reply packets translated back to the service or original address"),
     Hairpin => ("hairpin", "service flows where a pod reached itself and was masqueraded"),
     MasqueradeNewFlow => ("masquerade_new_flow", "new egress flows masqueraded to the node address"),

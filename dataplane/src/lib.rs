@@ -17,11 +17,15 @@
 pub mod conntrack;
 pub mod counters;
 pub mod flow;
+pub mod pipeline;
 pub mod reason;
 pub mod tables;
+pub mod testkit;
 pub mod time;
 pub mod wire;
 
 pub use counters::Counters;
+pub use pipeline::{process_batch, Frame, Packet, Verdict};
 pub use reason::{DropReason, PassReason};
+pub use tables::Snapshot;
 pub use time::Instant;

@@ -89,6 +89,8 @@ reasons! {
         TooBigForTunnel = 24 => ("too_big_for_tunnel", "packet without DF exceeds the tunnel MTU; kxdp does not fragment"),
         IcmpErrorUntranslatable = 25 => ("icmp_error_untranslatable", "ICMP error too short to carry the offending header"),
         NoHeadroom = 26 => ("no_headroom", "frame buffer lacks the headroom or tailroom the rewrite needs"),
+        ServiceNoLocalEndpoints = 27 => ("service_no_local_endpoints", "traffic policy Local and no usable endpoint on this node (kube-proxy drops too)"),
+        ConntrackClash = 28 => ("conntrack_clash", "the translated flow's reply would collide with another tracked flow"),
     }
 }
 
@@ -128,7 +130,11 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), DropReason::COUNT);
         for n in names {
-            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()), "{n}");
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()),
+                "{n}"
+            );
         }
     }
 }

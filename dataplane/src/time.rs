@@ -82,6 +82,9 @@ mod tests {
         assert_eq!((t + Duration::from_millis(5)).as_nanos(), 2_005_000_000);
         assert_eq!(Instant::ZERO - t, Duration::ZERO);
         assert_eq!(t - Instant::from_secs(1), Duration::from_secs(1));
-        assert_eq!((Instant::from_nanos(u64::MAX) + Duration::MAX).as_nanos(), u64::MAX);
+        assert_eq!(
+            (Instant::from_nanos(u64::MAX) + Duration::MAX).as_nanos(),
+            u64::MAX
+        );
     }
 }

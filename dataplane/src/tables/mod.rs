@@ -1,3 +1,596 @@
-//! The snapshot tables. (Being written.)
+//! The snapshot: every table a worker reads, immutable once built.
+//!
+//! The control side builds a [`Snapshot`] from the cluster model and publishes it by swapping a
+//! pointer; workers load it once per batch and never lock. Everything a packet decision needs
+//! that is not per-flow state lives here; per-flow state lives in [`crate::conntrack`].
+//!
+//! Building resolves what can be resolved ahead of time, so the packet path does one lookup
+//! where a naive design would do three: each remote node gets a ready-made VXLAN header
+//! template (outer Ethernet, IPv4, UDP, VXLAN and inner Ethernet, with the outer checksum
+//! pre-summed), and the uplink's next hop is resolved to a MAC address.
+
 pub mod maglev;
 pub mod route;
+pub mod service;
+
+use core::net::Ipv4Addr;
+use core::ops::RangeInclusive;
+use std::sync::Arc;
+
+use crate::flow::FastMap;
+use crate::wire::{checksum, vxlan, Ipv4Cidr, MacAddr};
+pub use route::Lpm;
+pub use service::{
+    Backend, Frontend, FrontendKind, Pick, ServicePort, ServicePortSpec, ServiceTable,
+    ServiceTableError, TrafficPolicy,
+};
+
+/// An interface the dataplane drives, numbered by the I/O layer. Small and dense: tables index
+/// arrays with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InterfaceId(pub u16);
+
+/// What an interface is to this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterfaceRole {
+    /// The node's NIC toward the underlay.
+    Uplink,
+    /// The veth toward the node's own kernel stack.
+    Host,
+    /// The host end of a pod's veth; the pod owns `ip`.
+    Pod {
+        /// The pod's address: the only source address accepted on this interface.
+        ip: Ipv4Addr,
+    },
+}
+
+/// This node's own configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Kubernetes node name.
+    pub name: String,
+    /// The node's addresses on the underlay; the first is the VXLAN source and the egress
+    /// masquerade address. NodePorts answer on all of them.
+    pub node_ips: Vec<Ipv4Addr>,
+    /// The underlay subnet of the uplink: destinations inside it are neighbours.
+    pub uplink_subnet: Ipv4Cidr,
+    /// The uplink's default gateway, for destinations outside the cluster and the subnet.
+    pub uplink_gateway: Option<Ipv4Addr>,
+    /// This node's pod CIDR.
+    pub pod_cidr: Ipv4Cidr,
+    /// The whole cluster's pod CIDR; traffic leaving it is masqueraded.
+    pub cluster_cidr: Ipv4Cidr,
+    /// The service CIDR; an address in it with no service is dropped.
+    pub service_cidr: Ipv4Cidr,
+    /// The pods' gateway: the node's address on the pod network. Pods route through it, kxdp
+    /// answers ARP and ping for it, and masquerades hairpin, NodePort and node-to-pod traffic to
+    /// it (where kube-proxy with flannel would pick the cni0/flannel.1 address).
+    pub gateway_ip: Ipv4Addr,
+    /// The MAC address pods see for every other host (proxy ARP answers with it).
+    pub gateway_mac: MacAddr,
+    /// The uplink interface.
+    pub uplink: InterfaceId,
+    /// The uplink's MAC address.
+    pub uplink_mac: MacAddr,
+    /// The uplink's MTU; encapsulated packets must fit in it.
+    pub uplink_mtu: u16,
+    /// The host interface toward the node's kernel.
+    pub host: InterfaceId,
+    /// The kernel-side MAC address of the host interface: frames handed to the host carry it.
+    pub host_mac: MacAddr,
+    /// This node's VTEP MAC, the inner source MAC of what it encapsulates (flannel publishes it
+    /// in `flannel.alpha.coreos.com/backend-data`).
+    pub vtep_mac: MacAddr,
+    /// VXLAN network identifier (flannel: 1).
+    pub vxlan_vni: u32,
+    /// VXLAN UDP port (flannel and Linux: 8472).
+    pub vxlan_port: u16,
+    /// Source ports for masquerade (egress, hairpin, NodePort, node to pod). Keep it out of the
+    /// kernel's `ip_local_port_range` and the NodePort range so the XDP program can steer
+    /// replies by port alone.
+    pub masquerade_ports: RangeInclusive<u16>,
+}
+
+impl NodeConfig {
+    /// The primary node address.
+    #[inline]
+    pub fn primary_ip(&self) -> Ipv4Addr {
+        self.node_ips[0]
+    }
+}
+
+/// A pod on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    /// `namespace/name`.
+    pub name: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// The host end of its veth.
+    pub iface: InterfaceId,
+    /// The pod's MAC address (its end of the veth).
+    pub mac: MacAddr,
+}
+
+/// Another node of the overlay, kxdp or flannel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteNode {
+    /// Kubernetes node name.
+    pub name: String,
+    /// Its underlay address (flannel's `public-ip`).
+    pub node_ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Cidr,
+    /// Its VTEP MAC.
+    pub vtep_mac: MacAddr,
+}
+
+/// Where a destination address leads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// This node's pod CIDR: look the pod up.
+    LocalPods,
+    /// Another node's pod CIDR: encapsulate toward it (index into the remote nodes).
+    RemoteNode(u32),
+    /// One of this node's own addresses.
+    Node,
+    /// The service CIDR.
+    ServiceCidr,
+    /// Inside the cluster CIDR, in no node's pod CIDR.
+    ClusterUnassigned,
+    /// Outside the cluster: out the uplink.
+    External,
+}
+
+/// Length of a VXLAN encapsulation template: outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet.
+pub const ENCAP_TEMPLATE_LEN: usize = 64;
+
+/// A remote node with its precomputed encapsulation.
+#[derive(Clone, Debug)]
+pub struct RemoteNodeEntry {
+    /// The node.
+    pub node: RemoteNode,
+    /// Ready-made headers, or `None` while the next hop's MAC is unknown.
+    pub encap: Option<EncapTemplate>,
+}
+
+/// Headers of a VXLAN packet toward one node, complete but for the outer IPv4 total length and
+/// checksum and the UDP source port and length, which depend on the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncapTemplate {
+    /// The bytes.
+    pub bytes: [u8; ENCAP_TEMPLATE_LEN],
+    /// One's-complement sum of the outer IPv4 header with zero length and checksum.
+    pub ip_partial_sum: u32,
+}
+
+impl EncapTemplate {
+    fn new(node: &NodeConfig, remote: &RemoteNode, next_hop_mac: MacAddr) -> EncapTemplate {
+        let mut b = [0u8; ENCAP_TEMPLATE_LEN];
+        // Outer Ethernet.
+        b[0..6].copy_from_slice(&next_hop_mac.0);
+        b[6..12].copy_from_slice(&node.uplink_mac.0);
+        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        // Outer IPv4: DF set because kxdp never fragments (RFC 6864 lets ID stay zero then).
+        b[14] = 0x45;
+        b[20..22].copy_from_slice(&0x4000u16.to_be_bytes());
+        b[22] = 64;
+        b[23] = crate::flow::proto::UDP;
+        b[26..30].copy_from_slice(&node.primary_ip().octets());
+        b[30..34].copy_from_slice(&remote.node_ip.octets());
+        // Outer UDP: checksum zero, as Linux's vxlan sends over IPv4 by default.
+        b[36..38].copy_from_slice(&node.vxlan_port.to_be_bytes());
+        // VXLAN.
+        let mut vx = vxlan::VxlanPacket::new_unchecked(&mut b[42..50]);
+        vx.set_flags(vxlan::FLAG_I);
+        vx.set_vni(node.vxlan_vni);
+        // Inner Ethernet: the kernel's vxlan device accepts frames for its own VTEP MAC.
+        b[50..56].copy_from_slice(&remote.vtep_mac.0);
+        b[56..62].copy_from_slice(&node.vtep_mac.0);
+        b[62..64].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_partial_sum = checksum::sum(&b[14..34], 0);
+        EncapTemplate {
+            bytes: b,
+            ip_partial_sum,
+        }
+    }
+}
+
+/// Everything a snapshot is built from.
+#[derive(Clone, Debug)]
+pub struct SnapshotInputs {
+    /// Monotonic version, for tracing and metrics.
+    pub generation: u64,
+    /// This node.
+    pub node: NodeConfig,
+    /// Compiled service ports.
+    pub services: Vec<Arc<ServicePort>>,
+    /// Pods on this node.
+    pub pods: Vec<LocalPod>,
+    /// Other nodes.
+    pub nodes: Vec<RemoteNode>,
+    /// Underlay neighbours: address to MAC.
+    pub neighbors: Vec<(Ipv4Addr, MacAddr)>,
+}
+
+/// Why a snapshot could not be built; each names the object at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// A field of the node's own configuration is invalid.
+    #[error("node {node}: {field}: {problem}")]
+    BadNodeConfig {
+        /// Node name.
+        node: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Two pods claim one interface or one address.
+    #[error("pod {second}: {what} is already used by pod {first}")]
+    PodConflict {
+        /// The pod listed first.
+        first: String,
+        /// The pod listed second.
+        second: String,
+        /// "interface N" or "address A".
+        what: String,
+    },
+    /// A local pod's address is outside this node's pod CIDR.
+    #[error("pod {pod}: address {ip} is outside this node's pod CIDR {cidr}")]
+    PodOutsideCidr {
+        /// The pod.
+        pod: String,
+        /// Its address.
+        ip: Ipv4Addr,
+        /// The node's pod CIDR.
+        cidr: Ipv4Cidr,
+    },
+    /// A remote node's pod CIDR overlaps another's or this node's.
+    #[error("node {node}: pod CIDR {cidr} overlaps node {other}")]
+    OverlappingPodCidr {
+        /// The node.
+        node: String,
+        /// Its CIDR.
+        cidr: Ipv4Cidr,
+        /// The node it overlaps.
+        other: String,
+    },
+    /// The service table could not be built.
+    #[error(transparent)]
+    Service(#[from] ServiceTableError),
+}
+
+/// The immutable tables a worker reads.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Monotonic version.
+    pub generation: u64,
+    /// This node.
+    pub node: NodeConfig,
+    /// Service ports by frontend.
+    pub services: ServiceTable,
+    routes: Lpm<RouteTarget>,
+    pods: FastMap<u32, LocalPod>,
+    interfaces: Vec<Option<InterfaceRole>>,
+    remote_nodes: Vec<RemoteNodeEntry>,
+    nodes_by_ip: FastMap<u32, u32>,
+    neighbors: FastMap<u32, MacAddr>,
+    gateway_mac: Option<MacAddr>,
+}
+
+fn cidr_overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
+    a.contains_subnet(b) || b.contains_subnet(a)
+}
+
+impl Snapshot {
+    /// Build and validate a snapshot.
+    pub fn build(inputs: SnapshotInputs) -> Result<Snapshot, SnapshotError> {
+        let SnapshotInputs {
+            generation,
+            node,
+            services,
+            pods,
+            nodes,
+            neighbors,
+        } = inputs;
+        let bad = |field: &'static str, problem: String| SnapshotError::BadNodeConfig {
+            node: node.name.clone(),
+            field,
+            problem,
+        };
+        if node.node_ips.is_empty() {
+            return Err(bad(
+                "node_ips",
+                "at least one node address is required".into(),
+            ));
+        }
+        if !node.pod_cidr.contains_addr(&node.gateway_ip) {
+            return Err(bad(
+                "gateway_ip",
+                format!(
+                    "{} is outside the pod CIDR {}",
+                    node.gateway_ip, node.pod_cidr
+                ),
+            ));
+        }
+        if !node.cluster_cidr.contains_subnet(&node.pod_cidr) {
+            return Err(bad(
+                "pod_cidr",
+                format!(
+                    "{} is outside the cluster CIDR {}",
+                    node.pod_cidr, node.cluster_cidr
+                ),
+            ));
+        }
+        if node.vxlan_vni >= 1 << 24 {
+            return Err(bad(
+                "vxlan_vni",
+                format!("{} does not fit in 24 bits", node.vxlan_vni),
+            ));
+        }
+        if node.masquerade_ports.is_empty() {
+            return Err(bad("masquerade_ports", "the range is empty".into()));
+        }
+        if usize::from(node.uplink_mtu) < 576 + crate::wire::VXLAN_OVERHEAD {
+            return Err(bad(
+                "uplink_mtu",
+                format!(
+                    "{} leaves less than 576 bytes inside the tunnel",
+                    node.uplink_mtu
+                ),
+            ));
+        }
+
+        let services = ServiceTable::new(services, &node.node_ips)?;
+        let neighbors: FastMap<u32, MacAddr> = neighbors
+            .into_iter()
+            .map(|(ip, mac)| (u32::from(ip), mac))
+            .collect();
+        let gateway_mac = node
+            .uplink_gateway
+            .and_then(|gw| neighbors.get(&u32::from(gw)).copied());
+
+        let mut interfaces: Vec<Option<InterfaceRole>> = Vec::new();
+        let mut set_role = |id: InterfaceId, role: InterfaceRole| {
+            let i = usize::from(id.0);
+            if interfaces.len() <= i {
+                interfaces.resize(i + 1, None);
+            }
+            let prev = interfaces[i].replace(role);
+            prev.is_none()
+        };
+        if !set_role(node.uplink, InterfaceRole::Uplink)
+            || !set_role(node.host, InterfaceRole::Host)
+        {
+            return Err(bad(
+                "host",
+                "the uplink and host interfaces must differ".into(),
+            ));
+        }
+
+        let mut pod_map: FastMap<u32, LocalPod> = FastMap::default();
+        let mut by_iface: FastMap<u16, String> = FastMap::default();
+        for pod in pods {
+            if !node.pod_cidr.contains_addr(&pod.ip) {
+                return Err(SnapshotError::PodOutsideCidr {
+                    pod: pod.name,
+                    ip: pod.ip,
+                    cidr: node.pod_cidr,
+                });
+            }
+            if let Some(first) = pod_map.get(&u32::from(pod.ip)) {
+                return Err(SnapshotError::PodConflict {
+                    first: first.name.clone(),
+                    second: pod.name,
+                    what: format!("address {}", pod.ip),
+                });
+            }
+            if let Some(first) = by_iface.get(&pod.iface.0) {
+                return Err(SnapshotError::PodConflict {
+                    first: first.clone(),
+                    second: pod.name,
+                    what: format!("interface {}", pod.iface.0),
+                });
+            }
+            if !set_role(pod.iface, InterfaceRole::Pod { ip: pod.ip }) {
+                return Err(bad(
+                    "uplink",
+                    format!("pod {} uses the uplink or host interface", pod.name),
+                ));
+            }
+            by_iface.insert(pod.iface.0, pod.name.clone());
+            pod_map.insert(u32::from(pod.ip), pod);
+        }
+
+        let mut routes = Lpm::new();
+        let mut add = |cidr: Ipv4Cidr, t: RouteTarget| {
+            routes
+                .insert(cidr.address(), cidr.prefix_len(), t)
+                .map(|_| ())
+                .ok();
+        };
+        add(
+            Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
+            RouteTarget::External,
+        );
+        add(node.cluster_cidr, RouteTarget::ClusterUnassigned);
+        add(node.service_cidr, RouteTarget::ServiceCidr);
+        add(node.pod_cidr, RouteTarget::LocalPods);
+
+        let mut remote_nodes = Vec::with_capacity(nodes.len());
+        let mut nodes_by_ip: FastMap<u32, u32> = FastMap::default();
+        for remote in nodes {
+            if cidr_overlaps(&remote.pod_cidr, &node.pod_cidr) {
+                return Err(SnapshotError::OverlappingPodCidr {
+                    node: remote.name,
+                    cidr: remote.pod_cidr,
+                    other: node.name.clone(),
+                });
+            }
+            if let Some(other) = remote_nodes
+                .iter()
+                .find(|e: &&RemoteNodeEntry| cidr_overlaps(&e.node.pod_cidr, &remote.pod_cidr))
+            {
+                return Err(SnapshotError::OverlappingPodCidr {
+                    node: remote.name,
+                    cidr: remote.pod_cidr,
+                    other: other.node.name.clone(),
+                });
+            }
+            let next_hop = if node.uplink_subnet.contains_addr(&remote.node_ip) {
+                Some(remote.node_ip)
+            } else {
+                node.uplink_gateway
+            };
+            let encap = next_hop
+                .and_then(|nh| neighbors.get(&u32::from(nh)))
+                .map(|mac| EncapTemplate::new(&node, &remote, *mac));
+            let idx = remote_nodes.len() as u32;
+            add(remote.pod_cidr, RouteTarget::RemoteNode(idx));
+            nodes_by_ip.insert(u32::from(remote.node_ip), idx);
+            remote_nodes.push(RemoteNodeEntry {
+                node: remote,
+                encap,
+            });
+        }
+        for ip in &node.node_ips {
+            add(Ipv4Cidr::new(*ip, 32), RouteTarget::Node);
+        }
+        add(Ipv4Cidr::new(node.gateway_ip, 32), RouteTarget::Node);
+
+        Ok(Snapshot {
+            generation,
+            node,
+            services,
+            routes,
+            pods: pod_map,
+            interfaces,
+            remote_nodes,
+            nodes_by_ip,
+            neighbors,
+            gateway_mac,
+        })
+    }
+
+    /// The role of an interface, if the snapshot knows it.
+    #[inline]
+    pub fn interface_role(&self, id: InterfaceId) -> Option<InterfaceRole> {
+        self.interfaces.get(usize::from(id.0)).copied().flatten()
+    }
+
+    /// Where `dst` leads.
+    #[inline]
+    pub fn route(&self, dst: Ipv4Addr) -> RouteTarget {
+        self.routes
+            .lookup(dst)
+            .copied()
+            .unwrap_or(RouteTarget::External)
+    }
+
+    /// The pod on this node with address `ip`.
+    #[inline]
+    pub fn local_pod(&self, ip: Ipv4Addr) -> Option<&LocalPod> {
+        self.pods.get(&u32::from(ip))
+    }
+
+    /// Every pod on this node.
+    pub fn local_pods(&self) -> impl Iterator<Item = &LocalPod> {
+        self.pods.values()
+    }
+
+    /// A remote node by route index.
+    #[inline]
+    pub fn remote_node(&self, idx: u32) -> Option<&RemoteNodeEntry> {
+        self.remote_nodes.get(idx as usize)
+    }
+
+    /// Every remote node.
+    pub fn remote_nodes(&self) -> &[RemoteNodeEntry] {
+        &self.remote_nodes
+    }
+
+    /// The remote node whose underlay address is `ip`.
+    #[inline]
+    pub fn remote_node_by_ip(&self, ip: Ipv4Addr) -> Option<&RemoteNodeEntry> {
+        let idx = *self.nodes_by_ip.get(&u32::from(ip))?;
+        self.remote_nodes.get(idx as usize)
+    }
+
+    /// Whether `ip` is one of this node's underlay addresses.
+    #[inline]
+    pub fn is_node_ip(&self, ip: Ipv4Addr) -> bool {
+        self.node.node_ips.contains(&ip)
+    }
+
+    /// The MAC address of the uplink next hop toward `dst` (outside the cluster).
+    #[inline]
+    pub fn next_hop_mac(&self, dst: Ipv4Addr) -> Option<MacAddr> {
+        if self.node.uplink_subnet.contains_addr(&dst) {
+            self.neighbors.get(&u32::from(dst)).copied()
+        } else {
+            self.gateway_mac
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+
+    #[test]
+    fn builds_the_fixture_node_and_routes_every_class_of_address() {
+        let snap = testkit::Topology::default().snapshot();
+        let t = testkit::Topology::default();
+        assert_eq!(snap.route(t.pod_a.ip), RouteTarget::LocalPods);
+        assert_eq!(snap.route(t.remote_pod_ip), RouteTarget::RemoteNode(0));
+        assert_eq!(snap.route(t.node.primary_ip()), RouteTarget::Node);
+        assert_eq!(snap.route(t.node.gateway_ip), RouteTarget::Node);
+        assert_eq!(
+            snap.route(Ipv4Addr::new(10, 96, 7, 7)),
+            RouteTarget::ServiceCidr
+        );
+        assert_eq!(
+            snap.route(Ipv4Addr::new(10, 244, 99, 1)),
+            RouteTarget::ClusterUnassigned
+        );
+        assert_eq!(snap.route(t.external_ip), RouteTarget::External);
+        assert!(snap.remote_node(0).unwrap().encap.is_some());
+        assert_eq!(
+            snap.interface_role(t.pod_a.iface),
+            Some(InterfaceRole::Pod { ip: t.pod_a.ip })
+        );
+        assert_eq!(snap.interface_role(InterfaceId(999)), None);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_object_and_field() {
+        let t = testkit::Topology::default();
+        let mut inputs = t.inputs();
+        inputs.node.gateway_ip = Ipv4Addr::new(10, 1, 1, 1);
+        let err = Snapshot::build(inputs).unwrap_err().to_string();
+        assert!(
+            err.contains("gateway_ip") && err.contains(&t.node.name),
+            "{err}"
+        );
+
+        let mut inputs = t.inputs();
+        let mut twin = inputs.pods[0].clone();
+        twin.name = "default/twin".into();
+        twin.iface = InterfaceId(77);
+        inputs.pods.push(twin);
+        let err = Snapshot::build(inputs).unwrap_err().to_string();
+        assert!(
+            err.contains("default/twin") && err.contains("address"),
+            "{err}"
+        );
+
+        let mut inputs = t.inputs();
+        let mut clash = inputs.nodes[0].clone();
+        clash.name = "node-c".into();
+        inputs.nodes.push(clash);
+        let err = Snapshot::build(inputs).unwrap_err().to_string();
+        assert!(err.contains("node-c") && err.contains("overlaps"), "{err}");
+    }
+}

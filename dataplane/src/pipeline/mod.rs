@@ -1,0 +1,216 @@
+//! The pipeline: a batch of received frames in, a [`Verdict`] per frame out.
+//!
+//! [`process_batch`] is the only entry point. It reads the [`Snapshot`], the shared
+//! [`Conntrack`] and the caller's clock, rewrites each frame in place, and never allocates,
+//! locks on the established path, or makes a system call. A frame leaves through exactly one
+//! verdict: transmit on an interface, reply out the interface it came in on, hand to the node's
+//! kernel, or drop with a [`DropReason`].
+//!
+//! The stages, in the order a packet meets them:
+//!
+//! 1. **ingress** (this file): the interface's role decides the path; ARP is answered for pods
+//!    and the host ([`arp`]); the IPv4 header is validated once ([`parse`]); a pod's source
+//!    address must be its own;
+//! 2. **decap** ([`vxlan`]): VXLAN from a known node with our VNI is stripped and the inner
+//!    packet continues as overlay traffic;
+//! 3. **ICMP** ([`icmp`]): pings of the gateway are answered; ICMP errors about a translated flow
+//!    are translated back like the flow;
+//! 4. **service NAT and conntrack** ([`nat`]): known flows are translated from conntrack; new
+//!    flows to a service frontend get a Maglev-picked backend (masqueraded where kube-proxy
+//!    would); pod traffic leaving the cluster is masqueraded to the node address;
+//! 5. **output** ([`output`]): route the (translated) destination: a local pod (L2 rewrite,
+//!    TTL decrement), another node (VXLAN encapsulation), the node itself, or the uplink.
+
+mod arp;
+mod frame;
+mod icmp;
+mod nat;
+mod output;
+mod parse;
+mod vxlan;
+
+pub use frame::Frame;
+
+use crate::conntrack::Conntrack;
+use crate::counters::{Counters, Event};
+use crate::reason::{DropReason, PassReason};
+use crate::tables::{InterfaceId, InterfaceRole, Snapshot};
+use crate::time::Instant;
+use crate::wire::ETHERNET_HEADER_LEN;
+
+/// What happens to a frame after the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the (rewritten) frame on this interface.
+    Transmit(InterfaceId),
+    /// Transmit the frame, now a reply, back out the interface it arrived on.
+    Reply,
+    /// Hand the frame to the node's kernel through the host interface. Frames the pipeline
+    /// routed there carry the host interface's MAC; frames it did not parse are untouched.
+    ToHost(PassReason),
+    /// Drop the frame.
+    Drop(DropReason),
+}
+
+/// One received frame and, after [`process_batch`], its verdict.
+#[derive(Debug)]
+pub struct Packet<'a> {
+    /// The frame, rewritten in place.
+    pub frame: Frame<'a>,
+    /// The interface it arrived on.
+    pub ingress: InterfaceId,
+    /// The pipeline's decision; meaningless before processing.
+    pub verdict: Verdict,
+}
+
+impl<'a> Packet<'a> {
+    /// A frame received on `ingress`, not yet processed.
+    #[inline]
+    pub fn new(frame: Frame<'a>, ingress: InterfaceId) -> Self {
+        Packet {
+            frame,
+            ingress,
+            verdict: Verdict::Drop(DropReason::FrameTooShort),
+        }
+    }
+}
+
+/// Where a packet entered the IPv4 stages; it decides which destinations it may reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// From a local pod's veth.
+    Pod,
+    /// From the node's kernel through the host interface.
+    Host,
+    /// Unencapsulated on the uplink.
+    Uplink,
+    /// Decapsulated from another node.
+    Overlay,
+}
+
+/// Everything a stage reads, besides the frame.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'s> {
+    pub(crate) snap: &'s Snapshot,
+    pub(crate) ct: &'s Conntrack,
+    pub(crate) counters: &'s Counters,
+    pub(crate) now: Instant,
+}
+
+/// Run the pipeline over a batch: every packet's frame is rewritten in place and its
+/// [`Packet::verdict`] set. `now` is the caller's monotonic clock, read once per batch.
+pub fn process_batch(
+    packets: &mut [Packet<'_>],
+    snapshot: &Snapshot,
+    conntrack: &Conntrack,
+    counters: &Counters,
+    now: Instant,
+) {
+    let ctx = Ctx {
+        snap: snapshot,
+        ct: conntrack,
+        counters,
+        now,
+    };
+    counters.inc(Event::Batches);
+    counters.add(Event::RxPackets, packets.len() as u64);
+    for p in packets.iter_mut() {
+        let verdict = process_one(&ctx, &mut p.frame, p.ingress);
+        match verdict {
+            Verdict::Transmit(_) => counters.inc(Event::Transmitted),
+            Verdict::Reply => counters.inc(Event::Replied),
+            Verdict::ToHost(r) => counters.passed(r),
+            Verdict::Drop(r) => counters.dropped(r),
+        }
+        p.verdict = verdict;
+    }
+}
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+
+#[inline]
+fn process_one(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Verdict {
+    let Some(role) = ctx.snap.interface_role(ingress) else {
+        return Verdict::Drop(DropReason::UnknownInterface);
+    };
+    let data = frame.data();
+    if data.len() < ETHERNET_HEADER_LEN {
+        return Verdict::Drop(DropReason::FrameTooShort);
+    }
+    let ethertype = u16::from_be_bytes([data[12], data[13]]);
+    match role {
+        InterfaceRole::Pod { ip } => {
+            if ethertype == ETHERTYPE_ARP {
+                return arp::answer(ctx, frame);
+            }
+            if ethertype != ETHERTYPE_IPV4 {
+                return Verdict::Drop(DropReason::UnsupportedEthertype);
+            }
+            let meta = match parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN) {
+                Ok(m) => m,
+                Err(r) => return Verdict::Drop(r),
+            };
+            if meta.key.src_ip != ip {
+                return Verdict::Drop(DropReason::SpoofedSource);
+            }
+            forward_ipv4(ctx, frame, meta, Origin::Pod)
+        }
+        InterfaceRole::Host => {
+            if ethertype == ETHERTYPE_ARP {
+                return arp::answer(ctx, frame);
+            }
+            if ethertype != ETHERTYPE_IPV4 {
+                return Verdict::Drop(DropReason::UnsupportedEthertype);
+            }
+            match parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN) {
+                Ok(meta) => forward_ipv4(ctx, frame, meta, Origin::Host),
+                Err(r) => Verdict::Drop(r),
+            }
+        }
+        InterfaceRole::Uplink => {
+            if ethertype != ETHERTYPE_IPV4 {
+                return Verdict::ToHost(PassReason::NotIpv4);
+            }
+            let Ok(meta) = parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN) else {
+                return Verdict::ToHost(PassReason::Ipv4Unsupported);
+            };
+            if vxlan::is_ours(ctx, &meta) {
+                return match vxlan::decap(ctx, frame, &meta) {
+                    Ok(inner) => forward_ipv4(ctx, frame, inner, Origin::Overlay),
+                    Err(r) => Verdict::Drop(r),
+                };
+            }
+            forward_ipv4(ctx, frame, meta, Origin::Uplink)
+        }
+    }
+}
+
+/// The IPv4 stages after ingress: ICMP, NAT and conntrack, output.
+#[inline]
+fn forward_ipv4(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    mut meta: parse::Ipv4Meta,
+    origin: Origin,
+) -> Verdict {
+    if meta.key.proto == crate::flow::proto::ICMP {
+        if meta.icmp_type == parse::icmp_type::ECHO_REQUEST
+            && meta.key.dst_ip == ctx.snap.node.gateway_ip
+        {
+            return icmp::echo_reply(ctx, frame, &mut meta, origin);
+        }
+        if meta.is_icmp_error() {
+            match icmp::translate_error(ctx, frame, &mut meta) {
+                Ok(true) => return output::deliver(ctx, frame, &mut meta, origin, true),
+                Ok(false) => {}
+                Err(r) => return Verdict::Drop(r),
+            }
+        }
+    }
+    match nat::translate(ctx, frame, &mut meta, origin) {
+        nat::Outcome::Translated => output::deliver(ctx, frame, &mut meta, origin, true),
+        nat::Outcome::Untracked => output::deliver(ctx, frame, &mut meta, origin, false),
+        nat::Outcome::Done(v) => v,
+    }
+}

@@ -1,0 +1,192 @@
+//! Service NAT, masquerade and conntrack: the stage that decides a packet's translation.
+//!
+//! Only packets that can belong to a translated flow look in conntrack: packets to a service
+//! frontend, to one of this node's own addresses (replies to masqueraded flows), from a service
+//! endpoint (replies of DNATed flows), from a pod to outside the cluster, and from the node's
+//! kernel to another node's pod. Plain pod-to-pod traffic never touches the shared table, so it
+//! pays no cache miss for it however many flows are tracked.
+//!
+//! Masquerade follows kube-proxy with flannel: a service flow is source-NATed to the gateway
+//! address when a pod reaches itself (hairpin), or when the client is outside the cluster CIDR
+//! (node processes, external clients) unless `externalTrafficPolicy: Local` preserves it. Pod
+//! traffic leaving the cluster is source-NATed to the node's primary address, and traffic from
+//! the node's kernel to another node's pod to the gateway address, so that replies come back
+//! through the overlay to this node.
+
+use super::parse::{icmp_type, Ipv4Meta};
+use super::{icmp, Ctx, Frame, Origin, Verdict};
+use crate::conntrack::{Direction, InsertError};
+use crate::counters::Event;
+use crate::flow::{proto, FlowKey};
+use crate::reason::DropReason;
+use crate::tables::{FrontendKind, Pick, RouteTarget, ServicePort};
+use crate::wire::nat;
+
+/// What the NAT stage decided.
+pub(crate) enum Outcome {
+    /// The packet was translated; route its new destination.
+    Translated,
+    /// The packet belongs to no translated flow; route it as it is.
+    Untracked,
+    /// The packet's fate is decided.
+    Done(Verdict),
+}
+
+/// Whether conntrack can hold a flow of this packet: TCP, UDP and ICMP echo.
+#[inline]
+fn trackable(meta: &Ipv4Meta) -> bool {
+    match meta.key.proto {
+        proto::TCP | proto::UDP => true,
+        proto::ICMP => matches!(
+            meta.icmp_type,
+            icmp_type::ECHO_REQUEST | icmp_type::ECHO_REPLY
+        ),
+        _ => false,
+    }
+}
+
+#[inline]
+pub(crate) fn translate(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    meta: &mut Ipv4Meta,
+    origin: Origin,
+) -> Outcome {
+    let snap = ctx.snap;
+    let key = meta.key;
+    let is_l4 = key.proto == proto::TCP || key.proto == proto::UDP;
+    let service = if is_l4 && origin != Origin::Overlay {
+        snap.services.lookup(key.dst_ip, key.proto, key.dst_port)
+    } else {
+        None
+    };
+    let route = snap.route(key.dst_ip);
+    let masquerade_to = match (route, origin) {
+        (RouteTarget::External, Origin::Pod) => Some(snap.node.primary_ip()),
+        (RouteTarget::RemoteNode(_), Origin::Host) => Some(snap.node.gateway_ip),
+        _ => None,
+    };
+    let trackable = trackable(meta);
+    if trackable
+        && (service.is_some()
+            || masquerade_to.is_some()
+            || route == RouteTarget::Node
+            || snap
+                .services
+                .is_backend(key.src_ip, key.proto, key.src_port))
+    {
+        if let Some(flow) = ctx.ct.lookup(&key, ctx.now) {
+            ctx.ct.update(&flow, meta.tcp_flags, ctx.now);
+            rewrite(frame, meta, flow.translated());
+            ctx.counters.inc(match flow.direction {
+                Direction::Original => Event::NatEstablished,
+                Direction::Reply => Event::ReverseNat,
+            });
+            return Outcome::Translated;
+        }
+    }
+    if let Some((port, kind)) = service {
+        return new_service_flow(ctx, frame, meta, origin, port, kind);
+    }
+    if route == RouteTarget::ServiceCidr {
+        return Outcome::Done(Verdict::Drop(DropReason::ServiceNotFound));
+    }
+    match masquerade_to {
+        Some(_) if !trackable => Outcome::Done(Verdict::Drop(DropReason::UnsupportedProtocol)),
+        Some(_) if key.proto == proto::ICMP && meta.icmp_type != icmp_type::ECHO_REQUEST => {
+            // An echo reply leaving the cluster answers nothing we translated.
+            Outcome::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
+        }
+        Some(snat_ip) => {
+            let reply = FlowKey::new(key.proto, key.dst_ip, key.dst_port, snat_ip, 0);
+            match insert(ctx, key, reply, meta.tcp_flags, true) {
+                Ok(to) => {
+                    rewrite(frame, meta, to);
+                    ctx.counters.inc(Event::MasqueradeNewFlow);
+                    Outcome::Translated
+                }
+                Err(r) => Outcome::Done(Verdict::Drop(r)),
+            }
+        }
+        None => Outcome::Untracked,
+    }
+}
+
+/// A new flow to a service frontend: pick a backend, track it, translate it.
+#[cold]
+fn new_service_flow(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    meta: &mut Ipv4Meta,
+    origin: Origin,
+    port: &ServicePort,
+    kind: FrontendKind,
+) -> Outcome {
+    let key = meta.key;
+    let node = &ctx.snap.node;
+    let (ip, bport) = match port.pick(kind, key.src_ip, key.hash()) {
+        Pick::Backend(ip, bport) => (ip, bport),
+        Pick::NoEndpoints => {
+            return Outcome::Done(icmp::port_unreachable(ctx, frame, meta, origin))
+        }
+        Pick::NoLocalEndpoints => {
+            return Outcome::Done(Verdict::Drop(DropReason::ServiceNoLocalEndpoints))
+        }
+    };
+    let hairpin = ip == key.src_ip;
+    let masquerade = hairpin
+        || (!port.preserves_client_ip(kind) && !node.cluster_cidr.contains_addr(&key.src_ip));
+    let reply = if masquerade {
+        FlowKey::new(key.proto, ip, bport, node.gateway_ip, 0)
+    } else {
+        FlowKey::new(key.proto, ip, bport, key.src_ip, key.src_port)
+    };
+    match insert(ctx, key, reply, meta.tcp_flags, masquerade) {
+        Ok(to) => {
+            rewrite(frame, meta, to);
+            ctx.counters.inc(Event::ServiceNewFlow);
+            if hairpin {
+                ctx.counters.inc(Event::Hairpin);
+            }
+            Outcome::Translated
+        }
+        Err(r) => Outcome::Done(Verdict::Drop(r)),
+    }
+}
+
+/// Track a new flow; returns the 5-tuple its original-direction packets are rewritten to.
+fn insert(
+    ctx: &Ctx<'_>,
+    original: FlowKey,
+    reply: FlowKey,
+    tcp_flags: u8,
+    snat: bool,
+) -> Result<FlowKey, DropReason> {
+    let result = if snat {
+        let ports = ctx.snap.node.masquerade_ports.clone();
+        ctx.ct
+            .insert_snat(original, reply, ports, tcp_flags, ctx.now)
+    } else {
+        ctx.ct.insert(original, reply, tcp_flags, ctx.now)
+    };
+    match result {
+        Ok(flow) => Ok(flow.translated()),
+        Err(InsertError::Full) => Err(DropReason::ConntrackFull),
+        Err(InsertError::PortsExhausted) => Err(DropReason::SnatPortsExhausted),
+        Err(InsertError::Clash) => Err(DropReason::ConntrackClash),
+    }
+}
+
+/// Rewrite the packet's addresses and ports to `to`, with incremental checksum updates.
+#[inline]
+pub(crate) fn rewrite(frame: &mut Frame<'_>, meta: &mut Ipv4Meta, to: FlowKey) {
+    let from = meta.key;
+    let ip = &mut frame.data_mut()[meta.l3..meta.l3 + meta.ip_len];
+    if (from.src_ip, from.src_port) != (to.src_ip, to.src_port) {
+        nat::rewrite_src(ip, to.src_ip, to.src_port);
+    }
+    if (from.dst_ip, from.dst_port) != (to.dst_ip, to.dst_port) {
+        nat::rewrite_dst(ip, to.dst_ip, to.dst_port);
+    }
+    meta.key = to;
+}

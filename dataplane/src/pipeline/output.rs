@@ -1,0 +1,78 @@
+//! Output: route the packet's (translated) destination and prepare the frame for it.
+
+use super::parse::Ipv4Meta;
+use super::{vxlan, Ctx, Frame, Origin, Verdict};
+use crate::counters::Event;
+use crate::reason::{DropReason, PassReason};
+use crate::tables::RouteTarget;
+use crate::wire::{nat, MacAddr};
+
+/// Write the Ethernet addresses.
+#[inline]
+pub(crate) fn set_macs(frame: &mut Frame<'_>, dst: MacAddr, src: MacAddr) {
+    let d = frame.data_mut();
+    d[0..6].copy_from_slice(&dst.0);
+    d[6..12].copy_from_slice(&src.0);
+}
+
+/// Route the packet. `translated` says whether the NAT or ICMP stages rewrote it (or built it):
+/// traffic from the overlay or the uplink may only leave the node again when it belongs to a
+/// flow this node translated, so kxdp never forwards traffic it does not own back out.
+#[inline]
+pub(crate) fn deliver(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    meta: &mut Ipv4Meta,
+    origin: Origin,
+    translated: bool,
+) -> Verdict {
+    let snap = ctx.snap;
+    let node = &snap.node;
+    let dst = meta.key.dst_ip;
+    match snap.route(dst) {
+        RouteTarget::LocalPods => {
+            let Some(pod) = snap.local_pod(dst) else {
+                return Verdict::Drop(DropReason::NoRoute);
+            };
+            if !nat::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
+            set_macs(frame, pod.mac, node.gateway_mac);
+            ctx.counters.inc(Event::LocalForward);
+            Verdict::Transmit(pod.iface)
+        }
+        RouteTarget::RemoteNode(idx) => {
+            if origin == Origin::Overlay && !translated {
+                return Verdict::Drop(DropReason::OverlayNotLocal);
+            }
+            vxlan::encap(ctx, frame, meta, origin, idx)
+        }
+        RouteTarget::Node => match origin {
+            Origin::Host => Verdict::Drop(DropReason::NoRoute),
+            _ => {
+                set_macs(frame, node.host_mac, node.gateway_mac);
+                Verdict::ToHost(PassReason::ForNode)
+            }
+        },
+        RouteTarget::ServiceCidr => Verdict::Drop(DropReason::ServiceNotFound),
+        RouteTarget::ClusterUnassigned => Verdict::Drop(DropReason::NoRoute),
+        RouteTarget::External => {
+            if !translated {
+                return match origin {
+                    Origin::Uplink => Verdict::ToHost(PassReason::NotOwned),
+                    Origin::Overlay => Verdict::Drop(DropReason::OverlayNotLocal),
+                    Origin::Host => Verdict::Drop(DropReason::NoRoute),
+                    Origin::Pod => Verdict::Drop(DropReason::UnsupportedProtocol),
+                };
+            }
+            let Some(mac) = snap.next_hop_mac(dst) else {
+                return Verdict::Drop(DropReason::NeighborUnresolved);
+            };
+            if !nat::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
+            set_macs(frame, mac, node.uplink_mac);
+            Verdict::Transmit(node.uplink)
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Validation of an IPv4 packet, once, into the facts every later stage needs.
+//!
+//! After [`parse_ipv4`] succeeds, the stages may rely on: version 4, no options (IHL 5), total
+//! length within the frame and at least the header, not a fragment, and a complete L4 header for
+//! TCP (with its data offset), UDP and ICMP. Other protocols are accepted with zero ports.
+
+use core::net::Ipv4Addr;
+
+use crate::flow::{proto, FlowKey};
+use crate::reason::DropReason;
+use crate::wire::{IPV4_HEADER_LEN, TCP_MIN_HEADER_LEN, UDP_HEADER_LEN};
+
+/// ICMP types the pipeline treats specially.
+pub(crate) mod icmp_type {
+    pub(crate) const ECHO_REPLY: u8 = 0;
+    pub(crate) const DEST_UNREACHABLE: u8 = 3;
+    pub(crate) const ECHO_REQUEST: u8 = 8;
+    pub(crate) const TIME_EXCEEDED: u8 = 11;
+    pub(crate) const PARAMETER_PROBLEM: u8 = 12;
+
+    /// Errors quote the offending packet and so must be translated like its flow.
+    #[inline]
+    pub(crate) fn is_error(t: u8) -> bool {
+        matches!(t, DEST_UNREACHABLE | TIME_EXCEEDED | PARAMETER_PROBLEM)
+    }
+}
+
+/// What the pipeline knows about a validated IPv4 packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ipv4Meta {
+    /// Offset of the IPv4 header in the frame.
+    pub(crate) l3: usize,
+    /// IPv4 total length.
+    pub(crate) ip_len: usize,
+    /// The 5-tuple; ICMP echo carries its identifier as documented on [`FlowKey`], other ICMP
+    /// has zero ports.
+    pub(crate) key: FlowKey,
+    /// TCP flags, zero for anything else.
+    pub(crate) tcp_flags: u8,
+    /// ICMP type, zero for anything else.
+    pub(crate) icmp_type: u8,
+    /// The DF bit.
+    pub(crate) dont_frag: bool,
+    /// The TTL.
+    pub(crate) ttl: u8,
+}
+
+impl Ipv4Meta {
+    /// Offset of the L4 header in the frame.
+    #[inline]
+    pub(crate) fn l4(&self) -> usize {
+        self.l3 + IPV4_HEADER_LEN
+    }
+
+    /// Whether the packet is an ICMP error.
+    #[inline]
+    pub(crate) fn is_icmp_error(&self) -> bool {
+        self.key.proto == proto::ICMP && icmp_type::is_error(self.icmp_type)
+    }
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn addr(b: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
+}
+
+/// Validate the IPv4 packet at `l3` in `frame`.
+#[inline]
+pub(crate) fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropReason> {
+    let Some(ip) = frame.get(l3..) else {
+        return Err(DropReason::TruncatedIpv4);
+    };
+    if ip.len() < IPV4_HEADER_LEN {
+        return Err(DropReason::TruncatedIpv4);
+    }
+    let ver_ihl = ip[0];
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    let ip_len = usize::from(be16(ip, 2));
+    if ver_ihl >> 4 != 4 || ihl < IPV4_HEADER_LEN || ip_len < ihl {
+        return Err(DropReason::BadIpv4Header);
+    }
+    if ip_len > ip.len() {
+        return Err(DropReason::TruncatedIpv4);
+    }
+    if ihl != IPV4_HEADER_LEN {
+        return Err(DropReason::Ipv4Options);
+    }
+    let flags_frag = be16(ip, 6);
+    if flags_frag & 0x3fff != 0 {
+        // MF set or a non-zero offset.
+        return Err(DropReason::Ipv4Fragment);
+    }
+    let protocol = ip[9];
+    let l4 = &ip[IPV4_HEADER_LEN..ip_len];
+    let (src_port, dst_port, tcp_flags, icmp_type) = match protocol {
+        proto::TCP => {
+            if l4.len() < TCP_MIN_HEADER_LEN {
+                return Err(DropReason::TruncatedL4);
+            }
+            let data_off = usize::from(l4[12] >> 4) * 4;
+            if data_off < TCP_MIN_HEADER_LEN || data_off > l4.len() {
+                return Err(DropReason::TruncatedL4);
+            }
+            (be16(l4, 0), be16(l4, 2), l4[13], 0)
+        }
+        proto::UDP => {
+            if l4.len() < UDP_HEADER_LEN {
+                return Err(DropReason::TruncatedL4);
+            }
+            (be16(l4, 0), be16(l4, 2), 0, 0)
+        }
+        proto::ICMP => {
+            if l4.len() < 8 {
+                return Err(DropReason::TruncatedL4);
+            }
+            let ident = be16(l4, 4);
+            match l4[0] {
+                icmp_type::ECHO_REQUEST => (ident, 0, 0, l4[0]),
+                icmp_type::ECHO_REPLY => (0, ident, 0, l4[0]),
+                t => (0, 0, 0, t),
+            }
+        }
+        _ => (0, 0, 0, 0),
+    };
+    Ok(Ipv4Meta {
+        l3,
+        ip_len,
+        key: FlowKey {
+            src_ip: addr(ip, 12),
+            dst_ip: addr(ip, 16),
+            src_port,
+            dst_port,
+            proto: protocol,
+        },
+        tcp_flags,
+        icmp_type,
+        dont_frag: flags_frag & 0x4000 != 0,
+        ttl: ip[8],
+    })
+}

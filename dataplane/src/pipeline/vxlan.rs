@@ -1,0 +1,106 @@
+//! VXLAN (RFC 7348) as flannel's backend speaks it: decapsulation from known nodes,
+//! encapsulation from the remote node's precomputed template.
+
+use super::parse::{self, Ipv4Meta};
+use super::{icmp, Ctx, Frame, Origin, Verdict};
+use crate::counters::Event;
+use crate::flow::proto;
+use crate::reason::DropReason;
+use crate::tables::ENCAP_TEMPLATE_LEN;
+use crate::wire::{
+    checksum, nat, vxlan::VxlanPacket, ETHERNET_HEADER_LEN, UDP_HEADER_LEN, VXLAN_HEADER_LEN,
+    VXLAN_OVERHEAD,
+};
+
+/// Outer UDP source ports come from this range, like Linux's vxlan driver with the default
+/// `ip_local_port_range`, so ECMP and RSS on the underlay spread flows.
+const SRC_PORT_MIN: u16 = 32768;
+const SRC_PORT_SPAN: u64 = 61000 - 32768;
+
+/// Whether an uplink packet is VXLAN addressed to this node.
+#[inline]
+pub(crate) fn is_ours(ctx: &Ctx<'_>, meta: &Ipv4Meta) -> bool {
+    meta.key.proto == proto::UDP
+        && meta.key.dst_port == ctx.snap.node.vxlan_port
+        && ctx.snap.is_node_ip(meta.key.dst_ip)
+}
+
+/// Strip the outer headers of a VXLAN packet from a known node and validate the inner packet.
+#[inline]
+pub(crate) fn decap(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    outer: &Ipv4Meta,
+) -> Result<Ipv4Meta, DropReason> {
+    let vx_at = outer.l4() + UDP_HEADER_LEN;
+    let inner_at = vx_at + VXLAN_HEADER_LEN;
+    let end = outer.l3 + outer.ip_len;
+    if end < inner_at + ETHERNET_HEADER_LEN {
+        return Err(DropReason::VxlanTruncated);
+    }
+    let vx = VxlanPacket::new_unchecked(&frame.data()[vx_at..inner_at]);
+    if !vx.has_valid_flags() {
+        return Err(DropReason::VxlanBadFlags);
+    }
+    if vx.vni() != ctx.snap.node.vxlan_vni {
+        return Err(DropReason::VxlanUnknownVni);
+    }
+    if ctx.snap.remote_node_by_ip(outer.key.src_ip).is_none() {
+        return Err(DropReason::VxlanUnknownSource);
+    }
+    // Cut Ethernet padding after the outer packet, then the outer headers.
+    let ok = frame.set_len(end) && frame.pull_head(inner_at);
+    debug_assert!(ok, "bounds were checked above");
+    let d = frame.data();
+    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 {
+        return Err(DropReason::VxlanInnerNotIpv4);
+    }
+    let inner = parse::parse_ipv4(d, ETHERNET_HEADER_LEN)?;
+    ctx.counters.inc(Event::VxlanDecap);
+    Ok(inner)
+}
+
+/// Encapsulate toward remote node `idx`.
+#[inline]
+pub(crate) fn encap(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    meta: &mut Ipv4Meta,
+    origin: Origin,
+    idx: u32,
+) -> Verdict {
+    let node = &ctx.snap.node;
+    let Some(remote) = ctx.snap.remote_node(idx) else {
+        return Verdict::Drop(DropReason::NoRoute);
+    };
+    let Some(template) = &remote.encap else {
+        return Verdict::Drop(DropReason::NeighborUnresolved);
+    };
+    if meta.ip_len + VXLAN_OVERHEAD > usize::from(node.uplink_mtu) {
+        return if meta.dont_frag {
+            icmp::frag_needed(ctx, frame, meta, origin)
+        } else {
+            Verdict::Drop(DropReason::TooBigForTunnel)
+        };
+    }
+    debug_assert_eq!(meta.l3, ETHERNET_HEADER_LEN);
+    if !nat::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
+    let inner_len = meta.l3 + meta.ip_len;
+    if !(frame.set_len(inner_len) && frame.push_head(VXLAN_OVERHEAD)) {
+        return Verdict::Drop(DropReason::NoHeadroom);
+    }
+    let outer_ip_len = (VXLAN_OVERHEAD + meta.ip_len) as u16;
+    let src_port =
+        SRC_PORT_MIN + ((u64::from(meta.key.hash() as u32) * SRC_PORT_SPAN) >> 32) as u16;
+    let d = frame.data_mut();
+    d[..ENCAP_TEMPLATE_LEN].copy_from_slice(&template.bytes);
+    d[16..18].copy_from_slice(&outer_ip_len.to_be_bytes());
+    let csum = checksum::fold(template.ip_partial_sum + u32::from(outer_ip_len));
+    d[24..26].copy_from_slice(&csum.to_be_bytes());
+    d[34..36].copy_from_slice(&src_port.to_be_bytes());
+    d[38..40].copy_from_slice(&(outer_ip_len - 20).to_be_bytes());
+    ctx.counters.inc(Event::VxlanEncap);
+    Verdict::Transmit(node.uplink)
+}

@@ -1,0 +1,299 @@
+//! Multi-packet paths through the pipeline: both directions of NodePort, load-balancer,
+//! hairpin, UDP service to a remote backend, and the ICMP errors of translated flows.
+
+mod common;
+
+use core::net::Ipv4Addr;
+
+use common::{assert_valid, Env};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use kxdp_dataplane::counters::Event;
+use kxdp_dataplane::testkit::{tcp_flags as f, Input};
+use kxdp_dataplane::wire::build::{FrameSpec, Ipv4Opts};
+use kxdp_dataplane::wire::Icmpv4Message;
+use kxdp_dataplane::Verdict;
+
+/// (src, sport, dst, dport) of an output frame's IPv4 packet, VXLAN stripped.
+fn tuple(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
+    let s = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &s.net else {
+        panic!("not IPv4")
+    };
+    let (src, dst) = (ip.header().source_addr(), ip.header().destination_addr());
+    match &s.transport {
+        Some(TransportSlice::Udp(u)) if u.destination_port() == 8472 => tuple(&u.payload()[8..]),
+        Some(TransportSlice::Udp(u)) => (src, u.source_port(), dst, u.destination_port()),
+        Some(TransportSlice::Tcp(t)) => (src, t.source_port(), dst, t.destination_port()),
+        _ => (src, 0, dst, 0),
+    }
+}
+
+#[test]
+fn nodeport_from_outside_is_masqueraded_and_its_replies_return_from_the_node_port() {
+    let env = Env::new();
+    let t = &env.t;
+    let mut seen_backends = std::collections::BTreeSet::new();
+    for sport in 50000..50040 {
+        let syn = Input {
+            ingress: t.node.uplink,
+            frame: t.from_outside(t.external_ip, t.node.primary_ip()).tcp(
+                sport,
+                t.web_node_port,
+                f::SYN,
+                b"",
+            ),
+        };
+        let (v, out) = env.run(&syn);
+        assert!(matches!(v, Verdict::Transmit(_)), "{v:?}");
+        assert_valid(&out, "nodeport forward");
+        let (src, nat_port, backend, bport) = tuple(&out);
+        assert_eq!(
+            src, t.node.gateway_ip,
+            "SNAT to the node's pod-network address"
+        );
+        assert!(t.node.masquerade_ports.contains(&nat_port));
+        assert_eq!(bport, 8080);
+        seen_backends.insert(backend);
+        // The backend answers; from pod B directly, from the remote pod over VXLAN.
+        let reply_spec =
+            |src| FrameSpec::new(t.pod_b.mac, t.node.gateway_mac, src, t.node.gateway_ip);
+        let reply = if backend == t.pod_b.ip {
+            Input {
+                ingress: t.pod_b.iface,
+                frame: reply_spec(backend).tcp(8080, nat_port, f::SYN | f::ACK, b""),
+            }
+        } else {
+            let inner = t.inner_from_node_b(backend, t.node.gateway_ip).tcp(
+                8080,
+                nat_port,
+                f::SYN | f::ACK,
+                b"",
+            );
+            Input {
+                ingress: t.node.uplink,
+                frame: t.vxlan_from_node_b().vxlan(40000, 8472, 1, &inner),
+            }
+        };
+        let (v, out) = env.run(&reply);
+        assert_eq!(v, Verdict::Transmit(t.node.uplink));
+        assert_valid(&out, "nodeport reply");
+        assert_eq!(
+            tuple(&out),
+            (t.node.primary_ip(), t.web_node_port, t.external_ip, sport)
+        );
+        assert_eq!(
+            &out[0..6],
+            &t.gateway_router_mac.0,
+            "out via the uplink gateway"
+        );
+    }
+    assert_eq!(
+        seen_backends.len(),
+        2,
+        "Maglev spreads flows over both backends"
+    );
+}
+
+#[test]
+fn load_balancer_ip_is_served_like_a_node_port() {
+    let env = Env::new();
+    let t = &env.t;
+    let (v, out) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t
+            .from_outside(t.external_ip, t.web_lb_ip)
+            .tcp(50000, 80, f::SYN, b""),
+    });
+    assert!(matches!(v, Verdict::Transmit(_)), "{v:?}");
+    let (src, _, dst, dport) = tuple(&out);
+    assert_eq!(src, t.node.gateway_ip);
+    assert!(dst == t.pod_b.ip || dst == t.remote_pod_ip);
+    assert_eq!(dport, 8080);
+}
+
+#[test]
+fn hairpin_is_masqueraded_both_ways() {
+    let env = Env::new();
+    let t = &env.t;
+    let (v, out) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(t.self_cluster_ip).tcp(40000, 80, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    assert_valid(&out, "hairpin");
+    let (src, nat_port, dst, dport) = tuple(&out);
+    assert_eq!((src, dst, dport), (t.node.gateway_ip, t.pod_a.ip, 8080));
+    let (v, out) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t
+            .from_pod_a(t.node.gateway_ip)
+            .tcp(8080, nat_port, f::SYN | f::ACK, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    assert_valid(&out, "hairpin reply");
+    assert_eq!(tuple(&out), (t.self_cluster_ip, 80, t.pod_a.ip, 40000));
+    assert_eq!(env.counters.read().event(Event::Hairpin), 1);
+}
+
+#[test]
+fn udp_service_to_a_remote_backend_goes_over_vxlan_and_the_reply_comes_back_translated() {
+    let env = Env::new();
+    let t = &env.t;
+    let (v, out) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(t.dns_cluster_ip).udp(33333, 53, b"query"),
+    });
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    assert_valid(&out, "dns query");
+    assert_eq!(tuple(&out), (t.pod_a.ip, 33333, t.remote_pod_ip, 53));
+    let inner = t
+        .inner_from_node_b(t.remote_pod_ip, t.pod_a.ip)
+        .udp(53, 33333, b"answer");
+    let (v, out) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t.vxlan_from_node_b().vxlan(40000, 8472, 1, &inner),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    assert_valid(&out, "dns answer");
+    assert_eq!(tuple(&out), (t.dns_cluster_ip, 53, t.pod_a.ip, 33333));
+}
+
+/// The quoted packet inside an ICMP error in `frame`: (src, sport, dst, dport).
+fn quoted(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, u16) {
+    let q = &frame[14 + 20 + 8..];
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(q).unwrap();
+    let l4 = &q[ip.slice().len()..];
+    (
+        ip.source_addr(),
+        ip.destination_addr(),
+        u16::from_be_bytes([l4[0], l4[1]]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    )
+}
+
+#[test]
+fn icmp_error_from_outside_about_a_masqueraded_flow_reaches_the_pod_translated() {
+    let env = Env::new();
+    let t = &env.t;
+    let (_, out) = env.run(&t.case_egress(40000, f::SYN));
+    let nat_port = u16::from_be_bytes([out[34], out[35]]);
+    // A router on the path reports the masqueraded packet unreachable.
+    let router = Ipv4Addr::new(198, 19, 0, 1);
+    let error = FrameSpec {
+        ip: Ipv4Opts {
+            dont_fragment: false,
+            ..Ipv4Opts::default()
+        },
+        ..t.from_outside(router, t.node.primary_ip())
+    }
+    .icmp(Icmpv4Message::DstUnreachable, 1, [0; 4], &out[14..14 + 28]);
+    let (v, back) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: error,
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    assert_valid(&back, "translated error");
+    let outer = etherparse::Ipv4HeaderSlice::from_slice(&back[14..]).unwrap();
+    assert_eq!(
+        outer.source_addr(),
+        router,
+        "a router keeps its own address"
+    );
+    assert_eq!(outer.destination_addr(), t.pod_a.ip);
+    assert_eq!(quoted(&back), (t.pod_a.ip, t.external_ip, 40000, 443));
+    assert!(nat_port != 40000 || t.node.masquerade_ports.contains(&40000));
+    assert_eq!(env.counters.read().event(Event::IcmpErrorTranslated), 1);
+}
+
+#[test]
+fn port_unreachable_from_a_backend_reaches_the_client_from_the_service_address() {
+    let env = Env::new();
+    let t = &env.t;
+    // DNS's only backend is the remote pod: the query goes out over VXLAN.
+    let (_, fwd) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(t.dns_cluster_ip).udp(5000, 53, b"q"),
+    });
+    // The remote pod has nothing on UDP 53 and says so about the DNATed datagram it got.
+    let inner_quote = &fwd[64..64 + 28];
+    let inner_error = FrameSpec {
+        ip: Ipv4Opts {
+            dont_fragment: false,
+            ..Ipv4Opts::default()
+        },
+        ..t.inner_from_node_b(t.remote_pod_ip, t.pod_a.ip)
+    }
+    .icmp(Icmpv4Message::DstUnreachable, 3, [0; 4], inner_quote);
+    let (v, back) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t.vxlan_from_node_b().vxlan(40000, 8472, 1, &inner_error),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    assert_valid(&back, "translated port unreachable");
+    let outer = etherparse::Ipv4HeaderSlice::from_slice(&back[14..]).unwrap();
+    assert_eq!(
+        outer.source_addr(),
+        t.dns_cluster_ip,
+        "the backend speaks as the service"
+    );
+    assert_eq!(quoted(&back), (t.pod_a.ip, t.dns_cluster_ip, 5000, 53));
+}
+
+#[test]
+fn frag_needed_for_a_dnated_packet_quotes_what_the_client_sent() {
+    let env = Env::new();
+    let t = &env.t;
+    // DNS's backend is remote: a big DF datagram to it does not fit in the tunnel.
+    let big = t.from_pod_a(t.dns_cluster_ip).udp(5000, 53, &[7u8; 1460]);
+    let (v, out) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: big.clone(),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    assert_valid(&out, "frag needed");
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450, "tunnel MTU");
+    let outer = etherparse::Ipv4HeaderSlice::from_slice(&out[14..]).unwrap();
+    assert_eq!(outer.source_addr(), t.node.gateway_ip);
+    assert_eq!(outer.destination_addr(), t.pod_a.ip);
+    assert_eq!(quoted(&out), (t.pod_a.ip, t.dns_cluster_ip, 5000, 53));
+    assert_eq!(env.counters.read().event(Event::IcmpFragNeeded), 1);
+}
+
+#[test]
+fn node_to_cluster_ip_and_to_remote_pods_is_masqueraded_to_the_gateway_address() {
+    let env = Env::new();
+    let t = &env.t;
+    let host = |dst| {
+        FrameSpec::new(
+            t.node.host_mac,
+            t.node.gateway_mac,
+            t.node.primary_ip(),
+            dst,
+        )
+    };
+    let (v, out) = env.run(&Input {
+        ingress: t.node.host,
+        frame: host(t.remote_pod_ip).tcp(45000, 9000, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    let (src, nat_port, dst, _) = tuple(&out);
+    assert_eq!((src, dst), (t.node.gateway_ip, t.remote_pod_ip));
+    let inner = t.inner_from_node_b(t.remote_pod_ip, t.node.gateway_ip).tcp(
+        9000,
+        nat_port,
+        f::SYN | f::ACK,
+        b"",
+    );
+    let (v, out) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t.vxlan_from_node_b().vxlan(40000, 8472, 1, &inner),
+    });
+    assert_eq!(v, Verdict::ToHost(kxdp_dataplane::PassReason::ForNode));
+    assert_eq!(
+        tuple(&out),
+        (t.remote_pod_ip, 9000, t.node.primary_ip(), 45000)
+    );
+    assert_eq!(&out[0..6], &t.node.host_mac.0);
+}

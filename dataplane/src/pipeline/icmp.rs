@@ -43,7 +43,7 @@ pub(crate) fn echo_reply(
     meta.icmp_type = icmp_type::ECHO_REPLY;
     meta.ttl = TTL;
     ctx.counters.inc(Event::IcmpEchoReply);
-    output::deliver(ctx, frame, meta, origin, true)
+    output::deliver(ctx, frame, meta, origin, true, None)
 }
 
 /// Reject a packet to a service without endpoints, as kube-proxy does: ICMP port unreachable
@@ -60,7 +60,7 @@ pub(crate) fn port_unreachable(
         return Verdict::Drop(r);
     }
     ctx.counters.inc(Event::IcmpPortUnreachable);
-    output::deliver(ctx, frame, meta, origin, true)
+    output::deliver(ctx, frame, meta, origin, true, None)
 }
 
 /// Answer a DF packet too big for the tunnel with fragmentation needed (RFC 1191), from the
@@ -82,7 +82,7 @@ pub(crate) fn frag_needed(
     if let Err(r) = translate_error(ctx, frame, meta) {
         return Verdict::Drop(r);
     }
-    output::deliver(ctx, frame, meta, origin, true)
+    output::deliver(ctx, frame, meta, origin, true, None)
 }
 
 fn fill_ipv4_checksum(header: &mut [u8]) {

@@ -202,15 +202,29 @@ fn forward_ipv4(
         }
         if meta.is_icmp_error() {
             match icmp::translate_error(ctx, frame, &mut meta) {
-                Ok(true) => return output::deliver(ctx, frame, &mut meta, origin, true),
+                Ok(true) => return output::deliver(ctx, frame, &mut meta, origin, true, None),
                 Ok(false) => {}
                 Err(r) => return Verdict::Drop(r),
             }
         }
     }
     match nat::translate(ctx, frame, &mut meta, origin) {
-        nat::Outcome::Translated => output::deliver(ctx, frame, &mut meta, origin, true),
-        nat::Outcome::Untracked => output::deliver(ctx, frame, &mut meta, origin, false),
+        nat::Outcome::Translated => output::deliver(ctx, frame, &mut meta, origin, true, None),
+        nat::Outcome::Untracked(route) => {
+            output::deliver(ctx, frame, &mut meta, origin, false, Some(route))
+        }
         nat::Outcome::Done(v) => v,
     }
+}
+
+/// Validate an Ethernet/IPv4 frame the way the pipeline's ingress does and return its 5-tuple,
+/// without touching any table. For `kxdp trace`, tests, and the parse benchmark.
+pub fn inspect(frame: &[u8]) -> Result<crate::flow::FlowKey, DropReason> {
+    if frame.len() < ETHERNET_HEADER_LEN {
+        return Err(DropReason::FrameTooShort);
+    }
+    if u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV4 {
+        return Err(DropReason::UnsupportedEthertype);
+    }
+    parse::parse_ipv4(frame, ETHERNET_HEADER_LEN).map(|m| m.key)
 }

@@ -26,8 +26,8 @@ use crate::wire::nat;
 pub(crate) enum Outcome {
     /// The packet was translated; route its new destination.
     Translated,
-    /// The packet belongs to no translated flow; route it as it is.
-    Untracked,
+    /// The packet belongs to no translated flow; route it as it is (the route is known).
+    Untracked(RouteTarget),
     /// The packet's fate is decided.
     Done(Verdict),
 }
@@ -55,12 +55,14 @@ pub(crate) fn translate(
     let snap = ctx.snap;
     let key = meta.key;
     let is_l4 = key.proto == proto::TCP || key.proto == proto::UDP;
-    let service = if is_l4 && origin != Origin::Overlay {
+    let route = snap.route(key.dst_ip);
+    // No frontend is ever a pod address, so pod-to-pod traffic skips the service table.
+    let to_pods = matches!(route, RouteTarget::LocalPods | RouteTarget::RemoteNode(_));
+    let service = if is_l4 && origin != Origin::Overlay && !to_pods {
         snap.services.lookup(key.dst_ip, key.proto, key.dst_port)
     } else {
         None
     };
-    let route = snap.route(key.dst_ip);
     let masquerade_to = match (route, origin) {
         (RouteTarget::External, Origin::Pod) => Some(snap.node.primary_ip()),
         (RouteTarget::RemoteNode(_), Origin::Host) => Some(snap.node.gateway_ip),
@@ -108,7 +110,7 @@ pub(crate) fn translate(
                 Err(r) => Outcome::Done(Verdict::Drop(r)),
             }
         }
-        None => Outcome::Untracked,
+        None => Outcome::Untracked(route),
     }
 }
 

@@ -15,7 +15,7 @@ pub(crate) fn set_macs(frame: &mut Frame<'_>, dst: MacAddr, src: MacAddr) {
     d[6..12].copy_from_slice(&src.0);
 }
 
-/// Route the packet. `translated` says whether the NAT or ICMP stages rewrote it (or built it):
+/// Route the packet (`route`, when the caller already looked it up). `translated` says whether the NAT or ICMP stages rewrote it (or built it):
 /// traffic from the overlay or the uplink may only leave the node again when it belongs to a
 /// flow this node translated, so kxdp never forwards traffic it does not own back out.
 #[inline]
@@ -25,11 +25,12 @@ pub(crate) fn deliver(
     meta: &mut Ipv4Meta,
     origin: Origin,
     translated: bool,
+    route: Option<RouteTarget>,
 ) -> Verdict {
     let snap = ctx.snap;
     let node = &snap.node;
     let dst = meta.key.dst_ip;
-    match snap.route(dst) {
+    match route.unwrap_or_else(|| snap.route(dst)) {
         RouteTarget::LocalPods => {
             let Some(pod) = snap.local_pod(dst) else {
                 return Verdict::Drop(DropReason::NoRoute);

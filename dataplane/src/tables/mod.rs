@@ -454,10 +454,8 @@ impl Snapshot {
                 encap,
             });
         }
-        for ip in &node.node_ips {
-            add(Ipv4Cidr::new(*ip, 32), RouteTarget::Node);
-        }
-        add(Ipv4Cidr::new(node.gateway_ip, 32), RouteTarget::Node);
+        // The node's own addresses are compared before the LPM lookup (see `route`), so the
+        // table holds no /32s and a pod address resolves in one probe.
 
         Ok(Snapshot {
             generation,
@@ -482,6 +480,9 @@ impl Snapshot {
     /// Where `dst` leads.
     #[inline]
     pub fn route(&self, dst: Ipv4Addr) -> RouteTarget {
+        if dst == self.node.gateway_ip || self.is_node_ip(dst) {
+            return RouteTarget::Node;
+        }
         self.routes
             .lookup(dst)
             .copied()

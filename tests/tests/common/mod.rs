@@ -7,12 +7,19 @@ use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::testkit::{FrameBuf, Input, Topology};
 use kxdp_dataplane::{process_batch, Counters, Instant, Snapshot, Verdict};
 
+#[derive(Debug)]
 pub struct Env {
     pub t: Topology,
     pub snap: Snapshot,
     pub ct: Conntrack,
     pub counters: Counters,
     pub now: Instant,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Env {

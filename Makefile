@@ -1,0 +1,36 @@
+# kxdp's plain entry points. `make test` is what CI runs (through .ci/run).
+#
+# The cargo target directory lives outside the clone so repeated CI runs on one machine reuse
+# the build; override CARGO_TARGET_DIR to put it elsewhere.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/kxdp/target
+export CARGO_TARGET_DIR
+
+# Short criterion runs, enough for the figures to show in CI's log.
+QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
+
+.PHONY: deps test lint unit bench bench-quick bench-table demo
+
+deps:
+	@scripts/install-deps.sh
+
+lint: deps
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+unit: deps
+	cargo test --workspace --locked
+
+test: lint unit
+
+bench: deps
+	cargo bench -p kxdp-benches --bench pipeline --locked
+
+bench-quick: deps
+	cargo bench -p kxdp-benches --bench pipeline --locked -- $(QUICK_BENCH)
+
+# The README's table (ns/packet and Mpps per case) from the last bench run.
+bench-table:
+	@perf/bench-table.sh "$(CARGO_TARGET_DIR)/criterion"
+
+demo: deps
+	cargo run --release --locked -p kxdp-dataplane --example walkthrough

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what kxdp's build and tests need on Debian, idempotently: only missing packages are
+# installed, and nothing is installed when everything is present.
+set -euo pipefail
+
+packages=(build-essential pkg-config)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "kxdp: missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "kxdp: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+for tool in cargo rustc; do
+    command -v "$tool" >/dev/null || { echo "kxdp: $tool not found; install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+done
+for sub in fmt clippy; do
+    cargo "$sub" --version >/dev/null 2>&1 || { echo "kxdp: cargo $sub not found; run: rustup component add ${sub/fmt/rustfmt}" >&2; exit 1; }
+done

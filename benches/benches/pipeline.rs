@@ -104,13 +104,14 @@ impl Batch {
         let n = self.inputs.len();
         let start = self.next;
         self.next = (self.next + BATCH) % n;
-        let mut packets: [_; BATCH] = core::array::from_fn(|_| None);
-        for (k, (b, slot)) in self.bufs.iter_mut().zip(packets.iter_mut()).enumerate() {
-            let input = &self.inputs[(start + k) % n];
+        let inputs = &self.inputs;
+        let mut bufs = self.bufs.iter_mut();
+        let mut packets: [_; BATCH] = core::array::from_fn(|k| {
+            let input = &inputs[(start + k) % n];
+            let b = bufs.next().expect("64 buffers");
             b.reset(&input.frame);
-            *slot = Some(b.packet(input.ingress));
-        }
-        let mut packets = packets.map(|p| p.expect("64 buffers"));
+            b.packet(input.ingress)
+        });
         process_batch(&mut packets, &w.snap, &w.ct, &w.counters, w.now);
         if check {
             for p in &packets {

@@ -303,7 +303,7 @@ impl FlowState {
 }
 
 /// A flow as a lookup or insert found it: which key matched, and both keys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct FlowRef {
     /// The flow's record number, for [`Conntrack::update`] and [`Conntrack::info`].
     pub id: u32,
@@ -313,7 +313,21 @@ pub struct FlowRef {
     pub original: FlowKey,
     /// The key of the replies we expect, after translation.
     pub reply: FlowKey,
+    /// The state word as the lookup saw it: lets [`Conntrack::update`] return without touching
+    /// the record when the packet changes nothing (same state, same millisecond).
+    word: u64,
 }
+
+/// Two references are equal when they name the same flow the same way; the state they saw
+/// does not matter.
+impl PartialEq for FlowRef {
+    fn eq(&self, other: &Self) -> bool {
+        (self.id, self.direction, self.original, self.reply)
+            == (other.id, other.direction, other.original, other.reply)
+    }
+}
+
+impl Eq for FlowRef {}
 
 impl FlowRef {
     /// The 5-tuple a packet in `self.direction` must be rewritten to: an original packet goes
@@ -641,12 +655,34 @@ impl Conntrack {
         }
     }
 
+    /// Bring into cache what a [`Conntrack::lookup`] of `key` will read first: the key's home
+    /// index slot and, when its tag matches, the flow record it names. A worker calls this for
+    /// every packet of a batch before processing any, so that the cache misses of a batch
+    /// overlap instead of following one another (the loads are plain relaxed loads; no
+    /// `unsafe` prefetch instruction is needed for the CPU to run them ahead).
+    #[inline]
+    pub fn prefetch(&self, key: &FlowKey, hash: u64) {
+        debug_assert_eq!(hash, key.hash());
+        let entry = self.index[hash as usize & self.index_mask].load(Relaxed);
+        if entry != EMPTY && entry != TOMBSTONE && tag_matches(entry, hash) {
+            let (id, _) = entry_target(entry);
+            core::hint::black_box(self.flows[id as usize].version.load(Relaxed));
+        }
+    }
+
     /// The live flow with `key` as its original or reply key, or `None` if there is none or it
     /// has expired at `now`. Lock-free.
     #[inline]
     pub fn lookup(&self, key: &FlowKey, now: Instant) -> Option<FlowRef> {
+        self.lookup_hashed(key, key.hash(), now)
+    }
+
+    /// [`Conntrack::lookup`] with `key.hash()` already computed (by [`Conntrack::prefetch`]'s
+    /// caller).
+    #[inline]
+    pub fn lookup_hashed(&self, key: &FlowKey, hash: u64, now: Instant) -> Option<FlowRef> {
+        debug_assert_eq!(hash, key.hash());
         let words = key.to_words();
-        let hash = crate::flow::hash_words(words.0, words.1);
         let mut pos = hash as usize & self.index_mask;
         // Bounded by the table for robustness; runs are short (see `sweep_tombstones`).
         for _ in 0..self.index.len() {
@@ -669,6 +705,7 @@ impl Conntrack {
                             direction,
                             original: FlowKey::from_words(copy.original.0, copy.original.1),
                             reply: FlowKey::from_words(copy.reply.0, copy.reply.1),
+                            word: copy.state.0,
                         });
                     }
                 }
@@ -687,6 +724,21 @@ impl Conntrack {
         let Some(record) = self.flows.get(flow.id as usize) else {
             return;
         };
+        // Fast path, the common case of an established flow: the word is the one the lookup
+        // saw (same generation, so the same keys) and the packet changes neither the state nor
+        // the expiry: nothing to write, no key comparison needed.
+        let seen = StateWord(flow.word);
+        if record.state.load(Acquire) == flow.word {
+            if let Some(state) = seen.state() {
+                let (next, seen_reply) = state.next(seen.seen_reply(), flow.direction, tcp_flags);
+                if next == state
+                    && seen_reply == seen.seen_reply()
+                    && self.expiry_ms(state, now) <= seen.expiry_ms()
+                {
+                    return;
+                }
+            }
+        }
         let (original, reply) = (flow.original.to_words(), flow.reply.to_words());
         let mut current = StateWord(record.state.load(Acquire));
         loop {
@@ -970,6 +1022,7 @@ impl Conntrack {
             direction,
             original: record.key_locked(Direction::Original),
             reply: record.key_locked(Direction::Reply),
+            word: record.state.load(Acquire),
         })
     }
 
@@ -1030,6 +1083,7 @@ impl Conntrack {
             direction: Direction::Original,
             original,
             reply,
+            word: word.0,
         }
     }
 

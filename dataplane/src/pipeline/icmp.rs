@@ -40,6 +40,7 @@ pub(crate) fn echo_reply(
     let check = u16::from_be_bytes([d[l4 + 2], d[l4 + 3]]);
     d[l4 + 2..l4 + 4].copy_from_slice(&checksum::update16(check, old, new).to_be_bytes());
     meta.key = meta.key.reversed();
+    meta.hash = 0;
     meta.icmp_type = icmp_type::ECHO_REPLY;
     meta.ttl = TTL;
     ctx.counters.inc(Event::IcmpEchoReply);
@@ -153,6 +154,7 @@ fn build_error(
         icmp_type: icmp_type::DEST_UNREACHABLE,
         dont_frag: false,
         ttl: TTL,
+        hash: 0,
     };
     Ok(())
 }
@@ -294,6 +296,7 @@ pub(crate) fn translate_error(
 
     meta.key.src_ip = new_src;
     meta.key.dst_ip = to.dst_ip;
+    meta.hash = 0;
     ctx.counters.inc(Event::IcmpErrorTranslated);
     Ok(true)
 }

@@ -45,6 +45,30 @@ fn trackable(meta: &Ipv4Meta) -> bool {
     }
 }
 
+/// Whether [`translate`] may look this packet up in conntrack: the cheap part of its test,
+/// for warming the cache ahead. Pod-to-pod traffic not from a service endpoint never does.
+#[inline]
+pub(crate) fn may_track(ctx: &Ctx<'_>, meta: &Ipv4Meta, origin: Origin) -> bool {
+    let key = &meta.key;
+    if !trackable(meta) {
+        return false;
+    }
+    match ctx.snap.route(key.dst_ip) {
+        RouteTarget::LocalPods => ctx
+            .snap
+            .services
+            .is_backend(key.src_ip, key.proto, key.src_port),
+        RouteTarget::RemoteNode(_) => {
+            origin == Origin::Host
+                || ctx
+                    .snap
+                    .services
+                    .is_backend(key.src_ip, key.proto, key.src_port)
+        }
+        _ => true,
+    }
+}
+
 #[inline]
 pub(crate) fn translate(
     ctx: &Ctx<'_>,
@@ -77,7 +101,7 @@ pub(crate) fn translate(
                 .services
                 .is_backend(key.src_ip, key.proto, key.src_port))
     {
-        if let Some(flow) = ctx.ct.lookup(&key, ctx.now) {
+        if let Some(flow) = ctx.ct.lookup_hashed(&key, meta.hash(), ctx.now) {
             ctx.ct.update(&flow, meta.tcp_flags, ctx.now);
             rewrite(frame, meta, flow.translated());
             ctx.counters.inc(match flow.direction {
@@ -126,7 +150,7 @@ fn new_service_flow(
 ) -> Outcome {
     let key = meta.key;
     let node = &ctx.snap.node;
-    let (ip, bport) = match port.pick(kind, key.src_ip, key.hash()) {
+    let (ip, bport) = match port.pick(kind, key.src_ip, meta.hash()) {
         Pick::Backend(ip, bport) => (ip, bport),
         Pick::NoEndpoints => {
             return Outcome::Done(icmp::port_unreachable(ctx, frame, meta, origin))
@@ -191,4 +215,5 @@ pub(crate) fn rewrite(frame: &mut Frame<'_>, meta: &mut Ipv4Meta, to: FlowKey) {
         nat::rewrite_dst(ip, to.dst_ip, to.dst_port);
     }
     meta.key = to;
+    meta.hash = 0;
 }

@@ -43,6 +43,8 @@ pub(crate) struct Ipv4Meta {
     pub(crate) dont_frag: bool,
     /// The TTL.
     pub(crate) ttl: u8,
+    /// `key.hash()` once computed, else 0 (then computed when needed).
+    pub(crate) hash: u64,
 }
 
 impl Ipv4Meta {
@@ -50,6 +52,15 @@ impl Ipv4Meta {
     #[inline]
     pub(crate) fn l4(&self) -> usize {
         self.l3 + IPV4_HEADER_LEN
+    }
+
+    /// The key's flow hash, computed at most once per key.
+    #[inline]
+    pub(crate) fn hash(&mut self) -> u64 {
+        if self.hash == 0 {
+            self.hash = self.key.hash();
+        }
+        self.hash
     }
 
     /// Whether the packet is an ICMP error.
@@ -141,5 +152,6 @@ pub(crate) fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropReason
         icmp_type,
         dont_frag: flags_frag & 0x4000 != 0,
         ttl: ip[8],
+        hash: 0,
     })
 }

@@ -92,8 +92,7 @@ pub(crate) fn encap(
         return Verdict::Drop(DropReason::NoHeadroom);
     }
     let outer_ip_len = (VXLAN_OVERHEAD + meta.ip_len) as u16;
-    let src_port =
-        SRC_PORT_MIN + ((u64::from(meta.key.hash() as u32) * SRC_PORT_SPAN) >> 32) as u16;
+    let src_port = SRC_PORT_MIN + ((u64::from(meta.hash() as u32) * SRC_PORT_SPAN) >> 32) as u16;
     let d = frame.data_mut();
     d[..ENCAP_TEMPLATE_LEN].copy_from_slice(&template.bytes);
     d[16..18].copy_from_slice(&outer_ip_len.to_be_bytes());

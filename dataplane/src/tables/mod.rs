@@ -270,11 +270,23 @@ pub struct Snapshot {
     pub node: NodeConfig,
     /// Service ports by frontend.
     pub services: ServiceTable,
-    routes: Lpm<RouteTarget>,
-    pods: FastMap<u32, LocalPod>,
+    local_subnet: Subnet,
+    service_subnet: Subnet,
+    cluster_subnet: Subnet,
+    /// Remote nodes by pod-CIDR block of the cluster CIDR (index + 1, 0 = unassigned), when
+    /// every node's pod CIDR has the same length (flannel's `SubnetLen`); else `None` and
+    /// `cluster_routes` decides.
+    node_blocks: Option<(u8, Box<[u32]>)>,
+    cluster_routes: Lpm<RouteTarget>,
+    pods: Vec<LocalPod>,
+    /// Pods by offset in the pod CIDR (index + 1, 0 = none).
+    pod_slots: Box<[u32]>,
     interfaces: Vec<Option<InterfaceRole>>,
     remote_nodes: Vec<RemoteNodeEntry>,
     nodes_by_ip: FastMap<u32, u32>,
+    /// Remote nodes by host offset in the uplink subnet (index + 1, 0 = none), when the subnet
+    /// is /16 or narrower: the VXLAN source check on every decapsulated packet is one load.
+    uplink_hosts: Option<(Subnet, Box<[u32]>)>,
     neighbors: FastMap<u32, MacAddr>,
     gateway_mac: Option<MacAddr>,
 }
@@ -282,6 +294,46 @@ pub struct Snapshot {
 fn cidr_overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
     a.contains_subnet(b) || b.contains_subnet(a)
 }
+
+/// A CIDR as two words, so membership is one AND and one compare on the packet path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Subnet {
+    base: u32,
+    mask: u32,
+    len: u8,
+}
+
+impl Subnet {
+    fn new(cidr: Ipv4Cidr) -> Subnet {
+        let len = cidr.prefix_len();
+        let mask = if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        };
+        Subnet {
+            base: u32::from(cidr.address()) & mask,
+            mask,
+            len,
+        }
+    }
+
+    #[inline]
+    fn contains(&self, ip: u32) -> bool {
+        ip & self.mask == self.base
+    }
+
+    /// Index of `ip`'s sub-block of prefix length `sub_len` within this subnet.
+    #[inline]
+    fn block(&self, ip: u32, sub_len: u8) -> usize {
+        ((ip - self.base) >> (32 - u32::from(sub_len))) as usize
+    }
+}
+
+/// Longest pod CIDR prefix kxdp indexes directly (a /16 holds 65,536 pod slots).
+const MIN_POD_PREFIX: u8 = 16;
+/// Most pod-CIDR blocks in the cluster CIDR indexed directly (e.g. /8 cluster, /24 nodes).
+const MAX_NODE_BLOCK_BITS: u8 = 16;
 
 impl Snapshot {
     /// Build and validate a snapshot.
@@ -321,6 +373,12 @@ impl Snapshot {
                     "{} is outside the cluster CIDR {}",
                     node.pod_cidr, node.cluster_cidr
                 ),
+            ));
+        }
+        if node.pod_cidr.prefix_len() < MIN_POD_PREFIX {
+            return Err(bad(
+                "pod_cidr",
+                format!("{} is wider than /{MIN_POD_PREFIX}", node.pod_cidr),
             ));
         }
         if node.vxlan_vni >= 1 << 24 {
@@ -369,7 +427,9 @@ impl Snapshot {
             ));
         }
 
-        let mut pod_map: FastMap<u32, LocalPod> = FastMap::default();
+        let local_subnet = Subnet::new(node.pod_cidr);
+        let mut pod_list: Vec<LocalPod> = Vec::with_capacity(pods.len());
+        let mut pod_slots = vec![0u32; 1usize << (32 - u32::from(local_subnet.len))];
         let mut by_iface: FastMap<u16, String> = FastMap::default();
         for pod in pods {
             if !node.pod_cidr.contains_addr(&pod.ip) {
@@ -379,7 +439,9 @@ impl Snapshot {
                     cidr: node.pod_cidr,
                 });
             }
-            if let Some(first) = pod_map.get(&u32::from(pod.ip)) {
+            let slot = (u32::from(pod.ip) - local_subnet.base) as usize;
+            if pod_slots[slot] != 0 {
+                let first = &pod_list[pod_slots[slot] as usize - 1];
                 return Err(SnapshotError::PodConflict {
                     first: first.name.clone(),
                     second: pod.name,
@@ -400,27 +462,34 @@ impl Snapshot {
                 ));
             }
             by_iface.insert(pod.iface.0, pod.name.clone());
-            pod_map.insert(u32::from(pod.ip), pod);
+            pod_list.push(pod);
+            pod_slots[slot] = pod_list.len() as u32;
         }
 
-        let mut routes = Lpm::new();
+        // The cluster CIDR's routes for pod CIDRs of mixed lengths; see `node_blocks`.
+        let mut cluster_routes = Lpm::new();
         let mut add = |cidr: Ipv4Cidr, t: RouteTarget| {
-            routes
+            cluster_routes
                 .insert(cidr.address(), cidr.prefix_len(), t)
                 .map(|_| ())
                 .ok();
         };
-        add(
-            Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
-            RouteTarget::External,
-        );
         add(node.cluster_cidr, RouteTarget::ClusterUnassigned);
-        add(node.service_cidr, RouteTarget::ServiceCidr);
         add(node.pod_cidr, RouteTarget::LocalPods);
 
         let mut remote_nodes = Vec::with_capacity(nodes.len());
         let mut nodes_by_ip: FastMap<u32, u32> = FastMap::default();
         for remote in nodes {
+            if !node.cluster_cidr.contains_subnet(&remote.pod_cidr) {
+                return Err(SnapshotError::BadNodeConfig {
+                    node: remote.name,
+                    field: "pod_cidr",
+                    problem: format!(
+                        "{} is outside the cluster CIDR {}",
+                        remote.pod_cidr, node.cluster_cidr
+                    ),
+                });
+            }
             if cidr_overlaps(&remote.pod_cidr, &node.pod_cidr) {
                 return Err(SnapshotError::OverlappingPodCidr {
                     node: remote.name,
@@ -454,18 +523,50 @@ impl Snapshot {
                 encap,
             });
         }
-        // The node's own addresses are compared before the LPM lookup (see `route`), so the
-        // table holds no /32s and a pod address resolves in one probe.
+        let uplink_subnet = Subnet::new(node.uplink_subnet);
+        let uplink_hosts = (uplink_subnet.len >= 16).then(|| {
+            let mut hosts = vec![0u32; 1usize << (32 - u32::from(uplink_subnet.len))];
+            for (ip, idx) in &nodes_by_ip {
+                if uplink_subnet.contains(*ip) {
+                    hosts[(ip - uplink_subnet.base) as usize] = idx + 1;
+                }
+            }
+            (uplink_subnet, hosts.into_boxed_slice())
+        });
+        // Routing is a cascade of subnet compares (see `route`); inside the cluster CIDR,
+        // nodes are found by block index when every pod CIDR has one length.
+        let cluster_subnet = Subnet::new(node.cluster_cidr);
+        let service_subnet = Subnet::new(node.service_cidr);
+        let block_len = node.pod_cidr.prefix_len();
+        let uniform = remote_nodes
+            .iter()
+            .all(|e| e.node.pod_cidr.prefix_len() == block_len);
+        let node_blocks =
+            (uniform && block_len - cluster_subnet.len <= MAX_NODE_BLOCK_BITS).then(|| {
+                let mut blocks =
+                    vec![0u32; 1usize << (block_len - cluster_subnet.len)].into_boxed_slice();
+                for (i, e) in remote_nodes.iter().enumerate() {
+                    let ip = u32::from(e.node.pod_cidr.address());
+                    blocks[cluster_subnet.block(ip, block_len)] = i as u32 + 1;
+                }
+                (block_len, blocks)
+            });
 
         Ok(Snapshot {
             generation,
             node,
             services,
-            routes,
-            pods: pod_map,
+            local_subnet,
+            service_subnet,
+            cluster_subnet,
+            node_blocks,
+            cluster_routes,
+            pods: pod_list,
+            pod_slots: pod_slots.into_boxed_slice(),
             interfaces,
             remote_nodes,
             nodes_by_ip,
+            uplink_hosts,
             neighbors,
             gateway_mac,
         })
@@ -477,27 +578,52 @@ impl Snapshot {
         self.interfaces.get(usize::from(id.0)).copied().flatten()
     }
 
-    /// Where `dst` leads.
+    /// Where `dst` leads: the node's own addresses, then this node's pod CIDR, the service
+    /// CIDR, another node's pod CIDR (by block index), the rest of the cluster CIDR, outside.
     #[inline]
     pub fn route(&self, dst: Ipv4Addr) -> RouteTarget {
+        let ip = u32::from(dst);
         if dst == self.node.gateway_ip || self.is_node_ip(dst) {
             return RouteTarget::Node;
         }
-        self.routes
-            .lookup(dst)
-            .copied()
-            .unwrap_or(RouteTarget::External)
+        if self.local_subnet.contains(ip) {
+            return RouteTarget::LocalPods;
+        }
+        if self.service_subnet.contains(ip) {
+            return RouteTarget::ServiceCidr;
+        }
+        if !self.cluster_subnet.contains(ip) {
+            return RouteTarget::External;
+        }
+        match &self.node_blocks {
+            Some((len, blocks)) => match blocks[self.cluster_subnet.block(ip, *len)] {
+                0 => RouteTarget::ClusterUnassigned,
+                n => RouteTarget::RemoteNode(n - 1),
+            },
+            None => self
+                .cluster_routes
+                .lookup(dst)
+                .copied()
+                .unwrap_or(RouteTarget::ClusterUnassigned),
+        }
     }
 
     /// The pod on this node with address `ip`.
     #[inline]
     pub fn local_pod(&self, ip: Ipv4Addr) -> Option<&LocalPod> {
-        self.pods.get(&u32::from(ip))
+        let ip = u32::from(ip);
+        if !self.local_subnet.contains(ip) {
+            return None;
+        }
+        match self.pod_slots[(ip - self.local_subnet.base) as usize] {
+            0 => None,
+            n => self.pods.get(n as usize - 1),
+        }
     }
 
     /// Every pod on this node.
     pub fn local_pods(&self) -> impl Iterator<Item = &LocalPod> {
-        self.pods.values()
+        self.pods.iter()
     }
 
     /// A remote node by route index.
@@ -514,7 +640,13 @@ impl Snapshot {
     /// The remote node whose underlay address is `ip`.
     #[inline]
     pub fn remote_node_by_ip(&self, ip: Ipv4Addr) -> Option<&RemoteNodeEntry> {
-        let idx = *self.nodes_by_ip.get(&u32::from(ip))?;
+        let ip = u32::from(ip);
+        let idx = match &self.uplink_hosts {
+            Some((subnet, hosts)) if subnet.contains(ip) => {
+                hosts[(ip - subnet.base) as usize].checked_sub(1)?
+            }
+            _ => *self.nodes_by_ip.get(&ip)?,
+        };
         self.remote_nodes.get(idx as usize)
     }
 
@@ -563,6 +695,72 @@ mod tests {
             Some(InterfaceRole::Pod { ip: t.pod_a.ip })
         );
         assert_eq!(snap.interface_role(InterfaceId(999)), None);
+    }
+
+    #[test]
+    fn pod_cidrs_of_mixed_lengths_route_through_the_lpm_and_agree_with_the_block_table() {
+        let t = testkit::Topology::default();
+        let uniform = t.snapshot();
+        assert!(uniform.node_blocks.is_some());
+        let mut inputs = t.inputs();
+        // A third node with a /25: the block table no longer applies.
+        inputs.nodes.push(RemoteNode {
+            name: "node-c".into(),
+            node_ip: Ipv4Addr::new(198, 18, 1, 3),
+            pod_cidr: Ipv4Cidr::new(Ipv4Addr::new(10, 244, 3, 128), 25),
+            vtep_mac: crate::wire::EthernetAddress([2, 0, 0, 0, 0, 3]),
+        });
+        let mixed = Snapshot::build(inputs).unwrap();
+        assert!(mixed.node_blocks.is_none());
+        for ip in [
+            t.pod_a.ip,
+            t.remote_pod_ip,
+            Ipv4Addr::new(10, 244, 99, 1),
+            Ipv4Addr::new(10, 96, 0, 10),
+            t.external_ip,
+            t.node.gateway_ip,
+        ] {
+            assert_eq!(uniform.route(ip), mixed.route(ip), "{ip}");
+        }
+        assert_eq!(
+            mixed.route(Ipv4Addr::new(10, 244, 3, 200)),
+            RouteTarget::RemoteNode(1)
+        );
+        assert_eq!(
+            mixed.route(Ipv4Addr::new(10, 244, 3, 100)),
+            RouteTarget::ClusterUnassigned
+        );
+        // node-c is outside the uplink subnet: found through the map, not the host table.
+        assert_eq!(
+            mixed
+                .remote_node_by_ip(Ipv4Addr::new(198, 18, 1, 3))
+                .map(|e| e.node.name.as_str()),
+            Some("node-c")
+        );
+        assert_eq!(
+            mixed
+                .remote_node_by_ip(t.node_b.node_ip)
+                .map(|e| e.node.name.as_str()),
+            Some("node-b")
+        );
+        assert!(mixed
+            .remote_node_by_ip(Ipv4Addr::new(198, 18, 0, 77))
+            .is_none());
+        assert_eq!(
+            mixed.local_pod(t.pod_b.ip).map(|p| p.iface),
+            Some(t.pod_b.iface)
+        );
+        assert!(mixed.local_pod(Ipv4Addr::new(10, 244, 1, 77)).is_none());
+        assert!(mixed.local_pod(t.remote_pod_ip).is_none());
+    }
+
+    #[test]
+    fn a_remote_pod_cidr_outside_the_cluster_is_refused() {
+        let t = testkit::Topology::default();
+        let mut inputs = t.inputs();
+        inputs.nodes[0].pod_cidr = Ipv4Cidr::new(Ipv4Addr::new(10, 245, 2, 0), 24);
+        let err = Snapshot::build(inputs).unwrap_err().to_string();
+        assert!(err.contains("node-b") && err.contains("pod_cidr"), "{err}");
     }
 
     #[test]

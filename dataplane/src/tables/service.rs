@@ -285,11 +285,14 @@ pub enum ServiceTableError {
 }
 
 /// Every service port, indexed by frontend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceTable {
     index: FastMap<u64, FrontendEntry>,
     ports: Vec<Arc<ServicePort>>,
     backends: FastMap<u64, ()>,
+    /// One bit per port any endpoint listens on: most traffic is from ports no endpoint uses,
+    /// and this 8 KiB filter answers for it without hashing.
+    backend_ports: Box<[u64]>,
 }
 
 impl ServiceTable {
@@ -300,6 +303,7 @@ impl ServiceTable {
     ) -> Result<Self, ServiceTableError> {
         let mut index: FastMap<u64, FrontendEntry> = FastMap::default();
         let mut backends: FastMap<u64, ()> = FastMap::default();
+        let mut backend_ports = vec![0u64; 65536 / 64].into_boxed_slice();
         for (i, sp) in ports.iter().enumerate() {
             let spec = sp.spec();
             if spec.proto != flow::proto::TCP && spec.proto != flow::proto::UDP {
@@ -334,12 +338,14 @@ impl ServiceTable {
             }
             for b in &spec.backends {
                 backends.insert(frontend_key(b.ip, spec.proto, b.port), ());
+                backend_ports[usize::from(b.port) / 64] |= 1 << (b.port % 64);
             }
         }
         Ok(ServiceTable {
             index,
             ports,
             backends,
+            backend_ports,
         })
     }
 
@@ -360,7 +366,8 @@ impl ServiceTable {
     /// reply path.
     #[inline]
     pub fn is_backend(&self, ip: Ipv4Addr, proto: u8, port: u16) -> bool {
-        self.backends.contains_key(&frontend_key(ip, proto, port))
+        self.backend_ports[usize::from(port) / 64] & (1 << (port % 64)) != 0
+            && self.backends.contains_key(&frontend_key(ip, proto, port))
     }
 
     /// Every service port, in index order.
@@ -378,6 +385,7 @@ impl ServiceTable {
         let entry = core::mem::size_of::<(u64, FrontendEntry)>() + 1;
         self.index.capacity() * entry
             + self.backends.capacity() * (core::mem::size_of::<u64>() + 1)
+            + self.backend_ports.len() * 8
             + self.ports.iter().map(|p| p.memory_bytes()).sum::<usize>()
     }
 }

@@ -655,18 +655,24 @@ impl Conntrack {
         }
     }
 
-    /// Bring into cache what a [`Conntrack::lookup`] of `key` will read first: the key's home
-    /// index slot and, when its tag matches, the flow record it names. A worker calls this for
-    /// every packet of a batch before processing any, so that the cache misses of a batch
-    /// overlap instead of following one another (the loads are plain relaxed loads; no
-    /// `unsafe` prefetch instruction is needed for the CPU to run them ahead).
+    /// Bring into cache what lookups of keys with these hashes (from `FlowKey::hash`) will
+    /// read first: each key's home index slot, then the flow record a matching slot names.
+    ///
+    /// A worker calls this once per batch, before processing any packet, so the cache misses
+    /// of the batch overlap instead of following one another. Each pass is a tight loop of
+    /// independent plain loads, so the CPU keeps many misses in flight at once; no `unsafe`
+    /// prefetch instruction is needed.
     #[inline]
-    pub fn prefetch(&self, key: &FlowKey, hash: u64) {
-        debug_assert_eq!(hash, key.hash());
-        let entry = self.index[hash as usize & self.index_mask].load(Relaxed);
-        if entry != EMPTY && entry != TOMBSTONE && tag_matches(entry, hash) {
-            let (id, _) = entry_target(entry);
-            core::hint::black_box(self.flows[id as usize].version.load(Relaxed));
+    pub fn prefetch(&self, hashes: &[u64]) {
+        for &hash in hashes {
+            core::hint::black_box(self.index[hash as usize & self.index_mask].load(Relaxed));
+        }
+        for &hash in hashes {
+            let entry = self.index[hash as usize & self.index_mask].load(Relaxed);
+            if entry != EMPTY && entry != TOMBSTONE && tag_matches(entry, hash) {
+                let (id, _) = entry_target(entry);
+                core::hint::black_box(self.flows[id as usize].version.load(Relaxed));
+            }
         }
     }
 

@@ -27,6 +27,7 @@ mod icmp;
 mod nat;
 mod output;
 mod parse;
+mod rewrite;
 mod vxlan;
 
 pub use frame::Frame;
@@ -101,8 +102,9 @@ pub(crate) struct Ctx<'s> {
 /// [`Packet::verdict`] set. `now` is the caller's monotonic clock, read once per batch.
 ///
 /// The batch runs in two passes over chunks of [`CHUNK`] packets (VPP's way): the first does
-/// ingress (interface role, ARP, validation, decapsulation) and warms the conntrack lines of
-/// the packets that will look there, the second does the rest. At a million flows those lines
+/// ingress (interface role, ARP, validation, decapsulation) and collects the flow hashes of
+/// the packets that will look in conntrack, whose lines are then warmed together; the second
+/// does the rest. At a million flows those lines
 /// are cache misses, and warming them all before using any lets the misses overlap.
 pub fn process_batch(
     packets: &mut [Packet<'_>],
@@ -120,16 +122,19 @@ pub fn process_batch(
     counters.inc(Event::Batches);
     counters.add(Event::RxPackets, packets.len() as u64);
     let mut stages = [Stage::Done(Verdict::Drop(DropReason::FrameTooShort)); CHUNK];
+    let mut hashes = [0u64; CHUNK];
     for chunk in packets.chunks_mut(CHUNK) {
+        let mut tracked = 0;
         for (p, stage) in chunk.iter_mut().zip(stages.iter_mut()) {
             *stage = ingress(&ctx, &mut p.frame, p.ingress);
             if let Stage::Ipv4(meta, origin) = stage {
                 if nat::may_track(&ctx, meta, *origin) {
-                    let hash = meta.hash();
-                    conntrack.prefetch(&meta.key, hash);
+                    hashes[tracked] = meta.hash();
+                    tracked += 1;
                 }
             }
         }
+        conntrack.prefetch(&hashes[..tracked]);
         for (p, stage) in chunk.iter_mut().zip(stages.iter()) {
             let verdict = match *stage {
                 Stage::Done(v) => v,

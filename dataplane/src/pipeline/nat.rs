@@ -20,7 +20,6 @@ use crate::counters::Event;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
 use crate::tables::{FrontendKind, Pick, RouteTarget, ServicePort};
-use crate::wire::nat;
 
 /// What the NAT stage decided.
 pub(crate) enum Outcome {
@@ -206,14 +205,8 @@ fn insert(
 /// Rewrite the packet's addresses and ports to `to`, with incremental checksum updates.
 #[inline]
 pub(crate) fn rewrite(frame: &mut Frame<'_>, meta: &mut Ipv4Meta, to: FlowKey) {
-    let from = meta.key;
     let ip = &mut frame.data_mut()[meta.l3..meta.l3 + meta.ip_len];
-    if (from.src_ip, from.src_port) != (to.src_ip, to.src_port) {
-        nat::rewrite_src(ip, to.src_ip, to.src_port);
-    }
-    if (from.dst_ip, from.dst_port) != (to.dst_ip, to.dst_port) {
-        nat::rewrite_dst(ip, to.dst_ip, to.dst_port);
-    }
+    super::rewrite::nat(ip, &meta.key, &to, meta.icmp_type);
     meta.key = to;
     meta.hash = 0;
 }

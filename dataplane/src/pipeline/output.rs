@@ -5,7 +5,7 @@ use super::{vxlan, Ctx, Frame, Origin, Verdict};
 use crate::counters::Event;
 use crate::reason::{DropReason, PassReason};
 use crate::tables::RouteTarget;
-use crate::wire::{nat, MacAddr};
+use crate::wire::MacAddr;
 
 /// Write the Ethernet addresses.
 #[inline]
@@ -35,7 +35,7 @@ pub(crate) fn deliver(
             let Some(pod) = snap.local_pod(dst) else {
                 return Verdict::Drop(DropReason::NoRoute);
             };
-            if !nat::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+            if !super::rewrite::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
                 return Verdict::Drop(DropReason::TtlExceeded);
             }
             set_macs(frame, pod.mac, node.gateway_mac);
@@ -69,7 +69,7 @@ pub(crate) fn deliver(
             let Some(mac) = snap.next_hop_mac(dst) else {
                 return Verdict::Drop(DropReason::NeighborUnresolved);
             };
-            if !nat::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+            if !super::rewrite::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
                 return Verdict::Drop(DropReason::TtlExceeded);
             }
             set_macs(frame, mac, node.uplink_mac);

@@ -8,7 +8,7 @@ use crate::flow::proto;
 use crate::reason::DropReason;
 use crate::tables::ENCAP_TEMPLATE_LEN;
 use crate::wire::{
-    checksum, nat, vxlan::VxlanPacket, ETHERNET_HEADER_LEN, UDP_HEADER_LEN, VXLAN_HEADER_LEN,
+    checksum, vxlan::VxlanPacket, ETHERNET_HEADER_LEN, UDP_HEADER_LEN, VXLAN_HEADER_LEN,
     VXLAN_OVERHEAD,
 };
 
@@ -84,7 +84,7 @@ pub(crate) fn encap(
         };
     }
     debug_assert_eq!(meta.l3, ETHERNET_HEADER_LEN);
-    if !nat::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+    if !super::rewrite::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
         return Verdict::Drop(DropReason::TtlExceeded);
     }
     let inner_len = meta.l3 + meta.ip_len;

@@ -127,8 +127,9 @@ pub fn process_batch(
         let mut tracked = 0;
         for (p, stage) in chunk.iter_mut().zip(stages.iter_mut()) {
             *stage = ingress(&ctx, &mut p.frame, p.ingress);
-            if let Stage::Ipv4(meta, origin) = stage {
-                if nat::may_track(&ctx, meta, *origin) {
+            if let Stage::Ipv4(meta, origin, plan) = stage {
+                *plan = nat::plan(&ctx, meta, *origin);
+                if plan.track {
                     hashes[tracked] = meta.hash();
                     tracked += 1;
                 }
@@ -138,7 +139,9 @@ pub fn process_batch(
         for (p, stage) in chunk.iter_mut().zip(stages.iter()) {
             let verdict = match *stage {
                 Stage::Done(v) => v,
-                Stage::Ipv4(meta, origin) => forward_ipv4(&ctx, &mut p.frame, meta, origin),
+                Stage::Ipv4(meta, origin, plan) => {
+                    forward_ipv4(&ctx, &mut p.frame, meta, origin, plan)
+                }
             };
             match verdict {
                 Verdict::Transmit(_) => counters.inc(Event::Transmitted),
@@ -159,8 +162,8 @@ pub const CHUNK: usize = 64;
 enum Stage {
     /// Decided at ingress.
     Done(Verdict),
-    /// A validated IPv4 packet, to continue from `origin`.
-    Ipv4(parse::Ipv4Meta, Origin),
+    /// A validated IPv4 packet, to continue from `origin` as planned.
+    Ipv4(parse::Ipv4Meta, Origin, nat::Plan),
 }
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -189,7 +192,7 @@ fn ingress(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Stage 
                 Ok(meta) if meta.key.src_ip != ip => {
                     Stage::Done(Verdict::Drop(DropReason::SpoofedSource))
                 }
-                Ok(meta) => Stage::Ipv4(meta, Origin::Pod),
+                Ok(meta) => Stage::Ipv4(meta, Origin::Pod, nat::Plan::UNPLANNED),
                 Err(r) => Stage::Done(Verdict::Drop(r)),
             }
         }
@@ -201,7 +204,7 @@ fn ingress(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Stage 
                 return Stage::Done(Verdict::Drop(DropReason::UnsupportedEthertype));
             }
             match parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN) {
-                Ok(meta) => Stage::Ipv4(meta, Origin::Host),
+                Ok(meta) => Stage::Ipv4(meta, Origin::Host, nat::Plan::UNPLANNED),
                 Err(r) => Stage::Done(Verdict::Drop(r)),
             }
         }
@@ -214,11 +217,11 @@ fn ingress(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Stage 
             };
             if vxlan::is_ours(ctx, &meta) {
                 return match vxlan::decap(ctx, frame, &meta) {
-                    Ok(inner) => Stage::Ipv4(inner, Origin::Overlay),
+                    Ok(inner) => Stage::Ipv4(inner, Origin::Overlay, nat::Plan::UNPLANNED),
                     Err(r) => Stage::Done(Verdict::Drop(r)),
                 };
             }
-            Stage::Ipv4(meta, Origin::Uplink)
+            Stage::Ipv4(meta, Origin::Uplink, nat::Plan::UNPLANNED)
         }
     }
 }
@@ -230,6 +233,7 @@ fn forward_ipv4(
     frame: &mut Frame<'_>,
     mut meta: parse::Ipv4Meta,
     origin: Origin,
+    plan: nat::Plan,
 ) -> Verdict {
     if meta.key.proto == crate::flow::proto::ICMP {
         if meta.icmp_type == parse::icmp_type::ECHO_REQUEST
@@ -245,7 +249,7 @@ fn forward_ipv4(
             }
         }
     }
-    match nat::translate(ctx, frame, &mut meta, origin) {
+    match nat::translate(ctx, frame, &mut meta, origin, plan) {
         nat::Outcome::Translated => output::deliver(ctx, frame, &mut meta, origin, true, None),
         nat::Outcome::Untracked(route) => {
             output::deliver(ctx, frame, &mut meta, origin, false, Some(route))

@@ -44,28 +44,44 @@ fn trackable(meta: &Ipv4Meta) -> bool {
     }
 }
 
-/// Whether [`translate`] may look this packet up in conntrack: the cheap part of its test,
-/// for warming the cache ahead. Pod-to-pod traffic not from a service endpoint never does.
+/// What the first pass learned about a packet for [`translate`]: its route, and whether it
+/// may belong to a tracked flow (so its conntrack lines were warmed and it will look there).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub(crate) route: RouteTarget,
+    pub(crate) track: bool,
+}
+
+impl Plan {
+    /// Placeholder until the first pass plans the packet.
+    pub(crate) const UNPLANNED: Plan = Plan {
+        route: RouteTarget::External,
+        track: false,
+    };
+}
+
+/// Plan a packet: route its destination and decide whether it may belong to a tracked flow.
+/// Pod-to-pod traffic not from a service endpoint never does, so it never touches conntrack.
 #[inline]
-pub(crate) fn may_track(ctx: &Ctx<'_>, meta: &Ipv4Meta, origin: Origin) -> bool {
+pub(crate) fn plan(ctx: &Ctx<'_>, meta: &Ipv4Meta, origin: Origin) -> Plan {
     let key = &meta.key;
-    if !trackable(meta) {
-        return false;
-    }
-    match ctx.snap.route(key.dst_ip) {
-        RouteTarget::LocalPods => ctx
-            .snap
-            .services
-            .is_backend(key.src_ip, key.proto, key.src_port),
-        RouteTarget::RemoteNode(_) => {
-            origin == Origin::Host
-                || ctx
-                    .snap
-                    .services
-                    .is_backend(key.src_ip, key.proto, key.src_port)
-        }
-        _ => true,
-    }
+    let route = ctx.snap.route(key.dst_ip);
+    let track = trackable(meta)
+        && match route {
+            RouteTarget::LocalPods => ctx
+                .snap
+                .services
+                .is_backend(key.src_ip, key.proto, key.src_port),
+            RouteTarget::RemoteNode(_) => {
+                origin == Origin::Host
+                    || ctx
+                        .snap
+                        .services
+                        .is_backend(key.src_ip, key.proto, key.src_port)
+            }
+            _ => true,
+        };
+    Plan { route, track }
 }
 
 #[inline]
@@ -74,32 +90,13 @@ pub(crate) fn translate(
     frame: &mut Frame<'_>,
     meta: &mut Ipv4Meta,
     origin: Origin,
+    plan: Plan,
 ) -> Outcome {
     let snap = ctx.snap;
     let key = meta.key;
-    let is_l4 = key.proto == proto::TCP || key.proto == proto::UDP;
-    let route = snap.route(key.dst_ip);
-    // No frontend is ever a pod address, so pod-to-pod traffic skips the service table.
-    let to_pods = matches!(route, RouteTarget::LocalPods | RouteTarget::RemoteNode(_));
-    let service = if is_l4 && origin != Origin::Overlay && !to_pods {
-        snap.services.lookup(key.dst_ip, key.proto, key.dst_port)
-    } else {
-        None
-    };
-    let masquerade_to = match (route, origin) {
-        (RouteTarget::External, Origin::Pod) => Some(snap.node.primary_ip()),
-        (RouteTarget::RemoteNode(_), Origin::Host) => Some(snap.node.gateway_ip),
-        _ => None,
-    };
-    let trackable = trackable(meta);
-    if trackable
-        && (service.is_some()
-            || masquerade_to.is_some()
-            || route == RouteTarget::Node
-            || snap
-                .services
-                .is_backend(key.src_ip, key.proto, key.src_port))
-    {
+    let route = plan.route;
+    // Known flows first: an established packet needs nothing else.
+    if plan.track {
         if let Some(flow) = ctx.ct.lookup_hashed(&key, meta.hash(), ctx.now) {
             ctx.ct.update(&flow, meta.tcp_flags, ctx.now);
             rewrite(frame, meta, flow.translated());
@@ -110,9 +107,20 @@ pub(crate) fn translate(
             return Outcome::Translated;
         }
     }
-    if let Some((port, kind)) = service {
-        return new_service_flow(ctx, frame, meta, origin, port, kind);
+    let is_l4 = key.proto == proto::TCP || key.proto == proto::UDP;
+    // No frontend is ever a pod address, so pod-to-pod traffic skips the service table.
+    let to_pods = matches!(route, RouteTarget::LocalPods | RouteTarget::RemoteNode(_));
+    if is_l4 && origin != Origin::Overlay && !to_pods {
+        if let Some((port, kind)) = snap.services.lookup(key.dst_ip, key.proto, key.dst_port) {
+            return new_service_flow(ctx, frame, meta, origin, port, kind);
+        }
     }
+    let masquerade_to = match (route, origin) {
+        (RouteTarget::External, Origin::Pod) => Some(snap.node.primary_ip()),
+        (RouteTarget::RemoteNode(_), Origin::Host) => Some(snap.node.gateway_ip),
+        _ => None,
+    };
+    let trackable = trackable(meta);
     if route == RouteTarget::ServiceCidr {
         return Outcome::Done(Verdict::Drop(DropReason::ServiceNotFound));
     }

@@ -68,10 +68,11 @@ pub(crate) fn plan(ctx: &Ctx<'_>, meta: &Ipv4Meta, origin: Origin) -> Plan {
     let route = ctx.snap.route(key.dst_ip);
     let track = trackable(meta)
         && match route {
-            RouteTarget::LocalPods => ctx
-                .snap
-                .services
-                .is_backend(key.src_ip, key.proto, key.src_port),
+            RouteTarget::LocalPods => {
+                ctx.snap
+                    .services
+                    .is_backend(key.src_ip, key.proto, key.src_port)
+            }
             RouteTarget::RemoteNode(_) => {
                 origin == Origin::Host
                     || ctx

@@ -21,8 +21,13 @@ fn delta16(old: u16, new: u16) -> u32 {
 /// The same for a 32-bit field (an address), as two 16-bit words.
 #[inline]
 fn delta32(old: [u8; 4], new: [u8; 4]) -> u32 {
-    delta16(u16::from_be_bytes([old[0], old[1]]), u16::from_be_bytes([new[0], new[1]]))
-        + delta16(u16::from_be_bytes([old[2], old[3]]), u16::from_be_bytes([new[2], new[3]]))
+    delta16(
+        u16::from_be_bytes([old[0], old[1]]),
+        u16::from_be_bytes([new[0], new[1]]),
+    ) + delta16(
+        u16::from_be_bytes([old[2], old[3]]),
+        u16::from_be_bytes([new[2], new[3]]),
+    )
 }
 
 /// Apply an accumulated delta to the checksum stored at `at`.
@@ -113,7 +118,11 @@ pub(crate) fn decrement_ttl(ip: &mut [u8]) -> bool {
     }
     ip[8] = ttl - 1;
     // The TTL is the high byte of the word it shares with the protocol.
-    adjust(ip, 10, delta16(u16::from(ttl) << 8, u16::from(ttl - 1) << 8));
+    adjust(
+        ip,
+        10,
+        delta16(u16::from(ttl) << 8, u16::from(ttl - 1) << 8),
+    );
     true
 }
 
@@ -181,7 +190,10 @@ mod tests {
             assert_eq!(fast, slow, "packet {i}: {from:?} -> {to:?}");
             let mut fast_ttl = ip.to_vec();
             let mut slow_ttl = ip.to_vec();
-            assert_eq!(decrement_ttl(&mut fast_ttl), reference::decrement_ttl(&mut slow_ttl));
+            assert_eq!(
+                decrement_ttl(&mut fast_ttl),
+                reference::decrement_ttl(&mut slow_ttl)
+            );
             assert_eq!(fast_ttl, slow_ttl, "packet {i}: ttl");
         }
     }

@@ -88,11 +88,11 @@ impl FlowKey {
         }
     }
 
-    /// The fixed-seed hash of this key, see [`hash_words`].
+    /// The fixed-seed hash of this key, see [`flow_hash`].
     #[inline]
     pub fn hash(&self) -> u64 {
         let (a, b) = self.to_words();
-        hash_words(a, b)
+        flow_hash(a, b)
     }
 }
 
@@ -114,6 +114,19 @@ pub const fn fmix64(mut k: u64) -> u64 {
 #[inline]
 pub const fn hash_words(a: u64, b: u64) -> u64 {
     fmix64(fmix64(a ^ FLOW_HASH_SEED).wrapping_add(b).rotate_left(29) ^ b)
+}
+
+/// The per-packet flow hash of a key's two words: cheaper than [`hash_words`] (three
+/// multiplications, two of them independent, against four in a chain) because every packet
+/// that may be tracked pays for it, and still mixing every input bit into the low bits that
+/// conntrack's index and Maglev's reduction use. Fixed seed, like every hash here.
+#[inline]
+pub const fn flow_hash(a: u64, b: u64) -> u64 {
+    let mut h = (a ^ FLOW_HASH_SEED).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^ (h >> 32)
 }
 
 /// A fast, fixed-seed [`Hasher`] for the snapshot's integer-keyed maps (service keys, pod
@@ -180,6 +193,31 @@ mod tests {
     }
 
     #[test]
+    fn flow_hash_spreads_keys_that_differ_in_one_field_over_the_low_bits() {
+        // Conntrack masks the low bits and Maglev reduces by multiplication: both need keys
+        // that differ only in a port or an address to land evenly.
+        for vary in 0..3 {
+            let mut buckets = [0u32; 1024];
+            for i in 0..65_536u32 {
+                let mut k = key();
+                match vary {
+                    0 => k.src_port = i as u16,
+                    1 => k.src_ip = Ipv4Addr::from(0x0af4_0000 | i),
+                    _ => k.dst_ip = Ipv4Addr::from(0x0a60_0000 | i),
+                }
+                let h = k.hash();
+                buckets[(h & 1023) as usize] += 1;
+            }
+            // 64 per bucket on average; a poor mix leaves buckets empty or doubled.
+            let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
+            assert!(
+                *min >= 32 && *max <= 110,
+                "field {vary}: buckets {min}..{max}"
+            );
+        }
+    }
+
+    #[test]
     fn words_round_trip_and_reverse_is_an_involution() {
         let k = key();
         let (a, b) = k.to_words();
@@ -193,7 +231,9 @@ mod tests {
         // A golden value: if this changes, every flow in a running cluster moves on upgrade.
         // The value was computed independently (Python, from the definition above).
         let golden = key().hash();
-        assert_eq!(golden, 0x5ad4_40f1_88e3_7475);
+        assert_eq!(golden, 0x578a_890f_5b65_f7a9);
+        let (a, b) = key().to_words();
+        assert_eq!(hash_words(a, b), 0x5ad4_40f1_88e3_7475);
         let mut k = key();
         k.src_port += 1;
         assert_ne!(k.hash(), golden);

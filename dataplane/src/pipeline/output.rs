@@ -10,9 +10,10 @@ use crate::wire::MacAddr;
 /// Write the Ethernet addresses.
 #[inline]
 pub(crate) fn set_macs(frame: &mut Frame<'_>, dst: MacAddr, src: MacAddr) {
-    let d = frame.data_mut();
-    d[0..6].copy_from_slice(&dst.0);
-    d[6..12].copy_from_slice(&src.0);
+    if let Some(eth) = frame.data_mut().first_chunk_mut::<12>() {
+        eth[..6].copy_from_slice(&dst.0);
+        eth[6..].copy_from_slice(&src.0);
+    }
 }
 
 /// Route the packet (`route`, when the caller already looked it up). `translated` says whether the NAT or ICMP stages rewrote it (or built it):

@@ -10,7 +10,6 @@
 use core::net::Ipv4Addr;
 
 use crate::flow::{proto, FlowKey};
-use crate::wire::IPV4_HEADER_LEN;
 
 /// The one's-complement sum of `~old + new` for a 16-bit field change.
 #[inline]
@@ -30,29 +29,37 @@ fn delta32(old: [u8; 4], new: [u8; 4]) -> u32 {
     )
 }
 
-/// Apply an accumulated delta to the checksum stored at `at`.
+/// Apply an accumulated delta to the checksum in `c`.
 #[inline]
-fn adjust(d: &mut [u8], at: usize, delta: u32) {
-    let check = u16::from_be_bytes([d[at], d[at + 1]]);
+fn adjust(c: &mut [u8; 2], delta: u32) {
+    let check = u16::from_be_bytes(*c);
     let mut sum = u32::from(!check) + delta;
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
-    d[at..at + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    *c = (!(sum as u16)).to_be_bytes();
 }
 
 #[inline]
-fn swap16(d: &mut [u8], at: usize, new: u16) -> u32 {
-    let old = u16::from_be_bytes([d[at], d[at + 1]]);
-    d[at..at + 2].copy_from_slice(&new.to_be_bytes());
+fn swap16(field: &mut [u8; 2], new: u16) -> u32 {
+    let old = u16::from_be_bytes(*field);
+    *field = new.to_be_bytes();
     delta16(old, new)
 }
 
 #[inline]
-fn swap_addr(d: &mut [u8], at: usize, new: Ipv4Addr) -> u32 {
-    let mut old = [0u8; 4];
-    old.copy_from_slice(&d[at..at + 4]);
-    d[at..at + 4].copy_from_slice(&new.octets());
+fn swap_addr(field: &mut [u8; 4], new: Ipv4Addr) -> u32 {
+    let old = *field;
+    *field = new.octets();
     delta32(old, new.octets())
+}
+
+/// A fixed-size window of `h` at `at`: every offset below is a constant, so the compiler
+/// checks nothing at run time.
+#[inline]
+fn at<const N: usize>(h: &mut [u8; 28], at: usize) -> &mut [u8; N] {
+    (&mut h[at..at + N])
+        .try_into()
+        .expect("constant in-bounds window")
 }
 
 /// Rewrite the IPv4 packet `ip` (validated; its 5-tuple is `from`) to the 5-tuple `to`, with
@@ -60,35 +67,44 @@ fn swap_addr(d: &mut [u8], at: usize, new: Ipv4Addr) -> u32 {
 /// [`FlowKey`] documents. `icmp_type` is the packet's ICMP type (ignored for TCP and UDP).
 #[inline]
 pub(crate) fn nat(ip: &mut [u8], from: &FlowKey, to: &FlowKey, icmp_type: u8) {
-    let l4 = IPV4_HEADER_LEN;
+    // IPv4 header and the first 8 bytes of L4: what every validated TCP, UDP or ICMP packet
+    // has (TCP's checksum, further on, is fetched on its own).
+    let Some(h) = ip.first_chunk_mut::<28>() else {
+        debug_assert!(false, "nat on a packet shorter than its validated headers");
+        return;
+    };
     let mut addr_delta = 0;
     if from.src_ip != to.src_ip {
-        addr_delta += swap_addr(ip, 12, to.src_ip);
+        addr_delta += swap_addr(at::<4>(h, 12), to.src_ip);
     }
     if from.dst_ip != to.dst_ip {
-        addr_delta += swap_addr(ip, 16, to.dst_ip);
+        addr_delta += swap_addr(at::<4>(h, 16), to.dst_ip);
     }
     if addr_delta != 0 {
-        adjust(ip, 10, addr_delta);
+        adjust(at::<2>(h, 10), addr_delta);
     }
     match from.proto {
         proto::TCP | proto::UDP => {
             let mut delta = addr_delta;
             if from.src_port != to.src_port {
-                delta += swap16(ip, l4, to.src_port);
+                delta += swap16(at::<2>(h, 20), to.src_port);
             }
             if from.dst_port != to.dst_port {
-                delta += swap16(ip, l4 + 2, to.dst_port);
+                delta += swap16(at::<2>(h, 22), to.dst_port);
             }
             if from.proto == proto::TCP {
-                adjust(ip, l4 + 16, delta);
-            } else if ip[l4 + 6] != 0 || ip[l4 + 7] != 0 {
+                if let Some(c) = ip.get_mut(36..38) {
+                    adjust(c.try_into().expect("two bytes"), delta);
+                }
+            } else {
                 // UDP: zero means "no checksum" and stays zero; a computed zero is sent as
                 // all ones.
-                adjust(ip, l4 + 6, delta);
-                if ip[l4 + 6] == 0 && ip[l4 + 7] == 0 {
-                    ip[l4 + 6] = 0xff;
-                    ip[l4 + 7] = 0xff;
+                let c = at::<2>(h, 26);
+                if *c != [0, 0] {
+                    adjust(c, delta);
+                    if *c == [0, 0] {
+                        *c = [0xff, 0xff];
+                    }
                 }
             }
         }
@@ -100,8 +116,8 @@ pub(crate) fn nat(ip: &mut [u8], from: &FlowKey, to: &FlowKey, icmp_type: u8) {
                 _ => return,
             };
             if old != new {
-                let delta = swap16(ip, l4 + 4, new);
-                adjust(ip, l4 + 2, delta);
+                let delta = swap16(at::<2>(h, 24), new);
+                adjust(at::<2>(h, 22), delta);
             }
         }
         _ => {}
@@ -112,17 +128,17 @@ pub(crate) fn nat(ip: &mut [u8], from: &FlowKey, to: &FlowKey, icmp_type: u8) {
 /// reach zero.
 #[inline]
 pub(crate) fn decrement_ttl(ip: &mut [u8]) -> bool {
-    let ttl = ip[8];
+    let Some(h) = ip.first_chunk_mut::<20>() else {
+        return false;
+    };
+    let ttl = h[8];
     if ttl <= 1 {
         return false;
     }
-    ip[8] = ttl - 1;
+    h[8] = ttl - 1;
     // The TTL is the high byte of the word it shares with the protocol.
-    adjust(
-        ip,
-        10,
-        delta16(u16::from(ttl) << 8, u16::from(ttl - 1) << 8),
-    );
+    let c: &mut [u8; 2] = (&mut h[10..12]).try_into().expect("constant window");
+    adjust(c, delta16(u16::from(ttl) << 8, u16::from(ttl - 1) << 8));
     true
 }
 

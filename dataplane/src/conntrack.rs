@@ -86,6 +86,7 @@ use core::time::Duration;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::flow::{proto, FlowKey};
+use crate::hugemem::{Zeroable, ZeroedTable};
 use crate::time::Instant;
 
 /// Bits of the TCP header's flags byte that drive the state machine.
@@ -462,6 +463,10 @@ struct FlowRecord {
 
 const _: () = assert!(core::mem::size_of::<FlowRecord>() == 48);
 
+// SAFETY: a record of zero bytes is `FlowRecord::default()`: version 0, zero keys, and a zero
+// state word, which is a free record (`StateWord::state` is `None`).
+unsafe impl Zeroable for FlowRecord {}
+
 /// A validated copy of a record: keys as words, and the state word.
 #[derive(Clone, Copy)]
 struct RecordCopy {
@@ -594,8 +599,8 @@ struct WriterState {
 
 /// The connection tracking table. `Send + Sync`: share it by reference between workers.
 pub struct Conntrack {
-    flows: Box<[FlowRecord]>,
-    index: Box<[AtomicU64]>,
+    flows: ZeroedTable<FlowRecord>,
+    index: ZeroedTable<AtomicU64>,
     /// `index.len() - 1`; the length is a power of two.
     index_mask: usize,
     /// Timeout in nanoseconds by [`FlowState::code`].
@@ -631,8 +636,10 @@ impl Conntrack {
         );
         let capacity = config.capacity as usize;
         let index_len = (capacity * 4).next_power_of_two();
-        let flows: Box<[FlowRecord]> = (0..capacity).map(|_| FlowRecord::default()).collect();
-        let index: Box<[AtomicU64]> = (0..index_len).map(|_| AtomicU64::new(EMPTY)).collect();
+        // Zeroed memory is an empty table: free records (`FlowRecord::default()`) and EMPTY
+        // index slots. Both may be huge pages (see `hugemem`).
+        let flows: ZeroedTable<FlowRecord> = ZeroedTable::new(capacity);
+        let index: ZeroedTable<AtomicU64> = ZeroedTable::new(index_len);
         // Reversed so that ids are handed out from 0 up, which keeps a small table's live
         // records together.
         let mut free = Vec::with_capacity(capacity);

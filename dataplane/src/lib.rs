@@ -17,6 +17,7 @@
 pub mod conntrack;
 pub mod counters;
 pub mod flow;
+mod hugemem;
 pub mod pipeline;
 pub mod reason;
 pub mod tables;

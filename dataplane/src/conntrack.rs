@@ -89,17 +89,8 @@ use crate::flow::{proto, FlowKey};
 use crate::hugemem::{Zeroable, ZeroedTable};
 use crate::time::Instant;
 
-/// Bits of the TCP header's flags byte that drive the state machine.
-pub mod tcp_flags {
-    /// No more data from sender.
-    pub const FIN: u8 = 0x01;
-    /// Synchronise sequence numbers: opens a connection.
-    pub const SYN: u8 = 0x02;
-    /// Reset the connection.
-    pub const RST: u8 = 0x04;
-    /// The acknowledgement field is significant.
-    pub const ACK: u8 = 0x10;
-}
+/// TCP flag bits, as [`Conntrack::update`] and [`Conntrack::insert`] take them.
+pub use crate::wire::tcp_flags;
 
 use tcp_flags::{ACK, FIN, RST, SYN};
 
@@ -551,6 +542,9 @@ impl FlowRecord {
 // Index entries.
 
 const EMPTY: u64 = 0;
+
+/// Upper bound of [`Conntrack::refresh_ms`].
+const REFRESH_MAX_MS: u64 = 1_000;
 const TOMBSTONE: u64 = u64::MAX;
 
 #[inline]
@@ -746,7 +740,7 @@ impl Conntrack {
                 let (next, seen_reply) = state.next(seen.seen_reply(), flow.direction, tcp_flags);
                 if next == state
                     && seen_reply == seen.seen_reply()
-                    && self.expiry_ms(state, now) <= seen.expiry_ms()
+                    && self.expiry_ms(state, now) < seen.expiry_ms() + self.refresh_ms(state)
                 {
                     return;
                 }
@@ -767,6 +761,14 @@ impl Conntrack {
                 state.next(current.seen_reply(), flow.direction, tcp_flags);
             let mut expiry_ms = self.expiry_ms(next_state, now);
             if next_state == state {
+                // Refresh the expiry only once it would move by a refresh step: a busy flow
+                // then costs one compare-and-swap a step, not one a packet, at the price of
+                // expiring up to a step early.
+                if seen_reply == current.seen_reply()
+                    && expiry_ms < current.expiry_ms() + self.refresh_ms(state)
+                {
+                    return;
+                }
                 // Workers' clocks are read once per batch and may lag each other: never move
                 // an expiry backwards within a state.
                 expiry_ms = expiry_ms.max(current.expiry_ms());
@@ -976,6 +978,14 @@ impl Conntrack {
         // A panic while holding the lock can only come from a bug in this module; the free
         // list and index are still usable, so carry on rather than cascade the panic.
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How far an expiry must move before an update writes it: 1/32 of the state's timeout,
+    /// at most a second (so a 30 s UDP flow's timer is refreshed every ~0.94 s of traffic, an
+    /// established TCP flow's every second).
+    #[inline]
+    fn refresh_ms(&self, state: FlowState) -> u64 {
+        (self.timeout_nanos[state.code() as usize] / 32 / 1_000_000).min(REFRESH_MAX_MS)
     }
 
     /// Expiry of a flow entering `state` at `now`, in whole milliseconds rounded up.
@@ -1502,6 +1512,32 @@ mod tests {
         assert_eq!(ct.info(flow.id).unwrap().1, Instant::from_millis(35_001));
         assert!(ct.lookup(&original, exact).is_some());
         assert!(ct.lookup(&original, Instant::from_millis(35_001)).is_none());
+    }
+
+    #[test]
+    fn busy_flows_refresh_their_timer_in_steps_never_backwards() {
+        let ct = table(16);
+        let (original, reply) = dnat(proto::UDP, 40000);
+        let t0 = Instant::from_secs(10);
+        let flow = ct.insert(original, reply, 0, t0).unwrap();
+        let expiry = |ct: &Conntrack| ct.info(flow.id).unwrap().1;
+        assert_eq!(expiry(&ct), t0 + Duration::from_secs(30));
+        // UDP's step is 30 s / 32 = 937 ms: a packet 500 ms later writes nothing...
+        let seen = ct.lookup(&original, t0).unwrap();
+        ct.update(&seen, 0, t0 + Duration::from_millis(500));
+        assert_eq!(expiry(&ct), t0 + Duration::from_secs(30));
+        // ...one 937 ms later moves the timer to 30 s after it.
+        let later = t0 + Duration::from_millis(937);
+        ct.update(&ct.lookup(&original, later).unwrap(), 0, later);
+        assert_eq!(expiry(&ct), later + Duration::from_secs(30));
+        // A lagging worker's clock never moves it back.
+        ct.update(&ct.lookup(&original, t0).unwrap(), 0, t0);
+        assert_eq!(expiry(&ct), later + Duration::from_secs(30));
+        // A state change is written at once, step or not.
+        let back = ct.lookup(&reply, later).unwrap();
+        ct.update(&back, 0, later);
+        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::UdpStream);
+        assert_eq!(expiry(&ct), later + Duration::from_secs(120));
     }
 
     #[test]

@@ -280,6 +280,7 @@ impl Topology {
                     self.gateway_router_mac,
                 ),
             ],
+            draining_endpoints: Vec::new(),
         }
     }
 

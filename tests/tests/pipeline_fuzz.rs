@@ -63,57 +63,77 @@ fn random_truncated_and_mutated_frames_never_panic() {
     }
     let ifaces = [0u16, 1, 2, 3, 4, 200];
     let mut rng = Rng(0x6b78_6470_2024);
-    let mut buf = vec![0u8; 2048];
+    // Batches of 1 to 64 frames, so the two-pass batch (and its conntrack warm-up) sees
+    // mixtures of every kind of packet.
+    let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 2048]).collect();
     let mut verdicts = std::collections::BTreeSet::new();
-    for iter in 0..200_000u32 {
-        let mut frame = if rng.below(8) == 0 {
-            (0..rng.below(200)).map(|_| rng.next() as u8).collect()
-        } else {
-            seeds[rng.below(seeds.len())].clone()
-        };
-        for _ in 0..rng.below(4) {
-            match rng.below(4) {
-                0 if !frame.is_empty() => {
-                    let i = rng.below(frame.len());
-                    frame[i] = rng.next() as u8;
-                }
-                1 => frame.truncate(rng.below(frame.len() + 1)),
-                2 => {
-                    // Bias mutations to the headers, where the parsing decisions are.
-                    let i = rng.below(frame.len().clamp(1, 80));
-                    if let Some(b) = frame.get_mut(i) {
-                        *b ^= 1 << rng.below(8);
+    let mut frames_seen = 0u32;
+    for iter in 0..8_000u32 {
+        let n = 1 + rng.below(64);
+        let mut layout = Vec::with_capacity(n);
+        for buf in bufs.iter_mut().take(n) {
+            let mut frame = if rng.below(8) == 0 {
+                (0..rng.below(200)).map(|_| rng.next() as u8).collect()
+            } else {
+                seeds[rng.below(seeds.len())].clone()
+            };
+            for _ in 0..rng.below(4) {
+                match rng.below(4) {
+                    0 if !frame.is_empty() => {
+                        let i = rng.below(frame.len());
+                        frame[i] = rng.next() as u8;
                     }
+                    1 => frame.truncate(rng.below(frame.len() + 1)),
+                    2 => {
+                        // Bias mutations to the headers, where the parsing decisions are.
+                        let i = rng.below(frame.len().clamp(1, 80));
+                        if let Some(b) = frame.get_mut(i) {
+                            *b ^= 1 << rng.below(8);
+                        }
+                    }
+                    _ => frame.extend((0..rng.below(16)).map(|_| rng.next() as u8)),
                 }
-                _ => frame.extend((0..rng.below(16)).map(|_| rng.next() as u8)),
+            }
+            // Vary head- and tailroom so rewrites that need room are refused, not overrun.
+            let head = rng.below(128);
+            let cap = (head + frame.len() + rng.below(128)).min(buf.len());
+            let len = frame.len().min(cap - head.min(cap));
+            let head = head.min(cap - len);
+            buf[head..head + len].copy_from_slice(&frame[..len]);
+            layout.push((head, len, cap, InterfaceId(ifaces[rng.below(ifaces.len())])));
+        }
+        let mut batch: Vec<Packet<'_>> = bufs
+            .iter_mut()
+            .zip(&layout)
+            .map(|(buf, &(head, len, cap, ingress))| {
+                Packet::new(Frame::new(&mut buf[..cap], head, len).unwrap(), ingress)
+            })
+            .collect();
+        process_batch(&mut batch, &env.snap, &env.ct, &env.counters, env.now);
+        for p in &batch {
+            frames_seen += 1;
+            verdicts.insert(
+                format!("{:?}", p.verdict)
+                    .split('(')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
+            );
+            if let Verdict::Transmit(i) = p.verdict {
+                assert!(i.0 < 4, "iteration {iter}: transmit on {i:?}");
+            }
+            if !matches!(p.verdict, Verdict::Drop(_)) {
+                // Whatever leaves is at least an Ethernet header.
+                assert!(p.frame.len() >= 14, "iteration {iter}: {:?}", p.verdict);
             }
         }
-        // Vary head- and tailroom so the rewrites that need room are refused, not overrun.
-        let head = rng.below(128);
-        let cap = (head + frame.len() + rng.below(128)).min(buf.len());
-        if head + frame.len() > cap {
-            continue;
-        }
-        buf[head..head + frame.len()].copy_from_slice(&frame);
-        let ingress = InterfaceId(ifaces[rng.below(ifaces.len())]);
-        let fr = Frame::new(&mut buf[..cap], head, frame.len()).unwrap();
-        let mut batch = [Packet::new(fr, ingress)];
-        process_batch(&mut batch, &env.snap, &env.ct, &env.counters, env.now);
-        let [p] = batch;
-        assert!(p.frame.head() + p.frame.len() <= cap, "iteration {iter}");
-        verdicts.insert(
-            format!("{:?}", p.verdict)
-                .split('(')
-                .next()
-                .unwrap()
-                .to_owned(),
-        );
-        if let Verdict::Transmit(i) = p.verdict {
-            assert!(i.0 < 4, "iteration {iter}: transmit on {i:?}");
-        }
     }
+    assert!(frames_seen > 200_000, "only {frames_seen} frames");
     // The mutations must have reached every kind of outcome, or they are not exploring.
     for want in ["Transmit", "Reply", "ToHost", "Drop"] {
-        assert!(verdicts.contains(want), "no {want} verdict in 200k frames");
+        assert!(
+            verdicts.contains(want),
+            "no {want} verdict in {frames_seen} frames"
+        );
     }
 }

@@ -201,7 +201,7 @@ fn icmp_error_from_outside_about_a_masqueraded_flow_reaches_the_pod_translated()
     );
     assert_eq!(outer.destination_addr(), t.pod_a.ip);
     assert_eq!(quoted(&back), (t.pod_a.ip, t.external_ip, 40000, 443));
-    assert!(nat_port != 40000 || t.node.masquerade_ports.contains(&40000));
+    assert!(t.node.masquerade_ports.contains(&nat_port));
     assert_eq!(env.counters.read().event(Event::IcmpErrorTranslated), 1);
 }
 
@@ -262,7 +262,7 @@ fn frag_needed_for_a_dnated_packet_quotes_what_the_client_sent() {
 }
 
 #[test]
-fn node_to_cluster_ip_and_to_remote_pods_is_masqueraded_to_the_gateway_address() {
+fn node_to_remote_pods_is_masqueraded_to_the_gateway_address() {
     let env = Env::new();
     let t = &env.t;
     let host = |dst| {
@@ -296,4 +296,219 @@ fn node_to_cluster_ip_and_to_remote_pods_is_masqueraded_to_the_gateway_address()
         (t.remote_pod_ip, 9000, t.node.primary_ip(), 45000)
     );
     assert_eq!(&out[0..6], &t.node.host_mac.0);
+}
+
+/// The fixture with one more service port, `default/extra:http` on 10.96.0.40:80/TCP.
+fn with_extra_service(
+    backends: Vec<kxdp_dataplane::tables::Backend>,
+    external_policy: kxdp_dataplane::tables::TrafficPolicy,
+    frontends: Vec<kxdp_dataplane::tables::Frontend>,
+) -> Env {
+    use kxdp_dataplane::tables::{ServicePort, ServicePortSpec, TrafficPolicy};
+    let t = kxdp_dataplane::testkit::Topology::default();
+    let mut inputs = t.inputs();
+    inputs
+        .services
+        .push(std::sync::Arc::new(ServicePort::new(ServicePortSpec {
+            name: "default/extra:http".into(),
+            proto: kxdp_dataplane::flow::proto::TCP,
+            frontends,
+            backends,
+            internal_policy: TrafficPolicy::Cluster,
+            external_policy,
+            client_ip_affinity: false,
+        })));
+    Env::from_inputs(t, inputs, 4096)
+}
+
+const EXTRA_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
+
+fn cluster_ip(ip: Ipv4Addr) -> kxdp_dataplane::tables::Frontend {
+    kxdp_dataplane::tables::Frontend {
+        kind: kxdp_dataplane::tables::FrontendKind::ClusterIp,
+        ip: Some(ip),
+        port: 80,
+    }
+}
+
+#[test]
+fn an_endpoint_outside_the_cluster_is_reached_from_the_node_address() {
+    use kxdp_dataplane::tables::{Backend, TrafficPolicy};
+    // Like `default/kubernetes`: the endpoint is an API server on a node address.
+    let api = Ipv4Addr::new(198, 18, 0, 2);
+    let env = with_extra_service(
+        vec![Backend::ready(api, 6443, false)],
+        TrafficPolicy::Cluster,
+        vec![cluster_ip(EXTRA_VIP)],
+    );
+    let t = &env.t;
+    let (v, out) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(EXTRA_VIP).tcp(40000, 80, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    assert_valid(&out, "to the API server");
+    let (src, nat_port, dst, dport) = tuple(&out);
+    assert_eq!((src, dst, dport), (t.node.primary_ip(), api, 6443));
+    assert_eq!(&out[0..6], &t.node_b_mac.0, "straight to the neighbour");
+    let (v, back) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t
+            .from_outside(api, t.node.primary_ip())
+            .tcp(6443, nat_port, f::SYN | f::ACK, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    assert_eq!(tuple(&back), (EXTRA_VIP, 80, t.pod_a.ip, 40000));
+}
+
+#[test]
+fn external_traffic_policy_local_applies_to_outside_clients_only() {
+    use kxdp_dataplane::tables::{Backend, Frontend, FrontendKind, TrafficPolicy};
+    let lb = Ipv4Addr::new(198, 19, 1, 40);
+    let env = with_extra_service(
+        vec![Backend::ready(Ipv4Addr::new(10, 244, 2, 20), 8080, false)],
+        TrafficPolicy::Local,
+        vec![Frontend {
+            kind: FrontendKind::LoadBalancer,
+            ip: Some(lb),
+            port: 80,
+        }],
+    );
+    let t = &env.t;
+    // From outside: no local endpoint, so dropped, as kube-proxy does.
+    let (v, _) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t
+            .from_outside(t.external_ip, lb)
+            .tcp(50000, 80, f::SYN, b""),
+    });
+    assert_eq!(
+        v,
+        Verdict::Drop(kxdp_dataplane::DropReason::ServiceNoLocalEndpoints)
+    );
+    // From a pod: every endpoint, the client address kept.
+    let (v, out) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(lb).tcp(40000, 80, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    assert_eq!(tuple(&out), (t.pod_a.ip, 40000, t.remote_pod_ip, 8080));
+}
+
+#[test]
+fn a_client_port_reused_toward_two_addresses_of_one_endpoint_gets_a_new_source_port() {
+    use kxdp_dataplane::tables::{Backend, TrafficPolicy};
+    // default/extra shares default/api's endpoint, pod B:8443.
+    let env = with_extra_service(
+        vec![Backend::ready(Ipv4Addr::new(10, 244, 1, 11), 8443, true)],
+        TrafficPolicy::Cluster,
+        vec![cluster_ip(EXTRA_VIP)],
+    );
+    let t = &env.t;
+    let (v, first) = env.run(&t.case_service(40000, f::SYN));
+    assert_eq!(v, Verdict::Transmit(t.pod_b.iface));
+    assert_eq!(tuple(&first), (t.pod_a.ip, 40000, t.pod_b.ip, 8443));
+    let (v, second) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(EXTRA_VIP).tcp(40000, 80, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_b.iface));
+    let (src, port, dst, dport) = tuple(&second);
+    assert_eq!((src, dst, dport), (t.node.gateway_ip, t.pod_b.ip, 8443));
+    assert!(t.node.masquerade_ports.contains(&port));
+}
+
+#[test]
+fn replies_of_a_draining_endpoint_are_still_translated() {
+    let t = kxdp_dataplane::testkit::Topology::default();
+    let env = Env::new();
+    let (_, fwd) = env.run(&t.case_service(40000, f::SYN));
+    assert_eq!(tuple(&fwd).2, t.pod_b.ip);
+    // A new snapshot without pod B:8443 in any service, sharing the same conntrack.
+    let without = |draining: Vec<(Ipv4Addr, u8, u16)>| {
+        let mut inputs = t.inputs();
+        inputs.services.retain(|s| s.name() != "default/api:https");
+        inputs.draining_endpoints = draining;
+        kxdp_dataplane::Snapshot::build(inputs).unwrap()
+    };
+    let reply = t.case_service_reply(40000);
+    let run = |snap: &kxdp_dataplane::Snapshot| {
+        let mut buf = kxdp_dataplane::testkit::FrameBuf::new(&reply.frame);
+        let mut batch = [buf.packet(reply.ingress)];
+        kxdp_dataplane::process_batch(&mut batch, snap, &env.ct, &env.counters, env.now);
+        let [p] = batch;
+        tuple(p.frame.data())
+    };
+    let tcp = kxdp_dataplane::flow::proto::TCP;
+    assert_eq!(
+        run(&without(vec![(t.pod_b.ip, tcp, 8443)])),
+        (t.api_cluster_ip, 443, t.pod_a.ip, 40000),
+        "listed as draining: translated"
+    );
+    assert_eq!(
+        run(&without(vec![])),
+        (t.pod_b.ip, 8443, t.pod_a.ip, 40000),
+        "not listed: conntrack is not consulted for plain pod traffic"
+    );
+}
+
+#[test]
+fn the_node_gets_replies_kxdp_builds_for_it() {
+    let env = Env::new();
+    let t = &env.t;
+    let host = |dst| {
+        FrameSpec::new(
+            t.node.host_mac,
+            t.node.gateway_mac,
+            t.node.primary_ip(),
+            dst,
+        )
+    };
+    // Ping of the gateway from the node.
+    let (v, out) = env.run(&Input {
+        ingress: t.node.host,
+        frame: host(t.node.gateway_ip).icmp_echo(true, 9, 1, b"hi"),
+    });
+    assert_eq!(v, Verdict::ToHost(kxdp_dataplane::PassReason::ForNode));
+    assert_eq!(out[34], 0, "an echo reply");
+    assert_eq!(&out[0..6], &t.node.host_mac.0);
+    // A service without endpoints refuses the node at once.
+    let (v, out) = env.run(&Input {
+        ingress: t.node.host,
+        frame: host(t.empty_cluster_ip).tcp(45000, 80, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::ToHost(kxdp_dataplane::PassReason::ForNode));
+    assert_eq!((out[34], out[35]), (3, 3), "port unreachable");
+    // The node reaching a ClusterIP is masqueraded to the gateway address.
+    let (v, out) = env.run(&Input {
+        ingress: t.node.host,
+        frame: host(t.api_cluster_ip).tcp(45001, 443, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_b.iface));
+    let (src, _, dst, dport) = tuple(&out);
+    assert_eq!((src, dst, dport), (t.node.gateway_ip, t.pod_b.ip, 8443));
+    // Host traffic to the host that nothing translated would loop: dropped.
+    let (v, _) = env.run(&Input {
+        ingress: t.node.host,
+        frame: host(t.node.primary_ip()).tcp(45002, 22, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Drop(kxdp_dataplane::DropReason::NoRoute));
+}
+
+#[test]
+fn the_node_answering_a_remote_pod_from_the_gateway_address_is_not_masqueraded() {
+    let env = Env::new();
+    let t = &env.t;
+    let (v, out) = env.run(&Input {
+        ingress: t.node.host,
+        frame: FrameSpec::new(
+            t.node.host_mac,
+            t.node.gateway_mac,
+            t.node.gateway_ip,
+            t.remote_pod_ip,
+        )
+        .tcp(80, 33000, f::SYN | f::ACK, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    assert_eq!(tuple(&out), (t.node.gateway_ip, 80, t.remote_pod_ip, 33000));
 }

@@ -10,9 +10,7 @@ use core::net::Ipv4Addr;
 use super::{output, Ctx, Frame, Verdict};
 use crate::counters::Event;
 use crate::reason::DropReason;
-use crate::wire::{ArpPacket, ETHERNET_HEADER_LEN};
-
-const ARP_LEN: usize = 28;
+use crate::wire::{ArpPacket, ARP_ETHERNET_IPV4_LEN as ARP_LEN, ETHERNET_HEADER_LEN};
 
 #[cold]
 pub(crate) fn answer(ctx: &Ctx<'_>, frame: &mut Frame<'_>) -> Verdict {

@@ -7,7 +7,7 @@
 
 use core::net::Ipv4Addr;
 
-use super::parse::{icmp_type, Ipv4Meta};
+use super::parse::{addr, be16, icmp_type, Ipv4Meta};
 use super::{output, Ctx, Frame, Origin, Verdict};
 use crate::counters::Event;
 use crate::flow::{proto, FlowKey};
@@ -42,7 +42,6 @@ pub(crate) fn echo_reply(
     meta.key = meta.key.reversed();
     meta.hash = 0;
     meta.icmp_type = icmp_type::ECHO_REPLY;
-    meta.ttl = TTL;
     ctx.counters.inc(Event::IcmpEchoReply);
     output::deliver(ctx, frame, meta, origin, true, None)
 }
@@ -89,7 +88,7 @@ pub(crate) fn frag_needed(
 fn fill_ipv4_checksum(header: &mut [u8]) {
     header[10] = 0;
     header[11] = 0;
-    let c = checksum::fold(checksum::sum(header, 0));
+    let c = checksum::checksum(header);
     header[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -144,7 +143,7 @@ fn build_error(
     let icmp = &mut d[l3 + IPV4_HEADER_LEN..len];
     icmp[..8].copy_from_slice(&[icmp_type::DEST_UNREACHABLE, code, 0, 0, 0, 0, 0, 0]);
     icmp[6..8].copy_from_slice(&next_hop_mtu.to_be_bytes());
-    let c = checksum::fold(checksum::sum(icmp, 0));
+    let c = checksum::checksum(icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     *meta = Ipv4Meta {
         l3,
@@ -153,25 +152,14 @@ fn build_error(
         tcp_flags: 0,
         icmp_type: icmp_type::DEST_UNREACHABLE,
         dont_frag: false,
-        ttl: TTL,
         hash: 0,
     };
     Ok(())
 }
 
 #[inline]
-fn be16(d: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([d[at], d[at + 1]])
-}
-
-#[inline]
 fn put16(d: &mut [u8], at: usize, v: u16) {
     d[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-#[inline]
-fn addr(d: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(d[at], d[at + 1], d[at + 2], d[at + 3])
 }
 
 /// Set a 16-bit field and fold the change into the checksum at `check_at`, if any.
@@ -291,7 +279,7 @@ pub(crate) fn translate_error(
     // The ICMP checksum covers the quote: recompute it over the (short) message.
     d[l4 + 2] = 0;
     d[l4 + 3] = 0;
-    let c = checksum::fold(checksum::sum(&d[l4..end], 0));
+    let c = checksum::checksum(&d[l4..end]);
     put16(d, l4 + 2, c);
 
     meta.key.src_ip = new_src;

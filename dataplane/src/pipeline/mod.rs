@@ -9,16 +9,16 @@
 //! The stages, in the order a packet meets them:
 //!
 //! 1. **ingress** (this file): the interface's role decides the path; ARP is answered for pods
-//!    and the host ([`arp`]); the IPv4 header is validated once ([`parse`]); a pod's source
+//!    and the host (`arp.rs`); the IPv4 header is validated once (`parse.rs`); a pod's source
 //!    address must be its own;
-//! 2. **decap** ([`vxlan`]): VXLAN from a known node with our VNI is stripped and the inner
+//! 2. **decap** (`vxlan.rs`): VXLAN from a known node with our VNI is stripped and the inner
 //!    packet continues as overlay traffic;
-//! 3. **ICMP** ([`icmp`]): pings of the gateway are answered; ICMP errors about a translated flow
+//! 3. **ICMP** (`icmp.rs`): pings of the gateway are answered; ICMP errors about a translated flow
 //!    are translated back like the flow;
-//! 4. **service NAT and conntrack** ([`nat`]): known flows are translated from conntrack; new
+//! 4. **service NAT and conntrack** (`nat.rs`): known flows are translated from conntrack; new
 //!    flows to a service frontend get a Maglev-picked backend (masqueraded where kube-proxy
 //!    would); pod traffic leaving the cluster is masqueraded to the node address;
-//! 5. **output** ([`output`]): route the (translated) destination: a local pod (L2 rewrite,
+//! 5. **output** (`output.rs`): route the (translated) destination: a local pod (L2 rewrite,
 //!    TTL decrement), another node (VXLAN encapsulation), the node itself, or the uplink.
 
 mod arp;
@@ -166,7 +166,7 @@ enum Stage {
     Ipv4(parse::Ipv4Meta, Origin, nat::Plan),
 }
 
-const ETHERTYPE_IPV4: u16 = 0x0800;
+pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
 
 /// The first pass: everything that depends on the interface the frame came in on.

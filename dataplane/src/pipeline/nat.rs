@@ -118,7 +118,12 @@ pub(crate) fn translate(
     }
     let masquerade_to = match (route, origin) {
         (RouteTarget::External, Origin::Pod) => Some(snap.node.primary_ip()),
-        (RouteTarget::RemoteNode(_), Origin::Host) => Some(snap.node.gateway_ip),
+        // The node's own traffic to another node's pods leaves from the gateway address so the
+        // replies come back over VXLAN; traffic already from it (answers to pods that reached
+        // the gateway address) needs nothing.
+        (RouteTarget::RemoteNode(_), Origin::Host) if key.src_ip != snap.node.gateway_ip => {
+            Some(snap.node.gateway_ip)
+        }
         _ => None,
     };
     let trackable = trackable(meta);
@@ -158,7 +163,10 @@ fn new_service_flow(
 ) -> Outcome {
     let key = meta.key;
     let node = &ctx.snap.node;
-    let (ip, bport) = match port.pick(kind, key.src_ip, meta.hash()) {
+    // A pod or this node: kube-proxy gives such clients every endpoint and never preserves
+    // their address toward an external frontend.
+    let internal = origin == Origin::Host || node.cluster_cidr.contains_addr(&key.src_ip);
+    let (ip, bport) = match port.pick(kind, key.src_ip, internal, meta.hash()) {
         Pick::Backend(ip, bport) => (ip, bport),
         Pick::NoEndpoints => {
             return Outcome::Done(icmp::port_unreachable(ctx, frame, meta, origin))
@@ -168,14 +176,37 @@ fn new_service_flow(
         }
     };
     let hairpin = ip == key.src_ip;
-    let masquerade = hairpin
-        || (!port.preserves_client_ip(kind) && !node.cluster_cidr.contains_addr(&key.src_ip));
-    let reply = if masquerade {
-        FlowKey::new(key.proto, ip, bport, node.gateway_ip, 0)
+    let snat_to = if ctx.snap.route(ip) == RouteTarget::External {
+        // An endpoint outside the cluster (the API server on a node address, say): the flow
+        // leaves from the node's address, as flannel's masquerade rule would make it.
+        Some(node.primary_ip())
+    } else if hairpin
+        || (!port.preserves_client_ip(kind, internal)
+            && !node.cluster_cidr.contains_addr(&key.src_ip))
+    {
+        Some(node.gateway_ip)
     } else {
-        FlowKey::new(key.proto, ip, bport, key.src_ip, key.src_port)
+        None
     };
-    match insert(ctx, key, reply, meta.tcp_flags, masquerade) {
+    let tracked = match snat_to {
+        Some(snat_ip) => {
+            let reply = FlowKey::new(key.proto, ip, bport, snat_ip, 0);
+            insert(ctx, key, reply, meta.tcp_flags, true)
+        }
+        None => {
+            let reply = FlowKey::new(key.proto, ip, bport, key.src_ip, key.src_port);
+            match insert(ctx, key, reply, meta.tcp_flags, false) {
+                // The client already uses this port toward the same endpoint through another
+                // address: give this flow a new source port, as Linux NAT resolves the clash.
+                Err(DropReason::ConntrackClash) => {
+                    let reply = FlowKey::new(key.proto, ip, bport, node.gateway_ip, 0);
+                    insert(ctx, key, reply, meta.tcp_flags, true)
+                }
+                other => other,
+            }
+        }
+    };
+    match tracked {
         Ok(to) => {
             rewrite(frame, meta, to);
             ctx.counters.inc(Event::ServiceNewFlow);

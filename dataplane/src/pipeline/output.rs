@@ -49,13 +49,16 @@ pub(crate) fn deliver(
             }
             vxlan::encap(ctx, frame, meta, origin, idx)
         }
-        RouteTarget::Node => match origin {
-            Origin::Host => Verdict::Drop(DropReason::NoRoute),
-            _ => {
-                set_macs(frame, node.host_mac, node.gateway_mac);
-                Verdict::ToHost(PassReason::ForNode)
-            }
-        },
+        // The node's own traffic comes back to it only as something kxdp built or translated
+        // (a reply from the gateway, an ICMP error, a reverse-NATed answer); anything else
+        // from the host to the host would loop.
+        RouteTarget::Node if origin == Origin::Host && !translated => {
+            Verdict::Drop(DropReason::NoRoute)
+        }
+        RouteTarget::Node => {
+            set_macs(frame, node.host_mac, node.gateway_mac);
+            Verdict::ToHost(PassReason::ForNode)
+        }
         RouteTarget::ServiceCidr => Verdict::Drop(DropReason::ServiceNotFound),
         RouteTarget::ClusterUnassigned => Verdict::Drop(DropReason::NoRoute),
         RouteTarget::External => {

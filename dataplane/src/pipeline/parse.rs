@@ -41,8 +41,6 @@ pub(crate) struct Ipv4Meta {
     pub(crate) icmp_type: u8,
     /// The DF bit.
     pub(crate) dont_frag: bool,
-    /// The TTL.
-    pub(crate) ttl: u8,
     /// `key.hash()` once computed, else 0 (then computed when needed).
     pub(crate) hash: u64,
 }
@@ -70,13 +68,15 @@ impl Ipv4Meta {
     }
 }
 
+/// A big-endian 16-bit field at `at`.
 #[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+/// An IPv4 address at `at`.
 #[inline]
-fn addr(b: &[u8], at: usize) -> Ipv4Addr {
+pub(crate) fn addr(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
 
@@ -151,7 +151,6 @@ pub(crate) fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropReason
         tcp_flags,
         icmp_type,
         dont_frag: flags_frag & 0x4000 != 0,
-        ttl: ip[8],
         hash: 0,
     })
 }

@@ -9,6 +9,7 @@
 
 use core::net::Ipv4Addr;
 
+use super::parse::icmp_type;
 use crate::flow::{proto, FlowKey};
 
 /// The one's-complement sum of `~old + new` for a 16-bit field change.
@@ -111,8 +112,8 @@ pub(crate) fn nat(ip: &mut [u8], from: &FlowKey, to: &FlowKey, icmp_type: u8) {
         proto::ICMP => {
             // The echo identifier: the source "port" of a request, the destination of a reply.
             let (old, new) = match icmp_type {
-                8 => (from.src_port, to.src_port),
-                0 => (from.dst_port, to.dst_port),
+                icmp_type::ECHO_REQUEST => (from.src_port, to.src_port),
+                icmp_type::ECHO_REPLY => (from.dst_port, to.dst_port),
                 _ => return,
             };
             if old != new {

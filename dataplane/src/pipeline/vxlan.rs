@@ -52,7 +52,7 @@ pub(crate) fn decap(
     let ok = frame.set_len(end) && frame.pull_head(inner_at);
     debug_assert!(ok, "bounds were checked above");
     let d = frame.data();
-    if u16::from_be_bytes([d[12], d[13]]) != 0x0800 {
+    if u16::from_be_bytes([d[12], d[13]]) != super::ETHERTYPE_IPV4 {
         return Err(DropReason::VxlanInnerNotIpv4);
     }
     let inner = parse::parse_ipv4(d, ETHERNET_HEADER_LEN)?;

@@ -211,6 +211,11 @@ pub struct SnapshotInputs {
     pub nodes: Vec<RemoteNode>,
     /// Underlay neighbours: address to MAC.
     pub neighbors: Vec<(Ipv4Addr, MacAddr)>,
+    /// Endpoints (address, protocol, port) no longer in any service that conntrack still holds
+    /// flows to. Their replies keep being reverse-translated, as Linux conntrack does after an
+    /// endpoint leaves (a selector change, say); the control side lists them until those flows
+    /// end or are flushed.
+    pub draining_endpoints: Vec<(Ipv4Addr, u8, u16)>,
 }
 
 /// Why a snapshot could not be built; each names the object at fault.
@@ -345,6 +350,7 @@ impl Snapshot {
             pods,
             nodes,
             neighbors,
+            draining_endpoints,
         } = inputs;
         let bad = |field: &'static str, problem: String| SnapshotError::BadNodeConfig {
             node: node.name.clone(),
@@ -400,7 +406,7 @@ impl Snapshot {
             ));
         }
 
-        let services = ServiceTable::new(services, &node.node_ips)?;
+        let services = ServiceTable::new(services, &node.node_ips, &draining_endpoints)?;
         let neighbors: FastMap<u32, MacAddr> = neighbors
             .into_iter()
             .map(|(ip, mac)| (u32::from(ip), mac))

@@ -190,21 +190,29 @@ impl ServicePort {
         &self.spec.name
     }
 
-    /// Whether traffic arriving through `kind` keeps its client address (external traffic with
-    /// `externalTrafficPolicy: Local`).
+    /// Whether traffic arriving through `kind` keeps its client address: external traffic with
+    /// `externalTrafficPolicy: Local` from a client outside the cluster.
     #[inline]
-    pub fn preserves_client_ip(&self, kind: FrontendKind) -> bool {
-        kind.is_external() && self.spec.external_policy == TrafficPolicy::Local
+    pub fn preserves_client_ip(&self, kind: FrontendKind, internal_client: bool) -> bool {
+        kind.is_external() && !internal_client && self.spec.external_policy == TrafficPolicy::Local
     }
 
     /// Choose a backend for a new flow `hash` (from the 5-tuple) from client `client`, arriving
-    /// through a frontend of `kind`.
+    /// through a frontend of `kind`. `internal_client` says the client is a pod or a node of
+    /// this cluster: like kube-proxy, such clients of an external address (load balancer,
+    /// external IP, node port) use every endpoint whatever `externalTrafficPolicy` says.
     #[inline]
-    pub fn pick(&self, kind: FrontendKind, client: Ipv4Addr, hash: u64) -> Pick {
-        let policy = if kind.is_external() {
-            self.spec.external_policy
-        } else {
-            self.spec.internal_policy
+    pub fn pick(
+        &self,
+        kind: FrontendKind,
+        client: Ipv4Addr,
+        internal_client: bool,
+        hash: u64,
+    ) -> Pick {
+        let policy = match (kind.is_external(), internal_client) {
+            (false, _) => self.spec.internal_policy,
+            (true, true) => TrafficPolicy::Cluster,
+            (true, false) => self.spec.external_policy,
         };
         let hash = if self.spec.client_ip_affinity {
             flow::hash_words(u64::from(u32::from(client)), 0)
@@ -296,10 +304,13 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
-    /// Index `ports`; NodePorts are expanded on every address in `node_ips`.
+    /// Index `ports`; NodePorts are expanded on every address in `node_ips`. `draining` lists
+    /// endpoints (address, protocol, port) that left every service but whose flows still get
+    /// their replies translated (see [`ServiceTable::is_backend`]).
     pub fn new(
         ports: Vec<Arc<ServicePort>>,
         node_ips: &[Ipv4Addr],
+        draining: &[(Ipv4Addr, u8, u16)],
     ) -> Result<Self, ServiceTableError> {
         let mut index: FastMap<u64, FrontendEntry> = FastMap::default();
         let mut backends: FastMap<u64, ()> = FastMap::default();
@@ -341,6 +352,10 @@ impl ServiceTable {
                 backend_ports[usize::from(b.port) / 64] |= 1 << (b.port % 64);
             }
         }
+        for &(ip, proto, port) in draining {
+            backends.insert(frontend_key(ip, proto, port), ());
+            backend_ports[usize::from(port) / 64] |= 1 << (port % 64);
+        }
         Ok(ServiceTable {
             index,
             ports,
@@ -361,9 +376,9 @@ impl ServiceTable {
         Some((&self.ports[e.port as usize], e.kind))
     }
 
-    /// Whether `ip:port/proto` is an endpoint of some service port. Only packets from an
-    /// endpoint can be replies of a DNATed flow, so only they need a conntrack lookup on the
-    /// reply path.
+    /// Whether `ip:port/proto` is an endpoint of some service port, or a draining one. Only
+    /// packets from an endpoint can be replies of a DNATed flow, so only they need a conntrack
+    /// lookup on the reply path.
     #[inline]
     pub fn is_backend(&self, ip: Ipv4Addr, proto: u8, port: u16) -> bool {
         self.backend_ports[usize::from(port) / 64] & (1 << (port % 64)) != 0

@@ -6,9 +6,9 @@
 //! `new_checked` (smoltcp's [`EthernetFrame`], [`Ipv4Packet`], [`UdpPacket`], [`TcpPacket`],
 //! [`Icmpv4Packet`], [`ArpPacket`], and our [`VxlanPacket`]), which checks that the buffer holds
 //! the whole header and that the header's own length fields stay within it. The pipeline
-//! validates a frame once, at parse time, and from then on uses the views' plain accessors and
-//! the in-place rewrites of [`nat`], which index without re-validating and panic (a bug, never
-//! a drop) if that promise was broken. Checksums are patched incrementally ([`checksum`]), never
+//! validates a frame once, at parse time, and from then on uses plain accessors and in-place
+//! rewrites that index without re-validating. [`nat`] holds the reference rewrites on smoltcp's
+//! views; the pipeline's own fixed-offset rewrites are checked against them. Checksums are patched incrementally ([`checksum`]), never
 //! recomputed on the packet path.
 //!
 //! Views borrow the caller's buffer and never allocate. [`build`] is the exception: it makes

@@ -4,6 +4,7 @@
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+use kxdp_dataplane::tables::SnapshotInputs;
 use kxdp_dataplane::testkit::{FrameBuf, Input, Topology};
 use kxdp_dataplane::{process_batch, Counters, Instant, Snapshot, Verdict};
 
@@ -28,7 +29,13 @@ impl Env {
     }
 
     pub fn with(t: Topology, capacity: u32) -> Self {
-        let snap = t.snapshot();
+        let inputs = t.inputs();
+        Self::from_inputs(t, inputs, capacity)
+    }
+
+    /// The fixture topology with its snapshot inputs changed by the test.
+    pub fn from_inputs(t: Topology, inputs: SnapshotInputs, capacity: u32) -> Self {
+        let snap = Snapshot::build(inputs).expect("valid test inputs");
         Env {
             t,
             snap,

@@ -3,7 +3,8 @@
 # installed, and nothing is installed when everything is present.
 set -euo pipefail
 
-packages=(build-essential pkg-config)
+# iproute2 and iputils-ping: the namespace testbed and its clients.
+packages=(build-essential pkg-config iproute2 iputils-ping)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,1 +1,4 @@
-//! kxdp integration tests live in `tests/`; this library is intentionally empty.
+//! kxdp's integration-test support: the namespace testbed ([`testbed`]). The tests themselves
+//! live in `tests/`.
+
+pub mod testbed;

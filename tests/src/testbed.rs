@@ -1,0 +1,446 @@
+//! The namespace testbed: a small cluster built from network namespaces on this machine.
+//!
+//! Following ../shared/DESIGN.md's conventions, everything lives in namespaces the testbed
+//! creates, named with a per-run prefix so parallel tests never collide: an underlay "switch"
+//! namespace with a bridge joining the nodes' uplinks (198.18.0.0/24), a namespace per node and
+//! per pod, and optionally an external client on the underlay. Nothing is added to the root
+//! namespace. [`Testbed`] deletes every namespace it made when dropped, on success, failure or
+//! panic, and deleting a namespace deletes its interfaces with it.
+//!
+//! A node is built as flannel's VXLAN backend builds one with the kernel's own devices (the
+//! interoperability peer kxdp must speak to): a `cni0` bridge holding the pod gateway, pods'
+//! veths on it, a `flannel.1` VXLAN device (VNI 1, port 8472, a fixed VTEP MAC), and for every
+//! other node a route, a permanent neighbour entry and a forwarding entry, as flanneld writes
+//! them. Issue 3 adds nodes run by kxdp beside these.
+//!
+//! Commands run through `ip` (iproute2) and are bounded: every traffic run has a count and a
+//! deadline.
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Why the testbed could not be built or used; names the command and what it said.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// A command could not be started (not installed?).
+    #[error("cannot run `{command}`: {source} (install iproute2 and iputils-ping: scripts/install-deps.sh)")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A command failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+}
+
+/// Why privileged tests cannot run here, if they cannot: for a clear SKIP line.
+pub fn missing_privilege() -> Option<String> {
+    // `id -u` rather than a libc call: this crate has no unsafe code.
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some(
+            "network namespace tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run them as root"
+                .into(),
+        );
+    }
+    for tool in ["ip", "ping"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Some(format!(
+                "`{tool}` is not installed: run scripts/install-deps.sh"
+            ));
+        }
+    }
+    None
+}
+
+/// Print a SKIP line for a privileged test that cannot run, or fail under CI, where a skip is
+/// a failure. Returns true when the test should return early.
+pub fn skip_unless_privileged(test: &str) -> bool {
+    let Some(why) = missing_privilege() else {
+        return false;
+    };
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{test}: cannot run under CI: {why}"
+    );
+    eprintln!("SKIP {test}: {why}");
+    true
+}
+
+fn run(cmd: &mut Command) -> Result<Output, TestbedError> {
+    let command = format!("{cmd:?}").replace('"', "");
+    let out = cmd.output().map_err(|source| TestbedError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(TestbedError::Failed {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// `ip <args>`, in namespace `ns` if given.
+fn ip(ns: Option<&str>, args: &[&str]) -> Result<Output, TestbedError> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    run(cmd.args(args))
+}
+
+/// A command inside namespace `ns`.
+fn exec(ns: &str, args: &[&str]) -> Result<Output, TestbedError> {
+    run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+}
+
+/// One node of the testbed.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Its namespace.
+    pub ns: String,
+    /// Underlay address.
+    pub ip: Ipv4Addr,
+    /// Pod CIDR's network address (a /24).
+    pub pod_net: Ipv4Addr,
+    /// The pods' gateway (`.1` of the pod CIDR).
+    pub gateway: Ipv4Addr,
+    /// The VTEP MAC of its `flannel.1`.
+    pub vtep_mac: String,
+    /// Its pods.
+    pub pods: Vec<Pod>,
+}
+
+/// One pod of the testbed.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Its namespace.
+    pub ns: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+/// What to build.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    /// Number of nodes (at most 200).
+    pub nodes: u8,
+    /// Pods per node (at most 200).
+    pub pods_per_node: u8,
+    /// Whether to add an external client on the underlay.
+    pub external: bool,
+}
+
+/// A cluster in namespaces; dropping it removes every namespace it made.
+#[derive(Debug)]
+pub struct Testbed {
+    prefix: String,
+    namespaces: Vec<String>,
+    /// The underlay switch namespace.
+    pub switch: String,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// The external client's namespace and address, if built.
+    pub external: Option<(String, Ipv4Addr)>,
+}
+
+static RUNS: AtomicU32 = AtomicU32::new(0);
+
+impl Testbed {
+    /// Build a cluster of flannel-style kernel nodes.
+    pub fn kernel_nodes(spec: Spec) -> Result<Testbed, TestbedError> {
+        assert!(spec.nodes >= 1 && spec.nodes <= 200 && spec.pods_per_node <= 200);
+        let prefix = format!(
+            "kx{}-{}",
+            std::process::id() % 100_000,
+            RUNS.fetch_add(1, Relaxed)
+        );
+        let mut tb = Testbed {
+            switch: format!("{prefix}-sw"),
+            prefix,
+            namespaces: Vec::new(),
+            nodes: Vec::new(),
+            external: None,
+        };
+        tb.add_ns(&tb.switch.clone())?;
+        let sw = tb.switch.clone();
+        ip(Some(&sw), &["link", "add", "br0", "type", "bridge"])?;
+        ip(Some(&sw), &["link", "set", "br0", "up"])?;
+        for i in 0..spec.nodes {
+            let node = Node {
+                ns: format!("{}-n{i}", tb.prefix),
+                ip: Ipv4Addr::new(198, 18, 0, 10 + i),
+                pod_net: Ipv4Addr::new(10, 244, i + 1, 0),
+                gateway: Ipv4Addr::new(10, 244, i + 1, 1),
+                vtep_mac: format!("02:6b:78:76:00:{:02x}", i + 1),
+                pods: Vec::new(),
+            };
+            tb.add_ns(&node.ns)?;
+            tb.wire_to_switch(&node.ns, &format!("s{i}"), "uplink", node.ip)?;
+            tb.build_kernel_node(&node)?;
+            let mut node = node;
+            for j in 0..spec.pods_per_node {
+                let pod = Pod {
+                    ns: format!("{}-n{i}p{j}", tb.prefix),
+                    ip: Ipv4Addr::new(10, 244, i + 1, 10 + j),
+                };
+                tb.add_pod(&node, &pod, j)?;
+                node.pods.push(pod);
+            }
+            tb.nodes.push(node);
+        }
+        tb.peer_kernel_nodes()?;
+        if spec.external {
+            let ns = format!("{}-ext", tb.prefix);
+            let addr = Ipv4Addr::new(198, 18, 0, 100);
+            tb.add_ns(&ns)?;
+            tb.wire_to_switch(&ns, "sx", "eth0", addr)?;
+            tb.external = Some((ns, addr));
+        }
+        Ok(tb)
+    }
+
+    /// The per-run prefix of every namespace.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<(), TestbedError> {
+        ip(None, &["netns", "add", ns])?;
+        self.namespaces.push(ns.to_owned());
+        ip(Some(ns), &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// A veth from `ns` (named `inner`, with `addr`/24) to the switch's bridge (port `port`).
+    fn wire_to_switch(
+        &self,
+        ns: &str,
+        port: &str,
+        inner: &str,
+        addr: Ipv4Addr,
+    ) -> Result<(), TestbedError> {
+        let sw = self.switch.as_str();
+        ip(
+            Some(sw),
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", inner, "netns", ns,
+            ],
+        )?;
+        ip(Some(sw), &["link", "set", port, "master", "br0", "up"])?;
+        ip(
+            Some(ns),
+            &["addr", "add", &format!("{addr}/24"), "dev", inner],
+        )?;
+        ip(Some(ns), &["link", "set", inner, "up"])?;
+        Ok(())
+    }
+
+    fn build_kernel_node(&self, node: &Node) -> Result<(), TestbedError> {
+        let ns = Some(node.ns.as_str());
+        exec(&node.ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        ip(ns, &["link", "add", "cni0", "type", "bridge"])?;
+        ip(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", node.gateway),
+                "dev",
+                "cni0",
+            ],
+        )?;
+        ip(ns, &["link", "set", "cni0", "up"])?;
+        let local = node.ip.to_string();
+        ip(
+            ns,
+            &[
+                "link",
+                "add",
+                "flannel.1",
+                "address",
+                &node.vtep_mac,
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                &local,
+                "dev",
+                "uplink",
+                "dstport",
+                "8472",
+                "nolearning",
+            ],
+        )?;
+        ip(ns, &["link", "set", "flannel.1", "mtu", "1450", "up"])?;
+        ip(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/32", node.pod_net),
+                "dev",
+                "flannel.1",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// What flanneld writes on every node for every other: a route to its pod CIDR through its
+    /// VTEP address, a permanent neighbour entry for that address, and a forwarding entry
+    /// sending the VTEP MAC to the node's underlay address.
+    fn peer_kernel_nodes(&self) -> Result<(), TestbedError> {
+        for node in &self.nodes {
+            let ns = Some(node.ns.as_str());
+            for other in self.nodes.iter().filter(|o| o.ns != node.ns) {
+                let vtep = other.pod_net.to_string();
+                ip(
+                    ns,
+                    &[
+                        "route",
+                        "add",
+                        &format!("{vtep}/24"),
+                        "via",
+                        &vtep,
+                        "dev",
+                        "flannel.1",
+                        "onlink",
+                    ],
+                )?;
+                ip(
+                    ns,
+                    &[
+                        "neigh",
+                        "add",
+                        &vtep,
+                        "lladdr",
+                        &other.vtep_mac,
+                        "dev",
+                        "flannel.1",
+                        "nud",
+                        "permanent",
+                    ],
+                )?;
+                run(Command::new("bridge").args([
+                    "-n",
+                    &node.ns,
+                    "fdb",
+                    "append",
+                    &other.vtep_mac,
+                    "dev",
+                    "flannel.1",
+                    "dst",
+                    &other.ip.to_string(),
+                ]))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn add_pod(&mut self, node: &Node, pod: &Pod, index: u8) -> Result<(), TestbedError> {
+        self.add_ns(&pod.ns)?;
+        let host_side = format!("veth{index}");
+        let nns = Some(node.ns.as_str());
+        ip(
+            nns,
+            &[
+                "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
+            ],
+        )?;
+        ip(nns, &["link", "set", &host_side, "master", "cni0", "up"])?;
+        let pns = Some(pod.ns.as_str());
+        ip(
+            pns,
+            &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
+        )?;
+        ip(pns, &["link", "set", "eth0", "mtu", "1450", "up"])?;
+        ip(
+            pns,
+            &["route", "add", "default", "via", &node.gateway.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Ping `to` from namespace `from`: `count` echoes, each waited for at most a second, the
+    /// whole run bounded by `deadline`. Ok with the number of replies.
+    pub fn ping(
+        &self,
+        from: &str,
+        to: Ipv4Addr,
+        count: u32,
+        deadline: Duration,
+    ) -> Result<u32, TestbedError> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", from, "ping", "-n", "-q", "-c"])
+            .arg(count.to_string())
+            .args(["-i", "0.2", "-W", "1", "-w"])
+            .arg(deadline.as_secs().max(1).to_string())
+            .arg(to.to_string())
+            .output()
+            .map_err(|source| TestbedError::Spawn {
+                command: format!("ping {to} in {from}"),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "3 packets transmitted, 3 received, ..."
+        let received = text
+            .lines()
+            .find_map(|l| {
+                let (_, rest) = l.split_once("transmitted, ")?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or(0);
+        Ok(received)
+    }
+
+    /// Packets transmitted so far by interface `dev` in namespace `ns` (`ip netns exec`
+    /// remounts /sys, so the counter read is the namespace's own).
+    pub fn tx_packets(&self, ns: &str, dev: &str) -> Result<u64, TestbedError> {
+        let path = format!("/sys/class/net/{dev}/statistics/tx_packets");
+        let out = exec(ns, &["cat", &path])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().map_err(|_| TestbedError::Failed {
+            command: format!("cat {path} in {ns}"),
+            status: "unparsable".into(),
+            stderr: text.into_owned(),
+        })
+    }
+
+    /// Every namespace this testbed made that still exists.
+    pub fn live_namespaces(prefix: &str) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("{prefix}-")))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        // Pods first, the switch last; deleting a namespace deletes its interfaces and frees
+        // the peers' ends too.
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}

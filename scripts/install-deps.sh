@@ -4,7 +4,9 @@
 set -euo pipefail
 
 # iproute2 and iputils-ping: the namespace testbed and its clients.
-packages=(build-essential pkg-config iproute2 iputils-ping)
+# clang, llvm, libelf-dev, zlib1g-dev, libbpf-dev: the XDP program and libbpf (xdp-progs).
+# m4: libxdp, which the AF_XDP crate builds from source.
+packages=(build-essential pkg-config iproute2 iputils-ping clang llvm libelf-dev zlib1g-dev libbpf-dev m4)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,446 @@
+//! kxdp's XDP steering program and its loader.
+//!
+//! The program (`src/bpf/kxdp.bpf.c`, built by `build.rs` with clang through libbpf-cargo)
+//! sends to the AF_XDP socket of the receiving queue only the packets that belong to the
+//! dataplane and passes the rest to the kernel; see its header comment. This crate embeds the
+//! object, loads it with libbpf-rs ([`Steering::load`]), fills its maps from a
+//! [`Snapshot`] ([`Steering::sync`]) and reads its counters ([`Steering::stats`]).
+//!
+//! Every struct shared with the C side is mirrored here with the same layout, written into the
+//! maps as bytes; `tests::shared_layouts_match_the_object_btf` compares both against the
+//! object's BTF, so a change on one side alone fails the build's tests.
+
+use std::net::Ipv4Addr;
+
+use kxdp_dataplane::tables::{FrontendKind, InterfaceRole, Snapshot};
+use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, ProgramInput};
+
+/// The compiled program.
+pub const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kxdp.bpf.o"));
+
+/// Path of the compiled object on the build machine (for tests reading its BTF).
+pub const OBJECT_PATH: &str = concat!(env!("OUT_DIR"), "/kxdp.bpf.o");
+
+/// The program's section name.
+pub const PROGRAM: &str = "kxdp_steer";
+
+/// Why the program could not be loaded, filled or run.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    /// libbpf refused (no CAP_BPF / CAP_NET_ADMIN, memlock too low, verifier...).
+    #[error("{what}: {source} (loading XDP needs root or CAP_BPF and CAP_NET_ADMIN)")]
+    Bpf {
+        /// What was being done.
+        what: String,
+        /// libbpf's error.
+        source: libbpf_rs::Error,
+    },
+    /// The object lacks a map or program this crate expects.
+    #[error("the XDP object has no {0}")]
+    Missing(&'static str),
+}
+
+fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
+    let what = what.into();
+    move |source| XdpError::Bpf { what, source }
+}
+
+/// `enum kxdp_if_role`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum IfRole {
+    /// Not managed: everything passes.
+    Unmanaged = 0,
+    /// The uplink: only the dataplane's traffic is stolen.
+    Uplink = 1,
+    /// A pod's veth: everything is the dataplane's.
+    Pod = 2,
+    /// The host interface: everything is the dataplane's.
+    Host = 3,
+}
+
+impl From<InterfaceRole> for IfRole {
+    fn from(role: InterfaceRole) -> Self {
+        match role {
+            InterfaceRole::Uplink => IfRole::Uplink,
+            InterfaceRole::Host => IfRole::Host,
+            InterfaceRole::Pod { .. } => IfRole::Pod,
+        }
+    }
+}
+
+/// `struct kxdp_iface`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct IfaceValue {
+    /// [`IfRole`] as a number.
+    pub role: u32,
+}
+
+/// `struct kxdp_config`. Ports in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ConfigValue {
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// First masquerade port.
+    pub masq_port_min: u16,
+    /// Last masquerade port.
+    pub masq_port_max: u16,
+    /// Zero.
+    pub pad: u16,
+}
+
+/// `struct kxdp_frontend`: address in network order, port in host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct FrontendKey {
+    /// The address's octets, as the packet carries them.
+    pub addr: [u8; 4],
+    /// The port.
+    pub port: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: u8,
+}
+
+impl IfaceValue {
+    fn to_bytes(self) -> [u8; 4] {
+        self.role.to_ne_bytes()
+    }
+}
+
+impl ConfigValue {
+    fn to_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0..2].copy_from_slice(&self.vxlan_port.to_ne_bytes());
+        b[2..4].copy_from_slice(&self.masq_port_min.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.masq_port_max.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.pad.to_ne_bytes());
+        b
+    }
+}
+
+impl FrontendKey {
+    /// The key for `addr:port/proto`.
+    pub fn new(addr: Ipv4Addr, port: u16, proto: u8) -> Self {
+        FrontendKey {
+            addr: addr.octets(),
+            port,
+            proto,
+            pad: 0,
+        }
+    }
+
+    fn to_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&self.addr);
+        b[4..6].copy_from_slice(&self.port.to_ne_bytes());
+        b[6] = self.proto;
+        b
+    }
+}
+
+macro_rules! xdp_stats {
+    ( $( $variant:ident => $c:literal, )* ) => {
+        /// `enum kxdp_xdp_stat`: why the program steered or passed a packet.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u32)]
+        pub enum XdpStat { $( #[doc = $c] $variant, )* }
+
+        impl XdpStat {
+            /// Every counter, in the C enum's order.
+            pub const ALL: &'static [XdpStat] = &[ $( XdpStat::$variant, )* ];
+            /// How many there are (`KXDP_STAT_COUNT`).
+            pub const COUNT: usize = Self::ALL.len();
+            /// The C enumerator's name.
+            pub const fn c_name(self) -> &'static str {
+                match self { $( XdpStat::$variant => $c, )* }
+            }
+        }
+    };
+}
+
+xdp_stats! {
+    XskPod => "KXDP_STAT_XSK_POD",
+    XskVxlan => "KXDP_STAT_XSK_VXLAN",
+    XskService => "KXDP_STAT_XSK_SERVICE",
+    XskMasqReply => "KXDP_STAT_XSK_MASQ_REPLY",
+    NoSocket => "KXDP_STAT_NO_SOCKET",
+    PassUnmanaged => "KXDP_STAT_PASS_UNMANAGED",
+    PassNotIpv4 => "KXDP_STAT_PASS_NOT_IPV4",
+    PassMalformed => "KXDP_STAT_PASS_MALFORMED",
+    PassUnknownPeer => "KXDP_STAT_PASS_UNKNOWN_PEER",
+    PassNotOurs => "KXDP_STAT_PASS_NOT_OURS",
+}
+
+/// The loaded program and its maps.
+#[derive(Debug)]
+pub struct Steering {
+    obj: Object,
+}
+
+/// XDP's verdicts, as `BPF_PROG_TEST_RUN` reports them.
+pub mod action {
+    /// `XDP_DROP`.
+    pub const DROP: u32 = 1;
+    /// `XDP_PASS`.
+    pub const PASS: u32 = 2;
+    /// `XDP_REDIRECT`.
+    pub const REDIRECT: u32 = 4;
+}
+
+impl Steering {
+    /// Load the program into the kernel (not attached to any interface yet).
+    pub fn load() -> Result<Steering, XdpError> {
+        let open = ObjectBuilder::default()
+            .open_memory(OBJECT)
+            .map_err(bpf("opening the XDP object"))?;
+        let obj = open.load().map_err(bpf("loading the XDP program"))?;
+        Ok(Steering { obj })
+    }
+
+    fn update(&self, map: &'static str, key: &[u8], value: &[u8]) -> Result<(), XdpError> {
+        let m = self
+            .obj
+            .maps()
+            .find(|m| m.name() == map)
+            .ok_or(XdpError::Missing(map))?;
+        m.update(key, value, MapFlags::ANY)
+            .map_err(bpf(format!("updating map {map}")))
+    }
+
+    fn clear(&self, map: &'static str) -> Result<(), XdpError> {
+        let m = self
+            .obj
+            .maps()
+            .find(|m| m.name() == map)
+            .ok_or(XdpError::Missing(map))?;
+        let keys: Vec<Vec<u8>> = m.keys().collect();
+        for k in keys {
+            m.delete(&k).map_err(bpf(format!("clearing map {map}")))?;
+        }
+        Ok(())
+    }
+
+    /// Say what interface `ifindex` is.
+    pub fn set_interface(&self, ifindex: u32, role: IfRole) -> Result<(), XdpError> {
+        let value = IfaceValue { role: role as u32 };
+        self.update("ifaces", &ifindex.to_ne_bytes(), &value.to_bytes())
+    }
+
+    /// Fill the maps from a snapshot: config, node addresses, VXLAN peers, frontends. Stale
+    /// entries are removed first, so the maps say exactly what the snapshot says.
+    pub fn sync(&self, snap: &Snapshot) -> Result<(), XdpError> {
+        let node = &snap.node;
+        let config = ConfigValue {
+            vxlan_port: node.vxlan_port,
+            masq_port_min: *node.masquerade_ports.start(),
+            masq_port_max: *node.masquerade_ports.end(),
+            pad: 0,
+        };
+        self.update("config", &0u32.to_ne_bytes(), &config.to_bytes())?;
+        self.clear("node_ips")?;
+        for ip in &node.node_ips {
+            self.update("node_ips", &ip.octets(), &[1])?;
+        }
+        self.clear("vxlan_peers")?;
+        for remote in snap.remote_nodes() {
+            self.update("vxlan_peers", &remote.node.node_ip.octets(), &[1])?;
+        }
+        self.clear("frontends")?;
+        for port in snap.services.ports() {
+            let spec = port.spec();
+            for fe in &spec.frontends {
+                let addrs: Vec<Ipv4Addr> = match (fe.kind, fe.ip) {
+                    (FrontendKind::NodePort, _) | (_, None) => node.node_ips.clone(),
+                    (_, Some(ip)) => vec![ip],
+                };
+                for addr in addrs {
+                    let key = FrontendKey::new(addr, fe.port, spec.proto);
+                    self.update("frontends", &key.to_bytes(), &[1])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The counters, summed over CPUs, by [`XdpStat`] number.
+    pub fn stats(&self) -> Result<[u64; XdpStat::COUNT], XdpError> {
+        let m = self
+            .obj
+            .maps()
+            .find(|m| m.name() == "stats")
+            .ok_or(XdpError::Missing("stats"))?;
+        let mut out = [0u64; XdpStat::COUNT];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = m
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(bpf("reading stats"))?
+                .unwrap_or_default();
+            *slot = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8))
+                .map(|v| u64::from_ne_bytes(v.try_into().expect("8 bytes")))
+                .sum();
+        }
+        Ok(out)
+    }
+
+    /// Run the program once on `frame` as if received on `ifindex` queue 0
+    /// (`BPF_PROG_TEST_RUN`); returns the XDP action. Nothing is attached or sent.
+    pub fn test_run(&self, frame: &[u8], ifindex: u32) -> Result<u32, XdpError> {
+        let prog = self
+            .obj
+            .progs_mut()
+            .find(|p| p.name() == PROGRAM)
+            .ok_or(XdpError::Missing("program kxdp_steer"))?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data_end equal to the frame's length (offsets
+        // from data, which is 0) and reads the interface from ingress_ifindex.
+        let len = u32::try_from(frame.len()).expect("a frame fits in u32");
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut data = frame.to_vec();
+        let input = ProgramInput {
+            data_in: Some(frame),
+            data_out: Some(&mut data),
+            context_in: Some(&mut ctx),
+            repeat: 1,
+            ..Default::default()
+        };
+        let out = prog
+            .test_run(input)
+            .map_err(bpf("running the XDP program"))?;
+        Ok(out.return_value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libbpf_rs::btf::types::MemberAttr;
+    use libbpf_rs::btf::types::{Enum, Struct};
+    use libbpf_rs::{Btf, HasSize};
+
+    fn member_offsets(btf: &Btf<'_>, name: &str) -> (usize, Vec<(String, u32)>) {
+        let s: Struct<'_> = btf
+            .type_by_name(name)
+            .unwrap_or_else(|| panic!("struct {name} is not in the object's BTF"));
+        let members = s
+            .iter()
+            .map(|m| {
+                let offset = match m.attr {
+                    MemberAttr::Normal { offset } | MemberAttr::BitField { offset, .. } => offset,
+                };
+                let name = m
+                    .name
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (name, offset / 8)
+            })
+            .collect();
+        (s.size(), members)
+    }
+
+    #[test]
+    fn shared_layouts_match_the_object_btf() {
+        use core::mem::{offset_of, size_of};
+        let btf = Btf::from_path(OBJECT_PATH).expect("the object carries BTF");
+        // (C struct, Rust size, Rust members with their offsets)
+        type Layout = (&'static str, usize, Vec<(&'static str, usize)>);
+        let cases: [Layout; 3] = [
+            (
+                "kxdp_iface",
+                size_of::<IfaceValue>(),
+                vec![("role", offset_of!(IfaceValue, role))],
+            ),
+            (
+                "kxdp_config",
+                size_of::<ConfigValue>(),
+                vec![
+                    ("vxlan_port", offset_of!(ConfigValue, vxlan_port)),
+                    ("masq_port_min", offset_of!(ConfigValue, masq_port_min)),
+                    ("masq_port_max", offset_of!(ConfigValue, masq_port_max)),
+                    ("pad", offset_of!(ConfigValue, pad)),
+                ],
+            ),
+            (
+                "kxdp_frontend",
+                size_of::<FrontendKey>(),
+                vec![
+                    ("addr", offset_of!(FrontendKey, addr)),
+                    ("port", offset_of!(FrontendKey, port)),
+                    ("proto", offset_of!(FrontendKey, proto)),
+                    ("pad", offset_of!(FrontendKey, pad)),
+                ],
+            ),
+        ];
+        for (name, rust_size, rust_members) in cases {
+            let (c_size, c_members) = member_offsets(&btf, name);
+            assert_eq!(c_size, rust_size, "size of struct {name}");
+            let c: Vec<(String, usize)> = c_members
+                .into_iter()
+                .map(|(n, o)| (n, o as usize))
+                .collect();
+            let r: Vec<(String, usize)> = rust_members
+                .into_iter()
+                .map(|(n, o)| (n.to_owned(), o))
+                .collect();
+            assert_eq!(c, r, "members of struct {name}");
+        }
+        // The byte encodings agree with the declared layouts.
+        assert_eq!(
+            IfaceValue { role: 2 }.to_bytes().len(),
+            size_of::<IfaceValue>()
+        );
+        assert_eq!(
+            ConfigValue {
+                vxlan_port: 1,
+                masq_port_min: 2,
+                masq_port_max: 3,
+                pad: 0
+            }
+            .to_bytes()
+            .len(),
+            size_of::<ConfigValue>()
+        );
+        assert_eq!(
+            FrontendKey::new(Ipv4Addr::LOCALHOST, 1, 6).to_bytes().len(),
+            size_of::<FrontendKey>()
+        );
+    }
+
+    #[test]
+    fn counters_and_roles_match_the_c_enums() {
+        let btf = Btf::from_path(OBJECT_PATH).expect("the object carries BTF");
+        let enum_members = |name: &str| -> Vec<(String, i64)> {
+            let e: Enum<'_> = btf
+                .type_by_name(name)
+                .unwrap_or_else(|| panic!("enum {name} is not in the object's BTF"));
+            e.iter()
+                .map(|m| (m.name.unwrap().to_string_lossy().into_owned(), m.value))
+                .collect()
+        };
+        let stats = enum_members("kxdp_xdp_stat");
+        let want: Vec<(String, i64)> = XdpStat::ALL
+            .iter()
+            .map(|s| (s.c_name().to_owned(), *s as i64))
+            .chain([("KXDP_STAT_COUNT".to_owned(), XdpStat::COUNT as i64)])
+            .collect();
+        assert_eq!(stats, want);
+        let roles = enum_members("kxdp_if_role");
+        assert_eq!(
+            roles,
+            [
+                ("KXDP_IF_UNMANAGED", IfRole::Unmanaged),
+                ("KXDP_IF_UPLINK", IfRole::Uplink),
+                ("KXDP_IF_POD", IfRole::Pod),
+                ("KXDP_IF_HOST", IfRole::Host),
+            ]
+            .map(|(n, r)| (n.to_owned(), r as i64))
+        );
+    }
+}

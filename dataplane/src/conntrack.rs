@@ -1273,6 +1273,19 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::XorShift;
+
+    /// A random UDP key toward the test VIP.
+    fn random_key(rng: &mut XorShift) -> FlowKey {
+        let r = rng.next_u64();
+        FlowKey::new(
+            proto::UDP,
+            Ipv4Addr::from(r as u32),
+            (r >> 32) as u16,
+            VIP,
+            (r >> 48) as u16,
+        )
+    }
     use core::net::Ipv4Addr;
     use std::collections::HashSet;
     use std::sync::atomic::AtomicBool;
@@ -1295,27 +1308,6 @@ mod tests {
             FlowKey::new(proto, CLIENT, cport, VIP, 80),
             FlowKey::new(proto, BACKEND, 8080, CLIENT, cport),
         )
-    }
-
-    /// A tiny deterministic generator (xorshift64*), so tests need no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn key(&mut self) -> FlowKey {
-            let r = self.next();
-            FlowKey::new(
-                proto::UDP,
-                Ipv4Addr::from(r as u32),
-                (r >> 32) as u16,
-                VIP,
-                (r >> 48) as u16,
-            )
-        }
     }
 
     /// Stops reader threads however the writer's loop ends, so a failing assertion there fails
@@ -1862,17 +1854,17 @@ mod tests {
         const CAPACITY: u32 = 1024;
         let ct = table(CAPACITY);
         let now = Instant::from_secs(1);
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
         let mut live: Vec<FlowRef> = (0..CAPACITY)
             .map(|_| {
-                let key = rng.key();
+                let key = random_key(&mut rng);
                 ct.insert(key, reply_of(&key), 0, now).unwrap()
             })
             .collect();
         for _ in 0..10 * CAPACITY {
-            let victim = live.swap_remove((rng.next() % live.len() as u64) as usize);
+            let victim = live.swap_remove((rng.next_u64() % live.len() as u64) as usize);
             assert!(ct.remove(&victim));
-            let key = rng.key();
+            let key = random_key(&mut rng);
             live.push(ct.insert(key, reply_of(&key), 0, now).unwrap());
         }
         for flow in &live {
@@ -1880,8 +1872,8 @@ mod tests {
         }
         let stats = ct.index_stats();
         assert_eq!(stats.entries, 2 * CAPACITY as usize);
-        let mut probe = Rng(7);
-        let absent: Vec<FlowKey> = (0..4096).map(|_| probe.key()).collect();
+        let mut probe = XorShift::new(7);
+        let absent: Vec<FlowKey> = (0..4096).map(|_| random_key(&mut probe)).collect();
         let miss_probes = |ct: &Conntrack| {
             let lengths: Vec<usize> = absent.iter().map(|key| ct.probe_length(key)).collect();
             let mean = lengths.iter().sum::<usize>() as f64 / lengths.len() as f64;
@@ -1927,20 +1919,20 @@ mod tests {
         const STABLE: usize = 64;
         let ct = table(CAPACITY);
         let now = Instant::from_secs(1);
-        let mut rng = Rng(42);
-        let pool: Vec<FlowKey> = (0..768).map(|_| rng.key()).collect();
+        let mut rng = XorShift::new(42);
+        let pool: Vec<FlowKey> = (0..768).map(|_| random_key(&mut rng)).collect();
         // Warm up with churn first, so the stable flows land behind churning entries and
         // lookups for them step over tombstones and entries that come and go.
         let mut live: Vec<FlowRef> = Vec::new();
-        let churn = |rng: &mut Rng, live: &mut Vec<FlowRef>, round: u32| {
+        let churn = |rng: &mut XorShift, live: &mut Vec<FlowRef>, round: u32| {
             if live.len() < (CAPACITY as usize - STABLE) * 7 / 8 && round % 3 != 0 {
-                let original = pool[(rng.next() % pool.len() as u64) as usize];
+                let original = pool[(rng.next_u64() % pool.len() as u64) as usize];
                 let flow = ct.insert(original, reply_of(&original), 0, now).unwrap();
                 if !live.contains(&flow) {
                     live.push(flow);
                 }
             } else if !live.is_empty() {
-                let victim = live.swap_remove((rng.next() % live.len() as u64) as usize);
+                let victim = live.swap_remove((rng.next_u64() % live.len() as u64) as usize);
                 assert!(ct.remove(&victim));
             }
         };
@@ -1949,7 +1941,7 @@ mod tests {
         }
         let stable: Vec<FlowRef> = (0..STABLE)
             .map(|_| {
-                let key = rng.key();
+                let key = random_key(&mut rng);
                 ct.insert(key, reply_of(&key), 0, now).unwrap()
             })
             .collect();
@@ -1961,11 +1953,11 @@ mod tests {
                     let (ct, stable, pool, stop, progress) =
                         (&ct, &stable, &pool, &stop, &progress);
                     s.spawn(move || {
-                        let mut rng = Rng(seed + 7);
+                        let mut rng = XorShift::new(seed + 7);
                         let (mut lookups, mut hits) = (0u64, 0u64);
                         while !stop.load(Relaxed) {
                             // Flows that stay live are always found, whole and unchanged.
-                            let flow = &stable[(rng.next() % STABLE as u64) as usize];
+                            let flow = &stable[(rng.next_u64() % STABLE as u64) as usize];
                             let key = if lookups % 2 == 0 {
                                 flow.original
                             } else {
@@ -1981,7 +1973,7 @@ mod tests {
                             ct.update(&found, 0, now);
 
                             // Churning flows, when found, are the flow asked for, whole.
-                            let original = pool[(rng.next() % pool.len() as u64) as usize];
+                            let original = pool[(rng.next_u64() % pool.len() as u64) as usize];
                             let key = if lookups % 3 == 0 {
                                 reply_of(&original)
                             } else {
@@ -1993,7 +1985,7 @@ mod tests {
                                 assert_eq!(found.reply, reply_of(&original));
                                 hits += 1;
                             }
-                            assert_eq!(ct.lookup(&rng.key(), now), None);
+                            assert_eq!(ct.lookup(&random_key(&mut rng), now), None);
                             lookups += 1;
                             progress.fetch_add(1, Relaxed);
                         }

@@ -5,22 +5,8 @@ mod common;
 
 use common::Env;
 use kxdp_dataplane::tables::InterfaceId;
-use kxdp_dataplane::testkit::tcp_flags as f;
+use kxdp_dataplane::testkit::{tcp_flags as f, XorShift};
 use kxdp_dataplane::{process_batch, Frame, Packet, Verdict};
-
-/// xorshift64*: deterministic, so a failure reproduces from its iteration number.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn seeds(env: &Env) -> Vec<Vec<u8>> {
     let t = &env.t;
@@ -62,7 +48,7 @@ fn random_truncated_and_mutated_frames_never_panic() {
         env.run(&env.t.case_service(s, f::SYN));
     }
     let ifaces = [0u16, 1, 2, 3, 4, 200];
-    let mut rng = Rng(0x6b78_6470_2024);
+    let mut rng = XorShift::new(0x6b78_6470_2024);
     // Batches of 1 to 64 frames, so the two-pass batch (and its conntrack warm-up) sees
     // mixtures of every kind of packet.
     let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 2048]).collect();
@@ -73,7 +59,7 @@ fn random_truncated_and_mutated_frames_never_panic() {
         let mut layout = Vec::with_capacity(n);
         for buf in bufs.iter_mut().take(n) {
             let mut frame = if rng.below(8) == 0 {
-                (0..rng.below(200)).map(|_| rng.next() as u8).collect()
+                (0..rng.below(200)).map(|_| rng.next_u64() as u8).collect()
             } else {
                 seeds[rng.below(seeds.len())].clone()
             };
@@ -81,7 +67,7 @@ fn random_truncated_and_mutated_frames_never_panic() {
                 match rng.below(4) {
                     0 if !frame.is_empty() => {
                         let i = rng.below(frame.len());
-                        frame[i] = rng.next() as u8;
+                        frame[i] = rng.next_u64() as u8;
                     }
                     1 => frame.truncate(rng.below(frame.len() + 1)),
                     2 => {
@@ -91,7 +77,7 @@ fn random_truncated_and_mutated_frames_never_panic() {
                             *b ^= 1 << rng.below(8);
                         }
                     }
-                    _ => frame.extend((0..rng.below(16)).map(|_| rng.next() as u8)),
+                    _ => frame.extend((0..rng.below(16)).map(|_| rng.next_u64() as u8)),
                 }
             }
             // Vary head- and tailroom so rewrites that need room are refused, not overrun.

@@ -265,14 +265,7 @@ fn frag_needed_for_a_dnated_packet_quotes_what_the_client_sent() {
 fn node_to_remote_pods_is_masqueraded_to_the_gateway_address() {
     let env = Env::new();
     let t = &env.t;
-    let host = |dst| {
-        FrameSpec::new(
-            t.node.host_mac,
-            t.node.gateway_mac,
-            t.node.primary_ip(),
-            dst,
-        )
-    };
+    let host = |dst| t.from_host(dst);
     let (v, out) = env.run(&Input {
         ingress: t.node.host,
         frame: host(t.remote_pod_ip).tcp(45000, 9000, f::SYN, b""),
@@ -456,14 +449,7 @@ fn replies_of_a_draining_endpoint_are_still_translated() {
 fn the_node_gets_replies_kxdp_builds_for_it() {
     let env = Env::new();
     let t = &env.t;
-    let host = |dst| {
-        FrameSpec::new(
-            t.node.host_mac,
-            t.node.gateway_mac,
-            t.node.primary_ip(),
-            dst,
-        )
-    };
+    let host = |dst| t.from_host(dst);
     // Ping of the gateway from the node.
     let (v, out) = env.run(&Input {
         ingress: t.node.host,

@@ -146,36 +146,21 @@ pub(crate) fn decrement_ttl(ip: &mut [u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::XorShift;
     use crate::wire::build::FrameSpec;
     use crate::wire::{nat as reference, EthernetAddress};
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn addr(&mut self) -> Ipv4Addr {
-            Ipv4Addr::from(self.next() as u32)
-        }
-        fn port(&mut self) -> u16 {
-            self.next() as u16
-        }
-    }
-
     #[test]
     fn matches_the_reference_rewrites_on_random_packets() {
-        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut rng = XorShift::new(0x1234_5678_9abc_def1);
         let mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
         for i in 0..20_000 {
             let spec = FrameSpec {
                 udp_checksum: i % 7 != 0,
                 ..FrameSpec::new(mac, mac, rng.addr(), rng.addr())
             };
-            let (sp, dp, id) = (rng.port(), rng.port(), rng.port());
-            let payload = [rng.next() as u8; 9];
+            let (sp, dp, id) = (rng.next_u16(), rng.next_u16(), rng.next_u16());
+            let payload = [rng.next_u64() as u8; 9];
             let (frame, kind) = match i % 4 {
                 0 => (spec.tcp(sp, dp, 0x10, &payload), 0),
                 1 => (spec.udp(sp, dp, &payload), 0),
@@ -185,18 +170,18 @@ mod tests {
             let ip = &frame[14..];
             let from = crate::pipeline::inspect(&frame).unwrap();
             let mut to = from;
-            if rng.next() % 2 == 0 {
+            if rng.next_u64() % 2 == 0 {
                 to.src_ip = rng.addr();
             }
-            if rng.next() % 2 == 0 {
+            if rng.next_u64() % 2 == 0 {
                 to.dst_ip = rng.addr();
             }
             match (from.proto, kind) {
-                (proto::ICMP, 8) => to.src_port = rng.port(),
-                (proto::ICMP, _) => to.dst_port = rng.port(),
+                (proto::ICMP, 8) => to.src_port = rng.next_u16(),
+                (proto::ICMP, _) => to.dst_port = rng.next_u16(),
                 _ => {
-                    to.src_port = rng.port();
-                    to.dst_port = rng.port();
+                    to.src_port = rng.next_u16();
+                    to.dst_port = rng.next_u16();
                 }
             }
             let mut fast = ip.to_vec();

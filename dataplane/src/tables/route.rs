@@ -189,6 +189,7 @@ const fn netmask(len: u8) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::XorShift;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -342,22 +343,6 @@ mod tests {
         assert!(routes.contains(&(ip("0.0.0.0"), 0, &"default")));
     }
 
-    /// A tiny xorshift64 generator: deterministic, no crate.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// The obviously correct table: a list of routes, scanned in full.
     #[derive(Default)]
     struct Reference(Vec<(u32, u8, u32)>);
@@ -391,7 +376,7 @@ mod tests {
 
     #[test]
     fn matches_a_linear_scan_on_random_routes() {
-        let mut rng = XorShift(0x6b78_6470_726f_7574);
+        let mut rng = XorShift::new(0x6b78_6470_726f_7574);
         let mut lpm = Lpm::new();
         let mut reference = Reference::default();
         let mut inserted = Vec::new();
@@ -401,11 +386,11 @@ mod tests {
         let random_prefix = |rng: &mut XorShift| {
             const COMMON: [u8; 6] = [0, 12, 16, 24, 24, 32];
             let len = if rng.below(2) == 0 {
-                COMMON[rng.below(COMMON.len() as u64) as usize]
+                COMMON[rng.below(COMMON.len())]
             } else {
                 rng.below(33) as u8
             };
-            let addr = (rng.next() as u32 & 0x03ff_ffff) | 0x0a00_0000;
+            let addr = (rng.next_u64() as u32 & 0x03ff_ffff) | 0x0a00_0000;
             (addr, len)
         };
         for value in 0..3000 {
@@ -420,11 +405,11 @@ mod tests {
             for _ in 0..5000 {
                 // Half near an inserted prefix (random host bits), half anywhere in the range.
                 let addr = if rng.below(2) == 0 {
-                    let (network, len) = inserted[rng.below(inserted.len() as u64) as usize];
+                    let (network, len) = inserted[rng.below(inserted.len())];
                     let mask = netmask(len).unwrap();
-                    (network & mask) | (rng.next() as u32 & !mask)
+                    (network & mask) | (rng.next_u64() as u32 & !mask)
                 } else {
-                    (rng.next() as u32 & 0x07ff_ffff) | 0x0800_0000
+                    (rng.next_u64() as u32 & 0x07ff_ffff) | 0x0800_0000
                 };
                 let expected = reference.lookup(addr);
                 assert_eq!(lpm.lookup_prefix(Ipv4Addr::from(addr)), expected);
@@ -443,7 +428,7 @@ mod tests {
             let (addr, len) = if rng.below(4) == 0 {
                 random_prefix(&mut rng)
             } else {
-                inserted[rng.below(inserted.len() as u64) as usize]
+                inserted[rng.below(inserted.len())]
             };
             let expected = reference.remove(addr, len);
             assert_eq!(lpm.remove(Ipv4Addr::from(addr), len), expected);

@@ -123,41 +123,7 @@ pub fn update_udp(check: u16, update: impl FnOnce(u16) -> u16) -> u16 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// A tiny deterministic PRNG (xorshift64*), so the tests need no extra crates.
-    #[derive(Debug, Clone)]
-    pub(crate) struct XorShift(u64);
-
-    impl XorShift {
-        pub(crate) fn new(seed: u64) -> Self {
-            Self(seed.max(1))
-        }
-
-        pub(crate) fn next_u64(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            self.0 = x;
-            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        pub(crate) fn next_u16(&mut self) -> u16 {
-            (self.next_u64() >> 48) as u16
-        }
-
-        pub(crate) fn next_u32(&mut self) -> u32 {
-            (self.next_u64() >> 32) as u32
-        }
-
-        pub(crate) fn below(&mut self, n: usize) -> usize {
-            (self.next_u64() % n as u64) as usize
-        }
-
-        pub(crate) fn bytes(&mut self, len: usize) -> Vec<u8> {
-            (0..len).map(|_| self.next_u64() as u8).collect()
-        }
-    }
+    use crate::testkit::XorShift;
 
     /// The textbook RFC 1071 algorithm, one 16-bit word at a time, as a reference.
     fn reference_checksum(data: &[u8]) -> u16 {

@@ -173,8 +173,8 @@ mod tests {
     use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice};
 
     use super::*;
+    use crate::testkit::XorShift;
     use crate::wire::build::{FrameSpec, Ipv4Opts};
-    use crate::wire::checksum::tests::XorShift;
     use crate::wire::{tcp_flags, EthernetAddress, MacAddr, ETHERNET_HEADER_LEN};
 
     const MAC_A: MacAddr = EthernetAddress([0x02, 0, 0, 0, 0, 0xa]);

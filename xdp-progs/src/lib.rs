@@ -230,25 +230,47 @@ impl Steering {
         self.update("ifaces", &ifindex.to_ne_bytes(), &value.to_bytes())
     }
 
+    /// Set the VXLAN port and the masquerade port range.
+    pub fn set_config(
+        &self,
+        vxlan_port: u16,
+        masquerade_ports: std::ops::RangeInclusive<u16>,
+    ) -> Result<(), XdpError> {
+        let config = ConfigValue {
+            vxlan_port,
+            masq_port_min: *masquerade_ports.start(),
+            masq_port_max: *masquerade_ports.end(),
+            pad: 0,
+        };
+        self.update("config", &0u32.to_ne_bytes(), &config.to_bytes())
+    }
+
+    /// Replace the node's own addresses.
+    pub fn set_node_ips(&self, ips: &[Ipv4Addr]) -> Result<(), XdpError> {
+        self.clear("node_ips")?;
+        for ip in ips {
+            self.update("node_ips", &ip.octets(), &[1])?;
+        }
+        Ok(())
+    }
+
+    /// Replace the underlay addresses VXLAN is accepted from.
+    pub fn set_vxlan_peers(&self, peers: &[Ipv4Addr]) -> Result<(), XdpError> {
+        self.clear("vxlan_peers")?;
+        for ip in peers {
+            self.update("vxlan_peers", &ip.octets(), &[1])?;
+        }
+        Ok(())
+    }
+
     /// Fill the maps from a snapshot: config, node addresses, VXLAN peers, frontends. Stale
     /// entries are removed first, so the maps say exactly what the snapshot says.
     pub fn sync(&self, snap: &Snapshot) -> Result<(), XdpError> {
         let node = &snap.node;
-        let config = ConfigValue {
-            vxlan_port: node.vxlan_port,
-            masq_port_min: *node.masquerade_ports.start(),
-            masq_port_max: *node.masquerade_ports.end(),
-            pad: 0,
-        };
-        self.update("config", &0u32.to_ne_bytes(), &config.to_bytes())?;
-        self.clear("node_ips")?;
-        for ip in &node.node_ips {
-            self.update("node_ips", &ip.octets(), &[1])?;
-        }
-        self.clear("vxlan_peers")?;
-        for remote in snap.remote_nodes() {
-            self.update("vxlan_peers", &remote.node.node_ip.octets(), &[1])?;
-        }
+        self.set_config(node.vxlan_port, node.masquerade_ports.clone())?;
+        self.set_node_ips(&node.node_ips)?;
+        let peers: Vec<Ipv4Addr> = snap.remote_nodes().iter().map(|r| r.node.node_ip).collect();
+        self.set_vxlan_peers(&peers)?;
         self.clear("frontends")?;
         for port in snap.services.ports() {
             let spec = port.spec();
@@ -264,6 +286,20 @@ impl Steering {
             }
         }
         Ok(())
+    }
+
+    /// Attach the program to interface `ifindex` of the calling thread's network namespace
+    /// (native mode where the driver supports it). It stays attached until the returned link
+    /// is dropped.
+    pub fn attach(&self, ifindex: u32) -> Result<libbpf_rs::Link, XdpError> {
+        let prog = self
+            .obj
+            .progs_mut()
+            .find(|p| p.name() == PROGRAM)
+            .ok_or(XdpError::Missing("program kxdp_steer"))?;
+        let ifindex = i32::try_from(ifindex).expect("ifindex fits in i32");
+        prog.attach_xdp(ifindex)
+            .map_err(bpf(format!("attaching to interface {ifindex}")))
     }
 
     /// The counters, summed over CPUs, by [`XdpStat`] number.
@@ -316,6 +352,33 @@ impl Steering {
             .map_err(bpf("running the XDP program"))?;
         Ok(out.return_value)
     }
+}
+
+/// Move the calling thread into the network namespace `name` (as `ip netns` names it), so
+/// that interface names and indexes, sockets and XDP attachments refer to that namespace.
+/// Only this thread moves; the rest of the process stays where it was.
+pub fn enter_netns(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: `ns` is an open namespace file for the duration of the call, and setns with
+    // CLONE_NEWNET changes only the calling thread's network namespace.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> std::io::Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in name"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(index)
 }
 
 #[cfg(test)]

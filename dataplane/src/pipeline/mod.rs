@@ -6,19 +6,22 @@
 //! verdict: transmit on an interface, reply out the interface it came in on, hand to the node's
 //! kernel, or drop with a [`DropReason`].
 //!
-//! The stages, in the order a packet meets them:
+//! The stages, in the order a packet meets them; 1 to 3 run for the whole batch before
+//! the rest (see [`process_batch`]):
 //!
 //! 1. **ingress** (this file): the interface's role decides the path; ARP is answered for pods
 //!    and the host (`arp.rs`); the IPv4 header is validated once (`parse.rs`); a pod's source
 //!    address must be its own;
 //! 2. **decap** (`vxlan.rs`): VXLAN from a known node with our VNI is stripped and the inner
 //!    packet continues as overlay traffic;
-//! 3. **ICMP** (`icmp.rs`): pings of the gateway are answered; ICMP errors about a translated flow
+//! 3. **plan** (`nat.rs`): route the destination and decide whether the packet may belong to a
+//!    tracked flow; the conntrack lines of those that may are loaded for the batch;
+//! 4. **ICMP** (`icmp.rs`): pings of the gateway are answered; ICMP errors about a translated flow
 //!    are translated back like the flow;
-//! 4. **service NAT and conntrack** (`nat.rs`): known flows are translated from conntrack; new
+//! 5. **service NAT and conntrack** (`nat.rs`): known flows are translated from conntrack; new
 //!    flows to a service frontend get a Maglev-picked backend (masqueraded where kube-proxy
 //!    would); pod traffic leaving the cluster is masqueraded to the node address;
-//! 5. **output** (`output.rs`): route the (translated) destination: a local pod (L2 rewrite,
+//! 6. **output** (`output.rs`): route the (translated) destination: a local pod (L2 rewrite,
 //!    TTL decrement), another node (VXLAN encapsulation), the node itself, or the uplink.
 
 mod arp;

@@ -1,17 +1,18 @@
 //! Service NAT, masquerade and conntrack: the stage that decides a packet's translation.
 //!
-//! Only packets that can belong to a translated flow look in conntrack: packets to a service
-//! frontend, to one of this node's own addresses (replies to masqueraded flows), from a service
-//! endpoint (replies of DNATed flows), from a pod to outside the cluster, and from the node's
-//! kernel to another node's pod. Plain pod-to-pod traffic never touches the shared table, so it
-//! pays no cache miss for it however many flows are tracked.
+//! Known flows are looked up first, and only for packets that can belong to one ([`plan`]):
+//! everything but pod-to-pod traffic, which looks only when it comes from a service endpoint
+//! (a reply of a DNATed flow; endpoints that left every service stay listed as draining while
+//! their flows live). Plain pod-to-pod traffic never touches the shared table, so it pays no
+//! cache miss for it however many flows are tracked. Only then is the service table consulted.
 //!
 //! Masquerade follows kube-proxy with flannel: a service flow is source-NATed to the gateway
 //! address when a pod reaches itself (hairpin), or when the client is outside the cluster CIDR
-//! (node processes, external clients) unless `externalTrafficPolicy: Local` preserves it. Pod
-//! traffic leaving the cluster is source-NATed to the node's primary address, and traffic from
-//! the node's kernel to another node's pod to the gateway address, so that replies come back
-//! through the overlay to this node.
+//! (node processes, external clients) unless `externalTrafficPolicy: Local` preserves it, and
+//! to the node's address when the endpoint is outside the cluster (an API server on a node
+//! address). Pod traffic leaving the cluster is source-NATed to the node's primary address, and
+//! traffic from the node's kernel to another node's pod to the gateway address, so that
+//! replies come back through the overlay to this node.
 
 use super::parse::{icmp_type, Ipv4Meta};
 use super::{icmp, Ctx, Frame, Origin, Verdict};

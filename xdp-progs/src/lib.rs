@@ -10,6 +10,8 @@
 //! maps as bytes; `tests::shared_layouts_match_the_object_btf` compares both against the
 //! object's BTF, so a change on one side alone fails the build's tests.
 
+pub mod xsk;
+
 use std::net::Ipv4Addr;
 
 use kxdp_dataplane::tables::{FrontendKind, InterfaceRole, Snapshot};
@@ -222,6 +224,11 @@ impl Steering {
             m.delete(&k).map_err(bpf(format!("clearing map {map}")))?;
         }
         Ok(())
+    }
+
+    /// Register an AF_XDP socket (its file descriptor) as the receiver of `queue`.
+    pub fn register_socket(&self, queue: u32, fd: i32) -> Result<(), XdpError> {
+        self.update("xsks", &queue.to_ne_bytes(), &fd.to_ne_bytes())
     }
 
     /// Say what interface `ifindex` is.

@@ -35,7 +35,7 @@ fn an_attached_program_without_sockets_leaves_the_node_reachable() {
             st.set_node_ips(&[a.ip]).map_err(|e| e.to_string())?;
             st.set_vxlan_peers(&[b.ip]).map_err(|e| e.to_string())?;
             let uplink = ifindex("uplink").map_err(|e| e.to_string())?;
-            st.set_interface(uplink, IfRole::Uplink)
+            st.set_interface(uplink, IfRole::Uplink, 0)
                 .map_err(|e| e.to_string())?;
             let link = st.attach(uplink).map_err(|e| e.to_string())?;
             Ok((st, link))

@@ -43,7 +43,7 @@ fn steers_only_what_belongs_to_the_dataplane() {
     let passed = |stat| (action::PASS, vec![stat]);
 
     // An interface kxdp does not manage: everything passes.
-    st.set_interface(IFINDEX, IfRole::Unmanaged).unwrap();
+    st.set_interface(IFINDEX, IfRole::Unmanaged, 0).unwrap();
     assert_eq!(
         decide(&st, &outside(node).tcp(1, 30080, f::SYN, b"")),
         passed(XdpStat::PassUnmanaged)
@@ -51,11 +51,11 @@ fn steers_only_what_belongs_to_the_dataplane() {
 
     // A pod's veth: everything is the dataplane's. With no socket on the queue (agent down)
     // the frame passes to the kernel instead of being dropped.
-    st.set_interface(IFINDEX, IfRole::Pod).unwrap();
+    st.set_interface(IFINDEX, IfRole::Pod, 0).unwrap();
     let pod_frame = t.case_pod_to_pod(1).frame;
     assert_eq!(decide(&st, &pod_frame), steered(XdpStat::XskPod));
 
-    st.set_interface(IFINDEX, IfRole::Uplink).unwrap();
+    st.set_interface(IFINDEX, IfRole::Uplink, 0).unwrap();
     let vxlan = t.case_decap(1).frame;
     let cases: Vec<(&str, Vec<u8>, Decision)> = vec![
         (

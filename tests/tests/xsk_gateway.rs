@@ -40,7 +40,7 @@ fn serve_pod(
         enter_netns(&ns).map_err(|e| format!("entering {ns}: {e}"))?;
         let st = Steering::load().map_err(|e| e.to_string())?;
         let pod0 = ifindex("pod0").map_err(|e| e.to_string())?;
-        st.set_interface(pod0, IfRole::Pod)
+        st.set_interface(pod0, IfRole::Pod, 0)
             .map_err(|e| e.to_string())?;
         let link = st.attach(pod0).map_err(|e| e.to_string())?;
         let mut port = Port::open("pod0", 0, PortConfig::default()).map_err(|e| e.to_string())?;

@@ -77,6 +77,8 @@ impl From<InterfaceRole> for IfRole {
 pub struct IfaceValue {
     /// [`IfRole`] as a number.
     pub role: u32,
+    /// The interface's sockets sit at `xsks[xsk_base + rx queue]`.
+    pub xsk_base: u32,
 }
 
 /// `struct kxdp_config`. Ports in host order.
@@ -108,8 +110,11 @@ pub struct FrontendKey {
 }
 
 impl IfaceValue {
-    fn to_bytes(self) -> [u8; 4] {
-        self.role.to_ne_bytes()
+    fn to_bytes(self) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[0..4].copy_from_slice(&self.role.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.xsk_base.to_ne_bytes());
+        b
     }
 }
 
@@ -226,14 +231,19 @@ impl Steering {
         Ok(())
     }
 
-    /// Register an AF_XDP socket (its file descriptor) as the receiver of `queue`.
-    pub fn register_socket(&self, queue: u32, fd: i32) -> Result<(), XdpError> {
-        self.update("xsks", &queue.to_ne_bytes(), &fd.to_ne_bytes())
+    /// Register an AF_XDP socket (its file descriptor) at XSKMAP slot `slot`: the interface's
+    /// `xsk_base` plus the queue it is bound to.
+    pub fn register_socket(&self, slot: u32, fd: i32) -> Result<(), XdpError> {
+        self.update("xsks", &slot.to_ne_bytes(), &fd.to_ne_bytes())
     }
 
-    /// Say what interface `ifindex` is.
-    pub fn set_interface(&self, ifindex: u32, role: IfRole) -> Result<(), XdpError> {
-        let value = IfaceValue { role: role as u32 };
+    /// Say what interface `ifindex` is, and where its sockets sit in the XSKMAP
+    /// (`xsk_base + queue`; give each interface its own range, e.g. 64 slots apart).
+    pub fn set_interface(&self, ifindex: u32, role: IfRole, xsk_base: u32) -> Result<(), XdpError> {
+        let value = IfaceValue {
+            role: role as u32,
+            xsk_base,
+        };
         self.update("ifaces", &ifindex.to_ne_bytes(), &value.to_bytes())
     }
 
@@ -425,7 +435,10 @@ mod tests {
             (
                 "kxdp_iface",
                 size_of::<IfaceValue>(),
-                vec![("role", offset_of!(IfaceValue, role))],
+                vec![
+                    ("role", offset_of!(IfaceValue, role)),
+                    ("xsk_base", offset_of!(IfaceValue, xsk_base)),
+                ],
             ),
             (
                 "kxdp_config",
@@ -463,7 +476,12 @@ mod tests {
         }
         // The byte encodings agree with the declared layouts.
         assert_eq!(
-            IfaceValue { role: 2 }.to_bytes().len(),
+            IfaceValue {
+                role: 2,
+                xsk_base: 64
+            }
+            .to_bytes()
+            .len(),
             size_of::<IfaceValue>()
         );
         assert_eq!(

@@ -36,11 +36,11 @@ struct icmp_hdr {
 #define ICMP_ECHO 8
 #define ICMP_TIME_EXCEEDED 11
 
-#define MAX_QUEUES 64
+#define MAX_XSKS 4096 /* interfaces x queues */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, MAX_QUEUES);
+	__uint(max_entries, MAX_XSKS);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
@@ -191,9 +191,8 @@ int kxdp_steer(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	__u32 ifindex = ctx->ingress_ifindex;
-	__u32 queue = ctx->rx_queue_index;
 	struct kxdp_iface *iface = bpf_map_lookup_elem(&ifaces, &ifindex);
-	__u32 stat;
+	__u32 stat, slot;
 
 	if (!iface || iface->role == KXDP_IF_UNMANAGED) {
 		stat = KXDP_STAT_PASS_UNMANAGED;
@@ -207,12 +206,15 @@ int kxdp_steer(struct xdp_md *ctx)
 	count(stat);
 	if (stat > KXDP_STAT_XSK_MASQ_REPLY)
 		return XDP_PASS;
-	/* Ours: to this queue's socket, or to the kernel if there is none. */
-	if (!bpf_map_lookup_elem(&xsks, &queue)) {
+	/* Ours: to this interface's socket for this queue, or to the kernel if there is none. */
+	if (!iface) /* not reached: unmanaged passed above; the verifier wants it said */
+		return XDP_PASS;
+	slot = iface->xsk_base + ctx->rx_queue_index;
+	if (!bpf_map_lookup_elem(&xsks, &slot)) {
 		count(KXDP_STAT_NO_SOCKET);
 		return XDP_PASS;
 	}
-	return bpf_redirect_map(&xsks, queue, XDP_PASS);
+	return bpf_redirect_map(&xsks, slot, XDP_PASS);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

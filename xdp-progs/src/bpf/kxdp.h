@@ -17,9 +17,11 @@ enum kxdp_if_role {
 	KXDP_IF_HOST = 3,
 };
 
-/* Per interface, keyed by ifindex. */
+/* Per interface, keyed by ifindex. Its sockets sit at xsks[xsk_base + rx queue], so several
+ * interfaces share one XSKMAP. */
 struct kxdp_iface {
 	enum kxdp_if_role role; /* 4 bytes: the Rust side mirrors it as u32 */
+	__u32 xsk_base;
 };
 
 /* The one entry of the config array. Ports in host byte order. */

@@ -214,13 +214,12 @@ impl Testbed {
         Ok(tb)
     }
 
-    /// One node namespace with one pod attached the way kxdp attaches pods: a plain veth
-    /// (host end `pod0` in the node, no address, no bridge), the pod's end `eth0` with
-    /// `pod_mac` and `pod_ip`/24, default route via `gateway`, which nothing in the kernel
-    /// answers for. Whatever runs the dataplane on `pod0` must.
-    pub fn pod_on_kxdp_node(
-        pod_ip: Ipv4Addr,
-        pod_mac: &str,
+    /// One node namespace with pods attached the way kxdp attaches them: a plain veth per pod
+    /// (host end `pod<j>` in the node, no address, no bridge), the pod's end `eth0` with the
+    /// given MAC and address/24, default route via `gateway`, which nothing in the kernel
+    /// answers for. Whatever runs the dataplane on the `pod<j>` interfaces must.
+    pub fn pods_on_kxdp_node(
+        pods: &[(Ipv4Addr, &str)],
         gateway: Ipv4Addr,
     ) -> Result<Testbed, TestbedError> {
         let prefix = format!(
@@ -236,40 +235,45 @@ impl Testbed {
             external: None,
         };
         let node_ns = format!("{}-n0", tb.prefix);
-        let pod = Pod {
-            ns: format!("{}-n0p0", tb.prefix),
-            ip: pod_ip,
-        };
         tb.add_ns(&node_ns)?;
-        tb.add_ns(&pod.ns)?;
-        let nns = Some(node_ns.as_str());
-        ip(
-            nns,
-            &[
-                "link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
-            ],
-        )?;
-        ip(nns, &["link", "set", "pod0", "up"])?;
-        let pns = Some(pod.ns.as_str());
-        ip(pns, &["link", "set", "eth0", "address", pod_mac])?;
-        ip(
-            pns,
-            &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
-        )?;
-        ip(pns, &["link", "set", "eth0", "up"])?;
-        ip(
-            pns,
-            &["route", "add", "default", "via", &gateway.to_string()],
-        )?;
-        let octets = pod_ip.octets();
-        tb.nodes.push(Node {
-            ns: node_ns,
+        let mut node = Node {
+            ns: node_ns.clone(),
             ip: Ipv4Addr::UNSPECIFIED,
-            pod_net: Ipv4Addr::new(octets[0], octets[1], octets[2], 0),
+            pod_net: Ipv4Addr::from(u32::from(gateway) & 0xffff_ff00),
             gateway,
             vtep_mac: String::new(),
-            pods: vec![pod],
-        });
+            pods: Vec::new(),
+        };
+        for (j, (pod_ip, pod_mac)) in pods.iter().enumerate() {
+            let pod = Pod {
+                ns: format!("{}-n0p{j}", tb.prefix),
+                ip: *pod_ip,
+            };
+            tb.add_ns(&pod.ns)?;
+            let host_side = format!("pod{j}");
+            let nns = Some(node_ns.as_str());
+            ip(
+                nns,
+                &[
+                    "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns",
+                    &pod.ns,
+                ],
+            )?;
+            ip(nns, &["link", "set", &host_side, "up"])?;
+            let pns = Some(pod.ns.as_str());
+            ip(pns, &["link", "set", "eth0", "address", pod_mac])?;
+            ip(
+                pns,
+                &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
+            )?;
+            ip(pns, &["link", "set", "eth0", "up"])?;
+            ip(
+                pns,
+                &["route", "add", "default", "via", &gateway.to_string()],
+            )?;
+            node.pods.push(pod);
+        }
+        tb.nodes.push(node);
         Ok(tb)
     }
 

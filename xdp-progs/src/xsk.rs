@@ -187,6 +187,11 @@ impl Port {
         Ok(port)
     }
 
+    /// Bytes per chunk; chunks are aligned to it.
+    pub fn frame_size(&self) -> u32 {
+        self.frame_size
+    }
+
     /// The socket's file descriptor, for the XSKMAP and for `poll`.
     pub fn fd(&self) -> i32 {
         // SAFETY: `xsk` is a live socket until drop.
@@ -254,7 +259,7 @@ impl Port {
 
     /// The chunk holding `addr` and the frame's offset in it.
     #[inline]
-    fn chunk_of(&self, addr: u64) -> (u64, usize) {
+    pub fn chunk_of(&self, addr: u64) -> (u64, usize) {
         let base = addr & !u64::from(self.frame_size - 1);
         (base, (addr - base) as usize)
     }
@@ -360,6 +365,41 @@ impl Port {
         if n > 0 {
             self.kick();
         }
+    }
+
+    /// A held frame's bytes (received and not yet sent or recycled).
+    pub fn frame(&self, d: Desc) -> &[u8] {
+        let end = d.addr as usize + d.len as usize;
+        let (base, _) = self.chunk_of(d.addr);
+        assert!(
+            end <= self.area_len && end <= base as usize + self.frame_size as usize,
+            "frame outside its chunk"
+        );
+        // SAFETY: `d.addr` is inside our mapping (asserted).
+        let start = unsafe { self.area.as_ptr().add(d.addr as usize) };
+        // SAFETY: the range lies inside one chunk of our mapping (asserted); the chunk is
+        // held by us, so the kernel does not write it, and `&self` excludes our own writers.
+        unsafe { std::slice::from_raw_parts(start, d.len as usize) }
+    }
+
+    /// Copy `data` into a free chunk (after `headroom` bytes) and return its descriptor, or
+    /// `None` when every chunk is in use.
+    pub fn alloc_copy(&mut self, data: &[u8], headroom: usize) -> Option<Desc> {
+        if headroom + data.len() > self.frame_size as usize {
+            return None;
+        }
+        let base = self.free.pop()?;
+        let addr = base + headroom as u64;
+        // SAFETY: `addr` is inside the free chunk at `base`, in our mapping.
+        let start = unsafe { self.area.as_ptr().add(addr as usize) };
+        // SAFETY: `base` is a free chunk of our mapping, so nothing else reads or writes it,
+        // and `headroom + data.len()` fits in it (checked).
+        let dst = unsafe { std::slice::from_raw_parts_mut(start, data.len()) };
+        dst.copy_from_slice(data);
+        Some(Desc {
+            addr,
+            len: data.len() as u32,
+        })
     }
 
     /// Return a frame's chunk to the free list.

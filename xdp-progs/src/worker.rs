@@ -1,0 +1,212 @@
+//! A worker: AF_XDP ports in, the pipeline, AF_XDP ports out.
+//!
+//! One worker owns a set of [`Port`]s, one per managed interface it serves. Each round it waits
+//! for received frames (wakeup mode: `poll`, for tests and small machines; busy-poll mode
+//! checks the rings without sleeping), and for every port with frames runs one batch through
+//! [`process_batch`] and sends each frame where its verdict says: back out the same port
+//! without copying, out another port by copying into that port's UMEM (each port has its own
+//! UMEM for now; sharing one per worker is the next step), to the host port if there is one,
+//! or back to the free list. Transmits are gathered per port and sent once per batch.
+//!
+//! Nothing here allocates per packet or per batch: batches live in fixed-size arrays.
+
+use std::io;
+use std::sync::Arc;
+
+use arrayvec::ArrayVec;
+use kxdp_dataplane::conntrack::Conntrack;
+use kxdp_dataplane::pipeline::CHUNK as BATCH;
+use kxdp_dataplane::tables::InterfaceId;
+use kxdp_dataplane::{process_batch, Counters, Frame, Instant, Packet, Snapshot, Verdict};
+
+use crate::xsk::{Desc, Port};
+
+/// How a worker waits for frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Sleep in `poll` up to this many milliseconds when idle.
+    Wakeup {
+        /// The longest sleep.
+        timeout_ms: i32,
+    },
+    /// Never sleep: check the rings in a loop (production and benchmarks).
+    BusyPoll,
+}
+
+/// Headroom left before frames copied into another port's UMEM.
+const COPY_HEADROOM: usize = 256;
+
+/// One worker's ports and counters.
+#[derive(Debug)]
+pub struct Worker {
+    ports: Vec<(InterfaceId, Port)>,
+    counters: Arc<Counters>,
+}
+
+/// Where a frame of a batch goes.
+#[derive(Clone, Copy)]
+enum Out {
+    /// Back out the port it came in on.
+    Same(Desc),
+    /// Out port `usize` (index), copied.
+    Other(usize, Desc),
+    /// Back to the free list.
+    Recycle(u64),
+}
+
+impl Worker {
+    /// A worker serving `ports`, counting into `counters`.
+    pub fn new(ports: Vec<(InterfaceId, Port)>, counters: Arc<Counters>) -> Self {
+        Worker { ports, counters }
+    }
+
+    /// The worker's counters, readable from any thread.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Give every port's free chunks to the kernel. Call once before the first round.
+    pub fn prime(&mut self) {
+        for (_, p) in &mut self.ports {
+            p.fill();
+        }
+    }
+
+    /// One round: wait for frames (per `mode`), then one batch per port that has some.
+    /// Returns how many frames were processed.
+    pub fn poll_once(
+        &mut self,
+        snap: &Snapshot,
+        ct: &Conntrack,
+        now: Instant,
+        mode: Mode,
+    ) -> io::Result<usize> {
+        if let Mode::Wakeup { timeout_ms } = mode {
+            let mut fds: ArrayVec<libc::pollfd, 64> = self
+                .ports
+                .iter()
+                .take(64)
+                .map(|(_, p)| libc::pollfd {
+                    fd: p.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: `fds` holds valid pollfds for the duration of the call.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+        let mut total = 0;
+        for i in 0..self.ports.len() {
+            total += self.batch(i, snap, ct, now);
+        }
+        Ok(total)
+    }
+
+    /// Receive, process and send one batch of port `i`.
+    fn batch(&mut self, i: usize, snap: &Snapshot, ct: &Conntrack, now: Instant) -> usize {
+        let mut rx = [Desc::default(); BATCH];
+        let ingress = self.ports[i].0;
+        let port = &mut self.ports[i].1;
+        port.complete();
+        let n = port.receive(&mut rx);
+        if n == 0 {
+            port.fill();
+            return 0;
+        }
+        let host = snap.node.host;
+        let mut outs: ArrayVec<Out, BATCH> = ArrayVec::new();
+        let targets: ArrayVec<(InterfaceId, usize), 64> = self
+            .ports
+            .iter()
+            .enumerate()
+            .take(64)
+            .map(|(j, (id, _))| (*id, j))
+            .collect();
+        let find =
+            |iface: InterfaceId| targets.iter().find(|(id, _)| *id == iface).map(|(_, j)| *j);
+        let counters = &self.counters;
+        let port = &mut self.ports[i].1;
+        let chunk_mask = !(u64::from(port.frame_size()) - 1);
+        port.with_chunks(&rx[..n], |chunks| {
+            let mut packets: ArrayVec<Packet<'_>, BATCH> = ArrayVec::new();
+            for ((chunk, head), d) in chunks.zip(&rx[..n]) {
+                let frame = Frame::new(chunk, head, d.len as usize).expect("frame in its chunk");
+                packets.push(Packet::new(frame, ingress));
+            }
+            process_batch(&mut packets, snap, ct, counters, now);
+            for (p, d) in packets.iter().zip(&rx[..n]) {
+                // The pipeline may have moved the frame's start within its chunk.
+                let desc = Desc {
+                    addr: (d.addr & chunk_mask) + p.frame.head() as u64,
+                    len: p.frame.len() as u32,
+                };
+                let to = match p.verdict {
+                    Verdict::Reply => Some(ingress),
+                    Verdict::Transmit(iface) => Some(iface),
+                    Verdict::ToHost(_) => Some(host),
+                    Verdict::Drop(_) => None,
+                };
+                outs.push(match to.and_then(find) {
+                    Some(j) if j == i => Out::Same(desc),
+                    Some(j) => Out::Other(j, desc),
+                    None => Out::Recycle(d.addr),
+                });
+            }
+        });
+        self.deliver(i, &outs);
+        n
+    }
+
+    /// Send a batch's frames: same-port ones in one go, others copied into their port.
+    fn deliver(&mut self, i: usize, outs: &[Out]) {
+        let mut same: ArrayVec<Desc, BATCH> = ArrayVec::new();
+        for out in outs {
+            match *out {
+                Out::Same(d) => same.push(d),
+                Out::Recycle(addr) => self.ports[i].1.recycle(addr),
+                Out::Other(..) => {}
+            }
+        }
+        self.ports[i].1.transmit(&same);
+        // Copies, grouped by destination so each destination transmits once.
+        for j in 0..self.ports.len() {
+            if j == i {
+                continue;
+            }
+            let mut copied: ArrayVec<Desc, BATCH> = ArrayVec::new();
+            for out in outs {
+                let Out::Other(dest, d) = *out else { continue };
+                if dest != j {
+                    continue;
+                }
+                let (src, dst) = two_mut(&mut self.ports, i, j);
+                if let Some(c) = dst.1.alloc_copy(src.1.frame(d), COPY_HEADROOM) {
+                    copied.push(c);
+                }
+                src.1.recycle(d.addr);
+            }
+            if !copied.is_empty() {
+                self.ports[j].1.transmit(&copied);
+            }
+        }
+        self.ports[i].1.fill();
+    }
+}
+
+/// Two distinct elements of a slice, mutably.
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b);
+    if a < b {
+        let (lo, hi) = v.split_at_mut(b);
+        (&mut lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(a);
+        (&mut hi[0], &mut lo[b])
+    }
+}

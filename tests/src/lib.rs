@@ -1,4 +1,5 @@
-//! kxdp's integration-test support: the namespace testbed ([`testbed`]). The tests themselves
-//! live in `tests/`.
+//! kxdp's integration-test support: the namespace testbed ([`testbed`]) and a kxdp node to run
+//! in it ([`node`]). The tests themselves live in `tests/`.
 
+pub mod node;
 pub mod testbed;

@@ -119,8 +119,10 @@ pub struct Node {
     pub pod_net: Ipv4Addr,
     /// The pods' gateway (`.1` of the pod CIDR).
     pub gateway: Ipv4Addr,
-    /// The VTEP MAC of its `flannel.1`.
+    /// The VTEP MAC of its `flannel.1` (or the one kxdp uses).
     pub vtep_mac: String,
+    /// Whether the kernel runs this node's overlay (flannel-style) rather than kxdp.
+    pub kernel: bool,
     /// Its pods.
     pub pods: Vec<Pod>,
 }
@@ -187,6 +189,7 @@ impl Testbed {
                 pod_net: Ipv4Addr::new(10, 244, i + 1, 0),
                 gateway: Ipv4Addr::new(10, 244, i + 1, 1),
                 vtep_mac: format!("02:6b:78:76:00:{:02x}", i + 1),
+                kernel: true,
                 pods: Vec::new(),
             };
             tb.add_ns(&node.ns)?;
@@ -242,6 +245,7 @@ impl Testbed {
             pod_net: Ipv4Addr::from(u32::from(gateway) & 0xffff_ff00),
             gateway,
             vtep_mac: String::new(),
+            kernel: false,
             pods: Vec::new(),
         };
         for (j, (pod_ip, pod_mac)) in pods.iter().enumerate() {
@@ -275,6 +279,67 @@ impl Testbed {
         }
         tb.nodes.push(node);
         Ok(tb)
+    }
+
+    /// A kxdp node (node 0: plain pod veths `pod<j>`, an uplink with an address and nothing
+    /// else, the dataplane to be run on it by the caller) and a flannel-style kernel node
+    /// (node 1), on one underlay. Node 1 is told about node 0 as flanneld would be about any
+    /// node: a route to its pod CIDR through its VTEP address, a neighbour entry with
+    /// `kxdp_vtep_mac`, and a forwarding entry to node 0's underlay address.
+    pub fn kxdp_and_kernel_node(
+        kxdp_pods: &[(Ipv4Addr, &str)],
+        kxdp_gateway: Ipv4Addr,
+        kxdp_vtep_mac: &str,
+        kernel_pods: u8,
+    ) -> Result<Testbed, TestbedError> {
+        let mut tb = Testbed::pods_on_kxdp_node(kxdp_pods, kxdp_gateway)?;
+        tb.switch = format!("{}-sw", tb.prefix);
+        let sw = tb.switch.clone();
+        tb.add_ns(&sw)?;
+        ip(Some(&sw), &["link", "add", "br0", "type", "bridge"])?;
+        ip(Some(&sw), &["link", "set", "br0", "up"])?;
+        let kxdp_ip = Ipv4Addr::new(198, 18, 0, 10);
+        let n0 = tb.nodes[0].ns.clone();
+        tb.wire_to_switch(&n0, "s0", "uplink", kxdp_ip)?;
+        tb.nodes[0].ip = kxdp_ip;
+        tb.nodes[0].vtep_mac = kxdp_vtep_mac.to_owned();
+        let mut node = Node {
+            ns: format!("{}-n1", tb.prefix),
+            ip: Ipv4Addr::new(198, 18, 0, 11),
+            pod_net: Ipv4Addr::new(10, 244, 2, 0),
+            gateway: Ipv4Addr::new(10, 244, 2, 1),
+            vtep_mac: "02:6b:78:76:00:02".into(),
+            kernel: true,
+            pods: Vec::new(),
+        };
+        tb.add_ns(&node.ns)?;
+        tb.wire_to_switch(&node.ns, "s1", "uplink", node.ip)?;
+        tb.build_kernel_node(&node)?;
+        for j in 0..kernel_pods {
+            let pod = Pod {
+                ns: format!("{}-n1p{j}", tb.prefix),
+                ip: Ipv4Addr::new(10, 244, 2, 10 + j),
+            };
+            tb.add_pod(&node, &pod, j)?;
+            node.pods.push(pod);
+        }
+        tb.nodes.push(node);
+        tb.peer_kernel_nodes()?;
+        Ok(tb)
+    }
+
+    /// The MAC address of interface `dev` in namespace `ns`.
+    pub fn mac(&self, ns: &str, dev: &str) -> Result<String, TestbedError> {
+        let out = ip(Some(ns), &["-br", "link", "show", "dev", dev])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .nth(2)
+            .map(str::to_owned)
+            .ok_or_else(|| TestbedError::Failed {
+                command: format!("ip -n {ns} -br link show dev {dev}"),
+                status: "unparsable".into(),
+                stderr: text.into_owned(),
+            })
     }
 
     /// The per-run prefix of every namespace.
@@ -368,7 +433,9 @@ impl Testbed {
     /// VTEP address, a permanent neighbour entry for that address, and a forwarding entry
     /// sending the VTEP MAC to the node's underlay address.
     fn peer_kernel_nodes(&self) -> Result<(), TestbedError> {
-        for node in &self.nodes {
+        // Only kernel nodes are configured; a kxdp node (no underlay `flannel.1`) is configured
+        // by its dataplane. Kernel nodes learn about every node.
+        for node in self.nodes.iter().filter(|n| n.kernel) {
             let ns = Some(node.ns.as_str());
             for other in self.nodes.iter().filter(|o| o.ns != node.ns) {
                 let vtep = other.pod_net.to_string();

@@ -1,0 +1,126 @@
+//! A kxdp node for end-to-end tests: the steering program attached to the node's managed
+//! interfaces, an AF_XDP port on each, and a worker (wakeup mode) running the pipeline over
+//! them in a thread inside the node's namespace, until stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant as WallClock};
+
+use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+use kxdp_dataplane::counters::CounterValues;
+use kxdp_dataplane::tables::InterfaceId;
+use kxdp_dataplane::{Counters, Instant, Snapshot};
+use kxdp_xdp::worker::{Mode, Worker};
+use kxdp_xdp::xsk::{Port, PortConfig};
+use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering};
+
+/// One interface the node's dataplane drives.
+#[derive(Clone, Debug)]
+pub struct Managed {
+    /// Its name in the node's namespace.
+    pub name: String,
+    /// The snapshot's number for it.
+    pub id: InterfaceId,
+    /// What it is.
+    pub role: IfRole,
+}
+
+/// A running kxdp node; stops (and detaches) when finished or dropped.
+#[derive(Debug)]
+pub struct KxdpNode {
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<Result<CounterValues, String>>>,
+}
+
+/// Longest a test node runs, whatever the test does.
+const MAX_RUN: Duration = Duration::from_secs(60);
+
+impl KxdpNode {
+    /// Start the dataplane in namespace `ns` over `ifaces` with `snapshot`. Returns once the
+    /// program is attached and the sockets are bound, or with why not.
+    pub fn start(ns: &str, ifaces: Vec<Managed>, snapshot: Snapshot) -> Result<KxdpNode, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let worker = {
+            let (ns, stop) = (ns.to_owned(), Arc::clone(&stop));
+            std::thread::spawn(move || run(ns, ifaces, snapshot, stop, ready_tx))
+        };
+        let node = KxdpNode {
+            stop,
+            worker: Some(worker),
+        };
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|e| format!("the worker did not report: {e}"))??;
+        Ok(node)
+    }
+
+    /// Stop the node and return its worker's counters.
+    pub fn finish(mut self) -> Result<CounterValues, String> {
+        self.stop.store(true, Relaxed);
+        let worker = self.worker.take().expect("running until finished");
+        worker
+            .join()
+            .map_err(|_| "the worker panicked".to_owned())?
+    }
+}
+
+impl Drop for KxdpNode {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn run(
+    ns: String,
+    ifaces: Vec<Managed>,
+    snap: Snapshot,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<(), String>>,
+) -> Result<CounterValues, String> {
+    let ct = Conntrack::new(ConntrackConfig {
+        capacity: 4096,
+        ..ConntrackConfig::default()
+    });
+    let setup = (|| -> Result<_, String> {
+        enter_netns(&ns).map_err(|e| format!("entering {ns}: {e}"))?;
+        let st = Steering::load().map_err(|e| e.to_string())?;
+        st.sync(&snap).map_err(|e| e.to_string())?;
+        let mut links = Vec::new();
+        let mut ports = Vec::new();
+        for (j, m) in ifaces.iter().enumerate() {
+            let index = ifindex(&m.name).map_err(|e| format!("{}: {e}", m.name))?;
+            let base = 64 * j as u32;
+            st.set_interface(index, m.role, base)
+                .map_err(|e| e.to_string())?;
+            links.push(st.attach(index).map_err(|e| e.to_string())?);
+            let port = Port::open(&m.name, 0, PortConfig::default()).map_err(|e| e.to_string())?;
+            st.register_socket(base, port.fd())
+                .map_err(|e| e.to_string())?;
+            ports.push((m.id, port));
+        }
+        Ok((st, links, ports))
+    })();
+    let (_st, _links, ports) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let mut worker = Worker::new(ports, Arc::new(Counters::new()));
+    worker.prime();
+    let _ = ready.send(Ok(()));
+    let started = WallClock::now();
+    while !stop.load(Relaxed) && started.elapsed() < MAX_RUN {
+        let now = Instant::from_nanos(started.elapsed().as_nanos() as u64);
+        worker
+            .poll_once(&snap, &ct, now, Mode::Wakeup { timeout_ms: 50 })
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(worker.counters().read())
+}

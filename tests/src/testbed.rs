@@ -54,7 +54,7 @@ pub fn missing_privilege() -> Option<String> {
                 .into(),
         );
     }
-    for tool in ["ip", "ping"] {
+    for tool in ["ip", "ping", "ethtool", "python3"] {
         if Command::new(tool).arg("-V").output().is_err() {
             return Some(format!(
                 "`{tool}` is not installed: run scripts/install-deps.sh"
@@ -106,6 +106,15 @@ fn ip(ns: Option<&str>, args: &[&str]) -> Result<Output, TestbedError> {
 /// A command inside namespace `ns`.
 fn exec(ns: &str, args: &[&str]) -> Result<Output, TestbedError> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+}
+
+/// Turn off transmit checksum offload on `dev` in `ns`. A veth otherwise hands the peer
+/// packets whose TCP/UDP checksum holds only the pseudo-header sum, to be completed by
+/// hardware that does not exist; AF_XDP copies those bytes as they are, and the receiver
+/// drops the segment. A NIC delivers complete checksums, so this is the testbed's concern
+/// (and a CNI's, for pod veths on a kxdp node).
+fn no_tx_offload(ns: &str, dev: &str) -> Result<(), TestbedError> {
+    exec(ns, &["ethtool", "-K", dev, "tx", "off"]).map(|_| ())
 }
 
 /// One node of the testbed.
@@ -275,6 +284,8 @@ impl Testbed {
                 pns,
                 &["route", "add", "default", "via", &gateway.to_string()],
             )?;
+            no_tx_offload(&node_ns, &host_side)?;
+            no_tx_offload(&pod.ns, "eth0")?;
             node.pods.push(pod);
         }
         tb.nodes.push(node);
@@ -375,6 +386,8 @@ impl Testbed {
             &["addr", "add", &format!("{addr}/24"), "dev", inner],
         )?;
         ip(Some(ns), &["link", "set", inner, "up"])?;
+        no_tx_offload(sw, port)?;
+        no_tx_offload(ns, inner)?;
         Ok(())
     }
 
@@ -503,6 +516,8 @@ impl Testbed {
             pns,
             &["route", "add", "default", "via", &node.gateway.to_string()],
         )?;
+        no_tx_offload(&node.ns, &host_side)?;
+        no_tx_offload(&pod.ns, "eth0")?;
         Ok(())
     }
 

@@ -294,7 +294,7 @@ impl Testbed {
 
     /// A kxdp node (node 0: plain pod veths `pod<j>`, an uplink with an address and nothing
     /// else, the dataplane to be run on it by the caller) and a flannel-style kernel node
-    /// (node 1), on one underlay. Node 1 is told about node 0 as flanneld would be about any
+    /// (node 1), on one underlay, with an external client on it (198.18.0.100). Node 1 is told about node 0 as flanneld would be about any
     /// node: a route to its pod CIDR through its VTEP address, a neighbour entry with
     /// `kxdp_vtep_mac`, and a forwarding entry to node 0's underlay address.
     pub fn kxdp_and_kernel_node(
@@ -336,6 +336,11 @@ impl Testbed {
         }
         tb.nodes.push(node);
         tb.peer_kernel_nodes()?;
+        let ext = format!("{}-ext", tb.prefix);
+        let ext_ip = Ipv4Addr::new(198, 18, 0, 100);
+        tb.add_ns(&ext)?;
+        tb.wire_to_switch(&ext, "sx", "eth0", ext_ip)?;
+        tb.external = Some((ext, ext_ip));
         Ok(tb)
     }
 

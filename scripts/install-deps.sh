@@ -3,10 +3,10 @@
 # installed, and nothing is installed when everything is present.
 set -euo pipefail
 
-# iproute2, iputils-ping, ethtool, python3: the namespace testbed and its clients.
+# iproute2, iputils-ping, ethtool, python3, iperf3: the namespace testbed and its clients.
 # clang, llvm, libelf-dev, zlib1g-dev, libbpf-dev: the XDP program and libbpf (xdp-progs).
 # m4: libxdp, which the AF_XDP crate builds from source.
-packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4)
+packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -54,7 +54,7 @@ pub fn missing_privilege() -> Option<String> {
                 .into(),
         );
     }
-    for tool in ["ip", "ping", "ethtool", "python3"] {
+    for tool in ["ip", "ping", "ethtool", "python3", "iperf3"] {
         if Command::new(tool).arg("-V").output().is_err() {
             return Some(format!(
                 "`{tool}` is not installed: run scripts/install-deps.sh"

@@ -26,10 +26,20 @@ pub struct Managed {
     pub role: IfRole,
 }
 
+/// A change to a running node: a new snapshot, with an interface that came or went.
+#[derive(Debug)]
+pub enum Change {
+    /// Start serving this interface (a pod came up), then use the snapshot.
+    Add(Managed, Snapshot),
+    /// Use the snapshot, then stop serving this interface (a pod went away).
+    Remove(InterfaceId, Snapshot),
+}
+
 /// A running kxdp node; stops (and detaches) when finished or dropped.
 #[derive(Debug)]
 pub struct KxdpNode {
     stop: Arc<AtomicBool>,
+    changes: mpsc::Sender<(Change, mpsc::Sender<Result<(), String>>)>,
     worker: Option<JoinHandle<Result<CounterValues, String>>>,
 }
 
@@ -42,18 +52,31 @@ impl KxdpNode {
     pub fn start(ns: &str, ifaces: Vec<Managed>, snapshot: Snapshot) -> Result<KxdpNode, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
+        let (changes, changes_rx) = mpsc::channel();
         let worker = {
             let (ns, stop) = (ns.to_owned(), Arc::clone(&stop));
-            std::thread::spawn(move || run(ns, ifaces, snapshot, stop, ready_tx))
+            std::thread::spawn(move || run(ns, ifaces, snapshot, stop, ready_tx, changes_rx))
         };
         let node = KxdpNode {
             stop,
+            changes,
             worker: Some(worker),
         };
         ready_rx
             .recv_timeout(Duration::from_secs(20))
             .map_err(|e| format!("the worker did not report: {e}"))??;
         Ok(node)
+    }
+
+    /// Apply a change while traffic flows; returns once the worker has applied it.
+    pub fn change(&self, change: Change) -> Result<(), String> {
+        let (done_tx, done_rx) = mpsc::channel();
+        self.changes
+            .send((change, done_tx))
+            .map_err(|_| "the worker has stopped".to_owned())?;
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|e| format!("the worker did not apply the change: {e}"))?
     }
 
     /// Stop the node and return its worker's counters.
@@ -75,12 +98,27 @@ impl Drop for KxdpNode {
     }
 }
 
+type ChangeRequest = (Change, mpsc::Sender<Result<(), String>>);
+
+/// Attach the program to `m` and bind a port on it at XSKMAP slot `base`.
+fn bring_up(st: &Steering, m: &Managed, base: u32) -> Result<(kxdp_xdp::Link, Port), String> {
+    let index = ifindex(&m.name).map_err(|e| format!("{}: {e}", m.name))?;
+    st.set_interface(index, m.role, base)
+        .map_err(|e| e.to_string())?;
+    let link = st.attach(index).map_err(|e| e.to_string())?;
+    let port = Port::open(&m.name, 0, PortConfig::default()).map_err(|e| e.to_string())?;
+    st.register_socket(base, port.fd())
+        .map_err(|e| e.to_string())?;
+    Ok((link, port))
+}
+
 fn run(
     ns: String,
     ifaces: Vec<Managed>,
-    snap: Snapshot,
+    mut snap: Snapshot,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<(), String>>,
+    changes: mpsc::Receiver<ChangeRequest>,
 ) -> Result<CounterValues, String> {
     let ct = Conntrack::new(ConntrackConfig {
         capacity: 4096,
@@ -93,19 +131,13 @@ fn run(
         let mut links = Vec::new();
         let mut ports = Vec::new();
         for (j, m) in ifaces.iter().enumerate() {
-            let index = ifindex(&m.name).map_err(|e| format!("{}: {e}", m.name))?;
-            let base = 64 * j as u32;
-            st.set_interface(index, m.role, base)
-                .map_err(|e| e.to_string())?;
-            links.push(st.attach(index).map_err(|e| e.to_string())?);
-            let port = Port::open(&m.name, 0, PortConfig::default()).map_err(|e| e.to_string())?;
-            st.register_socket(base, port.fd())
-                .map_err(|e| e.to_string())?;
+            let (link, port) = bring_up(&st, m, 64 * j as u32)?;
+            links.push((m.id, link));
             ports.push((m.id, port));
         }
         Ok((st, links, ports))
     })();
-    let (_st, _links, ports) = match setup {
+    let (st, mut links, ports) = match setup {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e.clone()));
@@ -116,7 +148,25 @@ fn run(
     worker.prime();
     let _ = ready.send(Ok(()));
     let started = WallClock::now();
+    let mut next_base = 64 * ifaces.len() as u32;
     while !stop.load(Relaxed) && started.elapsed() < MAX_RUN {
+        while let Ok((change, done)) = changes.try_recv() {
+            let result = match change {
+                Change::Add(m, new_snap) => bring_up(&st, &m, next_base).map(|(link, port)| {
+                    next_base += 64;
+                    links.push((m.id, link));
+                    worker.add_port(m.id, port);
+                    snap = new_snap;
+                }),
+                Change::Remove(id, new_snap) => {
+                    snap = new_snap;
+                    drop(worker.remove_port(id));
+                    links.retain(|(l, _)| *l != id);
+                    Ok(())
+                }
+            };
+            let _ = done.send(result);
+        }
         let now = Instant::from_nanos(started.elapsed().as_nanos() as u64);
         worker
             .poll_once(&snap, &ct, now, Mode::Wakeup { timeout_ms: 50 })

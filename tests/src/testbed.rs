@@ -292,6 +292,56 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// Add a pod to kxdp node `node` the way [`Testbed::pods_on_kxdp_node`] does, with its host
+    /// end named `host_side`.
+    pub fn add_kxdp_pod(
+        &mut self,
+        node: usize,
+        host_side: &str,
+        pod_ip: Ipv4Addr,
+        pod_mac: &str,
+    ) -> Result<Pod, TestbedError> {
+        let n = self.nodes[node].clone();
+        let pod = Pod {
+            ns: format!("{}-{host_side}", self.prefix),
+            ip: pod_ip,
+        };
+        self.add_ns(&pod.ns)?;
+        let nns = Some(n.ns.as_str());
+        ip(
+            nns,
+            &[
+                "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
+            ],
+        )?;
+        ip(nns, &["link", "set", host_side, "up"])?;
+        let pns = Some(pod.ns.as_str());
+        ip(pns, &["link", "set", "eth0", "address", pod_mac])?;
+        ip(
+            pns,
+            &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
+        )?;
+        ip(pns, &["link", "set", "eth0", "up"])?;
+        ip(
+            pns,
+            &["route", "add", "default", "via", &n.gateway.to_string()],
+        )?;
+        no_tx_offload(&n.ns, host_side)?;
+        no_tx_offload(&pod.ns, "eth0")?;
+        self.nodes[node].pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    /// Delete a pod's namespace (its veth goes with it), as a pod's deletion does.
+    pub fn remove_pod(&mut self, pod: &Pod) -> Result<(), TestbedError> {
+        ip(None, &["netns", "del", &pod.ns])?;
+        self.namespaces.retain(|n| *n != pod.ns);
+        for node in &mut self.nodes {
+            node.pods.retain(|p| p.ns != pod.ns);
+        }
+        Ok(())
+    }
+
     /// A kxdp node (node 0: plain pod veths `pod<j>`, an uplink with an address and nothing
     /// else, the dataplane to be run on it by the caller) and a flannel-style kernel node
     /// (node 1), on one underlay, with an external client on it (198.18.0.100). Node 1 is told about node 0 as flanneld would be about any

@@ -18,6 +18,9 @@ use std::net::Ipv4Addr;
 use kxdp_dataplane::tables::{FrontendKind, InterfaceRole, Snapshot};
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, ProgramInput};
 
+/// An attachment of the program to an interface; dropping it detaches.
+pub use libbpf_rs::Link;
+
 /// The compiled program.
 pub const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kxdp.bpf.o"));
 

@@ -60,6 +60,19 @@ impl Worker {
         Worker { ports, counters }
     }
 
+    /// Start serving `port` as interface `id` (a pod came up).
+    pub fn add_port(&mut self, id: InterfaceId, mut port: Port) {
+        port.fill();
+        self.ports.push((id, port));
+    }
+
+    /// Stop serving interface `id` and hand its port back (a pod went away); frames in flight
+    /// on it are dropped with it.
+    pub fn remove_port(&mut self, id: InterfaceId) -> Option<Port> {
+        let i = self.ports.iter().position(|(p, _)| *p == id)?;
+        Some(self.ports.remove(i).1)
+    }
+
     /// The worker's counters, readable from any thread.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters

@@ -1,0 +1,96 @@
+//! Pod churn on a kxdp node while traffic flows: a pod comes up (its veth is attached, a port
+//! bound, the snapshot swapped), is reachable, and goes away again, while two other pods ping
+//! each other throughout without losing a packet. Needs root; prints SKIP otherwise, and fails
+//! under CI.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kxdp_dataplane::tables::{InterfaceId, LocalPod};
+use kxdp_dataplane::testkit::Topology;
+use kxdp_dataplane::Snapshot;
+use kxdp_tests::node::{Change, KxdpNode, Managed};
+use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
+use kxdp_xdp::IfRole;
+
+fn mac_text(pod: &LocalPod) -> String {
+    pod.mac.0.map(|b| format!("{b:02x}")).join(":")
+}
+
+#[test]
+fn pods_come_and_go_without_loss_for_the_others() {
+    if skip_unless_privileged("pods_come_and_go_without_loss_for_the_others") {
+        return;
+    }
+    let t = Topology::default();
+    let pod_c = LocalPod {
+        name: "default/newcomer".into(),
+        ip: "10.244.1.12".parse().unwrap(),
+        iface: InterfaceId(4),
+        mac: kxdp_dataplane::testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
+    };
+    let (ma, mb) = (mac_text(&t.pod_a), mac_text(&t.pod_b));
+    let mut tb =
+        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+            .expect("testbed builds");
+    let managed = |name: &str, pod: &LocalPod| Managed {
+        name: name.into(),
+        id: pod.iface,
+        role: IfRole::Pod,
+    };
+    let node = KxdpNode::start(
+        &tb.nodes[0].ns,
+        vec![managed("pod0", &t.pod_a), managed("pod1", &t.pod_b)],
+        t.snapshot(),
+    )
+    .expect("kxdp starts");
+    let (a, b) = (
+        tb.nodes[0].pods[0].ns.clone(),
+        tb.nodes[0].pods[1].ns.clone(),
+    );
+    // Warm ARP both ways first, so the measured run is only the steady flow.
+    assert_eq!(
+        tb.ping(&a, t.pod_b.ip, 1, Duration::from_secs(3)).unwrap(),
+        1
+    );
+    assert_eq!(
+        tb.ping(&b, t.pod_a.ip, 1, Duration::from_secs(3)).unwrap(),
+        1
+    );
+
+    // 60 pings, 50 ms apart: three seconds of traffic spanning the churn.
+    let flow = Command::new("ip")
+        .args([
+            "netns", "exec", &a, "ping", "-n", "-q", "-c", "60", "-i", "0.05", "-W", "1",
+        ])
+        .args(["-w", "15", &t.pod_b.ip.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ping runs");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let pod = tb
+        .add_kxdp_pod(0, "pod2", pod_c.ip, &mac_text(&pod_c))
+        .expect("a pod comes up");
+    let mut inputs = t.inputs();
+    inputs.pods.push(pod_c.clone());
+    let with_c = Snapshot::build(inputs).expect("a valid snapshot");
+    node.change(Change::Add(managed("pod2", &pod_c), with_c))
+        .expect("kxdp serves the new pod");
+    let newcomer = tb
+        .ping(&pod.ns, t.pod_a.ip, 3, Duration::from_secs(3))
+        .unwrap();
+
+    node.change(Change::Remove(pod_c.iface, t.snapshot()))
+        .expect("kxdp lets the pod go");
+    tb.remove_pod(&pod).expect("the pod goes away");
+
+    let out = flow.wait_with_output().expect("ping ends by itself");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = node.finish().expect("worker");
+    assert_eq!(newcomer, 3, "the new pod was reachable through kxdp");
+    assert!(
+        text.contains("60 packets transmitted, 60 received"),
+        "no loss for the other pods: {text}"
+    );
+}

@@ -117,6 +117,60 @@ fn no_tx_offload(ns: &str, dev: &str) -> Result<(), TestbedError> {
     exec(ns, &["ethtool", "-K", dev, "tx", "off"]).map(|_| ())
 }
 
+/// Counts, for the seconds given as its argument, the IPv4 frames on every interface of the
+/// namespace it runs in: VXLAN frames (UDP port 8472), and frames whose outer source or
+/// destination is a pod address (10.244.0.0/16). Prints both.
+const UNDERLAY_SNIFFER: &str = "\
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.settimeout(0.2)
+end = time.time() + float(sys.argv[1])
+vxlan = leaks = 0
+while time.time() < end:
+    try:
+        f = s.recv(2048)
+    except socket.timeout:
+        continue
+    if len(f) < 34 or f[12:14] != b'\\x08\\x00':
+        continue
+    if f[23] == 17 and len(f) >= 42 and struct.unpack('!H', f[36:38])[0] == 8472:
+        vxlan += 1
+    if f[26:28] == bytes([10, 244]) or f[30:32] == bytes([10, 244]):
+        leaks += 1
+print(vxlan, leaks)
+";
+
+/// A running underlay sniffer (see [`Testbed::watch_underlay`]).
+#[derive(Debug)]
+pub struct UnderlayWatch(std::process::Child);
+
+impl UnderlayWatch {
+    /// Wait for the sniffer's window to end; returns (VXLAN frames, frames carrying a pod
+    /// address in their outer header).
+    pub fn finish(self) -> Result<(u64, u64), TestbedError> {
+        let out = self
+            .0
+            .wait_with_output()
+            .map_err(|source| TestbedError::Spawn {
+                command: "underlay sniffer".into(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let n: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        match n[..] {
+            [vxlan, leaks] => Ok((vxlan, leaks)),
+            _ => Err(TestbedError::Failed {
+                command: "underlay sniffer".into(),
+                status: "unparsable".into(),
+                stderr: text,
+            }),
+        }
+    }
+}
+
 /// One node of the testbed.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -292,6 +346,40 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// Two kxdp nodes on one underlay: node 0 with `pods_a` (pod CIDR 10.244.1.0/24, uplink
+    /// 198.18.0.10) and node 1 with `pods_b` (10.244.2.0/24, 198.18.0.11), pods attached as
+    /// [`Testbed::pods_on_kxdp_node`] attaches them. The dataplanes are the caller's to run.
+    pub fn two_kxdp_nodes(
+        pods_a: &[(Ipv4Addr, &str)],
+        pods_b: &[(Ipv4Addr, &str)],
+    ) -> Result<Testbed, TestbedError> {
+        let mut tb = Testbed::pods_on_kxdp_node(pods_a, Ipv4Addr::new(10, 244, 1, 1))?;
+        tb.switch = format!("{}-sw", tb.prefix);
+        let sw = tb.switch.clone();
+        tb.add_ns(&sw)?;
+        ip(Some(&sw), &["link", "add", "br0", "type", "bridge"])?;
+        ip(Some(&sw), &["link", "set", "br0", "up"])?;
+        let n0 = tb.nodes[0].ns.clone();
+        tb.nodes[0].ip = Ipv4Addr::new(198, 18, 0, 10);
+        tb.wire_to_switch(&n0, "s0", "uplink", tb.nodes[0].ip)?;
+        let node = Node {
+            ns: format!("{}-n1", tb.prefix),
+            ip: Ipv4Addr::new(198, 18, 0, 11),
+            pod_net: Ipv4Addr::new(10, 244, 2, 0),
+            gateway: Ipv4Addr::new(10, 244, 2, 1),
+            vtep_mac: String::new(),
+            kernel: false,
+            pods: Vec::new(),
+        };
+        tb.add_ns(&node.ns)?;
+        tb.wire_to_switch(&node.ns, "s1", "uplink", node.ip)?;
+        tb.nodes.push(node);
+        for (j, (pod_ip, pod_mac)) in pods_b.iter().enumerate() {
+            tb.add_kxdp_pod(1, &format!("pod{j}"), *pod_ip, pod_mac)?;
+        }
+        Ok(tb)
+    }
+
     /// Add a pod to kxdp node `node` the way [`Testbed::pods_on_kxdp_node`] does, with its host
     /// end named `host_side`.
     pub fn add_kxdp_pod(
@@ -303,7 +391,7 @@ impl Testbed {
     ) -> Result<Pod, TestbedError> {
         let n = self.nodes[node].clone();
         let pod = Pod {
-            ns: format!("{}-{host_side}", self.prefix),
+            ns: format!("{}-n{node}{host_side}", self.prefix),
             ip: pod_ip,
         };
         self.add_ns(&pod.ns)?;
@@ -392,6 +480,30 @@ impl Testbed {
         tb.wire_to_switch(&ext, "sx", "eth0", ext_ip)?;
         tb.external = Some((ext, ext_ip));
         Ok(tb)
+    }
+
+    /// Watch every port of the underlay switch for `secs` seconds (a raw socket in the switch
+    /// namespace), counting VXLAN frames and frames whose outer header carries a pod address.
+    pub fn watch_underlay(&self, secs: u32) -> Result<UnderlayWatch, TestbedError> {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.switch,
+                "python3",
+                "-c",
+                UNDERLAY_SNIFFER,
+            ])
+            .arg(secs.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| TestbedError::Spawn {
+                command: "python3 (underlay sniffer)".into(),
+                source,
+            })?;
+        // Let it open its socket before the traffic starts.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(UnderlayWatch(child))
     }
 
     /// The MAC address of interface `dev` in namespace `ns`.

@@ -5,7 +5,6 @@
 //! for its address) stays with its kernel. A sniffer on the underlay checks that no pod address
 //! ever appears there unencapsulated. Needs root; prints SKIP otherwise, and fails under CI.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kxdp_dataplane::counters::Event;
@@ -15,29 +14,6 @@ use kxdp_dataplane::Snapshot;
 use kxdp_tests::node::{KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 use kxdp_xdp::IfRole;
-
-/// Counts, for the seconds given as its argument, the IPv4 frames on every interface of the
-/// namespace it runs in: VXLAN frames (UDP port 8472), and frames whose outer source or
-/// destination is a pod address (10.244.0.0/16). Prints both.
-const SNIFFER: &str = "\
-import socket, struct, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-s.settimeout(0.2)
-end = time.time() + float(sys.argv[1])
-vxlan = leaks = 0
-while time.time() < end:
-    try:
-        f = s.recv(2048)
-    except socket.timeout:
-        continue
-    if len(f) < 34 or f[12:14] != b'\\x08\\x00':
-        continue
-    if f[23] == 17 and len(f) >= 42 and struct.unpack('!H', f[36:38])[0] == 8472:
-        vxlan += 1
-    if f[26:28] == bytes([10, 244]) or f[30:32] == bytes([10, 244]):
-        leaks += 1
-print(vxlan, leaks)
-";
 
 fn parse_mac(text: &str) -> EthernetAddress {
     let mut b = [0u8; 6];
@@ -91,12 +67,7 @@ fn a_kxdp_node_and_a_kernel_vxlan_node_exchange_pod_traffic() {
 
     // Watch the underlay while the pods talk: every frame on every switch port, counted as
     // VXLAN, or as a leak if its outer header carries a pod address.
-    let sniffer = Command::new("ip")
-        .args(["netns", "exec", &tb.switch, "python3", "-c", SNIFFER, "8"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    std::thread::sleep(Duration::from_millis(300));
+    let sniffer = tb.watch_underlay(8).expect("the sniffer starts");
     let deadline = Duration::from_secs(5);
     let kx_pod = kx.pods[0].ns.clone();
     let kernel_pod = &kernel.pods[0];
@@ -105,23 +76,12 @@ fn a_kxdp_node_and_a_kernel_vxlan_node_exchange_pod_traffic() {
     // The kernel node reaches the kxdp node's own address: not kxdp's, passed to its kernel.
     let node_ping = tb.ping(&kernel.ns, kx.ip, 2, deadline).unwrap();
     let c = node.finish().expect("worker");
-    let seen = sniffer
-        .wait_with_output()
-        .expect("the sniffer ends by itself");
-    let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
-    let counts: Vec<u64> = seen
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    assert_eq!(counts.len(), 2, "sniffer output: {seen}");
+    let (vxlan, leaks) = sniffer.finish().expect("the sniffer reports");
     assert!(
-        counts[0] >= 12,
-        "pod traffic crossed the underlay in VXLAN: {seen}"
+        vxlan >= 12,
+        "pod traffic crossed the underlay in VXLAN: {vxlan}"
     );
-    assert_eq!(
-        counts[1], 0,
-        "no pod address ever showed on the underlay: {seen}"
-    );
+    assert_eq!(leaks, 0, "no pod address ever showed on the underlay");
     assert_eq!((out, back), (3, 3), "pod traffic both ways: {c:?}");
     assert_eq!(
         node_ping, 2,

@@ -47,15 +47,28 @@ pub struct KxdpNode {
 const MAX_RUN: Duration = Duration::from_secs(60);
 
 impl KxdpNode {
-    /// Start the dataplane in namespace `ns` over `ifaces` with `snapshot`. Returns once the
-    /// program is attached and the sockets are bound, or with why not.
+    /// Start the dataplane in namespace `ns` over `ifaces` with `snapshot`, in wakeup mode.
+    /// Returns once the program is attached and the sockets are bound, or with why not.
     pub fn start(ns: &str, ifaces: Vec<Managed>, snapshot: Snapshot) -> Result<KxdpNode, String> {
+        Self::start_with(ns, ifaces, snapshot, Mode::Wakeup { timeout_ms: 50 }, None)
+    }
+
+    /// [`KxdpNode::start`] with the worker's mode and, optionally, the core it is pinned to.
+    pub fn start_with(
+        ns: &str,
+        ifaces: Vec<Managed>,
+        snapshot: Snapshot,
+        mode: Mode,
+        core: Option<usize>,
+    ) -> Result<KxdpNode, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (changes, changes_rx) = mpsc::channel();
         let worker = {
             let (ns, stop) = (ns.to_owned(), Arc::clone(&stop));
-            std::thread::spawn(move || run(ns, ifaces, snapshot, stop, ready_tx, changes_rx))
+            std::thread::spawn(move || {
+                run(ns, ifaces, snapshot, mode, core, stop, ready_tx, changes_rx)
+            })
         };
         let node = KxdpNode {
             stop,
@@ -101,7 +114,7 @@ impl Drop for KxdpNode {
 type ChangeRequest = (Change, mpsc::Sender<Result<(), String>>);
 
 /// Attach the program to `m` and bind a port on it at XSKMAP slot `base`.
-fn bring_up(st: &Steering, m: &Managed, base: u32) -> Result<(kxdp_xdp::Link, Port), String> {
+fn bring_up(st: &Steering, m: &Managed, base: u32) -> Result<(kxdp_xdp::Attachment, Port), String> {
     let index = ifindex(&m.name).map_err(|e| format!("{}: {e}", m.name))?;
     st.set_interface(index, m.role, base)
         .map_err(|e| e.to_string())?;
@@ -112,10 +125,13 @@ fn bring_up(st: &Steering, m: &Managed, base: u32) -> Result<(kxdp_xdp::Link, Po
     Ok((link, port))
 }
 
+#[allow(clippy::too_many_arguments)] // One thread's whole configuration, passed once.
 fn run(
     ns: String,
     ifaces: Vec<Managed>,
     mut snap: Snapshot,
+    mode: Mode,
+    core: Option<usize>,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<(), String>>,
     changes: mpsc::Receiver<ChangeRequest>,
@@ -126,6 +142,9 @@ fn run(
     });
     let setup = (|| -> Result<_, String> {
         enter_netns(&ns).map_err(|e| format!("entering {ns}: {e}"))?;
+        if let Some(core) = core {
+            kxdp_xdp::pin_current_thread(core).map_err(|e| format!("pinning to {core}: {e}"))?;
+        }
         let st = Steering::load().map_err(|e| e.to_string())?;
         st.sync(&snap).map_err(|e| e.to_string())?;
         let mut links = Vec::new();
@@ -169,7 +188,7 @@ fn run(
         }
         let now = Instant::from_nanos(started.elapsed().as_nanos() as u64);
         worker
-            .poll_once(&snap, &ct, now, Mode::Wakeup { timeout_ms: 50 })
+            .poll_once(&snap, &ct, now, mode)
             .map_err(|e| e.to_string())?;
     }
     Ok(worker.counters().read())

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use kxdp_tests::testbed::{skip_unless_privileged, Spec, Testbed};
-use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering, XdpStat};
+use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering, XdpMode, XdpStat};
 
 #[test]
 fn an_attached_program_without_sockets_leaves_the_node_reachable() {
@@ -38,6 +38,9 @@ fn an_attached_program_without_sockets_leaves_the_node_reachable() {
             st.set_interface(uplink, IfRole::Uplink, 0)
                 .map_err(|e| e.to_string())?;
             let link = st.attach(uplink).map_err(|e| e.to_string())?;
+            if link.mode != XdpMode::Native {
+                return Err(format!("veth takes XDP natively, got {:?}", link.mode));
+            }
             Ok((st, link))
         })();
         let (st, link) = match result {
@@ -84,4 +87,36 @@ fn an_attached_program_without_sockets_leaves_the_node_reachable() {
         tb.ping(&b.pods[0].ns, a.pods[0].ip, 2, deadline).unwrap(),
         2
     );
+}
+
+#[test]
+fn interfaces_without_native_xdp_get_generic_mode() {
+    if skip_unless_privileged("interfaces_without_native_xdp_get_generic_mode") {
+        return;
+    }
+    // A bridge device has no XDP in its driver (and, unlike dummy, is in every kernel); it
+    // lives in the testbed's namespace.
+    let tb = Testbed::kernel_nodes(Spec {
+        nodes: 1,
+        pods_per_node: 0,
+        external: false,
+    })
+    .expect("testbed builds");
+    let ns = tb.nodes[0].ns.clone();
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns, "link", "add", "br-generic", "type", "bridge"])
+        .status()
+        .expect("ip runs");
+    assert!(out.success());
+    let mode = std::thread::spawn(move || -> Result<XdpMode, String> {
+        enter_netns(&ns).map_err(|e| e.to_string())?;
+        let st = Steering::load().map_err(|e| e.to_string())?;
+        let index = ifindex("br-generic").map_err(|e| e.to_string())?;
+        let attached = st.attach(index).map_err(|e| e.to_string())?;
+        Ok(attached.mode)
+    })
+    .join()
+    .expect("thread")
+    .expect("attaches");
+    assert_eq!(mode, XdpMode::Generic);
 }

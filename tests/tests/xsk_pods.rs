@@ -84,3 +84,35 @@ fn two_pods_on_one_node_reach_each_other_through_kxdp() {
         "routed by the pipeline: {c:?}"
     );
 }
+
+#[test]
+fn a_pinned_busy_polling_worker_serves_pods_too() {
+    if skip_unless_privileged("a_pinned_busy_polling_worker_serves_pods_too") {
+        return;
+    }
+    let t = Topology::default();
+    let spec = [(t.pod_a.ip, mac_text(&t.pod_a))];
+    let spec: Vec<_> = spec.iter().map(|(ip, m)| (*ip, m.as_str())).collect();
+    let tb = Testbed::pods_on_kxdp_node(&spec, t.node.gateway_ip).expect("testbed builds");
+    let managed = vec![Managed {
+        name: "pod0".into(),
+        id: t.pod_a.iface,
+        role: IfRole::Pod,
+    }];
+    let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let node = KxdpNode::start_with(
+        &tb.nodes[0].ns,
+        managed,
+        t.snapshot(),
+        kxdp_xdp::worker::Mode::BusyPoll,
+        Some(last_core),
+    )
+    .expect("kxdp starts");
+    let pod = tb.nodes[0].pods[0].ns.clone();
+    let replies = tb
+        .ping(&pod, t.node.gateway_ip, 3, Duration::from_secs(5))
+        .unwrap();
+    let c = node.finish().expect("worker");
+    assert_eq!(replies, 3, "{c:?}");
+    assert!(c.event(Event::Batches) >= 1, "{c:?}");
+}

@@ -16,10 +16,30 @@ pub mod xsk;
 use std::net::Ipv4Addr;
 
 use kxdp_dataplane::tables::{FrontendKind, InterfaceRole, Snapshot};
+use std::os::fd::AsFd;
+
 use libbpf_rs::{MapCore, MapFlags, Object, ObjectBuilder, ProgramInput};
 
-/// An attachment of the program to an interface; dropping it detaches.
-pub use libbpf_rs::Link;
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver, before an skb exists: the fast path.
+    Native,
+    /// On the skb, for drivers without XDP support: correct, slower.
+    Generic,
+    /// On the NIC.
+    Offloaded,
+    /// Several programs in several modes (not kxdp's doing).
+    Multiple,
+}
+
+/// The program attached to one interface; dropping it detaches the program.
+#[derive(Debug)]
+pub struct Attachment {
+    _link: libbpf_rs::Link,
+    /// The mode the kernel attached it in.
+    pub mode: XdpMode,
+}
 
 /// The compiled program.
 pub const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kxdp.bpf.o"));
@@ -309,18 +329,31 @@ impl Steering {
         Ok(())
     }
 
-    /// Attach the program to interface `ifindex` of the calling thread's network namespace
-    /// (native mode where the driver supports it). It stays attached until the returned link
-    /// is dropped.
-    pub fn attach(&self, ifindex: u32) -> Result<libbpf_rs::Link, XdpError> {
+    /// Attach the program to interface `ifindex` of the calling thread's network namespace:
+    /// in native (driver) mode where the driver supports XDP, else in generic mode, which the
+    /// kernel falls back to by itself; [`Attachment::mode`] says which it got. The program
+    /// stays attached until the attachment is dropped, or the process exits (it is a BPF
+    /// link, so a crashed agent leaves nothing behind).
+    pub fn attach(&self, ifindex: u32) -> Result<Attachment, XdpError> {
         let prog = self
             .obj
             .progs_mut()
             .find(|p| p.name() == PROGRAM)
             .ok_or(XdpError::Missing("program kxdp_steer"))?;
-        let ifindex = i32::try_from(ifindex).expect("ifindex fits in i32");
-        prog.attach_xdp(ifindex)
-            .map_err(bpf(format!("attaching to interface {ifindex}")))
+        let index = i32::try_from(ifindex).expect("ifindex fits in i32");
+        let link = prog
+            .attach_xdp(index)
+            .map_err(bpf(format!("attaching to interface {ifindex}")))?;
+        let info = libbpf_rs::Xdp::new(prog.as_fd())
+            .query(index, libbpf_rs::XdpFlags::NONE)
+            .map_err(bpf(format!("querying interface {ifindex}")))?;
+        let mode = match u32::from(info.attach_mode) {
+            libbpf_rs::libbpf_sys::XDP_ATTACHED_DRV => XdpMode::Native,
+            libbpf_rs::libbpf_sys::XDP_ATTACHED_SKB => XdpMode::Generic,
+            libbpf_rs::libbpf_sys::XDP_ATTACHED_HW => XdpMode::Offloaded,
+            _ => XdpMode::Multiple,
+        };
+        Ok(Attachment { _link: link, mode })
     }
 
     /// The counters, summed over CPUs, by [`XdpStat`] number.
@@ -388,6 +421,27 @@ pub fn enter_netns(name: &str) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Pin the calling thread to CPU `core`, as a poll-mode worker is.
+pub fn pin_current_thread(core: usize) -> std::io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
+    // SAFETY: CPU_SET writes bit `core` of `set`, which it bounds-checks against the set's size.
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 means the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The CPU the calling thread is running on.
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    usize::try_from(cpu).ok()
 }
 
 /// The index of interface `name` in the calling thread's network namespace.
@@ -503,6 +557,20 @@ mod tests {
             FrontendKey::new(Ipv4Addr::LOCALHOST, 1, 6).to_bytes().len(),
             size_of::<FrontendKey>()
         );
+    }
+
+    #[test]
+    fn a_pinned_thread_runs_on_its_core() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let last = cores - 1;
+        let ran_on = std::thread::spawn(move || {
+            pin_current_thread(last).expect("pinning needs no privilege");
+            std::thread::yield_now();
+            current_cpu()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(ran_on, Some(last));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use kxdp_dataplane::counters::CounterValues;
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::{Counters, Instant, Snapshot};
 use kxdp_xdp::worker::{Mode, Worker};
-use kxdp_xdp::xsk::{Port, PortConfig};
+use kxdp_xdp::xsk::{Port, PortConfig, Umem};
 use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering};
 
 /// One interface the node's dataplane drives.
@@ -113,13 +113,18 @@ impl Drop for KxdpNode {
 
 type ChangeRequest = (Change, mpsc::Sender<Result<(), String>>);
 
-/// Attach the program to `m` and bind a port on it at XSKMAP slot `base`.
-fn bring_up(st: &Steering, m: &Managed, base: u32) -> Result<(kxdp_xdp::Attachment, Port), String> {
+/// Attach the program to `m` and bind a port on it, on `umem`, at XSKMAP slot `base`.
+fn bring_up(
+    st: &Steering,
+    umem: &std::rc::Rc<Umem>,
+    m: &Managed,
+    base: u32,
+) -> Result<(kxdp_xdp::Attachment, Port), String> {
     let index = ifindex(&m.name).map_err(|e| format!("{}: {e}", m.name))?;
     st.set_interface(index, m.role, base)
         .map_err(|e| e.to_string())?;
     let link = st.attach(index).map_err(|e| e.to_string())?;
-    let port = Port::open(&m.name, 0, PortConfig::default()).map_err(|e| e.to_string())?;
+    let port = Port::open_shared(&m.name, 0, umem).map_err(|e| e.to_string())?;
     st.register_socket(base, port.fd())
         .map_err(|e| e.to_string())?;
     Ok((link, port))
@@ -147,16 +152,18 @@ fn run(
         }
         let st = Steering::load().map_err(|e| e.to_string())?;
         st.sync(&snap).map_err(|e| e.to_string())?;
+        // One UMEM for all of this worker's ports: frames move between them without copies.
+        let umem = Umem::new(PortConfig::default()).map_err(|e| e.to_string())?;
         let mut links = Vec::new();
         let mut ports = Vec::new();
         for (j, m) in ifaces.iter().enumerate() {
-            let (link, port) = bring_up(&st, m, 64 * j as u32)?;
+            let (link, port) = bring_up(&st, &umem, m, 64 * j as u32)?;
             links.push((m.id, link));
             ports.push((m.id, port));
         }
-        Ok((st, links, ports))
+        Ok((st, umem, links, ports))
     })();
-    let (st, mut links, ports) = match setup {
+    let (st, umem, mut links, ports) = match setup {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e.clone()));
@@ -171,12 +178,14 @@ fn run(
     while !stop.load(Relaxed) && started.elapsed() < MAX_RUN {
         while let Ok((change, done)) = changes.try_recv() {
             let result = match change {
-                Change::Add(m, new_snap) => bring_up(&st, &m, next_base).map(|(link, port)| {
-                    next_base += 64;
-                    links.push((m.id, link));
-                    worker.add_port(m.id, port);
-                    snap = new_snap;
-                }),
+                Change::Add(m, new_snap) => {
+                    bring_up(&st, &umem, &m, next_base).map(|(link, port)| {
+                        next_base += 64;
+                        links.push((m.id, link));
+                        worker.add_port(m.id, port);
+                        snap = new_snap;
+                    })
+                }
                 Change::Remove(id, new_snap) => {
                     snap = new_snap;
                     drop(worker.remove_port(id));

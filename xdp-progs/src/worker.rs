@@ -3,10 +3,10 @@
 //! One worker owns a set of [`Port`]s, one per managed interface it serves. Each round it waits
 //! for received frames (wakeup mode: `poll`, for tests and small machines; busy-poll mode
 //! checks the rings without sleeping), and for every port with frames runs one batch through
-//! [`process_batch`] and sends each frame where its verdict says: back out the same port
-//! without copying, out another port by copying into that port's UMEM (each port has its own
-//! UMEM for now; sharing one per worker is the next step), to the host port if there is one,
-//! or back to the free list. Transmits are gathered per port and sent once per batch.
+//! [`process_batch`] and sends each frame where its verdict says: back out the same port, out
+//! another port (moving the descriptor when the ports share a UMEM, as a worker's ports do;
+//! copying the bytes otherwise), to the host port if there is one, or back to the free list.
+//! Transmits are gathered per port and sent once per batch.
 //!
 //! Nothing here allocates per packet or per batch: batches live in fixed-size arrays.
 
@@ -187,25 +187,30 @@ impl Worker {
             }
         }
         self.ports[i].1.transmit(&same);
-        // Copies, grouped by destination so each destination transmits once.
+        // Other ports, grouped so each destination transmits once: on a shared UMEM the
+        // descriptor moves as it is; otherwise the bytes are copied into the destination's.
         for j in 0..self.ports.len() {
             if j == i {
                 continue;
             }
-            let mut copied: ArrayVec<Desc, BATCH> = ArrayVec::new();
+            let mut to_send: ArrayVec<Desc, BATCH> = ArrayVec::new();
             for out in outs {
                 let Out::Other(dest, d) = *out else { continue };
                 if dest != j {
                     continue;
                 }
                 let (src, dst) = two_mut(&mut self.ports, i, j);
+                if src.1.shares_umem_with(&dst.1) {
+                    to_send.push(d);
+                    continue;
+                }
                 if let Some(c) = dst.1.alloc_copy(src.1.frame(d), COPY_HEADROOM) {
-                    copied.push(c);
+                    to_send.push(c);
                 }
                 src.1.recycle(d.addr);
             }
-            if !copied.is_empty() {
-                self.ports[j].1.transmit(&copied);
+            if !to_send.is_empty() {
+                self.ports[j].1.transmit(&to_send);
             }
         }
         self.ports[i].1.fill();

@@ -1,11 +1,16 @@
-//! AF_XDP sockets on libxdp's rings.
+//! AF_XDP sockets on libxdp's rings, sharing one UMEM per worker.
 //!
-//! A [`Port`] is one AF_XDP socket bound to one queue of one interface, with its own UMEM: a
-//! mapped area of equal chunks that the kernel receives into and transmits from, and four rings
-//! (fill, completion, RX, TX) shared with the kernel. Every chunk is always in exactly one
-//! place: our free list, the fill ring, received and being processed, or the TX ring until the
-//! completion ring returns it. That bookkeeping is the safety argument for handing out
-//! `&mut [u8]` views of chunks.
+//! A [`Umem`] is a mapped area of equal chunks that the kernel receives into and transmits
+//! from. A [`Port`] is one AF_XDP socket bound to one queue of one interface, with its own four
+//! rings (fill, completion, RX, TX) shared with the kernel. All the ports of a worker share one
+//! UMEM (`XDP_SHARED_UMEM`, which the kernel allows across interfaces as long as each socket
+//! has its own fill and completion rings), so a frame received on one port is sent on another
+//! by moving its descriptor, not its bytes.
+//!
+//! Every chunk is always in exactly one place: the UMEM's free list, a fill ring, received and
+//! being processed, or a TX ring until a completion ring returns it. That bookkeeping is the
+//! safety argument for handing out `&mut [u8]` views of chunks. A UMEM and its ports belong to
+//! one worker thread (`Rc`, not `Arc`).
 //!
 //! The rings are driven through libxdp's own helpers (libxdp-sys) rather than a higher-level
 //! crate because the pipeline moves a frame's start inside its chunk (VXLAN encapsulation
@@ -16,33 +21,35 @@
 //! (`sendto`) whenever the TX ring needs a wakeup, not only after adding descriptors, since
 //! copy mode otherwise stalls once the ring is full.
 
+use std::cell::RefCell;
 use std::ffi::CString;
 use std::io;
 use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
+use std::rc::Rc;
 
 use libxdp_sys as xdp;
 
-/// A port's sizes.
+/// Sizes of a UMEM and of its ports' rings.
 #[derive(Clone, Copy, Debug)]
 pub struct PortConfig {
-    /// Chunks in the UMEM.
+    /// Chunks in the UMEM (shared by all its ports).
     pub frames: u32,
     /// Bytes per chunk (a power of two, at most the page size).
     pub frame_size: u32,
     /// Headroom the kernel leaves before a received frame, for the pipeline to grow into.
     pub headroom: u32,
-    /// Entries per ring.
+    /// Entries per ring of each port.
     pub ring_size: u32,
 }
 
 impl Default for PortConfig {
     fn default() -> Self {
         PortConfig {
-            frames: 4096,
+            frames: 16384,
             frame_size: 2048,
             headroom: 256,
-            ring_size: 1024,
+            ring_size: 512,
         }
     }
 }
@@ -56,37 +63,40 @@ pub struct Desc {
     pub len: u32,
 }
 
-/// An AF_XDP socket with its UMEM and rings.
-#[derive(Debug)]
-pub struct Port {
-    area: NonNull<u8>,
-    area_len: usize,
-    umem: *mut xdp::xsk_umem,
-    xsk: *mut xdp::xsk_socket,
-    // Boxed: libxdp keeps pointers to these ring structs.
-    fill: Box<xdp::xsk_ring_prod>,
-    comp: Box<xdp::xsk_ring_cons>,
-    rx: Box<xdp::xsk_ring_cons>,
-    tx: Box<xdp::xsk_ring_prod>,
-    frame_size: u32,
-    /// Chunks we hold, by base address.
-    free: Vec<u64>,
-}
-
-// SAFETY: the socket, UMEM and rings are owned by this value and used only through `&mut self`;
-// nothing ties them to the thread that created them.
-unsafe impl Send for Port {}
-
 fn os_err(what: &str, rc: i32) -> io::Error {
     let e = io::Error::from_raw_os_error(-rc);
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-impl Port {
-    /// Bind an AF_XDP socket to `queue` of interface `ifname` in the calling thread's network
-    /// namespace. No XDP program is loaded: the caller attaches its own and registers the
-    /// socket in its XSKMAP (see `Steering::register_socket`).
-    pub fn open(ifname: &str, queue: u32, config: PortConfig) -> io::Result<Port> {
+/// Fill and completion rings, boxed: libxdp keeps pointers to them.
+type FillComp = (Box<xdp::xsk_ring_prod>, Box<xdp::xsk_ring_cons>);
+
+fn zeroed_rings() -> FillComp {
+    // SAFETY: ring structs are plain C data for libxdp to fill in; all-zero is their state
+    // before creation.
+    let fill = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_prod>() });
+    // SAFETY: as above.
+    let comp = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_cons>() });
+    (fill, comp)
+}
+
+/// A UMEM: the frame area and its free list, shared by a worker's ports.
+#[derive(Debug)]
+pub struct Umem {
+    area: NonNull<u8>,
+    area_len: usize,
+    umem: *mut xdp::xsk_umem,
+    frame_size: u32,
+    ring_size: u32,
+    /// Chunks no ring holds, by base address.
+    free: RefCell<Vec<u64>>,
+    /// The fill and completion rings created with the UMEM, for its first socket.
+    first_rings: RefCell<Option<FillComp>>,
+}
+
+impl Umem {
+    /// Map the frame area and register it with the kernel.
+    pub fn new(config: PortConfig) -> io::Result<Rc<Umem>> {
         assert!(config.frame_size.is_power_of_two() && config.frames > 0);
         let area_len = config.frames as usize * config.frame_size as usize;
         // SAFETY: a new private anonymous mapping; it aliases nothing.
@@ -104,52 +114,127 @@ impl Port {
             return Err(io::Error::last_os_error());
         }
         let area = NonNull::new(area.cast::<u8>()).expect("mmap does not return null");
-        let mut port = Port {
+        let (mut fill, mut comp) = zeroed_rings();
+        let mut umem = Umem {
             area,
             area_len,
             umem: ptr::null_mut(),
-            xsk: ptr::null_mut(),
-            // SAFETY: the ring structs are plain C data for libxdp to fill in; all-zero is
-            // their state before creation.
-            fill: Box::new(unsafe { core::mem::zeroed() }),
-            // SAFETY: as above.
-            comp: Box::new(unsafe { core::mem::zeroed() }),
-            // SAFETY: as above.
-            rx: Box::new(unsafe { core::mem::zeroed() }),
-            // SAFETY: as above.
-            tx: Box::new(unsafe { core::mem::zeroed() }),
             frame_size: config.frame_size,
-            free: (0..config.frames)
-                .map(|i| u64::from(i) * u64::from(config.frame_size))
-                .collect(),
+            ring_size: config.ring_size,
+            free: RefCell::new(
+                (0..config.frames)
+                    .map(|i| u64::from(i) * u64::from(config.frame_size))
+                    .collect(),
+            ),
+            first_rings: RefCell::new(None),
         };
         let umem_config = xdp::xsk_umem_config {
-            fill_size: config.ring_size * 2,
+            fill_size: config.ring_size,
             comp_size: config.ring_size,
             frame_size: config.frame_size,
             frame_headroom: config.headroom,
             flags: 0,
         };
-        // SAFETY: the area is ours and outlives the UMEM (dropped after it); the ring structs
-        // are boxed, so their addresses stay valid for libxdp.
+        // SAFETY: the area is ours and outlives the UMEM (`drop` deletes the UMEM first); the
+        // ring structs are boxed, so their addresses stay valid for libxdp.
         let rc = unsafe {
             xdp::xsk_umem__create(
-                &mut port.umem,
-                port.area.as_ptr().cast::<c_void>(),
+                &mut umem.umem,
+                umem.area.as_ptr().cast::<c_void>(),
                 area_len as u64,
-                &mut *port.fill,
-                &mut *port.comp,
+                &mut *fill,
+                &mut *comp,
                 &umem_config,
             )
         };
         if rc != 0 {
             return Err(os_err("creating the UMEM", rc));
         }
+        *umem.first_rings.borrow_mut() = Some((fill, comp));
+        Ok(Rc::new(umem))
+    }
+
+    /// Bytes per chunk; chunks are aligned to it.
+    pub fn frame_size(&self) -> u32 {
+        self.frame_size
+    }
+
+    /// The base of the chunk holding `addr`.
+    #[inline]
+    pub fn chunk_base(&self, addr: u64) -> u64 {
+        addr & !u64::from(self.frame_size - 1)
+    }
+
+    /// Return a frame's chunk to the free list.
+    pub fn recycle(&self, addr: u64) {
+        self.free.borrow_mut().push(self.chunk_base(addr));
+    }
+
+    /// Chunks on the free list.
+    pub fn free_chunks(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+impl Drop for Umem {
+    fn drop(&mut self) {
+        if !self.umem.is_null() {
+            // SAFETY: every port holds an `Rc` to this UMEM, so none is left: no socket uses it.
+            let _ = unsafe { xdp::xsk_umem__delete(self.umem) };
+        }
+        // SAFETY: unmaps exactly our area, which nothing references any more.
+        let _ = unsafe { libc::munmap(self.area.as_ptr().cast::<c_void>(), self.area_len) };
+    }
+}
+
+/// An AF_XDP socket with its rings, on a shared [`Umem`].
+#[derive(Debug)]
+pub struct Port {
+    umem: Rc<Umem>,
+    xsk: *mut xdp::xsk_socket,
+    fill: Box<xdp::xsk_ring_prod>,
+    comp: Box<xdp::xsk_ring_cons>,
+    rx: Box<xdp::xsk_ring_cons>,
+    tx: Box<xdp::xsk_ring_prod>,
+}
+
+impl Port {
+    /// Bind an AF_XDP socket to `queue` of interface `ifname` (in the calling thread's network
+    /// namespace) with a UMEM of its own. See [`Port::open_shared`].
+    pub fn open(ifname: &str, queue: u32, config: PortConfig) -> io::Result<Port> {
+        Port::open_shared(ifname, queue, &Umem::new(config)?)
+    }
+
+    /// Bind an AF_XDP socket to `queue` of interface `ifname` on `umem`. No XDP program is
+    /// loaded: the caller attaches its own and registers the socket in its XSKMAP (see
+    /// `Steering::register_socket`).
+    pub fn open_shared(ifname: &str, queue: u32, umem: &Rc<Umem>) -> io::Result<Port> {
+        // The UMEM's first socket takes the rings created with it; the others get their own.
+        let (fill, comp) = umem
+            .first_rings
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(zeroed_rings);
+        let (rx, tx) = {
+            // SAFETY: as in `zeroed_rings`.
+            let rx = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_cons>() });
+            // SAFETY: as in `zeroed_rings`.
+            let tx = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_prod>() });
+            (rx, tx)
+        };
+        let mut port = Port {
+            umem: Rc::clone(umem),
+            xsk: ptr::null_mut(),
+            fill,
+            comp,
+            rx,
+            tx,
+        };
         let name = CString::new(ifname)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
         let socket_config = xdp::xsk_socket_config {
-            rx_size: config.ring_size,
-            tx_size: config.ring_size,
+            rx_size: umem.ring_size,
+            tx_size: umem.ring_size,
             __bindgen_anon_1: xdp::xsk_socket_config__bindgen_ty_1 {
                 libxdp_flags: xdp::XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
             },
@@ -161,15 +246,17 @@ impl Port {
         let mut rc = 0;
         for attempt in 0..5 {
             // SAFETY: valid UMEM, name and boxed rings; on success the socket refers to them
-            // until `xsk_socket__delete` in `drop`.
+            // until `xsk_socket__delete` in `drop`, and the `Rc` keeps the UMEM alive as long.
             rc = unsafe {
-                xdp::xsk_socket__create(
+                xdp::xsk_socket__create_shared(
                     &mut port.xsk,
                     name.as_ptr(),
                     queue,
-                    port.umem,
+                    umem.umem,
                     &mut *port.rx,
                     &mut *port.tx,
+                    &mut *port.fill,
+                    &mut *port.comp,
                     &socket_config,
                 )
             };
@@ -187,9 +274,19 @@ impl Port {
         Ok(port)
     }
 
+    /// The UMEM this port uses.
+    pub fn umem(&self) -> &Rc<Umem> {
+        &self.umem
+    }
+
+    /// Whether `other` uses the same UMEM, so frames move between the two without copying.
+    pub fn shares_umem_with(&self, other: &Port) -> bool {
+        Rc::ptr_eq(&self.umem, &other.umem)
+    }
+
     /// Bytes per chunk; chunks are aligned to it.
     pub fn frame_size(&self) -> u32 {
-        self.frame_size
+        self.umem.frame_size
     }
 
     /// The socket's file descriptor, for the XSKMAP and for `poll`.
@@ -198,9 +295,10 @@ impl Port {
         unsafe { xdp::xsk_socket__fd(self.xsk) }
     }
 
-    /// Give the kernel free chunks to receive into.
+    /// Give the kernel free chunks to receive into, as many as this port's fill ring takes.
     pub fn fill(&mut self) {
-        let held = self.free.len().min(u32::MAX as usize) as u32;
+        let mut free = self.umem.free.borrow_mut();
+        let held = free.len().min(u32::MAX as usize) as u32;
         // Reserving is all or nothing: ask for what the ring has room for.
         // SAFETY: the fill ring is live.
         let want = unsafe { xdp::xsk_prod_nb_free(&mut *self.fill, held) }.min(held);
@@ -211,7 +309,7 @@ impl Port {
         // SAFETY: the fill ring is live; reserve writes only `idx`.
         let n = unsafe { xdp::xsk_ring_prod__reserve(&mut *self.fill, want, &mut idx) };
         for i in 0..n {
-            let addr = self.free.pop().expect("reserved no more than we hold");
+            let addr = free.pop().expect("reserved no more than we hold");
             // SAFETY: slot `idx + i` was reserved above and is ours to write until submit.
             let slot = unsafe { xdp::xsk_ring_prod__fill_addr(&mut *self.fill, idx + i) };
             // SAFETY: `slot` points into the mapped fill ring.
@@ -257,13 +355,6 @@ impl Port {
         n as usize
     }
 
-    /// The chunk holding `addr` and the frame's offset in it.
-    #[inline]
-    pub fn chunk_of(&self, addr: u64) -> (u64, usize) {
-        let base = addr & !u64::from(self.frame_size - 1);
-        (base, (addr - base) as usize)
-    }
-
     /// Mutable views of the chunks of `frames` (received, so distinct and held by us), each
     /// with the frame's offset in it, passed to `f`. The views live only for the call.
     pub fn with_chunks<R>(
@@ -271,32 +362,31 @@ impl Port {
         frames: &[Desc],
         f: impl FnOnce(&mut dyn Iterator<Item = (&mut [u8], usize)>) -> R,
     ) -> R {
-        let size = self.frame_size as usize;
-        let area = self.area.as_ptr();
-        let area_len = self.area_len;
+        let umem = Rc::clone(&self.umem);
+        let size = umem.frame_size as usize;
+        let area = umem.area.as_ptr();
+        let area_len = umem.area_len;
         let mut it = frames.iter().map(|d| {
-            let (base, head) = (
-                d.addr & !(size as u64 - 1),
-                (d.addr & (size as u64 - 1)) as usize,
-            );
+            let base = umem.chunk_base(d.addr);
+            let head = (d.addr - base) as usize;
             assert!(
                 base as usize + size <= area_len,
                 "descriptor outside the UMEM"
             );
             // SAFETY: `base + size` is within the mapping (asserted above).
             let start = unsafe { area.add(base as usize) };
-            // SAFETY: `start` begins a chunk inside our mapping; received descriptors name
-            // distinct chunks the kernel has handed back to us, so no two views alias, and
-            // `&mut self` keeps every other user of the area away while `f` runs.
+            // SAFETY: `start` begins a chunk inside the mapping; received descriptors name
+            // distinct chunks the kernel has handed back to us, so no two views alias, and the
+            // worker owning the UMEM does nothing else with them while `f` runs.
             let chunk = unsafe { std::slice::from_raw_parts_mut(start, size) };
             (chunk, head)
         });
         f(&mut it)
     }
 
-    /// Queue frames for transmission (their chunks pass to the kernel until completion) and
-    /// kick the kernel if it asks. Returns how many were queued; the rest go back to the
-    /// free list (dropped).
+    /// Queue frames of this port's UMEM for transmission (their chunks pass to the kernel
+    /// until completion) and kick the kernel if it asks. Returns how many were queued; the
+    /// rest go back to the free list (dropped).
     pub fn transmit(&mut self, frames: &[Desc]) -> usize {
         let mut idx = 0u32;
         let asked = frames.len().min(u32::MAX as usize) as u32;
@@ -324,7 +414,7 @@ impl Port {
         // SAFETY: exactly `n` slots were reserved and written.
         unsafe { xdp::xsk_ring_prod__submit(&mut *self.tx, n) };
         for f in &frames[n as usize..] {
-            self.recycle(f.addr);
+            self.umem.recycle(f.addr);
         }
         self.kick();
         n as usize
@@ -358,7 +448,7 @@ impl Port {
             let slot = unsafe { xdp::xsk_ring_cons__comp_addr(&*self.comp, idx + i) };
             // SAFETY: `slot` points into the mapped completion ring.
             let addr = unsafe { *slot };
-            self.recycle(addr);
+            self.umem.recycle(addr);
         }
         // SAFETY: releasing exactly the `n` slots peeked.
         unsafe { xdp::xsk_ring_cons__release(&mut *self.comp, n) };
@@ -367,32 +457,38 @@ impl Port {
         }
     }
 
+    /// Return a frame's chunk to the free list.
+    pub fn recycle(&mut self, addr: u64) {
+        self.umem.recycle(addr);
+    }
+
     /// A held frame's bytes (received and not yet sent or recycled).
     pub fn frame(&self, d: Desc) -> &[u8] {
+        let umem = &self.umem;
         let end = d.addr as usize + d.len as usize;
-        let (base, _) = self.chunk_of(d.addr);
+        let base = umem.chunk_base(d.addr);
         assert!(
-            end <= self.area_len && end <= base as usize + self.frame_size as usize,
+            end <= umem.area_len && end <= base as usize + umem.frame_size as usize,
             "frame outside its chunk"
         );
-        // SAFETY: `d.addr` is inside our mapping (asserted).
-        let start = unsafe { self.area.as_ptr().add(d.addr as usize) };
-        // SAFETY: the range lies inside one chunk of our mapping (asserted); the chunk is
-        // held by us, so the kernel does not write it, and `&self` excludes our own writers.
+        // SAFETY: `d.addr` is inside the mapping (asserted).
+        let start = unsafe { umem.area.as_ptr().add(d.addr as usize) };
+        // SAFETY: the range lies inside one chunk of the mapping (asserted); the chunk is held
+        // by us, so the kernel does not write it, and `&self` excludes our own writers.
         unsafe { std::slice::from_raw_parts(start, d.len as usize) }
     }
 
-    /// Copy `data` into a free chunk (after `headroom` bytes) and return its descriptor, or
-    /// `None` when every chunk is in use.
+    /// Copy `data` into a free chunk of this port's UMEM (after `headroom` bytes) and return
+    /// its descriptor, or `None` when every chunk is in use.
     pub fn alloc_copy(&mut self, data: &[u8], headroom: usize) -> Option<Desc> {
-        if headroom + data.len() > self.frame_size as usize {
+        if headroom + data.len() > self.umem.frame_size as usize {
             return None;
         }
-        let base = self.free.pop()?;
+        let base = self.umem.free.borrow_mut().pop()?;
         let addr = base + headroom as u64;
-        // SAFETY: `addr` is inside the free chunk at `base`, in our mapping.
-        let start = unsafe { self.area.as_ptr().add(addr as usize) };
-        // SAFETY: `base` is a free chunk of our mapping, so nothing else reads or writes it,
+        // SAFETY: `addr` is inside the free chunk at `base`, in the mapping.
+        let start = unsafe { self.umem.area.as_ptr().add(addr as usize) };
+        // SAFETY: `base` is a free chunk of the mapping, so nothing else reads or writes it,
         // and `headroom + data.len()` fits in it (checked).
         let dst = unsafe { std::slice::from_raw_parts_mut(start, data.len()) };
         dst.copy_from_slice(data);
@@ -401,25 +497,13 @@ impl Port {
             len: data.len() as u32,
         })
     }
-
-    /// Return a frame's chunk to the free list.
-    pub fn recycle(&mut self, addr: u64) {
-        let (base, _) = self.chunk_of(addr);
-        self.free.push(base);
-    }
 }
 
 impl Drop for Port {
     fn drop(&mut self) {
         if !self.xsk.is_null() {
-            // SAFETY: the socket is live and deleted once.
+            // SAFETY: the socket is live and deleted once; the UMEM outlives it (our `Rc`).
             unsafe { xdp::xsk_socket__delete(self.xsk) };
         }
-        if !self.umem.is_null() {
-            // SAFETY: no socket uses the UMEM any more.
-            let _ = unsafe { xdp::xsk_umem__delete(self.umem) };
-        }
-        // SAFETY: unmaps exactly our area, which nothing references any more.
-        let _ = unsafe { libc::munmap(self.area.as_ptr().cast::<c_void>(), self.area_len) };
     }
 }

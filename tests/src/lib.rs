@@ -1,5 +1,6 @@
-//! kxdp's integration-test support: the namespace testbed ([`testbed`]) and a kxdp node to run
-//! in it ([`node`]). The tests themselves live in `tests/`.
+//! kxdp's integration-test support: the namespace testbed ([`testbed`]), a kxdp node to run in
+//! it ([`node`]) and real clients and servers ([`clients`]). The tests themselves live in `tests/`.
 
+pub mod clients;
 pub mod node;
 pub mod testbed;

@@ -10,7 +10,12 @@ use std::time::{Duration, Instant as WallClock};
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::counters::CounterValues;
 use kxdp_dataplane::tables::InterfaceId;
+use kxdp_dataplane::tables::SnapshotInputs;
+use kxdp_dataplane::testkit::Topology;
+use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 use kxdp_dataplane::{Counters, Instant, Snapshot};
+
+use crate::testbed::Testbed;
 use kxdp_xdp::worker::{Mode, Worker};
 use kxdp_xdp::xsk::{Port, PortConfig, Umem};
 use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering};
@@ -35,12 +40,69 @@ pub enum Change {
     Remove(InterfaceId, Snapshot),
 }
 
+impl Managed {
+    /// A pod's veth, host end `name`.
+    pub fn pod(name: &str, id: InterfaceId) -> Managed {
+        Managed {
+            name: name.into(),
+            id,
+            role: IfRole::Pod,
+        }
+    }
+
+    /// The node's uplink, named `uplink` in the testbed.
+    pub fn uplink(id: InterfaceId) -> Managed {
+        Managed {
+            name: "uplink".into(),
+            id,
+            role: IfRole::Uplink,
+        }
+    }
+}
+
 /// A running kxdp node; stops (and detaches) when finished or dropped.
 #[derive(Debug)]
 pub struct KxdpNode {
     stop: Arc<AtomicBool>,
     changes: mpsc::Sender<(Change, mpsc::Sender<Result<(), String>>)>,
     worker: Option<JoinHandle<Result<CounterValues, String>>>,
+}
+
+/// A MAC address as `ip` prints it.
+pub fn mac_text(mac: EthernetAddress) -> String {
+    mac.0.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// A MAC address from `ip`'s text.
+pub fn parse_mac(text: &str) -> EthernetAddress {
+    let mut b = [0u8; 6];
+    for (o, part) in b.iter_mut().zip(text.split(':')) {
+        *o = u8::from_str_radix(part, 16).expect("a MAC address");
+    }
+    EthernetAddress(b)
+}
+
+/// The fixture's snapshot inputs ([`Topology::inputs`]) for node 0 of a testbed built by
+/// [`Testbed::kxdp_and_kernel_node`]: the testbed's underlay addresses and MACs, node 1 as the
+/// remote node, and the external client (if any) as a neighbour.
+pub fn mixed_inputs(t: &Topology, tb: &Testbed) -> Result<SnapshotInputs, String> {
+    let (kx, kernel) = (&tb.nodes[0], &tb.nodes[1]);
+    let mac = |ns: &str, dev: &str| {
+        tb.mac(ns, dev)
+            .map(|m| parse_mac(&m))
+            .map_err(|e| e.to_string())
+    };
+    let mut inputs = t.inputs();
+    inputs.node.node_ips = vec![kx.ip];
+    inputs.node.uplink_mac = mac(&kx.ns, "uplink")?;
+    inputs.nodes[0].node_ip = kernel.ip;
+    inputs.nodes[0].pod_cidr = Ipv4Cidr::new(kernel.pod_net, 24);
+    inputs.nodes[0].vtep_mac = parse_mac(&kernel.vtep_mac);
+    inputs.neighbors = vec![(kernel.ip, mac(&kernel.ns, "uplink")?)];
+    if let Some((ext_ns, ext_ip)) = &tb.external {
+        inputs.neighbors.push((*ext_ip, mac(ext_ns, "eth0")?));
+    }
+    Ok(inputs)
 }
 
 /// Longest a test node runs, whatever the test does.

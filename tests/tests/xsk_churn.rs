@@ -9,13 +9,9 @@ use std::time::Duration;
 use kxdp_dataplane::tables::{InterfaceId, LocalPod};
 use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::Snapshot;
-use kxdp_tests::node::{Change, KxdpNode, Managed};
+use kxdp_tests::node::{mac_text, Change, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 use kxdp_xdp::IfRole;
-
-fn mac_text(pod: &LocalPod) -> String {
-    pod.mac.0.map(|b| format!("{b:02x}")).join(":")
-}
 
 #[test]
 fn pods_come_and_go_without_loss_for_the_others() {
@@ -29,7 +25,7 @@ fn pods_come_and_go_without_loss_for_the_others() {
         iface: InterfaceId(4),
         mac: kxdp_dataplane::testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
     };
-    let (ma, mb) = (mac_text(&t.pod_a), mac_text(&t.pod_b));
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
     let mut tb =
         Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
             .expect("testbed builds");
@@ -70,7 +66,7 @@ fn pods_come_and_go_without_loss_for_the_others() {
     std::thread::sleep(Duration::from_millis(300));
 
     let pod = tb
-        .add_kxdp_pod(0, "pod2", pod_c.ip, &mac_text(&pod_c))
+        .add_kxdp_pod(0, "pod2", pod_c.ip, &mac_text(pod_c.mac))
         .expect("a pod comes up");
     let mut inputs = t.inputs();
     inputs.pods.push(pod_c.clone());

@@ -4,86 +4,16 @@
 //! node's address. Real TCP (Python sockets) and ping. Needs root; prints SKIP otherwise, and
 //! fails under CI.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::{Backend, ServicePort};
 use kxdp_dataplane::testkit::Topology;
-use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 use kxdp_dataplane::Snapshot;
-use kxdp_tests::node::{KxdpNode, Managed};
+use kxdp_tests::clients::{connect_many, TcpServer};
+use kxdp_tests::node::{mac_text, mixed_inputs, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
-use kxdp_xdp::IfRole;
-
-fn parse_mac(text: &str) -> EthernetAddress {
-    let mut b = [0u8; 6];
-    for (o, part) in b.iter_mut().zip(text.split(':')) {
-        *o = u8::from_str_radix(part, 16).expect("a MAC address");
-    }
-    EthernetAddress(b)
-}
-
-fn mac_text(mac: EthernetAddress) -> String {
-    mac.0.map(|b| format!("{b:02x}")).join(":")
-}
-
-/// A TCP server in `ns` on `port` answering each connection with `reply` then the client's
-/// address as it saw it; exits by itself after 60 s and is killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &str, port: u16, reply: &str) -> Server {
-        let script = format!(
-            "import socket, time\n\
-             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('0.0.0.0', {port})); s.listen(64); s.settimeout(1)\n\
-             end = time.time() + 60\n\
-             while time.time() < end:\n\
-             \x20   try:\n\
-             \x20       c, peer = s.accept()\n\
-             \x20   except socket.timeout:\n\
-             \x20       continue\n\
-             \x20   c.sendall(('{reply} ' + peer[0]).encode()); c.close()\n"
-        );
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", &script])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `n` connections from `ns` to `addr:port`, each bounded by 2 s; the answers ("ERR" on
-/// failure).
-fn connect_many(ns: &str, addr: &str, port: u16, n: u32) -> Vec<String> {
-    let script = format!(
-        "import socket\n\
-         for i in range({n}):\n\
-         \x20   try:\n\
-         \x20       c = socket.create_connection(('{addr}', {port}), timeout=2)\n\
-         \x20       print(c.recv(64).decode() or 'EMPTY'); c.close()\n\
-         \x20   except Exception as e:\n\
-         \x20       print('ERR', e)\n"
-    );
-    let out = Command::new("timeout")
-        .args(["60", "ip", "netns", "exec", ns, "python3", "-c", &script])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 #[test]
 fn node_port_from_outside_and_egress_masquerade_to_outside() {
@@ -102,16 +32,7 @@ fn node_port_from_outside_and_egress_masquerade_to_outside() {
     let (ext_ns, ext_ip) = tb.external.clone().expect("external client");
     let remote = &kernel.pods[0];
 
-    let mut inputs = t.inputs();
-    inputs.node.node_ips = vec![kx.ip];
-    inputs.node.uplink_mac = parse_mac(&tb.mac(&kx.ns, "uplink").unwrap());
-    inputs.nodes[0].node_ip = kernel.ip;
-    inputs.nodes[0].pod_cidr = Ipv4Cidr::new(kernel.pod_net, 24);
-    inputs.nodes[0].vtep_mac = parse_mac(&kernel.vtep_mac);
-    inputs.neighbors = vec![
-        (kernel.ip, parse_mac(&tb.mac(&kernel.ns, "uplink").unwrap())),
-        (ext_ip, parse_mac(&tb.mac(&ext_ns, "eth0").unwrap())),
-    ];
+    let mut inputs = mixed_inputs(&t, &tb).expect("the testbed's addresses");
     // default/web's NodePort 30080, served only by the pod on the kernel node.
     let web = inputs
         .services
@@ -123,19 +44,11 @@ fn node_port_from_outside_and_egress_masquerade_to_outside() {
     inputs.services[web] = Arc::new(ServicePort::new(spec));
     let snapshot = Snapshot::build(inputs).expect("a valid snapshot");
     let managed = vec![
-        Managed {
-            name: "pod0".into(),
-            id: t.pod_a.iface,
-            role: IfRole::Pod,
-        },
-        Managed {
-            name: "uplink".into(),
-            id: t.node.uplink,
-            role: IfRole::Uplink,
-        },
+        Managed::pod("pod0", t.pod_a.iface),
+        Managed::uplink(t.node.uplink),
     ];
-    let _backend = Server::start(&remote.ns, 8080, "backend");
-    let _outside = Server::start(&ext_ns, 9000, "outside");
+    let _backend = TcpServer::start(&remote.ns, 8080, "backend");
+    let _outside = TcpServer::start(&ext_ns, 9000, "outside");
     std::thread::sleep(Duration::from_millis(500));
     let node = KxdpNode::start(&kx.ns, managed, snapshot).expect("kxdp starts");
 

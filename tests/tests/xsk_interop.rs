@@ -9,23 +9,9 @@ use std::time::Duration;
 
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::testkit::Topology;
-use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 use kxdp_dataplane::Snapshot;
-use kxdp_tests::node::{KxdpNode, Managed};
+use kxdp_tests::node::{mac_text, mixed_inputs, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
-use kxdp_xdp::IfRole;
-
-fn parse_mac(text: &str) -> EthernetAddress {
-    let mut b = [0u8; 6];
-    for (o, part) in b.iter_mut().zip(text.split(':')) {
-        *o = u8::from_str_radix(part, 16).expect("a MAC address");
-    }
-    EthernetAddress(b)
-}
-
-fn mac_text(mac: EthernetAddress) -> String {
-    mac.0.map(|b| format!("{b:02x}")).join(":")
-}
 
 #[test]
 fn a_kxdp_node_and_a_kernel_vxlan_node_exchange_pod_traffic() {
@@ -43,25 +29,11 @@ fn a_kxdp_node_and_a_kernel_vxlan_node_exchange_pod_traffic() {
     let (kx, kernel) = (&tb.nodes[0], &tb.nodes[1]);
 
     // The fixture node, with the testbed's underlay addresses and MACs.
-    let mut inputs = t.inputs();
-    inputs.node.node_ips = vec![kx.ip];
-    inputs.node.uplink_mac = parse_mac(&tb.mac(&kx.ns, "uplink").unwrap());
-    inputs.nodes[0].node_ip = kernel.ip;
-    inputs.nodes[0].pod_cidr = Ipv4Cidr::new(kernel.pod_net, 24);
-    inputs.nodes[0].vtep_mac = parse_mac(&kernel.vtep_mac);
-    inputs.neighbors = vec![(kernel.ip, parse_mac(&tb.mac(&kernel.ns, "uplink").unwrap()))];
+    let inputs = mixed_inputs(&t, &tb).expect("the testbed's addresses");
     let snapshot = Snapshot::build(inputs).expect("a valid snapshot");
     let managed = vec![
-        Managed {
-            name: "pod0".into(),
-            id: t.pod_a.iface,
-            role: IfRole::Pod,
-        },
-        Managed {
-            name: "uplink".into(),
-            id: t.node.uplink,
-            role: IfRole::Uplink,
-        },
+        Managed::pod("pod0", t.pod_a.iface),
+        Managed::uplink(t.node.uplink),
     ];
     let node = KxdpNode::start(&kx.ns, managed, snapshot).expect("kxdp starts");
 

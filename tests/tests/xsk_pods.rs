@@ -9,17 +9,13 @@ use std::time::Duration;
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::LocalPod;
 use kxdp_dataplane::testkit::Topology;
-use kxdp_tests::node::{KxdpNode, Managed};
+use kxdp_tests::node::{mac_text, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 use kxdp_xdp::IfRole;
 
-fn mac_text(pod: &LocalPod) -> String {
-    pod.mac.0.map(|b| format!("{b:02x}")).join(":")
-}
-
 /// The fixture's `pods` on one kxdp node, with its dataplane running on `pod<j>`.
 fn start(t: &Topology, pods: &[&LocalPod]) -> (Testbed, KxdpNode) {
-    let macs: Vec<String> = pods.iter().map(|p| mac_text(p)).collect();
+    let macs: Vec<String> = pods.iter().map(|p| mac_text(p.mac)).collect();
     let spec: Vec<_> = pods
         .iter()
         .zip(&macs)
@@ -91,14 +87,10 @@ fn a_pinned_busy_polling_worker_serves_pods_too() {
         return;
     }
     let t = Topology::default();
-    let spec = [(t.pod_a.ip, mac_text(&t.pod_a))];
+    let spec = [(t.pod_a.ip, mac_text(t.pod_a.mac))];
     let spec: Vec<_> = spec.iter().map(|(ip, m)| (*ip, m.as_str())).collect();
     let tb = Testbed::pods_on_kxdp_node(&spec, t.node.gateway_ip).expect("testbed builds");
-    let managed = vec![Managed {
-        name: "pod0".into(),
-        id: t.pod_a.iface,
-        role: IfRole::Pod,
-    }];
+    let managed = vec![Managed::pod("pod0", t.pod_a.iface)];
     let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
     let node = KxdpNode::start_with(
         &tb.nodes[0].ns,

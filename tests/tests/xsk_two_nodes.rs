@@ -3,85 +3,17 @@
 //! address ever crosses the underlay unencapsulated. Needs root; prints SKIP otherwise, and
 //! fails under CI.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::{InterfaceId, LocalPod, NodeConfig, RemoteNode, SnapshotInputs};
 use kxdp_dataplane::testkit::{mac, Topology};
-use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+use kxdp_dataplane::wire::Ipv4Cidr;
 use kxdp_dataplane::Snapshot;
-use kxdp_tests::node::{KxdpNode, Managed};
+use kxdp_tests::clients::{iperf, IperfServer};
+use kxdp_tests::node::{mac_text, parse_mac, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 use kxdp_xdp::IfRole;
-
-fn parse_mac(text: &str) -> EthernetAddress {
-    let mut b = [0u8; 6];
-    for (o, part) in b.iter_mut().zip(text.split(':')) {
-        *o = u8::from_str_radix(part, 16).expect("a MAC address");
-    }
-    EthernetAddress(b)
-}
-
-fn mac_text(mac: EthernetAddress) -> String {
-    mac.0.map(|b| format!("{b:02x}")).join(":")
-}
-
-/// An iperf3 server for one test in `ns`; killed when dropped.
-struct IperfServer(Child);
-
-impl Drop for IperfServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn iperf_server(ns: &str, port: u16) -> IperfServer {
-    IperfServer(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "iperf3",
-                "-s",
-                "-1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("iperf3 runs"),
-    )
-}
-
-/// Bytes received in a 2 s iperf3 run from `ns` to `server:port` (`udp`: 20 Mbit/s UDP).
-fn iperf(ns: &str, server: &str, port: u16, udp: bool) -> u64 {
-    let mut cmd = Command::new("timeout");
-    cmd.args([
-        "20", "ip", "netns", "exec", ns, "iperf3", "-c", server, "-t", "2", "-J", "-p",
-    ])
-    .arg(port.to_string());
-    if udp {
-        cmd.args(["-u", "-b", "20M"]);
-    }
-    let json = String::from_utf8_lossy(&cmd.output().expect("iperf3 runs").stdout).into_owned();
-    let section = if udp { "\"sum\":" } else { "\"sum_received\":" };
-    json.rfind(section)
-        .and_then(|at| {
-            let rest = &json[at..];
-            let b = rest.find("\"bytes\":")? + "\"bytes\":".len();
-            rest[b..]
-                .trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
 
 #[test]
 fn two_kxdp_nodes_carry_pod_traffic_over_vxlan() {
@@ -148,17 +80,13 @@ fn two_kxdp_nodes_carry_pod_traffic_over_vxlan() {
                 id,
                 role: IfRole::Pod,
             },
-            Managed {
-                name: "uplink".into(),
-                id: t.node.uplink,
-                role: IfRole::Uplink,
-            },
+            Managed::uplink(t.node.uplink),
         ]
     };
     let (pa, pb) = (na.pods[0].ns.clone(), nb.pods[0].ns.clone());
-    let _s1 = iperf_server(&pb, 5201);
-    let _s2 = iperf_server(&pa, 5202);
-    let _s3 = iperf_server(&pb, 5203);
+    let _s1 = IperfServer::start(&pb, 5201);
+    let _s2 = IperfServer::start(&pa, 5202);
+    let _s3 = IperfServer::start(&pb, 5203);
     std::thread::sleep(Duration::from_millis(500));
     let node_a = KxdpNode::start(&na.ns, managed(t.pod_a.iface), Snapshot::build(a).unwrap())
         .expect("kxdp starts on node A");

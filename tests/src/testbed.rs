@@ -380,6 +380,33 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// Give kxdp node `node` its host interface: a veth pair between the dataplane (`host0`)
+    /// and the node's kernel (`kxdp0`, with `kernel_mac`), and a kernel route to the node's
+    /// pods (`pod_cidr`) through it, so node processes reach pods through kxdp and pods reach
+    /// the node's own addresses.
+    pub fn add_host_interface(
+        &mut self,
+        node: usize,
+        kernel_mac: &str,
+        pod_cidr: &str,
+    ) -> Result<(), TestbedError> {
+        let ns = self.nodes[node].ns.clone();
+        let n = Some(ns.as_str());
+        ip(
+            n,
+            &[
+                "link", "add", "host0", "type", "veth", "peer", "name", "kxdp0",
+            ],
+        )?;
+        ip(n, &["link", "set", "kxdp0", "address", kernel_mac])?;
+        ip(n, &["link", "set", "host0", "up"])?;
+        ip(n, &["link", "set", "kxdp0", "up"])?;
+        no_tx_offload(&ns, "host0")?;
+        no_tx_offload(&ns, "kxdp0")?;
+        ip(n, &["route", "add", pod_cidr, "dev", "kxdp0"])?;
+        Ok(())
+    }
+
     /// Add a pod to kxdp node `node` the way [`Testbed::pods_on_kxdp_node`] does, with its host
     /// end named `host_side`.
     pub fn add_kxdp_pod(

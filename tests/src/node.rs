@@ -16,7 +16,7 @@ use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 use kxdp_dataplane::{Counters, Instant, Snapshot};
 
 use crate::testbed::Testbed;
-use kxdp_xdp::worker::{Mode, Worker};
+use kxdp_xdp::worker::{IoCounters, IoValues, Mode, Worker};
 use kxdp_xdp::xsk::{Port, PortConfig, Umem};
 use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering};
 
@@ -64,6 +64,8 @@ impl Managed {
 #[derive(Debug)]
 pub struct KxdpNode {
     stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    io: Arc<IoCounters>,
     changes: mpsc::Sender<(Change, mpsc::Sender<Result<(), String>>)>,
     worker: Option<JoinHandle<Result<CounterValues, String>>>,
 }
@@ -132,15 +134,28 @@ impl KxdpNode {
                 run(ns, ifaces, snapshot, mode, core, stop, ready_tx, changes_rx)
             })
         };
-        let node = KxdpNode {
+        let ready = ready_rx.recv_timeout(Duration::from_secs(20));
+        let mut node = KxdpNode {
             stop,
+            counters: Arc::new(Counters::new()),
+            io: Arc::new(IoCounters::default()),
             changes,
             worker: Some(worker),
         };
-        ready_rx
-            .recv_timeout(Duration::from_secs(20))
-            .map_err(|e| format!("the worker did not report: {e}"))??;
+        let (counters, io) = ready.map_err(|e| format!("the worker did not report: {e}"))??;
+        node.counters = counters;
+        node.io = io;
         Ok(node)
+    }
+
+    /// The pipeline's counters, read while the worker runs.
+    pub fn counters(&self) -> CounterValues {
+        self.counters.read()
+    }
+
+    /// The worker's I/O counters, read while it runs.
+    pub fn io(&self) -> IoValues {
+        self.io.read()
     }
 
     /// Apply a change while traffic flows; returns once the worker has applied it.
@@ -175,6 +190,9 @@ impl Drop for KxdpNode {
 
 type ChangeRequest = (Change, mpsc::Sender<Result<(), String>>);
 
+/// What the worker shares with the test thread: its counters.
+type Shared = (Arc<Counters>, Arc<IoCounters>);
+
 /// Attach the program to `m` and bind a port on it, on `umem`, at XSKMAP slot `base`.
 fn bring_up(
     st: &Steering,
@@ -200,7 +218,7 @@ fn run(
     mode: Mode,
     core: Option<usize>,
     stop: Arc<AtomicBool>,
-    ready: mpsc::Sender<Result<(), String>>,
+    ready: mpsc::Sender<Result<Shared, String>>,
     changes: mpsc::Receiver<ChangeRequest>,
 ) -> Result<CounterValues, String> {
     let ct = Conntrack::new(ConntrackConfig {
@@ -234,7 +252,7 @@ fn run(
     };
     let mut worker = Worker::new(ports, Arc::new(Counters::new()));
     worker.prime();
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Ok((Arc::clone(worker.counters()), Arc::clone(worker.io()))));
     let started = WallClock::now();
     let mut next_base = 64 * ifaces.len() as u32;
     while !stop.load(Relaxed) && started.elapsed() < MAX_RUN {

@@ -72,7 +72,19 @@ fn two_pods_on_one_node_reach_each_other_through_kxdp() {
     let deadline = Duration::from_secs(5);
     let a_to_b = tb.ping(&a, t.pod_b.ip, 3, deadline).unwrap();
     let b_to_a = tb.ping(&b, t.pod_a.ip, 3, deadline).unwrap();
+    // Read from this thread while the worker runs.
+    let (live, io) = (node.counters(), node.io());
     let c = node.finish().expect("worker");
+    assert!(
+        live.event(Event::LocalForward) >= 12,
+        "live counters: {live:?}"
+    );
+    assert!(io.rx >= 12 && io.tx >= 12, "I/O counters: {io:?}");
+    assert_eq!(
+        io.copied, 0,
+        "one UMEM: frames moved between veths without copies: {io:?}"
+    );
+    assert!(io.empty_polls > 0 && io.polls > io.empty_polls, "{io:?}");
     assert_eq!((a_to_b, b_to_a), (3, 3), "pod to pod through kxdp");
     // Requests and replies both ways, each routed by the pipeline.
     assert!(

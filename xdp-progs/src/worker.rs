@@ -11,6 +11,7 @@
 //! Nothing here allocates per packet or per batch: batches live in fixed-size arrays.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arrayvec::ArrayVec;
@@ -33,6 +34,62 @@ pub enum Mode {
     BusyPoll,
 }
 
+/// A worker's I/O counters, beside the pipeline's [`Counters`]: written by the worker alone
+/// (relaxed load and store), readable from any thread.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct IoCounters {
+    /// Rounds of `poll_once`.
+    pub polls: AtomicU64,
+    /// Rounds that found no frame on any port.
+    pub empty_polls: AtomicU64,
+    /// Frames received.
+    pub rx: AtomicU64,
+    /// Frames queued for transmission.
+    pub tx: AtomicU64,
+    /// Frames dropped because a TX ring was full.
+    pub tx_ring_full: AtomicU64,
+    /// Frames copied between ports on different UMEMs (zero when a worker's ports share one).
+    pub copied: AtomicU64,
+}
+
+/// A plain copy of [`IoCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoValues {
+    /// See [`IoCounters::polls`].
+    pub polls: u64,
+    /// See [`IoCounters::empty_polls`].
+    pub empty_polls: u64,
+    /// See [`IoCounters::rx`].
+    pub rx: u64,
+    /// See [`IoCounters::tx`].
+    pub tx: u64,
+    /// See [`IoCounters::tx_ring_full`].
+    pub tx_ring_full: u64,
+    /// See [`IoCounters::copied`].
+    pub copied: u64,
+}
+
+impl IoCounters {
+    #[inline]
+    fn add(c: &AtomicU64, n: u64) {
+        // One writer: a relaxed load and store, no locked instruction.
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Read every counter.
+    pub fn read(&self) -> IoValues {
+        IoValues {
+            polls: self.polls.load(Relaxed),
+            empty_polls: self.empty_polls.load(Relaxed),
+            rx: self.rx.load(Relaxed),
+            tx: self.tx.load(Relaxed),
+            tx_ring_full: self.tx_ring_full.load(Relaxed),
+            copied: self.copied.load(Relaxed),
+        }
+    }
+}
+
 /// Headroom left before frames copied into another port's UMEM.
 const COPY_HEADROOM: usize = 256;
 
@@ -41,6 +98,7 @@ const COPY_HEADROOM: usize = 256;
 pub struct Worker {
     ports: Vec<(InterfaceId, Port)>,
     counters: Arc<Counters>,
+    io: Arc<IoCounters>,
 }
 
 /// Where a frame of a batch goes.
@@ -57,7 +115,16 @@ enum Out {
 impl Worker {
     /// A worker serving `ports`, counting into `counters`.
     pub fn new(ports: Vec<(InterfaceId, Port)>, counters: Arc<Counters>) -> Self {
-        Worker { ports, counters }
+        Worker {
+            ports,
+            counters,
+            io: Arc::new(IoCounters::default()),
+        }
+    }
+
+    /// The worker's I/O counters, readable from any thread.
+    pub fn io(&self) -> &Arc<IoCounters> {
+        &self.io
     }
 
     /// Start serving `port` as interface `id` (a pod came up).
@@ -118,6 +185,11 @@ impl Worker {
         for i in 0..self.ports.len() {
             total += self.batch(i, snap, ct, now);
         }
+        IoCounters::add(&self.io.polls, 1);
+        if total == 0 {
+            IoCounters::add(&self.io.empty_polls, 1);
+        }
+        IoCounters::add(&self.io.rx, total as u64);
         Ok(total)
     }
 
@@ -186,7 +258,7 @@ impl Worker {
                 Out::Other(..) => {}
             }
         }
-        self.ports[i].1.transmit(&same);
+        self.send(i, &same);
         // Other ports, grouped so each destination transmits once: on a shared UMEM the
         // descriptor moves as it is; otherwise the bytes are copied into the destination's.
         for j in 0..self.ports.len() {
@@ -206,14 +278,22 @@ impl Worker {
                 }
                 if let Some(c) = dst.1.alloc_copy(src.1.frame(d), COPY_HEADROOM) {
                     to_send.push(c);
+                    IoCounters::add(&self.io.copied, 1);
                 }
                 src.1.recycle(d.addr);
             }
             if !to_send.is_empty() {
-                self.ports[j].1.transmit(&to_send);
+                self.send(j, &to_send);
             }
         }
         self.ports[i].1.fill();
+    }
+
+    /// Transmit on port `i`, counting what went and what the ring had no room for.
+    fn send(&mut self, i: usize, frames: &[Desc]) {
+        let sent = self.ports[i].1.transmit(frames);
+        IoCounters::add(&self.io.tx, sent as u64);
+        IoCounters::add(&self.io.tx_ring_full, (frames.len() - sent) as u64);
     }
 }
 

@@ -229,22 +229,8 @@ impl Testbed {
     /// Build a cluster of flannel-style kernel nodes.
     pub fn kernel_nodes(spec: Spec) -> Result<Testbed, TestbedError> {
         assert!(spec.nodes >= 1 && spec.nodes <= 200 && spec.pods_per_node <= 200);
-        let prefix = format!(
-            "kx{}-{}",
-            std::process::id() % 100_000,
-            RUNS.fetch_add(1, Relaxed)
-        );
-        let mut tb = Testbed {
-            switch: format!("{prefix}-sw"),
-            prefix,
-            namespaces: Vec::new(),
-            nodes: Vec::new(),
-            external: None,
-        };
-        tb.add_ns(&tb.switch.clone())?;
-        let sw = tb.switch.clone();
-        ip(Some(&sw), &["link", "add", "br0", "type", "bridge"])?;
-        ip(Some(&sw), &["link", "set", "br0", "up"])?;
+        let mut tb = Testbed::empty();
+        tb.add_switch()?;
         for i in 0..spec.nodes {
             let node = Node {
                 ns: format!("{}-n{i}", tb.prefix),
@@ -288,61 +274,21 @@ impl Testbed {
         pods: &[(Ipv4Addr, &str)],
         gateway: Ipv4Addr,
     ) -> Result<Testbed, TestbedError> {
-        let prefix = format!(
-            "kx{}-{}",
-            std::process::id() % 100_000,
-            RUNS.fetch_add(1, Relaxed)
-        );
-        let mut tb = Testbed {
-            switch: String::new(),
-            prefix,
-            namespaces: Vec::new(),
-            nodes: Vec::new(),
-            external: None,
-        };
+        let mut tb = Testbed::empty();
         let node_ns = format!("{}-n0", tb.prefix);
         tb.add_ns(&node_ns)?;
-        let mut node = Node {
-            ns: node_ns.clone(),
+        tb.nodes.push(Node {
+            ns: node_ns,
             ip: Ipv4Addr::UNSPECIFIED,
             pod_net: Ipv4Addr::from(u32::from(gateway) & 0xffff_ff00),
             gateway,
             vtep_mac: String::new(),
             kernel: false,
             pods: Vec::new(),
-        };
+        });
         for (j, (pod_ip, pod_mac)) in pods.iter().enumerate() {
-            let pod = Pod {
-                ns: format!("{}-n0p{j}", tb.prefix),
-                ip: *pod_ip,
-            };
-            tb.add_ns(&pod.ns)?;
-            let host_side = format!("pod{j}");
-            let nns = Some(node_ns.as_str());
-            ip(
-                nns,
-                &[
-                    "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns",
-                    &pod.ns,
-                ],
-            )?;
-            ip(nns, &["link", "set", &host_side, "up"])?;
-            let pns = Some(pod.ns.as_str());
-            ip(pns, &["link", "set", "eth0", "address", pod_mac])?;
-            ip(
-                pns,
-                &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
-            )?;
-            ip(pns, &["link", "set", "eth0", "up"])?;
-            ip(
-                pns,
-                &["route", "add", "default", "via", &gateway.to_string()],
-            )?;
-            no_tx_offload(&node_ns, &host_side)?;
-            no_tx_offload(&pod.ns, "eth0")?;
-            node.pods.push(pod);
+            tb.add_kxdp_pod(0, &format!("pod{j}"), *pod_ip, pod_mac)?;
         }
-        tb.nodes.push(node);
         Ok(tb)
     }
 
@@ -354,11 +300,7 @@ impl Testbed {
         pods_b: &[(Ipv4Addr, &str)],
     ) -> Result<Testbed, TestbedError> {
         let mut tb = Testbed::pods_on_kxdp_node(pods_a, Ipv4Addr::new(10, 244, 1, 1))?;
-        tb.switch = format!("{}-sw", tb.prefix);
-        let sw = tb.switch.clone();
-        tb.add_ns(&sw)?;
-        ip(Some(&sw), &["link", "add", "br0", "type", "bridge"])?;
-        ip(Some(&sw), &["link", "set", "br0", "up"])?;
+        tb.add_switch()?;
         let n0 = tb.nodes[0].ns.clone();
         tb.nodes[0].ip = Ipv4Addr::new(198, 18, 0, 10);
         tb.wire_to_switch(&n0, "s0", "uplink", tb.nodes[0].ip)?;
@@ -469,11 +411,7 @@ impl Testbed {
         kernel_pods: u8,
     ) -> Result<Testbed, TestbedError> {
         let mut tb = Testbed::pods_on_kxdp_node(kxdp_pods, kxdp_gateway)?;
-        tb.switch = format!("{}-sw", tb.prefix);
-        let sw = tb.switch.clone();
-        tb.add_ns(&sw)?;
-        ip(Some(&sw), &["link", "add", "br0", "type", "bridge"])?;
-        ip(Some(&sw), &["link", "set", "br0", "up"])?;
+        tb.add_switch()?;
         let kxdp_ip = Ipv4Addr::new(198, 18, 0, 10);
         let n0 = tb.nodes[0].ns.clone();
         tb.wire_to_switch(&n0, "s0", "uplink", kxdp_ip)?;
@@ -550,6 +488,31 @@ impl Testbed {
     /// The per-run prefix of every namespace.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// A testbed with nothing in it yet, under a fresh per-run prefix.
+    fn empty() -> Testbed {
+        Testbed {
+            prefix: format!(
+                "kx{}-{}",
+                std::process::id() % 100_000,
+                RUNS.fetch_add(1, Relaxed)
+            ),
+            switch: String::new(),
+            namespaces: Vec::new(),
+            nodes: Vec::new(),
+            external: None,
+        }
+    }
+
+    /// The underlay switch: a namespace with a bridge the nodes' uplinks join.
+    fn add_switch(&mut self) -> Result<(), TestbedError> {
+        self.switch = format!("{}-sw", self.prefix);
+        let sw = self.switch.clone();
+        self.add_ns(&sw)?;
+        ip(Some(&sw), &["link", "add", "br0", "type", "bridge"])?;
+        ip(Some(&sw), &["link", "set", "br0", "up"])?;
+        Ok(())
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<(), TestbedError> {

@@ -221,6 +221,8 @@ pub struct Testbed {
     pub nodes: Vec<Node>,
     /// The external client's namespace and address, if built.
     pub external: Option<(String, Ipv4Addr)>,
+    /// Queues of every veth on a kxdp node (pods and uplinks), both ends.
+    queues: u8,
 }
 
 static RUNS: AtomicU32 = AtomicU32::new(0);
@@ -274,7 +276,19 @@ impl Testbed {
         pods: &[(Ipv4Addr, &str)],
         gateway: Ipv4Addr,
     ) -> Result<Testbed, TestbedError> {
+        Self::pods_on_multiqueue_kxdp_node(pods, gateway, 1)
+    }
+
+    /// [`Testbed::pods_on_kxdp_node`] with `queues` receive and transmit queues on every veth
+    /// of the node (at most 64), so that several workers share its traffic.
+    pub fn pods_on_multiqueue_kxdp_node(
+        pods: &[(Ipv4Addr, &str)],
+        gateway: Ipv4Addr,
+        queues: u8,
+    ) -> Result<Testbed, TestbedError> {
+        assert!((1..=64).contains(&queues));
         let mut tb = Testbed::empty();
+        tb.queues = queues;
         let node_ns = format!("{}-n0", tb.prefix);
         tb.add_ns(&node_ns)?;
         tb.nodes.push(Node {
@@ -365,12 +379,8 @@ impl Testbed {
         };
         self.add_ns(&pod.ns)?;
         let nns = Some(n.ns.as_str());
-        ip(
-            nns,
-            &[
-                "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
-            ],
-        )?;
+        let args = self.veth_args(host_side, "eth0", &pod.ns);
+        ip(nns, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
         ip(nns, &["link", "set", host_side, "up"])?;
         let pns = Some(pod.ns.as_str());
         ip(pns, &["link", "set", "eth0", "address", pod_mac])?;
@@ -502,7 +512,36 @@ impl Testbed {
             namespaces: Vec::new(),
             nodes: Vec::new(),
             external: None,
+            queues: 1,
         }
+    }
+
+    /// `ip link add` arguments for a veth `a` (in the current namespace) to `b` (in `netns`),
+    /// with this testbed's queue count on both ends.
+    fn veth_args(&self, a: &str, b: &str, netns: &str) -> Vec<String> {
+        let q = self.queues.to_string();
+        [
+            "link",
+            "add",
+            a,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "netns",
+            netns,
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }
 
     /// The underlay switch: a namespace with a bridge the nodes' uplinks join.
@@ -531,11 +570,10 @@ impl Testbed {
         addr: Ipv4Addr,
     ) -> Result<(), TestbedError> {
         let sw = self.switch.as_str();
+        let args = self.veth_args(port, inner, ns);
         ip(
             Some(sw),
-            &[
-                "link", "add", port, "type", "veth", "peer", "name", inner, "netns", ns,
-            ],
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
         )?;
         ip(Some(sw), &["link", "set", port, "master", "br0", "up"])?;
         ip(

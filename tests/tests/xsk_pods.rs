@@ -9,6 +9,7 @@ use std::time::Duration;
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::LocalPod;
 use kxdp_dataplane::testkit::Topology;
+use kxdp_tests::clients::{connect_many, TcpServer};
 use kxdp_tests::node::{mac_text, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 use kxdp_xdp::IfRole;
@@ -109,7 +110,7 @@ fn a_pinned_busy_polling_worker_serves_pods_too() {
         managed,
         t.snapshot(),
         kxdp_xdp::worker::Mode::BusyPoll,
-        Some(last_core),
+        &[Some(last_core)],
     )
     .expect("kxdp starts");
     let pod = tb.nodes[0].pods[0].ns.clone();
@@ -119,4 +120,45 @@ fn a_pinned_busy_polling_worker_serves_pods_too() {
     let c = node.finish().expect("worker");
     assert_eq!(replies, 3, "{c:?}");
     assert!(c.event(Event::Batches) >= 1, "{c:?}");
+}
+
+#[test]
+fn two_workers_share_a_nodes_queues_and_its_flows() {
+    if skip_unless_privileged("two_workers_share_a_nodes_queues_and_its_flows") {
+        return;
+    }
+    let t = Topology::default();
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let tb = Testbed::pods_on_multiqueue_kxdp_node(
+        &[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)],
+        t.node.gateway_ip,
+        2,
+    )
+    .expect("testbed builds");
+    let managed = vec![
+        Managed::pod("pod0", t.pod_a.iface),
+        Managed::pod("pod1", t.pod_b.iface),
+    ];
+    let node = KxdpNode::start_with(
+        &tb.nodes[0].ns,
+        managed,
+        t.snapshot(),
+        kxdp_xdp::worker::Mode::Wakeup { timeout_ms: 50 },
+        &[None, None],
+    )
+    .expect("kxdp starts");
+    let (a, b) = (&tb.nodes[0].pods[0].ns, &tb.nodes[0].pods[1].ns);
+    let server = TcpServer::start(b, 8080, "pod-b");
+    // Each connection's socket picks a transmit queue by its own hash, in both pods: the two
+    // directions of one flow may reach different workers, which share conntrack.
+    let replies = connect_many(a, &t.pod_b.ip.to_string(), 8080, 40);
+    let workers = node.worker_io();
+    drop(server);
+    let c = node.finish().expect("workers");
+    let ok = replies.iter().filter(|r| r.starts_with("pod-b ")).count();
+    assert_eq!(ok, 40, "every connection answered: {replies:?} {c:?}");
+    assert_eq!(workers.len(), 2);
+    for (q, w) in workers.iter().enumerate() {
+        assert!(w.rx > 0, "worker {q} received nothing: {workers:?}");
+    }
 }

@@ -10,6 +10,7 @@
 //! maps as bytes; `tests::shared_layouts_match_the_object_btf` compares both against the
 //! object's BTF, so a change on one side alone fails the build's tests.
 
+pub mod runtime;
 pub mod worker;
 pub mod xsk;
 

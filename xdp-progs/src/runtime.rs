@@ -1,0 +1,630 @@
+//! A node's dataplane at run time: a control thread and its poll-mode workers.
+//!
+//! [`Dataplane::start`] spawns a control thread that loads the steering program, fills its maps,
+//! attaches it to every managed interface, registers the workers' sockets and collects expired
+//! flows, and one worker thread per configured core, pinned to it. Worker `q` has its own UMEM
+//! and one AF_XDP socket on rx queue `q` of every managed interface that has such a queue, so
+//! the kernel's spreading of flows over queues spreads them over workers, and a frame moves
+//! between a worker's interfaces as a descriptor. A socket of interface `i` on queue `q` sits at
+//! XSKMAP slot `64 * i + q`.
+//!
+//! Workers share one conntrack table (lookups are lock-free; only new flows take its writer
+//! lock), so a flow whose two directions arrive on different queues is still one flow. A new
+//! snapshot reaches each worker as an `Arc<Snapshot>` on its command channel, taken between
+//! rounds: publishing never waits for a worker, and a worker never waits on a lock.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant as WallClock};
+
+use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+use kxdp_dataplane::counters::CounterValues;
+use kxdp_dataplane::tables::InterfaceId;
+use kxdp_dataplane::{Counters, Instant, Snapshot};
+
+use crate::worker::{IoCounters, IoValues, Mode, Worker};
+use crate::xsk::{Port, PortConfig, Umem};
+use crate::{enter_netns, ifindex, Attachment, IfRole, Steering, XdpMode};
+
+/// XSKMAP slots per interface: the most queues (and so workers) an interface is served on.
+pub const MAX_QUEUES: u32 = 64;
+
+/// One interface the dataplane drives.
+#[derive(Clone, Debug)]
+pub struct Managed {
+    /// Its name in the node's namespace.
+    pub name: String,
+    /// The snapshot's number for it.
+    pub id: InterfaceId,
+    /// What it is.
+    pub role: IfRole,
+}
+
+impl Managed {
+    /// A pod's host-side veth.
+    pub fn pod(name: &str, id: InterfaceId) -> Managed {
+        Managed {
+            name: name.into(),
+            id,
+            role: IfRole::Pod,
+        }
+    }
+
+    /// The node's uplink, named `uplink` (as the testbed names it).
+    pub fn uplink(id: InterfaceId) -> Managed {
+        Managed {
+            name: "uplink".into(),
+            id,
+            role: IfRole::Uplink,
+        }
+    }
+
+    /// The host interface toward the node's own stack.
+    pub fn host(name: &str, id: InterfaceId) -> Managed {
+        Managed {
+            name: name.into(),
+            id,
+            role: IfRole::Host,
+        }
+    }
+}
+
+/// How to run the dataplane.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Run in this network namespace (as `ip netns` names it) rather than the caller's.
+    pub netns: Option<String>,
+    /// One worker per entry, pinned to the core given (or left to the scheduler).
+    pub workers: Vec<Option<usize>>,
+    /// How workers wait for frames.
+    pub mode: Mode,
+    /// The shared conntrack table.
+    pub conntrack: ConntrackConfig,
+    /// Each worker's UMEM.
+    pub port: PortConfig,
+    /// Stop by itself after this long (tests and benchmarks bound every run).
+    pub max_run: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            netns: None,
+            workers: vec![None],
+            mode: Mode::Wakeup { timeout_ms: 50 },
+            conntrack: ConntrackConfig::default(),
+            port: PortConfig::default(),
+            max_run: None,
+        }
+    }
+}
+
+/// A change to a running dataplane: a new snapshot, with an interface that came or went.
+#[derive(Debug)]
+pub enum Change {
+    /// Start serving this interface (a pod came up), then publish the snapshot.
+    Add(Managed, Snapshot),
+    /// Publish the snapshot, then stop serving this interface (a pod went away).
+    Remove(InterfaceId, Snapshot),
+    /// Publish the snapshot.
+    Publish(Snapshot),
+}
+
+/// What a worker shares with everyone: its counters.
+#[derive(Clone, Debug)]
+pub struct WorkerStats {
+    /// The pipeline's counters.
+    pub counters: Arc<Counters>,
+    /// The I/O counters.
+    pub io: Arc<IoCounters>,
+}
+
+/// A running dataplane; stops, detaches and frees everything when finished or dropped.
+#[derive(Debug)]
+pub struct Dataplane {
+    stop: Arc<AtomicBool>,
+    workers: Vec<WorkerStats>,
+    modes: Vec<(String, XdpMode)>,
+    changes: mpsc::Sender<(Change, mpsc::Sender<Result<(), String>>)>,
+    control: Option<JoinHandle<Result<(), String>>>,
+}
+
+/// The number of receive queues of interface `name` in the calling thread's namespace, as
+/// ethtool reports its channels (1 if the driver does not say).
+pub fn rx_queues(name: &str) -> std::io::Result<u32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct Channels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut Channels,
+        _pad: [u8; 16],
+    }
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    if name.len() >= 16 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("interface name {name} is too long"),
+        ));
+    }
+    let mut ch = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Channels::default()
+    };
+    let mut req = IfReq {
+        name: [0; 16],
+        data: &mut ch,
+        _pad: [0; 16],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: socket() has no memory preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `req` is a valid ifreq whose data points at a valid ethtool_channels, both alive
+    // for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is the socket opened above, closed once.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => Ok(1),
+            _ => Err(err),
+        };
+    }
+    Ok((ch.rx_count + ch.combined_count).max(1))
+}
+
+type ChangeRequest = (Change, mpsc::Sender<Result<(), String>>);
+
+/// What the control thread tells a worker.
+enum Command {
+    /// Use this snapshot from the next batch on, and say so.
+    Publish(Arc<Snapshot>, mpsc::Sender<()>),
+    /// Open a socket on this interface (XSKMAP base given) and report its fd, if the
+    /// interface has the worker's queue.
+    Add(
+        Managed,
+        u32,
+        mpsc::Sender<Result<Option<(u32, i32)>, String>>,
+    ),
+    Remove(InterfaceId, mpsc::Sender<()>),
+}
+
+/// How long the control side waits for a worker to act on a command.
+const WORKER_REPLY: Duration = Duration::from_secs(10);
+
+impl Dataplane {
+    /// Start the dataplane over `ifaces` with `snapshot`. Returns once the program is attached
+    /// and every worker's sockets are bound and registered, or with why not.
+    pub fn start(
+        config: Config,
+        ifaces: Vec<Managed>,
+        snapshot: Snapshot,
+    ) -> Result<Dataplane, String> {
+        assert!(
+            !config.workers.is_empty() && config.workers.len() <= MAX_QUEUES as usize,
+            "1 to {MAX_QUEUES} workers"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (changes, changes_rx) = mpsc::channel();
+        let control = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("kxdp-control".into())
+                .spawn(move || control(config, ifaces, snapshot, stop, ready_tx, changes_rx))
+                .map_err(|e| format!("spawning the control thread: {e}"))?
+        };
+        let mut dp = Dataplane {
+            stop,
+            workers: Vec::new(),
+            modes: Vec::new(),
+            changes,
+            control: Some(control),
+        };
+        let ready = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|e| format!("the control thread did not report: {e}"));
+        match ready {
+            Ok(Ok((workers, modes))) => {
+                dp.workers = workers;
+                dp.modes = modes;
+                Ok(dp)
+            }
+            Ok(Err(e)) | Err(e) => {
+                // Join to surface a panic's message rather than a closed channel.
+                let joined = dp.control.take().map(JoinHandle::join);
+                match joined {
+                    Some(Err(_)) => Err(format!("{e} (the control thread panicked)")),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Each worker's counters, in worker order.
+    pub fn workers(&self) -> &[WorkerStats] {
+        &self.workers
+    }
+
+    /// The XDP mode each interface got, by name.
+    pub fn modes(&self) -> &[(String, XdpMode)] {
+        &self.modes
+    }
+
+    /// The pipeline's counters, summed over workers, read while they run.
+    pub fn counters(&self) -> CounterValues {
+        sum_counters(self.workers.iter().map(|w| w.counters.read()))
+    }
+
+    /// The I/O counters, summed over workers, read while they run.
+    pub fn io(&self) -> IoValues {
+        let mut total = IoValues::default();
+        for w in &self.workers {
+            let v = w.io.read();
+            total.polls += v.polls;
+            total.empty_polls += v.empty_polls;
+            total.rx += v.rx;
+            total.tx += v.tx;
+            total.tx_ring_full += v.tx_ring_full;
+            total.copied += v.copied;
+        }
+        total
+    }
+
+    /// Apply a change while traffic flows; returns once every worker has applied it.
+    pub fn change(&self, change: Change) -> Result<(), String> {
+        let (done_tx, done_rx) = mpsc::channel();
+        self.changes
+            .send((change, done_tx))
+            .map_err(|_| "the dataplane has stopped".to_owned())?;
+        done_rx
+            .recv_timeout(WORKER_REPLY * 2)
+            .map_err(|e| format!("the dataplane did not apply the change: {e}"))?
+    }
+
+    /// Stop every thread, detach the program, free the sockets; returns the summed counters.
+    pub fn finish(mut self) -> Result<CounterValues, String> {
+        self.stop.store(true, Relaxed);
+        let control = self.control.take().expect("running until finished");
+        control
+            .join()
+            .map_err(|_| "the control thread panicked".to_owned())??;
+        Ok(self.counters())
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+/// Sum counter copies.
+pub fn sum_counters(values: impl Iterator<Item = CounterValues>) -> CounterValues {
+    let mut total = Counters::new().read();
+    for v in values {
+        for (t, x) in total.events.iter_mut().zip(v.events) {
+            *t += x;
+        }
+        for (t, x) in total.drops.iter_mut().zip(v.drops) {
+            *t += x;
+        }
+        for (t, x) in total.passes.iter_mut().zip(v.passes) {
+            *t += x;
+        }
+    }
+    total
+}
+
+type Ready = Result<(Vec<WorkerStats>, Vec<(String, XdpMode)>), String>;
+
+/// A worker thread seen from the control thread.
+struct WorkerHandle {
+    commands: mpsc::Sender<Command>,
+    thread: JoinHandle<Result<(), String>>,
+}
+
+/// The control thread's state.
+struct Control {
+    steering: Steering,
+    workers: Vec<WorkerHandle>,
+    links: Vec<(InterfaceId, Attachment)>,
+    next_base: u32,
+}
+
+impl Control {
+    /// Attach the program to `m` and have every worker open its socket there.
+    fn add(&mut self, m: &Managed) -> Result<XdpMode, String> {
+        let index = ifindex(&m.name).map_err(|e| format!("interface {}: {e}", m.name))?;
+        let base = self.next_base;
+        self.steering
+            .set_interface(index, m.role, base)
+            .map_err(|e| e.to_string())?;
+        let link = self.steering.attach(index).map_err(|e| e.to_string())?;
+        let mode = link.mode;
+        self.links.push((m.id, link));
+        self.next_base += MAX_QUEUES;
+        let mut replies = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = mpsc::channel();
+            w.commands
+                .send(Command::Add(m.clone(), base, tx))
+                .map_err(|_| "a worker has stopped".to_owned())?;
+            replies.push(rx);
+        }
+        for rx in replies {
+            let reply = rx
+                .recv_timeout(WORKER_REPLY)
+                .map_err(|e| format!("a worker did not open {}: {e}", m.name))??;
+            if let Some((slot, fd)) = reply {
+                self.steering
+                    .register_socket(slot, fd)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(mode)
+    }
+
+    fn publish(&self, snap: Snapshot) -> Result<(), String> {
+        self.steering.sync(&snap).map_err(|e| e.to_string())?;
+        let snap = Arc::new(snap);
+        let mut acks = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = mpsc::channel();
+            w.commands
+                .send(Command::Publish(Arc::clone(&snap), tx))
+                .map_err(|_| "a worker has stopped".to_owned())?;
+            acks.push(rx);
+        }
+        for rx in acks {
+            rx.recv_timeout(WORKER_REPLY)
+                .map_err(|e| format!("a worker did not take the snapshot: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, id: InterfaceId) -> Result<(), String> {
+        let mut replies = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = mpsc::channel();
+            w.commands
+                .send(Command::Remove(id, tx))
+                .map_err(|_| "a worker has stopped".to_owned())?;
+            replies.push(rx);
+        }
+        for rx in replies {
+            rx.recv_timeout(WORKER_REPLY)
+                .map_err(|e| format!("a worker did not remove interface {id:?}: {e}"))?;
+        }
+        // Closing the sockets took them out of the XSKMAP; dropping the link detaches.
+        self.links.retain(|(l, _)| *l != id);
+        Ok(())
+    }
+
+    fn apply(&mut self, change: Change) -> Result<(), String> {
+        match change {
+            Change::Add(m, snap) => {
+                self.add(&m)?;
+                self.publish(snap)
+            }
+            Change::Remove(id, snap) => {
+                self.publish(snap)?;
+                self.remove(id)
+            }
+            Change::Publish(snap) => self.publish(snap),
+        }
+    }
+}
+
+/// How often expired flows are collected, and how many slots one pass scans at most.
+const GC_EVERY: Duration = Duration::from_millis(200);
+const GC_SCAN: usize = 1 << 16;
+
+fn control(
+    config: Config,
+    ifaces: Vec<Managed>,
+    snapshot: Snapshot,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Ready>,
+    changes: mpsc::Receiver<ChangeRequest>,
+) -> Result<(), String> {
+    let started = WallClock::now();
+    let ct = Arc::new(Conntrack::new(config.conntrack));
+    let setup = (|| -> Result<_, String> {
+        if let Some(ns) = &config.netns {
+            enter_netns(ns).map_err(|e| format!("entering namespace {ns}: {e}"))?;
+        }
+        let steering = Steering::load().map_err(|e| e.to_string())?;
+        steering.sync(&snapshot).map_err(|e| e.to_string())?;
+        let snap = Arc::new(snapshot);
+        let mut ctl = Control {
+            steering,
+            workers: Vec::new(),
+            links: Vec::new(),
+            next_base: 0,
+        };
+        let mut stats = Vec::new();
+        for (q, core) in config.workers.iter().enumerate() {
+            let (tx, rx) = mpsc::channel();
+            let (stats_tx, stats_rx) = mpsc::channel();
+            let w = WorkerSetup {
+                queue: q as u32,
+                core: *core,
+                netns: config.netns.clone(),
+                mode: config.mode,
+                port: config.port,
+                snap: Arc::clone(&snap),
+                ct: Arc::clone(&ct),
+                stop: Arc::clone(&stop),
+                started,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("kxdp-worker-{q}"))
+                .spawn(move || run_worker(w, rx, stats_tx))
+                .map_err(|e| format!("spawning worker {q}: {e}"))?;
+            ctl.workers.push(WorkerHandle {
+                commands: tx,
+                thread,
+            });
+            let s = stats_rx
+                .recv_timeout(WORKER_REPLY)
+                .map_err(|e| format!("worker {q} did not start: {e}"))??;
+            stats.push(s);
+        }
+        let mut modes = Vec::new();
+        for m in &ifaces {
+            modes.push((m.name.clone(), ctl.add(m)?));
+        }
+        Ok((ctl, stats, modes))
+    })();
+    let mut ctl = match setup {
+        Ok((ctl, stats, modes)) => {
+            let _ = ready.send(Ok((stats, modes)));
+            ctl
+        }
+        Err(e) => {
+            stop.store(true, Relaxed);
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let mut result = Ok(());
+    let mut last_gc = WallClock::now();
+    while !stop.load(Relaxed) && config.max_run.is_none_or(|m| started.elapsed() < m) {
+        match changes.recv_timeout(GC_EVERY) {
+            Ok((change, done)) => {
+                let r = ctl.apply(change);
+                let _ = done.send(r);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if ctl.workers.iter().any(|w| w.thread.is_finished()) {
+            break;
+        }
+        if last_gc.elapsed() >= GC_EVERY {
+            ct.gc(now_since(started), GC_SCAN);
+            last_gc = WallClock::now();
+        }
+    }
+    stop.store(true, Relaxed);
+    for w in ctl.workers.drain(..) {
+        let r = w
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err("a worker panicked".into()));
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    // The sockets are closed; dropping the links detaches the program.
+    drop(ctl);
+    result
+}
+
+/// The pipeline's clock: time since the dataplane started.
+fn now_since(started: WallClock) -> Instant {
+    Instant::from_nanos(started.elapsed().as_nanos() as u64)
+}
+
+struct WorkerSetup {
+    queue: u32,
+    core: Option<usize>,
+    netns: Option<String>,
+    mode: Mode,
+    port: PortConfig,
+    snap: Arc<Snapshot>,
+    ct: Arc<Conntrack>,
+    stop: Arc<AtomicBool>,
+    started: WallClock,
+}
+
+fn run_worker(
+    w: WorkerSetup,
+    commands: mpsc::Receiver<Command>,
+    stats: mpsc::Sender<Result<WorkerStats, String>>,
+) -> Result<(), String> {
+    let q = w.queue;
+    let setup = (|| -> Result<_, String> {
+        if let Some(ns) = &w.netns {
+            enter_netns(ns).map_err(|e| format!("worker {q}: entering namespace {ns}: {e}"))?;
+        }
+        if let Some(core) = w.core {
+            crate::pin_current_thread(core)
+                .map_err(|e| format!("worker {q}: pinning to core {core}: {e}"))?;
+        }
+        Umem::new(w.port).map_err(|e| format!("worker {q}: UMEM: {e}"))
+    })();
+    let umem = match setup {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = stats.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    let mut worker = Worker::new(Vec::new(), Arc::new(Counters::new()));
+    let _ = stats.send(Ok(WorkerStats {
+        counters: Arc::clone(worker.counters()),
+        io: Arc::clone(worker.io()),
+    }));
+    let mut snap = w.snap;
+    while !w.stop.load(Relaxed) {
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Command::Publish(s, ack) => {
+                    snap = s;
+                    let _ = ack.send(());
+                }
+                Command::Add(m, base, reply) => {
+                    let opened = open(&m, q, &umem).map(|port| {
+                        port.map(|port| {
+                            let fd = port.fd();
+                            worker.add_port(m.id, port);
+                            (base + q, fd)
+                        })
+                    });
+                    let _ = reply.send(opened);
+                }
+                Command::Remove(id, reply) => {
+                    drop(worker.remove_port(id));
+                    let _ = reply.send(());
+                }
+            }
+        }
+        worker
+            .poll_once(&snap, &w.ct, now_since(w.started), w.mode)
+            .map_err(|e| format!("worker {q}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Worker `q`'s socket on `m`, or none if `m` has no queue `q`.
+fn open(m: &Managed, q: u32, umem: &std::rc::Rc<Umem>) -> Result<Option<Port>, String> {
+    let queues = rx_queues(&m.name).map_err(|e| format!("{}: reading its queues: {e}", m.name))?;
+    if q >= queues {
+        return Ok(None);
+    }
+    Port::open_shared(&m.name, q, umem)
+        .map(Some)
+        .map_err(|e| format!("{} queue {q}: {e}", m.name))
+}

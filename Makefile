@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit bench bench-quick bench-table demo
+.PHONY: deps test lint unit bench bench-quick bench-table perf-forward demo
 
 deps:
 	@scripts/install-deps.sh
@@ -31,6 +31,12 @@ bench-quick: deps
 # The README's table (ns/packet and Mpps per case) from the last bench run.
 bench-table:
 	@perf/bench-table.sh "$(CARGO_TARGET_DIR)/criterion"
+
+# Packets per second through kxdp (ClusterIP DNAT + VXLAN encap) next to a bare AF_XDP
+# forwarder, on veths in namespaces, in one run (root). FORWARD_ARGS="--seconds 1 --runs 1"
+# for a short run; see perf/src/bin/forward.rs for the flags.
+perf-forward: deps
+	cargo run --release --locked -p kxdp-perf --bin forward -- $(FORWARD_ARGS)
 
 demo: deps
 	cargo run --release --locked -p kxdp-dataplane --example walkthrough

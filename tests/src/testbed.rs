@@ -363,6 +363,40 @@ impl Testbed {
         Ok(())
     }
 
+    /// Give kxdp node `node` an uplink wired straight to a peer namespace `<prefix>-<name>`
+    /// (no switch): `uplink` in the node with `node_ip`/24 and `node_mac`, `eth0` in the peer
+    /// with `peer_ip`/24 and `peer_mac`, both with `mtu`. The perf harness's sink stands there
+    /// as the remote node. Returns the peer's namespace.
+    pub fn add_uplink_peer(
+        &mut self,
+        node: usize,
+        name: &str,
+        (node_ip, node_mac): (Ipv4Addr, &str),
+        (peer_ip, peer_mac): (Ipv4Addr, &str),
+        mtu: u16,
+    ) -> Result<String, TestbedError> {
+        let ns = self.nodes[node].ns.clone();
+        let peer = format!("{}-{name}", self.prefix);
+        self.add_ns(&peer)?;
+        let args = self.veth_args("uplink", "eth0", &peer);
+        ip(
+            Some(&ns),
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )?;
+        let mtu = mtu.to_string();
+        for (n, dev, addr, mac) in [
+            (&ns, "uplink", node_ip, node_mac),
+            (&peer, "eth0", peer_ip, peer_mac),
+        ] {
+            ip(Some(n), &["link", "set", dev, "address", mac, "mtu", &mtu])?;
+            ip(Some(n), &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(Some(n), &["link", "set", dev, "up"])?;
+            no_tx_offload(n, dev)?;
+        }
+        self.nodes[node].ip = node_ip;
+        Ok(peer)
+    }
+
     /// Add a pod to kxdp node `node` the way [`Testbed::pods_on_kxdp_node`] does, with its host
     /// end named `host_side`.
     pub fn add_kxdp_pod(

@@ -10,6 +10,7 @@
 //! maps as bytes; `tests::shared_layouts_match_the_object_btf` compares both against the
 //! object's BTF, so a change on one side alone fails the build's tests.
 
+pub mod perf;
 pub mod runtime;
 pub mod worker;
 pub mod xsk;
@@ -336,25 +337,7 @@ impl Steering {
     /// stays attached until the attachment is dropped, or the process exits (it is a BPF
     /// link, so a crashed agent leaves nothing behind).
     pub fn attach(&self, ifindex: u32) -> Result<Attachment, XdpError> {
-        let prog = self
-            .obj
-            .progs_mut()
-            .find(|p| p.name() == PROGRAM)
-            .ok_or(XdpError::Missing("program kxdp_steer"))?;
-        let index = i32::try_from(ifindex).expect("ifindex fits in i32");
-        let link = prog
-            .attach_xdp(index)
-            .map_err(bpf(format!("attaching to interface {ifindex}")))?;
-        let info = libbpf_rs::Xdp::new(prog.as_fd())
-            .query(index, libbpf_rs::XdpFlags::NONE)
-            .map_err(bpf(format!("querying interface {ifindex}")))?;
-        let mode = match u32::from(info.attach_mode) {
-            libbpf_rs::libbpf_sys::XDP_ATTACHED_DRV => XdpMode::Native,
-            libbpf_rs::libbpf_sys::XDP_ATTACHED_SKB => XdpMode::Generic,
-            libbpf_rs::libbpf_sys::XDP_ATTACHED_HW => XdpMode::Offloaded,
-            _ => XdpMode::Multiple,
-        };
-        Ok(Attachment { _link: link, mode })
+        attach_program(&self.obj, PROGRAM, ifindex)
     }
 
     /// The counters, summed over CPUs, by [`XdpStat`] number.
@@ -366,15 +349,7 @@ impl Steering {
             .ok_or(XdpError::Missing("stats"))?;
         let mut out = [0u64; XdpStat::COUNT];
         for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = m
-                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
-                .map_err(bpf("reading stats"))?
-                .unwrap_or_default();
-            *slot = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8))
-                .map(|v| u64::from_ne_bytes(v.try_into().expect("8 bytes")))
-                .sum();
+            *slot = percpu_sum(&m, i as u32)?;
         }
         Ok(out)
     }
@@ -407,6 +382,43 @@ impl Steering {
             .map_err(bpf("running the XDP program"))?;
         Ok(out.return_value)
     }
+}
+
+/// Attach program `name` of `obj` to interface `ifindex` of the calling thread's network
+/// namespace, natively where the driver supports XDP, else generically (the kernel falls back
+/// by itself; [`Attachment::mode`] says which it got).
+fn attach_program(obj: &Object, name: &'static str, ifindex: u32) -> Result<Attachment, XdpError> {
+    let prog = obj
+        .progs_mut()
+        .find(|p| p.name() == name)
+        .ok_or(XdpError::Missing(name))?;
+    let index = i32::try_from(ifindex).expect("ifindex fits in i32");
+    let link = prog
+        .attach_xdp(index)
+        .map_err(bpf(format!("attaching {name} to interface {ifindex}")))?;
+    let info = libbpf_rs::Xdp::new(prog.as_fd())
+        .query(index, libbpf_rs::XdpFlags::NONE)
+        .map_err(bpf(format!("querying interface {ifindex}")))?;
+    let mode = match u32::from(info.attach_mode) {
+        libbpf_rs::libbpf_sys::XDP_ATTACHED_DRV => XdpMode::Native,
+        libbpf_rs::libbpf_sys::XDP_ATTACHED_SKB => XdpMode::Generic,
+        libbpf_rs::libbpf_sys::XDP_ATTACHED_HW => XdpMode::Offloaded,
+        _ => XdpMode::Multiple,
+    };
+    Ok(Attachment { _link: link, mode })
+}
+
+/// Entry `key` of a per-CPU array of u64, summed over CPUs.
+fn percpu_sum(map: &libbpf_rs::Map<'_>, key: u32) -> Result<u64, XdpError> {
+    let per_cpu = map
+        .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
+        .map_err(bpf(format!("reading {}", map.name().to_string_lossy())))?
+        .unwrap_or_default();
+    Ok(per_cpu
+        .iter()
+        .filter_map(|v| v.get(..8))
+        .map(|v| u64::from_ne_bytes(v.try_into().expect("8 bytes")))
+        .sum())
 }
 
 /// Move the calling thread into the network namespace `name` (as `ip netns` names it), so

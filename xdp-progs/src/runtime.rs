@@ -23,7 +23,7 @@ use kxdp_dataplane::counters::CounterValues;
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::{Counters, Instant, Snapshot};
 
-use crate::worker::{IoCounters, IoValues, Mode, Worker};
+use crate::worker::{Forwarding, IoCounters, IoValues, Mode, Worker};
 use crate::xsk::{Port, PortConfig, Umem};
 use crate::{enter_netns, ifindex, Attachment, IfRole, Steering, XdpMode};
 
@@ -85,6 +85,8 @@ pub struct Config {
     pub port: PortConfig,
     /// Stop by itself after this long (tests and benchmarks bound every run).
     pub max_run: Option<Duration>,
+    /// The pipeline, or the perf harness's baseline forwarder.
+    pub forwarding: Forwarding,
 }
 
 impl Default for Config {
@@ -96,6 +98,7 @@ impl Default for Config {
             conntrack: ConntrackConfig::default(),
             port: PortConfig::default(),
             max_run: None,
+            forwarding: Forwarding::Pipeline,
         }
     }
 }
@@ -472,6 +475,7 @@ fn control(
                 core: *core,
                 netns: config.netns.clone(),
                 mode: config.mode,
+                forwarding: config.forwarding,
                 port: config.port,
                 snap: Arc::clone(&snap),
                 ct: Arc::clone(&ct),
@@ -552,6 +556,7 @@ struct WorkerSetup {
     core: Option<usize>,
     netns: Option<String>,
     mode: Mode,
+    forwarding: Forwarding,
     port: PortConfig,
     snap: Arc<Snapshot>,
     ct: Arc<Conntrack>,
@@ -583,6 +588,7 @@ fn run_worker(
         }
     };
     let mut worker = Worker::new(Vec::new(), Arc::new(Counters::new()));
+    worker.set_forwarding(w.forwarding);
     let _ = stats.send(Ok(WorkerStats {
         counters: Arc::clone(worker.counters()),
         io: Arc::clone(worker.io()),

@@ -34,6 +34,19 @@ pub enum Mode {
     BusyPoll,
 }
 
+/// What a worker does with each batch it receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// kxdp's pipeline.
+    Pipeline,
+    /// The perf harness's baseline: swap the Ethernet addresses and send every frame out of
+    /// `out`, as a bare AF_XDP forwarder does, on the same sockets and the same I/O path.
+    MacSwap {
+        /// Where every frame goes.
+        out: InterfaceId,
+    },
+}
+
 /// A worker's I/O counters, beside the pipeline's [`Counters`]: written by the worker alone
 /// (relaxed load and store), readable from any thread.
 #[derive(Debug, Default)]
@@ -99,6 +112,7 @@ pub struct Worker {
     ports: Vec<(InterfaceId, Port)>,
     counters: Arc<Counters>,
     io: Arc<IoCounters>,
+    forwarding: Forwarding,
 }
 
 /// Where a frame of a batch goes.
@@ -119,7 +133,13 @@ impl Worker {
             ports,
             counters,
             io: Arc::new(IoCounters::default()),
+            forwarding: Forwarding::Pipeline,
         }
+    }
+
+    /// Replace the pipeline (for the perf harness's baseline).
+    pub fn set_forwarding(&mut self, forwarding: Forwarding) {
+        self.forwarding = forwarding;
     }
 
     /// The worker's I/O counters, readable from any thread.
@@ -215,7 +235,7 @@ impl Worker {
             .collect();
         let find =
             |iface: InterfaceId| targets.iter().find(|(id, _)| *id == iface).map(|(_, j)| *j);
-        let counters = &self.counters;
+        let (counters, forwarding) = (&self.counters, self.forwarding);
         let port = &mut self.ports[i].1;
         let chunk_mask = !(u64::from(port.frame_size()) - 1);
         port.with_chunks(&rx[..n], |chunks| {
@@ -224,7 +244,10 @@ impl Worker {
                 let frame = Frame::new(chunk, head, d.len as usize).expect("frame in its chunk");
                 packets.push(Packet::new(frame, ingress));
             }
-            process_batch(&mut packets, snap, ct, counters, now);
+            match forwarding {
+                Forwarding::Pipeline => process_batch(&mut packets, snap, ct, counters, now),
+                Forwarding::MacSwap { out } => mac_swap(&mut packets, out),
+            }
             for (p, d) in packets.iter().zip(&rx[..n]) {
                 // The pipeline may have moved the frame's start within its chunk.
                 let desc = Desc {
@@ -294,6 +317,20 @@ impl Worker {
         let sent = self.ports[i].1.transmit(frames);
         IoCounters::add(&self.io.tx, sent as u64);
         IoCounters::add(&self.io.tx_ring_full, (frames.len() - sent) as u64);
+    }
+}
+
+/// The baseline forwarder's whole work: swap the Ethernet addresses, send out of `out`.
+fn mac_swap(packets: &mut [Packet<'_>], out: InterfaceId) {
+    for p in packets {
+        let data = p.frame.data_mut();
+        if data.len() >= 12 {
+            let (dst, src) = data[..12].split_at_mut(6);
+            dst.swap_with_slice(src);
+            p.verdict = Verdict::Transmit(out);
+        } else {
+            p.verdict = Verdict::Drop(kxdp_dataplane::DropReason::FrameTooShort);
+        }
     }
 }
 

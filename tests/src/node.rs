@@ -11,8 +11,9 @@ use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 use kxdp_dataplane::Snapshot;
 
 use crate::testbed::Testbed;
+pub use kxdp_xdp::runtime::Config;
+use kxdp_xdp::runtime::Dataplane;
 pub use kxdp_xdp::runtime::{Change, Managed};
-use kxdp_xdp::runtime::{Config, Dataplane};
 use kxdp_xdp::worker::{IoValues, Mode};
 
 /// A MAC address as `ip` prints it.
@@ -81,10 +82,21 @@ impl KxdpNode {
         mode: Mode,
         workers: &[Option<usize>],
     ) -> Result<KxdpNode, String> {
-        let config = Config {
+        Self::start_configured(ns, ifaces, snapshot, |c| {
+            c.mode = mode;
+            c.workers = workers.to_vec();
+        })
+    }
+
+    /// [`KxdpNode::start`] with the runtime's configuration edited by `edit`.
+    pub fn start_configured(
+        ns: &str,
+        ifaces: Vec<Managed>,
+        snapshot: Snapshot,
+        edit: impl FnOnce(&mut Config),
+    ) -> Result<KxdpNode, String> {
+        let mut config = Config {
             netns: Some(ns.to_owned()),
-            workers: workers.to_vec(),
-            mode,
             conntrack: ConntrackConfig {
                 capacity: 4096,
                 ..ConntrackConfig::default()
@@ -92,6 +104,7 @@ impl KxdpNode {
             max_run: Some(MAX_RUN),
             ..Config::default()
         };
+        edit(&mut config);
         Dataplane::start(config, ifaces, snapshot).map(KxdpNode)
     }
 

@@ -11,6 +11,7 @@ use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::Snapshot;
 use kxdp_tests::node::{mac_text, Change, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
+use kxdp_xdp::xsk::{Port, PortConfig, Umem};
 use kxdp_xdp::IfRole;
 
 #[test]
@@ -89,4 +90,91 @@ fn pods_come_and_go_without_loss_for_the_others() {
         text.contains("60 packets transmitted, 60 received"),
         "no loss for the other pods: {text}"
     );
+}
+
+#[test]
+fn a_closed_port_gives_its_chunks_back() {
+    if skip_unless_privileged("a_closed_port_gives_its_chunks_back") {
+        return;
+    }
+    let t = Topology::default();
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+        .expect("testbed builds");
+    let ns = tb.nodes[0].ns.clone();
+    std::thread::spawn(move || {
+        kxdp_xdp::enter_netns(&ns).expect("node namespace");
+        // 2048 chunks, 512 per fill ring: four pods' worth of leaked rings would exhaust it.
+        let umem = Umem::new(PortConfig {
+            frames: 2048,
+            ..PortConfig::default()
+        })
+        .expect("UMEM");
+        let mut first = Port::open_shared("pod0", 0, &umem).expect("first port");
+        first.fill();
+        let before = umem.free_chunks();
+        for round in 0..8 {
+            let mut port = Port::open_shared("pod1", 0, &umem).expect("a pod's port");
+            port.fill();
+            assert!(
+                umem.free_chunks() < before,
+                "round {round}: the fill ring took chunks"
+            );
+            drop(port);
+            assert_eq!(umem.free_chunks(), before, "round {round}: all came back");
+        }
+    })
+    .join()
+    .expect("the port thread passes");
+}
+
+#[test]
+fn new_pods_come_up_after_the_first_pod_went() {
+    if skip_unless_privileged("new_pods_come_up_after_the_first_pod_went") {
+        return;
+    }
+    let t = Topology::default();
+    let pod_c = LocalPod {
+        name: "default/newcomer".into(),
+        ip: "10.244.1.12".parse().unwrap(),
+        iface: InterfaceId(4),
+        mac: kxdp_dataplane::testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
+    };
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let mut tb =
+        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+            .expect("testbed builds");
+    // No uplink: pod0's socket is the first on the worker's UMEM.
+    let node = KxdpNode::start(
+        &tb.nodes[0].ns,
+        vec![
+            Managed::pod("pod0", t.pod_a.iface),
+            Managed::pod("pod1", t.pod_b.iface),
+        ],
+        t.snapshot(),
+    )
+    .expect("kxdp starts");
+    let mut inputs = t.inputs();
+    inputs.pods.retain(|p| p.ip != t.pod_a.ip);
+    let without_a = Snapshot::build(inputs.clone()).expect("a valid snapshot");
+    node.change(Change::Remove(t.pod_a.iface, without_a))
+        .expect("kxdp lets pod A go");
+    let pod_a = tb.nodes[0].pods[0].clone();
+    tb.remove_pod(&pod_a).expect("pod A goes away");
+
+    let pod = tb
+        .add_kxdp_pod(0, "pod2", pod_c.ip, &mac_text(pod_c.mac))
+        .expect("a pod comes up");
+    inputs.pods.push(pod_c.clone());
+    let with_c = Snapshot::build(inputs).expect("a valid snapshot");
+    node.change(Change::Add(Managed::pod("pod2", pod_c.iface), with_c))
+        .expect("kxdp serves the new pod");
+    let replies = tb
+        .ping(&pod.ns, t.pod_b.ip, 3, Duration::from_secs(5))
+        .unwrap();
+    let io = node.io();
+    let _ = node.finish().expect("worker");
+    assert_eq!(replies, 3, "the new pod reaches pod B: {io:?}");
+    // Pod A's socket was the one the UMEM is shared through: the newcomer got its own UMEM.
+    assert!(io.copied > 0, "frames copied between UMEMs: {io:?}");
 }

@@ -162,3 +162,44 @@ fn two_workers_share_a_nodes_queues_and_its_flows() {
         assert!(w.rx > 0, "worker {q} received nothing: {workers:?}");
     }
 }
+
+#[test]
+fn sockets_on_their_own_umems_copy_frames_between_them() {
+    if skip_unless_privileged("sockets_on_their_own_umems_copy_frames_between_them") {
+        return;
+    }
+    let t = Topology::default();
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+        .expect("testbed builds");
+    let managed = vec![
+        Managed::pod("pod0", t.pod_a.iface),
+        Managed::pod("pod1", t.pod_b.iface),
+    ];
+    let node_ns = tb.nodes[0].ns.clone();
+    let node = KxdpNode::start_configured(&node_ns, managed, t.snapshot(), |c| {
+        c.shared_umem = false;
+    })
+    .expect("kxdp starts");
+    let (a, b) = (&tb.nodes[0].pods[0].ns, &tb.nodes[0].pods[1].ns);
+    let server = TcpServer::start(b, 8080, "pod-b");
+    let replies = connect_many(a, &t.pod_b.ip.to_string(), 8080, 10);
+    let io = node.io();
+    drop(server);
+    let c = node.finish().expect("worker");
+    let ok = replies.iter().filter(|r| r.starts_with("pod-b ")).count();
+    assert_eq!(ok, 10, "every connection answered: {replies:?} {c:?}");
+    assert!(io.copied >= 10, "frames were copied between UMEMs: {io:?}");
+    // Stopping detached the program from every interface.
+    for dev in ["pod0", "pod1"] {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &node_ns, "-d", "link", "show", dev])
+            .output()
+            .expect("ip runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !text.contains("prog/xdp"),
+            "{dev}: {text}"
+        );
+    }
+}

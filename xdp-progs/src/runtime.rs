@@ -87,6 +87,10 @@ pub struct Config {
     pub max_run: Option<Duration>,
     /// The pipeline, or the perf harness's baseline forwarder.
     pub forwarding: Forwarding,
+    /// Whether a worker's sockets share its UMEM (frames move between interfaces as
+    /// descriptors), or each socket has its own (frames are copied between them): for drivers
+    /// that cannot share a UMEM between devices.
+    pub shared_umem: bool,
 }
 
 impl Default for Config {
@@ -99,6 +103,7 @@ impl Default for Config {
             port: PortConfig::default(),
             max_run: None,
             forwarding: Forwarding::Pipeline,
+            shared_umem: true,
         }
     }
 }
@@ -477,6 +482,7 @@ fn control(
                 mode: config.mode,
                 forwarding: config.forwarding,
                 port: config.port,
+                shared_umem: config.shared_umem,
                 snap: Arc::clone(&snap),
                 ct: Arc::clone(&ct),
                 stop: Arc::clone(&stop),
@@ -495,8 +501,16 @@ fn control(
                 .map_err(|e| format!("worker {q} did not start: {e}"))??;
             stats.push(s);
         }
+        // The first socket on each worker's UMEM stays bound until the UMEM goes (see
+        // `xsk`): give it the interface that lives longest, the uplink, then the host's.
+        let mut ordered: Vec<&Managed> = ifaces.iter().collect();
+        ordered.sort_by_key(|m| match m.role {
+            IfRole::Uplink => 0,
+            IfRole::Host => 1,
+            _ => 2,
+        });
         let mut modes = Vec::new();
-        for m in &ifaces {
+        for m in ordered {
             modes.push((m.name.clone(), ctl.add(m)?));
         }
         Ok((ctl, stats, modes))
@@ -558,6 +572,7 @@ struct WorkerSetup {
     mode: Mode,
     forwarding: Forwarding,
     port: PortConfig,
+    shared_umem: bool,
     snap: Arc<Snapshot>,
     ct: Arc<Conntrack>,
     stop: Arc<AtomicBool>,
@@ -578,7 +593,10 @@ fn run_worker(
             crate::pin_current_thread(core)
                 .map_err(|e| format!("worker {q}: pinning to core {core}: {e}"))?;
         }
-        Umem::new(w.port).map_err(|e| format!("worker {q}: UMEM: {e}"))
+        // One UMEM for all of the worker's sockets, unless each is to have its own.
+        w.shared_umem
+            .then(|| Umem::new(w.port).map_err(|e| format!("worker {q}: UMEM: {e}")))
+            .transpose()
     })();
     let umem = match setup {
         Ok(u) => u,
@@ -602,7 +620,7 @@ fn run_worker(
                     let _ = ack.send(());
                 }
                 Command::Add(m, base, reply) => {
-                    let opened = open(&m, q, &umem).map(|port| {
+                    let opened = open(&m, q, umem.as_ref(), w.port).map(|port| {
                         port.map(|port| {
                             let fd = port.fd();
                             worker.add_port(m.id, port);
@@ -624,13 +642,30 @@ fn run_worker(
     Ok(())
 }
 
-/// Worker `q`'s socket on `m`, or none if `m` has no queue `q`.
-fn open(m: &Managed, q: u32, umem: &std::rc::Rc<Umem>) -> Result<Option<Port>, String> {
+/// Worker `q`'s socket on `m` (on the worker's UMEM if given, else on its own), or none if `m`
+/// has no queue `q`.
+fn open(
+    m: &Managed,
+    q: u32,
+    umem: Option<&std::rc::Rc<Umem>>,
+    config: PortConfig,
+) -> Result<Option<Port>, String> {
     let queues = rx_queues(&m.name).map_err(|e| format!("{}: reading its queues: {e}", m.name))?;
     if q >= queues {
         return Ok(None);
     }
-    Port::open_shared(&m.name, q, umem)
-        .map(Some)
+    let port = match umem {
+        // Sharing goes through the UMEM's first socket; if its interface has gone (a pod
+        // that came first was deleted), the kernel says EBADF, and this socket gets a UMEM of
+        // its own: frames between it and the others are copied.
+        Some(umem) => {
+            Port::open_shared(&m.name, q, umem).or_else(|e| match crate::xsk::errno(&e) {
+                Some(libc::EBADF) => Port::open(&m.name, q, config),
+                _ => Err(e),
+            })
+        }
+        None => Port::open(&m.name, q, config),
+    };
+    port.map(Some)
         .map_err(|e| format!("{} queue {q}: {e}", m.name))
 }

@@ -9,8 +9,14 @@
 //!
 //! Every chunk is always in exactly one place: the UMEM's free list, a fill ring, received and
 //! being processed, or a TX ring until a completion ring returns it. That bookkeeping is the
-//! safety argument for handing out `&mut [u8]` views of chunks. A UMEM and its ports belong to
-//! one worker thread (`Rc`, not `Arc`).
+//! safety argument for handing out `&mut [u8]` views of chunks. The UMEM also records which
+//! port's rings hold each chunk it has handed to the kernel, so that a port closed while pods
+//! come and go gives back the chunks left in its fill and TX rings instead of leaking them. A
+//! UMEM and its ports belong to one worker thread (`Rc`, not `Arc`).
+//!
+//! libxdp binds a UMEM's first socket on the UMEM's own file descriptor, which stays open (and
+//! bound) until the UMEM is deleted, and later sockets share the UMEM through it: give the
+//! first socket the most stable interface (the uplink).
 //!
 //! The rings are driven through libxdp's own helpers (libxdp-sys) rather than a higher-level
 //! crate because the pipeline moves a frame's start inside its chunk (VXLAN encapsulation
@@ -21,7 +27,7 @@
 //! (`sendto`) whenever the TX ring needs a wakeup, not only after adding descriptors, since
 //! copy mode otherwise stalls once the ring is full.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 use std::io;
 use std::os::raw::c_void;
@@ -65,7 +71,37 @@ pub struct Desc {
 
 fn os_err(what: &str, rc: i32) -> io::Error {
     let e = io::Error::from_raw_os_error(-rc);
-    io::Error::new(e.kind(), format!("{what}: {e}"))
+    io::Error::new(
+        e.kind(),
+        OsError {
+            what: format!("{what}: {e}"),
+            errno: -rc,
+        },
+    )
+}
+
+/// A failed libxdp call: what was being done, and the errno, kept for callers that decide by it.
+#[derive(Debug)]
+struct OsError {
+    what: String,
+    errno: i32,
+}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for OsError {}
+
+/// The errno behind an error from this module.
+pub fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|r| r.downcast_ref::<OsError>())
+            .map(|o| o.errno)
+    })
 }
 
 /// Fill and completion rings, boxed: libxdp keeps pointers to them.
@@ -90,6 +126,10 @@ pub struct Umem {
     ring_size: u32,
     /// Chunks no ring holds, by base address.
     free: RefCell<Vec<u64>>,
+    /// By chunk index: the port whose fill or TX ring holds it, or [`NO_PORT`].
+    owner: RefCell<Vec<u32>>,
+    /// The last port number handed out.
+    ports: Cell<u32>,
     /// The fill and completion rings created with the UMEM, for its first socket.
     first_rings: RefCell<Option<FillComp>>,
 }
@@ -126,6 +166,8 @@ impl Umem {
                     .map(|i| u64::from(i) * u64::from(config.frame_size))
                     .collect(),
             ),
+            owner: RefCell::new(vec![NO_PORT; config.frames as usize]),
+            ports: Cell::new(NO_PORT),
             first_rings: RefCell::new(None),
         };
         let umem_config = xdp::xsk_umem_config {
@@ -174,7 +216,39 @@ impl Umem {
     pub fn free_chunks(&self) -> usize {
         self.free.borrow().len()
     }
+
+    /// The index of the chunk holding `addr`.
+    #[inline]
+    fn chunk_index(&self, addr: u64) -> usize {
+        (addr / u64::from(self.frame_size)) as usize
+    }
+
+    /// Record that `port`'s rings (or nobody's: [`NO_PORT`]) hold the chunks of `addrs`.
+    #[inline]
+    fn set_owner(&self, addrs: impl Iterator<Item = u64>, port: u32) {
+        let mut owner = self.owner.borrow_mut();
+        for a in addrs {
+            let i = self.chunk_index(a);
+            owner[i] = port;
+        }
+    }
+
+    /// Put back on the free list every chunk `port`'s rings held: the port is closed and the
+    /// kernel will not use them again.
+    fn reclaim(&self, port: u32) {
+        let mut owner = self.owner.borrow_mut();
+        let mut free = self.free.borrow_mut();
+        for (i, o) in owner.iter_mut().enumerate() {
+            if *o == port {
+                *o = NO_PORT;
+                free.push(i as u64 * u64::from(self.frame_size));
+            }
+        }
+    }
 }
+
+/// No port: the chunk is on the free list or in the worker's hands.
+const NO_PORT: u32 = 0;
 
 impl Drop for Umem {
     fn drop(&mut self) {
@@ -196,6 +270,8 @@ pub struct Port {
     comp: Box<xdp::xsk_ring_cons>,
     rx: Box<xdp::xsk_ring_cons>,
     tx: Box<xdp::xsk_ring_prod>,
+    /// This port's number in its UMEM's ownership records.
+    id: u32,
 }
 
 impl Port {
@@ -222,6 +298,9 @@ impl Port {
             let tx = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_prod>() });
             (rx, tx)
         };
+        // Numbers wrap after 2^32 - 1 ports; 0 is nobody.
+        let id = umem.ports.get().wrapping_add(1).max(1);
+        umem.ports.set(id);
         let mut port = Port {
             umem: Rc::clone(umem),
             xsk: ptr::null_mut(),
@@ -229,6 +308,7 @@ impl Port {
             comp,
             rx,
             tx,
+            id,
         };
         let name = CString::new(ifname)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
@@ -308,8 +388,11 @@ impl Port {
         let mut idx = 0u32;
         // SAFETY: the fill ring is live; reserve writes only `idx`.
         let n = unsafe { xdp::xsk_ring_prod__reserve(&mut *self.fill, want, &mut idx) };
+        let mut owner = self.umem.owner.borrow_mut();
         for i in 0..n {
             let addr = free.pop().expect("reserved no more than we hold");
+            let chunk = self.umem.chunk_index(addr);
+            owner[chunk] = self.id;
             // SAFETY: slot `idx + i` was reserved above and is ours to write until submit.
             let slot = unsafe { xdp::xsk_ring_prod__fill_addr(&mut *self.fill, idx + i) };
             // SAFETY: `slot` points into the mapped fill ring.
@@ -352,6 +435,8 @@ impl Port {
         }
         // SAFETY: releasing exactly the `n` slots peeked.
         unsafe { xdp::xsk_ring_cons__release(&mut *self.rx, n) };
+        self.umem
+            .set_owner(out[..n as usize].iter().map(|d| d.addr), NO_PORT);
         n as usize
     }
 
@@ -413,6 +498,8 @@ impl Port {
         }
         // SAFETY: exactly `n` slots were reserved and written.
         unsafe { xdp::xsk_ring_prod__submit(&mut *self.tx, n) };
+        self.umem
+            .set_owner(frames[..n as usize].iter().map(|f| f.addr), self.id);
         for f in &frames[n as usize..] {
             self.umem.recycle(f.addr);
         }
@@ -448,6 +535,7 @@ impl Port {
             let slot = unsafe { xdp::xsk_ring_cons__comp_addr(&*self.comp, idx + i) };
             // SAFETY: `slot` points into the mapped completion ring.
             let addr = unsafe { *slot };
+            self.umem.set_owner(std::iter::once(addr), NO_PORT);
             self.umem.recycle(addr);
         }
         // SAFETY: releasing exactly the `n` slots peeked.
@@ -501,9 +589,18 @@ impl Port {
 
 impl Drop for Port {
     fn drop(&mut self) {
-        if !self.xsk.is_null() {
-            // SAFETY: the socket is live and deleted once; the UMEM outlives it (our `Rc`).
-            unsafe { xdp::xsk_socket__delete(self.xsk) };
+        if self.xsk.is_null() {
+            return;
+        }
+        // SAFETY: the UMEM is live (our `Rc`).
+        let on_umem_fd = self.fd() == unsafe { xdp::xsk_umem__fd(self.umem.umem) };
+        // SAFETY: the socket is live and deleted once; the UMEM outlives it (our `Rc`).
+        unsafe { xdp::xsk_socket__delete(self.xsk) };
+        // Closing the socket released it: the kernel no longer reads its fill ring or sends
+        // from its TX ring, so their chunks are free again. The UMEM's first socket is not
+        // closed (libxdp keeps the UMEM's descriptor open): its chunks stay where they are.
+        if !on_umem_fd {
+            self.umem.reclaim(self.id);
         }
     }
 }

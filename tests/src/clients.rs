@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 
 /// A TCP server in a namespace answering every connection on `port` with `reply` and then the
 /// client's address as it saw it (`"<reply> <address>"`). It exits by itself after 60 s and
-/// is killed when dropped.
+/// is killed when dropped. `start` returns once it listens.
 #[derive(Debug)]
 pub struct TcpServer(Child);
 
@@ -16,6 +16,7 @@ impl TcpServer {
             "import socket, time\n\
              s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
              s.bind(('0.0.0.0', {port})); s.listen(64); s.settimeout(1)\n\
+             print('listening', flush=True)\n\
              end = time.time() + 60\n\
              while time.time() < end:\n\
              \x20   try:\n\
@@ -24,11 +25,21 @@ impl TcpServer {
              \x20       continue\n\
              \x20   c.sendall(('{reply} ' + peer[0]).encode()); c.close()\n"
         );
-        let child = Command::new("ip")
+        let mut child = Command::new("ip")
             .args(["netns", "exec", ns, "python3", "-c", &script])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("python3 runs");
+        // One line once it listens, or end of file if it failed (it then says why on stderr).
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
+        assert_eq!(
+            line.trim(),
+            "listening",
+            "the TCP server in {ns} did not start"
+        );
         TcpServer(child)
     }
 }

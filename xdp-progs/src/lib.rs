@@ -212,6 +212,8 @@ xdp_stats! {
 #[derive(Debug)]
 pub struct Steering {
     obj: Object,
+    /// The `frontends` map's keys, as last synced, so a sync writes only the difference.
+    frontends: std::cell::RefCell<std::collections::HashSet<[u8; 8]>>,
 }
 
 /// XDP's verdicts, as `BPF_PROG_TEST_RUN` reports them.
@@ -231,7 +233,10 @@ impl Steering {
             .open_memory(OBJECT)
             .map_err(bpf("opening the XDP object"))?;
         let obj = open.load().map_err(bpf("loading the XDP program"))?;
-        Ok(Steering { obj })
+        Ok(Steering {
+            obj,
+            frontends: Default::default(),
+        })
     }
 
     fn update(&self, map: &'static str, key: &[u8], value: &[u8]) -> Result<(), XdpError> {
@@ -306,28 +311,44 @@ impl Steering {
         Ok(())
     }
 
-    /// Fill the maps from a snapshot: config, node addresses, VXLAN peers, frontends. Stale
-    /// entries are removed first, so the maps say exactly what the snapshot says.
+    /// Fill the maps from a snapshot: config, node addresses, VXLAN peers, frontends, so the
+    /// maps say exactly what the snapshot says. Frontends are diffed against the last sync:
+    /// new ones are added before stale ones are removed, and unchanged ones are not touched,
+    /// so a service's traffic is never passed to the kernel during an update, and a change to
+    /// one service among thousands costs a few map writes.
     pub fn sync(&self, snap: &Snapshot) -> Result<(), XdpError> {
         let node = &snap.node;
         self.set_config(node.vxlan_port, node.masquerade_ports.clone())?;
         self.set_node_ips(&node.node_ips)?;
         let peers: Vec<Ipv4Addr> = snap.remote_nodes().iter().map(|r| r.node.node_ip).collect();
         self.set_vxlan_peers(&peers)?;
-        self.clear("frontends")?;
+        let mut wanted = std::collections::HashSet::new();
         for port in snap.services.ports() {
             let spec = port.spec();
             for fe in &spec.frontends {
-                let addrs: Vec<Ipv4Addr> = match (fe.kind, fe.ip) {
-                    (FrontendKind::NodePort, _) | (_, None) => node.node_ips.clone(),
-                    (_, Some(ip)) => vec![ip],
+                let addrs: &[Ipv4Addr] = match (fe.kind, &fe.ip) {
+                    (FrontendKind::NodePort, _) | (_, None) => &node.node_ips,
+                    (_, Some(ip)) => std::slice::from_ref(ip),
                 };
                 for addr in addrs {
-                    let key = FrontendKey::new(addr, fe.port, spec.proto);
-                    self.update("frontends", &key.to_bytes(), &[1])?;
+                    wanted.insert(FrontendKey::new(*addr, fe.port, spec.proto).to_bytes());
                 }
             }
         }
+        let mut current = self.frontends.borrow_mut();
+        let m = self
+            .obj
+            .maps()
+            .find(|m| m.name() == "frontends")
+            .ok_or(XdpError::Missing("frontends"))?;
+        for key in wanted.difference(&current) {
+            m.update(key, &[1], MapFlags::ANY)
+                .map_err(bpf("updating map frontends"))?;
+        }
+        for key in current.difference(&wanted) {
+            m.delete(key).map_err(bpf("clearing map frontends"))?;
+        }
+        *current = wanted;
         Ok(())
     }
 

@@ -10,11 +10,14 @@
 //!
 //! Workers share one conntrack table (lookups are lock-free; only new flows take its writer
 //! lock), so a flow whose two directions arrive on different queues is still one flow. A new
-//! snapshot reaches each worker as an `Arc<Snapshot>` on its command channel, taken between
-//! rounds: publishing never waits for a worker, and a worker never waits on a lock.
+//! snapshot is published by an atomic pointer swap (`ArcSwap`); each worker loads the current
+//! one once per round. Publishing never waits for a worker, a worker never waits on a lock,
+//! and an old snapshot is freed when the last worker that loaded it lets go.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
+
+use arc_swap::ArcSwap;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as WallClock};
 
@@ -202,8 +205,6 @@ type ChangeRequest = (Change, mpsc::Sender<Result<(), String>>);
 
 /// What the control thread tells a worker.
 enum Command {
-    /// Use this snapshot from the next batch on, and say so.
-    Publish(Arc<Snapshot>, mpsc::Sender<()>),
     /// Open a socket on this interface (XSKMAP base given) and report its fd, if the
     /// interface has the worker's queue.
     Add(
@@ -355,6 +356,7 @@ struct WorkerHandle {
 /// The control thread's state.
 struct Control {
     steering: Steering,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     workers: Vec<WorkerHandle>,
     links: Vec<(InterfaceId, Attachment)>,
     next_base: u32,
@@ -393,21 +395,10 @@ impl Control {
         Ok(mode)
     }
 
-    fn publish(&self, snap: Snapshot) -> Result<(), String> {
+    /// Steer what the new snapshot owns, then swap it in: every worker's next round uses it.
+    fn publish(&mut self, snap: Snapshot) -> Result<(), String> {
         self.steering.sync(&snap).map_err(|e| e.to_string())?;
-        let snap = Arc::new(snap);
-        let mut acks = Vec::new();
-        for w in &self.workers {
-            let (tx, rx) = mpsc::channel();
-            w.commands
-                .send(Command::Publish(Arc::clone(&snap), tx))
-                .map_err(|_| "a worker has stopped".to_owned())?;
-            acks.push(rx);
-        }
-        for rx in acks {
-            rx.recv_timeout(WORKER_REPLY)
-                .map_err(|e| format!("a worker did not take the snapshot: {e}"))?;
-        }
+        self.snapshot.store(Arc::new(snap));
         Ok(())
     }
 
@@ -464,9 +455,10 @@ fn control(
         }
         let steering = Steering::load().map_err(|e| e.to_string())?;
         steering.sync(&snapshot).map_err(|e| e.to_string())?;
-        let snap = Arc::new(snapshot);
+        let snap = Arc::new(ArcSwap::from_pointee(snapshot));
         let mut ctl = Control {
             steering,
+            snapshot: Arc::clone(&snap),
             workers: Vec::new(),
             links: Vec::new(),
             next_base: 0,
@@ -573,7 +565,7 @@ struct WorkerSetup {
     forwarding: Forwarding,
     port: PortConfig,
     shared_umem: bool,
-    snap: Arc<Snapshot>,
+    snap: Arc<ArcSwap<Snapshot>>,
     ct: Arc<Conntrack>,
     stop: Arc<AtomicBool>,
     started: WallClock,
@@ -611,14 +603,9 @@ fn run_worker(
         counters: Arc::clone(worker.counters()),
         io: Arc::clone(worker.io()),
     }));
-    let mut snap = w.snap;
     while !w.stop.load(Relaxed) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
-                Command::Publish(s, ack) => {
-                    snap = s;
-                    let _ = ack.send(());
-                }
                 Command::Add(m, base, reply) => {
                     let opened = open(&m, q, umem.as_ref(), w.port).map(|port| {
                         port.map(|port| {
@@ -636,8 +623,9 @@ fn run_worker(
             }
         }
         worker
-            .poll_once(&snap, &w.ct, now_since(w.started), w.mode)
+            .wait(w.mode)
             .map_err(|e| format!("worker {q}: {e}"))?;
+        worker.run_batches(&w.snap.load(), &w.ct, now_since(w.started));
     }
     Ok(())
 }

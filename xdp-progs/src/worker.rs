@@ -181,6 +181,14 @@ impl Worker {
         now: Instant,
         mode: Mode,
     ) -> io::Result<usize> {
+        self.wait(mode)?;
+        Ok(self.run_batches(snap, ct, now))
+    }
+
+    /// In wakeup mode, sleep in `poll` until a port has frames or the timeout passes; in
+    /// busy-poll mode, return at once. Load the snapshot and read the clock after this, not
+    /// before: a wait can outlast a publish.
+    pub fn wait(&self, mode: Mode) -> io::Result<()> {
         if let Mode::Wakeup { timeout_ms } = mode {
             let mut fds: ArrayVec<libc::pollfd, 64> = self
                 .ports
@@ -201,6 +209,11 @@ impl Worker {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// One batch per port that has frames, through `snap`. Returns how many were processed.
+    pub fn run_batches(&mut self, snap: &Snapshot, ct: &Conntrack, now: Instant) -> usize {
         let mut total = 0;
         for i in 0..self.ports.len() {
             total += self.batch(i, snap, ct, now);
@@ -210,7 +223,7 @@ impl Worker {
             IoCounters::add(&self.io.empty_polls, 1);
         }
         IoCounters::add(&self.io.rx, total as u64);
-        Ok(total)
+        total
     }
 
     /// Receive, process and send one batch of port `i`.

@@ -1,3 +1,13 @@
-//! kxdp's control side. Issue 4 builds the Kubernetes and manifest sources here; for now it
-//! re-exports the snapshot types it will compile into.
+//! kxdp's control side: the cluster model, its sources, and the compiler that turns it into the
+//! dataplane's snapshots.
+//!
+//! Control flows one way: a source (the Kubernetes API through kube's watchers, or manifest
+//! files) converts objects into the [`model::Model`], which records what changed; the
+//! [`compile::Compiler`] rebuilds what changed into a new [`Snapshot`](kxdp_dataplane::Snapshot)
+//! for the runtime to publish by an atomic swap.
+pub mod compile;
+pub mod kube_source;
+pub mod manifest;
+pub mod model;
+
 pub use kxdp_dataplane::tables;

@@ -21,8 +21,8 @@ use crate::flow::FastMap;
 use crate::wire::{checksum, vxlan, Ipv4Cidr, MacAddr};
 pub use route::Lpm;
 pub use service::{
-    Backend, Frontend, FrontendKind, Pick, ServicePort, ServicePortSpec, ServiceTable,
-    ServiceTableError, TrafficPolicy,
+    frontend_key, Backend, Frontend, FrontendKind, Pick, ServicePort, ServicePortSpec,
+    ServiceTable, ServiceTableError, TrafficPolicy,
 };
 
 /// An interface the dataplane drives, numbered by the I/O layer. Small and dense: tables index
@@ -343,6 +343,23 @@ const MAX_NODE_BLOCK_BITS: u8 = 16;
 impl Snapshot {
     /// Build and validate a snapshot.
     pub fn build(inputs: SnapshotInputs) -> Result<Snapshot, SnapshotError> {
+        Self::build_from(inputs, None)
+    }
+
+    /// Build and validate a snapshot, reusing `previous`'s service index where the service
+    /// ports are the same (`Arc::ptr_eq`): see [`ServiceTable::updated`]. The result is the
+    /// same as [`Snapshot::build`]'s, except perhaps the order of `services.ports()`.
+    pub fn build_after(
+        inputs: SnapshotInputs,
+        previous: &Snapshot,
+    ) -> Result<Snapshot, SnapshotError> {
+        Self::build_from(inputs, Some(previous))
+    }
+
+    fn build_from(
+        inputs: SnapshotInputs,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, SnapshotError> {
         let SnapshotInputs {
             generation,
             node,
@@ -406,7 +423,12 @@ impl Snapshot {
             ));
         }
 
-        let services = ServiceTable::new(services, &node.node_ips, &draining_endpoints)?;
+        let services = match previous {
+            Some(prev) => prev
+                .services
+                .updated(services, &node.node_ips, &draining_endpoints)?,
+            None => ServiceTable::new(services, &node.node_ips, &draining_endpoints)?,
+        };
         let neighbors: FastMap<u32, MacAddr> = neighbors
             .into_iter()
             .map(|(ip, mac)| (u32::from(ip), mac))

@@ -297,10 +297,16 @@ pub enum ServiceTableError {
 pub struct ServiceTable {
     index: FastMap<u64, FrontendEntry>,
     ports: Vec<Arc<ServicePort>>,
-    backends: FastMap<u64, ()>,
+    /// Endpoint (and draining endpoint) keys, with how many ports list each.
+    backends: FastMap<u64, u32>,
     /// One bit per port any endpoint listens on: most traffic is from ports no endpoint uses,
-    /// and this 8 KiB filter answers for it without hashing.
+    /// and this 8 KiB filter answers for it without hashing. An update only sets bits; a
+    /// stale one costs a hash lookup, and the next full build clears it.
     backend_ports: Box<[u64]>,
+    node_ips: Vec<Ipv4Addr>,
+    draining: Vec<(Ipv4Addr, u8, u16)>,
+    /// Ports changed by updates since the last full build.
+    churn: usize,
 }
 
 impl ServiceTable {
@@ -312,56 +318,169 @@ impl ServiceTable {
         node_ips: &[Ipv4Addr],
         draining: &[(Ipv4Addr, u8, u16)],
     ) -> Result<Self, ServiceTableError> {
-        let mut index: FastMap<u64, FrontendEntry> = FastMap::default();
-        let mut backends: FastMap<u64, ()> = FastMap::default();
-        let mut backend_ports = vec![0u64; 65536 / 64].into_boxed_slice();
-        for (i, sp) in ports.iter().enumerate() {
-            let spec = sp.spec();
-            if spec.proto != flow::proto::TCP && spec.proto != flow::proto::UDP {
-                return Err(ServiceTableError::UnsupportedProtocol {
-                    name: spec.name.clone(),
-                    proto: spec.proto,
-                });
+        let mut t = ServiceTable {
+            index: FastMap::default(),
+            ports: Vec::with_capacity(ports.len()),
+            backends: FastMap::default(),
+            backend_ports: vec![0u64; 65536 / 64].into_boxed_slice(),
+            node_ips: node_ips.to_vec(),
+            draining: draining.to_vec(),
+            churn: 0,
+        };
+        for p in ports {
+            t.add_port(p)?;
+        }
+        for &(ip, proto, port) in draining {
+            t.add_backend(frontend_key(ip, proto, port), port);
+        }
+        Ok(t)
+    }
+
+    /// The table for `ports`, built from this one by removing the ports it has that `ports`
+    /// lacks and adding the others (ports are told apart by identity, `Arc::ptr_eq`): the cost
+    /// follows the change, not the table, so one service's update among thousands is cheap.
+    /// Falls back to [`ServiceTable::new`] when the node's addresses or the draining list
+    /// changed, or when updates have replaced an eighth of the table since the last full
+    /// build (which also clears stale port-filter bits). Port order may differ from `ports`.
+    pub fn updated(
+        &self,
+        ports: Vec<Arc<ServicePort>>,
+        node_ips: &[Ipv4Addr],
+        draining: &[(Ipv4Addr, u8, u16)],
+    ) -> Result<Self, ServiceTableError> {
+        if node_ips != self.node_ips.as_slice() || draining != self.draining.as_slice() {
+            return ServiceTable::new(ports, node_ips, draining);
+        }
+        let ptr = |p: &Arc<ServicePort>| Arc::as_ptr(p) as usize;
+        let wanted: FastMap<usize, ()> = ports.iter().map(|p| (ptr(p), ())).collect();
+        let held: FastMap<usize, ()> = self.ports.iter().map(|p| (ptr(p), ())).collect();
+        let removed: Vec<usize> = (0..self.ports.len())
+            .filter(|i| !wanted.contains_key(&ptr(&self.ports[*i])))
+            .collect();
+        let added: Vec<Arc<ServicePort>> = ports
+            .into_iter()
+            .filter(|p| !held.contains_key(&ptr(p)))
+            .collect();
+        let churn = self.churn + removed.len() + added.len();
+        if churn > self.ports.len() / 8 + 16 {
+            let mut all: Vec<Arc<ServicePort>> = self
+                .ports
+                .iter()
+                .filter(|p| wanted.contains_key(&ptr(p)))
+                .cloned()
+                .collect();
+            all.extend(added);
+            return ServiceTable::new(all, node_ips, draining);
+        }
+        let mut t = ServiceTable {
+            index: self.index.clone(),
+            ports: self.ports.clone(),
+            backends: self.backends.clone(),
+            backend_ports: self.backend_ports.clone(),
+            node_ips: self.node_ips.clone(),
+            draining: self.draining.clone(),
+            churn,
+        };
+        // Highest index first: swap_remove then moves only ports that stay.
+        for &i in removed.iter().rev() {
+            t.remove_port(i);
+        }
+        for p in added {
+            t.add_port(p)?;
+        }
+        Ok(t)
+    }
+
+    /// The addresses frontend `fe` of a port answers on.
+    fn frontend_ips<'a>(&'a self, fe: &'a Frontend) -> &'a [Ipv4Addr] {
+        match &fe.ip {
+            Some(ip) => core::slice::from_ref(ip),
+            None => &self.node_ips,
+        }
+    }
+
+    fn add_backend(&mut self, key: u64, port: u16) {
+        *self.backends.entry(key).or_default() += 1;
+        self.backend_ports[usize::from(port) / 64] |= 1 << (port % 64);
+    }
+
+    /// Index port `sp` as the last one.
+    fn add_port(&mut self, sp: Arc<ServicePort>) -> Result<(), ServiceTableError> {
+        let i = self.ports.len();
+        let spec = sp.spec();
+        if spec.proto != flow::proto::TCP && spec.proto != flow::proto::UDP {
+            return Err(ServiceTableError::UnsupportedProtocol {
+                name: spec.name.clone(),
+                proto: spec.proto,
+            });
+        }
+        let mut keys = Vec::new();
+        for fe in &spec.frontends {
+            for &ip in self.frontend_ips(fe) {
+                keys.push((frontend_key(ip, spec.proto, fe.port), fe.kind, ip, fe.port));
             }
+        }
+        for &(key, kind, ip, port) in &keys {
+            let entry = FrontendEntry {
+                port: i as u32,
+                kind,
+            };
+            if let Some(prev) = self.index.insert(key, entry) {
+                if prev.port != entry.port {
+                    return Err(ServiceTableError::DuplicateFrontend {
+                        first: self.ports[prev.port as usize].name().to_owned(),
+                        second: spec.name.clone(),
+                        ip,
+                        proto: spec.proto,
+                        port,
+                    });
+                }
+            }
+        }
+        for b in &spec.backends {
+            self.add_backend(frontend_key(b.ip, spec.proto, b.port), b.port);
+        }
+        self.ports.push(sp);
+        Ok(())
+    }
+
+    /// Drop port `i`, moving the last port into its place.
+    fn remove_port(&mut self, i: usize) {
+        let sp = Arc::clone(&self.ports[i]);
+        let spec = sp.spec();
+        for fe in &spec.frontends {
+            for &ip in self.frontend_ips(fe).to_vec().iter() {
+                let key = frontend_key(ip, spec.proto, fe.port);
+                if self.index.get(&key).is_some_and(|e| e.port as usize == i) {
+                    self.index.remove(&key);
+                }
+            }
+        }
+        for b in &spec.backends {
+            let key = frontend_key(b.ip, spec.proto, b.port);
+            if let Some(n) = self.backends.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.backends.remove(&key);
+                }
+            }
+        }
+        let last = self.ports.len() - 1;
+        if i != last {
+            let moved = Arc::clone(&self.ports[last]);
+            let spec = moved.spec();
             for fe in &spec.frontends {
-                let ips = match fe.ip {
-                    Some(ip) => core::slice::from_ref(&ip).to_vec(),
-                    None => node_ips.to_vec(),
-                };
-                for ip in ips {
+                for &ip in self.frontend_ips(fe).to_vec().iter() {
                     let key = frontend_key(ip, spec.proto, fe.port);
-                    let entry = FrontendEntry {
-                        port: i as u32,
-                        kind: fe.kind,
-                    };
-                    if let Some(prev) = index.insert(key, entry) {
-                        if prev.port != entry.port {
-                            return Err(ServiceTableError::DuplicateFrontend {
-                                first: ports[prev.port as usize].name().to_owned(),
-                                second: spec.name.clone(),
-                                ip,
-                                proto: spec.proto,
-                                port: fe.port,
-                            });
+                    if let Some(e) = self.index.get_mut(&key) {
+                        if e.port as usize == last {
+                            e.port = i as u32;
                         }
                     }
                 }
             }
-            for b in &spec.backends {
-                backends.insert(frontend_key(b.ip, spec.proto, b.port), ());
-                backend_ports[usize::from(b.port) / 64] |= 1 << (b.port % 64);
-            }
         }
-        for &(ip, proto, port) in draining {
-            backends.insert(frontend_key(ip, proto, port), ());
-            backend_ports[usize::from(port) / 64] |= 1 << (port % 64);
-        }
-        Ok(ServiceTable {
-            index,
-            ports,
-            backends,
-            backend_ports,
-        })
+        self.ports.swap_remove(i);
     }
 
     /// The service port answering on `ip:port/proto`, if any.
@@ -399,8 +518,118 @@ impl ServiceTable {
     pub fn memory_bytes(&self) -> usize {
         let entry = core::mem::size_of::<(u64, FrontendEntry)>() + 1;
         self.index.capacity() * entry
-            + self.backends.capacity() * (core::mem::size_of::<u64>() + 1)
+            + self.backends.capacity() * (core::mem::size_of::<(u64, u32)>() + 1)
             + self.backend_ports.len() * 8
             + self.ports.iter().map(|p| p.memory_bytes()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::XorShift;
+
+    fn port(i: u32, backends: u32, salt: u32) -> Arc<ServicePort> {
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
+        Arc::new(ServicePort::new(ServicePortSpec {
+            name: format!("ns/svc-{i}:p{salt}"),
+            proto: if i % 3 == 0 { 17 } else { 6 },
+            frontends: vec![
+                Frontend {
+                    kind: FrontendKind::ClusterIp,
+                    ip: Some(vip),
+                    port: 80,
+                },
+                Frontend {
+                    kind: FrontendKind::NodePort,
+                    ip: None,
+                    port: 30000 + i as u16,
+                },
+            ],
+            // Backends overlap between services (counted, not set).
+            backends: (0..backends)
+                .map(|j| {
+                    Backend::ready(
+                        Ipv4Addr::new(10, 244, 1, ((i + j) % 50) as u8),
+                        8080 + (salt % 3) as u16,
+                        false,
+                    )
+                })
+                .collect(),
+            internal_policy: TrafficPolicy::Cluster,
+            external_policy: TrafficPolicy::Cluster,
+            client_ip_affinity: false,
+        }))
+    }
+
+    /// Everything a lookup can tell, in a canonical order.
+    fn view(t: &ServiceTable, node_ips: &[Ipv4Addr]) -> Vec<String> {
+        let mut out = Vec::new();
+        for i in 0..64u32 {
+            let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
+            for proto in [6, 17] {
+                if let Some((p, k)) = t.lookup(vip, proto, 80) {
+                    out.push(format!("{vip}/{proto} {} {k:?}", p.name()));
+                }
+                for ip in node_ips {
+                    if let Some((p, k)) = t.lookup(*ip, proto, 30000 + i as u16) {
+                        out.push(format!("{ip}:{}/{proto} {} {k:?}", 30000 + i, p.name()));
+                    }
+                }
+            }
+        }
+        for h in 0..50u8 {
+            for port in 8080..8083 {
+                for proto in [6, 17] {
+                    if t.is_backend(Ipv4Addr::new(10, 244, 1, h), proto, port) {
+                        out.push(format!("backend 10.244.1.{h}:{port}/{proto}"));
+                    }
+                }
+            }
+        }
+        let mut names: Vec<&str> = t.ports().iter().map(|p| p.name()).collect();
+        names.sort();
+        out.extend(names.into_iter().map(String::from));
+        out
+    }
+
+    #[test]
+    fn updates_answer_as_a_fresh_build_does() {
+        let node_ips = [Ipv4Addr::new(198, 18, 0, 1)];
+        let mut rng = XorShift::new(7);
+        let mut ports: Vec<Arc<ServicePort>> = (0..40).map(|i| port(i, 3, 0)).collect();
+        let mut table = ServiceTable::new(ports.clone(), &node_ips, &[]).unwrap();
+        for round in 0..300u32 {
+            // Replace, remove or add a few ports.
+            for _ in 0..rng.below(3) + 1 {
+                let i = rng.below(64) as u32;
+                let at = ports
+                    .iter()
+                    .position(|p| p.name().starts_with(&format!("ns/svc-{i}:")));
+                match (at, rng.below(3)) {
+                    (Some(k), 0) => {
+                        ports.swap_remove(k);
+                    }
+                    (Some(k), _) => ports[k] = port(i, rng.below(5) as u32, round),
+                    (None, _) => ports.push(port(i, rng.below(5) as u32, round)),
+                }
+            }
+            let updated = table.updated(ports.clone(), &node_ips, &[]).unwrap();
+            let fresh = ServiceTable::new(ports.clone(), &node_ips, &[]).unwrap();
+            assert_eq!(
+                view(&updated, &node_ips),
+                view(&fresh, &node_ips),
+                "round {round}"
+            );
+            table = updated;
+        }
+        // A duplicate frontend is refused by an update as by a build.
+        let mut dup = ports.clone();
+        let clash = Arc::new(ServicePort::new(ports[0].spec().clone()));
+        dup.push(clash);
+        assert!(matches!(
+            table.updated(dup, &node_ips, &[]),
+            Err(ServiceTableError::DuplicateFrontend { .. })
+        ));
     }
 }

@@ -1,0 +1,584 @@
+//! The cluster model compiled into the dataplane's [`Snapshot`], incrementally.
+//!
+//! A service's compiled ports (`Arc<ServicePort>`, Maglev tables included) are cached and
+//! rebuilt only when the service or one of its slices changed; every other service's ports are
+//! reused by reference. Local pods, remote nodes and the node's own configuration are rebuilt
+//! when nodes or pods changed, which is cheap. [`Snapshot::build`] then indexes the whole.
+//!
+//! Objects that cannot be served are left out, each with a problem naming it, rather than
+//! failing the whole snapshot: a pod outside the node's pod CIDR or reusing another's address,
+//! a node whose pod CIDR overlaps another's, a service port claiming a frontend another already
+//! holds (the first holder keeps it, as kube-proxy's first-match rules would). Only this node's
+//! own configuration can fail a compile; the last good snapshot then stays published.
+//!
+//! Endpoints leaving every service are reported: UDP ones for the caller to flush from
+//! conntrack (as kube-proxy does), the others kept in the snapshot's `draining_endpoints` so
+//! replies of their open flows still get translated, until the caller says no flow is left
+//! ([`Compiler::retire_draining`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use kxdp_dataplane::tables::{
+    Backend, Frontend, FrontendKind, InterfaceId, LocalPod, NodeConfig, RemoteNode, ServicePort,
+    ServicePortSpec, SnapshotError, SnapshotInputs, TrafficPolicy,
+};
+use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+use kxdp_dataplane::Snapshot;
+
+use crate::model::{Model, ServiceInfo, SliceInfo};
+
+/// What the API does not say about this node: its name, interfaces, MACs, MTU, CIDRs, VXLAN
+/// and masquerade settings, and its underlay neighbours.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// This node's configuration. `name` says which Node object is this node; `pod_cidr`,
+    /// `gateway_ip` and (when the Node lists an InternalIP) the first of `node_ips` come from
+    /// that object.
+    pub node: NodeConfig,
+    /// Underlay neighbours: address to MAC.
+    pub neighbors: Vec<(Ipv4Addr, EthernetAddress)>,
+}
+
+/// Why there is no snapshot: this node's own configuration is incomplete or invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The API has no Node object for this node yet, or it has no IPv4 pod CIDR.
+    #[error("node {0}: no Node object with an IPv4 spec.podCIDR yet")]
+    NoPodCidr(String),
+    /// The snapshot refused the inputs.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// A compiled snapshot and what the caller must do about it.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The tables.
+    pub snapshot: Arc<Snapshot>,
+    /// This node's pod interfaces by name (see [`pod_interface_name`]), with their numbers:
+    /// the dataplane should serve exactly these.
+    pub interfaces: Vec<(String, InterfaceId)>,
+    /// UDP endpoints (address, port) no service has any more: flush their flows.
+    pub flush_udp: Vec<(Ipv4Addr, u16)>,
+    /// How many services were recompiled.
+    pub services_compiled: usize,
+    /// Objects left out, each with why.
+    pub problems: Vec<String>,
+}
+
+/// A service's compiled ports, the frontends they claimed and their endpoints.
+#[derive(Debug, Default)]
+struct Cached {
+    ports: Vec<Arc<ServicePort>>,
+    claims: Vec<u64>,
+    endpoints: BTreeSet<(Ipv4Addr, u8, u16)>,
+    problems: Vec<String>,
+}
+
+/// The compiler's state between compiles.
+#[derive(Debug)]
+pub struct Compiler {
+    settings: NodeSettings,
+    services: BTreeMap<String, Cached>,
+    /// The last snapshot built, whose service index the next one updates.
+    last: Option<Arc<Snapshot>>,
+    /// Frontend key to the service holding it.
+    claims: HashMap<u64, String>,
+    /// Services that lost a frontend to another: retried when any service lets one go.
+    conflicted: BTreeSet<String>,
+    /// How many services (ports) use each endpoint.
+    endpoint_users: HashMap<(Ipv4Addr, u8, u16), u32>,
+    draining: BTreeSet<(Ipv4Addr, u8, u16)>,
+    interfaces: InterfaceNumbers,
+    node_ips: Vec<Ipv4Addr>,
+    generation: u64,
+}
+
+/// The host-side interface name of pod `namespace/name`: `kx` and 12 hex digits of the 64-bit
+/// FNV-1a hash of `namespace.name`, 14 characters, within Linux's 15. A CNI plugin (and the
+/// test topologies) name the host end of a pod's veth this way, so the agent recognises it
+/// without being told, as Calico's `cali…` names work.
+pub fn pod_interface_name(namespace: &str, name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace.bytes().chain(*b".").chain(name.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("kx{:012x}", h >> 16)
+}
+
+/// The MAC of a pod that has no `kxdp.io/mac` annotation: `0a:58` and its IPv4 address, the
+/// convention OVN-Kubernetes uses, which the CNI plugin sets on the pod's interface.
+pub fn pod_mac(ip: Ipv4Addr) -> EthernetAddress {
+    let o = ip.octets();
+    EthernetAddress([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+}
+
+/// Interface numbers of pod interfaces: stable while a pod lives, reused after it goes.
+#[derive(Debug)]
+struct InterfaceNumbers {
+    by_name: BTreeMap<String, InterfaceId>,
+    free: BTreeSet<u16>,
+    next: u16,
+}
+
+impl InterfaceNumbers {
+    fn new(first: u16) -> Self {
+        InterfaceNumbers {
+            by_name: BTreeMap::new(),
+            free: BTreeSet::new(),
+            next: first,
+        }
+    }
+
+    /// Keep exactly `names`, numbering new ones.
+    fn assign(&mut self, names: &BTreeSet<String>) {
+        let gone: Vec<String> = self
+            .by_name
+            .keys()
+            .filter(|n| !names.contains(*n))
+            .cloned()
+            .collect();
+        for n in gone {
+            if let Some(id) = self.by_name.remove(&n) {
+                self.free.insert(id.0);
+            }
+        }
+        for n in names {
+            if !self.by_name.contains_key(n) {
+                let id = self.free.pop_first().unwrap_or_else(|| {
+                    self.next += 1;
+                    self.next - 1
+                });
+                self.by_name.insert(n.clone(), InterfaceId(id));
+            }
+        }
+    }
+}
+
+fn frontend_claim(ip: Ipv4Addr, proto: u8, port: u16) -> u64 {
+    kxdp_dataplane::tables::frontend_key(ip, proto, port)
+}
+
+impl Compiler {
+    /// A compiler for the node `settings` describe.
+    pub fn new(settings: NodeSettings) -> Compiler {
+        let first = settings.node.uplink.0.max(settings.node.host.0) + 1;
+        Compiler {
+            node_ips: settings.node.node_ips.clone(),
+            settings,
+            services: BTreeMap::new(),
+            last: None,
+            claims: HashMap::new(),
+            conflicted: BTreeSet::new(),
+            endpoint_users: HashMap::new(),
+            draining: BTreeSet::new(),
+            interfaces: InterfaceNumbers::new(first),
+            generation: 0,
+        }
+    }
+
+    /// Endpoints listed as draining (left every service, flows may remain).
+    pub fn draining(&self) -> impl Iterator<Item = &(Ipv4Addr, u8, u16)> {
+        self.draining.iter()
+    }
+
+    /// Stop listing the draining endpoints for which `has_flows` says no flow is left; the
+    /// next compile leaves them out.
+    pub fn retire_draining(&mut self, mut has_flows: impl FnMut(&(Ipv4Addr, u8, u16)) -> bool) {
+        self.draining.retain(|e| has_flows(e));
+    }
+
+    /// Compile what changed in `model` into a new snapshot.
+    pub fn compile(&mut self, model: &mut Model) -> Result<Compiled, CompileError> {
+        let changes = model.take_changes();
+        let node = self.node_config(model)?;
+        let mut problems = Vec::new();
+        if node.node_ips != self.node_ips {
+            // NodePorts are claimed per node address: reclaim them all.
+            self.node_ips = node.node_ips.clone();
+            let all: Vec<String> = self.services.keys().cloned().collect();
+            self.conflicted.extend(all);
+        }
+        let mut dirty: BTreeSet<String> = changes.services.into_iter().collect();
+        let mut released = false;
+        for key in &dirty {
+            released |= self.release(key);
+        }
+        if released {
+            dirty.extend(std::mem::take(&mut self.conflicted));
+            for key in &dirty {
+                self.release(key);
+            }
+        }
+        let mut removed = BTreeSet::new();
+        let mut added = BTreeSet::new();
+        for key in &dirty {
+            if let Some(old) = self.services.remove(key) {
+                for e in old.endpoints {
+                    let users = self.endpoint_users.entry(e).or_default();
+                    *users -= 1;
+                    if *users == 0 {
+                        self.endpoint_users.remove(&e);
+                        removed.insert(e);
+                    }
+                }
+            }
+            let Some(info) = model.services().get(key) else {
+                continue;
+            };
+            let slices: Vec<&SliceInfo> = model.slices_of(key).collect();
+            let cached = self.compile_service(key, info, &slices, &node);
+            for e in &cached.endpoints {
+                let users = self.endpoint_users.entry(*e).or_default();
+                *users += 1;
+                if *users == 1 {
+                    added.insert(*e);
+                }
+            }
+            self.services.insert(key.clone(), cached);
+        }
+        let mut flush_udp = Vec::new();
+        for e in removed.difference(&added) {
+            if e.1 == 17 {
+                flush_udp.push((e.0, e.2));
+            } else {
+                self.draining.insert(*e);
+            }
+        }
+        for e in &added {
+            self.draining.remove(e);
+        }
+        let services: Vec<Arc<ServicePort>> = self
+            .services
+            .values()
+            .flat_map(|c| c.ports.iter().cloned())
+            .collect();
+        for c in self.services.values() {
+            problems.extend(c.problems.iter().cloned());
+        }
+        let pods = self.local_pods(model, &node, &mut problems);
+        let nodes = self.remote_nodes(model, &node, &mut problems);
+        let interfaces: Vec<(String, InterfaceId)> = self
+            .interfaces
+            .by_name
+            .iter()
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
+        self.generation += 1;
+        let inputs = SnapshotInputs {
+            generation: self.generation,
+            node,
+            services,
+            pods,
+            nodes,
+            neighbors: self.settings.neighbors.clone(),
+            draining_endpoints: self.draining.iter().copied().collect(),
+        };
+        let snapshot = Arc::new(match &self.last {
+            Some(last) => Snapshot::build_after(inputs, last)?,
+            None => Snapshot::build(inputs)?,
+        });
+        self.last = Some(Arc::clone(&snapshot));
+        Ok(Compiled {
+            snapshot,
+            interfaces,
+            flush_udp,
+            services_compiled: dirty.len(),
+            problems,
+        })
+    }
+
+    /// Give up the frontends service `key` holds; true if it held any.
+    fn release(&mut self, key: &str) -> bool {
+        let Some(c) = self.services.get_mut(key) else {
+            return false;
+        };
+        let claims = std::mem::take(&mut c.claims);
+        for k in &claims {
+            if self.claims.get(k).map(String::as_str) == Some(key) {
+                self.claims.remove(k);
+            }
+        }
+        !claims.is_empty()
+    }
+
+    /// This node's configuration: the settings, with what its Node object says.
+    fn node_config(&self, model: &Model) -> Result<NodeConfig, CompileError> {
+        let mut node = self.settings.node.clone();
+        let info = model
+            .nodes()
+            .get(&node.name)
+            .and_then(|n| n.pod_cidr.map(|c| (n, c)));
+        let Some((info, cidr)) = info else {
+            return Err(CompileError::NoPodCidr(node.name.clone()));
+        };
+        node.pod_cidr = cidr;
+        let net = u32::from(cidr.network().address());
+        node.gateway_ip = Ipv4Addr::from(net + 1);
+        if let Some(ip) = info.internal_ip {
+            if !node.node_ips.contains(&ip) {
+                node.node_ips.insert(0, ip);
+            }
+        }
+        Ok(node)
+    }
+
+    fn compile_service(
+        &mut self,
+        key: &str,
+        info: &ServiceInfo,
+        slices: &[&SliceInfo],
+        node: &NodeConfig,
+    ) -> Cached {
+        let mut cached = Cached::default();
+        for p in &info.ports {
+            let name = format!("{key}:{}", p.name);
+            let mut frontends = Vec::new();
+            let mut candidates: Vec<(Frontend, Vec<Ipv4Addr>)> = Vec::new();
+            if let Some(ip) = info.cluster_ip {
+                candidates.push((
+                    frontend(FrontendKind::ClusterIp, Some(ip), p.port),
+                    vec![ip],
+                ));
+            }
+            if let Some(np) = p.node_port {
+                candidates.push((
+                    frontend(FrontendKind::NodePort, None, np),
+                    node.node_ips.clone(),
+                ));
+            }
+            for ip in &info.external_ips {
+                candidates.push((
+                    frontend(FrontendKind::ExternalIp, Some(*ip), p.port),
+                    vec![*ip],
+                ));
+            }
+            for ip in &info.load_balancer_ips {
+                candidates.push((
+                    frontend(FrontendKind::LoadBalancer, Some(*ip), p.port),
+                    vec![*ip],
+                ));
+            }
+            for (fe, addrs) in candidates {
+                let keys: Vec<u64> = addrs
+                    .iter()
+                    .map(|a| frontend_claim(*a, p.proto, fe.port))
+                    .collect();
+                let taken = keys
+                    .iter()
+                    .find_map(|k| self.claims.get(k).filter(|holder| *holder != key));
+                if let Some(holder) = taken {
+                    cached.problems.push(format!(
+                        "service port {name}: frontend {:?} {}:{} is already taken by service {holder}",
+                        fe.kind,
+                        fe.ip.map_or("(node addresses)".into(), |ip| ip.to_string()),
+                        fe.port
+                    ));
+                    self.conflicted.insert(key.to_owned());
+                    continue;
+                }
+                for k in keys {
+                    self.claims.insert(k, key.to_owned());
+                    cached.claims.push(k);
+                }
+                frontends.push(fe);
+            }
+            if frontends.is_empty() {
+                continue;
+            }
+            let backends = backends(p.proto, &p.name, slices, &node.name);
+            cached
+                .endpoints
+                .extend(backends.iter().map(|b| (b.ip, p.proto, b.port)));
+            let policy = |local| {
+                if local {
+                    TrafficPolicy::Local
+                } else {
+                    TrafficPolicy::Cluster
+                }
+            };
+            cached
+                .ports
+                .push(Arc::new(ServicePort::new(ServicePortSpec {
+                    name,
+                    proto: p.proto,
+                    frontends,
+                    backends,
+                    internal_policy: policy(info.internal_local),
+                    external_policy: policy(info.external_local),
+                    client_ip_affinity: info.client_ip_affinity,
+                })));
+        }
+        cached
+    }
+
+    fn local_pods(
+        &mut self,
+        model: &Model,
+        node: &NodeConfig,
+        problems: &mut Vec<String>,
+    ) -> Vec<LocalPod> {
+        let mut chosen: Vec<(String, String, &crate::model::PodInfo)> = Vec::new();
+        let mut seen: HashMap<Ipv4Addr, String> = HashMap::new();
+        for (key, pod) in model.pods() {
+            if pod.node != node.name {
+                continue;
+            }
+            if !contains(node.pod_cidr, pod.ip) {
+                problems.push(format!(
+                    "pod {key}: address {} is outside this node's pod CIDR {}",
+                    pod.ip, node.pod_cidr
+                ));
+                continue;
+            }
+            if let Some(first) = seen.get(&pod.ip) {
+                problems.push(format!(
+                    "pod {key}: address {} is already used by pod {first}",
+                    pod.ip
+                ));
+                continue;
+            }
+            seen.insert(pod.ip, key.clone());
+            let (ns, name) = key.split_once('/').unwrap_or(("", key));
+            chosen.push((key.clone(), pod_interface_name(ns, name), pod));
+        }
+        let names: BTreeSet<String> = chosen.iter().map(|(_, n, _)| n.clone()).collect();
+        self.interfaces.assign(&names);
+        chosen
+            .into_iter()
+            .map(|(key, ifname, pod)| LocalPod {
+                name: key,
+                ip: pod.ip,
+                iface: self.interfaces.by_name[&ifname],
+                mac: pod.mac.unwrap_or_else(|| pod_mac(pod.ip)),
+            })
+            .collect()
+    }
+
+    fn remote_nodes(
+        &self,
+        model: &Model,
+        node: &NodeConfig,
+        problems: &mut Vec<String>,
+    ) -> Vec<RemoteNode> {
+        let mut out: Vec<RemoteNode> = Vec::new();
+        for (name, info) in model.nodes() {
+            if *name == node.name {
+                continue;
+            }
+            let (Some(cidr), Some(ip), Some(mac)) =
+                (info.pod_cidr, info.underlay_ip(), info.vtep_mac)
+            else {
+                problems.push(format!(
+                    "node {name}: not in the overlay yet (needs spec.podCIDR, an address and flannel's backend-data VtepMAC)"
+                ));
+                continue;
+            };
+            let clash = std::iter::once((node.name.as_str(), node.pod_cidr))
+                .chain(out.iter().map(|r| (r.name.as_str(), r.pod_cidr)))
+                .find(|(_, other)| overlaps(cidr, *other));
+            if let Some((other, _)) = clash {
+                problems.push(format!(
+                    "node {name}: pod CIDR {cidr} overlaps node {other}'s"
+                ));
+                continue;
+            }
+            out.push(RemoteNode {
+                name: name.clone(),
+                node_ip: ip,
+                pod_cidr: cidr,
+                vtep_mac: mac,
+            });
+        }
+        out
+    }
+}
+
+fn frontend(kind: FrontendKind, ip: Option<Ipv4Addr>, port: u16) -> Frontend {
+    Frontend { kind, ip, port }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+fn contains(cidr: Ipv4Cidr, ip: Ipv4Addr) -> bool {
+    let m = mask(cidr.prefix_len());
+    u32::from(ip) & m == u32::from(cidr.address()) & m
+}
+
+fn overlaps(a: Ipv4Cidr, b: Ipv4Cidr) -> bool {
+    let m = mask(a.prefix_len().min(b.prefix_len()));
+    u32::from(a.address()) & m == u32::from(b.address()) & m
+}
+
+/// Service port `name`/`proto`'s endpoints from all its slices, each address once (the most
+/// usable conditions win when slices disagree during an update).
+fn backends(proto: u8, name: &str, slices: &[&SliceInfo], this_node: &str) -> Vec<Backend> {
+    let mut by_addr: BTreeMap<(Ipv4Addr, u16), Backend> = BTreeMap::new();
+    for s in slices {
+        for (_, _, port) in s.ports.iter().filter(|(n, p, _)| n == name && *p == proto) {
+            for ep in &s.endpoints {
+                let b = Backend {
+                    ip: ep.ip,
+                    port: *port,
+                    ready: ep.ready,
+                    serving: ep.serving,
+                    terminating: ep.terminating,
+                    local: ep.node.as_deref() == Some(this_node),
+                };
+                let rank = |b: &Backend| (b.ready, b.serving, !b.terminating);
+                by_addr
+                    .entry((ep.ip, *port))
+                    .and_modify(|old| {
+                        if rank(&b) > rank(old) {
+                            *old = b;
+                        }
+                    })
+                    .or_insert(b);
+            }
+        }
+    }
+    by_addr.into_values().collect()
+}
+
+/// The endpoints among `endpoints` that conntrack still has flows to (replies from them):
+/// for [`Compiler::retire_draining`]. Scans the table under its writer lock, in chunks.
+pub fn endpoints_with_flows(
+    ct: &kxdp_dataplane::conntrack::Conntrack,
+    endpoints: &HashSet<(Ipv4Addr, u8, u16)>,
+) -> HashSet<(Ipv4Addr, u8, u16)> {
+    let mut found = HashSet::new();
+    if endpoints.is_empty() {
+        return found;
+    }
+    ct.retain(|_, reply| {
+        let e = (reply.src_ip, reply.proto, reply.src_port);
+        if endpoints.contains(&e) {
+            found.insert(e);
+        }
+        true
+    });
+    found
+}
+
+/// Remove the UDP flows to `endpoints` (address, port), as kube-proxy flushes them when an
+/// endpoint goes: otherwise a client keeps sending to a backend that is gone until its flow
+/// times out. Returns how many were removed.
+pub fn flush_udp(
+    ct: &kxdp_dataplane::conntrack::Conntrack,
+    endpoints: &[(Ipv4Addr, u16)],
+) -> usize {
+    if endpoints.is_empty() {
+        return 0;
+    }
+    let set: HashSet<(Ipv4Addr, u16)> = endpoints.iter().copied().collect();
+    ct.retain(|_, reply| !(reply.proto == 17 && set.contains(&(reply.src_ip, reply.src_port))))
+}

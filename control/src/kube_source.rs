@@ -1,0 +1,264 @@
+//! The Kubernetes source: kube's runtime watchers for Services, EndpointSlices, Nodes and this
+//! node's Pods, feeding the cluster model.
+//!
+//! Each watcher lists, then watches, and relists when it must (410 Gone, a broken stream),
+//! retrying with kube's default backoff while the API server is away; meanwhile the model, and
+//! so the published tables, stay as they were. A relist replaces everything of its kind: an
+//! object not listed again is deleted. Nothing is handed on until every watcher has finished
+//! its first list, so the first tables are complete.
+//!
+//! Services are watched with kube-proxy's label selector (no `service-proxy-name`, not
+//! headless), slices by their service-name label, pods by `spec.nodeName`. The node's overlay
+//! identity is published on its Node object with flannel's annotations, so flannel nodes and
+//! kxdp nodes find each other.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use kxdp_dataplane::wire::EthernetAddress;
+
+use crate::model::{
+    Kind, Model, Object, ObjectError, FLANNEL_BACKEND_DATA, FLANNEL_BACKEND_TYPE,
+    FLANNEL_KUBE_SUBNET_MANAGER, FLANNEL_PUBLIC_IP, SERVICE_NAME,
+};
+
+/// kube-proxy's selector for the services it serves.
+pub const SERVICE_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// A kube client from a kubeconfig file, or else the usual way (`KUBECONFIG`, `~/.kube/config`,
+/// the in-cluster service account).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, kube::Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc =
+                kube::config::Kubeconfig::read_from(path).map_err(kube::Error::InferKubeconfig)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(kube::Error::InferKubeconfig)?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(kube::Error::InferConfig)?,
+    };
+    Client::try_from(config)
+}
+
+/// What happened since the last report, for logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// Whether every watcher has finished its first list.
+    pub synced: bool,
+    /// Watch errors seen (each retried with backoff).
+    pub errors: u64,
+    /// The last of them.
+    pub last_error: Option<String>,
+    /// Lists completed (first lists and relists), per kind: services, slices, nodes, pods.
+    pub lists: [u64; 4],
+    /// Objects that could not be used, with why (the last 16).
+    pub rejected: Vec<String>,
+}
+
+fn index(kind: Kind) -> usize {
+    match kind {
+        Kind::Service => 0,
+        Kind::EndpointSlice => 1,
+        Kind::Node => 2,
+        Kind::Pod => 3,
+    }
+}
+
+/// One watcher's event, of any kind.
+enum Ev {
+    Event(Kind, Event<Object>),
+    Error(String),
+}
+
+fn stream<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: Kind,
+    wrap: fn(K) -> Object,
+) -> impl futures::Stream<Item = Ev> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, config)
+        .default_backoff()
+        .map(move |r| match r {
+            Ok(e) => Ev::Event(kind, e.map_object(wrap)),
+            Err(e) => Ev::Error(e.to_string()),
+        })
+}
+
+/// `Event::map` for our wrapper.
+trait MapObject<K> {
+    fn map_object(self, f: fn(K) -> Object) -> Event<Object>;
+}
+
+impl<K> MapObject<K> for Event<K> {
+    fn map_object(self, f: fn(K) -> Object) -> Event<Object> {
+        match self {
+            Event::Apply(o) => Event::Apply(f(o)),
+            Event::Delete(o) => Event::Delete(f(o)),
+            Event::Init => Event::Init,
+            Event::InitApply(o) => Event::InitApply(f(o)),
+            Event::InitDone => Event::InitDone,
+        }
+    }
+}
+
+/// The watchers of one node's view of the cluster.
+#[derive(Clone)]
+pub struct KubeSource {
+    client: Client,
+    node_name: String,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("node_name", &self.node_name)
+            .finish()
+    }
+}
+
+impl KubeSource {
+    /// Watch the cluster for node `node_name`.
+    pub fn new(client: Client, node_name: &str) -> KubeSource {
+        KubeSource {
+            client,
+            node_name: node_name.to_owned(),
+        }
+    }
+
+    /// Publish this node's overlay identity on its Node object, as flanneld does: VXLAN
+    /// backend with `vni` and `vtep_mac`, reached at `public_ip`.
+    pub async fn publish_node_annotations(
+        &self,
+        vni: u32,
+        vtep_mac: EthernetAddress,
+        public_ip: Ipv4Addr,
+    ) -> Result<(), kube::Error> {
+        let mac = vtep_mac.0.map(|b| format!("{b:02x}")).join(":");
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {
+                FLANNEL_BACKEND_DATA: format!("{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}"),
+                FLANNEL_BACKEND_TYPE: "vxlan",
+                FLANNEL_PUBLIC_IP: public_ip.to_string(),
+                FLANNEL_KUBE_SUBNET_MANAGER: "true",
+            }}
+        });
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .patch(
+                &self.node_name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Watch until the returned future is dropped. After every watcher's first list, and then
+    /// after every batch of events that changed the model, `on_change` gets the model (to
+    /// compile and publish) and the source's status.
+    pub async fn run(
+        self,
+        model: &mut Model,
+        mut on_change: impl FnMut(&mut Model, &SourceStatus),
+    ) {
+        let c = &self.client;
+        let pods = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
+        let mut events = futures::stream::select_all([
+            stream(
+                Api::<Service>::all(c.clone()),
+                watcher::Config::default().labels(SERVICE_SELECTOR),
+                Kind::Service,
+                |o| Object::Service(Box::new(o)),
+            )
+            .boxed(),
+            stream(
+                Api::<EndpointSlice>::all(c.clone()),
+                watcher::Config::default().labels(SERVICE_NAME),
+                Kind::EndpointSlice,
+                |o| Object::EndpointSlice(Box::new(o)),
+            )
+            .boxed(),
+            stream(
+                Api::<Node>::all(c.clone()),
+                watcher::Config::default(),
+                Kind::Node,
+                |o| Object::Node(Box::new(o)),
+            )
+            .boxed(),
+            stream(Api::<Pod>::all(c.clone()), pods, Kind::Pod, |o| {
+                Object::Pod(Box::new(o))
+            })
+            .boxed(),
+        ]);
+        let mut status = SourceStatus::default();
+        let mut synced = [false; 4];
+        let mut buffers: [Option<Vec<Object>>; 4] = Default::default();
+        let mut published = false;
+        while let Some(ev) = events.next().await {
+            let mut handle = |ev: Ev, status: &mut SourceStatus| match ev {
+                Ev::Error(e) => {
+                    status.errors += 1;
+                    status.last_error = Some(e);
+                }
+                Ev::Event(kind, e) => {
+                    let i = index(kind);
+                    let rejected = match e {
+                        Event::Init => {
+                            buffers[i] = Some(Vec::new());
+                            Vec::new()
+                        }
+                        Event::InitApply(o) => {
+                            buffers[i].get_or_insert_with(Vec::new).push(o);
+                            Vec::new()
+                        }
+                        Event::InitDone => {
+                            let listed = buffers[i].take().unwrap_or_default();
+                            synced[i] = true;
+                            status.lists[i] += 1;
+                            model.replace_kind(kind, &listed)
+                        }
+                        Event::Apply(o) => model.apply(&o).err().into_iter().collect(),
+                        Event::Delete(o) => {
+                            model.remove(kind, &o.key());
+                            Vec::new()
+                        }
+                    };
+                    reject(status, rejected);
+                }
+            };
+            handle(ev, &mut status);
+            // Take whatever else is ready now, so a burst compiles once.
+            while let Some(Some(ev)) = events.next().now_or_never() {
+                handle(ev, &mut status);
+            }
+            status.synced = synced.iter().all(|s| *s);
+            if status.synced && (!model.is_clean() || !published) {
+                on_change(model, &status);
+                published = true;
+            }
+        }
+    }
+}
+
+fn reject(status: &mut SourceStatus, errors: Vec<ObjectError>) {
+    for e in errors {
+        if status.rejected.len() == 16 {
+            status.rejected.remove(0);
+        }
+        status.rejected.push(e.to_string());
+    }
+}

@@ -1,0 +1,722 @@
+//! The cluster as kxdp needs it: what each Service, EndpointSlice, Node and Pod says that
+//! matters to the dataplane, keyed by object, with the services whose tables a change touches.
+//!
+//! Kubernetes objects are converted once, on arrival ([`service_from`], [`slice_from`],
+//! [`node_from`], [`pod_from`]); a malformed one gets an [`ObjectError`] naming the object and
+//! the field, and the model keeps what it had. Objects kube-proxy ignores (headless and
+//! ExternalName services, services of another proxy, FQDN and IPv6 slices) convert to `None`.
+//!
+//! [`Model`] records which services a change touches (a service, or any slice of it), so the
+//! compiler rebuilds only those; a change that converts to what the model already holds (a
+//! status update, an annotation kxdp does not read) touches nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+
+/// An object kxdp could not use, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: {field}: {problem}")]
+pub struct ObjectError {
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// The field at fault, as a path (`spec.ports[0].port`).
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn err(object: &str, field: impl Into<String>, problem: impl Into<String>) -> ObjectError {
+    ObjectError {
+        object: object.to_owned(),
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+/// `namespace/name`, the key of a namespaced object.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The label kube-proxy skips services by: they belong to another proxy.
+pub const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+/// The label kube-proxy skips services by: headless (set by the endpoints controller).
+pub const HEADLESS: &str = "service.kubernetes.io/headless";
+/// The label joining an EndpointSlice to its Service.
+pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// A pod's MAC, when the CNI plugin chose one other than the one derived from its address.
+pub const POD_MAC: &str = "kxdp.io/mac";
+/// flannel's annotations, shared so kxdp and flannel nodes form one overlay.
+pub const FLANNEL_BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
+/// See [`FLANNEL_BACKEND_DATA`].
+pub const FLANNEL_BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
+/// See [`FLANNEL_BACKEND_DATA`].
+pub const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
+/// See [`FLANNEL_BACKEND_DATA`].
+pub const FLANNEL_KUBE_SUBNET_MANAGER: &str = "flannel.alpha.coreos.com/kube-subnet-manager";
+
+/// One port of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    /// `ports[].name` (may be empty when the service has one port).
+    pub name: String,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `ports[].port`.
+    pub port: u16,
+    /// `ports[].nodePort`, for NodePort and LoadBalancer services.
+    pub node_port: Option<u16>,
+}
+
+/// What kxdp reads from a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// The IPv4 cluster IP.
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// TCP and UDP ports (SCTP is not served).
+    pub ports: Vec<ServicePortInfo>,
+    /// `spec.externalIPs` (IPv4).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip` (IPv4).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `spec.internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// `spec.externalTrafficPolicy: Local` (NodePort and LoadBalancer services).
+    pub external_local: bool,
+    /// `spec.sessionAffinity: ClientIP`.
+    pub client_ip_affinity: bool,
+}
+
+/// One endpoint address of a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// `conditions.ready` (unset: true).
+    pub ready: bool,
+    /// `conditions.serving` (unset: as ready).
+    pub serving: bool,
+    /// `conditions.terminating` (unset: false).
+    pub terminating: bool,
+    /// `nodeName`.
+    pub node: Option<String>,
+}
+
+/// What kxdp reads from an EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceInfo {
+    /// The service's key (`namespace/name`), from the `kubernetes.io/service-name` label.
+    pub service: String,
+    /// Ports: name, protocol number, port.
+    pub ports: Vec<(String, u8, u16)>,
+    /// Endpoint addresses.
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// What kxdp reads from a Node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The first IPv4 `InternalIP` of `status.addresses`.
+    pub internal_ip: Option<Ipv4Addr>,
+    /// flannel's `public-ip` annotation: the VXLAN endpoint, if not the internal IP.
+    pub public_ip: Option<Ipv4Addr>,
+    /// `spec.podCIDR` (IPv4).
+    pub pod_cidr: Option<Ipv4Cidr>,
+    /// The VTEP MAC from flannel's `backend-data` annotation.
+    pub vtep_mac: Option<EthernetAddress>,
+}
+
+impl NodeInfo {
+    /// Where VXLAN for this node goes: the public IP if set, else the internal IP.
+    pub fn underlay_ip(&self) -> Option<Ipv4Addr> {
+        self.public_ip.or(self.internal_ip)
+    }
+}
+
+/// What kxdp reads from a Pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    /// `status.podIP` (IPv4).
+    pub ip: Ipv4Addr,
+    /// `spec.nodeName`.
+    pub node: String,
+    /// The `kxdp.io/mac` annotation, if the CNI plugin set one.
+    pub mac: Option<EthernetAddress>,
+}
+
+fn proto(object: &str, field: &str, p: Option<&str>) -> Result<Option<u8>, ObjectError> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Ok(Some(6)),
+        "UDP" => Ok(Some(17)),
+        "SCTP" => Ok(None),
+        other => Err(err(object, field, format!("unknown protocol {other:?}"))),
+    }
+}
+
+fn port(object: &str, field: &str, p: i32) -> Result<u16, ObjectError> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| err(object, field, format!("{p} is not a port number")))
+}
+
+/// Parse an address that may be IPv6 (skipped: `None`) or IPv4.
+fn ipv4(object: &str, field: &str, text: &str) -> Result<Option<Ipv4Addr>, ObjectError> {
+    if text.contains(':') {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| err(object, field, format!("{text:?} is not an IP address")))
+}
+
+/// A MAC address in the usual colon form.
+pub fn parse_mac(text: &str) -> Option<EthernetAddress> {
+    let mut b = [0u8; 6];
+    let mut parts = text.split(':');
+    for o in &mut b {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *o = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(EthernetAddress(b))
+}
+
+/// A CIDR such as `10.244.1.0/24`.
+pub fn parse_cidr(text: &str) -> Option<Ipv4Cidr> {
+    let (addr, len) = text.split_once('/')?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some(Ipv4Cidr::new(addr.parse().ok()?, len))
+}
+
+/// A Service as kxdp sees it; `None` for the ones kube-proxy does not serve.
+pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
+    let object = format!(
+        "Service {}",
+        key(&svc.namespace().unwrap_or_default(), &svc.name_any())
+    );
+    let labels = svc.labels();
+    if labels.contains_key(SERVICE_PROXY_NAME) || labels.contains_key(HEADLESS) {
+        return Ok(None);
+    }
+    let Some(spec) = &svc.spec else {
+        return Err(err(&object, "spec", "missing"));
+    };
+    let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if kind == "ExternalName" {
+        return Ok(None);
+    }
+    if !matches!(kind, "ClusterIP" | "NodePort" | "LoadBalancer") {
+        return Err(err(&object, "spec.type", format!("unknown type {kind:?}")));
+    }
+    let mut ips: Vec<&str> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if ips.is_empty() {
+        ips.extend(spec.cluster_ip.as_deref());
+    }
+    if ips.contains(&"None") {
+        return Ok(None);
+    }
+    let mut cluster_ip = None;
+    for (i, ip) in ips.iter().enumerate() {
+        if let Some(v4) = ipv4(&object, &format!("spec.clusterIPs[{i}]"), ip)? {
+            cluster_ip.get_or_insert(v4);
+        }
+    }
+    let external = matches!(kind, "NodePort" | "LoadBalancer");
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let field = |f: &str| format!("spec.ports[{i}].{f}");
+        let Some(proto) = proto(&object, &field("protocol"), p.protocol.as_deref())? else {
+            continue;
+        };
+        let node_port = match p.node_port {
+            Some(n) if external => Some(port(&object, &field("nodePort"), n)?),
+            _ => None,
+        };
+        ports.push(ServicePortInfo {
+            name: p.name.clone().unwrap_or_default(),
+            proto,
+            port: port(&object, &field("port"), p.port)?,
+            node_port,
+        });
+    }
+    let mut external_ips = Vec::new();
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        external_ips.extend(ipv4(&object, &format!("spec.externalIPs[{i}]"), ip)?);
+    }
+    let mut load_balancer_ips = Vec::new();
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        if let Some(ip) = &ing.ip {
+            let field = format!("status.loadBalancer.ingress[{i}].ip");
+            load_balancer_ips.extend(ipv4(&object, &field, ip)?);
+        }
+    }
+    if kind != "LoadBalancer" {
+        load_balancer_ips.clear();
+    }
+    Ok(Some(ServiceInfo {
+        cluster_ip,
+        ports,
+        external_ips,
+        load_balancer_ips,
+        internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_local: external && spec.external_traffic_policy.as_deref() == Some("Local"),
+        client_ip_affinity: spec.session_affinity.as_deref() == Some("ClientIP"),
+    }))
+}
+
+/// An EndpointSlice as kxdp sees it; `None` for FQDN and IPv6 slices and slices of no service.
+pub fn slice_from(slice: &EndpointSlice) -> Result<Option<SliceInfo>, ObjectError> {
+    let ns = slice.namespace().unwrap_or_default();
+    let object = format!("EndpointSlice {}", key(&ns, &slice.name_any()));
+    if slice.address_type != "IPv4" {
+        return Ok(None);
+    }
+    let Some(service) = slice.labels().get(SERVICE_NAME) else {
+        return Ok(None);
+    };
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let field = |f: &str| format!("ports[{i}].{f}");
+        let Some(proto) = proto(&object, &field("protocol"), p.protocol.as_deref())? else {
+            continue;
+        };
+        // A port without a number means "all ports" only for selector-less services, which
+        // kube-proxy does not serve either.
+        let Some(number) = p.port else { continue };
+        ports.push((
+            p.name.clone().unwrap_or_default(),
+            proto,
+            port(&object, &field("port"), number)?,
+        ));
+    }
+    let mut endpoints = Vec::new();
+    for (i, ep) in slice.endpoints.iter().enumerate() {
+        let c = ep.conditions.as_ref();
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+        for (j, a) in ep.addresses.iter().enumerate() {
+            let field = format!("endpoints[{i}].addresses[{j}]");
+            let ip = ipv4(&object, &field, a)?
+                .ok_or_else(|| err(&object, &field, "an IPv6 address in an IPv4 slice"))?;
+            endpoints.push(EndpointInfo {
+                ip,
+                ready,
+                serving,
+                terminating,
+                node: ep.node_name.clone(),
+            });
+        }
+    }
+    Ok(Some(SliceInfo {
+        service: key(&ns, service),
+        ports,
+        endpoints,
+    }))
+}
+
+/// A Node as kxdp sees it.
+pub fn node_from(node: &Node) -> Result<NodeInfo, ObjectError> {
+    let object = format!("Node {}", node.name_any());
+    let annotations = node.annotations();
+    let internal_ip = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+    let public_ip = match annotations.get(FLANNEL_PUBLIC_IP) {
+        Some(text) => {
+            let field = format!("metadata.annotations[{FLANNEL_PUBLIC_IP}]");
+            Some(
+                text.parse()
+                    .map_err(|_| err(&object, field, format!("{text:?} is not an IPv4 address")))?,
+            )
+        }
+        None => None,
+    };
+    let spec = node.spec.as_ref();
+    let mut cidrs: Vec<&str> = spec
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if cidrs.is_empty() {
+        cidrs.extend(spec.and_then(|s| s.pod_cidr.as_deref()));
+    }
+    let mut pod_cidr = None;
+    for (i, c) in cidrs.iter().enumerate() {
+        if c.contains(':') {
+            continue;
+        }
+        let cidr = parse_cidr(c).ok_or_else(|| {
+            err(
+                &object,
+                format!("spec.podCIDRs[{i}]"),
+                format!("{c:?} is not a CIDR"),
+            )
+        })?;
+        pod_cidr.get_or_insert(cidr);
+    }
+    let vtep_mac = match annotations.get(FLANNEL_BACKEND_DATA) {
+        Some(text) => {
+            let field = format!("metadata.annotations[{FLANNEL_BACKEND_DATA}]");
+            let data: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| err(&object, &field, format!("not JSON: {e}")))?;
+            let mac = data
+                .get("VtepMAC")
+                .and_then(|m| m.as_str())
+                .ok_or_else(|| err(&object, &field, "no VtepMAC"))?;
+            Some(parse_mac(mac).ok_or_else(|| {
+                err(
+                    &object,
+                    &field,
+                    format!("VtepMAC {mac:?} is not a MAC address"),
+                )
+            })?)
+        }
+        None => None,
+    };
+    Ok(NodeInfo {
+        internal_ip,
+        public_ip,
+        pod_cidr,
+        vtep_mac,
+    })
+}
+
+/// A Pod as kxdp sees it; `None` for host-network pods, pods without an IPv4 address yet, and
+/// pods that have finished.
+pub fn pod_from(pod: &Pod) -> Result<Option<PodInfo>, ObjectError> {
+    let object = format!(
+        "Pod {}",
+        key(&pod.namespace().unwrap_or_default(), &pod.name_any())
+    );
+    let spec = pod.spec.as_ref();
+    if spec.and_then(|s| s.host_network) == Some(true) {
+        return Ok(None);
+    }
+    let Some(node) = spec.and_then(|s| s.node_name.clone()) else {
+        return Ok(None);
+    };
+    let status = pod.status.as_ref();
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return Ok(None);
+    }
+    let mut ips: Vec<&str> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(status.and_then(|s| s.pod_ip.as_deref()));
+    }
+    let mut ip = None;
+    for (i, text) in ips.iter().enumerate() {
+        if let Some(v4) = ipv4(&object, &format!("status.podIPs[{i}]"), text)? {
+            ip.get_or_insert(v4);
+        }
+    }
+    let Some(ip) = ip else { return Ok(None) };
+    let mac = match pod.annotations().get(POD_MAC) {
+        Some(text) => Some(parse_mac(text).ok_or_else(|| {
+            err(
+                &object,
+                format!("metadata.annotations[{POD_MAC}]"),
+                format!("{text:?} is not a MAC address"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(Some(PodInfo { ip, node, mac }))
+}
+
+/// The four kinds of object the model holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Services.
+    Service,
+    /// EndpointSlices.
+    EndpointSlice,
+    /// Nodes.
+    Node,
+    /// Pods.
+    Pod,
+}
+
+/// The cluster model, with what changed since the compiler last looked.
+#[derive(Debug, Default)]
+pub struct Model {
+    services: BTreeMap<String, ServiceInfo>,
+    slices: BTreeMap<String, SliceInfo>,
+    slices_by_service: BTreeMap<String, BTreeSet<String>>,
+    nodes: BTreeMap<String, NodeInfo>,
+    pods: BTreeMap<String, PodInfo>,
+    dirty_services: HashSet<String>,
+    nodes_dirty: bool,
+    pods_dirty: bool,
+}
+
+impl Model {
+    /// An empty model.
+    pub fn new() -> Model {
+        Model::default()
+    }
+
+    /// Set (or with `None` remove) service `key`; returns whether anything changed.
+    pub fn set_service(&mut self, key: &str, info: Option<ServiceInfo>) -> bool {
+        let changed = set(&mut self.services, key, info);
+        if changed {
+            self.dirty_services.insert(key.to_owned());
+        }
+        changed
+    }
+
+    /// Set (or with `None` remove) EndpointSlice `key`; returns whether anything changed.
+    pub fn set_slice(&mut self, key: &str, info: Option<SliceInfo>) -> bool {
+        let old_service = self.slices.get(key).map(|s| s.service.clone());
+        let new_service = info.as_ref().map(|s| s.service.clone());
+        let changed = set(&mut self.slices, key, info);
+        if !changed {
+            return false;
+        }
+        if let Some(s) = old_service {
+            if let Some(set) = self.slices_by_service.get_mut(&s) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&s);
+                }
+            }
+            self.dirty_services.insert(s);
+        }
+        if let Some(s) = new_service {
+            self.slices_by_service
+                .entry(s.clone())
+                .or_default()
+                .insert(key.to_owned());
+            self.dirty_services.insert(s);
+        }
+        true
+    }
+
+    /// Set (or with `None` remove) node `name`; returns whether anything changed.
+    pub fn set_node(&mut self, name: &str, info: Option<NodeInfo>) -> bool {
+        let changed = set(&mut self.nodes, name, info);
+        self.nodes_dirty |= changed;
+        changed
+    }
+
+    /// Set (or with `None` remove) pod `key`; returns whether anything changed.
+    pub fn set_pod(&mut self, key: &str, info: Option<PodInfo>) -> bool {
+        let changed = set(&mut self.pods, key, info);
+        self.pods_dirty |= changed;
+        changed
+    }
+
+    /// Keys of every object of `kind`, for a relist to find the ones it no longer lists.
+    pub fn keys(&self, kind: Kind) -> Vec<String> {
+        match kind {
+            Kind::Service => self.services.keys().cloned().collect(),
+            Kind::EndpointSlice => self.slices.keys().cloned().collect(),
+            Kind::Node => self.nodes.keys().cloned().collect(),
+            Kind::Pod => self.pods.keys().cloned().collect(),
+        }
+    }
+
+    /// Remove object `key` of `kind`.
+    pub fn remove(&mut self, kind: Kind, key: &str) -> bool {
+        match kind {
+            Kind::Service => self.set_service(key, None),
+            Kind::EndpointSlice => self.set_slice(key, None),
+            Kind::Node => self.set_node(key, None),
+            Kind::Pod => self.set_pod(key, None),
+        }
+    }
+
+    /// Every service, by key.
+    pub fn services(&self) -> &BTreeMap<String, ServiceInfo> {
+        &self.services
+    }
+
+    /// The slices of service `key`.
+    pub fn slices_of<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a SliceInfo> + 'a {
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+    }
+
+    /// Every node, by name.
+    pub fn nodes(&self) -> &BTreeMap<String, NodeInfo> {
+        &self.nodes
+    }
+
+    /// Every pod, by key.
+    pub fn pods(&self) -> &BTreeMap<String, PodInfo> {
+        &self.pods
+    }
+
+    /// Take what changed since the last call: the services to recompile, and whether nodes
+    /// and pods changed.
+    pub fn take_changes(&mut self) -> Changes {
+        Changes {
+            services: std::mem::take(&mut self.dirty_services),
+            nodes: std::mem::take(&mut self.nodes_dirty),
+            pods: std::mem::take(&mut self.pods_dirty),
+        }
+    }
+
+    /// Whether nothing changed since the last [`Model::take_changes`].
+    pub fn is_clean(&self) -> bool {
+        self.dirty_services.is_empty() && !self.nodes_dirty && !self.pods_dirty
+    }
+
+    /// Object counts: services, slices, nodes, pods.
+    pub fn counts(&self) -> [usize; 4] {
+        [
+            self.services.len(),
+            self.slices.len(),
+            self.nodes.len(),
+            self.pods.len(),
+        ]
+    }
+}
+
+/// What changed in a [`Model`].
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Services (keys) whose tables must be rebuilt.
+    pub services: HashSet<String>,
+    /// Whether any node changed.
+    pub nodes: bool,
+    /// Whether any pod changed.
+    pub pods: bool,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && !self.nodes && !self.pods
+    }
+}
+
+fn set<T: PartialEq>(map: &mut BTreeMap<String, T>, key: &str, value: Option<T>) -> bool {
+    match value {
+        Some(v) => {
+            if map.get(key) == Some(&v) {
+                return false;
+            }
+            map.insert(key.to_owned(), v);
+            true
+        }
+        None => map.remove(key).is_some(),
+    }
+}
+
+/// One Kubernetes object of a kind the model holds.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A Service.
+    Service(Box<Service>),
+    /// An EndpointSlice.
+    EndpointSlice(Box<EndpointSlice>),
+    /// A Node.
+    Node(Box<Node>),
+    /// A Pod.
+    Pod(Box<Pod>),
+}
+
+impl Object {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::Node(_) => Kind::Node,
+            Object::Pod(_) => Kind::Pod,
+        }
+    }
+
+    /// Its key in the model: `namespace/name`, or the name for a Node.
+    pub fn key(&self) -> String {
+        match self {
+            Object::Service(o) => key(&o.namespace().unwrap_or_default(), &o.name_any()),
+            Object::EndpointSlice(o) => key(&o.namespace().unwrap_or_default(), &o.name_any()),
+            Object::Node(o) => o.name_any(),
+            Object::Pod(o) => key(&o.namespace().unwrap_or_default(), &o.name_any()),
+        }
+    }
+}
+
+impl Model {
+    /// Put `object` in the model (replacing what its key held); an object kxdp does not serve
+    /// removes what the key held. Returns whether anything changed; on error the model is
+    /// unchanged.
+    pub fn apply(&mut self, object: &Object) -> Result<bool, ObjectError> {
+        let k = object.key();
+        Ok(match object {
+            Object::Service(o) => {
+                let info = service_from(o)?;
+                self.set_service(&k, info)
+            }
+            Object::EndpointSlice(o) => {
+                let info = slice_from(o)?;
+                self.set_slice(&k, info)
+            }
+            Object::Node(o) => {
+                let info = node_from(o)?;
+                self.set_node(&k, Some(info))
+            }
+            Object::Pod(o) => {
+                let info = pod_from(o)?;
+                self.set_pod(&k, info)
+            }
+        })
+    }
+
+    /// Make the objects of `kind` exactly `objects` (a full list, after a relist): apply each,
+    /// and remove the ones not listed. Objects that do not convert are reported and left as
+    /// they were.
+    pub fn replace_kind(&mut self, kind: Kind, objects: &[Object]) -> Vec<ObjectError> {
+        let mut errors = Vec::new();
+        let mut listed = HashSet::new();
+        for o in objects.iter().filter(|o| o.kind() == kind) {
+            listed.insert(o.key());
+            if let Err(e) = self.apply(o) {
+                errors.push(e);
+            }
+        }
+        for k in self.keys(kind) {
+            if !listed.contains(&k) {
+                self.remove(kind, &k);
+            }
+        }
+        errors
+    }
+}

@@ -1,0 +1,348 @@
+//! The manifest source and the compiler: a fixture cluster (tests/fixtures/cluster.yaml) read,
+//! converted and compiled; bad input named by file, object and field, with the last good
+//! tables kept; one changed slice recompiling one service; endpoints that leave reported for
+//! flushing or draining.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kxdp_control::compile::{pod_interface_name, pod_mac, Compiler, NodeSettings};
+use kxdp_control::manifest::{parse, ManifestError, ManifestSource};
+use kxdp_control::model::{Kind, Model, Object};
+use kxdp_dataplane::tables::{FrontendKind, TrafficPolicy};
+use kxdp_dataplane::testkit::Topology;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster.yaml")
+}
+
+fn settings() -> NodeSettings {
+    let mut node = Topology::default().node;
+    node.name = "node-a".into();
+    node.node_ips = vec![];
+    NodeSettings {
+        node,
+        neighbors: vec![],
+    }
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// A scratch copy of the fixture, to edit.
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kxdp-control-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("cluster.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn the_fixture_compiles_to_what_kube_proxy_and_flannel_would_serve() {
+    let mut model = Model::new();
+    let mut source = ManifestSource::new(vec![fixture()]);
+    assert!(source.load(&mut model).expect("the fixture loads"));
+    // Skipped: the headless, ExternalName and other-proxy services, the FQDN slice, the
+    // host-network pod, the Deployment.
+    assert_eq!(model.counts(), [2, 2, 2, 3]);
+    let mut compiler = Compiler::new(settings());
+    let c = compiler.compile(&mut model).expect("compiles");
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    let snap = &c.snapshot;
+    assert_eq!(snap.node.pod_cidr.to_string(), "10.244.1.0/24");
+    assert_eq!(snap.node.gateway_ip, ip("10.244.1.1"));
+    assert_eq!(snap.node.node_ips[0], ip("198.18.0.10"));
+
+    let mut ports = snap.services.ports().to_vec();
+    ports.sort_by(|a, b| a.name().cmp(b.name()));
+    let names: Vec<&str> = ports.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["default/web:http", "kube-system/dns:dns"]);
+    let web = ports[0].spec();
+    assert_eq!(web.proto, 6);
+    let kinds: Vec<(FrontendKind, Option<Ipv4Addr>, u16)> = web
+        .frontends
+        .iter()
+        .map(|f| (f.kind, f.ip, f.port))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (FrontendKind::ClusterIp, Some(ip("10.96.0.10")), 80),
+            (FrontendKind::NodePort, None, 30080),
+        ]
+    );
+    assert_eq!(web.external_policy, TrafficPolicy::Local);
+    let backends: Vec<(Ipv4Addr, u16, bool)> = web
+        .backends
+        .iter()
+        .map(|b| (b.ip, b.port, b.local))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            (ip("10.244.1.10"), 8080, true),
+            (ip("10.244.2.10"), 8080, false)
+        ]
+    );
+    let dns = ports[1].spec();
+    assert_eq!(
+        (dns.proto, dns.backends.len()),
+        (17, 1),
+        "the FQDN slice is skipped"
+    );
+
+    // Local pods: named interfaces, MACs from the annotation or derived from the address.
+    let pods: Vec<(String, Ipv4Addr)> = snap.local_pods().map(|p| (p.name.clone(), p.ip)).collect();
+    assert_eq!(
+        pods,
+        [
+            ("default/client".into(), ip("10.244.1.11")),
+            ("default/web-0".into(), ip("10.244.1.10"))
+        ]
+    );
+    let web0 = snap.local_pod(ip("10.244.1.10")).unwrap();
+    assert_eq!(web0.mac, pod_mac(ip("10.244.1.10")));
+    assert_eq!(web0.mac.to_string(), "0a-58-0a-f4-01-0a");
+    let client = snap.local_pod(ip("10.244.1.11")).unwrap();
+    assert_eq!(client.mac.to_string(), "02-00-0a-f4-01-0b");
+    let ifnames: Vec<&str> = c.interfaces.iter().map(|(n, _)| n.as_str()).collect();
+    let mut expected = vec![
+        pod_interface_name("default", "web-0"),
+        pod_interface_name("default", "client"),
+    ];
+    expected.sort();
+    assert_eq!(ifnames, expected);
+    assert!(ifnames.iter().all(|n| n.len() <= 15 && n.starts_with("kx")));
+
+    // The flannel node, by its public IP and VTEP MAC.
+    let remote = snap.remote_nodes();
+    assert_eq!(remote.len(), 1);
+    assert_eq!(remote[0].node.node_ip, ip("198.18.0.11"));
+    assert_eq!(remote[0].node.vtep_mac.to_string(), "02-6b-78-76-00-02");
+}
+
+#[test]
+fn bad_manifests_name_file_object_and_field_and_the_last_tables_stay() {
+    let good = std::fs::read_to_string(fixture()).unwrap();
+    let path = scratch("bad", &good);
+    let mut model = Model::new();
+    let mut source = ManifestSource::new(vec![path.clone()]);
+    source.load(&mut model).expect("the fixture loads");
+    let mut compiler = Compiler::new(settings());
+    compiler.compile(&mut model).expect("compiles");
+
+    let cases = [
+        (
+            good.replace("port: 80, targetPort", "port: eighty, targetPort"),
+            vec![
+                "cluster.yaml",
+                "document 7",
+                "Service default/web",
+                "spec.ports[0].port",
+            ],
+        ),
+        (
+            good.replace("clusterIP: 10.96.0.53", "clusterIP: 10.96.0.999"),
+            vec![
+                "cluster.yaml",
+                "Service kube-system/dns",
+                "spec.clusterIPs[0]",
+                "10.96.0.999",
+            ],
+        ),
+        (
+            good.replace("podCIDR: 10.244.2.0/24", "podCIDR: 10.244.2.0/33"),
+            vec!["Node node-b", "spec.podCIDRs[0]"],
+        ),
+        (
+            good.replace("VtepMAC\":\"02:6b:78:76:00:02", "VtepMAC\":\"02:6b:78"),
+            vec![
+                "Node node-b",
+                "flannel.alpha.coreos.com/backend-data",
+                "VtepMAC",
+            ],
+        ),
+        (
+            good.replace("protocol: TCP, port: 8080}", "protocol: TCP, port: x}"),
+            vec![
+                "document 8",
+                "EndpointSlice default/web-abc",
+                "ports[0].port",
+            ],
+        ),
+        (
+            format!("{good}\n---\n: : :\n"),
+            vec!["cluster.yaml", "document 16"],
+        ),
+        (
+            good.replace(
+                "kxdp.io/mac: \"02:00:0a:f4:01:0b\"",
+                "kxdp.io/mac: \"nope\"",
+            ),
+            vec!["Pod default/client", "kxdp.io/mac"],
+        ),
+    ];
+    for (text, wanted) in cases {
+        std::fs::write(&path, &text).unwrap();
+        let e = source.load(&mut model).expect_err("a bad manifest fails");
+        let msg = e.to_string();
+        for w in &wanted {
+            assert!(msg.contains(w), "{msg:?} should name {w:?}");
+        }
+        assert!(model.is_clean(), "a failed load changes nothing: {msg}");
+    }
+    let missing = ManifestSource::new(vec![path.with_file_name("nope.yaml")]).load(&mut model);
+    assert!(matches!(missing, Err(ManifestError::Read { .. })));
+    // The last good tables still compile as they were.
+    std::fs::write(&path, &good).unwrap();
+    assert!(
+        !source.load(&mut model).unwrap(),
+        "nothing changed since the last good load"
+    );
+}
+
+#[test]
+fn a_changed_slice_recompiles_its_service_only_and_reports_leaving_endpoints() {
+    let mut model = Model::new();
+    ManifestSource::new(vec![fixture()])
+        .load(&mut model)
+        .unwrap();
+    let mut compiler = Compiler::new(settings());
+    let first = compiler.compile(&mut model).unwrap();
+    assert_eq!(first.services_compiled, 2);
+
+    // The DNS backend moves: the UDP endpoint that left is to be flushed.
+    let text = std::fs::read_to_string(fixture()).unwrap();
+    let moved = text.replace("addresses: [10.244.2.20]", "addresses: [10.244.2.21]");
+    let objects = parse("moved.yaml", &moved).unwrap();
+    let slice = objects
+        .iter()
+        .map(|(_, o)| o)
+        .find(|o| o.kind() == Kind::EndpointSlice && o.key() == "kube-system/dns-1")
+        .unwrap();
+    assert!(model.apply(slice).unwrap());
+    let second = compiler.compile(&mut model).unwrap();
+    assert_eq!(second.services_compiled, 1);
+    assert_eq!(second.flush_udp, [(ip("10.244.2.20"), 53)]);
+    let (a, b) = (
+        first.snapshot.services.ports(),
+        second.snapshot.services.ports(),
+    );
+    assert!(Arc::ptr_eq(&a[0], &b[0]), "web was not rebuilt");
+    assert!(!Arc::ptr_eq(&a[1], &b[1]), "dns was");
+    assert_eq!(b[1].spec().backends[0].ip, ip("10.244.2.21"));
+
+    // A status-only change converts to the same model: nothing to compile.
+    assert!(!model.apply(slice).unwrap());
+    assert_eq!(compiler.compile(&mut model).unwrap().services_compiled, 0);
+
+    // A TCP endpoint that leaves every service drains instead, until no flow is left.
+    let gone = text.replace(
+        "  - addresses: [10.244.2.10]\n    nodeName: node-b\n    conditions: {ready: true}\n",
+        "",
+    );
+    let objects = parse("gone.yaml", &gone).unwrap();
+    let web_slice: &Object = objects
+        .iter()
+        .map(|(_, o)| o)
+        .find(|o| o.key() == "default/web-abc")
+        .unwrap();
+    model.apply(web_slice).unwrap();
+    let third = compiler.compile(&mut model).unwrap();
+    assert!(third.flush_udp.is_empty());
+    let draining: Vec<_> = compiler.draining().copied().collect();
+    assert_eq!(draining, [(ip("10.244.2.10"), 6, 8080)]);
+    assert!(third
+        .snapshot
+        .services
+        .is_backend(ip("10.244.2.10"), 6, 8080));
+    compiler.retire_draining(|_| false);
+    let fourth = compiler.compile(&mut model).unwrap();
+    assert!(!fourth
+        .snapshot
+        .services
+        .is_backend(ip("10.244.2.10"), 6, 8080));
+}
+
+#[test]
+fn a_relist_removes_what_it_no_longer_lists() {
+    let mut model = Model::new();
+    ManifestSource::new(vec![fixture()])
+        .load(&mut model)
+        .unwrap();
+    let mut compiler = Compiler::new(settings());
+    compiler.compile(&mut model).unwrap();
+    let text = std::fs::read_to_string(fixture()).unwrap();
+    let objects: Vec<Object> = parse("x.yaml", &text)
+        .unwrap()
+        .into_iter()
+        .map(|(_, o)| o)
+        .filter(|o| o.key() != "default/web")
+        .collect();
+    let errors = model.replace_kind(Kind::Service, &objects);
+    assert!(errors.is_empty());
+    let c = compiler.compile(&mut model).unwrap();
+    let names: Vec<&str> = c
+        .snapshot
+        .services
+        .ports()
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    assert_eq!(names, ["kube-system/dns:dns"]);
+}
+
+#[test]
+fn a_claimed_frontend_stays_with_its_first_holder_and_passes_on_when_it_goes() {
+    let extra = "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {clusterIP: 10.96.1.1, externalIPs: [198.19.0.5], ports: [{name: x, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec: {clusterIP: 10.96.1.2, externalIPs: [198.19.0.5], ports: [{name: x, port: 80}]}
+";
+    let text = std::fs::read_to_string(fixture()).unwrap() + extra;
+    let mut model = Model::new();
+    let path = scratch("claims", &text);
+    let mut source = ManifestSource::new(vec![path.clone()]);
+    source.load(&mut model).unwrap();
+    let mut compiler = Compiler::new(settings());
+    let c = compiler
+        .compile(&mut model)
+        .expect("a conflict does not fail the snapshot");
+    assert_eq!(c.problems.len(), 1, "{:?}", c.problems);
+    assert!(c.problems[0].contains("default/b:x") && c.problems[0].contains("default/a"));
+    let external_of = |c: &kxdp_control::compile::Compiled, name: &str| {
+        c.snapshot
+            .services
+            .ports()
+            .iter()
+            .find(|p| p.name() == name)
+            .map(|p| {
+                p.spec()
+                    .frontends
+                    .iter()
+                    .any(|f| f.kind == FrontendKind::ExternalIp)
+            })
+    };
+    assert_eq!(external_of(&c, "default/a:x"), Some(true));
+    assert_eq!(external_of(&c, "default/b:x"), Some(false));
+    // Service a goes: b gets the external IP.
+    let without_a = text.replace(
+        "metadata: {name: a, namespace: default}",
+        "metadata: {name: a, namespace: default, labels: {service.kubernetes.io/service-proxy-name: x}}",
+    );
+    std::fs::write(&path, without_a).unwrap();
+    source.load(&mut model).unwrap();
+    let c = compiler.compile(&mut model).unwrap();
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert_eq!(external_of(&c, "default/b:x"), Some(true));
+}

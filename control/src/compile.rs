@@ -12,11 +12,12 @@
 //! own configuration can fail a compile; the last good snapshot then stays published.
 //!
 //! Endpoints leaving every service are reported: UDP ones for the caller to flush from
-//! conntrack (as kube-proxy does), the others kept in the snapshot's `draining_endpoints` so
-//! replies of their open flows still get translated, until the caller says no flow is left
-//! ([`Compiler::retire_draining`]).
+//! conntrack after publishing (`Conntrack::flush_udp_to`, as kube-proxy flushes them), the
+//! others kept in the snapshot's `draining_endpoints` so replies of their open flows still get
+//! translated, until the caller says no flow is left ([`Compiler::retire_draining`] with
+//! `Conntrack::endpoints_with_flows`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -547,38 +548,4 @@ fn backends(proto: u8, name: &str, slices: &[&SliceInfo], this_node: &str) -> Ve
         }
     }
     by_addr.into_values().collect()
-}
-
-/// The endpoints among `endpoints` that conntrack still has flows to (replies from them):
-/// for [`Compiler::retire_draining`]. Scans the table under its writer lock, in chunks.
-pub fn endpoints_with_flows(
-    ct: &kxdp_dataplane::conntrack::Conntrack,
-    endpoints: &HashSet<(Ipv4Addr, u8, u16)>,
-) -> HashSet<(Ipv4Addr, u8, u16)> {
-    let mut found = HashSet::new();
-    if endpoints.is_empty() {
-        return found;
-    }
-    ct.retain(|_, reply| {
-        let e = (reply.src_ip, reply.proto, reply.src_port);
-        if endpoints.contains(&e) {
-            found.insert(e);
-        }
-        true
-    });
-    found
-}
-
-/// Remove the UDP flows to `endpoints` (address, port), as kube-proxy flushes them when an
-/// endpoint goes: otherwise a client keeps sending to a backend that is gone until its flow
-/// times out. Returns how many were removed.
-pub fn flush_udp(
-    ct: &kxdp_dataplane::conntrack::Conntrack,
-    endpoints: &[(Ipv4Addr, u16)],
-) -> usize {
-    if endpoints.is_empty() {
-        return 0;
-    }
-    let set: HashSet<(Ipv4Addr, u16)> = endpoints.iter().copied().collect();
-    ct.retain(|_, reply| !(reply.proto == 17 && set.contains(&(reply.src_ip, reply.src_port))))
 }

@@ -77,6 +77,7 @@
 //!   from the expired word, and rechecks if the CAS fails; `update` never revives an expired flow.
 
 use core::fmt;
+use core::net::Ipv4Addr;
 use core::ops::RangeInclusive;
 use core::sync::atomic::{
     fence, AtomicU32, AtomicU64, AtomicUsize,
@@ -911,6 +912,42 @@ impl Conntrack {
             }
         }
         removed
+    }
+
+    /// Remove the UDP flows to `endpoints` (address, port): their replies come from the
+    /// endpoint, so the reply key's source names it. kube-proxy flushes these when an endpoint
+    /// goes, or a client keeps sending to a backend that is gone until its flow times out.
+    /// Returns how many were removed; call it after publishing the tables without them.
+    pub fn flush_udp_to(&self, endpoints: &[(Ipv4Addr, u16)]) -> usize {
+        if endpoints.is_empty() {
+            return 0;
+        }
+        let set: std::collections::HashSet<(Ipv4Addr, u16)> = endpoints.iter().copied().collect();
+        self.retain(|_, reply| {
+            !(reply.proto == crate::flow::proto::UDP
+                && set.contains(&(reply.src_ip, reply.src_port)))
+        })
+    }
+
+    /// The endpoints (address, protocol, port) among `endpoints` that some flow still has
+    /// replies from: for retiring draining endpoints. Scans the table under its writer lock,
+    /// in chunks, like [`Conntrack::retain`].
+    pub fn endpoints_with_flows(
+        &self,
+        endpoints: &std::collections::HashSet<(Ipv4Addr, u8, u16)>,
+    ) -> std::collections::HashSet<(Ipv4Addr, u8, u16)> {
+        let mut found = std::collections::HashSet::new();
+        if endpoints.is_empty() {
+            return found;
+        }
+        self.retain(|_, reply| {
+            let e = (reply.src_ip, reply.proto, reply.src_port);
+            if endpoints.contains(&e) {
+                found.insert(e);
+            }
+            true
+        });
+        found
     }
 
     /// The state and expiry of flow `id`, or `None` if the record is free. Expired flows that

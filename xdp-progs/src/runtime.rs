@@ -118,8 +118,9 @@ pub enum Change {
     Add(Managed, Snapshot),
     /// Publish the snapshot, then stop serving this interface (a pod went away).
     Remove(InterfaceId, Snapshot),
-    /// Publish the snapshot.
-    Publish(Snapshot),
+    /// Publish the snapshot (as the control side's compiler shares it), then flush the UDP
+    /// flows to these endpoints (address, port): they left every service.
+    Publish(Arc<Snapshot>, Vec<(std::net::Ipv4Addr, u16)>),
 }
 
 /// What a worker shares with everyone: its counters.
@@ -356,6 +357,7 @@ struct WorkerHandle {
 /// The control thread's state.
 struct Control {
     steering: Steering,
+    ct: Arc<Conntrack>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     workers: Vec<WorkerHandle>,
     links: Vec<(InterfaceId, Attachment)>,
@@ -396,9 +398,9 @@ impl Control {
     }
 
     /// Steer what the new snapshot owns, then swap it in: every worker's next round uses it.
-    fn publish(&mut self, snap: Snapshot) -> Result<(), String> {
+    fn publish(&mut self, snap: Arc<Snapshot>) -> Result<(), String> {
         self.steering.sync(&snap).map_err(|e| e.to_string())?;
-        self.snapshot.store(Arc::new(snap));
+        self.snapshot.store(snap);
         Ok(())
     }
 
@@ -424,13 +426,18 @@ impl Control {
         match change {
             Change::Add(m, snap) => {
                 self.add(&m)?;
-                self.publish(snap)
+                self.publish(Arc::new(snap))
             }
             Change::Remove(id, snap) => {
-                self.publish(snap)?;
+                self.publish(Arc::new(snap))?;
                 self.remove(id)
             }
-            Change::Publish(snap) => self.publish(snap),
+            Change::Publish(snap, flush) => {
+                self.publish(snap)?;
+                // After the swap, so no worker creates a flow the flush would miss.
+                self.ct.flush_udp_to(&flush);
+                Ok(())
+            }
         }
     }
 }
@@ -458,6 +465,7 @@ fn control(
         let snap = Arc::new(ArcSwap::from_pointee(snapshot));
         let mut ctl = Control {
             steering,
+            ct: Arc::clone(&ct),
             snapshot: Arc::clone(&snap),
             workers: Vec::new(),
             links: Vec::new(),

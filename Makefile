@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit bench bench-quick bench-table perf-forward demo
+.PHONY: deps test lint unit bench bench-quick bench-table perf-forward perf-control demo
 
 deps:
 	@scripts/install-deps.sh
@@ -37,6 +37,11 @@ bench-table:
 # for a short run; see perf/src/bin/forward.rs for the flags.
 perf-forward: deps
 	cargo run --release --locked -p kxdp-perf --bin forward -- $(FORWARD_ARGS)
+
+# The control side at scale (10k services, 100k endpoints): first snapshot and single-change
+# latency, in process and through kube and the loopback API server. CONTROL_ARGS to resize.
+perf-control: deps
+	cargo run --release --locked -p kxdp-perf --bin control_scale -- $(CONTROL_ARGS)
 
 demo: deps
 	cargo run --release --locked -p kxdp-dataplane --example walkthrough

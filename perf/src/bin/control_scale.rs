@@ -7,8 +7,11 @@
 //!
 //! Both phases run the real code: the objects are decoded from JSON into k8s-openapi types (as
 //! kube decodes a list or watch event), converted into the model, compiled (incrementally for
-//! a change) and published. What is not included is the HTTP transfer itself; `--api` repeats
-//! both measurements through kube's watchers and a loopback API server.
+//! a change) and published. What is not included is the HTTP transfer itself, so the same two
+//! measurements are then repeated end to end: the objects served by the loopback API server of
+//! the tests (`kxdp_tests::apiserver`), watched by kxdp's Kubernetes source through the real
+//! kube client (paged lists of 500, chunked watch streams), from the start of the watchers to
+//! the first snapshot, and from each change reaching the API server to its snapshot.
 //!
 //! `control_scale [--services N] [--endpoints N] [--nodes N] [--changes N]`
 
@@ -285,14 +288,23 @@ fn run() -> Result<(), String> {
     let mut changes =
         Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
     let mut compiled_per_change = 0;
+    let mut versions = vec![0u32; a.services as usize];
     for n in 0..a.changes {
         let i = (n * 7919) % a.services;
-        let body = slice_json(i, &a, n + 1).to_string();
+        // Each change flips one endpoint of slice i from its last state.
+        versions[i as usize] += 1;
+        let body = slice_json(i, &a, versions[i as usize]).to_string();
         let t = Instant::now();
         let slice: EndpointSlice = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         let object = Object::EndpointSlice(Box::new(slice));
         model.apply(&object).map_err(|e| e.to_string())?;
         let c = compiler.compile(&mut model).map_err(|e| e.to_string())?;
+        if c.services_compiled != 1 {
+            return Err(format!(
+                "a change recompiled {} services",
+                c.services_compiled
+            ));
+        }
         compiled_per_change = compiled_per_change.max(c.services_compiled);
         live.store(c.snapshot);
         changes.saturating_record(t.elapsed().as_nanos() as u64);
@@ -332,6 +344,17 @@ fn run() -> Result<(), String> {
         q(&loads, 0.999).as_nanos(),
         q(&loads, 1.0).as_nanos()
     );
+    let (api_first, api_changes) = through_api(&a, &bodies)?;
+    println!(
+        "| through kube and the loopback API server: watchers started to first snapshot | {} ms | 1000 ms |",
+        ms(api_first)
+    );
+    println!(
+        "| through kube and the loopback API server: change applied to live, p50 / p99 / max | {} / {} / {} ms | 10 ms (p99) |",
+        ms(q(&api_changes, 0.5)),
+        ms(q(&api_changes, 0.99)),
+        ms(q(&api_changes, 1.0))
+    );
     println!(
         "| service tables (Maglev included) | {:.1} MB | |",
         tables as f64 / 1e6
@@ -342,6 +365,100 @@ fn run() -> Result<(), String> {
         rss_after as f64 / 1e6
     );
     Ok(())
+}
+
+/// `object` without the resourceVersion our generator writes: the API server assigns it.
+fn fresh(mut object: Value) -> Value {
+    if let Some(m) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.remove("resourceVersion");
+    }
+    object
+}
+
+/// The end-to-end measurement through kube and the loopback API server: (time to the first
+/// snapshot, per-change latencies).
+fn through_api(a: &Args, bodies: &[(Kind, String)]) -> Result<(Duration, Histogram<u64>), String> {
+    use kxdp_control::kube_source::KubeSource;
+    use kxdp_tests::apiserver::FakeApiServer;
+    let server = FakeApiServer::start();
+    for (_, body) in bodies {
+        let list: Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        let kind = list["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_end_matches("List");
+        let api_version = match kind {
+            "EndpointSlice" => "discovery.k8s.io/v1",
+            _ => "v1",
+        };
+        for mut item in list["items"].as_array().cloned().unwrap_or_default() {
+            item["kind"] = kind.into();
+            item["apiVersion"] = api_version.into();
+            server.apply(fresh(item));
+        }
+    }
+    let config = server.kube_config();
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, usize)>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let live: Arc<arc_swap::ArcSwapOption<kxdp_dataplane::Snapshot>> = Arc::default();
+    let started = Instant::now();
+    let thread =
+        {
+            let live = Arc::clone(&live);
+            std::thread::spawn(move || -> Result<(), String> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(async move {
+                    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+                    let mut compiler = Compiler::new(settings());
+                    let mut model = Model::new();
+                    let run = KubeSource::new(client, "node-1").run(&mut model, |model, status| {
+                        match compiler.compile(model) {
+                            Ok(c) => {
+                                live.store(Some(c.snapshot));
+                                let _ = tx.send((Instant::now(), c.services_compiled));
+                            }
+                            Err(e) => eprintln!("control_scale: no snapshot: {e} ({status:?})"),
+                        }
+                    });
+                    tokio::select! {
+                        () = run => {}
+                        _ = stopped => {}
+                    }
+                    Ok(())
+                })
+            })
+        };
+    let wait = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|e| format!("no snapshot ({what}): {e}"))
+    };
+    let (first_at, _) = wait("first")?;
+    let first = first_at - started;
+    let mut h =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut versions = vec![0u32; a.services as usize];
+    for n in 0..a.changes {
+        let i = (n * 7919) % a.services;
+        versions[i as usize] += 1;
+        let t = Instant::now();
+        server.apply(fresh(slice_json(i, a, versions[i as usize])));
+        let (at, compiled) = wait("a change").map_err(|e| {
+            let r = server.requests();
+            format!("{e}; last requests: {:?}", &r[r.len().saturating_sub(8)..])
+        })?;
+        if compiled != 1 {
+            return Err(format!("a change recompiled {compiled} services"));
+        }
+        h.saturating_record((at - t).as_nanos() as u64);
+    }
+    let _ = stop.send(());
+    thread
+        .join()
+        .map_err(|_| "the source thread panicked".to_owned())??;
+    Ok((first, h))
 }
 
 fn main() -> ExitCode {

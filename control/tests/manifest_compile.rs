@@ -346,3 +346,25 @@ spec: {clusterIP: 10.96.1.2, externalIPs: [198.19.0.5], ports: [{name: x, port: 
     assert!(c.problems.is_empty(), "{:?}", c.problems);
     assert_eq!(external_of(&c, "default/b:x"), Some(true));
 }
+
+#[test]
+fn a_changed_file_is_noticed_and_re_read() {
+    let text = std::fs::read_to_string(fixture()).unwrap();
+    let path = scratch("reread", &text);
+    let mut model = Model::new();
+    let mut source = ManifestSource::new(vec![path.clone()]);
+    assert!(source.changed(), "never read yet");
+    source.load(&mut model).unwrap();
+    assert!(!source.changed());
+    model.take_changes();
+    // A different size is noticed even within the file system's timestamp granularity.
+    std::fs::write(&path, text.replace("10.244.2.20", "10.244.2.200")).unwrap();
+    assert!(source.changed());
+    assert!(source.load(&mut model).unwrap(), "the slice changed");
+    let changes = model.take_changes();
+    assert_eq!(
+        changes.services.into_iter().collect::<Vec<_>>(),
+        ["kube-system/dns"]
+    );
+    assert!(!source.changed());
+}

@@ -238,15 +238,54 @@ fn first_tables_come_after_every_paged_list_and_say_what_the_cluster_says() {
         "pods are watched for this node only: {requests:?}"
     );
 
-    // Changes follow: a backend goes, a service goes, a pod comes.
+    // Changes follow, bookmarks between them: a backend goes, a service goes, a pod comes.
+    server.bookmark();
     server.apply(slice("web", &["10.244.2.10"]));
     source.until("the backend left", |t| {
         has_service(t, "default/web:http 10.244.2.10")
     });
     server.delete(Resource::Services, Some("default"), "api");
     source.until("the service left", |t| t.services.len() == 1);
+    server.bookmark();
     server.apply(pod("web-2", "node-a", "10.244.1.12"));
     source.until("the pod came", |t| t.pods.len() == 3);
+}
+
+#[test]
+fn a_kubeconfig_file_finds_the_api_server() {
+    let server = FakeApiServer::start();
+    cluster(&server);
+    let dir = std::env::temp_dir().join(format!("kxdp-kubeconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config");
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+         clusters: [{{name: test, cluster: {{server: \"{}\"}}}}]\n\
+         users: [{{name: test, user: {{}}}}]\n\
+         contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n",
+        server.url()
+    );
+    std::fs::write(&path, kubeconfig).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let names = rt.block_on(async {
+        let client = kxdp_control::kube_source::client(Some(&path))
+            .await
+            .expect("a client from the kubeconfig");
+        let nodes: Api<Node> = Api::all(client);
+        let list = nodes.list(&Default::default()).await.expect("nodes listed");
+        list.items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(names, ["node-a", "node-b"]);
+    let bad = rt.block_on(kxdp_control::kube_source::client(Some(
+        &dir.join("missing"),
+    )));
+    assert!(bad.is_err(), "a missing kubeconfig is an error");
 }
 
 #[test]

@@ -9,5 +9,6 @@ pub mod compile;
 pub mod kube_source;
 pub mod manifest;
 pub mod model;
+pub mod trace;
 
 pub use kxdp_dataplane::tables;

@@ -113,9 +113,12 @@ fn collect(
     let api = text(&value, "apiVersion").unwrap_or_default();
     let meta = value.get("metadata");
     let name = meta.and_then(|m| text(m, "name")).unwrap_or_default();
+    let cluster_scoped = matches!(kind.as_str(), "Node" | "List");
     let object = match meta.and_then(|m| text(m, "namespace")) {
         Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
+        None if cluster_scoped => format!("{kind} {name}"),
+        // Where kubectl would put it.
+        None => format!("{kind} default/{name}"),
     };
     let namespaced = |mut v: serde_json::Value| {
         // Objects in a manifest without a namespace go to "default", as kubectl puts them.

@@ -1,0 +1,124 @@
+//! The `kxdp` command as an operator runs it: `kxdp trace` on the embedded default cluster and
+//! on a manifest file, as text and as JSON, and the errors for a bad flag, a bad manifest and
+//! a source address no pod owns.
+
+use std::process::Command;
+
+fn kxdp(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kxdp"))
+        .args(args)
+        .output()
+        .expect("kxdp runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn trace_on_the_embedded_cluster_prints_each_stage() {
+    let (code, out, err) = kxdp(&[
+        "trace",
+        "--src",
+        "10.244.1.11:40000",
+        "--dst",
+        "10.96.0.53:53",
+        "--proto",
+        "udp",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "entered:    pod default/client",
+        "service:    kube-system/dns:dns (ClusterIP, Cluster policy)",
+        "backends:   10.244.2.20:53",
+        "verdict:    forward",
+        "dnat:       10.96.0.53:53 -> 10.244.2.20:53",
+        "exit:       remote node node-b over VXLAN (to 198.18.0.11, VNI 1)",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+}
+
+#[test]
+fn trace_json_is_one_object() {
+    let (code, out, err) = kxdp(&[
+        "trace",
+        "--from",
+        "uplink",
+        "--src",
+        "198.19.0.7:5000",
+        "--dst",
+        "198.18.0.10:30080",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["verdict"], "forward");
+    assert_eq!(v["service"]["frontend"], "NodePort");
+    assert_eq!(v["service"]["policy"], "Local");
+    assert_eq!(v["exit"], "local pod default/web-0");
+}
+
+#[test]
+fn trace_reads_manifest_files_and_names_bad_ones() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cluster.yaml");
+    let (code, out, err) = kxdp(&[
+        "trace",
+        "--manifest",
+        fixture,
+        "--src",
+        "10.244.1.11:1",
+        "--dst",
+        "10.96.0.99:80",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("verdict:    drop (service_not_found)"),
+        "no such service here: {out}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("kxdp-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: many}]}\n",
+    )
+    .unwrap();
+    let (code, _, err) = kxdp(&[
+        "trace",
+        "--manifest",
+        bad.to_str().unwrap(),
+        "--src",
+        "1.2.3.4:1",
+        "--dst",
+        "1.2.3.5:2",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.yaml")
+            && err.contains("Service default/x")
+            && err.contains("spec.ports[0].port"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_flags_and_foreign_sources_are_named() {
+    let (code, _, err) = kxdp(&[
+        "trace",
+        "--src",
+        "10.244.1.11:1",
+        "--dst",
+        "10.96.0.10:eighty",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--dst") && err.contains("eighty"), "{err}");
+    let (code, _, err) = kxdp(&["trace", "--src", "10.244.1.99:1", "--dst", "10.96.0.10:80"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no pod on node node-a has address 10.244.1.99"),
+        "{err}"
+    );
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kxdp_control::compile::{Compiler, NodeSettings};
-use kxdp_control::manifest::{parse, ManifestSource};
+use kxdp_control::manifest::parse;
 use kxdp_control::model::Model;
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::testkit::{FrameBuf, Topology};
@@ -36,12 +36,11 @@ struct Node {
 
 impl Node {
     fn new(manifest: &str) -> Node {
-        let dir = std::env::temp_dir().join(format!("kxdp-flows-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.yaml", manifest.len()));
-        std::fs::write(&path, manifest).unwrap();
+        // Parsed in memory: tests run in parallel, and shared scratch files race.
         let mut model = Model::new();
-        ManifestSource::new(vec![path]).load(&mut model).unwrap();
+        for (_, o) in parse("cluster.yaml", manifest).unwrap() {
+            model.apply(&o).unwrap();
+        }
         let mut node = Topology::default().node;
         node.name = "node-a".into();
         node.node_ips = vec![];

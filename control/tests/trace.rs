@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use kxdp_control::compile::{Compiler, NodeSettings};
-use kxdp_control::manifest::ManifestSource;
+use kxdp_control::manifest::parse;
 use kxdp_control::model::Model;
 use kxdp_control::trace::{trace, Entry, Trace, TraceError, TraceInput};
 use kxdp_dataplane::testkit::Topology;
@@ -21,12 +21,11 @@ fn snapshot() -> std::sync::Arc<Snapshot> {
     let text = std::fs::read_to_string(fixture).unwrap()
         + "\n---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\n\
            spec: {clusterIP: 10.96.0.99, ports: [{name: http, port: 80}]}\n";
-    let dir = std::env::temp_dir().join(format!("kxdp-trace-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cluster.yaml");
-    std::fs::write(&path, text).unwrap();
+    // Parsed in memory: tests run in parallel, and a shared scratch file raced.
     let mut model = Model::new();
-    ManifestSource::new(vec![path]).load(&mut model).unwrap();
+    for (_, o) in parse("cluster.yaml", &text).unwrap() {
+        model.apply(&o).unwrap();
+    }
     let topo = Topology::default();
     let mut node = topo.node.clone();
     node.name = "node-a".into();

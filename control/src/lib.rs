@@ -9,6 +9,7 @@ pub mod compile;
 pub mod kube_source;
 pub mod manifest;
 pub mod model;
+pub mod preflight;
 pub mod trace;
 
 pub use kxdp_dataplane::tables;

@@ -122,3 +122,87 @@ fn bad_flags_and_foreign_sources_are_named() {
         "{err}"
     );
 }
+
+/// Whether this process is root with all capabilities (the preflight tests drop some from
+/// there); prints SKIP otherwise, and fails under CI where a skip is a failure.
+fn privileged(test: &str) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid0 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .is_some_and(|v| v.split_whitespace().next() == Some("0"));
+    let tools = ["setpriv", "prlimit"]
+        .iter()
+        .all(|t| Command::new(t).arg("--version").output().is_ok());
+    if uid0 && tools {
+        return true;
+    }
+    let why = "needs root and util-linux's setpriv and prlimit";
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "{test}: cannot run under CI: {why}"
+    );
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
+fn run_with(wrapper: &[&str], args: &[&str]) -> (i32, String) {
+    let out = Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(env!("CARGO_BIN_EXE_kxdp"))
+        .args(args)
+        .output()
+        .expect("the wrapper runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn preflight_names_what_is_missing_and_how_to_run() {
+    if !privileged("preflight_names_what_is_missing_and_how_to_run") {
+        return;
+    }
+    let (code, out, err) = kxdp(&["preflight", "--interface", "lo"]);
+    assert_eq!((code, out.trim()), (0, "preflight: ok"), "{err}");
+
+    let (code, err) = run_with(
+        &["setpriv", "--bounding-set=-net_admin,-bpf,-sys_admin"],
+        &["preflight", "--interface", "lo", "--interface", "nope0"],
+    );
+    assert_eq!(code, 1, "{err}");
+    for wanted in [
+        "missing capability cap_net_admin",
+        "missing capability cap_bpf",
+        "setcap cap_net_admin",
+        "interface nope0 does not exist",
+    ] {
+        assert!(err.contains(wanted), "{wanted:?} in {err}");
+    }
+    assert!(
+        !err.contains("missing capability cap_net_raw"),
+        "cap_net_raw was kept: {err}"
+    );
+
+    let (code, err) = run_with(
+        &[
+            "prlimit",
+            "--memlock=65536",
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+        ],
+        &["preflight", "--workers", "2"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("locked memory is limited to 65536 bytes but the UMEMs need 67108864"),
+        "{err}"
+    );
+    // With cap_ipc_lock the limit does not matter.
+    let (code, err) = run_with(
+        &["prlimit", "--memlock=65536"],
+        &["preflight", "--workers", "2"],
+    );
+    assert_eq!(code, 0, "{err}");
+}

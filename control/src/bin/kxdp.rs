@@ -1,7 +1,8 @@
 //! `kxdp`: the operator's command. `kxdp trace` runs one packet through the real pipeline
 //! against tables compiled from manifest files (the embedded default cluster when none is
 //! given) and prints what each stage decided; `--json` prints the same as one JSON object
-//! (fields: see `kxdp_control::trace`). The agent and the other commands come with issue 5.
+//! (fields: see `kxdp_control::trace`). `kxdp preflight` checks what the agent will need. The
+//! agent and the other commands come with issue 5.
 
 // The command's output is its point.
 #![allow(clippy::print_stdout)]
@@ -34,6 +35,32 @@ struct Cli {
 enum Command {
     /// Run one packet through the pipeline and print each stage's decision.
     Trace(TraceArgs),
+    /// Check that this machine and process can run the dataplane: capabilities, locked
+    /// memory, interfaces. The agent runs the same checks before it starts.
+    Preflight(PreflightArgs),
+}
+
+#[derive(clap::Args)]
+struct PreflightArgs {
+    /// An interface the dataplane is to drive (repeat for each).
+    #[arg(long = "interface", value_name = "NAME")]
+    interfaces: Vec<String>,
+    /// Workers (one UMEM each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
+}
+
+/// Bytes of one worker's UMEM (`kxdp_xdp::xsk::PortConfig::default()`: 16384 chunks of 2 KiB).
+const UMEM_BYTES: u64 = 16384 * 2048;
+
+fn run_preflight(args: PreflightArgs) -> Result<String, String> {
+    let problems =
+        kxdp_control::preflight::check(&args.interfaces, UMEM_BYTES * u64::from(args.workers));
+    if problems.is_empty() {
+        return Ok("preflight: ok".into());
+    }
+    let lines: Vec<String> = problems.iter().map(|p| format!("preflight: {p}")).collect();
+    Err(lines.join("\nkxdp: "))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -141,6 +168,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Trace(args) => run_trace(args),
+        Command::Preflight(args) => run_preflight(args),
     };
     match result {
         Ok(out) => {

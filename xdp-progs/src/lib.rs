@@ -249,15 +249,21 @@ impl Steering {
             .map_err(bpf(format!("updating map {map}")))
     }
 
-    fn clear(&self, map: &'static str) -> Result<(), XdpError> {
+    /// Make the keys of set-like `map` (value 1) exactly `wanted`: add the missing ones
+    /// first, then remove the stale ones, so a key that stays is never absent, even briefly.
+    fn replace_keys(&self, map: &'static str, wanted: &[Vec<u8>]) -> Result<(), XdpError> {
         let m = self
             .obj
             .maps()
             .find(|m| m.name() == map)
             .ok_or(XdpError::Missing(map))?;
-        let keys: Vec<Vec<u8>> = m.keys().collect();
-        for k in keys {
-            m.delete(&k).map_err(bpf(format!("clearing map {map}")))?;
+        let current: std::collections::HashSet<Vec<u8>> = m.keys().collect();
+        for k in wanted.iter().filter(|k| !current.contains(*k)) {
+            m.update(k, &[1], MapFlags::ANY)
+                .map_err(bpf(format!("updating map {map}")))?;
+        }
+        for k in current.iter().filter(|k| !wanted.contains(k)) {
+            m.delete(k).map_err(bpf(format!("updating map {map}")))?;
         }
         Ok(())
     }
@@ -293,22 +299,17 @@ impl Steering {
         self.update("config", &0u32.to_ne_bytes(), &config.to_bytes())
     }
 
-    /// Replace the node's own addresses.
+    /// Replace the node's own addresses (addresses that stay are never absent meanwhile).
     pub fn set_node_ips(&self, ips: &[Ipv4Addr]) -> Result<(), XdpError> {
-        self.clear("node_ips")?;
-        for ip in ips {
-            self.update("node_ips", &ip.octets(), &[1])?;
-        }
-        Ok(())
+        let keys: Vec<Vec<u8>> = ips.iter().map(|ip| ip.octets().to_vec()).collect();
+        self.replace_keys("node_ips", &keys)
     }
 
-    /// Replace the underlay addresses VXLAN is accepted from.
+    /// Replace the underlay addresses VXLAN is accepted from (peers that stay are never
+    /// absent meanwhile, so their VXLAN never falls to the kernel during an update).
     pub fn set_vxlan_peers(&self, peers: &[Ipv4Addr]) -> Result<(), XdpError> {
-        self.clear("vxlan_peers")?;
-        for ip in peers {
-            self.update("vxlan_peers", &ip.octets(), &[1])?;
-        }
-        Ok(())
+        let keys: Vec<Vec<u8>> = peers.iter().map(|ip| ip.octets().to_vec()).collect();
+        self.replace_keys("vxlan_peers", &keys)
     }
 
     /// Fill the maps from a snapshot: config, node addresses, VXLAN peers, frontends, so the

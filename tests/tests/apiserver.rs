@@ -192,6 +192,22 @@ where
     }
 }
 
+/// A mirror of every Service, once it has listed them and its watch is open.
+async fn watching_services(server: &FakeApiServer) -> Mirror<Service> {
+    let mut mirror = Mirror::start(
+        Api::<Service>::all(client(server)),
+        watcher::Config::default(),
+    );
+    mirror
+        .until("the initial list", |m| m.inits_done == 1)
+        .await;
+    eventually("the watch opens", || {
+        server.open_watches(Resource::Services) == 1
+    })
+    .await;
+    mirror
+}
+
 impl<K> Drop for Mirror<K> {
     fn drop(&mut self) {
         self.task.abort();
@@ -464,17 +480,7 @@ async fn watcher_resumes_from_a_bookmark() {
     let server = FakeApiServer::start();
     server.apply(service("default", "web", json!({})));
     let client = client(&server);
-    let mut mirror = Mirror::start(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    mirror
-        .until("the initial list", |m| m.inits_done == 1)
-        .await;
-    eventually("the watch opens", || {
-        server.open_watches(Resource::Services) == 1
-    })
-    .await;
+    let mut mirror = watching_services(&server).await;
 
     // A write elsewhere moves the global version on; only the bookmark tells the watcher.
     server.apply(node("n1"));
@@ -519,17 +525,7 @@ async fn watcher_relists_after_history_expires() {
     let server = FakeApiServer::start();
     server.apply(service("default", "s1", json!({})));
     server.apply(service("default", "s2", json!({})));
-    let mut mirror = Mirror::start(
-        Api::<Service>::all(client(&server)),
-        watcher::Config::default(),
-    );
-    mirror
-        .until("the initial list", |m| m.inits_done == 1)
-        .await;
-    eventually("the watch opens", || {
-        server.open_watches(Resource::Services) == 1
-    })
-    .await;
+    let mut mirror = watching_services(&server).await;
 
     server.delete(Resource::Services, Some("default"), "s1");
     server.apply(service("default", "s3", json!({})));
@@ -653,17 +649,7 @@ async fn dropped_watch_connection_cuts_the_stream() {
 async fn watcher_resumes_a_dropped_watch_without_relisting() {
     let server = FakeApiServer::start();
     server.apply(service("default", "s1", json!({})));
-    let mut mirror = Mirror::start(
-        Api::<Service>::all(client(&server)),
-        watcher::Config::default(),
-    );
-    mirror
-        .until("the initial list", |m| m.inits_done == 1)
-        .await;
-    eventually("the watch opens", || {
-        server.open_watches(Resource::Services) == 1
-    })
-    .await;
+    let mut mirror = watching_services(&server).await;
 
     server.inject(Resource::Services, Fault::DropConnection);
     server.close_watches();
@@ -703,17 +689,7 @@ async fn watcher_rides_out_an_outage() {
     let server = FakeApiServer::start();
     server.apply(service("default", "s1", json!({})));
     server.apply(service("default", "s2", json!({})));
-    let mut mirror = Mirror::start(
-        Api::<Service>::all(client(&server)),
-        watcher::Config::default(),
-    );
-    mirror
-        .until("the initial list", |m| m.inits_done == 1)
-        .await;
-    eventually("the watch opens", || {
-        server.open_watches(Resource::Services) == 1
-    })
-    .await;
+    let mut mirror = watching_services(&server).await;
 
     server.set_down(true);
     mirror

@@ -25,7 +25,7 @@ use kxdp_dataplane::tables::{
     Backend, Frontend, FrontendKind, InterfaceId, LocalPod, NodeConfig, RemoteNode, ServicePort,
     ServicePortSpec, SnapshotError, SnapshotInputs, TrafficPolicy,
 };
-use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+use kxdp_dataplane::wire::EthernetAddress;
 use kxdp_dataplane::Snapshot;
 
 use crate::model::{Model, ServiceInfo, SliceInfo};
@@ -428,7 +428,7 @@ impl Compiler {
             if pod.node != node.name {
                 continue;
             }
-            if !contains(node.pod_cidr, pod.ip) {
+            if !node.pod_cidr.contains_addr(&pod.ip) {
                 problems.push(format!(
                     "pod {key}: address {} is outside this node's pod CIDR {}",
                     pod.ip, node.pod_cidr
@@ -480,7 +480,7 @@ impl Compiler {
             };
             let clash = std::iter::once((node.name.as_str(), node.pod_cidr))
                 .chain(out.iter().map(|r| (r.name.as_str(), r.pod_cidr)))
-                .find(|(_, other)| overlaps(cidr, *other));
+                .find(|(_, other)| other.contains_subnet(&cidr) || cidr.contains_subnet(other));
             if let Some((other, _)) = clash {
                 problems.push(format!(
                     "node {name}: pod CIDR {cidr} overlaps node {other}'s"
@@ -500,24 +500,6 @@ impl Compiler {
 
 fn frontend(kind: FrontendKind, ip: Option<Ipv4Addr>, port: u16) -> Frontend {
     Frontend { kind, ip, port }
-}
-
-fn mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    }
-}
-
-fn contains(cidr: Ipv4Cidr, ip: Ipv4Addr) -> bool {
-    let m = mask(cidr.prefix_len());
-    u32::from(ip) & m == u32::from(cidr.address()) & m
-}
-
-fn overlaps(a: Ipv4Cidr, b: Ipv4Cidr) -> bool {
-    let m = mask(a.prefix_len().min(b.prefix_len()));
-    u32::from(a.address()) & m == u32::from(b.address()) & m
 }
 
 /// Service port `name`/`proto`'s endpoints from all its slices, each address once (the most

@@ -530,14 +530,16 @@ impl Port {
         let mut idx = 0u32;
         // SAFETY: the completion ring is live; peek writes only `idx`.
         let n = unsafe { xdp::xsk_ring_cons__peek(&mut *self.comp, u32::MAX, &mut idx) };
+        let mut owner = self.umem.owner.borrow_mut();
         for i in 0..n {
             // SAFETY: slot `idx + i` was returned by peek.
             let slot = unsafe { xdp::xsk_ring_cons__comp_addr(&*self.comp, idx + i) };
             // SAFETY: `slot` points into the mapped completion ring.
             let addr = unsafe { *slot };
-            self.umem.set_owner(std::iter::once(addr), NO_PORT);
+            owner[self.umem.chunk_index(addr)] = NO_PORT;
             self.umem.recycle(addr);
         }
+        drop(owner);
         // SAFETY: releasing exactly the `n` slots peeked.
         unsafe { xdp::xsk_ring_cons__release(&mut *self.comp, n) };
         if n > 0 {

@@ -914,6 +914,31 @@ impl Conntrack {
         removed
     }
 
+    /// Call `f(original, reply, state, expiry)` for each flow in the table (expired ones gc
+    /// has not removed yet included), until it returns false: for listing flows to operators.
+    /// Reads under the writer lock in chunks, like [`Conntrack::retain`], so the keys are
+    /// consistent and workers' inserts wait at most one chunk.
+    pub fn visit(&self, mut f: impl FnMut(&FlowKey, &FlowKey, FlowState, Instant) -> bool) {
+        for chunk_start in (0..self.flows.len()).step_by(RETAIN_CHUNK) {
+            let _writer = self.lock();
+            let chunk_end = (chunk_start + RETAIN_CHUNK).min(self.flows.len());
+            for record in &self.flows[chunk_start..chunk_end] {
+                let word = StateWord(record.state.load(Acquire));
+                let Some(state) = word.state() else { continue };
+                let original = record.key_locked(Direction::Original);
+                let reply = record.key_locked(Direction::Reply);
+                if !f(
+                    &original,
+                    &reply,
+                    state,
+                    Instant::from_millis(word.expiry_ms()),
+                ) {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Remove the UDP flows to `endpoints` (address, port): their replies come from the
     /// endpoint, so the reply key's source names it. kube-proxy flushes these when an endpoint
     /// goes, or a client keeps sending to a backend that is gone until its flow times out.
@@ -2148,5 +2173,35 @@ mod tests {
             TOMBSTONE
         );
         assert_ne!(make_entry(0, 0, Direction::Original), EMPTY);
+    }
+
+    #[test]
+    fn visit_lists_every_live_flow_with_its_state_and_stops_when_told() {
+        let ct = table(1 << 13);
+        let now = Instant::from_secs(1);
+        // More than one chunk of records, one of them removed again.
+        let n = RETAIN_CHUNK as u16 + 10;
+        for port in 0..n {
+            let (original, reply) = dnat(proto::UDP, 10_000 + port);
+            ct.insert(original, reply, 0, now).unwrap();
+        }
+        let gone = ct.lookup(&dnat(proto::UDP, 10_000).0, now).unwrap();
+        assert!(ct.remove(&gone));
+        let mut seen = std::collections::BTreeSet::new();
+        ct.visit(|original, reply, state, expiry| {
+            assert_eq!(state, FlowState::Udp);
+            assert!(expiry > now);
+            assert_eq!(reply.src_ip, BACKEND);
+            assert!(seen.insert(original.src_port));
+            true
+        });
+        let expected: std::collections::BTreeSet<u16> = (10_001..10_000 + n).collect();
+        assert_eq!(seen, expected);
+        let mut calls = 0;
+        ct.visit(|_, _, _, _| {
+            calls += 1;
+            calls < 3
+        });
+        assert_eq!(calls, 3);
     }
 }

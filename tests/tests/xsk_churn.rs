@@ -4,6 +4,7 @@
 //! under CI.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kxdp_dataplane::tables::{InterfaceId, LocalPod};
@@ -72,13 +73,13 @@ fn pods_come_and_go_without_loss_for_the_others() {
     let mut inputs = t.inputs();
     inputs.pods.push(pod_c.clone());
     let with_c = Snapshot::build(inputs).expect("a valid snapshot");
-    node.change(Change::Add(managed("pod2", &pod_c), with_c))
+    node.change(Change::Add(managed("pod2", &pod_c), Arc::new(with_c)))
         .expect("kxdp serves the new pod");
     let newcomer = tb
         .ping(&pod.ns, t.pod_a.ip, 3, Duration::from_secs(3))
         .unwrap();
 
-    node.change(Change::Remove(pod_c.iface, t.snapshot()))
+    node.change(Change::Remove(pod_c.iface, Arc::new(t.snapshot())))
         .expect("kxdp lets the pod go");
     tb.remove_pod(&pod).expect("the pod goes away");
 
@@ -157,7 +158,7 @@ fn new_pods_come_up_after_the_first_pod_went() {
     let mut inputs = t.inputs();
     inputs.pods.retain(|p| p.ip != t.pod_a.ip);
     let without_a = Snapshot::build(inputs.clone()).expect("a valid snapshot");
-    node.change(Change::Remove(t.pod_a.iface, without_a))
+    node.change(Change::Remove(t.pod_a.iface, Arc::new(without_a)))
         .expect("kxdp lets pod A go");
     let pod_a = tb.nodes[0].pods[0].clone();
     tb.remove_pod(&pod_a).expect("pod A goes away");
@@ -167,8 +168,11 @@ fn new_pods_come_up_after_the_first_pod_went() {
         .expect("a pod comes up");
     inputs.pods.push(pod_c.clone());
     let with_c = Snapshot::build(inputs).expect("a valid snapshot");
-    node.change(Change::Add(Managed::pod("pod2", pod_c.iface), with_c))
-        .expect("kxdp serves the new pod");
+    node.change(Change::Add(
+        Managed::pod("pod2", pod_c.iface),
+        Arc::new(with_c),
+    ))
+    .expect("kxdp serves the new pod");
     let replies = tb
         .ping(&pod.ns, t.pod_b.ip, 3, Duration::from_secs(5))
         .unwrap();

@@ -115,9 +115,9 @@ impl Default for Config {
 #[derive(Debug)]
 pub enum Change {
     /// Start serving this interface (a pod came up), then publish the snapshot.
-    Add(Managed, Snapshot),
+    Add(Managed, Arc<Snapshot>),
     /// Publish the snapshot, then stop serving this interface (a pod went away).
-    Remove(InterfaceId, Snapshot),
+    Remove(InterfaceId, Arc<Snapshot>),
     /// Publish the snapshot (as the control side's compiler shares it), then flush the UDP
     /// flows to these endpoints (address, port): they left every service.
     Publish(Arc<Snapshot>, Vec<(std::net::Ipv4Addr, u16)>),
@@ -136,6 +136,8 @@ pub struct WorkerStats {
 #[derive(Debug)]
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
+    ct: Arc<Conntrack>,
+    started: WallClock,
     workers: Vec<WorkerStats>,
     modes: Vec<(String, XdpMode)>,
     changes: mpsc::Sender<(Change, mpsc::Sender<Result<(), String>>)>,
@@ -225,24 +227,34 @@ impl Dataplane {
     pub fn start(
         config: Config,
         ifaces: Vec<Managed>,
-        snapshot: Snapshot,
+        snapshot: impl Into<Arc<Snapshot>>,
     ) -> Result<Dataplane, String> {
+        let snapshot = snapshot.into();
         assert!(
             !config.workers.is_empty() && config.workers.len() <= MAX_QUEUES as usize,
             "1 to {MAX_QUEUES} workers"
         );
         let stop = Arc::new(AtomicBool::new(false));
+        let ct = Arc::new(Conntrack::new(config.conntrack));
+        let started = WallClock::now();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (changes, changes_rx) = mpsc::channel();
         let control = {
             let stop = Arc::clone(&stop);
+            let ct = Arc::clone(&ct);
             std::thread::Builder::new()
                 .name("kxdp-control".into())
-                .spawn(move || control(config, ifaces, snapshot, stop, ready_tx, changes_rx))
+                .spawn(move || {
+                    control(
+                        config, ifaces, snapshot, ct, started, stop, ready_tx, changes_rx,
+                    )
+                })
                 .map_err(|e| format!("spawning the control thread: {e}"))?
         };
         let mut dp = Dataplane {
             stop,
+            ct,
+            started,
             workers: Vec::new(),
             modes: Vec::new(),
             changes,
@@ -273,6 +285,23 @@ impl Dataplane {
         &self.workers
     }
 
+    /// The shared conntrack table (to list flows, and to ask which draining endpoints still
+    /// have some).
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.ct
+    }
+
+    /// The pipeline's clock now (conntrack expiries are on it).
+    pub fn now(&self) -> Instant {
+        now_since(self.started)
+    }
+
+    /// Whether the dataplane still runs: false once it stopped by itself (its time limit, a
+    /// worker's failure).
+    pub fn running(&self) -> bool {
+        self.control.as_ref().is_some_and(|c| !c.is_finished())
+    }
+
     /// The XDP mode each interface got, by name.
     pub fn modes(&self) -> &[(String, XdpMode)] {
         &self.modes
@@ -294,6 +323,9 @@ impl Dataplane {
             total.tx += v.tx;
             total.tx_ring_full += v.tx_ring_full;
             total.copied += v.copied;
+            for (t, x) in total.batch_sizes.iter_mut().zip(v.batch_sizes) {
+                *t += x;
+            }
         }
         total
     }
@@ -426,10 +458,10 @@ impl Control {
         match change {
             Change::Add(m, snap) => {
                 self.add(&m)?;
-                self.publish(Arc::new(snap))
+                self.publish(snap)
             }
             Change::Remove(id, snap) => {
-                self.publish(Arc::new(snap))?;
+                self.publish(snap)?;
                 self.remove(id)
             }
             Change::Publish(snap, flush) => {
@@ -446,23 +478,25 @@ impl Control {
 const GC_EVERY: Duration = Duration::from_millis(200);
 const GC_SCAN: usize = 1 << 16;
 
+// The thread's whole state, moved in once.
+#[allow(clippy::too_many_arguments)]
 fn control(
     config: Config,
     ifaces: Vec<Managed>,
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
+    ct: Arc<Conntrack>,
+    started: WallClock,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Ready>,
     changes: mpsc::Receiver<ChangeRequest>,
 ) -> Result<(), String> {
-    let started = WallClock::now();
-    let ct = Arc::new(Conntrack::new(config.conntrack));
     let setup = (|| -> Result<_, String> {
         if let Some(ns) = &config.netns {
             enter_netns(ns).map_err(|e| format!("entering namespace {ns}: {e}"))?;
         }
         let steering = Steering::load().map_err(|e| e.to_string())?;
         steering.sync(&snapshot).map_err(|e| e.to_string())?;
-        let snap = Arc::new(ArcSwap::from_pointee(snapshot));
+        let snap = Arc::new(ArcSwap::new(snapshot));
         let mut ctl = Control {
             steering,
             ct: Arc::clone(&ct),

@@ -47,9 +47,15 @@ pub enum Forwarding {
     },
 }
 
+/// Interfaces whose frames are counted one by one (by [`InterfaceId`] number).
+pub const COUNTED_INTERFACES: usize = 1024;
+
+/// Batch-size buckets: 1, 2–3, 4–7, 8–15, 16–31, 32–63, 64 frames.
+pub const BATCH_BUCKETS: usize = 7;
+
 /// A worker's I/O counters, beside the pipeline's [`Counters`]: written by the worker alone
 /// (relaxed load and store), readable from any thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 #[repr(align(64))]
 pub struct IoCounters {
     /// Rounds of `poll_once`.
@@ -64,6 +70,29 @@ pub struct IoCounters {
     pub tx_ring_full: AtomicU64,
     /// Frames copied between ports on different UMEMs (zero when a worker's ports share one).
     pub copied: AtomicU64,
+    /// Batches received, by size (see [`BATCH_BUCKETS`]).
+    pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
+    /// Frames received per interface number (the first [`COUNTED_INTERFACES`]).
+    pub iface_rx: Box<[AtomicU64]>,
+    /// Frames queued for transmission per interface number.
+    pub iface_tx: Box<[AtomicU64]>,
+}
+
+impl Default for IoCounters {
+    fn default() -> Self {
+        let zeros = || (0..COUNTED_INTERFACES).map(|_| AtomicU64::new(0)).collect();
+        IoCounters {
+            polls: AtomicU64::new(0),
+            empty_polls: AtomicU64::new(0),
+            rx: AtomicU64::new(0),
+            tx: AtomicU64::new(0),
+            tx_ring_full: AtomicU64::new(0),
+            copied: AtomicU64::new(0),
+            batch_sizes: Default::default(),
+            iface_rx: zeros(),
+            iface_tx: zeros(),
+        }
+    }
 }
 
 /// A plain copy of [`IoCounters`].
@@ -81,6 +110,8 @@ pub struct IoValues {
     pub tx_ring_full: u64,
     /// See [`IoCounters::copied`].
     pub copied: u64,
+    /// See [`IoCounters::batch_sizes`].
+    pub batch_sizes: [u64; BATCH_BUCKETS],
 }
 
 impl IoCounters {
@@ -99,8 +130,30 @@ impl IoCounters {
             tx: self.tx.load(Relaxed),
             tx_ring_full: self.tx_ring_full.load(Relaxed),
             copied: self.copied.load(Relaxed),
+            batch_sizes: self.batch_sizes.each_ref().map(|c| c.load(Relaxed)),
         }
     }
+
+    /// Frames received and queued for transmission on interface `id` (zero beyond
+    /// [`COUNTED_INTERFACES`]).
+    pub fn interface(&self, id: InterfaceId) -> (u64, u64) {
+        let i = usize::from(id.0);
+        let read = |c: &[AtomicU64]| c.get(i).map_or(0, |c| c.load(Relaxed));
+        (read(&self.iface_rx), read(&self.iface_tx))
+    }
+
+    #[inline]
+    fn add_at(c: &[AtomicU64], id: InterfaceId, n: u64) {
+        if let Some(c) = c.get(usize::from(id.0)) {
+            IoCounters::add(c, n);
+        }
+    }
+}
+
+/// The batch-size bucket of a batch of `n` (at least 1) frames.
+#[inline]
+fn batch_bucket(n: usize) -> usize {
+    (usize::BITS - 1 - n.leading_zeros()).min(BATCH_BUCKETS as u32 - 1) as usize
 }
 
 /// Headroom left before frames copied into another port's UMEM.
@@ -147,8 +200,14 @@ impl Worker {
         &self.io
     }
 
-    /// Start serving `port` as interface `id` (a pod came up).
+    /// Start serving `port` as interface `id` (a pod came up). Its per-interface counters
+    /// start from zero (numbers are reused after a pod goes).
     pub fn add_port(&mut self, id: InterfaceId, mut port: Port) {
+        for c in [&self.io.iface_rx, &self.io.iface_tx] {
+            if let Some(c) = c.get(usize::from(id.0)) {
+                c.store(0, Relaxed);
+            }
+        }
         port.fill();
         self.ports.push((id, port));
     }
@@ -237,6 +296,8 @@ impl Worker {
             port.fill();
             return 0;
         }
+        IoCounters::add(&self.io.batch_sizes[batch_bucket(n)], 1);
+        IoCounters::add_at(&self.io.iface_rx, ingress, n as u64);
         let host = snap.node.host;
         let mut outs: ArrayVec<Out, BATCH> = ArrayVec::new();
         let targets: ArrayVec<(InterfaceId, usize), 64> = self
@@ -327,8 +388,10 @@ impl Worker {
 
     /// Transmit on port `i`, counting what went and what the ring had no room for.
     fn send(&mut self, i: usize, frames: &[Desc]) {
-        let sent = self.ports[i].1.transmit(frames);
+        let (id, port) = &mut self.ports[i];
+        let sent = port.transmit(frames);
         IoCounters::add(&self.io.tx, sent as u64);
+        IoCounters::add_at(&self.io.iface_tx, *id, sent as u64);
         IoCounters::add(&self.io.tx_ring_full, (frames.len() - sent) as u64);
     }
 }
@@ -356,5 +419,20 @@ fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     } else {
         let (lo, hi) = v.split_at_mut(a);
         (&mut hi[0], &mut lo[b])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_buckets_are_powers_of_two_up_to_the_batch() {
+        let buckets: Vec<usize> = [1, 2, 3, 4, 7, 8, 31, 32, 63, 64]
+            .into_iter()
+            .map(batch_bucket)
+            .collect();
+        assert_eq!(buckets, [0, 1, 1, 2, 2, 3, 4, 5, 5, 6]);
+        assert_eq!(batch_bucket(BATCH), BATCH_BUCKETS - 1);
     }
 }

@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit bench bench-quick bench-table perf-forward perf-control demo
+.PHONY: deps test lint unit bench bench-quick bench-table perf-forward perf-control demo walkthrough
 
 deps:
 	@scripts/install-deps.sh
@@ -43,5 +43,12 @@ perf-forward: deps
 perf-control: deps
 	cargo run --release --locked -p kxdp-perf --bin control_scale -- $(CONTROL_ARGS)
 
+# The main job (root): two kxdp nodes with four pods in namespaces, `kxdp agent` on each, real
+# traffic through pods and services, the results table, then everything torn down.
 demo: deps
+	cargo build --release --locked -p kxdp-control --bin kxdp
+	cargo run --release --locked -p kxdp-tests --bin demo
+
+# One packet of every path through the pure pipeline on the fixture node (no root needed).
+walkthrough: deps
 	cargo run --release --locked -p kxdp-dataplane --example walkthrough

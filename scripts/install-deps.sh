@@ -6,7 +6,8 @@ set -euo pipefail
 # iproute2, iputils-ping, ethtool, python3, iperf3: the namespace testbed and its clients.
 # clang, llvm, libelf-dev, zlib1g-dev, libbpf-dev: the XDP program and libbpf (xdp-progs).
 # m4: libxdp, which the AF_XDP crate builds from source.
-packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4)
+# procps (kill), util-linux (setpriv, prlimit): stopping agents, and the preflight tests.
+packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4 procps util-linux)
 
 missing=()
 for p in "${packages[@]}"; do

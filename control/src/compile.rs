@@ -181,6 +181,37 @@ impl Compiler {
         }
     }
 
+    /// Replace the underlay neighbours (the kernel resolved more, or one changed); the next
+    /// compile uses them. Returns whether they differ from the last ones.
+    pub fn set_neighbors(&mut self, mut neighbors: Vec<(Ipv4Addr, EthernetAddress)>) -> bool {
+        neighbors.sort_by_key(|(ip, _)| *ip);
+        let changed = neighbors != self.settings.neighbors;
+        self.settings.neighbors = neighbors;
+        changed
+    }
+
+    /// The next hops this node needs MAC addresses for: the uplink gateway and every other
+    /// node's underlay address inside the uplink subnet.
+    pub fn wanted_neighbors(&self, model: &Model) -> Vec<Ipv4Addr> {
+        let node = &self.settings.node;
+        let mut wanted: Vec<Ipv4Addr> = model
+            .nodes()
+            .iter()
+            .filter(|(name, _)| **name != node.name)
+            .filter_map(|(_, n)| n.underlay_ip())
+            .filter(|ip| node.uplink_subnet.contains_addr(ip))
+            .collect();
+        wanted.extend(node.uplink_gateway);
+        wanted.sort();
+        wanted.dedup();
+        wanted
+    }
+
+    /// The generation of the last snapshot compiled.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Endpoints listed as draining (left every service, flows may remain).
     pub fn draining(&self) -> impl Iterator<Item = &(Ipv4Addr, u8, u16)> {
         self.draining.iter()
@@ -194,8 +225,10 @@ impl Compiler {
 
     /// Compile what changed in `model` into a new snapshot.
     pub fn compile(&mut self, model: &mut Model) -> Result<Compiled, CompileError> {
-        let changes = model.take_changes();
+        // The node first: if it cannot be configured, the changes stay in the model for the
+        // next compile.
         let node = self.node_config(model)?;
+        let changes = model.take_changes();
         let mut problems = Vec::new();
         if node.node_ips != self.node_ips {
             // NodePorts are claimed per node address: reclaim them all.
@@ -317,6 +350,10 @@ impl Compiler {
             return Err(CompileError::NoPodCidr(node.name.clone()));
         };
         node.pod_cidr = cidr;
+        // Peers address encapsulated frames to the VTEP MAC the Node object publishes.
+        if let Some(mac) = info.vtep_mac {
+            node.vtep_mac = mac;
+        }
         let net = u32::from(cidr.network().address());
         node.gateway_ip = Ipv4Addr::from(net + 1);
         if let Some(ip) = info.internal_ip {

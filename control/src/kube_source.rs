@@ -175,9 +175,19 @@ impl KubeSource {
         model: &mut Model,
         mut on_change: impl FnMut(&mut Model, &SourceStatus),
     ) {
+        let mut watch = self.watch();
+        while let Some(publish) = watch.next(model).await {
+            if publish {
+                on_change(model, watch.status());
+            }
+        }
+    }
+
+    /// The watchers as a [`Watch`], for a caller that waits on other things too.
+    pub fn watch(self) -> Watch {
         let c = &self.client;
         let pods = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node_name));
-        let mut events = futures::stream::select_all([
+        let events = futures::stream::select_all([
             stream(
                 Api::<Service>::all(c.clone()),
                 watcher::Config::default().labels(SERVICE_SELECTOR),
@@ -204,51 +214,85 @@ impl KubeSource {
             })
             .boxed(),
         ]);
-        let mut status = SourceStatus::default();
-        let mut synced = [false; 4];
-        let mut buffers: [Option<Vec<Object>>; 4] = Default::default();
-        let mut published = false;
-        while let Some(ev) = events.next().await {
-            let mut handle = |ev: Ev, status: &mut SourceStatus| match ev {
-                Ev::Error(e) => {
-                    status.errors += 1;
-                    status.last_error = Some(e);
-                }
-                Ev::Event(kind, e) => {
-                    let i = index(kind);
-                    let rejected = match e {
-                        Event::Init => {
-                            buffers[i] = Some(Vec::new());
-                            Vec::new()
-                        }
-                        Event::InitApply(o) => {
-                            buffers[i].get_or_insert_with(Vec::new).push(o);
-                            Vec::new()
-                        }
-                        Event::InitDone => {
-                            let listed = buffers[i].take().unwrap_or_default();
-                            synced[i] = true;
-                            status.lists[i] += 1;
-                            model.replace_kind(kind, &listed)
-                        }
-                        Event::Apply(o) => model.apply(&o).err().into_iter().collect(),
-                        Event::Delete(o) => {
-                            model.remove(kind, &o.key());
-                            Vec::new()
-                        }
-                    };
-                    reject(status, rejected);
-                }
-            };
-            handle(ev, &mut status);
-            // Take whatever else is ready now, so a burst compiles once.
-            while let Some(Some(ev)) = events.next().now_or_never() {
-                handle(ev, &mut status);
+        Watch {
+            events,
+            status: SourceStatus::default(),
+            synced: [false; 4],
+            buffers: Default::default(),
+            published: false,
+        }
+    }
+}
+
+/// Running watchers: [`Watch::next`] applies their next batch of events to the model.
+pub struct Watch {
+    events: futures::stream::SelectAll<futures::stream::BoxStream<'static, Ev>>,
+    status: SourceStatus,
+    synced: [bool; 4],
+    buffers: [Option<Vec<Object>>; 4],
+    published: bool,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+impl Watch {
+    /// What happened so far.
+    pub fn status(&self) -> &SourceStatus {
+        &self.status
+    }
+
+    /// Wait for events and apply them, with whatever else is ready at once, to `model`.
+    /// Returns whether the model should now be compiled and published: every watcher has
+    /// listed, and the model changed or was never published. `None` once the watchers end.
+    pub async fn next(&mut self, model: &mut Model) -> Option<bool> {
+        let ev = self.events.next().await?;
+        self.handle(ev, model);
+        // Take whatever else is ready now, so a burst compiles once.
+        while let Some(Some(ev)) = self.events.next().now_or_never() {
+            self.handle(ev, model);
+        }
+        self.status.synced = self.synced.iter().all(|s| *s);
+        let publish = self.status.synced && (!model.is_clean() || !self.published);
+        self.published |= publish;
+        Some(publish)
+    }
+
+    fn handle(&mut self, ev: Ev, model: &mut Model) {
+        match ev {
+            Ev::Error(e) => {
+                self.status.errors += 1;
+                self.status.last_error = Some(e);
             }
-            status.synced = synced.iter().all(|s| *s);
-            if status.synced && (!model.is_clean() || !published) {
-                on_change(model, &status);
-                published = true;
+            Ev::Event(kind, e) => {
+                let i = index(kind);
+                let rejected = match e {
+                    Event::Init => {
+                        self.buffers[i] = Some(Vec::new());
+                        Vec::new()
+                    }
+                    Event::InitApply(o) => {
+                        self.buffers[i].get_or_insert_with(Vec::new).push(o);
+                        Vec::new()
+                    }
+                    Event::InitDone => {
+                        let listed = self.buffers[i].take().unwrap_or_default();
+                        self.synced[i] = true;
+                        self.status.lists[i] += 1;
+                        model.replace_kind(kind, &listed)
+                    }
+                    Event::Apply(o) => model.apply(&o).err().into_iter().collect(),
+                    Event::Delete(o) => {
+                        model.remove(kind, &o.key());
+                        Vec::new()
+                    }
+                };
+                reject(&mut self.status, rejected);
             }
         }
     }

@@ -5,11 +5,15 @@
 //! files) converts objects into the [`model::Model`], which records what changed; the
 //! [`compile::Compiler`] rebuilds what changed into a new [`Snapshot`](kxdp_dataplane::Snapshot)
 //! for the runtime to publish by an atomic swap.
+pub mod admin;
+pub mod agent;
 pub mod compile;
 pub mod kube_source;
 pub mod manifest;
 pub mod model;
+pub mod netinfo;
 pub mod preflight;
+pub mod render;
 pub mod trace;
 
 pub use kxdp_dataplane::tables;

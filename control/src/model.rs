@@ -362,7 +362,8 @@ pub fn node_from(node: &Node) -> Result<NodeInfo, ObjectError> {
         .flatten()
         .map(String::as_str)
         .collect();
-    if cidrs.is_empty() {
+    let from_list = !cidrs.is_empty();
+    if !from_list {
         cidrs.extend(spec.and_then(|s| s.pod_cidr.as_deref()));
     }
     let mut pod_cidr = None;
@@ -373,7 +374,11 @@ pub fn node_from(node: &Node) -> Result<NodeInfo, ObjectError> {
         let cidr = parse_cidr(c).ok_or_else(|| {
             err(
                 &object,
-                format!("spec.podCIDRs[{i}]"),
+                if from_list {
+                    format!("spec.podCIDRs[{i}]")
+                } else {
+                    "spec.podCIDR".to_owned()
+                },
                 format!("{c:?} is not a CIDR"),
             )
         })?;

@@ -206,3 +206,88 @@ fn preflight_names_what_is_missing_and_how_to_run() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn agent_settings_are_checked_before_anything_runs() {
+    let (code, _, err) = kxdp(&["agent", "--uplink", "lo"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--node") && err.contains("KXDP_NODE"), "{err}");
+    let (code, _, err) = kxdp(&["agent", "--node", "n", "--cores", "1,1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--cores") && err.contains("twice"), "{err}");
+    let (code, _, err) = kxdp(&["agent", "--node", "n", "--config", "/nonexistent/kxdp.yaml"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/kxdp.yaml"), "{err}");
+    // The environment counts as a flag: the node comes from it, the bad mode is named.
+    let out = Command::new(env!("CARGO_BIN_EXE_kxdp"))
+        .args(["agent", "--mode", "spin"])
+        .env("KXDP_NODE", "node-a")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("--mode") && err.contains("spin"), "{err}");
+}
+
+#[test]
+fn the_cli_says_when_no_agent_answers() {
+    for cmd in ["status", "services", "conntrack", "routes", "counters"] {
+        let (code, _, err) = kxdp(&[cmd, "--admin", "unix:/nonexistent/kxdp.sock"]);
+        assert_eq!(code, 1, "{cmd}");
+        assert!(
+            err.contains("cannot reach the kxdp agent's admin API at unix:/nonexistent/kxdp.sock"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
+fn agent_refuses_to_start_without_capabilities_memory_or_its_uplink() {
+    if !privileged("agent_refuses_to_start_without_capabilities_memory_or_its_uplink") {
+        return;
+    }
+    // Every case fails in preflight, before the agent touches any interface.
+    let agent = |uplink: &'static str| -> Vec<&'static str> {
+        vec![
+            "agent",
+            "--node",
+            "node-a",
+            "--uplink",
+            uplink,
+            "--admin",
+            "127.0.0.1:0",
+        ]
+    };
+    let (code, err) = run_with(
+        &["setpriv", "--bounding-set=-net_admin,-bpf,-sys_admin"],
+        &agent("lo"),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("preflight: missing capability cap_net_admin")
+            && err.contains("preflight: missing capability cap_bpf"),
+        "{err}"
+    );
+    let (code, _, err) = kxdp(&agent("nope0"));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("preflight: interface nope0 does not exist"),
+        "{err}"
+    );
+    let mut two = agent("lo");
+    two.extend(["--cores", "0,1"]);
+    let (code, err) = run_with(
+        &[
+            "prlimit",
+            "--memlock=65536",
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+        ],
+        &two,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("preflight: locked memory is limited to 65536 bytes"),
+        "{err}"
+    );
+}

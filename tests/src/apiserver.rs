@@ -193,6 +193,27 @@ impl FakeApiServer {
     /// If the socket cannot be bound or the runtime cannot be built.
     pub fn start() -> FakeApiServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::serve_on(listener)
+    }
+
+    /// Like [`FakeApiServer::start`], but listening on `127.0.0.1` of network namespace `ns`
+    /// (the socket is made there; this process stays where it is), so a client inside that
+    /// namespace, such as an agent run with `ip netns exec`, reaches it.
+    ///
+    /// # Panics
+    /// If the namespace cannot be entered or the socket cannot be bound.
+    pub fn start_in_netns(ns: &str) -> FakeApiServer {
+        let ns = ns.to_owned();
+        let listener = std::thread::spawn(move || {
+            kxdp_xdp::enter_netns(&ns).unwrap_or_else(|e| panic!("entering {ns}: {e}"));
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+        })
+        .join()
+        .expect("the binding thread");
+        Self::serve_on(listener)
+    }
+
+    fn serve_on(listener: std::net::TcpListener) -> FakeApiServer {
         listener
             .set_nonblocking(true)
             .expect("make the listener non-blocking");

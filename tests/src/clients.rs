@@ -25,22 +25,7 @@ impl TcpServer {
              \x20       continue\n\
              \x20   c.sendall(('{reply} ' + peer[0]).encode()); c.close()\n"
         );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", &script])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        // One line once it listens, or end of file if it failed (it then says why on stderr).
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
-        }
-        assert_eq!(
-            line.trim(),
-            "listening",
-            "the TCP server in {ns} did not start"
-        );
-        TcpServer(child)
+        TcpServer(python_server(ns, &script, "TCP"))
     }
 }
 
@@ -49,6 +34,26 @@ impl Drop for TcpServer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Run a Python server `script` in namespace `ns`; returns once it printed `listening`.
+fn python_server(ns: &str, script: &str, what: &str) -> Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    // One line once it listens, or end of file if it failed (it then says why on stderr).
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+    }
+    assert_eq!(
+        line.trim(),
+        "listening",
+        "the {what} server in {ns} did not start"
+    );
+    child
 }
 
 /// From namespace `ns`, open `n` connections to `addr:port` one after another, each bounded
@@ -63,14 +68,19 @@ pub fn connect_many(ns: &str, addr: &str, port: u16, n: u32) -> Vec<String> {
          \x20   except Exception as e:\n\
          \x20       print('ERR', e)\n"
     );
-    let out = Command::new("timeout")
-        .args(["60", "ip", "netns", "exec", ns, "python3", "-c", &script])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8_lossy(&out.stdout)
+    python_output(ns, &script)
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// Run a Python client `script` in namespace `ns`, bounded by 60 s; what it printed.
+fn python_output(ns: &str, script: &str) -> String {
+    let out = Command::new("timeout")
+        .args(["60", "ip", "netns", "exec", ns, "python3", "-c", script])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// An iperf3 server for one test in a namespace; killed when dropped.
@@ -110,27 +120,104 @@ impl Drop for IperfServer {
 /// Run an iperf3 client in `ns` toward `server:port` for 2 s (`udp`: 20 Mbit/s of UDP),
 /// bounded by 20 s; returns the bytes the receiver got (0 if the run failed).
 pub fn iperf(ns: &str, server: &str, port: u16, udp: bool) -> u64 {
+    let json = iperf_json(ns, server, port, udp.then_some("20M"), 2);
+    receiver_number(&json, udp, "bytes").map_or(0, |b| b as u64)
+}
+
+/// Run an iperf3 client in `ns` toward `server:port` for `secs` seconds (`udp`: 200 Mbit/s
+/// of UDP), bounded by `secs + 15` s; returns the receiver's bits per second (0 if the run
+/// failed).
+pub fn iperf_rate(ns: &str, server: &str, port: u16, udp: bool, secs: u32) -> f64 {
+    let json = iperf_json(ns, server, port, udp.then_some("200M"), secs);
+    receiver_number(&json, udp, "bits_per_second").unwrap_or(0.0)
+}
+
+/// iperf3's JSON report of a run (UDP at `udp_rate` if given), bounded by `secs + 15` s.
+fn iperf_json(ns: &str, server: &str, port: u16, udp_rate: Option<&str>, secs: u32) -> String {
     let mut cmd = Command::new("timeout");
-    cmd.args([
-        "20", "ip", "netns", "exec", ns, "iperf3", "-c", server, "-t", "2", "-J", "-p",
-    ])
-    .arg(port.to_string());
-    if udp {
-        cmd.args(["-u", "-b", "20M"]);
+    cmd.arg((secs + 15).to_string())
+        .args([
+            "ip", "netns", "exec", ns, "iperf3", "-c", server, "-J", "-t",
+        ])
+        .arg(secs.to_string())
+        .arg("-p")
+        .arg(port.to_string());
+    if let Some(rate) = udp_rate {
+        cmd.args(["-u", "-b", rate]);
     }
-    let json = String::from_utf8_lossy(&cmd.output().expect("iperf3 runs").stdout).into_owned();
-    // TCP: "sum_received": {.., "bytes": N, ..}; UDP reports in "sum".
+    String::from_utf8_lossy(&cmd.output().expect("iperf3 runs").stdout).into_owned()
+}
+
+/// A number of the receiver's summary in iperf3's JSON: TCP reports it in `sum_received`,
+/// UDP in `sum`.
+fn receiver_number(json: &str, udp: bool, field: &str) -> Option<f64> {
     let section = if udp { "\"sum\":" } else { "\"sum_received\":" };
-    json.rfind(section)
-        .and_then(|at| {
-            let rest = &json[at..];
-            let b = rest.find("\"bytes\":")? + "\"bytes\":".len();
-            rest[b..]
-                .trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
+    let rest = &json[json.rfind(section)?..];
+    let key = format!("\"{field}\":");
+    let at = rest.find(&key)? + key.len();
+    rest[at..]
+        .trim_start()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '+'))
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// An HTTP server in a namespace answering every GET on `port` with `body` (one line); exits
+/// by itself after `lifetime_s` seconds and is killed when dropped. `start` returns once it
+/// listens.
+#[derive(Debug)]
+pub struct HttpServer(Child);
+
+impl HttpServer {
+    /// Start it in namespace `ns`.
+    pub fn start(ns: &str, port: u16, body: &str, lifetime_s: u32) -> HttpServer {
+        let script = format!(
+            "import http.server, threading, time\n\
+             class H(http.server.BaseHTTPRequestHandler):\n\
+             \x20   def do_GET(self):\n\
+             \x20       b = b'{body}\\n'\n\
+             \x20       self.send_response(200); self.send_header('Content-Length', str(len(b)))\n\
+             \x20       self.end_headers(); self.wfile.write(b)\n\
+             \x20   def log_message(self, *a): pass\n\
+             s = http.server.ThreadingHTTPServer(('0.0.0.0', {port}), H)\n\
+             threading.Timer({lifetime_s}, s.shutdown).start()\n\
+             print('listening', flush=True)\n\
+             s.serve_forever()\n"
+        );
+        HttpServer(python_server(ns, &script, "HTTP"))
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// From namespace `ns`, GET `url` `n` times, each on a new connection bounded by 2 s, the
+/// whole run by 60 s; returns each answer's body (trimmed) with its latency in
+/// milliseconds, or "ERR <why>" (refused connections say "ERR refused").
+pub fn http_get_many(ns: &str, url: &str, n: u32) -> Vec<(String, f64)> {
+    let script = format!(
+        "import urllib.request, time\n\
+         for i in range({n}):\n\
+         \x20   t = time.perf_counter()\n\
+         \x20   try:\n\
+         \x20       body = urllib.request.urlopen('{url}', timeout=2).read().decode().strip()\n\
+         \x20   except ConnectionRefusedError:\n\
+         \x20       body = 'ERR refused'\n\
+         \x20   except Exception as e:\n\
+         \x20       r = getattr(e, 'reason', e)\n\
+         \x20       body = 'ERR refused' if isinstance(r, ConnectionRefusedError) else 'ERR ' + str(r).replace(' ', '_')\n\
+         \x20   print(body, (time.perf_counter() - t) * 1000, flush=True)\n"
+    );
+    python_output(ns, &script)
+        .lines()
+        .filter_map(|l| {
+            let (body, ms) = l.rsplit_once(' ')?;
+            Some((body.to_owned(), ms.parse().ok()?))
         })
-        .unwrap_or(0)
+        .collect()
 }

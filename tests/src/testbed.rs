@@ -259,11 +259,7 @@ impl Testbed {
         }
         tb.peer_kernel_nodes()?;
         if spec.external {
-            let ns = format!("{}-ext", tb.prefix);
-            let addr = Ipv4Addr::new(198, 18, 0, 100);
-            tb.add_ns(&ns)?;
-            tb.wire_to_switch(&ns, "sx", "eth0", addr)?;
-            tb.external = Some((ns, addr));
+            tb.add_external()?;
         }
         Ok(tb)
     }
@@ -483,12 +479,18 @@ impl Testbed {
         }
         tb.nodes.push(node);
         tb.peer_kernel_nodes()?;
-        let ext = format!("{}-ext", tb.prefix);
-        let ext_ip = Ipv4Addr::new(198, 18, 0, 100);
-        tb.add_ns(&ext)?;
-        tb.wire_to_switch(&ext, "sx", "eth0", ext_ip)?;
-        tb.external = Some((ext, ext_ip));
+        tb.add_external()?;
         Ok(tb)
+    }
+
+    /// Add the external client: a namespace `<prefix>-ext` on the underlay at 198.18.0.100.
+    pub fn add_external(&mut self) -> Result<(), TestbedError> {
+        let ns = format!("{}-ext", self.prefix);
+        let addr = Ipv4Addr::new(198, 18, 0, 100);
+        self.add_ns(&ns)?;
+        self.wire_to_switch(&ns, "sx", "eth0", addr)?;
+        self.external = Some((ns, addr));
+        Ok(())
     }
 
     /// Watch every port of the underlay switch for `secs` seconds (a raw socket in the switch

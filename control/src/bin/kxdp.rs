@@ -1,8 +1,13 @@
-//! `kxdp`: the operator's command. `kxdp trace` runs one packet through the real pipeline
-//! against tables compiled from manifest files (the embedded default cluster when none is
-//! given) and prints what each stage decided; `--json` prints the same as one JSON object
-//! (fields: see `kxdp_control::trace`). `kxdp preflight` checks what the agent will need. The
-//! agent and the other commands come with issue 5.
+//! `kxdp`: the operator's command.
+//!
+//! - `kxdp agent` runs the node's dataplane (see `kxdp_control::agent`).
+//! - `kxdp status|services|conntrack|routes|counters` read a running agent's admin API and
+//!   print plain tables, or with `--json` the API's JSON (see `kxdp_control::admin`).
+//! - `kxdp trace` runs one packet through the real pipeline against tables compiled from
+//!   manifest files (the embedded default cluster when none is given) or a running agent's
+//!   live tables (`--agent`), and prints what each stage decided; `--json` prints the same as
+//!   one JSON object (fields: see `kxdp_control::trace`).
+//! - `kxdp preflight` checks what the agent will need.
 
 // The command's output is its point.
 #![allow(clippy::print_stdout)]
@@ -12,10 +17,34 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use kxdp_control::admin::{self, AdminAddr};
 use kxdp_control::compile::Compiler;
 use kxdp_control::manifest::{parse, ManifestSource};
 use kxdp_control::model::Model;
 use kxdp_control::trace::{trace, trace_settings, Entry, TraceInput};
+
+use kxdp_control::render;
+
+fn run_agent(args: kxdp_control::agent::AgentArgs) -> Result<String, String> {
+    let config = args.resolve().map_err(|e| e.to_string())?;
+    kxdp_control::agent::init_logs(config.json_logs);
+    kxdp_control::agent::run(config).map_err(|e| e.to_string())?;
+    Ok(String::new())
+}
+
+/// GET a view and print it as JSON or as `render` prints it.
+fn view<T: serde::de::DeserializeOwned + serde::Serialize>(
+    args: &AdminArgs,
+    path: &str,
+    render: impl Fn(&T) -> String,
+) -> Result<String, String> {
+    let value: T = admin::get_json(&args.admin, path)?;
+    if args.json {
+        serde_json::to_string_pretty(&value).map_err(|e| e.to_string())
+    } else {
+        Ok(render(&value))
+    }
+}
 
 /// The cluster `kxdp trace` uses when no manifest is given.
 const DEFAULT_MANIFEST: &str = include_str!("../../manifests/default.yaml");
@@ -33,11 +62,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node's dataplane until stopped (SIGINT/SIGTERM detach it cleanly).
+    Agent(Box<kxdp_control::agent::AgentArgs>),
+    /// The agent's state: source, snapshot, workers, interfaces, problems.
+    Status(AdminArgs),
+    /// Each service port with its frontends and backends, and their state.
+    Services(AdminArgs),
+    /// Flows in conntrack (filtered), and how many there are.
+    Conntrack(ConntrackArgs),
+    /// Where each destination goes.
+    Routes(AdminArgs),
+    /// Pipeline events, drops by reason, frames to the host by reason, AF_XDP I/O.
+    Counters(AdminArgs),
     /// Run one packet through the pipeline and print each stage's decision.
     Trace(TraceArgs),
     /// Check that this machine and process can run the dataplane: capabilities, locked
     /// memory, interfaces. The agent runs the same checks before it starts.
     Preflight(PreflightArgs),
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The agent's admin API: ADDRESS:PORT or unix:PATH.
+    #[arg(long, env = "KXDP_ADMIN", default_value = "127.0.0.1:9901")]
+    admin: AdminAddr,
+    /// Print the API's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ConntrackArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Only flows of this protocol.
+    #[arg(long, value_enum)]
+    proto: Option<Proto>,
+    /// Only flows with this address in either direction.
+    #[arg(long)]
+    addr: Option<Ipv4Addr>,
+    /// Only flows with this port in either direction.
+    #[arg(long)]
+    port: Option<u16>,
+    /// List at most this many (all are counted).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +149,16 @@ enum Proto {
     Icmp,
 }
 
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct TraceArgs {
     /// Kubernetes YAML files (Services, EndpointSlices, Nodes, Pods); the embedded default
@@ -110,17 +189,14 @@ struct TraceArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Trace against a running agent's live tables (its admin API: ADDRESS:PORT or
+    /// unix:PATH) instead of manifests.
+    #[arg(long, value_name = "ADMIN", conflicts_with = "manifests")]
+    agent: Option<AdminAddr>,
 }
 
 fn parse_endpoint(text: &str) -> Result<(Ipv4Addr, u16), String> {
-    let (ip, port) = text.split_once(':').unwrap_or((text, "0"));
-    let ip = ip
-        .parse()
-        .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-    let port = port
-        .parse()
-        .map_err(|_| format!("{port:?} is not a port number"))?;
-    Ok((ip, port))
+    admin::parse_endpoint(text)
 }
 
 fn parse_cidr(text: &str) -> Result<kxdp_dataplane::wire::Ipv4Cidr, String> {
@@ -128,6 +204,28 @@ fn parse_cidr(text: &str) -> Result<kxdp_dataplane::wire::Ipv4Cidr, String> {
 }
 
 fn run_trace(args: TraceArgs) -> Result<String, String> {
+    if let Some(agent) = &args.agent {
+        let from = match args.from {
+            From::Pod => "pod",
+            From::Uplink => "uplink",
+            From::Host => "host",
+        };
+        let path = format!(
+            "/api/trace?from={from}&src={}:{}&dst={}:{}&proto={}{}",
+            args.src.0,
+            args.src.1,
+            args.dst.0,
+            args.dst.1,
+            args.proto.name(),
+            if args.json { "" } else { "&format=text" }
+        );
+        let (status, body) = admin::get(agent, &path)?;
+        return if status == 200 {
+            Ok(body)
+        } else {
+            Err(format!("the agent says: {}", body.trim()))
+        };
+    }
     let mut model = Model::new();
     if args.manifests.is_empty() {
         for (_, o) in parse("(embedded default)", DEFAULT_MANIFEST).map_err(|e| e.to_string())? {
@@ -167,12 +265,32 @@ fn run_trace(args: TraceArgs) -> Result<String, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Agent(args) => run_agent(*args),
+        Command::Status(a) => view(&a, "/api/status", render::status),
+        Command::Services(a) => view(&a, "/api/services", |v: &Vec<_>| render::services(v)),
+        Command::Routes(a) => view(&a, "/api/routes", |v: &Vec<_>| render::routes(v)),
+        Command::Counters(a) => view(&a, "/api/counters", render::counters),
+        Command::Conntrack(c) => {
+            let mut path = format!("/api/conntrack?limit={}", c.limit);
+            if let Some(p) = c.proto {
+                path += &format!("&proto={}", p.name());
+            }
+            if let Some(a) = c.addr {
+                path += &format!("&addr={a}");
+            }
+            if let Some(p) = c.port {
+                path += &format!("&port={p}");
+            }
+            view(&c.admin, &path, render::flows)
+        }
         Command::Trace(args) => run_trace(args),
         Command::Preflight(args) => run_preflight(args),
     };
     match result {
         Ok(out) => {
-            println!("{}", out.trim_end());
+            if !out.is_empty() {
+                println!("{}", out.trim_end());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

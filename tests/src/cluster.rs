@@ -1,0 +1,262 @@
+//! A two-node cluster run by real `kxdp agent` processes, for the demo and the agent's
+//! end-to-end tests.
+//!
+//! [`AgentCluster::build`] makes two kxdp nodes on one underlay (node-a 198.18.0.10, node-b
+//! 198.18.0.11, as [`Testbed::two_kxdp_nodes`]), an external client (198.18.0.100), and the
+//! pods it is given, each attached as a CNI plugin on a kxdp node would attach it: the host end
+//! of its veth named [`pod_interface_name`], its MAC [`pod_mac`]. The manifest is copied into a
+//! private directory, where tests may rewrite it and the agents re-read it. [`AgentCluster::start`]
+//! runs one agent per node in the node's namespace (`ip netns exec`), with the admin API on a Unix
+//! socket in that directory and a time limit. Agents get SIGTERM when the cluster is dropped, and
+//! the testbed removes every namespace.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kxdp_control::admin::{self, AdminAddr};
+use kxdp_control::compile::{pod_interface_name, pod_mac};
+
+use crate::node::mac_text;
+use crate::testbed::Testbed;
+
+/// The demo cluster's manifest (`control/manifests/demo.yaml`).
+pub const DEMO_MANIFEST: &str = include_str!("../../control/manifests/demo.yaml");
+
+/// The demo cluster's pods: name, node index, address.
+pub const DEMO_PODS: [(&str, usize, Ipv4Addr); 4] = [
+    ("web-a", 0, Ipv4Addr::new(10, 244, 1, 10)),
+    ("client-a", 0, Ipv4Addr::new(10, 244, 1, 11)),
+    ("web-b", 1, Ipv4Addr::new(10, 244, 2, 10)),
+    ("client-b", 1, Ipv4Addr::new(10, 244, 2, 11)),
+];
+
+/// The nodes' names, by testbed node index.
+pub const NODES: [&str; 2] = ["node-a", "node-b"];
+
+/// A pod of the cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterPod {
+    /// Its name (namespace `default`).
+    pub name: String,
+    /// Its node's index.
+    pub node: usize,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its network namespace.
+    pub ns: String,
+}
+
+/// The cluster; see the module documentation.
+#[derive(Debug)]
+pub struct AgentCluster {
+    /// The namespaces.
+    pub tb: Testbed,
+    /// The pods.
+    pub pods: Vec<ClusterPod>,
+    /// The manifest the agents read.
+    pub manifest: PathBuf,
+    dir: PathBuf,
+    agents: Vec<Option<Child>>,
+}
+
+/// The `kxdp` binary: `KXDP_BIN`, or beside the running executable (or its parent directory,
+/// for test executables under `deps/`).
+pub fn kxdp_bin() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("KXDP_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("kxdp"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no kxdp binary beside {}: build it first (cargo build -p kxdp-control --bin kxdp, \
+                 with the same profile) or set KXDP_BIN",
+                exe.display()
+            )
+        })
+}
+
+impl AgentCluster {
+    /// Build the namespaces for `pods` (name, node index, address) and copy `manifest_text`.
+    pub fn build(manifest_text: &str, pods: &[(&str, usize, Ipv4Addr)]) -> Result<Self, String> {
+        let mut tb = Testbed::two_kxdp_nodes(&[], &[]).map_err(|e| e.to_string())?;
+        tb.add_external().map_err(|e| e.to_string())?;
+        let mut list = Vec::new();
+        for (name, node, ip) in pods {
+            let host_side = pod_interface_name("default", name);
+            let pod = tb
+                .add_kxdp_pod(*node, &host_side, *ip, &mac_text(pod_mac(*ip)))
+                .map_err(|e| e.to_string())?;
+            list.push(ClusterPod {
+                name: (*name).to_owned(),
+                node: *node,
+                ip: *ip,
+                ns: pod.ns,
+            });
+        }
+        let dir = std::env::temp_dir().join(format!("kxdp-{}", tb.prefix()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let manifest = dir.join("cluster.yaml");
+        std::fs::write(&manifest, manifest_text).map_err(|e| e.to_string())?;
+        Ok(AgentCluster {
+            tb,
+            pods: list,
+            manifest,
+            dir,
+            agents: vec![None, None],
+        })
+    }
+
+    /// The pod named `name`.
+    pub fn pod(&self, name: &str) -> &ClusterPod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Node `node`'s admin API.
+    pub fn admin(&self, node: usize) -> AdminAddr {
+        AdminAddr::Unix(self.dir.join(format!("{}.sock", NODES[node])))
+    }
+
+    /// Node `node`'s agent log.
+    pub fn log_path(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", NODES[node]))
+    }
+
+    /// What node `node`'s agent has logged so far.
+    pub fn log(&self, node: usize) -> String {
+        std::fs::read_to_string(self.log_path(node)).unwrap_or_default()
+    }
+
+    /// Start both agents (each stops by itself after `max_run_s`) on the manifest, with
+    /// `extra` flags, and wait until both are ready.
+    pub fn start(&mut self, max_run_s: u64, extra: &[&str]) -> Result<(), String> {
+        let manifest = self.manifest.display().to_string();
+        for node in 0..2 {
+            let mut args = vec!["--manifest", manifest.as_str()];
+            args.extend(extra);
+            self.start_node(node, max_run_s, &args)?;
+        }
+        for node in 0..2 {
+            self.wait_ready(node, Duration::from_secs(30))?;
+        }
+        Ok(())
+    }
+
+    /// Start node `node`'s agent with `args` after the common flags (node, uplink, admin API,
+    /// time limit): the source at least. Does not wait.
+    pub fn start_node(&mut self, node: usize, max_run_s: u64, args: &[&str]) -> Result<(), String> {
+        let bin = kxdp_bin()?;
+        let log = std::fs::File::create(self.log_path(node)).map_err(|e| e.to_string())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.tb.nodes[node].ns])
+            .arg(&bin)
+            .args([
+                "agent",
+                "--node",
+                NODES[node],
+                "--uplink",
+                "uplink",
+                "--admin",
+            ])
+            .arg(self.admin(node).to_string())
+            .args(["--max-run", &max_run_s.to_string()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        self.agents[node] = Some(child);
+        Ok(())
+    }
+
+    /// Wait until node `node`'s agent answers `/readyz` with 200 and has resolved its
+    /// underlay neighbours.
+    pub fn wait_ready(&mut self, node: usize, timeout: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let addr = self.admin(node);
+        loop {
+            if let Some(child) = &mut self.agents[node] {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "the agent of {} exited ({status}):\n{}",
+                        NODES[node],
+                        self.log(node)
+                    ));
+                }
+            }
+            let ready = matches!(admin::get(&addr, "/readyz"), Ok((200, _)));
+            let resolved = ready
+                && admin::get_json::<admin::StatusView>(&addr, "/api/status")
+                    .is_ok_and(|s| s.neighbors[0] == s.neighbors[1]);
+            if resolved {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "the agent of {} was not ready within {timeout:?}:\n{}",
+                    NODES[node],
+                    self.log(node)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Run `kxdp <args>` (the CLI, from the root namespace).
+    pub fn kxdp(&self, args: &[&str]) -> Output {
+        Command::new(kxdp_bin().expect("kxdp is built"))
+            .args(args)
+            .output()
+            .expect("kxdp runs")
+    }
+
+    /// Send SIGTERM to node `node`'s agent and wait (at most 15 s) for it to exit; returns
+    /// whether it exited successfully.
+    pub fn stop(&mut self, node: usize) -> Result<bool, String> {
+        let Some(mut child) = self.agents[node].take() else {
+            return Err(format!("the agent of {} is not running", NODES[node]));
+        };
+        terminate(&mut child, Duration::from_secs(15))
+    }
+
+    /// The directory holding the manifest, sockets and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; whether the process exited successfully.
+fn terminate(child: &mut Child, grace: Duration) -> Result<bool, String> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .output();
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(status.success());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("pid {} ignored SIGTERM for {grace:?}", child.id()))
+}
+
+impl Drop for AgentCluster {
+    fn drop(&mut self) {
+        for child in self.agents.iter_mut().filter_map(Option::take) {
+            let mut child = child;
+            let _ = terminate(&mut child, Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,478 @@
+//! `kxdp agent` end to end: two agent processes on a two-node namespace cluster, read through
+//! their admin API and the `kxdp` CLI, changed by rewriting their manifest, stopped by SIGTERM.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kxdp_control::admin::{self, CountersView, FlowsView, RouteView, ServiceView, StatusView};
+use kxdp_tests::clients::{http_get_many, HttpServer};
+use kxdp_tests::cluster::AgentCluster;
+use kxdp_tests::testbed::skip_unless_privileged;
+
+use kxdp_tests::cluster::{DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
+
+fn cluster() -> AgentCluster {
+    let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
+    c.start(120, &[]).expect("the agents start");
+    c
+}
+
+/// `kxdp <args> --admin <node's API>`: stdout, after checking it succeeded.
+fn cli(c: &AgentCluster, node: usize, args: &[&str]) -> String {
+    let admin = c.admin(node).to_string();
+    let mut all = args.to_vec();
+    all.extend(["--admin", &admin]);
+    let out = c.kxdp(&all);
+    assert!(
+        out.status.success(),
+        "kxdp {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json<T: serde::de::DeserializeOwned>(c: &AgentCluster, node: usize, args: &[&str]) -> T {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let text = cli(c, node, &all);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("kxdp {args:?} --json: {e}: {text}"))
+}
+
+/// The value of the first metric line starting with `series`.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// Poll `f` every 100 ms until it is true or `timeout` passes.
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
+    if skip_unless_privileged("agents_serve_the_cluster_and_report_it_through_the_api_and_cli") {
+        return;
+    }
+    let c = cluster();
+    let ns = |name: &str| c.pod(name).ns.clone();
+    let _a = HttpServer::start(&ns("web-a"), 8080, "web-a", 60);
+    let _b = HttpServer::start(&ns("web-b"), 8080, "web-b", 60);
+    let answers = http_get_many(&ns("client-a"), "http://10.96.0.10/", 12);
+    assert_eq!(answers.len(), 12);
+    assert!(
+        answers.iter().all(|(b, _)| b == "web-a" || b == "web-b"),
+        "{answers:?}"
+    );
+
+    // Health, readiness and metrics.
+    let addr = c.admin(0);
+    assert_eq!(admin::get(&addr, "/healthz").unwrap().0, 200);
+    assert_eq!(admin::get(&addr, "/readyz").unwrap().0, 200);
+    let (code, m) = admin::get(&addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(metric(&m, "kxdp_ready "), 1.0);
+    assert_eq!(metric(&m, "kxdp_services "), 4.0);
+    assert!(metric(&m, "kxdp_events_total{event=\"service_new_flow\"}") >= 12.0);
+    assert!(metric(&m, "kxdp_conntrack_flows ") >= 12.0);
+    assert!(
+        metric(
+            &m,
+            "kxdp_interface_rx_frames_total{interface=\"uplink\",worker=\"0\"}"
+        ) > 0.0
+    );
+    assert!(metric(&m, "kxdp_snapshot_update_latency_seconds_count ") >= 1.0);
+    assert!(metric(&m, "kxdp_batch_size_count ") > 0.0);
+    for reason in kxdp_dataplane::reason::DropReason::ALL {
+        let series = format!("kxdp_drops_total{{reason=\"{}\"}} ", reason.name());
+        metric(&m, &series);
+    }
+
+    // kxdp status.
+    let s: StatusView = json(&c, 0, &["status"]);
+    assert!(s.ready && s.synced, "{s:?}");
+    assert_eq!(
+        (s.node.as_str(), s.local_pods, s.remote_nodes),
+        ("node-a", 2, 1)
+    );
+    assert_eq!(s.neighbors, [1, 1]);
+    assert_eq!(s.interfaces.len(), 3, "uplink and two pods: {s:?}");
+    assert!(s.interfaces.iter().all(|i| i.rx > 0), "{s:?}");
+    let text = cli(&c, 0, &["status"]);
+    assert!(
+        text.contains("node node-a") && text.contains("INTERFACE"),
+        "{text}"
+    );
+
+    // kxdp services: the ClusterIP with one local and one remote backend, the empty one.
+    let services: Vec<ServiceView> = json(&c, 0, &["services"]);
+    let web = services
+        .iter()
+        .find(|s| s.name == "default/web:http")
+        .unwrap();
+    assert_eq!(web.frontends, ["ClusterIP 10.96.0.10:80"]);
+    let backends: Vec<(&str, &str, bool)> = web
+        .backends
+        .iter()
+        .map(|b| (b.endpoint.as_str(), b.state.as_str(), b.local))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("10.244.1.10:8080", "ready", true),
+            ("10.244.2.10:8080", "ready", false)
+        ]
+    );
+    let np = services
+        .iter()
+        .find(|s| s.name == "default/web-nodeport:http")
+        .unwrap();
+    assert!(
+        np.frontends.contains(&"NodePort *:30080".to_owned()),
+        "{np:?}"
+    );
+    let empty = services
+        .iter()
+        .find(|s| s.name == "default/empty:http")
+        .unwrap();
+    assert!(empty.backends.is_empty());
+    let text = cli(&c, 0, &["services"]);
+    assert!(text.contains("(none: connections are refused)"), "{text}");
+    assert!(
+        text.contains("10.244.1.10:8080") && text.contains("ready local"),
+        "{text}"
+    );
+
+    // kxdp conntrack, with filters.
+    let flows: FlowsView = json(
+        &c,
+        0,
+        &["conntrack", "--proto", "tcp", "--addr", "10.96.0.10"],
+    );
+    assert!(flows.matched >= 12, "{flows:?}");
+    assert!(
+        flows
+            .flows
+            .iter()
+            .all(|f| f.original.contains("-> 10.96.0.10:80")),
+        "{flows:?}"
+    );
+    let none: FlowsView = json(&c, 0, &["conntrack", "--proto", "udp"]);
+    assert_eq!(none.matched, 0, "{none:?}");
+    let limited: FlowsView = json(&c, 0, &["conntrack", "--limit", "2"]);
+    assert_eq!(limited.flows.len(), 2);
+    let text = cli(&c, 0, &["conntrack", "--port", "80"]);
+    assert!(text.contains("flows matched"), "{text}");
+
+    // kxdp routes: node-b's pod CIDR over VXLAN, with its MAC resolved.
+    let routes: Vec<RouteView> = json(&c, 0, &["routes"]);
+    let b = routes
+        .iter()
+        .find(|r| r.destination == "10.244.2.0/24")
+        .unwrap();
+    assert!(
+        b.action.contains("vxlan to node-b") && b.next_hop_mac.is_some(),
+        "{b:?}"
+    );
+    assert!(cli(&c, 0, &["routes"]).contains("10.244.1.0/24"));
+
+    // kxdp counters.
+    let counters: CountersView = json(&c, 0, &["counters"]);
+    assert!(counters.events["service_new_flow"] >= 12, "{counters:?}");
+    assert_eq!(
+        counters.drops.len(),
+        kxdp_dataplane::reason::DropReason::COUNT
+    );
+    assert!(counters.io["rx"] > 0);
+    assert!(cli(&c, 0, &["counters"]).contains("batches by size"));
+
+    // kxdp trace against the live tables.
+    let admin = c.admin(0).to_string();
+    let trace = |dst: &str, json: bool| {
+        let mut args = vec![
+            "trace",
+            "--agent",
+            &admin,
+            "--src",
+            "10.244.1.11:40000",
+            "--dst",
+            dst,
+        ];
+        if json {
+            args.push("--json");
+        }
+        let out = c.kxdp(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let text = String::from_utf8(trace("10.96.0.30:80", false)).unwrap();
+    assert!(text.contains("verdict:    reject"), "{text}");
+    let out = trace("10.96.0.10:80", true);
+    let t: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
+    assert_eq!(t["verdict"], "forward", "{t}");
+    assert_eq!(
+        t["service"]["backends"].as_array().map(Vec::len),
+        Some(2),
+        "{t}"
+    );
+}
+
+#[test]
+fn manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables() {
+    if skip_unless_privileged(
+        "manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables",
+    ) {
+        return;
+    }
+    let mut c = cluster();
+    let status = |c: &AgentCluster| -> StatusView {
+        admin::get_json(&c.admin(0), "/api/status").expect("status")
+    };
+    let before = status(&c).generation;
+    // web-b leaves the ClusterIP, and a pod "late" is scheduled on node-a before its veth
+    // exists.
+    let late = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: default}\n\
+                spec: {nodeName: node-a, containers: [{name: c, image: c}]}\n\
+                status: {phase: Running, podIP: 10.244.1.12}\n";
+    let edited = MANIFEST.replacen(
+        "  - {addresses: [10.244.1.10], nodeName: node-a, conditions: {ready: true}}\n  - {addresses: [10.244.2.10], nodeName: node-b, conditions: {ready: true}}\n---\n# The same pods",
+        "  - {addresses: [10.244.1.10], nodeName: node-a, conditions: {ready: true}}\n---\n# The same pods",
+        1,
+    ) + late;
+    assert_ne!(edited, MANIFEST.to_owned() + late, "the edit applies");
+    std::fs::write(&c.manifest, &edited).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&c).generation > before),
+        "no new snapshot:\n{}",
+        c.log(0)
+    );
+    let services: Vec<ServiceView> = admin::get_json(&c.admin(0), "/api/services").unwrap();
+    let web = services
+        .iter()
+        .find(|s| s.name == "default/web:http")
+        .unwrap();
+    assert_eq!(web.backends.len(), 1, "{web:?}");
+    assert_eq!(status(&c).local_pods, 3);
+    assert_eq!(
+        status(&c).interfaces.len(),
+        3,
+        "the late pod has no veth yet"
+    );
+
+    // The CNI plugin creates the veth: the agent serves it within a tick or two.
+    let host_side = kxdp_control::compile::pod_interface_name("default", "late");
+    let mac = kxdp_tests::node::mac_text(kxdp_control::compile::pod_mac(Ipv4Addr::new(
+        10, 244, 1, 12,
+    )));
+    let pod =
+        c.tb.add_kxdp_pod(0, &host_side, Ipv4Addr::new(10, 244, 1, 12), &mac)
+            .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&c).interfaces.len() == 4),
+        "the late veth was not served:\n{}",
+        c.log(0)
+    );
+    let replies =
+        c.tb.ping(
+            &pod.ns,
+            Ipv4Addr::new(10, 244, 2, 11),
+            3,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(replies >= 2, "late pod to client-b: {replies}/3");
+
+    // A bad edit: the last good tables stay, the error names the object and field.
+    let generation = status(&c).generation;
+    std::fs::write(
+        &c.manifest,
+        edited.replace("port: 5201, targetPort", "port: lots, targetPort"),
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&c)
+            .last_error
+            .is_some_and(
+                |e| e.contains("Service default/iperf") && e.contains("spec.ports[0].port")
+            )),
+        "{:?}",
+        status(&c)
+    );
+    assert_eq!(status(&c).generation, generation);
+    assert_eq!(admin::get(&c.admin(0), "/healthz").unwrap().0, 200);
+    assert!(
+        c.tb.ping(
+            &pod.ns,
+            Ipv4Addr::new(10, 244, 1, 11),
+            2,
+            Duration::from_secs(4)
+        )
+        .unwrap()
+            >= 1
+    );
+}
+
+#[test]
+fn sigterm_detaches_every_program_and_a_bad_manifest_stops_the_start() {
+    if skip_unless_privileged("sigterm_detaches_every_program_and_a_bad_manifest_stops_the_start") {
+        return;
+    }
+    let mut c = cluster();
+    let node_ns = c.tb.nodes[0].ns.clone();
+    let xdp_links = |ns: &str| {
+        let out = Command::new("ip")
+            .args(["-n", ns, "link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).matches("xdp").count()
+    };
+    assert!(
+        xdp_links(&node_ns) >= 3,
+        "uplink and two pods carry the program"
+    );
+    assert_eq!(c.stop(0), Ok(true), "{}", c.log(0));
+    assert_eq!(xdp_links(&node_ns), 0, "detached on SIGTERM");
+    assert!(c.log(0).contains("XDP programs detached"), "{}", c.log(0));
+
+    // Restarting with a broken manifest fails before anything is attached, naming the field.
+    let bad = c.dir().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        MANIFEST.replace("podCIDR: 10.244.1.0/24", "podCIDR: 10.244.1.0/33"),
+    )
+    .unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &node_ns])
+        .arg(kxdp_tests::cluster::kxdp_bin().unwrap())
+        .args([
+            "agent",
+            "--node",
+            "node-a",
+            "--uplink",
+            "uplink",
+            "--max-run",
+            "10",
+        ])
+        .arg("--manifest")
+        .arg(&bad)
+        .arg("--admin")
+        .arg(format!("unix:{}", c.dir().join("again.sock").display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Node node-a") && err.contains("spec.podCIDR"),
+        "{err}"
+    );
+    assert_eq!(xdp_links(&node_ns), 0);
+}
+
+#[test]
+fn an_agent_watches_the_kubernetes_api_and_publishes_its_node() {
+    if skip_unless_privileged("an_agent_watches_the_kubernetes_api_and_publishes_its_node") {
+        return;
+    }
+    let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
+    // The API server stand-in listens inside node-a's namespace, where the agent runs.
+    let server = kxdp_tests::apiserver::FakeApiServer::start_in_netns(&c.tb.nodes[0].ns);
+    let mut slices = Vec::new();
+    let mut node_a = None;
+    for doc in serde_yaml::Deserializer::from_str(MANIFEST) {
+        let object: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if object["kind"] == "EndpointSlice" {
+            slices.push(object.clone());
+        }
+        if object["kind"] == "Node" && object["metadata"]["name"] == "node-a" {
+            node_a = Some(object);
+        } else {
+            server.apply(object);
+        }
+    }
+    let kubeconfig = c.dir().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: k\n\
+             clusters: [{{name: c, cluster: {{server: \"{}\"}}}}]\n\
+             contexts: [{{name: k, context: {{cluster: c, user: u}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    c.start_node(0, 120, &["--kubeconfig", &kubeconfig])
+        .unwrap();
+    let manifest = c.manifest.display().to_string();
+    c.start_node(1, 120, &["--manifest", &manifest]).unwrap();
+    // Without its Node object the agent has synced but cannot build tables: not ready, and
+    // it says why.
+    let why = "node node-a: no Node object with an IPv4 spec.podCIDR yet";
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            admin::get(&c.admin(0), "/readyz")
+                .is_ok_and(|(code, body)| code == 503 && body.contains(why))
+        }),
+        "{}",
+        c.log(0)
+    );
+    server.apply(node_a.unwrap());
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    c.wait_ready(1, Duration::from_secs(30)).unwrap();
+
+    let status: StatusView = json(&c, 0, &["status"]);
+    assert_eq!(
+        (status.source.as_str(), status.synced),
+        ("kubernetes", true)
+    );
+    assert_eq!((status.services, status.local_pods), (4, 2));
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("PATCH /api/v1/nodes/node-a")),
+        "the flannel annotations were published: {:?}",
+        server.requests()
+    );
+    let ns = |name: &str| c.pod(name).ns.clone();
+    let _a = HttpServer::start(&ns("web-a"), 8080, "web-a", 60);
+    let _b = HttpServer::start(&ns("web-b"), 8080, "web-b", 60);
+    let answers = http_get_many(&ns("client-a"), "http://10.96.0.10/", 10);
+    assert!(
+        answers.iter().all(|(b, _)| b == "web-a" || b == "web-b"),
+        "{answers:?}"
+    );
+
+    // web-a leaves the ClusterIP's slice through the API: only web-b answers after that.
+    let mut web = slices
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "web-1")
+        .unwrap();
+    web["endpoints"].as_array_mut().unwrap().remove(0);
+    let generation = status.generation;
+    server.apply(web);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            admin::get_json::<StatusView>(&c.admin(0), "/api/status")
+                .is_ok_and(|s| s.generation > generation)
+        }),
+        "{}",
+        c.log(0)
+    );
+    let answers = http_get_many(&ns("client-a"), "http://10.96.0.10/", 10);
+    assert!(answers.iter().all(|(b, _)| b == "web-b"), "{answers:?}");
+}

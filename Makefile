@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit bench bench-quick bench-table perf-forward perf-control demo walkthrough
+.PHONY: deps test lint unit bench bench-quick bench-table perf-forward perf-control perf demo walkthrough
 
 deps:
 	@scripts/install-deps.sh
@@ -42,6 +42,13 @@ perf-forward: deps
 # latency, in process and through kube and the loopback API server. CONTROL_ARGS to resize.
 perf-control: deps
 	cargo run --release --locked -p kxdp-perf --bin control_scale -- $(CONTROL_ARGS)
+
+# kxdp against the kernel path (flannel VXLAN + kube-proxy nftables), side by side in one run,
+# with the veth path's ceilings (root): packets per second, CPU per packet, iperf3, latency.
+# PERF_ARGS=--long for the long profile. Writes perf/results/report.md and report.svg.
+perf: deps
+	cargo build --release --locked -p kxdp-control --bin kxdp
+	cargo run --release --locked -p kxdp-perf --bin compare -- --out perf/results $(PERF_ARGS)
 
 # The main job (root): two kxdp nodes with four pods in namespaces, `kxdp agent` on each, real
 # traffic through pods and services, the results table, then everything torn down.

@@ -7,7 +7,8 @@ set -euo pipefail
 # clang, llvm, libelf-dev, zlib1g-dev, libbpf-dev: the XDP program and libbpf (xdp-progs).
 # m4: libxdp, which the AF_XDP crate builds from source.
 # procps (kill), util-linux (setpriv, prlimit): stopping agents, and the preflight tests.
-packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4 procps util-linux)
+# nftables, netsniff-ng (trafgen): the perf harness's kernel baseline and its generator.
+packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4 procps util-linux nftables netsniff-ng)
 
 missing=()
 for p in "${packages[@]}"; do

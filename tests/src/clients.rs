@@ -124,12 +124,12 @@ pub fn iperf(ns: &str, server: &str, port: u16, udp: bool) -> u64 {
     receiver_number(&json, udp, "bytes").map_or(0, |b| b as u64)
 }
 
-/// Run an iperf3 client in `ns` toward `server:port` for `secs` seconds (`udp`: 200 Mbit/s
-/// of UDP), bounded by `secs + 15` s; returns the receiver's bits per second (0 if the run
-/// failed).
-pub fn iperf_rate(ns: &str, server: &str, port: u16, udp: bool, secs: u32) -> f64 {
-    let json = iperf_json(ns, server, port, udp.then_some("200M"), secs);
-    receiver_number(&json, udp, "bits_per_second").unwrap_or(0.0)
+/// Run an iperf3 client in `ns` toward `server:port` for `secs` seconds (TCP, or UDP offered
+/// at `udp_rate`, as iperf3's `-b` takes it), bounded by `secs + 15` s; returns the receiver's
+/// bits per second (0 if the run failed).
+pub fn iperf_rate(ns: &str, server: &str, port: u16, udp_rate: Option<&str>, secs: u32) -> f64 {
+    let json = iperf_json(ns, server, port, udp_rate, secs);
+    receiver_number(&json, udp_rate.is_some(), "bits_per_second").unwrap_or(0.0)
 }
 
 /// iperf3's JSON report of a run (UDP at `udp_rate` if given), bounded by `secs + 15` s.

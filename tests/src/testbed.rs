@@ -332,6 +332,105 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// The kernel path a flannel node with kube-proxy would run, for the perf harness to
+    /// compare kxdp with: one node namespace built as [`Testbed::kernel_nodes`] builds one
+    /// (`cni0` bridge with the pods' gateway, `flannel.1`), its bridge given `gateway_mac`, one
+    /// pod (`pod_mac`, `pod_ip`/24, MTU `mtu - 50`), and an uplink wired straight to a peer
+    /// namespace `<prefix>-sink` as [`Testbed::add_uplink_peer`] wires it. The peer stands for
+    /// node B: `flannel.1` routes `remote_cidr` (a /24) to it as flanneld would (route, VTEP
+    /// neighbour `remote_vtep`, forwarding entry to `peer_ip`), and its underlay MAC is a
+    /// permanent neighbour, since a sink answers no ARP. Returns the testbed and the peer's
+    /// namespace.
+    #[allow(clippy::too_many_arguments)] // one topology, every address named by the caller
+    pub fn flannel_node_with_uplink_peer(
+        (pod_ip, pod_mac): (Ipv4Addr, &str),
+        (gateway, gateway_mac): (Ipv4Addr, &str),
+        (node_ip, node_mac, vtep_mac): (Ipv4Addr, &str, &str),
+        (peer_ip, peer_mac): (Ipv4Addr, &str),
+        (remote_net, remote_vtep): (Ipv4Addr, &str),
+        mtu: u16,
+    ) -> Result<(Testbed, String), TestbedError> {
+        let mut tb = Testbed::empty();
+        let node = Node {
+            ns: format!("{}-n0", tb.prefix),
+            ip: node_ip,
+            pod_net: Ipv4Addr::from(u32::from(gateway) & 0xffff_ff00),
+            gateway,
+            vtep_mac: vtep_mac.into(),
+            kernel: true,
+            pods: Vec::new(),
+        };
+        tb.add_ns(&node.ns)?;
+        tb.nodes.push(node.clone());
+        let peer = tb.add_uplink_peer(0, "sink", (node_ip, node_mac), (peer_ip, peer_mac), mtu)?;
+        tb.build_kernel_node(&node)?;
+        let ns = Some(node.ns.as_str());
+        ip(ns, &["link", "set", "cni0", "address", gateway_mac])?;
+        let inner_mtu = (mtu - 50).to_string();
+        ip(ns, &["link", "set", "flannel.1", "mtu", &inner_mtu])?;
+        let pod = Pod {
+            ns: format!("{}-n0p0", tb.prefix),
+            ip: pod_ip,
+        };
+        tb.add_pod(&node, &pod, 0)?;
+        let pns = Some(pod.ns.as_str());
+        ip(
+            pns,
+            &["link", "set", "eth0", "address", pod_mac, "mtu", &inner_mtu],
+        )?;
+        tb.nodes[0].pods.push(pod);
+        tb.flannel_knows(&node.ns, remote_net, remote_vtep, peer_ip)?;
+        let peer_text = peer_ip.to_string();
+        ip(
+            ns,
+            &[
+                "neigh",
+                "replace",
+                &peer_text,
+                "lladdr",
+                peer_mac,
+                "dev",
+                "uplink",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        Ok((tb, peer))
+    }
+
+    /// Run `cmd` with `stdin` as its input in namespace `ns` of this testbed (for `nft -f -`).
+    pub fn exec_with_input(&self, ns: &str, cmd: &[&str], stdin: &str) -> Result<(), TestbedError> {
+        use std::io::Write as _;
+        let command = format!("ip netns exec {ns} {}", cmd.join(" "));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| TestbedError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| TestbedError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(TestbedError::Failed {
+                command,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Give kxdp node `node` its host interface: a veth pair between the dataplane (`host0`)
     /// and the node's kernel (`kxdp0`, with `kernel_mac`), and a kernel route to the node's
     /// pods (`pod_cidr`) through it, so node processes reach pods through kxdp and pods reach
@@ -673,6 +772,59 @@ impl Testbed {
         Ok(())
     }
 
+    /// What flanneld writes on node namespace `ns` for another node: a route to its pod CIDR
+    /// (`pod_net`/24) through its VTEP address, a permanent neighbour entry with its VTEP MAC,
+    /// and a forwarding entry sending that MAC to its underlay address.
+    fn flannel_knows(
+        &self,
+        ns: &str,
+        pod_net: Ipv4Addr,
+        vtep_mac: &str,
+        underlay: Ipv4Addr,
+    ) -> Result<(), TestbedError> {
+        let vtep = pod_net.to_string();
+        let n = Some(ns);
+        ip(
+            n,
+            &[
+                "route",
+                "add",
+                &format!("{vtep}/24"),
+                "via",
+                &vtep,
+                "dev",
+                "flannel.1",
+                "onlink",
+            ],
+        )?;
+        ip(
+            n,
+            &[
+                "neigh",
+                "add",
+                &vtep,
+                "lladdr",
+                vtep_mac,
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        run(Command::new("bridge").args([
+            "-n",
+            ns,
+            "fdb",
+            "append",
+            vtep_mac,
+            "dev",
+            "flannel.1",
+            "dst",
+            &underlay.to_string(),
+        ]))?;
+        Ok(())
+    }
+
     /// What flanneld writes on every node for every other: a route to its pod CIDR through its
     /// VTEP address, a permanent neighbour entry for that address, and a forwarding entry
     /// sending the VTEP MAC to the node's underlay address.
@@ -680,47 +832,8 @@ impl Testbed {
         // Only kernel nodes are configured; a kxdp node (no underlay `flannel.1`) is configured
         // by its dataplane. Kernel nodes learn about every node.
         for node in self.nodes.iter().filter(|n| n.kernel) {
-            let ns = Some(node.ns.as_str());
             for other in self.nodes.iter().filter(|o| o.ns != node.ns) {
-                let vtep = other.pod_net.to_string();
-                ip(
-                    ns,
-                    &[
-                        "route",
-                        "add",
-                        &format!("{vtep}/24"),
-                        "via",
-                        &vtep,
-                        "dev",
-                        "flannel.1",
-                        "onlink",
-                    ],
-                )?;
-                ip(
-                    ns,
-                    &[
-                        "neigh",
-                        "add",
-                        &vtep,
-                        "lladdr",
-                        &other.vtep_mac,
-                        "dev",
-                        "flannel.1",
-                        "nud",
-                        "permanent",
-                    ],
-                )?;
-                run(Command::new("bridge").args([
-                    "-n",
-                    &node.ns,
-                    "fdb",
-                    "append",
-                    &other.vtep_mac,
-                    "dev",
-                    "flannel.1",
-                    "dst",
-                    &other.ip.to_string(),
-                ]))?;
+                self.flannel_knows(&node.ns, other.pod_net, &other.vtep_mac, other.ip)?;
             }
         }
         Ok(())

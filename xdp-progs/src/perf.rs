@@ -1,5 +1,6 @@
 //! The perf harness's XDP programs (`src/bpf/perf.bpf.c`): a generator run through
-//! `BPF_PROG_RUN` in live-frames mode, and a sink that counts and drops.
+//! `BPF_PROG_RUN` in live-frames mode, a sink that counts and drops, and a redirector (the XDP
+//! ceiling of a path).
 //!
 //! The generator sends a template frame out of a veth as fast as one core can run the program
 //! (the kernel turns its `XDP_TX` into a transmit on the run's ingress interface, which on a
@@ -77,6 +78,17 @@ impl PerfPrograms {
     /// Attach the sink to interface `ifindex` of the calling thread's namespace.
     pub fn attach_sink(&self, ifindex: u32) -> Result<Attachment, XdpError> {
         attach_program(&self.obj, "kxdp_sink", ifindex)
+    }
+
+    /// Attach the redirector to interface `ifindex`, sending every frame out of `to` (both in
+    /// the calling thread's namespace).
+    pub fn attach_redirect(&self, ifindex: u32, to: u32) -> Result<Attachment, XdpError> {
+        let mut value = [0u8; 4];
+        value.copy_from_slice(&to.to_ne_bytes());
+        self.map("redirect_cfg")?
+            .update(&0u32.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(bpf("setting the redirect target"))?;
+        attach_program(&self.obj, "kxdp_redirect", ifindex)
     }
 
     /// Frames and bytes the sink has counted.

@@ -35,6 +35,8 @@ use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::SnapshotInputs;
 use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::{DropReason, Snapshot};
+use kxdp_perf::in_namespace;
+use kxdp_perf::stats::{median, range};
 use kxdp_tests::node::mac_text;
 use kxdp_tests::testbed::{missing_privilege, Testbed};
 use kxdp_xdp::perf::PerfPrograms;
@@ -97,21 +99,6 @@ fn parse_args() -> Result<Args, String> {
         ));
     }
     Ok(a)
-}
-
-/// Run `f` on a thread inside namespace `ns`.
-fn in_namespace<T: Send>(
-    ns: &str,
-    f: impl FnOnce() -> Result<T, String> + Send,
-) -> Result<T, String> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            enter_netns(ns).map_err(|e| format!("entering {ns}: {e}"))?;
-            f()
-        })
-        .join()
-        .map_err(|_| "a namespace thread panicked".to_owned())?
-    })
 }
 
 /// One measurement.
@@ -230,11 +217,6 @@ impl Bench {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn mpps(pps: f64) -> String {
     format!("{:.3}", pps / 1e6)
 }
@@ -302,18 +284,17 @@ fn run() -> Result<(), String> {
             offered.extend([b.offered, k.offered]);
         }
         let range = |v: &[f64]| {
-            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = v.iter().copied().fold(0.0, f64::max);
+            let (lo, hi) = range(v);
             format!("{}–{}", mpps(lo), mpps(hi))
         };
         let (rb, rk) = (range(&bare), range(&kxdp));
-        let (mb, mk) = (median(&mut bare), median(&mut kxdp));
+        let (mb, mk) = (median(&bare), median(&kxdp));
         println!(
             "| {size} | {} ({rb}) | {} ({rk}) | {:.0}% | {} |",
             mpps(mb),
             mpps(mk),
             100.0 * mk / mb,
-            mpps(median(&mut offered)),
+            mpps(median(&offered)),
         );
     }
     drop(tb);

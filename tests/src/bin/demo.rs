@@ -273,7 +273,7 @@ fn http(from: &str, check: &str, path: &str, url: &str, expect_ok: bool) -> Row 
 }
 
 fn iperf(from: &str, check: &str, path: &str, server: &str, udp: bool) -> Row {
-    let bps = iperf_rate(from, server, 5201, udp, 3);
+    let bps = iperf_rate(from, server, 5201, udp.then_some("200M"), 3);
     Row {
         check: check.into(),
         path: path.into(),

@@ -10,6 +10,9 @@
  *
  * kxdp_sink: counts the frames and bytes an interface receives, then drops them, so a
  * measurement counts what arrived without paying for the kernel's stack.
+ *
+ * kxdp_redirect: sends every frame out of redirect_cfg's interface unchanged (the XDP
+ * redirect ceiling of a path).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -71,6 +74,25 @@ int kxdp_sink(struct xdp_md *ctx)
 	if (c)
 		*c += ctx->data_end - ctx->data;
 	return XDP_DROP;
+}
+
+/* Key 0: the interface kxdp_redirect sends to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} redirect_cfg SEC(".maps");
+
+SEC("xdp")
+int kxdp_redirect(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	__u32 *ifindex = bpf_map_lookup_elem(&redirect_cfg, &zero);
+
+	if (!ifindex || !*ifindex)
+		return XDP_ABORTED;
+	return bpf_redirect(*ifindex, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -395,3 +395,51 @@ fn a_compile_without_this_node_keeps_the_changes_for_the_next_one() {
         "the services waited for the node"
     );
 }
+
+#[test]
+fn bad_pods_and_nodes_are_left_out_each_with_a_named_problem() {
+    let text = std::fs::read_to_string(fixture()).unwrap()
+        + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: stray, namespace: default}\n\
+           spec: {nodeName: node-a, containers: [{name: c, image: c}]}\n\
+           status: {phase: Running, podIP: 10.244.9.9}\n\
+           ---\napiVersion: v1\nkind: Pod\nmetadata: {name: twin, namespace: default}\n\
+           spec: {nodeName: node-a, containers: [{name: c, image: c}]}\n\
+           status: {phase: Running, podIP: 10.244.1.11}\n\
+           ---\napiVersion: v1\nkind: Node\nmetadata:\n  name: node-c\n  annotations:\n    \
+           flannel.alpha.coreos.com/backend-data: '{\"VNI\":1,\"VtepMAC\":\"02:6b:78:76:00:03\"}'\n\
+           spec: {podCIDR: 10.244.2.128/25}\n\
+           status: {addresses: [{type: InternalIP, address: 198.18.0.12}]}\n\
+           ---\napiVersion: v1\nkind: Node\nmetadata: {name: node-d}\n\
+           spec: {podCIDR: 10.244.4.0/24}\n\
+           status: {addresses: [{type: InternalIP, address: 198.18.0.13}]}\n";
+    let mut model = Model::new();
+    ManifestSource::new(vec![scratch("bad-pods", &text)])
+        .load(&mut model)
+        .expect("loads: each object converts on its own");
+    let c = Compiler::new(settings())
+        .compile(&mut model)
+        .expect("compiles");
+    let mut problems = c.problems.clone();
+    problems.sort();
+    let wanted = [
+        "node node-c: pod CIDR 10.244.2.128/25 overlaps node node-b's",
+        "node node-d: not in the overlay yet",
+        "pod default/stray: address 10.244.9.9 is outside this node's pod CIDR 10.244.1.0/24",
+        "pod default/twin: address 10.244.1.11 is already used by pod default/",
+    ];
+    assert_eq!(problems.len(), wanted.len(), "{problems:#?}");
+    for (p, w) in problems.iter().zip(wanted) {
+        assert!(p.starts_with(w), "{p:?} should start with {w:?}");
+    }
+    // What was left out is not in the tables; everything else is.
+    let snap = &c.snapshot;
+    assert!(snap.local_pod(ip("10.244.9.9")).is_none());
+    assert!(snap.local_pod(ip("10.244.1.11")).is_some());
+    assert!(snap.local_pod(ip("10.244.1.10")).is_some());
+    let nodes: Vec<&str> = snap
+        .remote_nodes()
+        .iter()
+        .map(|r| r.node.name.as_str())
+        .collect();
+    assert_eq!(nodes, ["node-b"]);
+}

@@ -30,13 +30,15 @@ use hdrhistogram::Histogram;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
-use kxdp_dataplane::conntrack::{Conntrack, FlowState};
+use kxdp_dataplane::conntrack::Conntrack;
 use kxdp_dataplane::counters::{CounterValues, Event};
 use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::{FrontendKind, InterfaceId, TrafficPolicy};
 use kxdp_dataplane::Snapshot;
 use kxdp_xdp::runtime::WorkerStats;
 use kxdp_xdp::worker::BATCH_BUCKETS;
+
+use crate::model::mac_text;
 use serde::{Deserialize, Serialize};
 
 /// Where the admin API listens.
@@ -618,7 +620,7 @@ impl AdminState {
                             "{}:{} -> {}:{}",
                             r.src_ip, r.src_port, r.dst_ip, r.dst_port
                         ),
-                        state: state_name(state).into(),
+                        state: state.name().into(),
                         expires_in_ms: ms,
                     });
                 }
@@ -887,29 +889,12 @@ fn next_hop(node: &kxdp_dataplane::tables::NodeConfig, ip: Ipv4Addr) -> Ipv4Addr
     }
 }
 
-/// A MAC address as `ip` prints it.
-pub fn mac_text(mac: kxdp_dataplane::wire::EthernetAddress) -> String {
-    mac.0.map(|b| format!("{b:02x}")).join(":")
-}
-
 fn proto_name(proto: u8) -> String {
     match proto {
         1 => "icmp".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         n => n.to_string(),
-    }
-}
-
-fn state_name(state: FlowState) -> &'static str {
-    match state {
-        FlowState::TcpOpening => "tcp_opening",
-        FlowState::TcpEstablished => "tcp_established",
-        FlowState::TcpClosing => "tcp_closing",
-        FlowState::TcpClosed => "tcp_closed",
-        FlowState::Udp => "udp",
-        FlowState::UdpStream => "udp_stream",
-        _ => "other",
     }
 }
 

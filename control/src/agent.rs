@@ -44,12 +44,14 @@ use crate::netinfo;
 use crate::preflight::PreflightError;
 
 /// `kxdp agent`'s flags. Each may also come from the environment (`KXDP_<NAME>`) or the
-/// config file.
-#[derive(clap::Args, Debug, Default)]
+/// config file, which is read into this same struct by the flags' names.
+#[derive(clap::Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentArgs {
     /// A YAML file with any of these settings, named as the flags are (`node: node-a`,
     /// `manifest: [a.yaml]`, `cores: "0,1"`); flags and environment override it.
     #[arg(long, env = "KXDP_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// This node's name (its Node object).
     #[arg(long, env = "KXDP_NODE")]
@@ -57,6 +59,7 @@ pub struct AgentArgs {
     /// Read the cluster from these manifest files (re-read when they change) instead of the
     /// Kubernetes API.
     #[arg(long = "manifest", value_name = "FILE")]
+    #[serde(rename = "manifest", default)]
     pub manifests: Vec<PathBuf>,
     /// The kubeconfig file; without it (and without --manifest), KUBECONFIG, ~/.kube/config
     /// or the in-cluster service account.
@@ -92,26 +95,6 @@ pub struct AgentArgs {
     /// Log format: `text` or `json` [default: text]; RUST_LOG filters (default `info`).
     #[arg(long, env = "KXDP_LOG_FORMAT")]
     pub log_format: Option<String>,
-}
-
-/// The config file: the same settings, by the flags' names.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    node: Option<String>,
-    #[serde(default)]
-    manifest: Vec<PathBuf>,
-    kubeconfig: Option<PathBuf>,
-    uplink: Option<String>,
-    cores: Option<String>,
-    mode: Option<String>,
-    cluster_cidr: Option<String>,
-    service_cidr: Option<String>,
-    vtep_mac: Option<String>,
-    admin: Option<String>,
-    conntrack_size: Option<u32>,
-    max_run: Option<u64>,
-    log_format: Option<String>,
 }
 
 /// Where the cluster comes from.
@@ -174,7 +157,7 @@ impl AgentArgs {
     /// Merge flags and environment (already in `self`) over the config file and the defaults.
     pub fn resolve(self) -> Result<AgentConfig, AgentError> {
         let file = match &self.config {
-            None => FileConfig::default(),
+            None => AgentArgs::default(),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| config_error("--config", format!("{}: {e}", path.display())))?;
@@ -189,7 +172,7 @@ impl AgentArgs {
             .or(file.node)
             .ok_or_else(|| config_error("--node", "this node's name is required (or KXDP_NODE)"))?;
         let manifests = if self.manifests.is_empty() {
-            file.manifest
+            file.manifests
         } else {
             self.manifests
         };
@@ -318,13 +301,17 @@ const MASQUERADE_PORTS: RangeInclusive<u16> = 61000..=65535;
 /// How often the loop looks after interfaces, neighbours and draining endpoints.
 const TICK: Duration = Duration::from_millis(500);
 
+/// The locked memory `workers` workers' UMEMs take (one UMEM each, `PortConfig::default()`).
+pub fn umem_bytes(workers: usize) -> u64 {
+    let umem = PortConfig::default();
+    u64::from(umem.frames) * u64::from(umem.frame_size) * workers as u64
+}
+
 /// Run the agent until SIGINT, SIGTERM or `--max-run`.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
-    let umem = PortConfig::default();
-    let umem_bytes = u64::from(umem.frames) * u64::from(umem.frame_size);
     let problems = crate::preflight::check(
         std::slice::from_ref(&config.uplink),
-        umem_bytes * config.cores.len() as u64,
+        umem_bytes(config.cores.len()),
     );
     if !problems.is_empty() {
         return Err(AgentError::Preflight(problems));

@@ -207,11 +207,6 @@ impl Compiler {
         wanted
     }
 
-    /// The generation of the last snapshot compiled.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     /// Endpoints listed as draining (left every service, flows may remain).
     pub fn draining(&self) -> impl Iterator<Item = &(Ipv4Addr, u8, u16)> {
         self.draining.iter()

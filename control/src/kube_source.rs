@@ -147,7 +147,7 @@ impl KubeSource {
         vtep_mac: EthernetAddress,
         public_ip: Ipv4Addr,
     ) -> Result<(), kube::Error> {
-        let mac = vtep_mac.0.map(|b| format!("{b:02x}")).join(":");
+        let mac = crate::model::mac_text(vtep_mac);
         let patch = serde_json::json!({
             "metadata": {"annotations": {
                 FLANNEL_BACKEND_DATA: format!("{{\"VNI\":{vni},\"VtepMAC\":\"{mac}\"}}"),

@@ -175,6 +175,11 @@ fn ipv4(object: &str, field: &str, text: &str) -> Result<Option<Ipv4Addr>, Objec
         .map_err(|_| err(object, field, format!("{text:?} is not an IP address")))
 }
 
+/// A MAC address as `ip` prints it (`02:6b:78:76:00:01`).
+pub fn mac_text(mac: EthernetAddress) -> String {
+    mac.0.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// A MAC address in the usual colon form.
 pub fn parse_mac(text: &str) -> Option<EthernetAddress> {
     let mut b = [0u8; 6];

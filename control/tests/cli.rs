@@ -246,7 +246,9 @@ fn agent_refuses_to_start_without_capabilities_memory_or_its_uplink() {
     if !privileged("agent_refuses_to_start_without_capabilities_memory_or_its_uplink") {
         return;
     }
-    // Every case fails in preflight, before the agent touches any interface.
+    // Every case fails in preflight, before the agent touches any interface. Should preflight
+    // ever pass here, the missing kubeconfig still stops the agent before it starts a dataplane
+    // in this (the root) namespace.
     let agent = |uplink: &'static str| -> Vec<&'static str> {
         vec![
             "agent",
@@ -256,6 +258,8 @@ fn agent_refuses_to_start_without_capabilities_memory_or_its_uplink() {
             uplink,
             "--admin",
             "127.0.0.1:0",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
         ]
     };
     let (code, err) = run_with(

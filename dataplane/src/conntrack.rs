@@ -208,6 +208,19 @@ pub enum FlowState {
 }
 
 impl FlowState {
+    /// The stable snake_case name operators see (`kxdp conntrack`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            FlowState::TcpOpening => "tcp_opening",
+            FlowState::TcpEstablished => "tcp_established",
+            FlowState::TcpClosing => "tcp_closing",
+            FlowState::TcpClosed => "tcp_closed",
+            FlowState::Udp => "udp",
+            FlowState::UdpStream => "udp_stream",
+            FlowState::Icmp => "icmp",
+        }
+    }
+
     /// The state's code in the state word; 0 means the record is free.
     const fn code(self) -> u64 {
         match self {

@@ -16,10 +16,7 @@ use kxdp_xdp::runtime::Dataplane;
 pub use kxdp_xdp::runtime::{Change, Managed};
 use kxdp_xdp::worker::{IoValues, Mode};
 
-/// A MAC address as `ip` prints it.
-pub fn mac_text(mac: EthernetAddress) -> String {
-    mac.0.map(|b| format!("{b:02x}")).join(":")
-}
+pub use kxdp_control::model::mac_text;
 
 /// A MAC address from `ip`'s text.
 pub fn parse_mac(text: &str) -> EthernetAddress {

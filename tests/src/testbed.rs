@@ -79,11 +79,32 @@ pub fn skip_unless_privileged(test: &str) -> bool {
 }
 
 fn run(cmd: &mut Command) -> Result<Output, TestbedError> {
+    run_with_input(cmd, None)
+}
+
+/// Run `cmd` (with `stdin` as its input, if given) and fail with what it said if it fails.
+fn run_with_input(cmd: &mut Command, stdin: Option<&str>) -> Result<Output, TestbedError> {
+    use std::io::Write as _;
     let command = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|source| TestbedError::Spawn {
+    let spawn = |source| TestbedError::Spawn {
         command: command.clone(),
         source,
-    })?;
+    };
+    let out = match stdin {
+        None => cmd.output().map_err(spawn)?,
+        Some(text) => {
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(spawn)?;
+            if let Some(mut input) = child.stdin.take() {
+                let _ = input.write_all(text.as_bytes());
+            }
+            child.wait_with_output().map_err(spawn)?
+        }
+    };
     if !out.status.success() {
         return Err(TestbedError::Failed {
             command,
@@ -400,35 +421,9 @@ impl Testbed {
 
     /// Run `cmd` with `stdin` as its input in namespace `ns` of this testbed (for `nft -f -`).
     pub fn exec_with_input(&self, ns: &str, cmd: &[&str], stdin: &str) -> Result<(), TestbedError> {
-        use std::io::Write as _;
-        let command = format!("ip netns exec {ns} {}", cmd.join(" "));
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(cmd)
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|source| TestbedError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if let Some(mut input) = child.stdin.take() {
-            let _ = input.write_all(stdin.as_bytes());
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| TestbedError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(TestbedError::Failed {
-                command,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(())
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).args(cmd);
+        run_with_input(&mut command, Some(stdin)).map(|_| ())
     }
 
     /// Give kxdp node `node` its host interface: a veth pair between the dataplane (`host0`)

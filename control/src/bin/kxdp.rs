@@ -119,12 +119,11 @@ struct PreflightArgs {
     workers: u32,
 }
 
-/// Bytes of one worker's UMEM (`kxdp_xdp::xsk::PortConfig::default()`: 16384 chunks of 2 KiB).
-const UMEM_BYTES: u64 = 16384 * 2048;
-
 fn run_preflight(args: PreflightArgs) -> Result<String, String> {
-    let problems =
-        kxdp_control::preflight::check(&args.interfaces, UMEM_BYTES * u64::from(args.workers));
+    let problems = kxdp_control::preflight::check(
+        &args.interfaces,
+        kxdp_control::agent::umem_bytes(args.workers as usize),
+    );
     if problems.is_empty() {
         return Ok("preflight: ok".into());
     }
@@ -172,10 +171,10 @@ struct TraceArgs {
     #[arg(long, value_enum, default_value = "pod")]
     from: From,
     /// Source address and port (`10.244.1.11:40000`; for ICMP the port is the echo identifier).
-    #[arg(long, value_parser = parse_endpoint)]
+    #[arg(long, value_parser = admin::parse_endpoint)]
     src: (Ipv4Addr, u16),
     /// Destination address and port (`10.96.0.10:80`).
-    #[arg(long, value_parser = parse_endpoint)]
+    #[arg(long, value_parser = admin::parse_endpoint)]
     dst: (Ipv4Addr, u16),
     /// The protocol.
     #[arg(long, value_enum, default_value = "tcp")]
@@ -193,10 +192,6 @@ struct TraceArgs {
     /// unix:PATH) instead of manifests.
     #[arg(long, value_name = "ADMIN", conflicts_with = "manifests")]
     agent: Option<AdminAddr>,
-}
-
-fn parse_endpoint(text: &str) -> Result<(Ipv4Addr, u16), String> {
-    admin::parse_endpoint(text)
 }
 
 fn parse_cidr(text: &str) -> Result<kxdp_dataplane::wire::Ipv4Cidr, String> {

@@ -179,8 +179,8 @@ enum Path {
     Kxdp,
     /// kxdp again, fed by trafgen as the kernel is.
     KxdpTrafgen,
-    /// The kernel: bridge, kube-proxy's nftables rules, conntrack, flannel's VXLAN; its
-    /// receive work moved to the worker core by RPS.
+    /// The kernel: bridge, kube-proxy's nftables rules, conntrack, flannel's VXLAN (all on the
+    /// sending core, as a veth runs its receiver there).
     Kernel,
 }
 
@@ -228,9 +228,9 @@ struct Side {
     node_ns: String,
     gen_ns: String,
     sink: PerfPrograms,
-    /// Programs kept attached while the side exists (the sink, the kernel node's XDP_PASS).
-    _attached: Vec<Attachment>,
-    /// The helper programs loaded in the node's namespace (redirect, drop).
+    /// The sink's program, attached while the side exists.
+    _sink_link: Attachment,
+    /// The helper programs attached in the node's namespace (redirect, drop).
     node_progs: PerfPrograms,
     _tb: Testbed,
 }
@@ -285,14 +285,12 @@ fn sample_sink(side: &Side, window: Duration) -> Result<(f64, f64, f64), String>
     Ok((
         (f1 - f0) as f64 / secs,
         (b1 - b0) as f64 / (f1 - f0).max(1) as f64,
-        (c1.0 - c0.0) as f64 / clock_ticks() / secs,
+        (c1.0 - c0.0) as f64 / USER_HZ / secs,
     ))
 }
 
 /// /proc/stat counts in USER_HZ, which Linux fixes at 100 for user space.
-fn clock_ticks() -> f64 {
-    100.0
-}
+const USER_HZ: f64 = 100.0;
 
 impl Bench {
     fn side(&self, path: Path) -> &Side {
@@ -622,17 +620,12 @@ fn side(tb: Testbed, sink_ns: String) -> Result<Side, String> {
         let attached = progs.attach_sink(index).map_err(|e| e.to_string())?;
         Ok((progs, attached))
     })?;
-    let (node_progs, pass) = in_namespace(&node_ns, || {
-        let progs = PerfPrograms::load().map_err(|e| e.to_string())?;
-        Ok((progs, None::<Attachment>))
-    })?;
-    let mut attached = vec![sink_link];
-    attached.extend(pass);
+    let node_progs = PerfPrograms::load().map_err(|e| e.to_string())?;
     Ok(Side {
         node_ns,
         gen_ns,
         sink,
-        _attached: attached,
+        _sink_link: sink_link,
         node_progs,
         _tb: tb,
     })
@@ -641,7 +634,6 @@ fn side(tb: Testbed, sink_ns: String) -> Result<Side, String> {
 /// The report being written.
 struct Report {
     md: String,
-    /// (size, flows, path, median Mpps) for the plot.
     /// (size, flows, destination, path, median Mpps) for the plot.
     pps: Vec<(usize, u32, &'static str, Path, f64)>,
     /// (path name, p50, p99, p99.9 in µs) for the plot.
@@ -929,7 +921,8 @@ fn echo_latency(c: &Cluster, rps: u32, secs: f64) -> Result<(Histogram<u64>, u64
             }
             Ok(())
         });
-        let result = (|| -> Result<(Histogram<u64>, u64), String> {
+        // The client moves its own thread into the pod's namespace, not the caller's.
+        let client = s.spawn(|| -> Result<(Histogram<u64>, u64), String> {
             std::thread::sleep(Duration::from_millis(200));
             enter_netns(&client_ns).map_err(|e| e.to_string())?;
             let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
@@ -966,12 +959,15 @@ fn echo_latency(c: &Cluster, rps: u32, secs: f64) -> Result<(Histogram<u64>, u64
                 }
             }
             Ok((h, lost))
-        })();
+        });
+        let result = client
+            .join()
+            .map_err(|_| "the echo client panicked".to_owned());
         stop.store(true, Relaxed);
         server
             .join()
             .map_err(|_| "the echo server panicked".to_owned())??;
-        result
+        result?
     })
 }
 

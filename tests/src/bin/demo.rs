@@ -28,7 +28,7 @@ struct Row {
     ok: bool,
 }
 
-/// The checks, in order: (title, from, to) for the progress lines.
+/// How many checks the demo runs, for its progress lines.
 const STEPS: usize = 11;
 
 fn main() -> ExitCode {

@@ -45,7 +45,7 @@ use crate::preflight::PreflightError;
 
 /// `kxdp agent`'s flags. Each may also come from the environment (`KXDP_<NAME>`) or the
 /// config file, which is read into this same struct by the flags' names.
-#[derive(clap::Args, Debug, Default, Deserialize)]
+#[derive(clap::Args, Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentArgs {
     /// A YAML file with any of these settings, named as the flags are (`node: node-a`,
@@ -71,9 +71,14 @@ pub struct AgentArgs {
     /// Cores for the workers, one worker each (`0,1` or `2-3`) [default: one unpinned worker].
     #[arg(long, env = "KXDP_CORES", value_name = "LIST")]
     pub cores: Option<String>,
-    /// How idle workers wait: `wakeup` (sleep in poll) or `busy-poll` [default: wakeup].
+    /// How idle workers wait: `wakeup` (sleep in poll), `busy-poll` (spin; a core each), or
+    /// `adaptive` (spin for --spin-us after traffic, then sleep) [default: wakeup].
     #[arg(long, env = "KXDP_MODE")]
     pub mode: Option<String>,
+    /// In adaptive mode, how long a worker keeps spinning after its last frame, in
+    /// microseconds [default: 200].
+    #[arg(long, env = "KXDP_SPIN_US")]
+    pub spin_us: Option<u32>,
     /// The cluster's pod CIDR [default: 10.244.0.0/16].
     #[arg(long, env = "KXDP_CLUSTER_CIDR")]
     pub cluster_cidr: Option<String>,
@@ -189,16 +194,24 @@ impl AgentArgs {
                 .map(Some)
                 .collect(),
         };
+        let spin_us = self.spin_us.or(file.spin_us);
         let mode = match self.mode.or(file.mode).as_deref() {
             None | Some("wakeup") => Mode::Wakeup { timeout_ms: 50 },
             Some("busy-poll") => Mode::BusyPoll,
+            Some("adaptive") => Mode::Adaptive {
+                spin_us: spin_us.unwrap_or(200),
+                timeout_ms: 50,
+            },
             Some(other) => {
                 return Err(config_error(
                     "--mode",
-                    format!("{other:?} is not wakeup or busy-poll"),
+                    format!("{other:?} is not wakeup, busy-poll or adaptive"),
                 ))
             }
         };
+        if spin_us.is_some() && !matches!(mode, Mode::Adaptive { .. }) {
+            return Err(config_error("--spin-us", "applies to --mode adaptive only"));
+        }
         let cidr = |field: &str, value: Option<String>, default: &str| {
             let text = value.unwrap_or_else(|| default.into());
             crate::model::parse_cidr(&text)
@@ -834,6 +847,36 @@ mod tests {
         assert_eq!(c.source, SourceConfig::Kubernetes(None));
         assert_eq!(c.admin, "127.0.0.1:9901".parse().unwrap());
         assert_eq!(c.mode, Mode::Wakeup { timeout_ms: 50 });
+    }
+
+    #[test]
+    fn adaptive_mode_takes_its_spin_and_nothing_else_does() {
+        let mut a = args();
+        a.mode = Some("adaptive".into());
+        let c = a.clone().resolve().unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Adaptive {
+                spin_us: 200,
+                timeout_ms: 50
+            }
+        );
+        a.spin_us = Some(30);
+        assert_eq!(
+            a.resolve().unwrap().mode,
+            Mode::Adaptive {
+                spin_us: 30,
+                timeout_ms: 50
+            }
+        );
+        let mut b = args();
+        b.spin_us = Some(30);
+        let e = b.resolve().unwrap_err().to_string();
+        assert!(e.contains("--spin-us") && e.contains("adaptive"), "{e}");
+        let mut b = args();
+        b.mode = Some("spin".into());
+        let e = b.resolve().unwrap_err().to_string();
+        assert!(e.contains("--mode") && e.contains("\"spin\""), "{e}");
     }
 
     #[test]

@@ -95,31 +95,41 @@ fn two_pods_on_one_node_reach_each_other_through_kxdp() {
 }
 
 #[test]
-fn a_pinned_busy_polling_worker_serves_pods_too() {
-    if skip_unless_privileged("a_pinned_busy_polling_worker_serves_pods_too") {
+fn pinned_spinning_workers_serve_pods_in_busy_poll_and_adaptive_modes() {
+    if skip_unless_privileged("pinned_spinning_workers_serve_pods_in_busy_poll_and_adaptive_modes")
+    {
         return;
     }
     let t = Topology::default();
     let spec = [(t.pod_a.ip, mac_text(t.pod_a.mac))];
     let spec: Vec<_> = spec.iter().map(|(ip, m)| (*ip, m.as_str())).collect();
-    let tb = Testbed::pods_on_kxdp_node(&spec, t.node.gateway_ip).expect("testbed builds");
-    let managed = vec![Managed::pod("pod0", t.pod_a.iface)];
     let last_core = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
-    let node = KxdpNode::start_with(
-        &tb.nodes[0].ns,
-        managed,
-        t.snapshot(),
+    for mode in [
         kxdp_xdp::worker::Mode::BusyPoll,
-        &[Some(last_core)],
-    )
-    .expect("kxdp starts");
-    let pod = tb.nodes[0].pods[0].ns.clone();
-    let replies = tb
-        .ping(&pod, t.node.gateway_ip, 3, Duration::from_secs(5))
-        .unwrap();
-    let c = node.finish().expect("worker");
-    assert_eq!(replies, 3, "{c:?}");
-    assert!(c.event(Event::Batches) >= 1, "{c:?}");
+        kxdp_xdp::worker::Mode::Adaptive {
+            spin_us: 200,
+            timeout_ms: 50,
+        },
+    ] {
+        let tb = Testbed::pods_on_kxdp_node(&spec, t.node.gateway_ip).expect("testbed builds");
+        let managed = vec![Managed::pod("pod0", t.pod_a.iface)];
+        let node = KxdpNode::start_with(
+            &tb.nodes[0].ns,
+            managed,
+            t.snapshot(),
+            mode,
+            &[Some(last_core)],
+        )
+        .expect("kxdp starts");
+        let pod = tb.nodes[0].pods[0].ns.clone();
+        // 0.2 s apart: in adaptive mode each echo request finds the worker asleep.
+        let replies = tb
+            .ping(&pod, t.node.gateway_ip, 3, Duration::from_secs(5))
+            .unwrap();
+        let c = node.finish().expect("worker");
+        assert_eq!(replies, 3, "{mode:?}: {c:?}");
+        assert!(c.event(Event::Batches) >= 1, "{mode:?}: {c:?}");
+    }
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! A worker: AF_XDP ports in, the pipeline, AF_XDP ports out.
 //!
 //! One worker owns a set of [`Port`]s, one per managed interface it serves. Each round it waits
-//! for received frames (wakeup mode: `poll`, for tests and small machines; busy-poll mode
-//! checks the rings without sleeping), and for every port with frames runs one batch through
+//! for received frames (see [`Mode`]: sleep in `poll`, spin, or spin for a while after traffic
+//! and then sleep), and for every port with frames runs one batch through
 //! [`process_batch`] and sends each frame where its verdict says: back out the same port, out
 //! another port (moving the descriptor when the ports share a UMEM, as a worker's ports do;
 //! copying the bytes otherwise), to the host port if there is one, or back to the free list.
@@ -23,15 +23,31 @@ use kxdp_dataplane::{process_batch, Counters, Frame, Instant, Packet, Snapshot, 
 use crate::xsk::{Desc, Port};
 
 /// How a worker waits for frames.
+///
+/// A spinning worker that finds its rings empty yields the core (`sched_yield`) before it
+/// looks again, so a client or server sharing the core runs at once instead of waiting for the
+/// scheduler to preempt the worker. With traffic flowing the rings are never empty and it never
+/// yields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Sleep in `poll` up to this many milliseconds when idle.
+    /// Sleep in `poll` up to this many milliseconds when idle: the least CPU, but every frame
+    /// that finds the worker asleep waits for it to be woken.
     Wakeup {
         /// The longest sleep.
         timeout_ms: i32,
     },
-    /// Never sleep: check the rings in a loop (production and benchmarks).
+    /// Never sleep: check the rings in a loop, yielding the core when they are empty (a core
+    /// of its own per worker in production; benchmarks).
     BusyPoll,
+    /// Spin as in busy-poll mode for `spin_us` after the last round that found frames, then
+    /// sleep as in wakeup mode. The answer to a request that comes back within the spin finds
+    /// the worker awake, which halves the wakeups of a round trip; an idle worker costs nothing.
+    Adaptive {
+        /// How long to keep spinning after the last frame, in microseconds.
+        spin_us: u32,
+        /// The longest sleep.
+        timeout_ms: i32,
+    },
 }
 
 /// What a worker does with each batch it receives.
@@ -166,6 +182,9 @@ pub struct Worker {
     counters: Arc<Counters>,
     io: Arc<IoCounters>,
     forwarding: Forwarding,
+    /// When the worker's rounds started finding nothing; `None` while frames keep coming.
+    /// Read at the turn from busy to idle only, so a busy worker never reads the clock for it.
+    idle_since: Option<std::time::Instant>,
 }
 
 /// Where a frame of a batch goes.
@@ -187,6 +206,7 @@ impl Worker {
             counters,
             io: Arc::new(IoCounters::default()),
             forwarding: Forwarding::Pipeline,
+            idle_since: None,
         }
     }
 
@@ -244,28 +264,47 @@ impl Worker {
         Ok(self.run_batches(snap, ct, now))
     }
 
-    /// In wakeup mode, sleep in `poll` until a port has frames or the timeout passes; in
-    /// busy-poll mode, return at once. Load the snapshot and read the clock after this, not
-    /// before: a wait can outlast a publish.
+    /// Wait for frames as `mode` says: sleep in `poll` until a port has frames or the timeout
+    /// passes; or, spinning, yield the core if the last round found nothing and return. Load
+    /// the snapshot and read the clock after this, not before: a wait can outlast a publish.
     pub fn wait(&self, mode: Mode) -> io::Result<()> {
-        if let Mode::Wakeup { timeout_ms } = mode {
-            let mut fds: ArrayVec<libc::pollfd, 64> = self
-                .ports
-                .iter()
-                .take(64)
-                .map(|(_, p)| libc::pollfd {
-                    fd: p.fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            // SAFETY: `fds` holds valid pollfds for the duration of the call.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
+        let timeout_ms = match mode {
+            Mode::Wakeup { timeout_ms } => timeout_ms,
+            Mode::BusyPoll => {
+                if self.idle_since.is_some() {
+                    std::thread::yield_now();
                 }
+                return Ok(());
+            }
+            Mode::Adaptive {
+                spin_us,
+                timeout_ms,
+            } => match self.idle_since {
+                // Frames came last round: look again at once.
+                None => return Ok(()),
+                Some(since) if since.elapsed().as_micros() < u128::from(spin_us) => {
+                    std::thread::yield_now();
+                    return Ok(());
+                }
+                Some(_) => timeout_ms,
+            },
+        };
+        let mut fds: ArrayVec<libc::pollfd, 64> = self
+            .ports
+            .iter()
+            .take(64)
+            .map(|(_, p)| libc::pollfd {
+                fd: p.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` holds valid pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
         }
         Ok(())
@@ -280,6 +319,11 @@ impl Worker {
         IoCounters::add(&self.io.polls, 1);
         if total == 0 {
             IoCounters::add(&self.io.empty_polls, 1);
+            if self.idle_since.is_none() {
+                self.idle_since = Some(std::time::Instant::now());
+            }
+        } else {
+            self.idle_since = None;
         }
         IoCounters::add(&self.io.rx, total as u64);
         total
@@ -434,5 +478,35 @@ mod tests {
             .collect();
         assert_eq!(buckets, [0, 1, 1, 2, 2, 3, 4, 5, 5, 6]);
         assert_eq!(batch_bucket(BATCH), BATCH_BUCKETS - 1);
+    }
+
+    #[test]
+    fn an_adaptive_worker_spins_after_traffic_and_then_sleeps() {
+        use std::time::{Duration, Instant as Clock};
+        // No ports: `poll` sleeps its whole timeout, so how long `wait` takes says whether
+        // the worker slept. The spin and the timeout are long enough that a loaded machine
+        // cannot blur the two.
+        let mut w = Worker::new(Vec::new(), Arc::new(Counters::new()));
+        let mode = Mode::Adaptive {
+            spin_us: 400_000,
+            timeout_ms: 2_000,
+        };
+        let ct = Conntrack::new(Default::default());
+        let snap = kxdp_dataplane::testkit::Topology::default().snapshot();
+        w.run_batches(&snap, &ct, Instant::ZERO);
+        let t = Clock::now();
+        w.wait(mode).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1), "spinning, not asleep");
+        std::thread::sleep(Duration::from_millis(450));
+        let t = Clock::now();
+        w.wait(mode).unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(1_900),
+            "asleep after the spin"
+        );
+        // Busy-poll never sleeps, idle or not.
+        let t = Clock::now();
+        w.wait(Mode::BusyPoll).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 }

@@ -634,8 +634,8 @@ impl Testbed {
     fn empty() -> Testbed {
         Testbed {
             prefix: format!(
-                "kx{}-{}",
-                std::process::id() % 100_000,
+                "{}-{}",
+                Testbed::process_prefix(),
                 RUNS.fetch_add(1, Relaxed)
             ),
             switch: String::new(),
@@ -903,6 +903,34 @@ impl Testbed {
             status: "unparsable".into(),
             stderr: text.into_owned(),
         })
+    }
+
+    /// The prefix of every testbed this process makes (`kx<pid>-`).
+    pub fn process_prefix() -> String {
+        format!("kx{}", std::process::id() % 100_000)
+    }
+
+    /// Delete every namespace whose name starts with `<prefix>-`; returns how many.
+    pub fn remove_namespaces(prefix: &str) -> usize {
+        let names = Testbed::live_namespaces(prefix);
+        for ns in names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        names.len()
+    }
+
+    /// For programs built with `panic = "abort"` (the release profile: the demo and the perf
+    /// harness), where a panic runs no `Drop` and so no testbed guard: a panic hook that
+    /// deletes every namespace of this process's testbeds before the process aborts, then
+    /// reports the panic as the default hook does. Agents started in them stop by themselves
+    /// (`--max-run`).
+    pub fn remove_namespaces_on_panic() {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let removed = Testbed::remove_namespaces(&Testbed::process_prefix());
+            eprintln!("panic: removed {removed} network namespaces of this process");
+            report(info);
+        }));
     }
 
     /// Every namespace this testbed made that still exists.

@@ -76,3 +76,56 @@ fn namespaces_are_removed_when_a_test_panics() {
     assert!(!prefix.is_empty());
     assert_eq!(Testbed::live_namespaces(&prefix), Vec::<String>::new());
 }
+
+/// Under `panic = "abort"` (the demo's and the perf harness's release builds) no `Drop` runs:
+/// their panic hook must remove the namespaces. The test runs itself again as a child that
+/// installs the hook, builds a testbed, forgets it (so no guard can remove it, as under abort)
+/// and panics; the child's namespaces must be gone when it exits.
+#[test]
+fn the_panic_hook_removes_namespaces_that_no_guard_will() {
+    const CHILD: &str = "KXDP_TESTBED_PANIC_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        Testbed::remove_namespaces_on_panic();
+        let tb = Testbed::kernel_nodes(Spec {
+            nodes: 1,
+            pods_per_node: 1,
+            external: false,
+        })
+        .expect("testbed builds");
+        eprintln!("prefix={}", tb.prefix());
+        assert!(!Testbed::live_namespaces(tb.prefix()).is_empty());
+        std::mem::forget(tb);
+        panic!("the child panics with its testbed forgotten");
+    }
+    if skip_unless_privileged("the_panic_hook_removes_namespaces_that_no_guard_will") {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_panic_hook_removes_namespaces_that_no_guard_will",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .expect("the child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let prefix = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("prefix="))
+        .unwrap_or_else(|| panic!("the child built its testbed: {stdout}{stderr}"));
+    // Whatever the child left is removed before anything is asserted.
+    let left = Testbed::live_namespaces(prefix);
+    Testbed::remove_namespaces(prefix);
+    assert!(
+        !out.status.success(),
+        "the child panicked: {stdout}{stderr}"
+    );
+    assert!(
+        stderr.contains("panic: removed ") && !stderr.contains("panic: removed 0 "),
+        "the hook removed the namespaces: {stderr}"
+    );
+    assert_eq!(left, Vec::<String>::new());
+}

@@ -226,6 +226,7 @@ fn run() -> Result<(), String> {
     if let Some(why) = missing_privilege() {
         return Err(format!("cannot run: {why}"));
     }
+    Testbed::remove_namespaces_on_panic();
     let t = Topology::default();
     let mut tb =
         Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &mac_text(t.pod_a.mac))], t.node.gateway_ip)

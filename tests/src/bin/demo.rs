@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         eprintln!("kxdp demo: {why}");
         return ExitCode::FAILURE;
     }
+    Testbed::remove_namespaces_on_panic();
     match run() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

@@ -1,8 +1,9 @@
 //! kxdp's perf harness: the pieces its programs share.
 //!
 //! [`kube_proxy`] writes the nftables rules kube-proxy's nftables mode would generate for a
-//! snapshot's services, so the kernel baseline serves exactly what kxdp serves; [`in_namespace`]
-//! and [`stats`] are what every measurement uses.
+//! snapshot's services, so the kernel baseline serves exactly what kxdp serves; [`pktgen`]
+//! drives the kernel's packet generator where the kernel has one; [`in_namespace`] and
+//! [`stats`] are what every measurement uses.
 
 /// Run `f` on a thread inside network namespace `ns`.
 pub fn in_namespace<T: Send>(
@@ -34,6 +35,201 @@ pub mod stats {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         (lo, hi)
+    }
+}
+
+pub mod pktgen {
+    //! The kernel's packet generator (`/proc/net/pktgen`, the `pktgen` module), as the
+    //! documented interface drives it (`Documentation/networking/pktgen.rst` and the kernel's
+    //! `samples/pktgen/`): a device added to the kernel thread of one core, its packet set
+    //! line by line, then `start` on the control file, which returns when `stop` is written
+    //! (or the writer gets a signal). pktgen is per network namespace, so every command runs
+    //! in a process inside the generator's namespace (`/proc/net` is the namespace of the
+    //! process, not of a thread that entered another).
+    //!
+    //! The packets are UDP over IPv4 as in a template frame: its MAC and IP addresses and UDP
+    //! ports, its length, no UDP checksum; for many flows the UDP source port steps through
+    //! `flows` values from the template's.
+
+    use std::net::Ipv4Addr;
+
+    /// Where the interface lives.
+    pub const DIR: &str = "/proc/net/pktgen";
+
+    /// Whether this kernel has pktgen (in the namespace of this process).
+    pub fn available() -> bool {
+        std::path::Path::new(DIR).join("pgctrl").exists()
+    }
+
+    /// What [`script`] sends.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Packets {
+        /// Destination MAC, source MAC, source IP, destination IP, source and destination
+        /// UDP port, frame length (without the FCS: pktgen's `pkt_size`).
+        pub dst_mac: [u8; 6],
+        /// See `dst_mac`.
+        pub src_mac: [u8; 6],
+        /// See `dst_mac`.
+        pub src: Ipv4Addr,
+        /// See `dst_mac`.
+        pub dst: Ipv4Addr,
+        /// See `dst_mac`.
+        pub sport: u16,
+        /// See `dst_mac`.
+        pub dport: u16,
+        /// See `dst_mac`.
+        pub len: usize,
+    }
+
+    impl Packets {
+        /// The packets of an Ethernet + IPv4 (no options) + UDP template frame.
+        pub fn of_frame(frame: &[u8]) -> Result<Packets, String> {
+            if frame.len() < 60 || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 {
+                return Err("the template is not a plain IPv4 frame of 60 bytes or more".into());
+            }
+            if frame[23] != 17 {
+                return Err("the template is not UDP".into());
+            }
+            let b = |r: std::ops::Range<usize>| frame[r].to_vec();
+            let addr =
+                |at: usize| Ipv4Addr::new(frame[at], frame[at + 1], frame[at + 2], frame[at + 3]);
+            let port = |at: usize| u16::from_be_bytes([frame[at], frame[at + 1]]);
+            Ok(Packets {
+                dst_mac: b(0..6).try_into().expect("six bytes"),
+                src_mac: b(6..12).try_into().expect("six bytes"),
+                src: addr(26),
+                dst: addr(30),
+                sport: port(34),
+                dport: port(36),
+                len: frame.len(),
+            })
+        }
+    }
+
+    fn mac(m: &[u8; 6]) -> String {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// A shell script that resets pktgen and sets the kernel thread of `core` to send
+    /// `packets` out of `dev`, over `flows` UDP source ports, flat out or at `rate` packets
+    /// per second, until stopped. It does not start: write `start` to `pgctrl` for that.
+    pub fn script(
+        dev: &str,
+        core: usize,
+        packets: &Packets,
+        flows: u32,
+        rate: Option<u64>,
+    ) -> String {
+        let last_port = u32::from(packets.sport)
+            .saturating_add(flows.max(1) - 1)
+            .min(u32::from(u16::MAX));
+        let mut lines = vec![
+            ("pgctrl".to_owned(), "reset".to_owned()),
+            (format!("kpktgend_{core}"), "rem_device_all".into()),
+            (format!("kpktgend_{core}"), format!("add_device {dev}")),
+        ];
+        let device = [
+            "count 0".to_owned(),
+            // veth does not share skbs between transmits: a fresh one per packet.
+            "clone_skb 0".into(),
+            format!("pkt_size {}", packets.len),
+            "flag NO_TIMESTAMP".into(),
+            format!("dst_mac {}", mac(&packets.dst_mac)),
+            format!("src_mac {}", mac(&packets.src_mac)),
+            format!("src_min {}", packets.src),
+            format!("src_max {}", packets.src),
+            format!("dst_min {}", packets.dst),
+            format!("dst_max {}", packets.dst),
+            format!("udp_src_min {}", packets.sport),
+            format!("udp_src_max {last_port}"),
+            format!("udp_dst_min {}", packets.dport),
+            format!("udp_dst_max {}", packets.dport),
+            match rate {
+                Some(pps) => format!("ratep {pps}"),
+                None => "delay 0".into(),
+            },
+        ];
+        lines.extend(device.into_iter().map(|c| (dev.to_owned(), c)));
+        let mut s = String::from("set -e\n");
+        for (file, command) in lines {
+            s.push_str(&format!("echo '{command}' > {DIR}/{file}\n"));
+        }
+        s
+    }
+
+    /// Packets sent so far, from the device's status file (`pkts-sofar: N`).
+    pub fn sent(status: &str) -> Option<u64> {
+        let (_, rest) = status.split_once("pkts-sofar:")?;
+        rest.split_whitespace().next()?.parse().ok()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn template() -> Vec<u8> {
+            let mut f = vec![0u8; 64];
+            f[0..6].copy_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0x00, 0x01]);
+            f[6..12].copy_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0x00, 0x02]);
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x45;
+            f[23] = 17;
+            f[26..30].copy_from_slice(&[10, 244, 0, 2]);
+            f[30..34].copy_from_slice(&[10, 96, 0, 10]);
+            f[34..36].copy_from_slice(&10_000u16.to_be_bytes());
+            f[36..38].copy_from_slice(&53u16.to_be_bytes());
+            f
+        }
+
+        #[test]
+        fn the_script_sends_the_templates_packets_over_its_flows() {
+            let p = Packets::of_frame(&template()).unwrap();
+            let s = script("eth0", 1, &p, 10_000, None);
+            let lines: Vec<&str> = s.lines().collect();
+            assert_eq!(lines[0], "set -e");
+            assert_eq!(lines[1], "echo 'reset' > /proc/net/pktgen/pgctrl");
+            assert_eq!(
+                lines[3],
+                "echo 'add_device eth0' > /proc/net/pktgen/kpktgend_1"
+            );
+            for want in [
+                "echo 'pkt_size 64' > /proc/net/pktgen/eth0",
+                "echo 'clone_skb 0' > /proc/net/pktgen/eth0",
+                "echo 'dst_mac 0a:58:0a:f4:00:01' > /proc/net/pktgen/eth0",
+                "echo 'src_min 10.244.0.2' > /proc/net/pktgen/eth0",
+                "echo 'dst_max 10.96.0.10' > /proc/net/pktgen/eth0",
+                "echo 'udp_src_min 10000' > /proc/net/pktgen/eth0",
+                "echo 'udp_src_max 19999' > /proc/net/pktgen/eth0",
+                "echo 'udp_dst_max 53' > /proc/net/pktgen/eth0",
+                "echo 'delay 0' > /proc/net/pktgen/eth0",
+            ] {
+                assert!(lines.contains(&want), "{want} missing from\n{s}");
+            }
+            assert!(!s.contains("start"), "set up only");
+            let one = script("eth0", 0, &p, 1, Some(100_000));
+            assert!(one.contains("'udp_src_max 10000'") && one.contains("'ratep 100000'"));
+            // The port range stops at 65535.
+            assert!(script("eth0", 0, &p, 100_000, None).contains("'udp_src_max 65535'"));
+        }
+
+        #[test]
+        fn templates_that_are_not_udp_over_ipv4_are_refused() {
+            let mut f = template();
+            f[23] = 6;
+            assert!(Packets::of_frame(&f).unwrap_err().contains("UDP"));
+            assert!(Packets::of_frame(&f[..40]).is_err());
+        }
+
+        #[test]
+        fn the_count_sent_comes_from_the_status_file() {
+            let status = "Params: count 0  min_pkt_size: 64  max_pkt_size: 64\n\
+                          Current:\n     pkts-sofar: 1234567  errors: 0\n";
+            assert_eq!(sent(status), Some(1_234_567));
+            assert_eq!(sent("Result: Idle"), None);
+        }
     }
 }
 

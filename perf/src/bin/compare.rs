@@ -20,23 +20,30 @@
 //!    run on kxdp's node: an XDP program redirecting pod0 to the uplink, and the bare AF_XDP
 //!    forwarder.
 //!
-//!    Generators (no pktgen: this kernel has no `/proc/net/pktgen`), pinned to `--gen-core`:
-//!    the perf XDP program through `BPF_PROG_RUN` live frames (4–6 Mpps here) for kxdp and the
-//!    ceilings; trafgen (netsniff-ng, PACKET_MMAP) for the kernel path, and for kxdp again so
-//!    that one row compares the two with the same generator. Live XDP frames cannot feed the
-//!    kernel path: sent into a veth whose peer passes them to the stack, only the first 128
-//!    reached IP here. trafgen sends skbs, at 0.5–0.8 Mpps into kxdp, so that row is a lower
-//!    bound for kxdp. On a veth the receiver's work runs on the sending core: node A's whole
-//!    kernel path (bridge, netfilter, routing, VXLAN) runs on the generator's core, as do
-//!    kxdp's XDP steering and copy into the UMEM; kxdp's worker has a core of its own.
-//! 2. **CPU per packet** at a fixed offered rate below saturation (`--cpu-rate`, trafgen for
-//!    both paths): busy time of all cores from `/proc/stat`, minus the same generator at the
-//!    same rate into an XDP drop on node A's pod veth, over the packets delivered. kxdp runs
-//!    in wakeup mode here (a busy-poll worker costs a whole core at any rate).
+//!    Generators, pinned to `--gen-core`: the perf XDP program through `BPF_PROG_RUN` live
+//!    frames (4–6 Mpps here) for kxdp and the ceilings; and a generator of socket buffers for
+//!    the kernel path, and for kxdp again so that one column compares the two with the same
+//!    generator: the kernel's pktgen where `/proc/net/pktgen` exists ([`kxdp_perf::pktgen`];
+//!    this machine's kernel has none), else trafgen (netsniff-ng, PACKET_MMAP). Live XDP
+//!    frames cannot feed the kernel path: sent into a veth whose peer passes them to the
+//!    stack, only the first 128 reached IP here. trafgen sends skbs, at 0.5–0.8 Mpps into
+//!    kxdp, so that column is a lower bound for kxdp. On a veth the receiver's work runs on
+//!    the sending core: node A's whole kernel path (bridge, netfilter, routing, VXLAN) runs on
+//!    the generator's core, as do kxdp's XDP steering and copy into the UMEM; kxdp's worker
+//!    has a core of its own.
+//!
+//!    Then, where `perf` is installed, a profile of the worker's core while kxdp and the bare
+//!    forwarder run flat out (`perf record -e cpu-clock`), top symbols side by side.
+//! 2. **CPU per packet** at a fixed offered rate below saturation (`--cpu-rate`, the skb
+//!    generator for both paths): busy time of all cores from `/proc/stat`, minus the same
+//!    generator at the same rate into an XDP drop on node A's pod veth, over the packets
+//!    delivered. kxdp runs in wakeup mode here (a busy-poll worker costs a whole core at any
+//!    rate, and an adaptive one spins between packets at this rate).
 //! 3. **iperf3** between pods of two-node clusters, one run by `kxdp agent`s, one by the kernel
 //!    as above: TCP pod to pod across nodes, TCP through a ClusterIP, UDP pod to pod.
 //! 4. **Request/response latency** at a fixed rate (`--rps`): UDP echo through a ClusterIP to a
-//!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9.
+//!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9; kxdp's agents in
+//!    each worker mode (wakeup, adaptive, busy-poll).
 //!
 //! The report (markdown with the machine's description, and an SVG of throughput by packet
 //! size and of latency percentiles) goes to stdout and to `--out DIR`.
@@ -74,7 +81,7 @@ use kxdp_xdp::{enter_netns, ifindex, pin_current_thread, Attachment};
 
 const USAGE: &str = "usage: compare [--long] [--seconds S] [--runs R] [--sizes 64,1500] \
                      [--flows 1,10000] [--cpu-rate PPS] [--rps N] [--gen-core G] \
-                     [--worker-core W] [--out DIR] [--skip pps,cpu,iperf,latency]";
+                     [--worker-core W] [--out DIR] [--skip pps,profile,cpu,iperf,latency]";
 
 /// The command line.
 #[derive(Clone)]
@@ -244,6 +251,27 @@ struct Bench {
     inputs: SnapshotInputs,
     kxdp: Side,
     kernel: Side,
+    /// The generator of socket buffers both paths take: pktgen where the kernel has it, else
+    /// trafgen.
+    skb_gen: SkbGen,
+}
+
+/// A generator that sends socket buffers into the pod's veth, which both paths can take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SkbGen {
+    /// The kernel's pktgen (`/proc/net/pktgen`).
+    Pktgen,
+    /// trafgen from netsniff-ng (PACKET_MMAP).
+    Trafgen,
+}
+
+impl SkbGen {
+    fn name(self) -> &'static str {
+        match self {
+            SkbGen::Pktgen => "pktgen",
+            SkbGen::Trafgen => "trafgen",
+        }
+    }
 }
 
 /// A rate measurement.
@@ -257,6 +285,20 @@ struct Rate {
     sink_bytes: f64,
     /// Busy core-seconds per second of all cores (from /proc/stat).
     busy_cores: f64,
+}
+
+impl Rate {
+    /// The rate of a run that sent `sent` frames in `secs`, whose sink was sampled as
+    /// [`sample_sink`] does.
+    fn of(sample: Result<(f64, f64, f64), String>, sent: u64, secs: f64) -> Result<Rate, String> {
+        let (forwarded, sink_bytes, busy_cores) = sample?;
+        Ok(Rate {
+            forwarded,
+            offered: sent as f64 / secs,
+            sink_bytes,
+            busy_cores,
+        })
+    }
 }
 
 /// Busy and total jiffies of all cores.
@@ -381,7 +423,10 @@ impl Bench {
         trafgen: bool,
     ) -> Result<Rate, String> {
         if trafgen {
-            return self.trafgen_rate(side, size, flows, rate);
+            return match self.skb_gen {
+                SkbGen::Pktgen => self.pktgen_rate(side, size, flows, rate),
+                SkbGen::Trafgen => self.trafgen_rate(side, size, flows, rate),
+            };
         }
         let frame = self.frame(size);
         let stop = AtomicBool::new(false);
@@ -418,13 +463,7 @@ impl Bench {
             let (sent, secs) = generator
                 .join()
                 .map_err(|_| "the generator panicked".to_owned())??;
-            let (forwarded, sink_bytes, busy_cores) = sample?;
-            Ok(Rate {
-                forwarded,
-                offered: sent as f64 / secs,
-                sink_bytes,
-                busy_cores,
-            })
+            Rate::of(sample, sent, secs)
         })
     }
 
@@ -491,13 +530,50 @@ impl Bench {
                     .ok()
             })
             .ok_or_else(|| format!("trafgen said: {text}"))?;
-        let (forwarded, sink_bytes, busy_cores) = sample?;
-        Ok(Rate {
-            forwarded,
-            offered: sent as f64 / elapsed,
-            sink_bytes,
-            busy_cores,
-        })
+        Rate::of(sample, sent, elapsed)
+    }
+
+    /// [`Bench::rate`] with the kernel's pktgen as the generator, on the generator core's
+    /// kernel thread: the same frame over `flows` source ports ([`kxdp_perf::pktgen`]).
+    fn pktgen_rate(
+        &self,
+        side: &Side,
+        size: usize,
+        flows: u32,
+        rate: Option<u64>,
+    ) -> Result<Rate, String> {
+        use kxdp_perf::pktgen::{script, sent, Packets, DIR};
+        let packets = Packets::of_frame(&self.frame(size))?;
+        let shell = |script: &str| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &side.gen_ns, "sh", "-c", script])
+                .output()
+                .map_err(|e| format!("pktgen: {e}"))
+        };
+        let setup = shell(&script("eth0", self.args.gen_core, &packets, flows, rate))?;
+        if !setup.status.success() {
+            return Err(format!(
+                "setting up pktgen: {}",
+                String::from_utf8_lossy(&setup.stderr)
+            ));
+        }
+        // `start` returns when `stop` is written; the timeout bounds it if that fails.
+        let started = Instant::now();
+        let secs = self.args.seconds + 5.0;
+        let running = std::process::Command::new("timeout")
+            .args(["-s", "INT", &format!("{secs}"), "ip", "netns", "exec"])
+            .args([&side.gen_ns, "sh", "-c"])
+            .arg(format!("echo start > {DIR}/pgctrl"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("pktgen: {e}"))?;
+        let sample = sample_sink(side, Duration::from_secs_f64(self.args.seconds));
+        let stopped = shell(&format!("echo stop > {DIR}/pgctrl; cat {DIR}/eth0"));
+        let elapsed = started.elapsed().as_secs_f64();
+        let _ = running.wait_with_output();
+        let status = String::from_utf8_lossy(&stopped?.stdout).into_owned();
+        let sent = sent(&status).ok_or_else(|| format!("pktgen said: {status}"))?;
+        Rate::of(sample, sent, elapsed)
     }
 
     /// One saturation run of `path`.
@@ -608,6 +684,11 @@ fn build(args: Args) -> Result<Bench, String> {
         inputs,
         kxdp,
         kernel,
+        skb_gen: if kxdp_perf::pktgen::available() {
+            SkbGen::Pktgen
+        } else {
+            SkbGen::Trafgen
+        },
     })
 }
 
@@ -664,7 +745,8 @@ fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
     );
     let _ = writeln!(
         r.md,
-        "| frame | to | flows | XDP redirect | bare AF_XDP | kxdp | kxdp (trafgen) | kernel (trafgen) | kxdp / kernel, same generator | kxdp / bare | offered: live / trafgen |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| frame | to | flows | XDP redirect | bare AF_XDP | kxdp | kxdp ({g}) | kernel ({g}) | kxdp / kernel, same generator | kxdp / bare | offered: live / {g} |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        g = b.skb_gen.name()
     );
     let many = *a.flows.last().unwrap_or(&1);
     let targets: Vec<(&'static str, Ipv4Addr, u32)> = a
@@ -717,7 +799,10 @@ fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
     let (lo, _) = range(&same_gen);
     r.targets.push((
         "packets per second through a ClusterIP across nodes, kxdp / kernel ≥ 1.5x".into(),
-        format!("{lo:.2}x at the least (same generator; a lower bound, trafgen limits kxdp)"),
+        format!(
+            "{lo:.2}x at the least (same generator, {}; a lower bound where it limits kxdp)",
+            b.skb_gen.name()
+        ),
         lo >= 1.5,
     ));
     let (lo, _) = range(&of_bare);
@@ -726,6 +811,129 @@ fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
         format!("{:.0}% at the least", 100.0 * lo),
         lo >= 0.8,
     ));
+    Ok(())
+}
+
+/// Samples of one core (`perf record -e cpu-clock`): (share in %, kernel or not, symbol).
+type Profile = Vec<(f64, bool, String)>;
+
+/// Profile the worker's core while `path` forwards `size`-byte frames flat out: the worker
+/// and the kernel work its transmits do there (the sink's veth receive). `perf record` starts
+/// a second into the run (the dataplane's start and the sampler's warm-up) and lasts until
+/// about its end.
+fn profile(b: &Bench, path: Path, size: usize, flows: u32) -> Result<Profile, String> {
+    let data = std::env::temp_dir().join(format!(
+        "kxdp-perf-{}-{}.data",
+        std::process::id(),
+        path.name().split(' ').next().unwrap_or("path")
+    ));
+    let secs = format!("{:.1}", (b.args.seconds - 0.5).max(0.5));
+    let core = b.args.worker_core.to_string();
+    std::thread::scope(|s| {
+        let recorder = s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            std::process::Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-F",
+                    "4999",
+                    "-C",
+                    &core,
+                    "-o",
+                ])
+                .arg(&data)
+                .args(["--", "sleep", &secs])
+                .output()
+        });
+        let run = b.saturate(path, size, flows);
+        let recorded = recorder
+            .join()
+            .map_err(|_| "perf record panicked".to_owned())?
+            .map_err(|e| format!("perf record: {e}"))?;
+        run?;
+        if !recorded.status.success() {
+            return Err(format!(
+                "perf record: {}",
+                String::from_utf8_lossy(&recorded.stderr)
+            ));
+        }
+        Ok(())
+    })?;
+    let report = std::process::Command::new("perf")
+        .args([
+            "report",
+            "--no-children",
+            "--sort",
+            "sym",
+            "--stdio",
+            "-q",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .map_err(|e| format!("perf report: {e}"))?;
+    let _ = std::fs::remove_file(&data);
+    Ok(parse_perf_report(&String::from_utf8_lossy(&report.stdout)))
+}
+
+/// `perf report --sort sym --stdio -q` lines: `  12.34%  [k] veth_xmit`.
+fn parse_perf_report(text: &str) -> Profile {
+    text.lines()
+        .filter_map(|l| {
+            let (share, rest) = l.trim().split_once('%')?;
+            let rest = rest.trim();
+            let kernel = rest.starts_with("[k]");
+            let sym = rest.get(3..)?.trim();
+            Some((share.trim().parse().ok()?, kernel, sym.to_owned()))
+        })
+        .collect()
+}
+
+fn measure_profile(b: &Bench, r: &mut Report) -> Result<(), String> {
+    let perf = std::process::Command::new("perf").arg("--version").output();
+    if !perf.is_ok_and(|o| o.status.success()) {
+        let _ = writeln!(
+            r.md,
+            "\n## Where the worker's core goes\n\nNot profiled: `perf` is not installed \
+             (Debian: `linux-perf`)."
+        );
+        return Ok(());
+    }
+    let (size, flows) = (64, *b.args.flows.last().unwrap_or(&1));
+    b.dst.store(u32::from(b.t.dns_cluster_ip), Relaxed);
+    let kxdp = profile(b, Path::Kxdp, size, flows)?;
+    let bare = profile(b, Path::Bare, size, flows)?;
+    let user = |p: &Profile| p.iter().filter(|x| !x.1).map(|x| x.0).sum::<f64>();
+    let _ = writeln!(
+        r.md,
+        "\n## Where the worker's core goes\n\n\
+         `perf record -e cpu-clock` on core {} (the worker, and the kernel work its transmits \
+         do there) while kxdp and then the bare forwarder forward {size}-byte frames to the \
+         ClusterIP over {flows} flows flat out. User space (kxdp's pipeline, inlined into the \
+         worker loop; the bare forwarder's MAC swap): kxdp {:.1}%, bare {:.1}% of the samples. \
+         The rest is the kernel's copy-mode AF_XDP on veth: an skb allocated and the frame \
+         copied for every transmit, the sink's veth receive, and the syscalls.\n\n\
+         | # | kxdp | % | bare AF_XDP | % |\n|---:|---|---:|---|---:|",
+        b.args.worker_core,
+        user(&kxdp),
+        user(&bare)
+    );
+    let name = |x: &(f64, bool, String)| {
+        let short: String = x.2.chars().take(60).collect();
+        format!("`{}{short}`", if x.1 { "[k] " } else { "" })
+    };
+    for i in 0..12.min(kxdp.len().max(bare.len())) {
+        let cell = |p: &Profile| {
+            p.get(i)
+                .map_or(("".into(), "".into()), |x| (name(x), format!("{:.1}", x.0)))
+        };
+        let ((ks, kp), (bs, bp)) = (cell(&kxdp), cell(&bare));
+        let _ = writeln!(r.md, "| {} | {ks} | {kp} | {bs} | {bp} |", i + 1);
+    }
+    println!("  profile done");
     Ok(())
 }
 
@@ -971,9 +1179,9 @@ fn echo_latency(c: &Cluster, rps: u32, secs: f64) -> Result<(Histogram<u64>, u64
     })
 }
 
-/// Restart the kxdp cluster's agents with busy-polling workers, node-a's on core 0 and
-/// node-b's on core 1.
-fn busy_poll_agents(c: &mut Cluster) -> Result<(), String> {
+/// Restart the kxdp cluster's agents with workers in `mode` (`busy-poll` or `adaptive`),
+/// node-a's on core 0 and node-b's on core 1.
+fn restart_agents(c: &mut Cluster, mode: &str) -> Result<(), String> {
     let Cluster::Kxdp(c) = c else {
         return Ok(());
     };
@@ -984,14 +1192,7 @@ fn busy_poll_agents(c: &mut Cluster) -> Result<(), String> {
         c.start_node(
             node,
             600,
-            &[
-                "--manifest",
-                &manifest,
-                "--mode",
-                "busy-poll",
-                "--cores",
-                &core,
-            ],
+            &["--manifest", &manifest, "--mode", mode, "--cores", &core],
         )?;
     }
     for node in 0..2 {
@@ -1003,9 +1204,14 @@ fn busy_poll_agents(c: &mut Cluster) -> Result<(), String> {
 fn measure_latency(a: &Args, pair: &mut (Cluster, Cluster), r: &mut Report) -> Result<(), String> {
     let secs = a.seconds.max(2.0);
     let mut rows = Vec::new();
-    for name in ["kxdp, wakeup", "kernel", "kxdp, busy-poll"] {
-        if name == "kxdp, busy-poll" {
-            busy_poll_agents(&mut pair.0)?;
+    for name in [
+        "kxdp, wakeup",
+        "kernel",
+        "kxdp, adaptive",
+        "kxdp, busy-poll",
+    ] {
+        if let Some(mode) = name.strip_prefix("kxdp, ").filter(|m| *m != "wakeup") {
+            restart_agents(&mut pair.0, mode)?;
         }
         let c = if name == "kernel" { &pair.1 } else { &pair.0 };
         let mut q = [Vec::new(), Vec::new(), Vec::new()];
@@ -1027,8 +1233,10 @@ fn measure_latency(a: &Args, pair: &mut (Cluster, Cluster), r: &mut Report) -> R
          UDP echo from client-a (node A) through the ClusterIP 10.96.0.40 to web-b (node B) and \
          back, {} requests per second for {secs} s, one request outstanding; round trips in µs \
          (hdrhistogram), median of {} runs (range). kxdp's agents in wakeup mode (their \
-         default: a worker sleeps in poll(2) when idle) and again in busy-poll mode with \
-         node-a's worker on core 0 and node-b's on core 1, the cores the clients also run on.\n\n\
+         default: a worker sleeps in poll(2) when idle), then in adaptive mode (a worker spins \
+         for 200 µs after its last frame, then sleeps) and in busy-poll mode, both with \
+         node-a's worker on core 0 and node-b's on core 1, the cores the clients also run on \
+         (a spinning worker whose rings are empty yields the core).\n\n\
          | path | p50 | p99 | p99.9 | lost |\n|---|---:|---:|---:|---:|",
         a.rps, a.runs
     );
@@ -1043,7 +1251,7 @@ fn measure_latency(a: &Args, pair: &mut (Cluster, Cluster), r: &mut Report) -> R
         );
     }
     let kern = r.latency[1].1;
-    for (name, k) in [&r.latency[0], &r.latency[2]] {
+    for (name, k) in r.latency.iter().filter(|l| l.0 != "kernel") {
         let _ = writeln!(
             r.md,
             "| **{name} / kernel** | **{:.2}x** | **{:.2}x** | **{:.2}x** | |",
@@ -1096,7 +1304,7 @@ fn machine() -> String {
 fn svg(r: &Report, flows: u32) -> String {
     let colors = ["#9aa5b1", "#52606d", "#d64545", "#f0b429", "#2680c2"];
     let mut s = String::new();
-    let (w, h) = (900.0, 380.0);
+    let (w, h) = (900.0, 400.0);
     let _ = writeln!(
         s,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>"
@@ -1170,10 +1378,10 @@ fn svg(r: &Report, flows: u32) -> String {
     for (qi, q) in ["p50", "p99", "p99.9"].iter().enumerate() {
         let group = lw / 3.0;
         for (li, (_, v)) in r.latency.iter().enumerate() {
-            let bw = group / 4.0;
+            let bw = group / 5.0;
             let x = lx + group * qi as f64 + bw * (li as f64 + 0.5);
             let bh = ph * v[qi] / lmax;
-            let color = [colors[2], colors[4], colors[3]][li.min(2)];
+            let color = [colors[2], colors[4], colors[0], colors[3]][li.min(3)];
             let _ = writeln!(s, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{bh:.1}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\">{:.0}</text>", y0 - bh, x + bw / 2.0, y0 - bh - 3.0, v[qi]);
         }
         let _ = writeln!(
@@ -1185,7 +1393,7 @@ fn svg(r: &Report, flows: u32) -> String {
     }
     for (li, (name, _)) in r.latency.iter().enumerate() {
         let y = 342.0 + 13.0 * li as f64;
-        let _ = writeln!(s, "<rect x=\"{lx}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>", [colors[2], colors[4], colors[3]][li.min(2)], lx + 14.0, y + 9.0);
+        let _ = writeln!(s, "<rect x=\"{lx}\" y=\"{y}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>", [colors[2], colors[4], colors[0], colors[3]][li.min(3)], lx + 14.0, y + 9.0);
     }
     s.push_str("</svg>\n");
     s
@@ -1196,6 +1404,7 @@ fn run() -> Result<(), String> {
     if let Some(why) = missing_privilege() {
         return Err(format!("cannot run: {why}"));
     }
+    Testbed::remove_namespaces_on_panic();
     for tool in ["nft"] {
         if std::process::Command::new(tool)
             .arg("--version")
@@ -1225,16 +1434,24 @@ fn run() -> Result<(), String> {
         args.worker_core
     );
     let skip = |what: &str| args.skip.iter().any(|s| s == what);
-    let (do_pps, do_cpu, do_iperf, do_latency) =
-        (!skip("pps"), !skip("cpu"), !skip("iperf"), !skip("latency"));
+    let (do_pps, do_profile, do_cpu, do_iperf, do_latency) = (
+        !skip("pps"),
+        !skip("profile"),
+        !skip("cpu"),
+        !skip("iperf"),
+        !skip("latency"),
+    );
     let many = *args.flows.last().unwrap_or(&1);
     let out = args.out.clone();
     let iperf_args = args.clone();
-    if do_pps || do_cpu {
+    if do_pps || do_profile || do_cpu {
         println!("building the packet-rate topologies ...");
         let bench = build(args)?;
         if do_pps {
             measure_pps(&bench, &mut r)?;
+        }
+        if do_profile {
+            measure_profile(&bench, &mut r)?;
         }
         if do_cpu {
             measure_cpu(&bench, &mut r)?;
@@ -1265,14 +1482,17 @@ fn run() -> Result<(), String> {
         {
             let _ = writeln!(
                 r.md,
-                "\nWhat limits the latency: in wakeup mode each of the four forwarding hops of \
-                 a round trip (client → node A → node B → server, and back) wakes a worker \
+                "\nWhat limits the latency, by mode. Wakeup: each of the four forwarding hops \
+                 of a round trip (client → node A → node B → server, and back) wakes a worker \
                  sleeping in poll(2), while the kernel forwards inside the sender's softirq on \
-                 a veth with no thread to wake; the busy-poll rows, measured on the same \
-                 clusters, remove the wakeups and bring p50 and p99 close to the kernel's. \
-                 What remains there is this machine: with two cores, both spinning workers \
-                 share them with the client, the server and their kernel work, so a request \
-                 now and then waits for the scheduler to preempt a worker (p99.9)."
+                 a veth, with no thread to wake. Adaptive: a worker keeps spinning 200 µs after \
+                 its last frame, so the answer finds both workers awake and only the request's \
+                 two hops wake one. Busy-poll: no wakeups; a worker picks a frame up as it \
+                 lands. What remains in the tail is this machine: with two cores, the spinning \
+                 workers share them with the client, the server and their kernel work, and \
+                 although an idle worker yields the core, a request now and then waits for the \
+                 scheduler (p99.9). Wakeup and adaptive modes trade this latency for idle CPU; \
+                 busy-poll with a core per worker is the mode for latency."
             );
         }
     }
@@ -1298,5 +1518,24 @@ fn main() -> ExitCode {
             eprintln!("compare: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_report_lines_give_share_kind_and_symbol() {
+        let text = "\n    12.34%  [k] veth_xmit\n     9.50%  [.] kxdp_xdp::runtime::run_worker\n\
+                    #\n  0.01%  [k] native_irq_return_iret\n";
+        assert_eq!(
+            parse_perf_report(text),
+            vec![
+                (12.34, true, "veth_xmit".to_owned()),
+                (9.5, false, "kxdp_xdp::runtime::run_worker".to_owned()),
+                (0.01, true, "native_irq_return_iret".to_owned()),
+            ]
+        );
     }
 }

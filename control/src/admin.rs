@@ -82,7 +82,7 @@ pub struct InterfaceView {
     pub name: String,
     /// The snapshot's number for it.
     pub id: u16,
-    /// `uplink` or `pod`.
+    /// `uplink`, `host` or `pod`.
     pub role: String,
     /// The XDP attach mode it got.
     pub xdp_mode: String,

@@ -3,8 +3,10 @@
 //! Start-up, in order, each step failing with a message that names what is wrong:
 //! 1. the configuration: flags, then `KXDP_*` environment variables, then the YAML file given
 //!    with `--config` (same names as the flags), then the defaults;
-//! 2. the preflight checks ([`crate::preflight`]): capabilities, locked memory, the uplink;
+//! 2. the preflight checks ([`crate::preflight`]): capabilities, locked memory, the uplink
+//!    and the host interface exist;
 //! 3. the uplink as the kernel sees it: MAC, MTU, IPv4 address and prefix, default gateway;
+//!    and with `--host-interface`, the MAC of the kernel's end of the host veth pair;
 //! 4. the admin API's listener;
 //! 5. the source: the Kubernetes API (a kubeconfig, or in-cluster) or manifest files, which
 //!    must parse.
@@ -68,6 +70,12 @@ pub struct AgentArgs {
     /// The node's uplink interface [default: eth0].
     #[arg(long, env = "KXDP_UPLINK", value_name = "IFACE")]
     pub uplink: Option<String>,
+    /// kxdp's end of the veth pair to this node's own stack, whose other end the kernel
+    /// routes the pod and service CIDRs to: the node reaches pods and services through it,
+    /// and pods reach the node's addresses [default: none; pods then reach the node only
+    /// through NodePorts].
+    #[arg(long, env = "KXDP_HOST_INTERFACE", value_name = "IFACE")]
+    pub host_interface: Option<String>,
     /// Cores for the workers, one worker each (`0,1` or `2-3`) [default: one unpinned worker].
     #[arg(long, env = "KXDP_CORES", value_name = "LIST")]
     pub cores: Option<String>,
@@ -120,6 +128,8 @@ pub struct AgentConfig {
     pub source: SourceConfig,
     /// The uplink's name.
     pub uplink: String,
+    /// kxdp's end of the host veth pair, if there is one.
+    pub host_interface: Option<String>,
     /// One worker per entry, pinned to the core given.
     pub cores: Vec<Option<usize>>,
     /// How workers wait.
@@ -259,6 +269,7 @@ impl AgentArgs {
             node,
             source,
             uplink: self.uplink.or(file.uplink).unwrap_or_else(|| "eth0".into()),
+            host_interface: self.host_interface.or(file.host_interface),
             cores,
             mode,
             cluster_cidr: cidr(
@@ -322,10 +333,11 @@ pub fn umem_bytes(workers: usize) -> u64 {
 
 /// Run the agent until SIGINT, SIGTERM or `--max-run`.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
-    let problems = crate::preflight::check(
-        std::slice::from_ref(&config.uplink),
-        umem_bytes(config.cores.len()),
-    );
+    let interfaces: Vec<String> = std::iter::once(&config.uplink)
+        .chain(&config.host_interface)
+        .cloned()
+        .collect();
+    let problems = crate::preflight::check(&interfaces, umem_bytes(config.cores.len()));
     if !problems.is_empty() {
         return Err(AgentError::Preflight(problems));
     }
@@ -338,6 +350,16 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             config.uplink
         ))
     })?;
+    // The kernel's end of the host pair: frames for the node go to its MAC.
+    let host_mac = match &config.host_interface {
+        None => EthernetAddress([0; 6]),
+        Some(name) => {
+            netinfo::veth_peer(name)
+                .and_then(|peer| netinfo::interface(&peer))
+                .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?
+                .mac
+        }
+    };
     let settings = NodeSettings {
         node: NodeConfig {
             name: config.node.clone(),
@@ -354,7 +376,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
             uplink_mac: uplink.mac,
             uplink_mtu: uplink.mtu,
             host: HOST,
-            host_mac: EthernetAddress([0; 6]),
+            host_mac,
             vtep_mac: config.vtep_mac.unwrap_or(uplink.mac),
             vxlan_vni: 1,
             vxlan_port: 8472,
@@ -543,6 +565,7 @@ async fn run_async(config: AgentConfig, settings: NodeSettings) -> Result<(), Ag
 /// The loop's state: the compiler and what the dataplane serves.
 struct Agent {
     uplink: String,
+    host: Option<String>,
     cores: Vec<Option<usize>>,
     mode: Mode,
     conntrack_size: u32,
@@ -562,6 +585,7 @@ impl Agent {
     fn new(config: &AgentConfig, settings: NodeSettings, state: Arc<AdminState>) -> Agent {
         Agent {
             uplink: config.uplink.clone(),
+            host: config.host_interface.clone(),
             cores: config.cores.clone(),
             mode: config.mode,
             conntrack_size: config.conntrack_size,
@@ -624,6 +648,13 @@ impl Agent {
             id: UPLINK,
             role: IfRole::Uplink,
         }];
+        if let Some(host) = &self.host {
+            ifaces.push(Managed {
+                name: host.clone(),
+                id: HOST,
+                role: IfRole::Host,
+            });
+        }
         let mut served = BTreeMap::new();
         for (name, id) in &compiled.interfaces {
             if let Ok(index) = kxdp_xdp::ifindex(name) {
@@ -654,7 +685,7 @@ impl Agent {
             clock_origin: Instant::now() - Duration::from_nanos(now.as_nanos()),
         });
         tracing::info!(
-            interfaces = served.len() + 1,
+            interfaces = served.len() + 1 + usize::from(self.host.is_some()),
             modes = ?dp.modes(),
             "dataplane started"
         );
@@ -738,6 +769,9 @@ impl Agent {
             "uplink".to_owned(),
             mode(&self.uplink),
         )];
+        if let Some(host) = &self.host {
+            list.push((host.clone(), HOST, "host".into(), mode(host)));
+        }
         for (name, (id, _)) in &self.served {
             list.push((name.clone(), *id, "pod".into(), mode(name)));
         }

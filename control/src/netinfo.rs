@@ -82,6 +82,49 @@ pub fn interface(name: &str) -> io::Result<InterfaceInfo> {
     })
 }
 
+/// The name of the other end of veth `name`, which must be in this namespace too (read from
+/// `/sys/class/net/<name>/iflink`, the peer's interface index).
+pub fn veth_peer(name: &str) -> io::Result<String> {
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    let read = |dev: &str, file: &str| -> io::Result<u32> {
+        let path = format!("/sys/class/net/{dev}/{file}");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("interface {dev}: {path}: {e}")))?;
+        text.trim()
+            .parse()
+            .map_err(|_| invalid(format!("interface {dev}: {file} is {text:?}")))
+    };
+    // An interface whose iflink is its own index has no peer.
+    let (index, peer) = (read(name, "ifindex")?, read(name, "iflink")?);
+    if peer == index || peer == 0 {
+        return Err(invalid(format!(
+            "interface {name} is not a veth (it has no peer)"
+        )));
+    }
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
+    let named = unsafe { libc::if_indextoname(peer, buf.as_mut_ptr()) };
+    if named.is_null() {
+        return Err(invalid(format!(
+            "the peer of {name} (interface {peer}) is not in this network namespace: the host \
+             interface pairs kxdp with this node's own stack"
+        )));
+    }
+    // SAFETY: if_indextoname succeeded, so `buf` holds a NUL-terminated name.
+    let peer_name = unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    // The index is the peer's in its own namespace: the interface that has it here is the
+    // peer only if it points back.
+    if read(&peer_name, "iflink")? != index {
+        return Err(invalid(format!(
+            "the peer of {name} is not in this network namespace: the host interface pairs \
+             kxdp with this node's own stack"
+        )));
+    }
+    Ok(peer_name)
+}
+
 fn mtu(name: &str) -> io::Result<u16> {
     // SAFETY: a plain socket call; the descriptor is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

@@ -278,6 +278,23 @@ fn agent_refuses_to_start_without_capabilities_memory_or_its_uplink() {
         err.contains("preflight: interface nope0 does not exist"),
         "{err}"
     );
+    // The host interface must exist, and be a veth whose peer is in this namespace.
+    let mut host = agent("lo");
+    host.extend(["--host-interface", "nope1"]);
+    let (code, _, err) = kxdp(&host);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("preflight: interface nope1 does not exist"),
+        "{err}"
+    );
+    let mut host = agent("lo");
+    host.extend(["--host-interface", "lo"]);
+    let (code, _, err) = kxdp(&host);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--host-interface lo: interface lo is not a veth"),
+        "{err}"
+    );
     let mut two = agent("lo");
     two.extend(["--cores", "0,1"]);
     let (code, err) = run_with(

@@ -113,6 +113,34 @@ impl AgentCluster {
         })
     }
 
+    /// Join node `node`'s own stack to kxdp as an installer would, before its agent starts
+    /// with `--host-interface host0`: a veth pair (`host0` for kxdp, `kxdp0` for the kernel)
+    /// and kernel routes for the node's pods, the cluster's pods and the services through
+    /// `kxdp0`.
+    pub fn add_host_interface(&mut self, node: usize) -> Result<(), String> {
+        let pod_cidr = format!("10.244.{}.0/24", node + 1);
+        let mac = format!("02:6b:78:00:01:{:02x}", 0x0a + node);
+        self.tb
+            .add_host_interface(node, &mac, &pod_cidr)
+            .map_err(|e| e.to_string())?;
+        let ns = self.tb.nodes[node].ns.clone();
+        for cidr in ["10.244.0.0/16", "10.96.0.0/12"] {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "ip", "route", "add", cidr, "dev", "kxdp0",
+                ])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "route {cidr} in {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The pod named `name`.
     pub fn pod(&self, name: &str) -> &ClusterPod {
         self.pods

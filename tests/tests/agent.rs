@@ -476,3 +476,82 @@ fn an_agent_watches_the_kubernetes_api_and_publishes_its_node() {
     let answers = http_get_many(&ns("client-a"), "http://10.96.0.10/", 10);
     assert!(answers.iter().all(|(b, _)| b == "web-b"), "{answers:?}");
 }
+
+#[test]
+fn the_host_interface_joins_the_node_to_its_pods_and_services() {
+    if skip_unless_privileged("the_host_interface_joins_the_node_to_its_pods_and_services") {
+        return;
+    }
+    let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
+    // Node A's own stack behind a veth pair, routed to kxdp as the README shows.
+    c.add_host_interface(0).expect("host interface");
+    let node_ns = c.tb.nodes[0].ns.clone();
+    let manifest = c.manifest.display().to_string();
+    c.start_node(
+        0,
+        120,
+        &["--manifest", &manifest, "--host-interface", "host0"],
+    )
+    .unwrap();
+    c.start_node(1, 120, &["--manifest", &manifest]).unwrap();
+    for node in 0..2 {
+        c.wait_ready(node, Duration::from_secs(30)).unwrap();
+    }
+    let (web_a, web_b, client) = (
+        c.pod("web-a").ns.clone(),
+        c.pod("web-b").ns.clone(),
+        c.pod("client-a").ns.clone(),
+    );
+    let _a = HttpServer::start(&web_a, 8080, "web-a", 60);
+    let _b = HttpServer::start(&web_b, 8080, "web-b", 60);
+    let _node = kxdp_tests::clients::TcpServer::start(&node_ns, 7000, "node-a");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A pod reaches a server on its node's own address, which sees the pod's address.
+    let from_pod = kxdp_tests::clients::connect_many(&client, "198.18.0.10", 7000, 3);
+    assert_eq!(from_pod, vec!["node-a 10.244.1.11"; 3], "{}", c.log(0));
+    // The node reaches a pod of its own, a pod on the other node, and a ClusterIP whose
+    // backends are on both nodes.
+    for (url, want) in [
+        ("http://10.244.1.10:8080/", &["web-a"][..]),
+        ("http://10.244.2.10:8080/", &["web-b"][..]),
+        ("http://10.96.0.10/", &["web-a", "web-b"][..]),
+    ] {
+        let answers = http_get_many(&node_ns, url, 8);
+        assert_eq!(answers.len(), 8, "{url}: {answers:?}");
+        assert!(
+            answers.iter().all(|(b, _)| want.contains(&b.as_str())),
+            "{url}: {answers:?}"
+        );
+    }
+
+    // The status names the host interface, and frames went through it both ways.
+    let status: StatusView = json(&c, 0, &["status"]);
+    assert!(
+        status
+            .interfaces
+            .iter()
+            .any(|i| i.name == "host0" && i.role == "host"),
+        "{status:?}"
+    );
+    let (_, m) = admin::get(&c.admin(0), "/metrics").unwrap();
+    assert!(
+        metric(&m, "kxdp_to_host_total{reason=\"for_node\"}") >= 3.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "kxdp_interface_rx_frames_total{interface=\"host0\",worker=\"0\"}"
+        ) > 0.0
+    );
+    // Without the flag, the same node keeps pods off its own addresses.
+    c.stop(0).unwrap();
+    c.start_node(0, 120, &["--manifest", &manifest]).unwrap();
+    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    let refused = kxdp_tests::clients::connect_many(&client, "198.18.0.10", 7000, 1);
+    assert!(
+        !refused.iter().any(|a| a.starts_with("node-a")),
+        "{refused:?}"
+    );
+}

@@ -29,7 +29,7 @@ struct Row {
 }
 
 /// How many checks the demo runs, for its progress lines.
-const STEPS: usize = 11;
+const STEPS: usize = 13;
 
 fn main() -> ExitCode {
     if let Some(why) = missing_privilege() {
@@ -58,8 +58,14 @@ fn run() -> Result<bool, String> {
     );
     let mut c = AgentCluster::build(MANIFEST, &PODS)?;
     let prefix = c.tb.prefix().to_owned();
+    println!(
+        "[setup] joining each node's own stack to kxdp: host veth pair, pod and service routes"
+    );
+    for node in 0..2 {
+        c.add_host_interface(node)?;
+    }
     println!("[setup] starting `kxdp agent` on node-a and node-b (manifest source, admin API on Unix sockets)");
-    c.start(300, &[])?;
+    c.start(300, &["--host-interface", "host0"])?;
     println!(
         "[setup] both agents ready after {:.1} s\n",
         t0.elapsed().as_secs_f64()
@@ -68,6 +74,8 @@ fn run() -> Result<bool, String> {
     let ext = c.tb.external.clone().ok_or("no external client")?.0;
     let _web_a = HttpServer::start(&ns("web-a"), 8080, "web-a", 240);
     let _web_b = HttpServer::start(&ns("web-b"), 8080, "web-b", 240);
+    let node_b = c.tb.nodes[1].ns.clone();
+    let _on_node_b = HttpServer::start(&node_b, 8081, "node-b", 240);
 
     let mut rows = Vec::new();
     let mut step = 0;
@@ -128,6 +136,22 @@ fn run() -> Result<bool, String> {
         "HTTP NodePort",
         "external -> 198.18.0.11:30080",
         "http://198.18.0.11:30080/",
+        true,
+    ));
+    progress("HTTP from node-a's own stack to the ClusterIP (host interface)");
+    rows.push(http(
+        &c.tb.nodes[0].ns,
+        "HTTP node to ClusterIP",
+        "node-a -> web 10.96.0.10:80",
+        "http://10.96.0.10/",
+        true,
+    ));
+    progress("HTTP from a pod to a server on its node's address");
+    rows.push(http(
+        &ns("client-b"),
+        "HTTP pod to node",
+        "client-b -> node-b 198.18.0.11:8081",
+        "http://198.18.0.11:8081/",
         true,
     ));
     progress("HTTP to a service without endpoints (should be refused)");

@@ -69,7 +69,7 @@ reasons! {
         TruncatedIpv4 = 4 => ("truncated_ipv4", "IPv4 header or total length runs past the frame"),
         BadIpv4Header = 5 => ("bad_ipv4_header", "IPv4 version is not 4, IHL below 5, or total length below the header"),
         Ipv4Options = 6 => ("ipv4_options", "IPv4 header carries options, which kxdp does not forward"),
-        Ipv4Fragment = 7 => ("ipv4_fragment", "IPv4 fragment; kxdp does not reassemble"),
+        Ipv4Fragment = 7 => ("ipv4_fragment", "IPv4 fragment of traffic kxdp would translate (service, masquerade, a service endpoint's); kxdp does not reassemble"),
         TruncatedL4 = 8 => ("truncated_l4", "TCP, UDP or ICMP header runs past the IPv4 payload"),
         TtlExceeded = 9 => ("ttl_exceeded", "TTL would reach zero on forwarding"),
         SpoofedSource = 10 => ("spoofed_source", "source address is not the address of the pod on this interface"),

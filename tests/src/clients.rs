@@ -36,6 +36,56 @@ impl Drop for TcpServer {
     }
 }
 
+/// A UDP echo server in a namespace (60 s at most): sends every datagram back to its sender.
+#[derive(Debug)]
+pub struct UdpEchoServer(Child);
+
+impl UdpEchoServer {
+    /// Start it in namespace `ns` on `port`.
+    pub fn start(ns: &str, port: u16) -> UdpEchoServer {
+        let script = format!(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0', {port})); s.settimeout(1)\n\
+             print('listening', flush=True)\n\
+             end = time.time() + 60\n\
+             while time.time() < end:\n\
+             \x20   try:\n\
+             \x20       data, peer = s.recvfrom(65535)\n\
+             \x20   except socket.timeout:\n\
+             \x20       continue\n\
+             \x20   s.sendto(data, peer)\n"
+        );
+        UdpEchoServer(python_server(ns, &script, "UDP echo"))
+    }
+}
+
+impl Drop for UdpEchoServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// From namespace `ns`, send `n` datagrams of `size` bytes to the UDP echo server at
+/// `addr:port`, one at a time, each waited for at most 2 s; returns how many came back whole.
+pub fn udp_echo_many(ns: &str, addr: &str, port: u16, size: usize, n: u32) -> u32 {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n\
+         ok = 0\n\
+         for i in range({n}):\n\
+         \x20   msg = bytes([i % 251]) * {size}\n\
+         \x20   s.sendto(msg, ('{addr}', {port}))\n\
+         \x20   try:\n\
+         \x20       ok += s.recv(65535) == msg\n\
+         \x20   except socket.timeout:\n\
+         \x20       pass\n\
+         print(ok)\n"
+    );
+    python_output(ns, &script).trim().parse().unwrap_or(0)
+}
+
 /// Run a Python server `script` in namespace `ns`; returns once it printed `listening`.
 fn python_server(ns: &str, script: &str, what: &str) -> Child {
     let mut child = Command::new("ip")

@@ -869,8 +869,23 @@ impl Testbed {
         count: u32,
         deadline: Duration,
     ) -> Result<u32, TestbedError> {
+        self.ping_bytes(from, to, count, 56, deadline)
+    }
+
+    /// [`Testbed::ping`] with `payload` bytes of ICMP data per echo (ping's `-s`): past the
+    /// path MTU, the sender's kernel fragments each echo.
+    pub fn ping_bytes(
+        &self,
+        from: &str,
+        to: Ipv4Addr,
+        count: u32,
+        payload: u32,
+        deadline: Duration,
+    ) -> Result<u32, TestbedError> {
         let out = Command::new("ip")
-            .args(["netns", "exec", from, "ping", "-n", "-q", "-c"])
+            .args(["netns", "exec", from, "ping", "-n", "-q", "-s"])
+            .arg(payload.to_string())
+            .arg("-c")
             .arg(count.to_string())
             .args(["-i", "0.2", "-W", "1", "-w"])
             .arg(deadline.as_secs().max(1).to_string())

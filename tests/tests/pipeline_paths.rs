@@ -498,3 +498,109 @@ fn the_node_answering_a_remote_pod_from_the_gateway_address_is_not_masqueraded()
     assert_eq!(v, Verdict::Transmit(t.node.uplink));
     assert_eq!(tuple(&out), (t.node.gateway_ip, 80, t.remote_pod_ip, 33000));
 }
+
+/// `spec` as a fragment: MF set (`more`), `offset` bytes into its datagram, DF clear.
+fn fragmented(spec: FrameSpec, more: bool, offset: u16) -> FrameSpec {
+    FrameSpec {
+        ip: Ipv4Opts {
+            dont_fragment: false,
+            more_fragments: more,
+            frag_offset: offset,
+            ident: 0x4242,
+            ..Ipv4Opts::default()
+        },
+        ..spec
+    }
+}
+
+#[test]
+fn fragments_between_pods_are_routed_and_those_of_translated_flows_dropped() {
+    use kxdp_dataplane::DropReason;
+    let env = Env::new();
+    let t = &env.t;
+    let payload = [0x5a; 64];
+    // Pod A is no UDP service's endpoint: its UDP fragments go to pod B on this node and
+    // over VXLAN to the pod on node B, the first one and a later one alike, unchanged but
+    // for the TTL.
+    for offset in [0, 1480] {
+        let frame = fragmented(t.from_pod_a(t.pod_b.ip), true, offset).udp(5000, 6000, &payload);
+        let (v, out) = env.run(&Input {
+            ingress: t.pod_a.iface,
+            frame: frame.clone(),
+        });
+        assert_eq!(v, Verdict::Transmit(t.pod_b.iface), "offset {offset}");
+        assert_eq!(out[14 + 8], frame[14 + 8] - 1, "TTL decremented");
+        assert_eq!(
+            &out[14 + 12..],
+            &frame[14 + 12..],
+            "addresses and payload kept"
+        );
+        let frame =
+            fragmented(t.from_pod_a(t.remote_pod_ip), true, offset).udp(5000, 6000, &payload);
+        let (v, out) = env.run(&Input {
+            ingress: t.pod_a.iface,
+            frame: frame.clone(),
+        });
+        assert_eq!(v, Verdict::Transmit(t.node.uplink), "offset {offset}");
+        let inner = &out[14 + 20 + 8 + 8..];
+        assert_eq!(&inner[14 + 12..], &frame[14 + 12..], "encapsulated whole");
+    }
+    // The last fragment (MF clear, offset set) of a big echo reply from node B's pod (ICMP:
+    // no service's endpoint), decapsulated, reaches pod A.
+    let inner = fragmented(
+        t.inner_from_node_b(t.remote_pod_ip, t.pod_a.ip),
+        false,
+        1480,
+    )
+    .ipv4(kxdp_dataplane::wire::IpProtocol::Icmp, &payload);
+    let (v, _) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t.vxlan_from_node_b().vxlan(40000, 8472, 1, &inner),
+    });
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    let c = env.counters.read();
+    assert_eq!(c.drop(DropReason::Ipv4Fragment), 0, "{c:?}");
+
+    // What would be translated is dropped, named: to a ClusterIP; from a service's endpoint
+    // (its packets may be replies to reverse-NAT; the remote pod serves DNS over UDP); to the
+    // outside (masquerade). A pod's fragment with another's source is spoofed. Fragments on
+    // the uplink are the kernel's.
+    let mut spoofed = fragmented(t.from_pod_a(t.pod_b.ip), true, 0);
+    spoofed.src = t.pod_b.ip;
+    let (v, _) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: spoofed.udp(5000, 6000, &payload),
+    });
+    assert_eq!(v, Verdict::Drop(DropReason::SpoofedSource));
+    let dropped = [
+        fragmented(t.from_pod_a(t.dns_cluster_ip), true, 0).udp(5000, 53, &payload),
+        fragmented(t.from_pod_a(t.dns_cluster_ip), false, 1480).udp(5000, 53, &payload),
+        fragmented(t.from_pod_a(t.external_ip), true, 0).udp(5000, 53, &payload),
+    ];
+    for frame in dropped {
+        let (v, _) = env.run(&Input {
+            ingress: t.pod_a.iface,
+            frame,
+        });
+        assert_eq!(v, Verdict::Drop(DropReason::Ipv4Fragment));
+    }
+    let from_endpoint = fragmented(t.inner_from_node_b(t.remote_pod_ip, t.pod_a.ip), true, 0)
+        .udp(53, 5000, &payload);
+    let (v, _) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t.vxlan_from_node_b().vxlan(40000, 8472, 1, &from_endpoint),
+    });
+    assert_eq!(v, Verdict::Drop(DropReason::Ipv4Fragment));
+    let c = env.counters.read();
+    assert_eq!(c.drop(DropReason::Ipv4Fragment), 4, "{c:?}");
+    let on_uplink = fragmented(t.from_outside(t.external_ip, t.node.primary_ip()), true, 0)
+        .udp(5000, 30080, &payload);
+    let (v, _) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: on_uplink,
+    });
+    assert_eq!(
+        v,
+        Verdict::ToHost(kxdp_dataplane::PassReason::Ipv4Unsupported)
+    );
+}

@@ -3,6 +3,10 @@
 //! After [`parse_ipv4`] succeeds, the stages may rely on: version 4, no options (IHL 5), total
 //! length within the frame and at least the header, not a fragment, and a complete L4 header for
 //! TCP (with its data offset), UDP and ICMP. Other protocols are accepted with zero ports.
+//!
+//! A fragment fails [`parse_ipv4`] with [`DropReason::Ipv4Fragment`], so the common path pays
+//! nothing for fragments; [`parse_fragment`] then validates it apart, for the pipeline to route
+//! it (`pipeline::fragment`).
 
 use core::net::Ipv4Addr;
 
@@ -78,6 +82,41 @@ pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
 #[inline(always)]
 pub(crate) fn addr(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
+}
+
+/// Validate the IPv4 fragment at `l3` in `frame` (one [`parse_ipv4`] refused with
+/// [`DropReason::Ipv4Fragment`]) as far as a fragment can be: the header, and the length. Its
+/// payload may be the middle of a datagram, so it has no L4 facts: ports, TCP flags and ICMP
+/// type are zero, which the later stages read as "nothing to translate, nothing to answer".
+#[cold]
+#[inline(never)]
+pub(crate) fn parse_fragment(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropReason> {
+    let ip = frame.get(l3..).ok_or(DropReason::TruncatedIpv4)?;
+    if ip.len() < IPV4_HEADER_LEN {
+        return Err(DropReason::TruncatedIpv4);
+    }
+    let ip_len = usize::from(be16(ip, 2));
+    if ip[0] != 0x45 || ip_len < IPV4_HEADER_LEN {
+        return Err(DropReason::BadIpv4Header);
+    }
+    if ip_len > ip.len() {
+        return Err(DropReason::TruncatedIpv4);
+    }
+    Ok(Ipv4Meta {
+        l3,
+        ip_len,
+        key: FlowKey {
+            src_ip: addr(ip, 12),
+            dst_ip: addr(ip, 16),
+            src_port: 0,
+            dst_port: 0,
+            proto: ip[9],
+        },
+        tcp_flags: 0,
+        icmp_type: 0,
+        dont_frag: be16(ip, 6) & 0x4000 != 0,
+        hash: 0,
+    })
 }
 
 /// Validate the IPv4 packet at `l3` in `frame`. Always inlined: it is the first work on

@@ -297,7 +297,9 @@ pub enum ServiceTableError {
 pub struct ServiceTable {
     index: FastMap<u64, FrontendEntry>,
     ports: Vec<Arc<ServicePort>>,
-    /// Endpoint (and draining endpoint) keys, with how many ports list each.
+    /// Endpoint (and draining endpoint) keys, with how many ports list each; and under port
+    /// 0 (which no endpoint listens on), each endpoint address and protocol, with how many
+    /// (port, service port) pairs list it.
     backends: FastMap<u64, u32>,
     /// One bit per port any endpoint listens on: most traffic is from ports no endpoint uses,
     /// and this 8 KiB filter answers for it without hashing. An update only sets bits; a
@@ -331,7 +333,7 @@ impl ServiceTable {
             t.add_port(p)?;
         }
         for &(ip, proto, port) in draining {
-            t.add_backend(frontend_key(ip, proto, port), port);
+            t.add_backend(ip, proto, port);
         }
         Ok(t)
     }
@@ -399,8 +401,10 @@ impl ServiceTable {
         }
     }
 
-    fn add_backend(&mut self, key: u64, port: u16) {
-        *self.backends.entry(key).or_default() += 1;
+    fn add_backend(&mut self, ip: Ipv4Addr, proto: u8, port: u16) {
+        for key in [frontend_key(ip, proto, port), frontend_key(ip, proto, 0)] {
+            *self.backends.entry(key).or_default() += 1;
+        }
         self.backend_ports[usize::from(port) / 64] |= 1 << (port % 64);
     }
 
@@ -438,7 +442,7 @@ impl ServiceTable {
             }
         }
         for b in &spec.backends {
-            self.add_backend(frontend_key(b.ip, spec.proto, b.port), b.port);
+            self.add_backend(b.ip, spec.proto, b.port);
         }
         self.ports.push(sp);
         Ok(())
@@ -457,11 +461,15 @@ impl ServiceTable {
             }
         }
         for b in &spec.backends {
-            let key = frontend_key(b.ip, spec.proto, b.port);
-            if let Some(n) = self.backends.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    self.backends.remove(&key);
+            for key in [
+                frontend_key(b.ip, spec.proto, b.port),
+                frontend_key(b.ip, spec.proto, 0),
+            ] {
+                if let Some(n) = self.backends.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.backends.remove(&key);
+                    }
                 }
             }
         }
@@ -500,8 +508,17 @@ impl ServiceTable {
     /// lookup on the reply path.
     #[inline]
     pub fn is_backend(&self, ip: Ipv4Addr, proto: u8, port: u16) -> bool {
+        // Port 0's bit is set only if an endpoint claims port 0, so the address-only keys
+        // filed under it answer here at most for such an endpoint, and then cost a conntrack
+        // lookup, nothing more.
         self.backend_ports[usize::from(port) / 64] & (1 << (port % 64)) != 0
             && self.backends.contains_key(&frontend_key(ip, proto, port))
+    }
+
+    /// Whether `ip` is an endpoint (or draining endpoint) of some `proto` service port, on
+    /// any port: for fragments, whose ports are unknown.
+    pub fn is_backend_addr(&self, ip: Ipv4Addr, proto: u8) -> bool {
+        self.backends.contains_key(&frontend_key(ip, proto, 0))
     }
 
     /// Every service port, in index order.

@@ -57,6 +57,7 @@ events! {
     IcmpPortUnreachable => ("icmp_port_unreachable", "ICMP port unreachable sent for a service without endpoints"),
     IcmpFragNeeded => ("icmp_frag_needed", "ICMP fragmentation-needed sent for DF packets too big for the tunnel"),
     IcmpErrorTranslated => ("icmp_error_translated", "ICMP errors about a translated flow translated back"),
+    IcmpTimeExceeded => ("icmp_time_exceeded", "ICMP time exceeded sent for packets whose TTL ran out here"),
 }
 
 /// One worker's counters.

@@ -71,7 +71,7 @@ reasons! {
         Ipv4Options = 6 => ("ipv4_options", "IPv4 header carries options, which kxdp does not forward"),
         Ipv4Fragment = 7 => ("ipv4_fragment", "IPv4 fragment of traffic kxdp would translate (service, masquerade, a service endpoint's); kxdp does not reassemble"),
         TruncatedL4 = 8 => ("truncated_l4", "TCP, UDP or ICMP header runs past the IPv4 payload"),
-        TtlExceeded = 9 => ("ttl_exceeded", "TTL would reach zero on forwarding"),
+        TtlExceeded = 9 => ("ttl_exceeded", "TTL would reach zero on forwarding, about an ICMP error or a later fragment (anything else gets time exceeded back)"),
         SpoofedSource = 10 => ("spoofed_source", "source address is not the address of the pod on this interface"),
         UnknownInterface = 11 => ("unknown_interface", "frame arrived on an interface the snapshot does not know"),
         VxlanTruncated = 12 => ("vxlan_truncated", "VXLAN header or inner Ethernet frame truncated"),

@@ -606,3 +606,33 @@ fn big_datagrams_cross_between_pods_in_fragments() {
         0.0
     );
 }
+
+#[test]
+fn a_ttl_running_out_at_the_node_answers_time_exceeded_from_the_gateway() {
+    if skip_unless_privileged(
+        "a_ttl_running_out_at_the_node_answers_time_exceeded_from_the_gateway",
+    ) {
+        return;
+    }
+    let c = cluster();
+    // What traceroute's first probe sees: the pod's node answers, from its gateway address
+    // (a flannel node's cni0 address), for a pod across nodes and one on the same node. (The
+    // pipeline tests cover a ClusterIP, which answers no ping, as kube-proxy's do not.)
+    for to in ["10.244.2.10", "10.244.1.10"] {
+        let out = Command::new("timeout")
+            .args(["10", "ip", "netns", "exec", &c.pod("client-a").ns])
+            .args(["ping", "-n", "-c", "1", "-W", "2", "-t", "1", to])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("From 10.244.1.1") && text.contains("Time to live exceeded"),
+            "ping -t 1 {to}: {text}"
+        );
+    }
+    let (_, m) = admin::get(&c.admin(0), "/metrics").unwrap();
+    assert_eq!(
+        metric(&m, "kxdp_events_total{event=\"icmp_time_exceeded\"} "),
+        2.0
+    );
+}

@@ -224,13 +224,13 @@ fn fixtures(t: &Topology) -> Vec<Fixture> {
             output: None,
         },
         Fixture {
-            description: "ingress/ttl: TTL 1 cannot be forwarded",
+            description: "ingress/ttl: TTL 1 cannot be forwarded: time exceeded goes back",
             setup: vec![],
             input: Input {
                 ingress: t.pod_a.iface,
                 frame: ttl(t.from_pod_a(t.pod_b.ip), 1).udp(1, 2, b"x"),
             },
-            verdict: Verdict::Drop(DropReason::TtlExceeded),
+            verdict: Verdict::Transmit(t.pod_a.iface),
             output: None,
         },
         Fixture {

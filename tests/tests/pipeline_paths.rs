@@ -604,3 +604,52 @@ fn fragments_between_pods_are_routed_and_those_of_translated_flows_dropped() {
         Verdict::ToHost(kxdp_dataplane::PassReason::Ipv4Unsupported)
     );
 }
+
+#[test]
+fn a_ttl_running_out_here_gets_time_exceeded_from_the_gateway() {
+    use kxdp_dataplane::DropReason;
+    let env = Env::new();
+    let t = &env.t;
+    let last_hop = |spec: FrameSpec| FrameSpec {
+        ip: Ipv4Opts {
+            ttl: 1,
+            ..Ipv4Opts::default()
+        },
+        ..spec
+    };
+    // To a pod on this node, to the pod on node B (the tunnel), and through the DNS ClusterIP
+    // to its remote backend: each comes back as time exceeded from the gateway address,
+    // quoting what the client sent.
+    for (to, port) in [
+        (t.pod_b.ip, 6000),
+        (t.remote_pod_ip, 6000),
+        (t.dns_cluster_ip, 53),
+    ] {
+        let (v, out) = env.run(&Input {
+            ingress: t.pod_a.iface,
+            frame: last_hop(t.from_pod_a(to)).udp(5000, port, b"probe"),
+        });
+        assert_eq!(v, Verdict::Transmit(t.pod_a.iface), "to {to}");
+        assert_valid(&out, "time exceeded");
+        let icmp = &out[34..];
+        assert_eq!((icmp[0], icmp[1]), (11, 0), "time exceeded in transit");
+        let outer = etherparse::Ipv4HeaderSlice::from_slice(&out[14..]).unwrap();
+        assert_eq!(outer.source_addr(), t.node.gateway_ip);
+        assert_eq!(outer.destination_addr(), t.pod_a.ip);
+        assert_eq!(quoted(&out), (t.pod_a.ip, to, 5000, port));
+    }
+    assert_eq!(env.counters.read().event(Event::IcmpTimeExceeded), 3);
+    // Never an error about an error.
+    let error = last_hop(t.from_pod_a(t.pod_b.ip)).icmp(
+        Icmpv4Message::DstUnreachable,
+        3,
+        [0; 4],
+        &[0x45; 28],
+    );
+    let (v, _) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: error,
+    });
+    assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
+    assert_eq!(env.counters.read().event(Event::IcmpTimeExceeded), 3);
+}

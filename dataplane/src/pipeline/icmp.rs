@@ -14,6 +14,8 @@ use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
 use crate::wire::{checksum, ICMP_HEADER_LEN, IPV4_HEADER_LEN, VXLAN_OVERHEAD};
 
+/// Time exceeded in transit (RFC 792).
+const CODE_TTL_EXCEEDED: u8 = 0;
 const CODE_PORT_UNREACHABLE: u8 = 3;
 const CODE_FRAG_NEEDED: u8 = 4;
 const TTL: u8 = 64;
@@ -56,7 +58,13 @@ pub(crate) fn port_unreachable(
     origin: Origin,
 ) -> Verdict {
     let (from, to) = (meta.key.dst_ip, meta.key.src_ip);
-    if let Err(r) = build_error(frame, meta, from, to, CODE_PORT_UNREACHABLE, 0) {
+    if let Err(r) = build_error(
+        frame,
+        meta,
+        from,
+        to,
+        (icmp_type::DEST_UNREACHABLE, CODE_PORT_UNREACHABLE, 0),
+    ) {
         return Verdict::Drop(r);
     }
     ctx.counters.inc(Event::IcmpPortUnreachable);
@@ -72,13 +80,48 @@ pub(crate) fn frag_needed(
     meta: &mut Ipv4Meta,
     origin: Origin,
 ) -> Verdict {
-    let node = &ctx.snap.node;
-    let mtu = node.uplink_mtu - VXLAN_OVERHEAD as u16;
-    let to = meta.key.src_ip;
-    if let Err(r) = build_error(frame, meta, node.gateway_ip, to, CODE_FRAG_NEEDED, mtu) {
+    let mtu = ctx.snap.node.uplink_mtu - VXLAN_OVERHEAD as u16;
+    let error = (icmp_type::DEST_UNREACHABLE, CODE_FRAG_NEEDED, mtu);
+    send_error(ctx, frame, meta, origin, error, Event::IcmpFragNeeded)
+}
+
+/// Answer a packet whose TTL runs out here with time exceeded (RFC 792), from the gateway
+/// address as a flannel node's `cni0` answers (so traceroute shows the node), translated back
+/// through conntrack if the packet was. Never about an ICMP error (RFC 1122 3.2.2) or a
+/// fragment other than the first (RFC 792): those are dropped as `ttl_exceeded`.
+#[cold]
+pub(crate) fn time_exceeded(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    meta: &mut Ipv4Meta,
+    origin: Origin,
+) -> Verdict {
+    let later_fragment = frame
+        .data()
+        .get(meta.l3 + 6..meta.l3 + 8)
+        .is_some_and(|f| be16(f, 0) & 0x1fff != 0);
+    if meta.is_icmp_error() || later_fragment {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
+    let error = (icmp_type::TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0);
+    send_error(ctx, frame, meta, origin, error, Event::IcmpTimeExceeded)
+}
+
+/// Turn the packet into `error` from the gateway address to its sender, counted as `event`,
+/// translated back through conntrack if the packet was, and route it.
+fn send_error(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    meta: &mut Ipv4Meta,
+    origin: Origin,
+    error: (u8, u8, u16),
+    event: Event,
+) -> Verdict {
+    let (from, to) = (ctx.snap.node.gateway_ip, meta.key.src_ip);
+    if let Err(r) = build_error(frame, meta, from, to, error) {
         return Verdict::Drop(r);
     }
-    ctx.counters.inc(Event::IcmpFragNeeded);
+    ctx.counters.inc(event);
     if let Err(r) = translate_error(ctx, frame, meta) {
         return Verdict::Drop(r);
     }
@@ -92,14 +135,15 @@ fn fill_ipv4_checksum(header: &mut [u8]) {
     header[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Rewrite the packet at `meta.l3` into a destination-unreachable error quoting it.
+/// Rewrite the packet at `meta.l3` into an ICMP error quoting it: `(type, code, next-hop
+/// MTU)`, the MTU only meaningful for fragmentation needed (zero otherwise, as the unused
+/// field must be).
 fn build_error(
     frame: &mut Frame<'_>,
     meta: &mut Ipv4Meta,
     src: Ipv4Addr,
     dst: Ipv4Addr,
-    code: u8,
-    next_hop_mtu: u16,
+    (kind, code, next_hop_mtu): (u8, u8, u16),
 ) -> Result<(), DropReason> {
     let l3 = meta.l3;
     let quote = meta.ip_len.min(IPV4_HEADER_LEN + 8);
@@ -141,7 +185,7 @@ fn build_error(
     ip[16..20].copy_from_slice(&dst.octets());
     fill_ipv4_checksum(ip);
     let icmp = &mut d[l3 + IPV4_HEADER_LEN..len];
-    icmp[..8].copy_from_slice(&[icmp_type::DEST_UNREACHABLE, code, 0, 0, 0, 0, 0, 0]);
+    icmp[..8].copy_from_slice(&[kind, code, 0, 0, 0, 0, 0, 0]);
     icmp[6..8].copy_from_slice(&next_hop_mtu.to_be_bytes());
     let c = checksum::checksum(icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
@@ -150,7 +194,7 @@ fn build_error(
         ip_len,
         key: FlowKey::new(proto::ICMP, src, 0, dst, 0),
         tcp_flags: 0,
-        icmp_type: icmp_type::DEST_UNREACHABLE,
+        icmp_type: kind,
         dont_frag: false,
         hash: 0,
     };

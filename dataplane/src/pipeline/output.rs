@@ -37,7 +37,7 @@ pub(crate) fn deliver(
                 return Verdict::Drop(DropReason::NoRoute);
             };
             if !super::rewrite::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
-                return Verdict::Drop(DropReason::TtlExceeded);
+                return super::icmp::time_exceeded(ctx, frame, meta, origin);
             }
             set_macs(frame, pod.mac, node.gateway_mac);
             ctx.counters.inc(Event::LocalForward);
@@ -74,7 +74,7 @@ pub(crate) fn deliver(
                 return Verdict::Drop(DropReason::NeighborUnresolved);
             };
             if !super::rewrite::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
-                return Verdict::Drop(DropReason::TtlExceeded);
+                return super::icmp::time_exceeded(ctx, frame, meta, origin);
             }
             set_macs(frame, mac, node.uplink_mac);
             Verdict::Transmit(node.uplink)

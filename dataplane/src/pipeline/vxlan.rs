@@ -85,7 +85,7 @@ pub(crate) fn encap(
     }
     debug_assert_eq!(meta.l3, ETHERNET_HEADER_LEN);
     if !super::rewrite::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
-        return Verdict::Drop(DropReason::TtlExceeded);
+        return icmp::time_exceeded(ctx, frame, meta, origin);
     }
     let inner_len = meta.l3 + meta.ip_len;
     if !(frame.set_len(inner_len) && frame.push_head(VXLAN_OVERHEAD)) {

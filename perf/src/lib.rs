@@ -5,6 +5,17 @@
 //! drives the kernel's packet generator where the kernel has one; [`in_namespace`] and
 //! [`stats`] are what every measurement uses.
 
+/// A perf program's exit: success, or `name: error` on stderr and failure.
+pub fn exit(name: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Run `f` on a thread inside network namespace `ns`.
 pub fn in_namespace<T: Send>(
     ns: &str,

@@ -184,8 +184,8 @@ enum Path {
     Bare,
     /// kxdp: ClusterIP DNAT, conntrack, VXLAN encap.
     Kxdp,
-    /// kxdp again, fed by trafgen as the kernel is.
-    KxdpTrafgen,
+    /// kxdp again, fed by the skb generator (pktgen or trafgen) as the kernel is.
+    KxdpSkb,
     /// The kernel: bridge, kube-proxy's nftables rules, conntrack, flannel's VXLAN (all on the
     /// sending core, as a veth runs its receiver there).
     Kernel,
@@ -196,14 +196,14 @@ impl Path {
         Path::Redirect,
         Path::Bare,
         Path::Kxdp,
-        Path::KxdpTrafgen,
+        Path::KxdpSkb,
         Path::Kernel,
     ];
 
-    /// Whether trafgen feeds it (the kernel path cannot take live XDP frames, see the module
-    /// documentation), rather than the live-frames generator.
-    fn trafgen(self) -> bool {
-        matches!(self, Path::KxdpTrafgen | Path::Kernel)
+    /// Whether the skb generator feeds it (the kernel path cannot take live XDP frames, see
+    /// the module documentation), rather than the live-frames generator.
+    fn skb_fed(self) -> bool {
+        matches!(self, Path::KxdpSkb | Path::Kernel)
     }
 
     fn name(self) -> &'static str {
@@ -211,7 +211,7 @@ impl Path {
             Path::Redirect => "XDP redirect (ceiling)",
             Path::Bare => "bare AF_XDP forwarder",
             Path::Kxdp => "kxdp",
-            Path::KxdpTrafgen => "kxdp (trafgen)",
+            Path::KxdpSkb => "kxdp (skb generator)",
             Path::Kernel => "kernel: flannel VXLAN + kube-proxy nftables",
         }
     }
@@ -220,7 +220,7 @@ impl Path {
     fn overhead(self) -> f64 {
         match self {
             Path::Redirect | Path::Bare => 0.0,
-            Path::Kxdp | Path::KxdpTrafgen | Path::Kernel => 50.0,
+            Path::Kxdp | Path::KxdpSkb | Path::Kernel => 50.0,
         }
     }
 }
@@ -367,7 +367,7 @@ impl Bench {
                     .map(Running::Attached)
                     .map_err(|e| e.to_string())
             }),
-            Path::Bare | Path::Kxdp | Path::KxdpTrafgen => {
+            Path::Bare | Path::Kxdp | Path::KxdpSkb => {
                 let config = Config {
                     netns: Some(side.node_ns.clone()),
                     workers: vec![Some(self.args.worker_core)],
@@ -413,16 +413,17 @@ impl Bench {
     }
 
     /// Generate `size`-byte frames over `flows` flows on `side` for the window (flat out, or
-    /// at `rate` frames per second), and measure what its sink receives.
+    /// at `rate` frames per second), with the live-frames generator or, with `skb_gen`, the
+    /// skb generator ([`SkbGen`]), and measure what its sink receives.
     fn rate(
         &self,
         side: &Side,
         size: usize,
         flows: u32,
         rate: Option<u64>,
-        trafgen: bool,
+        skb_gen: bool,
     ) -> Result<Rate, String> {
-        if trafgen {
+        if skb_gen {
             return match self.skb_gen {
                 SkbGen::Pktgen => self.pktgen_rate(side, size, flows, rate),
                 SkbGen::Trafgen => self.trafgen_rate(side, size, flows, rate),
@@ -579,7 +580,7 @@ impl Bench {
     /// One saturation run of `path`.
     fn saturate(&self, path: Path, size: usize, flows: u32) -> Result<Rate, String> {
         let running = self.start(path, true)?;
-        let r = self.rate(self.side(path), size, flows, None, path.trafgen());
+        let r = self.rate(self.side(path), size, flows, None, path.skb_fed());
         running.stop()?;
         if std::env::var_os("KXDP_PERF_DEBUG").is_some() {
             eprintln!("{path:?} {size} {flows}: {r:?}");
@@ -760,13 +761,13 @@ fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
         for &(to, dst, flows) in &targets {
             b.dst.store(u32::from(dst), Relaxed);
             let mut got: Vec<Vec<f64>> = vec![Vec::new(); Path::ALL.len()];
-            let (mut live, mut trafgen) = (Vec::new(), Vec::new());
+            let (mut live, mut skb) = (Vec::new(), Vec::new());
             for _ in 0..a.runs {
                 for (i, path) in Path::ALL.iter().enumerate() {
                     let s = b.saturate(*path, size, flows)?;
                     got[i].push(s.forwarded);
-                    if path.trafgen() {
-                        trafgen.push(s.offered);
+                    if path.skb_fed() {
+                        skb.push(s.offered);
                     } else {
                         live.push(s.offered);
                     }
@@ -787,7 +788,7 @@ fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
                 m[3] / m[4].max(1.0),
                 100.0 * m[2] / m[1].max(1.0),
                 mpps(median(&live)),
-                mpps(median(&trafgen)),
+                mpps(median(&skb)),
             );
             if to == "ClusterIP" {
                 same_gen.push(m[3] / m[4].max(1.0));
@@ -1512,13 +1513,7 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("compare: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    kxdp_perf::exit("compare", run())
 }
 
 #[cfg(test)]

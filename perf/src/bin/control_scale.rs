@@ -462,11 +462,5 @@ fn through_api(a: &Args, bodies: &[(Kind, String)]) -> Result<(Duration, Histogr
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("control_scale: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    kxdp_perf::exit("control_scale", run())
 }

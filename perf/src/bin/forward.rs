@@ -303,11 +303,5 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("forward: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    kxdp_perf::exit("forward", run())
 }

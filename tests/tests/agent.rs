@@ -440,11 +440,13 @@ fn an_agent_watches_the_kubernetes_api_and_publishes_its_node() {
         ("kubernetes", true)
     );
     assert_eq!((status.services, status.local_pods), (4, 2));
+    // Published on the loop's next tick (every 500 ms) once the tables are live, which can
+    // come just after ready.
     assert!(
-        server
+        eventually(Duration::from_secs(5), || server
             .requests()
             .iter()
-            .any(|r| r.starts_with("PATCH /api/v1/nodes/node-a")),
+            .any(|r| r.starts_with("PATCH /api/v1/nodes/node-a"))),
         "the flannel annotations were published: {:?}",
         server.requests()
     );

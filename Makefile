@@ -47,13 +47,13 @@ perf-control: deps
 # with the veth path's ceilings (root): packets per second, CPU per packet, iperf3, latency.
 # PERF_ARGS=--long for the long profile. Writes perf/results/report.md and report.svg.
 perf: deps
-	cargo build --release --locked -p kxdp-control --bin kxdp
+	cargo build --release --locked -p kxdp-agent --bin kxdp
 	cargo run --release --locked -p kxdp-perf --bin compare -- --out perf/results $(PERF_ARGS)
 
 # The main job (root): two kxdp nodes with four pods in namespaces, `kxdp agent` on each, real
 # traffic through pods and services, the results table, then everything torn down.
 demo: deps
-	cargo build --release --locked -p kxdp-control --bin kxdp
+	cargo build --release --locked -p kxdp-agent --bin kxdp
 	cargo run --release --locked -p kxdp-tests --bin demo
 
 # One packet of every path through the pure pipeline on the fixture node (no root needed).

@@ -75,6 +75,10 @@ fn decode<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The embedded default cluster (`control/manifests/default.yaml`): what `kxdp trace` uses
+/// when no manifest is given.
+pub const DEFAULT_MANIFEST: &str = include_str!("../manifests/default.yaml");
+
 /// The objects in one file's text (`file` names it in errors).
 pub fn parse(file: &str, text: &str) -> Result<Vec<(usize, Object)>, ManifestError> {
     let mut out = Vec::new();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kxdp_control::admin::{self, AdminAddr};
+use kxdp_agent::admin::{self, AdminAddr};
 use kxdp_control::compile::{pod_interface_name, pod_mac};
 
 use crate::node::mac_text;
@@ -75,7 +75,7 @@ pub fn kxdp_bin() -> Result<PathBuf, String> {
         .find(|p| p.is_file())
         .ok_or_else(|| {
             format!(
-                "no kxdp binary beside {}: build it first (cargo build -p kxdp-control --bin kxdp, \
+                "no kxdp binary beside {}: build it first (cargo build -p kxdp-agent --bin kxdp, \
                  with the same profile) or set KXDP_BIN",
                 exe.display()
             )

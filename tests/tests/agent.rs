@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kxdp_control::admin::{self, CountersView, FlowsView, RouteView, ServiceView, StatusView};
+use kxdp_agent::admin::{self, CountersView, FlowsView, RouteView, ServiceView, StatusView};
 use kxdp_tests::clients::{http_get_many, HttpServer};
 use kxdp_tests::cluster::AgentCluster;
 use kxdp_tests::testbed::skip_unless_privileged;

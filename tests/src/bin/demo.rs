@@ -211,7 +211,7 @@ fn run() -> Result<bool, String> {
         .collect();
     print!(
         "{}",
-        kxdp_control::render::table(&["", "CHECK", "PATH", "RESULT"], &table)
+        kxdp_agent::cli::render::table(&["", "CHECK", "PATH", "RESULT"], &table)
     );
     let all_ok = rows.iter().all(|r| r.ok);
 

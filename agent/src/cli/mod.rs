@@ -1,8 +1,8 @@
 //! `kxdp`: the operator's command.
 //!
-//! - `kxdp agent` runs the node's dataplane (see `kxdp_control::agent`).
+//! - `kxdp agent` runs the node's dataplane (see [`crate::run`]).
 //! - `kxdp status|services|conntrack|routes|counters` read a running agent's admin API and
-//!   print plain tables, or with `--json` the API's JSON (see `kxdp_control::admin`).
+//!   print plain tables, or with `--json` the API's JSON (see [`crate::admin`]).
 //! - `kxdp trace` runs one packet through the real pipeline against tables compiled from
 //!   manifest files (the embedded default cluster when none is given) or a running agent's
 //!   live tables (`--agent`), and prints what each stage decided; `--json` prints the same as
@@ -12,23 +12,23 @@
 // The command's output is its point.
 #![allow(clippy::print_stdout)]
 
+pub mod render;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::admin::{self, AdminAddr};
 use clap::{Parser, Subcommand, ValueEnum};
-use kxdp_control::admin::{self, AdminAddr};
 use kxdp_control::compile::Compiler;
 use kxdp_control::manifest::{parse, ManifestSource};
 use kxdp_control::model::Model;
 use kxdp_control::trace::{trace, trace_settings, Entry, TraceInput};
 
-use kxdp_control::render;
-
-fn run_agent(args: kxdp_control::agent::AgentArgs) -> Result<String, String> {
+fn run_agent(args: crate::settings::AgentArgs) -> Result<String, String> {
     let config = args.resolve().map_err(|e| e.to_string())?;
-    kxdp_control::agent::init_logs(config.json_logs);
-    kxdp_control::agent::run(config).map_err(|e| e.to_string())?;
+    crate::logs::init_logs(config.json_logs);
+    crate::run::run(config).map_err(|e| e.to_string())?;
     Ok(String::new())
 }
 
@@ -46,9 +46,6 @@ fn view<T: serde::de::DeserializeOwned + serde::Serialize>(
     }
 }
 
-/// The cluster `kxdp trace` uses when no manifest is given.
-const DEFAULT_MANIFEST: &str = include_str!("../../manifests/default.yaml");
-
 #[derive(Parser)]
 #[command(
     name = "kxdp",
@@ -63,7 +60,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node's dataplane until stopped (SIGINT/SIGTERM detach it cleanly).
-    Agent(Box<kxdp_control::agent::AgentArgs>),
+    Agent(Box<crate::settings::AgentArgs>),
     /// The agent's state: source, snapshot, workers, interfaces, problems.
     Status(AdminArgs),
     /// Each service port with its frontends and backends, and their state.
@@ -120,9 +117,9 @@ struct PreflightArgs {
 }
 
 fn run_preflight(args: PreflightArgs) -> Result<String, String> {
-    let problems = kxdp_control::preflight::check(
+    let problems = crate::preflight::check(
         &args.interfaces,
-        kxdp_control::agent::umem_bytes(args.workers as usize),
+        crate::settings::umem_bytes(args.workers as usize),
     );
     if problems.is_empty() {
         return Ok("preflight: ok".into());
@@ -223,7 +220,12 @@ fn run_trace(args: TraceArgs) -> Result<String, String> {
     }
     let mut model = Model::new();
     if args.manifests.is_empty() {
-        for (_, o) in parse("(embedded default)", DEFAULT_MANIFEST).map_err(|e| e.to_string())? {
+        for (_, o) in parse(
+            "(embedded default)",
+            kxdp_control::manifest::DEFAULT_MANIFEST,
+        )
+        .map_err(|e| e.to_string())?
+        {
             model.apply(&o).map_err(|e| e.to_string())?;
         }
     } else {
@@ -257,7 +259,8 @@ fn run_trace(args: TraceArgs) -> Result<String, String> {
     }
 }
 
-fn main() -> ExitCode {
+/// Run the command line `std::env::args()` says; the exit code says how it went.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(*args),

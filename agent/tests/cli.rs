@@ -62,7 +62,10 @@ fn trace_json_is_one_object() {
 
 #[test]
 fn trace_reads_manifest_files_and_names_bad_ones() {
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cluster.yaml");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../control/tests/fixtures/cluster.yaml"
+    );
     let (code, out, err) = kxdp(&[
         "trace",
         "--manifest",

@@ -189,7 +189,7 @@ fn parse_arp(table: &str, dev: &str) -> Vec<(Ipv4Addr, EthernetAddress)> {
             if *iface != dev || complete == 0 {
                 return None;
             }
-            Some((ip.parse().ok()?, crate::model::parse_mac(mac)?))
+            Some((ip.parse().ok()?, kxdp_control::model::parse_mac(mac)?))
         })
         .collect()
 }

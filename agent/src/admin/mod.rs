@@ -1,0 +1,84 @@
+//! The agent's admin API, and the client the `kxdp` CLI reads it with.
+//!
+//! Served over HTTP/1.1 on a local TCP address or a Unix socket (`unix:/path`):
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/healthz` | 200 while the dataplane runs (or has yet to start), 503 once it stopped |
+//! | `/readyz` | 200 once the first snapshot is live, 503 before |
+//! | `/metrics` | Prometheus text: drops per reason, events, rx/tx per worker and per interface, batch sizes, conntrack size and pressure, snapshot generation, update latency (from an hdrhistogram) |
+//! | `/api/status` | [`StatusView`] |
+//! | `/api/services` | [`ServiceView`] per service port |
+//! | `/api/conntrack?proto=&addr=&port=&limit=` | [`FlowsView`]: flows matching every filter given |
+//! | `/api/routes` | [`RouteView`] per destination |
+//! | `/api/counters` | [`CountersView`] |
+//! | `/api/trace?from=&src=&dst=&proto=&format=text` | a [`kxdp_control::trace::Trace`] of one packet through the live tables |
+//!
+//! The JSON views are what `kxdp status|services|conntrack|routes|counters --json` print.
+//!
+//! By concern: [`views`] (the JSON types and the views built from a snapshot), [`state`] (what
+//! the agent writes and the API reads), [`metrics`] (the Prometheus exposition), [`server`]
+//! (HTTP routing and serving), [`client`] (what the CLI reads it with).
+
+use std::path::PathBuf;
+
+pub mod client;
+pub mod metrics;
+pub mod server;
+pub mod state;
+pub mod views;
+
+pub use client::{get, get_json};
+pub use server::{bind, handle, serve, Listener};
+pub use state::{AdminState, DataplaneView};
+pub use views::*;
+
+/// Where the admin API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminAddr {
+    /// A TCP address (keep it on localhost).
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for AdminAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, as in unix:/run/kxdp.sock".into());
+            }
+            return Ok(AdminAddr::Unix(path.into()));
+        }
+        s.parse()
+            .map(AdminAddr::Tcp)
+            .map_err(|_| format!("{s:?} is neither ADDRESS:PORT (127.0.0.1:9901) nor unix:PATH"))
+    }
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddr::Tcp(a) => write!(f, "{a}"),
+            AdminAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_addresses_parse_and_print_back() {
+        for text in ["127.0.0.1:9901", "unix:/run/kxdp/agent.sock"] {
+            let a: AdminAddr = text.parse().unwrap();
+            assert_eq!(a.to_string(), text);
+        }
+        assert!("unix:".parse::<AdminAddr>().is_err());
+        let e = "localhost".parse::<AdminAddr>().unwrap_err();
+        assert!(e.contains("unix:PATH"), "{e}");
+    }
+}

@@ -1,0 +1,302 @@
+//! The agent's state as the admin API reads it: the agent writes it as things happen (a
+//! snapshot published, the source's progress, the dataplane started or stopped), the server
+//! reads it to answer. Views are built on demand from it; nothing here does I/O.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use hdrhistogram::Histogram;
+use kxdp_dataplane::conntrack::Conntrack;
+use kxdp_dataplane::counters::{CounterValues, Event};
+use kxdp_dataplane::reason::{DropReason, PassReason};
+use kxdp_dataplane::tables::InterfaceId;
+use kxdp_dataplane::Snapshot;
+use kxdp_xdp::runtime::WorkerStats;
+use kxdp_xdp::worker::BATCH_BUCKETS;
+
+use super::views::{
+    batch_label, proto_name, CountersView, FlowFilter, FlowView, FlowsView, InterfaceView,
+    RouteView, ServiceView, StatusView, WorkerView,
+};
+
+/// What the running dataplane shares with the admin API.
+#[derive(Debug)]
+pub struct DataplaneView {
+    /// Each worker's counters.
+    pub workers: Vec<WorkerStats>,
+    /// The cores workers are pinned to.
+    pub cores: Vec<Option<usize>>,
+    /// The shared conntrack.
+    pub conntrack: Arc<Conntrack>,
+    /// When the pipeline's clock (conntrack expiries) was zero.
+    pub clock_origin: Instant,
+}
+
+/// The agent's state as the admin API reads it; the agent writes it.
+#[derive(Debug)]
+pub struct AdminState {
+    pub(super) started: Instant,
+    pub(super) node: String,
+    pub(super) source: String,
+    pub(super) ready: AtomicBool,
+    pub(super) stopped: AtomicBool,
+    pub(super) snapshot: ArcSwapOption<Snapshot>,
+    pub(super) dataplane: OnceLock<DataplaneView>,
+    pub(super) inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) synced: bool,
+    pub(super) source_errors: u64,
+    pub(super) last_error: Option<String>,
+    pub(super) problems: Vec<String>,
+    pub(super) interfaces: Vec<(String, InterfaceId, String, String)>,
+    pub(super) updates: u64,
+    pub(super) latency_us: Histogram<u64>,
+    pub(super) latency_sum: Duration,
+    pub(super) neighbors: [usize; 2],
+    pub(super) draining: usize,
+}
+
+pub(super) fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    // A panic elsewhere must not take the admin API down with it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AdminState {
+    /// The state of a starting agent for node `node`, fed by `source`.
+    pub fn new(node: &str, source: &str) -> AdminState {
+        AdminState {
+            started: Instant::now(),
+            node: node.into(),
+            source: source.into(),
+            ready: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            snapshot: ArcSwapOption::empty(),
+            dataplane: OnceLock::new(),
+            inner: Mutex::new(Inner {
+                synced: false,
+                source_errors: 0,
+                last_error: None,
+                problems: Vec::new(),
+                interfaces: Vec::new(),
+                updates: 0,
+                latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+                latency_sum: Duration::ZERO,
+                neighbors: [0; 2],
+                draining: 0,
+            }),
+        }
+    }
+
+    /// The dataplane started.
+    pub fn set_dataplane(&self, view: DataplaneView) {
+        let _ = self.dataplane.set(view);
+    }
+
+    /// The dataplane stopped (by itself or on request): `/healthz` fails from now on.
+    pub fn set_stopped(&self) {
+        self.stopped.store(true, Relaxed);
+    }
+
+    /// A snapshot went live, `latency` after the change behind it was noticed.
+    pub fn published(&self, snapshot: Arc<Snapshot>, latency: Duration, problems: Vec<String>) {
+        self.snapshot.store(Some(snapshot));
+        self.ready.store(true, Relaxed);
+        let mut inner = lock(&self.inner);
+        inner.updates += 1;
+        let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
+        let _ = inner.latency_us.record(us);
+        inner.latency_sum += latency;
+        inner.problems = problems;
+    }
+
+    /// The source's state.
+    pub fn set_source(&self, synced: bool, errors: u64, last_error: Option<String>) {
+        let mut inner = lock(&self.inner);
+        inner.synced = synced;
+        inner.source_errors = errors;
+        if last_error.is_some() {
+            inner.last_error = last_error;
+        }
+    }
+
+    /// The last error that kept a change from going live.
+    pub fn set_error(&self, error: String) {
+        lock(&self.inner).last_error = Some(error);
+    }
+
+    /// The interfaces served: name, number, role, XDP mode.
+    pub fn set_interfaces(&self, interfaces: Vec<(String, InterfaceId, String, String)>) {
+        lock(&self.inner).interfaces = interfaces;
+    }
+
+    /// Next hops needed and resolved; endpoints draining.
+    pub fn set_neighbors_and_draining(&self, neighbors: [usize; 2], draining: usize) {
+        let mut inner = lock(&self.inner);
+        inner.neighbors = neighbors;
+        inner.draining = draining;
+    }
+
+    /// The live snapshot, if any.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
+    pub(super) fn counters(&self) -> (CounterValues, Vec<kxdp_xdp::worker::IoValues>) {
+        let workers: &[WorkerStats] = self.dataplane.get().map_or(&[], |d| &d.workers);
+        let counters = kxdp_xdp::runtime::sum_counters(workers.iter().map(|w| w.counters.read()));
+        (counters, workers.iter().map(|w| w.io.read()).collect())
+    }
+
+    /// `/api/status`.
+    pub fn status(&self) -> StatusView {
+        let snap = self.snapshot();
+        let inner = lock(&self.inner);
+        let q = |p: f64| inner.latency_us.value_at_quantile(p) as f64 / 1000.0;
+        let dp = self.dataplane.get();
+        let workers = dp.map_or_else(Vec::new, |d| {
+            d.workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let io = w.io.read();
+                    WorkerView {
+                        worker: i,
+                        core: d.cores.get(i).copied().flatten(),
+                        rx: io.rx,
+                        tx: io.tx,
+                        tx_ring_full: io.tx_ring_full,
+                    }
+                })
+                .collect()
+        });
+        let interfaces = inner
+            .interfaces
+            .iter()
+            .map(|(name, id, role, mode)| {
+                let (rx, tx) = dp.map_or((0, 0), |d| {
+                    d.workers.iter().fold((0, 0), |(rx, tx), w| {
+                        let (r, t) = w.io.interface(*id);
+                        (rx + r, tx + t)
+                    })
+                });
+                InterfaceView {
+                    name: name.clone(),
+                    id: id.0,
+                    role: role.clone(),
+                    xdp_mode: mode.clone(),
+                    rx,
+                    tx,
+                }
+            })
+            .collect();
+        StatusView {
+            node: self.node.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            ready: self.ready.load(Relaxed),
+            source: self.source.clone(),
+            synced: inner.synced,
+            source_errors: inner.source_errors,
+            last_error: inner.last_error.clone(),
+            generation: snap.as_ref().map_or(0, |s| s.generation),
+            updates: inner.updates,
+            update_latency_ms: [q(0.5), q(0.99), inner.latency_us.max() as f64 / 1000.0],
+            services: snap.as_ref().map_or(0, |s| s.services.ports().len()),
+            local_pods: snap.as_ref().map_or(0, |s| s.local_pods().count()),
+            remote_nodes: snap.as_ref().map_or(0, |s| s.remote_nodes().len()),
+            neighbors: inner.neighbors,
+            conntrack: dp.map_or([0, 0], |d| [d.conntrack.len(), d.conntrack.capacity()]),
+            draining_endpoints: inner.draining,
+            workers,
+            interfaces,
+            problems: inner.problems.clone(),
+        }
+    }
+
+    /// `/api/counters`.
+    pub fn counters_view(&self) -> CountersView {
+        let (c, io) = self.counters();
+        let mut v = CountersView::default();
+        for e in Event::ALL {
+            v.events.insert(e.name().into(), c.events[*e as usize]);
+        }
+        for r in DropReason::ALL {
+            v.drops
+                .insert(r.name().into(), c.drops[r.number() as usize]);
+        }
+        for r in PassReason::ALL {
+            v.passes
+                .insert(r.name().into(), c.passes[r.number() as usize]);
+        }
+        let sum = |f: fn(&kxdp_xdp::worker::IoValues) -> u64| io.iter().map(f).sum::<u64>();
+        for (name, value) in [
+            ("rx", sum(|i| i.rx)),
+            ("tx", sum(|i| i.tx)),
+            ("tx_ring_full", sum(|i| i.tx_ring_full)),
+            ("copied", sum(|i| i.copied)),
+            ("polls", sum(|i| i.polls)),
+            ("empty_polls", sum(|i| i.empty_polls)),
+        ] {
+            v.io.insert(name.into(), value);
+        }
+        for b in 0..BATCH_BUCKETS {
+            let count = io.iter().map(|i| i.batch_sizes[b]).sum();
+            v.batch_sizes.push((batch_label(b), count));
+        }
+        v
+    }
+
+    /// `/api/services`.
+    pub fn services(&self) -> Vec<ServiceView> {
+        self.snapshot()
+            .map_or_else(Vec::new, |snap| super::views::services(&snap))
+    }
+
+    /// `/api/routes`.
+    pub fn routes(&self) -> Vec<RouteView> {
+        self.snapshot()
+            .map_or_else(Vec::new, |snap| super::views::routes(&snap))
+    }
+
+    /// `/api/conntrack`: flows matching `filter`, the first `limit` of them listed.
+    pub fn flows(&self, filter: &FlowFilter, limit: usize) -> FlowsView {
+        let Some(dp) = self.dataplane.get() else {
+            return FlowsView::default();
+        };
+        let ct = &dp.conntrack;
+        let now = dp.clock_origin.elapsed();
+        let mut view = FlowsView {
+            total: ct.len(),
+            capacity: ct.capacity(),
+            ..FlowsView::default()
+        };
+        ct.visit(|o, r, state, expiry| {
+            if filter.matches(o, r) {
+                view.matched += 1;
+                if view.flows.len() < limit {
+                    let ms = expiry.as_millis().saturating_sub(now.as_millis() as u64);
+                    view.flows.push(FlowView {
+                        proto: proto_name(o.proto),
+                        original: format!(
+                            "{}:{} -> {}:{}",
+                            o.src_ip, o.src_port, o.dst_ip, o.dst_port
+                        ),
+                        reply: format!(
+                            "{}:{} -> {}:{}",
+                            r.src_ip, r.src_port, r.dst_ip, r.dst_port
+                        ),
+                        state: state.name().into(),
+                        expires_in_ms: ms,
+                    });
+                }
+            }
+            true
+        });
+        view
+    }
+}

@@ -1,0 +1,22 @@
+//! `kxdp agent`, the node agent, and `kxdp`, the command an operator runs.
+//!
+//! The agent joins kxdp's pure control side (`kxdp_control`: model, sources, compiler) to its
+//! I/O crate (`kxdp_xdp`: the XDP program, AF_XDP sockets, workers) on one node:
+//!
+//! - [`settings`]: flags, environment and config file into one checked configuration;
+//! - [`preflight`]: capabilities, locked memory and interfaces, checked before anything starts;
+//! - [`nodefacts`]: what the node's kernel says about its interfaces, routes and neighbours;
+//! - [`run`]: start-up in order, then the loop that feeds changes to the reconciler;
+//! - [`reconcile`]: the compiler and the dataplane kept in step with the cluster and the node;
+//! - [`admin`]: the admin API (health, metrics, JSON views) and the client the CLI reads it with;
+//! - [`cli`]: the `kxdp` command and its tables;
+//! - [`logs`]: `tracing` lines on stderr.
+
+pub mod admin;
+pub mod cli;
+pub mod logs;
+pub mod nodefacts;
+pub mod preflight;
+pub mod reconcile;
+pub mod run;
+pub mod settings;

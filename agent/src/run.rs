@@ -1,0 +1,272 @@
+//! `kxdp agent`: the node's dataplane and its control side, run until stopped.
+//!
+//! Start-up, in order, each step failing with a message that names what is wrong:
+//! 1. the configuration: flags, then `KXDP_*` environment variables, then the YAML file given
+//!    with `--config` (same names as the flags), then the defaults;
+//! 2. the preflight checks ([`crate::preflight`]): capabilities, locked memory, the uplink
+//!    and the host interface exist;
+//! 3. the uplink as the kernel sees it: MAC, MTU, IPv4 address and prefix, default gateway;
+//!    and with `--host-interface`, the MAC of the kernel's end of the host veth pair;
+//! 4. the admin API's listener;
+//! 5. the source: the Kubernetes API (a kubeconfig, or in-cluster) or manifest files, which
+//!    must parse.
+//!
+//! Then one loop owns the model, the compiler and the dataplane. A change from the source is
+//! compiled and published ([`Agent::publish`]); the dataplane starts with the first snapshot
+//! that compiles (it needs this node's Node object). Every half second the loop also:
+//! serves pod interfaces that appeared since (a CNI plugin creates a pod's veth after the API
+//! lists the pod), drops and re-adds those that were recreated, asks the kernel for the MAC
+//! addresses of underlay next hops and republishes when they change, and retires draining
+//! endpoints with no flow left. SIGINT and SIGTERM stop the workers and detach every XDP
+//! program before the agent exits; so does `--max-run`.
+
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kxdp_control::compile::NodeSettings;
+use kxdp_control::kube_source::{KubeSource, Watch};
+use kxdp_control::manifest::ManifestSource;
+use kxdp_control::model::Model;
+use kxdp_dataplane::tables::NodeConfig;
+use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+
+use crate::admin::AdminState;
+use crate::nodefacts;
+use crate::reconcile::{Agent, HOST, UPLINK};
+use crate::settings::{umem_bytes, AgentConfig, AgentError, SourceConfig};
+
+/// The ports masquerade uses: above Linux's default `ip_local_port_range` (32768–60999) and
+/// the NodePort range, so the XDP program steers their replies by port alone.
+const MASQUERADE_PORTS: RangeInclusive<u16> = 61000..=65535;
+
+/// How often the loop looks after interfaces, neighbours and draining endpoints.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Run the agent until SIGINT, SIGTERM or `--max-run`.
+pub fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let interfaces: Vec<String> = std::iter::once(&config.uplink)
+        .chain(&config.host_interface)
+        .cloned()
+        .collect();
+    let problems = crate::preflight::check(&interfaces, umem_bytes(config.cores.len()));
+    if !problems.is_empty() {
+        return Err(AgentError::Preflight(problems));
+    }
+    let uplink = nodefacts::interface(&config.uplink)
+        .map_err(|e| AgentError::Other(format!("uplink {}: {e}", config.uplink)))?;
+    let address = uplink.ipv4.ok_or_else(|| {
+        AgentError::Other(format!(
+            "uplink {} has no IPv4 address: kxdp uses the uplink's address as the node's \
+             underlay address (give it one, as the node's network setup would)",
+            config.uplink
+        ))
+    })?;
+    // The kernel's end of the host pair: frames for the node go to its MAC.
+    let host_mac = match &config.host_interface {
+        None => EthernetAddress([0; 6]),
+        Some(name) => {
+            nodefacts::veth_peer(name)
+                .and_then(|peer| nodefacts::interface(&peer))
+                .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?
+                .mac
+        }
+    };
+    let settings = NodeSettings {
+        node: NodeConfig {
+            name: config.node.clone(),
+            node_ips: vec![address.address()],
+            uplink_subnet: Ipv4Cidr::new(address.network().address(), address.prefix_len()),
+            uplink_gateway: nodefacts::default_gateway(&config.uplink),
+            pod_cidr: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
+            cluster_cidr: config.cluster_cidr,
+            service_cidr: config.service_cidr,
+            gateway_ip: Ipv4Addr::UNSPECIFIED,
+            // Pods see every other host behind the uplink's MAC (each veth is its own link).
+            gateway_mac: uplink.mac,
+            uplink: UPLINK,
+            uplink_mac: uplink.mac,
+            uplink_mtu: uplink.mtu,
+            host: HOST,
+            host_mac,
+            vtep_mac: config.vtep_mac.unwrap_or(uplink.mac),
+            vxlan_vni: 1,
+            vxlan_port: 8472,
+            masquerade_ports: MASQUERADE_PORTS,
+        },
+        neighbors: Vec::new(),
+    };
+    tracing::info!(
+        node = %config.node,
+        uplink = %config.uplink,
+        address = %address,
+        mtu = uplink.mtu,
+        gateway = ?settings.node.uplink_gateway,
+        workers = config.cores.len(),
+        "starting"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Other(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(run_async(config, settings))
+}
+
+enum Source {
+    Kube(Box<Watch>, KubeSource),
+    Files(ManifestSource),
+}
+
+impl Source {
+    /// Wait for the next change from the Kubernetes API and apply it to `model`; true if it
+    /// should be published. Manifest files are looked at on the loop's tick instead
+    /// ([`Source::reread`]), so this never returns for them.
+    async fn next(&mut self, model: &mut Model) -> Result<bool, String> {
+        match self {
+            Source::Kube(watch, _) => watch
+                .next(model)
+                .await
+                .ok_or_else(|| "the Kubernetes watchers ended".to_owned()),
+            Source::Files(_) => std::future::pending().await,
+        }
+    }
+
+    /// Whether the source has listed everything once (manifests always have).
+    fn synced(&self) -> bool {
+        match self {
+            Source::Kube(watch, _) => watch.status().synced,
+            Source::Files(_) => true,
+        }
+    }
+
+    /// Re-read changed manifest files into `model`; true if it should be published. A file
+    /// that does not parse leaves the model as it was, with the error reported.
+    fn reread(&mut self, model: &mut Model, state: &AdminState) -> bool {
+        let Source::Files(files) = self else {
+            return false;
+        };
+        if !files.changed() {
+            return false;
+        }
+        match files.load(model) {
+            Ok(changed) => {
+                tracing::info!(changed, "manifests re-read");
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "manifests: keeping the last good model");
+                state.set_error(e.to_string());
+                false
+            }
+        }
+    }
+}
+
+async fn run_async(config: AgentConfig, settings: NodeSettings) -> Result<(), AgentError> {
+    let source_name = match config.source {
+        SourceConfig::Manifests(_) => "manifests",
+        SourceConfig::Kubernetes(_) => "kubernetes",
+    };
+    let state = Arc::new(AdminState::new(&config.node, source_name));
+    let listener = crate::admin::bind(&config.admin)
+        .await
+        .map_err(|e| AgentError::Other(format!("admin API on {}: {e}", config.admin)))?;
+    tracing::info!(admin = %config.admin, "admin API listening");
+    let server = tokio::spawn(crate::admin::serve(listener, Arc::clone(&state)));
+    let mut model = Model::new();
+    let mut source = match &config.source {
+        SourceConfig::Manifests(paths) => {
+            let mut files = ManifestSource::new(paths.clone());
+            files
+                .load(&mut model)
+                .map_err(|e| AgentError::Other(e.to_string()))?;
+            Source::Files(files)
+        }
+        SourceConfig::Kubernetes(kubeconfig) => {
+            let client = kxdp_control::kube_source::client(kubeconfig.as_deref())
+                .await
+                .map_err(|e| AgentError::Other(format!("Kubernetes client: {e}")))?;
+            let kube = KubeSource::new(client, &config.node);
+            Source::Kube(Box::new(kube.clone().watch()), kube)
+        }
+    };
+    let mut agent = Agent::new(&config, settings, Arc::clone(&state));
+    let mut annotated = matches!(source, Source::Files(_));
+    if let Source::Files(_) = source {
+        state.set_source(true, 0, None);
+    }
+    let mut dirty = matches!(source, Source::Files(_));
+    let mut noticed = Instant::now();
+    let deadline = config.max_run.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(TICK);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| AgentError::Other(format!("SIGTERM handler: {e}")))?;
+    let result = loop {
+        // Nothing is published before the source has listed everything once.
+        if dirty && source.synced() {
+            tokio::task::block_in_place(|| agent.publish(&mut model, noticed));
+            dirty = false;
+        }
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            next = source.next(&mut model) => match next {
+                Ok(publish) => {
+                    if publish {
+                        noticed = Instant::now();
+                        dirty = true;
+                    }
+                    if let Source::Kube(watch, _) = &source {
+                        let s = watch.status();
+                        state.set_source(s.synced, s.errors, s.last_error.clone());
+                    }
+                }
+                Err(e) => break Err(AgentError::Other(e)),
+            },
+            _ = tick.tick() => {
+                if source.reread(&mut model, &state) {
+                    noticed = Instant::now();
+                    dirty = true;
+                }
+                if !annotated {
+                    if let (Source::Kube(_, kube), Some(snap)) = (&source, agent.live.as_ref()) {
+                        let node = &snap.node;
+                        match kube.publish_node_annotations(node.vxlan_vni, node.vtep_mac, node.primary_ip()).await {
+                            Ok(()) => annotated = true,
+                            Err(e) => tracing::warn!(error = %e, "publishing the node's flannel annotations; will retry"),
+                        }
+                    }
+                }
+                match tokio::task::block_in_place(|| agent.maintain(&model)) {
+                    Ok(true) => {
+                        noticed = Instant::now();
+                        dirty = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: stopping");
+                break Ok(());
+            }
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                break Ok(());
+            }
+            _ = until_deadline => {
+                tracing::info!("--max-run reached: stopping");
+                break Ok(());
+            }
+        }
+    };
+    let stopped = tokio::task::block_in_place(|| agent.stop());
+    server.abort();
+    result.and(stopped)
+}

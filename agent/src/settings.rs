@@ -1,0 +1,417 @@
+//! `kxdp agent`'s settings: flags, then `KXDP_*` environment variables, then the YAML file
+//! given with `--config` (keys named as the flags), then the defaults. Every error names the
+//! flag (or the file's key) that is wrong.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+use kxdp_xdp::worker::Mode;
+use kxdp_xdp::xsk::PortConfig;
+use serde::Deserialize;
+
+use crate::admin::AdminAddr;
+use crate::preflight::PreflightError;
+
+/// `kxdp agent`'s flags. Each may also come from the environment (`KXDP_<NAME>`) or the
+/// config file, which is read into this same struct by the flags' names.
+#[derive(clap::Args, Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentArgs {
+    /// A YAML file with any of these settings, named as the flags are (`node: node-a`,
+    /// `manifest: [a.yaml]`, `cores: "0,1"`); flags and environment override it.
+    #[arg(long, env = "KXDP_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's name (its Node object).
+    #[arg(long, env = "KXDP_NODE")]
+    pub node: Option<String>,
+    /// Read the cluster from these manifest files (re-read when they change) instead of the
+    /// Kubernetes API.
+    #[arg(long = "manifest", value_name = "FILE")]
+    #[serde(rename = "manifest", default)]
+    pub manifests: Vec<PathBuf>,
+    /// The kubeconfig file; without it (and without --manifest), KUBECONFIG, ~/.kube/config
+    /// or the in-cluster service account.
+    #[arg(long, env = "KXDP_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's uplink interface [default: eth0].
+    #[arg(long, env = "KXDP_UPLINK", value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// kxdp's end of the veth pair to this node's own stack, whose other end the kernel
+    /// routes the pod and service CIDRs to: the node reaches pods and services through it,
+    /// and pods reach the node's addresses [default: none; pods then reach the node only
+    /// through NodePorts].
+    #[arg(long, env = "KXDP_HOST_INTERFACE", value_name = "IFACE")]
+    pub host_interface: Option<String>,
+    /// Cores for the workers, one worker each (`0,1` or `2-3`) [default: one unpinned worker].
+    #[arg(long, env = "KXDP_CORES", value_name = "LIST")]
+    pub cores: Option<String>,
+    /// How idle workers wait: `wakeup` (sleep in poll), `busy-poll` (spin; a core each), or
+    /// `adaptive` (spin for --spin-us after traffic, then sleep) [default: wakeup].
+    #[arg(long, env = "KXDP_MODE")]
+    pub mode: Option<String>,
+    /// In adaptive mode, how long a worker keeps spinning after its last frame, in
+    /// microseconds [default: 200].
+    #[arg(long, env = "KXDP_SPIN_US")]
+    pub spin_us: Option<u32>,
+    /// The cluster's pod CIDR [default: 10.244.0.0/16].
+    #[arg(long, env = "KXDP_CLUSTER_CIDR")]
+    pub cluster_cidr: Option<String>,
+    /// The service CIDR [default: 10.96.0.0/12].
+    #[arg(long, env = "KXDP_SERVICE_CIDR")]
+    pub service_cidr: Option<String>,
+    /// This node's VTEP MAC when its Node object publishes none [default: the uplink's MAC].
+    #[arg(long, env = "KXDP_VTEP_MAC")]
+    pub vtep_mac: Option<String>,
+    /// The admin API: ADDRESS:PORT or unix:PATH [default: 127.0.0.1:9901].
+    #[arg(long, env = "KXDP_ADMIN")]
+    pub admin: Option<String>,
+    /// Flows the conntrack table holds [default: 262144].
+    #[arg(long, env = "KXDP_CONNTRACK_SIZE")]
+    pub conntrack_size: Option<u32>,
+    /// Stop by itself after this many seconds (demos and tests bound every run).
+    #[arg(long, env = "KXDP_MAX_RUN")]
+    pub max_run: Option<u64>,
+    /// Log format: `text` or `json` [default: text]; RUST_LOG filters (default `info`).
+    #[arg(long, env = "KXDP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Where the cluster comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceConfig {
+    /// Manifest files.
+    Manifests(Vec<PathBuf>),
+    /// The Kubernetes API, through this kubeconfig or the usual places.
+    Kubernetes(Option<PathBuf>),
+}
+
+/// The agent's resolved configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    /// This node.
+    pub node: String,
+    /// The source.
+    pub source: SourceConfig,
+    /// The uplink's name.
+    pub uplink: String,
+    /// kxdp's end of the host veth pair, if there is one.
+    pub host_interface: Option<String>,
+    /// One worker per entry, pinned to the core given.
+    pub cores: Vec<Option<usize>>,
+    /// How workers wait.
+    pub mode: Mode,
+    /// The cluster's pod CIDR.
+    pub cluster_cidr: Ipv4Cidr,
+    /// The service CIDR.
+    pub service_cidr: Ipv4Cidr,
+    /// The VTEP MAC, if set.
+    pub vtep_mac: Option<EthernetAddress>,
+    /// The admin API's address.
+    pub admin: AdminAddr,
+    /// Conntrack capacity.
+    pub conntrack_size: u32,
+    /// Run at most this long.
+    pub max_run: Option<Duration>,
+    /// `json` logs rather than text.
+    pub json_logs: bool,
+}
+
+/// Why the agent did not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A setting is wrong: which, where it came from, and why.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The machine or process lacks something the dataplane needs.
+    #[error("{}", .0.iter().map(|p| format!("preflight: {p}")).collect::<Vec<_>>().join("\n"))]
+    Preflight(Vec<PreflightError>),
+    /// Anything else, said in full.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn config_error(field: &str, problem: impl std::fmt::Display) -> AgentError {
+    AgentError::Config(format!("{field}: {problem}"))
+}
+
+impl AgentArgs {
+    /// Merge flags and environment (already in `self`) over the config file and the defaults.
+    pub fn resolve(self) -> Result<AgentConfig, AgentError> {
+        let file = match &self.config {
+            None => AgentArgs::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| config_error("--config", format!("{}: {e}", path.display())))?;
+                let de = serde_yaml::Deserializer::from_str(&text);
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    AgentError::Config(format!("{}: {}: {}", path.display(), e.path(), e.inner()))
+                })?
+            }
+        };
+        let node = self
+            .node
+            .or(file.node)
+            .ok_or_else(|| config_error("--node", "this node's name is required (or KXDP_NODE)"))?;
+        let manifests = if self.manifests.is_empty() {
+            file.manifests
+        } else {
+            self.manifests
+        };
+        let source = if manifests.is_empty() {
+            SourceConfig::Kubernetes(self.kubeconfig.or(file.kubeconfig))
+        } else {
+            SourceConfig::Manifests(manifests)
+        };
+        let cores = match self.cores.or(file.cores) {
+            None => vec![None],
+            Some(list) => parse_cores(&list)
+                .map_err(|e| config_error("--cores", e))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let spin_us = self.spin_us.or(file.spin_us);
+        let mode = match self.mode.or(file.mode).as_deref() {
+            None | Some("wakeup") => Mode::Wakeup { timeout_ms: 50 },
+            Some("busy-poll") => Mode::BusyPoll,
+            Some("adaptive") => Mode::Adaptive {
+                spin_us: spin_us.unwrap_or(200),
+                timeout_ms: 50,
+            },
+            Some(other) => {
+                return Err(config_error(
+                    "--mode",
+                    format!("{other:?} is not wakeup, busy-poll or adaptive"),
+                ))
+            }
+        };
+        if spin_us.is_some() && !matches!(mode, Mode::Adaptive { .. }) {
+            return Err(config_error("--spin-us", "applies to --mode adaptive only"));
+        }
+        let cidr = |field: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.into());
+            kxdp_control::model::parse_cidr(&text)
+                .ok_or_else(|| config_error(field, format!("{text:?} is not an IPv4 CIDR")))
+        };
+        let vtep_mac = self
+            .vtep_mac
+            .or(file.vtep_mac)
+            .map(|m| {
+                kxdp_control::model::parse_mac(&m).ok_or_else(|| {
+                    config_error("--vtep-mac", format!("{m:?} is not a MAC address"))
+                })
+            })
+            .transpose()?;
+        let admin = self
+            .admin
+            .or(file.admin)
+            .unwrap_or_else(|| "127.0.0.1:9901".into())
+            .parse()
+            .map_err(|e| config_error("--admin", e))?;
+        let conntrack_size = self
+            .conntrack_size
+            .or(file.conntrack_size)
+            .unwrap_or(262_144);
+        if !(1..=kxdp_dataplane::conntrack::MAX_CAPACITY).contains(&conntrack_size) {
+            return Err(config_error(
+                "--conntrack-size",
+                format!(
+                    "{conntrack_size} is not in 1..={}",
+                    kxdp_dataplane::conntrack::MAX_CAPACITY
+                ),
+            ));
+        }
+        let json_logs = match self.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(config_error(
+                    "--log-format",
+                    format!("{other:?} is not text or json"),
+                ))
+            }
+        };
+        Ok(AgentConfig {
+            node,
+            source,
+            uplink: self.uplink.or(file.uplink).unwrap_or_else(|| "eth0".into()),
+            host_interface: self.host_interface.or(file.host_interface),
+            cores,
+            mode,
+            cluster_cidr: cidr(
+                "--cluster-cidr",
+                self.cluster_cidr.or(file.cluster_cidr),
+                "10.244.0.0/16",
+            )?,
+            service_cidr: cidr(
+                "--service-cidr",
+                self.service_cidr.or(file.service_cidr),
+                "10.96.0.0/12",
+            )?,
+            vtep_mac,
+            admin,
+            conntrack_size,
+            max_run: self.max_run.or(file.max_run).map(Duration::from_secs),
+            json_logs,
+        })
+    }
+}
+
+/// `0,1` or `2-3` or `0,2-3` as core numbers.
+pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in list.split(',').map(str::trim) {
+        let bad = || format!("{part:?} is not a core number or range (as in 0,1 or 2-3)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    let unique: HashSet<usize> = cores.iter().copied().collect();
+    if unique.len() != cores.len() {
+        return Err(format!("{list:?} names a core twice"));
+    }
+    if cores.len() > kxdp_xdp::runtime::MAX_QUEUES as usize {
+        return Err(format!("at most {} workers", kxdp_xdp::runtime::MAX_QUEUES));
+    }
+    Ok(cores)
+}
+
+/// The locked memory `workers` workers' UMEMs take (one UMEM each, `PortConfig::default()`).
+pub fn umem_bytes(workers: usize) -> u64 {
+    let umem = PortConfig::default();
+    u64::from(umem.frames) * u64::from(umem.frame_size) * workers as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> AgentArgs {
+        AgentArgs {
+            node: Some("node-a".into()),
+            ..AgentArgs::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.uplink, "eth0");
+        assert_eq!(c.cores, vec![None]);
+        assert_eq!(c.source, SourceConfig::Kubernetes(None));
+        assert_eq!(c.admin, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(c.mode, Mode::Wakeup { timeout_ms: 50 });
+    }
+
+    #[test]
+    fn adaptive_mode_takes_its_spin_and_nothing_else_does() {
+        let mut a = args();
+        a.mode = Some("adaptive".into());
+        let c = a.clone().resolve().unwrap();
+        assert_eq!(
+            c.mode,
+            Mode::Adaptive {
+                spin_us: 200,
+                timeout_ms: 50
+            }
+        );
+        a.spin_us = Some(30);
+        assert_eq!(
+            a.resolve().unwrap().mode,
+            Mode::Adaptive {
+                spin_us: 30,
+                timeout_ms: 50
+            }
+        );
+        let mut b = args();
+        b.spin_us = Some(30);
+        let e = b.resolve().unwrap_err().to_string();
+        assert!(e.contains("--spin-us") && e.contains("adaptive"), "{e}");
+        let mut b = args();
+        b.mode = Some("spin".into());
+        let e = b.resolve().unwrap_err().to_string();
+        assert!(e.contains("--mode") && e.contains("\"spin\""), "{e}");
+    }
+
+    #[test]
+    fn cores_parse_as_lists_and_ranges() {
+        assert_eq!(parse_cores("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert!(parse_cores("1,1").unwrap_err().contains("twice"));
+        assert!(parse_cores("3-1").is_err());
+        assert!(parse_cores("x").unwrap_err().contains("\"x\""));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_file_errors_name_the_field() {
+        let dir = std::env::temp_dir().join(format!("kxdp-agent-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.yaml");
+        std::fs::write(
+            &file,
+            "node: from-file\nuplink: ens1\ncores: \"0-1\"\nmanifest: [a.yaml]\n",
+        )
+        .unwrap();
+        let c = AgentArgs {
+            config: Some(file.clone()),
+            uplink: Some("ens9".into()),
+            ..AgentArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.node, "from-file");
+        assert_eq!(c.uplink, "ens9");
+        assert_eq!(c.cores, vec![Some(0), Some(1)]);
+        assert_eq!(c.source, SourceConfig::Manifests(vec!["a.yaml".into()]));
+        std::fs::write(&file, "node: n\nconntrack-size: lots\n").unwrap();
+        let e = AgentArgs {
+            config: Some(file.clone()),
+            ..AgentArgs::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("conntrack-size"), "{e}");
+        std::fs::write(&file, "node: n\nuplnk: eth0\n").unwrap();
+        let e = AgentArgs {
+            config: Some(file),
+            ..AgentArgs::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("uplnk"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        type Edit = fn(&mut AgentArgs);
+        let cases: [(Edit, &str); 5] = [
+            (|a| a.node = None, "--node"),
+            (|a| a.mode = Some("spin".into()), "--mode"),
+            (
+                |a| a.cluster_cidr = Some("10.244.0.0".into()),
+                "--cluster-cidr",
+            ),
+            (|a| a.admin = Some("localhost".into()), "--admin"),
+            (|a| a.conntrack_size = Some(0), "--conntrack-size"),
+        ];
+        for (edit, flag) in cases {
+            let mut a = args();
+            edit(&mut a);
+            let e = a.resolve().unwrap_err().to_string();
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
+    }
+}

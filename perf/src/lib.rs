@@ -432,7 +432,7 @@ pub mod kube_proxy {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use kxdp_dataplane::testkit::Topology;
+        use kxdp_testkit::Topology;
 
         #[test]
         fn every_service_port_is_served_as_kube_proxy_serves_it() {

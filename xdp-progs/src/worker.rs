@@ -492,7 +492,7 @@ mod tests {
             timeout_ms: 2_000,
         };
         let ct = Conntrack::new(Default::default());
-        let snap = kxdp_dataplane::testkit::Topology::default().snapshot();
+        let snap = kxdp_testkit::Topology::default().snapshot();
         w.run_batches(&snap, &ct, Instant::ZERO);
         let t = Clock::now();
         w.wait(mode).unwrap();

@@ -1,4 +1,7 @@
-//! Rewrites of an IPv4 packet in place: NAT of an address and port, TTL decrement.
+//! Rewrites of an IPv4 packet in place: NAT of an address and port, TTL decrement, written
+//! plainly on smoltcp's views as the reference for the pipeline's fixed-offset rewrites
+//! (`pipeline/rewrite.rs`), which a test checks against these byte for byte on random packets.
+//! A test oracle only: compiled under `cfg(test)`, never part of the shipped crate.
 //!
 //! Every function takes `ip`, the bytes of a packet starting at its IPv4 header, that the
 //! caller has already validated (see the [module contract](super)): version 4, IHL of at least
@@ -46,7 +49,7 @@ enum Side {
 /// # Panics
 /// If `ip` breaks the module's validation contract.
 #[inline]
-pub fn rewrite_src(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
+pub(crate) fn rewrite_src(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
     rewrite(ip, Side::Src, addr, port);
 }
 
@@ -56,7 +59,7 @@ pub fn rewrite_src(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
 /// # Panics
 /// If `ip` breaks the module's validation contract.
 #[inline]
-pub fn rewrite_dst(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
+pub(crate) fn rewrite_dst(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
     rewrite(ip, Side::Dst, addr, port);
 }
 
@@ -138,7 +141,7 @@ fn rewrite(ip: &mut [u8], side: Side, addr: Ipv4Addr, port: u16) {
 /// # Panics
 /// If `ip` is shorter than an IPv4 header.
 #[inline]
-pub fn decrement_ttl(ip: &mut [u8]) -> bool {
+pub(crate) fn decrement_ttl(ip: &mut [u8]) -> bool {
     let mut packet = Ipv4Packet::new_unchecked(ip);
     let ttl = packet.hop_limit();
     if ttl <= 1 {
@@ -158,7 +161,7 @@ pub fn decrement_ttl(ip: &mut [u8]) -> bool {
 /// Unlike the rewrites this accepts untrusted bytes: a slice too short for the header its IHL
 /// claims, or an IHL below 5, is reported as `false`.
 #[inline]
-pub fn ipv4_header_checksum_ok(ip: &[u8]) -> bool {
+pub(crate) fn ipv4_header_checksum_ok(ip: &[u8]) -> bool {
     let Some(&version_ihl) = ip.first() else {
         return false;
     };

@@ -2,8 +2,11 @@
 //!
 //! [`kube_proxy`] writes the nftables rules kube-proxy's nftables mode would generate for a
 //! snapshot's services, so the kernel baseline serves exactly what kxdp serves; [`pktgen`]
-//! drives the kernel's packet generator where the kernel has one; [`in_namespace`] and
-//! [`stats`] are what every measurement uses.
+//! drives the kernel's packet generator where the kernel has one; [`programs`] loads the
+//! harness's own XDP programs (a live-frames generator, a counting sink, a redirector);
+//! [`in_namespace`] and [`stats`] are what every measurement uses.
+
+pub mod programs;
 
 /// A perf program's exit: success, or `name: error` on stderr and failure.
 pub fn exit(name: &str, result: Result<(), String>) -> std::process::ExitCode {

@@ -4,8 +4,10 @@
 //! snapshot's services, so the kernel baseline serves exactly what kxdp serves; [`pktgen`]
 //! drives the kernel's packet generator where the kernel has one; [`programs`] loads the
 //! harness's own XDP programs (a live-frames generator, a counting sink, a redirector);
-//! [`in_namespace`] and [`stats`] are what every measurement uses.
+//! [`baseline`] is the bare AF_XDP forwarder kxdp is measured against; [`in_namespace`] and
+//! [`stats`] are what every measurement uses.
 
+pub mod baseline;
 pub mod programs;
 
 /// A perf program's exit: success, or `name: error` on stderr and failure.

@@ -65,7 +65,8 @@ use kxdp_control::model::Model;
 use kxdp_control::trace::trace_settings;
 use kxdp_dataplane::conntrack::ConntrackConfig;
 use kxdp_dataplane::tables::SnapshotInputs;
-use kxdp_dataplane::Snapshot;
+use kxdp_dataplane::{process_batch, Snapshot};
+use kxdp_perf::baseline::mac_swap;
 use kxdp_perf::in_namespace;
 use kxdp_perf::kube_proxy::ruleset;
 use kxdp_perf::programs::PerfPrograms;
@@ -76,7 +77,7 @@ use kxdp_tests::cluster::{AgentCluster, DEMO_MANIFEST, DEMO_PODS};
 use kxdp_tests::node::mac_text;
 use kxdp_tests::testbed::{missing_privilege, Spec, Testbed};
 use kxdp_xdp::runtime::{Config, Dataplane, Managed};
-use kxdp_xdp::worker::{Forwarding, Mode};
+use kxdp_xdp::worker::Mode;
 use kxdp_xdp::{enter_netns, ifindex, pin_current_thread, Attachment};
 
 const USAGE: &str = "usage: compare [--long] [--seconds S] [--runs R] [--sizes 64,1500] \
@@ -377,11 +378,9 @@ impl Bench {
                         Mode::Wakeup { timeout_ms: 50 }
                     },
                     forwarding: if path == Path::Bare {
-                        Forwarding::MacSwap {
-                            out: self.t.node.uplink,
-                        }
+                        mac_swap
                     } else {
-                        Forwarding::Pipeline
+                        process_batch
                     },
                     conntrack: ConntrackConfig {
                         capacity: 1 << 17,

@@ -1,7 +1,7 @@
 //! Criterion benches of the pipeline's stages, named `stage/case/flows=N,services=M`.
 //!
 //! Every case is a batch of 64 frames from the shared fixture topology
-//! (`kxdp_dataplane::testkit`), the same cases the fixture tests check, at 1k and 1M live
+//! (`kxdp_testkit`), the same cases the fixture tests check, at 1k and 1M live
 //! conntrack flows and 10 and 10k services. Throughput is reported per packet. Only
 //! `process_batch` is timed (two clock reads per batch of 64, about 0.6 ns a packet): before
 //! each batch its frames are re-copied into their buffers, untimed, since the pipeline rewrote
@@ -20,8 +20,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::flow::{proto, FlowKey};
 use kxdp_dataplane::pipeline::inspect;
-use kxdp_dataplane::testkit::{tcp_flags as f, FrameBuf, Input, Topology};
 use kxdp_dataplane::{process_batch, Counters, Instant, Snapshot, Verdict};
+use kxdp_testkit::{tcp_flags as f, FrameBuf, Input, Topology};
 
 const BATCH: usize = 64;
 

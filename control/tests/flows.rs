@@ -12,10 +12,10 @@ use kxdp_control::compile::{Compiler, NodeSettings};
 use kxdp_control::manifest::parse;
 use kxdp_control::model::Model;
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
-use kxdp_dataplane::testkit::{FrameBuf, Topology};
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::tcp_flags;
 use kxdp_dataplane::{process_batch, Counters, Instant, Snapshot, Verdict};
+use kxdp_testkit::{FrameBuf, Topology};
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()

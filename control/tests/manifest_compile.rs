@@ -11,7 +11,7 @@ use kxdp_control::compile::{pod_interface_name, pod_mac, Compiler, NodeSettings}
 use kxdp_control::manifest::{parse, ManifestError, ManifestSource};
 use kxdp_control::model::{Kind, Model, Object};
 use kxdp_dataplane::tables::{FrontendKind, TrafficPolicy};
-use kxdp_dataplane::testkit::Topology;
+use kxdp_testkit::Topology;
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster.yaml")

@@ -8,8 +8,8 @@ use kxdp_control::compile::{Compiler, NodeSettings};
 use kxdp_control::manifest::parse;
 use kxdp_control::model::Model;
 use kxdp_control::trace::{trace, Entry, Trace, TraceError, TraceInput};
-use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::Snapshot;
+use kxdp_testkit::Topology;
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()

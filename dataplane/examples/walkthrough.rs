@@ -6,8 +6,8 @@
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::pipeline::inspect;
-use kxdp_dataplane::testkit::{tcp_flags as f, FrameBuf, Input, Topology};
 use kxdp_dataplane::{process_batch, Counters, Instant};
+use kxdp_testkit::{tcp_flags as f, FrameBuf, Input, Topology};
 
 fn describe(frame: &[u8]) -> String {
     // VXLAN: describe the inner packet.

@@ -1348,11 +1348,11 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::XorShift;
+    use fastrand::Rng;
 
     /// A random UDP key toward the test VIP.
-    fn random_key(rng: &mut XorShift) -> FlowKey {
-        let r = rng.next_u64();
+    fn random_key(rng: &mut Rng) -> FlowKey {
+        let r = rng.u64(..);
         FlowKey::new(
             proto::UDP,
             Ipv4Addr::from(r as u32),
@@ -1929,7 +1929,7 @@ mod tests {
         const CAPACITY: u32 = 1024;
         let ct = table(CAPACITY);
         let now = Instant::from_secs(1);
-        let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::with_seed(0x9e37_79b9_7f4a_7c15);
         let mut live: Vec<FlowRef> = (0..CAPACITY)
             .map(|_| {
                 let key = random_key(&mut rng);
@@ -1937,7 +1937,7 @@ mod tests {
             })
             .collect();
         for _ in 0..10 * CAPACITY {
-            let victim = live.swap_remove((rng.next_u64() % live.len() as u64) as usize);
+            let victim = live.swap_remove(rng.usize(..live.len()));
             assert!(ct.remove(&victim));
             let key = random_key(&mut rng);
             live.push(ct.insert(key, reply_of(&key), 0, now).unwrap());
@@ -1947,7 +1947,7 @@ mod tests {
         }
         let stats = ct.index_stats();
         assert_eq!(stats.entries, 2 * CAPACITY as usize);
-        let mut probe = XorShift::new(7);
+        let mut probe = Rng::with_seed(7);
         let absent: Vec<FlowKey> = (0..4096).map(|_| random_key(&mut probe)).collect();
         let miss_probes = |ct: &Conntrack| {
             let lengths: Vec<usize> = absent.iter().map(|key| ct.probe_length(key)).collect();
@@ -1994,20 +1994,20 @@ mod tests {
         const STABLE: usize = 64;
         let ct = table(CAPACITY);
         let now = Instant::from_secs(1);
-        let mut rng = XorShift::new(42);
+        let mut rng = Rng::with_seed(42);
         let pool: Vec<FlowKey> = (0..768).map(|_| random_key(&mut rng)).collect();
         // Warm up with churn first, so the stable flows land behind churning entries and
         // lookups for them step over tombstones and entries that come and go.
         let mut live: Vec<FlowRef> = Vec::new();
-        let churn = |rng: &mut XorShift, live: &mut Vec<FlowRef>, round: u32| {
+        let churn = |rng: &mut Rng, live: &mut Vec<FlowRef>, round: u32| {
             if live.len() < (CAPACITY as usize - STABLE) * 7 / 8 && round % 3 != 0 {
-                let original = pool[(rng.next_u64() % pool.len() as u64) as usize];
+                let original = pool[rng.usize(..pool.len())];
                 let flow = ct.insert(original, reply_of(&original), 0, now).unwrap();
                 if !live.contains(&flow) {
                     live.push(flow);
                 }
             } else if !live.is_empty() {
-                let victim = live.swap_remove((rng.next_u64() % live.len() as u64) as usize);
+                let victim = live.swap_remove(rng.usize(..live.len()));
                 assert!(ct.remove(&victim));
             }
         };
@@ -2028,11 +2028,11 @@ mod tests {
                     let (ct, stable, pool, stop, progress) =
                         (&ct, &stable, &pool, &stop, &progress);
                     s.spawn(move || {
-                        let mut rng = XorShift::new(seed + 7);
+                        let mut rng = Rng::with_seed(seed + 7);
                         let (mut lookups, mut hits) = (0u64, 0u64);
                         while !stop.load(Relaxed) {
                             // Flows that stay live are always found, whole and unchanged.
-                            let flow = &stable[(rng.next_u64() % STABLE as u64) as usize];
+                            let flow = &stable[rng.usize(..STABLE)];
                             let key = if lookups % 2 == 0 {
                                 flow.original
                             } else {
@@ -2048,7 +2048,7 @@ mod tests {
                             ct.update(&found, 0, now);
 
                             // Churning flows, when found, are the flow asked for, whole.
-                            let original = pool[(rng.next_u64() % pool.len() as u64) as usize];
+                            let original = pool[rng.usize(..pool.len())];
                             let key = if lookups % 3 == 0 {
                                 reply_of(&original)
                             } else {

@@ -21,7 +21,6 @@ mod hugemem;
 pub mod pipeline;
 pub mod reason;
 pub mod tables;
-pub mod testkit;
 pub mod time;
 pub mod wire;
 

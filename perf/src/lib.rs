@@ -2,8 +2,13 @@
 //!
 //! [`kube_proxy`] writes the nftables rules kube-proxy's nftables mode would generate for a
 //! snapshot's services, so the kernel baseline serves exactly what kxdp serves; [`pktgen`]
-//! drives the kernel's packet generator where the kernel has one; [`in_namespace`] and
+//! drives the kernel's packet generator where the kernel has one; [`programs`] loads the
+//! harness's own XDP programs (a live-frames generator, a counting sink, a redirector);
+//! [`baseline`] is the bare AF_XDP forwarder kxdp is measured against; [`in_namespace`] and
 //! [`stats`] are what every measurement uses.
+
+pub mod baseline;
+pub mod programs;
 
 /// A perf program's exit: success, or `name: error` on stderr and failure.
 pub fn exit(name: &str, result: Result<(), String>) -> std::process::ExitCode {
@@ -432,7 +437,7 @@ pub mod kube_proxy {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use kxdp_dataplane::testkit::Topology;
+        use kxdp_testkit::Topology;
 
         #[test]
         fn every_service_port_is_served_as_kube_proxy_serves_it() {

@@ -1,8 +1,8 @@
 //! The kernel baseline's rules load into nftables as kube-proxy's would, and route a service's
 //! traffic: a kernel node with the fixture's services, a pod reaching a ClusterIP.
 
-use kxdp_dataplane::testkit::Topology;
 use kxdp_perf::kube_proxy::ruleset;
+use kxdp_testkit::Topology;
 use kxdp_tests::testbed::{skip_unless_privileged, Spec, Testbed};
 
 #[test]

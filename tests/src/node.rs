@@ -6,9 +6,9 @@ use std::time::Duration;
 use kxdp_dataplane::conntrack::ConntrackConfig;
 use kxdp_dataplane::counters::CounterValues;
 use kxdp_dataplane::tables::SnapshotInputs;
-use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 use kxdp_dataplane::Snapshot;
+use kxdp_testkit::Topology;
 
 use crate::testbed::Testbed;
 pub use kxdp_xdp::runtime::Config;

@@ -14,8 +14,8 @@ use kube::Api;
 use kxdp_control::compile::{Compiler, NodeSettings};
 use kxdp_control::kube_source::{KubeSource, SourceStatus};
 use kxdp_control::model::Model;
-use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::wire::EthernetAddress;
+use kxdp_testkit::Topology;
 use kxdp_tests::apiserver::{FakeApiServer, Fault, Resource};
 use serde_json::{json, Value};
 

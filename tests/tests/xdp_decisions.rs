@@ -4,8 +4,8 @@
 
 use core::net::Ipv4Addr;
 
-use kxdp_dataplane::testkit::{tcp_flags as f, Topology};
 use kxdp_dataplane::wire::Icmpv4Message;
+use kxdp_testkit::{tcp_flags as f, Topology};
 use kxdp_tests::testbed::skip_unless_privileged;
 use kxdp_xdp::{action, IfRole, Steering, XdpStat};
 

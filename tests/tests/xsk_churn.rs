@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kxdp_dataplane::tables::{InterfaceId, LocalPod};
-use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::Snapshot;
+use kxdp_testkit::Topology;
 use kxdp_tests::node::{mac_text, Change, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 use kxdp_xdp::xsk::{Port, PortConfig, Umem};
@@ -25,7 +25,7 @@ fn pods_come_and_go_without_loss_for_the_others() {
         name: "default/newcomer".into(),
         ip: "10.244.1.12".parse().unwrap(),
         iface: InterfaceId(4),
-        mac: kxdp_dataplane::testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
+        mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
     };
     let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
     let mut tb =
@@ -139,7 +139,7 @@ fn new_pods_come_up_after_the_first_pod_went() {
         name: "default/newcomer".into(),
         ip: "10.244.1.12".parse().unwrap(),
         iface: InterfaceId(4),
-        mac: kxdp_dataplane::testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
+        mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
     };
     let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
     let mut tb =

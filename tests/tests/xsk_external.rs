@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::{Backend, ServicePort};
-use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::Snapshot;
+use kxdp_testkit::Topology;
 use kxdp_tests::clients::{connect_many, TcpServer};
 use kxdp_tests::node::{mac_text, mixed_inputs, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use kxdp_dataplane::counters::Event;
-use kxdp_dataplane::testkit::Topology;
 use kxdp_dataplane::Snapshot;
+use kxdp_testkit::Topology;
 use kxdp_tests::node::{mac_text, mixed_inputs, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::LocalPod;
-use kxdp_dataplane::testkit::Topology;
+use kxdp_testkit::Topology;
 use kxdp_tests::clients::{connect_many, TcpServer};
 use kxdp_tests::node::{mac_text, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};

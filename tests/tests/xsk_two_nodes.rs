@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::{InterfaceId, LocalPod, NodeConfig, RemoteNode, SnapshotInputs};
-use kxdp_dataplane::testkit::{mac, Topology};
 use kxdp_dataplane::wire::Ipv4Cidr;
 use kxdp_dataplane::Snapshot;
+use kxdp_testkit::{mac, Topology};
 use kxdp_tests::clients::{iperf, IperfServer};
 use kxdp_tests::node::{mac_text, parse_mac, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};

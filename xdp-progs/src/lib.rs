@@ -9,8 +9,10 @@
 //! Every struct shared with the C side is mirrored here with the same layout, written into the
 //! maps as bytes; `tests::shared_layouts_match_the_object_btf` compares both against the
 //! object's BTF, so a change on one side alone fails the build's tests.
+//!
+//! The loader's building blocks ([`attach_program`], [`percpu_sum`], [`bpf`]) are public for
+//! other XDP objects loaded beside this one: the perf harness's generator and sink.
 
-pub mod perf;
 pub mod runtime;
 pub mod worker;
 pub mod xsk;
@@ -68,7 +70,9 @@ pub enum XdpError {
     Missing(&'static str),
 }
 
-fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
+/// The [`XdpError::Bpf`] for a libbpf call that failed while doing `what`, in the shape
+/// `map_err` takes: `.map_err(bpf("loading the XDP program"))`.
+pub fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
     let what = what.into();
     move |source| XdpError::Bpf { what, source }
 }
@@ -406,10 +410,19 @@ impl Steering {
     }
 }
 
-/// Attach program `name` of `obj` to interface `ifindex` of the calling thread's network
-/// namespace, natively where the driver supports XDP, else generically (the kernel falls back
-/// by itself; [`Attachment::mode`] says which it got).
-fn attach_program(obj: &Object, name: &'static str, ifindex: u32) -> Result<Attachment, XdpError> {
+/// Attach program `name` of the loaded object `obj` to interface `ifindex` of the calling
+/// thread's network namespace, natively where the driver supports XDP, else generically (the
+/// kernel falls back by itself; [`Attachment::mode`] says which it got). The program stays
+/// attached until the attachment is dropped or the process exits (a BPF link).
+///
+/// # Errors
+/// [`XdpError::Missing`] if `obj` has no program `name`; [`XdpError::Bpf`] if the kernel
+/// refuses the attachment or the query of its mode.
+pub fn attach_program(
+    obj: &Object,
+    name: &'static str,
+    ifindex: u32,
+) -> Result<Attachment, XdpError> {
     let prog = obj
         .progs_mut()
         .find(|p| p.name() == name)
@@ -430,8 +443,12 @@ fn attach_program(obj: &Object, name: &'static str, ifindex: u32) -> Result<Atta
     Ok(Attachment { _link: link, mode })
 }
 
-/// Entry `key` of a per-CPU array of u64, summed over CPUs.
-fn percpu_sum(map: &libbpf_rs::Map<'_>, key: u32) -> Result<u64, XdpError> {
+/// Entry `key` of a per-CPU array map of u64 counters, summed over CPUs (a missing entry
+/// counts as zero).
+///
+/// # Errors
+/// [`XdpError::Bpf`] if the lookup fails.
+pub fn percpu_sum(map: &libbpf_rs::Map<'_>, key: u32) -> Result<u64, XdpError> {
     let per_cpu = map
         .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
         .map_err(bpf(format!("reading {}", map.name().to_string_lossy())))?

@@ -26,7 +26,7 @@ use kxdp_dataplane::counters::CounterValues;
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::{Counters, Instant, Snapshot};
 
-use crate::worker::{Forwarding, IoCounters, IoValues, Mode, Worker};
+use crate::worker::{BatchFn, IoCounters, IoValues, Mode, Worker};
 use crate::xsk::{Port, PortConfig, Umem};
 use crate::{enter_netns, ifindex, Attachment, IfRole, Steering, XdpMode};
 
@@ -88,8 +88,9 @@ pub struct Config {
     pub port: PortConfig,
     /// Stop by itself after this long (tests and benchmarks bound every run).
     pub max_run: Option<Duration>,
-    /// The pipeline, or the perf harness's baseline forwarder.
-    pub forwarding: Forwarding,
+    /// What each worker runs on a batch: the pipeline ([`kxdp_dataplane::process_batch`], the
+    /// default), or the perf harness's baseline forwarder.
+    pub forwarding: BatchFn,
     /// Whether a worker's sockets share its UMEM (frames move between interfaces as
     /// descriptors), or each socket has its own (frames are copied between them): for drivers
     /// that cannot share a UMEM between devices.
@@ -105,7 +106,7 @@ impl Default for Config {
             conntrack: ConntrackConfig::default(),
             port: PortConfig::default(),
             max_run: None,
-            forwarding: Forwarding::Pipeline,
+            forwarding: kxdp_dataplane::process_batch,
             shared_umem: true,
         }
     }
@@ -604,7 +605,7 @@ struct WorkerSetup {
     core: Option<usize>,
     netns: Option<String>,
     mode: Mode,
-    forwarding: Forwarding,
+    forwarding: BatchFn,
     port: PortConfig,
     shared_umem: bool,
     snap: Arc<ArcSwap<Snapshot>>,

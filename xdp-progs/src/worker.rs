@@ -2,8 +2,9 @@
 //!
 //! One worker owns a set of [`Port`]s, one per managed interface it serves. Each round it waits
 //! for received frames (see [`Mode`]: sleep in `poll`, spin, or spin for a while after traffic
-//! and then sleep), and for every port with frames runs one batch through
-//! [`process_batch`] and sends each frame where its verdict says: back out the same port, out
+//! and then sleep), and for every port with frames runs one batch through its [`BatchFn`]
+//! (kxdp's pipeline, [`process_batch`], unless the caller gave another) and sends each frame
+//! where its verdict says: back out the same port, out
 //! another port (moving the descriptor when the ports share a UMEM, as a worker's ports do;
 //! copying the bytes otherwise), to the host port if there is one, or back to the free list.
 //! Transmits are gathered per port and sent once per batch.
@@ -50,18 +51,11 @@ pub enum Mode {
     },
 }
 
-/// What a worker does with each batch it receives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Forwarding {
-    /// kxdp's pipeline.
-    Pipeline,
-    /// The perf harness's baseline: swap the Ethernet addresses and send every frame out of
-    /// `out`, as a bare AF_XDP forwarder does, on the same sockets and the same I/O path.
-    MacSwap {
-        /// Where every frame goes.
-        out: InterfaceId,
-    },
-}
+/// What a worker does with each batch it receives: set every packet's verdict (and rewrite its
+/// frame in place), as [`process_batch`], the default, does. Another function (the perf
+/// harness's bare forwarder) runs on the same sockets and the same I/O path. The worker calls
+/// it once per batch, never per packet, so the indirect call costs nothing per frame.
+pub type BatchFn = fn(&mut [Packet<'_>], &Snapshot, &Conntrack, &Counters, Instant);
 
 /// Interfaces whose frames are counted one by one (by [`InterfaceId`] number).
 pub const COUNTED_INTERFACES: usize = 1024;
@@ -181,7 +175,7 @@ pub struct Worker {
     ports: Vec<(InterfaceId, Port)>,
     counters: Arc<Counters>,
     io: Arc<IoCounters>,
-    forwarding: Forwarding,
+    forwarding: BatchFn,
     /// When the worker's rounds started finding nothing; `None` while frames keep coming.
     /// Read at the turn from busy to idle only, so a busy worker never reads the clock for it.
     idle_since: Option<std::time::Instant>,
@@ -205,13 +199,14 @@ impl Worker {
             ports,
             counters,
             io: Arc::new(IoCounters::default()),
-            forwarding: Forwarding::Pipeline,
+            forwarding: process_batch,
             idle_since: None,
         }
     }
 
-    /// Replace the pipeline (for the perf harness's baseline).
-    pub fn set_forwarding(&mut self, forwarding: Forwarding) {
+    /// Run `forwarding` on each batch instead of the pipeline (for the perf harness's
+    /// baseline).
+    pub fn set_forwarding(&mut self, forwarding: BatchFn) {
         self.forwarding = forwarding;
     }
 
@@ -362,10 +357,7 @@ impl Worker {
                 let frame = Frame::new(chunk, head, d.len as usize).expect("frame in its chunk");
                 packets.push(Packet::new(frame, ingress));
             }
-            match forwarding {
-                Forwarding::Pipeline => process_batch(&mut packets, snap, ct, counters, now),
-                Forwarding::MacSwap { out } => mac_swap(&mut packets, out),
-            }
+            forwarding(&mut packets, snap, ct, counters, now);
             for (p, d) in packets.iter().zip(&rx[..n]) {
                 // The pipeline may have moved the frame's start within its chunk.
                 let desc = Desc {
@@ -440,20 +432,6 @@ impl Worker {
     }
 }
 
-/// The baseline forwarder's whole work: swap the Ethernet addresses, send out of `out`.
-fn mac_swap(packets: &mut [Packet<'_>], out: InterfaceId) {
-    for p in packets {
-        let data = p.frame.data_mut();
-        if data.len() >= 12 {
-            let (dst, src) = data[..12].split_at_mut(6);
-            dst.swap_with_slice(src);
-            p.verdict = Verdict::Transmit(out);
-        } else {
-            p.verdict = Verdict::Drop(kxdp_dataplane::DropReason::FrameTooShort);
-        }
-    }
-}
-
 /// Two distinct elements of a slice, mutably.
 fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     assert_ne!(a, b);
@@ -492,7 +470,7 @@ mod tests {
             timeout_ms: 2_000,
         };
         let ct = Conntrack::new(Default::default());
-        let snap = kxdp_dataplane::testkit::Topology::default().snapshot();
+        let snap = kxdp_testkit::Topology::default().snapshot();
         w.run_batches(&snap, &ct, Instant::ZERO);
         let t = Clock::now();
         w.wait(mode).unwrap();

@@ -146,21 +146,25 @@ pub(crate) fn decrement_ttl(ip: &mut [u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::XorShift;
     use crate::wire::build::FrameSpec;
     use crate::wire::{nat as reference, EthernetAddress};
+    use fastrand::Rng;
+
+    fn addr(rng: &mut Rng) -> Ipv4Addr {
+        Ipv4Addr::from(rng.u32(..))
+    }
 
     #[test]
     fn matches_the_reference_rewrites_on_random_packets() {
-        let mut rng = XorShift::new(0x1234_5678_9abc_def1);
+        let mut rng = Rng::with_seed(0x1234_5678_9abc_def1);
         let mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
         for i in 0..20_000 {
             let spec = FrameSpec {
                 udp_checksum: i % 7 != 0,
-                ..FrameSpec::new(mac, mac, rng.addr(), rng.addr())
+                ..FrameSpec::new(mac, mac, addr(&mut rng), addr(&mut rng))
             };
-            let (sp, dp, id) = (rng.next_u16(), rng.next_u16(), rng.next_u16());
-            let payload = [rng.next_u64() as u8; 9];
+            let (sp, dp, id) = (rng.u16(..), rng.u16(..), rng.u16(..));
+            let payload = [rng.u8(..); 9];
             let (frame, kind) = match i % 4 {
                 0 => (spec.tcp(sp, dp, 0x10, &payload), 0),
                 1 => (spec.udp(sp, dp, &payload), 0),
@@ -170,18 +174,18 @@ mod tests {
             let ip = &frame[14..];
             let from = crate::pipeline::inspect(&frame).unwrap();
             let mut to = from;
-            if rng.next_u64() % 2 == 0 {
-                to.src_ip = rng.addr();
+            if rng.bool() {
+                to.src_ip = addr(&mut rng);
             }
-            if rng.next_u64() % 2 == 0 {
-                to.dst_ip = rng.addr();
+            if rng.bool() {
+                to.dst_ip = addr(&mut rng);
             }
             match (from.proto, kind) {
-                (proto::ICMP, 8) => to.src_port = rng.next_u16(),
-                (proto::ICMP, _) => to.dst_port = rng.next_u16(),
+                (proto::ICMP, 8) => to.src_port = rng.u16(..),
+                (proto::ICMP, _) => to.dst_port = rng.u16(..),
                 _ => {
-                    to.src_port = rng.next_u16();
-                    to.dst_port = rng.next_u16();
+                    to.src_port = rng.u16(..);
+                    to.dst_port = rng.u16(..);
                 }
             }
             let mut fast = ip.to_vec();

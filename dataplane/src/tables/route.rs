@@ -189,7 +189,7 @@ const fn netmask(len: u8) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::XorShift;
+    use fastrand::Rng;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -376,21 +376,21 @@ mod tests {
 
     #[test]
     fn matches_a_linear_scan_on_random_routes() {
-        let mut rng = XorShift::new(0x6b78_6470_726f_7574);
+        let mut rng = Rng::with_seed(0x6b78_6470_726f_7574);
         let mut lpm = Lpm::new();
         let mut reference = Reference::default();
         let mut inserted = Vec::new();
 
         // Half the lengths a node really uses, half anything, so both few and many distinct
         // lengths are exercised. Addresses come from a few /8s so that prefixes nest.
-        let random_prefix = |rng: &mut XorShift| {
+        let random_prefix = |rng: &mut Rng| {
             const COMMON: [u8; 6] = [0, 12, 16, 24, 24, 32];
-            let len = if rng.below(2) == 0 {
-                COMMON[rng.below(COMMON.len())]
+            let len = if rng.bool() {
+                COMMON[rng.usize(..COMMON.len())]
             } else {
-                rng.below(33) as u8
+                rng.u8(..33)
             };
-            let addr = (rng.next_u64() as u32 & 0x03ff_ffff) | 0x0a00_0000;
+            let addr = (rng.u32(..) & 0x03ff_ffff) | 0x0a00_0000;
             (addr, len)
         };
         for value in 0..3000 {
@@ -401,15 +401,15 @@ mod tests {
         }
         assert_eq!(lpm.len(), reference.0.len());
 
-        let check = |lpm: &Lpm<u32>, reference: &Reference, rng: &mut XorShift| {
+        let check = |lpm: &Lpm<u32>, reference: &Reference, rng: &mut Rng| {
             for _ in 0..5000 {
                 // Half near an inserted prefix (random host bits), half anywhere in the range.
-                let addr = if rng.below(2) == 0 {
-                    let (network, len) = inserted[rng.below(inserted.len())];
+                let addr = if rng.bool() {
+                    let (network, len) = inserted[rng.usize(..inserted.len())];
                     let mask = netmask(len).unwrap();
-                    (network & mask) | (rng.next_u64() as u32 & !mask)
+                    (network & mask) | (rng.u32(..) & !mask)
                 } else {
-                    (rng.next_u64() as u32 & 0x07ff_ffff) | 0x0800_0000
+                    (rng.u32(..) & 0x07ff_ffff) | 0x0800_0000
                 };
                 let expected = reference.lookup(addr);
                 assert_eq!(lpm.lookup_prefix(Ipv4Addr::from(addr)), expected);
@@ -425,10 +425,10 @@ mod tests {
 
         // Remove about half (some twice, some never present), then check again.
         for _ in 0..2000 {
-            let (addr, len) = if rng.below(4) == 0 {
+            let (addr, len) = if rng.usize(..4) == 0 {
                 random_prefix(&mut rng)
             } else {
-                inserted[rng.below(inserted.len())]
+                inserted[rng.usize(..inserted.len())]
             };
             let expected = reference.remove(addr, len);
             assert_eq!(lpm.remove(Ipv4Addr::from(addr), len), expected);

@@ -544,7 +544,7 @@ impl ServiceTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::XorShift;
+    use fastrand::Rng;
 
     fn port(i: u32, backends: u32, salt: u32) -> Arc<ServicePort> {
         let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
@@ -613,22 +613,22 @@ mod tests {
     #[test]
     fn updates_answer_as_a_fresh_build_does() {
         let node_ips = [Ipv4Addr::new(198, 18, 0, 1)];
-        let mut rng = XorShift::new(7);
+        let mut rng = Rng::with_seed(7);
         let mut ports: Vec<Arc<ServicePort>> = (0..40).map(|i| port(i, 3, 0)).collect();
         let mut table = ServiceTable::new(ports.clone(), &node_ips, &[]).unwrap();
         for round in 0..300u32 {
             // Replace, remove or add a few ports.
-            for _ in 0..rng.below(3) + 1 {
-                let i = rng.below(64) as u32;
+            for _ in 0..rng.usize(1..=3) {
+                let i = rng.u32(..64);
                 let at = ports
                     .iter()
                     .position(|p| p.name().starts_with(&format!("ns/svc-{i}:")));
-                match (at, rng.below(3)) {
+                match (at, rng.usize(..3)) {
                     (Some(k), 0) => {
                         ports.swap_remove(k);
                     }
-                    (Some(k), _) => ports[k] = port(i, rng.below(5) as u32, round),
-                    (None, _) => ports.push(port(i, rng.below(5) as u32, round)),
+                    (Some(k), _) => ports[k] = port(i, rng.u32(..5), round),
+                    (None, _) => ports.push(port(i, rng.u32(..5), round)),
                 }
             }
             let updated = table.updated(ports.clone(), &node_ips, &[]).unwrap();

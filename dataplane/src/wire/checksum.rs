@@ -123,7 +123,7 @@ pub fn update_udp(check: u16, update: impl FnOnce(u16) -> u16) -> u16 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::testkit::XorShift;
+    use fastrand::Rng;
 
     /// The textbook RFC 1071 algorithm, one 16-bit word at a time, as a reference.
     fn reference_checksum(data: &[u8]) -> u16 {
@@ -158,13 +158,13 @@ pub(crate) mod tests {
 
     #[test]
     fn sum_matches_reference_and_composes() {
-        let mut rng = XorShift::new(0x5eed);
+        let mut rng = Rng::with_seed(0x5eed);
         for _ in 0..2000 {
-            let len = rng.below(1600);
-            let data = rng.bytes(len);
+            let len = rng.usize(..1600);
+            let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len).collect();
             assert_eq!(checksum(&data), reference_checksum(&data), "len {len}");
             // Splitting at an even offset composes.
-            let cut = rng.below(len / 2 + 1) * 2;
+            let cut = rng.usize(..len / 2 + 1) * 2;
             let (a, b) = data.split_at(cut);
             assert_eq!(fold(sum(b, sum(a, 0))), reference_checksum(&data));
         }
@@ -211,11 +211,11 @@ pub(crate) mod tests {
     fn update_never_yields_minus_zero_for_nonzero_data() {
         // 0xffff as a checksum field would mean the covered data sums to +0, which only
         // all-zero data does. Eqn. 3 must never produce it otherwise.
-        let mut rng = XorShift::new(1624);
+        let mut rng = Rng::with_seed(1624);
         for _ in 0..200_000 {
-            let check = rng.next_u16();
-            let old = rng.next_u16();
-            let new = rng.next_u16();
+            let check = rng.u16(..);
+            let old = rng.u16(..);
+            let new = rng.u16(..);
             if check == 0xffff && old == 0xffff && new == 0 {
                 continue;
             }
@@ -229,24 +229,24 @@ pub(crate) mod tests {
 
     #[test]
     fn incremental_matches_recomputation() {
-        let mut rng = XorShift::new(0xc0ffee);
+        let mut rng = Rng::with_seed(0xc0ffee);
         for _ in 0..20_000 {
-            let len = 2 * (2 + rng.below(60));
-            let mut data = rng.bytes(len);
+            let len = 2 * (2 + rng.usize(..60));
+            let mut data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len).collect();
             let check = checksum(&data);
 
             // Change one 16-bit word.
-            let at = 2 * rng.below(len / 2);
+            let at = 2 * rng.usize(..len / 2);
             let old = u16::from_be_bytes([data[at], data[at + 1]]);
-            let new = rng.next_u16();
+            let new = rng.u16(..);
             data[at..at + 2].copy_from_slice(&new.to_be_bytes());
             let check = update16(check, old, new);
             assert_eq!(check, checksum(&data));
 
             // Change one 32-bit value at an even (not necessarily 4-aligned) offset.
-            let at = 2 * rng.below(len / 2 - 1);
+            let at = 2 * rng.usize(..len / 2 - 1);
             let old = u32::from_be_bytes(data[at..at + 4].try_into().unwrap());
-            let new = rng.next_u32();
+            let new = rng.u32(..);
             data[at..at + 4].copy_from_slice(&new.to_be_bytes());
             assert_eq!(update32(check, old, new), checksum(&data));
         }
@@ -256,9 +256,9 @@ pub(crate) mod tests {
     fn incremental_reaches_zero_checksum() {
         // Construct data whose new checksum is exactly 0x0000 (sum -0) and check that eqn. 3
         // lands on it rather than on 0xffff.
-        let mut rng = XorShift::new(7);
+        let mut rng = Rng::with_seed(7);
         for _ in 0..1000 {
-            let mut data = rng.bytes(20);
+            let mut data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(20).collect();
             let check = checksum(&data);
             // Choose the new first word so the total becomes 0xffff.
             let old = u16::from_be_bytes([data[0], data[1]]);

@@ -7,9 +7,8 @@
 //! [`Icmpv4Packet`], [`ArpPacket`], and our [`VxlanPacket`]), which checks that the buffer holds
 //! the whole header and that the header's own length fields stay within it. The pipeline
 //! validates a frame once, at parse time, and from then on uses plain accessors and in-place
-//! rewrites that index without re-validating. [`nat`] holds the reference rewrites on smoltcp's
-//! views; the pipeline's own fixed-offset rewrites are checked against them. Checksums are patched incrementally ([`checksum`]), never
-//! recomputed on the packet path.
+//! rewrites that index without re-validating. Checksums are patched incrementally
+//! ([`checksum`]), never recomputed on the packet path.
 //!
 //! Views borrow the caller's buffer and never allocate. [`build`] is the exception: it makes
 //! whole frames as `Vec<u8>` for tests, fixtures and benchmarks, and is never called on the
@@ -20,12 +19,15 @@
 //! - smoltcp's `wire` views and reprs, re-exported below under the names the pipeline uses;
 //! - [`vxlan`]: the VXLAN header view (RFC 7348), which smoltcp lacks;
 //! - [`checksum`]: the Internet checksum and its RFC 1624 incremental update;
-//! - [`nat`]: address and port rewrites of an IPv4 packet in place, TTL decrement;
+//! - `nat` (tests only): reference rewrites of an IPv4 packet through smoltcp's views, the
+//!   oracle the pipeline's fixed-offset rewrites (`pipeline/rewrite.rs`) are checked against
+//!   byte for byte; it is compiled for the unit tests alone and never ships;
 //! - [`build`]: frame builders for tests.
 
 pub mod build;
 pub mod checksum;
-pub mod nat;
+#[cfg(test)]
+pub(crate) mod nat;
 pub mod vxlan;
 
 pub use smoltcp::phy::ChecksumCapabilities;

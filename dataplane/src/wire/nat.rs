@@ -1,4 +1,7 @@
-//! Rewrites of an IPv4 packet in place: NAT of an address and port, TTL decrement.
+//! Rewrites of an IPv4 packet in place: NAT of an address and port, TTL decrement, written
+//! plainly on smoltcp's views as the reference for the pipeline's fixed-offset rewrites
+//! (`pipeline/rewrite.rs`), which a test checks against these byte for byte on random packets.
+//! A test oracle only: compiled under `cfg(test)`, never part of the shipped crate.
 //!
 //! Every function takes `ip`, the bytes of a packet starting at its IPv4 header, that the
 //! caller has already validated (see the [module contract](super)): version 4, IHL of at least
@@ -46,7 +49,7 @@ enum Side {
 /// # Panics
 /// If `ip` breaks the module's validation contract.
 #[inline]
-pub fn rewrite_src(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
+pub(crate) fn rewrite_src(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
     rewrite(ip, Side::Src, addr, port);
 }
 
@@ -56,7 +59,7 @@ pub fn rewrite_src(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
 /// # Panics
 /// If `ip` breaks the module's validation contract.
 #[inline]
-pub fn rewrite_dst(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
+pub(crate) fn rewrite_dst(ip: &mut [u8], addr: Ipv4Addr, port: u16) {
     rewrite(ip, Side::Dst, addr, port);
 }
 
@@ -138,7 +141,7 @@ fn rewrite(ip: &mut [u8], side: Side, addr: Ipv4Addr, port: u16) {
 /// # Panics
 /// If `ip` is shorter than an IPv4 header.
 #[inline]
-pub fn decrement_ttl(ip: &mut [u8]) -> bool {
+pub(crate) fn decrement_ttl(ip: &mut [u8]) -> bool {
     let mut packet = Ipv4Packet::new_unchecked(ip);
     let ttl = packet.hop_limit();
     if ttl <= 1 {
@@ -158,7 +161,7 @@ pub fn decrement_ttl(ip: &mut [u8]) -> bool {
 /// Unlike the rewrites this accepts untrusted bytes: a slice too short for the header its IHL
 /// claims, or an IHL below 5, is reported as `false`.
 #[inline]
-pub fn ipv4_header_checksum_ok(ip: &[u8]) -> bool {
+pub(crate) fn ipv4_header_checksum_ok(ip: &[u8]) -> bool {
     let Some(&version_ihl) = ip.first() else {
         return false;
     };
@@ -173,9 +176,9 @@ mod tests {
     use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice};
 
     use super::*;
-    use crate::testkit::XorShift;
     use crate::wire::build::{FrameSpec, Ipv4Opts};
     use crate::wire::{tcp_flags, EthernetAddress, MacAddr, ETHERNET_HEADER_LEN};
+    use fastrand::Rng;
 
     const MAC_A: MacAddr = EthernetAddress([0x02, 0, 0, 0, 0, 0xa]);
     const MAC_B: MacAddr = EthernetAddress([0x02, 0, 0, 0, 0, 0xb]);
@@ -250,8 +253,8 @@ mod tests {
         &mut frame[ETHERNET_HEADER_LEN..]
     }
 
-    fn random_addr(rng: &mut XorShift) -> Ipv4Addr {
-        Ipv4Addr::from(rng.next_u32())
+    fn random_addr(rng: &mut Rng) -> Ipv4Addr {
+        Ipv4Addr::from(rng.u32(..))
     }
 
     #[test]
@@ -433,27 +436,27 @@ mod tests {
 
     #[test]
     fn random_rewrites_match_recomputation() {
-        let mut rng = XorShift::new(0x4e41_5421);
+        let mut rng = Rng::with_seed(0x4e41_5421);
         for i in 0..3000 {
             let spec = FrameSpec {
                 ip: Ipv4Opts {
-                    ttl: (rng.next_u32() as u8).max(2),
-                    ident: rng.next_u16(),
+                    ttl: rng.u8(2..),
+                    ident: rng.u16(..),
                     ..Ipv4Opts::default()
                 },
                 ..FrameSpec::new(MAC_A, MAC_B, random_addr(&mut rng), random_addr(&mut rng))
             };
-            let len = rng.below(300);
-            let payload = rng.bytes(len);
-            let (sport, dport) = (rng.next_u16(), rng.next_u16());
+            let len = rng.usize(..300);
+            let payload: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len).collect();
+            let (sport, dport) = (rng.u16(..), rng.u16(..));
             let mut frame = match i % 4 {
-                0 => spec.tcp(sport, dport, rng.next_u32() as u8, &payload),
+                0 => spec.tcp(sport, dport, rng.u8(..), &payload),
                 1 => spec.udp(sport, dport, &payload),
                 2 => spec.icmp_echo(true, sport, dport, &payload),
                 _ => spec.icmp_echo(false, sport, dport, &payload),
             };
             let (new_src, new_dst) = (random_addr(&mut rng), random_addr(&mut rng));
-            let (new_sport, new_dport) = (rng.next_u16(), rng.next_u16());
+            let (new_sport, new_dport) = (rng.u16(..), rng.u16(..));
             rewrite_src(ip_of(&mut frame), new_src, new_sport);
             rewrite_dst(ip_of(&mut frame), new_dst, new_dport);
             assert!(decrement_ttl(ip_of(&mut frame)));

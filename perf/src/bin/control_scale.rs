@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kxdp_control::compile::{Compiler, NodeSettings};
 use kxdp_control::model::{Kind, Model, Object};
-use kxdp_dataplane::testkit::Topology;
+use kxdp_testkit::Topology;
 use serde_json::{json, Value};
 
 /// The command line.

@@ -33,15 +33,16 @@ use std::time::{Duration, Instant};
 use kxdp_dataplane::conntrack::ConntrackConfig;
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::SnapshotInputs;
-use kxdp_dataplane::testkit::Topology;
-use kxdp_dataplane::{DropReason, Snapshot};
+use kxdp_dataplane::{process_batch, DropReason, Snapshot};
+use kxdp_perf::baseline::mac_swap;
 use kxdp_perf::in_namespace;
+use kxdp_perf::programs::PerfPrograms;
 use kxdp_perf::stats::{median, range};
+use kxdp_testkit::Topology;
 use kxdp_tests::node::mac_text;
 use kxdp_tests::testbed::{missing_privilege, Testbed};
-use kxdp_xdp::perf::PerfPrograms;
 use kxdp_xdp::runtime::{Config, Dataplane, Managed};
-use kxdp_xdp::worker::{Forwarding, Mode};
+use kxdp_xdp::worker::{BatchFn, Mode};
 use kxdp_xdp::{enter_netns, ifindex, pin_current_thread};
 
 /// The command line.
@@ -101,6 +102,25 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// The two forwarders measured, on the same sockets and worker loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forwarder {
+    /// The bare forwarder ([`mac_swap`]): MAC swap, out of the uplink.
+    Bare,
+    /// kxdp's pipeline.
+    Kxdp,
+}
+
+impl Forwarder {
+    /// What the worker runs on each batch.
+    fn batch_fn(self) -> BatchFn {
+        match self {
+            Forwarder::Bare => mac_swap,
+            Forwarder::Kxdp => process_batch,
+        }
+    }
+}
+
 /// One measurement.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -135,12 +155,12 @@ impl Bench {
         spec.udp(10_000, 53, &vec![0x6b; size - 42])
     }
 
-    fn measure(&self, size: usize, forwarding: Forwarding) -> Result<Sample, String> {
+    fn measure(&self, size: usize, forwarding: Forwarder) -> Result<Sample, String> {
         let config = Config {
             netns: Some(self.node_ns.clone()),
             workers: vec![Some(self.args.worker_core)],
             mode: Mode::BusyPoll,
-            forwarding,
+            forwarding: forwarding.batch_fn(),
             conntrack: ConntrackConfig {
                 capacity: 1 << 17,
                 ..ConntrackConfig::default()
@@ -210,7 +230,7 @@ impl Bench {
         // may be.
         let dropped =
             counters.event(Event::Dropped) - counters.drop(DropReason::UnsupportedEthertype);
-        if forwarding == Forwarding::Pipeline && dropped > 0 {
+        if forwarding == Forwarder::Kxdp && dropped > 0 {
             return Err(format!("kxdp dropped frames: {counters:?}"));
         }
         Ok(sample)
@@ -266,13 +286,8 @@ fn run() -> Result<(), String> {
     for &size in &a.sizes {
         let (mut bare, mut kxdp, mut offered) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..a.runs {
-            let b = bench.measure(
-                size,
-                Forwarding::MacSwap {
-                    out: bench.t.node.uplink,
-                },
-            )?;
-            let k = bench.measure(size, Forwarding::Pipeline)?;
+            let b = bench.measure(size, Forwarder::Bare)?;
+            let k = bench.measure(size, Forwarder::Kxdp)?;
             // What arrived must be what each forwarder makes: the frame as sent, or the frame
             // in 50 bytes of VXLAN.
             if (b.sink_bytes - size as f64).abs() > 0.5

@@ -5,8 +5,8 @@
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::tables::SnapshotInputs;
-use kxdp_dataplane::testkit::{FrameBuf, Input, Topology};
 use kxdp_dataplane::{process_batch, Counters, Instant, Snapshot, Verdict};
+use kxdp_testkit::{FrameBuf, Input, Topology};
 
 #[derive(Debug)]
 pub struct Env {

@@ -5,8 +5,8 @@ mod common;
 
 use common::Env;
 use kxdp_dataplane::tables::InterfaceId;
-use kxdp_dataplane::testkit::{tcp_flags as f, XorShift};
 use kxdp_dataplane::{process_batch, Frame, Packet, Verdict};
+use kxdp_testkit::{tcp_flags as f, XorShift};
 
 fn seeds(env: &Env) -> Vec<Vec<u8>> {
     let t = &env.t;

@@ -5,8 +5,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
-use kxdp_dataplane::testkit::{tcp_flags as f, FrameBuf, Input, Topology};
 use kxdp_dataplane::{process_batch, Counters, Instant, Verdict};
+use kxdp_testkit::{tcp_flags as f, FrameBuf, Input, Topology};
 
 struct Counting;
 

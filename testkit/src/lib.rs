@@ -1,19 +1,24 @@
-//! The fixture node shared by the tests and the benches: one topology, frame builders for it,
-//! and buffers that look like UMEM chunks (headroom for encapsulation, tailroom for ICMP).
+//! kxdp's test harness: the fixture node shared by the tests, the benches, the perf harness and
+//! the walkthrough: one topology, frame builders for it, the pipeline's named cases, and
+//! buffers that look like UMEM chunks (headroom for encapsulation, tailroom for ICMP).
 //!
-//! Not used on the packet path; it allocates freely.
+//! It depends on `kxdp-dataplane` and nothing else of kxdp, and no production crate depends on
+//! it (only dev-dependencies and the harness crates: tests, perf, benches). It is never on the
+//! packet path and allocates freely. The dataplane's own unit tests cannot use it (a
+//! dev-dependency cycle would give them a second copy of every type); tests that need the
+//! fixture live in `dataplane/tests/` instead.
 
 use core::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::flow::proto;
-use crate::pipeline::{Frame, Packet};
-use crate::tables::{
+use kxdp_dataplane::flow::proto;
+use kxdp_dataplane::pipeline::{Frame, Packet};
+use kxdp_dataplane::tables::{
     Backend, Frontend, FrontendKind, InterfaceId, LocalPod, NodeConfig, RemoteNode, ServicePort,
     ServicePortSpec, Snapshot, SnapshotInputs, TrafficPolicy,
 };
-use crate::wire::build::FrameSpec;
-use crate::wire::{Ipv4Cidr, MacAddr};
+use kxdp_dataplane::wire::build::FrameSpec;
+use kxdp_dataplane::wire::{Ipv4Cidr, MacAddr};
 
 /// A small deterministic generator (xorshift64*) for tests, fuzzing and benches: a failure
 /// reproduces from its seed, and no crate is needed.
@@ -100,7 +105,7 @@ impl FrameBuf {
 
 /// A MAC address from six bytes.
 pub const fn mac(b: [u8; 6]) -> MacAddr {
-    crate::wire::EthernetAddress(b)
+    kxdp_dataplane::wire::EthernetAddress(b)
 }
 
 /// The fixture: node A (this node) with two local pods, node B (another kxdp or flannel node)
@@ -399,7 +404,7 @@ impl Topology {
 }
 
 /// TCP flags for the cases.
-pub use crate::wire::tcp_flags;
+pub use kxdp_dataplane::wire::tcp_flags;
 
 /// One packet of a named case: where it arrives and its bytes.
 #[derive(Clone, Debug)]

@@ -9,10 +9,10 @@ use core::ops::Range;
 
 use common::{assert_frame_eq, assert_valid, Env};
 use kxdp_dataplane::tables::InterfaceId;
-use kxdp_dataplane::testkit::{tcp_flags as f, Input, Topology};
 use kxdp_dataplane::wire::build::{self, FrameSpec, Ipv4Opts};
 use kxdp_dataplane::wire::Icmpv4Message;
 use kxdp_dataplane::{DropReason, PassReason, Verdict};
+use kxdp_testkit::{tcp_flags as f, Input, Topology};
 
 struct Fixture {
     description: &'static str,

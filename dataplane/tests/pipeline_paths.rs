@@ -8,10 +8,10 @@ use core::net::Ipv4Addr;
 use common::{assert_valid, Env};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use kxdp_dataplane::counters::Event;
-use kxdp_dataplane::testkit::{tcp_flags as f, Input};
 use kxdp_dataplane::wire::build::{FrameSpec, Ipv4Opts};
 use kxdp_dataplane::wire::Icmpv4Message;
 use kxdp_dataplane::Verdict;
+use kxdp_testkit::{tcp_flags as f, Input};
 
 /// (src, sport, dst, dport) of an output frame's IPv4 packet, VXLAN stripped.
 fn tuple(frame: &[u8]) -> (Ipv4Addr, u16, Ipv4Addr, u16) {
@@ -298,7 +298,7 @@ fn with_extra_service(
     frontends: Vec<kxdp_dataplane::tables::Frontend>,
 ) -> Env {
     use kxdp_dataplane::tables::{ServicePort, ServicePortSpec, TrafficPolicy};
-    let t = kxdp_dataplane::testkit::Topology::default();
+    let t = kxdp_testkit::Topology::default();
     let mut inputs = t.inputs();
     inputs
         .services
@@ -413,7 +413,7 @@ fn a_client_port_reused_toward_two_addresses_of_one_endpoint_gets_a_new_source_p
 
 #[test]
 fn replies_of_a_draining_endpoint_are_still_translated() {
-    let t = kxdp_dataplane::testkit::Topology::default();
+    let t = kxdp_testkit::Topology::default();
     let env = Env::new();
     let (_, fwd) = env.run(&t.case_service(40000, f::SYN));
     assert_eq!(tuple(&fwd).2, t.pod_b.ip);
@@ -426,7 +426,7 @@ fn replies_of_a_draining_endpoint_are_still_translated() {
     };
     let reply = t.case_service_reply(40000);
     let run = |snap: &kxdp_dataplane::Snapshot| {
-        let mut buf = kxdp_dataplane::testkit::FrameBuf::new(&reply.frame);
+        let mut buf = kxdp_testkit::FrameBuf::new(&reply.frame);
         let mut batch = [buf.packet(reply.ingress)];
         kxdp_dataplane::process_batch(&mut batch, snap, &env.ct, &env.counters, env.now);
         let [p] = batch;

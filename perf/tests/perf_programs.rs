@@ -3,10 +3,10 @@
 //! end counts and drops them. The harness's numbers are only as good as these two. Needs root;
 //! prints SKIP otherwise, and fails under CI.
 
-use kxdp_dataplane::testkit::Topology;
+use kxdp_perf::programs::PerfPrograms;
+use kxdp_testkit::Topology;
 use kxdp_tests::node::mac_text;
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
-use kxdp_xdp::perf::PerfPrograms;
 use kxdp_xdp::{enter_netns, ifindex, XdpMode};
 
 #[test]

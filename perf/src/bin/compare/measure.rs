@@ -1,0 +1,499 @@
+//! The four measurements, each writing its section of the report and its targets: packets per
+//! second at saturation (with a profile of the worker's core), CPU per packet at a fixed rate,
+//! iperf3 between pods, and request/response latency.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use kxdp_perf::stats::{median, range};
+use kxdp_tests::clients::{iperf_rate, IperfServer};
+use kxdp_xdp::enter_netns;
+
+use crate::args::Args;
+use crate::clusters::{restart_agents, Cluster};
+use crate::paths::{Bench, Path};
+use crate::report::{mpps, spread, Report};
+
+pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
+    let a = &b.args;
+    let _ = writeln!(
+        r.md,
+        "## Forwarded packets per second at saturation\n\n\
+         UDP from a pod to a ClusterIP whose backend is on node B (DNAT, conntrack and VXLAN \
+         encapsulation on node A), or straight to a pod on node B (VXLAN only); the ceilings \
+         forward the frame unchanged. Mpps. Median of {} runs of {} s with \
+         the range; the offered rate is the generator's.\n",
+        a.runs, a.seconds
+    );
+    let _ = writeln!(
+        r.md,
+        "| frame | to | flows | XDP redirect | bare AF_XDP | kxdp | kxdp ({g}) | kernel ({g}) | kxdp / kernel, same generator | kxdp / bare | offered: live / {g} |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        g = b.skb_gen.name()
+    );
+    let many = *a.flows.last().unwrap_or(&1);
+    let targets: Vec<(&'static str, Ipv4Addr, u32)> = a
+        .flows
+        .iter()
+        .map(|&f| ("ClusterIP", b.t.dns_cluster_ip, f))
+        .chain([("pod", b.t.remote_pod_ip, many)])
+        .collect();
+    let (mut same_gen, mut of_bare) = (Vec::new(), Vec::new());
+    for &size in &a.sizes {
+        for &(to, dst, flows) in &targets {
+            b.dst.store(u32::from(dst), Relaxed);
+            let mut got: Vec<Vec<f64>> = vec![Vec::new(); Path::ALL.len()];
+            let (mut live, mut skb) = (Vec::new(), Vec::new());
+            for _ in 0..a.runs {
+                for (i, path) in Path::ALL.iter().enumerate() {
+                    let s = b.saturate(*path, size, flows)?;
+                    got[i].push(s.forwarded);
+                    if path.skb_fed() {
+                        skb.push(s.offered);
+                    } else {
+                        live.push(s.offered);
+                    }
+                }
+            }
+            let m: Vec<f64> = got.iter().map(|v| median(v)).collect();
+            for (i, path) in Path::ALL.iter().enumerate() {
+                r.pps.push((size, flows, to, *path, m[i] / 1e6));
+            }
+            let _ = writeln!(
+                r.md,
+                "| {size} | {to} | {flows} | {} | {} | {} | {} | {} | {:.2}x | {:.0}% | {} / {} |",
+                spread(&got[0], mpps),
+                spread(&got[1], mpps),
+                spread(&got[2], mpps),
+                spread(&got[3], mpps),
+                spread(&got[4], mpps),
+                m[3] / m[4].max(1.0),
+                100.0 * m[2] / m[1].max(1.0),
+                mpps(median(&live)),
+                mpps(median(&skb)),
+            );
+            if to == "ClusterIP" {
+                same_gen.push(m[3] / m[4].max(1.0));
+                of_bare.push(m[2] / m[1].max(1.0));
+            }
+            println!("  pps: {size} B to a {to}, {flows} flows done");
+        }
+    }
+    let (lo, _) = range(&same_gen);
+    r.targets.push((
+        "packets per second through a ClusterIP across nodes, kxdp / kernel ≥ 1.5x".into(),
+        format!(
+            "{lo:.2}x at the least (same generator, {}; a lower bound where it limits kxdp)",
+            b.skb_gen.name()
+        ),
+        lo >= 1.5,
+    ));
+    let (lo, _) = range(&of_bare);
+    r.targets.push((
+        "kxdp ≥ 80% of the bare AF_XDP forwarder on the same path".into(),
+        format!("{:.0}% at the least", 100.0 * lo),
+        lo >= 0.8,
+    ));
+    Ok(())
+}
+
+/// Samples of one core (`perf record -e cpu-clock`): (share in %, kernel or not, symbol).
+type Profile = Vec<(f64, bool, String)>;
+
+/// Profile the worker's core while `path` forwards `size`-byte frames flat out: the worker
+/// and the kernel work its transmits do there (the sink's veth receive). `perf record` starts
+/// a second into the run (the dataplane's start and the sampler's warm-up) and lasts until
+/// about its end.
+fn profile(b: &Bench, path: Path, size: usize, flows: u32) -> Result<Profile, String> {
+    let data = std::env::temp_dir().join(format!(
+        "kxdp-perf-{}-{}.data",
+        std::process::id(),
+        path.name().split(' ').next().unwrap_or("path")
+    ));
+    let secs = format!("{:.1}", (b.args.seconds - 0.5).max(0.5));
+    let core = b.args.worker_core.to_string();
+    std::thread::scope(|s| {
+        let recorder = s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(1));
+            std::process::Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-F",
+                    "4999",
+                    "-C",
+                    &core,
+                    "-o",
+                ])
+                .arg(&data)
+                .args(["--", "sleep", &secs])
+                .output()
+        });
+        let run = b.saturate(path, size, flows);
+        let recorded = recorder
+            .join()
+            .map_err(|_| "perf record panicked".to_owned())?
+            .map_err(|e| format!("perf record: {e}"))?;
+        run?;
+        if !recorded.status.success() {
+            return Err(format!(
+                "perf record: {}",
+                String::from_utf8_lossy(&recorded.stderr)
+            ));
+        }
+        Ok(())
+    })?;
+    let report = std::process::Command::new("perf")
+        .args([
+            "report",
+            "--no-children",
+            "--sort",
+            "sym",
+            "--stdio",
+            "-q",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .map_err(|e| format!("perf report: {e}"))?;
+    let _ = std::fs::remove_file(&data);
+    Ok(parse_perf_report(&String::from_utf8_lossy(&report.stdout)))
+}
+
+/// `perf report --sort sym --stdio -q` lines: `  12.34%  [k] veth_xmit`.
+fn parse_perf_report(text: &str) -> Profile {
+    text.lines()
+        .filter_map(|l| {
+            let (share, rest) = l.trim().split_once('%')?;
+            let rest = rest.trim();
+            let kernel = rest.starts_with("[k]");
+            let sym = rest.get(3..)?.trim();
+            Some((share.trim().parse().ok()?, kernel, sym.to_owned()))
+        })
+        .collect()
+}
+
+pub(crate) fn measure_profile(b: &Bench, r: &mut Report) -> Result<(), String> {
+    let perf = std::process::Command::new("perf").arg("--version").output();
+    if !perf.is_ok_and(|o| o.status.success()) {
+        let _ = writeln!(
+            r.md,
+            "\n## Where the worker's core goes\n\nNot profiled: `perf` is not installed \
+             (Debian: `linux-perf`)."
+        );
+        return Ok(());
+    }
+    let (size, flows) = (64, *b.args.flows.last().unwrap_or(&1));
+    b.dst.store(u32::from(b.t.dns_cluster_ip), Relaxed);
+    let kxdp = profile(b, Path::Kxdp, size, flows)?;
+    let bare = profile(b, Path::Bare, size, flows)?;
+    let user = |p: &Profile| p.iter().filter(|x| !x.1).map(|x| x.0).sum::<f64>();
+    let _ = writeln!(
+        r.md,
+        "\n## Where the worker's core goes\n\n\
+         `perf record -e cpu-clock` on core {} (the worker, and the kernel work its transmits \
+         do there) while kxdp and then the bare forwarder forward {size}-byte frames to the \
+         ClusterIP over {flows} flows flat out. User space (kxdp's pipeline, inlined into the \
+         worker loop; the bare forwarder's MAC swap): kxdp {:.1}%, bare {:.1}% of the samples. \
+         The rest is the kernel's copy-mode AF_XDP on veth: an skb allocated and the frame \
+         copied for every transmit, the sink's veth receive, and the syscalls.\n\n\
+         | # | kxdp | % | bare AF_XDP | % |\n|---:|---|---:|---|---:|",
+        b.args.worker_core,
+        user(&kxdp),
+        user(&bare)
+    );
+    let name = |x: &(f64, bool, String)| {
+        let short: String = x.2.chars().take(60).collect();
+        format!("`{}{short}`", if x.1 { "[k] " } else { "" })
+    };
+    for i in 0..12.min(kxdp.len().max(bare.len())) {
+        let cell = |p: &Profile| {
+            p.get(i)
+                .map_or(("".into(), "".into()), |x| (name(x), format!("{:.1}", x.0)))
+        };
+        let ((ks, kp), (bs, bp)) = (cell(&kxdp), cell(&bare));
+        let _ = writeln!(r.md, "| {} | {ks} | {kp} | {bs} | {bp} |", i + 1);
+    }
+    println!("  profile done");
+    Ok(())
+}
+
+pub(crate) fn measure_cpu(b: &Bench, r: &mut Report) -> Result<(), String> {
+    let a = &b.args;
+    let size = 64;
+    let flows = *a.flows.last().unwrap_or(&1);
+    b.dst.store(u32::from(b.t.dns_cluster_ip), Relaxed);
+    let (mut reference, mut kxdp, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut kx_rate, mut k_rate) = (Vec::new(), Vec::new());
+    for _ in 0..a.runs {
+        let running = b.start_reference()?;
+        // The reference drops on node A's pod veth: nothing reaches the sink, so count what
+        // was offered.
+        let rf = b.rate(&b.kxdp, size, flows, Some(a.cpu_rate), true);
+        running.stop()?;
+        let rf = rf?;
+        reference.push(rf.busy_cores / rf.offered.max(1.0));
+        for (path, out, rates) in [
+            (Path::Kxdp, &mut kxdp, &mut kx_rate),
+            (Path::Kernel, &mut kernel, &mut k_rate),
+        ] {
+            let running = b.start(path, false)?;
+            let x = b.rate(b.side(path), size, flows, Some(a.cpu_rate), true);
+            running.stop()?;
+            let x = x?;
+            // CPU per forwarded packet, less the generator's per offered packet.
+            let gen_share = rf.busy_cores / rf.offered.max(1.0) * x.offered;
+            out.push((x.busy_cores - gen_share).max(0.0) / x.forwarded.max(1.0));
+            rates.push(x.forwarded / x.offered.max(1.0));
+        }
+    }
+    let ns = |s: f64| format!("{:.0}", s * 1e9);
+    let (mk, mkern) = (median(&kxdp), median(&kernel));
+    let _ = writeln!(
+        r.md,
+        "\n## CPU per packet at a fixed rate\n\n\
+         {size}-byte frames, {flows} flows, offered at {} kpps (below the kernel path's \
+         saturation); busy time of all cores from /proc/stat over the packets forwarded, less \
+         the generator's own cost (the same generator at the same rate into an XDP drop on \
+         node A's pod veth: {} ns per packet). kxdp in wakeup mode. Median of {} runs (range).\n\n\
+         | path | ns of CPU per packet | delivered / offered |\n|---|---:|---:|\n\
+         | kxdp | {} | {:.3} |\n| kernel | {} | {:.3} |\n| **kxdp / kernel** | **{:.2}x** | |",
+        a.cpu_rate / 1000,
+        ns(median(&reference)),
+        a.runs,
+        spread(&kxdp, ns),
+        median(&kx_rate),
+        spread(&kernel, ns),
+        median(&k_rate),
+        mk / mkern.max(f64::MIN_POSITIVE),
+    );
+    let ratio = mk / mkern.max(f64::MIN_POSITIVE);
+    r.targets.push((
+        "CPU per packet, kxdp / kernel ≤ 0.7x".into(),
+        format!("{ratio:.2}x"),
+        ratio <= 0.7,
+    ));
+    println!("  cpu done");
+    Ok(())
+}
+
+pub(crate) fn measure_iperf(
+    a: &Args,
+    pair: &(Cluster, Cluster),
+    r: &mut Report,
+) -> Result<(), String> {
+    let _ = writeln!(
+        r.md,
+        "\n## iperf3 between pods (two-node clusters)\n\n\
+         One run by `kxdp agent`s (wakeup mode, one worker each), one by the kernel as above; \
+         the same pods, addresses and services. {} s per run, median of {} runs (range). UDP \
+         offered at 2 Gbit/s in datagrams of the path MTU (iperf3's default); the rate received is what counts.\n\n\
+         | test | kxdp (Gbit/s) | kernel (Gbit/s) | kxdp / kernel |\n|---|---:|---:|---:|",
+        a.iperf_secs, a.runs
+    );
+    let tests = [
+        ("TCP client-a → web-b (across nodes)", "10.244.2.10", false),
+        (
+            "TCP client-a → ClusterIP 10.96.0.20 → web-b",
+            "10.96.0.20",
+            false,
+        ),
+        ("UDP client-a → web-b (across nodes)", "10.244.2.10", true),
+    ];
+    for (name, server, udp) in tests {
+        let mut got = [Vec::new(), Vec::new()];
+        for _ in 0..a.runs {
+            for (i, c) in [&pair.0, &pair.1].into_iter().enumerate() {
+                let _server = IperfServer::start(&c.pod_ns("web-b"), 5201);
+                std::thread::sleep(Duration::from_millis(300));
+                let bps = iperf_rate(
+                    &c.pod_ns("client-a"),
+                    server,
+                    5201,
+                    udp.then_some("2G"),
+                    a.iperf_secs,
+                );
+                got[i].push(bps / 1e9);
+            }
+        }
+        let g = |v: f64| format!("{v:.2}");
+        let _ = writeln!(
+            r.md,
+            "| {name} | {} | {} | {:.2}x |",
+            spread(&got[0], g),
+            spread(&got[1], g),
+            median(&got[0]) / median(&got[1]).max(f64::MIN_POSITIVE)
+        );
+    }
+    println!("  iperf3 done");
+    Ok(())
+}
+
+/// UDP echo through the echo ClusterIP at `rps` requests per second for `secs`: the
+/// round-trip histogram (µs) and the requests lost.
+fn echo_latency(c: &Cluster, rps: u32, secs: f64) -> Result<(Histogram<u64>, u64), String> {
+    let stop = AtomicBool::new(false);
+    let server_ns = c.pod_ns("web-b");
+    let client_ns = c.pod_ns("client-a");
+    std::thread::scope(|s| {
+        let server = s.spawn(|| -> Result<(), String> {
+            enter_netns(&server_ns).map_err(|e| e.to_string())?;
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 7007)).map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(Duration::from_millis(100)))
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 64];
+            while !stop.load(Relaxed) {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], peer);
+                }
+            }
+            Ok(())
+        });
+        // The client moves its own thread into the pod's namespace, not the caller's.
+        let client = s.spawn(|| -> Result<(Histogram<u64>, u64), String> {
+            std::thread::sleep(Duration::from_millis(200));
+            enter_netns(&client_ns).map_err(|e| e.to_string())?;
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| e.to_string())?;
+            sock.connect((Ipv4Addr::new(10, 96, 0, 40), 7))
+                .map_err(|e| e.to_string())?;
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .map_err(|e| e.to_string())?;
+            let mut h =
+                Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).map_err(|e| e.to_string())?;
+            let (mut lost, mut buf) = (0u64, [0u8; 64]);
+            let interval = Duration::from_secs_f64(1.0 / f64::from(rps));
+            let count = (secs * f64::from(rps)) as u64;
+            let start = Instant::now();
+            for i in 0..count {
+                let due = start + interval * i as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let t = Instant::now();
+                sock.send(&i.to_ne_bytes()).map_err(|e| e.to_string())?;
+                // Wait for this request's answer; a late answer to an earlier one is skipped.
+                loop {
+                    match sock.recv(&mut buf) {
+                        Ok(8) if buf[..8] == i.to_ne_bytes() => {
+                            let _ = h.record((t.elapsed().as_micros() as u64).max(1));
+                            break;
+                        }
+                        Ok(_) => continue,
+                        Err(_) => {
+                            lost += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok((h, lost))
+        });
+        let result = client
+            .join()
+            .map_err(|_| "the echo client panicked".to_owned());
+        stop.store(true, Relaxed);
+        server
+            .join()
+            .map_err(|_| "the echo server panicked".to_owned())??;
+        result?
+    })
+}
+
+pub(crate) fn measure_latency(
+    a: &Args,
+    pair: &mut (Cluster, Cluster),
+    r: &mut Report,
+) -> Result<(), String> {
+    let secs = a.seconds.max(2.0);
+    let mut rows = Vec::new();
+    for name in [
+        "kxdp, wakeup",
+        "kernel",
+        "kxdp, adaptive",
+        "kxdp, busy-poll",
+    ] {
+        if let Some(mode) = name.strip_prefix("kxdp, ").filter(|m| *m != "wakeup") {
+            restart_agents(&mut pair.0, mode)?;
+        }
+        let c = if name == "kernel" { &pair.1 } else { &pair.0 };
+        let mut q = [Vec::new(), Vec::new(), Vec::new()];
+        let mut lost = 0;
+        for _ in 0..a.runs {
+            let (h, l) = echo_latency(c, a.rps, secs)?;
+            lost += l;
+            for (v, p) in q.iter_mut().zip([0.5, 0.99, 0.999]) {
+                v.push(h.value_at_quantile(p) as f64);
+            }
+        }
+        let m = [median(&q[0]), median(&q[1]), median(&q[2])];
+        r.latency.push((name.to_owned(), m));
+        rows.push((name, q, lost));
+    }
+    let _ = writeln!(
+        r.md,
+        "\n## Request/response latency at a fixed rate\n\n\
+         UDP echo from client-a (node A) through the ClusterIP 10.96.0.40 to web-b (node B) and \
+         back, {} requests per second for {secs} s, one request outstanding; round trips in µs \
+         (hdrhistogram), median of {} runs (range). kxdp's agents in wakeup mode (their \
+         default: a worker sleeps in poll(2) when idle), then in adaptive mode (a worker spins \
+         for 200 µs after its last frame, then sleeps) and in busy-poll mode, both with \
+         node-a's worker on core 0 and node-b's on core 1, the cores the clients also run on \
+         (a spinning worker whose rings are empty yields the core).\n\n\
+         | path | p50 | p99 | p99.9 | lost |\n|---|---:|---:|---:|---:|",
+        a.rps, a.runs
+    );
+    let us = |v: f64| format!("{v:.0}");
+    for (name, q, lost) in &rows {
+        let _ = writeln!(
+            r.md,
+            "| {name} | {} | {} | {} | {lost} |",
+            spread(&q[0], us),
+            spread(&q[1], us),
+            spread(&q[2], us)
+        );
+    }
+    let kern = r.latency[1].1;
+    for (name, k) in r.latency.iter().filter(|l| l.0 != "kernel") {
+        let _ = writeln!(
+            r.md,
+            "| **{name} / kernel** | **{:.2}x** | **{:.2}x** | **{:.2}x** | |",
+            k[0] / kern[0].max(1.0),
+            k[1] / kern[1].max(1.0),
+            k[2] / kern[2].max(1.0)
+        );
+        r.targets.push((
+            format!("p99 latency no worse than the kernel ({name})"),
+            format!(
+                "{:.2}x (p99.9: {:.2}x)",
+                k[1] / kern[1].max(1.0),
+                k[2] / kern[2].max(1.0)
+            ),
+            k[1] <= kern[1],
+        ));
+    }
+    println!("  latency done");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perf_report_lines_give_share_kind_and_symbol() {
+        let text = "\n    12.34%  [k] veth_xmit\n     9.50%  [.] kxdp_xdp::runtime::run_worker\n\
+                    #\n  0.01%  [k] native_irq_return_iret\n";
+        assert_eq!(
+            parse_perf_report(text),
+            vec![
+                (12.34, true, "veth_xmit".to_owned()),
+                (9.5, false, "kxdp_xdp::runtime::run_worker".to_owned()),
+                (0.01, true, "native_irq_return_iret".to_owned()),
+            ]
+        );
+    }
+}

@@ -9,55 +9,154 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::reason::{DropReason, PassReason};
 
-macro_rules! events {
-    ( $( $variant:ident => ($label:literal, $help:literal), )* ) => {
-        /// Things the pipeline did, counted per worker.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A list of named counters: drop and pass reasons, pipeline events, and the I/O crate's lists
+/// (the XDP program's decisions, the workers' I/O). Each is declared once with
+/// [`counter_list!`](crate::counter_list), and everything that reports counters (the metrics, the
+/// CLI's tables, `kxdp trace`) goes through this trait, so a new list, or a new member of one,
+/// reaches every report without being written out again.
+pub trait CounterList: Copy + core::fmt::Debug + 'static {
+    /// Every member, in number order.
+    const ALL: &'static [Self];
+    /// The stable snake_case name, used as a metric label and in traces.
+    fn name(self) -> &'static str;
+    /// A sentence saying what is counted.
+    fn help(self) -> &'static str;
+    /// The member's number: its index in [`CounterList::ALL`] and in arrays of counters.
+    fn index(self) -> usize;
+}
+
+/// Declare a list of counters: a `#[repr(u8)]` enum whose members carry a number, a stable
+/// snake_case name and a help sentence, with `ALL`, `COUNT`, `name()`, `help()`, `number()`,
+/// `from_number()`, `from_name()`, `Display` and [`CounterList`]. Numbers must be dense and in
+/// order (checked when the crate compiles), so a member's number is its index in counter arrays.
+///
+/// ```
+/// kxdp_dataplane::counter_list! {
+///     /// What a tool counts.
+///     pub enum Seen {
+///         Good = 0 => ("good", "frames that were fine"),
+///         Bad = 1 => ("bad", "frames that were not"),
+///     }
+/// }
+/// assert_eq!(Seen::from_name("bad"), Some(Seen::Bad));
+/// assert_eq!(Seen::COUNT, 2);
+/// ```
+///
+/// A gap in the numbers does not compile:
+///
+/// ```compile_fail
+/// kxdp_dataplane::counter_list! {
+///     pub enum Gap {
+///         First = 0 => ("first", "the first"),
+///         Third = 2 => ("third", "a number skipped"),
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! counter_list {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $variant:ident = $num:literal => ($label:literal, $help:literal), )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u8)]
-        pub enum Event {
-            $( #[doc = $help] $variant, )*
+        $vis enum $name {
+            $( #[doc = $help] $variant = $num, )*
         }
 
-        impl Event {
-            /// Every event, in numeric order.
-            pub const ALL: &'static [Event] = &[ $( Event::$variant, )* ];
-            /// How many events there are.
+        impl $name {
+            /// Every member, in numeric order.
+            pub const ALL: &'static [$name] = &[ $( $name::$variant, )* ];
+            /// How many members there are; counters are arrays of this size.
             pub const COUNT: usize = Self::ALL.len();
 
-            /// The stable snake_case name used in metrics.
+            /// The stable snake_case name used in metrics and traces.
             pub const fn name(self) -> &'static str {
-                match self { $( Event::$variant => $label, )* }
+                match self { $( $name::$variant => $label, )* }
             }
 
-            /// A sentence saying what is counted.
+            /// A sentence saying what happened.
             pub const fn help(self) -> &'static str {
-                match self { $( Event::$variant => $help, )* }
+                match self { $( $name::$variant => $help, )* }
+            }
+
+            /// The member's stable number, its index in counter arrays.
+            #[inline]
+            pub const fn number(self) -> u8 {
+                self as u8
+            }
+
+            /// The member with this number, if there is one.
+            pub fn from_number(n: u8) -> Option<Self> {
+                Self::ALL.get(usize::from(n)).copied()
+            }
+
+            /// The member with this name, if there is one.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|r| r.name() == name)
+            }
+        }
+
+        // Numbers are dense and in order, so that a number is an index.
+        const _: () = {
+            let mut i = 0;
+            while i < $name::COUNT {
+                assert!($name::ALL[i] as usize == i, "counter list numbers must be dense and in order");
+                i += 1;
+            }
+        };
+
+        impl $crate::counters::CounterList for $name {
+            const ALL: &'static [Self] = $name::ALL;
+            #[inline]
+            fn name(self) -> &'static str {
+                $name::name(self)
+            }
+            #[inline]
+            fn help(self) -> &'static str {
+                $name::help(self)
+            }
+            #[inline]
+            fn index(self) -> usize {
+                usize::from(self as u8)
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.name())
             }
         }
     };
 }
 
-events! {
-    RxPackets => ("rx_packets", "frames handed to the pipeline"),
-    Batches => ("batches", "batches processed"),
-    Transmitted => ("transmitted", "frames given a transmit verdict"),
-    Replied => ("replied", "frames turned into a reply sent back out the ingress interface"),
-    PassedToHost => ("passed_to_host", "frames handed to the node's kernel"),
-    Dropped => ("dropped", "frames dropped, for any reason"),
-    LocalForward => ("local_forward", "packets routed to a pod on this node"),
-    VxlanEncap => ("vxlan_encap", "packets encapsulated toward another node"),
-    VxlanDecap => ("vxlan_decap", "packets decapsulated from another node"),
-    ServiceNewFlow => ("service_new_flow", "new service flows: Maglev pick and conntrack insert"),
-    NatEstablished => ("nat_established", "packets translated in their original direction from an existing conntrack entry"),
-    ReverseNat => ("reverse_nat", "reply packets translated back to the service or original address"),
-    Hairpin => ("hairpin", "service flows where a pod reached itself and was masqueraded"),
-    MasqueradeNewFlow => ("masquerade_new_flow", "new egress flows masqueraded to the node address"),
-    ArpReply => ("arp_reply", "ARP requests from pods answered"),
-    IcmpEchoReply => ("icmp_echo_reply", "pings of the pod gateway answered"),
-    IcmpPortUnreachable => ("icmp_port_unreachable", "ICMP port unreachable sent for a service without endpoints"),
-    IcmpFragNeeded => ("icmp_frag_needed", "ICMP fragmentation-needed sent for DF packets too big for the tunnel"),
-    IcmpErrorTranslated => ("icmp_error_translated", "ICMP errors about a translated flow translated back"),
-    IcmpTimeExceeded => ("icmp_time_exceeded", "ICMP time exceeded sent for packets whose TTL ran out here"),
+crate::counter_list! {
+    /// Things the pipeline did, counted per worker.
+    pub enum Event {
+        RxPackets = 0 => ("rx_packets", "frames handed to the pipeline"),
+        Batches = 1 => ("batches", "batches processed"),
+        Transmitted = 2 => ("transmitted", "frames given a transmit verdict"),
+        Replied = 3 => ("replied", "frames turned into a reply sent back out the ingress interface"),
+        PassedToHost = 4 => ("passed_to_host", "frames handed to the node's kernel"),
+        Dropped = 5 => ("dropped", "frames dropped, for any reason"),
+        LocalForward = 6 => ("local_forward", "packets routed to a pod on this node"),
+        VxlanEncap = 7 => ("vxlan_encap", "packets encapsulated toward another node"),
+        VxlanDecap = 8 => ("vxlan_decap", "packets decapsulated from another node"),
+        ServiceNewFlow = 9 => ("service_new_flow", "new service flows: Maglev pick and conntrack insert"),
+        NatEstablished = 10 => ("nat_established", "packets translated in their original direction from an existing conntrack entry"),
+        ReverseNat = 11 => ("reverse_nat", "reply packets translated back to the service or original address"),
+        Hairpin = 12 => ("hairpin", "service flows where a pod reached itself and was masqueraded"),
+        MasqueradeNewFlow = 13 => ("masquerade_new_flow", "new egress flows masqueraded to the node address"),
+        ArpReply = 14 => ("arp_reply", "ARP requests from pods answered"),
+        IcmpEchoReply = 15 => ("icmp_echo_reply", "pings of the pod gateway answered"),
+        IcmpPortUnreachable = 16 => ("icmp_port_unreachable", "ICMP port unreachable sent for a service without endpoints"),
+        IcmpFragNeeded = 17 => ("icmp_frag_needed", "ICMP fragmentation-needed sent for DF packets too big for the tunnel"),
+        IcmpErrorTranslated = 18 => ("icmp_error_translated", "ICMP errors about a translated flow translated back"),
+        IcmpTimeExceeded = 19 => ("icmp_time_exceeded", "ICMP time exceeded sent for packets whose TTL ran out here"),
+    }
 }
 
 /// One worker's counters.
@@ -89,7 +188,7 @@ pub struct CounterValues {
 impl CounterValues {
     /// The value of one event counter.
     pub fn event(&self, e: Event) -> u64 {
-        self.events[e as usize]
+        self.events[usize::from(e.number())]
     }
     /// The value of one drop counter.
     pub fn drop(&self, r: DropReason) -> u64 {
@@ -120,7 +219,7 @@ impl Counters {
     /// Count `n` occurrences of an event. Only the owning worker may call this.
     #[inline]
     pub fn add(&self, e: Event, n: u64) {
-        bump(&self.events[e as usize], n);
+        bump(&self.events[usize::from(e.number())], n);
     }
 
     /// Count one occurrence of an event. Only the owning worker may call this.
@@ -154,8 +253,32 @@ impl Counters {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A list's numbers are its indexes, its names distinct, snake_case and round-trip.
+    pub(crate) fn check_list<L: CounterList + PartialEq>() {
+        let mut names: Vec<&str> = L::ALL.iter().map(|m| m.name()).collect();
+        for (i, m) in L::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i, "{m:?} out of order");
+            assert!(!m.help().is_empty(), "{m:?} has no help");
+            let n = m.name();
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()),
+                "{n}"
+            );
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), L::ALL.len(), "names are distinct");
+    }
+
+    #[test]
+    fn events_are_a_counter_list() {
+        check_list::<Event>();
+        assert_eq!(Event::from_name("vxlan_encap"), Some(Event::VxlanEncap));
+    }
 
     #[test]
     fn counts_are_visible_to_readers_and_aligned() {

@@ -1,65 +1,11 @@
 //! The one numbered list of why a packet was dropped or handed to the host.
 //!
 //! Each reason is declared once, here, with a stable snake_case name and a sentence a person can
-//! act on. The counters, the metrics, `kxdp trace` and the XDP program's header all use these
-//! numbers; a number, once given, is never reused for another meaning.
+//! act on (see [`counter_list!`](crate::counter_list)). The counters, the metrics and `kxdp
+//! trace` all use these numbers and names; a number, once given, is never reused for another
+//! meaning.
 
-macro_rules! reasons {
-    (
-        $(#[$meta:meta])*
-        $vis:vis enum $name:ident {
-            $( $variant:ident = $num:literal => ($label:literal, $help:literal), )*
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        #[repr(u8)]
-        $vis enum $name {
-            $( #[doc = $help] $variant = $num, )*
-        }
-
-        impl $name {
-            /// Every reason, in numeric order.
-            pub const ALL: &'static [$name] = &[ $( $name::$variant, )* ];
-            /// How many reasons there are; counters are arrays of this size.
-            pub const COUNT: usize = Self::ALL.len();
-
-            /// The stable snake_case name used in metrics and traces.
-            pub const fn name(self) -> &'static str {
-                match self { $( $name::$variant => $label, )* }
-            }
-
-            /// A sentence saying what happened.
-            pub const fn help(self) -> &'static str {
-                match self { $( $name::$variant => $help, )* }
-            }
-
-            /// The reason's stable number.
-            #[inline]
-            pub const fn number(self) -> u8 {
-                self as u8
-            }
-
-            /// The reason with this number, if there is one.
-            pub fn from_number(n: u8) -> Option<Self> {
-                Self::ALL.iter().copied().find(|r| r.number() == n)
-            }
-
-            /// The reason with this name, if there is one.
-            pub fn from_name(name: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|r| r.name() == name)
-            }
-        }
-
-        impl core::fmt::Display for $name {
-            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-    };
-}
-
-reasons! {
+crate::counter_list! {
     /// Why the pipeline dropped a packet.
     pub enum DropReason {
         FrameTooShort = 0 => ("frame_too_short", "frame shorter than an Ethernet header"),
@@ -94,7 +40,7 @@ reasons! {
     }
 }
 
-reasons! {
+crate::counter_list! {
     /// Why the pipeline handed a packet to the node's own kernel stack.
     pub enum PassReason {
         NotIpv4 = 0 => ("not_ipv4", "not IPv4 (ARP, IPv6, LLDP...) on the uplink or host interface"),
@@ -107,34 +53,15 @@ reasons! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::tests::check_list;
 
     #[test]
     fn numbers_are_dense_unique_and_round_trip() {
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            assert_eq!(usize::from(r.number()), i, "{r} out of order");
+        check_list::<DropReason>();
+        check_list::<PassReason>();
+        for r in DropReason::ALL {
             assert_eq!(DropReason::from_number(r.number()), Some(*r));
-            assert_eq!(DropReason::from_name(r.name()), Some(*r));
-            assert!(!r.help().is_empty());
-        }
-        for (i, r) in PassReason::ALL.iter().enumerate() {
-            assert_eq!(usize::from(r.number()), i, "{r} out of order");
-            assert_eq!(PassReason::from_name(r.name()), Some(*r));
         }
         assert_eq!(DropReason::from_number(DropReason::COUNT as u8), None);
-    }
-
-    #[test]
-    fn names_are_snake_case_and_distinct() {
-        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), DropReason::COUNT);
-        for n in names {
-            assert!(
-                n.chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()),
-                "{n}"
-            );
-        }
     }
 }

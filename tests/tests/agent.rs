@@ -96,6 +96,14 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         let series = format!("kxdp_drops_total{{reason=\"{}\"}} ", reason.name());
         metric(&m, &series);
     }
+    for decision in kxdp_xdp::XdpDecision::ALL {
+        let series = format!(
+            "kxdp_xdp_decisions_total{{decision=\"{}\"}} ",
+            decision.name()
+        );
+        metric(&m, &series);
+    }
+    assert!(metric(&m, "kxdp_xdp_decisions_total{decision=\"xsk_pod\"} ") > 0.0);
 
     // kxdp status.
     let s: StatusView = json(&c, 0, &["status"]);
@@ -192,8 +200,16 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         counters.drops.len(),
         kxdp_dataplane::reason::DropReason::COUNT
     );
-    assert!(counters.io["rx"] > 0);
-    assert!(cli(&c, 0, &["counters"]).contains("batches by size"));
+    assert!(counters.io["rx_frames"] > 0);
+    assert_eq!(counters.io.len(), kxdp_xdp::worker::IoCounter::COUNT);
+    // Pods' frames are steered by the XDP program, and the node's uplink saw VXLAN from
+    // node-b: its decisions reach the API and the CLI.
+    assert!(counters.xdp["xsk_pod"] > 0, "{counters:?}");
+    assert!(counters.xdp["xsk_vxlan"] > 0, "{counters:?}");
+    assert_eq!(counters.xdp.len(), kxdp_xdp::XdpDecision::COUNT);
+    let text = cli(&c, 0, &["counters"]);
+    assert!(text.contains("batches by size"), "{text}");
+    assert!(text.contains("xsk_pod"), "{text}");
 
     // kxdp trace against the live tables.
     let admin = c.admin(0).to_string();

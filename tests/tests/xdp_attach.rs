@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use kxdp_tests::testbed::{skip_unless_privileged, Spec, Testbed};
-use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering, XdpMode, XdpStat};
+use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering, XdpDecision, XdpMode};
 
 #[test]
 fn an_attached_program_without_sockets_leaves_the_node_reachable() {
@@ -26,7 +26,7 @@ fn an_attached_program_without_sockets_leaves_the_node_reachable() {
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     // The program is loaded and attached from a thread inside node A's namespace, as the
     // agent's control thread would; it is detached when that thread drops the link.
-    let worker = std::thread::spawn(move || -> Result<[u64; XdpStat::COUNT], String> {
+    let worker = std::thread::spawn(move || -> Result<[u64; XdpDecision::COUNT], String> {
         let result = (|| -> Result<_, String> {
             enter_netns(&a.ns).map_err(|e| format!("entering {}: {e}", a.ns))?;
             let st = Steering::load().map_err(|e| e.to_string())?;
@@ -72,14 +72,17 @@ fn an_attached_program_without_sockets_leaves_the_node_reachable() {
     assert_eq!(tb.ping(&ext, a.ip, 2, deadline).unwrap(), 2);
     stop_tx.send(()).unwrap();
     let stats = worker.join().expect("worker thread").expect("worker");
-    let n = |s: XdpStat| stats[s as usize];
-    assert!(n(XdpStat::XskVxlan) >= 3, "VXLAN was steered: {stats:?}");
+    let n = |s: XdpDecision| stats[s as usize];
     assert!(
-        n(XdpStat::NoSocket) >= 3,
+        n(XdpDecision::XskVxlan) >= 3,
+        "VXLAN was steered: {stats:?}"
+    );
+    assert!(
+        n(XdpDecision::NoSocket) >= 3,
         "and passed for want of a socket: {stats:?}"
     );
     assert!(
-        n(XdpStat::PassNotOurs) >= 2,
+        n(XdpDecision::PassNotOurs) >= 2,
         "the node's own traffic passed: {stats:?}"
     );
     // Detached: still reachable.

@@ -7,20 +7,20 @@ use core::net::Ipv4Addr;
 use kxdp_dataplane::wire::Icmpv4Message;
 use kxdp_testkit::{tcp_flags as f, Topology};
 use kxdp_tests::testbed::skip_unless_privileged;
-use kxdp_xdp::{action, IfRole, Steering, XdpStat};
+use kxdp_xdp::{action, IfRole, Steering, XdpDecision};
 
 /// The loopback device: it exists in every namespace and has one rx queue, which is all
 /// BPF_PROG_TEST_RUN needs to give the program an ingress interface. Nothing is attached to it.
 const IFINDEX: u32 = 1;
 
 /// The XDP action and the counters that moved.
-type Decision = (u32, Vec<XdpStat>);
+type Decision = (u32, Vec<XdpDecision>);
 
 fn decide(st: &Steering, frame: &[u8]) -> Decision {
     let before = st.stats().unwrap();
     let verdict = st.test_run(frame, IFINDEX).unwrap();
     let after = st.stats().unwrap();
-    let moved = XdpStat::ALL
+    let moved = XdpDecision::ALL
         .iter()
         .copied()
         .filter(|s| after[*s as usize] > before[*s as usize])
@@ -39,21 +39,21 @@ fn steers_only_what_belongs_to_the_dataplane() {
     st.sync(&snap).unwrap();
     let node = t.node.primary_ip();
     let outside = |dst| t.from_outside(t.external_ip, dst);
-    let steered = |stat| (action::PASS, vec![stat, XdpStat::NoSocket]);
+    let steered = |stat| (action::PASS, vec![stat, XdpDecision::NoSocket]);
     let passed = |stat| (action::PASS, vec![stat]);
 
     // An interface kxdp does not manage: everything passes.
     st.set_interface(IFINDEX, IfRole::Unmanaged, 0).unwrap();
     assert_eq!(
         decide(&st, &outside(node).tcp(1, 30080, f::SYN, b"")),
-        passed(XdpStat::PassUnmanaged)
+        passed(XdpDecision::PassUnmanaged)
     );
 
     // A pod's veth: everything is the dataplane's. With no socket on the queue (agent down)
     // the frame passes to the kernel instead of being dropped.
     st.set_interface(IFINDEX, IfRole::Pod, 0).unwrap();
     let pod_frame = t.case_pod_to_pod(1).frame;
-    assert_eq!(decide(&st, &pod_frame), steered(XdpStat::XskPod));
+    assert_eq!(decide(&st, &pod_frame), steered(XdpDecision::XskPod));
 
     st.set_interface(IFINDEX, IfRole::Uplink, 0).unwrap();
     let vxlan = t.case_decap(1).frame;
@@ -61,7 +61,7 @@ fn steers_only_what_belongs_to_the_dataplane() {
         (
             "VXLAN from node B",
             vxlan.clone(),
-            steered(XdpStat::XskVxlan),
+            steered(XdpDecision::XskVxlan),
         ),
         (
             "VXLAN from an unknown address",
@@ -75,42 +75,42 @@ fn steers_only_what_belongs_to_the_dataplane() {
                 }
                 .vxlan(49152, 8472, 1, &inner)
             },
-            passed(XdpStat::PassUnknownPeer),
+            passed(XdpDecision::PassUnknownPeer),
         ),
         (
             "NodePort",
             outside(node).tcp(50000, t.web_node_port, f::SYN, b""),
-            steered(XdpStat::XskService),
+            steered(XdpDecision::XskService),
         ),
         (
             "load-balancer IP",
             outside(t.web_lb_ip).tcp(50000, 80, f::SYN, b""),
-            steered(XdpStat::XskService),
+            steered(XdpDecision::XskService),
         ),
         (
             "node's SSH",
             outside(node).tcp(50000, 22, f::SYN, b""),
-            passed(XdpStat::PassNotOurs),
+            passed(XdpDecision::PassNotOurs),
         ),
         (
             "masquerade reply",
             outside(node).tcp(443, 62000, f::SYN | f::ACK, b""),
-            steered(XdpStat::XskMasqReply),
+            steered(XdpDecision::XskMasqReply),
         ),
         (
             "reply below the range",
             outside(node).tcp(443, 40000, f::ACK, b""),
-            passed(XdpStat::PassNotOurs),
+            passed(XdpDecision::PassNotOurs),
         ),
         (
             "echo reply to a masqueraded ping",
             outside(node).icmp_echo(false, 62001, 1, b"x"),
-            steered(XdpStat::XskMasqReply),
+            steered(XdpDecision::XskMasqReply),
         ),
         (
             "echo reply to the node's own ping",
             outside(node).icmp_echo(false, 7, 1, b"x"),
-            passed(XdpStat::PassNotOurs),
+            passed(XdpDecision::PassNotOurs),
         ),
         (
             "port unreachable quoting a masqueraded flow",
@@ -124,7 +124,7 @@ fn steers_only_what_belongs_to_the_dataplane() {
                 .udp(62002, 53, b"q");
                 outside(node).icmp(Icmpv4Message::DstUnreachable, 3, [0; 4], &quoted[14..42])
             },
-            steered(XdpStat::XskMasqReply),
+            steered(XdpDecision::XskMasqReply),
         ),
         (
             "IPv4 with options",
@@ -133,17 +133,17 @@ fn steers_only_what_belongs_to_the_dataplane() {
                 fr[14] = 0x46;
                 fr
             },
-            passed(XdpStat::PassMalformed),
+            passed(XdpDecision::PassMalformed),
         ),
         (
             "truncated",
             outside(node).tcp(50000, t.web_node_port, f::SYN, b"")[..30].to_vec(),
-            passed(XdpStat::PassMalformed),
+            passed(XdpDecision::PassMalformed),
         ),
         (
             "ARP",
             kxdp_dataplane::wire::build::arp_request(t.gateway_router_mac, t.external_ip, node),
-            passed(XdpStat::PassNotIpv4),
+            passed(XdpDecision::PassNotIpv4),
         ),
     ];
     for (what, frame, want) in cases {
@@ -155,5 +155,5 @@ fn steers_only_what_belongs_to_the_dataplane() {
     inputs.nodes.clear();
     let snap = kxdp_dataplane::Snapshot::build(inputs).unwrap();
     st.sync(&snap).unwrap();
-    assert_eq!(decide(&st, &vxlan), passed(XdpStat::PassUnknownPeer));
+    assert_eq!(decide(&st, &vxlan), passed(XdpDecision::PassUnknownPeer));
 }

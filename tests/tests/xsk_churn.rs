@@ -12,6 +12,7 @@ use kxdp_dataplane::Snapshot;
 use kxdp_testkit::Topology;
 use kxdp_tests::node::{mac_text, Change, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
+use kxdp_xdp::worker::IoCounter;
 use kxdp_xdp::xsk::{Port, PortConfig, Umem};
 use kxdp_xdp::IfRole;
 
@@ -180,5 +181,8 @@ fn new_pods_come_up_after_the_first_pod_went() {
     let _ = node.finish().expect("worker");
     assert_eq!(replies, 3, "the new pod reaches pod B: {io:?}");
     // Pod A's socket was the one the UMEM is shared through: the newcomer got its own UMEM.
-    assert!(io.copied > 0, "frames copied between UMEMs: {io:?}");
+    assert!(
+        io.get(IoCounter::Copied) > 0,
+        "frames copied between UMEMs: {io:?}"
+    );
 }

@@ -12,6 +12,7 @@ use kxdp_testkit::Topology;
 use kxdp_tests::clients::{connect_many, TcpServer};
 use kxdp_tests::node::{mac_text, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
+use kxdp_xdp::worker::IoCounter;
 use kxdp_xdp::IfRole;
 
 /// The fixture's `pods` on one kxdp node, with its dataplane running on `pod<j>`.
@@ -80,12 +81,20 @@ fn two_pods_on_one_node_reach_each_other_through_kxdp() {
         live.event(Event::LocalForward) >= 12,
         "live counters: {live:?}"
     );
-    assert!(io.rx >= 12 && io.tx >= 12, "I/O counters: {io:?}");
+    assert!(
+        io.get(IoCounter::Rx) >= 12 && io.get(IoCounter::Tx) >= 12,
+        "I/O counters: {io:?}"
+    );
     assert_eq!(
-        io.copied, 0,
+        io.get(IoCounter::Copied),
+        0,
         "one UMEM: frames moved between veths without copies: {io:?}"
     );
-    assert!(io.empty_polls > 0 && io.polls > io.empty_polls, "{io:?}");
+    assert!(
+        io.get(IoCounter::EmptyPolls) > 0
+            && io.get(IoCounter::Polls) > io.get(IoCounter::EmptyPolls),
+        "{io:?}"
+    );
     assert_eq!((a_to_b, b_to_a), (3, 3), "pod to pod through kxdp");
     // Requests and replies both ways, each routed by the pipeline.
     assert!(
@@ -169,7 +178,10 @@ fn two_workers_share_a_nodes_queues_and_its_flows() {
     assert_eq!(ok, 40, "every connection answered: {replies:?} {c:?}");
     assert_eq!(workers.len(), 2);
     for (q, w) in workers.iter().enumerate() {
-        assert!(w.rx > 0, "worker {q} received nothing: {workers:?}");
+        assert!(
+            w.get(IoCounter::Rx) > 0,
+            "worker {q} received nothing: {workers:?}"
+        );
     }
 }
 
@@ -199,7 +211,10 @@ fn sockets_on_their_own_umems_copy_frames_between_them() {
     let c = node.finish().expect("worker");
     let ok = replies.iter().filter(|r| r.starts_with("pod-b ")).count();
     assert_eq!(ok, 10, "every connection answered: {replies:?} {c:?}");
-    assert!(io.copied >= 10, "frames were copied between UMEMs: {io:?}");
+    assert!(
+        io.get(IoCounter::Copied) >= 10,
+        "frames were copied between UMEMs: {io:?}"
+    );
     // Stopping detached the program from every interface.
     for dev in ["pod0", "pod1"] {
         let out = std::process::Command::new("ip")

@@ -179,37 +179,39 @@ impl FrontendKey {
     }
 }
 
-macro_rules! xdp_stats {
-    ( $( $variant:ident => $c:literal, )* ) => {
-        /// `enum kxdp_xdp_stat`: why the program steered or passed a packet.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        #[repr(u32)]
-        pub enum XdpStat { $( #[doc = $c] $variant, )* }
-
-        impl XdpStat {
-            /// Every counter, in the C enum's order.
-            pub const ALL: &'static [XdpStat] = &[ $( XdpStat::$variant, )* ];
-            /// How many there are (`KXDP_STAT_COUNT`).
-            pub const COUNT: usize = Self::ALL.len();
-            /// The C enumerator's name.
-            pub const fn c_name(self) -> &'static str {
-                match self { $( XdpStat::$variant => $c, )* }
-            }
-        }
-    };
+kxdp_dataplane::counter_list! {
+    /// Why the XDP program steered a packet to an AF_XDP socket or passed it to the kernel:
+    /// `enum kxdp_xdp_stat` in `src/bpf/kxdp.h`, whose enumerators are `KXDP_STAT_` and these
+    /// names in capitals, in this order (checked against the object's BTF by a test).
+    pub enum XdpDecision {
+        XskPod = 0 => ("xsk_pod", "steered: from a pod or the host interface, all of it the dataplane's"),
+        XskVxlan = 1 => ("xsk_vxlan", "steered: VXLAN to this node from a known node"),
+        XskService = 2 => ("xsk_service", "steered: to a service frontend (ClusterIP, load-balancer or external IP, NodePort)"),
+        XskMasqReply = 3 => ("xsk_masq_reply", "steered: to this node in the masquerade port range (replies to masqueraded flows)"),
+        NoSocket = 4 => ("no_socket", "the dataplane's, but no AF_XDP socket on the receiving queue: passed to the kernel"),
+        PassUnmanaged = 5 => ("pass_unmanaged", "passed: an interface kxdp does not manage"),
+        PassNotIpv4 = 6 => ("pass_not_ipv4", "passed: not IPv4 (ARP, IPv6, LLDP...)"),
+        PassMalformed = 7 => ("pass_malformed", "passed: truncated, IPv4 options or a fragment; the kernel decides"),
+        PassUnknownPeer = 8 => ("pass_unknown_peer", "passed: VXLAN from an address that is no known node"),
+        PassNotOurs = 9 => ("pass_not_ours", "passed: IPv4 on the uplink that is not the dataplane's"),
+    }
 }
 
-xdp_stats! {
-    XskPod => "KXDP_STAT_XSK_POD",
-    XskVxlan => "KXDP_STAT_XSK_VXLAN",
-    XskService => "KXDP_STAT_XSK_SERVICE",
-    XskMasqReply => "KXDP_STAT_XSK_MASQ_REPLY",
-    NoSocket => "KXDP_STAT_NO_SOCKET",
-    PassUnmanaged => "KXDP_STAT_PASS_UNMANAGED",
-    PassNotIpv4 => "KXDP_STAT_PASS_NOT_IPV4",
-    PassMalformed => "KXDP_STAT_PASS_MALFORMED",
-    PassUnknownPeer => "KXDP_STAT_PASS_UNKNOWN_PEER",
-    PassNotOurs => "KXDP_STAT_PASS_NOT_OURS",
+/// The XDP program's decision counters ([`XdpDecision`]), readable from any thread.
+#[derive(Debug)]
+pub struct Decisions {
+    map: libbpf_rs::MapHandle,
+}
+
+impl Decisions {
+    /// The counters, summed over CPUs, by [`XdpDecision`] number.
+    pub fn read(&self) -> Result<[u64; XdpDecision::COUNT], XdpError> {
+        let mut out = [0u64; XdpDecision::COUNT];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = percpu_sum(&self.map, i as u32)?;
+        }
+        Ok(out)
+    }
 }
 
 /// The loaded program and its maps.
@@ -366,18 +368,21 @@ impl Steering {
         attach_program(&self.obj, PROGRAM, ifindex)
     }
 
-    /// The counters, summed over CPUs, by [`XdpStat`] number.
-    pub fn stats(&self) -> Result<[u64; XdpStat::COUNT], XdpError> {
+    /// The counters, summed over CPUs, by [`XdpDecision`] number.
+    pub fn stats(&self) -> Result<[u64; XdpDecision::COUNT], XdpError> {
+        self.decisions()?.read()
+    }
+
+    /// A handle on the program's decision counters that any thread can read while the program
+    /// runs (its own descriptor of the `stats` map).
+    pub fn decisions(&self) -> Result<Decisions, XdpError> {
         let m = self
             .obj
             .maps()
             .find(|m| m.name() == "stats")
             .ok_or(XdpError::Missing("stats"))?;
-        let mut out = [0u64; XdpStat::COUNT];
-        for (i, slot) in out.iter_mut().enumerate() {
-            *slot = percpu_sum(&m, i as u32)?;
-        }
-        Ok(out)
+        let map = libbpf_rs::MapHandle::try_from(&m).map_err(bpf("duplicating map stats"))?;
+        Ok(Decisions { map })
     }
 
     /// Run the program once on `frame` as if received on `ifindex` queue 0
@@ -448,7 +453,7 @@ pub fn attach_program(
 ///
 /// # Errors
 /// [`XdpError::Bpf`] if the lookup fails.
-pub fn percpu_sum(map: &libbpf_rs::Map<'_>, key: u32) -> Result<u64, XdpError> {
+pub fn percpu_sum(map: &impl MapCore, key: u32) -> Result<u64, XdpError> {
     let per_cpu = map
         .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
         .map_err(bpf(format!("reading {}", map.name().to_string_lossy())))?
@@ -637,10 +642,13 @@ mod tests {
                 .collect()
         };
         let stats = enum_members("kxdp_xdp_stat");
-        let want: Vec<(String, i64)> = XdpStat::ALL
+        let want: Vec<(String, i64)> = XdpDecision::ALL
             .iter()
-            .map(|s| (s.c_name().to_owned(), *s as i64))
-            .chain([("KXDP_STAT_COUNT".to_owned(), XdpStat::COUNT as i64)])
+            .map(|s| {
+                let c_name = format!("KXDP_STAT_{}", s.name().to_ascii_uppercase());
+                (c_name, i64::from(s.number()))
+            })
+            .chain([("KXDP_STAT_COUNT".to_owned(), XdpDecision::COUNT as i64)])
             .collect();
         assert_eq!(stats, want);
         let roles = enum_members("kxdp_if_role");

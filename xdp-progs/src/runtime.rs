@@ -28,7 +28,7 @@ use kxdp_dataplane::{Counters, Instant, Snapshot};
 
 use crate::worker::{BatchFn, IoCounters, IoValues, Mode, Worker};
 use crate::xsk::{Port, PortConfig, Umem};
-use crate::{enter_netns, ifindex, Attachment, IfRole, Steering, XdpMode};
+use crate::{enter_netns, ifindex, Attachment, Decisions, IfRole, Steering, XdpMode};
 
 /// XSKMAP slots per interface: the most queues (and so workers) an interface is served on.
 pub const MAX_QUEUES: u32 = 64;
@@ -141,6 +141,8 @@ pub struct Dataplane {
     started: WallClock,
     workers: Vec<WorkerStats>,
     modes: Vec<(String, XdpMode)>,
+    /// Set before `start` returns.
+    decisions: Option<Arc<Decisions>>,
     changes: mpsc::Sender<(Change, mpsc::Sender<Result<(), String>>)>,
     control: Option<JoinHandle<Result<(), String>>>,
 }
@@ -258,6 +260,7 @@ impl Dataplane {
             started,
             workers: Vec::new(),
             modes: Vec::new(),
+            decisions: None,
             changes,
             control: Some(control),
         };
@@ -265,9 +268,10 @@ impl Dataplane {
             .recv_timeout(Duration::from_secs(30))
             .map_err(|e| format!("the control thread did not report: {e}"));
         match ready {
-            Ok(Ok((workers, modes))) => {
+            Ok(Ok((workers, modes, decisions))) => {
                 dp.workers = workers;
                 dp.modes = modes;
+                dp.decisions = Some(decisions);
                 Ok(dp)
             }
             Ok(Err(e)) | Err(e) => {
@@ -284,6 +288,13 @@ impl Dataplane {
     /// Each worker's counters, in worker order.
     pub fn workers(&self) -> &[WorkerStats] {
         &self.workers
+    }
+
+    /// The XDP program's decision counters, readable from any thread while it runs.
+    pub fn decisions(&self) -> &Arc<Decisions> {
+        self.decisions
+            .as_ref()
+            .expect("a dataplane that started has its program's counters")
     }
 
     /// The shared conntrack table (to list flows, and to ask which draining endpoints still
@@ -315,20 +326,9 @@ impl Dataplane {
 
     /// The I/O counters, summed over workers, read while they run.
     pub fn io(&self) -> IoValues {
-        let mut total = IoValues::default();
-        for w in &self.workers {
-            let v = w.io.read();
-            total.polls += v.polls;
-            total.empty_polls += v.empty_polls;
-            total.rx += v.rx;
-            total.tx += v.tx;
-            total.tx_ring_full += v.tx_ring_full;
-            total.copied += v.copied;
-            for (t, x) in total.batch_sizes.iter_mut().zip(v.batch_sizes) {
-                *t += x;
-            }
-        }
-        total
+        self.workers
+            .iter()
+            .fold(IoValues::default(), |total, w| total.plus(&w.io.read()))
     }
 
     /// Apply a change while traffic flows; returns once every worker has applied it.
@@ -379,7 +379,7 @@ pub fn sum_counters(values: impl Iterator<Item = CounterValues>) -> CounterValue
     total
 }
 
-type Ready = Result<(Vec<WorkerStats>, Vec<(String, XdpMode)>), String>;
+type Ready = Result<(Vec<WorkerStats>, Vec<(String, XdpMode)>, Arc<Decisions>), String>;
 
 /// A worker thread seen from the control thread.
 struct WorkerHandle {
@@ -548,11 +548,12 @@ fn control(
         for m in ordered {
             modes.push((m.name.clone(), ctl.add(m)?));
         }
-        Ok((ctl, stats, modes))
+        let decisions = ctl.steering.decisions().map_err(|e| e.to_string())?;
+        Ok((ctl, stats, modes, Arc::new(decisions)))
     })();
     let mut ctl = match setup {
-        Ok((ctl, stats, modes)) => {
-            let _ = ready.send(Ok((stats, modes)));
+        Ok((ctl, stats, modes, decisions)) => {
+            let _ = ready.send(Ok((stats, modes, decisions)));
             ctl
         }
         Err(e) => {

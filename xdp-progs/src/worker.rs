@@ -63,41 +63,38 @@ pub const COUNTED_INTERFACES: usize = 1024;
 /// Batch-size buckets: 1, 2–3, 4–7, 8–15, 16–31, 32–63, 64 frames.
 pub const BATCH_BUCKETS: usize = 7;
 
-/// A worker's I/O counters, beside the pipeline's [`Counters`]: written by the worker alone
-/// (relaxed load and store), readable from any thread.
+kxdp_dataplane::counter_list! {
+    /// What a worker counts of its own I/O, beside the pipeline's [`Counters`].
+    pub enum IoCounter {
+        Polls = 0 => ("polls", "worker rounds (one wait for frames, then a batch per port that has some)"),
+        EmptyPolls = 1 => ("empty_polls", "worker rounds that found no frame on any port"),
+        Rx = 2 => ("rx_frames", "frames received"),
+        Tx = 3 => ("tx_frames", "frames queued for transmission"),
+        TxRingFull = 4 => ("tx_ring_full", "frames dropped because a TX ring was full"),
+        Copied = 5 => ("copied_frames", "frames copied between ports on different UMEMs (zero when a worker's ports share one)"),
+    }
+}
+
+/// A worker's I/O counters: written by the worker alone (relaxed load and store), readable
+/// from any thread.
 #[derive(Debug)]
 #[repr(align(64))]
 pub struct IoCounters {
-    /// Rounds of `poll_once`.
-    pub polls: AtomicU64,
-    /// Rounds that found no frame on any port.
-    pub empty_polls: AtomicU64,
-    /// Frames received.
-    pub rx: AtomicU64,
-    /// Frames queued for transmission.
-    pub tx: AtomicU64,
-    /// Frames dropped because a TX ring was full.
-    pub tx_ring_full: AtomicU64,
-    /// Frames copied between ports on different UMEMs (zero when a worker's ports share one).
-    pub copied: AtomicU64,
+    /// By [`IoCounter`] number.
+    counts: [AtomicU64; IoCounter::COUNT],
     /// Batches received, by size (see [`BATCH_BUCKETS`]).
-    pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
+    batch_sizes: [AtomicU64; BATCH_BUCKETS],
     /// Frames received per interface number (the first [`COUNTED_INTERFACES`]).
-    pub iface_rx: Box<[AtomicU64]>,
+    iface_rx: Box<[AtomicU64]>,
     /// Frames queued for transmission per interface number.
-    pub iface_tx: Box<[AtomicU64]>,
+    iface_tx: Box<[AtomicU64]>,
 }
 
 impl Default for IoCounters {
     fn default() -> Self {
         let zeros = || (0..COUNTED_INTERFACES).map(|_| AtomicU64::new(0)).collect();
         IoCounters {
-            polls: AtomicU64::new(0),
-            empty_polls: AtomicU64::new(0),
-            rx: AtomicU64::new(0),
-            tx: AtomicU64::new(0),
-            tx_ring_full: AtomicU64::new(0),
-            copied: AtomicU64::new(0),
+            counts: Default::default(),
             batch_sizes: Default::default(),
             iface_rx: zeros(),
             iface_tx: zeros(),
@@ -108,20 +105,28 @@ impl Default for IoCounters {
 /// A plain copy of [`IoCounters`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoValues {
-    /// See [`IoCounters::polls`].
-    pub polls: u64,
-    /// See [`IoCounters::empty_polls`].
-    pub empty_polls: u64,
-    /// See [`IoCounters::rx`].
-    pub rx: u64,
-    /// See [`IoCounters::tx`].
-    pub tx: u64,
-    /// See [`IoCounters::tx_ring_full`].
-    pub tx_ring_full: u64,
-    /// See [`IoCounters::copied`].
-    pub copied: u64,
-    /// See [`IoCounters::batch_sizes`].
+    /// By [`IoCounter`] number.
+    pub counts: [u64; IoCounter::COUNT],
+    /// Batches received, by size (see [`BATCH_BUCKETS`]).
     pub batch_sizes: [u64; BATCH_BUCKETS],
+}
+
+impl IoValues {
+    /// The value of one counter.
+    pub fn get(&self, c: IoCounter) -> u64 {
+        self.counts[usize::from(c.number())]
+    }
+
+    /// The sum of `self` and `other`, counter by counter.
+    pub fn plus(mut self, other: &IoValues) -> IoValues {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        for (a, b) in self.batch_sizes.iter_mut().zip(other.batch_sizes) {
+            *a += b;
+        }
+        self
+    }
 }
 
 impl IoCounters {
@@ -131,15 +136,16 @@ impl IoCounters {
         c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
+    /// Count `n` of `c`. Only the owning worker may call this.
+    #[inline]
+    fn count(&self, c: IoCounter, n: u64) {
+        IoCounters::add(&self.counts[usize::from(c.number())], n);
+    }
+
     /// Read every counter.
     pub fn read(&self) -> IoValues {
         IoValues {
-            polls: self.polls.load(Relaxed),
-            empty_polls: self.empty_polls.load(Relaxed),
-            rx: self.rx.load(Relaxed),
-            tx: self.tx.load(Relaxed),
-            tx_ring_full: self.tx_ring_full.load(Relaxed),
-            copied: self.copied.load(Relaxed),
+            counts: self.counts.each_ref().map(|c| c.load(Relaxed)),
             batch_sizes: self.batch_sizes.each_ref().map(|c| c.load(Relaxed)),
         }
     }
@@ -311,16 +317,16 @@ impl Worker {
         for i in 0..self.ports.len() {
             total += self.batch(i, snap, ct, now);
         }
-        IoCounters::add(&self.io.polls, 1);
+        self.io.count(IoCounter::Polls, 1);
         if total == 0 {
-            IoCounters::add(&self.io.empty_polls, 1);
+            self.io.count(IoCounter::EmptyPolls, 1);
             if self.idle_since.is_none() {
                 self.idle_since = Some(std::time::Instant::now());
             }
         } else {
             self.idle_since = None;
         }
-        IoCounters::add(&self.io.rx, total as u64);
+        self.io.count(IoCounter::Rx, total as u64);
         total
     }
 
@@ -411,7 +417,7 @@ impl Worker {
                 }
                 if let Some(c) = dst.1.alloc_copy(src.1.frame(d), COPY_HEADROOM) {
                     to_send.push(c);
-                    IoCounters::add(&self.io.copied, 1);
+                    self.io.count(IoCounter::Copied, 1);
                 }
                 src.1.recycle(d.addr);
             }
@@ -426,9 +432,10 @@ impl Worker {
     fn send(&mut self, i: usize, frames: &[Desc]) {
         let (id, port) = &mut self.ports[i];
         let sent = port.transmit(frames);
-        IoCounters::add(&self.io.tx, sent as u64);
+        self.io.count(IoCounter::Tx, sent as u64);
         IoCounters::add_at(&self.io.iface_tx, *id, sent as u64);
-        IoCounters::add(&self.io.tx_ring_full, (frames.len() - sent) as u64);
+        self.io
+            .count(IoCounter::TxRingFull, (frames.len() - sent) as u64);
     }
 }
 

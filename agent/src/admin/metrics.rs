@@ -7,7 +7,8 @@ use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_xdp::runtime::WorkerStats;
-use kxdp_xdp::worker::BATCH_BUCKETS;
+use kxdp_xdp::worker::{IoCounter, BATCH_BUCKETS};
+use kxdp_xdp::XdpDecision;
 
 use super::state::{lock, AdminState};
 
@@ -150,6 +151,22 @@ impl AdminState {
             .iter()
             .map(|e| (format!("{{event=\"{}\"}}", e.name()), c.events[*e as usize]))
             .collect();
+        let decisions = self.xdp_decisions();
+        let xdp: Vec<(String, u64)> = XdpDecision::ALL
+            .iter()
+            .map(|d| {
+                (
+                    format!("{{decision=\"{}\"}}", d.name()),
+                    decisions[usize::from(d.number())],
+                )
+            })
+            .collect();
+        counter(
+            &mut m,
+            "kxdp_xdp_decisions_total",
+            "packets the XDP program steered to kxdp or passed to the kernel, by decision",
+            &xdp,
+        );
         counter(&mut m, "kxdp_events_total", "pipeline events", &events);
         let per_worker = |f: fn(&kxdp_xdp::worker::IoValues) -> u64| -> Vec<(String, u64)> {
             io.iter()
@@ -161,31 +178,31 @@ impl AdminState {
             &mut m,
             "kxdp_worker_rx_frames_total",
             "frames received, per worker",
-            &per_worker(|v| v.rx),
+            &per_worker(|v| v.get(IoCounter::Rx)),
         );
         counter(
             &mut m,
             "kxdp_worker_tx_frames_total",
             "frames queued for transmission, per worker",
-            &per_worker(|v| v.tx),
+            &per_worker(|v| v.get(IoCounter::Tx)),
         );
         counter(
             &mut m,
             "kxdp_worker_tx_ring_full_total",
             "frames dropped for a full TX ring, per worker",
-            &per_worker(|v| v.tx_ring_full),
+            &per_worker(|v| v.get(IoCounter::TxRingFull)),
         );
         counter(
             &mut m,
             "kxdp_worker_polls_total",
             "worker rounds",
-            &per_worker(|v| v.polls),
+            &per_worker(|v| v.get(IoCounter::Polls)),
         );
         counter(
             &mut m,
             "kxdp_worker_empty_polls_total",
             "worker rounds that found nothing",
-            &per_worker(|v| v.empty_polls),
+            &per_worker(|v| v.get(IoCounter::EmptyPolls)),
         );
         let (mut rx, mut tx) = (Vec::new(), Vec::new());
         let workers: &[WorkerStats] = self.dataplane.get().map_or(&[], |d| &d.workers);
@@ -227,7 +244,7 @@ impl AdminState {
         let _ = writeln!(
             m,
             "kxdp_batch_size_sum {}",
-            io.iter().map(|i| i.rx).sum::<u64>()
+            io.iter().map(|i| i.get(IoCounter::Rx)).sum::<u64>()
         );
         let inner = lock(&self.inner);
         let _ = writeln!(

@@ -14,7 +14,8 @@ use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::Snapshot;
 use kxdp_xdp::runtime::WorkerStats;
-use kxdp_xdp::worker::BATCH_BUCKETS;
+use kxdp_xdp::worker::{IoCounter, BATCH_BUCKETS};
+use kxdp_xdp::{Decisions, XdpDecision};
 
 use super::views::{
     batch_label, proto_name, CountersView, FlowFilter, FlowView, FlowsView, InterfaceView,
@@ -32,6 +33,8 @@ pub struct DataplaneView {
     pub conntrack: Arc<Conntrack>,
     /// When the pipeline's clock (conntrack expiries) was zero.
     pub clock_origin: Instant,
+    /// The XDP program's decision counters.
+    pub decisions: Arc<Decisions>,
 }
 
 /// The agent's state as the admin API reads it; the agent writes it.
@@ -152,6 +155,15 @@ impl AdminState {
         (counters, workers.iter().map(|w| w.io.read()).collect())
     }
 
+    /// The XDP program's decisions so far (zeros before the dataplane starts, or if the map
+    /// cannot be read).
+    pub(super) fn xdp_decisions(&self) -> [u64; XdpDecision::COUNT] {
+        self.dataplane
+            .get()
+            .and_then(|d| d.decisions.read().ok())
+            .unwrap_or([0; XdpDecision::COUNT])
+    }
+
     /// `/api/status`.
     pub fn status(&self) -> StatusView {
         let snap = self.snapshot();
@@ -167,9 +179,9 @@ impl AdminState {
                     WorkerView {
                         worker: i,
                         core: d.cores.get(i).copied().flatten(),
-                        rx: io.rx,
-                        tx: io.tx,
-                        tx_ring_full: io.tx_ring_full,
+                        rx: io.get(IoCounter::Rx),
+                        tx: io.get(IoCounter::Tx),
+                        tx_ring_full: io.get(IoCounter::TxRingFull),
                     }
                 })
                 .collect()
@@ -233,16 +245,14 @@ impl AdminState {
             v.passes
                 .insert(r.name().into(), c.passes[r.number() as usize]);
         }
-        let sum = |f: fn(&kxdp_xdp::worker::IoValues) -> u64| io.iter().map(f).sum::<u64>();
-        for (name, value) in [
-            ("rx", sum(|i| i.rx)),
-            ("tx", sum(|i| i.tx)),
-            ("tx_ring_full", sum(|i| i.tx_ring_full)),
-            ("copied", sum(|i| i.copied)),
-            ("polls", sum(|i| i.polls)),
-            ("empty_polls", sum(|i| i.empty_polls)),
-        ] {
-            v.io.insert(name.into(), value);
+        let decisions = self.xdp_decisions();
+        for d in XdpDecision::ALL {
+            v.xdp
+                .insert(d.name().into(), decisions[usize::from(d.number())]);
+        }
+        for c in IoCounter::ALL {
+            let total = io.iter().map(|v| v.get(*c)).sum();
+            v.io.insert(c.name().into(), total);
         }
         for b in 0..BATCH_BUCKETS {
             let count = io.iter().map(|i| i.batch_sizes[b]).sum();

@@ -214,6 +214,7 @@ pub fn counters(c: &CountersView) -> String {
         ("event", &c.events),
         ("drop", &c.drops),
         ("to_host", &c.passes),
+        ("xdp", &c.xdp),
     ] {
         for (name, v) in map.iter().filter(|(_, v)| **v != 0) {
             rows.push(vec![kind.to_owned(), name.clone(), v.to_string()]);

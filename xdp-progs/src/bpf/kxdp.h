@@ -42,7 +42,8 @@ struct kxdp_frontend {
 
 /*
  * Why the program decided what it did; one per-CPU counter each. The Rust side lists the same
- * names in the same order (XdpStat), checked by a test against this enum in the BTF.
+ * names in the same order (XdpDecision, each enumerator KXDP_STAT_ and its name in capitals),
+ * checked by a test against this enum in the BTF.
  */
 enum kxdp_xdp_stat {
 	KXDP_STAT_XSK_POD = 0,     /* from a pod or the host interface: all of it is ours */

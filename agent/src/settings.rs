@@ -193,8 +193,7 @@ impl AgentArgs {
         }
         let cidr = |field: &str, value: Option<String>, default: &str| {
             let text = value.unwrap_or_else(|| default.into());
-            kxdp_control::model::parse_cidr(&text)
-                .ok_or_else(|| config_error(field, format!("{text:?} is not an IPv4 CIDR")))
+            kxdp_control::model::parse_cidr(&text).map_err(|e| config_error(field, e))
         };
         let vtep_mac = self
             .vtep_mac
@@ -397,12 +396,17 @@ mod tests {
     #[test]
     fn bad_values_name_their_flag() {
         type Edit = fn(&mut AgentArgs);
-        let cases: [(Edit, &str); 5] = [
+        let cases: [(Edit, &str); 6] = [
             (|a| a.node = None, "--node"),
             (|a| a.mode = Some("spin".into()), "--mode"),
             (
                 |a| a.cluster_cidr = Some("10.244.0.0".into()),
                 "--cluster-cidr",
+            ),
+            // Host bits set: refused, naming the network meant.
+            (
+                |a| a.service_cidr = Some("10.96.0.1/12".into()),
+                "--service-cidr: \"10.96.0.1/12\" has bits set beyond the prefix length: write the network, 10.96.0.0/12",
             ),
             (|a| a.admin = Some("localhost".into()), "--admin"),
             (|a| a.conntrack_size = Some(0), "--conntrack-size"),

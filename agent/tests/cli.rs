@@ -1,6 +1,7 @@
 //! The `kxdp` command as an operator runs it: `kxdp trace` on the embedded default cluster and
-//! on a manifest file, as text and as JSON, and the errors for a bad flag, a bad manifest and
-//! a source address no pod owns.
+//! on a manifest file, as text and as JSON (typed fields), and the errors for a bad flag, a bad
+//! manifest and a source address no pod owns; output into a pipe its reader closes; the
+//! completion scripts loaded by their shells and the manual page rendered by `man`.
 
 use std::process::Command;
 
@@ -41,7 +42,7 @@ fn trace_on_the_embedded_cluster_prints_each_stage() {
 }
 
 #[test]
-fn trace_json_is_one_object() {
+fn trace_json_is_one_object_of_typed_fields() {
     let (code, out, err) = kxdp(&[
         "trace",
         "--from",
@@ -54,10 +55,68 @@ fn trace_json_is_one_object() {
     ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let endpoint = |ip: &str, port: u16| serde_json::json!({"ip": ip, "port": port});
+    assert_eq!(v["entered"], serde_json::json!({"via": "uplink"}));
+    assert_eq!(
+        v["packet"],
+        serde_json::json!({"proto": "tcp", "src": endpoint("198.19.0.7", 5000),
+                           "dst": endpoint("198.18.0.10", 30080)})
+    );
     assert_eq!(v["verdict"], "forward");
-    assert_eq!(v["service"]["frontend"], "NodePort");
+    assert_eq!(v["reason"], serde_json::Value::Null);
+    assert_eq!(
+        v["service"]["frontend"],
+        serde_json::json!({"kind": "NodePort", "ip": null, "port": 30080})
+    );
     assert_eq!(v["service"]["policy"], "Local");
-    assert_eq!(v["exit"], "local pod default/web-0");
+    assert_eq!(
+        v["service"]["backends"],
+        serde_json::json!([endpoint("10.244.1.10", 8080)])
+    );
+    assert_eq!(v["service"]["chosen"], endpoint("10.244.1.10", 8080));
+    assert_eq!(
+        v["dnat"],
+        serde_json::json!({"from": endpoint("198.18.0.10", 30080),
+                           "to": endpoint("10.244.1.10", 8080)})
+    );
+    assert_eq!(v["snat"], serde_json::Value::Null, "Local keeps the client");
+    assert_eq!(v["conntrack"]["state"], "tcp_opening");
+    assert_eq!(v["packet_out"]["src"], endpoint("198.19.0.7", 5000));
+    assert_eq!(
+        v["exit"],
+        serde_json::json!({"to": "pod", "pod": "default/web-0", "ip": "10.244.1.10"})
+    );
+    let events: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"service_new_flow"), "{events:?}");
+
+    // A rejection names the event the pipeline counted for it, not an invented reason.
+    let (code, out, err) = kxdp(&[
+        "trace",
+        "--src",
+        "10.244.1.11:40000",
+        "--dst",
+        "10.96.0.99:80",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (&v["verdict"], &v["reason"]),
+        (
+            &serde_json::json!("reject"),
+            &serde_json::json!("icmp_port_unreachable")
+        )
+    );
+    assert_eq!(
+        v["packet_out"],
+        serde_json::json!({"proto": "icmp", "src": endpoint("10.96.0.99", 0),
+                           "dst": endpoint("10.244.1.11", 0)})
+    );
 }
 
 #[test]
@@ -105,6 +164,305 @@ fn trace_reads_manifest_files_and_names_bad_ones() {
             && err.contains("spec.ports[0].port"),
         "{err}"
     );
+}
+
+#[test]
+fn trace_names_what_the_compiler_left_out() {
+    let dir = std::env::temp_dir().join(format!("kxdp-cli-rogue-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = dir.join("rogue.yaml");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../control/tests/fixtures/cluster.yaml"
+    );
+    std::fs::write(
+        &manifest,
+        std::fs::read_to_string(fixture).unwrap()
+            + "---\napiVersion: v1\nkind: Service\nmetadata: {name: rogue}\n\
+               spec: {clusterIP: 8.8.8.8, ports: [{port: 53, protocol: UDP}]}\n",
+    )
+    .unwrap();
+    let (code, out, err) = kxdp(&[
+        "trace",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--src",
+        "10.244.1.11:1",
+        "--dst",
+        "8.8.8.8:53",
+        "--proto",
+        "udp",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "kxdp: left out of the tables: Service default/rogue: spec.clusterIP: 8.8.8.8 is outside the service CIDR 10.96.0.0/12"
+        ),
+        "{err}"
+    );
+    // Not captured by the rogue service: masqueraded to the outside.
+    assert!(
+        !out.contains("service:") && out.contains("exit:       uplink"),
+        "{out}"
+    );
+}
+
+#[test]
+fn cidr_flags_are_parsed_and_host_bits_refused() {
+    let (code, _, err) = kxdp(&[
+        "trace",
+        "--service-cidr",
+        "10.96.0.1/12",
+        "--src",
+        "10.244.1.11:1",
+        "--dst",
+        "10.96.0.10:80",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--service-cidr")
+            && err.contains("bits set beyond the prefix length")
+            && err.contains("10.96.0.0/12"),
+        "{err}"
+    );
+    let (code, _, err) = kxdp(&[
+        "trace",
+        "--cluster-cidr",
+        "10.244.0.0/33",
+        "--src",
+        "10.244.1.11:1",
+        "--dst",
+        "10.96.0.10:80",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--cluster-cidr") && err.contains("not an IPv4 CIDR"),
+        "{err}"
+    );
+    // A narrower service CIDR is honoured: 10.96.0.10 is outside 10.96.1.0/24, so the web
+    // service is left out and named.
+    let (code, out, err) = kxdp(&[
+        "trace",
+        "--service-cidr",
+        "10.96.1.0/24",
+        "--src",
+        "10.244.1.11:1",
+        "--dst",
+        "10.96.0.10:80",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("Service default/web: spec.clusterIP: 10.96.0.10 is outside the service CIDR 10.96.1.0/24"),
+        "{err}"
+    );
+    assert!(!out.contains("service:"), "{out}");
+}
+
+/// `kxdp … | head -1` (println on a closed pipe used to panic, and abort with 134 in a release
+/// build): the command exits 0 and says nothing. Forty runs through a real pipe closed after
+/// one line (the race lands either way), then runs whose reader is gone before they write.
+#[test]
+fn a_reader_that_closes_the_pipe_ends_the_command_quietly() {
+    let bin = env!("CARGO_BIN_EXE_kxdp");
+    let script = r#"
+        for i in $(seq 40); do
+            "$KXDP" trace --src 10.244.1.11:40000 --dst 10.96.0.10:80 2>>"$ERR" | head -1 >/dev/null
+            echo "${PIPESTATUS[0]}"
+        done"#;
+    let errors = std::env::temp_dir().join(format!("kxdp-pipe-{}.err", std::process::id()));
+    let out = Command::new("bash")
+        .args(["-c", script])
+        .env("KXDP", bin)
+        .env("ERR", &errors)
+        .output()
+        .expect("bash runs");
+    let stderr = std::fs::read_to_string(&errors).unwrap_or_default();
+    let _ = std::fs::remove_file(&errors);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let codes: Vec<&str> = stdout.lines().collect();
+    assert_eq!(codes.len(), 40, "{codes:?}");
+    assert!(
+        codes.iter().all(|c| *c == "0"),
+        "exit codes: {codes:?}\n{stderr}"
+    );
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+
+    for args in [
+        &[
+            "trace",
+            "--src",
+            "10.244.1.11:40000",
+            "--dst",
+            "10.96.0.10:80",
+        ][..],
+        &[
+            "trace",
+            "--src",
+            "10.244.1.11:40000",
+            "--dst",
+            "10.96.0.10:80",
+            "--json",
+        ],
+        &["man"],
+        &["completion", "bash"],
+    ] {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kxdp runs");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn completion_scripts_load_in_their_shells() {
+    let bin = env!("CARGO_BIN_EXE_kxdp");
+    let has = |shell: &str| {
+        Command::new(shell)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // bash: the script loads, registers `kxdp`, and completes a subcommand.
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            r#"source <("$KXDP" completion bash) && complete -p kxdp &&
+               COMP_WORDS=(kxdp tr) COMP_CWORD=1 COMP_LINE='kxdp tr' COMP_POINT=7 &&
+               _kxdp kxdp tr kxdp && echo "${COMPREPLY[@]}""#,
+        ])
+        .env("KXDP", bin)
+        .output()
+        .expect("bash runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("-F _kxdp") && text.contains(" kxdp\n") && text.ends_with("trace\n"),
+        "{text}"
+    );
+    // zsh and fish, where installed; otherwise the scripts at least name the command.
+    let (_, zsh, _) = kxdp(&["completion", "zsh"]);
+    assert!(zsh.starts_with("#compdef kxdp"), "{zsh}");
+    if has("zsh") {
+        let out = Command::new("zsh")
+            .args([
+                "-f",
+                "-c",
+                r#"autoload -U compinit && compinit -u -D && source <("$KXDP" completion zsh) && print -r -- $_comps[kxdp]"#,
+            ])
+            .env("KXDP", bin)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "_kxdp\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("zsh is not installed: its script is checked for the command name only");
+    }
+    let (_, fish, _) = kxdp(&["completion", "fish"]);
+    assert!(fish.contains("complete -c kxdp"), "{fish}");
+    if has("fish") {
+        let out = Command::new("fish")
+            .args([
+                "--no-config",
+                "-c",
+                r#""$KXDP" completion fish | source; complete -C 'kxdp tr'; complete -C 'kxdp trace --fr'"#,
+            ])
+            .env("KXDP", bin)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("trace\t") && text.contains("--from\t"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("fish is not installed: its script is checked for the command name only");
+    }
+    let (code, _, err) = kxdp(&["completion", "tcsh"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("tcsh") && err.contains("bash"), "{err}");
+}
+
+#[test]
+fn the_manual_pages_render_without_warnings() {
+    let (code, _, err) = kxdp(&["man", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no command \"nope\"") && err.contains("trace"),
+        "{err}"
+    );
+    let man_db = Command::new("man")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !man_db {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "man (man-db, groff) is missing: scripts/install-deps.sh installs it"
+        );
+        eprintln!("SKIP the_manual_pages_render_without_warnings: no man (man-db, groff)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("kxdp-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (page, args, wanted) in [
+        (
+            "kxdp.1",
+            &["man"][..],
+            &["kxdp-trace(1)", "kxdp-completion(1)", "kxdp-man(1)"][..],
+        ),
+        (
+            "kxdp-trace.1",
+            &["man", "trace"],
+            &["kxdp-trace - Run one packet", "--service-cidr", "--json"],
+        ),
+    ] {
+        let (code, roff, err) = kxdp(args);
+        assert_eq!(code, 0, "{err}");
+        let path = dir.join(page);
+        std::fs::write(&path, &roff).unwrap();
+        // As lintian checks pages: groff's warnings on, output discarded.
+        let out = Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z"])
+            .arg(&path)
+            .env("LC_ALL", "C.UTF-8")
+            .env("MANWIDTH", "80")
+            .output()
+            .unwrap();
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && warnings.is_empty(),
+            "{page}: {warnings}"
+        );
+        let text = Command::new("man")
+            .args(["-P", "cat", "-l"])
+            .arg(&path)
+            .env("LC_ALL", "C.UTF-8")
+            .env("MANWIDTH", "100")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        for w in wanted {
+            assert!(text.contains(w), "{page}: {w:?} in\n{text}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -8,8 +8,10 @@
 //! Objects that cannot be served are left out, each with a problem naming it, rather than
 //! failing the whole snapshot: a pod outside the node's pod CIDR or reusing another's address,
 //! a node whose pod CIDR overlaps another's, a service port claiming a frontend another already
-//! holds (the first holder keeps it, as kube-proxy's first-match rules would). Only this node's
-//! own configuration can fail a compile; the last good snapshot then stays published.
+//! holds (the first holder keeps it, as kube-proxy's first-match rules would), a service whose
+//! cluster IP lies outside the service CIDR (the whole service; the problem names the field the
+//! object used). Only this node's own configuration can fail a compile; the last good snapshot
+//! then stays published.
 //!
 //! Endpoints leaving every service are reported: UDP ones for the caller to flush from
 //! conntrack after publishing (`Conntrack::flush_udp_to`, as kube-proxy flushes them), the
@@ -28,7 +30,7 @@ use kxdp_dataplane::tables::{
 use kxdp_dataplane::wire::EthernetAddress;
 use kxdp_dataplane::Snapshot;
 
-use crate::model::{Model, ServiceInfo, SliceInfo};
+use crate::model::{Model, ObjectError, ServiceInfo, SliceInfo};
 
 /// What the API does not say about this node: its name, interfaces, MACs, MTU, CIDRs, VXLAN
 /// and masquerade settings, and its underlay neighbours.
@@ -367,6 +369,24 @@ impl Compiler {
         node: &NodeConfig,
     ) -> Cached {
         let mut cached = Cached::default();
+        // kube-apiserver allocates cluster IPs from the service CIDR and refuses others; one
+        // outside it (a typo, or 8.8.8.8 in a manifest) would capture traffic for that address.
+        if let Some(ip) = info.cluster_ip {
+            if !node.service_cidr.contains_addr(&ip) {
+                cached.problems.push(
+                    ObjectError {
+                        object: format!("Service {key}"),
+                        field: info.cluster_ip_field.clone(),
+                        problem: format!(
+                            "{ip} is outside the service CIDR {}: the service is left out",
+                            node.service_cidr
+                        ),
+                    }
+                    .to_string(),
+                );
+                return cached;
+            }
+        }
         for p in &info.ports {
             let name = format!("{key}:{}", p.name);
             let mut frontends = Vec::new();

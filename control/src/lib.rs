@@ -7,6 +7,7 @@
 //! for the runtime to publish by an atomic swap. Nothing here does packet I/O or touches the
 //! node: the agent crate joins this side to the I/O crate.
 pub mod compile;
+pub mod json;
 pub mod kube_source;
 pub mod manifest;
 pub mod model;

@@ -78,6 +78,9 @@ pub struct ServicePortInfo {
 pub struct ServiceInfo {
     /// The IPv4 cluster IP.
     pub cluster_ip: Option<Ipv4Addr>,
+    /// The field it came from, as the object wrote it (`spec.clusterIP`, or
+    /// `spec.clusterIPs[1]` when the first is IPv6), for problems to name.
+    pub cluster_ip_field: String,
     /// TCP and UDP ports (SCTP is not served).
     pub ports: Vec<ServicePortInfo>,
     /// `spec.externalIPs` (IPv4).
@@ -194,11 +197,48 @@ pub fn parse_mac(text: &str) -> Option<EthernetAddress> {
     parts.next().is_none().then_some(EthernetAddress(b))
 }
 
-/// A CIDR such as `10.244.1.0/24`.
-pub fn parse_cidr(text: &str) -> Option<Ipv4Cidr> {
-    let (addr, len) = text.split_once('/')?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    Some(Ipv4Cidr::new(addr.parse().ok()?, len))
+/// Why a CIDR was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    /// Not `address/length` with an IPv4 address and a length up to 32.
+    #[error("{0:?} is not an IPv4 CIDR (address/length, as 10.244.0.0/16)")]
+    Syntax(String),
+    /// Bits set beyond the prefix length: ambiguous between the network and one address, so
+    /// refused, as kube-apiserver's strict CIDR validation refuses it.
+    #[error("{text:?} has bits set beyond the prefix length: write the network, {network}")]
+    HostBits {
+        /// What was written.
+        text: String,
+        /// The network it lies in.
+        network: ipnet::Ipv4Net,
+    },
+}
+
+/// A subnet such as `10.244.1.0/24`, parsed with `ipnet` and converted to the dataplane's
+/// [`Ipv4Cidr`] here, at the boundary.
+///
+/// A subnet with bits set beyond its prefix length (`10.244.1.1/24`) is refused, naming the
+/// network it lies in: kube-apiserver's strict IP/CIDR validation (KEP-4858) refuses such
+/// values in `spec.podCIDR(s)` ("must not have bits set beyond the prefix length"), and older
+/// servers only warned that the value is ambiguous; a network kxdp routes by must not be
+/// guessed. Leading zeros (`010.244.0.0/16`, `/016`) are refused too, as strict validation does.
+pub fn parse_cidr(text: &str) -> Result<Ipv4Cidr, CidrError> {
+    let syntax = || CidrError::Syntax(text.to_owned());
+    // `ipnet` reads leading zeros as decimal where libc would read octal: refuse them.
+    let leading_zero = text
+        .split(['.', '/'])
+        .any(|part| part.len() > 1 && part.starts_with('0'));
+    if leading_zero {
+        return Err(syntax());
+    }
+    let net: ipnet::Ipv4Net = text.parse().map_err(|_| syntax())?;
+    if net.addr() != net.network() {
+        return Err(CidrError::HostBits {
+            text: text.to_owned(),
+            network: net.trunc(),
+        });
+    }
+    Ok(Ipv4Cidr::new(net.network(), net.prefix_len()))
 }
 
 /// A Service as kxdp sees it; `None` for the ones kube-proxy does not serve.
@@ -221,24 +261,49 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
     if !matches!(kind, "ClusterIP" | "NodePort" | "LoadBalancer") {
         return Err(err(&object, "spec.type", format!("unknown type {kind:?}")));
     }
-    let mut ips: Vec<&str> = spec
+    // The API server fills both `clusterIPs` and `clusterIP` (the first of the list); a
+    // manifest may say either. Errors name the field the object used.
+    let listed: Vec<&str> = spec
         .cluster_ips
         .iter()
         .flatten()
         .map(String::as_str)
         .collect();
-    if ips.is_empty() {
-        ips.extend(spec.cluster_ip.as_deref());
+    let single = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
+    if let (Some(first), Some(single)) = (listed.first(), single) {
+        if *first != single {
+            return Err(err(
+                &object,
+                "spec.clusterIPs[0]",
+                format!("{first:?} must equal spec.clusterIP {single:?}"),
+            ));
+        }
     }
-    if ips.contains(&"None") {
+    let ips: Vec<(String, &str)> = if listed.is_empty() {
+        single
+            .map(|ip| ("spec.clusterIP".to_owned(), ip))
+            .into_iter()
+            .collect()
+    } else {
+        listed
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| match single {
+                Some(_) if i == 0 => ("spec.clusterIP".to_owned(), *ip),
+                _ => (format!("spec.clusterIPs[{i}]"), *ip),
+            })
+            .collect()
+    };
+    if ips.iter().any(|(_, ip)| *ip == "None") {
         return Ok(None);
     }
     let mut cluster_ip = None;
-    for (i, ip) in ips.iter().enumerate() {
-        if let Some(v4) = ipv4(&object, &format!("spec.clusterIPs[{i}]"), ip)? {
-            cluster_ip.get_or_insert(v4);
+    for (field, ip) in &ips {
+        if let Some(v4) = ipv4(&object, field, ip)? {
+            cluster_ip.get_or_insert((v4, field.clone()));
         }
     }
+    let (cluster_ip, cluster_ip_field) = cluster_ip.unzip();
     let external = matches!(kind, "NodePort" | "LoadBalancer");
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
@@ -278,6 +343,7 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
     }
     Ok(Some(ServiceInfo {
         cluster_ip,
+        cluster_ip_field: cluster_ip_field.unwrap_or_default(),
         ports,
         external_ips,
         load_balancer_ips,
@@ -342,14 +408,17 @@ pub fn slice_from(slice: &EndpointSlice) -> Result<Option<SliceInfo>, ObjectErro
 pub fn node_from(node: &Node) -> Result<NodeInfo, ObjectError> {
     let object = format!("Node {}", node.name_any());
     let annotations = node.annotations();
-    let internal_ip = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+    let mut internal_ip = None;
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for (i, a) in addresses.into_iter().flatten().enumerate() {
+        if a.type_ != "InternalIP" {
+            continue;
+        }
+        let field = format!("status.addresses[{i}].address");
+        if let Some(ip) = ipv4(&object, &field, &a.address)? {
+            internal_ip.get_or_insert(ip);
+        }
+    }
     let public_ip = match annotations.get(FLANNEL_PUBLIC_IP) {
         Some(text) => {
             let field = format!("metadata.annotations[{FLANNEL_PUBLIC_IP}]");
@@ -376,17 +445,12 @@ pub fn node_from(node: &Node) -> Result<NodeInfo, ObjectError> {
         if c.contains(':') {
             continue;
         }
-        let cidr = parse_cidr(c).ok_or_else(|| {
-            err(
-                &object,
-                if from_list {
-                    format!("spec.podCIDRs[{i}]")
-                } else {
-                    "spec.podCIDR".to_owned()
-                },
-                format!("{c:?} is not a CIDR"),
-            )
-        })?;
+        let field = if from_list {
+            format!("spec.podCIDRs[{i}]")
+        } else {
+            "spec.podCIDR".to_owned()
+        };
+        let cidr = parse_cidr(c).map_err(|e| err(&object, field, e.to_string()))?;
         pod_cidr.get_or_insert(cidr);
     }
     let vtep_mac = match annotations.get(FLANNEL_BACKEND_DATA) {
@@ -437,18 +501,35 @@ pub fn pod_from(pod: &Pod) -> Result<Option<PodInfo>, ObjectError> {
     ) {
         return Ok(None);
     }
-    let mut ips: Vec<&str> = status
+    // As for a Service's cluster IPs: the API server fills both `podIPs` and `podIP`; errors
+    // name the field the object used.
+    let listed: Vec<&str> = status
         .and_then(|s| s.pod_ips.as_ref())
         .into_iter()
         .flatten()
         .map(|p| p.ip.as_str())
         .collect();
-    if ips.is_empty() {
-        ips.extend(status.and_then(|s| s.pod_ip.as_deref()));
-    }
+    let single = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .filter(|ip| !ip.is_empty());
+    let ips: Vec<(String, &str)> = if listed.is_empty() {
+        single
+            .map(|ip| ("status.podIP".to_owned(), ip))
+            .into_iter()
+            .collect()
+    } else {
+        listed
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| match single {
+                Some(s) if i == 0 && s == *ip => ("status.podIP".to_owned(), *ip),
+                _ => (format!("status.podIPs[{i}].ip"), *ip),
+            })
+            .collect()
+    };
     let mut ip = None;
-    for (i, text) in ips.iter().enumerate() {
-        if let Some(v4) = ipv4(&object, &format!("status.podIPs[{i}]"), text)? {
+    for (field, text) in &ips {
+        if let Some(v4) = ipv4(&object, field, text)? {
             ip.get_or_insert(v4);
         }
     }
@@ -728,5 +809,45 @@ impl Model {
             }
         }
         errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_with_ipnet_and_refuse_host_bits_naming_the_network() {
+        let c = parse_cidr("10.244.1.0/24").unwrap();
+        assert_eq!(
+            (c.address(), c.prefix_len()),
+            (Ipv4Addr::new(10, 244, 1, 0), 24)
+        );
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap().prefix_len(), 0);
+        assert_eq!(parse_cidr("10.1.2.3/32").unwrap().prefix_len(), 32);
+        let e = parse_cidr("10.244.1.1/24").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"10.244.1.1/24\" has bits set beyond the prefix length: write the network, 10.244.1.0/24"
+        );
+        for bad in [
+            "10.244.0.0",
+            "10.244.0.0/33",
+            "10.244.0.0/",
+            "/16",
+            "10.244.0/16",
+            "fd00::/64",
+            "nonsense",
+            "010.244.0.0/16",
+            "10.244.0.0/016",
+            "10.244.0.0/+16",
+            " 10.244.0.0/16",
+        ] {
+            assert_eq!(
+                parse_cidr(bad),
+                Err(CidrError::Syntax(bad.into())),
+                "{bad:?} is refused as not a CIDR"
+            );
+        }
     }
 }

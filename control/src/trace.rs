@@ -3,32 +3,47 @@
 //!
 //! The packet is built as it would arrive (from a local pod through its gateway, from outside
 //! on the uplink, or from the node's kernel on the host interface) and run through
-//! [`process_batch`] with an empty conntrack, so it is the first packet of its flow. The
-//! report says: the service frontend it hit, if any, with the backends a new flow may be sent
-//! to and the one this 5-tuple gets; the verdict (forward, drop with a reason, reject, hand to
-//! the host, reply); the translations applied (DNAT to a backend, SNAT or masquerade); and
-//! where it leaves (a local pod, a remote node over VXLAN, the uplink, the host).
+//! [`process_batch`] with an empty conntrack and fresh counters, so it is the first packet of
+//! its flow. The report says what the pipeline itself recorded: the events it counted, the
+//! drop or pass reason of its verdict, and the conntrack entry it created (whose two keys are
+//! the translations it applied); the service frontend the packet hit, with the backends a new
+//! flow may be sent to; and, from the frame that leaves, the packet as it leaves and where.
 //!
-//! Fields of [`Trace`] (also the keys of `--json`):
-//! - `entered`: where the packet came in;
-//! - `packet`: its 5-tuple as built, `packet_out`: as it leaves (the inner packet for VXLAN);
-//! - `service`: `name`, `frontend` (ClusterIp, NodePort, ExternalIp, LoadBalancer),
-//!   `policy` (the traffic policy that applied), `backends` (every backend a new flow may get),
-//!   `chosen` (the backend this 5-tuple gets);
-//! - `verdict`: `forward`, `drop`, `reject`, `to_host` or `reply`; `reason`: the drop or pass
-//!   reason's stable name;
-//! - `dnat`, `snat`: `before -> after`, when the pipeline rewrote the destination or source;
-//! - `exit`: where the packet leaves.
+//! Fields of [`Trace`] (also the keys of `--json`; addresses, flows and frontends are the
+//! typed objects of [`crate::json`]):
+//! - `entered`: where the packet came in: `{"via": "pod", "pod": "ns/name"}`, `{"via":
+//!   "uplink"}` or `{"via": "host"}`;
+//! - `packet`: its flow as built, `packet_out`: as it leaves (the inner packet for VXLAN);
+//! - `service`: `name`, `frontend` (`{"kind", "ip", "port"}`), `policy` (the traffic policy
+//!   that applied: `Cluster` or `Local`), `backends` (every backend a new flow may get),
+//!   `chosen` (the backend this flow got);
+//! - `verdict`: `forward`, `drop`, `reject` (answered with an ICMP error), `to_host` or
+//!   `reply` (answered in place); `reason`: for `drop` and `to_host` the
+//!   [`DropReason`](kxdp_dataplane::reason::DropReason) or
+//!   [`PassReason`](kxdp_dataplane::reason::PassReason), for `reject` and `reply` the
+//!   [`Event`] that answered; always a name from those lists;
+//! - `events`: the names of the pipeline [`Event`]s counted for this packet (the per-batch
+//!   `rx_packets` and `batches` left out);
+//! - `conntrack`: the flow the pipeline tracked: `original`, `reply` (as the reply is expected,
+//!   translated), `state`;
+//! - `dnat`, `snat`: `{"from": {ip, port}, "to": {ip, port}}`, read from that conntrack entry;
+//! - `exit`: where the packet leaves: `{"to": "pod", "pod", "ip"}`, `{"to": "node", "node",
+//!   "underlay_ip", "vni"}`, `{"to": "uplink"}`, `{"to": "host"}`, `{"to": "sender"}` (back
+//!   where it came from) or `{"to": "interface", "id"}`.
 
 use std::net::Ipv4Addr;
 
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::flow::FlowKey;
 use kxdp_dataplane::pipeline::inspect;
 use kxdp_dataplane::tables::{FrontendKind, InterfaceRole, TrafficPolicy};
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::{tcp_flags, EthernetAddress};
 use kxdp_dataplane::{process_batch, Counters, Frame, Instant, Packet, Snapshot, Verdict};
+use serde::{Deserialize, Serialize};
+
+use crate::json::{Endpoint, Flow, Frontend, Policy, Proto, Translation};
 
 /// Where the traced packet enters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,66 +87,183 @@ pub enum TraceError {
     Protocol(u8),
 }
 
-/// The service frontend a packet hit.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ServiceTrace {
-    /// `namespace/name:port`.
-    pub name: String,
-    /// The kind of frontend.
-    pub frontend: String,
-    /// The traffic policy that applies to this packet.
-    pub policy: String,
-    /// Every backend a new flow may be sent to (`ip:port`).
-    pub backends: Vec<String>,
-    /// The backend this 5-tuple gets, if any.
-    pub chosen: Option<String>,
+/// Where the packet came in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum Entered {
+    /// From a local pod.
+    Pod {
+        /// The pod, `namespace/name`.
+        pod: String,
+    },
+    /// From outside, on the uplink.
+    Uplink,
+    /// From the node's own kernel, on the host interface.
+    Host,
 }
 
-/// What the pipeline did with the packet; see the module docs for the fields.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Trace {
-    /// Where it came in.
-    pub entered: String,
-    /// Its 5-tuple as built.
-    pub packet: String,
-    /// The frontend it hit.
-    pub service: Option<ServiceTrace>,
-    /// forward, drop, reject, to_host or reply.
-    pub verdict: String,
-    /// The drop or pass reason.
-    pub reason: Option<String>,
-    /// Destination translation.
-    pub dnat: Option<String>,
-    /// Source translation (SNAT or masquerade).
-    pub snat: Option<String>,
-    /// Its 5-tuple as it leaves.
-    pub packet_out: Option<String>,
-    /// Where it leaves.
-    pub exit: Option<String>,
-}
-
-fn proto_name(p: u8) -> &'static str {
-    match p {
-        6 => "tcp",
-        17 => "udp",
-        1 => "icmp",
-        _ => "other",
+impl std::fmt::Display for Entered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entered::Pod { pod } => write!(f, "pod {pod}"),
+            Entered::Uplink => f.write_str("uplink"),
+            Entered::Host => f.write_str("host (the node's kernel)"),
+        }
     }
 }
 
-fn flow_text(k: &FlowKey) -> String {
-    format!(
-        "{} {}:{} -> {}:{}",
-        proto_name(k.proto),
-        k.src_ip,
-        k.src_port,
-        k.dst_ip,
-        k.dst_port
-    )
+/// What became of the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceVerdict {
+    /// Sent on, translated or not.
+    Forward,
+    /// Dropped (`reason`: the drop reason).
+    Drop,
+    /// Answered with an ICMP error (`reason`: the event that sent it, e.g.
+    /// `icmp_port_unreachable` for a service without endpoints, as kube-proxy rejects).
+    Reject,
+    /// Handed to the node's kernel (`reason`: the pass reason).
+    ToHost,
+    /// Answered in place (`reason`: the event, e.g. `icmp_echo_reply`).
+    Reply,
+}
+
+impl std::fmt::Display for TraceVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TraceVerdict::Forward => "forward",
+            TraceVerdict::Drop => "drop",
+            TraceVerdict::Reject => "reject",
+            TraceVerdict::ToHost => "to_host",
+            TraceVerdict::Reply => "reply",
+        })
+    }
+}
+
+/// Where the packet leaves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "snake_case")]
+pub enum Exit {
+    /// To a pod on this node.
+    Pod {
+        /// The pod, `namespace/name`, if the snapshot names one at that address.
+        pod: Option<String>,
+        /// The pod's address.
+        ip: Ipv4Addr,
+    },
+    /// Encapsulated in VXLAN to another node.
+    Node {
+        /// The node, if the snapshot knows one at that underlay address.
+        node: Option<String>,
+        /// The outer destination.
+        underlay_ip: Ipv4Addr,
+        /// The VXLAN network identifier.
+        vni: u32,
+    },
+    /// Out of the uplink.
+    Uplink,
+    /// To the node's own kernel.
+    Host,
+    /// Back where it came from (an answer in place).
+    Sender,
+    /// Out of an interface the snapshot gives no role.
+    Interface {
+        /// The snapshot's number for it.
+        id: u16,
+    },
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Pod { pod: Some(p), .. } => write!(f, "local pod {p}"),
+            Exit::Pod { pod: None, ip } => write!(f, "local pod {ip}"),
+            Exit::Node {
+                node: Some(n),
+                underlay_ip,
+                vni,
+            } => write!(
+                f,
+                "remote node {n} over VXLAN (to {underlay_ip}, VNI {vni})"
+            ),
+            Exit::Node {
+                node: None,
+                underlay_ip,
+                ..
+            } => write!(f, "VXLAN to {underlay_ip}"),
+            Exit::Uplink => f.write_str("uplink"),
+            Exit::Host => f.write_str("host (the node's kernel)"),
+            Exit::Sender => f.write_str("back where it came from"),
+            Exit::Interface { id } => write!(f, "interface {id}"),
+        }
+    }
+}
+
+/// The service frontend a packet hit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTrace {
+    /// `namespace/name:port`.
+    pub name: String,
+    /// The frontend: its kind, address (none for a NodePort) and port.
+    pub frontend: Frontend,
+    /// The traffic policy that applies to this packet.
+    pub policy: Policy,
+    /// Every backend a new flow may be sent to.
+    pub backends: Vec<Endpoint>,
+    /// The backend this flow got, if any.
+    pub chosen: Option<Endpoint>,
+}
+
+/// The conntrack entry the packet created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracedFlow {
+    /// The flow as its first packet arrived.
+    pub original: Flow,
+    /// Its replies as they are expected to arrive (translated).
+    pub reply: Flow,
+    /// The conntrack state (`tcp_opening`, `udp`, `icmp`, …).
+    pub state: String,
+}
+
+/// What the pipeline did with the packet; see the module docs for the fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// Where it came in.
+    pub entered: Entered,
+    /// Its flow as built.
+    pub packet: Flow,
+    /// The frontend it hit.
+    pub service: Option<ServiceTrace>,
+    /// What became of it.
+    pub verdict: TraceVerdict,
+    /// Why: a drop or pass reason, or the event that answered it.
+    pub reason: Option<String>,
+    /// The events the pipeline counted for it.
+    pub events: Vec<String>,
+    /// The flow conntrack recorded.
+    pub conntrack: Option<TracedFlow>,
+    /// Destination translation.
+    pub dnat: Option<Translation>,
+    /// Source translation (SNAT or masquerade).
+    pub snat: Option<Translation>,
+    /// Its flow as it leaves.
+    pub packet_out: Option<Flow>,
+    /// Where it leaves.
+    pub exit: Option<Exit>,
 }
 
 /// A MAC for a sender outside the node, when the snapshot knows none.
 const OUTSIDE_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x01]);
+
+/// Events that answer with an ICMP error: the verdict is `reject`.
+const ERRORS_SENT: [Event; 3] = [
+    Event::IcmpPortUnreachable,
+    Event::IcmpFragNeeded,
+    Event::IcmpTimeExceeded,
+];
+/// Events that answer in place: the verdict is `reply`.
+const ANSWERS: [Event; 2] = [Event::IcmpEchoReply, Event::ArpReply];
 
 /// Trace `input` through the pipeline against `snap`.
 pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
@@ -146,7 +278,9 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
             (
                 FrameSpec::new(pod.mac, node.gateway_mac, src, dst),
                 pod.iface,
-                format!("pod {}", pod.name),
+                Entered::Pod {
+                    pod: pod.name.clone(),
+                },
             )
         }
         Entry::Uplink => {
@@ -154,13 +288,13 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
             (
                 FrameSpec::new(mac, node.uplink_mac, src, dst),
                 node.uplink,
-                "uplink".to_owned(),
+                Entered::Uplink,
             )
         }
         Entry::Host => (
             FrameSpec::new(node.host_mac, node.gateway_mac, src, dst),
             node.host,
-            "host (the node's kernel)".to_owned(),
+            Entered::Host,
         ),
     };
     let frame = match input.proto {
@@ -169,7 +303,14 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
         1 => spec.icmp_echo(true, input.src.1, 1, b"kxdp trace"),
         p => return Err(TraceError::Protocol(p)),
     };
-    let before = inspect(&frame).ok();
+    let packet = inspect(&frame).map_or(
+        Flow {
+            proto: Proto::from_number(input.proto),
+            src: Endpoint::new(src, input.src.1),
+            dst: Endpoint::new(dst, input.dst.1),
+        },
+        |k| Flow::from(&k),
+    );
     let ct = Conntrack::new(ConntrackConfig {
         capacity: 16,
         ..ConntrackConfig::default()
@@ -180,22 +321,32 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(&frame);
     let chunk = Frame::new(&mut buf, HEADROOM, frame.len()).expect("a built frame fits a chunk");
     let mut packets = [Packet::new(chunk, ingress)];
+    let counters = Counters::new();
     process_batch(
         &mut packets,
         snap,
         &ct,
-        &Counters::new(),
+        &counters,
         Instant::from_nanos(1_000_000_000),
     );
     let verdict = packets[0].verdict;
     let out = packets[0].frame.data().to_vec();
+    let counted = counters.read();
+    let fired = |e: &&Event| counted.event(**e) > 0;
 
     let mut trace = Trace {
         entered,
-        packet: before.as_ref().map_or_else(String::new, flow_text),
+        packet,
         service: None,
-        verdict: String::new(),
+        verdict: TraceVerdict::Forward,
         reason: None,
+        events: Event::ALL
+            .iter()
+            .filter(|e| !matches!(e, Event::RxPackets | Event::Batches))
+            .filter(fired)
+            .map(|e| e.name().to_owned())
+            .collect(),
+        conntrack: None,
         dnat: None,
         snat: None,
         packet_out: None,
@@ -215,21 +366,47 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
             .iter()
             .filter(|b| policy == TrafficPolicy::Cluster || b.local)
             .filter(|b| port.cluster_members().contains(&(b.ip, b.port)))
-            .map(|b| format!("{}:{}", b.ip, b.port))
+            .map(|b| Endpoint::new(b.ip, b.port))
             .collect();
-        let frontend = match kind {
-            FrontendKind::ClusterIp => "ClusterIP",
-            FrontendKind::NodePort => "NodePort",
-            FrontendKind::ExternalIp => "ExternalIP",
-            FrontendKind::LoadBalancer => "LoadBalancer",
+        let frontend = Frontend {
+            kind: kind.into(),
+            ip: (kind != FrontendKind::NodePort).then_some(dst),
+            port: input.dst.1,
         };
         trace.service = Some(ServiceTrace {
             name: port.name().to_owned(),
-            frontend: frontend.into(),
-            policy: format!("{policy:?}"),
+            frontend,
+            policy: policy.into(),
             backends,
             chosen: None,
         });
+    }
+    // What conntrack recorded: the flow's two keys are the translations applied.
+    ct.visit(|original, reply, state, _| {
+        trace.conntrack = Some(TracedFlow {
+            original: original.into(),
+            reply: reply.into(),
+            state: state.name().to_owned(),
+        });
+        false
+    });
+    if let Some(tracked) = &trace.conntrack {
+        let (o, r) = (&tracked.original, &tracked.reply);
+        if o.dst != r.src {
+            trace.dnat = Some(Translation {
+                from: o.dst,
+                to: r.src,
+            });
+            if let Some(s) = &mut trace.service {
+                s.chosen = Some(r.src);
+            }
+        }
+        if o.src != r.dst {
+            trace.snat = Some(Translation {
+                from: o.src,
+                to: r.dst,
+            });
+        }
     }
     // The packet as it leaves: the inner one if it was encapsulated.
     let vxlan = |f: &[u8]| -> Option<Vec<u8>> {
@@ -238,7 +415,7 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
             .then(|| f[14 + 20 + 8 + 8..].to_vec())
     };
     let mut exit_node = None;
-    let leaving = match verdict {
+    let leaving: Option<FlowKey> = match verdict {
         Verdict::Transmit(_) | Verdict::Reply | Verdict::ToHost(_) => match vxlan(&out) {
             Some(inner) => {
                 exit_node = inspect(&out).ok().map(|k| k.dst_ip);
@@ -248,69 +425,39 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
         },
         Verdict::Drop(_) => None,
     };
-    trace.packet_out = leaving.as_ref().map(flow_text);
-    // A rejection is an ICMP destination unreachable sent back for a TCP or UDP packet (the
-    // service has no endpoints, as kube-proxy rejects).
-    let is_reject = input.proto != 1
-        && leaving.as_ref().is_some_and(|k| k.proto == 1)
-        && out.get(14 + 20) == Some(&3);
-    // A reply in place (ARP, the gateway's echo reply) goes back as the input reversed.
-    let is_reply = matches!(verdict, Verdict::Reply)
-        || matches!((&before, &leaving), (Some(b), Some(a))
-            if (a.src_ip, a.src_port, a.dst_ip, a.dst_port) == (b.dst_ip, b.dst_port, b.src_ip, b.src_port));
-    trace.verdict = match verdict {
-        _ if is_reject => "reject",
-        _ if is_reply => "reply",
-        Verdict::Transmit(_) => "forward",
-        Verdict::Reply => "reply",
-        Verdict::ToHost(_) => "to_host",
-        Verdict::Drop(_) => "drop",
-    }
-    .into();
-    trace.reason = match verdict {
-        Verdict::Drop(r) => Some(r.name().into()),
-        Verdict::ToHost(r) => Some(r.name().into()),
-        _ if is_reject => Some("no_endpoints".into()),
-        _ => None,
+    trace.packet_out = leaving.as_ref().map(Flow::from);
+    // The verdict and its reason, as the pipeline counted them.
+    let error_sent = ERRORS_SENT.iter().find(fired);
+    let answer = ANSWERS.iter().find(fired);
+    let (verdict_class, reason): (TraceVerdict, Option<&str>) = match verdict {
+        Verdict::Drop(r) => (TraceVerdict::Drop, Some(r.name())),
+        _ if error_sent.is_some() => (TraceVerdict::Reject, error_sent.map(|e| e.name())),
+        _ if answer.is_some() => (TraceVerdict::Reply, answer.map(|e| e.name())),
+        Verdict::Reply => (TraceVerdict::Reply, None),
+        Verdict::ToHost(r) => (TraceVerdict::ToHost, Some(r.name())),
+        Verdict::Transmit(_) => (TraceVerdict::Forward, None),
     };
-    if let (Some(b), Some(a), false) = (&before, &leaving, is_reject || is_reply) {
-        if (b.dst_ip, b.dst_port) != (a.dst_ip, a.dst_port) {
-            trace.dnat = Some(format!(
-                "{}:{} -> {}:{}",
-                b.dst_ip, b.dst_port, a.dst_ip, a.dst_port
-            ));
-            if let Some(s) = &mut trace.service {
-                s.chosen = Some(format!("{}:{}", a.dst_ip, a.dst_port));
-            }
-        }
-        if (b.src_ip, b.src_port) != (a.src_ip, a.src_port) {
-            trace.snat = Some(format!(
-                "{}:{} -> {}:{}",
-                b.src_ip, b.src_port, a.src_ip, a.src_port
-            ));
-        }
-    }
+    trace.verdict = verdict_class;
+    trace.reason = reason.map(str::to_owned);
     trace.exit = match verdict {
-        _ if is_reply => Some("back where it came from".into()),
-        Verdict::Transmit(iface) => Some(match (exit_node, snap.interface_role(iface)) {
-            (Some(ip), _) => match snap.remote_node_by_ip(ip) {
-                Some(r) => format!(
-                    "remote node {} over VXLAN (to {ip}, VNI {})",
-                    r.node.name, node.vxlan_vni
-                ),
-                None => format!("VXLAN to {ip}"),
-            },
-            (None, Some(InterfaceRole::Pod { ip })) => match snap.local_pod(ip) {
-                Some(p) => format!("local pod {}", p.name),
-                None => format!("local pod {ip}"),
-            },
-            (None, Some(InterfaceRole::Uplink)) => "uplink".into(),
-            (None, Some(InterfaceRole::Host)) => "host (the node's kernel)".into(),
-            (None, None) => format!("interface {}", iface.0),
-        }),
-        Verdict::Reply => Some("back where it came from".into()),
-        Verdict::ToHost(_) => Some("host (the node's kernel)".into()),
         Verdict::Drop(_) => None,
+        _ if trace.verdict == TraceVerdict::Reply => Some(Exit::Sender),
+        Verdict::ToHost(_) => Some(Exit::Host),
+        Verdict::Reply => Some(Exit::Sender),
+        Verdict::Transmit(iface) => Some(match (exit_node, snap.interface_role(iface)) {
+            (Some(ip), _) => Exit::Node {
+                node: snap.remote_node_by_ip(ip).map(|r| r.node.name.clone()),
+                underlay_ip: ip,
+                vni: node.vxlan_vni,
+            },
+            (None, Some(InterfaceRole::Pod { ip })) => Exit::Pod {
+                pod: snap.local_pod(ip).map(|p| p.name.clone()),
+                ip,
+            },
+            (None, Some(InterfaceRole::Uplink)) => Exit::Uplink,
+            (None, Some(InterfaceRole::Host)) => Exit::Host,
+            (None, None) => Exit::Interface { id: iface.0 },
+        }),
     };
     Ok(trace)
 }
@@ -323,15 +470,16 @@ impl std::fmt::Display for Trace {
             writeln!(
                 f,
                 "service:    {} ({}, {} policy)",
-                s.name, s.frontend, s.policy
+                s.name, s.frontend.kind, s.policy
             )?;
+            let backends: Vec<String> = s.backends.iter().map(Endpoint::to_string).collect();
             writeln!(
                 f,
                 "backends:   {}",
-                if s.backends.is_empty() {
+                if backends.is_empty() {
                     "none".into()
                 } else {
-                    s.backends.join(", ")
+                    backends.join(", ")
                 }
             )?;
             if let Some(c) = &s.chosen {
@@ -342,11 +490,22 @@ impl std::fmt::Display for Trace {
             Some(r) => writeln!(f, "verdict:    {} ({r})", self.verdict)?,
             None => writeln!(f, "verdict:    {}", self.verdict)?,
         }
+        if !self.events.is_empty() {
+            writeln!(f, "events:     {}", self.events.join(", "))?;
+        }
         if let Some(d) = &self.dnat {
             writeln!(f, "dnat:       {d}")?;
         }
         if let Some(s) = &self.snat {
             writeln!(f, "snat:       {s}")?;
+        }
+        if let Some(c) = &self.conntrack {
+            writeln!(
+                f,
+                "conntrack:  {}, replies expected as {}",
+                c.state,
+                c.reply.addresses()
+            )?;
         }
         if let Some(p) = &self.packet_out {
             writeln!(f, "packet out: {p}")?;

@@ -149,7 +149,8 @@ fn bad_manifests_name_file_object_and_field_and_the_last_tables_stay() {
             vec![
                 "cluster.yaml",
                 "Service kube-system/dns",
-                "spec.clusterIPs[0]",
+                // The field the file used, not the list the API server would also fill.
+                "spec.clusterIP: ",
                 "10.96.0.999",
             ],
         ),
@@ -442,4 +443,138 @@ fn bad_pods_and_nodes_are_left_out_each_with_a_named_problem() {
         .map(|r| r.node.name.as_str())
         .collect();
     assert_eq!(nodes, ["node-b"]);
+}
+
+/// Each object of `yaml` (a whole document), converted: the error's text.
+fn convert_error(yaml: &str) -> String {
+    let mut model = Model::new();
+    let objects = parse("t.yaml", yaml).expect("decodes");
+    let errors: Vec<String> = objects
+        .iter()
+        .filter_map(|(_, o)| model.apply(o).err())
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(errors.len(), 1, "{yaml}: {errors:?}");
+    errors[0].clone()
+}
+
+#[test]
+fn errors_name_the_field_the_object_used() {
+    let service = |spec: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {{{spec}, ports: [{{port: 80}}]}}\n")
+    };
+    let pod = |status: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\n\
+             spec: {{nodeName: n, containers: [{{name: c, image: c}}]}}\nstatus: {{{status}}}\n"
+        )
+    };
+    let node = |rest: &str| format!("apiVersion: v1\nkind: Node\nmetadata: {{name: n}}\n{rest}\n");
+    let cases = [
+        (service("clusterIP: nonsense"), "Service default/s: spec.clusterIP: \"nonsense\" is not an IP address"),
+        (service("clusterIPs: [nonsense]"), "Service default/s: spec.clusterIPs[0]: \"nonsense\""),
+        (service("clusterIPs: [\"fd00::1\", nonsense]"), "Service default/s: spec.clusterIPs[1]: \"nonsense\""),
+        (
+            service("clusterIP: nonsense, clusterIPs: [nonsense]"),
+            "Service default/s: spec.clusterIP: \"nonsense\"",
+        ),
+        (
+            service("clusterIP: 10.96.0.5, clusterIPs: [10.96.0.6]"),
+            "Service default/s: spec.clusterIPs[0]: \"10.96.0.6\" must equal spec.clusterIP \"10.96.0.5\"",
+        ),
+        (pod("podIP: nonsense"), "Pod default/p: status.podIP: \"nonsense\""),
+        (pod("podIPs: [{ip: nonsense}]"), "Pod default/p: status.podIPs[0].ip: \"nonsense\""),
+        (
+            pod("podIP: 10.244.1.5, podIPs: [{ip: 10.244.1.5}, {ip: nonsense}]"),
+            "Pod default/p: status.podIPs[1].ip: \"nonsense\"",
+        ),
+        (
+            node("spec: {podCIDR: 10.244.1.1/24}"),
+            "Node n: spec.podCIDR: \"10.244.1.1/24\" has bits set beyond the prefix length: write the network, 10.244.1.0/24",
+        ),
+        (
+            node("spec: {podCIDRs: [10.244.1.0/33]}"),
+            "Node n: spec.podCIDRs[0]: \"10.244.1.0/33\" is not an IPv4 CIDR",
+        ),
+        (
+            node("spec: {podCIDR: 010.244.1.0/24}"),
+            "Node n: spec.podCIDR: \"010.244.1.0/24\" is not an IPv4 CIDR",
+        ),
+        (
+            node("status: {addresses: [{type: Hostname, address: n}, {type: InternalIP, address: nonsense}]}"),
+            "Node n: status.addresses[1].address: \"nonsense\" is not an IP address",
+        ),
+    ];
+    for (yaml, wanted) in cases {
+        let e = convert_error(&yaml);
+        assert!(
+            e.starts_with(wanted),
+            "{yaml}\n{e:?}\nshould start with\n{wanted:?}"
+        );
+    }
+    // What converts keeps converting: a Hostname address, an IPv6 first cluster IP.
+    let mut model = Model::new();
+    for (_, o) in parse(
+        "t.yaml",
+        &format!(
+            "{}---\n{}",
+            node("status: {addresses: [{type: Hostname, address: n}, {type: InternalIP, address: 198.18.0.9}]}"),
+            service("clusterIPs: [\"fd00::1\", 10.96.0.7]")
+        ),
+    )
+    .unwrap()
+    {
+        model.apply(&o).expect("converts");
+    }
+    assert_eq!(model.nodes()["n"].internal_ip, Some(ip("198.18.0.9")));
+    let s = &model.services()["default/s"];
+    assert_eq!(
+        (s.cluster_ip, s.cluster_ip_field.as_str()),
+        (Some(ip("10.96.0.7")), "spec.clusterIPs[1]")
+    );
+}
+
+#[test]
+fn a_cluster_ip_outside_the_service_cidr_leaves_the_service_out_with_a_named_problem() {
+    let rogue = |name: &str, ips: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{type: NodePort, {ips}, ports: [{{name: http, port: 80, nodePort: 30099}}]}}\n"
+        )
+    };
+    let text = std::fs::read_to_string(fixture()).unwrap()
+        + &rogue("rogue", "clusterIP: 8.8.8.8")
+        + &rogue("listed", "clusterIPs: [9.9.9.9]");
+    let mut model = Model::new();
+    ManifestSource::new(vec![scratch("rogue", &text)])
+        .load(&mut model)
+        .expect("loads: the address itself is well formed");
+    let c = Compiler::new(settings())
+        .compile(&mut model)
+        .expect("compiles");
+    let mut problems = c.problems.clone();
+    problems.sort();
+    assert_eq!(
+        problems,
+        [
+            "Service default/listed: spec.clusterIPs[0]: 9.9.9.9 is outside the service CIDR 10.96.0.0/12: the service is left out",
+            "Service default/rogue: spec.clusterIP: 8.8.8.8 is outside the service CIDR 10.96.0.0/12: the service is left out",
+        ]
+    );
+    // Left out whole: no port, not even its NodePort; the others are served.
+    let names: Vec<&str> = c
+        .snapshot
+        .services
+        .ports()
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains("rogue") || n.contains("listed")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"default/web:http"), "{names:?}");
+    assert!(c.snapshot.services.lookup(ip("8.8.8.8"), 6, 80).is_none());
 }

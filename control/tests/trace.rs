@@ -5,9 +5,14 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use kxdp_control::compile::{Compiler, NodeSettings};
+use kxdp_control::json::{Endpoint, FrontendKind, Policy};
 use kxdp_control::manifest::parse;
 use kxdp_control::model::Model;
-use kxdp_control::trace::{trace, Entry, Trace, TraceError, TraceInput};
+use kxdp_control::trace::{
+    trace, Entered, Entry, Exit, Trace, TraceError, TraceInput, TraceVerdict,
+};
+use kxdp_dataplane::counters::Event;
+use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::Snapshot;
 use kxdp_testkit::Topology;
 
@@ -53,30 +58,55 @@ fn run(entry: Entry, src: (&str, u16), dst: (&str, u16), proto: u8) -> Trace {
     .expect("traced")
 }
 
+fn ep(text: &str) -> Endpoint {
+    let (ip, port) = text.split_once(':').unwrap();
+    Endpoint::new(ip.parse().unwrap(), port.parse().unwrap())
+}
+
 #[test]
 fn pod_to_cluster_ip_names_the_service_its_backends_and_the_one_chosen() {
     let t = run(Entry::Pod, ("10.244.1.11", 40000), ("10.96.0.10", 80), 6);
-    assert_eq!(t.entered, "pod default/client");
-    assert_eq!(t.verdict, "forward");
-    let s = t.service.as_ref().unwrap();
     assert_eq!(
-        (s.name.as_str(), s.frontend.as_str()),
-        ("default/web:http", "ClusterIP")
+        t.entered,
+        Entered::Pod {
+            pod: "default/client".into()
+        }
     );
-    assert_eq!(s.backends, ["10.244.1.10:8080", "10.244.2.10:8080"]);
-    let chosen = s.chosen.clone().expect("a backend");
+    assert_eq!(t.verdict, TraceVerdict::Forward);
+    let s = t.service.as_ref().unwrap();
+    assert_eq!(s.name, "default/web:http");
+    assert_eq!(s.frontend.kind, FrontendKind::ClusterIp);
+    assert_eq!(
+        (s.frontend.ip, s.frontend.port),
+        (Some(ip("10.96.0.10")), 80)
+    );
+    assert_eq!(s.policy, Policy::Cluster);
+    assert_eq!(s.backends, [ep("10.244.1.10:8080"), ep("10.244.2.10:8080")]);
+    let chosen = s.chosen.expect("a backend");
     assert!(s.backends.contains(&chosen));
-    assert_eq!(t.dnat, Some(format!("10.96.0.10:80 -> {chosen}")));
+    let dnat = t.dnat.expect("translated");
+    assert_eq!((dnat.from, dnat.to), (ep("10.96.0.10:80"), chosen));
     assert_eq!(t.snat, None);
+    // The translation is the one conntrack recorded, and the packet left with it.
+    let ct = t.conntrack.as_ref().expect("a tracked flow");
+    assert_eq!((ct.original, ct.reply.src), (t.packet, chosen));
+    assert_eq!(ct.state, "tcp_opening");
+    assert_eq!(t.packet_out.map(|p| p.dst), Some(chosen));
     let exit = t.exit.clone().unwrap();
-    if chosen.starts_with("10.244.1.") {
-        assert_eq!(exit, "local pod default/web-0");
+    if chosen.ip.octets()[2] == 1 {
+        assert_eq!(exit.to_string(), "local pod default/web-0");
     } else {
         assert_eq!(
             exit,
-            "remote node node-b over VXLAN (to 198.18.0.11, VNI 1)"
+            Exit::Node {
+                node: Some("node-b".into()),
+                underlay_ip: ip("198.18.0.11"),
+                vni: 1
+            }
         );
+        assert!(t.events.iter().any(|e| e == "vxlan_encap"), "{t}");
     }
+    assert!(t.events.iter().any(|e| e == "service_new_flow"), "{t}");
     // The same 5-tuple always gets the same backend.
     let again = run(Entry::Pod, ("10.244.1.11", 40000), ("10.96.0.10", 80), 6);
     assert_eq!(again, t);
@@ -90,8 +120,9 @@ fn scenarios() {
         src: (&'static str, u16),
         dst: (&'static str, u16),
         proto: u8,
-        verdict: &'static str,
+        verdict: TraceVerdict,
         reason: Option<&'static str>,
+        event: Option<&'static str>,
         dnat: Option<&'static str>,
         snat_to: Option<&'static str>,
         exit: Option<&'static str>,
@@ -103,8 +134,9 @@ fn scenarios() {
             src: ("10.244.1.11", 40001),
             dst: ("10.96.0.53", 53),
             proto: 17,
-            verdict: "forward",
+            verdict: TraceVerdict::Forward,
             reason: None,
+            event: Some("vxlan_encap"),
             dnat: Some("10.96.0.53:53 -> 10.244.2.20:53"),
             snat_to: None,
             exit: Some("remote node node-b over VXLAN (to 198.18.0.11, VNI 1)"),
@@ -115,8 +147,9 @@ fn scenarios() {
             src: ("10.244.1.11", 40002),
             dst: ("10.244.1.10", 8080),
             proto: 6,
-            verdict: "forward",
+            verdict: TraceVerdict::Forward,
             reason: None,
+            event: Some("local_forward"),
             dnat: None,
             snat_to: None,
             exit: Some("local pod default/web-0"),
@@ -127,8 +160,9 @@ fn scenarios() {
             src: ("10.244.1.11", 40003),
             dst: ("10.244.2.10", 8080),
             proto: 6,
-            verdict: "forward",
+            verdict: TraceVerdict::Forward,
             reason: None,
+            event: Some("vxlan_encap"),
             dnat: None,
             snat_to: None,
             exit: Some("remote node node-b over VXLAN (to 198.18.0.11, VNI 1)"),
@@ -139,8 +173,9 @@ fn scenarios() {
             src: ("10.244.1.11", 40004),
             dst: ("8.8.8.8", 53),
             proto: 17,
-            verdict: "forward",
+            verdict: TraceVerdict::Forward,
             reason: None,
+            event: Some("masquerade_new_flow"),
             dnat: None,
             snat_to: Some("198.18.0.10:"),
             exit: Some("uplink"),
@@ -152,8 +187,9 @@ fn scenarios() {
             src: ("198.19.0.7", 50000),
             dst: ("198.18.0.10", 30080),
             proto: 6,
-            verdict: "forward",
+            verdict: TraceVerdict::Forward,
             reason: None,
+            event: Some("service_new_flow"),
             dnat: Some("198.18.0.10:30080 -> 10.244.1.10:8080"),
             snat_to: None,
             exit: Some("local pod default/web-0"),
@@ -164,8 +200,9 @@ fn scenarios() {
             src: ("10.244.1.11", 40005),
             dst: ("10.96.0.99", 80),
             proto: 6,
-            verdict: "reject",
-            reason: Some("no_endpoints"),
+            verdict: TraceVerdict::Reject,
+            reason: Some("icmp_port_unreachable"),
+            event: Some("icmp_port_unreachable"),
             dnat: None,
             snat_to: None,
             exit: Some("local pod default/client"),
@@ -176,8 +213,9 @@ fn scenarios() {
             src: ("10.244.1.11", 40006),
             dst: ("10.96.0.98", 80),
             proto: 6,
-            verdict: "drop",
+            verdict: TraceVerdict::Drop,
             reason: Some("service_not_found"),
+            event: Some("dropped"),
             dnat: None,
             snat_to: None,
             exit: None,
@@ -188,8 +226,9 @@ fn scenarios() {
             src: ("10.244.1.11", 7),
             dst: ("10.244.1.1", 0),
             proto: 1,
-            verdict: "reply",
-            reason: None,
+            verdict: TraceVerdict::Reply,
+            reason: Some("icmp_echo_reply"),
+            event: Some("icmp_echo_reply"),
             dnat: None,
             snat_to: None,
             exit: Some("back where it came from"),
@@ -200,17 +239,76 @@ fn scenarios() {
         let ctx = format!("{}:\n{t}", c.what);
         assert_eq!(t.verdict, c.verdict, "{ctx}");
         assert_eq!(t.reason.as_deref(), c.reason, "{ctx}");
-        assert_eq!(t.dnat.as_deref(), c.dnat, "{ctx}");
+        assert_eq!(t.dnat.map(|d| d.to_string()).as_deref(), c.dnat, "{ctx}");
         match c.snat_to {
             Some(to) => assert!(
-                t.snat
-                    .as_deref()
-                    .is_some_and(|s| s.contains(&format!("-> {to}"))),
+                t.snat.is_some_and(|s| s.to.to_string().starts_with(to)),
                 "{ctx}"
             ),
             None => assert_eq!(t.snat, None, "{ctx}"),
         }
-        assert_eq!(t.exit.as_deref(), c.exit, "{ctx}");
+        assert_eq!(t.exit.map(|e| e.to_string()).as_deref(), c.exit, "{ctx}");
+        if let Some(e) = c.event {
+            assert!(t.events.iter().any(|x| x == e), "{e} counted: {ctx}");
+        }
+    }
+}
+
+/// Every reason and event a trace reports is a name from kxdp's lists (`DropReason`,
+/// `PassReason`, `Event`): the trace reads what the pipeline counted, it invents none.
+#[test]
+fn every_reason_and_event_is_a_name_from_the_lists() {
+    let names: Vec<&str> = DropReason::ALL
+        .iter()
+        .map(|r| r.name())
+        .chain(PassReason::ALL.iter().map(|r| r.name()))
+        .chain(Event::ALL.iter().map(|e| e.name()))
+        .collect();
+    let packets = [
+        (Entry::Pod, ("10.244.1.11", 1), ("10.96.0.10", 80), 6),
+        (Entry::Pod, ("10.244.1.11", 2), ("10.96.0.99", 80), 6),
+        (Entry::Pod, ("10.244.1.11", 3), ("10.96.0.99", 80), 17),
+        (Entry::Pod, ("10.244.1.11", 4), ("10.96.0.98", 80), 6),
+        (Entry::Pod, ("10.244.1.11", 5), ("10.244.1.1", 0), 1),
+        (Entry::Pod, ("10.244.1.11", 6), ("8.8.8.8", 53), 17),
+        (Entry::Pod, ("10.244.1.10", 7), ("10.96.0.10", 80), 6),
+        (Entry::Uplink, ("198.19.0.7", 8), ("198.18.0.10", 22), 6),
+        (Entry::Uplink, ("198.19.0.7", 9), ("198.18.0.10", 30080), 6),
+        (Entry::Uplink, ("198.19.0.7", 10), ("10.244.1.10", 8080), 6),
+        (Entry::Host, ("198.18.0.10", 11), ("10.96.0.99", 80), 6),
+        (Entry::Host, ("198.18.0.10", 12), ("10.96.0.10", 80), 6),
+    ];
+    let mut reasons = std::collections::BTreeSet::new();
+    for (entry, src, dst, proto) in packets {
+        let t = run(entry, src, dst, proto);
+        if let Some(r) = &t.reason {
+            assert!(
+                names.contains(&r.as_str()),
+                "reason {r:?} is in no list:\n{t}"
+            );
+            reasons.insert(r.clone());
+        }
+        assert!(!t.events.is_empty(), "the pipeline counted nothing?\n{t}");
+        for e in &t.events {
+            assert!(
+                Event::ALL.iter().any(|x| x.name() == e),
+                "event {e:?} is no Event:\n{t}"
+            );
+        }
+        // A drop's reason is the one its `dropped` event was counted for.
+        assert_eq!(
+            t.verdict == TraceVerdict::Drop,
+            t.events.iter().any(|e| e == "dropped"),
+            "{t}"
+        );
+    }
+    for wanted in [
+        "icmp_port_unreachable",
+        "service_not_found",
+        "icmp_echo_reply",
+        "for_node",
+    ] {
+        assert!(reasons.contains(wanted), "{wanted} among {reasons:?}");
     }
 }
 
@@ -237,7 +335,7 @@ fn a_packet_from_a_pod_must_start_at_a_pods_address() {
 }
 
 #[test]
-fn the_json_has_every_field() {
+fn the_json_has_every_field_as_typed_objects() {
     let t = run(Entry::Pod, ("10.244.1.11", 40000), ("10.96.0.53", 53), 17);
     let v = serde_json::to_value(&t).unwrap();
     for field in [
@@ -246,6 +344,8 @@ fn the_json_has_every_field() {
         "service",
         "verdict",
         "reason",
+        "events",
+        "conntrack",
         "dnat",
         "snat",
         "packet_out",
@@ -253,7 +353,36 @@ fn the_json_has_every_field() {
     ] {
         assert!(v.get(field).is_some(), "{field} in {v}");
     }
-    assert_eq!(v["service"]["chosen"], "10.244.2.20:53");
-    assert_eq!(v["packet"], "udp 10.244.1.11:40000 -> 10.96.0.53:53");
-    assert_eq!(v["packet_out"], "udp 10.244.1.11:40000 -> 10.244.2.20:53");
+    let endpoint = |ip: &str, port: u16| serde_json::json!({"ip": ip, "port": port});
+    assert_eq!(
+        v["entered"],
+        serde_json::json!({"via": "pod", "pod": "default/client"})
+    );
+    assert_eq!(
+        v["packet"],
+        serde_json::json!({"proto": "udp", "src": endpoint("10.244.1.11", 40000),
+                           "dst": endpoint("10.96.0.53", 53)})
+    );
+    assert_eq!(
+        v["service"]["frontend"],
+        serde_json::json!({"kind": "ClusterIP", "ip": "10.96.0.53", "port": 53})
+    );
+    assert_eq!(v["service"]["policy"], "Cluster");
+    assert_eq!(v["service"]["backends"][0], endpoint("10.244.2.20", 53));
+    assert_eq!(v["service"]["chosen"], endpoint("10.244.2.20", 53));
+    assert_eq!(v["verdict"], "forward");
+    assert_eq!(
+        v["dnat"],
+        serde_json::json!({"from": endpoint("10.96.0.53", 53), "to": endpoint("10.244.2.20", 53)})
+    );
+    assert_eq!(v["snat"], serde_json::Value::Null);
+    assert_eq!(v["conntrack"]["reply"]["src"], endpoint("10.244.2.20", 53));
+    assert_eq!(v["conntrack"]["state"], "udp");
+    assert_eq!(v["packet_out"]["dst"], endpoint("10.244.2.20", 53));
+    assert_eq!(
+        v["exit"],
+        serde_json::json!({"to": "node", "node": "node-b", "underlay_ip": "198.18.0.11", "vni": 1})
+    );
+    // It reads back as the same trace.
+    assert_eq!(serde_json::from_value::<Trace>(v).unwrap(), t);
 }

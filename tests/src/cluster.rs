@@ -224,7 +224,7 @@ impl AgentCluster {
             let ready = matches!(admin::get(&addr, "/readyz"), Ok((200, _)));
             let resolved = ready
                 && admin::get_json::<admin::StatusView>(&addr, "/api/status")
-                    .is_ok_and(|s| s.neighbors[0] == s.neighbors[1]);
+                    .is_ok_and(|s| s.neighbors.needed == s.neighbors.resolved);
             if resolved {
                 return Ok(());
             }

@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kxdp_agent::admin::{self, CountersView, FlowsView, RouteView, ServiceView, StatusView};
+use kxdp_agent::admin::{
+    self, BackendState, CountersView, FlowsView, RouteTarget, RouteView, ServiceView, StatusView,
+};
+use kxdp_control::json::{Endpoint, Frontend, FrontendKind, Policy, Proto};
 use kxdp_tests::clients::{http_get_many, HttpServer};
 use kxdp_tests::cluster::AgentCluster;
 use kxdp_tests::testbed::skip_unless_privileged;
@@ -112,7 +115,16 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         (s.node.as_str(), s.local_pods, s.remote_nodes),
         ("node-a", 2, 1)
     );
-    assert_eq!(s.neighbors, [1, 1]);
+    assert_eq!((s.neighbors.needed, s.neighbors.resolved), (1, 1));
+    assert!(
+        s.conntrack.flows >= 12 && s.conntrack.capacity >= s.conntrack.flows,
+        "{s:?}"
+    );
+    assert!(
+        s.update_latency_ms.p50 <= s.update_latency_ms.p99
+            && s.update_latency_ms.p99 <= s.update_latency_ms.max,
+        "{s:?}"
+    );
     assert_eq!(s.interfaces.len(), 3, "uplink and two pods: {s:?}");
     assert!(s.interfaces.iter().all(|i| i.rx > 0), "{s:?}");
     let text = cli(&c, 0, &["status"]);
@@ -120,6 +132,13 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         text.contains("node node-a") && text.contains("INTERFACE"),
         "{text}"
     );
+    // The JSON's fields by name, as a tool reads them.
+    let raw: serde_json::Value = json(&c, 0, &["status"]);
+    assert_eq!(
+        raw["neighbors"],
+        serde_json::json!({"needed": 1, "resolved": 1})
+    );
+    assert!(raw["conntrack"]["capacity"].as_u64() > Some(0), "{raw}");
 
     // kxdp services: the ClusterIP with one local and one remote backend, the empty one.
     let services: Vec<ServiceView> = json(&c, 0, &["services"]);
@@ -127,17 +146,37 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         .iter()
         .find(|s| s.name == "default/web:http")
         .unwrap();
-    assert_eq!(web.frontends, ["ClusterIP 10.96.0.10:80"]);
-    let backends: Vec<(&str, &str, bool)> = web
+    assert_eq!(web.proto, Proto::Tcp);
+    assert_eq!(
+        web.frontends,
+        [Frontend {
+            kind: FrontendKind::ClusterIp,
+            ip: Some(Ipv4Addr::new(10, 96, 0, 10)),
+            port: 80
+        }]
+    );
+    assert_eq!(
+        (web.policies.internal, web.policies.external),
+        (Policy::Cluster, Policy::Cluster)
+    );
+    let backends: Vec<(Endpoint, BackendState, bool)> = web
         .backends
         .iter()
-        .map(|b| (b.endpoint.as_str(), b.state.as_str(), b.local))
+        .map(|b| (Endpoint::new(b.ip, b.port), b.state, b.local))
         .collect();
     assert_eq!(
         backends,
         [
-            ("10.244.1.10:8080", "ready", true),
-            ("10.244.2.10:8080", "ready", false)
+            (
+                Endpoint::new(Ipv4Addr::new(10, 244, 1, 10), 8080),
+                BackendState::Ready,
+                true
+            ),
+            (
+                Endpoint::new(Ipv4Addr::new(10, 244, 2, 10), 8080),
+                BackendState::Ready,
+                false
+            )
         ]
     );
     let np = services
@@ -145,7 +184,11 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         .find(|s| s.name == "default/web-nodeport:http")
         .unwrap();
     assert!(
-        np.frontends.contains(&"NodePort *:30080".to_owned()),
+        np.frontends.contains(&Frontend {
+            kind: FrontendKind::NodePort,
+            ip: None,
+            port: 30080
+        }),
         "{np:?}"
     );
     let empty = services
@@ -153,12 +196,33 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         .find(|s| s.name == "default/empty:http")
         .unwrap();
     assert!(empty.backends.is_empty());
+    let raw: serde_json::Value = json(&c, 0, &["services"]);
+    let raw_web = raw
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "default/web:http")
+        .unwrap();
+    assert_eq!(
+        raw_web["frontends"][0],
+        serde_json::json!({"kind": "ClusterIP", "ip": "10.96.0.10", "port": 80})
+    );
+    assert_eq!(
+        raw_web["backends"][0],
+        serde_json::json!({"ip": "10.244.1.10", "port": 8080, "state": "ready", "local": true})
+    );
+    assert_eq!(raw_web["proto"], "tcp");
+    assert_eq!(
+        raw_web["policies"],
+        serde_json::json!({"internal": "Cluster", "external": "Cluster"})
+    );
     let text = cli(&c, 0, &["services"]);
     assert!(text.contains("(none: connections are refused)"), "{text}");
     assert!(
         text.contains("10.244.1.10:8080") && text.contains("ready local"),
         "{text}"
     );
+    assert!(text.contains("ClusterIP 10.96.0.10:80"), "{text}");
 
     // kxdp conntrack, with filters.
     let flows: FlowsView = json(
@@ -167,31 +231,71 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         &["conntrack", "--proto", "tcp", "--addr", "10.96.0.10"],
     );
     assert!(flows.matched >= 12, "{flows:?}");
+    let vip = Endpoint::new(Ipv4Addr::new(10, 96, 0, 10), 80);
     assert!(
-        flows
-            .flows
-            .iter()
-            .all(|f| f.original.contains("-> 10.96.0.10:80")),
+        flows.flows.iter().all(|f| f.original.proto == Proto::Tcp
+            && f.original.dst == vip
+            && f.reply.dst == f.original.src
+            && [8080].contains(&f.reply.src.port)),
         "{flows:?}"
     );
+    let raw: serde_json::Value = json(&c, 0, &["conntrack", "--addr", "10.96.0.10"]);
+    let first = &raw["flows"][0];
+    assert_eq!(first["original"]["proto"], "tcp", "{raw}");
+    assert_eq!(
+        first["original"]["dst"],
+        serde_json::json!({"ip": "10.96.0.10", "port": 80}),
+        "{raw}"
+    );
+    assert_eq!(first["reply"]["src"]["port"], 8080, "{raw}");
     let none: FlowsView = json(&c, 0, &["conntrack", "--proto", "udp"]);
     assert_eq!(none.matched, 0, "{none:?}");
     let limited: FlowsView = json(&c, 0, &["conntrack", "--limit", "2"]);
     assert_eq!(limited.flows.len(), 2);
     let text = cli(&c, 0, &["conntrack", "--port", "80"]);
-    assert!(text.contains("flows matched"), "{text}");
+    assert!(
+        text.contains("flows matched") && text.contains("-> 10.96.0.10:80"),
+        "{text}"
+    );
 
     // kxdp routes: node-b's pod CIDR over VXLAN, with its MAC resolved.
     let routes: Vec<RouteView> = json(&c, 0, &["routes"]);
     let b = routes
         .iter()
-        .find(|r| r.destination == "10.244.2.0/24")
+        .find(|r| r.destination.to_string() == "10.244.2.0/24")
         .unwrap();
+    match &b.target {
+        RouteTarget::RemoteNode {
+            node,
+            next_hop,
+            vni,
+            ..
+        } => assert!(
+            node == "node-b" && *vni == 1 && next_hop.mac.is_some(),
+            "{b:?}"
+        ),
+        other => panic!("10.244.2.0/24 goes to {other:?}"),
+    }
+    let raw: serde_json::Value = json(&c, 0, &["routes"]);
+    let raw_b = raw
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["destination"] == "10.244.2.0/24")
+        .unwrap();
+    assert_eq!(raw_b["kind"], "remote_node", "{raw_b}");
+    assert_eq!(raw_b["node"], "node-b", "{raw_b}");
+    assert!(raw_b["next_hop"]["ip"].is_string(), "{raw_b}");
+    assert!(raw
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"] == "local_pods" && r["destination"] == "10.244.1.0/24"));
+    let text = cli(&c, 0, &["routes"]);
     assert!(
-        b.action.contains("vxlan to node-b") && b.next_hop_mac.is_some(),
-        "{b:?}"
+        text.contains("10.244.1.0/24") && text.contains("vxlan to node-b (vni 1)"),
+        "{text}"
     );
-    assert!(cli(&c, 0, &["routes"]).contains("10.244.1.0/24"));
 
     // kxdp counters.
     let counters: CountersView = json(&c, 0, &["counters"]);
@@ -207,8 +311,19 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
     assert!(counters.xdp["xsk_pod"] > 0, "{counters:?}");
     assert!(counters.xdp["xsk_vxlan"] > 0, "{counters:?}");
     assert_eq!(counters.xdp.len(), kxdp_xdp::XdpDecision::COUNT);
+    let sizes: Vec<(u64, u64)> = counters
+        .batch_sizes
+        .iter()
+        .map(|b| (b.min, b.max))
+        .collect();
+    assert_eq!(sizes.first(), Some(&(1, 1)));
+    assert_eq!(sizes.last(), Some(&(64, 64)));
+    assert!(counters.batch_sizes.iter().map(|b| b.batches).sum::<u64>() > 0);
+    let raw: serde_json::Value = json(&c, 0, &["counters"]);
+    assert_eq!(raw["batch_sizes"][1]["min"], 2, "{raw}");
+    assert_eq!(raw["batch_sizes"][1]["max"], 3, "{raw}");
     let text = cli(&c, 0, &["counters"]);
-    assert!(text.contains("batches by size"), "{text}");
+    assert!(text.contains("batches by size: 1: "), "{text}");
     assert!(text.contains("xsk_pod"), "{text}");
 
     // kxdp trace against the live tables.
@@ -236,6 +351,7 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
     };
     let text = String::from_utf8(trace("10.96.0.30:80", false)).unwrap();
     assert!(text.contains("verdict:    reject"), "{text}");
+    assert!(text.contains("(icmp_port_unreachable)"), "{text}");
     let out = trace("10.96.0.10:80", true);
     let t: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
     assert_eq!(t["verdict"], "forward", "{t}");
@@ -244,6 +360,17 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         Some(2),
         "{t}"
     );
+    assert_eq!(
+        t["service"]["frontend"],
+        serde_json::json!({"kind": "ClusterIP", "ip": "10.96.0.10", "port": 80}),
+        "{t}"
+    );
+    assert_eq!(
+        t["dnat"]["from"],
+        serde_json::json!({"ip": "10.96.0.10", "port": 80})
+    );
+    assert_eq!(t["dnat"]["to"], t["service"]["chosen"], "{t}");
+    assert!(t["packet_out"]["dst"] == t["dnat"]["to"], "{t}");
 }
 
 #[test]

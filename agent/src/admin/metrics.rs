@@ -62,27 +62,27 @@ impl AdminState {
         gauge(
             "kxdp_conntrack_flows",
             "flows in the conntrack table",
-            status.conntrack[0] as f64,
+            status.conntrack.flows as f64,
         );
         gauge(
             "kxdp_conntrack_capacity",
             "the conntrack table's capacity",
-            status.conntrack[1] as f64,
+            status.conntrack.capacity as f64,
         );
         gauge(
             "kxdp_conntrack_pressure",
             "flows over capacity (new flows fail as it nears 1)",
-            status.conntrack[0] as f64 / status.conntrack[1].max(1) as f64,
+            status.conntrack.flows as f64 / status.conntrack.capacity.max(1) as f64,
         );
         gauge(
             "kxdp_neighbors_wanted",
             "underlay next hops needed",
-            status.neighbors[0] as f64,
+            status.neighbors.needed as f64,
         );
         gauge(
             "kxdp_neighbors_resolved",
             "underlay next hops with a known MAC",
-            status.neighbors[1] as f64,
+            status.neighbors.resolved as f64,
         );
         gauge(
             "kxdp_draining_endpoints",

@@ -18,8 +18,8 @@ use kxdp_xdp::worker::{IoCounter, BATCH_BUCKETS};
 use kxdp_xdp::{Decisions, XdpDecision};
 
 use super::views::{
-    batch_label, proto_name, CountersView, FlowFilter, FlowView, FlowsView, InterfaceView,
-    RouteView, ServiceView, StatusView, WorkerView,
+    batch_bucket, BatchSizeView, ConntrackFillView, CountersView, FlowFilter, FlowView, FlowsView,
+    InterfaceView, LatencyView, NeighborsView, RouteView, ServiceView, StatusView, WorkerView,
 };
 
 /// What the running dataplane shares with the admin API.
@@ -217,12 +217,22 @@ impl AdminState {
             last_error: inner.last_error.clone(),
             generation: snap.as_ref().map_or(0, |s| s.generation),
             updates: inner.updates,
-            update_latency_ms: [q(0.5), q(0.99), inner.latency_us.max() as f64 / 1000.0],
+            update_latency_ms: LatencyView {
+                p50: q(0.5),
+                p99: q(0.99),
+                max: inner.latency_us.max() as f64 / 1000.0,
+            },
             services: snap.as_ref().map_or(0, |s| s.services.ports().len()),
             local_pods: snap.as_ref().map_or(0, |s| s.local_pods().count()),
             remote_nodes: snap.as_ref().map_or(0, |s| s.remote_nodes().len()),
-            neighbors: inner.neighbors,
-            conntrack: dp.map_or([0, 0], |d| [d.conntrack.len(), d.conntrack.capacity()]),
+            neighbors: NeighborsView {
+                needed: inner.neighbors[0],
+                resolved: inner.neighbors[1],
+            },
+            conntrack: dp.map_or_else(ConntrackFillView::default, |d| ConntrackFillView {
+                flows: d.conntrack.len(),
+                capacity: d.conntrack.capacity(),
+            }),
             draining_endpoints: inner.draining,
             workers,
             interfaces,
@@ -255,8 +265,9 @@ impl AdminState {
             v.io.insert(c.name().into(), total);
         }
         for b in 0..BATCH_BUCKETS {
-            let count = io.iter().map(|i| i.batch_sizes[b]).sum();
-            v.batch_sizes.push((batch_label(b), count));
+            let (min, max) = batch_bucket(b);
+            let batches = io.iter().map(|i| i.batch_sizes[b]).sum();
+            v.batch_sizes.push(BatchSizeView { min, max, batches });
         }
         v
     }
@@ -291,15 +302,8 @@ impl AdminState {
                 if view.flows.len() < limit {
                     let ms = expiry.as_millis().saturating_sub(now.as_millis() as u64);
                     view.flows.push(FlowView {
-                        proto: proto_name(o.proto),
-                        original: format!(
-                            "{}:{} -> {}:{}",
-                            o.src_ip, o.src_port, o.dst_ip, o.dst_port
-                        ),
-                        reply: format!(
-                            "{}:{} -> {}:{}",
-                            r.src_ip, r.src_port, r.dst_ip, r.dst_port
-                        ),
+                        original: o.into(),
+                        reply: r.into(),
                         state: state.name().into(),
                         expires_in_ms: ms,
                     });

@@ -1,12 +1,20 @@
 //! The admin API's JSON views: what `kxdp status|services|conntrack|routes|counters --json`
 //! print, the query model of `/api/conntrack`, and the views built from a snapshot alone.
 //! Plain data with serde, shared by the server and the CLI.
+//!
+//! Values are typed fields, never text to be parsed again: addresses, ports, protocols,
+//! frontends and flows are the objects of [`kxdp_control::json`] (`{"ip", "port"}`,
+//! `{"proto", "src", "dst"}`, `{"kind", "ip", "port"}`), pairs of numbers are objects with
+//! named fields, a route's target is an object tagged by `kind`. The CLI's plain tables are
+//! rendered from these (see `crate::cli::render`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+use kxdp_control::json::{Flow, Frontend, Policy, Proto};
 use kxdp_control::model::mac_text;
-use kxdp_dataplane::tables::{FrontendKind, TrafficPolicy};
+use kxdp_dataplane::wire::Ipv4Cidr;
 use kxdp_dataplane::Snapshot;
 use kxdp_xdp::worker::BATCH_BUCKETS;
 use serde::{Deserialize, Serialize};
@@ -43,6 +51,35 @@ pub struct WorkerView {
     pub tx_ring_full: u64,
 }
 
+/// Snapshot updates: change noticed to snapshot live, milliseconds, over all updates.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencyView {
+    /// The median.
+    pub p50: f64,
+    /// The 99th percentile.
+    pub p99: f64,
+    /// The longest.
+    pub max: f64,
+}
+
+/// Underlay next hops.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeighborsView {
+    /// Next hops the tables need a MAC address for.
+    pub needed: usize,
+    /// How many of them have one.
+    pub resolved: usize,
+}
+
+/// Conntrack's fill.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConntrackFillView {
+    /// Flows in the table.
+    pub flows: usize,
+    /// The table's capacity.
+    pub capacity: usize,
+}
+
 /// `/api/status`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StatusView {
@@ -66,18 +103,18 @@ pub struct StatusView {
     pub generation: u64,
     /// Snapshots published.
     pub updates: u64,
-    /// Change noticed to snapshot live, milliseconds: p50, p99 and max over all updates.
-    pub update_latency_ms: [f64; 3],
+    /// Change noticed to snapshot live.
+    pub update_latency_ms: LatencyView,
     /// Service ports in the live snapshot.
     pub services: usize,
     /// Local pods in the live snapshot.
     pub local_pods: usize,
     /// Remote nodes in the live snapshot.
     pub remote_nodes: usize,
-    /// Underlay next hops needed, and how many of them have a MAC address.
-    pub neighbors: [usize; 2],
+    /// Underlay next hops needed and resolved.
+    pub neighbors: NeighborsView,
     /// Flows in conntrack, and its capacity.
-    pub conntrack: [usize; 2],
+    pub conntrack: ConntrackFillView,
     /// Endpoints that left every service but still have flows.
     pub draining_endpoints: usize,
     /// The workers.
@@ -88,16 +125,51 @@ pub struct StatusView {
     pub problems: Vec<String>,
 }
 
+/// The state of a service's endpoint.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendState {
+    /// Ready: new flows may get it.
+    Ready,
+    /// Terminating but still serving: used only when no endpoint is ready.
+    ServingTerminating,
+    /// Terminating: only its existing flows.
+    Terminating,
+    /// Not ready.
+    NotReady,
+}
+
+impl std::fmt::Display for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendState::Ready => "ready",
+            BackendState::ServingTerminating => "serving-terminating",
+            BackendState::Terminating => "terminating",
+            BackendState::NotReady => "not-ready",
+        })
+    }
+}
+
 /// One endpoint of a service port.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackendView {
-    /// `address:port`.
-    pub endpoint: String,
-    /// `ready`, `serving-terminating` (used only when nothing is ready), `terminating` or
-    /// `not-ready`.
-    pub state: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its port.
+    pub port: u16,
+    /// Its state.
+    pub state: BackendState,
     /// Whether it runs on this node.
     pub local: bool,
+}
+
+/// A service port's traffic policies.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoliciesView {
+    /// `internalTrafficPolicy`.
+    pub internal: Policy,
+    /// `externalTrafficPolicy`.
+    pub external: Policy,
 }
 
 /// One service port (`/api/services`).
@@ -106,11 +178,11 @@ pub struct ServiceView {
     /// `namespace/name:port-name`.
     pub name: String,
     /// `tcp` or `udp`.
-    pub proto: String,
-    /// Its frontends, as `ClusterIP 10.96.0.10:80`, `NodePort *:30080`, ….
-    pub frontends: Vec<String>,
-    /// `internalTrafficPolicy` and `externalTrafficPolicy`: `Cluster` or `Local`.
-    pub policies: [String; 2],
+    pub proto: Proto,
+    /// Its frontends.
+    pub frontends: Vec<Frontend>,
+    /// Its traffic policies.
+    pub policies: PoliciesView,
     /// `sessionAffinity: ClientIP`.
     pub client_ip_affinity: bool,
     /// Every endpoint with its state.
@@ -122,12 +194,10 @@ pub struct ServiceView {
 /// One flow (`/api/conntrack`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FlowView {
-    /// `tcp`, `udp`, `icmp` or the number.
-    pub proto: String,
-    /// The original direction: `src:port -> dst:port`.
-    pub original: String,
-    /// The reply direction, as translated: `src:port -> dst:port`.
-    pub reply: String,
+    /// The original direction, as its first packet arrived.
+    pub original: Flow,
+    /// The reply direction, as translated.
+    pub reply: Flow,
     /// The state.
     pub state: String,
     /// Milliseconds until it expires (0 if expired and not yet collected).
@@ -147,17 +217,76 @@ pub struct FlowsView {
     pub flows: Vec<FlowView>,
 }
 
+/// A next hop on the underlay.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NextHopView {
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC address, once known.
+    pub mac: Option<String>,
+}
+
+/// What a route does with packets, tagged by `kind`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RouteTarget {
+    /// This node's pods, on their veths.
+    LocalPods {
+        /// How many.
+        pods: usize,
+        /// The pods' gateway address.
+        gateway: Ipv4Addr,
+    },
+    /// Another node's pods, over VXLAN on the uplink.
+    RemoteNode {
+        /// The node.
+        node: String,
+        /// Its VXLAN endpoint.
+        underlay_ip: Ipv4Addr,
+        /// Its VTEP MAC.
+        vtep_mac: String,
+        /// The VXLAN network identifier.
+        vni: u32,
+        /// The next hop toward it.
+        next_hop: NextHopView,
+    },
+    /// Service ports: DNAT to a backend.
+    Services {
+        /// How many service ports.
+        ports: usize,
+    },
+    /// This node's own address: NodePorts, the rest to the kernel.
+    Node,
+    /// Underlay neighbours, on the uplink.
+    Underlay,
+    /// Outside the cluster: out of the uplink, pods masqueraded.
+    Outside {
+        /// The node address pods are masqueraded to.
+        masquerade_to: Ipv4Addr,
+        /// The uplink's gateway.
+        next_hop: NextHopView,
+    },
+}
+
 /// One route (`/api/routes`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RouteView {
     /// The destination prefix.
-    pub destination: String,
-    /// What happens to packets for it.
-    pub action: String,
-    /// Where they leave.
-    pub via: String,
-    /// The MAC address of the next hop, if it has one and it is known.
-    pub next_hop_mac: Option<String>,
+    pub destination: Ipv4Net,
+    /// Where packets for it go (`kind` and its fields).
+    #[serde(flatten)]
+    pub target: RouteTarget,
+}
+
+/// How many batches had a size in `min..=max`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BatchSizeView {
+    /// The smallest size counted here.
+    pub min: u64,
+    /// The largest.
+    pub max: u64,
+    /// Batches of such a size.
+    pub batches: u64,
 }
 
 /// `/api/counters`: summed over workers.
@@ -173,8 +302,8 @@ pub struct CountersView {
     pub xdp: BTreeMap<String, u64>,
     /// AF_XDP I/O: rx, tx, tx_ring_full, copied, polls, empty_polls.
     pub io: BTreeMap<String, u64>,
-    /// Batches by size: `1`, `2-3`, …, `64`.
-    pub batch_sizes: Vec<(String, u64)>,
+    /// Batches by size: 1, 2-3, …, 64.
+    pub batch_sizes: Vec<BatchSizeView>,
 }
 
 /// `/api/services`: every service port of `snap`, by name.
@@ -185,48 +314,33 @@ pub fn services(snap: &Snapshot) -> Vec<ServiceView> {
         .iter()
         .map(|p| {
             let spec = p.spec();
-            let frontends = spec
-                .frontends
-                .iter()
-                .map(|f| {
-                    let kind = match f.kind {
-                        FrontendKind::ClusterIp => "ClusterIP",
-                        FrontendKind::NodePort => "NodePort",
-                        FrontendKind::ExternalIp => "ExternalIP",
-                        FrontendKind::LoadBalancer => "LoadBalancer",
-                    };
-                    let ip = f.ip.map_or("*".into(), |ip| ip.to_string());
-                    format!("{kind} {ip}:{}", f.port)
-                })
-                .collect();
             let any_ready = spec.backends.iter().any(|b| b.ready);
             let backends = spec
                 .backends
                 .iter()
                 .map(|b| BackendView {
-                    endpoint: format!("{}:{}", b.ip, b.port),
+                    ip: b.ip,
+                    port: b.port,
                     state: if b.ready {
-                        "ready"
+                        BackendState::Ready
                     } else if b.serving && b.terminating && !any_ready {
-                        "serving-terminating"
+                        BackendState::ServingTerminating
                     } else if b.terminating {
-                        "terminating"
+                        BackendState::Terminating
                     } else {
-                        "not-ready"
-                    }
-                    .into(),
+                        BackendState::NotReady
+                    },
                     local: b.local,
                 })
                 .collect();
-            let policy = |p: TrafficPolicy| match p {
-                TrafficPolicy::Cluster => "Cluster".to_owned(),
-                TrafficPolicy::Local => "Local".to_owned(),
-            };
             ServiceView {
                 name: spec.name.clone(),
-                proto: proto_name(spec.proto),
-                frontends,
-                policies: [policy(spec.internal_policy), policy(spec.external_policy)],
+                proto: Proto::from_number(spec.proto),
+                frontends: spec.frontends.iter().map(Frontend::from).collect(),
+                policies: PoliciesView {
+                    internal: spec.internal_policy.into(),
+                    external: spec.external_policy.into(),
+                },
                 client_ip_affinity: spec.client_ip_affinity,
                 backends,
                 usable: p.cluster_members().len(),
@@ -237,68 +351,81 @@ pub fn services(snap: &Snapshot) -> Vec<ServiceView> {
     out
 }
 
+/// The dataplane's CIDR as `ipnet` prints and parses it.
+fn net(c: Ipv4Cidr) -> Ipv4Net {
+    Ipv4Net::new(c.address(), c.prefix_len()).expect("a prefix length of at most 32")
+}
+
 /// `/api/routes`: where each destination of `snap` goes.
 pub fn routes(snap: &Snapshot) -> Vec<RouteView> {
     let node = &snap.node;
-    let mac = |ip: Ipv4Addr| snap.next_hop_mac(ip).map(mac_text);
+    let hop = |ip: Ipv4Addr| NextHopView {
+        ip,
+        mac: snap.next_hop_mac(ip).map(mac_text),
+    };
     let mut out = vec![RouteView {
-        destination: node.pod_cidr.to_string(),
-        action: format!("local pods ({})", snap.local_pods().count()),
-        via: format!("pod veths, gateway {}", node.gateway_ip),
-        next_hop_mac: None,
+        destination: net(node.pod_cidr),
+        target: RouteTarget::LocalPods {
+            pods: snap.local_pods().count(),
+            gateway: node.gateway_ip,
+        },
     }];
     for r in snap.remote_nodes() {
         let n = &r.node;
         out.push(RouteView {
-            destination: n.pod_cidr.to_string(),
-            action: format!("vxlan to {} (vni {})", n.name, node.vxlan_vni),
-            via: format!("uplink, {} vtep {}", n.node_ip, mac_text(n.vtep_mac)),
-            next_hop_mac: mac(next_hop(node, n.node_ip)),
+            destination: net(n.pod_cidr),
+            target: RouteTarget::RemoteNode {
+                node: n.name.clone(),
+                underlay_ip: n.node_ip,
+                vtep_mac: mac_text(n.vtep_mac),
+                vni: node.vxlan_vni,
+                next_hop: hop(next_hop(node, n.node_ip)),
+            },
         });
     }
     out.push(RouteView {
-        destination: node.service_cidr.to_string(),
-        action: format!("services ({} ports)", snap.services.ports().len()),
-        via: "DNAT to a backend".into(),
-        next_hop_mac: None,
+        destination: net(node.service_cidr),
+        target: RouteTarget::Services {
+            ports: snap.services.ports().len(),
+        },
     });
     for ip in &node.node_ips {
         out.push(RouteView {
-            destination: format!("{ip}/32"),
-            action: "this node (NodePorts; the rest to the kernel)".into(),
-            via: "host".into(),
-            next_hop_mac: None,
+            destination: Ipv4Net::from(*ip),
+            target: RouteTarget::Node,
         });
     }
     out.push(RouteView {
-        destination: node.uplink_subnet.to_string(),
-        action: "underlay neighbours".into(),
-        via: "uplink".into(),
-        next_hop_mac: None,
+        destination: net(node.uplink_subnet),
+        target: RouteTarget::Underlay,
     });
     if let Some(gw) = node.uplink_gateway {
         out.push(RouteView {
-            destination: "0.0.0.0/0".into(),
-            action: format!(
-                "outside the cluster: masquerade pods to {}",
-                node.primary_ip()
-            ),
-            via: format!("uplink, gateway {gw}"),
-            next_hop_mac: mac(gw),
+            destination: Ipv4Net::default(),
+            target: RouteTarget::Outside {
+                masquerade_to: node.primary_ip(),
+                next_hop: hop(gw),
+            },
         });
     }
     out
 }
 
-/// The label of batch-size bucket `b`.
-pub fn batch_label(b: usize) -> String {
+/// Batch-size bucket `b`: the sizes it counts.
+pub fn batch_bucket(b: usize) -> (u64, u64) {
     let lo = 1u64 << b;
     if b + 1 == BATCH_BUCKETS {
-        lo.to_string()
-    } else if lo == 1 {
-        "1".into()
+        (lo, lo)
     } else {
-        format!("{lo}-{}", 2 * lo - 1)
+        (lo, 2 * lo - 1)
+    }
+}
+
+/// The label of batch-size bucket `b`: `1`, `2-3`, …, `64`.
+pub fn batch_label(b: usize) -> String {
+    match batch_bucket(b) {
+        (lo, hi) if lo == hi => lo.to_string(),
+        (lo, hi) => format!("{lo}-{hi}"),
     }
 }
 
@@ -308,15 +435,6 @@ fn next_hop(node: &kxdp_dataplane::tables::NodeConfig, ip: Ipv4Addr) -> Ipv4Addr
         ip
     } else {
         node.uplink_gateway.unwrap_or(ip)
-    }
-}
-
-pub(crate) fn proto_name(proto: u8) -> String {
-    match proto {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        n => n.to_string(),
     }
 }
 

@@ -8,18 +8,25 @@
 //!   live tables (`--agent`), and prints what each stage decided; `--json` prints the same as
 //!   one JSON object (fields: see `kxdp_control::trace`).
 //! - `kxdp preflight` checks what the agent will need.
-
-// The command's output is its point.
-#![allow(clippy::print_stdout)]
+//! - `kxdp completion bash|zsh|fish|elvish|powershell` prints a completion script
+//!   (`clap_complete`); `kxdp man [COMMAND]` prints the manual page, `kxdp(1)` or
+//!   `kxdp-COMMAND(1)`, as roff (`clap_mangen`): both come from the same definitions as the
+//!   parser, so they cannot fall behind it.
+//!
+//! Output goes to stdout in one write; a reader that goes away early (`kxdp trace … | head
+//! -1`) is not an error: the command stops writing and exits 0, silently, as a reader that
+//! has what it wanted expects (the way `ls | head` ends quietly, without SIGPIPE's status 141
+//! failing a `pipefail` script). Other write errors are reported and exit 1.
 
 pub mod render;
 
+use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::admin::{self, AdminAddr};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use kxdp_control::compile::Compiler;
 use kxdp_control::manifest::{parse, ManifestSource};
 use kxdp_control::model::Model;
@@ -76,6 +83,49 @@ enum Command {
     /// Check that this machine and process can run the dataplane: capabilities, locked
     /// memory, interfaces. The agent runs the same checks before it starts.
     Preflight(PreflightArgs),
+    /// Print a shell completion script (bash: `source <(kxdp completion bash)`).
+    Completion(CompletionArgs),
+    /// Print the manual page as roff (`kxdp man | man -l -`; `kxdp man trace` for
+    /// kxdp-trace(1)).
+    Man(ManArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(clap::Args)]
+struct ManArgs {
+    /// A command whose page to print (kxdp-COMMAND(1)); kxdp(1) if none.
+    #[arg(value_name = "COMMAND")]
+    command: Option<String>,
+}
+
+fn completion(args: CompletionArgs) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "kxdp", &mut out);
+    Ok(out)
+}
+
+fn man(args: ManArgs) -> Result<Vec<u8>, String> {
+    let mut cli = Cli::command();
+    // Built, subcommands know their full names (`kxdp trace`, page kxdp-trace).
+    cli.build();
+    let page = match &args.command {
+        None => cli,
+        Some(name) => cli.find_subcommand(name).cloned().ok_or_else(|| {
+            let names: Vec<&str> = cli.get_subcommands().map(clap::Command::get_name).collect();
+            format!("man: no command {name:?} (kxdp has {})", names.join(", "))
+        })?,
+    };
+    let mut out = Vec::new();
+    clap_mangen::Man::new(page)
+        .render(&mut out)
+        .map_err(|e| format!("man: {e}"))?;
+    Ok(out)
 }
 
 #[derive(clap::Args)]
@@ -192,7 +242,7 @@ struct TraceArgs {
 }
 
 fn parse_cidr(text: &str) -> Result<kxdp_dataplane::wire::Ipv4Cidr, String> {
-    kxdp_control::model::parse_cidr(text).ok_or_else(|| format!("{text:?} is not an IPv4 CIDR"))
+    kxdp_control::model::parse_cidr(text).map_err(|e| e.to_string())
 }
 
 fn run_trace(args: TraceArgs) -> Result<String, String> {
@@ -237,6 +287,9 @@ fn run_trace(args: TraceArgs) -> Result<String, String> {
     let compiled = Compiler::new(settings)
         .compile(&mut model)
         .map_err(|e| e.to_string())?;
+    for p in &compiled.problems {
+        eprintln!("kxdp: left out of the tables: {p}");
+    }
     let input = TraceInput {
         entry: match args.from {
             From::Pod => Entry::Pod,
@@ -262,12 +315,22 @@ fn run_trace(args: TraceArgs) -> Result<String, String> {
 /// Run the command line `std::env::args()` says; the exit code says how it went.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let text = |r: Result<String, String>| {
+        r.map(|mut out| {
+            let trimmed = out.trim_end().len();
+            out.truncate(trimmed);
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.into_bytes()
+        })
+    };
     let result = match cli.command {
-        Command::Agent(args) => run_agent(*args),
-        Command::Status(a) => view(&a, "/api/status", render::status),
-        Command::Services(a) => view(&a, "/api/services", |v: &Vec<_>| render::services(v)),
-        Command::Routes(a) => view(&a, "/api/routes", |v: &Vec<_>| render::routes(v)),
-        Command::Counters(a) => view(&a, "/api/counters", render::counters),
+        Command::Agent(args) => text(run_agent(*args)),
+        Command::Status(a) => text(view(&a, "/api/status", render::status)),
+        Command::Services(a) => text(view(&a, "/api/services", |v: &Vec<_>| render::services(v))),
+        Command::Routes(a) => text(view(&a, "/api/routes", |v: &Vec<_>| render::routes(v))),
+        Command::Counters(a) => text(view(&a, "/api/counters", render::counters)),
         Command::Conntrack(c) => {
             let mut path = format!("/api/conntrack?limit={}", c.limit);
             if let Some(p) = c.proto {
@@ -279,20 +342,31 @@ pub fn main() -> ExitCode {
             if let Some(p) = c.port {
                 path += &format!("&port={p}");
             }
-            view(&c.admin, &path, render::flows)
+            text(view(&c.admin, &path, render::flows))
         }
-        Command::Trace(args) => run_trace(args),
-        Command::Preflight(args) => run_preflight(args),
+        Command::Trace(args) => text(run_trace(args)),
+        Command::Preflight(args) => text(run_preflight(args)),
+        Command::Completion(args) => completion(args),
+        Command::Man(args) => man(args),
     };
     match result {
-        Ok(out) => {
-            if !out.is_empty() {
-                println!("{}", out.trim_end());
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(out) => emit(&out),
         Err(e) => {
             eprintln!("kxdp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Write `out` to stdout. A closed pipe means the reader has what it wanted: exit 0 without a
+/// word (see the module docs); `println!` would panic there.
+fn emit(out: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(out).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kxdp: writing the output: {e}");
             ExitCode::FAILURE
         }
     }

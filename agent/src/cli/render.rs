@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::admin::{CountersView, FlowsView, RouteView, ServiceView, StatusView};
+use crate::admin::{CountersView, FlowsView, RouteTarget, RouteView, ServiceView, StatusView};
 
 /// Columns padded to their widest cell, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -51,20 +51,25 @@ pub fn status(s: &StatusView) -> String {
         s.source_errors,
         s.generation,
         s.updates,
-        s.update_latency_ms[0],
-        s.update_latency_ms[1]
+        s.update_latency_ms.p50,
+        s.update_latency_ms.p99
     );
     let _ = writeln!(
         out,
         "tables: {} service ports, {} local pods, {} remote nodes, neighbours {}/{} resolved, {} draining endpoints",
-        s.services, s.local_pods, s.remote_nodes, s.neighbors[1], s.neighbors[0], s.draining_endpoints
+        s.services,
+        s.local_pods,
+        s.remote_nodes,
+        s.neighbors.resolved,
+        s.neighbors.needed,
+        s.draining_endpoints
     );
     let _ = writeln!(
         out,
         "conntrack: {} of {} flows ({:.1}%)",
-        s.conntrack[0],
-        s.conntrack[1],
-        100.0 * s.conntrack[0] as f64 / s.conntrack[1].max(1) as f64
+        s.conntrack.flows,
+        s.conntrack.capacity,
+        100.0 * s.conntrack.flows as f64 / s.conntrack.capacity.max(1) as f64
     );
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last error: {e}");
@@ -113,12 +118,14 @@ pub fn status(s: &StatusView) -> String {
 pub fn services(list: &[ServiceView]) -> String {
     let mut rows = Vec::new();
     for s in list {
-        let frontends = s.frontends.join(", ");
-        let policy = format!("{}/{}", s.policies[0], s.policies[1]);
+        let frontends: Vec<String> = s.frontends.iter().map(|f| f.to_string()).collect();
+        let frontends = frontends.join(", ");
+        let proto = s.proto.to_string();
+        let policy = format!("{}/{}", s.policies.internal, s.policies.external);
         if s.backends.is_empty() {
             rows.push(vec![
                 s.name.clone(),
-                s.proto.clone(),
+                proto,
                 frontends,
                 policy,
                 "(none: connections are refused)".into(),
@@ -131,22 +138,18 @@ pub fn services(list: &[ServiceView]) -> String {
             let state = if b.local {
                 format!("{} local", b.state)
             } else {
-                b.state.clone()
+                b.state.to_string()
             };
             rows.push(vec![
                 if first { s.name.clone() } else { String::new() },
-                if first {
-                    s.proto.clone()
-                } else {
-                    String::new()
-                },
+                if first { proto.clone() } else { String::new() },
                 if first {
                     frontends.clone()
                 } else {
                     String::new()
                 },
                 if first { policy.clone() } else { String::new() },
-                b.endpoint.clone(),
+                format!("{}:{}", b.ip, b.port),
                 state,
             ]);
         }
@@ -171,9 +174,9 @@ pub fn flows(v: &FlowsView) -> String {
         .iter()
         .map(|f| {
             vec![
-                f.proto.clone(),
-                f.original.clone(),
-                f.reply.clone(),
+                f.original.proto.to_string(),
+                f.original.addresses(),
+                f.reply.addresses(),
                 f.state.clone(),
                 format!("{:.1}", f.expires_in_ms as f64 / 1000.0),
             ]
@@ -196,11 +199,48 @@ pub fn routes(list: &[RouteView]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|r| {
+            let (action, via, mac) = match &r.target {
+                RouteTarget::LocalPods { pods, gateway } => (
+                    format!("local pods ({pods})"),
+                    format!("pod veths, gateway {gateway}"),
+                    None,
+                ),
+                RouteTarget::RemoteNode {
+                    node,
+                    underlay_ip,
+                    vtep_mac,
+                    vni,
+                    next_hop,
+                } => (
+                    format!("vxlan to {node} (vni {vni})"),
+                    format!("uplink, {underlay_ip} vtep {vtep_mac}"),
+                    next_hop.mac.clone(),
+                ),
+                RouteTarget::Services { ports } => (
+                    format!("services ({ports} ports)"),
+                    "DNAT to a backend".into(),
+                    None,
+                ),
+                RouteTarget::Node => (
+                    "this node (NodePorts; the rest to the kernel)".into(),
+                    "host".into(),
+                    None,
+                ),
+                RouteTarget::Underlay => ("underlay neighbours".into(), "uplink".into(), None),
+                RouteTarget::Outside {
+                    masquerade_to,
+                    next_hop,
+                } => (
+                    format!("outside the cluster: masquerade pods to {masquerade_to}"),
+                    format!("uplink, gateway {}", next_hop.ip),
+                    next_hop.mac.clone(),
+                ),
+            };
             vec![
-                r.destination.clone(),
-                r.action.clone(),
-                r.via.clone(),
-                r.next_hop_mac.clone().unwrap_or_else(|| "-".into()),
+                r.destination.to_string(),
+                action,
+                via,
+                mac.unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -227,7 +267,10 @@ pub fn counters(c: &CountersView) -> String {
     let sizes: Vec<String> = c
         .batch_sizes
         .iter()
-        .map(|(label, n)| format!("{label}: {n}"))
+        .map(|s| match (s.min, s.max) {
+            (lo, hi) if lo == hi => format!("{lo}: {}", s.batches),
+            (lo, hi) => format!("{lo}-{hi}: {}", s.batches),
+        })
         .collect();
     let _ = writeln!(out, "batches by size: {}", sizes.join(", "));
     let zero_drops = c.drops.values().filter(|v| **v == 0).count();
@@ -241,7 +284,11 @@ pub fn counters(c: &CountersView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::BackendView;
+    use crate::admin::{
+        BackendState, BackendView, BatchSizeView, FlowView, NextHopView, PoliciesView,
+    };
+    use kxdp_control::json::{Flow, Frontend, FrontendKind, Policy, Proto};
+    use std::net::Ipv4Addr;
 
     #[test]
     fn tables_align_columns() {
@@ -259,29 +306,152 @@ mod tests {
     fn services_list_every_backend_and_say_when_there_is_none() {
         let svc = |name: &str, backends: Vec<BackendView>| ServiceView {
             name: name.into(),
-            proto: "tcp".into(),
-            frontends: vec!["ClusterIP 10.96.0.10:80".into()],
-            policies: ["Cluster".into(), "Cluster".into()],
+            proto: Proto::Tcp,
+            frontends: vec![
+                Frontend {
+                    kind: FrontendKind::ClusterIp,
+                    ip: Some(Ipv4Addr::new(10, 96, 0, 10)),
+                    port: 80,
+                },
+                Frontend {
+                    kind: FrontendKind::NodePort,
+                    ip: None,
+                    port: 30080,
+                },
+            ],
+            policies: PoliciesView {
+                internal: Policy::Cluster,
+                external: Policy::Local,
+            },
             client_ip_affinity: false,
             usable: backends.len(),
             backends,
         };
-        let b = |e: &str, local| BackendView {
-            endpoint: e.into(),
-            state: "ready".into(),
+        let b = |ip: [u8; 4], local| BackendView {
+            ip: ip.into(),
+            port: 8080,
+            state: BackendState::Ready,
             local,
         };
         let text = services(&[
             svc(
                 "default/web:http",
-                vec![b("10.244.1.10:8080", true), b("10.244.2.10:8080", false)],
+                vec![b([10, 244, 1, 10], true), b([10, 244, 2, 10], false)],
             ),
             svc("default/empty:http", vec![]),
         ]);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines[1].starts_with("default/web:http") && lines[1].ends_with("ready local"));
-        assert!(lines[2].trim_start().starts_with("10.244.2.10:8080"));
-        assert!(lines[3].contains("(none: connections are refused)"));
+        assert_eq!(
+            text,
+            "SERVICE PORT        PROTO  FRONTENDS                                  POLICY INT/EXT  BACKEND                          STATE
+default/web:http    tcp    ClusterIP 10.96.0.10:80, NodePort *:30080  Cluster/Local   10.244.1.10:8080                 ready local
+                                                                                      10.244.2.10:8080                 ready
+default/empty:http  tcp    ClusterIP 10.96.0.10:80, NodePort *:30080  Cluster/Local   (none: connections are refused)
+"
+        );
+    }
+
+    /// The tables print what they printed when the views were text: the same cells from
+    /// typed fields.
+    #[test]
+    fn routes_flows_and_batches_print_as_before() {
+        let hop = |ip: [u8; 4], mac: Option<&str>| NextHopView {
+            ip: ip.into(),
+            mac: mac.map(str::to_owned),
+        };
+        let routes_view = [
+            RouteView {
+                destination: "10.244.1.0/24".parse().unwrap(),
+                target: RouteTarget::LocalPods {
+                    pods: 2,
+                    gateway: [10, 244, 1, 1].into(),
+                },
+            },
+            RouteView {
+                destination: "10.244.2.0/24".parse().unwrap(),
+                target: RouteTarget::RemoteNode {
+                    node: "node-b".into(),
+                    underlay_ip: [198, 18, 0, 11].into(),
+                    vtep_mac: "02:6b:78:00:00:03".into(),
+                    vni: 1,
+                    next_hop: hop([198, 18, 0, 11], Some("02:6b:78:00:00:10")),
+                },
+            },
+            RouteView {
+                destination: "10.96.0.0/12".parse().unwrap(),
+                target: RouteTarget::Services { ports: 4 },
+            },
+            RouteView {
+                destination: "198.18.0.10/32".parse().unwrap(),
+                target: RouteTarget::Node,
+            },
+            RouteView {
+                destination: "198.18.0.0/24".parse().unwrap(),
+                target: RouteTarget::Underlay,
+            },
+            RouteView {
+                destination: "0.0.0.0/0".parse().unwrap(),
+                target: RouteTarget::Outside {
+                    masquerade_to: [198, 18, 0, 10].into(),
+                    next_hop: hop([198, 18, 0, 1], None),
+                },
+            },
+        ];
+        assert_eq!(
+            routes(&routes_view),
+            "DESTINATION     ACTION                                               VIA                                         NEXT HOP MAC
+10.244.1.0/24   local pods (2)                                       pod veths, gateway 10.244.1.1               -
+10.244.2.0/24   vxlan to node-b (vni 1)                              uplink, 198.18.0.11 vtep 02:6b:78:00:00:03  02:6b:78:00:00:10
+10.96.0.0/12    services (4 ports)                                   DNAT to a backend                           -
+198.18.0.10/32  this node (NodePorts; the rest to the kernel)        host                                        -
+198.18.0.0/24   underlay neighbours                                  uplink                                      -
+0.0.0.0/0       outside the cluster: masquerade pods to 198.18.0.10  uplink, gateway 198.18.0.1                  -
+"
+        );
+        let key = |s: [u8; 4], sp, d: [u8; 4], dp| {
+            Flow::from(&kxdp_dataplane::flow::FlowKey::new(
+                6,
+                s.into(),
+                sp,
+                d.into(),
+                dp,
+            ))
+        };
+        let flows_view = FlowsView {
+            matched: 3,
+            total: 5,
+            capacity: 1024,
+            flows: vec![FlowView {
+                original: key([10, 244, 1, 11], 40000, [10, 96, 0, 10], 80),
+                reply: key([10, 244, 2, 10], 8080, [10, 244, 1, 11], 40000),
+                state: "tcp_established".into(),
+                expires_in_ms: 86_399_500,
+            }],
+        };
+        assert_eq!(
+            flows(&flows_view),
+            "PROTO  ORIGINAL                            REPLY                                  STATE            EXPIRES_S
+tcp    10.244.1.11:40000 -> 10.96.0.10:80  10.244.2.10:8080 -> 10.244.1.11:40000  tcp_established  86399.5
+3 flows matched (1 listed); 5 of 1024 in the table
+"
+        );
+        let mut c = CountersView::default();
+        c.drops.insert("no_route".into(), 0);
+        c.batch_sizes = (0..kxdp_xdp::worker::BATCH_BUCKETS)
+            .map(|b| {
+                let (min, max) = crate::admin::batch_bucket(b);
+                BatchSizeView {
+                    min,
+                    max,
+                    batches: b as u64,
+                }
+            })
+            .collect();
+        assert!(
+            counters(&c).contains(
+                "batches by size: 1: 0, 2-3: 1, 4-7: 2, 8-15: 3, 16-31: 4, 32-63: 5, 64: 6\n"
+            ),
+            "{}",
+            counters(&c)
+        );
     }
 }

@@ -45,7 +45,7 @@ fn node_port_from_outside_and_egress_masquerade_to_outside() {
     let snapshot = Snapshot::build(inputs).expect("a valid snapshot");
     let managed = vec![
         Managed::pod("pod0", t.pod_a.iface),
-        Managed::uplink(t.node.uplink),
+        Managed::uplink("uplink", t.node.uplink),
     ];
     let _backend = TcpServer::start(&remote.ns, 8080, "backend");
     let _outside = TcpServer::start(&ext_ns, 9000, "outside");

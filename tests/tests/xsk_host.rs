@@ -33,7 +33,7 @@ fn the_node_and_its_pods_reach_each_other_through_the_host_interface() {
     let snapshot = Snapshot::build(inputs).expect("a valid snapshot");
     let managed = vec![
         Managed::pod("pod0", t.pod_a.iface),
-        Managed::uplink(t.node.uplink),
+        Managed::uplink("uplink", t.node.uplink),
         Managed {
             name: "host0".into(),
             id: t.node.host,

@@ -33,7 +33,7 @@ fn a_kxdp_node_and_a_kernel_vxlan_node_exchange_pod_traffic() {
     let snapshot = Snapshot::build(inputs).expect("a valid snapshot");
     let managed = vec![
         Managed::pod("pod0", t.pod_a.iface),
-        Managed::uplink(t.node.uplink),
+        Managed::uplink("uplink", t.node.uplink),
     ];
     let node = KxdpNode::start(&kx.ns, managed, snapshot).expect("kxdp starts");
 

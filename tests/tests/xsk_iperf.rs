@@ -37,7 +37,7 @@ fn iperf3_streams_through_kxdp_on_one_node_and_across_nodes() {
     let managed = vec![
         Managed::pod("pod0", t.pod_a.iface),
         Managed::pod("pod1", t.pod_b.iface),
-        Managed::uplink(t.node.uplink),
+        Managed::uplink("uplink", t.node.uplink),
     ];
     let (a, b) = (kx.pods[0].ns.clone(), kx.pods[1].ns.clone());
     let _s1 = IperfServer::start(&b, 5201);

@@ -51,7 +51,7 @@ fn pod_to_cluster_ip_spreads_connections_over_backends_on_both_nodes() {
     let managed = vec![
         Managed::pod("pod0", t.pod_a.iface),
         Managed::pod("pod1", t.pod_b.iface),
-        Managed::uplink(t.node.uplink),
+        Managed::uplink("uplink", t.node.uplink),
     ];
     let _local = TcpServer::start(&kx.pods[1].ns, 8080, "local");
     let _remote = TcpServer::start(&remote.ns, 8080, "remote");

@@ -80,7 +80,7 @@ fn two_kxdp_nodes_carry_pod_traffic_over_vxlan() {
                 id,
                 role: IfRole::Pod,
             },
-            Managed::uplink(t.node.uplink),
+            Managed::uplink("uplink", t.node.uplink),
         ]
     };
     let (pa, pb) = (na.pods[0].ns.clone(), nb.pods[0].ns.clone());

@@ -54,10 +54,10 @@ impl Managed {
         }
     }
 
-    /// The node's uplink, named `uplink` (as the testbed names it).
-    pub fn uplink(id: InterfaceId) -> Managed {
+    /// The node's uplink.
+    pub fn uplink(name: &str, id: InterfaceId) -> Managed {
         Managed {
-            name: "uplink".into(),
+            name: name.into(),
             id,
             role: IfRole::Uplink,
         }

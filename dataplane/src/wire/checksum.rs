@@ -3,18 +3,17 @@
 //! A checksum is computed in two steps: [`sum`] accumulates 16-bit big-endian words into a
 //! one's complement sum, and [`fold`] propagates the carries and complements the result into the
 //! value that goes into a header's checksum field. Sums compose, so a pseudo-header sum
-//! ([`pseudo_header`]) can be the `initial` value for the sum over the L4 segment.
+//! can be the `initial` value for the sum over the L4 segment.
 //!
 //! NAT changes a handful of 16-bit words in a packet whose checksums are already right, so it
 //! patches the checksums rather than recomputing them: [`update16`] and [`update32`] implement
 //! RFC 1624 eqn. 3, `HC' = ~(~HC + ~m + m')`. Eqn. 3 gives the same result as a full
 //! recomputation (unlike RFC 1141's `HC' = HC + m + ~m'`, which can produce -0, `0xffff`, where
-//! the recomputed checksum is `0x0000`). [`update_udp`] wraps an update with UDP's special case
-//! for the value zero.
+//! the recomputed checksum is `0x0000`). The pipeline keeps UDP's special case for the value
+//! zero where it patches a UDP checksum.
 //!
-//! Everything here is a pure function over integers or byte slices; nothing allocates.
-
-use std::net::Ipv4Addr;
+//! The helpers only the NAT oracle (`wire::nat`) uses, the pseudo-header sum, an address update
+//! and UDP's zero rule, exist in test builds only. Everything here is a pure function over integers or byte slices; nothing allocates.
 
 /// Adds the 16-bit big-endian words of `data` to the one's complement sum `initial`.
 ///
@@ -65,8 +64,14 @@ pub const fn fold(sum: u32) -> u16 {
 
 /// The one's complement sum of the IPv4 pseudo-header that TCP and UDP checksums cover
 /// (RFC 793 section 3.1, RFC 768): source and destination address, protocol and L4 length.
+#[cfg(test)]
 #[inline]
-pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4_len: u16) -> u32 {
+pub(crate) fn pseudo_header(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    protocol: u8,
+    l4_len: u16,
+) -> u32 {
     let src = u32::from(src);
     let dst = u32::from(dst);
     (src >> 16)
@@ -99,8 +104,9 @@ pub const fn update32(check: u16, old: u32, new: u32) -> u16 {
 }
 
 /// [`update32`] for an IPv4 address.
+#[cfg(test)]
 #[inline]
-pub fn update_addr(check: u16, old: Ipv4Addr, new: Ipv4Addr) -> u16 {
+pub(crate) fn update_addr(check: u16, old: std::net::Ipv4Addr, new: std::net::Ipv4Addr) -> u16 {
     update32(check, u32::from(old), u32::from(new))
 }
 
@@ -109,8 +115,9 @@ pub fn update_addr(check: u16, old: Ipv4Addr, new: Ipv4Addr) -> u16 {
 /// A zero UDP checksum means the sender computed none; it stays zero, since the receiver will
 /// not check it either. A computed checksum of zero is sent as `0xffff` (the other
 /// representation of zero), so the update never turns a present checksum into "none".
+#[cfg(test)]
 #[inline]
-pub fn update_udp(check: u16, update: impl FnOnce(u16) -> u16) -> u16 {
+pub(crate) fn update_udp(check: u16, update: impl FnOnce(u16) -> u16) -> u16 {
     if check == 0 {
         return 0;
     }
@@ -124,6 +131,7 @@ pub fn update_udp(check: u16, update: impl FnOnce(u16) -> u16) -> u16 {
 pub(crate) mod tests {
     use super::*;
     use fastrand::Rng;
+    use std::net::Ipv4Addr;
 
     /// The textbook RFC 1071 algorithm, one 16-bit word at a time, as a reference.
     fn reference_checksum(data: &[u8]) -> u16 {

@@ -171,7 +171,7 @@ impl Bench {
         let snapshot = Snapshot::build(self.inputs.clone()).map_err(|e| e.to_string())?;
         let ifaces = vec![
             Managed::pod("pod0", self.t.pod_a.iface),
-            Managed::uplink(self.t.node.uplink),
+            Managed::uplink("uplink", self.t.node.uplink),
         ];
         let dp = Dataplane::start(config, ifaces, snapshot)?;
         let frame = self.frame(size);

@@ -102,7 +102,9 @@ impl KxdpNode {
             ..Config::default()
         };
         edit(&mut config);
-        Dataplane::start(config, ifaces, snapshot).map(KxdpNode)
+        Dataplane::start(config, ifaces, snapshot)
+            .map(KxdpNode)
+            .map_err(String::from)
     }
 
     /// The pipeline's counters, summed over workers, read while they run.

@@ -54,20 +54,91 @@ pub const OBJECT_PATH: &str = concat!(env!("OUT_DIR"), "/kxdp.bpf.o");
 /// The program's section name.
 pub const PROGRAM: &str = "kxdp_steer";
 
-/// Why the program could not be loaded, filled or run.
+/// Why the program could not be loaded, filled, attached or run.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
-    /// libbpf refused (no CAP_BPF / CAP_NET_ADMIN, memlock too low, verifier...).
-    #[error("{what}: {source} (loading XDP needs root or CAP_BPF and CAP_NET_ADMIN)")]
+    /// libbpf refused (no CAP_BPF / CAP_NET_ADMIN, memlock too low, verifier...). Only a
+    /// refusal for want of privilege says how to run.
+    #[error("{what}: {source}{}", privilege_hint(source))]
     Bpf {
         /// What was being done.
         what: String,
         /// libbpf's error.
         source: libbpf_rs::Error,
     },
+    /// The interface's XDP hook already holds a program that is not ours (the kernel answers
+    /// EBUSY or EEXIST to the attach); it has to go before kxdp can attach.
+    #[error("interface {ifindex} already has another XDP program attached: {program}")]
+    Occupied {
+        /// The interface.
+        ifindex: u32,
+        /// The program there.
+        program: ForeignProgram,
+    },
     /// The object lacks a map or program this crate expects.
     #[error("the XDP object has no {0}")]
     Missing(&'static str),
+}
+
+fn privilege_hint(e: &libbpf_rs::Error) -> &'static str {
+    match e.kind() {
+        libbpf_rs::ErrorKind::PermissionDenied => {
+            " (loading XDP needs root or CAP_BPF and CAP_NET_ADMIN)"
+        }
+        _ => "",
+    }
+}
+
+/// A program attached to an interface's XDP hook by someone else, as the kernel describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignProgram {
+    /// Its BPF program id (`bpftool prog show id N`).
+    pub id: u32,
+    /// Its name (the kernel keeps 15 characters), empty if it could not be read.
+    pub name: String,
+    /// The mode it runs in.
+    pub mode: XdpMode,
+    /// The BPF link that holds it, if one does; without one it was attached through netlink,
+    /// as `ip link set dev IFACE xdp obj FILE` does.
+    pub link: Option<u32>,
+}
+
+impl ForeignProgram {
+    /// How an operator removes it from interface `interface`.
+    pub fn how_to_remove(&self, interface: &str) -> String {
+        match self.link {
+            Some(link) => format!(
+                "it is held by BPF link {link} of a running process: stop that process, or \
+                 `bpftool link detach id {link}`"
+            ),
+            None => {
+                let mode = match self.mode {
+                    XdpMode::Native => "xdpdrv",
+                    XdpMode::Generic => "xdpgeneric",
+                    XdpMode::Offloaded => "xdpoffload",
+                    XdpMode::Multiple => "xdp",
+                };
+                format!("remove it with `ip link set dev {interface} {mode} off`")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ForeignProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.name.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.name
+        };
+        let mode = match self.mode {
+            XdpMode::Native => "native mode",
+            XdpMode::Generic => "generic mode",
+            XdpMode::Offloaded => "offloaded",
+            XdpMode::Multiple => "several modes",
+        };
+        write!(f, "id {}, name {name}, {mode}", self.id)
+    }
 }
 
 /// The [`XdpError::Bpf`] for a libbpf call that failed while doing `what`, in the shape
@@ -421,8 +492,9 @@ impl Steering {
 /// attached until the attachment is dropped or the process exits (a BPF link).
 ///
 /// # Errors
-/// [`XdpError::Missing`] if `obj` has no program `name`; [`XdpError::Bpf`] if the kernel
-/// refuses the attachment or the query of its mode.
+/// [`XdpError::Missing`] if `obj` has no program `name`; [`XdpError::Occupied`] if another
+/// program holds the interface's hook; [`XdpError::Bpf`] if the kernel refuses the attachment
+/// otherwise, or the query of its mode.
 pub fn attach_program(
     obj: &Object,
     name: &'static str,
@@ -433,19 +505,66 @@ pub fn attach_program(
         .find(|p| p.name() == name)
         .ok_or(XdpError::Missing(name))?;
     let index = i32::try_from(ifindex).expect("ifindex fits in i32");
-    let link = prog
-        .attach_xdp(index)
-        .map_err(bpf(format!("attaching {name} to interface {ifindex}")))?;
-    let info = libbpf_rs::Xdp::new(prog.as_fd())
-        .query(index, libbpf_rs::XdpFlags::NONE)
-        .map_err(bpf(format!("querying interface {ifindex}")))?;
-    let mode = match u32::from(info.attach_mode) {
+    let query = || {
+        libbpf_rs::Xdp::new(prog.as_fd())
+            .query(index, libbpf_rs::XdpFlags::NONE)
+            .map_err(bpf(format!("querying interface {ifindex}")))
+    };
+    let link = match prog.attach_xdp(index) {
+        Ok(link) => link,
+        Err(source) => {
+            // The kernel refuses a link over any program already there (EBUSY, or EEXIST
+            // when it runs in the other mode); libbpf-rs keeps the errno out of reach, so ask
+            // the hook itself whether that is why.
+            return Err(
+                match query().ok().and_then(|q| foreign_program(ifindex, &q)) {
+                    Some(program) => XdpError::Occupied { ifindex, program },
+                    None => XdpError::Bpf {
+                        what: format!("attaching {name} to interface {ifindex}"),
+                        source,
+                    },
+                },
+            );
+        }
+    };
+    let mode = attach_mode(&query()?);
+    Ok(Attachment { _link: link, mode })
+}
+
+fn attach_mode(q: &libbpf_rs::libbpf_sys::bpf_xdp_query_opts) -> XdpMode {
+    match u32::from(q.attach_mode) {
         libbpf_rs::libbpf_sys::XDP_ATTACHED_DRV => XdpMode::Native,
         libbpf_rs::libbpf_sys::XDP_ATTACHED_SKB => XdpMode::Generic,
         libbpf_rs::libbpf_sys::XDP_ATTACHED_HW => XdpMode::Offloaded,
         _ => XdpMode::Multiple,
-    };
-    Ok(Attachment { _link: link, mode })
+    }
+}
+
+/// The program on interface `ifindex`'s hook as `q` reports it, with its name and the link
+/// holding it (found among all programs and links: this needs the privilege attaching took).
+fn foreign_program(
+    ifindex: u32,
+    q: &libbpf_rs::libbpf_sys::bpf_xdp_query_opts,
+) -> Option<ForeignProgram> {
+    let id = [q.prog_id, q.drv_prog_id, q.skb_prog_id, q.hw_prog_id]
+        .into_iter()
+        .find(|id| *id != 0)?;
+    let name = libbpf_rs::query::ProgInfoIter::default()
+        .find(|p| p.id == id)
+        .map(|p| p.name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let link = libbpf_rs::query::LinkInfoIter::default()
+        .find(|l| {
+            l.prog_id == id
+                && matches!(l.info, libbpf_rs::query::LinkTypeInfo::Xdp(ref x) if x.ifindex == ifindex)
+        })
+        .map(|l| l.id);
+    Some(ForeignProgram {
+        id,
+        name,
+        mode: attach_mode(q),
+        link,
+    })
 }
 
 /// Entry `key` of a per-CPU array map of u64 counters, summed over CPUs (a missing entry

@@ -124,6 +124,49 @@ pub enum Change {
     Publish(Arc<Snapshot>, Vec<(std::net::Ipv4Addr, u16)>),
 }
 
+/// Why the dataplane did not start. Whoever starts it decides by [`StartError::may_pass`]
+/// whether to try again later or give up.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// Another XDP program holds an interface's hook. It may go (an agent being replaced
+    /// detaches its program when it exits; an operator removes it), so this may pass.
+    #[error(
+        "interface {interface}: another XDP program is attached ({program}); kxdp does not \
+         share an interface's XDP hook: {}", program.how_to_remove(interface)
+    )]
+    Occupied {
+        /// The interface.
+        interface: String,
+        /// The program there.
+        program: crate::ForeignProgram,
+    },
+    /// Something that may pass by itself: an interface missing for now, an rx queue still
+    /// held by another AF_XDP socket (EBUSY), a thread slow to report.
+    #[error("{0}")]
+    Transient(String),
+    /// Something that will not pass by trying again: the program refused (privilege,
+    /// verifier), a core that cannot be pinned, memory for the UMEMs.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl StartError {
+    /// Whether trying again later may succeed.
+    pub fn may_pass(&self) -> bool {
+        !matches!(self, StartError::Fatal(_))
+    }
+}
+
+impl From<StartError> for String {
+    fn from(e: StartError) -> String {
+        e.to_string()
+    }
+}
+
+fn fatal(e: impl std::fmt::Display) -> StartError {
+    StartError::Fatal(e.to_string())
+}
+
 /// What a worker shares with everyone: its counters.
 #[derive(Clone, Debug)]
 pub struct WorkerStats {
@@ -216,7 +259,7 @@ enum Command {
     Add(
         Managed,
         u32,
-        mpsc::Sender<Result<Option<(u32, i32)>, String>>,
+        mpsc::Sender<Result<Option<(u32, i32)>, StartError>>,
     ),
     Remove(InterfaceId, mpsc::Sender<()>),
 }
@@ -226,12 +269,13 @@ const WORKER_REPLY: Duration = Duration::from_secs(10);
 
 impl Dataplane {
     /// Start the dataplane over `ifaces` with `snapshot`. Returns once the program is attached
-    /// and every worker's sockets are bound and registered, or with why not.
+    /// and every worker's sockets are bound and registered, or with why not (and whether that
+    /// may pass).
     pub fn start(
         config: Config,
         ifaces: Vec<Managed>,
         snapshot: impl Into<Arc<Snapshot>>,
-    ) -> Result<Dataplane, String> {
+    ) -> Result<Dataplane, StartError> {
         let snapshot = snapshot.into();
         assert!(
             !config.workers.is_empty() && config.workers.len() <= MAX_QUEUES as usize,
@@ -252,7 +296,7 @@ impl Dataplane {
                         config, ifaces, snapshot, ct, started, stop, ready_tx, changes_rx,
                     )
                 })
-                .map_err(|e| format!("spawning the control thread: {e}"))?
+                .map_err(|e| fatal(format!("spawning the control thread: {e}")))?
         };
         let mut dp = Dataplane {
             stop,
@@ -266,7 +310,14 @@ impl Dataplane {
         };
         let ready = ready_rx
             .recv_timeout(Duration::from_secs(30))
-            .map_err(|e| format!("the control thread did not report: {e}"));
+            .map_err(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => {
+                    StartError::Transient("the control thread did not report within 30 s".into())
+                }
+                mpsc::RecvTimeoutError::Disconnected => {
+                    fatal("the control thread ended without reporting")
+                }
+            });
         match ready {
             Ok(Ok((workers, modes, decisions))) => {
                 dp.workers = workers;
@@ -278,7 +329,7 @@ impl Dataplane {
                 // Join to surface a panic's message rather than a closed channel.
                 let joined = dp.control.take().map(JoinHandle::join);
                 match joined {
-                    Some(Err(_)) => Err(format!("{e} (the control thread panicked)")),
+                    Some(Err(_)) => Err(fatal(format!("{e} (the control thread panicked)"))),
                     _ => Err(e),
                 }
             }
@@ -379,7 +430,7 @@ pub fn sum_counters(values: impl Iterator<Item = CounterValues>) -> CounterValue
     total
 }
 
-type Ready = Result<(Vec<WorkerStats>, Vec<(String, XdpMode)>, Arc<Decisions>), String>;
+type Ready = Result<(Vec<WorkerStats>, Vec<(String, XdpMode)>, Arc<Decisions>), StartError>;
 
 /// A worker thread seen from the control thread.
 struct WorkerHandle {
@@ -399,13 +450,21 @@ struct Control {
 
 impl Control {
     /// Attach the program to `m` and have every worker open its socket there.
-    fn add(&mut self, m: &Managed) -> Result<XdpMode, String> {
-        let index = ifindex(&m.name).map_err(|e| format!("interface {}: {e}", m.name))?;
+    fn add(&mut self, m: &Managed) -> Result<XdpMode, StartError> {
+        // The interface may come back (or be renamed back): worth another try.
+        let index = ifindex(&m.name)
+            .map_err(|e| StartError::Transient(format!("interface {}: {e}", m.name)))?;
         let base = self.next_base;
         self.steering
             .set_interface(index, m.role, base)
-            .map_err(|e| e.to_string())?;
-        let link = self.steering.attach(index).map_err(|e| e.to_string())?;
+            .map_err(fatal)?;
+        let link = self.steering.attach(index).map_err(|e| match e {
+            crate::XdpError::Occupied { program, .. } => StartError::Occupied {
+                interface: m.name.clone(),
+                program,
+            },
+            other => fatal(format!("interface {}: {other}", m.name)),
+        })?;
         let mode = link.mode;
         self.links.push((m.id, link));
         self.next_base += MAX_QUEUES;
@@ -414,17 +473,15 @@ impl Control {
             let (tx, rx) = mpsc::channel();
             w.commands
                 .send(Command::Add(m.clone(), base, tx))
-                .map_err(|_| "a worker has stopped".to_owned())?;
+                .map_err(|_| fatal("a worker has stopped"))?;
             replies.push(rx);
         }
         for rx in replies {
-            let reply = rx
-                .recv_timeout(WORKER_REPLY)
-                .map_err(|e| format!("a worker did not open {}: {e}", m.name))??;
+            let reply = rx.recv_timeout(WORKER_REPLY).map_err(|e| {
+                StartError::Transient(format!("a worker did not open {}: {e}", m.name))
+            })??;
             if let Some((slot, fd)) = reply {
-                self.steering
-                    .register_socket(slot, fd)
-                    .map_err(|e| e.to_string())?;
+                self.steering.register_socket(slot, fd).map_err(fatal)?;
             }
         }
         Ok(mode)
@@ -491,12 +548,12 @@ fn control(
     ready: mpsc::Sender<Ready>,
     changes: mpsc::Receiver<ChangeRequest>,
 ) -> Result<(), String> {
-    let setup = (|| -> Result<_, String> {
+    let setup = (|| -> Result<_, StartError> {
         if let Some(ns) = &config.netns {
-            enter_netns(ns).map_err(|e| format!("entering namespace {ns}: {e}"))?;
+            enter_netns(ns).map_err(|e| fatal(format!("entering namespace {ns}: {e}")))?;
         }
-        let steering = Steering::load().map_err(|e| e.to_string())?;
-        steering.sync(&snapshot).map_err(|e| e.to_string())?;
+        let steering = Steering::load().map_err(fatal)?;
+        steering.sync(&snapshot).map_err(fatal)?;
         let snap = Arc::new(ArcSwap::new(snapshot));
         let mut ctl = Control {
             steering,
@@ -526,14 +583,14 @@ fn control(
             let thread = std::thread::Builder::new()
                 .name(format!("kxdp-worker-{q}"))
                 .spawn(move || run_worker(w, rx, stats_tx))
-                .map_err(|e| format!("spawning worker {q}: {e}"))?;
+                .map_err(|e| fatal(format!("spawning worker {q}: {e}")))?;
             ctl.workers.push(WorkerHandle {
                 commands: tx,
                 thread,
             });
             let s = stats_rx
                 .recv_timeout(WORKER_REPLY)
-                .map_err(|e| format!("worker {q} did not start: {e}"))??;
+                .map_err(|e| StartError::Transient(format!("worker {q} did not start: {e}")))??;
             stats.push(s);
         }
         // The first socket on each worker's UMEM stays bound until the UMEM goes (see
@@ -548,7 +605,7 @@ fn control(
         for m in ordered {
             modes.push((m.name.clone(), ctl.add(m)?));
         }
-        let decisions = ctl.steering.decisions().map_err(|e| e.to_string())?;
+        let decisions = ctl.steering.decisions().map_err(fatal)?;
         Ok((ctl, stats, modes, Arc::new(decisions)))
     })();
     let mut ctl = match setup {
@@ -558,8 +615,9 @@ fn control(
         }
         Err(e) => {
             stop.store(true, Relaxed);
-            let _ = ready.send(Err(e.clone()));
-            return Err(e);
+            let message = e.to_string();
+            let _ = ready.send(Err(e));
+            return Err(message);
         }
     };
     let mut result = Ok(());
@@ -618,27 +676,29 @@ struct WorkerSetup {
 fn run_worker(
     w: WorkerSetup,
     commands: mpsc::Receiver<Command>,
-    stats: mpsc::Sender<Result<WorkerStats, String>>,
+    stats: mpsc::Sender<Result<WorkerStats, StartError>>,
 ) -> Result<(), String> {
     let q = w.queue;
-    let setup = (|| -> Result<_, String> {
+    let setup = (|| -> Result<_, StartError> {
         if let Some(ns) = &w.netns {
-            enter_netns(ns).map_err(|e| format!("worker {q}: entering namespace {ns}: {e}"))?;
+            enter_netns(ns)
+                .map_err(|e| fatal(format!("worker {q}: entering namespace {ns}: {e}")))?;
         }
         if let Some(core) = w.core {
             crate::pin_current_thread(core)
-                .map_err(|e| format!("worker {q}: pinning to core {core}: {e}"))?;
+                .map_err(|e| fatal(format!("worker {q}: pinning to core {core}: {e}")))?;
         }
         // One UMEM for all of the worker's sockets, unless each is to have its own.
         w.shared_umem
-            .then(|| Umem::new(w.port).map_err(|e| format!("worker {q}: UMEM: {e}")))
+            .then(|| Umem::new(w.port).map_err(|e| fatal(format!("worker {q}: UMEM: {e}"))))
             .transpose()
     })();
     let umem = match setup {
         Ok(u) => u,
         Err(e) => {
-            let _ = stats.send(Err(e.clone()));
-            return Err(e);
+            let message = e.to_string();
+            let _ = stats.send(Err(e));
+            return Err(message);
         }
     };
     let mut worker = Worker::new(Vec::new(), Arc::new(Counters::new()));
@@ -675,14 +735,22 @@ fn run_worker(
 }
 
 /// Worker `q`'s socket on `m` (on the worker's UMEM if given, else on its own), or none if `m`
-/// has no queue `q`.
+/// has no queue `q`. A queue another AF_XDP socket still holds (EBUSY) or an interface that
+/// went away may pass; anything else will not.
 fn open(
     m: &Managed,
     q: u32,
     umem: Option<&std::rc::Rc<Umem>>,
     config: PortConfig,
-) -> Result<Option<Port>, String> {
-    let queues = rx_queues(&m.name).map_err(|e| format!("{}: reading its queues: {e}", m.name))?;
+) -> Result<Option<Port>, StartError> {
+    let classify = |e: std::io::Error, what: String| match crate::xsk::errno(&e) {
+        Some(libc::EBUSY | libc::ENODEV | libc::ENXIO) => {
+            StartError::Transient(format!("{what}: {e}"))
+        }
+        _ => fatal(format!("{what}: {e}")),
+    };
+    let queues =
+        rx_queues(&m.name).map_err(|e| classify(e, format!("{}: reading its queues", m.name)))?;
     if q >= queues {
         return Ok(None);
     }
@@ -699,5 +767,5 @@ fn open(
         None => Port::open(&m.name, q, config),
     };
     port.map(Some)
-        .map_err(|e| format!("{} queue {q}: {e}", m.name))
+        .map_err(|e| classify(e, format!("{} queue {q}", m.name)))
 }

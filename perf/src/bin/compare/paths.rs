@@ -243,7 +243,9 @@ impl Bench {
                     Managed::pod("pod0", self.t.pod_a.iface),
                     Managed::uplink("uplink", self.t.node.uplink),
                 ];
-                Dataplane::start(config, ifaces, snapshot).map(Running::Dataplane)
+                Dataplane::start(config, ifaces, snapshot)
+                    .map(Running::Dataplane)
+                    .map_err(String::from)
             }
         }
     }

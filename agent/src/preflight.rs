@@ -2,15 +2,16 @@
 //! and attach XDP programs and bind AF_XDP sockets, enough locked memory for the UMEMs, and
 //! the interfaces it is told to drive. Each failure names what is missing and how to run.
 
-use std::ffi::CString;
+use caps::{CapSet, Capability as Cap};
+use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
 
-/// A capability, by its number in `linux/capability.h`.
+/// A capability the agent needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capability {
     /// Its name, as `setcap` and `capsh` spell it.
     pub name: &'static str,
-    /// Its bit.
-    pub bit: u32,
+    /// The capability.
+    pub cap: Cap,
     /// Why kxdp needs it.
     pub why: &'static str,
 }
@@ -20,23 +21,20 @@ pub struct Capability {
 pub const NEEDED: [Capability; 3] = [
     Capability {
         name: "cap_net_admin",
-        bit: 12,
+        cap: Cap::CAP_NET_ADMIN,
         why: "to attach XDP programs and bind AF_XDP sockets",
     },
     Capability {
         name: "cap_net_raw",
-        bit: 13,
+        cap: Cap::CAP_NET_RAW,
         why: "to create AF_XDP sockets",
     },
     Capability {
         name: "cap_bpf",
-        bit: 39,
+        cap: Cap::CAP_BPF,
         why: "to load the XDP program and create its maps",
     },
 ];
-
-const CAP_IPC_LOCK: u32 = 14;
-const CAP_SYS_ADMIN: u32 = 21;
 
 /// Why the agent cannot start.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -68,38 +66,25 @@ pub enum PreflightError {
     NoInterface(String),
 }
 
-/// The effective capability set of this process.
-fn effective() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0)
+/// Whether this process has `cap` in its effective set (as capget(2) says; an error reads
+/// as no).
+fn has(cap: Cap) -> bool {
+    caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false)
 }
 
-/// The soft RLIMIT_MEMLOCK, `None` if unlimited.
+/// The soft RLIMIT_MEMLOCK, `None` if unlimited (or unreadable: the kernel then has the last
+/// word when the UMEMs are allocated).
 fn memlock_limit() -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `r` is a valid rlimit for getrlimit to fill.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) };
-    if rc != 0 || r.rlim_cur == libc::RLIM_INFINITY {
-        return None;
-    }
-    Some(r.rlim_cur)
+    let (soft, _) = getrlimit(Resource::RLIMIT_MEMLOCK).ok()?;
+    (soft != RLIM_INFINITY).then_some(soft)
 }
 
 /// Check that this process may run the dataplane: `umem_bytes` of locked memory in all, on
 /// `interfaces` (names in this network namespace). Returns every problem found.
 pub fn check(interfaces: &[String], umem_bytes: u64) -> Vec<PreflightError> {
-    let caps = effective();
-    let has = |bit: u32| caps & (1u64 << bit) != 0;
     let mut problems = Vec::new();
     for c in NEEDED {
-        let granted = has(c.bit) || (c.name == "cap_bpf" && has(CAP_SYS_ADMIN));
+        let granted = has(c.cap) || (c.cap == Cap::CAP_BPF && has(Cap::CAP_SYS_ADMIN));
         if !granted {
             problems.push(PreflightError::Capability {
                 name: c.name,
@@ -108,7 +93,7 @@ pub fn check(interfaces: &[String], umem_bytes: u64) -> Vec<PreflightError> {
         }
     }
     if let Some(limit) = memlock_limit() {
-        if limit < umem_bytes && !has(CAP_IPC_LOCK) {
+        if limit < umem_bytes && !has(Cap::CAP_IPC_LOCK) {
             problems.push(PreflightError::Memlock {
                 limit,
                 needed: umem_bytes,
@@ -116,13 +101,29 @@ pub fn check(interfaces: &[String], umem_bytes: u64) -> Vec<PreflightError> {
         }
     }
     for name in interfaces {
-        let exists = CString::new(name.as_str()).is_ok_and(|c| {
-            // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-            unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-        });
-        if !exists {
+        if nix::net::if_::if_nametoindex(name.as_str()).is_err() {
             problems.push(PreflightError::NoInterface(name.clone()));
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_interface_is_named_and_capabilities_are_read() {
+        let problems = check(&["lo".into(), "nope0".into()], 0);
+        assert!(
+            problems.contains(&PreflightError::NoInterface("nope0".into())),
+            "{problems:?}"
+        );
+        assert!(!problems.contains(&PreflightError::NoInterface("lo".into())));
+        // Whatever this process holds, the capability checks agree with capget(2).
+        let missing_admin = problems.iter().any(
+            |p| matches!(p, PreflightError::Capability { name, .. } if *name == "cap_net_admin"),
+        );
+        assert_eq!(missing_admin, !has(Cap::CAP_NET_ADMIN));
+    }
 }

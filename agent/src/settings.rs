@@ -139,7 +139,15 @@ fn config_error(field: &str, problem: impl std::fmt::Display) -> AgentError {
 
 impl AgentArgs {
     /// Merge flags and environment (already in `self`) over the config file and the defaults.
+    /// `--cores` must name CPUs this process may run on.
     pub fn resolve(self) -> Result<AgentConfig, AgentError> {
+        let usable = usable_cpus();
+        self.resolve_on(usable.as_deref())
+    }
+
+    /// [`AgentArgs::resolve`] on a machine whose usable CPUs are `usable` (not checked when
+    /// `None`: the kernel would not say).
+    fn resolve_on(self, usable: Option<&[usize]>) -> Result<AgentConfig, AgentError> {
         let file = match &self.config {
             None => AgentArgs::default(),
             Some(path) => {
@@ -167,11 +175,13 @@ impl AgentArgs {
         };
         let cores = match self.cores.or(file.cores) {
             None => vec![None],
-            Some(list) => parse_cores(&list)
-                .map_err(|e| config_error("--cores", e))?
-                .into_iter()
-                .map(Some)
-                .collect(),
+            Some(list) => {
+                let cores = parse_cores(&list).map_err(|e| config_error("--cores", e))?;
+                if let Some(usable) = usable {
+                    check_cores(&cores, usable).map_err(|e| config_error("--cores", e))?;
+                }
+                cores.into_iter().map(Some).collect()
+            }
         };
         let spin_us = self.spin_us.or(file.spin_us);
         let mode = match self.mode.or(file.mode).as_deref() {
@@ -286,6 +296,57 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
     Ok(cores)
 }
 
+/// The CPUs this process may run on: online, and in its affinity mask (which a container's
+/// cpuset narrows); `None` if the kernel does not say.
+pub fn usable_cpus() -> Option<Vec<usize>> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|c| set.is_set(*c).unwrap_or(false))
+        .collect();
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+/// Every core of `cores` must be one of `usable`: a worker pinned elsewhere cannot start.
+fn check_cores(cores: &[usize], usable: &[usize]) -> Result<(), String> {
+    let outside: Vec<usize> = cores
+        .iter()
+        .copied()
+        .filter(|c| !usable.contains(c))
+        .collect();
+    if outside.is_empty() {
+        return Ok(());
+    }
+    let (it, verb) = if outside.len() == 1 {
+        ("CPU", "is")
+    } else {
+        ("CPUs", "are")
+    };
+    Err(format!(
+        "{it} {} {verb} not online or not allowed to this process; the CPUs it may use are {}",
+        cpu_list(&outside),
+        cpu_list(usable)
+    ))
+}
+
+/// `cpus` (sorted) as the kernel writes a CPU list: `0-3,6`.
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
 /// The locked memory `workers` workers' UMEMs take (one UMEM each, `PortConfig::default()`).
 pub fn umem_bytes(workers: usize) -> u64 {
     let umem = PortConfig::default();
@@ -344,6 +405,31 @@ mod tests {
     }
 
     #[test]
+    fn cores_must_be_cpus_this_process_may_use() {
+        let mut a = args();
+        a.cores = Some("0,99".into());
+        let e = a
+            .clone()
+            .resolve_on(Some(&[0, 1, 2, 3, 6]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--cores")
+                && e.contains("CPU 99 is not online")
+                && e.contains("the CPUs it may use are 0-3,6"),
+            "{e}"
+        );
+        a.cores = Some("1-2".into());
+        let c = a.clone().resolve_on(Some(&[0, 1, 2, 3])).unwrap();
+        assert_eq!(c.cores, vec![Some(1), Some(2)]);
+        assert_eq!(cpu_list(&[0, 2, 3, 4, 7]), "0,2-4,7");
+        // This machine's own CPUs all pass.
+        let here = usable_cpus().expect("the kernel lists this process's CPUs");
+        a.cores = Some(cpu_list(&here));
+        assert!(a.resolve().is_ok());
+    }
+
+    #[test]
     fn cores_parse_as_lists_and_ranges() {
         assert_eq!(parse_cores("0,2-3").unwrap(), vec![0, 2, 3]);
         assert!(parse_cores("1,1").unwrap_err().contains("twice"));
@@ -366,7 +452,7 @@ mod tests {
             uplink: Some("ens9".into()),
             ..AgentArgs::default()
         }
-        .resolve()
+        .resolve_on(Some(&[0, 1]))
         .unwrap();
         assert_eq!(c.node, "from-file");
         assert_eq!(c.uplink, "ens9");

@@ -673,3 +673,16 @@ fn agent_refuses_to_start_without_capabilities_memory_or_its_uplink() {
         "{err}"
     );
 }
+
+#[test]
+fn cores_the_machine_does_not_have_are_refused_before_anything_runs() {
+    // Refused while the configuration is read: before preflight, the uplink or any XDP.
+    let (code, _, err) = kxdp(&["agent", "--node", "n", "--uplink", "nope0", "--cores", "99"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("configuration: --cores: CPU 99 is not online")
+            && err.contains("the CPUs it may use are 0"),
+        "{err}"
+    );
+    assert!(!err.contains("preflight"), "{err}");
+}

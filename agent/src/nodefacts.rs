@@ -1,244 +1,609 @@
-//! What the agent reads from the node's kernel: the uplink's MAC, MTU and IPv4 address, the
-//! default gateway, and the underlay neighbours the kernel has resolved. All of it is read in
-//! the calling thread's network namespace (`getifaddrs`, an ioctl, `/proc/net`), so an agent
-//! started with `ip netns exec` or `nsenter --net` sees its node's view.
+//! What the agent reads from the node's kernel, over rtnetlink: its links (index, name, MAC,
+//! MTU, whether up, a veth's peer), the uplink's IPv4 address, the default gateway and the
+//! underlay neighbours; and, from [`watch`], the kernel's notifications when links and
+//! neighbours change, so the agent reacts instead of polling.
+//!
+//! A netlink socket belongs to the network namespace of the thread that opens it: an agent
+//! started with `ip netns exec` or `nsenter --net` sees its node's view. Each connection's I/O
+//! runs as a task on the calling tokio runtime, so both [`NodeNet::connect`] and [`watch`]
+//! must be called from inside one.
+//!
+//! Neighbours are resolved by the kernel's own machinery: [`NodeNet::solicit`] sends
+//! `RTM_NEWNEIGH` with `NTF_USE`, which creates the entry if needed and makes the kernel send
+//! its ARP request on the given interface (as a packet to that address would), and the answer
+//! shows up as a neighbour notification.
 
-use std::ffi::CStr;
+use std::collections::BTreeMap;
 use std::io;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr};
 
+use futures_util::stream::{Stream, StreamExt, TryStreamExt};
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::sys::AsyncSocket;
+use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 
-/// An interface as the kernel describes it.
+/// Why a node fact could not be read. Each names the interface and what is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFactsError {
+    /// No interface of that name in this network namespace.
+    #[error("interface {0} does not exist (in this network namespace)")]
+    NoInterface(String),
+    /// The interface has no Ethernet address.
+    #[error("interface {0} has no MAC address")]
+    NoMac(String),
+    /// The interface has no peer.
+    #[error("interface {0} is not a veth (it has no peer)")]
+    NotVeth(String),
+    /// The veth's other end is in another namespace.
+    #[error(
+        "the peer of {0} is not in this network namespace: the host interface pairs kxdp \
+         with this node's own stack"
+    )]
+    PeerElsewhere(String),
+    /// The netlink socket could not be opened.
+    #[error("opening a netlink socket: {0}")]
+    Socket(io::Error),
+    /// The kernel refused a request.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was asked.
+        what: String,
+        /// The kernel's or the library's answer.
+        source: rtnetlink::Error,
+    },
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NodeFactsError {
+    let what = what.into();
+    move |source| NodeFactsError::Netlink { what, source }
+}
+
+/// The errno of a kernel refusal.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// A link as the kernel describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Its index.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// Its MAC address, if it has an Ethernet one.
+    pub mac: Option<EthernetAddress>,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Whether it is administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Whether it is a veth.
+    pub veth: bool,
+    /// The index of the link it is tied to (`IFLA_LINK`: a veth's peer), if another.
+    pub peer: Option<u32>,
+    /// Whether that link is in another network namespace (`IFLA_LINK_NETNSID`).
+    pub peer_elsewhere: bool,
+}
+
+impl Link {
+    /// Read a link message (`RTM_NEWLINK`); `None` if it has no name.
+    pub fn from_message(m: &LinkMessage) -> Option<Link> {
+        let mut link = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: 0,
+            up: m.header.flags.contains(LinkFlags::Up),
+            veth: false,
+            peer: None,
+            peer_elsewhere: false,
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(b) if b.len() == 6 => {
+                    link.mac = Some(EthernetAddress::from_bytes(b));
+                }
+                LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::Link(peer) if *peer != 0 && *peer != m.header.index => {
+                    link.peer = Some(*peer);
+                }
+                LinkAttribute::LinkNetNsId(_) => link.peer_elsewhere = true,
+                LinkAttribute::LinkInfo(infos) => {
+                    link.veth |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                }
+                _ => {}
+            }
+        }
+        (!link.name.is_empty()).then_some(link)
+    }
+}
+
+/// An interface as the start-up reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InterfaceInfo {
+    /// Its index.
+    pub index: u32,
     /// Its MAC address.
     pub mac: EthernetAddress,
     /// Its MTU.
     pub mtu: u16,
-    /// Its first IPv4 address with the prefix, if it has one.
+    /// Its first (primary) IPv4 address with the prefix, if it has one.
     pub ipv4: Option<Ipv4Cidr>,
 }
 
-/// Read interface `name`.
-pub fn interface(name: &str) -> io::Result<InterfaceInfo> {
-    let mut mac = None;
-    let mut ipv4 = None;
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `list` is a valid out pointer; the list is freed below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(io::Error::last_os_error());
+/// A netlink connection for requests, in the calling thread's network namespace.
+#[derive(Clone, Debug)]
+pub struct NodeNet {
+    handle: Handle,
+}
+
+impl NodeNet {
+    /// Open it; its I/O runs as a task on the current tokio runtime.
+    pub fn connect() -> Result<NodeNet, NodeFactsError> {
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(NodeFactsError::Socket)?;
+        tokio::spawn(connection);
+        Ok(NodeNet { handle })
     }
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a non-null element of the list getifaddrs returned, alive until
-        // freeifaddrs.
-        let entry = unsafe { &*cur };
-        cur = entry.ifa_next;
-        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: `ifa_name` is a NUL-terminated string owned by the list.
-        let entry_name = unsafe { CStr::from_ptr(entry.ifa_name) };
-        if entry_name.to_bytes() != name.as_bytes() {
-            continue;
-        }
-        // SAFETY: `ifa_addr` is non-null and points at a sockaddr of the list.
-        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
-        match family {
-            libc::AF_PACKET => {
-                // SAFETY: an AF_PACKET address is a sockaddr_ll.
-                let ll = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_ll) };
-                if ll.sll_halen == 6 {
-                    let mut b = [0u8; 6];
-                    b.copy_from_slice(&ll.sll_addr[..6]);
-                    mac = Some(EthernetAddress(b));
-                }
+
+    /// Link `name`.
+    pub async fn link(&self, name: &str) -> Result<Link, NodeFactsError> {
+        let mut found = self.handle.link().get().match_name(name).execute();
+        match found.try_next().await {
+            Ok(Some(m)) => {
+                Link::from_message(&m).ok_or_else(|| NodeFactsError::NoInterface(name.into()))
             }
-            libc::AF_INET if ipv4.is_none() && !entry.ifa_netmask.is_null() => {
-                // SAFETY: an AF_INET address is a sockaddr_in.
-                let addr = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-                // SAFETY: its netmask, non-null, is one too.
-                let mask = unsafe { &*(entry.ifa_netmask as *const libc::sockaddr_in) };
-                let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-                let prefix = u32::from_be(mask.sin_addr.s_addr).count_ones() as u8;
-                ipv4 = Some(Ipv4Cidr::new(ip, prefix));
+            Ok(None) => Err(NodeFactsError::NoInterface(name.into())),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => {
+                Err(NodeFactsError::NoInterface(name.into()))
             }
-            _ => {}
+            Err(e) => Err(netlink(format!("reading interface {name}"))(e)),
         }
     }
-    // SAFETY: `list` came from getifaddrs and is freed once, after the last use of it.
-    unsafe { libc::freeifaddrs(list) };
-    let mac = mac.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("interface {name} does not exist (or has no MAC address)"),
-        )
-    })?;
-    Ok(InterfaceInfo {
-        mac,
-        mtu: mtu(name)?,
-        ipv4,
-    })
+
+    /// The link with index `index`, if there is one.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NodeFactsError> {
+        let mut found = self.handle.link().get().match_index(index).execute();
+        match found.try_next().await {
+            Ok(m) => Ok(m.as_ref().and_then(Link::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(netlink(format!("reading interface {index}"))(e)),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>, NodeFactsError> {
+        let messages: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("listing the interfaces"))?;
+        Ok(messages.iter().filter_map(Link::from_message).collect())
+    }
+
+    /// Interface `name`: index, MAC, MTU and first IPv4 address.
+    pub async fn interface(&self, name: &str) -> Result<InterfaceInfo, NodeFactsError> {
+        let link = self.link(name).await?;
+        let mac = link.mac.ok_or_else(|| NodeFactsError::NoMac(name.into()))?;
+        let addresses: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(link.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink(format!("reading the addresses of {name}")))?;
+        Ok(InterfaceInfo {
+            index: link.index,
+            mac,
+            mtu: link.mtu.min(u32::from(u16::MAX)) as u16,
+            ipv4: first_ipv4(&addresses, link.index),
+        })
+    }
+
+    /// The name of the other end of veth `name`, which must be in this namespace too.
+    pub async fn veth_peer(&self, name: &str) -> Result<String, NodeFactsError> {
+        let link = self.link(name).await?;
+        let Some(peer) = link.peer else {
+            return Err(NodeFactsError::NotVeth(name.into()));
+        };
+        if link.peer_elsewhere {
+            return Err(NodeFactsError::PeerElsewhere(name.into()));
+        }
+        match self.link_by_index(peer).await? {
+            Some(p) if p.peer == Some(link.index) && !p.peer_elsewhere => Ok(p.name),
+            _ => Err(NodeFactsError::PeerElsewhere(name.into())),
+        }
+    }
+
+    /// The default IPv4 gateway through interface `index`, from the main routing table.
+    pub async fn default_gateway(&self, index: u32) -> Result<Option<Ipv4Addr>, NodeFactsError> {
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("reading the IPv4 routes"))?;
+        Ok(default_gateway(&routes, index))
+    }
+
+    /// The neighbours the kernel has resolved on interface `index`.
+    pub async fn neighbors(
+        &self,
+        index: u32,
+    ) -> Result<BTreeMap<Ipv4Addr, EthernetAddress>, NodeFactsError> {
+        let entries: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("reading the neighbour table"))?;
+        Ok(entries
+            .iter()
+            .filter_map(Neighbor::from_message)
+            .filter(|n| n.ifindex == index)
+            .filter_map(|n| Some((n.ip, n.mac?)))
+            .collect())
+    }
+
+    /// Have the kernel resolve `ip` on interface `index`: `RTM_NEWNEIGH` with `NTF_USE`
+    /// creates the entry if there is none and sends the ARP request, on that interface only.
+    pub async fn solicit(&self, index: u32, ip: Ipv4Addr) -> Result<(), NodeFactsError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink(format!("resolving {ip} on interface {index}")))
+    }
 }
 
-/// The name of the other end of veth `name`, which must be in this namespace too (read from
-/// `/sys/class/net/<name>/iflink`, the peer's interface index).
-pub fn veth_peer(name: &str) -> io::Result<String> {
-    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
-    let read = |dev: &str, file: &str| -> io::Result<u32> {
-        let path = format!("/sys/class/net/{dev}/{file}");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("interface {dev}: {path}: {e}")))?;
-        text.trim()
-            .parse()
-            .map_err(|_| invalid(format!("interface {dev}: {file} is {text:?}")))
-    };
-    // An interface whose iflink is its own index has no peer.
-    let (index, peer) = (read(name, "ifindex")?, read(name, "iflink")?);
-    if peer == index || peer == 0 {
-        return Err(invalid(format!(
-            "interface {name} is not a veth (it has no peer)"
-        )));
-    }
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires.
-    let named = unsafe { libc::if_indextoname(peer, buf.as_mut_ptr()) };
-    if named.is_null() {
-        return Err(invalid(format!(
-            "the peer of {name} (interface {peer}) is not in this network namespace: the host \
-             interface pairs kxdp with this node's own stack"
-        )));
-    }
-    // SAFETY: if_indextoname succeeded, so `buf` holds a NUL-terminated name.
-    let peer_name = unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned();
-    // The index is the peer's in its own namespace: the interface that has it here is the
-    // peer only if it points back.
-    if read(&peer_name, "iflink")? != index {
-        return Err(invalid(format!(
-            "the peer of {name} is not in this network namespace: the host interface pairs \
-             kxdp with this node's own stack"
-        )));
-    }
-    Ok(peer_name)
+/// The first IPv4 address of interface `index` among `addresses`, primary ones first.
+fn first_ipv4(addresses: &[AddressMessage], index: u32) -> Option<Ipv4Cidr> {
+    addresses
+        .iter()
+        .filter(|a| a.header.index == index && a.header.family == AddressFamily::Inet)
+        .min_by_key(|a| a.header.flags.contains(AddressHeaderFlags::Secondary))
+        .and_then(|a| {
+            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the far end's on a
+            // point-to-point link).
+            let local = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let address = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            Some(Ipv4Cidr::new(local.or(address)?, a.header.prefix_len))
+        })
 }
 
-fn mtu(name: &str) -> io::Result<u16> {
-    // SAFETY: a plain socket call; the descriptor is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req
-        .ifr_name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *d = s as libc::c_char;
-    }
-    // SAFETY: `req` is a valid ifreq naming the interface; SIOCGIFMTU fills ifru_mtu.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
-    let err = io::Error::last_os_error();
-    // SAFETY: `fd` is ours and closed once.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(err);
-    }
-    // SAFETY: after SIOCGIFMTU the union holds the MTU.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    Ok(mtu.clamp(0, i32::from(u16::MAX)) as u16)
-}
-
-/// The default IPv4 gateway through `dev`, from the kernel's routing table.
-pub fn default_gateway(dev: &str) -> Option<Ipv4Addr> {
-    let table = std::fs::read_to_string("/proc/net/route").ok()?;
-    parse_default_gateway(&table, dev)
-}
-
-fn parse_default_gateway(table: &str, dev: &str) -> Option<Ipv4Addr> {
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (iface, dest, gw, mask) = (f.first()?, f.get(1)?, f.get(2)?, f.get(7)?);
-        if *iface != dev || *dest != "00000000" || *mask != "00000000" {
+/// The gateway of the main table's IPv4 default route out of interface `index`.
+fn default_gateway(routes: &[RouteMessage], index: u32) -> Option<Ipv4Addr> {
+    routes.iter().find_map(|r| {
+        let table = r
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(r.header.table));
+        if r.header.address_family != AddressFamily::Inet
+            || r.header.destination_prefix_length != 0
+            || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+        {
             return None;
         }
-        // /proc/net/route prints each address as the hex of its native-endian word.
-        let gw = u32::from_str_radix(gw, 16).ok()?;
-        (gw != 0).then(|| Ipv4Addr::from(gw.to_ne_bytes()))
+        let oif = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if oif != Some(index) {
+            return None;
+        }
+        r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => Some(*gw),
+            _ => None,
+        })
     })
 }
 
-/// The neighbours the kernel has resolved on `dev` (complete entries of `/proc/net/arp`).
-pub fn neighbors(dev: &str) -> Vec<(Ipv4Addr, EthernetAddress)> {
-    let table = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
-    parse_arp(&table, dev)
+/// An IPv4 neighbour entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Neighbor {
+    /// The interface it is on.
+    pub ifindex: u32,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC address while the entry is usable (reachable, stale, being confirmed, or
+    /// permanent: the kernel's `NUD_VALID`, what `/proc/net/arp` calls complete); `None`
+    /// while it is being resolved or has failed.
+    pub mac: Option<EthernetAddress>,
 }
 
-fn parse_arp(table: &str, dev: &str) -> Vec<(Ipv4Addr, EthernetAddress)> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (ip, flags, mac, iface) = (f.first()?, f.get(2)?, f.get(3)?, f.get(5)?);
-            let complete = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()? & 0x2;
-            if *iface != dev || complete == 0 {
-                return None;
+impl Neighbor {
+    /// Read a neighbour message (`RTM_NEWNEIGH`); `None` unless it is an IPv4 entry.
+    pub fn from_message(m: &NeighbourMessage) -> Option<Neighbor> {
+        if m.header.family != AddressFamily::Inet {
+            return None;
+        }
+        let ip = m.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        })?;
+        let valid = matches!(
+            m.header.state,
+            NeighbourState::Reachable
+                | NeighbourState::Stale
+                | NeighbourState::Delay
+                | NeighbourState::Probe
+                | NeighbourState::Permanent
+                | NeighbourState::Noarp
+        );
+        let mac = m.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                Some(EthernetAddress::from_bytes(b))
             }
-            Some((ip.parse().ok()?, kxdp_control::model::parse_mac(mac)?))
+            _ => None,
+        });
+        Some(Neighbor {
+            ifindex: m.header.ifindex,
+            ip,
+            mac: mac.filter(|_| valid),
         })
-        .collect()
+    }
 }
 
-/// Have the kernel resolve `ip`'s MAC address: send it one empty datagram to the discard
-/// port, which makes the kernel ask with ARP (the answer then shows in [`neighbors`]).
-pub fn solicit(ip: Ipv4Addr) {
-    if let Ok(s) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {
-        let _ = s.send_to(&[], (ip, 9));
+/// A change the kernel announced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A link appeared or changed (`RTM_NEWLINK`).
+    Link(Link),
+    /// A link went away (`RTM_DELLINK`).
+    LinkGone {
+        /// Its index.
+        index: u32,
+        /// Its name.
+        name: String,
+    },
+    /// A neighbour entry appeared or changed (`RTM_NEWNEIGH`).
+    Neighbor(Neighbor),
+    /// A neighbour entry went away (`RTM_DELNEIGH`).
+    NeighborGone {
+        /// The interface it was on.
+        ifindex: u32,
+        /// Its address.
+        ip: Ipv4Addr,
+    },
+}
+
+impl NodeEvent {
+    /// Read a notification; `None` for what the agent does not follow.
+    pub fn from_message(m: &RouteNetlinkMessage) -> Option<NodeEvent> {
+        match m {
+            RouteNetlinkMessage::NewLink(l) => Link::from_message(l).map(NodeEvent::Link),
+            RouteNetlinkMessage::DelLink(l) => Link::from_message(l).map(|l| NodeEvent::LinkGone {
+                index: l.index,
+                name: l.name,
+            }),
+            RouteNetlinkMessage::NewNeighbour(n) => {
+                Neighbor::from_message(n).map(NodeEvent::Neighbor)
+            }
+            RouteNetlinkMessage::DelNeighbour(n) => {
+                Neighbor::from_message(n).map(|n| NodeEvent::NeighborGone {
+                    ifindex: n.ifindex,
+                    ip: n.ip,
+                })
+            }
+            _ => None,
+        }
     }
+}
+
+/// How much the kernel may queue for the watcher before it drops notifications (it then
+/// tells the socket ENOBUFS, and the stream ends; the agent resyncs and watches again).
+const WATCH_BUFFER: usize = 4 << 20;
+
+/// Subscribe to link and neighbour notifications (`RTNLGRP_LINK`, `RTNLGRP_NEIGH`) in the
+/// calling thread's network namespace. Subscribe before reading the tables, so no change
+/// falls between the two. The stream ends if the socket fails (notifications were lost).
+pub fn watch() -> Result<impl Stream<Item = NodeEvent> + Unpin, NodeFactsError> {
+    let (mut connection, _handle, messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Neigh])
+            .map_err(NodeFactsError::Socket)?;
+    // Best effort: the default buffer (about 200 KiB) holds a few thousand notifications.
+    let _ = connection
+        .socket_mut()
+        .socket_mut()
+        .set_rx_buf_sz(WATCH_BUFFER);
+    tokio::spawn(connection);
+    Ok(messages.filter_map(|(m, _)| {
+        std::future::ready(match m.payload {
+            NetlinkPayload::InnerMessage(inner) => NodeEvent::from_message(&inner),
+            _ => None,
+        })
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_route::neighbour::NeighbourHeader;
+    use netlink_packet_route::route::RouteType;
 
-    #[test]
-    fn default_route_is_read_from_the_kernel_table() {
-        let table =
-            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
-                     uplink\t00000000\t010012C6\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
-                     uplink\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
-        assert_eq!(
-            parse_default_gateway(table, "uplink"),
-            Some(Ipv4Addr::new(198, 18, 0, 1))
-        );
-        assert_eq!(parse_default_gateway(table, "eth0"), None);
+    fn link_message(index: u32, name: &str, up: bool) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        if up {
+            m.header.flags = LinkFlags::Up;
+        }
+        m.attributes = vec![
+            LinkAttribute::IfName(name.into()),
+            LinkAttribute::Address(vec![2, 0, 0xc6, 0x12, 0, 0x0a]),
+            LinkAttribute::Mtu(1500),
+        ];
+        m
     }
 
     #[test]
-    fn only_complete_arp_entries_of_the_interface_count() {
-        let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
-                     198.18.0.11      0x1         0x2         02:00:c6:12:00:0b     *        uplink\n\
-                     198.18.0.12      0x1         0x0         00:00:00:00:00:00     *        uplink\n\
-                     198.18.0.13      0x1         0x2         02:00:c6:12:00:0d     *        eth9\n";
+    fn a_veth_link_is_read_with_its_peer() {
+        let mut m = link_message(7, "host0", true);
+        m.attributes.push(LinkAttribute::Link(8));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Veth,
+            )]));
+        let l = Link::from_message(&m).unwrap();
         assert_eq!(
-            parse_arp(table, "uplink"),
-            vec![(
-                Ipv4Addr::new(198, 18, 0, 11),
-                EthernetAddress([2, 0, 0xc6, 0x12, 0, 0x0b])
-            )]
+            l,
+            Link {
+                index: 7,
+                name: "host0".into(),
+                mac: Some(EthernetAddress([2, 0, 0xc6, 0x12, 0, 0x0a])),
+                mtu: 1500,
+                up: true,
+                veth: true,
+                peer: Some(8),
+                peer_elsewhere: false,
+            }
         );
+        // IFLA_LINK naming itself (as a plain device's does) is no peer.
+        let mut plain = link_message(3, "uplink", false);
+        plain.attributes.push(LinkAttribute::Link(3));
+        let l = Link::from_message(&plain).unwrap();
+        assert_eq!((l.peer, l.up, l.veth), (None, false, false));
+        let mut elsewhere = m.clone();
+        elsewhere.attributes.push(LinkAttribute::LinkNetNsId(0));
+        assert!(Link::from_message(&elsewhere).unwrap().peer_elsewhere);
+    }
+
+    fn route(dst_len: u8, table: u8, oif: u32, gw: Option<Ipv4Addr>) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.destination_prefix_length = dst_len;
+        r.header.table = table;
+        r.header.kind = RouteType::Unicast;
+        r.attributes.push(RouteAttribute::Oif(oif));
+        if let Some(gw) = gw {
+            r.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        }
+        r
     }
 
     #[test]
-    fn loopback_is_read_and_a_missing_interface_is_named() {
-        let lo = interface("lo").unwrap();
-        assert!(lo.mtu > 0);
-        let err = interface("nosuchif0").unwrap_err();
+    fn the_default_route_of_the_main_table_through_the_uplink_is_the_gateway() {
+        let gw = Ipv4Addr::new(198, 18, 0, 1);
+        let routes = [
+            route(24, RouteHeader::RT_TABLE_MAIN, 2, None),
+            route(0, 100, 2, Some(Ipv4Addr::new(198, 18, 0, 9))),
+            route(
+                0,
+                RouteHeader::RT_TABLE_MAIN,
+                5,
+                Some(Ipv4Addr::new(10, 0, 0, 1)),
+            ),
+            route(0, RouteHeader::RT_TABLE_MAIN, 2, Some(gw)),
+        ];
+        assert_eq!(default_gateway(&routes, 2), Some(gw));
+        assert_eq!(default_gateway(&routes, 9), None);
+    }
+
+    fn neighbour(state: NeighbourState, ip: Ipv4Addr, mac: Option<[u8; 6]>) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header = NeighbourHeader {
+            family: AddressFamily::Inet,
+            ifindex: 2,
+            state,
+            ..NeighbourHeader::default()
+        };
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        if let Some(mac) = mac {
+            m.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        }
+        m
+    }
+
+    #[test]
+    fn only_usable_neighbour_entries_have_a_mac() {
+        let ip = Ipv4Addr::new(198, 18, 0, 11);
+        let mac = [2, 0, 0xc6, 0x12, 0, 0x0b];
+        for state in [
+            NeighbourState::Reachable,
+            NeighbourState::Stale,
+            NeighbourState::Delay,
+            NeighbourState::Probe,
+            NeighbourState::Permanent,
+        ] {
+            let n = Neighbor::from_message(&neighbour(state, ip, Some(mac))).unwrap();
+            assert_eq!(n.mac, Some(EthernetAddress(mac)), "{state:?}");
+        }
+        for state in [NeighbourState::Incomplete, NeighbourState::Failed] {
+            let n = Neighbor::from_message(&neighbour(state, ip, Some(mac))).unwrap();
+            assert_eq!(n.mac, None, "{state:?}");
+        }
+        let n = Neighbor::from_message(&neighbour(NeighbourState::Incomplete, ip, None)).unwrap();
+        assert_eq!((n.ifindex, n.ip, n.mac), (2, ip, None));
+    }
+
+    #[test]
+    fn notifications_become_events() {
+        let new = RouteNetlinkMessage::NewLink(link_message(9, "kx0", true));
+        assert!(matches!(NodeEvent::from_message(&new), Some(NodeEvent::Link(l)) if l.index == 9));
+        let gone = RouteNetlinkMessage::DelLink(link_message(9, "kx0", false));
+        assert_eq!(
+            NodeEvent::from_message(&gone),
+            Some(NodeEvent::LinkGone {
+                index: 9,
+                name: "kx0".into()
+            })
+        );
+        let ip = Ipv4Addr::new(198, 18, 0, 11);
+        let del = RouteNetlinkMessage::DelNeighbour(neighbour(NeighbourState::Stale, ip, None));
+        assert_eq!(
+            NodeEvent::from_message(&del),
+            Some(NodeEvent::NeighborGone { ifindex: 2, ip })
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn loopback_is_read_and_a_missing_interface_is_named() {
+        let net = NodeNet::connect().unwrap();
+        let lo = net.link("lo").await.unwrap();
+        assert!(lo.mtu > 0 && lo.index > 0);
+        assert_eq!(net.link_by_index(lo.index).await.unwrap(), Some(lo.clone()));
+        assert!(net.links().await.unwrap().contains(&lo));
+        let err = net.interface("nosuchif0").await.unwrap_err();
         assert!(err.to_string().contains("nosuchif0"), "{err}");
+        let err = net.veth_peer("lo").await.unwrap_err();
+        assert!(err.to_string().contains("lo is not a veth"), "{err}");
     }
 }

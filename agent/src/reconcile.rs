@@ -1,7 +1,14 @@
 //! The agent's reconciler: it owns the compiler and the dataplane, makes each compiled
 //! snapshot live (starting the dataplane with the first one), serves exactly the pod
-//! interfaces the live snapshot has and the kernel shows, keeps underlay neighbours resolved,
-//! and retires draining endpoints once conntrack holds no flow to them.
+//! interfaces the live snapshot has and the kernel shows up, follows the underlay neighbours
+//! the kernel resolved, and retires draining endpoints once conntrack holds no flow to them.
+//!
+//! It does no I/O toward the kernel's tables itself: the run loop feeds it what netlink says
+//! ([`Agent::link_changed`], [`Agent::neighbor_changed`], and whole tables on a resync) and
+//! asks it which next hops to resolve ([`Agent::missing_neighbors`]). A dataplane that cannot
+//! start for a reason that may pass (another XDP program on the uplink, an rx queue still
+//! held) is tried again with a bounded backoff ([`Agent::retry_at`]) while `/readyz` says why;
+//! one that cannot start for good ends the agent with the cause.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -12,18 +19,47 @@ use kxdp_control::compile::{Compiled, Compiler, NodeSettings};
 use kxdp_control::model::Model;
 use kxdp_dataplane::conntrack::ConntrackConfig;
 use kxdp_dataplane::tables::InterfaceId;
+use kxdp_dataplane::wire::EthernetAddress;
 use kxdp_dataplane::Snapshot;
-use kxdp_xdp::runtime::{Change, Config as DataplaneConfig, Dataplane, Managed};
+use kxdp_xdp::runtime::{Change, Config as DataplaneConfig, Dataplane, Managed, StartError};
 use kxdp_xdp::worker::Mode;
 use kxdp_xdp::IfRole;
 
 use crate::admin::{AdminState, DataplaneView};
-use crate::nodefacts;
+use crate::nodefacts::{Link, Neighbor};
 use crate::settings::{AgentConfig, AgentError};
 
 /// The uplink's and the host interface's numbers in every snapshot the agent builds.
 pub(crate) const UPLINK: InterfaceId = InterfaceId(0);
 pub(crate) const HOST: InterfaceId = InterfaceId(1);
+
+/// The first wait before starting the dataplane again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// When to try starting the dataplane again: after `RETRY_FIRST`, doubling up to `RETRY_MAX`.
+#[derive(Debug, Default)]
+struct Backoff {
+    next: Option<Instant>,
+    delay: Duration,
+}
+
+impl Backoff {
+    /// A try failed: the wait before the next one.
+    fn failed(&mut self, now: Instant) -> Duration {
+        self.delay = if self.delay.is_zero() {
+            RETRY_FIRST
+        } else {
+            (self.delay * 2).min(RETRY_MAX)
+        };
+        self.next = Some(now + self.delay);
+        self.delay
+    }
+
+    fn succeeded(&mut self) {
+        *self = Backoff::default();
+    }
+}
 
 /// The loop's state: the compiler and what the dataplane serves.
 pub(crate) struct Agent {
@@ -38,6 +74,14 @@ pub(crate) struct Agent {
     served: BTreeMap<String, (InterfaceId, u32)>,
     /// Pod interfaces the live snapshot has.
     wanted: Vec<(String, InterfaceId)>,
+    /// The namespace's links as netlink reported them: name to (ifindex, up).
+    links: BTreeMap<String, (u32, bool)>,
+    /// A pod interface could not be added: try again on the next housekeeping round.
+    retry_adds: bool,
+    /// The uplink's ifindex, and the neighbours the kernel has resolved on it.
+    uplink_index: u32,
+    neighbors: BTreeMap<Ipv4Addr, EthernetAddress>,
+    start_retry: Backoff,
     pub(crate) live: Option<Arc<Snapshot>>,
     modes: BTreeMap<String, String>,
     state: Arc<AdminState>,
@@ -48,6 +92,7 @@ impl Agent {
     pub(crate) fn new(
         config: &AgentConfig,
         settings: NodeSettings,
+        uplink_index: u32,
         state: Arc<AdminState>,
     ) -> Agent {
         Agent {
@@ -60,6 +105,11 @@ impl Agent {
             dataplane: None,
             served: BTreeMap::new(),
             wanted: Vec::new(),
+            links: BTreeMap::new(),
+            retry_adds: false,
+            uplink_index,
+            neighbors: BTreeMap::new(),
+            start_retry: Backoff::default(),
             live: None,
             modes: BTreeMap::new(),
             state,
@@ -68,13 +118,19 @@ impl Agent {
     }
 
     /// Compile the model and make the result live (starting the dataplane the first time).
-    pub(crate) fn publish(&mut self, model: &mut Model, noticed: Instant) {
+    /// Fails only when the dataplane cannot start for good; a start that may succeed later
+    /// is scheduled again ([`Agent::retry_at`]) and reported through the admin state.
+    pub(crate) fn publish(
+        &mut self,
+        model: &mut Model,
+        noticed: Instant,
+    ) -> Result<(), AgentError> {
         let compiled = match self.compiler.compile(model) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "not published");
                 self.state.set_error(e.to_string());
-                return;
+                return Ok(());
             }
         };
         for p in &compiled.problems {
@@ -86,7 +142,30 @@ impl Agent {
         let result = if self.dataplane.is_some() {
             self.update(compiled)
         } else {
-            self.start(compiled)
+            self.start_retry.next = None;
+            match self.start(compiled) {
+                Ok(problems) => {
+                    self.start_retry.succeeded();
+                    Ok(problems)
+                }
+                Err(e) if e.may_pass() => {
+                    let delay = self.start_retry.failed(Instant::now());
+                    tracing::error!(
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "the dataplane did not start; trying again"
+                    );
+                    self.state.set_error(format!(
+                        "the dataplane did not start: {e} (trying again in {delay:?})"
+                    ));
+                    return Ok(());
+                }
+                Err(e) => {
+                    let why = format!("the dataplane cannot start: {e}");
+                    self.state.set_error(why.clone());
+                    return Err(AgentError::Other(why));
+                }
+            }
         };
         match result {
             Ok(problems) => {
@@ -107,9 +186,23 @@ impl Agent {
                 self.state.set_error(e);
             }
         }
+        Ok(())
     }
 
-    fn start(&mut self, compiled: Compiled) -> Result<Vec<String>, String> {
+    /// When to try starting the dataplane again, if a start failed in a way that may pass.
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        self.start_retry.next
+    }
+
+    /// Whether pod interface `name` exists and is up, and its ifindex.
+    fn link_up(&self, name: &str) -> Option<u32> {
+        match self.links.get(name) {
+            Some((index, true)) => Some(*index),
+            _ => None,
+        }
+    }
+
+    fn start(&mut self, compiled: Compiled) -> Result<Vec<String>, StartError> {
         let mut ifaces = vec![Managed {
             name: self.uplink.clone(),
             id: UPLINK,
@@ -124,7 +217,7 @@ impl Agent {
         }
         let mut served = BTreeMap::new();
         for (name, id) in &compiled.interfaces {
-            if let Ok(index) = kxdp_xdp::ifindex(name) {
+            if let Some(index) = self.link_up(name) {
                 ifaces.push(Managed::pod(name, *id));
                 served.insert(name.clone(), (*id, index));
             }
@@ -138,8 +231,7 @@ impl Agent {
             },
             ..DataplaneConfig::default()
         };
-        let dp = Dataplane::start(config, ifaces, Arc::clone(&compiled.snapshot))
-            .map_err(|e| format!("starting the dataplane: {e}"))?;
+        let dp = Dataplane::start(config, ifaces, Arc::clone(&compiled.snapshot))?;
         for (name, mode) in dp.modes() {
             self.modes
                 .insert(name.clone(), format!("{mode:?}").to_lowercase());
@@ -171,8 +263,8 @@ impl Agent {
         Ok(compiled.problems)
     }
 
-    /// Serve exactly the wanted interfaces that exist, with the live snapshot; publish it
-    /// (with a UDP flush) when `flush` is given.
+    /// Serve exactly the wanted interfaces that exist and are up, with the live snapshot;
+    /// publish it (with a UDP flush) when `flush` is given.
     fn sync_interfaces(&mut self, flush: Option<Vec<(Ipv4Addr, u16)>>) -> Result<(), String> {
         let (Some(dp), Some(snap)) = (&self.dataplane, &self.live) else {
             return Ok(());
@@ -188,7 +280,7 @@ impl Agent {
             .iter()
             .filter(|(name, (id, index))| {
                 wanted.get(name.as_str()) != Some(id)
-                    || kxdp_xdp::ifindex(name).ok() != Some(*index)
+                    || self.links.get(name.as_str()).map(|l| l.0) != Some(*index)
             })
             .map(|(name, (id, _))| (name.clone(), *id))
             .collect();
@@ -198,11 +290,12 @@ impl Agent {
             tracing::info!(interface = %name, "pod interface released");
         }
         let mut added = false;
+        self.retry_adds = false;
         for (name, id) in &wanted {
             if self.served.contains_key(*name) {
                 continue;
             }
-            let Ok(index) = kxdp_xdp::ifindex(name) else {
+            let Some((index, true)) = self.links.get(*name).copied() else {
                 continue;
             };
             match dp.change(Change::Add(Managed::pod(name, *id), Arc::clone(snap))) {
@@ -211,8 +304,12 @@ impl Agent {
                     tracing::info!(interface = %name, "pod interface served");
                     added = true;
                 }
-                // It may have gone again; the next tick retries.
-                Err(e) => tracing::warn!(interface = %name, error = %e, "serving pod interface"),
+                // It may have gone again (then its removal comes as an event), or be busy
+                // for a moment: the next housekeeping round tries again.
+                Err(e) => {
+                    tracing::warn!(interface = %name, error = %e, "serving pod interface");
+                    self.retry_adds = true;
+                }
             }
         }
         if let Some(flush) = flush {
@@ -246,7 +343,132 @@ impl Agent {
         self.state.set_interfaces(list);
     }
 
-    /// The periodic work; true if the tables should be recompiled.
+    /// Whether a link change can matter: a pod interface the tables want or one served.
+    fn concerns(&self, name: &str) -> bool {
+        self.served.contains_key(name) || self.wanted.iter().any(|(n, _)| n == name)
+    }
+
+    fn sync_logged(&mut self) {
+        if let Err(e) = self.sync_interfaces(None) {
+            tracing::warn!(error = %e, "pod interfaces");
+        }
+    }
+
+    /// A link appeared or changed (`RTM_NEWLINK`): a wanted pod veth that is up is served at
+    /// once; one recreated under its name (a new ifindex) is released and served again.
+    pub(crate) fn link_changed(&mut self, link: &Link) {
+        // A rename keeps the index: the old name is gone.
+        let renamed: Vec<String> = self
+            .links
+            .iter()
+            .filter(|(name, (index, _))| *index == link.index && **name != link.name)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &renamed {
+            self.links.remove(name);
+        }
+        let before = self.links.insert(link.name.clone(), (link.index, link.up));
+        let changed = before != Some((link.index, link.up)) || !renamed.is_empty();
+        if changed && (self.concerns(&link.name) || renamed.iter().any(|n| self.concerns(n))) {
+            self.sync_logged();
+        }
+    }
+
+    /// A link went away (`RTM_DELLINK`).
+    pub(crate) fn link_gone(&mut self, index: u32, name: &str) {
+        if self.links.get(name).is_some_and(|l| l.0 == index) {
+            self.links.remove(name);
+            if self.concerns(name) {
+                self.sync_logged();
+            }
+        }
+    }
+
+    /// The whole link table, read again (at start and on the periodic resync, which covers
+    /// notifications the kernel dropped).
+    pub(crate) fn links_resynced(&mut self, links: &[Link]) {
+        let table: BTreeMap<String, (u32, bool)> = links
+            .iter()
+            .map(|l| (l.name.clone(), (l.index, l.up)))
+            .collect();
+        if table != self.links {
+            self.links = table;
+            self.sync_logged();
+        }
+    }
+
+    /// A neighbour entry changed (`RTM_NEWNEIGH`, `RTM_DELNEIGH` as `mac: None`); true if the
+    /// tables should be recompiled (an uplink neighbour's MAC came, went or changed).
+    pub(crate) fn neighbor_changed(&mut self, n: &Neighbor, model: &Model) -> bool {
+        if n.ifindex != self.uplink_index {
+            return false;
+        }
+        let before = match n.mac {
+            Some(mac) => self.neighbors.insert(n.ip, mac),
+            None => self.neighbors.remove(&n.ip),
+        };
+        before != n.mac && self.use_neighbors(model)
+    }
+
+    /// The uplink's neighbours, read again; true if the tables should be recompiled.
+    pub(crate) fn neighbors_resynced(
+        &mut self,
+        neighbors: BTreeMap<Ipv4Addr, EthernetAddress>,
+        model: &Model,
+    ) -> bool {
+        if neighbors == self.neighbors {
+            return false;
+        }
+        self.neighbors = neighbors;
+        self.use_neighbors(model)
+    }
+
+    /// Every neighbour the kernel knows on the uplink goes to the compiler: the next hops the
+    /// tables need, and the underlay hosts that reached this node (NodePort clients on the
+    /// subnet), whose ARP requests the kernel answered and learned from.
+    fn use_neighbors(&mut self, model: &Model) -> bool {
+        let known = self.neighbors.iter().map(|(ip, mac)| (*ip, *mac)).collect();
+        let recompile = self.compiler.set_neighbors(known);
+        if recompile {
+            let wanted = self.compiler.wanted_neighbors(model);
+            let resolved = wanted.iter().filter(|ip| self.neighbors.contains_key(ip));
+            tracing::info!(
+                resolved = resolved.count(),
+                wanted = wanted.len(),
+                "underlay neighbours changed"
+            );
+        }
+        self.report_neighbors(model);
+        recompile
+    }
+
+    fn report_neighbors(&self, model: &Model) {
+        let wanted = self.compiler.wanted_neighbors(model);
+        let resolved = wanted
+            .iter()
+            .filter(|ip| self.neighbors.contains_key(ip))
+            .count();
+        self.state
+            .set_neighbors_and_draining([wanted.len(), resolved], self.compiler.draining().count());
+    }
+
+    /// The next hops the tables need whose MAC the kernel has not resolved: the loop asks the
+    /// kernel to resolve them, and the answer comes back as a neighbour notification.
+    pub(crate) fn missing_neighbors(&self, model: &Model) -> Vec<Ipv4Addr> {
+        self.compiler
+            .wanted_neighbors(model)
+            .into_iter()
+            .filter(|ip| !self.neighbors.contains_key(ip))
+            .collect()
+    }
+
+    /// The uplink's ifindex.
+    pub(crate) fn uplink_index(&self) -> u32 {
+        self.uplink_index
+    }
+
+    /// The housekeeping round; true if the tables should be recompiled. Fails when the
+    /// dataplane stopped by itself.
     pub(crate) fn maintain(&mut self, model: &Model) -> Result<bool, AgentError> {
         if let Some(dp) = &self.dataplane {
             if !dp.running() {
@@ -254,31 +476,10 @@ impl Agent {
                 return Err(AgentError::Other("the dataplane stopped by itself".into()));
             }
         }
-        if let Err(e) = self.sync_interfaces(None) {
-            tracing::warn!(error = %e, "pod interfaces");
+        if self.retry_adds {
+            self.sync_logged();
         }
-        // Every neighbour the kernel knows on the uplink: the next hops the tables need, and
-        // the underlay hosts that reached this node (NodePort clients on the subnet), whose
-        // ARP requests the kernel answered and learned from.
-        let wanted = self.compiler.wanted_neighbors(model);
-        let known = nodefacts::neighbors(&self.uplink);
-        let missing: Vec<Ipv4Addr> = wanted
-            .iter()
-            .filter(|ip| !known.iter().any(|(k, _)| k == *ip))
-            .copied()
-            .collect();
-        for ip in &missing {
-            nodefacts::solicit(*ip);
-        }
-        let resolved = wanted.len() - missing.len();
-        let mut recompile = self.compiler.set_neighbors(known);
-        if recompile {
-            tracing::info!(
-                resolved,
-                wanted = wanted.len(),
-                "underlay neighbours changed"
-            );
-        }
+        let mut recompile = false;
         let draining: HashSet<(Ipv4Addr, u8, u16)> = self.compiler.draining().copied().collect();
         if let (false, Some(dp)) = (draining.is_empty(), &self.dataplane) {
             let with_flows = dp.conntrack().endpoints_with_flows(&draining);
@@ -291,8 +492,7 @@ impl Agent {
                 recompile = true;
             }
         }
-        self.state
-            .set_neighbors_and_draining([wanted.len(), resolved], self.compiler.draining().count());
+        self.report_neighbors(model);
         Ok(recompile)
     }
 
@@ -312,5 +512,22 @@ impl Agent {
             "stopped; XDP programs detached"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_retries_back_off_to_a_bound_and_start_over_after_success() {
+        let mut b = Backoff::default();
+        let t = Instant::now();
+        let waits: Vec<u64> = (0..7).map(|_| b.failed(t).as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+        assert_eq!(b.next, Some(t + RETRY_MAX));
+        b.succeeded();
+        assert_eq!(b.next, None);
+        assert_eq!(b.failed(t), RETRY_FIRST);
     }
 }

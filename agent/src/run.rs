@@ -13,18 +13,28 @@
 //!
 //! Then one loop owns the model, the compiler and the dataplane. A change from the source is
 //! compiled and published ([`Agent::publish`]); the dataplane starts with the first snapshot
-//! that compiles (it needs this node's Node object). Every half second the loop also:
-//! serves pod interfaces that appeared since (a CNI plugin creates a pod's veth after the API
-//! lists the pod), drops and re-adds those that were recreated, asks the kernel for the MAC
-//! addresses of underlay next hops and republishes when they change, and retires draining
-//! endpoints with no flow left. SIGINT and SIGTERM stop the workers and detach every XDP
-//! program before the agent exits; so does `--max-run`.
+//! that compiles (it needs this node's Node object). The loop also follows the kernel's
+//! netlink notifications: a pod interface is served as soon as its veth is up (a CNI plugin
+//! creates it after the API lists the pod), dropped and re-added when recreated, and a change
+//! of an uplink neighbour republishes the tables. After each publish and on the slow resync it
+//! asks the kernel to resolve the underlay next hops that are still missing. Every half second
+//! (housekeeping) it re-reads changed manifest files, retires draining endpoints with no flow
+//! left and checks that the dataplane still runs; every ten seconds (resync) it reads the link
+//! and neighbour tables whole, which covers notifications the kernel dropped.
+//!
+//! A dataplane that fails to start for a reason that may pass (another XDP program on the
+//! uplink, an rx queue still held by another socket) leaves the agent up but not ready, with
+//! the cause in `/readyz`, and is tried again with a bounded backoff; one that cannot start
+//! (the program refused, a core that cannot be pinned) ends the agent with the cause, as a
+//! dataplane that stops by itself does. SIGINT and SIGTERM stop the workers and detach every
+//! XDP program before the agent exits; so does `--max-run`.
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use kxdp_control::compile::NodeSettings;
 use kxdp_control::kube_source::{KubeSource, Watch};
 use kxdp_control::manifest::ManifestSource;
@@ -33,7 +43,7 @@ use kxdp_dataplane::tables::NodeConfig;
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 
 use crate::admin::AdminState;
-use crate::nodefacts;
+use crate::nodefacts::{self, NodeEvent, NodeNet};
 use crate::reconcile::{Agent, HOST, UPLINK};
 use crate::settings::{umem_bytes, AgentConfig, AgentError, SourceConfig};
 
@@ -41,8 +51,13 @@ use crate::settings::{umem_bytes, AgentConfig, AgentError, SourceConfig};
 /// the NodePort range, so the XDP program steers their replies by port alone.
 const MASQUERADE_PORTS: RangeInclusive<u16> = 61000..=65535;
 
-/// How often the loop looks after interfaces, neighbours and draining endpoints.
-const TICK: Duration = Duration::from_millis(500);
+/// How often the loop re-reads manifest files, retires draining endpoints, retries what
+/// failed and checks the dataplane.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+
+/// How often the loop reads the link and neighbour tables whole (notifications can be lost
+/// when the kernel's socket buffer overflows) and asks again for missing next hops.
+const RESYNC: Duration = Duration::from_secs(10);
 
 /// Run the agent until SIGINT, SIGTERM or `--max-run`.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
@@ -54,7 +69,22 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     if !problems.is_empty() {
         return Err(AgentError::Preflight(problems));
     }
-    let uplink = nodefacts::interface(&config.uplink)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Other(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(run_async(config))
+}
+
+/// The node as the kernel describes it: the uplink's index, and the compiler's settings.
+async fn node_settings(
+    config: &AgentConfig,
+    net: &NodeNet,
+) -> Result<(u32, NodeSettings), AgentError> {
+    let uplink = net
+        .interface(&config.uplink)
+        .await
         .map_err(|e| AgentError::Other(format!("uplink {}: {e}", config.uplink)))?;
     let address = uplink.ipv4.ok_or_else(|| {
         AgentError::Other(format!(
@@ -67,18 +97,26 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     let host_mac = match &config.host_interface {
         None => EthernetAddress([0; 6]),
         Some(name) => {
-            nodefacts::veth_peer(name)
-                .and_then(|peer| nodefacts::interface(&peer))
+            let kernel_end = async {
+                let peer = net.veth_peer(name).await?;
+                net.interface(&peer).await
+            };
+            kernel_end
+                .await
                 .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?
                 .mac
         }
     };
+    let gateway = net
+        .default_gateway(uplink.index)
+        .await
+        .map_err(|e| AgentError::Other(format!("uplink {}: {e}", config.uplink)))?;
     let settings = NodeSettings {
         node: NodeConfig {
             name: config.node.clone(),
             node_ips: vec![address.address()],
             uplink_subnet: Ipv4Cidr::new(address.network().address(), address.prefix_len()),
-            uplink_gateway: nodefacts::default_gateway(&config.uplink),
+            uplink_gateway: gateway,
             pod_cidr: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
             cluster_cidr: config.cluster_cidr,
             service_cidr: config.service_cidr,
@@ -106,12 +144,7 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         workers = config.cores.len(),
         "starting"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| AgentError::Other(format!("starting the async runtime: {e}")))?;
-    runtime.block_on(run_async(config, settings))
+    Ok((uplink.index, settings))
 }
 
 enum Source {
@@ -164,7 +197,31 @@ impl Source {
     }
 }
 
-async fn run_async(config: AgentConfig, settings: NodeSettings) -> Result<(), AgentError> {
+/// Ask the kernel to resolve each of `ips` on the uplink (failures are logged: the next
+/// resync asks again).
+async fn solicit(net: &NodeNet, uplink: u32, ips: Vec<Ipv4Addr>) {
+    for ip in ips {
+        if let Err(e) = net.solicit(uplink, ip).await {
+            tracing::warn!(error = %e, "resolving an underlay next hop");
+        }
+    }
+}
+
+/// Read the link and neighbour tables whole into `agent`; true if the tables should be
+/// recompiled.
+async fn resync(net: &NodeNet, agent: &mut Agent, model: &Model) -> Result<bool, AgentError> {
+    let read = |e: nodefacts::NodeFactsError| AgentError::Other(e.to_string());
+    let links = net.links().await.map_err(read)?;
+    let neighbors = net.neighbors(agent.uplink_index()).await.map_err(read)?;
+    Ok(tokio::task::block_in_place(|| {
+        agent.links_resynced(&links);
+        agent.neighbors_resynced(neighbors, model)
+    }))
+}
+
+async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
+    let net = NodeNet::connect().map_err(|e| AgentError::Other(e.to_string()))?;
+    let (uplink_index, settings) = node_settings(&config, &net).await?;
     let source_name = match config.source {
         SourceConfig::Manifests(_) => "manifests",
         SourceConfig::Kubernetes(_) => "kubernetes",
@@ -192,7 +249,10 @@ async fn run_async(config: AgentConfig, settings: NodeSettings) -> Result<(), Ag
             Source::Kube(Box::new(kube.clone().watch()), kube)
         }
     };
-    let mut agent = Agent::new(&config, settings, Arc::clone(&state));
+    let mut agent = Agent::new(&config, settings, uplink_index, Arc::clone(&state));
+    // Subscribe before the first read, so no change falls between the two.
+    let mut events = nodefacts::watch().map_err(|e| AgentError::Other(e.to_string()))?;
+    resync(&net, &mut agent, &model).await?;
     let mut annotated = matches!(source, Source::Files(_));
     if let Source::Files(_) = source {
         state.set_source(true, 0, None);
@@ -200,18 +260,31 @@ async fn run_async(config: AgentConfig, settings: NodeSettings) -> Result<(), Ag
     let mut dirty = matches!(source, Source::Files(_));
     let mut noticed = Instant::now();
     let deadline = config.max_run.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(TICK);
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    let mut resync_tick = tokio::time::interval(RESYNC);
+    resync_tick.reset();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| AgentError::Other(format!("SIGTERM handler: {e}")))?;
     let result = loop {
         // Nothing is published before the source has listed everything once.
         if dirty && source.synced() {
-            tokio::task::block_in_place(|| agent.publish(&mut model, noticed));
             dirty = false;
+            if let Err(e) = tokio::task::block_in_place(|| agent.publish(&mut model, noticed)) {
+                break Err(e);
+            }
+            // The tables may name next hops the kernel has yet to resolve.
+            solicit(&net, uplink_index, agent.missing_neighbors(&model)).await;
         }
         let until_deadline = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let retry_at = agent.retry_at();
+        let until_retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -229,7 +302,60 @@ async fn run_async(config: AgentConfig, settings: NodeSettings) -> Result<(), Ag
                 }
                 Err(e) => break Err(AgentError::Other(e)),
             },
-            _ = tick.tick() => {
+            event = events.next() => match event {
+                Some(NodeEvent::Link(link)) => {
+                    tokio::task::block_in_place(|| agent.link_changed(&link));
+                }
+                Some(NodeEvent::LinkGone { index, name }) => {
+                    tokio::task::block_in_place(|| agent.link_gone(index, &name));
+                }
+                Some(NodeEvent::Neighbor(n)) => {
+                    if agent.neighbor_changed(&n, &model) {
+                        noticed = Instant::now();
+                        dirty = true;
+                    }
+                }
+                Some(NodeEvent::NeighborGone { ifindex, ip }) => {
+                    let gone = nodefacts::Neighbor { ifindex, ip, mac: None };
+                    if agent.neighbor_changed(&gone, &model) {
+                        noticed = Instant::now();
+                        dirty = true;
+                    }
+                }
+                None => {
+                    // The socket failed (its buffer overflowed, say): watch again, then read
+                    // everything, so nothing announced in between is missed.
+                    tracing::warn!("netlink notifications lost: watching again and resyncing");
+                    events = match nodefacts::watch() {
+                        Ok(events) => events,
+                        Err(e) => break Err(AgentError::Other(e.to_string())),
+                    };
+                    match resync(&net, &mut agent, &model).await {
+                        Ok(true) => {
+                            noticed = Instant::now();
+                            dirty = true;
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "resyncing the link and neighbour tables"),
+                    }
+                }
+            },
+            _ = until_retry => {
+                // Publishing again starts the dataplane again.
+                dirty = true;
+            }
+            _ = resync_tick.tick() => {
+                match resync(&net, &mut agent, &model).await {
+                    Ok(true) => {
+                        noticed = Instant::now();
+                        dirty = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "resyncing the link and neighbour tables"),
+                }
+                solicit(&net, uplink_index, agent.missing_neighbors(&model)).await;
+            }
+            _ = housekeeping.tick() => {
                 if source.reread(&mut model, &state) {
                     noticed = Instant::now();
                     dirty = true;

@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit bench bench-quick bench-table perf-forward perf-control perf demo walkthrough
+.PHONY: deps test lint unit bench bench-quick bench-table perf-forward perf-control perf-veth perf demo walkthrough
 
 deps:
 	@scripts/install-deps.sh
@@ -42,6 +42,12 @@ perf-forward: deps
 # latency, in process and through kube and the loopback API server. CONTROL_ARGS to resize.
 perf-control: deps
 	cargo run --release --locked -p kxdp-perf --bin control_scale -- $(CONTROL_ARGS)
+
+# How soon the agent serves a pod's veth once it appears (root): RTM_NEWLINK to served and to
+# the first packet through it, p50/p99/max over VETH_ARGS="--runs N" pods (default 20).
+perf-veth: deps
+	cargo build --release --locked -p kxdp-agent --bin kxdp
+	cargo run --release --locked -p kxdp-perf --bin veth_served -- $(VETH_ARGS)
 
 # kxdp against the kernel path (flannel VXLAN + kube-proxy nftables), side by side in one run,
 # with the veth path's ceilings (root): packets per second, CPU per packet, iperf3, latency.

@@ -435,7 +435,21 @@ type Ready = Result<(Vec<WorkerStats>, Vec<(String, XdpMode)>, Arc<Decisions>), 
 /// A worker thread seen from the control thread.
 struct WorkerHandle {
     commands: mpsc::Sender<Command>,
+    /// A datagram here wakes the worker from its poll to read `commands`.
+    waker: std::os::unix::net::UnixDatagram,
     thread: JoinHandle<Result<(), String>>,
+}
+
+impl WorkerHandle {
+    /// Hand the worker `command` and wake it.
+    fn send(&self, command: Command) -> Result<(), StartError> {
+        self.commands
+            .send(command)
+            .map_err(|_| fatal("a worker has stopped"))?;
+        // A full buffer means wake-ups are pending already.
+        let _ = self.waker.send(&[1]);
+        Ok(())
+    }
 }
 
 /// The control thread's state.
@@ -471,9 +485,7 @@ impl Control {
         let mut replies = Vec::new();
         for w in &self.workers {
             let (tx, rx) = mpsc::channel();
-            w.commands
-                .send(Command::Add(m.clone(), base, tx))
-                .map_err(|_| fatal("a worker has stopped"))?;
+            w.send(Command::Add(m.clone(), base, tx))?;
             replies.push(rx);
         }
         for rx in replies {
@@ -498,9 +510,7 @@ impl Control {
         let mut replies = Vec::new();
         for w in &self.workers {
             let (tx, rx) = mpsc::channel();
-            w.commands
-                .send(Command::Remove(id, tx))
-                .map_err(|_| "a worker has stopped".to_owned())?;
+            w.send(Command::Remove(id, tx))?;
             replies.push(rx);
         }
         for rx in replies {
@@ -567,7 +577,10 @@ fn control(
         for (q, core) in config.workers.iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let (stats_tx, stats_rx) = mpsc::channel();
+            let (waker, woken) = std::os::unix::net::UnixDatagram::pair()
+                .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
             let w = WorkerSetup {
+                woken,
                 queue: q as u32,
                 core: *core,
                 netns: config.netns.clone(),
@@ -586,6 +599,7 @@ fn control(
                 .map_err(|e| fatal(format!("spawning worker {q}: {e}")))?;
             ctl.workers.push(WorkerHandle {
                 commands: tx,
+                waker,
                 thread,
             });
             let s = stats_rx
@@ -660,6 +674,8 @@ fn now_since(started: WallClock) -> Instant {
 }
 
 struct WorkerSetup {
+    /// The worker's end of its waker pair.
+    woken: std::os::unix::net::UnixDatagram,
     queue: u32,
     core: Option<usize>,
     netns: Option<String>,
@@ -703,6 +719,12 @@ fn run_worker(
     };
     let mut worker = Worker::new(Vec::new(), Arc::new(Counters::new()));
     worker.set_forwarding(w.forwarding);
+    if let Err(e) = worker.set_waker(w.woken) {
+        let e = fatal(format!("worker {q}: its waker: {e}"));
+        let message = e.to_string();
+        let _ = stats.send(Err(e));
+        return Err(message);
+    }
     let _ = stats.send(Ok(WorkerStats {
         counters: Arc::clone(worker.counters()),
         io: Arc::clone(worker.io()),

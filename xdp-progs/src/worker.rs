@@ -185,6 +185,9 @@ pub struct Worker {
     /// When the worker's rounds started finding nothing; `None` while frames keep coming.
     /// Read at the turn from busy to idle only, so a busy worker never reads the clock for it.
     idle_since: Option<std::time::Instant>,
+    /// Readable when whoever drives the worker has a command for it: a sleeping worker wakes
+    /// for it at once instead of at its poll timeout.
+    waker: Option<std::os::unix::net::UnixDatagram>,
 }
 
 /// Where a frame of a batch goes.
@@ -207,7 +210,16 @@ impl Worker {
             io: Arc::new(IoCounters::default()),
             forwarding: process_batch,
             idle_since: None,
+            waker: None,
         }
+    }
+
+    /// Wake from [`Worker::wait`] whenever `waker` has a datagram (it is set non-blocking and
+    /// drained on waking). The other end of the pair is the driver's.
+    pub fn set_waker(&mut self, waker: std::os::unix::net::UnixDatagram) -> io::Result<()> {
+        waker.set_nonblocking(true)?;
+        self.waker = Some(waker);
+        Ok(())
     }
 
     /// Run `forwarding` on each batch instead of the pipeline (for the perf harness's
@@ -290,12 +302,15 @@ impl Worker {
                 Some(_) => timeout_ms,
             },
         };
-        let mut fds: ArrayVec<libc::pollfd, 64> = self
-            .ports
-            .iter()
+        use std::os::fd::AsRawFd;
+        let waker = self.waker.as_ref();
+        let mut fds: ArrayVec<libc::pollfd, 64> = waker
+            .map(|w| w.as_raw_fd())
+            .into_iter()
+            .chain(self.ports.iter().map(|(_, p)| p.fd()))
             .take(64)
-            .map(|(_, p)| libc::pollfd {
-                fd: p.fd(),
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -307,6 +322,11 @@ impl Worker {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e);
             }
+        }
+        // Woken for a command: empty the waker (a syscall per command, none per frame).
+        if let Some(w) = waker.filter(|_| fds[0].revents != 0) {
+            let mut byte = [0u8; 1];
+            while w.recv(&mut byte).is_ok() {}
         }
         Ok(())
     }
@@ -493,5 +513,32 @@ mod tests {
         let t = Clock::now();
         w.wait(Mode::BusyPoll).unwrap();
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_sleeping_worker_wakes_for_a_command() {
+        use std::os::unix::net::UnixDatagram;
+        use std::time::{Duration, Instant as Clock};
+        // No ports: without its waker the worker would sleep the whole 5 s.
+        let mut w = Worker::new(Vec::new(), Arc::new(Counters::new()));
+        let (waker, woken) = UnixDatagram::pair().unwrap();
+        w.set_waker(woken).unwrap();
+        let mode = Mode::Wakeup { timeout_ms: 5_000 };
+        let t = Clock::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                waker.send(&[1]).unwrap();
+                waker.send(&[1]).unwrap();
+            });
+            w.wait(mode).unwrap();
+        });
+        assert!(t.elapsed() < Duration::from_secs(2), "woken, not timed out");
+        // The second wake-up may have come after the first wait drained the waker: one more
+        // wait takes it. Then the waker is empty and a wait sleeps its (short) timeout.
+        w.wait(Mode::Wakeup { timeout_ms: 300 }).unwrap();
+        let t = Clock::now();
+        w.wait(Mode::Wakeup { timeout_ms: 300 }).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(250), "drained");
     }
 }

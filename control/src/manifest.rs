@@ -177,7 +177,8 @@ impl ManifestSource {
         ManifestSource { paths, seen }
     }
 
-    /// Whether any file changed (modification time or size) since the last load.
+    /// Whether any file changed (modification time or size) since the last load, good or bad:
+    /// files that failed to load are not worth reading again until they change.
     pub fn changed(&self) -> bool {
         self.paths
             .iter()
@@ -188,7 +189,12 @@ impl ManifestSource {
     /// Read every file and make `model` say exactly what they say. On any error the model is
     /// left as it was. Returns whether the model has changes to compile.
     pub fn load(&mut self, model: &mut Model) -> Result<bool, ManifestError> {
-        let stamps: Vec<_> = self.paths.iter().map(|p| stamp(p)).collect();
+        // Stamped before reading: a file written meanwhile reads as changed next time.
+        self.seen = self.paths.iter().map(|p| stamp(p)).collect();
+        self.load_all(model)
+    }
+
+    fn load_all(&self, model: &mut Model) -> Result<bool, ManifestError> {
         let mut objects = Vec::new();
         for p in &self.paths {
             let file = p.display().to_string();
@@ -213,7 +219,6 @@ impl ManifestSource {
             let errors = model.replace_kind(kind, &all);
             debug_assert!(errors.is_empty(), "converted once already: {errors:?}");
         }
-        self.seen = stamps;
         Ok(!model.is_clean())
     }
 }

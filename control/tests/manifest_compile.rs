@@ -371,6 +371,30 @@ fn a_changed_file_is_noticed_and_re_read() {
 }
 
 #[test]
+fn a_file_that_fails_to_load_is_not_read_again_until_it_changes() {
+    let text = std::fs::read_to_string(fixture()).unwrap();
+    let path = scratch("bad-reread", &text);
+    let mut model = Model::new();
+    let mut source = ManifestSource::new(vec![path.clone()]);
+    source.load(&mut model).unwrap();
+    model.take_changes();
+    std::fs::write(&path, text.replace("10.244.2.20", "10.244.2.2000")).unwrap();
+    assert!(source.changed());
+    source.load(&mut model).unwrap_err();
+    assert!(
+        !source.changed(),
+        "the agent's loop asks every tick: a bad file is read once per change"
+    );
+    assert!(
+        model.take_changes().services.is_empty(),
+        "the model is as it was"
+    );
+    std::fs::write(&path, text.replace("10.244.2.20", "10.244.2.21")).unwrap();
+    assert!(source.changed());
+    assert!(source.load(&mut model).unwrap());
+}
+
+#[test]
 fn a_compile_without_this_node_keeps_the_changes_for_the_next_one() {
     let text = std::fs::read_to_string(fixture()).unwrap();
     let objects: Vec<Object> = parse("x.yaml", &text)

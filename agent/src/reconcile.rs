@@ -242,7 +242,7 @@ impl Agent {
             cores: self.cores.clone(),
             conntrack: Arc::clone(dp.conntrack()),
             clock_origin: Instant::now() - Duration::from_nanos(now.as_nanos()),
-            decisions: Arc::clone(dp.decisions()),
+            decisions: Some(Arc::clone(dp.decisions())),
         });
         tracing::info!(
             interfaces = served.len() + 1 + usize::from(self.host.is_some()),

@@ -7,7 +7,10 @@
 //!    and the host interface exist;
 //! 3. the uplink as the kernel sees it: MAC, MTU, IPv4 address and prefix, default gateway;
 //!    and with `--host-interface`, the MAC of the kernel's end of the host veth pair;
-//! 4. the admin API's listener;
+//! 4. the admin listeners: the debug API (`--admin`, an owner-only Unix socket by default;
+//!    refused if a live agent serves on it) and the metrics listener (`--metrics-address`),
+//!    each with a connection limit sized far below the open-files limit, whose soft value is
+//!    first raised to the hard one;
 //! 5. the source: the Kubernetes API (a kubeconfig, or in-cluster) or manifest files, which
 //!    must parse.
 //!
@@ -28,6 +31,10 @@
 //! (the program refused, a core that cannot be pinned) ends the agent with the cause, as a
 //! dataplane that stops by itself does. SIGINT and SIGTERM stop the workers and detach every
 //! XDP program before the agent exits; so does `--max-run`.
+//!
+//! A source error (a manifest that does not parse, a watch error) is counted once, logged
+//! once and shown in `/api/status` until the source's next good load clears it; manifests
+//! are re-read only when a file changes again.
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -42,7 +49,7 @@ use kxdp_control::model::Model;
 use kxdp_dataplane::tables::NodeConfig;
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 
-use crate::admin::AdminState;
+use crate::admin::{AdminAddr, AdminState, Limits, Scope};
 use crate::nodefacts::{self, NodeEvent, NodeNet};
 use crate::reconcile::{Agent, HOST, UPLINK};
 use crate::settings::{umem_bytes, AgentConfig, AgentError, SourceConfig};
@@ -61,6 +68,7 @@ const RESYNC: Duration = Duration::from_secs(10);
 
 /// Run the agent until SIGINT, SIGTERM or `--max-run`.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let open_files = raise_open_files_limit();
     let interfaces: Vec<String> = std::iter::once(&config.uplink)
         .chain(&config.host_interface)
         .cloned()
@@ -74,7 +82,42 @@ pub fn run(config: AgentConfig) -> Result<(), AgentError> {
         .enable_all()
         .build()
         .map_err(|e| AgentError::Other(format!("starting the async runtime: {e}")))?;
-    runtime.block_on(run_async(config))
+    runtime.block_on(run_async(config, open_files))
+}
+
+/// Raise the soft open-files limit to the hard one, as the dataplane holds a socket or two per
+/// interface and worker; returns the soft limit in force.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    // An unlimited hard limit is not a value the kernel takes for open files (fs.nr_open caps
+    // it); a million is what systemd and container runtimes give.
+    let target = hard.min(1 << 20);
+    if soft >= target {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => {
+            tracing::info!(from = soft, to = target, "open files limit raised");
+            target
+        }
+        Err(e) => {
+            tracing::warn!(limit = soft, error = %e, "could not raise the open files limit");
+            soft
+        }
+    }
+}
+
+/// The admin listeners' limits, sized from the open-files limit: together they hold at most
+/// an eighth of it, so held connections never take the descriptors the dataplane needs.
+fn admin_limits(open_files: u64) -> (Limits, Limits) {
+    let budget = (open_files / 8) as usize;
+    (
+        Limits::DEBUG.capped(budget / 8),
+        Limits::METRICS.capped(budget - budget / 8),
+    )
 }
 
 /// The node as the kernel describes it: the uplink's index, and the compiler's settings.
@@ -149,7 +192,16 @@ async fn node_settings(
 
 enum Source {
     Kube(Box<Watch>, KubeSource),
-    Files(ManifestSource),
+    Files(Manifests),
+}
+
+/// Manifest files, with the errors their loads have had.
+struct Manifests {
+    files: ManifestSource,
+    /// Loads that failed.
+    errors: u64,
+    /// Whether the last load failed.
+    failing: bool,
 }
 
 impl Source {
@@ -175,22 +227,30 @@ impl Source {
     }
 
     /// Re-read changed manifest files into `model`; true if it should be published. A file
-    /// that does not parse leaves the model as it was, with the error reported.
+    /// that does not parse leaves the model as it was, with the error counted, logged and
+    /// shown until a load succeeds; the files are not read again until they change.
     fn reread(&mut self, model: &mut Model, state: &AdminState) -> bool {
-        let Source::Files(files) = self else {
+        let Source::Files(m) = self else {
             return false;
         };
-        if !files.changed() {
+        if !m.files.changed() {
             return false;
         }
-        match files.load(model) {
+        match m.files.load(model) {
             Ok(changed) => {
-                tracing::info!(changed, "manifests re-read");
+                if std::mem::take(&mut m.failing) {
+                    tracing::info!(changed, "manifests load again: error cleared");
+                } else {
+                    tracing::info!(changed, "manifests re-read");
+                }
+                state.set_source(true, m.errors, None);
                 changed
             }
             Err(e) => {
+                m.errors += 1;
+                m.failing = true;
                 tracing::warn!(error = %e, "manifests: keeping the last good model");
-                state.set_error(e.to_string());
+                state.set_source(true, m.errors, Some(e.to_string()));
                 false
             }
         }
@@ -219,7 +279,7 @@ async fn resync(net: &NodeNet, agent: &mut Agent, model: &Model) -> Result<bool,
     }))
 }
 
-async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
+async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentError> {
     let net = NodeNet::connect().map_err(|e| AgentError::Other(e.to_string()))?;
     let (uplink_index, settings) = node_settings(&config, &net).await?;
     let source_name = match config.source {
@@ -227,11 +287,43 @@ async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
         SourceConfig::Kubernetes(_) => "kubernetes",
     };
     let state = Arc::new(AdminState::new(&config.node, source_name));
-    let listener = crate::admin::bind(&config.admin)
+    let (debug_limits, metrics_limits) = admin_limits(open_files);
+    let debug_listener = crate::admin::bind(&config.admin)
         .await
-        .map_err(|e| AgentError::Other(format!("admin API on {}: {e}", config.admin)))?;
-    tracing::info!(admin = %config.admin, "admin API listening");
-    let server = tokio::spawn(crate::admin::serve(listener, Arc::clone(&state)));
+        .map_err(|e| AgentError::Other(format!("debug API (--admin) on {e}")))?;
+    let metrics_listener = crate::admin::bind(&config.metrics)
+        .await
+        .map_err(|e| AgentError::Other(format!("metrics listener (--metrics-address) on {e}")))?;
+    if let AdminAddr::Tcp(_) = config.admin {
+        tracing::warn!(
+            admin = %config.admin,
+            "the debug API is on TCP: every local user can read every service, route and flow"
+        );
+    }
+    tracing::info!(
+        admin = %debug_listener.local(),
+        max_connections = debug_limits.max_connections,
+        "debug API listening"
+    );
+    tracing::info!(
+        metrics = %metrics_listener.local(),
+        max_connections = metrics_limits.max_connections,
+        "metrics, health and readiness listening"
+    );
+    let servers = [
+        tokio::spawn(crate::admin::serve(
+            debug_listener,
+            Arc::clone(&state),
+            Scope::Debug,
+            debug_limits,
+        )),
+        tokio::spawn(crate::admin::serve(
+            metrics_listener,
+            Arc::clone(&state),
+            Scope::Metrics,
+            metrics_limits,
+        )),
+    ];
     let mut model = Model::new();
     let mut source = match &config.source {
         SourceConfig::Manifests(paths) => {
@@ -239,7 +331,11 @@ async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
             files
                 .load(&mut model)
                 .map_err(|e| AgentError::Other(e.to_string()))?;
-            Source::Files(files)
+            Source::Files(Manifests {
+                files,
+                errors: 0,
+                failing: false,
+            })
         }
         SourceConfig::Kubernetes(kubeconfig) => {
             let client = kxdp_control::kube_source::client(kubeconfig.as_deref())
@@ -258,6 +354,7 @@ async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
         state.set_source(true, 0, None);
     }
     let mut dirty = matches!(source, Source::Files(_));
+    let mut kube_errors = 0;
     let mut noticed = Instant::now();
     let deadline = config.max_run.map(|d| tokio::time::Instant::now() + d);
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -296,8 +393,11 @@ async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
                         dirty = true;
                     }
                     if let Source::Kube(watch, _) = &source {
+                        // An error in this batch of events holds until a batch without one.
                         let s = watch.status();
-                        state.set_source(s.synced, s.errors, s.last_error.clone());
+                        let failing = s.errors > kube_errors;
+                        kube_errors = s.errors;
+                        state.set_source(s.synced, s.errors, s.last_error.clone().filter(|_| failing));
                     }
                 }
                 Err(e) => break Err(AgentError::Other(e)),
@@ -393,6 +493,10 @@ async fn run_async(config: AgentConfig) -> Result<(), AgentError> {
         }
     };
     let stopped = tokio::task::block_in_place(|| agent.stop());
-    server.abort();
+    for server in servers {
+        server.abort();
+        // The listeners (and the socket file, if still ours) go with the task.
+        let _ = server.await;
+    }
     result.and(stopped)
 }

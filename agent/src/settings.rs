@@ -65,9 +65,15 @@ pub struct AgentArgs {
     /// This node's VTEP MAC when its Node object publishes none [default: the uplink's MAC].
     #[arg(long, env = "KXDP_VTEP_MAC")]
     pub vtep_mac: Option<String>,
-    /// The admin API: ADDRESS:PORT or unix:PATH [default: 127.0.0.1:9901].
+    /// The debug API (`/api/*`: status, services, routes, counters, conntrack, trace, which
+    /// show every flow): unix:PATH, a socket only its owner may use, or ADDRESS:PORT, which
+    /// every local user can read [default: unix:/run/kxdp/admin.sock].
     #[arg(long, env = "KXDP_ADMIN")]
     pub admin: Option<String>,
+    /// The metrics listener (`/metrics`, `/healthz`, `/readyz`): ADDRESS:PORT or unix:PATH
+    /// [default: 127.0.0.1:9901].
+    #[arg(long, env = "KXDP_METRICS_ADDRESS")]
+    pub metrics_address: Option<String>,
     /// Flows the conntrack table holds [default: 262144].
     #[arg(long, env = "KXDP_CONNTRACK_SIZE")]
     pub conntrack_size: Option<u32>,
@@ -109,8 +115,10 @@ pub struct AgentConfig {
     pub service_cidr: Ipv4Cidr,
     /// The VTEP MAC, if set.
     pub vtep_mac: Option<EthernetAddress>,
-    /// The admin API's address.
+    /// The debug API's address.
     pub admin: AdminAddr,
+    /// The metrics listener's address.
+    pub metrics: AdminAddr,
     /// Conntrack capacity.
     pub conntrack_size: u32,
     /// Run at most this long.
@@ -214,12 +222,24 @@ impl AgentArgs {
                 })
             })
             .transpose()?;
-        let admin = self
+        let admin: AdminAddr = self
             .admin
             .or(file.admin)
-            .unwrap_or_else(|| "127.0.0.1:9901".into())
+            .unwrap_or_else(|| crate::admin::DEFAULT_ADMIN.into())
             .parse()
             .map_err(|e| config_error("--admin", e))?;
+        let metrics: AdminAddr = self
+            .metrics_address
+            .or(file.metrics_address)
+            .unwrap_or_else(|| crate::admin::DEFAULT_METRICS.into())
+            .parse()
+            .map_err(|e| config_error("--metrics-address", e))?;
+        if admin == metrics {
+            return Err(config_error(
+                "--metrics-address",
+                format!("{metrics} is the debug API's address (--admin) too: give each its own"),
+            ));
+        }
         let conntrack_size = self
             .conntrack_size
             .or(file.conntrack_size)
@@ -262,6 +282,7 @@ impl AgentArgs {
             )?,
             vtep_mac,
             admin,
+            metrics,
             conntrack_size,
             max_run: self.max_run.or(file.max_run).map(Duration::from_secs),
             json_logs,
@@ -370,7 +391,8 @@ mod tests {
         assert_eq!(c.uplink, "eth0");
         assert_eq!(c.cores, vec![None]);
         assert_eq!(c.source, SourceConfig::Kubernetes(None));
-        assert_eq!(c.admin, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(c.admin, "unix:/run/kxdp/admin.sock".parse().unwrap());
+        assert_eq!(c.metrics, "127.0.0.1:9901".parse().unwrap());
         assert_eq!(c.mode, Mode::Wakeup { timeout_ms: 50 });
     }
 
@@ -444,7 +466,8 @@ mod tests {
         let file = dir.join("agent.yaml");
         std::fs::write(
             &file,
-            "node: from-file\nuplink: ens1\ncores: \"0-1\"\nmanifest: [a.yaml]\n",
+            "node: from-file\nuplink: ens1\ncores: \"0-1\"\nmanifest: [a.yaml]\n\
+             metrics-address: 127.0.0.1:9911\n",
         )
         .unwrap();
         let c = AgentArgs {
@@ -458,6 +481,7 @@ mod tests {
         assert_eq!(c.uplink, "ens9");
         assert_eq!(c.cores, vec![Some(0), Some(1)]);
         assert_eq!(c.source, SourceConfig::Manifests(vec!["a.yaml".into()]));
+        assert_eq!(c.metrics, "127.0.0.1:9911".parse().unwrap());
         std::fs::write(&file, "node: n\nconntrack-size: lots\n").unwrap();
         let e = AgentArgs {
             config: Some(file.clone()),
@@ -482,7 +506,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_flag() {
         type Edit = fn(&mut AgentArgs);
-        let cases: [(Edit, &str); 6] = [
+        let cases: [(Edit, &str); 8] = [
             (|a| a.node = None, "--node"),
             (|a| a.mode = Some("spin".into()), "--mode"),
             (
@@ -495,6 +519,16 @@ mod tests {
                 "--service-cidr: \"10.96.0.1/12\" has bits set beyond the prefix length: write the network, 10.96.0.0/12",
             ),
             (|a| a.admin = Some("localhost".into()), "--admin"),
+            (
+                |a| a.metrics_address = Some("unix:".into()),
+                "--metrics-address",
+            ),
+            (
+                |a| {
+                    a.admin = Some("127.0.0.1:9901".into());
+                },
+                "--metrics-address",
+            ),
             (|a| a.conntrack_size = Some(0), "--conntrack-size"),
         ];
         for (edit, flag) in cases {

@@ -6,9 +6,11 @@
 //! pods it is given, each attached as a CNI plugin on a kxdp node would attach it: the host end
 //! of its veth named [`pod_interface_name`], its MAC [`pod_mac`]. The manifest is copied into a
 //! private directory, where tests may rewrite it and the agents re-read it. [`AgentCluster::start`]
-//! runs one agent per node in the node's namespace (`ip netns exec`), with the admin API on a Unix
-//! socket in that directory and a time limit. Agents get SIGTERM when the cluster is dropped, and
-//! the testbed removes every namespace.
+//! runs one agent per node in the node's namespace (`ip netns exec`), with the debug API on a
+//! Unix socket in that directory ([`AgentCluster::admin`]), the metrics listener on its default
+//! `127.0.0.1:9901` in the node's namespace ([`AgentCluster::metrics_get`] reads it from there),
+//! and a time limit. Agents get SIGTERM when the cluster is dropped, and the testbed removes
+//! every namespace.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use kxdp_agent::admin::{self, AdminAddr};
 use kxdp_control::compile::{pod_interface_name, pod_mac};
+use nix::sched::CloneFlags;
 
 use crate::node::mac_text;
 use crate::testbed::Testbed;
@@ -154,6 +157,30 @@ impl AgentCluster {
         AdminAddr::Unix(self.dir.join(format!("{}.sock", NODES[node])))
     }
 
+    /// Where node `node`'s agent serves metrics, health and readiness, in its namespace.
+    pub fn metrics_addr(&self) -> AdminAddr {
+        admin::DEFAULT_METRICS.parse().expect("the default parses")
+    }
+
+    /// GET `path` from node `node`'s metrics listener (from inside the node's namespace),
+    /// bounded by `timeout`.
+    pub fn metrics_get(
+        &self,
+        node: usize,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        let addr = self.metrics_addr();
+        in_netns(&self.tb.nodes[node].ns, || {
+            admin::client::get_within(&addr, path, timeout)
+        })?
+    }
+
+    /// The process id of node `node`'s agent (`ip netns exec` execs it), if it was started.
+    pub fn agent_pid(&self, node: usize) -> Option<u32> {
+        self.agents[node].as_ref().map(Child::id)
+    }
+
     /// Node `node`'s agent log.
     pub fn log_path(&self, node: usize) -> PathBuf {
         self.dir.join(format!("{}.log", NODES[node]))
@@ -260,6 +287,22 @@ impl AgentCluster {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Run `f` on a thread of its own inside network namespace `ns` (as `ip netns exec` would).
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    let path = format!("/run/netns/{ns}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(move || {
+            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns {path}: {e}"))?;
+            Ok(f())
+        });
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// SIGTERM, then SIGKILL after `grace`; whether the process exited successfully.

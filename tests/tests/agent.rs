@@ -77,11 +77,15 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         "{answers:?}"
     );
 
-    // Health, readiness and metrics.
+    // Health, readiness and metrics, on the metrics listener (TCP, in the node's namespace);
+    // the debug views only on the debug socket.
+    let get = |path: &str| c.metrics_get(0, path, Duration::from_secs(10)).unwrap();
+    assert_eq!(get("/healthz").0, 200);
+    assert_eq!(get("/readyz").0, 200);
+    assert_eq!(get("/api/status").0, 404);
     let addr = c.admin(0);
     assert_eq!(admin::get(&addr, "/healthz").unwrap().0, 200);
-    assert_eq!(admin::get(&addr, "/readyz").unwrap().0, 200);
-    let (code, m) = admin::get(&addr, "/metrics").unwrap();
+    let (code, m) = get("/metrics");
     assert_eq!(code, 200);
     assert_eq!(metric(&m, "kxdp_ready "), 1.0);
     assert_eq!(metric(&m, "kxdp_services "), 4.0);
@@ -94,7 +98,9 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
         ) > 0.0
     );
     assert!(metric(&m, "kxdp_snapshot_update_latency_seconds_count ") >= 1.0);
-    assert!(metric(&m, "kxdp_batch_size_count ") > 0.0);
+    assert!(metric(&m, "kxdp_batch_size_frames_count ") > 0.0);
+    assert!(metric(&m, "process_open_fds ") > 0.0);
+    assert_eq!(metric(&m, "kxdp_source_errors_total "), 0.0);
     for reason in kxdp_dataplane::reason::DropReason::ALL {
         let series = format!("kxdp_drops_total{{reason=\"{}\"}} ", reason.name());
         metric(&m, &series);
@@ -466,6 +472,24 @@ fn manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables(
         .unwrap()
             >= 1
     );
+    // The bad edit is one error: counted once and logged once, however many ticks pass.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status(&c).source_errors, 1, "{:?}", status(&c));
+    let (_, m) = admin::get(&c.admin(0), "/metrics").unwrap();
+    assert_eq!(metric(&m, "kxdp_source_errors_total "), 1.0);
+    let logged = |c: &AgentCluster| c.log(0).matches("keeping the last good model").count();
+    assert_eq!(logged(&c), 1, "{}", c.log(0));
+
+    // The next good load clears the error; the count stays.
+    std::fs::write(&c.manifest, &edited).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || status(&c).last_error.is_none()),
+        "the error stayed after a good load: {:?}",
+        status(&c)
+    );
+    assert_eq!(status(&c).source_errors, 1);
+    assert_eq!(logged(&c), 1);
+    assert!(c.log(0).contains("error cleared"), "{}", c.log(0));
 }
 
 #[test]

@@ -1,273 +1,640 @@
-//! `/metrics`: the Prometheus exposition of the agent's state and the dataplane's counters.
+//! `/metrics`: the agent's state and the dataplane's counters in the Prometheus text format
+//! (version 0.0.4), encoded by `prometheus-client`.
+//!
+//! Nothing is copied into metric objects as it happens: a [`Collector`] reads the agent's state,
+//! the workers' counters and the admin listeners' connection tables when a scrape asks, and
+//! [`super::process`] reads `/proc/self`. Every drop reason, pass reason and event is a series,
+//! zeros included, so a rate is defined before the first packet of its kind.
+//!
+//! Counter lists plug in generically: any [`CounterList`] (declared with
+//! `kxdp_dataplane::counter_list!`: drop and pass reasons, events, the XDP program's decisions,
+//! the workers' I/O) becomes, with one call in [`AgentCollector`], either one family with a
+//! label per member ([`labeled`], e.g. `kxdp_drops_total{reason}`) or one family per member
+//! ([`per_entry`], e.g. `kxdp_worker_rx_frames_total{worker}`, named and described by the
+//! member).
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::fmt;
+use std::sync::Arc;
 
-use kxdp_dataplane::counters::Event;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use kxdp_dataplane::counters::{CounterList, Event};
 use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::InterfaceId;
-use kxdp_xdp::runtime::WorkerStats;
 use kxdp_xdp::worker::{IoCounter, BATCH_BUCKETS};
 use kxdp_xdp::XdpDecision;
 
-use super::state::{lock, AdminState};
+use super::conns::Connections;
+use super::process::ProcessCollector;
+use super::state::{lock, lock_listeners, AdminState};
+
+/// The `Content-Type` of what [`render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Update-latency histogram buckets, seconds (Prometheus `le`).
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-impl AdminState {
-    /// The Prometheus exposition.
-    pub fn metrics(&self) -> String {
-        let mut m = String::new();
-        let status = self.status();
-        let (c, io) = self.counters();
-        let mut gauge = |name: &str, help: &str, value: f64| {
-            let _ = writeln!(
-                m,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        };
+/// The Prometheus exposition of `state` and of this process.
+pub fn render(state: &Arc<AdminState>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(AgentCollector(Arc::clone(state))));
+    registry.register_collector(Box::new(ProcessCollector));
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry) {
+        // Only a collector's own error gets here; say so rather than serve half a page.
+        return format!("# kxdp: encoding the metrics failed: {e}\n");
+    }
+    text
+}
+
+type Result = std::result::Result<(), fmt::Error>;
+
+/// A gauge without labels.
+pub(super) fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: impl EncodeGaugeValue,
+) -> Result {
+    let m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(m)
+}
+
+/// A counter without labels (`name` without `_total`: the encoder adds it).
+pub(super) fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: impl prometheus_client::encoding::EncodeCounterValue,
+) -> Result {
+    let m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    ConstCounter::new(value).encode(m)
+}
+
+/// A counter family: one series per label set.
+fn counters<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: impl IntoIterator<Item = (L, u64)>,
+) -> Result {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, value) in rows {
+        ConstCounter::new(value).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A gauge family: one series per label set.
+fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (L, V)>,
+) -> Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        ConstGauge::new(value).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One counter family for list `L`: a series per member, labelled `label="<member name>"`.
+pub fn labeled<L: CounterList>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    value: impl Fn(L) -> u64,
+) -> Result {
+    counters(
+        enc,
+        name,
+        help,
+        None,
+        L::ALL.iter().map(|&e| ([(label, e.name())], value(e))),
+    )
+}
+
+/// One counter family per member of list `L`, named `<prefix>_<member name>_total` and
+/// described by the member's help; a series per row (`rows`: label sets, e.g. one per worker).
+pub fn per_entry<L: CounterList, R: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    prefix: &str,
+    rows: &[R],
+    value: impl Fn(L, usize) -> u64,
+) -> Result {
+    for &entry in L::ALL {
+        let name = format!("{prefix}_{}", entry.name());
+        let mut m = enc.encode_descriptor(&name, entry.help(), None, MetricType::Counter)?;
+        for (i, labels) in rows.iter().enumerate() {
+            ConstCounter::new(value(entry, i)).encode(m.encode_family(labels)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// A histogram from per-bucket counts (upper bound, count in that bucket).
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    sum: f64,
+    buckets: &[(f64, u64)],
+) -> Result {
+    let count = buckets.iter().map(|(_, n)| n).sum();
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(sum, count, buckets, None)
+}
+
+fn frames() -> Unit {
+    Unit::Other("frames".into())
+}
+
+/// The agent's metrics, read from its state when a scrape asks.
+#[derive(Debug)]
+struct AgentCollector(Arc<AdminState>);
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result {
+        let state = &self.0;
+        let enc = &mut enc;
+        let status = state.status();
+        gauges(
+            enc,
+            "kxdp_build_info",
+            "kxdp's version as a label; always 1",
+            [([("version", env!("CARGO_PKG_VERSION"))], 1)],
+        )?;
+        let up = !state.stopped.load(std::sync::atomic::Ordering::Relaxed);
         gauge(
+            enc,
             "kxdp_up",
             "1 while the dataplane runs",
-            f64::from(u8::from(!self.stopped.load(Relaxed))),
-        );
+            None,
+            i64::from(up),
+        )?;
         gauge(
+            enc,
             "kxdp_ready",
             "1 once the first snapshot is live",
-            f64::from(u8::from(status.ready)),
-        );
+            None,
+            i64::from(status.ready),
+        )?;
+        let plain: [(&str, &str, u64); 9] = [
+            (
+                "kxdp_snapshot_generation",
+                "generation of the live snapshot",
+                status.generation,
+            ),
+            (
+                "kxdp_services",
+                "service ports in the live snapshot",
+                status.services as u64,
+            ),
+            (
+                "kxdp_local_pods",
+                "local pods in the live snapshot",
+                status.local_pods as u64,
+            ),
+            (
+                "kxdp_remote_nodes",
+                "remote nodes in the live snapshot",
+                status.remote_nodes as u64,
+            ),
+            (
+                "kxdp_conntrack_flows",
+                "flows in the conntrack table",
+                status.conntrack.flows as u64,
+            ),
+            (
+                "kxdp_conntrack_capacity",
+                "the conntrack table's capacity",
+                status.conntrack.capacity as u64,
+            ),
+            (
+                "kxdp_neighbors_wanted",
+                "underlay next hops needed",
+                status.neighbors.needed as u64,
+            ),
+            (
+                "kxdp_neighbors_resolved",
+                "underlay next hops with a known MAC",
+                status.neighbors.resolved as u64,
+            ),
+            (
+                "kxdp_draining_endpoints",
+                "endpoints gone from every service with flows left",
+                status.draining_endpoints as u64,
+            ),
+        ];
+        for (name, help, value) in plain {
+            gauge(enc, name, help, None, value)?;
+        }
         gauge(
-            "kxdp_snapshot_generation",
-            "generation of the live snapshot",
-            status.generation as f64,
-        );
-        gauge(
-            "kxdp_services",
-            "service ports in the live snapshot",
-            status.services as f64,
-        );
-        gauge(
-            "kxdp_local_pods",
-            "local pods in the live snapshot",
-            status.local_pods as f64,
-        );
-        gauge(
-            "kxdp_remote_nodes",
-            "remote nodes in the live snapshot",
-            status.remote_nodes as f64,
-        );
-        gauge(
-            "kxdp_conntrack_flows",
-            "flows in the conntrack table",
-            status.conntrack.flows as f64,
-        );
-        gauge(
-            "kxdp_conntrack_capacity",
-            "the conntrack table's capacity",
-            status.conntrack.capacity as f64,
-        );
-        gauge(
+            enc,
             "kxdp_conntrack_pressure",
             "flows over capacity (new flows fail as it nears 1)",
+            Some(&Unit::Other("ratio".into())),
             status.conntrack.flows as f64 / status.conntrack.capacity.max(1) as f64,
-        );
+        )?;
         gauge(
-            "kxdp_neighbors_wanted",
-            "underlay next hops needed",
-            status.neighbors.needed as f64,
-        );
-        gauge(
-            "kxdp_neighbors_resolved",
-            "underlay next hops with a known MAC",
-            status.neighbors.resolved as f64,
-        );
-        gauge(
-            "kxdp_draining_endpoints",
-            "endpoints gone from every service with flows left",
-            status.draining_endpoints as f64,
-        );
-        gauge(
+            enc,
             "kxdp_problems",
             "objects left out of the tables",
-            status.problems.len() as f64,
-        );
+            None,
+            status.problems.len() as u64,
+        )?;
         gauge(
+            enc,
             "kxdp_source_synced",
             "1 once the source listed everything",
-            f64::from(u8::from(status.synced)),
-        );
-        let counter = |m: &mut String, name: &str, help: &str, rows: &[(String, u64)]| {
-            let _ = writeln!(m, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (labels, v) in rows {
-                let _ = writeln!(m, "{name}{labels} {v}");
-            }
-        };
+            None,
+            i64::from(status.synced),
+        )?;
         counter(
-            &mut m,
-            "kxdp_source_errors_total",
-            "source errors (each retried)",
-            &[(String::new(), status.source_errors)],
-        );
+            enc,
+            "kxdp_source_errors",
+            "source errors: manifest loads that failed, watch errors (each retried)",
+            None,
+            status.source_errors,
+        )?;
         counter(
-            &mut m,
-            "kxdp_snapshot_updates_total",
+            enc,
+            "kxdp_snapshot_updates",
             "snapshots published",
-            &[(String::new(), status.updates)],
-        );
-        let drops: Vec<(String, u64)> = DropReason::ALL
-            .iter()
-            .map(|r| {
-                (
-                    format!("{{reason=\"{}\"}}", r.name()),
-                    c.drops[r.number() as usize],
-                )
-            })
-            .collect();
-        counter(
-            &mut m,
-            "kxdp_drops_total",
+            None,
+            status.updates,
+        )?;
+
+        let (c, io) = state.counters();
+        labeled(
+            enc,
+            "kxdp_drops",
             "frames dropped, by reason",
-            &drops,
-        );
-        let passes: Vec<(String, u64)> = PassReason::ALL
-            .iter()
-            .map(|r| {
-                (
-                    format!("{{reason=\"{}\"}}", r.name()),
-                    c.passes[r.number() as usize],
-                )
-            })
-            .collect();
-        counter(
-            &mut m,
-            "kxdp_to_host_total",
+            "reason",
+            |r: DropReason| c.drops[r.index()],
+        )?;
+        labeled(
+            enc,
+            "kxdp_to_host",
             "frames handed to the node's kernel, by reason",
-            &passes,
-        );
-        let events: Vec<(String, u64)> = Event::ALL
-            .iter()
-            .map(|e| (format!("{{event=\"{}\"}}", e.name()), c.events[*e as usize]))
-            .collect();
-        let decisions = self.xdp_decisions();
-        let xdp: Vec<(String, u64)> = XdpDecision::ALL
-            .iter()
-            .map(|d| {
-                (
-                    format!("{{decision=\"{}\"}}", d.name()),
-                    decisions[usize::from(d.number())],
-                )
-            })
-            .collect();
-        counter(
-            &mut m,
-            "kxdp_xdp_decisions_total",
+            "reason",
+            |r: PassReason| c.passes[r.index()],
+        )?;
+        labeled(
+            enc,
+            "kxdp_events",
+            "pipeline events",
+            "event",
+            |e: Event| c.events[e.index()],
+        )?;
+        let decisions = state.xdp_decisions();
+        labeled(
+            enc,
+            "kxdp_xdp_decisions",
             "packets the XDP program steered to kxdp or passed to the kernel, by decision",
-            &xdp,
-        );
-        counter(&mut m, "kxdp_events_total", "pipeline events", &events);
-        let per_worker = |f: fn(&kxdp_xdp::worker::IoValues) -> u64| -> Vec<(String, u64)> {
-            io.iter()
-                .enumerate()
-                .map(|(w, v)| (format!("{{worker=\"{w}\"}}"), f(v)))
-                .collect()
-        };
-        counter(
-            &mut m,
-            "kxdp_worker_rx_frames_total",
-            "frames received, per worker",
-            &per_worker(|v| v.get(IoCounter::Rx)),
-        );
-        counter(
-            &mut m,
-            "kxdp_worker_tx_frames_total",
-            "frames queued for transmission, per worker",
-            &per_worker(|v| v.get(IoCounter::Tx)),
-        );
-        counter(
-            &mut m,
-            "kxdp_worker_tx_ring_full_total",
-            "frames dropped for a full TX ring, per worker",
-            &per_worker(|v| v.get(IoCounter::TxRingFull)),
-        );
-        counter(
-            &mut m,
-            "kxdp_worker_polls_total",
-            "worker rounds",
-            &per_worker(|v| v.get(IoCounter::Polls)),
-        );
-        counter(
-            &mut m,
-            "kxdp_worker_empty_polls_total",
-            "worker rounds that found nothing",
-            &per_worker(|v| v.get(IoCounter::EmptyPolls)),
-        );
-        let (mut rx, mut tx) = (Vec::new(), Vec::new());
-        let workers: &[WorkerStats] = self.dataplane.get().map_or(&[], |d| &d.workers);
+            "decision",
+            |d: XdpDecision| decisions[d.index()],
+        )?;
+        let workers: Vec<[(&str, String); 1]> =
+            (0..io.len()).map(|w| [("worker", w.to_string())]).collect();
+        per_entry(enc, "kxdp_worker", &workers, |k: IoCounter, w| io[w].get(k))?;
+
+        let dp_workers = state.dataplane.get().map_or(&[][..], |d| &d.workers[..]);
+        let mut rx = Vec::new();
+        let mut tx = Vec::new();
         for i in &status.interfaces {
-            for (w, stats) in workers.iter().enumerate() {
+            for (w, stats) in dp_workers.iter().enumerate() {
                 let (r, t) = stats.io.interface(InterfaceId(i.id));
-                let labels = format!("{{interface=\"{}\",worker=\"{w}\"}}", i.name);
+                let labels = [("interface", i.name.clone()), ("worker", w.to_string())];
                 rx.push((labels.clone(), r));
                 tx.push((labels, t));
             }
         }
-        counter(
-            &mut m,
-            "kxdp_interface_rx_frames_total",
+        counters(
+            enc,
+            "kxdp_interface_rx",
             "frames received, per interface and worker",
-            &rx,
-        );
-        counter(
-            &mut m,
-            "kxdp_interface_tx_frames_total",
+            Some(&frames()),
+            rx,
+        )?;
+        counters(
+            enc,
+            "kxdp_interface_tx",
             "frames queued for transmission, per interface and worker",
-            &tx,
-        );
-        let _ = writeln!(
-            m,
-            "# HELP kxdp_batch_size frames per received batch\n# TYPE kxdp_batch_size histogram"
-        );
-        let mut cumulative = 0;
-        for b in 0..BATCH_BUCKETS {
-            cumulative += io.iter().map(|i| i.batch_sizes[b]).sum::<u64>();
-            let _ = writeln!(
-                m,
-                "kxdp_batch_size_bucket{{le=\"{}\"}} {cumulative}",
-                (2u64 << b) - 1
+            Some(&frames()),
+            tx,
+        )?;
+
+        let batches: Vec<(f64, u64)> = (0..BATCH_BUCKETS)
+            .map(|b| {
+                let upper = ((2u64 << b) - 1) as f64;
+                (upper, io.iter().map(|i| i.batch_sizes[b]).sum())
+            })
+            .collect();
+        histogram(
+            enc,
+            "kxdp_batch_size",
+            "frames per received batch",
+            Some(&frames()),
+            io.iter().map(|i| i.get(IoCounter::Rx)).sum::<u64>() as f64,
+            &batches,
+        )?;
+
+        let (latency, latency_sum) = {
+            let inner = lock(&state.inner);
+            let mut below = 0;
+            let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len() + 1);
+            for le in LATENCY_BUCKETS {
+                let cumulative = inner.latency_us.count_between(0, (le * 1e6) as u64);
+                buckets.push((le, cumulative.saturating_sub(below)));
+                below = cumulative;
+            }
+            buckets.push((f64::INFINITY, inner.latency_us.len().saturating_sub(below)));
+            (buckets, inner.latency_sum.as_secs_f64())
+        };
+        histogram(
+            enc,
+            "kxdp_snapshot_update_latency",
+            "change noticed to snapshot live",
+            Some(&Unit::Seconds),
+            latency_sum,
+            &latency,
+        )?;
+
+        let listeners: Vec<Arc<Connections>> = lock_listeners(&state.listeners).clone();
+        let by_listener = |f: fn(&Connections) -> u64| {
+            listeners
+                .iter()
+                .map(move |l| ([("listener", l.name)], f(l)))
+                .collect::<Vec<_>>()
+        };
+        gauges(
+            enc,
+            "kxdp_admin_connections",
+            "connections the admin listener holds now",
+            by_listener(|l| l.open() as u64),
+        )?;
+        counters(
+            enc,
+            "kxdp_admin_connections_accepted",
+            "connections accepted by the admin listener",
+            None,
+            by_listener(Connections::accepted),
+        )?;
+        counters(
+            enc,
+            "kxdp_admin_connections_evicted",
+            "connections closed to make room for a newer one at the listener's limit",
+            None,
+            by_listener(Connections::evicted),
+        )?;
+        counters(
+            enc,
+            "kxdp_admin_connections_timed_out",
+            "connections closed for headers or a response that took too long",
+            None,
+            by_listener(Connections::timed_out),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+    use kxdp_dataplane::counters::Counters;
+    use kxdp_xdp::runtime::WorkerStats;
+    use kxdp_xdp::worker::IoCounters;
+
+    use crate::admin::state::DataplaneView;
+
+    /// A running agent's state, as far as the metrics see it: two workers whose pipelines
+    /// counted something, three interfaces (one with a name that needs escaping in a label), a live
+    /// snapshot, a source error and an admin listener.
+    fn busy_state() -> Arc<AdminState> {
+        let state = Arc::new(AdminState::new("node-a", "manifests"));
+        let workers: Vec<WorkerStats> = (0..2)
+            .map(|w| {
+                let counters = Arc::new(Counters::new());
+                counters.dropped(DropReason::NoRoute);
+                counters.passed(PassReason::ForNode);
+                counters.add(Event::RxPackets, 10 + w);
+                // The I/O counters have no writer outside their worker: zeros.
+                let io = Arc::new(IoCounters::default());
+                WorkerStats { counters, io }
+            })
+            .collect();
+        state.set_dataplane(DataplaneView {
+            workers,
+            cores: vec![Some(0), None],
+            conntrack: Arc::new(Conntrack::new(ConntrackConfig {
+                capacity: 1024,
+                ..ConntrackConfig::default()
+            })),
+            clock_origin: Instant::now(),
+            decisions: None,
+        });
+        state.set_interfaces(vec![
+            (
+                "uplink".into(),
+                InterfaceId(0),
+                "uplink".into(),
+                "native".into(),
+            ),
+            (
+                "kx0123\"pod\\a\nb".into(),
+                InterfaceId(1),
+                "pod".into(),
+                "generic".into(),
+            ),
+            (
+                "host0".into(),
+                InterfaceId(2),
+                "host".into(),
+                "native".into(),
+            ),
+        ]);
+        let snap = kxdp_testkit::Topology::with_services(2, 2).snapshot();
+        state.published(Arc::new(snap), Duration::from_millis(3), vec![]);
+        state.set_source(true, 2, Some("cluster.yaml: document 1: broken".into()));
+        state.add_listener(Arc::new(Connections::new(
+            "metrics",
+            crate::admin::Limits::METRICS,
+        )));
+        state
+    }
+
+    /// The value of the series `series` (name and labels, as written).
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[test]
+    fn every_metric_of_before_is_there_with_its_value() {
+        let m = render(&busy_state());
+        for reason in DropReason::ALL {
+            value(
+                &m,
+                &format!("kxdp_drops_total{{reason=\"{}\"}}", reason.name()),
             );
         }
-        let _ = writeln!(m, "kxdp_batch_size_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(m, "kxdp_batch_size_count {cumulative}");
-        let _ = writeln!(
-            m,
-            "kxdp_batch_size_sum {}",
-            io.iter().map(|i| i.get(IoCounter::Rx)).sum::<u64>()
-        );
-        let inner = lock(&self.inner);
-        let _ = writeln!(
-            m,
-            "# HELP kxdp_snapshot_update_latency_seconds change noticed to snapshot live\n\
-             # TYPE kxdp_snapshot_update_latency_seconds histogram"
-        );
-        for le in LATENCY_BUCKETS {
-            let n = inner.latency_us.count_between(0, (le * 1e6) as u64);
-            let _ = writeln!(
-                m,
-                "kxdp_snapshot_update_latency_seconds_bucket{{le=\"{le}\"}} {n}"
-            );
+        assert_eq!(value(&m, "kxdp_drops_total{reason=\"no_route\"}"), 2.0);
+        assert_eq!(value(&m, "kxdp_to_host_total{reason=\"for_node\"}"), 2.0);
+        assert_eq!(value(&m, "kxdp_events_total{event=\"rx_packets\"}"), 21.0);
+        for name in [
+            "kxdp_worker_rx_frames_total",
+            "kxdp_worker_tx_frames_total",
+            "kxdp_worker_tx_ring_full_total",
+            "kxdp_worker_copied_frames_total",
+            "kxdp_worker_polls_total",
+            "kxdp_worker_empty_polls_total",
+        ] {
+            value(&m, &format!("{name}{{worker=\"1\"}}"));
         }
-        let _ = writeln!(
-            m,
-            "kxdp_snapshot_update_latency_seconds_bucket{{le=\"+Inf\"}} {}\n\
-             kxdp_snapshot_update_latency_seconds_sum {}\n\
-             kxdp_snapshot_update_latency_seconds_count {}",
-            inner.latency_us.len(),
-            inner.latency_sum.as_secs_f64(),
-            inner.latency_us.len()
+        // Label values escaped.
+        value(
+            &m,
+            "kxdp_interface_rx_frames_total{interface=\"kx0123\\\"pod\\\\a\\nb\",worker=\"1\"}",
         );
-        m
+        value(
+            &m,
+            "kxdp_interface_tx_frames_total{interface=\"uplink\",worker=\"0\"}",
+        );
+        for le in ["1", "3", "7", "15", "31", "63", "127", "+Inf"] {
+            value(&m, &format!("kxdp_batch_size_frames_bucket{{le=\"{le}\"}}"));
+        }
+        value(&m, "kxdp_batch_size_frames_count");
+        for decision in XdpDecision::ALL {
+            let series = format!(
+                "kxdp_xdp_decisions_total{{decision=\"{}\"}}",
+                decision.name()
+            );
+            assert_eq!(value(&m, &series), 0.0, "no program: zeros");
+        }
+        assert_eq!(
+            value(
+                &m,
+                "kxdp_snapshot_update_latency_seconds_bucket{le=\"0.0025\"}"
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &m,
+                "kxdp_snapshot_update_latency_seconds_bucket{le=\"0.005\"}"
+            ),
+            1.0
+        );
+        assert_eq!(value(&m, "kxdp_snapshot_update_latency_seconds_count"), 1.0);
+        assert_eq!(value(&m, "kxdp_snapshot_updates_total"), 1.0);
+        assert_eq!(value(&m, "kxdp_source_errors_total"), 2.0);
+        assert_eq!(value(&m, "kxdp_ready"), 1.0);
+        assert_eq!(value(&m, "kxdp_up"), 1.0);
+        assert_eq!(value(&m, "kxdp_conntrack_capacity"), 1024.0);
+        assert_eq!(value(&m, "kxdp_conntrack_pressure_ratio"), 0.0);
+        for gauge in [
+            "kxdp_snapshot_generation",
+            "kxdp_services",
+            "kxdp_local_pods",
+            "kxdp_remote_nodes",
+            "kxdp_conntrack_flows",
+            "kxdp_neighbors_wanted",
+            "kxdp_neighbors_resolved",
+            "kxdp_draining_endpoints",
+            "kxdp_problems",
+            "kxdp_source_synced",
+        ] {
+            value(&m, gauge);
+        }
+        assert_eq!(
+            value(
+                &m,
+                &format!(
+                    "kxdp_build_info{{version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&m, "kxdp_admin_connections{listener=\"metrics\"}"),
+            0.0
+        );
+        value(
+            &m,
+            "kxdp_admin_connections_evicted_total{listener=\"metrics\"}",
+        );
+        assert!(value(&m, "process_cpu_seconds_total") >= 0.0);
+        for process in [
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+            "process_threads",
+        ] {
+            assert!(value(&m, process) > 0.0, "{process}");
+        }
+    }
+
+    /// `promtool check metrics` (Debian package `prometheus`) on the whole exposition: a
+    /// SKIP line without it, a failure under CI=true.
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        let text = render(&busy_state());
+        let child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!(
+                    "SKIP promtool_accepts_the_exposition: promtool not found ({e}); install \
+                     the Debian package prometheus (scripts/install-deps.sh)"
+                );
+                assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+                eprintln!("{why}");
+                return;
+            }
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics: {}\n{}{}\n{text}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

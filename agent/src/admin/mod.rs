@@ -1,13 +1,21 @@
 //! The agent's admin API, and the client the `kxdp` CLI reads it with.
 //!
-//! Served over HTTP/1.1 on a local TCP address or a Unix socket (`unix:/path`):
+//! Two listeners, as kube-proxy and Cilium's agent split theirs:
+//!
+//! - **metrics** (`--metrics-address`, default TCP `127.0.0.1:9901`): `/metrics`, `/healthz`,
+//!   `/readyz`, for Prometheus and the kubelet. Any local user can reach it; it shows counts,
+//!   never addresses or flows.
+//! - **debug** (`--admin`, default the Unix socket `/run/kxdp/admin.sock`, mode 0600 in a
+//!   0700 directory when the agent creates it): those three and the JSON views under `/api/`,
+//!   which show every service, route and flow; the `kxdp` CLI's default. A TCP address can be
+//!   asked for (`--admin 127.0.0.1:9902`): then every local user reads every flow.
 //!
 //! | path | answer |
 //! |---|---|
 //! | `/healthz` | 200 while the dataplane runs (or has yet to start), 503 once it stopped |
-//! | `/readyz` | 200 once the first snapshot is live, 503 before |
-//! | `/metrics` | Prometheus text: drops per reason, events, rx/tx per worker and per interface, batch sizes, conntrack size and pressure, snapshot generation, update latency (from an hdrhistogram) |
-//! | `/api/status` | [`StatusView`] |
+//! | `/readyz` | 200 once the first snapshot is live, 503 with the reason before |
+//! | `/metrics` | Prometheus text 0.0.4 ([`metrics`]): drops per reason, events, rx/tx per worker and per interface, batch sizes, conntrack size and pressure, snapshot generation and update latency, source errors, admin connections, `kxdp_build_info`, `process_*` |
+//! | `/api/status` | [`StatusView`] (debug listener only, as every `/api/` path) |
 //! | `/api/services` | [`ServiceView`] per service port |
 //! | `/api/conntrack?proto=&addr=&port=&limit=` | [`FlowsView`]: flows matching every filter given |
 //! | `/api/routes` | [`RouteView`] per destination |
@@ -15,25 +23,39 @@
 //! | `/api/trace?from=&src=&dst=&proto=&format=text` | a [`kxdp_control::trace::Trace`] of one packet through the live tables |
 //!
 //! The JSON views are what `kxdp status|services|conntrack|routes|counters --json` print.
+//! Each listener holds a bounded number of connections and times out slow ones
+//! ([`conns`]), so held or trickling connections cannot starve the agent.
 //!
 //! By concern: [`views`] (the JSON types and the views built from a snapshot), [`state`] (what
-//! the agent writes and the API reads), [`metrics`] (the Prometheus exposition), [`server`]
-//! (HTTP routing and serving), [`client`] (what the CLI reads it with).
+//! the agent writes and the API reads), [`metrics`] and [`process`] (the Prometheus
+//! exposition), [`listen`] (binding, the Unix socket's ownership), [`conns`] (connection
+//! limits), [`server`] (HTTP routing and serving), [`client`] (what the CLI reads it with).
 
 use std::path::PathBuf;
 
 pub mod client;
+pub mod conns;
+pub mod listen;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod state;
 pub mod views;
 
 pub use client::{get, get_json};
-pub use server::{bind, handle, serve, Listener};
+pub use conns::Limits;
+pub use listen::{bind, Listener};
+pub use server::{handle, serve, Scope};
 pub use state::{AdminState, DataplaneView};
 pub use views::*;
 
-/// Where the admin API listens.
+/// The debug API's default address (the CLI's too).
+pub const DEFAULT_ADMIN: &str = "unix:/run/kxdp/admin.sock";
+
+/// The metrics listener's default address.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9901";
+
+/// Where an admin listener listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AdminAddr {
     /// A TCP address (keep it on localhost).

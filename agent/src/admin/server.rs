@@ -1,8 +1,12 @@
-//! The admin API's HTTP server: routes a request to its answer, and serves a bound listener.
+//! The admin API's HTTP server: routes a request to its answer ([`handle`]), and serves a
+//! bound listener ([`serve`]) within its connection limits ([`super::conns`]).
+//!
+//! What a listener answers depends on its [`Scope`]: the metrics listener (TCP, reachable by
+//! every local user) only `/metrics`, `/healthz` and `/readyz`; the debug API (an owner-only
+//! Unix socket by default) those and every `/api/` view.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +16,29 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::state::{lock, AdminState};
+use super::conns::{Connections, Limits, Ticket};
+use super::listen::Listener;
+use super::state::AdminState;
 use super::views::{parse_endpoint, parse_proto, FlowFilter};
-use super::AdminAddr;
+
+/// What a listener answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    Metrics,
+    /// Those and the debug views under `/api/`.
+    Debug,
+}
+
+impl Scope {
+    /// The listener's name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Metrics => "metrics",
+            Scope::Debug => "debug",
+        }
+    }
+}
 
 /// A URL query string's parameters (no percent-decoding is needed for what the API takes).
 pub fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
@@ -51,9 +75,10 @@ fn json<T: Serialize>(value: &T) -> Response<Body> {
     }
 }
 
-/// Answer one request.
+/// Answer one request on a listener of `scope`.
 pub fn handle(
-    state: &AdminState,
+    state: &Arc<AdminState>,
+    scope: Scope,
     method: &hyper::Method,
     path: &str,
     query: Option<&str>,
@@ -63,6 +88,13 @@ pub fn handle(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "only GET\n".into(),
+        );
+    }
+    if scope == Scope::Metrics && path.starts_with("/api/") {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("{path}: the debug API is on the agent's --admin socket, not here\n"),
         );
     }
     let params = query_params(query);
@@ -82,9 +114,8 @@ pub fn handle(
             if state.ready.load(Relaxed) && !state.stopped.load(Relaxed) {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
-                let why = lock(&state.inner)
-                    .last_error
-                    .clone()
+                let why = state
+                    .current_error()
                     .unwrap_or_else(|| "waiting for the first snapshot".into());
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -93,7 +124,11 @@ pub fn handle(
                 )
             }
         }
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics()),
+        "/metrics" => reply(
+            StatusCode::OK,
+            super::metrics::CONTENT_TYPE,
+            super::metrics::render(state),
+        ),
         "/api/status" => json(&state.status()),
         "/api/services" => json(&state.services()),
         "/api/routes" => json(&state.routes()),
@@ -157,40 +192,20 @@ fn trace_live(
     trace(&snap, &input).map_err(|e| e.to_string())
 }
 
-/// Bind the admin API's listener (before anything else starts, so a taken address fails the
-/// start). A stale Unix socket file is replaced.
-pub async fn bind(addr: &AdminAddr) -> std::io::Result<Listener> {
-    match addr {
-        AdminAddr::Tcp(a) => tokio::net::TcpListener::bind(a).await.map(Listener::Tcp),
-        AdminAddr::Unix(p) => {
-            if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let _ = std::fs::remove_file(p);
-            tokio::net::UnixListener::bind(p).map(|l| Listener::Unix(l, p.clone()))
-        }
-    }
-}
-
-/// A bound admin listener.
-#[derive(Debug)]
-pub enum Listener {
-    /// On TCP.
-    Tcp(tokio::net::TcpListener),
-    /// On a Unix socket (removed when dropped).
-    Unix(tokio::net::UnixListener, PathBuf),
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Listener::Unix(_, p) = self {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Serve the admin API until the task is dropped.
-pub async fn serve(listener: Listener, state: Arc<AdminState>) {
+/// Serve `listener` as a `scope` listener within `limits` until the task is dropped.
+pub async fn serve(listener: Listener, state: Arc<AdminState>, scope: Scope, limits: Limits) {
+    let connections = Arc::new(Connections::new(scope.name(), limits));
+    state.add_listener(Arc::clone(&connections));
+    let reaper = tokio::spawn(Arc::clone(&connections).reap());
+    let _reaper = AbortOnDrop(reaper.abort_handle());
+    let http = {
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            // Requests are a line and a few headers; this bounds a connection's buffer.
+            .max_buf_size(16 * 1024);
+        Arc::new(b)
+    };
     loop {
         let accepted = match &listener {
             Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
@@ -199,32 +214,63 @@ pub async fn serve(listener: Listener, state: Arc<AdminState>) {
         let conn = match accepted {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "admin API: accept failed");
+                // EMFILE and the like: the limits keep the agent far from them, but never spin.
+                tracing::warn!(listener = scope.name(), error = %e, "admin API: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let r = handle(&state, req.method(), req.uri().path(), req.uri().query());
-                async move { Ok::<_, std::convert::Infallible>(r) }
-            });
-            let http = hyper::server::conn::http1::Builder::new();
-            let result = match conn {
-                Conn::Tcp(s) => {
-                    http.serve_connection(hyper_util::rt::TokioIo::new(s), service)
-                        .await
+        let http = Arc::clone(&http);
+        connections.admit(move |ticket| {
+            tokio::spawn(async move {
+                match conn {
+                    Conn::Tcp(s) => connection(&http, s, state, scope, ticket).await,
+                    Conn::Unix(s) => connection(&http, s, state, scope, ticket).await,
                 }
-                Conn::Unix(s) => {
-                    http.serve_connection(hyper_util::rt::TokioIo::new(s), service)
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "admin API connection");
-            }
+            })
+            .abort_handle()
         });
+    }
+}
+
+/// Serve one connection; its ticket holds its place in the listener's table until it ends.
+async fn connection<S>(
+    http: &hyper::server::conn::http1::Builder,
+    stream: S,
+    state: Arc<AdminState>,
+    scope: Scope,
+    ticket: Ticket,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ticket = Arc::new(ticket);
+    let seen = Arc::clone(&ticket);
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        seen.request();
+        let r = handle(
+            &state,
+            scope,
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+        );
+        async move { Ok::<_, std::convert::Infallible>(r) }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    if let Err(e) = http.serve_connection(io, service).await {
+        if e.is_timeout() {
+            ticket.timed_out();
+        }
+        tracing::debug!(listener = scope.name(), error = %e, "admin API connection");
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -258,12 +304,12 @@ mod tests {
 
     #[test]
     fn a_starting_agent_is_healthy_but_not_ready_and_metrics_say_so() {
-        let state = AdminState::new("node-a", "manifests");
-        let get = |p: &str| handle(&state, &hyper::Method::GET, p, None).status();
+        let state = Arc::new(AdminState::new("node-a", "manifests"));
+        let get = |p: &str| handle(&state, Scope::Debug, &hyper::Method::GET, p, None).status();
         assert_eq!(get("/healthz"), StatusCode::OK);
         assert_eq!(get("/readyz"), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(get("/nope"), StatusCode::NOT_FOUND);
-        let m = state.metrics();
+        let m = super::super::metrics::render(&state);
         assert!(m.contains("kxdp_ready 0\n"), "{m}");
         assert!(
             m.contains("kxdp_drops_total{reason=\"neighbor_unresolved\"} 0"),
@@ -271,5 +317,97 @@ mod tests {
         );
         state.set_stopped();
         assert_eq!(get("/healthz"), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn the_metrics_listener_answers_health_and_metrics_but_no_debug_view() {
+        let state = Arc::new(AdminState::new("node-a", "manifests"));
+        let get = |p: &str| handle(&state, Scope::Metrics, &hyper::Method::GET, p, None);
+        assert_eq!(get("/healthz").status(), StatusCode::OK);
+        assert_eq!(get("/readyz").status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get("/metrics").status(), StatusCode::OK);
+        for path in [
+            "/api/status",
+            "/api/conntrack",
+            "/api/services",
+            "/api/trace",
+        ] {
+            assert_eq!(get(path).status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        let debug = handle(
+            &state,
+            Scope::Debug,
+            &hyper::Method::GET,
+            "/api/status",
+            None,
+        );
+        assert_eq!(debug.status(), StatusCode::OK);
+    }
+
+    /// A listener with room for 8 connections, flooded with idle and trickling ones, still
+    /// answers a prompt client, and never holds more than its limit.
+    #[test]
+    fn a_flooded_listener_still_answers_and_holds_no_more_than_its_limit() {
+        use std::io::Write as _;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(AdminState::new("node-a", "manifests"));
+        let limits = Limits {
+            max_connections: 8,
+            header_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(5),
+        };
+        let listener = runtime
+            .block_on(super::super::listen::bind(&"127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        let addr: crate::admin::AdminAddr = listener.local().parse().unwrap();
+        let crate::admin::AdminAddr::Tcp(tcp) = addr else {
+            panic!("{addr}")
+        };
+        runtime.spawn(serve(listener, Arc::clone(&state), Scope::Metrics, limits));
+        let mut held = Vec::new();
+        for i in 0..200 {
+            let mut s = std::net::TcpStream::connect(tcp).unwrap();
+            if i % 10 == 0 {
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+            }
+            held.push(s);
+        }
+        for _ in 0..5 {
+            let start = std::time::Instant::now();
+            let (code, body) = crate::admin::client::get(&addr, "/healthz").unwrap();
+            assert_eq!((code, body.as_str()), (200, "ok\n"));
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                start.elapsed()
+            );
+            let (code, _) = crate::admin::get(&addr, "/metrics").unwrap();
+            assert_eq!(code, 200);
+            let (code, body) = crate::admin::get(&addr, "/api/conntrack").unwrap();
+            assert_eq!(code, 404, "{body}");
+        }
+        let listeners = super::super::state::lock_listeners(&state.listeners).clone();
+        let conns = &listeners[0];
+        assert!(conns.open() <= 8, "{}", conns.open());
+        assert!(conns.evicted() >= 192, "{}", conns.evicted());
+        // Connections that trickle their headers time out without a complete request.
+        let mut slow: Vec<std::net::TcpStream> = (0..3)
+            .map(|_| std::net::TcpStream::connect(tcp).unwrap())
+            .collect();
+        for _ in 0..5 {
+            for s in &mut slow {
+                let _ = s.write_all(b"X");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(conns.open(), 0, "every held connection timed out");
+        assert!(conns.timed_out() >= 3, "{}", conns.timed_out());
+        drop(held);
+        runtime.shutdown_timeout(Duration::from_secs(1));
     }
 }

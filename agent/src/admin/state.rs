@@ -1,6 +1,11 @@
 //! The agent's state as the admin API reads it: the agent writes it as things happen (a
 //! snapshot published, the source's progress, the dataplane started or stopped), the server
 //! reads it to answer. Views are built on demand from it; nothing here does I/O.
+//!
+//! Errors are shown while they hold: the source's error (a manifest that does not parse, a
+//! failing watch) until the source's next good load, and the error that kept the last change
+//! from going live (a compile or dataplane failure) until the next snapshot goes live.
+//! `/api/status` and `/readyz` show the first of the two that holds.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,6 +22,7 @@ use kxdp_xdp::runtime::WorkerStats;
 use kxdp_xdp::worker::{IoCounter, BATCH_BUCKETS};
 use kxdp_xdp::{Decisions, XdpDecision};
 
+use super::conns::Connections;
 use super::views::{
     batch_bucket, BatchSizeView, ConntrackFillView, CountersView, FlowFilter, FlowView, FlowsView,
     InterfaceView, LatencyView, NeighborsView, RouteView, ServiceView, StatusView, WorkerView,
@@ -33,8 +39,9 @@ pub struct DataplaneView {
     pub conntrack: Arc<Conntrack>,
     /// When the pipeline's clock (conntrack expiries) was zero.
     pub clock_origin: Instant,
-    /// The XDP program's decision counters.
-    pub decisions: Arc<Decisions>,
+    /// The XDP program's decision counters (none where no program is loaded, as in a test's
+    /// view).
+    pub decisions: Option<Arc<Decisions>>,
 }
 
 /// The agent's state as the admin API reads it; the agent writes it.
@@ -48,13 +55,18 @@ pub struct AdminState {
     pub(super) snapshot: ArcSwapOption<Snapshot>,
     pub(super) dataplane: OnceLock<DataplaneView>,
     pub(super) inner: Mutex<Inner>,
+    /// The admin listeners' connection tables (their counts and evictions are metrics).
+    pub(super) listeners: Mutex<Vec<Arc<Connections>>>,
 }
 
 #[derive(Debug)]
 pub(super) struct Inner {
     pub(super) synced: bool,
     pub(super) source_errors: u64,
-    pub(super) last_error: Option<String>,
+    /// The source's error, until its next good load.
+    pub(super) source_error: Option<String>,
+    /// Why the last change did not go live, until one does.
+    pub(super) publish_error: Option<String>,
     pub(super) problems: Vec<String>,
     pub(super) interfaces: Vec<(String, InterfaceId, String, String)>,
     pub(super) updates: u64,
@@ -64,8 +76,22 @@ pub(super) struct Inner {
     pub(super) draining: usize,
 }
 
+impl Inner {
+    fn current_error(&self) -> Option<String> {
+        self.source_error
+            .clone()
+            .or_else(|| self.publish_error.clone())
+    }
+}
+
 pub(super) fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     // A panic elsewhere must not take the admin API down with it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(super) fn lock_listeners(
+    m: &Mutex<Vec<Arc<Connections>>>,
+) -> std::sync::MutexGuard<'_, Vec<Arc<Connections>>> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -83,7 +109,8 @@ impl AdminState {
             inner: Mutex::new(Inner {
                 synced: false,
                 source_errors: 0,
-                last_error: None,
+                source_error: None,
+                publish_error: None,
                 problems: Vec::new(),
                 interfaces: Vec::new(),
                 updates: 0,
@@ -92,6 +119,7 @@ impl AdminState {
                 neighbors: [0; 2],
                 draining: 0,
             }),
+            listeners: Mutex::new(Vec::new()),
         }
     }
 
@@ -115,21 +143,30 @@ impl AdminState {
         let _ = inner.latency_us.record(us);
         inner.latency_sum += latency;
         inner.problems = problems;
+        inner.publish_error = None;
     }
 
-    /// The source's state.
-    pub fn set_source(&self, synced: bool, errors: u64, last_error: Option<String>) {
+    /// The source's state: whether it has listed everything once, the errors it has had so
+    /// far, and the one that holds now (`None` once it loads again: the error is cleared).
+    pub fn set_source(&self, synced: bool, errors: u64, error: Option<String>) {
         let mut inner = lock(&self.inner);
         inner.synced = synced;
         inner.source_errors = errors;
-        if last_error.is_some() {
-            inner.last_error = last_error;
-        }
+        inner.source_error = error;
     }
 
-    /// The last error that kept a change from going live.
+    /// The error that kept the last change from going live (cleared when one goes live).
     pub fn set_error(&self, error: String) {
-        lock(&self.inner).last_error = Some(error);
+        lock(&self.inner).publish_error = Some(error);
+    }
+
+    /// The error that holds now: the source's, else why the last change did not go live.
+    pub fn current_error(&self) -> Option<String> {
+        lock(&self.inner).current_error()
+    }
+
+    pub(super) fn add_listener(&self, connections: Arc<Connections>) {
+        lock_listeners(&self.listeners).push(connections);
     }
 
     /// The interfaces served: name, number, role, XDP mode.
@@ -160,7 +197,7 @@ impl AdminState {
     pub(super) fn xdp_decisions(&self) -> [u64; XdpDecision::COUNT] {
         self.dataplane
             .get()
-            .and_then(|d| d.decisions.read().ok())
+            .and_then(|d| d.decisions.as_ref()?.read().ok())
             .unwrap_or([0; XdpDecision::COUNT])
     }
 
@@ -214,7 +251,7 @@ impl AdminState {
             source: self.source.clone(),
             synced: inner.synced,
             source_errors: inner.source_errors,
-            last_error: inner.last_error.clone(),
+            last_error: inner.current_error(),
             generation: snap.as_ref().map_or(0, |s| s.generation),
             updates: inner.updates,
             update_latency_ms: LatencyView {
@@ -312,5 +349,39 @@ impl AdminState {
             true
         });
         view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_show_while_they_hold_and_are_counted() {
+        let state = AdminState::new("node-a", "manifests");
+        state.set_source(true, 0, None);
+        assert_eq!(state.status().last_error, None);
+        state.set_source(true, 1, Some("cluster.yaml: document 2: bad".into()));
+        state.set_error("compile: node node-a: no Node object".into());
+        let s = state.status();
+        assert_eq!(s.source_errors, 1);
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("cluster.yaml: document 2: bad"),
+            "the source's error first"
+        );
+        // The next good load clears it (the count stays); the compile error shows.
+        state.set_source(true, 1, None);
+        let s = state.status();
+        assert_eq!(s.source_errors, 1);
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("compile: node node-a: no Node object")
+        );
+        // A snapshot going live clears that.
+        let snap = kxdp_testkit::Topology::with_services(1, 1).snapshot();
+        state.published(Arc::new(snap), Duration::from_millis(1), vec![]);
+        assert_eq!(state.status().last_error, None);
+        assert_eq!(state.current_error(), None);
     }
 }

@@ -130,8 +130,8 @@ fn man(args: ManArgs) -> Result<Vec<u8>, String> {
 
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// The agent's admin API: ADDRESS:PORT or unix:PATH.
-    #[arg(long, env = "KXDP_ADMIN", default_value = "127.0.0.1:9901")]
+    /// The agent's debug API (its --admin): unix:PATH or ADDRESS:PORT.
+    #[arg(long, env = "KXDP_ADMIN", default_value = admin::DEFAULT_ADMIN)]
     admin: AdminAddr,
     /// Print the API's JSON.
     #[arg(long)]

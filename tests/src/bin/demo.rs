@@ -64,7 +64,7 @@ fn run() -> Result<bool, String> {
     for node in 0..2 {
         c.add_host_interface(node)?;
     }
-    println!("[setup] starting `kxdp agent` on node-a and node-b (manifest source, admin API on Unix sockets)");
+    println!("[setup] starting `kxdp agent` on node-a and node-b (manifest source, debug API on Unix sockets, metrics on 127.0.0.1:9901 in each node)");
     c.start(300, &["--host-interface", "host0"])?;
     println!(
         "[setup] both agents ready after {:.1} s\n",
@@ -215,6 +215,10 @@ fn run() -> Result<bool, String> {
     );
     let all_ok = rows.iter().all(|r| r.ok);
 
+    match c.metrics_get(0, "/healthz", Duration::from_secs(5)) {
+        Ok((200, _)) => println!("\n[check] node-a's metrics listener: /healthz ok"),
+        other => println!("\n[check] node-a's metrics listener: /healthz {other:?}"),
+    }
     for (title, args) in [
         ("kxdp services (node-a)", vec!["services"]),
         ("kxdp counters (node-a)", vec!["counters"]),

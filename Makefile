@@ -5,6 +5,9 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/kxdp/target
 export CARGO_TARGET_DIR
 
+# Tools scripts/install-deps.sh unpacks rather than installs (promtool).
+export PATH := $(HOME)/.cache/kxdp/tools:$(PATH)
+
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 

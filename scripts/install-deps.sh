@@ -9,9 +9,8 @@ set -euo pipefail
 # procps (kill), util-linux (setpriv, prlimit): stopping agents, and the preflight tests.
 # nftables, netsniff-ng (trafgen): the perf harness's kernel baseline and its generator.
 # man-db, groff-base: `man -l` renders `kxdp man`'s page with groff's warnings on (agent/tests/cli.rs).
-# prometheus (promtool): the format test of the agent's /metrics.
 # (zsh and fish are optional: where installed, the completion test loads their scripts too.)
-packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4 procps util-linux nftables netsniff-ng man-db groff-base prometheus)
+packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4 procps util-linux nftables netsniff-ng man-db groff-base)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,6 +24,22 @@ if ((${#missing[@]})); then
     echo "kxdp: installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# promtool, for the format test of the agent's /metrics, comes from Debian's prometheus package,
+# unpacked into kxdp's cache rather than installed: installing the package would also create a
+# Prometheus server and, on a host with systemd, start it. The Makefile puts the folder on PATH.
+tools="${KXDP_TOOLS:-$HOME/.cache/kxdp/tools}"
+if ! command -v promtool >/dev/null && [[ ! -x "$tools/promtool" ]]; then
+    echo "kxdp: unpacking promtool from Debian's prometheus package into $tools"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    if ! (cd "$work" && apt-get download -qq prometheus 2>/dev/null); then
+        [[ $(id -u) -eq 0 ]] && DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        (cd "$work" && apt-get download -qq prometheus)
+    fi
+    dpkg-deb -x "$work"/prometheus_*.deb "$work/root"
+    install -D -m 0755 "$work/root/usr/bin/promtool" "$tools/promtool"
 fi
 
 for tool in cargo rustc; do

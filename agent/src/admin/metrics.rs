@@ -599,8 +599,9 @@ mod tests {
         }
     }
 
-    /// `promtool check metrics` (Debian package `prometheus`) on the whole exposition: a
-    /// SKIP line without it, a failure under CI=true.
+    /// `promtool check metrics` on the whole exposition: a SKIP line without promtool, a
+    /// failure under CI=true. `scripts/install-deps.sh` unpacks it from Debian's prometheus
+    /// package into `~/.cache/kxdp/tools`, which the Makefile puts on PATH.
     #[test]
     fn promtool_accepts_the_exposition() {
         let text = render(&busy_state());
@@ -614,8 +615,9 @@ mod tests {
             Ok(c) => c,
             Err(e) => {
                 let why = format!(
-                    "SKIP promtool_accepts_the_exposition: promtool not found ({e}); install \
-                     the Debian package prometheus (scripts/install-deps.sh)"
+                    "SKIP promtool_accepts_the_exposition: promtool not found on PATH ({e}); \
+                     run scripts/install-deps.sh and the tests through make, or put promtool \
+                     on PATH"
                 );
                 assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
                 eprintln!("{why}");

@@ -67,4 +67,4 @@ demo: deps
 
 # One packet of every path through the pure pipeline on the fixture node (no root needed).
 walkthrough: deps
-	cargo run --release --locked -p kxdp-dataplane --example walkthrough
+	cargo run --release --locked -p kxdp-testkit --example walkthrough

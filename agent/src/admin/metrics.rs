@@ -13,15 +13,11 @@
 //! ([`per_entry`], e.g. `kxdp_worker_rx_frames_total{worker}`, named and described by the
 //! member).
 
-use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric, NoLabelSet,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -32,6 +28,7 @@ use kxdp_xdp::worker::{IoCounter, BATCH_BUCKETS};
 use kxdp_xdp::XdpDecision;
 
 use super::conns::Connections;
+use super::encode::{counter, counters, gauge, gauges, Result};
 use super::process::ProcessCollector;
 use super::state::{lock, lock_listeners, AdminState};
 
@@ -54,61 +51,6 @@ pub fn render(state: &Arc<AdminState>) -> String {
         return format!("# kxdp: encoding the metrics failed: {e}\n");
     }
     text
-}
-
-type Result = std::result::Result<(), fmt::Error>;
-
-/// A gauge without labels.
-pub(super) fn gauge(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: impl EncodeGaugeValue,
-) -> Result {
-    let m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    ConstGauge::new(value).encode(m)
-}
-
-/// A counter without labels (`name` without `_total`: the encoder adds it).
-pub(super) fn counter(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: impl prometheus_client::encoding::EncodeCounterValue,
-) -> Result {
-    let m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    ConstCounter::new(value).encode(m)
-}
-
-/// A counter family: one series per label set.
-fn counters<L: EncodeLabelSet>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    rows: impl IntoIterator<Item = (L, u64)>,
-) -> Result {
-    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    for (labels, value) in rows {
-        ConstCounter::new(value).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// A gauge family: one series per label set.
-fn gauges<L: EncodeLabelSet, V: EncodeGaugeValue>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl IntoIterator<Item = (L, V)>,
-) -> Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in rows {
-        ConstGauge::new(value).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
 }
 
 /// One counter family for list `L`: a series per member, labelled `label="<member name>"`.

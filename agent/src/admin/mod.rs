@@ -35,6 +35,7 @@ use std::path::PathBuf;
 
 pub mod client;
 pub mod conns;
+mod encode;
 pub mod listen;
 pub mod metrics;
 pub mod process;

@@ -11,7 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Unit;
 
-use super::metrics::{counter, gauge};
+use super::encode::{counter, gauge};
 
 /// What `/proc/self/stat` says, in the units the metrics use.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,6 +1,5 @@
-//! A walk through the pipeline on the embedded fixture node: one packet of every path, with
-//! its 5-tuple before and after and the verdict. `make demo` runs it; the agent (issue 5)
-//! replaces it with the real thing.
+//! A walk through the pipeline on the fixture node: one packet of every path, with its 5-tuple
+//! before and after and the verdict (`make walkthrough`; no root needed).
 #![allow(clippy::print_stdout)]
 
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};

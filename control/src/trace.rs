@@ -37,7 +37,7 @@ use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::flow::FlowKey;
 use kxdp_dataplane::pipeline::inspect;
-use kxdp_dataplane::tables::{FrontendKind, InterfaceRole, TrafficPolicy};
+use kxdp_dataplane::tables::{FrontendKind, InterfaceRole};
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::{tcp_flags, EthernetAddress};
 use kxdp_dataplane::{process_batch, Counters, Frame, Instant, Packet, Snapshot, Verdict};
@@ -355,17 +355,13 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
     // The frontend, and what a new flow may get there.
     if let Some((port, kind)) = snap.services.lookup(dst, input.proto, input.dst.1) {
         let internal = input.entry != Entry::Uplink;
-        let policy = match (kind.is_external(), internal) {
-            (false, _) => port.spec().internal_policy,
-            (true, true) => TrafficPolicy::Cluster,
-            (true, false) => port.spec().external_policy,
-        };
+        let eligible = port.eligible(kind, internal);
+        let policy = eligible.policy;
         let backends = port
             .spec()
             .backends
             .iter()
-            .filter(|b| policy == TrafficPolicy::Cluster || b.local)
-            .filter(|b| port.cluster_members().contains(&(b.ip, b.port)))
+            .filter(|b| eligible.backends().contains(&(b.ip, b.port)))
             .map(|b| Endpoint::new(b.ip, b.port))
             .collect();
         let frontend = Frontend {

@@ -21,7 +21,7 @@ use crate::flow::FastMap;
 use crate::wire::{checksum, vxlan, Ipv4Cidr, MacAddr};
 pub use route::Lpm;
 pub use service::{
-    frontend_key, Backend, Frontend, FrontendKind, Pick, ServicePort, ServicePortSpec,
+    frontend_key, Backend, Eligible, Frontend, FrontendKind, Pick, ServicePort, ServicePortSpec,
     ServiceTable, ServiceTableError, TrafficPolicy,
 };
 

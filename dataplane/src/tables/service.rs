@@ -160,6 +160,23 @@ pub enum Pick {
     NoLocalEndpoints,
 }
 
+/// The endpoints a new flow may get, and the traffic policy that chose them: what
+/// [`ServicePort::eligible`] says for one kind of frontend and client.
+#[derive(Clone, Copy, Debug)]
+pub struct Eligible<'a> {
+    /// The traffic policy that applies.
+    pub policy: TrafficPolicy,
+    pool: &'a Pool,
+}
+
+impl<'a> Eligible<'a> {
+    /// The endpoints (address, port) new flows are spread over, sorted; empty when none is
+    /// usable.
+    pub fn backends(&self) -> &'a [(Ipv4Addr, u16)] {
+        &self.pool.members
+    }
+}
+
 /// One compiled service port.
 #[derive(Debug)]
 pub struct ServicePort {
@@ -197,10 +214,28 @@ impl ServicePort {
         kind.is_external() && !internal_client && self.spec.external_policy == TrafficPolicy::Local
     }
 
+    /// Which traffic policy applies to a new flow arriving through a frontend of `kind`, and
+    /// so which endpoints it may get. ClusterIP traffic follows `internalTrafficPolicy`, the
+    /// rest `externalTrafficPolicy`; but `internal_client` (the client is a pod or a node of
+    /// this cluster) makes it `Cluster` for an external address (load balancer, external IP,
+    /// node port), as kube-proxy does. [`ServicePort::pick`] chooses among these; `kxdp trace`
+    /// shows them.
+    #[inline]
+    pub fn eligible(&self, kind: FrontendKind, internal_client: bool) -> Eligible<'_> {
+        let policy = match (kind.is_external(), internal_client) {
+            (false, _) => self.spec.internal_policy,
+            (true, true) => TrafficPolicy::Cluster,
+            (true, false) => self.spec.external_policy,
+        };
+        let pool = match policy {
+            TrafficPolicy::Cluster => &self.cluster,
+            TrafficPolicy::Local => &self.local,
+        };
+        Eligible { policy, pool }
+    }
+
     /// Choose a backend for a new flow `hash` (from the 5-tuple) from client `client`, arriving
-    /// through a frontend of `kind`. `internal_client` says the client is a pod or a node of
-    /// this cluster: like kube-proxy, such clients of an external address (load balancer,
-    /// external IP, node port) use every endpoint whatever `externalTrafficPolicy` says.
+    /// through a frontend of `kind`, among the [`ServicePort::eligible`] endpoints.
     #[inline]
     pub fn pick(
         &self,
@@ -209,19 +244,11 @@ impl ServicePort {
         internal_client: bool,
         hash: u64,
     ) -> Pick {
-        let policy = match (kind.is_external(), internal_client) {
-            (false, _) => self.spec.internal_policy,
-            (true, true) => TrafficPolicy::Cluster,
-            (true, false) => self.spec.external_policy,
-        };
+        let Eligible { policy, pool } = self.eligible(kind, internal_client);
         let hash = if self.spec.client_ip_affinity {
             flow::hash_words(u64::from(u32::from(client)), 0)
         } else {
             hash
-        };
-        let pool = match policy {
-            TrafficPolicy::Cluster => &self.cluster,
-            TrafficPolicy::Local => &self.local,
         };
         match pool.pick(hash) {
             Some((ip, port)) => Pick::Backend(ip, port),
@@ -608,6 +635,48 @@ mod tests {
         names.sort();
         out.extend(names.into_iter().map(String::from));
         out
+    }
+
+    #[test]
+    fn eligible_endpoints_are_the_ones_pick_chooses_from() {
+        let remote = Backend::ready(Ipv4Addr::new(10, 244, 2, 7), 8080, false);
+        // The only local endpoint is terminating but still serving: the local pool falls back
+        // to it (KEP-1669) although a ready endpoint exists elsewhere.
+        let local = Backend {
+            ready: false,
+            terminating: true,
+            ..Backend::ready(Ipv4Addr::new(10, 244, 1, 9), 8080, true)
+        };
+        let sp = ServicePort::new(ServicePortSpec {
+            name: "ns/web:http".into(),
+            proto: 6,
+            frontends: Vec::new(),
+            backends: vec![remote, local],
+            internal_policy: TrafficPolicy::Cluster,
+            external_policy: TrafficPolicy::Local,
+            client_ip_affinity: false,
+        });
+        let client = Ipv4Addr::new(198, 19, 0, 7);
+        for (kind, internal, policy, backend) in [
+            (FrontendKind::NodePort, false, TrafficPolicy::Local, local),
+            (FrontendKind::NodePort, true, TrafficPolicy::Cluster, remote),
+            (
+                FrontendKind::ClusterIp,
+                false,
+                TrafficPolicy::Cluster,
+                remote,
+            ),
+        ] {
+            let eligible = sp.eligible(kind, internal);
+            assert_eq!(eligible.policy, policy, "{kind:?}, internal {internal}");
+            assert_eq!(eligible.backends(), [(backend.ip, backend.port)]);
+            for hash in 0..64 {
+                assert_eq!(
+                    sp.pick(kind, client, internal, hash),
+                    Pick::Backend(backend.ip, backend.port)
+                );
+            }
+        }
     }
 
     #[test]

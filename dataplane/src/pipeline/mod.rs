@@ -38,7 +38,7 @@ pub use frame::Frame;
 use crate::conntrack::Conntrack;
 use crate::counters::{Counters, Event};
 use crate::reason::{DropReason, PassReason};
-use crate::tables::{InterfaceId, InterfaceRole, RouteTarget, Snapshot};
+use crate::tables::{InterfaceId, InterfaceRole, Snapshot};
 use crate::time::Instant;
 use crate::wire::ETHERNET_HEADER_LEN;
 
@@ -242,7 +242,8 @@ fn ingress(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Stage 
 /// not from the node's kernel to another node (source-NATed). Those take the common path with
 /// zero ports, which plans no conntrack lookup and finds no frontend, masquerade or ICMP to
 /// answer on a pod-to-pod route. Everything else stays dropped: service traffic, masquerade,
-/// NodePorts, the node's own addresses. (A decapsulated fragment is not counted as
+/// NodePorts, the node's own addresses. Which is which is [`nat::plan_fragment`]'s to say, by
+/// the same rule that plans every packet. (A decapsulated fragment is not counted as
 /// `vxlan_decap`.)
 ///
 /// Called from the first pass only for a stage already found not to be IPv4: measured side by
@@ -266,28 +267,10 @@ fn fragment(snap: &Snapshot, frame: &[u8], ingress: InterfaceId) -> Stage {
     if pod.is_some_and(|ip| ip != meta.key.src_ip) {
         return drop(DropReason::SpoofedSource);
     }
-    let from_endpoint = || {
-        snap.services
-            .is_backend_addr(meta.key.src_ip, meta.key.proto)
-    };
-    let route = snap.route(meta.key.dst_ip);
-    let routed = match route {
-        RouteTarget::LocalPods => !from_endpoint(),
-        RouteTarget::RemoteNode(_) => origin != Origin::Host && !from_endpoint(),
-        _ => false,
-    };
-    if !routed {
-        return drop(DropReason::Ipv4Fragment);
+    match nat::plan_fragment(snap, &meta, origin) {
+        Some(plan) => Stage::Ipv4(meta, origin, plan),
+        None => drop(DropReason::Ipv4Fragment),
     }
-    // Planned here: never tracked (the checks above are what `nat::plan` would decide).
-    Stage::Ipv4(
-        meta,
-        origin,
-        nat::Plan {
-            route,
-            track: false,
-        },
-    )
 }
 
 /// The IPv4 stages after ingress: ICMP, NAT and conntrack, output.

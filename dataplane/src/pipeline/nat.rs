@@ -20,7 +20,7 @@ use crate::conntrack::{Direction, InsertError};
 use crate::counters::Event;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
-use crate::tables::{FrontendKind, Pick, RouteTarget, ServicePort};
+use crate::tables::{FrontendKind, Pick, RouteTarget, ServicePort, Snapshot};
 
 /// What the NAT stage decided.
 pub(crate) enum Outcome {
@@ -61,6 +61,27 @@ impl Plan {
     };
 }
 
+/// Whether a packet on `route` from `origin` may belong to a translated flow, the one rule that
+/// both plans a packet ([`plan`]) and lets a fragment through ([`plan_fragment`]).
+/// `from_endpoint` says whether the sender is a service endpoint (only asked where it
+/// matters): its packets may be replies to reverse-NAT.
+///
+/// Traffic to pods, here or on another node, never is, unless it comes from an endpoint, or
+/// from the node's kernel to another node (source-NATed to the gateway address); everything
+/// else (services, masquerade, NodePorts, the node's own addresses) may be.
+#[inline(always)]
+fn may_be_translated(
+    route: RouteTarget,
+    origin: Origin,
+    from_endpoint: impl FnOnce() -> bool,
+) -> bool {
+    match route {
+        RouteTarget::LocalPods => from_endpoint(),
+        RouteTarget::RemoteNode(_) => origin == Origin::Host || from_endpoint(),
+        _ => true,
+    }
+}
+
 /// Plan a packet: route its destination and decide whether it may belong to a tracked flow.
 /// Pod-to-pod traffic not from a service endpoint never does, so it never touches conntrack.
 #[inline]
@@ -68,22 +89,29 @@ pub(crate) fn plan(ctx: &Ctx<'_>, meta: &Ipv4Meta, origin: Origin) -> Plan {
     let key = &meta.key;
     let route = ctx.snap.route(key.dst_ip);
     let track = trackable(meta)
-        && match route {
-            RouteTarget::LocalPods => {
-                ctx.snap
-                    .services
-                    .is_backend(key.src_ip, key.proto, key.src_port)
-            }
-            RouteTarget::RemoteNode(_) => {
-                origin == Origin::Host
-                    || ctx
-                        .snap
-                        .services
-                        .is_backend(key.src_ip, key.proto, key.src_port)
-            }
-            _ => true,
-        };
+        && may_be_translated(route, origin, || {
+            ctx.snap
+                .services
+                .is_backend(key.src_ip, key.proto, key.src_port)
+        });
     Plan { route, track }
+}
+
+/// Plan an IPv4 fragment (see `pipeline::fragment`): only the first fragment has ports, and
+/// kxdp does not reassemble, so a fragment goes on, untracked, only where nothing may be
+/// translated; `None` where something may (then it is dropped). Its sender is an endpoint if
+/// its address is one on any port.
+#[cold]
+pub(crate) fn plan_fragment(snap: &Snapshot, meta: &Ipv4Meta, origin: Origin) -> Option<Plan> {
+    let key = &meta.key;
+    let route = snap.route(key.dst_ip);
+    let translated = may_be_translated(route, origin, || {
+        snap.services.is_backend_addr(key.src_ip, key.proto)
+    });
+    (!translated).then_some(Plan {
+        route,
+        track: false,
+    })
 }
 
 #[inline]

@@ -7,7 +7,8 @@
 
 use core::net::Ipv4Addr;
 
-use super::{output, Ctx, Frame, Verdict};
+use super::rewrite::set_macs;
+use super::{Ctx, Frame, Verdict};
 use crate::counters::Event;
 use crate::reason::DropReason;
 use crate::wire::{ArpPacket, ARP_ETHERNET_IPV4_LEN as ARP_LEN, ETHERNET_HEADER_LEN};
@@ -45,7 +46,7 @@ pub(crate) fn answer(ctx: &Ctx<'_>, frame: &mut Frame<'_>) -> Verdict {
     reply.set_target_protocol_addr(&sender_ip.octets());
     reply.set_source_hardware_addr(&gw.0);
     reply.set_source_protocol_addr(&target_ip.octets());
-    output::set_macs(frame, crate::wire::EthernetAddress(sender_mac), gw);
+    set_macs(frame, crate::wire::EthernetAddress(sender_mac), gw);
     ctx.counters.inc(Event::ArpReply);
     Verdict::Reply
 }

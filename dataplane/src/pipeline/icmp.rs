@@ -1,5 +1,9 @@
 //! ICMP: echo replies from the gateway, errors kxdp sends, and errors it translates.
 //!
+//! Two stages: [`input`] (before NAT) answers pings of the gateway and translates errors about
+//! a translated flow; [`error`] turns a packet another stage refused ([`Next::IcmpError`]) into
+//! the error for its sender. Both hand the result to output ([`Next::OutputTranslated`]).
+//!
 //! Everything here is the uncommon path. Errors kxdp builds quote the offending packet's IPv4
 //! header and first 8 bytes (RFC 792), rewritten in place in the same buffer; errors about a
 //! translated flow, whoever sent them, are translated back the way the flow is, so that the
@@ -8,7 +12,7 @@
 use core::net::Ipv4Addr;
 
 use super::parse::{addr, be16, icmp_type, Ipv4Meta};
-use super::{output, Ctx, Frame, Origin, Verdict};
+use super::{Ctx, Frame, IcmpError, Next, Verdict};
 use crate::counters::Event;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
@@ -20,14 +24,29 @@ const CODE_PORT_UNREACHABLE: u8 = 3;
 const CODE_FRAG_NEEDED: u8 = 4;
 const TTL: u8 = 64;
 
+/// The ICMP stage before NAT: `Some` where it decides the packet (a ping of the gateway, an
+/// error about a translated flow, or one it cannot read), `None` to go on to NAT.
+#[inline]
+pub(crate) fn input(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -> Option<Next> {
+    if meta.key.proto != proto::ICMP {
+        return None;
+    }
+    if meta.icmp_type == icmp_type::ECHO_REQUEST && meta.key.dst_ip == ctx.snap.node.gateway_ip {
+        return Some(echo_reply(ctx, frame, meta));
+    }
+    if meta.is_icmp_error() {
+        return match translate_error(ctx, frame, meta) {
+            Ok(true) => Some(Next::OutputTranslated),
+            Ok(false) => None,
+            Err(r) => Some(Next::Done(Verdict::Drop(r))),
+        };
+    }
+    None
+}
+
 /// Turn an echo request to the gateway into its reply and send it back the way it came.
 #[cold]
-pub(crate) fn echo_reply(
-    ctx: &Ctx<'_>,
-    frame: &mut Frame<'_>,
-    meta: &mut Ipv4Meta,
-    origin: Origin,
-) -> Verdict {
+fn echo_reply(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -> Next {
     let l3 = meta.l3;
     let l4 = meta.l4();
     let (src, dst) = (meta.key.src_ip, meta.key.dst_ip);
@@ -45,18 +64,27 @@ pub(crate) fn echo_reply(
     meta.hash = 0;
     meta.icmp_type = icmp_type::ECHO_REPLY;
     ctx.counters.inc(Event::IcmpEchoReply);
-    output::deliver(ctx, frame, meta, origin, true, None)
+    Next::OutputTranslated
+}
+
+/// The ICMP error stage: turn the packet into `error` for its sender.
+#[cold]
+pub(crate) fn error(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    meta: &mut Ipv4Meta,
+    error: IcmpError,
+) -> Next {
+    match error {
+        IcmpError::PortUnreachable => port_unreachable(ctx, frame, meta),
+        IcmpError::FragNeeded => frag_needed(ctx, frame, meta),
+        IcmpError::TimeExceeded => time_exceeded(ctx, frame, meta),
+    }
 }
 
 /// Reject a packet to a service without endpoints, as kube-proxy does: ICMP port unreachable
 /// from the service address.
-#[cold]
-pub(crate) fn port_unreachable(
-    ctx: &Ctx<'_>,
-    frame: &mut Frame<'_>,
-    meta: &mut Ipv4Meta,
-    origin: Origin,
-) -> Verdict {
+fn port_unreachable(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -> Next {
     let (from, to) = (meta.key.dst_ip, meta.key.src_ip);
     if let Err(r) = build_error(
         frame,
@@ -65,67 +93,54 @@ pub(crate) fn port_unreachable(
         to,
         (icmp_type::DEST_UNREACHABLE, CODE_PORT_UNREACHABLE, 0),
     ) {
-        return Verdict::Drop(r);
+        return Next::Done(Verdict::Drop(r));
     }
     ctx.counters.inc(Event::IcmpPortUnreachable);
-    output::deliver(ctx, frame, meta, origin, true, None)
+    Next::OutputTranslated
 }
 
 /// Answer a DF packet too big for the tunnel with fragmentation needed (RFC 1191), from the
 /// gateway address, translated back through conntrack if the packet was.
-#[cold]
-pub(crate) fn frag_needed(
-    ctx: &Ctx<'_>,
-    frame: &mut Frame<'_>,
-    meta: &mut Ipv4Meta,
-    origin: Origin,
-) -> Verdict {
+fn frag_needed(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -> Next {
     let mtu = ctx.snap.node.uplink_mtu - VXLAN_OVERHEAD as u16;
     let error = (icmp_type::DEST_UNREACHABLE, CODE_FRAG_NEEDED, mtu);
-    send_error(ctx, frame, meta, origin, error, Event::IcmpFragNeeded)
+    send_error(ctx, frame, meta, error, Event::IcmpFragNeeded)
 }
 
 /// Answer a packet whose TTL runs out here with time exceeded (RFC 792), from the gateway
 /// address as a flannel node's `cni0` answers (so traceroute shows the node), translated back
 /// through conntrack if the packet was. Never about an ICMP error (RFC 1122 3.2.2) or a
 /// fragment other than the first (RFC 792): those are dropped as `ttl_exceeded`.
-#[cold]
-pub(crate) fn time_exceeded(
-    ctx: &Ctx<'_>,
-    frame: &mut Frame<'_>,
-    meta: &mut Ipv4Meta,
-    origin: Origin,
-) -> Verdict {
+fn time_exceeded(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -> Next {
     let later_fragment = frame
         .data()
         .get(meta.l3 + 6..meta.l3 + 8)
         .is_some_and(|f| be16(f, 0) & 0x1fff != 0);
     if meta.is_icmp_error() || later_fragment {
-        return Verdict::Drop(DropReason::TtlExceeded);
+        return Next::Done(Verdict::Drop(DropReason::TtlExceeded));
     }
     let error = (icmp_type::TIME_EXCEEDED, CODE_TTL_EXCEEDED, 0);
-    send_error(ctx, frame, meta, origin, error, Event::IcmpTimeExceeded)
+    send_error(ctx, frame, meta, error, Event::IcmpTimeExceeded)
 }
 
 /// Turn the packet into `error` from the gateway address to its sender, counted as `event`,
-/// translated back through conntrack if the packet was, and route it.
+/// translated back through conntrack if the packet was, for output.
 fn send_error(
     ctx: &Ctx<'_>,
     frame: &mut Frame<'_>,
     meta: &mut Ipv4Meta,
-    origin: Origin,
     error: (u8, u8, u16),
     event: Event,
-) -> Verdict {
+) -> Next {
     let (from, to) = (ctx.snap.node.gateway_ip, meta.key.src_ip);
     if let Err(r) = build_error(frame, meta, from, to, error) {
-        return Verdict::Drop(r);
+        return Next::Done(Verdict::Drop(r));
     }
     ctx.counters.inc(event);
     if let Err(r) = translate_error(ctx, frame, meta) {
-        return Verdict::Drop(r);
+        return Next::Done(Verdict::Drop(r));
     }
-    output::deliver(ctx, frame, meta, origin, true, None)
+    Next::OutputTranslated
 }
 
 fn fill_ipv4_checksum(header: &mut [u8]) {
@@ -241,7 +256,7 @@ fn set_addr(d: &mut [u8], at: usize, v: Ipv4Addr, checks: &[(usize, bool)]) {
 
 /// If the ICMP error at `meta` quotes a packet of a tracked flow, translate the quote and the
 /// outer addresses back like the flow. Returns whether it did.
-pub(crate) fn translate_error(
+fn translate_error(
     ctx: &Ctx<'_>,
     frame: &mut Frame<'_>,
     meta: &mut Ipv4Meta,

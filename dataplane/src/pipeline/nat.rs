@@ -15,22 +15,12 @@
 //! replies come back through the overlay to this node.
 
 use super::parse::{icmp_type, Ipv4Meta};
-use super::{icmp, Ctx, Frame, Origin, Verdict};
+use super::{Ctx, Frame, IcmpError, Next, Origin, Verdict};
 use crate::conntrack::{Direction, InsertError};
 use crate::counters::Event;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
 use crate::tables::{FrontendKind, Pick, RouteTarget, ServicePort, Snapshot};
-
-/// What the NAT stage decided.
-pub(crate) enum Outcome {
-    /// The packet was translated; route its new destination.
-    Translated,
-    /// The packet belongs to no translated flow; route it as it is (the route is known).
-    Untracked(RouteTarget),
-    /// The packet's fate is decided.
-    Done(Verdict),
-}
 
 /// Whether conntrack can hold a flow of this packet: TCP, UDP and ICMP echo.
 #[inline]
@@ -114,6 +104,9 @@ pub(crate) fn plan_fragment(snap: &Snapshot, meta: &Ipv4Meta, origin: Origin) ->
     })
 }
 
+/// The NAT stage: translate a packet of a known flow, or start a flow (a service's, or
+/// masqueraded), or leave it as it is; then on to output, or an ICMP error (a service without
+/// endpoints), or a verdict.
 #[inline]
 pub(crate) fn translate(
     ctx: &Ctx<'_>,
@@ -121,7 +114,7 @@ pub(crate) fn translate(
     meta: &mut Ipv4Meta,
     origin: Origin,
     plan: Plan,
-) -> Outcome {
+) -> Next {
     let snap = ctx.snap;
     let key = meta.key;
     let route = plan.route;
@@ -134,7 +127,7 @@ pub(crate) fn translate(
                 Direction::Original => Event::NatEstablished,
                 Direction::Reply => Event::ReverseNat,
             });
-            return Outcome::Translated;
+            return Next::OutputTranslated;
         }
     }
     let is_l4 = key.proto == proto::TCP || key.proto == proto::UDP;
@@ -157,13 +150,13 @@ pub(crate) fn translate(
     };
     let trackable = trackable(meta);
     if route == RouteTarget::ServiceCidr {
-        return Outcome::Done(Verdict::Drop(DropReason::ServiceNotFound));
+        return Next::Done(Verdict::Drop(DropReason::ServiceNotFound));
     }
     match masquerade_to {
-        Some(_) if !trackable => Outcome::Done(Verdict::Drop(DropReason::UnsupportedProtocol)),
+        Some(_) if !trackable => Next::Done(Verdict::Drop(DropReason::UnsupportedProtocol)),
         Some(_) if key.proto == proto::ICMP && meta.icmp_type != icmp_type::ECHO_REQUEST => {
             // An echo reply leaving the cluster answers nothing we translated.
-            Outcome::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
+            Next::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
         }
         Some(snat_ip) => {
             let reply = FlowKey::new(key.proto, key.dst_ip, key.dst_port, snat_ip, 0);
@@ -171,12 +164,12 @@ pub(crate) fn translate(
                 Ok(to) => {
                     rewrite(frame, meta, to);
                     ctx.counters.inc(Event::MasqueradeNewFlow);
-                    Outcome::Translated
+                    Next::OutputTranslated
                 }
-                Err(r) => Outcome::Done(Verdict::Drop(r)),
+                Err(r) => Next::Done(Verdict::Drop(r)),
             }
         }
-        None => Outcome::Untracked(route),
+        None => Next::OutputUntranslated(route),
     }
 }
 
@@ -189,7 +182,7 @@ fn new_service_flow(
     origin: Origin,
     port: &ServicePort,
     kind: FrontendKind,
-) -> Outcome {
+) -> Next {
     let key = meta.key;
     let node = &ctx.snap.node;
     // A pod or this node: kube-proxy gives such clients every endpoint and never preserves
@@ -197,11 +190,9 @@ fn new_service_flow(
     let internal = origin == Origin::Host || node.cluster_cidr.contains_addr(&key.src_ip);
     let (ip, bport) = match port.pick(kind, key.src_ip, internal, meta.hash()) {
         Pick::Backend(ip, bport) => (ip, bport),
-        Pick::NoEndpoints => {
-            return Outcome::Done(icmp::port_unreachable(ctx, frame, meta, origin))
-        }
+        Pick::NoEndpoints => return Next::IcmpError(IcmpError::PortUnreachable),
         Pick::NoLocalEndpoints => {
-            return Outcome::Done(Verdict::Drop(DropReason::ServiceNoLocalEndpoints))
+            return Next::Done(Verdict::Drop(DropReason::ServiceNoLocalEndpoints))
         }
     };
     let hairpin = ip == key.src_ip;
@@ -242,9 +233,9 @@ fn new_service_flow(
             if hairpin {
                 ctx.counters.inc(Event::Hairpin);
             }
-            Outcome::Translated
+            Next::OutputTranslated
         }
-        Err(r) => Outcome::Done(Verdict::Drop(r)),
+        Err(r) => Next::Done(Verdict::Drop(r)),
     }
 }
 

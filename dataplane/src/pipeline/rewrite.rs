@@ -1,4 +1,5 @@
-//! In-place header rewrites for validated packets, with fixed offsets.
+//! In-place header rewrites for validated packets, with fixed offsets: the helpers every stage
+//! shares (NAT, TTL, Ethernet addresses); no stage of its own.
 //!
 //! `wire::nat` does the same through smoltcp's views and is the reference; this module exists
 //! because the benchmark showed the views' per-field bounds checks and conversions cost about
@@ -10,7 +11,18 @@
 use core::net::Ipv4Addr;
 
 use super::parse::icmp_type;
+use super::Frame;
 use crate::flow::{proto, FlowKey};
+use crate::wire::MacAddr;
+
+/// Write the Ethernet addresses.
+#[inline]
+pub(crate) fn set_macs(frame: &mut Frame<'_>, dst: MacAddr, src: MacAddr) {
+    if let Some(eth) = frame.data_mut().first_chunk_mut::<12>() {
+        eth[..6].copy_from_slice(&dst.0);
+        eth[6..].copy_from_slice(&src.0);
+    }
+}
 
 /// The one's-complement sum of `~old + new` for a 16-bit field change.
 #[inline]

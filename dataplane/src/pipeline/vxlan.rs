@@ -1,8 +1,11 @@
-//! VXLAN (RFC 7348) as flannel's backend speaks it: decapsulation from known nodes,
-//! encapsulation from the remote node's precomputed template.
+//! VXLAN (RFC 7348) as flannel's backend speaks it: decapsulation from known nodes (at
+//! ingress), encapsulation from the remote node's precomputed template (after output, which
+//! leads here with [`Next::Encap`]). A DF packet too big for the tunnel, or one whose TTL runs
+//! out here, leads on to an ICMP error ([`Next::IcmpError`]).
 
 use super::parse::{self, Ipv4Meta};
-use super::{icmp, Ctx, Frame, Origin, Verdict};
+use super::rewrite::decrement_ttl;
+use super::{Ctx, Frame, IcmpError, Next, Verdict};
 use crate::counters::Event;
 use crate::flow::proto;
 use crate::reason::DropReason;
@@ -62,34 +65,28 @@ pub(crate) fn decap(
 
 /// Encapsulate toward remote node `idx`.
 #[inline]
-pub(crate) fn encap(
-    ctx: &Ctx<'_>,
-    frame: &mut Frame<'_>,
-    meta: &mut Ipv4Meta,
-    origin: Origin,
-    idx: u32,
-) -> Verdict {
+pub(crate) fn encap(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta, idx: u32) -> Next {
     let node = &ctx.snap.node;
     let Some(remote) = ctx.snap.remote_node(idx) else {
-        return Verdict::Drop(DropReason::NoRoute);
+        return Next::Done(Verdict::Drop(DropReason::NoRoute));
     };
     let Some(template) = &remote.encap else {
-        return Verdict::Drop(DropReason::NeighborUnresolved);
+        return Next::Done(Verdict::Drop(DropReason::NeighborUnresolved));
     };
     if meta.ip_len + VXLAN_OVERHEAD > usize::from(node.uplink_mtu) {
         return if meta.dont_frag {
-            icmp::frag_needed(ctx, frame, meta, origin)
+            Next::IcmpError(IcmpError::FragNeeded)
         } else {
-            Verdict::Drop(DropReason::TooBigForTunnel)
+            Next::Done(Verdict::Drop(DropReason::TooBigForTunnel))
         };
     }
     debug_assert_eq!(meta.l3, ETHERNET_HEADER_LEN);
-    if !super::rewrite::decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
-        return icmp::time_exceeded(ctx, frame, meta, origin);
+    if !decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+        return Next::IcmpError(IcmpError::TimeExceeded);
     }
     let inner_len = meta.l3 + meta.ip_len;
     if !(frame.set_len(inner_len) && frame.push_head(VXLAN_OVERHEAD)) {
-        return Verdict::Drop(DropReason::NoHeadroom);
+        return Next::Done(Verdict::Drop(DropReason::NoHeadroom));
     }
     let outer_ip_len = (VXLAN_OVERHEAD + meta.ip_len) as u16;
     let src_port = SRC_PORT_MIN + ((u64::from(meta.hash() as u32) * SRC_PORT_SPAN) >> 32) as u16;
@@ -101,5 +98,5 @@ pub(crate) fn encap(
     d[34..36].copy_from_slice(&src_port.to_be_bytes());
     d[38..40].copy_from_slice(&(outer_ip_len - 20).to_be_bytes());
     ctx.counters.inc(Event::VxlanEncap);
-    Verdict::Transmit(node.uplink)
+    Next::Done(Verdict::Transmit(node.uplink))
 }

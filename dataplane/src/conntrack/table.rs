@@ -1,25 +1,7 @@
-//! Connection tracking: the one mutable table, shared by every worker.
-//!
-//! # Contract
-//!
-//! A flow is stored the way Linux's nf_conntrack stores it: with its ORIGINAL key (the first
-//! packet as it arrived, e.g. `client:cport -> VIP:vport`) and its REPLY key (the packet we expect
-//! back after translation, e.g. `backend:bport -> client:cport`, or with SNAT
-//! `backend:bport -> node:natport`). Both keys find the flow; [`FlowRef::translated`] says what a
-//! packet in the matched direction is rewritten to. No two live flows share a key: [`Conntrack::insert`]
-//! refuses a reply key already in use ([`InsertError::Clash`]) and [`Conntrack::insert_snat`]
-//! picks a NAT port that makes it free.
-//!
-//! Every flow has a state and an expiry (`now + timeout(state)`, refreshed by
-//! [`Conntrack::update`]). A flow is *expired* once `now >= expiry`; an expired flow is absent to
-//! [`Conntrack::lookup`] and [`Conntrack::update`], is replaced by an insert of the same key, and
-//! is removed by the incremental [`Conntrack::gc`]. The table is bounded: when it is full, insert
-//! fails with [`InsertError::Full`]; a live flow is never evicted to make room (established
-//! connections matter more than new ones).
-//!
-//! The code is pure: time is an argument, nothing is allocated after [`Conntrack::new`], and
-//! there are no syscalls. Times have millisecond resolution and are rounded up, so a flow never
-//! expires early and at most 1 ms late.
+//! The table behind [`Conntrack`]: the flow records, the index over them and the writer side
+//! (free list, writer lock, GC walk). Bounded, preallocated, lock-free to read; the contract it
+//! keeps is the module's (`conntrack/mod.rs`), the states and timeouts it stores are
+//! `state.rs`'s.
 //!
 //! # Layout
 //!
@@ -78,29 +60,17 @@
 
 use core::fmt;
 use core::net::Ipv4Addr;
-use core::ops::RangeInclusive;
 use core::sync::atomic::{
     fence, AtomicU32, AtomicU64, AtomicUsize,
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
-use core::time::Duration;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::flow::{proto, FlowKey};
+use super::state::{FlowState, Timers};
+use super::{ConntrackConfig, Direction, FlowRef, InsertError, MAX_CAPACITY};
+use crate::flow::FlowKey;
 use crate::hugemem::{Zeroable, ZeroedTable};
 use crate::time::Instant;
-
-/// TCP flag bits, as [`Conntrack::update`] and [`Conntrack::insert`] take them.
-pub use crate::wire::tcp_flags;
-
-use tcp_flags::{ACK, FIN, RST, SYN};
-
-/// The most flows a table can hold: keeps index entries clear of the markers and the index
-/// (8 bytes per slot, 4 slots per flow) within reason.
-pub const MAX_CAPACITY: u32 = 1 << 28;
-
-/// How many consecutive NAT ports [`Conntrack::insert_snat`] tries before giving up.
-pub const SNAT_PORT_TRIES: u32 = 64;
 
 /// How many records an insert into a full table scans for expired flows before failing.
 const FULL_RECLAIM_SCAN: usize = 64;
@@ -108,267 +78,6 @@ const FULL_RECLAIM_SCAN: usize = 64;
 /// How many records [`Conntrack::retain`] checks per hold of the writer lock, so a flush of a
 /// large table does not stall workers that are inserting.
 const RETAIN_CHUNK: usize = 4096;
-
-/// How long a flow lives after its last packet, by state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// TCP handshake in progress (SYN seen, handshake not completed).
-    pub tcp_opening: Duration,
-    /// TCP connection established.
-    pub tcp_established: Duration,
-    /// A FIN has been seen in either direction.
-    pub tcp_closing: Duration,
-    /// A RST has been seen.
-    pub tcp_closed: Duration,
-    /// UDP (and any protocol other than TCP and ICMP) with traffic one way only.
-    pub udp: Duration,
-    /// UDP with traffic both ways.
-    pub udp_stream: Duration,
-    /// ICMP echo.
-    pub icmp: Duration,
-}
-
-impl Default for Timeouts {
-    /// Linux's nf_conntrack defaults, with kube-proxy's `conntrack-tcp-timeout-established` of
-    /// one day.
-    fn default() -> Self {
-        Timeouts {
-            tcp_opening: Duration::from_secs(60),
-            tcp_established: Duration::from_secs(86_400),
-            tcp_closing: Duration::from_secs(120),
-            tcp_closed: Duration::from_secs(10),
-            udp: Duration::from_secs(30),
-            udp_stream: Duration::from_secs(120),
-            icmp: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Timeouts {
-    /// The timeout of a flow in `state`.
-    pub fn for_state(&self, state: FlowState) -> Duration {
-        match state {
-            FlowState::TcpOpening => self.tcp_opening,
-            FlowState::TcpEstablished => self.tcp_established,
-            FlowState::TcpClosing => self.tcp_closing,
-            FlowState::TcpClosed => self.tcp_closed,
-            FlowState::Udp => self.udp,
-            FlowState::UdpStream => self.udp_stream,
-            FlowState::Icmp => self.icmp,
-        }
-    }
-}
-
-/// How big the table is and how long flows live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConntrackConfig {
-    /// The most flows the table holds, `1..=`[`MAX_CAPACITY`]. Memory is allocated for all of
-    /// them up front (see [`Conntrack::memory_bytes`]).
-    pub capacity: u32,
-    /// Timeouts by state.
-    pub timeouts: Timeouts,
-}
-
-impl Default for ConntrackConfig {
-    /// 262 144 flows (about 21 MiB) with the default timeouts.
-    fn default() -> Self {
-        ConntrackConfig {
-            capacity: 262_144,
-            timeouts: Timeouts::default(),
-        }
-    }
-}
-
-/// Which of a flow's two keys a packet matched.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// The packet went the way the flow's first packet went.
-    Original,
-    /// The packet is a reply.
-    Reply,
-}
-
-/// Where a flow is in its life; each state has its own timeout (see [`Timeouts`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowState {
-    /// TCP: SYN seen, handshake not complete.
-    TcpOpening,
-    /// TCP: handshake complete, or picked up mid-stream.
-    TcpEstablished,
-    /// TCP: FIN seen in either direction.
-    TcpClosing,
-    /// TCP: RST seen.
-    TcpClosed,
-    /// UDP (or another protocol) with packets in the original direction only.
-    Udp,
-    /// UDP (or another protocol) with packets in both directions.
-    UdpStream,
-    /// ICMP echo.
-    Icmp,
-}
-
-impl FlowState {
-    /// The stable snake_case name operators see (`kxdp conntrack`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            FlowState::TcpOpening => "tcp_opening",
-            FlowState::TcpEstablished => "tcp_established",
-            FlowState::TcpClosing => "tcp_closing",
-            FlowState::TcpClosed => "tcp_closed",
-            FlowState::Udp => "udp",
-            FlowState::UdpStream => "udp_stream",
-            FlowState::Icmp => "icmp",
-        }
-    }
-
-    /// The state's code in the state word; 0 means the record is free.
-    const fn code(self) -> u64 {
-        match self {
-            FlowState::TcpOpening => 1,
-            FlowState::TcpEstablished => 2,
-            FlowState::TcpClosing => 3,
-            FlowState::TcpClosed => 4,
-            FlowState::Udp => 5,
-            FlowState::UdpStream => 6,
-            FlowState::Icmp => 7,
-        }
-    }
-
-    const fn from_code(code: u64) -> Option<Self> {
-        Some(match code {
-            1 => FlowState::TcpOpening,
-            2 => FlowState::TcpEstablished,
-            3 => FlowState::TcpClosing,
-            4 => FlowState::TcpClosed,
-            5 => FlowState::Udp,
-            6 => FlowState::UdpStream,
-            7 => FlowState::Icmp,
-            _ => return None,
-        })
-    }
-
-    /// The state of a new flow whose first packet has protocol `proto` and TCP flags `flags`.
-    ///
-    /// TCP starting with a SYN (with or without ACK) is opening; TCP starting without one is a
-    /// connection picked up mid-stream (after an agent restart, say) and is taken as
-    /// established, like Linux's `nf_conntrack_tcp_loose`. The first packet's own FIN or RST
-    /// then applies as it would to any packet.
-    pub fn initial(proto: u8, flags: u8) -> FlowState {
-        match proto {
-            proto::TCP => {
-                let start = if flags & SYN != 0 {
-                    FlowState::TcpOpening
-                } else {
-                    FlowState::TcpEstablished
-                };
-                start.next(false, Direction::Original, flags).0
-            }
-            proto::ICMP => FlowState::Icmp,
-            _ => FlowState::Udp,
-        }
-    }
-
-    /// The state and seen-reply bit after a packet in `direction` with TCP flags `flags`
-    /// (0 for UDP and ICMP), given the current state and whether a reply has been seen.
-    ///
-    /// - RST in either direction closes a TCP flow; FIN in either direction starts closing it
-    ///   (a closed flow stays closed).
-    /// - An opening flow is established once a reply has been seen and a packet with ACK and
-    ///   without SYN arrives.
-    /// - A bare SYN in the original direction on a closing or closed flow reopens it: the
-    ///   client reused its port for a new connection (Linux does the same from TIME_WAIT and
-    ///   CLOSE). Without this the new connection would keep the short closed timer.
-    /// - UDP becomes a stream once a reply has been seen.
-    pub fn next(self, seen_reply: bool, direction: Direction, flags: u8) -> (FlowState, bool) {
-        use FlowState::*;
-        let seen = seen_reply || direction == Direction::Reply;
-        let state = match self {
-            TcpOpening | TcpEstablished | TcpClosing | TcpClosed => {
-                if flags & RST != 0 {
-                    TcpClosed
-                } else if matches!(self, TcpClosing | TcpClosed)
-                    && direction == Direction::Original
-                    && flags & (SYN | ACK | FIN) == SYN
-                {
-                    return (TcpOpening, false);
-                } else if self == TcpClosed {
-                    TcpClosed
-                } else if flags & FIN != 0 {
-                    TcpClosing
-                } else if self == TcpOpening && seen && flags & (SYN | ACK) == ACK {
-                    TcpEstablished
-                } else {
-                    self
-                }
-            }
-            Udp | UdpStream if seen => UdpStream,
-            Udp | UdpStream | Icmp => self,
-        };
-        (state, seen)
-    }
-}
-
-/// A flow as a lookup or insert found it: which key matched, and both keys.
-#[derive(Clone, Copy, Debug)]
-pub struct FlowRef {
-    /// The flow's record number, for [`Conntrack::update`] and [`Conntrack::info`].
-    pub id: u32,
-    /// Which key the packet matched.
-    pub direction: Direction,
-    /// The key of the flow's first packet, as it arrived.
-    pub original: FlowKey,
-    /// The key of the replies we expect, after translation.
-    pub reply: FlowKey,
-    /// The state word as the lookup saw it: lets [`Conntrack::update`] return without touching
-    /// the record when the packet changes nothing (same state, same millisecond).
-    word: u64,
-}
-
-/// Two references are equal when they name the same flow the same way; the state they saw
-/// does not matter.
-impl PartialEq for FlowRef {
-    fn eq(&self, other: &Self) -> bool {
-        (self.id, self.direction, self.original, self.reply)
-            == (other.id, other.direction, other.original, other.reply)
-    }
-}
-
-impl Eq for FlowRef {}
-
-impl FlowRef {
-    /// The 5-tuple a packet in `self.direction` must be rewritten to: an original packet goes
-    /// where the reply comes from, a reply goes back as if from where the original was sent.
-    #[inline]
-    pub fn translated(&self) -> FlowKey {
-        match self.direction {
-            Direction::Original => self.reply.reversed(),
-            Direction::Reply => self.original.reversed(),
-        }
-    }
-
-    /// The key a packet in `self.direction` has before translation.
-    #[inline]
-    pub fn key(&self) -> FlowKey {
-        match self.direction {
-            Direction::Original => self.original,
-            Direction::Reply => self.reply,
-        }
-    }
-}
-
-/// Why a flow could not be inserted.
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
-pub enum InsertError {
-    /// The table is at capacity and no flow in it has expired.
-    #[error("conntrack table full: no free or expired flow to reuse")]
-    Full,
-    /// The reply key (or the original key) is a key of another live flow.
-    #[error("conntrack clash: the flow's reply tuple belongs to another live flow")]
-    Clash,
-    /// Every NAT port tried for [`Conntrack::insert_snat`] gives a reply key in use.
-    #[error("no free NAT port: {SNAT_PORT_TRIES} ports tried in the range were all in use")]
-    PortsExhausted,
-}
 
 /// Shape of the index, for tests and occasional metrics (see [`Conntrack::index_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -557,8 +266,6 @@ impl FlowRecord {
 
 const EMPTY: u64 = 0;
 
-/// Upper bound of [`Conntrack::refresh_ms`].
-const REFRESH_MAX_MS: u64 = 1_000;
 const TOMBSTONE: u64 = u64::MAX;
 
 #[inline]
@@ -598,7 +305,7 @@ fn tag_matches(entry: u64, hash: u64) -> bool {
 
 /// What the writer lock guards besides the right to write.
 #[derive(Debug)]
-struct WriterState {
+pub(super) struct WriterState {
     /// Free record ids; a stack, preallocated to the capacity.
     free: Vec<u32>,
     /// Where the next [`Conntrack::gc`] scan starts.
@@ -611,8 +318,8 @@ pub struct Conntrack {
     index: ZeroedTable<AtomicU64>,
     /// `index.len() - 1`; the length is a power of two.
     index_mask: usize,
-    /// Timeout in nanoseconds by [`FlowState::code`].
-    timeout_nanos: [u64; 8],
+    /// Timeouts by state, as updates read them.
+    timers: Timers,
     /// Flows in the table, expired or not. Changed under the writer lock.
     len: AtomicUsize,
     /// Bytes of the free list's allocation, which never grows.
@@ -652,18 +359,11 @@ impl Conntrack {
         // records together.
         let mut free = Vec::with_capacity(capacity);
         free.extend((0..config.capacity).rev());
-        let mut timeout_nanos = [0; 8];
-        for code in 1..8 {
-            if let Some(state) = FlowState::from_code(code) {
-                let timeout = config.timeouts.for_state(state).as_nanos();
-                timeout_nanos[code as usize] = u64::try_from(timeout).unwrap_or(u64::MAX);
-            }
-        }
         Conntrack {
             flows,
             index,
             index_mask: index_len - 1,
-            timeout_nanos,
+            timers: Timers::new(&config.timeouts),
             len: AtomicUsize::new(0),
             free_list_bytes: free.capacity() * core::mem::size_of::<u32>(),
             writer: Mutex::new(WriterState { free, gc_cursor: 0 }),
@@ -754,7 +454,8 @@ impl Conntrack {
                 let (next, seen_reply) = state.next(seen.seen_reply(), flow.direction, tcp_flags);
                 if next == state
                     && seen_reply == seen.seen_reply()
-                    && self.expiry_ms(state, now) < seen.expiry_ms() + self.refresh_ms(state)
+                    && self.timers.expiry_ms(state, now)
+                        < seen.expiry_ms() + self.timers.refresh_ms(state)
                 {
                     return;
                 }
@@ -773,13 +474,13 @@ impl Conntrack {
             }
             let (next_state, seen_reply) =
                 state.next(current.seen_reply(), flow.direction, tcp_flags);
-            let mut expiry_ms = self.expiry_ms(next_state, now);
+            let mut expiry_ms = self.timers.expiry_ms(next_state, now);
             if next_state == state {
                 // Refresh the expiry only once it would move by a refresh step: a busy flow
                 // then costs one compare-and-swap a step, not one a packet, at the price of
                 // expiring up to a step early.
                 if seen_reply == current.seen_reply()
-                    && expiry_ms < current.expiry_ms() + self.refresh_ms(state)
+                    && expiry_ms < current.expiry_ms() + self.timers.refresh_ms(state)
                 {
                     return;
                 }
@@ -831,52 +532,6 @@ impl Conntrack {
             return Err(InsertError::Full);
         }
         Ok(self.commit(&mut writer, original, reply, tcp_flags, now))
-    }
-
-    /// Like [`Conntrack::insert`], but with source NAT: `reply.dst_port` is chosen from `ports`
-    /// so that the reply key is free. The search starts at a hash of `original` within the
-    /// range and tries [`SNAT_PORT_TRIES`] consecutive ports (wrapping). For ICMP echo the
-    /// identifier is in the port fields, so the same call picks a NAT identifier.
-    ///
-    /// # Errors
-    ///
-    /// [`InsertError::Clash`] if `original` is the reply key of another live flow;
-    /// [`InsertError::Full`] as for [`Conntrack::insert`];
-    /// [`InsertError::PortsExhausted`] if every port tried gives a reply key in use (or the
-    /// range is empty).
-    pub fn insert_snat(
-        &self,
-        original: FlowKey,
-        reply: FlowKey,
-        ports: RangeInclusive<u16>,
-        tcp_flags: u8,
-        now: Instant,
-    ) -> Result<FlowRef, InsertError> {
-        let mut writer = self.lock();
-        if let Some(existing) = self.claim_original(&mut writer, &original, tcp_flags, now)? {
-            return Ok(existing);
-        }
-        // Full before port search, so a full table is reported as such.
-        if !self.ensure_free(&mut writer, now) {
-            return Err(InsertError::Full);
-        }
-        let (first, last) = (*ports.start(), *ports.end());
-        if first > last {
-            return Err(InsertError::PortsExhausted);
-        }
-        let span = u32::from(last - first) + 1;
-        let start = (original.hash() % u64::from(span)) as u32;
-        for attempt in 0..span.min(SNAT_PORT_TRIES) {
-            let port = first + ((start + attempt) % span) as u16;
-            let candidate = FlowKey {
-                dst_port: port,
-                ..reply
-            };
-            if self.claim_reply(&mut writer, &original, &candidate, now) {
-                return Ok(self.commit(&mut writer, original, candidate, tcp_flags, now));
-            }
-        }
-        Err(InsertError::PortsExhausted)
     }
 
     /// Remove `flow` if the table still holds it (same record, same keys), expired or not.
@@ -1049,31 +704,16 @@ impl Conntrack {
     // -----------------------------------------------------------------------------------------
     // Writer side: everything below runs with the writer lock held (the guard is passed in).
 
-    fn lock(&self) -> MutexGuard<'_, WriterState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, WriterState> {
         // A panic while holding the lock can only come from a bug in this module; the free
         // list and index are still usable, so carry on rather than cascade the panic.
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How far an expiry must move before an update writes it: 1/32 of the state's timeout,
-    /// at most a second (so a 30 s UDP flow's timer is refreshed every ~0.94 s of traffic, an
-    /// established TCP flow's every second).
-    #[inline]
-    fn refresh_ms(&self, state: FlowState) -> u64 {
-        (self.timeout_nanos[state.code() as usize] / 32 / 1_000_000).min(REFRESH_MAX_MS)
-    }
-
-    /// Expiry of a flow entering `state` at `now`, in whole milliseconds rounded up.
-    #[inline]
-    fn expiry_ms(&self, state: FlowState, now: Instant) -> u64 {
-        let timeout = self.timeout_nanos[state.code() as usize];
-        now.as_nanos().saturating_add(timeout).div_ceil(1_000_000)
-    }
-
     /// The key `original` must be free of other flows. Returns the live flow that already has
     /// it as its original key (updated with this packet), `Clash` if it is another flow's
     /// reply key, and `None` if it is free (after removing an expired holder).
-    fn claim_original(
+    pub(super) fn claim_original(
         &self,
         writer: &mut WriterState,
         original: &FlowKey,
@@ -1092,7 +732,7 @@ impl Conntrack {
 
     /// Whether `reply` can be the reply key of a new flow with original key `original` (which
     /// has been claimed): distinct from it and held by no live flow. Removes an expired holder.
-    fn claim_reply(
+    pub(super) fn claim_reply(
         &self,
         writer: &mut WriterState,
         original: &FlowKey,
@@ -1146,7 +786,7 @@ impl Conntrack {
     }
 
     /// Make sure a record is free, scanning a few for expired flows if none is.
-    fn ensure_free(&self, writer: &mut WriterState, now: Instant) -> bool {
+    pub(super) fn ensure_free(&self, writer: &mut WriterState, now: Instant) -> bool {
         if writer.free.is_empty() {
             self.gc_locked(writer, now, FULL_RECLAIM_SCAN);
         }
@@ -1155,7 +795,7 @@ impl Conntrack {
 
     /// Write a new flow into a free record and publish its two index entries. The keys have
     /// been claimed and `ensure_free` has succeeded.
-    fn commit(
+    pub(super) fn commit(
         &self,
         writer: &mut WriterState,
         original: FlowKey,
@@ -1171,7 +811,7 @@ impl Conntrack {
         let state = FlowState::initial(original.proto, tcp_flags);
         let word = StateWord(record.state.load(Relaxed))
             .next_generation()
-            .with(state, false, self.expiry_ms(state, now));
+            .with(state, false, self.timers.expiry_ms(state, now));
         record.write_locked(&original, &reply, word);
         self.publish(&original, id, Direction::Original);
         self.publish(&reply, id, Direction::Reply);
@@ -1347,8 +987,17 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use core::net::Ipv4Addr;
+    use core::time::Duration;
+    use std::sync::atomic::AtomicBool;
+
     use fastrand::Rng;
+
+    use super::*;
+    use crate::conntrack::test_support::{dnat, table, BACKEND, CLIENT, NODE, VIP};
+    use crate::conntrack::FlowState;
+    use crate::flow::proto;
+    use crate::wire::tcp_flags::{ACK, RST, SYN};
 
     /// A random UDP key toward the test VIP.
     fn random_key(rng: &mut Rng) -> FlowKey {
@@ -1359,29 +1008,6 @@ mod tests {
             (r >> 32) as u16,
             VIP,
             (r >> 48) as u16,
-        )
-    }
-    use core::net::Ipv4Addr;
-    use std::collections::HashSet;
-    use std::sync::atomic::AtomicBool;
-
-    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
-    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-    const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
-    const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 11);
-
-    fn table(capacity: u32) -> Conntrack {
-        Conntrack::new(ConntrackConfig {
-            capacity,
-            ..ConntrackConfig::default()
-        })
-    }
-
-    /// `CLIENT:cport -> VIP:80` DNATed to `BACKEND:8080`.
-    fn dnat(proto: u8, cport: u16) -> (FlowKey, FlowKey) {
-        (
-            FlowKey::new(proto, CLIENT, cport, VIP, 80),
-            FlowKey::new(proto, BACKEND, 8080, CLIENT, cport),
         )
     }
 
@@ -1434,268 +1060,6 @@ mod tests {
         assert_eq!(ct.lookup(&dnat(proto::UDP, 40000).0, now), None);
         assert_eq!(ct.lookup(&dnat(proto::TCP, 40001).0, now), None);
         assert_eq!(ct.len(), 1);
-    }
-
-    #[test]
-    fn snat_flow_is_found_both_ways_and_translated() {
-        let ct = table(16);
-        let now = Instant::from_secs(1);
-        let original = FlowKey::new(proto::TCP, CLIENT, 40000, VIP, 80);
-        let reply = FlowKey::new(proto::TCP, BACKEND, 8080, NODE, 0);
-        let flow = ct
-            .insert_snat(original, reply, 30000..=30010, SYN, now)
-            .unwrap();
-        let nat_port = flow.reply.dst_port;
-        assert!((30000..=30010).contains(&nat_port));
-        assert_eq!(
-            flow.reply,
-            FlowKey {
-                dst_port: nat_port,
-                ..reply
-            }
-        );
-
-        let forward = ct.lookup(&original, now).unwrap();
-        assert_eq!(
-            forward.translated(),
-            FlowKey::new(proto::TCP, NODE, nat_port, BACKEND, 8080)
-        );
-        let back = ct.lookup(&flow.reply, now).unwrap();
-        assert_eq!(back.direction, Direction::Reply);
-        assert_eq!(
-            back.translated(),
-            FlowKey::new(proto::TCP, VIP, 80, CLIENT, 40000)
-        );
-        // The un-NATed reply key is not a key of the flow.
-        if nat_port != 0 {
-            assert_eq!(ct.lookup(&reply, now), None);
-        }
-    }
-
-    #[test]
-    fn icmp_echo_snat_picks_an_identifier() {
-        let ct = table(16);
-        let now = Instant::from_secs(1);
-        // Echo request: identifier in src_port; reply carries it in dst_port.
-        let original = FlowKey::new(proto::ICMP, CLIENT, 0x1234, BACKEND, 0);
-        let reply = FlowKey::new(proto::ICMP, BACKEND, 0, NODE, 0);
-        let flow = ct.insert_snat(original, reply, 1..=0xffff, 0, now).unwrap();
-        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::Icmp);
-        let back = ct.lookup(&flow.reply, now).unwrap();
-        assert_eq!(back.translated(), original.reversed());
-        // The request leaves from the node with the NAT identifier.
-        let request = flow.translated();
-        assert_eq!(
-            (request.src_ip, request.src_port),
-            (NODE, flow.reply.dst_port)
-        );
-        assert_eq!((request.dst_ip, request.dst_port), (BACKEND, 0));
-    }
-
-    #[test]
-    fn every_state_expires_exactly_after_its_own_timeout() {
-        // Distinct timeouts, so using the wrong state's timeout fails the test.
-        let timeouts = Timeouts {
-            tcp_opening: Duration::from_secs(11),
-            tcp_established: Duration::from_secs(12),
-            tcp_closing: Duration::from_secs(13),
-            tcp_closed: Duration::from_secs(14),
-            udp: Duration::from_secs(15),
-            udp_stream: Duration::from_secs(16),
-            icmp: Duration::from_secs(17),
-        };
-        use Direction::{Original, Reply};
-        /// (state reached, protocol, first packet's flags, later packets' directions and flags)
-        type Case = (FlowState, u8, u8, &'static [(Direction, u8)]);
-        let cases: &[Case] = &[
-            (
-                FlowState::TcpOpening,
-                proto::TCP,
-                SYN,
-                &[(Reply, SYN | ACK)],
-            ),
-            (
-                FlowState::TcpEstablished,
-                proto::TCP,
-                SYN,
-                &[(Reply, SYN | ACK), (Original, ACK)],
-            ),
-            (
-                FlowState::TcpClosing,
-                proto::TCP,
-                ACK,
-                &[(Original, FIN | ACK)],
-            ),
-            (FlowState::TcpClosed, proto::TCP, ACK, &[(Reply, RST)]),
-            (FlowState::Udp, proto::UDP, 0, &[(Original, 0)]),
-            (FlowState::UdpStream, proto::UDP, 0, &[(Reply, 0)]),
-            (FlowState::Icmp, proto::ICMP, 0, &[(Reply, 0)]),
-        ];
-        for &(state, protocol, first, later) in cases {
-            let ct = Conntrack::new(ConntrackConfig {
-                capacity: 4,
-                timeouts,
-            });
-            let (original, reply) = dnat(protocol, 40000);
-            let t0 = Instant::from_secs(100);
-            let flow = ct.insert(original, reply, first, t0).unwrap();
-            // The last packet is at t1; the timeout counts from there.
-            let t1 = Instant::from_secs(101);
-            for &(direction, flags) in later {
-                let seen = ct
-                    .lookup(
-                        if direction == Original {
-                            &original
-                        } else {
-                            &reply
-                        },
-                        t1,
-                    )
-                    .unwrap();
-                assert_eq!(seen.direction, direction);
-                ct.update(&seen, flags, t1);
-            }
-            let expiry = t1 + timeouts.for_state(state);
-            assert_eq!(ct.info(flow.id), Some((state, expiry)), "{state:?}");
-            let just_before = Instant::from_nanos(expiry.as_nanos() - 1);
-            assert!(ct.lookup(&original, just_before).is_some(), "{state:?}");
-            assert!(ct.lookup(&reply, just_before).is_some(), "{state:?}");
-            assert_eq!(ct.lookup(&original, expiry), None, "{state:?}");
-            assert_eq!(ct.lookup(&reply, expiry), None, "{state:?}");
-            // gc agrees with lookup on the boundary.
-            assert_eq!(ct.gc(just_before, 4), 0, "{state:?}");
-            assert_eq!(ct.gc(expiry, 4), 1, "{state:?}");
-            assert!(ct.is_empty());
-        }
-    }
-
-    #[test]
-    fn expiry_is_rounded_up_to_the_millisecond_never_early() {
-        let ct = table(4);
-        let (original, reply) = dnat(proto::UDP, 1);
-        let t0 = Instant::from_nanos(5_000_000_001); // 5 s and 1 ns
-        let flow = ct.insert(original, reply, 0, t0).unwrap();
-        let exact = t0 + Timeouts::default().udp;
-        assert_eq!(ct.info(flow.id).unwrap().1, Instant::from_millis(35_001));
-        assert!(ct.lookup(&original, exact).is_some());
-        assert!(ct.lookup(&original, Instant::from_millis(35_001)).is_none());
-    }
-
-    #[test]
-    fn busy_flows_refresh_their_timer_in_steps_never_backwards() {
-        let ct = table(16);
-        let (original, reply) = dnat(proto::UDP, 40000);
-        let t0 = Instant::from_secs(10);
-        let flow = ct.insert(original, reply, 0, t0).unwrap();
-        let expiry = |ct: &Conntrack| ct.info(flow.id).unwrap().1;
-        assert_eq!(expiry(&ct), t0 + Duration::from_secs(30));
-        // UDP's step is 30 s / 32 = 937 ms: a packet 500 ms later writes nothing...
-        let seen = ct.lookup(&original, t0).unwrap();
-        ct.update(&seen, 0, t0 + Duration::from_millis(500));
-        assert_eq!(expiry(&ct), t0 + Duration::from_secs(30));
-        // ...one 937 ms later moves the timer to 30 s after it.
-        let later = t0 + Duration::from_millis(937);
-        ct.update(&ct.lookup(&original, later).unwrap(), 0, later);
-        assert_eq!(expiry(&ct), later + Duration::from_secs(30));
-        // A lagging worker's clock never moves it back.
-        ct.update(&ct.lookup(&original, t0).unwrap(), 0, t0);
-        assert_eq!(expiry(&ct), later + Duration::from_secs(30));
-        // A state change is written at once, step or not.
-        let back = ct.lookup(&reply, later).unwrap();
-        ct.update(&back, 0, later);
-        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::UdpStream);
-        assert_eq!(expiry(&ct), later + Duration::from_secs(120));
-    }
-
-    #[test]
-    fn tcp_handshake_close_and_reset() {
-        let ct = table(16);
-        let now = Instant::from_secs(1);
-        let state = |flow: &FlowRef| ct.info(flow.id).unwrap().0;
-        let (original, reply) = dnat(proto::TCP, 40000);
-
-        let flow = ct.insert(original, reply, SYN, now).unwrap();
-        assert_eq!(state(&flow), FlowState::TcpOpening);
-        // An ACK before any reply (a spoofed third packet) does not establish.
-        ct.update(&flow, ACK, now);
-        assert_eq!(state(&flow), FlowState::TcpOpening);
-        let back = ct.lookup(&reply, now).unwrap();
-        ct.update(&back, SYN | ACK, now);
-        assert_eq!(state(&flow), FlowState::TcpOpening);
-        ct.update(&flow, ACK, now);
-        assert_eq!(state(&flow), FlowState::TcpEstablished);
-        ct.update(&flow, ACK | 0x08, now); // PSH|ACK: data
-        assert_eq!(state(&flow), FlowState::TcpEstablished);
-        ct.update(&back, FIN | ACK, now);
-        assert_eq!(state(&flow), FlowState::TcpClosing);
-        ct.update(&flow, ACK, now);
-        assert_eq!(state(&flow), FlowState::TcpClosing);
-        ct.update(&flow, RST, now);
-        assert_eq!(state(&flow), FlowState::TcpClosed);
-        ct.update(&flow, FIN | ACK, now);
-        assert_eq!(state(&flow), FlowState::TcpClosed, "closed stays closed");
-        // The client reuses its port for a new connection.
-        ct.update(&flow, SYN, now);
-        assert_eq!(state(&flow), FlowState::TcpOpening);
-        ct.update(&flow, ACK, now);
-        assert_eq!(
-            state(&flow),
-            FlowState::TcpOpening,
-            "reopened flow waits for a new reply"
-        );
-
-        // RST straight from opening.
-        let (o2, r2) = dnat(proto::TCP, 40001);
-        let f2 = ct.insert(o2, r2, SYN, now).unwrap();
-        ct.update(&ct.lookup(&r2, now).unwrap(), RST | ACK, now);
-        assert_eq!(state(&f2), FlowState::TcpClosed);
-
-        // Mid-stream pickup: established at once; a FIN pickup is closing.
-        let (o3, r3) = dnat(proto::TCP, 40002);
-        let f3 = ct.insert(o3, r3, ACK, now).unwrap();
-        assert_eq!(state(&f3), FlowState::TcpEstablished);
-        let (o4, r4) = dnat(proto::TCP, 40003);
-        let f4 = ct.insert(o4, r4, FIN | ACK, now).unwrap();
-        assert_eq!(state(&f4), FlowState::TcpClosing);
-        // A SYN on an established flow is a retransmission, not a reopen.
-        ct.update(&f3, SYN, now);
-        assert_eq!(state(&f3), FlowState::TcpEstablished);
-    }
-
-    #[test]
-    fn udp_becomes_a_stream_only_after_a_reply() {
-        let ct = table(4);
-        let now = Instant::from_secs(1);
-        let (original, reply) = dnat(proto::UDP, 5353);
-        let flow = ct.insert(original, reply, 0, now).unwrap();
-        ct.update(&flow, 0, now);
-        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::Udp);
-        ct.update(&ct.lookup(&reply, now).unwrap(), 0, now);
-        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::UdpStream);
-        ct.update(&flow, 0, now);
-        assert_eq!(ct.info(flow.id).unwrap().0, FlowState::UdpStream);
-    }
-
-    #[test]
-    fn refresh_never_moves_expiry_backwards_within_a_state() {
-        let ct = table(4);
-        let (original, reply) = dnat(proto::UDP, 1);
-        let flow = ct
-            .insert(original, reply, 0, Instant::from_secs(10))
-            .unwrap();
-        ct.update(&flow, 0, Instant::from_secs(20));
-        ct.update(&flow, 0, Instant::from_secs(15)); // a worker with an older batch clock
-        assert_eq!(ct.info(flow.id).unwrap().1, Instant::from_secs(50));
-        // But a state change takes its own (shorter or longer) timeout.
-        ct.update(
-            &ct.lookup(&reply, Instant::from_secs(15)).unwrap(),
-            0,
-            Instant::from_secs(15),
-        );
-        assert_eq!(
-            ct.info(flow.id).unwrap(),
-            (FlowState::UdpStream, Instant::from_secs(135))
-        );
     }
 
     #[test]
@@ -1833,61 +1197,6 @@ mod tests {
         assert_eq!(ct.insert(other, other, SYN, now), Err(InsertError::Clash));
         assert_eq!(ct.len(), 1);
         assert_eq!(ct.lookup(&reply, now).unwrap().original, original);
-    }
-
-    #[test]
-    fn snat_ports_are_distinct_and_run_out() {
-        let ct = table(2048);
-        let now = Instant::from_secs(1);
-        let reply = FlowKey::new(proto::TCP, BACKEND, 8080, NODE, 0);
-        let mut ports = HashSet::new();
-        for i in 0..1500u32 {
-            let client = Ipv4Addr::from(u32::from(CLIENT) + i % 7);
-            let original = FlowKey::new(proto::TCP, client, 30000 + i as u16, BACKEND, 8080);
-            let flow = ct
-                .insert_snat(original, reply, 20000..=29999, SYN, now)
-                .unwrap();
-            assert!((20000..=29999).contains(&flow.reply.dst_port));
-            assert!(ports.insert(flow.reply.dst_port), "port reused");
-            assert_eq!(ct.lookup(&flow.reply, now).unwrap().original, original);
-        }
-
-        // A four-port range holds four flows to one destination, then runs out.
-        let small = table(16);
-        let mut flows = Vec::new();
-        for cport in 0..4 {
-            let original = FlowKey::new(proto::UDP, CLIENT, cport, BACKEND, 53);
-            let reply = FlowKey::new(proto::UDP, BACKEND, 53, NODE, 0);
-            flows.push(
-                small
-                    .insert_snat(original, reply, 40000..=40003, 0, now)
-                    .unwrap(),
-            );
-        }
-        let original = FlowKey::new(proto::UDP, CLIENT, 99, BACKEND, 53);
-        let reply = FlowKey::new(proto::UDP, BACKEND, 53, NODE, 0);
-        assert_eq!(
-            small.insert_snat(original, reply, 40000..=40003, 0, now),
-            Err(InsertError::PortsExhausted)
-        );
-        // Another destination may reuse the same ports.
-        let other_dst = FlowKey::new(proto::UDP, BACKEND, 54, NODE, 0);
-        let o2 = FlowKey::new(proto::UDP, CLIENT, 99, BACKEND, 54);
-        assert!(small
-            .insert_snat(o2, other_dst, 40000..=40003, 0, now)
-            .is_ok());
-        // Once one expires its port is reused.
-        let later = now + Duration::from_secs(30);
-        let flow = small
-            .insert_snat(original, reply, 40000..=40003, 0, later)
-            .unwrap();
-        assert!((40000..=40003).contains(&flow.reply.dst_port));
-        #[allow(clippy::reversed_empty_ranges)]
-        let empty = 5..=4;
-        assert_eq!(
-            small.insert_snat(dnat(proto::UDP, 1).0, reply, empty, 0, later),
-            Err(InsertError::PortsExhausted)
-        );
     }
 
     #[test]

@@ -354,7 +354,7 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
     };
     // The frontend, and what a new flow may get there.
     if let Some((port, kind)) = snap.services.lookup(dst, input.proto, input.dst.1) {
-        let internal = input.entry != Entry::Uplink;
+        let internal = node.is_internal_client(input.entry == Entry::Host, src);
         let eligible = port.eligible(kind, internal);
         let policy = eligible.policy;
         let backends = port

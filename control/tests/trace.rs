@@ -64,6 +64,31 @@ fn ep(text: &str) -> Endpoint {
 }
 
 #[test]
+fn a_cluster_address_on_the_uplink_is_an_internal_client_as_the_pipeline_sees_it() {
+    // A pod of another node reaching this node's NodePort over the underlay: kube-proxy (and
+    // the pipeline) treat it as inside the cluster, so externalTrafficPolicy Local does not
+    // apply to it and the trace must say so.
+    let t = run(
+        Entry::Uplink,
+        ("10.244.2.77", 50000),
+        ("198.18.0.10", 30080),
+        6,
+    );
+    let service = t.service.expect("the NodePort");
+    assert_eq!(service.policy.to_string(), "Cluster", "{service:?}");
+    let outside = run(
+        Entry::Uplink,
+        ("198.19.0.7", 50000),
+        ("198.18.0.10", 30080),
+        6,
+    );
+    assert_eq!(
+        outside.service.expect("the NodePort").policy.to_string(),
+        "Local"
+    );
+}
+
+#[test]
 fn pod_to_cluster_ip_names_the_service_its_backends_and_the_one_chosen() {
     let t = run(Entry::Pod, ("10.244.1.11", 40000), ("10.96.0.10", 80), 6);
     assert_eq!(

@@ -185,9 +185,7 @@ fn new_service_flow(
 ) -> Next {
     let key = meta.key;
     let node = &ctx.snap.node;
-    // A pod or this node: kube-proxy gives such clients every endpoint and never preserves
-    // their address toward an external frontend.
-    let internal = origin == Origin::Host || node.cluster_cidr.contains_addr(&key.src_ip);
+    let internal = node.is_internal_client(origin == Origin::Host, key.src_ip);
     let (ip, bport) = match port.pick(kind, key.src_ip, internal, meta.hash()) {
         Pick::Backend(ip, bport) => (ip, bport),
         Pick::NoEndpoints => return Next::IcmpError(IcmpError::PortUnreachable),

@@ -97,6 +97,16 @@ impl NodeConfig {
     pub fn primary_ip(&self) -> Ipv4Addr {
         self.node_ips[0]
     }
+
+    /// Whether a client is inside the cluster as kube-proxy sees it: this node's own stack
+    /// (`from_host`), or an address in the cluster CIDR (a pod, here or on another node,
+    /// whichever interface its packet arrives on). Such a client may use every endpoint of an
+    /// external frontend and never has its address kept toward one
+    /// ([`ServicePort::eligible`](crate::tables::ServicePort::eligible)).
+    #[inline]
+    pub fn is_internal_client(&self, from_host: bool, src: Ipv4Addr) -> bool {
+        from_host || self.cluster_cidr.contains_addr(&src)
+    }
 }
 
 /// A pod on this node.

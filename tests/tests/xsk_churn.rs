@@ -186,3 +186,65 @@ fn new_pods_come_up_after_the_first_pod_went() {
         "frames copied between UMEMs: {io:?}"
     );
 }
+
+#[test]
+fn an_interface_slot_is_reused_after_its_pod_goes() {
+    if skip_unless_privileged("an_interface_slot_is_reused_after_its_pod_goes") {
+        return;
+    }
+    // The XDP program's socket map holds MAX_INTERFACES interfaces at once; a node serves
+    // far more pods than that over its life. Four pods served and let go in turn, more times
+    // in all than the map has room for, must still be served the last time. (In turn: the
+    // kernel releases a detached XDP link a moment after its last descriptor closes, so an
+    // interface attached again at once may still find the hook busy.)
+    let t = Topology::default();
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let mut tb =
+        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+            .expect("testbed builds");
+    let managed = |name: &str, pod: &LocalPod| Managed {
+        name: name.into(),
+        id: pod.iface,
+        role: IfRole::Pod,
+    };
+    let node = KxdpNode::start(
+        &tb.nodes[0].ns,
+        vec![managed("pod0", &t.pod_a), managed("pod1", &t.pod_b)],
+        t.snapshot(),
+    )
+    .expect("kxdp starts");
+    let mut pods = Vec::new();
+    for i in 0..4u8 {
+        let pod = LocalPod {
+            name: format!("default/churn-{i}"),
+            ip: std::net::Ipv4Addr::new(10, 244, 1, 20 + i),
+            iface: InterfaceId(4 + u16::from(i)),
+            mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 20 + i]),
+        };
+        let name = format!("pod{}", 2 + i);
+        let ns = tb
+            .add_kxdp_pod(0, &name, pod.ip, &mac_text(pod.mac))
+            .expect("a pod comes up");
+        let mut inputs = t.inputs();
+        inputs.pods.push(pod.clone());
+        let snap = Arc::new(Snapshot::build(inputs).expect("a valid snapshot"));
+        pods.push((name, pod, ns, snap));
+    }
+    let without = Arc::new(t.snapshot());
+    let rounds = kxdp_xdp::runtime::MAX_INTERFACES as usize + 8;
+    for round in 0..rounds {
+        let (name, pod, _, with) = &pods[round % pods.len()];
+        node.change(Change::Add(managed(name, pod), Arc::clone(with)))
+            .unwrap_or_else(|e| panic!("round {round}: kxdp serves {name}: {e}"));
+        node.change(Change::Remove(pod.iface, Arc::clone(&without)))
+            .unwrap_or_else(|e| panic!("round {round}: kxdp lets {name} go: {e}"));
+    }
+    let (name, pod, ns, with) = &pods[rounds % pods.len()];
+    node.change(Change::Add(managed(name, pod), Arc::clone(with)))
+        .expect("kxdp serves a pod once more");
+    let replies = tb
+        .ping(&ns.ns, t.pod_a.ip, 3, Duration::from_secs(3))
+        .unwrap();
+    let _ = node.finish().expect("worker");
+    assert_eq!(replies, 3, "a pod is reachable after {rounds} rounds");
+}

@@ -352,13 +352,28 @@ impl Steering {
     }
 
     /// Say what interface `ifindex` is, and where its sockets sit in the XSKMAP
-    /// (`xsk_base + queue`; give each interface its own range, e.g. 64 slots apart).
+    /// (`xsk_base + queue`: each interface owns [`runtime::MAX_QUEUES`] slots from its base).
     pub fn set_interface(&self, ifindex: u32, role: IfRole, xsk_base: u32) -> Result<(), XdpError> {
         let value = IfaceValue {
             role: role as u32,
             xsk_base,
         };
         self.update("ifaces", &ifindex.to_ne_bytes(), &value.to_bytes())
+    }
+
+    /// Forget interface `ifindex` (it is no longer served, or gone): its packets pass.
+    pub fn clear_interface(&self, ifindex: u32) -> Result<(), XdpError> {
+        let m = self
+            .obj
+            .maps()
+            .find(|m| m.name() == "ifaces")
+            .ok_or(XdpError::Missing("ifaces"))?;
+        match m.delete(&ifindex.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            // Not there: nothing to forget.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(bpf("updating map ifaces")(e)),
+        }
     }
 
     /// Set the VXLAN port and the masquerade port range.
@@ -732,6 +747,23 @@ mod tests {
         assert_eq!(
             FrontendKey::new(Ipv4Addr::LOCALHOST, 1, 6).to_bytes().len(),
             size_of::<FrontendKey>()
+        );
+    }
+
+    #[test]
+    fn the_socket_map_holds_every_queue_of_every_interface() {
+        // KXDP_MAX_IFACES * KXDP_MAX_QUEUES in the C header; read from the object without
+        // loading it (no privilege needed).
+        let obj = ObjectBuilder::default()
+            .open_file(OBJECT_PATH)
+            .expect("the object opens");
+        let xsks = obj
+            .maps()
+            .find(|m| m.name() == "xsks")
+            .expect("the xsks map");
+        assert_eq!(
+            xsks.max_entries(),
+            runtime::MAX_INTERFACES * runtime::MAX_QUEUES
         );
     }
 

@@ -30,8 +30,14 @@ use crate::worker::{BatchFn, IoCounters, IoValues, Mode, Worker};
 use crate::xsk::{Port, PortConfig, Umem};
 use crate::{enter_netns, ifindex, Attachment, Decisions, IfRole, Steering, XdpMode};
 
-/// XSKMAP slots per interface: the most queues (and so workers) an interface is served on.
+/// XSKMAP slots per interface: the most queues (and so workers) an interface is served on
+/// (`KXDP_MAX_QUEUES` in the XDP program's header).
 pub const MAX_QUEUES: u32 = 64;
+
+/// The most interfaces served at once, uplink and host interface included
+/// (`KXDP_MAX_IFACES`): the XSKMAP holds `MAX_INTERFACES * MAX_QUEUES` sockets. Slots of an
+/// interface that is no longer served are reused.
+pub const MAX_INTERFACES: u32 = 256;
 
 /// One interface the dataplane drives.
 #[derive(Clone, Debug)]
@@ -458,8 +464,20 @@ struct Control {
     ct: Arc<Conntrack>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     workers: Vec<WorkerHandle>,
-    links: Vec<(InterfaceId, Attachment)>,
+    links: Vec<Served>,
+    /// XSKMAP bases given back by interfaces no longer served, reused before new ones.
+    free_bases: Vec<u32>,
+    /// The first base never handed out.
     next_base: u32,
+}
+
+/// An interface the control thread attached the program to.
+struct Served {
+    id: InterfaceId,
+    ifindex: u32,
+    xsk_base: u32,
+    /// Dropping it detaches the program.
+    _link: Attachment,
 }
 
 impl Control {
@@ -468,7 +486,30 @@ impl Control {
         // The interface may come back (or be renamed back): worth another try.
         let index = ifindex(&m.name)
             .map_err(|e| StartError::Transient(format!("interface {}: {e}", m.name)))?;
-        let base = self.next_base;
+        let base = self.free_bases.pop().or_else(|| {
+            (self.next_base < MAX_INTERFACES * MAX_QUEUES).then(|| {
+                self.next_base += MAX_QUEUES;
+                self.next_base - MAX_QUEUES
+            })
+        });
+        // A full table may empty as pods go: worth another try too.
+        let base = base.ok_or_else(|| {
+            StartError::Transient(format!(
+                "interface {}: kxdp serves at most {MAX_INTERFACES} interfaces at once, \
+                 the uplink and the host interface included",
+                m.name
+            ))
+        })?;
+        let added = self.attach(m, index, base);
+        if added.is_err() {
+            let _ = self.steering.clear_interface(index);
+            self.free_bases.push(base);
+        }
+        added
+    }
+
+    /// [`Control::add`] once `m` has its XSKMAP base.
+    fn attach(&mut self, m: &Managed, index: u32, base: u32) -> Result<XdpMode, StartError> {
         self.steering
             .set_interface(index, m.role, base)
             .map_err(fatal)?;
@@ -480,8 +521,12 @@ impl Control {
             other => fatal(format!("interface {}: {other}", m.name)),
         })?;
         let mode = link.mode;
-        self.links.push((m.id, link));
-        self.next_base += MAX_QUEUES;
+        self.links.push(Served {
+            id: m.id,
+            ifindex: index,
+            xsk_base: base,
+            _link: link,
+        });
         let mut replies = Vec::new();
         for w in &self.workers {
             let (tx, rx) = mpsc::channel();
@@ -517,8 +562,16 @@ impl Control {
             rx.recv_timeout(WORKER_REPLY)
                 .map_err(|e| format!("a worker did not remove interface {id:?}: {e}"))?;
         }
-        // Closing the sockets took them out of the XSKMAP; dropping the link detaches.
-        self.links.retain(|(l, _)| *l != id);
+        // Closing the sockets took them out of the XSKMAP; dropping the link detaches. The
+        // interface's slots are free for the next one, and its ifindex is forgotten (the
+        // kernel may give the number to another interface).
+        while let Some(i) = self.links.iter().position(|s| s.id == id) {
+            let served = self.links.swap_remove(i);
+            self.free_bases.push(served.xsk_base);
+            self.steering
+                .clear_interface(served.ifindex)
+                .map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 
@@ -571,6 +624,7 @@ fn control(
             snapshot: Arc::clone(&snap),
             workers: Vec::new(),
             links: Vec::new(),
+            free_bases: Vec::new(),
             next_base: 0,
         };
         let mut stats = Vec::new();

@@ -36,11 +36,10 @@ struct icmp_hdr {
 #define ICMP_ECHO 8
 #define ICMP_TIME_EXCEEDED 11
 
-#define MAX_XSKS 4096 /* interfaces x queues */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, MAX_XSKS);
+	__uint(max_entries, KXDP_MAX_IFACES * KXDP_MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
@@ -212,8 +211,9 @@ int kxdp_steer(struct xdp_md *ctx)
 	/* Ours: to this interface's socket for this queue, or to the kernel if there is none. */
 	if (!iface) /* not reached: unmanaged passed above; the verifier wants it said */
 		return XDP_PASS;
+	/* A queue past the interface's slots would land in the next interface's. */
 	slot = iface->xsk_base + ctx->rx_queue_index;
-	if (!bpf_map_lookup_elem(&xsks, &slot)) {
+	if (ctx->rx_queue_index >= KXDP_MAX_QUEUES || !bpf_map_lookup_elem(&xsks, &slot)) {
 		count(KXDP_STAT_NO_SOCKET);
 		return XDP_PASS;
 	}

@@ -17,6 +17,15 @@ enum kxdp_if_role {
 	KXDP_IF_HOST = 3,
 };
 
+/*
+ * Each managed interface owns KXDP_MAX_QUEUES consecutive XSKMAP slots from its xsk_base, one
+ * per receive queue; the map holds KXDP_MAX_IFACES interfaces at once. The Rust side's
+ * runtime::MAX_QUEUES and runtime::MAX_INTERFACES are the same numbers (checked by a test
+ * against the object's map).
+ */
+#define KXDP_MAX_QUEUES 64
+#define KXDP_MAX_IFACES 256
+
 /* Per interface, keyed by ifindex. Its sockets sit at xsks[xsk_base + rx queue], so several
  * interfaces share one XSKMAP. */
 struct kxdp_iface {

@@ -289,6 +289,26 @@ impl AgentCluster {
     }
 }
 
+/// Poll `f` every 50 ms until it is true or `timeout` passes; whether it became true.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The value of the first line of a Prometheus text that starts with `series` (a metric's
+/// name, with its labels where it has some).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
 /// Run `f` on a thread of its own inside network namespace `ns` (as `ip netns exec` would).
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, String> {
     let path = format!("/run/netns/{ns}");

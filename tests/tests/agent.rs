@@ -3,14 +3,14 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kxdp_agent::admin::{
     self, BackendState, CountersView, FlowsView, RouteTarget, RouteView, ServiceView, StatusView,
 };
 use kxdp_control::json::{Endpoint, Frontend, FrontendKind, Policy, Proto};
 use kxdp_tests::clients::{http_get_many, HttpServer};
-use kxdp_tests::cluster::AgentCluster;
+use kxdp_tests::cluster::{eventually, metric, AgentCluster};
 use kxdp_tests::testbed::skip_unless_privileged;
 
 use kxdp_tests::cluster::{DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
@@ -40,25 +40,6 @@ fn json<T: serde::de::DeserializeOwned>(c: &AgentCluster, node: usize, args: &[&
     all.push("--json");
     let text = cli(c, node, &all);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("kxdp {args:?} --json: {e}: {text}"))
-}
-
-/// The value of the first metric line starting with `series`.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
-/// Poll `f` every 100 ms until it is true or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kxdp_agent::admin::{self, StatusView};
-use kxdp_tests::cluster::{kxdp_bin, AgentCluster, DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
+use kxdp_tests::cluster::{
+    eventually, kxdp_bin, metric, AgentCluster, DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS,
+};
 use kxdp_tests::testbed::skip_unless_privileged;
 
 /// A pod scheduled on node-a whose veth the test creates later, as a CNI plugin would.
@@ -183,24 +185,6 @@ impl Drop for Attacker {
             let _ = child.wait();
         }
     }
-}
-
-/// The first value of the series `series` in a Prometheus text.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 #[test]

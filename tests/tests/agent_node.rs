@@ -6,23 +6,11 @@
 
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kxdp_agent::admin::{self, RouteTarget, RouteView, StatusView};
-use kxdp_tests::cluster::{AgentCluster, DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
+use kxdp_tests::cluster::{eventually, AgentCluster, DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
 use kxdp_tests::testbed::skip_unless_privileged;
-
-/// Poll `f` every 50 ms until it is true or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
 
 fn ip(ns: &str, args: &[&str]) -> String {
     let out = Command::new("ip")

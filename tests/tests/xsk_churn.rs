@@ -14,7 +14,24 @@ use kxdp_tests::node::{mac_text, Change, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 use kxdp_xdp::worker::IoCounter;
 use kxdp_xdp::xsk::{Port, PortConfig, Umem};
-use kxdp_xdp::IfRole;
+
+/// Pods A and B of the fixture node, each in its own namespace, on a kxdp node that serves
+/// their veths (`pod0`, `pod1`; no uplink, so pod0's socket is the first on the worker's UMEM).
+fn node_with_two_pods(t: &Topology) -> (Testbed, KxdpNode) {
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+        .expect("testbed builds");
+    let node = KxdpNode::start(
+        &tb.nodes[0].ns,
+        vec![
+            Managed::pod("pod0", t.pod_a.iface),
+            Managed::pod("pod1", t.pod_b.iface),
+        ],
+        t.snapshot(),
+    )
+    .expect("kxdp starts");
+    (tb, node)
+}
 
 #[test]
 fn pods_come_and_go_without_loss_for_the_others() {
@@ -28,21 +45,7 @@ fn pods_come_and_go_without_loss_for_the_others() {
         iface: InterfaceId(4),
         mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
     };
-    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
-    let mut tb =
-        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
-            .expect("testbed builds");
-    let managed = |name: &str, pod: &LocalPod| Managed {
-        name: name.into(),
-        id: pod.iface,
-        role: IfRole::Pod,
-    };
-    let node = KxdpNode::start(
-        &tb.nodes[0].ns,
-        vec![managed("pod0", &t.pod_a), managed("pod1", &t.pod_b)],
-        t.snapshot(),
-    )
-    .expect("kxdp starts");
+    let (mut tb, node) = node_with_two_pods(&t);
     let (a, b) = (
         tb.nodes[0].pods[0].ns.clone(),
         tb.nodes[0].pods[1].ns.clone(),
@@ -74,8 +77,11 @@ fn pods_come_and_go_without_loss_for_the_others() {
     let mut inputs = t.inputs();
     inputs.pods.push(pod_c.clone());
     let with_c = Snapshot::build(inputs).expect("a valid snapshot");
-    node.change(Change::Add(managed("pod2", &pod_c), Arc::new(with_c)))
-        .expect("kxdp serves the new pod");
+    node.change(Change::Add(
+        Managed::pod("pod2", pod_c.iface),
+        Arc::new(with_c),
+    ))
+    .expect("kxdp serves the new pod");
     let newcomer = tb
         .ping(&pod.ns, t.pod_a.ip, 3, Duration::from_secs(3))
         .unwrap();
@@ -142,20 +148,7 @@ fn new_pods_come_up_after_the_first_pod_went() {
         iface: InterfaceId(4),
         mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
     };
-    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
-    let mut tb =
-        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
-            .expect("testbed builds");
-    // No uplink: pod0's socket is the first on the worker's UMEM.
-    let node = KxdpNode::start(
-        &tb.nodes[0].ns,
-        vec![
-            Managed::pod("pod0", t.pod_a.iface),
-            Managed::pod("pod1", t.pod_b.iface),
-        ],
-        t.snapshot(),
-    )
-    .expect("kxdp starts");
+    let (mut tb, node) = node_with_two_pods(&t);
     let mut inputs = t.inputs();
     inputs.pods.retain(|p| p.ip != t.pod_a.ip);
     let without_a = Snapshot::build(inputs.clone()).expect("a valid snapshot");
@@ -198,21 +191,7 @@ fn an_interface_slot_is_reused_after_its_pod_goes() {
     // kernel releases a detached XDP link a moment after its last descriptor closes, so an
     // interface attached again at once may still find the hook busy.)
     let t = Topology::default();
-    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
-    let mut tb =
-        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
-            .expect("testbed builds");
-    let managed = |name: &str, pod: &LocalPod| Managed {
-        name: name.into(),
-        id: pod.iface,
-        role: IfRole::Pod,
-    };
-    let node = KxdpNode::start(
-        &tb.nodes[0].ns,
-        vec![managed("pod0", &t.pod_a), managed("pod1", &t.pod_b)],
-        t.snapshot(),
-    )
-    .expect("kxdp starts");
+    let (mut tb, node) = node_with_two_pods(&t);
     let mut pods = Vec::new();
     for i in 0..4u8 {
         let pod = LocalPod {
@@ -234,13 +213,13 @@ fn an_interface_slot_is_reused_after_its_pod_goes() {
     let rounds = kxdp_xdp::runtime::MAX_INTERFACES as usize + 8;
     for round in 0..rounds {
         let (name, pod, _, with) = &pods[round % pods.len()];
-        node.change(Change::Add(managed(name, pod), Arc::clone(with)))
+        node.change(Change::Add(Managed::pod(name, pod.iface), Arc::clone(with)))
             .unwrap_or_else(|e| panic!("round {round}: kxdp serves {name}: {e}"));
         node.change(Change::Remove(pod.iface, Arc::clone(&without)))
             .unwrap_or_else(|e| panic!("round {round}: kxdp lets {name} go: {e}"));
     }
     let (name, pod, ns, with) = &pods[rounds % pods.len()];
-    node.change(Change::Add(managed(name, pod), Arc::clone(with)))
+    node.change(Change::Add(Managed::pod(name, pod.iface), Arc::clone(with)))
         .expect("kxdp serves a pod once more");
     let replies = tb
         .ping(&ns.ns, t.pod_a.ip, 3, Duration::from_secs(3))

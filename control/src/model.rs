@@ -241,6 +241,33 @@ pub fn parse_cidr(text: &str) -> Result<Ipv4Cidr, CidrError> {
     Ok(Ipv4Cidr::new(net.network(), net.prefix_len()))
 }
 
+/// The addresses of an object that carries them twice, as the API server fills both: a single
+/// field (`spec.clusterIP`, `status.podIP`) and a list whose first entry repeats it
+/// (`spec.clusterIPs`, `status.podIPs`). Each address comes with the field the object used for
+/// it, so an error names what the file says: the single field for the list's first entry when
+/// both say the same, the list's entry otherwise.
+fn named_ips<'a>(
+    single: Option<&'a str>,
+    listed: &[&'a str],
+    single_field: &str,
+    listed_field: impl Fn(usize) -> String,
+) -> Vec<(String, &'a str)> {
+    if listed.is_empty() {
+        return single
+            .map(|ip| (single_field.to_owned(), ip))
+            .into_iter()
+            .collect();
+    }
+    listed
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| match single {
+            Some(s) if i == 0 && s == *ip => (single_field.to_owned(), *ip),
+            _ => (listed_field(i), *ip),
+        })
+        .collect()
+}
+
 /// A Service as kxdp sees it; `None` for the ones kube-proxy does not serve.
 pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
     let object = format!(
@@ -279,21 +306,9 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
             ));
         }
     }
-    let ips: Vec<(String, &str)> = if listed.is_empty() {
-        single
-            .map(|ip| ("spec.clusterIP".to_owned(), ip))
-            .into_iter()
-            .collect()
-    } else {
-        listed
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| match single {
-                Some(_) if i == 0 => ("spec.clusterIP".to_owned(), *ip),
-                _ => (format!("spec.clusterIPs[{i}]"), *ip),
-            })
-            .collect()
-    };
+    let ips = named_ips(single, &listed, "spec.clusterIP", |i| {
+        format!("spec.clusterIPs[{i}]")
+    });
     if ips.iter().any(|(_, ip)| *ip == "None") {
         return Ok(None);
     }
@@ -512,21 +527,9 @@ pub fn pod_from(pod: &Pod) -> Result<Option<PodInfo>, ObjectError> {
     let single = status
         .and_then(|s| s.pod_ip.as_deref())
         .filter(|ip| !ip.is_empty());
-    let ips: Vec<(String, &str)> = if listed.is_empty() {
-        single
-            .map(|ip| ("status.podIP".to_owned(), ip))
-            .into_iter()
-            .collect()
-    } else {
-        listed
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| match single {
-                Some(s) if i == 0 && s == *ip => ("status.podIP".to_owned(), *ip),
-                _ => (format!("status.podIPs[{i}].ip"), *ip),
-            })
-            .collect()
-    };
+    let ips = named_ips(single, &listed, "status.podIP", |i| {
+        format!("status.podIPs[{i}].ip")
+    });
     let mut ip = None;
     for (field, text) in &ips {
         if let Some(v4) = ipv4(&object, field, text)? {

@@ -12,7 +12,7 @@ use kxdp_dataplane::Snapshot;
 use kxdp_testkit::Topology;
 use kxdp_tests::node::{mac_text, Change, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
-use kxdp_xdp::worker::IoCounter;
+use kxdp_xdp::worker::{IoCounter, Mode};
 use kxdp_xdp::xsk::{Port, PortConfig, Umem};
 
 /// Pods A and B of the fixture node, each in its own namespace, on a kxdp node that serves
@@ -180,18 +180,27 @@ fn new_pods_come_up_after_the_first_pod_went() {
     );
 }
 
-#[test]
-fn an_interface_slot_is_reused_after_its_pod_goes() {
-    if skip_unless_privileged("an_interface_slot_is_reused_after_its_pod_goes") {
-        return;
-    }
-    // The XDP program's socket map holds MAX_INTERFACES interfaces at once; a node serves
-    // far more pods than that over its life. Four pods served and let go in turn, more times
-    // in all than the map has room for, must still be served the last time. (In turn: the
-    // kernel releases a detached XDP link a moment after its last descriptor closes, so an
-    // interface attached again at once may still find the hook busy.)
+/// Four pods served and let go in turn, `rounds` times in all, by a node whose worker waits
+/// as `mode` says; then one is served once more and must answer a ping. (In turn: the kernel
+/// releases a detached XDP link a moment after its last descriptor closes, so an interface
+/// attached again at once may still find the hook busy.)
+fn pods_in_turn(mode: Mode, rounds: usize) {
     let t = Topology::default();
-    let (mut tb, node) = node_with_two_pods(&t);
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let mut tb =
+        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+            .expect("testbed builds");
+    let node = KxdpNode::start_with(
+        &tb.nodes[0].ns,
+        vec![
+            Managed::pod("pod0", t.pod_a.iface),
+            Managed::pod("pod1", t.pod_b.iface),
+        ],
+        t.snapshot(),
+        mode,
+        &[None],
+    )
+    .expect("kxdp starts");
     let mut pods = Vec::new();
     for i in 0..4u8 {
         let pod = LocalPod {
@@ -210,7 +219,6 @@ fn an_interface_slot_is_reused_after_its_pod_goes() {
         pods.push((name, pod, ns, snap));
     }
     let without = Arc::new(t.snapshot());
-    let rounds = kxdp_xdp::runtime::MAX_INTERFACES as usize + 8;
     for round in 0..rounds {
         let (name, pod, _, with) = &pods[round % pods.len()];
         node.change(Change::Add(Managed::pod(name, pod.iface), Arc::clone(with)))
@@ -226,4 +234,100 @@ fn an_interface_slot_is_reused_after_its_pod_goes() {
         .unwrap();
     let _ = node.finish().expect("worker");
     assert_eq!(replies, 3, "a pod is reachable after {rounds} rounds");
+}
+
+#[test]
+fn an_interface_slot_is_reused_after_its_pod_goes() {
+    if skip_unless_privileged("an_interface_slot_is_reused_after_its_pod_goes") {
+        return;
+    }
+    // The XDP program's socket map holds MAX_INTERFACES interfaces at once; a node serves
+    // far more pods than that over its life.
+    pods_in_turn(
+        Mode::Wakeup { timeout_ms: 50 },
+        kxdp_xdp::runtime::MAX_INTERFACES as usize + 8,
+    );
+}
+
+#[test]
+fn a_busy_polling_worker_never_holds_up_changes() {
+    if skip_unless_privileged("a_busy_polling_worker_never_holds_up_changes") {
+        return;
+    }
+    // Each change wakes the workers with a datagram; a busy-polling worker never sleeps, so
+    // never drains them. Several hundred changes (more datagrams than the socket buffer
+    // holds) must not block the control thread.
+    pods_in_turn(Mode::BusyPoll, 300);
+}
+
+/// The fixture's pod C, `pod2` on the node, and the snapshot that has it.
+fn pod_c(t: &Topology) -> (LocalPod, Arc<Snapshot>) {
+    let pod = LocalPod {
+        name: "default/newcomer".into(),
+        ip: "10.244.1.12".parse().unwrap(),
+        iface: InterfaceId(4),
+        mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
+    };
+    let mut inputs = t.inputs();
+    inputs.pods.push(pod.clone());
+    let snap = Arc::new(Snapshot::build(inputs).expect("a valid snapshot"));
+    (pod, snap)
+}
+
+#[test]
+fn an_add_that_fails_leaves_nothing_behind() {
+    if skip_unless_privileged("an_add_that_fails_leaves_nothing_behind") {
+        return;
+    }
+    let t = Topology::default();
+    let (mut tb, node) = node_with_two_pods(&t);
+    let (pod_c, with_c) = pod_c(&t);
+    let pod = tb
+        .add_kxdp_pod(0, "pod2", pod_c.ip, &mac_text(pod_c.mac))
+        .expect("a pod comes up");
+    // Another AF_XDP socket holds the new veth's queue: the worker cannot bind there, after
+    // the program was attached.
+    let ns = tb.nodes[0].ns.clone();
+    let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let holder = std::thread::spawn(move || {
+        kxdp_xdp::enter_netns(&ns).expect("node namespace");
+        let umem = Umem::new(PortConfig {
+            frames: 2048,
+            ..PortConfig::default()
+        })
+        .expect("UMEM");
+        let port = Port::open_shared("pod2", 0, &umem).expect("a socket on pod2's queue");
+        held.0.send(()).unwrap();
+        let _ = release.1.recv();
+        drop(port);
+    });
+    held.1.recv().expect("the queue is held");
+    let add = || {
+        node.change(Change::Add(
+            Managed::pod("pod2", pod_c.iface),
+            Arc::clone(&with_c),
+        ))
+    };
+    let e = add().expect_err("the worker cannot bind a held queue");
+    release.0.send(()).unwrap();
+    holder.join().expect("the holder lets go");
+    // Nothing of the failed add is left: once the queue is free, the pod is served. The
+    // kernel releases a detached link a moment after its last descriptor closes, so the hook
+    // may read as taken by kxdp's own program for that moment; a leaked attachment would
+    // hold it for good.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let served = loop {
+        match add() {
+            Err(e) if e.contains("another XDP program") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    served.unwrap_or_else(|e2| panic!("served after the failed add ({e}): {e2}"));
+    let replies = tb
+        .ping(&pod.ns, t.pod_a.ip, 3, Duration::from_secs(3))
+        .unwrap();
+    let _ = node.finish().expect("worker");
+    assert_eq!(replies, 3, "the pod is reachable");
 }

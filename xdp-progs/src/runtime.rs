@@ -332,7 +332,9 @@ impl Dataplane {
                 Ok(dp)
             }
             Ok(Err(e)) | Err(e) => {
-                // Join to surface a panic's message rather than a closed channel.
+                // Stop a control thread still setting up (the timeout), then join it to
+                // surface a panic's message rather than a closed channel.
+                dp.stop.store(true, Relaxed);
                 let joined = dp.control.take().map(JoinHandle::join);
                 match joined {
                     Some(Err(_)) => Err(fatal(format!("{e} (the control thread panicked)"))),
@@ -481,7 +483,10 @@ struct Served {
 }
 
 impl Control {
-    /// Attach the program to `m` and have every worker open its socket there.
+    /// Attach the program to `m` and have every worker open its socket there. If anything
+    /// fails once the program is attached, [`Control::remove`] undoes what was done, so a
+    /// failed add leaves neither an attachment nor sockets behind, and its XSKMAP slots go
+    /// back only once no socket holds them.
     fn add(&mut self, m: &Managed) -> Result<XdpMode, StartError> {
         // The interface may come back (or be renamed back): worth another try.
         let index = ifindex(&m.name)
@@ -500,26 +505,27 @@ impl Control {
                 m.name
             ))
         })?;
-        let added = self.attach(m, index, base);
-        if added.is_err() {
-            let _ = self.steering.clear_interface(index);
-            self.free_bases.push(base);
-        }
-        added
-    }
-
-    /// [`Control::add`] once `m` has its XSKMAP base.
-    fn attach(&mut self, m: &Managed, index: u32, base: u32) -> Result<XdpMode, StartError> {
-        self.steering
+        let attached = self
+            .steering
             .set_interface(index, m.role, base)
-            .map_err(fatal)?;
-        let link = self.steering.attach(index).map_err(|e| match e {
-            crate::XdpError::Occupied { program, .. } => StartError::Occupied {
-                interface: m.name.clone(),
-                program,
-            },
-            other => fatal(format!("interface {}: {other}", m.name)),
-        })?;
+            .map_err(fatal)
+            .and_then(|()| {
+                self.steering.attach(index).map_err(|e| match e {
+                    crate::XdpError::Occupied { program, .. } => StartError::Occupied {
+                        interface: m.name.clone(),
+                        program,
+                    },
+                    other => fatal(format!("interface {}: {other}", m.name)),
+                })
+            });
+        let link = match attached {
+            Ok(link) => link,
+            Err(e) => {
+                let _ = self.steering.clear_interface(index);
+                self.free_bases.push(base);
+                return Err(e);
+            }
+        };
         let mode = link.mode;
         self.links.push(Served {
             id: m.id,
@@ -527,21 +533,40 @@ impl Control {
             xsk_base: base,
             _link: link,
         });
+        match self.open_sockets(m, base) {
+            Ok(()) => Ok(mode),
+            // Undone, the interface can be tried again; if undoing failed too, what is left
+            // behind (sockets, the attachment) would make every retry fail: give up.
+            Err(e) => match self.remove(m.id) {
+                Ok(()) => Err(e),
+                Err(undo) => Err(fatal(format!("{e}; undoing it failed: {undo}"))),
+            },
+        }
+    }
+
+    /// Have every worker open its socket on `m`, and register each at its XSKMAP slot.
+    fn open_sockets(&mut self, m: &Managed, base: u32) -> Result<(), StartError> {
         let mut replies = Vec::new();
         for w in &self.workers {
             let (tx, rx) = mpsc::channel();
             w.send(Command::Add(m.clone(), base, tx))?;
             replies.push(rx);
         }
+        // Every reply is awaited, so no worker is still opening a socket when this returns.
+        let mut result = Ok(());
         for rx in replies {
             let reply = rx.recv_timeout(WORKER_REPLY).map_err(|e| {
                 StartError::Transient(format!("a worker did not open {}: {e}", m.name))
-            })??;
-            if let Some((slot, fd)) = reply {
-                self.steering.register_socket(slot, fd).map_err(fatal)?;
+            });
+            match reply.and_then(|r| r) {
+                Ok(Some((slot, fd))) if result.is_ok() => {
+                    result = self.steering.register_socket(slot, fd).map_err(fatal);
+                }
+                Ok(_) => {}
+                Err(e) => result = result.and(Err(e)),
             }
         }
-        Ok(mode)
+        result
     }
 
     /// Steer what the new snapshot owns, then swap it in: every worker's next round uses it.
@@ -632,6 +657,11 @@ fn control(
             let (tx, rx) = mpsc::channel();
             let (stats_tx, stats_rx) = mpsc::channel();
             let (waker, woken) = std::os::unix::net::UnixDatagram::pair()
+                .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
+            // A busy worker never drains its waker: once the buffer is full, wake-ups are
+            // pending anyway, and a send must fail rather than block the control thread.
+            waker
+                .set_nonblocking(true)
                 .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
             let w = WorkerSetup {
                 woken,

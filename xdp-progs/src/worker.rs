@@ -179,6 +179,12 @@ const COPY_HEADROOM: usize = 256;
 #[derive(Debug)]
 pub struct Worker {
     ports: Vec<(InterfaceId, Port)>,
+    /// Port index + 1 by interface number (0: not served here), so a verdict finds its port
+    /// by indexing; rebuilt when ports come and go.
+    port_of: Vec<u16>,
+    /// What `wait` polls: the waker, if any, then every port. Rebuilt when ports come and go,
+    /// so a round allocates nothing.
+    pollfds: Vec<libc::pollfd>,
     counters: Arc<Counters>,
     io: Arc<IoCounters>,
     forwarding: BatchFn,
@@ -204,14 +210,39 @@ enum Out {
 impl Worker {
     /// A worker serving `ports`, counting into `counters`.
     pub fn new(ports: Vec<(InterfaceId, Port)>, counters: Arc<Counters>) -> Self {
-        Worker {
+        let mut w = Worker {
             ports,
+            port_of: Vec::new(),
+            pollfds: Vec::new(),
             counters,
             io: Arc::new(IoCounters::default()),
             forwarding: process_batch,
             idle_since: None,
             waker: None,
+        };
+        w.ports_changed();
+        w
+    }
+
+    /// Rebuild what is derived from the ports: the lookup by interface number and the poll set.
+    fn ports_changed(&mut self) {
+        use std::os::fd::AsRawFd;
+        self.port_of.clear();
+        for (j, (id, _)) in self.ports.iter().enumerate() {
+            let at = usize::from(id.0);
+            if self.port_of.len() <= at {
+                self.port_of.resize(at + 1, 0);
+            }
+            self.port_of[at] = u16::try_from(j + 1).expect("fewer ports than u16::MAX");
         }
+        let fds = self.waker.iter().map(|w| w.as_raw_fd());
+        let fds = fds.chain(self.ports.iter().map(|(_, p)| p.fd()));
+        self.pollfds.clear();
+        self.pollfds.extend(fds.map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
     }
 
     /// Wake from [`Worker::wait`] whenever `waker` has a datagram (it is set non-blocking and
@@ -219,6 +250,7 @@ impl Worker {
     pub fn set_waker(&mut self, waker: std::os::unix::net::UnixDatagram) -> io::Result<()> {
         waker.set_nonblocking(true)?;
         self.waker = Some(waker);
+        self.ports_changed();
         Ok(())
     }
 
@@ -243,13 +275,16 @@ impl Worker {
         }
         port.fill();
         self.ports.push((id, port));
+        self.ports_changed();
     }
 
     /// Stop serving interface `id` and hand its port back (a pod went away); frames in flight
     /// on it are dropped with it.
     pub fn remove_port(&mut self, id: InterfaceId) -> Option<Port> {
         let i = self.ports.iter().position(|(p, _)| *p == id)?;
-        Some(self.ports.remove(i).1)
+        let (_, port) = self.ports.remove(i);
+        self.ports_changed();
+        Some(port)
     }
 
     /// The worker's counters, readable from any thread.
@@ -257,30 +292,10 @@ impl Worker {
         &self.counters
     }
 
-    /// Give every port's free chunks to the kernel. Call once before the first round.
-    pub fn prime(&mut self) {
-        for (_, p) in &mut self.ports {
-            p.fill();
-        }
-    }
-
-    /// One round: wait for frames (per `mode`), then one batch per port that has some.
-    /// Returns how many frames were processed.
-    pub fn poll_once(
-        &mut self,
-        snap: &Snapshot,
-        ct: &Conntrack,
-        now: Instant,
-        mode: Mode,
-    ) -> io::Result<usize> {
-        self.wait(mode)?;
-        Ok(self.run_batches(snap, ct, now))
-    }
-
     /// Wait for frames as `mode` says: sleep in `poll` until a port has frames or the timeout
     /// passes; or, spinning, yield the core if the last round found nothing and return. Load
     /// the snapshot and read the clock after this, not before: a wait can outlast a publish.
-    pub fn wait(&self, mode: Mode) -> io::Result<()> {
+    pub fn wait(&mut self, mode: Mode) -> io::Result<()> {
         let timeout_ms = match mode {
             Mode::Wakeup { timeout_ms } => timeout_ms,
             Mode::BusyPoll => {
@@ -302,20 +317,11 @@ impl Worker {
                 Some(_) => timeout_ms,
             },
         };
-        use std::os::fd::AsRawFd;
-        let waker = self.waker.as_ref();
-        let mut fds: ArrayVec<libc::pollfd, 64> = waker
-            .map(|w| w.as_raw_fd())
-            .into_iter()
-            .chain(self.ports.iter().map(|(_, p)| p.fd()))
-            .take(64)
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` holds valid pollfds for the duration of the call.
+        for fd in &mut self.pollfds {
+            fd.revents = 0;
+        }
+        let fds = &mut self.pollfds;
+        // SAFETY: `fds` holds valid pollfds, `fds.len()` of them, for the duration of the call.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if rc < 0 {
             let e = io::Error::last_os_error();
@@ -324,7 +330,7 @@ impl Worker {
             }
         }
         // Woken for a command: empty the waker (a syscall per command, none per frame).
-        if let Some(w) = waker.filter(|_| fds[0].revents != 0) {
+        if let Some(w) = self.waker.as_ref().filter(|_| self.pollfds[0].revents != 0) {
             let mut byte = [0u8; 1];
             while w.recv(&mut byte).is_ok() {}
         }
@@ -365,15 +371,11 @@ impl Worker {
         IoCounters::add_at(&self.io.iface_rx, ingress, n as u64);
         let host = snap.node.host;
         let mut outs: ArrayVec<Out, BATCH> = ArrayVec::new();
-        let targets: ArrayVec<(InterfaceId, usize), 64> = self
-            .ports
-            .iter()
-            .enumerate()
-            .take(64)
-            .map(|(j, (id, _))| (*id, j))
-            .collect();
-        let find =
-            |iface: InterfaceId| targets.iter().find(|(id, _)| *id == iface).map(|(_, j)| *j);
+        let port_of = &self.port_of;
+        let find = |iface: InterfaceId| {
+            let j = *port_of.get(usize::from(iface.0))?;
+            usize::from(j).checked_sub(1)
+        };
         let (counters, forwarding) = (&self.counters, self.forwarding);
         let port = &mut self.ports[i].1;
         let chunk_mask = !(u64::from(port.frame_size()) - 1);
@@ -420,10 +422,15 @@ impl Worker {
         self.send(i, &same);
         // Other ports, grouped so each destination transmits once: on a shared UMEM the
         // descriptor moves as it is; otherwise the bytes are copied into the destination's.
-        for j in 0..self.ports.len() {
-            if j == i {
-                continue;
+        let mut dests: ArrayVec<usize, BATCH> = ArrayVec::new();
+        for out in outs {
+            if let Out::Other(j, _) = *out {
+                if !dests.contains(&j) {
+                    dests.push(j);
+                }
             }
+        }
+        for j in dests {
             let mut to_send: ArrayVec<Desc, BATCH> = ArrayVec::new();
             for out in outs {
                 let Out::Other(dest, d) = *out else { continue };

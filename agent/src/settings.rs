@@ -290,8 +290,13 @@ impl AgentArgs {
     }
 }
 
-/// `0,1` or `2-3` or `0,2-3` as core numbers.
+/// `0,1` or `2-3` or `0,2-3` as core numbers, at most [`MAX_QUEUES`] of them (a range is
+/// measured before it is expanded, so `0-99999999999` is refused without being listed).
+///
+/// [`MAX_QUEUES`]: kxdp_xdp::runtime::MAX_QUEUES
 pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
+    let max = kxdp_xdp::runtime::MAX_QUEUES as usize;
+    let too_many = || format!("{list:?} names more than {max} cores: at most {max} workers");
     let mut cores = Vec::new();
     for part in list.split(',').map(str::trim) {
         let bad = || format!("{part:?} is not a core number or range (as in 0,1 or 2-3)");
@@ -302,17 +307,23 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
                 if a > b {
                     return Err(bad());
                 }
+                // `b - a + 1` cores, compared without the `+ 1` that could overflow.
+                if b - a >= max - cores.len() {
+                    return Err(too_many());
+                }
                 cores.extend(a..=b);
             }
-            None => cores.push(part.parse().map_err(|_| bad())?),
+            None => {
+                if cores.len() == max {
+                    return Err(too_many());
+                }
+                cores.push(part.parse().map_err(|_| bad())?);
+            }
         }
     }
     let unique: HashSet<usize> = cores.iter().copied().collect();
     if unique.len() != cores.len() {
         return Err(format!("{list:?} names a core twice"));
-    }
-    if cores.len() > kxdp_xdp::runtime::MAX_QUEUES as usize {
-        return Err(format!("at most {} workers", kxdp_xdp::runtime::MAX_QUEUES));
     }
     Ok(cores)
 }
@@ -457,6 +468,20 @@ mod tests {
         assert!(parse_cores("1,1").unwrap_err().contains("twice"));
         assert!(parse_cores("3-1").is_err());
         assert!(parse_cores("x").unwrap_err().contains("\"x\""));
+    }
+
+    #[test]
+    fn core_ranges_are_measured_before_they_are_listed() {
+        // Listing this one first would take ~800 GB.
+        let e = parse_cores("0-99999999999").unwrap_err();
+        assert!(e.contains("at most 64 workers"), "{e}");
+        let e = parse_cores(&format!("0-{}", usize::MAX)).unwrap_err();
+        assert!(e.contains("at most 64 workers"), "{e}");
+        assert_eq!(parse_cores("0-63").unwrap().len(), 64);
+        assert!(parse_cores("0-64").is_err());
+        assert!(parse_cores("0-62,70").is_ok());
+        assert!(parse_cores("0-62,70,71").is_err());
+        assert!(parse_cores("70,0-63").is_err());
     }
 
     #[test]

@@ -125,6 +125,10 @@ impl Agent {
         model: &mut Model,
         noticed: Instant,
     ) -> Result<(), AgentError> {
+        // A scheduled start retry is spent by this publish, whatever comes of it: a start that
+        // fails again schedules the next one, and a model that no longer compiles waits for
+        // the change that fixes it (a retry left in the past would fire at once, forever).
+        self.start_retry.next = None;
         let compiled = match self.compiler.compile(model) {
             Ok(c) => c,
             Err(e) => {
@@ -142,7 +146,6 @@ impl Agent {
         let result = if self.dataplane.is_some() {
             self.update(compiled)
         } else {
-            self.start_retry.next = None;
             match self.start(compiled) {
                 Ok(problems) => {
                     self.start_retry.succeeded();
@@ -529,5 +532,32 @@ mod tests {
         b.succeeded();
         assert_eq!(b.next, None);
         assert_eq!(b.failed(t), RETRY_FIRST);
+    }
+
+    #[test]
+    fn a_start_retry_is_spent_even_when_the_model_no_longer_compiles() {
+        let config = crate::settings::AgentArgs {
+            node: Some("node-a".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        // No Node object: the model does not compile.
+        let mut model = Model::new();
+        let settings = kxdp_control::trace::trace_settings(
+            &model,
+            "node-a",
+            config.cluster_cidr,
+            config.service_cidr,
+        );
+        let state = Arc::new(AdminState::new("node-a", "manifests"));
+        let mut agent = Agent::new(&config, settings, 1, Arc::clone(&state));
+        // A start failed in a way that may pass, and its retry is due: the loop publishes.
+        agent.start_retry.failed(Instant::now() - RETRY_MAX);
+        assert!(agent.retry_at().is_some_and(|at| at <= Instant::now()));
+        agent.publish(&mut model, Instant::now()).unwrap();
+        // Left due, the loop would wake at once and publish again, forever.
+        assert_eq!(agent.retry_at(), None);
+        assert!(state.current_error().is_some_and(|e| e.contains("node-a")));
     }
 }

@@ -360,7 +360,12 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     let mut resync_tick = tokio::time::interval(RESYNC);
     resync_tick.reset();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    // Each listener is made once: one made inside the loop would be registered again on
+    // every turn.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| AgentError::Other(format!("SIGINT handler: {e}")))?;
+    let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| AgentError::Other(format!("SIGTERM handler: {e}")))?;
     let result = loop {
         // Nothing is published before the source has listed everything once.
@@ -478,7 +483,7 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
                     Err(e) => break Err(e),
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = sigint.recv() => {
                 tracing::info!("SIGINT: stopping");
                 break Ok(());
             }

@@ -76,8 +76,9 @@ pub(crate) struct Agent {
     wanted: Vec<(String, InterfaceId)>,
     /// The namespace's links as netlink reported them: name to (ifindex, up).
     links: BTreeMap<String, (u32, bool)>,
-    /// A pod interface could not be added: try again on the next housekeeping round.
-    retry_adds: bool,
+    /// Pod interfaces that could not be served or released, with why: tried again on the
+    /// next housekeeping round, and shown in `/api/status` meanwhile.
+    interface_errors: BTreeMap<String, String>,
     /// The uplink's ifindex, and the neighbours the kernel has resolved on it.
     uplink_index: u32,
     neighbors: BTreeMap<Ipv4Addr, EthernetAddress>,
@@ -106,7 +107,7 @@ impl Agent {
             served: BTreeMap::new(),
             wanted: Vec::new(),
             links: BTreeMap::new(),
-            retry_adds: false,
+            interface_errors: BTreeMap::new(),
             uplink_index,
             neighbors: BTreeMap::new(),
             start_retry: Backoff::default(),
@@ -267,7 +268,10 @@ impl Agent {
     }
 
     /// Serve exactly the wanted interfaces that exist and are up, with the live snapshot;
-    /// publish it (with a UDP flush) when `flush` is given.
+    /// publish it (with a UDP flush) when `flush` is given. An interface that cannot be
+    /// released or served holds back neither the others nor the publish: it is logged (once
+    /// per error), shown in `/api/status` and tried again on the next housekeeping round.
+    /// Fails only when the publish does.
     fn sync_interfaces(&mut self, flush: Option<Vec<(Ipv4Addr, u16)>>) -> Result<(), String> {
         let (Some(dp), Some(snap)) = (&self.dataplane, &self.live) else {
             return Ok(());
@@ -287,13 +291,21 @@ impl Agent {
             })
             .map(|(name, (id, _))| (name.clone(), *id))
             .collect();
+        let mut failed = BTreeMap::new();
+        let mut changed = false;
         for (name, id) in &stale {
-            dp.change(Change::Remove(*id, Arc::clone(snap)))?;
-            self.served.remove(name);
-            tracing::info!(interface = %name, "pod interface released");
+            match dp.change(Change::Remove(*id, Arc::clone(snap))) {
+                Ok(()) => {
+                    self.served.remove(name);
+                    tracing::info!(interface = %name, "pod interface released");
+                    changed = true;
+                }
+                // Still served as far as the agent knows: released on the next round.
+                Err(e) => {
+                    failed.insert(name.clone(), format!("not released: {e}"));
+                }
+            }
         }
-        let mut added = false;
-        self.retry_adds = false;
         for (name, id) in &wanted {
             if self.served.contains_key(*name) {
                 continue;
@@ -305,23 +317,50 @@ impl Agent {
                 Ok(()) => {
                     self.served.insert((*name).to_owned(), (*id, index));
                     tracing::info!(interface = %name, "pod interface served");
-                    added = true;
+                    changed = true;
                 }
-                // It may have gone again (then its removal comes as an event), or be busy
-                // for a moment: the next housekeeping round tries again.
+                // It may have gone again (then its removal comes as an event), be busy for a
+                // moment, or hold another XDP program until someone removes it.
                 Err(e) => {
-                    tracing::warn!(interface = %name, error = %e, "serving pod interface");
-                    self.retry_adds = true;
+                    failed.insert((*name).to_owned(), format!("not served: {e}"));
                 }
             }
         }
-        if let Some(flush) = flush {
-            dp.change(Change::Publish(Arc::clone(snap), flush))?;
-        }
-        if added || !stale.is_empty() {
+        // Whatever happened to the interfaces: the compiler handed its UDP flush over once.
+        let published = match flush {
+            Some(flush) => dp.change(Change::Publish(Arc::clone(snap), flush)),
+            None => Ok(()),
+        };
+        self.note_interface_errors(failed);
+        if changed {
             self.report_interfaces();
         }
-        Ok(())
+        published
+    }
+
+    /// The interfaces this sync could not serve or release: each new error is logged, and
+    /// the list goes to the admin state.
+    fn note_interface_errors(&mut self, failed: BTreeMap<String, String>) {
+        if failed == self.interface_errors {
+            return;
+        }
+        for (name, why) in &failed {
+            if self.interface_errors.get(name) != Some(why) {
+                tracing::warn!(interface = %name, error = %why, "pod interface; trying again");
+            }
+        }
+        for name in self.interface_errors.keys() {
+            if !failed.contains_key(name) {
+                tracing::info!(interface = %name, "pod interface error cleared");
+            }
+        }
+        self.state.set_interface_errors(
+            failed
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect(),
+        );
+        self.interface_errors = failed;
     }
 
     fn report_interfaces(&self) {
@@ -479,7 +518,7 @@ impl Agent {
                 return Err(AgentError::Other("the dataplane stopped by itself".into()));
             }
         }
-        if self.retry_adds {
+        if !self.interface_errors.is_empty() {
             self.sync_logged();
         }
         let mut recompile = false;

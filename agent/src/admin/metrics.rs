@@ -202,6 +202,13 @@ impl Collector for AgentCollector {
         )?;
         gauge(
             enc,
+            "kxdp_interface_errors",
+            "pod interfaces that could not be served or released (tried again)",
+            None,
+            status.interface_errors.len() as u64,
+        )?;
+        gauge(
+            enc,
             "kxdp_source_synced",
             "1 once the source listed everything",
             None,
@@ -506,6 +513,7 @@ mod tests {
             "kxdp_neighbors_resolved",
             "kxdp_draining_endpoints",
             "kxdp_problems",
+            "kxdp_interface_errors",
             "kxdp_source_synced",
         ] {
             value(&m, gauge);

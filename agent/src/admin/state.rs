@@ -68,6 +68,7 @@ pub(super) struct Inner {
     /// Why the last change did not go live, until one does.
     pub(super) publish_error: Option<String>,
     pub(super) problems: Vec<String>,
+    pub(super) interface_errors: Vec<String>,
     pub(super) interfaces: Vec<(String, InterfaceId, String, String)>,
     pub(super) updates: u64,
     pub(super) latency_us: Histogram<u64>,
@@ -112,6 +113,7 @@ impl AdminState {
                 source_error: None,
                 publish_error: None,
                 problems: Vec::new(),
+                interface_errors: Vec::new(),
                 interfaces: Vec::new(),
                 updates: 0,
                 latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
@@ -172,6 +174,12 @@ impl AdminState {
     /// The interfaces served: name, number, role, XDP mode.
     pub fn set_interfaces(&self, interfaces: Vec<(String, InterfaceId, String, String)>) {
         lock(&self.inner).interfaces = interfaces;
+    }
+
+    /// The pod interfaces that could not be served or released (each `name: why`), tried
+    /// again until they are.
+    pub fn set_interface_errors(&self, errors: Vec<String>) {
+        lock(&self.inner).interface_errors = errors;
     }
 
     /// Next hops needed and resolved; endpoints draining.
@@ -274,6 +282,7 @@ impl AdminState {
             workers,
             interfaces,
             problems: inner.problems.clone(),
+            interface_errors: inner.interface_errors.clone(),
         }
     }
 

@@ -123,6 +123,9 @@ pub struct StatusView {
     pub interfaces: Vec<InterfaceView>,
     /// Objects left out of the tables, each with why.
     pub problems: Vec<String>,
+    /// Pod interfaces the tables have that could not be served or released, each with why
+    /// (`name: why`); tried again every housekeeping round.
+    pub interface_errors: Vec<String>,
 }
 
 /// The state of a service's endpoint.

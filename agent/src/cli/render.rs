@@ -111,6 +111,12 @@ pub fn status(s: &StatusView) -> String {
             let _ = writeln!(out, "  {p}");
         }
     }
+    if !s.interface_errors.is_empty() {
+        out.push_str("\npod interfaces not served (trying again):\n");
+        for e in &s.interface_errors {
+            let _ = writeln!(out, "  {e}");
+        }
+    }
     out
 }
 

@@ -146,8 +146,12 @@ pub enum StartError {
         /// The program there.
         program: crate::ForeignProgram,
     },
-    /// Something that may pass by itself: an interface missing for now, an rx queue still
-    /// held by another AF_XDP socket (EBUSY), a thread slow to report.
+    /// An rx queue another AF_XDP socket holds (EBUSY): one closed a moment ago (the kernel
+    /// frees its queue from a work queue, after the close returns), or another program's.
+    #[error("{0}")]
+    QueueBusy(String),
+    /// Something else that may pass by itself: an interface missing for now, a thread slow
+    /// to report.
     #[error("{0}")]
     Transient(String),
     /// Something that will not pass by trying again: the program refused (privilege,
@@ -272,6 +276,10 @@ enum Command {
 
 /// How long the control side waits for a worker to act on a command.
 const WORKER_REPLY: Duration = Duration::from_secs(10);
+
+/// The longest pause between tries at a queue still held by a closed socket: the pauses
+/// double from 5 ms, so an add waits about 2.5 s in all before it reports the queue busy.
+const QUEUE_RELEASE_PAUSE_MAX: Duration = Duration::from_millis(1280);
 
 impl Dataplane {
     /// Start the dataplane over `ifaces` with `snapshot`. Returns once the program is attached
@@ -533,7 +541,23 @@ impl Control {
             xsk_base: base,
             _link: link,
         });
-        match self.open_sockets(m, base) {
+        // A queue whose socket kxdp closed a moment ago (the same interface served again) is
+        // freed by the kernel shortly after: wait for it here, on the control thread, so
+        // that no worker ever sleeps and stalls the traffic of its other ports.
+        let mut pause = Duration::from_millis(5);
+        let opened = loop {
+            match self.open_sockets(m, base) {
+                Err(StartError::QueueBusy(_)) if pause <= QUEUE_RELEASE_PAUSE_MAX => {
+                    if let Err(e) = self.close_sockets(m.id) {
+                        break Err(fatal(e));
+                    }
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+                opened => break opened,
+            }
+        };
+        match opened {
             Ok(()) => Ok(mode),
             // Undone, the interface can be tried again; if undoing failed too, what is left
             // behind (sockets, the attachment) would make every retry fail: give up.
@@ -576,7 +600,8 @@ impl Control {
         Ok(())
     }
 
-    fn remove(&mut self, id: InterfaceId) -> Result<(), String> {
+    /// Have every worker close its socket on interface `id`, if it has one.
+    fn close_sockets(&mut self, id: InterfaceId) -> Result<(), String> {
         let mut replies = Vec::new();
         for w in &self.workers {
             let (tx, rx) = mpsc::channel();
@@ -587,6 +612,11 @@ impl Control {
             rx.recv_timeout(WORKER_REPLY)
                 .map_err(|e| format!("a worker did not remove interface {id:?}: {e}"))?;
         }
+        Ok(())
+    }
+
+    fn remove(&mut self, id: InterfaceId) -> Result<(), String> {
+        self.close_sockets(id)?;
         // Closing the sockets took them out of the XSKMAP; dropping the link detaches. The
         // interface's slots are free for the next one, and its ifindex is forgotten (the
         // kernel may give the number to another interface).
@@ -850,9 +880,10 @@ fn open(
     config: PortConfig,
 ) -> Result<Option<Port>, StartError> {
     let classify = |e: std::io::Error, what: String| match crate::xsk::errno(&e) {
-        Some(libc::EBUSY | libc::ENODEV | libc::ENXIO) => {
-            StartError::Transient(format!("{what}: {e}"))
-        }
+        Some(libc::EBUSY) => StartError::QueueBusy(format!(
+            "{what}: {e}: another AF_XDP socket holds the queue"
+        )),
+        Some(libc::ENODEV | libc::ENXIO) => StartError::Transient(format!("{what}: {e}")),
         _ => fatal(format!("{what}: {e}")),
     };
     let queues =

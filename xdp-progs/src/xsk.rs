@@ -321,30 +321,21 @@ impl Port {
             xdp_flags: 0,
             bind_flags: (xdp::XDP_COPY | xdp::XDP_USE_NEED_WAKEUP) as u16,
         };
-        // Binding right after another socket on the same queue closed can fail once with
-        // EBUSY: retry a few times.
-        let mut rc = 0;
-        for attempt in 0..5 {
-            // SAFETY: valid UMEM, name and boxed rings; on success the socket refers to them
-            // until `xsk_socket__delete` in `drop`, and the `Rc` keeps the UMEM alive as long.
-            rc = unsafe {
-                xdp::xsk_socket__create_shared(
-                    &mut port.xsk,
-                    name.as_ptr(),
-                    queue,
-                    umem.umem,
-                    &mut *port.rx,
-                    &mut *port.tx,
-                    &mut *port.fill,
-                    &mut *port.comp,
-                    &socket_config,
-                )
-            };
-            if rc != -libc::EBUSY {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20 << attempt));
-        }
+        // SAFETY: valid UMEM, name and boxed rings; on success the socket refers to them
+        // until `xsk_socket__delete` in `drop`, and the `Rc` keeps the UMEM alive as long.
+        let rc = unsafe {
+            xdp::xsk_socket__create_shared(
+                &mut port.xsk,
+                name.as_ptr(),
+                queue,
+                umem.umem,
+                &mut *port.rx,
+                &mut *port.tx,
+                &mut *port.fill,
+                &mut *port.comp,
+                &socket_config,
+            )
+        };
         if rc != 0 {
             return Err(os_err(
                 &format!("binding AF_XDP to {ifname} queue {queue}"),

@@ -84,7 +84,6 @@ pub(crate) struct Agent {
     neighbors: BTreeMap<Ipv4Addr, EthernetAddress>,
     start_retry: Backoff,
     pub(crate) live: Option<Arc<Snapshot>>,
-    modes: BTreeMap<String, String>,
     state: Arc<AdminState>,
     logged_problems: HashSet<String>,
 }
@@ -112,7 +111,6 @@ impl Agent {
             neighbors: BTreeMap::new(),
             start_retry: Backoff::default(),
             live: None,
-            modes: BTreeMap::new(),
             state,
             logged_problems: HashSet::new(),
         }
@@ -198,14 +196,6 @@ impl Agent {
         self.start_retry.next
     }
 
-    /// Whether pod interface `name` exists and is up, and its ifindex.
-    fn link_up(&self, name: &str) -> Option<u32> {
-        match self.links.get(name) {
-            Some((index, true)) => Some(*index),
-            _ => None,
-        }
-    }
-
     fn start(&mut self, compiled: Compiled) -> Result<Vec<String>, StartError> {
         let mut ifaces = vec![Managed {
             name: self.uplink.clone(),
@@ -219,13 +209,6 @@ impl Agent {
                 role: IfRole::Host,
             });
         }
-        let mut served = BTreeMap::new();
-        for (name, id) in &compiled.interfaces {
-            if let Some(index) = self.link_up(name) {
-                ifaces.push(Managed::pod(name, *id));
-                served.insert(name.clone(), (*id, index));
-            }
-        }
         let config = DataplaneConfig {
             workers: self.cores.clone(),
             mode: self.mode,
@@ -235,11 +218,10 @@ impl Agent {
             },
             ..DataplaneConfig::default()
         };
+        // The node's own interfaces only: a pod interface that cannot be served (another XDP
+        // program on it, say) must not keep the node from starting. The pods follow below,
+        // each on its own.
         let dp = Dataplane::start(config, ifaces, Arc::clone(&compiled.snapshot))?;
-        for (name, mode) in dp.modes() {
-            self.modes
-                .insert(name.clone(), format!("{mode:?}").to_lowercase());
-        }
         let now = dp.now();
         self.state.set_dataplane(DataplaneView {
             workers: dp.workers().to_vec(),
@@ -248,15 +230,14 @@ impl Agent {
             clock_origin: Instant::now() - Duration::from_nanos(now.as_nanos()),
             decisions: Some(Arc::clone(dp.decisions())),
         });
-        tracing::info!(
-            interfaces = served.len() + 1 + usize::from(self.host.is_some()),
-            modes = ?dp.modes(),
-            "dataplane started"
-        );
+        tracing::info!(modes = ?dp.modes(), "dataplane started");
         self.dataplane = Some(dp);
-        self.served = served;
+        self.served = BTreeMap::new();
         self.wanted = compiled.interfaces;
         self.live = Some(compiled.snapshot);
+        if let Err(e) = self.sync_interfaces(None) {
+            tracing::warn!(error = %e, "pod interfaces");
+        }
         Ok(compiled.problems)
     }
 
@@ -364,11 +345,14 @@ impl Agent {
     }
 
     fn report_interfaces(&self) {
-        let mode = |name: &str| {
-            self.modes
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| "skb".into())
+        let modes = self
+            .dataplane
+            .as_ref()
+            .map(Dataplane::modes)
+            .unwrap_or_default();
+        let mode = |name: &str| match modes.iter().find(|(n, _)| n == name) {
+            Some((_, mode)) => format!("{mode:?}").to_lowercase(),
+            None => "not attached".to_owned(),
         };
         let mut list = vec![(
             self.uplink.clone(),

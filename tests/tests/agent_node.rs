@@ -1,6 +1,6 @@
 //! `kxdp agent` and its node's kernel: a dataplane that cannot start because another XDP
-//! program holds the uplink (not ready, the program named, tried again until it goes), a pod
-//! veth recreated under its name (released and served again), and an uplink neighbour that
+//! program holds the uplink (not ready, the program named, tried again until it goes), one on
+//! a pod veth (that pod held back, the node served), a pod veth recreated under its name (released and served again), and an uplink neighbour that
 //! changes (republished as the kernel announces it). Needs root; prints SKIP otherwise, and
 //! fails under CI.
 
@@ -22,17 +22,9 @@ fn ip(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn another_xdp_program_on_the_uplink_keeps_the_agent_unready_until_it_goes() {
-    if skip_unless_privileged(
-        "another_xdp_program_on_the_uplink_keeps_the_agent_unready_until_it_goes",
-    ) {
-        return;
-    }
-    let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
-    let node_ns = c.tb.nodes[0].ns.clone();
-    // What an operator's `ip link set dev uplink xdp obj ...` leaves: a program attached
-    // through netlink. Ours passes everything; clang builds it (as it builds kxdp's).
+/// What an operator's `ip link set dev <if> xdp obj ...` leaves: a program attached through
+/// netlink. Ours passes everything; clang builds it (as it builds kxdp's). Returns its id.
+fn attach_foreign_program(c: &AgentCluster, ns: &str, dev: &str) -> String {
     let source = c.dir().join("foreign.c");
     std::fs::write(
         &source,
@@ -51,18 +43,30 @@ fn another_xdp_program_on_the_uplink_keeps_the_agent_unready_until_it_goes() {
     assert!(clang.status.success(), "clang: {clang:?}");
     let object = object.display().to_string();
     ip(
-        &node_ns,
+        ns,
         &[
-            "link", "set", "dev", "uplink", "xdp", "obj", &object, "sec", "xdp",
+            "link", "set", "dev", dev, "xdp", "obj", &object, "sec", "xdp",
         ],
     );
-    let shown = ip(&node_ns, &["link", "show", "dev", "uplink"]);
-    let id = shown
+    let shown = ip(ns, &["link", "show", "dev", dev]);
+    shown
         .split("prog/xdp id ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no program on the uplink: {shown}"))
-        .to_owned();
+        .unwrap_or_else(|| panic!("no program on {dev}: {shown}"))
+        .to_owned()
+}
+
+#[test]
+fn another_xdp_program_on_the_uplink_keeps_the_agent_unready_until_it_goes() {
+    if skip_unless_privileged(
+        "another_xdp_program_on_the_uplink_keeps_the_agent_unready_until_it_goes",
+    ) {
+        return;
+    }
+    let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
+    let node_ns = c.tb.nodes[0].ns.clone();
+    let id = attach_foreign_program(&c, &node_ns, "uplink");
 
     let manifest = c.manifest.display().to_string();
     c.start_node(0, 120, &["--manifest", &manifest]).unwrap();
@@ -106,6 +110,70 @@ fn another_xdp_program_on_the_uplink_keeps_the_agent_unready_until_it_goes() {
         )
         .unwrap();
     assert!(replies >= 2, "client-a to web-b: {replies}/3");
+}
+
+#[test]
+fn another_xdp_program_on_a_pod_veth_holds_back_only_that_pod() {
+    if skip_unless_privileged("another_xdp_program_on_a_pod_veth_holds_back_only_that_pod") {
+        return;
+    }
+    let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
+    let node_ns = c.tb.nodes[0].ns.clone();
+    let web_a = kxdp_control::compile::pod_interface_name("default", "web-a");
+    let id = attach_foreign_program(&c, &node_ns, &web_a);
+    c.start(120, &[]).expect("the agents start and are ready");
+    let status = |c: &AgentCluster| -> StatusView {
+        admin::get_json(&c.admin(0), "/api/status").expect("status")
+    };
+
+    // The node is up: its other pod reaches the other node's, each served interface in the
+    // mode the kernel gave it. The held-back pod is said to be, with the program named.
+    let replies =
+        c.tb.ping(
+            &c.pod("client-a").ns,
+            Ipv4Addr::new(10, 244, 2, 10),
+            3,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(replies >= 2, "client-a to web-b: {replies}/3");
+    let s = status(&c);
+    let names: Vec<&str> = s.interfaces.iter().map(|i| i.name.as_str()).collect();
+    assert!(!names.contains(&web_a.as_str()), "{names:?}");
+    assert!(names.contains(&"uplink"), "{names:?}");
+    for i in &s.interfaces {
+        // veth runs XDP in its driver.
+        assert_eq!(i.xdp_mode, "native", "{i:?}");
+    }
+    let named = format!("(id {id}, name foreign_pass, native mode)");
+    assert!(
+        s.interface_errors
+            .iter()
+            .any(|e| e.starts_with(&format!("{web_a}: ")) && e.contains(&named)),
+        "{:?}",
+        s.interface_errors
+    );
+
+    // The operator removes it: the pod is served on the next housekeeping round.
+    ip(&node_ns, &["link", "set", "dev", &web_a, "xdpdrv", "off"]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let s = status(&c);
+            s.interface_errors.is_empty() && s.interfaces.iter().any(|i| i.name == web_a)
+        }),
+        "{:?}\n{}",
+        status(&c),
+        c.log(0)
+    );
+    let replies =
+        c.tb.ping(
+            &c.pod("client-a").ns,
+            Ipv4Addr::new(10, 244, 1, 10),
+            3,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(replies >= 2, "client-a to web-a: {replies}/3");
 }
 
 #[test]

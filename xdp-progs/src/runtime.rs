@@ -15,7 +15,7 @@
 //! and an old snapshot is freed when the last worker that loaded it lets go.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use std::thread::JoinHandle;
@@ -193,7 +193,8 @@ pub struct Dataplane {
     ct: Arc<Conntrack>,
     started: WallClock,
     workers: Vec<WorkerStats>,
-    modes: Vec<(String, XdpMode)>,
+    /// The interfaces served and the XDP mode each got, kept by the control thread.
+    modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
     /// Set before `start` returns.
     decisions: Option<Arc<Decisions>>,
     changes: mpsc::Sender<(Change, mpsc::Sender<Result<(), String>>)>,
@@ -300,14 +301,16 @@ impl Dataplane {
         let started = WallClock::now();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (changes, changes_rx) = mpsc::channel();
+        let modes = Arc::new(Mutex::new(Vec::new()));
         let control = {
             let stop = Arc::clone(&stop);
             let ct = Arc::clone(&ct);
+            let modes = Arc::clone(&modes);
             std::thread::Builder::new()
                 .name("kxdp-control".into())
                 .spawn(move || {
                     control(
-                        config, ifaces, snapshot, ct, started, stop, ready_tx, changes_rx,
+                        config, ifaces, snapshot, ct, modes, started, stop, ready_tx, changes_rx,
                     )
                 })
                 .map_err(|e| fatal(format!("spawning the control thread: {e}")))?
@@ -317,7 +320,7 @@ impl Dataplane {
             ct,
             started,
             workers: Vec::new(),
-            modes: Vec::new(),
+            modes,
             decisions: None,
             changes,
             control: Some(control),
@@ -333,9 +336,8 @@ impl Dataplane {
                 }
             });
         match ready {
-            Ok(Ok((workers, modes, decisions))) => {
+            Ok(Ok((workers, decisions))) => {
                 dp.workers = workers;
-                dp.modes = modes;
                 dp.decisions = Some(decisions);
                 Ok(dp)
             }
@@ -381,9 +383,12 @@ impl Dataplane {
         self.control.as_ref().is_some_and(|c| !c.is_finished())
     }
 
-    /// The XDP mode each interface got, by name.
-    pub fn modes(&self) -> &[(String, XdpMode)] {
-        &self.modes
+    /// The interfaces served now, by name, and the XDP mode each got.
+    pub fn modes(&self) -> Vec<(String, XdpMode)> {
+        self.modes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The pipeline's counters, summed over workers, read while they run.
@@ -446,7 +451,7 @@ pub fn sum_counters(values: impl Iterator<Item = CounterValues>) -> CounterValue
     total
 }
 
-type Ready = Result<(Vec<WorkerStats>, Vec<(String, XdpMode)>, Arc<Decisions>), StartError>;
+type Ready = Result<(Vec<WorkerStats>, Arc<Decisions>), StartError>;
 
 /// A worker thread seen from the control thread.
 struct WorkerHandle {
@@ -475,6 +480,8 @@ struct Control {
     snapshot: Arc<ArcSwap<Snapshot>>,
     workers: Vec<WorkerHandle>,
     links: Vec<Served>,
+    /// What `links` serves, by name, for [`Dataplane::modes`].
+    modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
     /// XSKMAP bases given back by interfaces no longer served, reused before new ones.
     free_bases: Vec<u32>,
     /// The first base never handed out.
@@ -484,6 +491,8 @@ struct Control {
 /// An interface the control thread attached the program to.
 struct Served {
     id: InterfaceId,
+    name: String,
+    mode: XdpMode,
     ifindex: u32,
     xsk_base: u32,
     /// Dropping it detaches the program.
@@ -537,6 +546,8 @@ impl Control {
         let mode = link.mode;
         self.links.push(Served {
             id: m.id,
+            name: m.name.clone(),
+            mode,
             ifindex: index,
             xsk_base: base,
             _link: link,
@@ -630,7 +641,26 @@ impl Control {
         Ok(())
     }
 
+    /// Apply `change`, then tell [`Dataplane::modes`] what is served.
     fn apply(&mut self, change: Change) -> Result<(), String> {
+        let applied = self.apply_only(change);
+        self.report_modes();
+        applied
+    }
+
+    fn report_modes(&self) {
+        let served = self
+            .links
+            .iter()
+            .map(|s| (s.name.clone(), s.mode))
+            .collect();
+        *self
+            .modes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = served;
+    }
+
+    fn apply_only(&mut self, change: Change) -> Result<(), String> {
         match change {
             Change::Add(m, snap) => {
                 self.add(&m)?;
@@ -661,6 +691,7 @@ fn control(
     ifaces: Vec<Managed>,
     snapshot: Arc<Snapshot>,
     ct: Arc<Conntrack>,
+    modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
     started: WallClock,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Ready>,
@@ -679,6 +710,7 @@ fn control(
             snapshot: Arc::clone(&snap),
             workers: Vec::new(),
             links: Vec::new(),
+            modes,
             free_bases: Vec::new(),
             next_base: 0,
         };
@@ -729,16 +761,16 @@ fn control(
             IfRole::Host => 1,
             _ => 2,
         });
-        let mut modes = Vec::new();
         for m in ordered {
-            modes.push((m.name.clone(), ctl.add(m)?));
+            ctl.add(m)?;
         }
+        ctl.report_modes();
         let decisions = ctl.steering.decisions().map_err(fatal)?;
-        Ok((ctl, stats, modes, Arc::new(decisions)))
+        Ok((ctl, stats, Arc::new(decisions)))
     })();
     let mut ctl = match setup {
-        Ok((ctl, stats, modes, decisions)) => {
-            let _ = ready.send(Ok((stats, modes, decisions)));
+        Ok((ctl, stats, decisions)) => {
+            let _ = ready.send(Ok((stats, decisions)));
             ctl
         }
         Err(e) => {

@@ -401,6 +401,9 @@ pub enum NodeEvent {
         /// Its address.
         ip: Ipv4Addr,
     },
+    /// The kernel dropped notifications: the socket's buffer was full (`ENOBUFS`). The
+    /// socket still works; whoever follows the tables must read them whole again.
+    Lost,
 }
 
 impl NodeEvent {
@@ -432,20 +435,32 @@ const WATCH_BUFFER: usize = 4 << 20;
 
 /// Subscribe to link and neighbour notifications (`RTNLGRP_LINK`, `RTNLGRP_NEIGH`) in the
 /// calling thread's network namespace. Subscribe before reading the tables, so no change
-/// falls between the two. The stream ends if the socket fails (notifications were lost).
+/// falls between the two. Notifications the kernel had to drop come as [`NodeEvent::Lost`];
+/// the stream ends if the socket fails.
 pub fn watch() -> Result<impl Stream<Item = NodeEvent> + Unpin, NodeFactsError> {
+    watch_with_buffer(WATCH_BUFFER)
+}
+
+/// [`watch`] with a receive buffer of `bytes`: past `net.core.rmem_max` when the agent may
+/// (`CAP_NET_ADMIN`, `SO_RCVBUFFORCE`), else up to it.
+pub fn watch_with_buffer(
+    bytes: usize,
+) -> Result<impl Stream<Item = NodeEvent> + Unpin, NodeFactsError> {
     let (mut connection, _handle, messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Neigh])
             .map_err(NodeFactsError::Socket)?;
-    // Best effort: the default buffer (about 200 KiB) holds a few thousand notifications.
-    let _ = connection
-        .socket_mut()
-        .socket_mut()
-        .set_rx_buf_sz(WATCH_BUFFER);
+    let socket = connection.socket_mut().socket_mut();
+    if nix::sys::socket::setsockopt(&*socket, nix::sys::socket::sockopt::RcvBufForce, &bytes)
+        .is_err()
+    {
+        // Best effort: the default (about 200 KiB) holds a few thousand notifications.
+        let _ = socket.set_rx_buf_sz(bytes);
+    }
     tokio::spawn(connection);
     Ok(messages.filter_map(|(m, _)| {
         std::future::ready(match m.payload {
             NetlinkPayload::InnerMessage(inner) => NodeEvent::from_message(&inner),
+            NetlinkPayload::Overrun(_) => Some(NodeEvent::Lost),
             _ => None,
         })
     }))

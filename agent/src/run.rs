@@ -427,14 +427,18 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
                         dirty = true;
                     }
                 }
-                None => {
-                    // The socket failed (its buffer overflowed, say): watch again, then read
-                    // everything, so nothing announced in between is missed.
-                    tracing::warn!("netlink notifications lost: watching again and resyncing");
-                    events = match nodefacts::watch() {
-                        Ok(events) => events,
-                        Err(e) => break Err(AgentError::Other(e.to_string())),
-                    };
+                Some(NodeEvent::Lost) | None => {
+                    // The kernel dropped notifications (a full buffer), or the socket failed
+                    // (then watch again first): read everything, so nothing is missed.
+                    if event.is_none() {
+                        tracing::warn!("netlink socket failed: watching again and resyncing");
+                        events = match nodefacts::watch() {
+                            Ok(events) => events,
+                            Err(e) => break Err(AgentError::Other(e.to_string())),
+                        };
+                    } else {
+                        tracing::warn!("netlink notifications lost: resyncing");
+                    }
                     match resync(&net, &mut agent, &model).await {
                         Ok(true) => {
                             noticed = Instant::now();

@@ -172,3 +172,46 @@ fn node_facts_and_their_changes_come_from_netlink() {
         })
     });
 }
+
+#[test]
+fn notifications_the_kernel_drops_are_reported_as_lost() {
+    if skip_unless_privileged("notifications_the_kernel_drops_are_reported_as_lost") {
+        return;
+    }
+    let tb = Testbed::kernel_nodes(Spec {
+        nodes: 1,
+        pods_per_node: 0,
+        external: false,
+    })
+    .expect("testbed builds");
+    let ns = tb.nodes[0].ns.clone();
+    ip(
+        &ns,
+        &[
+            "link", "add", "kxlost0", "type", "veth", "peer", "name", "kxlost1",
+        ],
+    );
+    in_netns(&ns.clone(), move || {
+        Box::pin(async move {
+            // A small buffer, and nobody reading while a link flaps 200 times: the kernel
+            // has to drop notifications, and the stream says so.
+            let mut events = nodefacts::watch_with_buffer(4096).unwrap();
+            let flaps: String = (0..200)
+                .map(|_| "link set kxlost0 up\nlink set kxlost0 down\n")
+                .collect();
+            let path = std::env::temp_dir().join(format!("{ns}-flaps"));
+            std::fs::write(&path, flaps).unwrap();
+            let batch = Command::new("ip")
+                .args(["-n", &ns, "-batch"])
+                .arg(&path)
+                .output()
+                .expect("ip runs");
+            let _ = std::fs::remove_file(&path);
+            assert!(batch.status.success(), "ip -batch: {batch:?}");
+            next_matching(&mut events, "notifications lost", |e| {
+                matches!(e, NodeEvent::Lost)
+            })
+            .await;
+        })
+    });
+}

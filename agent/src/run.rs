@@ -465,7 +465,8 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
                 solicit(&net, uplink_index, agent.missing_neighbors(&model)).await;
             }
             _ = housekeeping.tick() => {
-                if source.reread(&mut model, &state) {
+                // Reading manifest files blocks: off the async threads.
+                if tokio::task::block_in_place(|| source.reread(&mut model, &state)) {
                     noticed = Instant::now();
                     dirty = true;
                 }

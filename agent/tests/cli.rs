@@ -482,6 +482,10 @@ fn bad_flags_and_foreign_sources_are_named() {
         err.contains("no pod on node node-a has address 10.244.1.99"),
         "{err}"
     );
+    // The agent lists at most 10000 flows per request; asking for more is refused here.
+    let (code, _, err) = kxdp(&["conntrack", "--limit", "10001"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--limit") && err.contains("10001"), "{err}");
 }
 
 /// Whether this process is root with all capabilities (the preflight tests drop some from

@@ -55,6 +55,10 @@ pub fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
 
 type Body = Full<Bytes>;
 
+/// The most flows one `/api/conntrack` answer lists (the default is 100); `matched` still
+/// counts them all.
+pub const MAX_FLOWS_LISTED: usize = 10_000;
+
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -136,7 +140,14 @@ pub fn handle(
         "/api/conntrack" => {
             let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
                 None => 100,
-                Some(Ok(l)) => l,
+                Some(Ok(l)) if l <= MAX_FLOWS_LISTED => l,
+                Some(Ok(_)) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        format!("limit: at most {MAX_FLOWS_LISTED} flows per request\n"),
+                    )
+                }
                 Some(Err(_)) => {
                     return reply(
                         StatusCode::BAD_REQUEST,
@@ -248,14 +259,24 @@ async fn connection<S>(
     let seen = Arc::clone(&ticket);
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         seen.request();
-        let r = handle(
-            &state,
-            scope,
-            req.method(),
-            req.uri().path(),
-            req.uri().query(),
-        );
-        async move { Ok::<_, std::convert::Infallible>(r) }
+        let state = Arc::clone(&state);
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        // An answer may walk all of conntrack or render every metric: on the blocking pool,
+        // never on a thread the agent's loop and the other connections need.
+        async move {
+            let answer = tokio::task::spawn_blocking(move || {
+                handle(&state, scope, &method, uri.path(), uri.query())
+            })
+            .await
+            .unwrap_or_else(|e| {
+                reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("the request failed: {e}\n"),
+                )
+            });
+            Ok::<_, std::convert::Infallible>(answer)
+        }
     });
     let io = hyper_util::rt::TokioIo::new(stream);
     if let Err(e) = http.serve_connection(io, service).await {
@@ -283,6 +304,18 @@ enum Conn {
 mod tests {
     use super::super::views::FlowFilter;
     use super::*;
+
+    #[test]
+    fn a_conntrack_listing_is_bounded() {
+        let state = Arc::new(AdminState::new("node-a", "manifests"));
+        let status = |query: &str| {
+            let get = hyper::Method::GET;
+            handle(&state, Scope::Debug, &get, "/api/conntrack", Some(query)).status()
+        };
+        assert_eq!(status("limit=10000"), StatusCode::OK);
+        assert_eq!(status("limit=10001"), StatusCode::BAD_REQUEST);
+        assert_eq!(status("limit=lots"), StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn flow_filters_name_the_bad_parameter() {

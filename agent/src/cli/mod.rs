@@ -152,8 +152,12 @@ struct ConntrackArgs {
     #[arg(long)]
     port: Option<u16>,
     /// List at most this many (all are counted).
-    #[arg(long, default_value_t = 50)]
-    limit: usize,
+    #[arg(
+        long,
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(0..=admin::server::MAX_FLOWS_LISTED as u64),
+    )]
+    limit: u64,
 }
 
 #[derive(clap::Args)]

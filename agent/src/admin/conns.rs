@@ -10,12 +10,14 @@
 //! - It keeps accepting at the limit. A listener that stopped accepting would leave every new
 //!   connection, the kubelet's probe included, queued in the kernel behind the attacker's
 //!   until those time out; one that accepted and closed the newcomer would refuse the probe
-//!   for as long as the attack lasts. Instead each newcomer evicts the connection that has
-//!   waited longest without completing a request (an idle or a trickling one), else the one
-//!   whose last request is oldest. A prompt client (connect, then send its request) is the
-//!   newest in the table and the last to go: it outlives `max_connections` newer connections,
-//!   which even at 20,000 connections a second is tens of milliseconds, while its request
-//!   arrives in well under one. The attacker pays for the flood; the probe does not.
+//!   for as long as the attack lasts. Instead each newcomer evicts the connection quiet the
+//!   longest: the one whose last sign of life (its accept, or the arrival of its last request)
+//!   came first, whatever it did before. A prompt client (connect, then send its request) is
+//!   the newest in the table and the last to go: it outlives `max_connections` newer
+//!   connections, which even at 20,000 connections a second is tens of milliseconds, while
+//!   its request arrives in well under one. Connections that sent a request and then hold on
+//!   (kept alive, or trickling the next one) earn no protection by it. The attacker pays for
+//!   the flood; the probe does not.
 //! - Headers must arrive in full within [`Limits::header_timeout`] of the connection's start or
 //!   of its previous response (hyper's header-read timer, which also ends keep-alive idling).
 //! - A connection still open [`Limits::response_timeout`] after its last request began (a
@@ -72,6 +74,8 @@ pub struct Connections {
     limits: Limits,
     epoch: Instant,
     table: Mutex<Table>,
+    /// Orders signs of life (accepts, requests): the eviction order.
+    stamps: AtomicU64,
     accepted: AtomicU64,
     evicted: AtomicU64,
     timed_out: AtomicU64,
@@ -90,22 +94,13 @@ struct Slot {
     abort: AbortHandle,
 }
 
-/// What a connection has done: requests begun, and when the last one began.
+/// What a connection has done: requests begun, when the last one began, and the stamp of
+/// its last sign of life.
 #[derive(Debug, Default)]
 struct Activity {
     requests: AtomicU64,
     last_request_ms: AtomicU64,
-}
-
-impl Slot {
-    /// Eviction order: connections that never completed a request first, oldest first; then
-    /// the one whose last request is oldest.
-    fn eviction_key(&self) -> (bool, u64) {
-        match self.activity.requests.load(Relaxed) {
-            0 => (false, self.accepted_ms),
-            _ => (true, self.activity.last_request_ms.load(Relaxed)),
-        }
-    }
+    last_seen: AtomicU64,
 }
 
 /// A connection's place in the table: freed when dropped (when its task ends or is aborted).
@@ -119,6 +114,9 @@ pub struct Ticket {
 impl Ticket {
     /// A request's headers have arrived.
     pub fn request(&self) {
+        self.activity
+            .last_seen
+            .store(self.connections.stamps.fetch_add(1, Relaxed), Relaxed);
         self.activity.requests.fetch_add(1, Relaxed);
         self.activity
             .last_request_ms
@@ -145,6 +143,7 @@ impl Connections {
             limits,
             epoch: Instant::now(),
             table: Mutex::new(Table::default()),
+            stamps: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
@@ -171,7 +170,7 @@ impl Connections {
                 let Some(id) = table
                     .slots
                     .iter()
-                    .min_by_key(|(id, slot)| (slot.eviction_key(), **id))
+                    .min_by_key(|(_, slot)| slot.activity.last_seen.load(Relaxed))
                     .map(|(id, _)| *id)
                 else {
                     break;
@@ -182,7 +181,10 @@ impl Connections {
             }
             let id = table.next;
             table.next += 1;
-            let activity = Arc::new(Activity::default());
+            let activity = Arc::new(Activity {
+                last_seen: AtomicU64::new(self.stamps.fetch_add(1, Relaxed)),
+                ..Activity::default()
+            });
             let ticket = Ticket {
                 connections: Arc::clone(self),
                 id,
@@ -271,13 +273,28 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
-    /// Admit a connection whose task waits until aborted or its sender is dropped; with
-    /// `served`, it has had a request. Returns whether its task is still alive.
+    /// A connection whose task waits until aborted or its sender (in `ends`) is dropped.
+    struct Client {
+        alive: Arc<AtomicBool>,
+        requests: tokio::sync::mpsc::UnboundedSender<()>,
+    }
+
+    impl Client {
+        fn alive(&self) -> bool {
+            self.alive.load(Relaxed)
+        }
+
+        /// Its next request arrives.
+        async fn request(&self) {
+            self.requests.send(()).expect("the connection is open");
+            settle().await;
+        }
+    }
+
     fn connect(
         conns: &Arc<Connections>,
         ends: &mut Vec<tokio::sync::oneshot::Sender<()>>,
-        served: bool,
-    ) -> Arc<AtomicBool> {
+    ) -> Client {
         struct Alive(Arc<AtomicBool>);
         impl Drop for Alive {
             fn drop(&mut self) {
@@ -285,21 +302,23 @@ mod tests {
             }
         }
         let alive = Arc::new(AtomicBool::new(true));
-        let (end, ended) = tokio::sync::oneshot::channel::<()>();
+        let (end, mut ended) = tokio::sync::oneshot::channel::<()>();
         ends.push(end);
+        let (requests, mut requested) = tokio::sync::mpsc::unbounded_channel();
         let flag = Alive(Arc::clone(&alive));
         conns.admit(|ticket| {
-            if served {
-                ticket.request();
-            }
             tokio::spawn(async move {
                 let _alive = flag;
-                let _ticket = ticket;
-                let _ = ended.await;
+                loop {
+                    tokio::select! {
+                        _ = &mut ended => break,
+                        Some(()) = requested.recv() => ticket.request(),
+                    }
+                }
             })
             .abort_handle()
         });
-        alive
+        Client { alive, requests }
     }
 
     async fn settle() {
@@ -309,34 +328,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn at_the_limit_the_oldest_connection_without_a_request_goes_first() {
+    async fn at_the_limit_the_connection_quiet_the_longest_goes_first() {
         let conns = Arc::new(Connections::new("metrics", Limits::METRICS.capped(3)));
         let mut ends = Vec::new();
-        let a = connect(&conns, &mut ends, true);
-        let b = connect(&conns, &mut ends, false);
-        let c = connect(&conns, &mut ends, false);
+        // Two connections that each sent a request and hold on, then a prompt client.
+        let a = connect(&conns, &mut ends);
+        a.request().await;
+        let b = connect(&conns, &mut ends);
+        b.request().await;
+        let probe = connect(&conns, &mut ends);
         assert_eq!(conns.open(), 3);
-        let d = connect(&conns, &mut ends, false);
+        // A flood: its first connection evicts the one quiet the longest, not the probe.
+        let c = connect(&conns, &mut ends);
         settle().await;
-        assert!(a.load(Relaxed), "the oldest, but it had a request: kept");
-        assert!(!b.load(Relaxed), "the oldest without a request: evicted");
-        assert!(c.load(Relaxed) && d.load(Relaxed));
+        assert!(!a.alive(), "quiet since its request: evicted");
+        assert!(b.alive() && probe.alive() && c.alive());
         assert_eq!((conns.open(), conns.evicted(), conns.accepted()), (3, 1, 4));
-        let e = connect(&conns, &mut ends, true);
+        probe.request().await;
+        let d = connect(&conns, &mut ends);
+        let e = connect(&conns, &mut ends);
         settle().await;
-        assert!(!c.load(Relaxed) && a.load(Relaxed) && d.load(Relaxed) && e.load(Relaxed));
-        // Only d lacks a request now; once it is gone too, the served one with the oldest
-        // request goes.
-        let f = connect(&conns, &mut ends, true);
-        let g = connect(&conns, &mut ends, true);
-        settle().await;
-        assert!(!d.load(Relaxed) && !a.load(Relaxed));
-        assert!(e.load(Relaxed) && f.load(Relaxed) && g.load(Relaxed));
-        assert_eq!(conns.evicted(), 4);
+        assert!(
+            !b.alive() && !c.alive(),
+            "b, then c: quiet longer than the probe"
+        );
+        assert!(probe.alive() && d.alive() && e.alive());
         // Connections that end free their places.
         drop(ends);
         settle().await;
-        assert_eq!(conns.open(), 0);
+        assert_eq!((conns.open(), conns.evicted()), (0, 3));
     }
 
     #[tokio::test]
@@ -348,8 +368,9 @@ mod tests {
         };
         let conns = Arc::new(Connections::new("debug", limits));
         let mut ends = Vec::new();
-        let silent = connect(&conns, &mut ends, false);
-        let served = connect(&conns, &mut ends, true);
+        let silent = connect(&conns, &mut ends);
+        let served = connect(&conns, &mut ends);
+        served.request().await;
         assert_eq!(conns.reap_once(), 0, "nothing is late yet");
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(
@@ -358,11 +379,11 @@ mod tests {
             "no request within twice the header timeout"
         );
         settle().await;
-        assert!(!silent.load(Relaxed) && served.load(Relaxed));
+        assert!(!silent.alive() && served.alive());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(conns.reap_once(), 1, "still open long after its request");
         settle().await;
-        assert!(!served.load(Relaxed));
+        assert!(!served.alive());
         assert_eq!((conns.open(), conns.timed_out()), (0, 2));
     }
 }

@@ -22,6 +22,12 @@ fn ip(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Replies to three pings from pod `from` to `to`.
+fn pings(c: &AgentCluster, from: &str, to: Ipv4Addr) -> u32 {
+    c.tb.ping(&c.pod(from).ns, to, 3, Duration::from_secs(5))
+        .expect("ping runs")
+}
+
 /// What an operator's `ip link set dev <if> xdp obj ...` leaves: a program attached through
 /// netlink. Ours passes everything; clang builds it (as it builds kxdp's). Returns its id.
 fn attach_foreign_program(c: &AgentCluster, ns: &str, dev: &str) -> String {
@@ -101,14 +107,7 @@ fn another_xdp_program_on_the_uplink_keeps_the_agent_unready_until_it_goes() {
     c.start_node(1, 120, &["--manifest", &manifest]).unwrap();
     c.wait_ready(0, Duration::from_secs(30)).unwrap();
     c.wait_ready(1, Duration::from_secs(30)).unwrap();
-    let replies =
-        c.tb.ping(
-            &c.pod("client-a").ns,
-            Ipv4Addr::new(10, 244, 2, 10),
-            3,
-            Duration::from_secs(5),
-        )
-        .unwrap();
+    let replies = pings(&c, "client-a", Ipv4Addr::new(10, 244, 2, 10));
     assert!(replies >= 2, "client-a to web-b: {replies}/3");
 }
 
@@ -128,14 +127,7 @@ fn another_xdp_program_on_a_pod_veth_holds_back_only_that_pod() {
 
     // The node is up: its other pod reaches the other node's, each served interface in the
     // mode the kernel gave it. The held-back pod is said to be, with the program named.
-    let replies =
-        c.tb.ping(
-            &c.pod("client-a").ns,
-            Ipv4Addr::new(10, 244, 2, 10),
-            3,
-            Duration::from_secs(5),
-        )
-        .unwrap();
+    let replies = pings(&c, "client-a", Ipv4Addr::new(10, 244, 2, 10));
     assert!(replies >= 2, "client-a to web-b: {replies}/3");
     let s = status(&c);
     let names: Vec<&str> = s.interfaces.iter().map(|i| i.name.as_str()).collect();
@@ -165,14 +157,7 @@ fn another_xdp_program_on_a_pod_veth_holds_back_only_that_pod() {
         status(&c),
         c.log(0)
     );
-    let replies =
-        c.tb.ping(
-            &c.pod("client-a").ns,
-            Ipv4Addr::new(10, 244, 1, 10),
-            3,
-            Duration::from_secs(5),
-        )
-        .unwrap();
+    let replies = pings(&c, "client-a", Ipv4Addr::new(10, 244, 1, 10));
     assert!(replies >= 2, "client-a to web-a: {replies}/3");
 }
 
@@ -224,9 +209,7 @@ fn a_recreated_pod_veth_is_served_again_and_a_changed_neighbour_republishes() {
         after.contains("prog/xdp"),
         "kxdp's program is on it: {after}"
     );
-    let replies =
-        c.tb.ping(&c.pod("client-a").ns, pod.ip, 3, Duration::from_secs(5))
-            .unwrap();
+    let replies = pings(&c, "client-a", pod.ip);
     assert!(replies >= 2, "client-a to the recreated web-a: {replies}/3");
 
     // Node B's underlay MAC changes in node A's neighbour table: the route to its pods

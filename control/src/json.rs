@@ -41,6 +41,9 @@ impl Proto {
         }
     }
 
+    /// The protocols the tools take by name (`--proto`, `?proto=`), in the order they list them.
+    pub const NAMED: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+
     /// Its IP protocol number.
     pub fn number(self) -> u8 {
         match self {
@@ -59,6 +62,41 @@ impl fmt::Display for Proto {
             Proto::Udp => f.write_str("udp"),
             Proto::Icmp => f.write_str("icmp"),
             Proto::Other(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// A protocol name that is not `tcp`, `udp` or `icmp`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not tcp, udp or icmp")]
+pub struct UnknownProto(pub String);
+
+/// Parses the names only (`tcp`, `udp`, `icmp`): the pipeline tracks and serves no other
+/// protocol, so a tool asked for one by number would match nothing.
+impl std::str::FromStr for Proto {
+    type Err = UnknownProto;
+
+    fn from_str(s: &str) -> Result<Proto, UnknownProto> {
+        Proto::NAMED
+            .into_iter()
+            .find(|p| p.to_string() == s)
+            .ok_or_else(|| UnknownProto(s.to_owned()))
+    }
+}
+
+/// `--proto tcp|udp|icmp` on a command line.
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for Proto {
+    fn value_variants<'a>() -> &'a [Proto] {
+        &Proto::NAMED
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            Proto::Tcp => Some(clap::builder::PossibleValue::new("tcp")),
+            Proto::Udp => Some(clap::builder::PossibleValue::new("udp")),
+            Proto::Icmp => Some(clap::builder::PossibleValue::new("icmp")),
+            Proto::Other(_) => None,
         }
     }
 }
@@ -271,5 +309,21 @@ mod tests {
             assert_eq!(Proto::from_number(p.number()), p);
         }
         assert_eq!(serde_json::to_string(&Proto::Other(47)).unwrap(), "47");
+    }
+
+    #[test]
+    fn proto_names_parse_back_and_others_are_named_in_the_error() {
+        for p in Proto::NAMED {
+            assert_eq!(p.to_string().parse::<Proto>(), Ok(p));
+            // The name on a command line is the name in the JSON.
+            assert_eq!(serde_json::to_value(p).unwrap(), p.to_string());
+        }
+        let err = "sctp".parse::<Proto>().unwrap_err();
+        assert_eq!(err.to_string(), r#""sctp" is not tcp, udp or icmp"#);
+        assert!(
+            "47".parse::<Proto>().is_err(),
+            "only names: no tool serves 47"
+        );
+        assert!("TCP".parse::<Proto>().is_err());
     }
 }

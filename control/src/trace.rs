@@ -45,8 +45,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::json::{Endpoint, Flow, Frontend, Policy, Proto, Translation};
 
-/// Where the traced packet enters.
+/// Where the traced packet enters: `pod`, `uplink` or `host`, as `kxdp trace --from` and the
+/// admin API's `/api/trace?from=` name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Entry {
     /// From the local pod that owns the source address.
     Pod,
@@ -54,6 +56,37 @@ pub enum Entry {
     Uplink,
     /// From the node's own kernel, on the host interface.
     Host,
+}
+
+impl Entry {
+    /// Every entry point, in the order the tools list them.
+    pub const ALL: [Entry; 3] = [Entry::Pod, Entry::Uplink, Entry::Host];
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Entry::Pod => "pod",
+            Entry::Uplink => "uplink",
+            Entry::Host => "host",
+        })
+    }
+}
+
+/// An entry point name that is not `pod`, `uplink` or `host`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not pod, uplink or host")]
+pub struct UnknownEntry(pub String);
+
+impl std::str::FromStr for Entry {
+    type Err = UnknownEntry;
+
+    fn from_str(s: &str) -> Result<Entry, UnknownEntry> {
+        Entry::ALL
+            .into_iter()
+            .find(|e| e.to_string() == s)
+            .ok_or_else(|| UnknownEntry(s.to_owned()))
+    }
 }
 
 /// The packet to trace.

@@ -411,3 +411,20 @@ fn the_json_has_every_field_as_typed_objects() {
     // It reads back as the same trace.
     assert_eq!(serde_json::from_value::<Trace>(v).unwrap(), t);
 }
+
+#[test]
+fn entry_names_parse_back_and_match_where_the_trace_says_it_entered() {
+    let sources = [
+        (Entry::Pod, "10.244.1.11"),
+        (Entry::Uplink, "198.19.0.7"),
+        (Entry::Host, "198.18.0.10"),
+    ];
+    for (entry, src) in sources {
+        let name = entry.to_string();
+        assert_eq!(name.parse::<Entry>(), Ok(entry));
+        let t = run(entry, (src, 40000), ("10.96.0.10", 80), 6);
+        assert_eq!(serde_json::to_value(&t).unwrap()["entered"]["via"], name);
+    }
+    let err = "wire".parse::<Entry>().unwrap_err();
+    assert_eq!(err.to_string(), r#""wire" is not pod, uplink or host"#);
+}

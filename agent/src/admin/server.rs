@@ -14,12 +14,13 @@ use std::time::Duration;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
+use kxdp_control::json::Proto;
 use serde::Serialize;
 
 use super::conns::{Connections, Limits, Ticket};
 use super::listen::Listener;
 use super::state::AdminState;
-use super::views::{parse_endpoint, parse_proto, FlowFilter};
+use super::views::{parse_endpoint, FlowFilter};
 
 /// What a listener answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,18 +188,21 @@ fn trace_live(
         let text = params.get(name).ok_or(format!("{name}: missing"))?;
         parse_endpoint(text).map_err(|e| format!("{name}: {e}"))
     };
-    let entry = match params.get("from").map_or("pod", String::as_str) {
-        "pod" => Entry::Pod,
-        "uplink" => Entry::Uplink,
-        "host" => Entry::Host,
-        other => return Err(format!("from: {other:?} is not pod, uplink or host")),
-    };
-    let proto = params.get("proto").map_or("tcp", String::as_str);
+    let entry: Entry = params
+        .get("from")
+        .map_or("pod", String::as_str)
+        .parse()
+        .map_err(|e| format!("from: {e}"))?;
+    let proto: Proto = params
+        .get("proto")
+        .map_or("tcp", String::as_str)
+        .parse()
+        .map_err(|e| format!("proto: {e}"))?;
     let input = TraceInput {
         entry,
         src: endpoint("src")?,
         dst: endpoint("dst")?,
-        proto: parse_proto(proto).ok_or(format!("proto: {proto:?} is not tcp, udp or icmp"))?,
+        proto: proto.number(),
     };
     trace(&snap, &input).map_err(|e| e.to_string())
 }
@@ -324,7 +328,7 @@ mod tests {
         assert_eq!(
             f,
             FlowFilter {
-                proto: Some(17),
+                proto: Some(Proto::Udp),
                 addr: Some(Ipv4Addr::new(10, 0, 0, 1)),
                 port: Some(53)
             }

@@ -444,8 +444,8 @@ fn next_hop(node: &kxdp_dataplane::tables::NodeConfig, ip: Ipv4Addr) -> Ipv4Addr
 /// Which flows `/api/conntrack` lists: each filter given must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlowFilter {
-    /// The protocol number.
-    pub proto: Option<u8>,
+    /// The protocol.
+    pub proto: Option<Proto>,
     /// An address either direction has as source or destination.
     pub addr: Option<Ipv4Addr>,
     /// A port either direction has as source or destination.
@@ -458,7 +458,7 @@ impl FlowFilter {
         o: &kxdp_dataplane::flow::FlowKey,
         r: &kxdp_dataplane::flow::FlowKey,
     ) -> bool {
-        self.proto.is_none_or(|p| o.proto == p)
+        self.proto.is_none_or(|p| o.proto == p.number())
             && self
                 .addr
                 .is_none_or(|a| [o.src_ip, o.dst_ip, r.src_ip, r.dst_ip].contains(&a))
@@ -471,7 +471,7 @@ impl FlowFilter {
     pub fn from_query(query: &BTreeMap<String, String>) -> Result<FlowFilter, String> {
         let proto = query
             .get("proto")
-            .map(|p| parse_proto(p).ok_or_else(|| format!("proto: {p:?} is not tcp, udp or icmp")))
+            .map(|p| p.parse().map_err(|e| format!("proto: {e}")))
             .transpose()?;
         let addr = query
             .get("addr")
@@ -488,16 +488,6 @@ impl FlowFilter {
             })
             .transpose()?;
         Ok(FlowFilter { proto, addr, port })
-    }
-}
-
-/// `tcp`, `udp` or `icmp` as a protocol number.
-pub fn parse_proto(p: &str) -> Option<u8> {
-    match p {
-        "tcp" => Some(6),
-        "udp" => Some(17),
-        "icmp" => Some(1),
-        _ => None,
     }
 }
 

@@ -26,8 +26,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::admin::{self, AdminAddr};
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 use kxdp_control::compile::Compiler;
+use kxdp_control::json::Proto;
 use kxdp_control::manifest::{parse, ManifestSource};
 use kxdp_control::model::Model;
 use kxdp_control::trace::{trace, trace_settings, Entry, TraceInput};
@@ -182,33 +183,6 @@ fn run_preflight(args: PreflightArgs) -> Result<String, String> {
     Err(lines.join("\nkxdp: "))
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum From {
-    /// From the local pod that owns the source address.
-    Pod,
-    /// From outside, on the uplink.
-    Uplink,
-    /// From the node's own kernel.
-    Host,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Proto {
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-impl Proto {
-    fn name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
-        }
-    }
-}
-
 #[derive(clap::Args)]
 struct TraceArgs {
     /// Kubernetes YAML files (Services, EndpointSlices, Nodes, Pods); the embedded default
@@ -220,7 +194,7 @@ struct TraceArgs {
     node: String,
     /// Where the packet enters.
     #[arg(long, value_enum, default_value = "pod")]
-    from: From,
+    from: Entry,
     /// Source address and port (`10.244.1.11:40000`; for ICMP the port is the echo identifier).
     #[arg(long, value_parser = admin::parse_endpoint)]
     src: (Ipv4Addr, u16),
@@ -251,18 +225,14 @@ fn parse_cidr(text: &str) -> Result<kxdp_dataplane::wire::Ipv4Cidr, String> {
 
 fn run_trace(args: TraceArgs) -> Result<String, String> {
     if let Some(agent) = &args.agent {
-        let from = match args.from {
-            From::Pod => "pod",
-            From::Uplink => "uplink",
-            From::Host => "host",
-        };
         let path = format!(
-            "/api/trace?from={from}&src={}:{}&dst={}:{}&proto={}{}",
+            "/api/trace?from={}&src={}:{}&dst={}:{}&proto={}{}",
+            args.from,
             args.src.0,
             args.src.1,
             args.dst.0,
             args.dst.1,
-            args.proto.name(),
+            args.proto,
             if args.json { "" } else { "&format=text" }
         );
         let (status, body) = admin::get(agent, &path)?;
@@ -295,18 +265,10 @@ fn run_trace(args: TraceArgs) -> Result<String, String> {
         eprintln!("kxdp: left out of the tables: {p}");
     }
     let input = TraceInput {
-        entry: match args.from {
-            From::Pod => Entry::Pod,
-            From::Uplink => Entry::Uplink,
-            From::Host => Entry::Host,
-        },
+        entry: args.from,
         src: args.src,
         dst: args.dst,
-        proto: match args.proto {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-            Proto::Icmp => 1,
-        },
+        proto: args.proto.number(),
     };
     let t = trace(&compiled.snapshot, &input).map_err(|e| e.to_string())?;
     if args.json {
@@ -338,7 +300,7 @@ pub fn main() -> ExitCode {
         Command::Conntrack(c) => {
             let mut path = format!("/api/conntrack?limit={}", c.limit);
             if let Some(p) = c.proto {
-                path += &format!("&proto={}", p.name());
+                path += &format!("&proto={p}");
             }
             if let Some(a) = c.addr {
                 path += &format!("&addr={a}");

@@ -63,6 +63,30 @@ pub const COUNTED_INTERFACES: usize = 1024;
 /// Batch-size buckets: 1, 2–3, 4–7, 8–15, 16–31, 32–63, 64 frames.
 pub const BATCH_BUCKETS: usize = 7;
 
+/// The sizes each batch-size bucket counts, `(min, max)` inclusive: powers of two, the last
+/// holding only a full batch. The admin API's views and metrics (whose last finite `le` is the
+/// last `max`) take the bounds from here, so they cannot drift from the worker's counting.
+pub const BATCH_BUCKET_BOUNDS: [(u64, u64); BATCH_BUCKETS] = {
+    let mut bounds = [(0, 0); BATCH_BUCKETS];
+    let mut b = 0;
+    while b < BATCH_BUCKETS {
+        let min = 1u64 << b;
+        bounds[b] = (
+            min,
+            if b + 1 == BATCH_BUCKETS {
+                min
+            } else {
+                2 * min - 1
+            },
+        );
+        b += 1;
+    }
+    bounds
+};
+
+// The last bucket is exactly a full batch: a larger batch would go uncounted by its size.
+const _: () = assert!(BATCH_BUCKET_BOUNDS[BATCH_BUCKETS - 1].1 == BATCH as u64);
+
 kxdp_dataplane::counter_list! {
     /// What a worker counts of its own I/O, beside the pipeline's [`Counters`].
     pub enum IoCounter {
@@ -490,6 +514,23 @@ mod tests {
             .collect();
         assert_eq!(buckets, [0, 1, 1, 2, 2, 3, 4, 5, 5, 6]);
         assert_eq!(batch_bucket(BATCH), BATCH_BUCKETS - 1);
+        // Each size lands in the bucket whose published bounds hold it.
+        for n in 1..=BATCH {
+            let (min, max) = BATCH_BUCKET_BOUNDS[batch_bucket(n)];
+            assert!((min..=max).contains(&(n as u64)), "{n} in {min}..={max}");
+        }
+        assert_eq!(
+            BATCH_BUCKET_BOUNDS,
+            [
+                (1, 1),
+                (2, 3),
+                (4, 7),
+                (8, 15),
+                (16, 31),
+                (32, 63),
+                (64, 64)
+            ]
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use prometheus_client::registry::{Registry, Unit};
 use kxdp_dataplane::counters::{CounterList, Event};
 use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::InterfaceId;
-use kxdp_xdp::worker::{IoCounter, BATCH_BUCKETS};
+use kxdp_xdp::worker::{IoCounter, BATCH_BUCKET_BOUNDS};
 use kxdp_xdp::XdpDecision;
 
 use super::conns::Connections;
@@ -289,11 +289,10 @@ impl Collector for AgentCollector {
             tx,
         )?;
 
-        let batches: Vec<(f64, u64)> = (0..BATCH_BUCKETS)
-            .map(|b| {
-                let upper = ((2u64 << b) - 1) as f64;
-                (upper, io.iter().map(|i| i.batch_sizes[b]).sum())
-            })
+        let batches: Vec<(f64, u64)> = BATCH_BUCKET_BOUNDS
+            .iter()
+            .enumerate()
+            .map(|(b, &(_, max))| (max as f64, io.iter().map(|i| i.batch_sizes[b]).sum()))
             .collect();
         histogram(
             enc,
@@ -471,9 +470,19 @@ mod tests {
             &m,
             "kxdp_interface_tx_frames_total{interface=\"uplink\",worker=\"0\"}",
         );
-        for le in ["1", "3", "7", "15", "31", "63", "127", "+Inf"] {
-            value(&m, &format!("kxdp_batch_size_frames_bucket{{le=\"{le}\"}}"));
-        }
+        // The finite bounds are the worker's, the last a full batch (64), then +Inf.
+        let les: Vec<&str> = m
+            .lines()
+            .filter_map(|l| l.strip_prefix("kxdp_batch_size_frames_bucket{le=\""))
+            .filter_map(|l| l.split_once('"').map(|(le, _)| le))
+            .collect();
+        let mut expected: Vec<String> = BATCH_BUCKET_BOUNDS
+            .iter()
+            .map(|(_, max)| max.to_string())
+            .collect();
+        assert_eq!(expected.last().map(String::as_str), Some("64"));
+        expected.push("+Inf".into());
+        assert_eq!(les, expected, "{m}");
         value(&m, "kxdp_batch_size_frames_count");
         for decision in XdpDecision::ALL {
             let series = format!(

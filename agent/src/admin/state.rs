@@ -19,13 +19,13 @@ use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::Snapshot;
 use kxdp_xdp::runtime::WorkerStats;
-use kxdp_xdp::worker::{IoCounter, BATCH_BUCKETS};
+use kxdp_xdp::worker::{IoCounter, BATCH_BUCKET_BOUNDS};
 use kxdp_xdp::{Decisions, XdpDecision};
 
 use super::conns::Connections;
 use super::views::{
-    batch_bucket, BatchSizeView, ConntrackFillView, CountersView, FlowFilter, FlowView, FlowsView,
-    InterfaceView, LatencyView, NeighborsView, RouteView, ServiceView, StatusView, WorkerView,
+    BatchSizeView, ConntrackFillView, CountersView, FlowFilter, FlowView, FlowsView, InterfaceView,
+    LatencyView, NeighborsView, RouteView, ServiceView, StatusView, WorkerView,
 };
 
 /// What the running dataplane shares with the admin API.
@@ -310,8 +310,7 @@ impl AdminState {
             let total = io.iter().map(|v| v.get(*c)).sum();
             v.io.insert(c.name().into(), total);
         }
-        for b in 0..BATCH_BUCKETS {
-            let (min, max) = batch_bucket(b);
+        for (b, &(min, max)) in BATCH_BUCKET_BOUNDS.iter().enumerate() {
             let batches = io.iter().map(|i| i.batch_sizes[b]).sum();
             v.batch_sizes.push(BatchSizeView { min, max, batches });
         }

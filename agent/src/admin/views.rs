@@ -16,7 +16,7 @@ use kxdp_control::json::{Flow, Frontend, Policy, Proto};
 use kxdp_control::model::mac_text;
 use kxdp_dataplane::wire::Ipv4Cidr;
 use kxdp_dataplane::Snapshot;
-use kxdp_xdp::worker::BATCH_BUCKETS;
+use kxdp_xdp::worker::BATCH_BUCKET_BOUNDS;
 use serde::{Deserialize, Serialize};
 
 /// An interface the dataplane serves, as the API shows it.
@@ -414,19 +414,9 @@ pub fn routes(snap: &Snapshot) -> Vec<RouteView> {
     out
 }
 
-/// Batch-size bucket `b`: the sizes it counts.
-pub fn batch_bucket(b: usize) -> (u64, u64) {
-    let lo = 1u64 << b;
-    if b + 1 == BATCH_BUCKETS {
-        (lo, lo)
-    } else {
-        (lo, 2 * lo - 1)
-    }
-}
-
 /// The label of batch-size bucket `b`: `1`, `2-3`, …, `64`.
 pub fn batch_label(b: usize) -> String {
-    match batch_bucket(b) {
+    match BATCH_BUCKET_BOUNDS[b] {
         (lo, hi) if lo == hi => lo.to_string(),
         (lo, hi) => format!("{lo}-{hi}"),
     }
@@ -509,7 +499,7 @@ mod tests {
 
     #[test]
     fn batch_labels_cover_one_to_sixty_four() {
-        let labels: Vec<String> = (0..BATCH_BUCKETS).map(batch_label).collect();
+        let labels: Vec<String> = (0..BATCH_BUCKET_BOUNDS.len()).map(batch_label).collect();
         assert_eq!(labels, ["1", "2-3", "4-7", "8-15", "16-31", "32-63", "64"]);
     }
 }

@@ -442,14 +442,13 @@ tcp    10.244.1.11:40000 -> 10.96.0.10:80  10.244.2.10:8080 -> 10.244.1.11:40000
         );
         let mut c = CountersView::default();
         c.drops.insert("no_route".into(), 0);
-        c.batch_sizes = (0..kxdp_xdp::worker::BATCH_BUCKETS)
-            .map(|b| {
-                let (min, max) = crate::admin::batch_bucket(b);
-                BatchSizeView {
-                    min,
-                    max,
-                    batches: b as u64,
-                }
+        c.batch_sizes = kxdp_xdp::worker::BATCH_BUCKET_BOUNDS
+            .iter()
+            .enumerate()
+            .map(|(b, &(min, max))| BatchSizeView {
+                min,
+                max,
+                batches: b as u64,
             })
             .collect();
         assert!(

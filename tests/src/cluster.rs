@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use kxdp_agent::admin::{self, AdminAddr};
 use kxdp_control::compile::{pod_interface_name, pod_mac};
-use nix::sched::CloneFlags;
 
 use crate::node::mac_text;
 use crate::testbed::Testbed;
@@ -311,12 +310,9 @@ pub fn metric(text: &str, series: &str) -> f64 {
 
 /// Run `f` on a thread of its own inside network namespace `ns` (as `ip netns exec` would).
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, String> {
-    let path = format!("/run/netns/{ns}");
-    let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
     std::thread::scope(|scope| {
         let thread = scope.spawn(move || {
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("setns {path}: {e}"))?;
+            kxdp_xdp::enter_netns(ns).map_err(|e| format!("entering namespace {ns}: {e}"))?;
             Ok(f())
         });
         thread

@@ -22,21 +22,18 @@ fn ip(ns: &str, args: &[&str]) {
 
 /// Run `f` on a current-thread runtime in a thread inside namespace `ns` (netlink sockets
 /// belong to the namespace of the thread that opens them).
-fn in_netns<T: Send + 'static>(
+fn in_netns<T: Send>(
     ns: &str,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send,
 ) -> T {
-    let ns = ns.to_owned();
-    std::thread::spawn(move || {
-        kxdp_xdp::enter_netns(&ns).expect("enter the node's namespace");
+    kxdp_tests::cluster::in_netns(ns, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(f())
     })
-    .join()
-    .expect("the namespace thread")
+    .expect("enter the node's namespace")
 }
 
 /// The next event `want` accepts, within 5 s.

@@ -127,18 +127,8 @@ impl AgentCluster {
             .map_err(|e| e.to_string())?;
         let ns = self.tb.nodes[node].ns.clone();
         for cidr in ["10.244.0.0/16", "10.96.0.0/12"] {
-            let out = Command::new("ip")
-                .args([
-                    "netns", "exec", &ns, "ip", "route", "add", cidr, "dev", "kxdp0",
-                ])
-                .output()
+            crate::testbed::ip(Some(&ns), &["route", "add", cidr, "dev", "kxdp0"])
                 .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "route {cidr} in {ns}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
         }
         Ok(())
     }

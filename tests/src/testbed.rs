@@ -115,8 +115,9 @@ fn run_with_input(cmd: &mut Command, stdin: Option<&str>) -> Result<Output, Test
     Ok(out)
 }
 
-/// `ip <args>`, in namespace `ns` if given.
-fn ip(ns: Option<&str>, args: &[&str]) -> Result<Output, TestbedError> {
+/// `ip <args>`, in namespace `ns` if given (`ip -n ns <args>`); an error if it fails, naming
+/// the command and what it printed.
+pub fn ip(ns: Option<&str>, args: &[&str]) -> Result<Output, TestbedError> {
     let mut cmd = Command::new("ip");
     if let Some(ns) = ns {
         cmd.args(["-n", ns]);

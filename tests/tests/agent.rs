@@ -11,7 +11,7 @@ use kxdp_agent::admin::{
 use kxdp_control::json::{Endpoint, Frontend, FrontendKind, Policy, Proto};
 use kxdp_tests::clients::{http_get_many, HttpServer};
 use kxdp_tests::cluster::{eventually, metric, AgentCluster};
-use kxdp_tests::testbed::skip_unless_privileged;
+use kxdp_tests::testbed::{self, skip_unless_privileged};
 
 use kxdp_tests::cluster::{DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
 
@@ -481,10 +481,7 @@ fn sigterm_detaches_every_program_and_a_bad_manifest_stops_the_start() {
     let mut c = cluster();
     let node_ns = c.tb.nodes[0].ns.clone();
     let xdp_links = |ns: &str| {
-        let out = Command::new("ip")
-            .args(["-n", ns, "link", "show"])
-            .output()
-            .unwrap();
+        let out = testbed::ip(Some(ns), &["link", "show"]).unwrap_or_else(|e| panic!("{e}"));
         String::from_utf8_lossy(&out.stdout).matches("xdp").count()
     };
     assert!(
@@ -716,21 +713,8 @@ fn big_datagrams_cross_between_pods_in_fragments() {
     // The pods' MTU as flannel's CNI sets it (the uplink's less VXLAN's 50 bytes), so their
     // kernels fragment what is bigger and every fragment fits the tunnel.
     for pod in ["client-a", "web-a", "web-b"] {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns(pod),
-                "ip",
-                "link",
-                "set",
-                "eth0",
-                "mtu",
-                "1450",
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        testbed::ip(Some(&ns(pod)), &["link", "set", "eth0", "mtu", "1450"])
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     // 3000-byte echoes: three fragments each way, on one node and across nodes.
     for (to, ip) in [("web-a", "10.244.1.10"), ("web-b", "10.244.2.10")] {

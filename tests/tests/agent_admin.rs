@@ -355,10 +355,8 @@ fn a_second_agent_on_the_same_admin_socket_refuses_to_start_and_a_stale_one_is_r
         err.contains(&path) && err.contains(&format!("live kxdp agent (pid {pid})")),
         "{err}"
     );
-    let xdp = Command::new("ip")
-        .args(["-n", &node_b, "link", "show", "uplink"])
-        .output()
-        .unwrap();
+    let xdp = kxdp_tests::testbed::ip(Some(&node_b), &["link", "show", "uplink"])
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !String::from_utf8_lossy(&xdp.stdout).contains("xdp"),
         "it stopped before attaching anything"

@@ -10,15 +10,11 @@ use std::time::Duration;
 
 use kxdp_agent::admin::{self, RouteTarget, RouteView, StatusView};
 use kxdp_tests::cluster::{eventually, AgentCluster, DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
-use kxdp_tests::testbed::skip_unless_privileged;
+use kxdp_tests::testbed::{self, skip_unless_privileged};
 
+/// What `ip -n ns <args>` prints; it must succeed.
 fn ip(ns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args)
-        .output()
-        .expect("ip runs");
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    let out = testbed::ip(Some(ns), args).unwrap_or_else(|e| panic!("{e}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

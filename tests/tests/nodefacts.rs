@@ -4,20 +4,15 @@
 //! Needs root; prints SKIP otherwise, and fails under CI.
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
 use kxdp_agent::nodefacts::{self, Link, NodeEvent, NodeNet};
-use kxdp_tests::testbed::{skip_unless_privileged, Spec, Testbed};
+use kxdp_tests::testbed::{self, skip_unless_privileged, Spec, Testbed};
 
+/// `ip -n ns <args>`, which must succeed.
 fn ip(ns: &str, args: &[&str]) {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args)
-        .output()
-        .expect("ip runs");
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    testbed::ip(Some(ns), args).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Run `f` on a current-thread runtime in a thread inside namespace `ns` (netlink sockets
@@ -198,13 +193,9 @@ fn notifications_the_kernel_drops_are_reported_as_lost() {
                 .collect();
             let path = std::env::temp_dir().join(format!("{ns}-flaps"));
             std::fs::write(&path, flaps).unwrap();
-            let batch = Command::new("ip")
-                .args(["-n", &ns, "-batch"])
-                .arg(&path)
-                .output()
-                .expect("ip runs");
+            let batch = testbed::ip(Some(&ns), &["-batch", &path.to_string_lossy()]);
             let _ = std::fs::remove_file(&path);
-            assert!(batch.status.success(), "ip -batch: {batch:?}");
+            batch.unwrap_or_else(|e| panic!("{e}"));
             next_matching(&mut events, "notifications lost", |e| {
                 matches!(e, NodeEvent::Lost)
             })

@@ -106,11 +106,8 @@ fn interfaces_without_native_xdp_get_generic_mode() {
     })
     .expect("testbed builds");
     let ns = tb.nodes[0].ns.clone();
-    let out = std::process::Command::new("ip")
-        .args(["-n", &ns, "link", "add", "br-generic", "type", "bridge"])
-        .status()
-        .expect("ip runs");
-    assert!(out.success());
+    kxdp_tests::testbed::ip(Some(&ns), &["link", "add", "br-generic", "type", "bridge"])
+        .unwrap_or_else(|e| panic!("{e}"));
     let mode = std::thread::spawn(move || -> Result<XdpMode, String> {
         enter_netns(&ns).map_err(|e| e.to_string())?;
         let st = Steering::load().map_err(|e| e.to_string())?;

@@ -217,14 +217,9 @@ fn sockets_on_their_own_umems_copy_frames_between_them() {
     );
     // Stopping detached the program from every interface.
     for dev in ["pod0", "pod1"] {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &node_ns, "-d", "link", "show", dev])
-            .output()
-            .expect("ip runs");
+        let out = kxdp_tests::testbed::ip(Some(&node_ns), &["-d", "link", "show", dev])
+            .unwrap_or_else(|e| panic!("{e}"));
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && !text.contains("prog/xdp"),
-            "{dev}: {text}"
-        );
+        assert!(!text.contains("prog/xdp"), "{dev}: {text}");
     }
 }

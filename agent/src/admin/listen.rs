@@ -176,10 +176,30 @@ async fn look(path: &Path) -> Result<Found, String> {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kxdp-listen-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
+    /// A scratch directory of this process, removed when the test ends, passed or failed.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("kxdp-listen-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Scratch(dir)
+        }
+    }
+
+    impl std::ops::Deref for Scratch {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     fn unix(path: &Path) -> AdminAddr {
@@ -188,7 +208,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_socket_is_owner_only_in_a_private_directory() {
-        let dir = scratch("mode");
+        let dir = Scratch::new("mode");
         let path = dir.join("run/kxdp/admin.sock");
         let l = bind(&unix(&path)).await.unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -197,13 +217,12 @@ mod tests {
         assert_eq!(l.local(), format!("unix:{}", path.display()));
         drop(l);
         assert!(!path.exists(), "removed at exit");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
     async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
-        let dir = scratch("live");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Scratch::new("live");
+        std::fs::create_dir_all(&*dir).unwrap();
         let path = dir.join("admin.sock");
         let first = bind(&unix(&path)).await.unwrap();
         let e = bind(&unix(&path)).await.unwrap_err();
@@ -227,13 +246,12 @@ mod tests {
         let e = bind(&unix(&path)).await.unwrap_err();
         assert!(e.contains("not a socket"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
     async fn only_our_own_socket_is_removed_at_exit() {
-        let dir = scratch("ours");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Scratch::new("ours");
+        std::fs::create_dir_all(&*dir).unwrap();
         let path = dir.join("admin.sock");
         let old = bind(&unix(&path)).await.unwrap();
         // Someone removed it and another agent bound the path since.
@@ -244,6 +262,5 @@ mod tests {
         std::os::unix::net::UnixStream::connect(&path).expect("and answers");
         drop(new);
         assert!(!path.exists());
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -166,8 +166,12 @@ struct PreflightArgs {
     /// An interface the dataplane is to drive (repeat for each).
     #[arg(long = "interface", value_name = "NAME")]
     interfaces: Vec<String>,
-    /// Workers (one UMEM each).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Workers (one UMEM each), at most one per queue the XDP program steers.
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(kxdp_xdp::runtime::MAX_QUEUES)),
+    )]
     workers: u32,
 }
 
@@ -335,5 +339,26 @@ fn emit(out: &[u8]) -> ExitCode {
             eprintln!("kxdp: writing the output: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preflight_takes_as_many_workers_as_the_program_has_queues() {
+        let max = kxdp_xdp::runtime::MAX_QUEUES;
+        let workers = |n: u32| {
+            Cli::try_parse_from(["kxdp", "preflight", "--workers", &n.to_string()]).map(|c| match c
+                .command
+            {
+                Command::Preflight(a) => a.workers,
+                _ => unreachable!("preflight parses as preflight"),
+            })
+        };
+        assert_eq!(workers(max).unwrap(), max);
+        assert!(workers(max + 1).is_err());
+        assert!(workers(0).is_err());
     }
 }

@@ -146,7 +146,9 @@ impl AgentCluster {
         AdminAddr::Unix(self.dir.join(format!("{}.sock", NODES[node])))
     }
 
-    /// Where node `node`'s agent serves metrics, health and readiness, in its namespace.
+    /// The address every node's agent serves metrics, health and readiness on: the default
+    /// `--metrics`, the same in each node's namespace, so it is reached from inside one (as
+    /// [`metrics_get`](Self::metrics_get) does).
     pub fn metrics_addr(&self) -> AdminAddr {
         admin::DEFAULT_METRICS.parse().expect("the default parses")
     }

@@ -31,31 +31,44 @@ pub fn get_within(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting the client's runtime: {e}"))?;
+        .map_err(|e| format!("cannot start the admin API client's runtime: {e}"))?;
+    let mut connected = false;
     runtime.block_on(async {
-        match tokio::time::timeout(timeout, request(addr, path)).await {
+        match tokio::time::timeout(timeout, request(addr, path, &mut connected)).await {
             Ok(result) => result,
-            Err(_) => Err(format!(
+            Err(_) if connected => Err(format!(
                 "the kxdp agent at {addr} accepted the connection but did not answer {path} \
                  within {timeout:?}: it runs, but is stuck or overloaded"
+            )),
+            Err(_) => Err(format!(
+                "cannot reach the kxdp agent's admin API at {addr}: no connection within \
+                 {timeout:?} (is the address right, and reachable from here?)"
             )),
         }
     })
 }
 
-async fn request(addr: &AdminAddr, path: &str) -> Result<(u16, String), String> {
+/// `path` from `addr`; sets `connected` once the connection is made, so that a timeout can
+/// say whether anything answered at the address.
+async fn request(
+    addr: &AdminAddr,
+    path: &str,
+    connected: &mut bool,
+) -> Result<(u16, String), String> {
     let unreachable = |e: io::Error| unreachable_error(addr, &e);
     let (status, body) = match addr {
         AdminAddr::Tcp(a) => {
             let s = tokio::net::TcpStream::connect(a)
                 .await
                 .map_err(unreachable)?;
+            *connected = true;
             exchange(addr, s, path).await?
         }
         AdminAddr::Unix(p) => {
             let s = tokio::net::UnixStream::connect(p)
                 .await
                 .map_err(unreachable)?;
+            *connected = true;
             exchange(addr, s, path).await?
         }
     };
@@ -91,7 +104,7 @@ where
                  busy with too many connections?)"
             )
         } else {
-            format!("the kxdp agent at {addr}: {path}: {e}")
+            format!("the kxdp agent at {addr} failed to answer {path}: {e}")
         }
     };
     let (mut sender, conn) =
@@ -102,7 +115,7 @@ where
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, "localhost")
         .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(|e| format!("cannot ask the kxdp agent at {addr} for {path:?}: {e}"))?;
     let response = sender.send_request(request).await.map_err(broken)?;
     let status = response.status().as_u16();
     let body = response
@@ -119,9 +132,17 @@ where
 pub fn get_json<T: serde::de::DeserializeOwned>(addr: &AdminAddr, path: &str) -> Result<T, String> {
     let (status, body) = get(addr, path)?;
     if status != 200 {
-        return Err(format!("{path}: {status}: {}", body.trim()));
+        return Err(format!(
+            "the kxdp agent at {addr} refused {path} ({status}): {}",
+            body.trim()
+        ));
     }
-    serde_json::from_str(&body).map_err(|e| format!("{path}: unexpected answer: {e}"))
+    serde_json::from_str(&body).map_err(|e| {
+        format!(
+            "the kxdp agent at {addr} answered {path} with JSON this kxdp cannot read ({e}): \
+             are the agent and the kxdp command the same version?"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures_util::stream::{Stream, StreamExt, TryStreamExt};
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -87,8 +87,6 @@ pub struct Link {
     pub mtu: u32,
     /// Whether it is administratively up (`IFF_UP`).
     pub up: bool,
-    /// Whether it is a veth.
-    pub veth: bool,
     /// The index of the link it is tied to (`IFLA_LINK`: a veth's peer), if another.
     pub peer: Option<u32>,
     /// Whether that link is in another network namespace (`IFLA_LINK_NETNSID`).
@@ -104,7 +102,6 @@ impl Link {
             mac: None,
             mtu: 0,
             up: m.header.flags.contains(LinkFlags::Up),
-            veth: false,
             peer: None,
             peer_elsewhere: false,
         };
@@ -119,11 +116,6 @@ impl Link {
                     link.peer = Some(*peer);
                 }
                 LinkAttribute::LinkNetNsId(_) => link.peer_elsewhere = true,
-                LinkAttribute::LinkInfo(infos) => {
-                    link.veth |= infos
-                        .iter()
-                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
-                }
                 _ => {}
             }
         }
@@ -469,6 +461,7 @@ pub fn watch_with_buffer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_route::link::{InfoKind, LinkInfo};
     use netlink_packet_route::neighbour::NeighbourHeader;
     use netlink_packet_route::route::RouteType;
 
@@ -503,7 +496,6 @@ mod tests {
                 mac: Some(EthernetAddress([2, 0, 0xc6, 0x12, 0, 0x0a])),
                 mtu: 1500,
                 up: true,
-                veth: true,
                 peer: Some(8),
                 peer_elsewhere: false,
             }
@@ -512,7 +504,7 @@ mod tests {
         let mut plain = link_message(3, "uplink", false);
         plain.attributes.push(LinkAttribute::Link(3));
         let l = Link::from_message(&plain).unwrap();
-        assert_eq!((l.peer, l.up, l.veth), (None, false, false));
+        assert_eq!((l.peer, l.up), (None, false));
         let mut elsewhere = m.clone();
         elsewhere.attributes.push(LinkAttribute::LinkNetNsId(0));
         assert!(Link::from_message(&elsewhere).unwrap().peer_elsewhere);

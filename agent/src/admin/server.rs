@@ -116,7 +116,7 @@ pub fn handle(
             }
         }
         "/readyz" => {
-            if state.ready.load(Relaxed) && !state.stopped.load(Relaxed) {
+            if state.ready() && !state.stopped.load(Relaxed) {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 let why = state

@@ -50,7 +50,6 @@ pub struct AdminState {
     pub(super) started: Instant,
     pub(super) node: String,
     pub(super) source: String,
-    pub(super) ready: AtomicBool,
     pub(super) stopped: AtomicBool,
     pub(super) snapshot: ArcSwapOption<Snapshot>,
     pub(super) dataplane: OnceLock<DataplaneView>,
@@ -103,7 +102,6 @@ impl AdminState {
             started: Instant::now(),
             node: node.into(),
             source: source.into(),
-            ready: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             snapshot: ArcSwapOption::empty(),
             dataplane: OnceLock::new(),
@@ -138,7 +136,6 @@ impl AdminState {
     /// A snapshot went live, `latency` after the change behind it was noticed.
     pub fn published(&self, snapshot: Arc<Snapshot>, latency: Duration, problems: Vec<String>) {
         self.snapshot.store(Some(snapshot));
-        self.ready.store(true, Relaxed);
         let mut inner = lock(&self.inner);
         inner.updates += 1;
         let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
@@ -192,6 +189,12 @@ impl AdminState {
     /// The live snapshot, if any.
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.load_full()
+    }
+
+    /// Whether the agent is ready: a snapshot has gone live (one stays live from then on, each
+    /// replacing the last). `/readyz` also wants the dataplane running.
+    pub(super) fn ready(&self) -> bool {
+        self.snapshot.load().is_some()
     }
 
     pub(super) fn counters(&self) -> (CounterValues, Vec<kxdp_xdp::worker::IoValues>) {
@@ -255,7 +258,7 @@ impl AdminState {
             node: self.node.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            ready: self.ready.load(Relaxed),
+            ready: self.ready(),
             source: self.source.clone(),
             synced: inner.synced,
             source_errors: inner.source_errors,

@@ -23,7 +23,6 @@
 // A report for people: printing it is the point.
 #![allow(clippy::print_stdout)]
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::process::{Command, ExitCode};
 use std::sync::mpsc;
@@ -35,7 +34,7 @@ use kxdp_agent::nodefacts::{self, NodeEvent};
 use kxdp_control::compile::{pod_interface_name, pod_mac};
 use kxdp_tests::cluster::{AgentCluster, DEMO_MANIFEST, DEMO_PODS};
 use kxdp_tests::node::mac_text;
-use kxdp_tests::testbed::Testbed;
+use kxdp_tests::testbed::{self, Testbed};
 
 const USAGE: &str = "usage: veth_served [--runs N] (1 to 100)";
 
@@ -62,30 +61,12 @@ fn now() -> f64 {
         .as_secs_f64()
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// A log line's RFC 3339 UTC timestamp (`2026-01-02T03:04:05.123456Z`, as the agent's
-/// `tracing` lines start) in seconds since the epoch.
+/// A log line's RFC 3339 timestamp (`2026-01-02T03:04:05.123456Z`, as the agent's `tracing`
+/// lines start) in seconds since the epoch.
 fn log_time(line: &str) -> Option<f64> {
-    let stamp = line.split_whitespace().next()?.strip_suffix('Z')?;
-    let (date, time) = stamp.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (h, mi) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let s: f64 = t.next()?.parse().ok()?;
-    Some((days_from_civil(y, mo, da) * 86_400 + h * 3600 + mi * 60) as f64 + s)
+    let stamp = line.split_whitespace().next()?;
+    let t = k8s_openapi::chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+    Some(t.timestamp_micros() as f64 / 1e6)
 }
 
 /// When the agent logged that it serves `iface`.
@@ -96,20 +77,9 @@ fn served_at(log: &str, iface: &str) -> Option<f64> {
         .find_map(log_time)
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// `ip` (in namespace `ns` if given), its failure as text.
+fn ip(ns: Option<&str>, args: &[&str]) -> Result<(), String> {
+    testbed::ip(ns, args).map(drop).map_err(|e| e.to_string())
 }
 
 /// Link notifications in namespace `ns`, as (name, up, when) on a channel, from a thread
@@ -226,26 +196,23 @@ fn measure(c: &mut AgentCluster, pods: &[(String, Ipv4Addr)]) -> Result<Vec<Run>
     for (i, (name, pod_ip)) in pods.iter().enumerate() {
         let host_side = pod_interface_name("default", name);
         let pod_ns = format!("{prefix}-m{i}");
-        ip(&["netns", "add", &pod_ns])?;
+        ip(None, &["netns", "add", &pod_ns])?;
         // The pod's end first: created in the pod's namespace, configured, and probing.
-        ip(&[
-            "-n", &node_ns, "link", "add", &host_side, "type", "veth", "peer", "name", "eth0",
-            "netns", &pod_ns,
-        ])?;
+        ip(
+            Some(&node_ns),
+            &[
+                "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns,
+            ],
+        )?;
         let mac = mac_text(pod_mac(*pod_ip));
-        ip(&["-n", &pod_ns, "link", "set", "eth0", "address", &mac])?;
-        ip(&[
-            "-n",
-            &pod_ns,
-            "addr",
-            "add",
-            &format!("{pod_ip}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", &pod_ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &pod_ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &pod_ns, "route", "add", "default", "via", &gateway])?;
+        ip(Some(&pod_ns), &["link", "set", "eth0", "address", &mac])?;
+        ip(
+            Some(&pod_ns),
+            &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
+        )?;
+        ip(Some(&pod_ns), &["link", "set", "lo", "up"])?;
+        ip(Some(&pod_ns), &["link", "set", "eth0", "up"])?;
+        ip(Some(&pod_ns), &["route", "add", "default", "via", &gateway])?;
         let sysctl = Command::new("ip")
             .args(["netns", "exec", &pod_ns])
             .args(["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=10"])
@@ -263,7 +230,7 @@ fn measure(c: &mut AgentCluster, pods: &[(String, Ipv4Addr)]) -> Result<Vec<Run>
             .stderr(std::process::Stdio::null())
             .spawn()
             .map_err(|e| format!("ping: {e}"))?;
-        ip(&["-n", &node_ns, "link", "set", &host_side, "up"])?;
+        ip(Some(&node_ns), &["link", "set", &host_side, "up"])?;
         let stdout = ping.stdout.take().ok_or("ping has no stdout")?;
         let first_reply = std::io::BufRead::lines(std::io::BufReader::new(stdout))
             .map_while(Result::ok)
@@ -284,16 +251,16 @@ fn measure(c: &mut AgentCluster, pods: &[(String, Ipv4Addr)]) -> Result<Vec<Run>
                 t
             })
             .ok_or_else(|| format!("{name}: the agent never logged serving {host_side}"))?;
-        let mut seen: HashMap<bool, f64> = HashMap::new();
-        while let Ok((link, up, at)) = links.try_recv() {
+        let (mut appeared, mut up) = (None, None);
+        while let Ok((link, is_up, at)) = links.try_recv() {
             if link == host_side {
-                seen.entry(false).or_insert(at);
-                if up {
-                    seen.entry(true).or_insert(at);
+                appeared.get_or_insert(at);
+                if is_up {
+                    up.get_or_insert(at);
                 }
             }
         }
-        let (Some(&appeared), Some(&up)) = (seen.get(&false), seen.get(&true)) else {
+        let (Some(appeared), Some(up)) = (appeared, up) else {
             return Err(format!(
                 "{name}: the watcher missed {host_side}'s notifications"
             ));
@@ -305,7 +272,7 @@ fn measure(c: &mut AgentCluster, pods: &[(String, Ipv4Addr)]) -> Result<Vec<Run>
             first_reply,
         });
         // Gone again, so the node holds one measured pod at a time.
-        ip(&["netns", "del", &pod_ns])?;
+        ip(None, &["netns", "del", &pod_ns])?;
     }
     Ok(results)
 }

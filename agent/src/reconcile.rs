@@ -37,7 +37,8 @@ pub(crate) const HOST: InterfaceId = InterfaceId(1);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
-/// When to try starting the dataplane again: after `RETRY_FIRST`, doubling up to `RETRY_MAX`.
+/// When to try again (starting the dataplane, serving pod interfaces): after `RETRY_FIRST`,
+/// doubling up to `RETRY_MAX`.
 #[derive(Debug, Default)]
 struct Backoff {
     next: Option<Instant>,
@@ -77,8 +78,9 @@ pub(crate) struct Agent {
     /// The namespace's links as netlink reported them: name to (ifindex, up).
     links: BTreeMap<String, (u32, bool)>,
     /// Pod interfaces that could not be served or released, with why: tried again on the
-    /// next housekeeping round, and shown in `/api/status` meanwhile.
+    /// first housekeeping round after `interface_retry`, and shown in `/api/status` meanwhile.
     interface_errors: BTreeMap<String, String>,
+    interface_retry: Backoff,
     /// The uplink's ifindex, and the neighbours the kernel has resolved on it.
     uplink_index: u32,
     neighbors: BTreeMap<Ipv4Addr, EthernetAddress>,
@@ -110,6 +112,7 @@ impl Agent {
             uplink_index,
             neighbors: BTreeMap::new(),
             start_retry: Backoff::default(),
+            interface_retry: Backoff::default(),
             live: None,
             state,
             logged_problems: HashSet::new(),
@@ -251,7 +254,7 @@ impl Agent {
     /// Serve exactly the wanted interfaces that exist and are up, with the live snapshot;
     /// publish it (with a UDP flush) when `flush` is given. An interface that cannot be
     /// released or served holds back neither the others nor the publish: it is logged (once
-    /// per error), shown in `/api/status` and tried again on the next housekeeping round.
+    /// per error), shown in `/api/status` and tried again after 0.5 s, doubling to 10 s.
     /// Fails only when the publish does.
     fn sync_interfaces(&mut self, flush: Option<Vec<(Ipv4Addr, u16)>>) -> Result<(), String> {
         let (Some(dp), Some(snap)) = (&self.dataplane, &self.live) else {
@@ -312,6 +315,11 @@ impl Agent {
             Some(flush) => dp.change(Change::Publish(Arc::clone(snap), flush)),
             None => Ok(()),
         };
+        if failed.is_empty() {
+            self.interface_retry.succeeded();
+        } else {
+            self.interface_retry.failed(Instant::now());
+        }
         self.note_interface_errors(failed);
         if changed {
             self.report_interfaces();
@@ -502,7 +510,11 @@ impl Agent {
                 return Err(AgentError::Other("the dataplane stopped by itself".into()));
             }
         }
-        if !self.interface_errors.is_empty() {
+        let due = self
+            .interface_retry
+            .next
+            .is_none_or(|at| Instant::now() >= at);
+        if due && !self.interface_errors.is_empty() {
             self.sync_logged();
         }
         let mut recompile = false;

@@ -142,10 +142,11 @@ fn another_xdp_program_on_a_pod_veth_holds_back_only_that_pod() {
         s.interface_errors
     );
 
-    // The operator removes it: the pod is served on the next housekeeping round.
+    // The operator removes it: the pod is served on the next try (the tries back off to one
+    // every 10 s).
     ip(&node_ns, &["link", "set", "dev", &web_a, "xdpdrv", "off"]);
     assert!(
-        eventually(Duration::from_secs(10), || {
+        eventually(Duration::from_secs(20), || {
             let s = status(&c);
             s.interface_errors.is_empty() && s.interfaces.iter().any(|i| i.name == web_a)
         }),

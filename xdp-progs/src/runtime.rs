@@ -282,6 +282,9 @@ const WORKER_REPLY: Duration = Duration::from_secs(10);
 /// double from 5 ms, so an add waits about 2.5 s in all before it reports the queue busy.
 const QUEUE_RELEASE_PAUSE_MAX: Duration = Duration::from_millis(1280);
 
+/// How long after kxdp closed an interface's sockets an add waits for its queues to be freed.
+const QUEUE_RELEASE: Duration = Duration::from_secs(3);
+
 impl Dataplane {
     /// Start the dataplane over `ifaces` with `snapshot`. Returns once the program is attached
     /// and every worker's sockets are bound and registered, or with why not (and whether that
@@ -486,6 +489,9 @@ struct Control {
     free_bases: Vec<u32>,
     /// The first base never handed out.
     next_base: u32,
+    /// Interfaces (by ifindex) whose sockets a removal closed, and when: the kernel frees
+    /// their queues shortly after the close.
+    released: Vec<(u32, WallClock)>,
 }
 
 /// An interface the control thread attached the program to.
@@ -503,8 +509,10 @@ impl Control {
     /// Attach the program to `m` and have every worker open its socket there. If anything
     /// fails once the program is attached, [`Control::remove`] undoes what was done, so a
     /// failed add leaves neither an attachment nor sockets behind, and its XSKMAP slots go
-    /// back only once no socket holds them.
-    fn add(&mut self, m: &Managed) -> Result<XdpMode, StartError> {
+    /// back only once no socket holds them. A busy queue is waited for when it may be one
+    /// kxdp released a moment ago: at start (a kxdp that ran before), or when `m`'s sockets
+    /// were closed lately; held by anyone else, it fails the add at once.
+    fn add(&mut self, m: &Managed, starting: bool) -> Result<XdpMode, StartError> {
         // The interface may come back (or be renamed back): worth another try.
         let index = ifindex(&m.name)
             .map_err(|e| StartError::Transient(format!("interface {}: {e}", m.name)))?;
@@ -555,10 +563,12 @@ impl Control {
         // A queue whose socket kxdp closed a moment ago (the same interface served again) is
         // freed by the kernel shortly after: wait for it here, on the control thread, so
         // that no worker ever sleeps and stalls the traffic of its other ports.
+        self.released.retain(|(_, at)| at.elapsed() < QUEUE_RELEASE);
+        let ours = starting || self.released.iter().any(|(i, _)| *i == index);
         let mut pause = Duration::from_millis(5);
         let opened = loop {
             match self.open_sockets(m, base) {
-                Err(StartError::QueueBusy(_)) if pause <= QUEUE_RELEASE_PAUSE_MAX => {
+                Err(StartError::QueueBusy(_)) if ours && pause <= QUEUE_RELEASE_PAUSE_MAX => {
                     if let Err(e) = self.close_sockets(m.id) {
                         break Err(fatal(e));
                     }
@@ -609,6 +619,24 @@ impl Control {
         self.steering.sync(&snap).map_err(|e| e.to_string())?;
         self.snapshot.store(snap);
         Ok(())
+    }
+
+    /// Stop every worker (each closes its sockets as it ends) and wait for them; the first
+    /// worker's error, if any.
+    fn stop_workers(&mut self, stop: &AtomicBool) -> Result<(), String> {
+        stop.store(true, Relaxed);
+        for w in &self.workers {
+            let _ = w.waker.send(&[1]);
+        }
+        let mut result = Ok(());
+        for w in self.workers.drain(..) {
+            let r = w
+                .thread
+                .join()
+                .unwrap_or_else(|_| Err("a worker panicked".into()));
+            result = result.and(r);
+        }
+        result
     }
 
     /// Have every worker close its socket on interface `id`, if it has one.
@@ -663,11 +691,15 @@ impl Control {
     fn apply_only(&mut self, change: Change) -> Result<(), String> {
         match change {
             Change::Add(m, snap) => {
-                self.add(&m)?;
+                self.add(&m, false)?;
                 self.publish(snap)
             }
             Change::Remove(id, snap) => {
                 self.publish(snap)?;
+                let now = WallClock::now();
+                let closed = self.links.iter().filter(|l| l.id == id);
+                let closed: Vec<_> = closed.map(|l| (l.ifindex, now)).collect();
+                self.released.extend(closed);
                 self.remove(id)
             }
             Change::Publish(snap, flush) => {
@@ -713,60 +745,75 @@ fn control(
             modes,
             free_bases: Vec::new(),
             next_base: 0,
+            released: Vec::new(),
         };
-        let mut stats = Vec::new();
-        for (q, core) in config.workers.iter().enumerate() {
-            let (tx, rx) = mpsc::channel();
-            let (stats_tx, stats_rx) = mpsc::channel();
-            let (waker, woken) = std::os::unix::net::UnixDatagram::pair()
-                .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
-            // A busy worker never drains its waker: once the buffer is full, wake-ups are
-            // pending anyway, and a send must fail rather than block the control thread.
-            waker
-                .set_nonblocking(true)
-                .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
-            let w = WorkerSetup {
-                woken,
-                queue: q as u32,
-                core: *core,
-                netns: config.netns.clone(),
-                mode: config.mode,
-                forwarding: config.forwarding,
-                port: config.port,
-                shared_umem: config.shared_umem,
-                snap: Arc::clone(&snap),
-                ct: Arc::clone(&ct),
-                stop: Arc::clone(&stop),
-                started,
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("kxdp-worker-{q}"))
-                .spawn(move || run_worker(w, rx, stats_tx))
-                .map_err(|e| fatal(format!("spawning worker {q}: {e}")))?;
-            ctl.workers.push(WorkerHandle {
-                commands: tx,
-                waker,
-                thread,
+        // Whatever fails from here on, the workers started so far stop (closing their
+        // sockets) before the start reports, so a retry finds their queues free.
+        let built = (|| -> Result<_, StartError> {
+            let ctl = &mut ctl;
+            let mut stats = Vec::new();
+            for (q, core) in config.workers.iter().enumerate() {
+                let (tx, rx) = mpsc::channel();
+                let (stats_tx, stats_rx) = mpsc::channel();
+                let (waker, woken) = std::os::unix::net::UnixDatagram::pair()
+                    .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
+                // A busy worker never drains its waker: once the buffer is full, wake-ups are
+                // pending anyway, and a send must fail rather than block the control thread.
+                waker
+                    .set_nonblocking(true)
+                    .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
+                let w = WorkerSetup {
+                    woken,
+                    queue: q as u32,
+                    core: *core,
+                    netns: config.netns.clone(),
+                    mode: config.mode,
+                    forwarding: config.forwarding,
+                    port: config.port,
+                    shared_umem: config.shared_umem,
+                    snap: Arc::clone(&snap),
+                    ct: Arc::clone(&ct),
+                    stop: Arc::clone(&stop),
+                    started,
+                };
+                let thread = std::thread::Builder::new()
+                    .name(format!("kxdp-worker-{q}"))
+                    .spawn(move || run_worker(w, rx, stats_tx))
+                    .map_err(|e| fatal(format!("spawning worker {q}: {e}")))?;
+                ctl.workers.push(WorkerHandle {
+                    commands: tx,
+                    waker,
+                    thread,
+                });
+                let s = stats_rx.recv_timeout(WORKER_REPLY).map_err(|e| {
+                    StartError::Transient(format!("worker {q} did not start: {e}"))
+                })??;
+                stats.push(s);
+            }
+            // The first socket on each worker's UMEM stays bound until the UMEM goes (see
+            // `xsk`): give it the interface that lives longest, the uplink, then the host's.
+            let mut ordered: Vec<&Managed> = ifaces.iter().collect();
+            ordered.sort_by_key(|m| match m.role {
+                IfRole::Uplink => 0,
+                IfRole::Host => 1,
+                _ => 2,
             });
-            let s = stats_rx
-                .recv_timeout(WORKER_REPLY)
-                .map_err(|e| StartError::Transient(format!("worker {q} did not start: {e}")))??;
-            stats.push(s);
+            for m in ordered {
+                // A kxdp that ran before (an agent being replaced) may have just closed its
+                // sockets here.
+                ctl.add(m, true)?;
+            }
+            ctl.report_modes();
+            let decisions = ctl.steering.decisions().map_err(fatal)?;
+            Ok((stats, Arc::new(decisions)))
+        })();
+        match built {
+            Ok((stats, decisions)) => Ok((ctl, stats, decisions)),
+            Err(e) => {
+                let _ = ctl.stop_workers(&stop);
+                Err(e)
+            }
         }
-        // The first socket on each worker's UMEM stays bound until the UMEM goes (see
-        // `xsk`): give it the interface that lives longest, the uplink, then the host's.
-        let mut ordered: Vec<&Managed> = ifaces.iter().collect();
-        ordered.sort_by_key(|m| match m.role {
-            IfRole::Uplink => 0,
-            IfRole::Host => 1,
-            _ => 2,
-        });
-        for m in ordered {
-            ctl.add(m)?;
-        }
-        ctl.report_modes();
-        let decisions = ctl.steering.decisions().map_err(fatal)?;
-        Ok((ctl, stats, Arc::new(decisions)))
     })();
     let mut ctl = match setup {
         Ok((ctl, stats, decisions)) => {
@@ -780,7 +827,6 @@ fn control(
             return Err(message);
         }
     };
-    let mut result = Ok(());
     let mut last_gc = WallClock::now();
     while !stop.load(Relaxed) && config.max_run.is_none_or(|m| started.elapsed() < m) {
         match changes.recv_timeout(GC_EVERY) {
@@ -799,19 +845,10 @@ fn control(
             last_gc = WallClock::now();
         }
     }
-    stop.store(true, Relaxed);
-    for w in ctl.workers.drain(..) {
-        let r = w
-            .thread
-            .join()
-            .unwrap_or_else(|_| Err("a worker panicked".into()));
-        if result.is_ok() {
-            result = r;
-        }
-    }
+    let stopped = ctl.stop_workers(&stop);
     // The sockets are closed; dropping the links detaches the program.
     drop(ctl);
-    result
+    stopped
 }
 
 /// The pipeline's clock: time since the dataplane started.

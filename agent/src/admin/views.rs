@@ -124,7 +124,7 @@ pub struct StatusView {
     /// Objects left out of the tables, each with why.
     pub problems: Vec<String>,
     /// Pod interfaces the tables have that could not be served or released, each with why
-    /// (`name: why`); tried again every housekeeping round.
+    /// (`name: why`); tried again after 0.5 s, doubling to 10 s.
     pub interface_errors: Vec<String>,
 }
 

@@ -390,12 +390,10 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
         let internal = node.is_internal_client(input.entry == Entry::Host, src);
         let eligible = port.eligible(kind, internal);
         let policy = eligible.policy;
-        let backends = port
-            .spec()
-            .backends
+        let backends = eligible
+            .backends()
             .iter()
-            .filter(|b| eligible.backends().contains(&(b.ip, b.port)))
-            .map(|b| Endpoint::new(b.ip, b.port))
+            .map(|&(ip, port)| Endpoint::new(ip, port))
             .collect();
         let frontend = Frontend {
             kind: kind.into(),

@@ -6,7 +6,7 @@ mod common;
 use common::Env;
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::{process_batch, Frame, Packet, Verdict};
-use kxdp_testkit::{tcp_flags as f, XorShift};
+use kxdp_testkit::tcp_flags as f;
 
 fn seeds(env: &Env) -> Vec<Vec<u8>> {
     let t = &env.t;
@@ -48,45 +48,50 @@ fn random_truncated_and_mutated_frames_never_panic() {
         env.run(&env.t.case_service(s, f::SYN));
     }
     let ifaces = [0u16, 1, 2, 3, 4, 200];
-    let mut rng = XorShift::new(0x6b78_6470_2024);
+    let mut rng = fastrand::Rng::with_seed(0x6b78_6470_2024);
     // Batches of 1 to 64 frames, so the two-pass batch (and its conntrack warm-up) sees
     // mixtures of every kind of packet.
     let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 2048]).collect();
     let mut verdicts = std::collections::BTreeSet::new();
     let mut frames_seen = 0u32;
     for iter in 0..8_000u32 {
-        let n = 1 + rng.below(64);
+        let n = 1 + rng.usize(..64);
         let mut layout = Vec::with_capacity(n);
         for buf in bufs.iter_mut().take(n) {
-            let mut frame = if rng.below(8) == 0 {
-                (0..rng.below(200)).map(|_| rng.next_u64() as u8).collect()
+            let mut frame = if rng.usize(..8) == 0 {
+                (0..rng.usize(..200)).map(|_| rng.u8(..)).collect()
             } else {
-                seeds[rng.below(seeds.len())].clone()
+                seeds[rng.usize(..seeds.len())].clone()
             };
-            for _ in 0..rng.below(4) {
-                match rng.below(4) {
+            for _ in 0..rng.usize(..4) {
+                match rng.usize(..4) {
                     0 if !frame.is_empty() => {
-                        let i = rng.below(frame.len());
-                        frame[i] = rng.next_u64() as u8;
+                        let i = rng.usize(..frame.len());
+                        frame[i] = rng.u8(..);
                     }
-                    1 => frame.truncate(rng.below(frame.len() + 1)),
+                    1 => frame.truncate(rng.usize(..frame.len() + 1)),
                     2 => {
                         // Bias mutations to the headers, where the parsing decisions are.
-                        let i = rng.below(frame.len().clamp(1, 80));
+                        let i = rng.usize(..frame.len().clamp(1, 80));
                         if let Some(b) = frame.get_mut(i) {
-                            *b ^= 1 << rng.below(8);
+                            *b ^= 1 << rng.usize(..8);
                         }
                     }
-                    _ => frame.extend((0..rng.below(16)).map(|_| rng.next_u64() as u8)),
+                    _ => frame.extend((0..rng.usize(..16)).map(|_| rng.u8(..))),
                 }
             }
             // Vary head- and tailroom so rewrites that need room are refused, not overrun.
-            let head = rng.below(128);
-            let cap = (head + frame.len() + rng.below(128)).min(buf.len());
+            let head = rng.usize(..128);
+            let cap = (head + frame.len() + rng.usize(..128)).min(buf.len());
             let len = frame.len().min(cap - head.min(cap));
             let head = head.min(cap - len);
             buf[head..head + len].copy_from_slice(&frame[..len]);
-            layout.push((head, len, cap, InterfaceId(ifaces[rng.below(ifaces.len())])));
+            layout.push((
+                head,
+                len,
+                cap,
+                InterfaceId(ifaces[rng.usize(..ifaces.len())]),
+            ));
         }
         let mut batch: Vec<Packet<'_>> = bufs
             .iter_mut()

@@ -20,53 +20,6 @@ use kxdp_dataplane::tables::{
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::{Ipv4Cidr, MacAddr};
 
-/// A small deterministic generator (xorshift64*) for tests, fuzzing and benches: a failure
-/// reproduces from its seed, and no crate is needed.
-#[derive(Clone, Debug)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    /// A generator from `seed` (zero is replaced: xorshift would stay at zero).
-    pub fn new(seed: u64) -> Self {
-        XorShift(seed.max(1))
-    }
-
-    /// The next 64 bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// The next 16 bits.
-    pub fn next_u16(&mut self) -> u16 {
-        (self.next_u64() >> 48) as u16
-    }
-
-    /// The next 32 bits.
-    pub fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    /// A number below `n` (which must not be zero).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// `len` random bytes.
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next_u64() as u8).collect()
-    }
-
-    /// A random IPv4 address.
-    pub fn addr(&mut self) -> Ipv4Addr {
-        Ipv4Addr::from(self.next_u32())
-    }
-}
-
 /// Size of a fixture buffer, like an AF_XDP UMEM chunk.
 pub const CHUNK_SIZE: usize = 2048;
 /// Headroom before the frame, like the UMEM frame headroom the I/O layer configures.

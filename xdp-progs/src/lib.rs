@@ -765,6 +765,18 @@ mod tests {
             xsks.max_entries(),
             runtime::MAX_INTERFACES * runtime::MAX_QUEUES
         );
+        // Each number on its own too: the program bounds the rx queue by KXDP_MAX_QUEUES,
+        // and the runtime spaces interfaces' slots by MAX_QUEUES.
+        let define = |name: &str| -> u32 {
+            let header = include_str!("bpf/kxdp.h");
+            let line = header
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("{name} is not defined in kxdp.h"));
+            line.trim().parse().expect("a number")
+        };
+        assert_eq!(define("KXDP_MAX_QUEUES"), runtime::MAX_QUEUES);
+        assert_eq!(define("KXDP_MAX_IFACES"), runtime::MAX_INTERFACES);
     }
 
     #[test]

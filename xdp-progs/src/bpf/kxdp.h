@@ -20,8 +20,8 @@ enum kxdp_if_role {
 /*
  * Each managed interface owns KXDP_MAX_QUEUES consecutive XSKMAP slots from its xsk_base, one
  * per receive queue; the map holds KXDP_MAX_IFACES interfaces at once. The Rust side's
- * runtime::MAX_QUEUES and runtime::MAX_INTERFACES are the same numbers (checked by a test
- * against the object's map).
+ * runtime::MAX_QUEUES and runtime::MAX_INTERFACES are the same numbers (checked, each and
+ * through the object's map, by a test).
  */
 #define KXDP_MAX_QUEUES 64
 #define KXDP_MAX_IFACES 256

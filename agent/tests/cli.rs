@@ -3,7 +3,35 @@
 //! manifest and a source address no pod owns; output into a pipe its reader closes; the
 //! completion scripts loaded by their shells and the manual page rendered by `man`.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A scratch folder under the temporary directory, named after the test and this process, and
+/// removed when dropped, so a failing assertion leaves nothing behind either.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kxdp-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn kxdp(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kxdp"))
@@ -140,8 +168,7 @@ fn trace_reads_manifest_files_and_names_bad_ones() {
         "no such service here: {out}"
     );
 
-    let dir = std::env::temp_dir().join(format!("kxdp-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("bad");
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
@@ -168,8 +195,7 @@ fn trace_reads_manifest_files_and_names_bad_ones() {
 
 #[test]
 fn trace_names_what_the_compiler_left_out() {
-    let dir = std::env::temp_dir().join(format!("kxdp-cli-rogue-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("rogue");
     let manifest = dir.join("rogue.yaml");
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -193,7 +219,6 @@ fn trace_names_what_the_compiler_left_out() {
         "--proto",
         "udp",
     ]);
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains(
@@ -424,8 +449,7 @@ fn the_manual_pages_render_without_warnings() {
         eprintln!("SKIP the_manual_pages_render_without_warnings: no man (man-db, groff)");
         return;
     }
-    let dir = std::env::temp_dir().join(format!("kxdp-man-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("man");
     for (page, args, wanted) in [
         (
             "kxdp.1",
@@ -467,7 +491,6 @@ fn the_manual_pages_render_without_warnings() {
             assert!(text.contains(w), "{page}: {w:?} in\n{text}");
         }
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -5,8 +5,11 @@
 CARGO_TARGET_DIR ?= $(HOME)/.cache/kxdp/target
 export CARGO_TARGET_DIR
 
-# Tools scripts/install-deps.sh unpacks rather than installs (promtool).
-export PATH := $(HOME)/.cache/kxdp/tools:$(PATH)
+# Tools scripts/install-deps.sh unpacks rather than installs (promtool), in the same folder it
+# uses: KXDP_TOOLS, exported so that the script and the tests agree on it.
+KXDP_TOOLS ?= $(HOME)/.cache/kxdp/tools
+export KXDP_TOOLS
+export PATH := $(KXDP_TOOLS):$(PATH)
 
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1

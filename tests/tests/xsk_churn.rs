@@ -15,22 +15,42 @@ use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 use kxdp_xdp::worker::{IoCounter, Mode};
 use kxdp_xdp::xsk::{Port, PortConfig, Umem};
 
+/// The workers' mode unless a test is about another: sleep in `poll`, 50 ms at most.
+const WAKEUP: Mode = Mode::Wakeup { timeout_ms: 50 };
+
 /// Pods A and B of the fixture node, each in its own namespace, on a kxdp node that serves
-/// their veths (`pod0`, `pod1`; no uplink, so pod0's socket is the first on the worker's UMEM).
-fn node_with_two_pods(t: &Topology) -> (Testbed, KxdpNode) {
+/// their veths (`pod0`, `pod1`; no uplink, so pod0's socket is the first on the worker's UMEM)
+/// with one worker that waits as `mode` says.
+fn node_with_two_pods(t: &Topology, mode: Mode) -> (Testbed, KxdpNode) {
     let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
     let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
         .expect("testbed builds");
-    let node = KxdpNode::start(
+    let node = KxdpNode::start_with(
         &tb.nodes[0].ns,
         vec![
             Managed::pod("pod0", t.pod_a.iface),
             Managed::pod("pod1", t.pod_b.iface),
         ],
         t.snapshot(),
+        mode,
+        &[None],
     )
     .expect("kxdp starts");
     (tb, node)
+}
+
+/// The fixture's pod C, `pod2` on the node, and the snapshot that has it.
+fn pod_c(t: &Topology) -> (LocalPod, Arc<Snapshot>) {
+    let pod = LocalPod {
+        name: "default/newcomer".into(),
+        ip: "10.244.1.12".parse().unwrap(),
+        iface: InterfaceId(4),
+        mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
+    };
+    let mut inputs = t.inputs();
+    inputs.pods.push(pod.clone());
+    let snap = Arc::new(Snapshot::build(inputs).expect("a valid snapshot"));
+    (pod, snap)
 }
 
 #[test]
@@ -39,13 +59,8 @@ fn pods_come_and_go_without_loss_for_the_others() {
         return;
     }
     let t = Topology::default();
-    let pod_c = LocalPod {
-        name: "default/newcomer".into(),
-        ip: "10.244.1.12".parse().unwrap(),
-        iface: InterfaceId(4),
-        mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
-    };
-    let (mut tb, node) = node_with_two_pods(&t);
+    let (pod_c, with_c) = pod_c(&t);
+    let (mut tb, node) = node_with_two_pods(&t, WAKEUP);
     let (a, b) = (
         tb.nodes[0].pods[0].ns.clone(),
         tb.nodes[0].pods[1].ns.clone(),
@@ -74,14 +89,8 @@ fn pods_come_and_go_without_loss_for_the_others() {
     let pod = tb
         .add_kxdp_pod(0, "pod2", pod_c.ip, &mac_text(pod_c.mac))
         .expect("a pod comes up");
-    let mut inputs = t.inputs();
-    inputs.pods.push(pod_c.clone());
-    let with_c = Snapshot::build(inputs).expect("a valid snapshot");
-    node.change(Change::Add(
-        Managed::pod("pod2", pod_c.iface),
-        Arc::new(with_c),
-    ))
-    .expect("kxdp serves the new pod");
+    node.change(Change::Add(Managed::pod("pod2", pod_c.iface), with_c))
+        .expect("kxdp serves the new pod");
     let newcomer = tb
         .ping(&pod.ns, t.pod_a.ip, 3, Duration::from_secs(3))
         .unwrap();
@@ -160,13 +169,9 @@ fn new_pods_come_up_after_the_first_pod_went() {
         return;
     }
     let t = Topology::default();
-    let pod_c = LocalPod {
-        name: "default/newcomer".into(),
-        ip: "10.244.1.12".parse().unwrap(),
-        iface: InterfaceId(4),
-        mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
-    };
-    let (mut tb, node) = node_with_two_pods(&t);
+    // Only the pod: its snapshot still has pod A, and this one comes up without it.
+    let (pod_c, _) = pod_c(&t);
+    let (mut tb, node) = node_with_two_pods(&t, WAKEUP);
     let mut inputs = t.inputs();
     inputs.pods.retain(|p| p.ip != t.pod_a.ip);
     let without_a = Snapshot::build(inputs.clone()).expect("a valid snapshot");
@@ -204,21 +209,7 @@ fn new_pods_come_up_after_the_first_pod_went() {
 /// attached again at once may still find the hook busy.)
 fn pods_in_turn(mode: Mode, rounds: usize) {
     let t = Topology::default();
-    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
-    let mut tb =
-        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
-            .expect("testbed builds");
-    let node = KxdpNode::start_with(
-        &tb.nodes[0].ns,
-        vec![
-            Managed::pod("pod0", t.pod_a.iface),
-            Managed::pod("pod1", t.pod_b.iface),
-        ],
-        t.snapshot(),
-        mode,
-        &[None],
-    )
-    .expect("kxdp starts");
+    let (mut tb, node) = node_with_two_pods(&t, mode);
     let mut pods = Vec::new();
     for i in 0..4u8 {
         let pod = LocalPod {
@@ -261,10 +252,7 @@ fn an_interface_slot_is_reused_after_its_pod_goes() {
     }
     // The XDP program's socket map holds MAX_INTERFACES interfaces at once; a node serves
     // far more pods than that over its life.
-    pods_in_turn(
-        Mode::Wakeup { timeout_ms: 50 },
-        kxdp_xdp::runtime::MAX_INTERFACES as usize + 8,
-    );
+    pods_in_turn(WAKEUP, kxdp_xdp::runtime::MAX_INTERFACES as usize + 8);
 }
 
 #[test]
@@ -278,27 +266,13 @@ fn a_busy_polling_worker_never_holds_up_changes() {
     pods_in_turn(Mode::BusyPoll, 300);
 }
 
-/// The fixture's pod C, `pod2` on the node, and the snapshot that has it.
-fn pod_c(t: &Topology) -> (LocalPod, Arc<Snapshot>) {
-    let pod = LocalPod {
-        name: "default/newcomer".into(),
-        ip: "10.244.1.12".parse().unwrap(),
-        iface: InterfaceId(4),
-        mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
-    };
-    let mut inputs = t.inputs();
-    inputs.pods.push(pod.clone());
-    let snap = Arc::new(Snapshot::build(inputs).expect("a valid snapshot"));
-    (pod, snap)
-}
-
 #[test]
 fn an_add_that_fails_leaves_nothing_behind() {
     if skip_unless_privileged("an_add_that_fails_leaves_nothing_behind") {
         return;
     }
     let t = Topology::default();
-    let (mut tb, node) = node_with_two_pods(&t);
+    let (mut tb, node) = node_with_two_pods(&t, WAKEUP);
     let (pod_c, with_c) = pod_c(&t);
     let pod = tb
         .add_kxdp_pod(0, "pod2", pod_c.ip, &mac_text(pod_c.mac))

@@ -215,10 +215,16 @@ fn run() -> Result<bool, String> {
     );
     let all_ok = rows.iter().all(|r| r.ok);
 
-    match c.metrics_get(0, "/healthz", Duration::from_secs(5)) {
-        Ok((200, _)) => println!("\n[check] node-a's metrics listener: /healthz ok"),
-        other => println!("\n[check] node-a's metrics listener: /healthz {other:?}"),
-    }
+    let healthy = match c.metrics_get(0, "/healthz", Duration::from_secs(5)) {
+        Ok((200, _)) => {
+            println!("\n[check] node-a's metrics listener: /healthz ok");
+            true
+        }
+        other => {
+            println!("\n[check] node-a's metrics listener: /healthz FAIL {other:?}");
+            false
+        }
+    };
     for (title, args) in [
         ("kxdp services (node-a)", vec!["services"]),
         ("kxdp counters (node-a)", vec!["counters"]),
@@ -261,7 +267,7 @@ fn run() -> Result<bool, String> {
         left.len(),
         t0.elapsed().as_secs_f64()
     );
-    Ok(all_ok && clean && left.is_empty())
+    Ok(all_ok && healthy && clean && left.is_empty())
 }
 
 fn ping(tb: &Testbed, from: &str, path: &str, to: Ipv4Addr) -> Row {

@@ -5,7 +5,8 @@
 //! 198.18.0.11, as [`Testbed::two_kxdp_nodes`]), an external client (198.18.0.100), and the
 //! pods it is given, each attached as a CNI plugin on a kxdp node would attach it: the host end
 //! of its veth named [`pod_interface_name`], its MAC [`pod_mac`]. The manifest is copied into a
-//! private directory, where tests may rewrite it and the agents re-read it. [`AgentCluster::start`]
+//! private directory, where tests may rewrite it and the agents re-read it; a pod scheduled later
+//! gets its veth the same way ([`AgentCluster::add_pod_veth`]). [`AgentCluster::start`]
 //! runs one agent per node in the node's namespace (`ip netns exec`), with the debug API on a
 //! Unix socket in that directory ([`AgentCluster::admin`]), the metrics listener on its default
 //! `127.0.0.1:9901` in the node's namespace ([`AgentCluster::metrics_get`] reads it from there),
@@ -17,11 +18,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kxdp_agent::admin::{self, AdminAddr};
+use kxdp_agent::admin::{self, AdminAddr, StatusView};
 use kxdp_control::compile::{pod_interface_name, pod_mac};
 
 use crate::node::mac_text;
-use crate::testbed::Testbed;
+use crate::testbed::{Pod, Testbed};
 
 /// The demo cluster's manifest (`control/manifests/demo.yaml`).
 pub const DEMO_MANIFEST: &str = include_str!("../../control/manifests/demo.yaml");
@@ -91,10 +92,7 @@ impl AgentCluster {
         tb.add_external().map_err(|e| e.to_string())?;
         let mut list = Vec::new();
         for (name, node, ip) in pods {
-            let host_side = pod_interface_name("default", name);
-            let pod = tb
-                .add_kxdp_pod(*node, &host_side, *ip, &mac_text(pod_mac(*ip)))
-                .map_err(|e| e.to_string())?;
+            let pod = attach_pod(&mut tb, *node, name, *ip)?;
             list.push(ClusterPod {
                 name: (*name).to_owned(),
                 node: *node,
@@ -131,6 +129,46 @@ impl AgentCluster {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Create pod `name`'s veth on node `node` (namespace `default`, address `ip`) while the
+    /// agents run, as the CNI plugin does when a pod is scheduled, and wait up to `timeout`
+    /// until node `node`'s agent serves it (its status lists the host end). The pod is not
+    /// added to [`pods`](Self::pods).
+    pub fn add_pod_veth(
+        &mut self,
+        node: usize,
+        name: &str,
+        ip: Ipv4Addr,
+        timeout: Duration,
+    ) -> Result<Pod, String> {
+        let pod = attach_pod(&mut self.tb, node, name, ip)?;
+        let host_side = pod_interface_name("default", name);
+        let served = || {
+            self.try_status(node)
+                .is_ok_and(|s| s.interfaces.iter().any(|i| i.name == host_side))
+        };
+        if eventually(timeout, served) {
+            Ok(pod)
+        } else {
+            Err(format!(
+                "{}'s agent did not serve {host_side} (pod {name}) within {timeout:?}:\n{}",
+                NODES[node],
+                self.log(node)
+            ))
+        }
+    }
+
+    /// Node `node`'s `/api/status`, or why it could not be read.
+    pub fn try_status(&self, node: usize) -> Result<StatusView, String> {
+        admin::get_json(&self.admin(node), "/api/status")
+    }
+
+    /// Node `node`'s `/api/status`; panics, naming the node, when it cannot be read (for
+    /// tests, where the agent is expected to answer).
+    pub fn status(&self, node: usize) -> StatusView {
+        self.try_status(node)
+            .unwrap_or_else(|e| panic!("the status of {}: {e}", NODES[node]))
     }
 
     /// The pod named `name`.
@@ -241,7 +279,8 @@ impl AgentCluster {
             }
             let ready = matches!(admin::get(&addr, "/readyz"), Ok((200, _)));
             let resolved = ready
-                && admin::get_json::<admin::StatusView>(&addr, "/api/status")
+                && self
+                    .try_status(node)
                     .is_ok_and(|s| s.neighbors.needed == s.neighbors.resolved);
             if resolved {
                 return Ok(());
@@ -298,6 +337,14 @@ pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// Attach pod `name` (namespace `default`) to kxdp node `node` as a CNI plugin on a kxdp node
+/// would: the host end of its veth named [`pod_interface_name`], its MAC [`pod_mac`].
+fn attach_pod(tb: &mut Testbed, node: usize, name: &str, ip: Ipv4Addr) -> Result<Pod, String> {
+    let host_side = pod_interface_name("default", name);
+    tb.add_kxdp_pod(node, &host_side, ip, &mac_text(pod_mac(ip)))
+        .map_err(|e| format!("pod {name}'s veth {host_side}: {e}"))
 }
 
 /// Run `f` on a thread of its own inside network namespace `ns` (as `ip netns exec` would).

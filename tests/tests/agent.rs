@@ -380,10 +380,7 @@ fn manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables(
         return;
     }
     let mut c = cluster();
-    let status = |c: &AgentCluster| -> StatusView {
-        admin::get_json(&c.admin(0), "/api/status").expect("status")
-    };
-    let before = status(&c).generation;
+    let before = c.status(0).generation;
     // web-b leaves the ClusterIP, and a pod "late" is scheduled on node-a before its veth
     // exists.
     let late = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: default}\n\
@@ -397,7 +394,7 @@ fn manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables(
     assert_ne!(edited, MANIFEST.to_owned() + late, "the edit applies");
     std::fs::write(&c.manifest, &edited).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || status(&c).generation > before),
+        eventually(Duration::from_secs(10), || c.status(0).generation > before),
         "no new snapshot:\n{}",
         c.log(0)
     );
@@ -407,26 +404,23 @@ fn manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables(
         .find(|s| s.name == "default/web:http")
         .unwrap();
     assert_eq!(web.backends.len(), 1, "{web:?}");
-    assert_eq!(status(&c).local_pods, 3);
+    assert_eq!(c.status(0).local_pods, 3);
     assert_eq!(
-        status(&c).interfaces.len(),
+        c.status(0).interfaces.len(),
         3,
         "the late pod has no veth yet"
     );
 
     // The CNI plugin creates the veth: the agent serves it within a tick or two.
-    let host_side = kxdp_control::compile::pod_interface_name("default", "late");
-    let mac = kxdp_tests::node::mac_text(kxdp_control::compile::pod_mac(Ipv4Addr::new(
-        10, 244, 1, 12,
-    )));
-    let pod =
-        c.tb.add_kxdp_pod(0, &host_side, Ipv4Addr::new(10, 244, 1, 12), &mac)
-            .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || status(&c).interfaces.len() == 4),
-        "the late veth was not served:\n{}",
-        c.log(0)
-    );
+    let pod = c
+        .add_pod_veth(
+            0,
+            "late",
+            Ipv4Addr::new(10, 244, 1, 12),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("the late veth: {e}"));
+    assert_eq!(c.status(0).interfaces.len(), 4);
     let replies =
         c.tb.ping(
             &pod.ns,
@@ -438,22 +432,23 @@ fn manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables(
     assert!(replies >= 2, "late pod to client-b: {replies}/3");
 
     // A bad edit: the last good tables stay, the error names the object and field.
-    let generation = status(&c).generation;
+    let generation = c.status(0).generation;
     std::fs::write(
         &c.manifest,
         edited.replace("port: 5201, targetPort", "port: lots, targetPort"),
     )
     .unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || status(&c)
+        eventually(Duration::from_secs(10), || c
+            .status(0)
             .last_error
             .is_some_and(
                 |e| e.contains("Service default/iperf") && e.contains("spec.ports[0].port")
             )),
         "{:?}",
-        status(&c)
+        c.status(0)
     );
-    assert_eq!(status(&c).generation, generation);
+    assert_eq!(c.status(0).generation, generation);
     assert_eq!(admin::get(&c.admin(0), "/healthz").unwrap().0, 200);
     assert!(
         c.tb.ping(
@@ -467,7 +462,7 @@ fn manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables(
     );
     // The bad edit is one error: counted once and logged once, however many ticks pass.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(status(&c).source_errors, 1, "{:?}", status(&c));
+    assert_eq!(c.status(0).source_errors, 1, "{:?}", c.status(0));
     let (_, m) = admin::get(&c.admin(0), "/metrics").unwrap();
     assert_eq!(metric(&m, "kxdp_source_errors_total "), 1.0);
     let logged = |c: &AgentCluster| c.log(0).matches("keeping the last good model").count();
@@ -476,11 +471,11 @@ fn manifest_changes_go_live_a_late_veth_is_served_and_bad_edits_keep_the_tables(
     // The next good load clears the error; the count stays.
     std::fs::write(&c.manifest, &edited).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || status(&c).last_error.is_none()),
+        eventually(Duration::from_secs(10), || c.status(0).last_error.is_none()),
         "the error stayed after a good load: {:?}",
-        status(&c)
+        c.status(0)
     );
-    assert_eq!(status(&c).source_errors, 1);
+    assert_eq!(c.status(0).source_errors, 1);
     assert_eq!(logged(&c), 1);
     assert!(c.log(0).contains("error cleared"), "{}", c.log(0));
 }
@@ -626,8 +621,7 @@ fn an_agent_watches_the_kubernetes_api_and_publishes_its_node() {
     server.apply(web);
     assert!(
         eventually(Duration::from_secs(10), || {
-            admin::get_json::<StatusView>(&c.admin(0), "/api/status")
-                .is_ok_and(|s| s.generation > generation)
+            c.try_status(0).is_ok_and(|s| s.generation > generation)
         }),
         "{}",
         c.log(0)

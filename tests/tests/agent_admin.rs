@@ -7,7 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kxdp_agent::admin::{self, StatusView};
 use kxdp_tests::cluster::{
     eventually, kxdp_bin, metric, AgentCluster, DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS,
 };
@@ -254,18 +253,14 @@ fn a_local_user_flooding_the_metrics_listener_starves_neither_health_nor_pods() 
     assert!(fds < 1000, "the agent holds {fds} descriptors");
 
     // A pod's veth created during the attack is served: a ping through it works.
-    let host_side = kxdp_control::compile::pod_interface_name("default", "late");
-    let late_ip = Ipv4Addr::new(10, 244, 1, 12);
-    let mac = kxdp_tests::node::mac_text(kxdp_control::compile::pod_mac(late_ip));
-    let pod = c.tb.add_kxdp_pod(0, &host_side, late_ip, &mac).unwrap();
-    assert!(
-        eventually(Duration::from_secs(15), || {
-            admin::get_json::<StatusView>(&c.admin(0), "/api/status")
-                .is_ok_and(|s| s.interfaces.iter().any(|i| i.name == host_side))
-        }),
-        "the late veth was not served during the attack:\n{}",
-        c.log(0)
-    );
+    let pod = c
+        .add_pod_veth(
+            0,
+            "late",
+            Ipv4Addr::new(10, 244, 1, 12),
+            Duration::from_secs(15),
+        )
+        .unwrap_or_else(|e| panic!("the late veth during the attack: {e}"));
     let replies =
         c.tb.ping(
             &pod.ns,
@@ -362,7 +357,7 @@ fn a_second_agent_on_the_same_admin_socket_refuses_to_start_and_a_stale_one_is_r
         "it stopped before attaching anything"
     );
     // The first agent's socket is still there and answers.
-    let status: StatusView = admin::get_json(&c.admin(0), "/api/status").unwrap();
+    let status = c.status(0);
     assert!(status.ready, "{status:?}");
 
     // A socket left behind by an agent that died (nothing listens) is replaced.

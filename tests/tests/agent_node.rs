@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
-use kxdp_agent::admin::{self, RouteTarget, RouteView, StatusView};
+use kxdp_agent::admin::{self, RouteTarget, RouteView};
 use kxdp_tests::cluster::{eventually, AgentCluster, DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
 use kxdp_tests::testbed::{self, skip_unless_privileged};
 
@@ -117,15 +117,12 @@ fn another_xdp_program_on_a_pod_veth_holds_back_only_that_pod() {
     let web_a = kxdp_control::compile::pod_interface_name("default", "web-a");
     let id = attach_foreign_program(&c, &node_ns, &web_a);
     c.start(120, &[]).expect("the agents start and are ready");
-    let status = |c: &AgentCluster| -> StatusView {
-        admin::get_json(&c.admin(0), "/api/status").expect("status")
-    };
 
     // The node is up: its other pod reaches the other node's, each served interface in the
     // mode the kernel gave it. The held-back pod is said to be, with the program named.
     let replies = pings(&c, "client-a", Ipv4Addr::new(10, 244, 2, 10));
     assert!(replies >= 2, "client-a to web-b: {replies}/3");
-    let s = status(&c);
+    let s = c.status(0);
     let names: Vec<&str> = s.interfaces.iter().map(|i| i.name.as_str()).collect();
     assert!(!names.contains(&web_a.as_str()), "{names:?}");
     assert!(names.contains(&"uplink"), "{names:?}");
@@ -147,11 +144,11 @@ fn another_xdp_program_on_a_pod_veth_holds_back_only_that_pod() {
     ip(&node_ns, &["link", "set", "dev", &web_a, "xdpdrv", "off"]);
     assert!(
         eventually(Duration::from_secs(20), || {
-            let s = status(&c);
+            let s = c.status(0);
             s.interface_errors.is_empty() && s.interfaces.iter().any(|i| i.name == web_a)
         }),
         "{:?}\n{}",
-        status(&c),
+        c.status(0),
         c.log(0)
     );
     let replies = pings(&c, "client-a", Ipv4Addr::new(10, 244, 1, 10));
@@ -168,11 +165,8 @@ fn a_recreated_pod_veth_is_served_again_and_a_changed_neighbour_republishes() {
     let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
     c.start(120, &[]).expect("the agents start");
     let node_ns = c.tb.nodes[0].ns.clone();
-    let status = |c: &AgentCluster| -> StatusView {
-        admin::get_json(&c.admin(0), "/api/status").expect("status")
-    };
     let web_a = kxdp_control::compile::pod_interface_name("default", "web-a");
-    let served = |c: &AgentCluster| status(c).interfaces.iter().any(|i| i.name == web_a);
+    let served = |c: &AgentCluster| c.status(0).interfaces.iter().any(|i| i.name == web_a);
     assert!(served(&c));
 
     // The pod's sandbox is recreated: its veth goes, and comes back with a new ifindex.
@@ -189,13 +183,9 @@ fn a_recreated_pod_veth_is_served_again_and_a_changed_neighbour_republishes() {
         "the gone veth was not released:\n{}",
         c.log(0)
     );
-    let mac = kxdp_tests::node::mac_text(kxdp_control::compile::pod_mac(pod.ip));
-    let pod = c.tb.add_kxdp_pod(0, &web_a, pod.ip, &mac).unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || served(&c)),
-        "the recreated veth was not served:\n{}",
-        c.log(0)
-    );
+    let pod = c
+        .add_pod_veth(0, "web-a", pod.ip, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("the recreated veth: {e}"));
     let after = ip(&node_ns, &["-o", "link", "show", "dev", &web_a]);
     assert_ne!(
         before.split(':').next(),
@@ -218,7 +208,7 @@ fn a_recreated_pod_veth_is_served_again_and_a_changed_neighbour_republishes() {
             _ => None,
         })
     };
-    let generation = status(&c).generation;
+    let generation = c.status(0).generation;
     ip(
         &node_ns,
         &[
@@ -240,5 +230,5 @@ fn a_recreated_pod_veth_is_served_again_and_a_changed_neighbour_republishes() {
         route_mac(&c),
         c.log(0)
     );
-    assert!(status(&c).generation > generation);
+    assert!(c.status(0).generation > generation);
 }

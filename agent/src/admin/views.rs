@@ -16,7 +16,6 @@ use kxdp_control::json::{Flow, Frontend, Policy, Proto};
 use kxdp_control::model::mac_text;
 use kxdp_dataplane::wire::Ipv4Cidr;
 use kxdp_dataplane::Snapshot;
-use kxdp_xdp::worker::BATCH_BUCKET_BOUNDS;
 use serde::{Deserialize, Serialize};
 
 /// An interface the dataplane serves, as the API shows it.
@@ -292,6 +291,16 @@ pub struct BatchSizeView {
     pub batches: u64,
 }
 
+impl BatchSizeView {
+    /// The sizes counted, as a label: `1`, `2-3`, …, `64`.
+    pub fn label(&self) -> String {
+        match (self.min, self.max) {
+            (lo, hi) if lo == hi => lo.to_string(),
+            (lo, hi) => format!("{lo}-{hi}"),
+        }
+    }
+}
+
 /// `/api/counters`: summed over workers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CountersView {
@@ -414,14 +423,6 @@ pub fn routes(snap: &Snapshot) -> Vec<RouteView> {
     out
 }
 
-/// The label of batch-size bucket `b`: `1`, `2-3`, …, `64`.
-pub fn batch_label(b: usize) -> String {
-    match BATCH_BUCKET_BOUNDS[b] {
-        (lo, hi) if lo == hi => lo.to_string(),
-        (lo, hi) => format!("{lo}-{hi}"),
-    }
-}
-
 /// The next hop toward underlay address `ip`.
 fn next_hop(node: &kxdp_dataplane::tables::NodeConfig, ip: Ipv4Addr) -> Ipv4Addr {
     if node.uplink_subnet.contains_addr(&ip) {
@@ -496,10 +497,19 @@ pub fn parse_endpoint(text: &str) -> Result<(Ipv4Addr, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kxdp_xdp::worker::BATCH_BUCKET_BOUNDS;
 
     #[test]
     fn batch_labels_cover_one_to_sixty_four() {
-        let labels: Vec<String> = (0..BATCH_BUCKET_BOUNDS.len()).map(batch_label).collect();
+        let labels: Vec<String> = BATCH_BUCKET_BOUNDS
+            .iter()
+            .map(|&(min, max)| BatchSizeView {
+                min,
+                max,
+                batches: 0,
+            })
+            .map(|s| s.label())
+            .collect();
         assert_eq!(labels, ["1", "2-3", "4-7", "8-15", "16-31", "32-63", "64"]);
     }
 }

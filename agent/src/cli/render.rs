@@ -273,10 +273,7 @@ pub fn counters(c: &CountersView) -> String {
     let sizes: Vec<String> = c
         .batch_sizes
         .iter()
-        .map(|s| match (s.min, s.max) {
-            (lo, hi) if lo == hi => format!("{lo}: {}", s.batches),
-            (lo, hi) => format!("{lo}-{hi}: {}", s.batches),
-        })
+        .map(|s| format!("{}: {}", s.label(), s.batches))
         .collect();
     let _ = writeln!(out, "batches by size: {}", sizes.join(", "));
     let zero_drops = c.drops.values().filter(|v| **v == 0).count();

@@ -24,7 +24,7 @@ use prometheus_client::registry::{Registry, Unit};
 use kxdp_dataplane::counters::{CounterList, Event};
 use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::InterfaceId;
-use kxdp_xdp::worker::{IoCounter, BATCH_BUCKET_BOUNDS};
+use kxdp_xdp::worker::{IoCounter, IoValues, BATCH_BUCKET_BOUNDS};
 use kxdp_xdp::XdpDecision;
 
 use super::conns::Connections;
@@ -289,17 +289,20 @@ impl Collector for AgentCollector {
             tx,
         )?;
 
+        let total = io
+            .iter()
+            .fold(IoValues::default(), |total, i| total.plus(i));
         let batches: Vec<(f64, u64)> = BATCH_BUCKET_BOUNDS
             .iter()
-            .enumerate()
-            .map(|(b, &(_, max))| (max as f64, io.iter().map(|i| i.batch_sizes[b]).sum()))
+            .zip(total.batch_sizes)
+            .map(|(&(_, max), n)| (max as f64, n))
             .collect();
         histogram(
             enc,
             "kxdp_batch_size",
             "frames per received batch",
             Some(&frames()),
-            io.iter().map(|i| i.get(IoCounter::Rx)).sum::<u64>() as f64,
+            total.get(IoCounter::Rx) as f64,
             &batches,
         )?;
 

@@ -19,7 +19,7 @@ use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::Snapshot;
 use kxdp_xdp::runtime::WorkerStats;
-use kxdp_xdp::worker::{IoCounter, BATCH_BUCKET_BOUNDS};
+use kxdp_xdp::worker::{IoCounter, IoValues, BATCH_BUCKET_BOUNDS};
 use kxdp_xdp::{Decisions, XdpDecision};
 
 use super::conns::Connections;
@@ -197,7 +197,7 @@ impl AdminState {
         self.snapshot.load().is_some()
     }
 
-    pub(super) fn counters(&self) -> (CounterValues, Vec<kxdp_xdp::worker::IoValues>) {
+    pub(super) fn counters(&self) -> (CounterValues, Vec<IoValues>) {
         let workers: &[WorkerStats] = self.dataplane.get().map_or(&[], |d| &d.workers);
         let counters = kxdp_xdp::runtime::sum_counters(workers.iter().map(|w| w.counters.read()));
         (counters, workers.iter().map(|w| w.io.read()).collect())
@@ -309,12 +309,13 @@ impl AdminState {
             v.xdp
                 .insert(d.name().into(), decisions[usize::from(d.number())]);
         }
+        let total = io
+            .iter()
+            .fold(IoValues::default(), |total, i| total.plus(i));
         for c in IoCounter::ALL {
-            let total = io.iter().map(|v| v.get(*c)).sum();
-            v.io.insert(c.name().into(), total);
+            v.io.insert(c.name().into(), total.get(*c));
         }
-        for (b, &(min, max)) in BATCH_BUCKET_BOUNDS.iter().enumerate() {
-            let batches = io.iter().map(|i| i.batch_sizes[b]).sum();
+        for (&(min, max), batches) in BATCH_BUCKET_BOUNDS.iter().zip(total.batch_sizes) {
             v.batch_sizes.push(BatchSizeView { min, max, batches });
         }
         v

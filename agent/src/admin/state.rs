@@ -7,6 +7,7 @@
 //! from going live (a compile or dataplane failure) until the next snapshot goes live.
 //! `/api/status` and `/readyz` show the first of the two that holds.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use hdrhistogram::Histogram;
 use kxdp_dataplane::conntrack::Conntrack;
-use kxdp_dataplane::counters::{CounterValues, Event};
+use kxdp_dataplane::counters::{CounterList, CounterValues, Event};
 use kxdp_dataplane::reason::{DropReason, PassReason};
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::Snapshot;
@@ -93,6 +94,14 @@ pub(super) fn lock_listeners(
     m: &Mutex<Vec<Arc<Connections>>>,
 ) -> std::sync::MutexGuard<'_, Vec<Arc<Connections>>> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Every member of counter list `L` by its name, with its value.
+fn by_name<L: CounterList>(value: impl Fn(L) -> u64) -> BTreeMap<String, u64> {
+    L::ALL
+        .iter()
+        .map(|&m| (m.name().to_owned(), value(m)))
+        .collect()
 }
 
 impl AdminState {
@@ -292,33 +301,22 @@ impl AdminState {
     /// `/api/counters`.
     pub fn counters_view(&self) -> CountersView {
         let (c, io) = self.counters();
-        let mut v = CountersView::default();
-        for e in Event::ALL {
-            v.events.insert(e.name().into(), c.events[*e as usize]);
-        }
-        for r in DropReason::ALL {
-            v.drops
-                .insert(r.name().into(), c.drops[r.number() as usize]);
-        }
-        for r in PassReason::ALL {
-            v.passes
-                .insert(r.name().into(), c.passes[r.number() as usize]);
-        }
         let decisions = self.xdp_decisions();
-        for d in XdpDecision::ALL {
-            v.xdp
-                .insert(d.name().into(), decisions[usize::from(d.number())]);
-        }
         let total = io
             .iter()
             .fold(IoValues::default(), |total, i| total.plus(i));
-        for c in IoCounter::ALL {
-            v.io.insert(c.name().into(), total.get(*c));
+        CountersView {
+            events: by_name(|e: Event| c.events[e.index()]),
+            drops: by_name(|r: DropReason| c.drops[r.index()]),
+            passes: by_name(|r: PassReason| c.passes[r.index()]),
+            xdp: by_name(|d: XdpDecision| decisions[d.index()]),
+            io: by_name(|k: IoCounter| total.get(k)),
+            batch_sizes: BATCH_BUCKET_BOUNDS
+                .iter()
+                .zip(total.batch_sizes)
+                .map(|(&(min, max), batches)| BatchSizeView { min, max, batches })
+                .collect(),
         }
-        for (&(min, max), batches) in BATCH_BUCKET_BOUNDS.iter().zip(total.batch_sizes) {
-            v.batch_sizes.push(BatchSizeView { min, max, batches });
-        }
-        v
     }
 
     /// `/api/services`.

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant};
 
 use tokio::task::AbortHandle;
 
+use super::lock;
+
 /// A listener's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -131,7 +133,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.connections.lock().slots.remove(&self.id);
+        lock(&self.connections.table).slots.remove(&self.id);
     }
 }
 
@@ -150,12 +152,6 @@ impl Connections {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -165,7 +161,7 @@ impl Connections {
     pub fn admit(self: &Arc<Self>, start: impl FnOnce(Ticket) -> AbortHandle) {
         let mut victims = Vec::new();
         {
-            let mut table = self.lock();
+            let mut table = lock(&self.table);
             while table.slots.len() >= self.limits.max_connections {
                 let Some(id) = table
                     .slots
@@ -218,7 +214,7 @@ impl Connections {
         let response = self.limits.response_timeout.as_millis() as u64;
         let mut late = Vec::new();
         {
-            let mut table = self.lock();
+            let mut table = lock(&self.table);
             table.slots.retain(|_, slot| {
                 let over = match slot.activity.requests.load(Relaxed) {
                     0 => now.saturating_sub(slot.accepted_ms) > headers,
@@ -249,7 +245,7 @@ impl Connections {
 
     /// Connections held now.
     pub fn open(&self) -> usize {
-        self.lock().slots.len()
+        lock(&self.table).slots.len()
     }
 
     /// Connections accepted so far.

@@ -29,8 +29,9 @@ use kxdp_xdp::XdpDecision;
 
 use super::conns::Connections;
 use super::encode::{counter, counters, gauge, gauges, Result};
+use super::lock;
 use super::process::ProcessCollector;
-use super::state::{lock, lock_listeners, AdminState};
+use super::state::AdminState;
 
 /// The `Content-Type` of what [`render`] returns.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -327,7 +328,7 @@ impl Collector for AgentCollector {
             &latency,
         )?;
 
-        let listeners: Vec<Arc<Connections>> = lock_listeners(&state.listeners).clone();
+        let listeners: Vec<Arc<Connections>> = lock(&state.listeners).clone();
         let by_listener = |f: fn(&Connections) -> u64| {
             listeners
                 .iter()

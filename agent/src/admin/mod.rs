@@ -32,6 +32,7 @@
 //! limits), [`server`] (HTTP routing and serving), [`client`] (what the CLI reads it with).
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub mod client;
 pub mod conns;
@@ -49,6 +50,12 @@ pub use listen::{bind, Listener};
 pub use server::{handle, serve, Scope};
 pub use state::{AdminState, DataplaneView};
 pub use views::*;
+
+/// Lock `m` even if a thread panicked holding it: a panic elsewhere must not take the admin
+/// API down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The debug API's default address (the CLI's too).
 pub const DEFAULT_ADMIN: &str = "unix:/run/kxdp/admin.sock";

@@ -428,7 +428,7 @@ mod tests {
             let (code, body) = crate::admin::get(&addr, "/api/conntrack").unwrap();
             assert_eq!(code, 404, "{body}");
         }
-        let listeners = super::super::state::lock_listeners(&state.listeners).clone();
+        let listeners = crate::admin::lock(&state.listeners).clone();
         let conns = &listeners[0];
         assert!(conns.open() <= 8, "{}", conns.open());
         assert!(conns.evicted() >= 192, "{}", conns.evicted());

@@ -24,6 +24,7 @@ use kxdp_xdp::worker::{IoCounter, IoValues, BATCH_BUCKET_BOUNDS};
 use kxdp_xdp::{Decisions, XdpDecision};
 
 use super::conns::Connections;
+use super::lock;
 use super::views::{
     BatchSizeView, ConntrackFillView, CountersView, FlowFilter, FlowView, FlowsView, InterfaceView,
     LatencyView, NeighborsView, RouteView, ServiceView, StatusView, WorkerView,
@@ -83,17 +84,6 @@ impl Inner {
             .clone()
             .or_else(|| self.publish_error.clone())
     }
-}
-
-pub(super) fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    // A panic elsewhere must not take the admin API down with it.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(super) fn lock_listeners(
-    m: &Mutex<Vec<Arc<Connections>>>,
-) -> std::sync::MutexGuard<'_, Vec<Arc<Connections>>> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Every member of counter list `L` by its name, with its value.
@@ -174,7 +164,7 @@ impl AdminState {
     }
 
     pub(super) fn add_listener(&self, connections: Arc<Connections>) {
-        lock_listeners(&self.listeners).push(connections);
+        lock(&self.listeners).push(connections);
     }
 
     /// The interfaces served: name, number, role, XDP mode.

@@ -27,20 +27,18 @@ use super::AdminAddr;
 /// A bound admin listener.
 #[derive(Debug)]
 pub enum Listener {
-    /// On TCP.
-    Tcp(tokio::net::TcpListener),
+    /// On TCP, at the address it got (a port 0 resolved).
+    Tcp(tokio::net::TcpListener, std::net::SocketAddr),
     /// On a Unix socket, removed when dropped if it is still ours.
     Unix(tokio::net::UnixListener, OwnedSocket),
 }
 
 impl Listener {
-    /// Where it listens, as an [`AdminAddr`] prints (a TCP port 0 resolved).
-    pub fn local(&self) -> String {
+    /// Where it listens (a TCP port 0 resolved).
+    pub fn local(&self) -> AdminAddr {
         match self {
-            Listener::Tcp(l) => l
-                .local_addr()
-                .map_or_else(|e| format!("TCP ({e})"), |a| a.to_string()),
-            Listener::Unix(_, s) => format!("unix:{}", s.path.display()),
+            Listener::Tcp(_, a) => AdminAddr::Tcp(*a),
+            Listener::Unix(_, s) => AdminAddr::Unix(s.path.clone()),
         }
     }
 }
@@ -91,7 +89,9 @@ fn bind_tcp(addr: std::net::SocketAddr) -> io::Result<Listener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(BACKLOG).map(Listener::Tcp)
+    let listener = socket.listen(BACKLOG)?;
+    let local = listener.local_addr()?;
+    Ok(Listener::Tcp(listener, local))
 }
 
 /// What is at a socket path before we bind it.
@@ -214,7 +214,7 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
-        assert_eq!(l.local(), format!("unix:{}", path.display()));
+        assert_eq!(l.local().to_string(), format!("unix:{}", path.display()));
         drop(l);
         assert!(!path.exists(), "removed at exit");
     }

@@ -223,7 +223,7 @@ pub async fn serve(listener: Listener, state: Arc<AdminState>, scope: Scope, lim
     };
     loop {
         let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
+            Listener::Tcp(l, _) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
             Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
         };
         let conn = match accepted {
@@ -400,7 +400,7 @@ mod tests {
         let listener = runtime
             .block_on(super::super::listen::bind(&"127.0.0.1:0".parse().unwrap()))
             .unwrap();
-        let addr: crate::admin::AdminAddr = listener.local().parse().unwrap();
+        let addr = listener.local();
         let crate::admin::AdminAddr::Tcp(tcp) = addr else {
             panic!("{addr}")
         };

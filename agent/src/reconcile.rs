@@ -463,20 +463,16 @@ impl Agent {
     fn use_neighbors(&mut self, model: &Model) -> bool {
         let known = self.neighbors.iter().map(|(ip, mac)| (*ip, *mac)).collect();
         let recompile = self.compiler.set_neighbors(known);
+        let (wanted, resolved) = self.report_neighbors(model);
         if recompile {
-            let wanted = self.compiler.wanted_neighbors(model);
-            let resolved = wanted.iter().filter(|ip| self.neighbors.contains_key(ip));
-            tracing::info!(
-                resolved = resolved.count(),
-                wanted = wanted.len(),
-                "underlay neighbours changed"
-            );
+            tracing::info!(resolved, wanted, "underlay neighbours changed");
         }
-        self.report_neighbors(model);
         recompile
     }
 
-    fn report_neighbors(&self, model: &Model) {
+    /// Tells the admin state how many next hops the tables need and how many of them have a
+    /// MAC address (and how many endpoints drain); returns those two counts, wanted first.
+    fn report_neighbors(&self, model: &Model) -> (usize, usize) {
         let wanted = self.compiler.wanted_neighbors(model);
         let resolved = wanted
             .iter()
@@ -484,6 +480,7 @@ impl Agent {
             .count();
         self.state
             .set_neighbors_and_draining([wanted.len(), resolved], self.compiler.draining().count());
+        (wanted.len(), resolved)
     }
 
     /// The next hops the tables need whose MAC the kernel has not resolved: the loop asks the

@@ -101,7 +101,7 @@ pub fn check(interfaces: &[String], umem_bytes: u64) -> Vec<PreflightError> {
         }
     }
     for name in interfaces {
-        if nix::net::if_::if_nametoindex(name.as_str()).is_err() {
+        if kxdp_xdp::ifindex(name).is_err() {
             problems.push(PreflightError::NoInterface(name.clone()));
         }
     }

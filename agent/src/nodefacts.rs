@@ -167,7 +167,7 @@ impl NodeNet {
     }
 
     /// The link with index `index`, if there is one.
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NodeFactsError> {
+    async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NodeFactsError> {
         let mut found = self.handle.link().get().match_index(index).execute();
         match found.try_next().await {
             Ok(m) => Ok(m.as_ref().and_then(Link::from_message)),

@@ -9,8 +9,8 @@
 //! Counter lists plug in generically: any [`CounterList`] (declared with
 //! `kxdp_dataplane::counter_list!`: drop and pass reasons, events, the XDP program's decisions,
 //! the workers' I/O) becomes, with one call in [`AgentCollector`], either one family with a
-//! label per member ([`labeled`], e.g. `kxdp_drops_total{reason}`) or one family per member
-//! ([`per_entry`], e.g. `kxdp_worker_rx_frames_total{worker}`, named and described by the
+//! label per member (`labeled`, e.g. `kxdp_drops_total{reason}`) or one family per member
+//! (`per_entry`, e.g. `kxdp_worker_rx_frames_total{worker}`, named and described by the
 //! member).
 
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub fn render(state: &Arc<AdminState>) -> String {
 }
 
 /// One counter family for list `L`: a series per member, labelled `label="<member name>"`.
-pub fn labeled<L: CounterList>(
+fn labeled<L: CounterList>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -73,7 +73,7 @@ pub fn labeled<L: CounterList>(
 
 /// One counter family per member of list `L`, named `<prefix>_<member name>_total` and
 /// described by the member's help; a series per row (`rows`: label sets, e.g. one per worker).
-pub fn per_entry<L: CounterList, R: EncodeLabelSet>(
+fn per_entry<L: CounterList, R: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     prefix: &str,
     rows: &[R],

@@ -42,7 +42,7 @@ impl Scope {
 }
 
 /// A URL query string's parameters (no percent-decoding is needed for what the API takes).
-pub fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
+fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
     query
         .unwrap_or("")
         .split('&')

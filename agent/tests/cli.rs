@@ -708,12 +708,27 @@ fn agent_refuses_to_start_without_capabilities_memory_or_its_uplink() {
 
 #[test]
 fn cores_the_machine_does_not_have_are_refused_before_anything_runs() {
+    // The CPUs this process (and so kxdp, started from it) may use, as the kernel lists them;
+    // the one past the last is not among them.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in /proc/self/status")
+        .trim()
+        .to_owned();
+    let last: usize = allowed
+        .split([',', '-'])
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .expect("a CPU");
+    let cpu = (last + 1).to_string();
     // Refused while the configuration is read: before preflight, the uplink or any XDP.
-    let (code, _, err) = kxdp(&["agent", "--node", "n", "--uplink", "nope0", "--cores", "99"]);
+    let (code, _, err) = kxdp(&["agent", "--node", "n", "--uplink", "nope0", "--cores", &cpu]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("configuration: --cores: CPU 99 is not online")
-            && err.contains("the CPUs it may use are 0"),
+        err.contains(&format!("configuration: --cores: CPU {cpu} is not online"))
+            && err.contains(&format!("the CPUs it may use are {allowed}")),
         "{err}"
     );
     assert!(!err.contains("preflight"), "{err}");

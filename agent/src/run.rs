@@ -169,6 +169,9 @@ async fn node_settings(
             uplink: UPLINK,
             uplink_mac: uplink.mac,
             uplink_mtu: uplink.mtu,
+            pod_mtu: config
+                .pod_mtu
+                .unwrap_or(NodeConfig::flannel_pod_mtu(uplink.mtu)),
             host: HOST,
             host_mac,
             vtep_mac: config.vtep_mac.unwrap_or(uplink.mac),

@@ -65,6 +65,12 @@ pub struct AgentArgs {
     /// This node's VTEP MAC when its Node object publishes none [default: the uplink's MAC].
     #[arg(long, env = "KXDP_VTEP_MAC")]
     pub vtep_mac: Option<String>,
+    /// The pods' MTU, what their interfaces are set to: kxdp delivers packets up to it to a
+    /// pod whole, and segments (TCP) or fragments what leaves for a smaller link; up to
+    /// 65535 keeps a pod's TCP in 64 KiB segments inside the node [default: the uplink's MTU
+    /// less 50, as flannel sets it].
+    #[arg(long, env = "KXDP_POD_MTU")]
+    pub pod_mtu: Option<u16>,
     /// The debug API (`/api/*`: status, services, routes, counters, conntrack, trace, which
     /// show every flow): unix:PATH, a socket only its owner may use, or ADDRESS:PORT, which
     /// every local user can read [default: unix:/run/kxdp/admin.sock].
@@ -115,6 +121,8 @@ pub struct AgentConfig {
     pub service_cidr: Ipv4Cidr,
     /// The VTEP MAC, if set.
     pub vtep_mac: Option<EthernetAddress>,
+    /// The pods' MTU, if set (else flannel's, from the uplink's).
+    pub pod_mtu: Option<u16>,
     /// The debug API's address.
     pub admin: AdminAddr,
     /// The metrics listener's address.
@@ -253,6 +261,16 @@ impl AgentArgs {
                 ),
             ));
         }
+        let pod_mtu = self.pod_mtu.or(file.pod_mtu);
+        if let Some(mtu) = pod_mtu {
+            let max = max_pod_mtu();
+            if !(576..=max).contains(&mtu) {
+                return Err(config_error(
+                    "--pod-mtu",
+                    format!("{mtu} is not in 576..={max}"),
+                ));
+            }
+        }
         let json_logs = match self.log_format.or(file.log_format).as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -281,6 +299,7 @@ impl AgentArgs {
                 "10.96.0.0/12",
             )?,
             vtep_mac,
+            pod_mtu,
             admin,
             metrics,
             conntrack_size,
@@ -288,6 +307,13 @@ impl AgentArgs {
             json_logs,
         })
     }
+}
+
+/// The largest pod MTU the workers carry whole: the largest frame their ports take, less its
+/// Ethernet header, and at most Linux's largest Ethernet MTU.
+pub fn max_pod_mtu() -> u16 {
+    let frame = PortConfig::default().max_frame();
+    frame.saturating_sub(14).min(65535) as u16
 }
 
 /// `0,1` or `2-3` or `0,2-3` as core numbers, at most [`MAX_QUEUES`] of them (a range is

@@ -589,7 +589,7 @@ fn preflight_names_what_is_missing_and_how_to_run() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("locked memory is limited to 65536 bytes but the UMEMs need 67108864"),
+        err.contains("locked memory is limited to 65536 bytes but the UMEMs need 134217728"),
         "{err}"
     );
     // With cap_ipc_lock the limit does not matter.

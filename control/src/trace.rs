@@ -585,6 +585,7 @@ pub fn trace_settings(
             uplink: InterfaceId(0),
             uplink_mac: placeholder(0x02),
             uplink_mtu: 1500,
+            pod_mtu: 1450,
             host: InterfaceId(1),
             host_mac: placeholder(0xfe),
             vtep_mac: placeholder(0x03),

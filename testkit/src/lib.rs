@@ -117,6 +117,7 @@ impl Default for Topology {
             uplink: InterfaceId(0),
             uplink_mac: mac([0x02, 0, 0xc6, 0x12, 0, 0x01]),
             uplink_mtu: 1500,
+            pod_mtu: 1450,
             host: InterfaceId(1),
             host_mac: mac([0x02, 0x6b, 0x78, 0, 0, 0xfe]),
             vtep_mac: mac([0x02, 0x6b, 0x78, 0x76, 0, 0x01]),

@@ -88,7 +88,18 @@ pub fn kxdp_bin() -> Result<PathBuf, String> {
 impl AgentCluster {
     /// Build the namespaces for `pods` (name, node index, address) and copy `manifest_text`.
     pub fn build(manifest_text: &str, pods: &[(&str, usize, Ipv4Addr)]) -> Result<Self, String> {
+        AgentCluster::build_with_pod_mtu(manifest_text, pods, None)
+    }
+
+    /// [`AgentCluster::build`] with pods' (and host interfaces') veths at `pod_mtu`, for agents
+    /// started with `--pod-mtu` the same.
+    pub fn build_with_pod_mtu(
+        manifest_text: &str,
+        pods: &[(&str, usize, Ipv4Addr)],
+        pod_mtu: Option<u16>,
+    ) -> Result<Self, String> {
         let mut tb = Testbed::two_kxdp_nodes(&[], &[]).map_err(|e| e.to_string())?;
+        tb.pod_mtu = pod_mtu;
         tb.add_external().map_err(|e| e.to_string())?;
         let mut list = Vec::new();
         for (name, node, ip) in pods {

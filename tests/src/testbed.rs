@@ -245,6 +245,9 @@ pub struct Testbed {
     pub external: Option<(String, Ipv4Addr)>,
     /// Queues of every veth on a kxdp node (pods and uplinks), both ends.
     queues: u8,
+    /// The MTU of kxdp pods' veths and of the host interface, both ends, as a CNI plugin
+    /// sets it from the agent's `--pod-mtu`; `None` leaves the veth default (1500).
+    pub pod_mtu: Option<u16>,
 }
 
 static RUNS: AtomicU32 = AtomicU32::new(0);
@@ -450,6 +453,11 @@ impl Testbed {
         ip(n, &["link", "set", "kxdp0", "up"])?;
         no_tx_offload(&ns, "host0")?;
         no_tx_offload(&ns, "kxdp0")?;
+        if let Some(mtu) = self.pod_mtu {
+            for dev in ["host0", "kxdp0"] {
+                ip(n, &["link", "set", dev, "mtu", &mtu.to_string()])?;
+            }
+        }
         ip(n, &["route", "add", pod_cidr, "dev", "kxdp0"])?;
         Ok(())
     }
@@ -520,6 +528,11 @@ impl Testbed {
         )?;
         no_tx_offload(&n.ns, host_side)?;
         no_tx_offload(&pod.ns, "eth0")?;
+        if let Some(mtu) = self.pod_mtu {
+            let mtu = mtu.to_string();
+            ip(nns, &["link", "set", host_side, "mtu", &mtu])?;
+            ip(pns, &["link", "set", "eth0", "mtu", &mtu])?;
+        }
         self.nodes[node].pods.push(pod.clone());
         Ok(pod)
     }
@@ -644,6 +657,7 @@ impl Testbed {
             nodes: Vec::new(),
             external: None,
             queues: 1,
+            pod_mtu: None,
         }
     }
 

@@ -19,9 +19,11 @@ use arrayvec::ArrayVec;
 use kxdp_dataplane::conntrack::Conntrack;
 use kxdp_dataplane::pipeline::CHUNK as BATCH;
 use kxdp_dataplane::tables::InterfaceId;
-use kxdp_dataplane::{process_batch, Counters, Frame, Instant, Packet, Snapshot, Verdict};
+use kxdp_dataplane::{
+    process_batch, Counters, DropReason, Frame, Instant, Packet, Snapshot, Verdict,
+};
 
-use crate::xsk::{Desc, Port};
+use crate::xsk::{Desc, Port, MAX_FRAME_DESCS};
 
 /// How a worker waits for frames.
 ///
@@ -221,15 +223,27 @@ pub struct Worker {
 }
 
 /// Where a frame of a batch goes.
-#[derive(Clone, Copy)]
-enum Out {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dest {
     /// Back out the port it came in on.
-    Same(Desc),
-    /// Out port `usize` (index), copied.
-    Other(usize, Desc),
+    Same,
+    /// Out port `usize` (index).
+    Other(usize),
     /// Back to the free list.
-    Recycle(u64),
+    Recycle,
 }
+
+/// A frame of a batch on its way out: where to, and its descriptors, `descs[start..start + count]`
+/// of the batch's.
+#[derive(Clone, Copy)]
+struct Out {
+    dest: Dest,
+    start: u16,
+    count: u16,
+}
+
+/// Descriptors one receive may take: a batch's worth, and the rest of a frame that starts in it.
+const RX_DESCS: usize = BATCH + MAX_FRAME_DESCS - 1;
 
 impl Worker {
     /// A worker serving `ports`, counting into `counters`.
@@ -380,21 +394,39 @@ impl Worker {
         total
     }
 
-    /// Receive, process and send one batch of port `i`.
+    /// Receive, process and send one batch of port `i`: up to [`BATCH`] frames, each of one
+    /// buffer or (larger than a chunk) several. The pipeline sees each frame's first buffer and
+    /// the length of the rest; the worker then trims the rest as the pipeline says and sends
+    /// the frame whole.
     fn batch(&mut self, i: usize, snap: &Snapshot, ct: &Conntrack, now: Instant) -> usize {
-        let mut rx = [Desc::default(); BATCH];
+        let mut descs = [Desc::default(); RX_DESCS];
         let ingress = self.ports[i].0;
         let port = &mut self.ports[i].1;
         port.complete();
-        let n = port.receive(&mut rx);
+        let n = port.receive(&mut descs);
         if n == 0 {
             port.fill();
             return 0;
         }
-        IoCounters::add(&self.io.batch_sizes[batch_bucket(n)], 1);
-        IoCounters::add_at(&self.io.iface_rx, ingress, n as u64);
+        // Frames: where each starts among the descriptors, and how many it has.
+        let mut frames: ArrayVec<(u16, u16), BATCH> = ArrayVec::new();
+        let mut firsts: ArrayVec<Desc, BATCH> = ArrayVec::new();
+        let mut at = 0;
+        while at < n {
+            let count = descs[at..n]
+                .iter()
+                .position(|d| !d.more)
+                .map_or(n - at, |k| k + 1);
+            frames.push((at as u16, count as u16));
+            firsts.push(descs[at]);
+            at += count;
+        }
+        let frame_count = frames.len();
+        IoCounters::add(&self.io.batch_sizes[batch_bucket(frame_count)], 1);
+        IoCounters::add_at(&self.io.iface_rx, ingress, frame_count as u64);
         let host = snap.node.host;
         let mut outs: ArrayVec<Out, BATCH> = ArrayVec::new();
+        let mut recycle: ArrayVec<u64, RX_DESCS> = ArrayVec::new();
         let port_of = &self.port_of;
         let find = |iface: InterfaceId| {
             let j = *port_of.get(usize::from(iface.0))?;
@@ -403,74 +435,114 @@ impl Worker {
         let (counters, forwarding) = (&self.counters, self.forwarding);
         let port = &mut self.ports[i].1;
         let chunk_mask = !(u64::from(port.frame_size()) - 1);
-        port.with_chunks(&rx[..n], |chunks| {
+        port.with_chunks(&firsts, |chunks| {
             let mut packets: ArrayVec<Packet<'_>, BATCH> = ArrayVec::new();
-            for ((chunk, head), d) in chunks.zip(&rx[..n]) {
-                let frame = Frame::new(chunk, head, d.len as usize).expect("frame in its chunk");
+            for ((chunk, head), &(start, count)) in chunks.zip(&frames) {
+                let (start, count) = (usize::from(start), usize::from(count));
+                let first = descs[start];
+                let tail: usize = descs[start + 1..start + count]
+                    .iter()
+                    .map(|d| d.len as usize)
+                    .sum();
+                let frame = Frame::new(chunk, head, first.len as usize)
+                    .expect("frame in its chunk")
+                    .with_tail(tail);
                 packets.push(Packet::new(frame, ingress));
             }
             forwarding(&mut packets, snap, ct, counters, now);
-            for (p, d) in packets.iter().zip(&rx[..n]) {
-                // The pipeline may have moved the frame's start within its chunk.
-                let desc = Desc {
-                    addr: (d.addr & chunk_mask) + p.frame.head() as u64,
-                    len: p.frame.len() as u32,
-                };
+            for (p, &(start, count)) in packets.iter().zip(&frames) {
+                let (start, count) = (usize::from(start), usize::from(count));
+                // The pipeline may have moved the frame's start within its chunk, and cut its
+                // tail: the descriptors follow.
+                let kept = trim(
+                    &mut descs[start..start + count],
+                    &p.frame,
+                    chunk_mask,
+                    &mut recycle,
+                );
                 let to = match p.verdict {
                     Verdict::Reply => Some(ingress),
                     Verdict::Transmit(iface) => Some(iface),
                     Verdict::ToHost(_) => Some(host),
                     Verdict::Drop(_) => None,
                 };
-                outs.push(match to.and_then(find) {
-                    Some(j) if j == i => Out::Same(desc),
-                    Some(j) => Out::Other(j, desc),
-                    None => Out::Recycle(d.addr),
+                let dest = match to.and_then(find) {
+                    // Not cut to the link yet: segmentation comes with the frame's sender.
+                    Some(_) if p.frame.split_at() != 0 => {
+                        counters.dropped(DropReason::TooBigForTunnel);
+                        Dest::Recycle
+                    }
+                    Some(j) if j == i => Dest::Same,
+                    Some(j) => Dest::Other(j),
+                    None => Dest::Recycle,
+                };
+                outs.push(Out {
+                    dest,
+                    start: start as u16,
+                    count: kept as u16,
                 });
             }
         });
-        self.deliver(i, &outs);
-        n
+        for addr in recycle {
+            self.ports[i].1.recycle(addr);
+        }
+        self.deliver(i, &descs, &outs);
+        frame_count
     }
 
-    /// Send a batch's frames: same-port ones in one go, others copied into their port.
-    fn deliver(&mut self, i: usize, outs: &[Out]) {
-        let mut same: ArrayVec<Desc, BATCH> = ArrayVec::new();
+    /// Send a batch's frames: same-port ones in one go, others moved (or copied) to their port.
+    fn deliver(&mut self, i: usize, descs: &[Desc], outs: &[Out]) {
+        let frame = |o: &Out| &descs[usize::from(o.start)..usize::from(o.start + o.count)];
+        let mut same: ArrayVec<Desc, RX_DESCS> = ArrayVec::new();
         for out in outs {
-            match *out {
-                Out::Same(d) => same.push(d),
-                Out::Recycle(addr) => self.ports[i].1.recycle(addr),
-                Out::Other(..) => {}
+            match out.dest {
+                Dest::Same => same.extend(frame(out).iter().copied()),
+                Dest::Recycle => {
+                    for d in frame(out) {
+                        self.ports[i].1.recycle(d.addr);
+                    }
+                }
+                Dest::Other(_) => {}
             }
         }
         self.send(i, &same);
         // Other ports, grouped so each destination transmits once: on a shared UMEM the
-        // descriptor moves as it is; otherwise the bytes are copied into the destination's.
+        // descriptors move as they are; otherwise the bytes are copied into the destination's.
         let mut dests: ArrayVec<usize, BATCH> = ArrayVec::new();
         for out in outs {
-            if let Out::Other(j, _) = *out {
+            if let Dest::Other(j) = out.dest {
                 if !dests.contains(&j) {
                     dests.push(j);
                 }
             }
         }
         for j in dests {
-            let mut to_send: ArrayVec<Desc, BATCH> = ArrayVec::new();
-            for out in outs {
-                let Out::Other(dest, d) = *out else { continue };
-                if dest != j {
-                    continue;
-                }
+            let mut to_send: ArrayVec<Desc, RX_DESCS> = ArrayVec::new();
+            for out in outs.iter().filter(|o| o.dest == Dest::Other(j)) {
                 let (src, dst) = two_mut(&mut self.ports, i, j);
                 if src.1.shares_umem_with(&dst.1) {
-                    to_send.push(d);
+                    to_send.extend(frame(out).iter().copied());
                     continue;
                 }
-                if let Some(c) = dst.1.alloc_copy(src.1.frame(d), COPY_HEADROOM) {
-                    to_send.push(c);
+                let before = to_send.len();
+                for d in frame(out) {
+                    match dst.1.alloc_copy(src.1.frame(*d), COPY_HEADROOM) {
+                        Some(c) => to_send.push(Desc { more: d.more, ..c }),
+                        None => {
+                            // Out of chunks: the frame goes whole or not at all.
+                            for c in to_send.drain(before..) {
+                                dst.1.recycle(c.addr);
+                            }
+                            break;
+                        }
+                    }
+                }
+                if to_send.len() > before {
                     self.io.count(IoCounter::Copied, 1);
                 }
-                src.1.recycle(d.addr);
+                for d in frame(out) {
+                    src.1.recycle(d.addr);
+                }
             }
             if !to_send.is_empty() {
                 self.send(j, &to_send);
@@ -488,6 +560,35 @@ impl Worker {
         self.io
             .count(IoCounter::TxRingFull, (frames.len() - sent) as u64);
     }
+}
+
+/// Fit a frame's descriptors to what the pipeline left of it: the first starts at the frame's
+/// head and holds its first buffer's bytes; the rest carry `frame.tail()` bytes, the ones no
+/// longer needed going to `recycle`. Returns how many descriptors the frame keeps.
+fn trim(
+    descs: &mut [Desc],
+    frame: &Frame<'_>,
+    chunk_mask: u64,
+    recycle: &mut ArrayVec<u64, RX_DESCS>,
+) -> usize {
+    let first = &mut descs[0];
+    first.addr = (first.addr & chunk_mask) + frame.head() as u64;
+    first.len = frame.len() as u32;
+    let mut left = frame.tail();
+    let mut kept = 1;
+    for d in &mut descs[1..] {
+        if left == 0 {
+            recycle.push(d.addr);
+            continue;
+        }
+        d.len = d.len.min(left as u32);
+        left -= d.len as usize;
+        kept += 1;
+    }
+    for (k, d) in descs[..kept].iter_mut().enumerate() {
+        d.more = k + 1 < kept;
+    }
+    kept
 }
 
 /// Two distinct elements of a slice, mutably.

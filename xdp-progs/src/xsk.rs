@@ -26,6 +26,17 @@
 //! Binding is in copy mode with need_wakeup, what veth supports; transmit kicks the kernel
 //! (`sendto`) whenever the TX ring needs a wakeup, not only after adding descriptors, since
 //! copy mode otherwise stalls once the ring is full.
+//!
+//! # Frames larger than a chunk
+//!
+//! A UMEM's first socket binds with `XDP_USE_SG` (the kernel keeps it as a flag of the UMEM,
+//! and the sockets sharing it inherit it), so a frame larger than a chunk arrives in several
+//! descriptors, each but the last marked [`Desc::more`] (`XDP_PKT_CONTD`), and is sent the same
+//! way. The first descriptor holds at least the first `chunk - headroom - 256` bytes, so every
+//! header is in it. The kernel publishes a frame's descriptors together, so a receive that
+//! ends inside a frame reads on to its end. In copy mode a transmitted frame becomes one skb,
+//! whose fragments are at most the kernel's `MAX_SKB_FRAGS` (17): [`MAX_FRAME_DESCS`]
+//! descriptors per frame at most, which with 4 KiB chunks carries a 64 KiB frame.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -53,20 +64,60 @@ impl Default for PortConfig {
     fn default() -> Self {
         PortConfig {
             frames: 16384,
-            frame_size: 2048,
-            headroom: 256,
+            frame_size: 4096,
+            headroom: 0,
             ring_size: 512,
         }
     }
 }
 
-/// One received or to-be-sent frame: its address in the UMEM and its length.
+impl PortConfig {
+    /// The largest frame a port receives and sends whole: [`MAX_FRAME_DESCS`] buffers of what
+    /// a chunk holds after the headroom.
+    pub fn max_frame(&self) -> usize {
+        let per_chunk = self
+            .frame_size
+            .saturating_sub(KERNEL_HEADROOM + self.headroom);
+        MAX_FRAME_DESCS * per_chunk as usize
+    }
+}
+
+/// The kernel's headroom before every received buffer, on top of [`PortConfig::headroom`]
+/// (`XDP_PACKET_HEADROOM`): a received frame starts this far into its chunk, and the pipeline
+/// may grow into it.
+pub const KERNEL_HEADROOM: u32 = 256;
+
+/// The most descriptors one transmitted frame may have: in copy mode the kernel builds one
+/// skb per frame, its first buffer and up to `MAX_SKB_FRAGS` (17) fragments.
+pub const MAX_FRAME_DESCS: usize = 18;
+
+/// `XDP_USE_SG` (linux/if_xdp.h, 6.6): frames larger than a chunk span several descriptors.
+const XDP_USE_SG: u16 = 1 << 4;
+
+/// `XDP_PKT_CONTD` (linux/if_xdp.h): the frame continues in the next descriptor.
+const XDP_PKT_CONTD: u32 = 1;
+
+/// One buffer of a received or to-be-sent frame: its address in the UMEM, its length, and
+/// whether the frame continues in the next descriptor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Desc {
-    /// Offset of the frame's first byte in the UMEM.
+    /// Offset of the buffer's first byte in the UMEM.
     pub addr: u64,
-    /// Frame length.
+    /// Buffer length.
     pub len: u32,
+    /// More of the frame follows in the next descriptor (all but a frame's last buffer).
+    pub more: bool,
+}
+
+impl Desc {
+    /// A frame in one buffer.
+    pub fn single(addr: u64, len: u32) -> Desc {
+        Desc {
+            addr,
+            len,
+            more: false,
+        }
+    }
 }
 
 fn os_err(what: &str, rc: i32) -> io::Error {
@@ -319,7 +370,10 @@ impl Port {
                 libxdp_flags: xdp::XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
             },
             xdp_flags: 0,
-            bind_flags: (xdp::XDP_COPY | xdp::XDP_USE_NEED_WAKEUP) as u16,
+            // Only the UMEM's first socket binds with these flags; the kernel refuses flags on
+            // a socket that shares a UMEM (libxdp then sends only XDP_SHARED_UMEM), and
+            // such a socket takes copy mode, need_wakeup and SG from the first.
+            bind_flags: (xdp::XDP_COPY | xdp::XDP_USE_NEED_WAKEUP) as u16 | XDP_USE_SG,
         };
         // SAFETY: valid UMEM, name and boxed rings; on success the socket refers to them
         // until `xsk_socket__delete` in `drop`, and the `Rc` keeps the UMEM alive as long.
@@ -408,10 +462,51 @@ impl Port {
         Ok(rc > 0)
     }
 
-    /// Take up to `out.len()` received frames.
+    /// Take received buffers into `out`: up to `out.len() - MAX_FRAME_DESCS + 1`, and then on
+    /// to the end of the frame the last of them belongs to, so `out` ends with a whole frame.
+    /// Returns how many.
+    ///
+    /// A frame with more descriptors than [`MAX_FRAME_DESCS`] (the kernel never makes one from
+    /// a frame it accepts) is read to its end all the same and its buffers put back on the free
+    /// list; they are not in `out`.
     pub fn receive(&mut self, out: &mut [Desc]) -> usize {
+        assert!(out.len() >= MAX_FRAME_DESCS, "room for a whole frame");
+        let first = self.peek_into(out, out.len() - MAX_FRAME_DESCS + 1);
+        let mut n = first;
+        // The kernel publishes a frame's descriptors together: the rest is there already.
+        while n > 0 && out[n - 1].more {
+            if n == out.len() {
+                // Too long a frame: drop it whole, reading on past its end.
+                let start = out[..n].iter().rposition(|d| !d.more).map_or(0, |i| i + 1);
+                for d in &out[start..n] {
+                    self.umem.recycle(d.addr);
+                }
+                n = start;
+                let mut spare = [Desc::default(); 1];
+                loop {
+                    if self.peek_into(&mut spare, 1) == 0 {
+                        break;
+                    }
+                    self.umem.recycle(spare[0].addr);
+                    if !spare[0].more {
+                        break;
+                    }
+                }
+                break;
+            }
+            if self.peek_into(&mut out[n..], 1) == 0 {
+                // Not reached (the kernel publishes frames whole); keep the halves apart.
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Take up to `want` received buffers into the front of `out`.
+    fn peek_into(&mut self, out: &mut [Desc], want: usize) -> usize {
         let mut idx = 0u32;
-        let want = out.len().min(u32::MAX as usize) as u32;
+        let want = want.min(out.len()).min(u32::MAX as usize) as u32;
         // SAFETY: the RX ring is live; peek writes only `idx`.
         let n = unsafe { xdp::xsk_ring_cons__peek(&mut *self.rx, want, &mut idx) };
         for (i, d) in out.iter_mut().take(n as usize).enumerate() {
@@ -422,6 +517,7 @@ impl Port {
             *d = Desc {
                 addr: desc.addr,
                 len: desc.len,
+                more: desc.options & XDP_PKT_CONTD != 0,
             };
         }
         // SAFETY: releasing exactly the `n` slots peeked.
@@ -461,14 +557,22 @@ impl Port {
     }
 
     /// Queue frames of this port's UMEM for transmission (their chunks pass to the kernel
-    /// until completion) and kick the kernel if it asks. Returns how many were queued; the
+    /// until completion) and kick the kernel if it asks. `frames` holds whole frames (a frame
+    /// of several buffers is its descriptors in order, each but the last marked
+    /// [`Desc::more`]). Returns how many descriptors were queued, only ever whole frames; the
     /// rest go back to the free list (dropped).
     pub fn transmit(&mut self, frames: &[Desc]) -> usize {
         let mut idx = 0u32;
         let asked = frames.len().min(u32::MAX as usize) as u32;
-        // Reserving is all or nothing: ask for what the ring has room for.
+        // Reserving is all or nothing: ask for what the ring has room for, and no part of a
+        // frame that would not fit whole.
         // SAFETY: the TX ring is live.
-        let want = unsafe { xdp::xsk_prod_nb_free(&mut *self.tx, asked) }.min(asked);
+        let room = unsafe { xdp::xsk_prod_nb_free(&mut *self.tx, asked) }.min(asked) as usize;
+        let whole = frames[..room]
+            .iter()
+            .rposition(|d| !d.more)
+            .map_or(0, |i| i + 1);
+        let want = whole as u32;
         // SAFETY: the TX ring is live; reserve writes only `idx`.
         let n = unsafe { xdp::xsk_ring_prod__reserve(&mut *self.tx, want, &mut idx) };
         for (i, f) in frames.iter().take(n as usize).enumerate() {
@@ -484,7 +588,7 @@ impl Port {
             }
             // SAFETY: as above.
             unsafe {
-                (*desc).options = 0;
+                (*desc).options = if f.more { XDP_PKT_CONTD } else { 0 };
             }
         }
         // SAFETY: exactly `n` slots were reserved and written.
@@ -573,10 +677,7 @@ impl Port {
         // and `headroom + data.len()` fits in it (checked).
         let dst = unsafe { std::slice::from_raw_parts_mut(start, data.len()) };
         dst.copy_from_slice(data);
-        Some(Desc {
-            addr,
-            len: data.len() as u32,
-        })
+        Some(Desc::single(addr, data.len() as u32))
     }
 }
 

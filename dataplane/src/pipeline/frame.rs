@@ -1,14 +1,25 @@
 //! A frame in a buffer with head- and tailroom, the unit the pipeline rewrites in place.
 
-/// A frame occupying `buf[head..head + len]`. The bytes before `head` are headroom the pipeline
-/// may grow into (VXLAN encapsulation prepends 50 bytes); the bytes after are tailroom (ICMP
-/// errors quote the packet they answer). In AF_XDP terms `buf` is one UMEM chunk and `head` is
-/// the descriptor's offset within it; the buffer is owned by the caller and only borrowed here.
+/// A frame whose first `len` bytes occupy `buf[head..head + len]`. The bytes before `head` are
+/// headroom the pipeline may grow into (VXLAN encapsulation prepends 50 bytes); the bytes after
+/// are tailroom (ICMP errors quote the packet they answer). In AF_XDP terms `buf` is one UMEM
+/// chunk and `head` is the descriptor's offset within it; the buffer is owned by the caller
+/// and only borrowed here.
+///
+/// A frame larger than a buffer (multi-buffer AF_XDP) continues in `tail` more bytes held by
+/// the caller, which the pipeline never reads or writes: every header is in this buffer. The
+/// pipeline may shorten the tail ([`Frame::set_len`]: cutting padding, or turning the frame
+/// into a short ICMP error drops it), and the caller then trims its buffers to match. It may
+/// also ask the caller to cut the frame into packets of at most [`Frame::split_at`] bytes on
+/// the way out (TCP segmentation, IPv4 fragmentation), for a frame larger than the link it
+/// leaves on.
 #[derive(Debug)]
 pub struct Frame<'a> {
     buf: &'a mut [u8],
     head: usize,
     len: usize,
+    tail: usize,
+    split: u16,
 }
 
 impl<'a> Frame<'a> {
@@ -16,7 +27,45 @@ impl<'a> Frame<'a> {
     #[inline]
     pub fn new(buf: &'a mut [u8], head: usize, len: usize) -> Option<Self> {
         let end = head.checked_add(len)?;
-        (end <= buf.len()).then_some(Frame { buf, head, len })
+        (end <= buf.len()).then_some(Frame {
+            buf,
+            head,
+            len,
+            tail: 0,
+            split: 0,
+        })
+    }
+
+    /// The same frame, continuing in `tail` bytes of further buffers.
+    #[inline]
+    pub fn with_tail(mut self, tail: usize) -> Self {
+        self.tail = tail;
+        self
+    }
+
+    /// Bytes of the frame in further buffers, after this one's.
+    #[inline]
+    pub fn tail(&self) -> usize {
+        self.tail
+    }
+
+    /// The whole frame's length: this buffer's bytes and the tail.
+    #[inline]
+    pub fn total_len(&self) -> usize {
+        self.len + self.tail
+    }
+
+    /// The largest IP packet (the outer one, when encapsulated) the frame may leave as, or 0
+    /// when it leaves whole: set by the pipeline for the caller to segment or fragment it.
+    #[inline]
+    pub fn split_at(&self) -> u16 {
+        self.split
+    }
+
+    /// Ask the caller to cut the frame into IP packets of at most `mtu` bytes on the way out.
+    #[inline]
+    pub fn set_split(&mut self, mtu: u16) {
+        self.split = mtu;
     }
 
     /// Offset of the first byte in the buffer.
@@ -25,14 +74,14 @@ impl<'a> Frame<'a> {
         self.head
     }
 
-    /// Frame length in bytes.
+    /// Bytes of the frame in this buffer (all of it but the [`Frame::tail`]).
     #[inline]
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// The frame's bytes.
+    /// The frame's bytes in this buffer (all its headers).
     #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.head..self.head + self.len]
@@ -66,14 +115,23 @@ impl<'a> Frame<'a> {
         true
     }
 
-    /// Set the length, growing into tailroom or shrinking; false (and no change) if the buffer
-    /// is too small.
+    /// Set the whole frame's length, growing into tailroom or shrinking; false (and no change)
+    /// if the buffer is too small. A frame with a tail cannot grow past its end, shrinks its
+    /// tail first, and loses the tail when cut to this buffer or less.
     #[inline]
     pub fn set_len(&mut self, len: usize) -> bool {
+        if self.tail > 0 && len >= self.len {
+            if len > self.len + self.tail {
+                return false;
+            }
+            self.tail = len - self.len;
+            return true;
+        }
         if self.head + len > self.buf.len() {
             return false;
         }
         self.len = len;
+        self.tail = 0;
         true
     }
 }
@@ -95,5 +153,24 @@ mod tests {
         assert!(f.set_len(28));
         assert!(!f.set_len(29));
         assert_eq!(f.data().len(), 28);
+    }
+
+    #[test]
+    fn a_tail_shrinks_but_never_grows_and_goes_when_cut_into_the_buffer() {
+        let mut buf = [0u8; 32];
+        let mut f = Frame::new(&mut buf, 8, 10).unwrap().with_tail(100);
+        assert_eq!((f.len(), f.tail(), f.total_len()), (10, 100, 110));
+        assert!(!f.set_len(111));
+        assert!(f.set_len(60));
+        assert_eq!((f.len(), f.tail()), (10, 50));
+        assert!(f.set_len(10));
+        assert_eq!((f.len(), f.tail()), (10, 0));
+        let mut f = Frame::new(&mut buf, 8, 10).unwrap().with_tail(5);
+        assert!(f.set_len(4), "into the buffer");
+        assert_eq!((f.len(), f.tail(), f.total_len()), (4, 0, 4));
+        // A push at the front keeps the tail.
+        let mut f = Frame::new(&mut buf, 8, 10).unwrap().with_tail(5);
+        assert!(f.push_head(8));
+        assert_eq!((f.len(), f.tail()), (18, 5));
     }
 }

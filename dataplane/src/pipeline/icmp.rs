@@ -16,7 +16,7 @@ use super::{Ctx, Frame, IcmpError, Next, Verdict};
 use crate::counters::Event;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
-use crate::wire::{checksum, ICMP_HEADER_LEN, IPV4_HEADER_LEN, VXLAN_OVERHEAD};
+use crate::wire::{checksum, ICMP_HEADER_LEN, IPV4_HEADER_LEN};
 
 /// Time exceeded in transit (RFC 792).
 const CODE_TTL_EXCEEDED: u8 = 0;
@@ -77,7 +77,7 @@ pub(crate) fn error(
 ) -> Next {
     match error {
         IcmpError::PortUnreachable => port_unreachable(ctx, frame, meta),
-        IcmpError::FragNeeded => frag_needed(ctx, frame, meta),
+        IcmpError::FragNeeded { mtu } => frag_needed(ctx, frame, meta, mtu),
         IcmpError::TimeExceeded => time_exceeded(ctx, frame, meta),
     }
 }
@@ -99,10 +99,10 @@ fn port_unreachable(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -
     Next::OutputTranslated
 }
 
-/// Answer a DF packet too big for the tunnel with fragmentation needed (RFC 1191), from the
-/// gateway address, translated back through conntrack if the packet was.
-fn frag_needed(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -> Next {
-    let mtu = ctx.snap.node.uplink_mtu - VXLAN_OVERHEAD as u16;
+/// Answer a DF packet too big for the link it would leave on (the tunnel, or the uplink) with
+/// fragmentation needed (RFC 1191) announcing that link's `mtu`, from the gateway address,
+/// translated back through conntrack if the packet was.
+fn frag_needed(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta, mtu: u16) -> Next {
     let error = (icmp_type::DEST_UNREACHABLE, CODE_FRAG_NEEDED, mtu);
     send_error(ctx, frame, meta, error, Event::IcmpFragNeeded)
 }
@@ -266,6 +266,10 @@ fn translate_error(
     let end = l3 + meta.ip_len;
     let q3 = l4 + ICMP_HEADER_LEN;
     let d = frame.data();
+    if frame.tail() > 0 {
+        // An error quotes a few dozen bytes; one larger than a buffer is no real error.
+        return Err(DropReason::IcmpErrorUntranslatable);
+    }
     if end < q3 + IPV4_HEADER_LEN {
         return Err(DropReason::IcmpErrorUntranslatable);
     }

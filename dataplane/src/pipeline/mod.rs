@@ -135,9 +135,12 @@ pub(crate) enum IcmpError {
     /// Destination unreachable, port unreachable, from the service address: a service without
     /// endpoints, as kube-proxy rejects.
     PortUnreachable,
-    /// Destination unreachable, fragmentation needed, from the gateway: a DF packet too big
-    /// for the tunnel.
-    FragNeeded,
+    /// Destination unreachable, fragmentation needed, from the gateway: a DF packet other than
+    /// TCP too big for the link it leaves on, whose MTU the error announces.
+    FragNeeded {
+        /// The largest IP packet the link takes.
+        mtu: u16,
+    },
     /// Time exceeded in transit, from the gateway: the TTL runs out here.
     TimeExceeded,
 }
@@ -188,7 +191,7 @@ pub fn process_batch(
                 }
             } else if matches!(stage, Stage::Done(Verdict::Drop(DropReason::Ipv4Fragment))) {
                 // Refused as a fragment: a second look, apart.
-                *stage = fragment(ctx.snap, p.frame.data(), p.ingress);
+                *stage = fragment(ctx.snap, &p.frame, p.ingress);
             }
         }
         conntrack.prefetch(&hashes[..tracked]);
@@ -244,7 +247,7 @@ fn ingress(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Stage 
             if ethertype != ETHERTYPE_IPV4 {
                 return Stage::Done(Verdict::Drop(DropReason::UnsupportedEthertype));
             }
-            match parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN) {
+            match parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN, frame.tail()) {
                 Ok(meta) if meta.key.src_ip != ip => {
                     Stage::Done(Verdict::Drop(DropReason::SpoofedSource))
                 }
@@ -259,7 +262,7 @@ fn ingress(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Stage 
             if ethertype != ETHERTYPE_IPV4 {
                 return Stage::Done(Verdict::Drop(DropReason::UnsupportedEthertype));
             }
-            match parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN) {
+            match parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN, frame.tail()) {
                 Ok(meta) => Stage::Ipv4(meta, Origin::Host, nat::Plan::UNPLANNED),
                 Err(r) => Stage::Done(Verdict::Drop(r)),
             }
@@ -268,7 +271,8 @@ fn ingress(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Stage 
             if ethertype != ETHERTYPE_IPV4 {
                 return Stage::Done(Verdict::ToHost(PassReason::NotIpv4));
             }
-            let Ok(meta) = parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN) else {
+            let Ok(meta) = parse::parse_ipv4(frame.data(), ETHERNET_HEADER_LEN, frame.tail())
+            else {
                 return Stage::Done(Verdict::ToHost(PassReason::Ipv4Unsupported));
             };
             if vxlan::is_ours(ctx, &meta) {
@@ -302,7 +306,7 @@ fn ingress(ctx: &Ctx<'_>, frame: &mut Frame<'_>, ingress: InterfaceId) -> Stage 
 /// measurable.
 #[cold]
 #[inline(never)]
-fn fragment(snap: &Snapshot, frame: &[u8], ingress: InterfaceId) -> Stage {
+fn fragment(snap: &Snapshot, frame: &Frame<'_>, ingress: InterfaceId) -> Stage {
     let drop = |r| Stage::Done(Verdict::Drop(r));
     let (origin, pod) = match snap.interface_role(ingress) {
         Some(InterfaceRole::Pod { ip }) => (Origin::Pod, Some(ip)),
@@ -310,7 +314,7 @@ fn fragment(snap: &Snapshot, frame: &[u8], ingress: InterfaceId) -> Stage {
         Some(InterfaceRole::Uplink) => (Origin::Overlay, None),
         None => return drop(DropReason::UnknownInterface),
     };
-    let meta = match parse::parse_fragment(frame, ETHERNET_HEADER_LEN) {
+    let meta = match parse::parse_fragment(frame.data(), ETHERNET_HEADER_LEN, frame.tail()) {
         Ok(meta) => meta,
         Err(r) => return drop(r),
     };
@@ -358,6 +362,33 @@ fn forward_ipv4(
     }
 }
 
+/// A packet of `meta.ip_len` bytes leaving on a link that takes IP packets of `mtu` bytes
+/// once `overhead` bytes of encapsulation are added (0 for none): what the kernel does with a
+/// packet too big for its route. TCP (not a fragment) is segmented, as the kernel's GSO cuts a
+/// large segment whatever its DF bit (the stream is the sender's, only its cut changes);
+/// anything else with DF is answered with fragmentation needed ([`IcmpError::FragNeeded`],
+/// announcing `mtu - overhead`); without DF it is fragmented. Returns the [`Next`] of the
+/// error, or `None` after marking the frame to be cut ([`Frame::set_split`]) on the way out.
+#[cold]
+pub(crate) fn too_big(
+    frame: &mut Frame<'_>,
+    meta: &parse::Ipv4Meta,
+    mtu: u16,
+    overhead: u16,
+) -> Option<Next> {
+    let fragment = frame
+        .data()
+        .get(meta.l3 + 6..meta.l3 + 8)
+        .is_some_and(|f| parse::be16(f, 0) & 0x3fff != 0);
+    if meta.dont_frag && (meta.key.proto != crate::flow::proto::TCP || fragment) {
+        return Some(Next::IcmpError(IcmpError::FragNeeded {
+            mtu: mtu - overhead,
+        }));
+    }
+    frame.set_split(mtu);
+    None
+}
+
 /// Validate an Ethernet/IPv4 frame the way the pipeline's ingress does and return its 5-tuple,
 /// without touching any table. For `kxdp trace`, tests, and the parse benchmark.
 pub fn inspect(frame: &[u8]) -> Result<crate::flow::FlowKey, DropReason> {
@@ -367,7 +398,7 @@ pub fn inspect(frame: &[u8]) -> Result<crate::flow::FlowKey, DropReason> {
     if u16::from_be_bytes([frame[12], frame[13]]) != ETHERTYPE_IPV4 {
         return Err(DropReason::UnsupportedEthertype);
     }
-    parse::parse_ipv4(frame, ETHERNET_HEADER_LEN).map(|m| m.key)
+    parse::parse_ipv4(frame, ETHERNET_HEADER_LEN, 0).map(|m| m.key)
 }
 
 #[cfg(test)]

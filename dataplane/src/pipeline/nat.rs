@@ -263,7 +263,10 @@ fn insert(
 /// Rewrite the packet's addresses and ports to `to`, with incremental checksum updates.
 #[inline]
 pub(crate) fn rewrite(frame: &mut Frame<'_>, meta: &mut Ipv4Meta, to: FlowKey) {
-    let ip = &mut frame.data_mut()[meta.l3..meta.l3 + meta.ip_len];
+    // The headers; a payload beyond this buffer is not read.
+    let d = frame.data_mut();
+    let end = (meta.l3 + meta.ip_len).min(d.len());
+    let ip = &mut d[meta.l3..end];
     super::rewrite::nat(ip, &meta.key, &to, meta.icmp_type);
     meta.key = to;
     meta.hash = 0;

@@ -2,11 +2,13 @@
 //!
 //! The last stage for most packets: a local pod gets the frame with its TTL decremented and
 //! its L2 header rewritten; another node's pods lead on to encapsulation ([`Next::Encap`]); a
-//! TTL that runs out here leads to an ICMP error ([`Next::IcmpError`]).
+//! TTL that runs out here leads to an ICMP error ([`Next::IcmpError`]). A packet larger than
+//! the link it leaves on (a pod's, or the uplink's) is marked to be cut on the way out, or
+//! answered with fragmentation needed (`too_big`).
 
 use super::parse::Ipv4Meta;
 use super::rewrite::{decrement_ttl, set_macs};
-use super::{Ctx, Frame, IcmpError, Next, Origin, Verdict};
+use super::{too_big, Ctx, Frame, IcmpError, Next, Origin, Verdict};
 use crate::counters::Event;
 use crate::reason::{DropReason, PassReason};
 use crate::tables::RouteTarget;
@@ -38,6 +40,11 @@ pub(crate) fn deliver(
             };
             if !decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
                 return Next::IcmpError(IcmpError::TimeExceeded);
+            }
+            if meta.ip_len > usize::from(node.pod_mtu) {
+                if let Some(next) = too_big(frame, meta, node.pod_mtu, 0) {
+                    return next;
+                }
             }
             set_macs(frame, pod.mac, node.gateway_mac);
             ctx.counters.inc(Event::LocalForward);
@@ -75,6 +82,11 @@ pub(crate) fn deliver(
             };
             if !decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
                 return Next::IcmpError(IcmpError::TimeExceeded);
+            }
+            if meta.ip_len > usize::from(node.uplink_mtu) {
+                if let Some(next) = too_big(frame, meta, node.uplink_mtu, 0) {
+                    return next;
+                }
             }
             set_macs(frame, mac, node.uplink_mac);
             Verdict::Transmit(node.uplink)

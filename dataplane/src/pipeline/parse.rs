@@ -88,9 +88,10 @@ pub(crate) fn addr(b: &[u8], at: usize) -> Ipv4Addr {
 /// [`DropReason::Ipv4Fragment`]) as far as a fragment can be: the header, and the length. Its
 /// payload may be the middle of a datagram, so it has no L4 facts: ports, TCP flags and ICMP
 /// type are zero, which the later stages read as "nothing to translate, nothing to answer".
+/// `tail` is as for [`parse_ipv4`].
 #[cold]
 #[inline(never)]
-pub(crate) fn parse_fragment(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropReason> {
+pub(crate) fn parse_fragment(frame: &[u8], l3: usize, tail: usize) -> Result<Ipv4Meta, DropReason> {
     let ip = frame.get(l3..).ok_or(DropReason::TruncatedIpv4)?;
     if ip.len() < IPV4_HEADER_LEN {
         return Err(DropReason::TruncatedIpv4);
@@ -99,7 +100,7 @@ pub(crate) fn parse_fragment(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropRe
     if ip[0] != 0x45 || ip_len < IPV4_HEADER_LEN {
         return Err(DropReason::BadIpv4Header);
     }
-    if ip_len > ip.len() {
+    if ip_len > ip.len() + tail {
         return Err(DropReason::TruncatedIpv4);
     }
     Ok(Ipv4Meta {
@@ -119,10 +120,12 @@ pub(crate) fn parse_fragment(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropRe
     })
 }
 
-/// Validate the IPv4 packet at `l3` in `frame`. Always inlined: it is the first work on
-/// every packet, and the benches showed the compiler outlining it once it had more callers.
+/// Validate the IPv4 packet at `l3` in `frame`, the first buffer of a frame that continues in
+/// `tail` more bytes (0 for a frame in one buffer): its headers must lie in `frame`, its total
+/// length within both. Always inlined: it is the first work on every packet, and the benches
+/// showed the compiler outlining it once it had more callers.
 #[inline(always)]
-pub(crate) fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropReason> {
+pub(crate) fn parse_ipv4(frame: &[u8], l3: usize, tail: usize) -> Result<Ipv4Meta, DropReason> {
     let Some(ip) = frame.get(l3..) else {
         return Err(DropReason::TruncatedIpv4);
     };
@@ -135,7 +138,7 @@ pub(crate) fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropReason
     if ver_ihl >> 4 != 4 || ihl < IPV4_HEADER_LEN || ip_len < ihl {
         return Err(DropReason::BadIpv4Header);
     }
-    if ip_len > ip.len() {
+    if ip_len > ip.len() + tail {
         return Err(DropReason::TruncatedIpv4);
     }
     if ihl != IPV4_HEADER_LEN {
@@ -147,7 +150,8 @@ pub(crate) fn parse_ipv4(frame: &[u8], l3: usize) -> Result<Ipv4Meta, DropReason
         return Err(DropReason::Ipv4Fragment);
     }
     let protocol = ip[9];
-    let l4 = &ip[IPV4_HEADER_LEN..ip_len];
+    // The L4 header must be in this buffer; a payload beyond it is the tail's.
+    let l4 = &ip[IPV4_HEADER_LEN..ip_len.min(ip.len())];
     let (src_port, dst_port, tcp_flags, icmp_type) = match protocol {
         proto::TCP => {
             if l4.len() < TCP_MIN_HEADER_LEN {

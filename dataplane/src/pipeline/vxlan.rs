@@ -5,7 +5,7 @@
 
 use super::parse::{self, Ipv4Meta};
 use super::rewrite::decrement_ttl;
-use super::{Ctx, Frame, IcmpError, Next, Verdict};
+use super::{too_big, Ctx, Frame, IcmpError, Next, Verdict};
 use crate::counters::Event;
 use crate::flow::proto;
 use crate::reason::DropReason;
@@ -58,7 +58,7 @@ pub(crate) fn decap(
     if u16::from_be_bytes([d[12], d[13]]) != super::ETHERTYPE_IPV4 {
         return Err(DropReason::VxlanInnerNotIpv4);
     }
-    let inner = parse::parse_ipv4(d, ETHERNET_HEADER_LEN)?;
+    let inner = parse::parse_ipv4(d, ETHERNET_HEADER_LEN, frame.tail())?;
     ctx.counters.inc(Event::VxlanDecap);
     Ok(inner)
 }
@@ -74,11 +74,9 @@ pub(crate) fn encap(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta, i
         return Next::Done(Verdict::Drop(DropReason::NeighborUnresolved));
     };
     if meta.ip_len + VXLAN_OVERHEAD > usize::from(node.uplink_mtu) {
-        return if meta.dont_frag {
-            Next::IcmpError(IcmpError::FragNeeded)
-        } else {
-            Next::Done(Verdict::Drop(DropReason::TooBigForTunnel))
-        };
+        if let Some(next) = too_big(frame, meta, node.uplink_mtu, VXLAN_OVERHEAD as u16) {
+            return next;
+        }
     }
     debug_assert_eq!(meta.l3, ETHERNET_HEADER_LEN);
     if !decrement_ttl(&mut frame.data_mut()[meta.l3..]) {

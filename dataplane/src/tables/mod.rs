@@ -74,6 +74,10 @@ pub struct NodeConfig {
     pub uplink_mac: MacAddr,
     /// The uplink's MTU; encapsulated packets must fit in it.
     pub uplink_mtu: u16,
+    /// The pods' MTU: the largest IP packet kxdp delivers to a pod whole. It may be far above
+    /// the uplink's (large frames inside the node); what leaves for a smaller link is
+    /// segmented or fragmented on the way out. [`NodeConfig::flannel_pod_mtu`] is flannel's.
+    pub pod_mtu: u16,
     /// The host interface toward the node's kernel.
     pub host: InterfaceId,
     /// The kernel-side MAC address of the host interface: frames handed to the host carry it.
@@ -92,6 +96,11 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The pod MTU flannel's VXLAN backend sets: the uplink's, less the encapsulation.
+    pub fn flannel_pod_mtu(uplink_mtu: u16) -> u16 {
+        uplink_mtu.saturating_sub(crate::wire::VXLAN_OVERHEAD as u16)
+    }
+
     /// The primary node address.
     #[inline]
     pub fn primary_ip(&self) -> Ipv4Addr {
@@ -430,6 +439,12 @@ impl Snapshot {
                     "{} leaves less than 576 bytes inside the tunnel",
                     node.uplink_mtu
                 ),
+            ));
+        }
+        if node.pod_mtu < 576 {
+            return Err(bad(
+                "pod_mtu",
+                format!("{} is below IPv4's minimum of 576", node.pod_mtu),
             ));
         }
 

@@ -186,7 +186,7 @@ static __always_inline __u32 classify_uplink(void *data, void *end)
 	return KXDP_STAT_PASS_NOT_OURS;
 }
 
-SEC("xdp")
+SEC("xdp.frags")
 int kxdp_steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;

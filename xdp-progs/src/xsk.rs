@@ -94,6 +94,13 @@ pub const MAX_FRAME_DESCS: usize = 18;
 /// `XDP_USE_SG` (linux/if_xdp.h, 6.6): frames larger than a chunk span several descriptors.
 const XDP_USE_SG: u16 = 1 << 4;
 
+/// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, 6.17): how many frames one kick of a copy-mode
+/// socket sends, instead of the kernel's [`KERNEL_TX_BATCH`].
+const XDP_MAX_TX_SKB_BUDGET: i32 = 9;
+
+/// Frames a copy-mode socket sends per kick unless told otherwise (`TX_BATCH_SIZE`).
+const KERNEL_TX_BATCH: u32 = 32;
+
 /// `XDP_PKT_CONTD` (linux/if_xdp.h): the frame continues in the next descriptor.
 const XDP_PKT_CONTD: u32 = 1;
 
@@ -396,6 +403,19 @@ impl Port {
                 rc,
             ));
         }
+        // One kick sends the whole ring where the kernel lets us say so; older kernels refuse
+        // the option and `kick` kicks again instead.
+        let budget: u32 = umem.ring_size;
+        // SAFETY: a u32 option value of the size given, on our own socket.
+        let _ = unsafe {
+            libc::setsockopt(
+                port.fd(),
+                libc::SOL_XDP,
+                XDP_MAX_TX_SKB_BUDGET,
+                (&budget as *const u32).cast::<c_void>(),
+                core::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
         Ok(port)
     }
 
@@ -602,12 +622,18 @@ impl Port {
         n as usize
     }
 
-    /// In copy mode the kernel sends only when kicked: kick whenever the TX ring needs it.
+    /// In copy mode the kernel sends only when kicked, and each kick sends at most its TX
+    /// budget (32 frames, unless [`Port::open_shared`] could raise it to the ring's size):
+    /// kick whenever the TX ring needs it, again while the kernel says it stopped at its budget
+    /// (EAGAIN), at most once per budget's worth of the ring.
     fn kick(&mut self) {
-        // SAFETY: the TX ring is live.
-        if unsafe { xdp::xsk_ring_prod__needs_wakeup(&*self.tx) } != 0 {
+        for _ in 0..=self.umem.ring_size / KERNEL_TX_BATCH {
+            // SAFETY: the TX ring is live.
+            if unsafe { xdp::xsk_ring_prod__needs_wakeup(&*self.tx) } == 0 {
+                return;
+            }
             // SAFETY: a zero-length sendto on our own socket: the AF_XDP wakeup.
-            let _ = unsafe {
+            let rc = unsafe {
                 libc::sendto(
                     self.fd(),
                     ptr::null(),
@@ -617,6 +643,9 @@ impl Port {
                     0,
                 )
             };
+            if rc >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+                return;
+            }
         }
     }
 

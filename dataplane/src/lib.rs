@@ -25,7 +25,7 @@ pub mod time;
 pub mod wire;
 
 pub use counters::Counters;
-pub use pipeline::{process_batch, Frame, Packet, Verdict};
+pub use pipeline::{process_batch, Frame, Packet, Split, Verdict};
 pub use reason::{DropReason, PassReason};
 pub use tables::Snapshot;
 pub use time::Instant;

@@ -10,7 +10,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::wire::build::{FrameSpec, Ipv4Opts};
 use kxdp_dataplane::wire::Icmpv4Message;
-use kxdp_dataplane::Verdict;
+use kxdp_dataplane::{DropReason, Verdict};
 use kxdp_testkit::{tcp_flags as f, Input};
 
 /// (src, sport, dst, dport) of an output frame's IPv4 packet, VXLAN stripped.
@@ -652,4 +652,99 @@ fn a_ttl_running_out_here_gets_time_exceeded_from_the_gateway() {
     });
     assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
     assert_eq!(env.counters.read().event(Event::IcmpTimeExceeded), 3);
+}
+
+/// A frame larger than a buffer (multi-buffer AF_XDP): the pipeline reads and rewrites the
+/// headers in the first buffer, keeps the tail, and marks for cutting what is too big for the
+/// link it leaves on: TCP segmented whatever its DF, other packets fragmented without DF or
+/// answered with fragmentation needed (naming that link's MTU) with it.
+#[test]
+fn large_frames_are_forwarded_with_their_tail_and_cut_only_for_smaller_links() {
+    use kxdp_dataplane::Split;
+    let env = Env::new();
+    let t = &env.t;
+    let payload = vec![7u8; 60_000];
+    let no_df = |spec: FrameSpec| FrameSpec {
+        ip: Ipv4Opts {
+            dont_fragment: false,
+            ..spec.ip
+        },
+        ..spec
+    };
+    // A pod's 60 KB TCP segment to a remote pod: encapsulated, to be segmented at the uplink's
+    // MTU with the outer headers repeated; the tail is kept.
+    let big_tcp = t.from_pod_a(t.remote_pod_ip).tcp(40000, 80, 0x18, &payload);
+    let (v, out, tail, split) = env.run_large(t.pod_a.iface, &big_tcp, 1500);
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    assert_eq!(
+        split,
+        Some(Split {
+            mtu: 1500,
+            vxlan: true
+        })
+    );
+    assert_eq!(
+        out.len() + tail,
+        big_tcp.len() + 50,
+        "encapsulated, tail kept"
+    );
+    // The same to a local pod whose MTU (1450 in the fixture) it exceeds: segmented, plain.
+    let local = t.from_pod_a(t.pod_b.ip).tcp(40000, 80, 0x18, &payload);
+    let (v, out, tail, split) = env.run_large(t.pod_a.iface, &local, 1500);
+    assert_eq!(v, Verdict::Transmit(t.pod_b.iface));
+    assert_eq!(
+        split,
+        Some(Split {
+            mtu: 1450,
+            vxlan: false
+        })
+    );
+    assert_eq!(out.len() + tail, local.len());
+    // Leaving the cluster (masqueraded): cut at the uplink's MTU, plain; the translation is
+    // in the first buffer.
+    let egress = t.from_pod_a(t.external_ip).tcp(40001, 443, 0x02, &payload);
+    let (v, out, _, split) = env.run_large(t.pod_a.iface, &egress, 1500);
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    assert_eq!(
+        split,
+        Some(Split {
+            mtu: 1500,
+            vxlan: false
+        })
+    );
+    let src = Ipv4Addr::new(out[26], out[27], out[28], out[29]);
+    assert_eq!(src, t.node.primary_ip(), "masqueraded");
+    // UDP without DF is fragmented; with DF it is answered, from the first buffer alone.
+    let udp = no_df(t.from_pod_a(t.remote_pod_ip)).udp(5000, 53, &payload);
+    let (v, _, _, split) = env.run_large(t.pod_a.iface, &udp, 1500);
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    assert_eq!(
+        split,
+        Some(Split {
+            mtu: 1500,
+            vxlan: true
+        })
+    );
+    let udp_df = t.from_pod_a(t.remote_pod_ip).udp(5000, 53, &payload);
+    let (v, out, tail, split) = env.run_large(t.pod_a.iface, &udp_df, 1500);
+    assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    assert_eq!((tail, split), (0, None), "the error is small and whole");
+    assert_valid(&out, "fragmentation needed for a large frame");
+    let icmp = &out[34..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4));
+    assert_eq!(
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+        1450,
+        "the tunnel's MTU"
+    );
+    // A frame that fits its link leaves whole and unmarked.
+    let small = t.from_pod_a(t.pod_b.ip).tcp(40002, 80, 0x18, &[1u8; 1000]);
+    let (v, _, tail, split) = env.run_large(t.pod_a.iface, &small, 600);
+    assert_eq!(v, Verdict::Transmit(t.pod_b.iface));
+    assert_eq!((tail, split), (small.len() - 600, None));
+    // A total length beyond the frame's bytes, tail included, is truncated.
+    let mut short = big_tcp.clone();
+    short.truncate(big_tcp.len() - 1);
+    let (v, ..) = env.run_large(t.pod_a.iface, &short, 1500);
+    assert_eq!(v, Verdict::Drop(DropReason::TruncatedIpv4));
 }

@@ -468,7 +468,7 @@ impl Worker {
                 };
                 let dest = match to.and_then(find) {
                     // Not cut to the link yet: segmentation comes with the frame's sender.
-                    Some(_) if p.frame.split_at() != 0 => {
+                    Some(_) if p.frame.split().is_some() => {
                         counters.dropped(DropReason::TooBigForTunnel);
                         Dest::Recycle
                     }

@@ -11,15 +11,26 @@
 /// pipeline may shorten the tail ([`Frame::set_len`]: cutting padding, or turning the frame
 /// into a short ICMP error drops it), and the caller then trims its buffers to match. It may
 /// also ask the caller to cut the frame into packets of at most [`Frame::split_at`] bytes on
-/// the way out (TCP segmentation, IPv4 fragmentation), for a frame larger than the link it
-/// leaves on.
+/// the way out ([`Split`]: TCP segmentation, IPv4 fragmentation), for a frame larger than the
+/// link it leaves on.
 #[derive(Debug)]
 pub struct Frame<'a> {
     buf: &'a mut [u8],
     head: usize,
     len: usize,
     tail: usize,
-    split: u16,
+    split: Option<Split>,
+}
+
+/// How the caller must cut a frame too big for the link it leaves on: TCP into segments,
+/// anything else into IPv4 fragments (`offload::segment`, `offload::fragment`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// The largest IP packet the link takes: the outer packet's, when encapsulated.
+    pub mtu: u16,
+    /// The frame is VXLAN-encapsulated: cut the inner packet, each piece under a copy of the
+    /// outer headers.
+    pub vxlan: bool,
 }
 
 impl<'a> Frame<'a> {
@@ -32,7 +43,7 @@ impl<'a> Frame<'a> {
             head,
             len,
             tail: 0,
-            split: 0,
+            split: None,
         })
     }
 
@@ -55,17 +66,17 @@ impl<'a> Frame<'a> {
         self.len + self.tail
     }
 
-    /// The largest IP packet (the outer one, when encapsulated) the frame may leave as, or 0
-    /// when it leaves whole: set by the pipeline for the caller to segment or fragment it.
+    /// How the frame must be cut on the way out, or `None` when it leaves whole: set by the
+    /// pipeline for the caller to segment or fragment it.
     #[inline]
-    pub fn split_at(&self) -> u16 {
+    pub fn split(&self) -> Option<Split> {
         self.split
     }
 
-    /// Ask the caller to cut the frame into IP packets of at most `mtu` bytes on the way out.
+    /// Ask the caller to cut the frame as `split` says on the way out.
     #[inline]
-    pub fn set_split(&mut self, mtu: u16) {
-        self.split = mtu;
+    pub fn set_split(&mut self, split: Split) {
+        self.split = Some(split);
     }
 
     /// Offset of the first byte in the buffer.

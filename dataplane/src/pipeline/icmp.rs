@@ -164,6 +164,10 @@ fn build_error(
     let quote = meta.ip_len.min(IPV4_HEADER_LEN + 8);
     let ip_len = IPV4_HEADER_LEN + ICMP_HEADER_LEN + quote;
     let len = l3 + ip_len;
+    // The error replaces the packet: the tail of a multi-buffer frame goes first, so what the
+    // error needs is room in this buffer (the quote is in it: parsing saw its headers there).
+    let cut = frame.set_len(frame.len());
+    debug_assert!(cut);
     if !frame.set_len(frame.len().max(len)) {
         return Err(DropReason::NoHeadroom);
     }

@@ -45,7 +45,7 @@ mod parse;
 mod rewrite;
 mod vxlan;
 
-pub use frame::Frame;
+pub use frame::{Frame, Split};
 
 use crate::conntrack::Conntrack;
 use crate::counters::{Counters, Event};
@@ -363,7 +363,7 @@ fn forward_ipv4(
 }
 
 /// A packet of `meta.ip_len` bytes leaving on a link that takes IP packets of `mtu` bytes
-/// once `overhead` bytes of encapsulation are added (0 for none): what the kernel does with a
+/// once `overhead` bytes of VXLAN encapsulation are added (0 for none): what the kernel does with a
 /// packet too big for its route. TCP (not a fragment) is segmented, as the kernel's GSO cuts a
 /// large segment whatever its DF bit (the stream is the sender's, only its cut changes);
 /// anything else with DF is answered with fragmentation needed ([`IcmpError::FragNeeded`],
@@ -385,7 +385,10 @@ pub(crate) fn too_big(
             mtu: mtu - overhead,
         }));
     }
-    frame.set_split(mtu);
+    frame.set_split(Split {
+        mtu,
+        vxlan: overhead != 0,
+    });
     None
 }
 

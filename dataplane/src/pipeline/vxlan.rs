@@ -38,7 +38,8 @@ pub(crate) fn decap(
     let vx_at = outer.l4() + UDP_HEADER_LEN;
     let inner_at = vx_at + VXLAN_HEADER_LEN;
     let end = outer.l3 + outer.ip_len;
-    if end < inner_at + ETHERNET_HEADER_LEN {
+    // The inner Ethernet header must be in this buffer too (a tail holds payload only).
+    if end < inner_at + ETHERNET_HEADER_LEN || frame.len() < inner_at + ETHERNET_HEADER_LEN {
         return Err(DropReason::VxlanTruncated);
     }
     let vx = VxlanPacket::new_unchecked(&frame.data()[vx_at..inner_at]);

@@ -4,9 +4,10 @@
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::tables::SnapshotInputs;
-use kxdp_dataplane::{process_batch, Counters, Instant, Snapshot, Verdict};
-use kxdp_testkit::{FrameBuf, Input, Topology};
+use kxdp_dataplane::{process_batch, Counters, Frame, Instant, Packet, Snapshot, Split, Verdict};
+use kxdp_testkit::{FrameBuf, Input, Topology, HEADROOM};
 
 #[derive(Debug)]
 pub struct Env {
@@ -55,6 +56,27 @@ impl Env {
         process_batch(&mut batch, &self.snap, &self.ct, &self.counters, self.now);
         let [p] = batch;
         (p.verdict, p.frame.data().to_vec())
+    }
+
+    /// Run one frame of which only the first `first` bytes are in the buffer, the rest a tail
+    /// of further buffers, as a multi-buffer AF_XDP frame arrives: the verdict, the first
+    /// buffer after processing, what is left of the tail, and how the frame is to be cut.
+    pub fn run_large(
+        &self,
+        ingress: InterfaceId,
+        frame: &[u8],
+        first: usize,
+    ) -> (Verdict, Vec<u8>, usize, Option<Split>) {
+        let mut buf = vec![0u8; HEADROOM + first + 256];
+        buf[HEADROOM..HEADROOM + first].copy_from_slice(&frame[..first]);
+        let f = Frame::new(&mut buf, HEADROOM, first)
+            .expect("fits")
+            .with_tail(frame.len() - first);
+        let mut batch = [Packet::new(f, ingress)];
+        process_batch(&mut batch, &self.snap, &self.ct, &self.counters, self.now);
+        let [p] = batch;
+        let split = p.frame.split();
+        (p.verdict, p.frame.data().to_vec(), p.frame.tail(), split)
     }
 }
 

@@ -12,19 +12,33 @@
 //! the recomputed checksum is `0x0000`). The pipeline keeps UDP's special case for the value
 //! zero where it patches a UDP checksum.
 //!
-//! The helpers only the NAT oracle (`wire::nat`) uses, the pseudo-header sum, an address update
-//! and UDP's zero rule, exist in test builds only. Everything here is a pure function over integers or byte slices; nothing allocates.
+//! Software segmentation and coalescing (`offload`) compute whole checksums: [`copy_and_sum`]
+//! copies a payload and sums it while it is in cache, [`add_at`] joins the sums of pieces that start at
+//! odd offsets, and [`pseudo_header`] gives the sum TCP and UDP checksums start from.
+//!
+//! The helpers only the NAT oracle (`wire::nat`) uses, an address update and UDP's zero rule,
+//! exist in test builds only. Everything here is a pure function over integers or byte slices;
+//! nothing allocates.
 
 /// Adds the 16-bit big-endian words of `data` to the one's complement sum `initial`.
 ///
 /// The result is a partial sum with its carries already folded into the low 17 bits, ready to
 /// be passed as `initial` to another call or to [`fold`]. An odd trailing byte is padded with a
 /// zero byte on the right, as RFC 1071 specifies; so when several slices are summed in turn,
-/// every slice but the last must have an even length.
+/// every slice but the last must have an even length (or see [`add_at`]).
 #[inline]
 pub fn sum(data: &[u8], initial: u32) -> u32 {
-    // RFC 1071 section 2 (C): the sum may be taken over 32-bit words in a 64-bit accumulator
-    // and folded at the end; a 64 KiB packet is 16 Ki words, far from overflowing.
+    if data.len() < 32 {
+        return sum_short(data, initial);
+    }
+    add(initial, u32::from(sum16(data)))
+}
+
+/// [`sum`] for a few words (an IPv4 or TCP header): big-endian words straight into one
+/// accumulator, which for 20 bytes measured 0.7 ns faster than [`sum16`]'s swap and extra
+/// fold.
+#[inline]
+fn sum_short(data: &[u8], initial: u32) -> u32 {
     let mut acc = u64::from(initial);
     let mut words = data.chunks_exact(4);
     for word in &mut words {
@@ -38,11 +52,112 @@ pub fn sum(data: &[u8], initial: u32) -> u32 {
     if let [last] = rest {
         acc += u64::from(u16::from_be_bytes([*last, 0]));
     }
-    // Fold 64 -> 32 -> 17 bits; the caller folds the last carry.
     let acc = (acc & 0xffff_ffff) + (acc >> 32);
     let acc = (acc & 0xffff_ffff) + (acc >> 32);
     let acc = (acc & 0xffff) + (acc >> 16);
     acc as u32
+}
+
+/// The one's complement sum of `data` folded to 16 bits (not complemented).
+///
+/// RFC 1071 section 2 (B, C): the sum is independent of byte order, so the words are added in
+/// the machine's order and the result swapped once at the end, and it may be taken over 32-bit
+/// words in 64-bit accumulators, the carries folded at the end. Eight independent accumulators
+/// over 32-byte blocks, with no carry chain between them, let the compiler vectorise the loop:
+/// the `checksum/sum` benchmark measured 2.5-3x the throughput of the single big-endian
+/// accumulator this replaced (1448 and 65536 bytes). A lane gains one 32-bit word per 32 bytes, so it could overflow only after
+/// 128 GiB of data; a packet is at most 64 KiB.
+#[inline]
+fn sum16(data: &[u8]) -> u16 {
+    let mut acc: u64 = 0;
+    let mut tail = data;
+    // Short inputs (IPv4 and TCP headers) skip the lanes: setting them up and folding them
+    // cost about a nanosecond, a third of a 20-byte sum.
+    if data.len() >= 32 {
+        let mut lanes = [0u64; 8];
+        let mut blocks = data.chunks_exact(32);
+        for block in &mut blocks {
+            for (i, lane) in lanes.iter_mut().enumerate() {
+                let at = i * 4;
+                *lane += u64::from(u32::from_ne_bytes([
+                    block[at],
+                    block[at + 1],
+                    block[at + 2],
+                    block[at + 3],
+                ]));
+            }
+        }
+        acc = lanes.iter().map(|&l| (l & 0xffff_ffff) + (l >> 32)).sum();
+        tail = blocks.remainder();
+    }
+    let mut words = tail.chunks_exact(4);
+    for word in &mut words {
+        acc += u64::from(u32::from_ne_bytes([word[0], word[1], word[2], word[3]]));
+    }
+    let mut rest = words.remainder();
+    if rest.len() >= 2 {
+        acc += u64::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        rest = &rest[2..];
+    }
+    if let [last] = rest {
+        // The pad byte goes on the right of the word in network order, as the byte after
+        // `last` in memory, whatever the machine's order.
+        acc += u64::from(u16::from_ne_bytes([*last, 0]));
+    }
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let folded = add_carries(acc as u32);
+    // Back to network order: the sum of byte-swapped words is the byte-swapped sum.
+    u16::from_be(folded)
+}
+
+/// Adds two one's complement partial sums, folding the carries into the low 17 bits.
+#[inline]
+pub const fn add(a: u32, b: u32) -> u32 {
+    let s = a as u64 + b as u64;
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    s as u32
+}
+
+/// Adds `part`, the sum of a slice that starts `offset` bytes into the data being summed, to
+/// `acc`. A slice at an odd offset has its words straddle the 16-bit word boundaries of the
+/// whole, and its sum counts every byte in the other half of a word: the byte-swapped sum is
+/// its true contribution (RFC 1071 section 2 (B); Linux's `csum_block_add`). This lets a
+/// checksum be accumulated over pieces of any length, in order.
+#[inline]
+pub const fn add_at(acc: u32, part: u32, offset: usize) -> u32 {
+    let part = add_carries(part);
+    let part = if offset % 2 == 1 {
+        part.swap_bytes()
+    } else {
+        part
+    };
+    add(acc, part as u32)
+}
+
+/// Copies `src` into `dst` (which must be as long) and returns the one's complement sum of the
+/// bytes, as [`sum`] with `initial` 0 would: for the software segmentation, which copies every
+/// payload byte once anyway and needs its sum.
+///
+/// The copy and the sum go block by block, each block summed from `dst` right after it is
+/// copied, while it is in L1: the data crosses the memory hierarchy once. (A single loop that
+/// loads each word, stores it and adds it measured about 1.5x slower than this, at 1448 bytes
+/// and at 64 KiB: the library's `memcpy` moves bytes faster than any such loop.)
+///
+/// # Panics
+/// If `dst` and `src` differ in length.
+#[inline]
+pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> u32 {
+    /// Bytes per block: even (so blocks join without swapping), well within L1.
+    const BLOCK: usize = 2048;
+    assert_eq!(dst.len(), src.len(), "copy_and_sum: lengths differ");
+    let mut acc = 0;
+    for (d, s) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
+        d.copy_from_slice(s);
+        acc = add(acc, u32::from(sum16(d)));
+    }
+    acc
 }
 
 /// Folds the carries of a one's complement sum into 16 bits, without complementing.
@@ -64,9 +179,8 @@ pub const fn fold(sum: u32) -> u16 {
 
 /// The one's complement sum of the IPv4 pseudo-header that TCP and UDP checksums cover
 /// (RFC 793 section 3.1, RFC 768): source and destination address, protocol and L4 length.
-#[cfg(test)]
 #[inline]
-pub(crate) fn pseudo_header(
+pub fn pseudo_header(
     src: std::net::Ipv4Addr,
     dst: std::net::Ipv4Addr,
     protocol: u8,
@@ -176,6 +290,63 @@ pub(crate) mod tests {
             let (a, b) = data.split_at(cut);
             assert_eq!(fold(sum(b, sum(a, 0))), reference_checksum(&data));
         }
+    }
+
+    #[test]
+    fn long_and_misaligned_inputs_match_reference() {
+        // Lengths around the 32-byte blocks and up to a whole datagram, from every alignment:
+        // the lanes, the 4-byte tail, the 2-byte tail and the odd byte all get exercised.
+        let mut rng = Rng::with_seed(0x1071);
+        let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(70_000).collect();
+        for _ in 0..500 {
+            let start = rng.usize(..8);
+            let len = match rng.u8(..4) {
+                0 => rng.usize(..70),
+                1 => 32 * rng.usize(..40) + rng.usize(..4),
+                _ => rng.usize(..65_536),
+            };
+            let slice = &data[start..start + len];
+            assert_eq!(
+                checksum(slice),
+                reference_checksum(slice),
+                "len {len} at {start}"
+            );
+        }
+    }
+
+    #[test]
+    fn copy_and_sum_copies_and_matches_sum() {
+        let mut rng = Rng::with_seed(0xc09e);
+        for _ in 0..1000 {
+            let len = rng.usize(..9000);
+            let src: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len).collect();
+            let mut dst = vec![0u8; len];
+            let s = copy_and_sum(&mut dst, &src);
+            assert_eq!(dst, src);
+            assert_eq!(fold(s), reference_checksum(&src), "len {len}");
+        }
+    }
+
+    #[test]
+    fn add_at_joins_sums_of_pieces_at_any_offset() {
+        let mut rng = Rng::with_seed(0xadd);
+        for _ in 0..2000 {
+            let len = rng.usize(1..3000);
+            let data: Vec<u8> = std::iter::repeat_with(|| rng.u8(..)).take(len).collect();
+            let mut acc = 0;
+            let mut at = 0;
+            while at < len {
+                let n = rng.usize(1..=(len - at).min(700));
+                acc = add_at(acc, sum(&data[at..at + n], 0), at);
+                at += n;
+            }
+            assert_eq!(fold(acc), reference_checksum(&data), "len {len}");
+        }
+        // `add` folds: no carry is lost at the top of the range.
+        assert_eq!(
+            add(u32::MAX, u32::MAX),
+            add(add_carries(u32::MAX).into(), 0xffff)
+        );
     }
 
     #[test]

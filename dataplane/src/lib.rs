@@ -9,6 +9,8 @@
 //! - [`tables`]: the snapshot: services and backends with a Maglev table per service port,
 //!   longest-prefix routes, local pods, remote nodes and the node's own configuration;
 //! - [`conntrack`]: the one mutable table, shared by every worker, bounded, lock-free to read;
+//! - [`offload`]: software TCP segmentation, IPv4 fragmentation and TCP coalescing (GSO and
+//!   GRO), for frames bigger than the interface they leave through;
 //! - [`pipeline`]: the batch function that turns received frames into [`pipeline::Verdict`]s;
 //! - [`reason`] and [`counters`]: the one numbered list of drop and pass reasons, and the
 //!   per-worker counters that count them;
@@ -18,6 +20,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod flow;
 mod hugemem;
+pub mod offload;
 pub mod pipeline;
 pub mod reason;
 pub mod tables;

@@ -1,10 +1,15 @@
 //! The steady-state pipeline allocates nothing: a counting global allocator watches batches of
-//! every case, new DNAT and masquerade flows included, after a warm-up.
+//! every case, new DNAT and masquerade flows included, after a warm-up. So do the offload
+//! functions (segmentation, fragmentation, coalescing) the workers call around it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+use kxdp_dataplane::offload::{
+    fragment, segment, Coalescer, Encap, Fragmented, FrameSink, GroLimits,
+};
+use kxdp_dataplane::wire::build::{FrameSpec, Ipv4Opts};
 use kxdp_dataplane::{process_batch, Counters, Instant, Verdict};
 use kxdp_testkit::{tcp_flags as f, FrameBuf, Input, Topology};
 
@@ -107,4 +112,104 @@ fn steady_state_batches_allocate_nothing() {
         assert_eq!(run(&mut bufs, &inputs, round), 0, "round {round} allocated");
     }
     assert!(ct.len() > 300, "new flows were opened: {}", ct.len());
+}
+
+/// Output buffers like a worker's UMEM: fixed chunks of one preallocated region.
+struct Chunks {
+    region: Vec<u8>,
+    chunk: usize,
+    lens: Vec<usize>,
+}
+
+impl Chunks {
+    fn new(chunk: usize, count: usize) -> Self {
+        Chunks {
+            region: vec![0; chunk * count],
+            chunk,
+            lens: Vec::with_capacity(count),
+        }
+    }
+
+    fn frame(&self, i: usize) -> &[u8] {
+        &self.region[i * self.chunk..][..self.lens[i]]
+    }
+}
+
+impl FrameSink for Chunks {
+    fn buffer(&mut self, len: usize) -> Option<&mut [u8]> {
+        let at = self.lens.len() * self.chunk;
+        (len <= self.chunk && at < self.region.len()).then(|| &mut self.region[at..at + self.chunk])
+    }
+
+    fn commit(&mut self, len: usize) {
+        self.lens.push(len);
+    }
+}
+
+/// Cuts `frame` as a multi-buffer frame arrives: 200 bytes (headers and some payload) in the
+/// first buffer, 4 KiB in each after.
+fn as_pieces(frame: &[u8]) -> Vec<&[u8]> {
+    let (first, rest) = frame.split_at(200);
+    let mut pieces = vec![first];
+    pieces.extend(rest.chunks(4096));
+    pieces
+}
+
+#[test]
+fn offload_allocates_nothing() {
+    let t = Topology::default();
+    let payload: Vec<u8> = (0..60_000u32).map(|i| (i * 7) as u8).collect();
+    let tcp = t
+        .from_pod_a(t.remote_pod_ip)
+        .tcp(40000, 8080, f::ACK | f::PSH, &payload);
+    let tcp_vxlan = t.vxlan_to_node_b().vxlan(50000, 8472, 1, &tcp);
+    let udp = FrameSpec {
+        ip: Ipv4Opts {
+            dont_fragment: false,
+            ..Ipv4Opts::default()
+        },
+        ..t.from_pod_a(t.remote_pod_ip)
+    }
+    .udp(5000, 53, &payload);
+    let udp_vxlan = t.vxlan_to_node_b().vxlan(50000, 8472, 1, &udp);
+    let segments = [
+        (as_pieces(&tcp), Encap::Plain),
+        (as_pieces(&tcp_vxlan), Encap::Vxlan),
+    ];
+    let fragments = [
+        (as_pieces(&udp), Encap::Plain),
+        (as_pieces(&udp_vxlan), Encap::Vxlan),
+    ];
+    let mut out = Chunks::new(2048, 256);
+    let mut coalescer: Box<Coalescer<64>> = Box::default();
+    let mut merged = vec![0u8; 65536];
+
+    for round in 0..3 {
+        let before = allocations();
+        for (frame, encap) in &segments {
+            out.lens.clear();
+            assert!(segment(frame, *encap, 1500, &mut out).unwrap() > 40);
+        }
+        for (frame, encap) in &fragments {
+            out.lens.clear();
+            let done = fragment(frame, *encap, 1500, &mut out).unwrap();
+            assert!(matches!(done, Fragmented::Frames(n) if n > 40));
+        }
+        // Coalesce the plain segments back, a batch of 41 frames.
+        out.lens.clear();
+        segment(&segments[0].0, Encap::Plain, 1500, &mut out).unwrap();
+        let n = out.lens.len();
+        let mut batch: [&[u8]; 64] = [&[]; 64];
+        for (i, frame) in batch[..n].iter_mut().enumerate() {
+            *frame = out.frame(i);
+        }
+        let batch = &batch[..n];
+        let run = coalescer.coalesce(batch, GroLimits::KERNEL).unwrap()[0];
+        assert_eq!(run.segments, n);
+        assert_eq!(
+            coalescer.write_merged(&run, batch, &mut merged),
+            Some(tcp.len())
+        );
+        assert_eq!(allocations() - before, 0, "round {round} allocated");
+    }
 }

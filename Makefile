@@ -14,7 +14,7 @@ export PATH := $(KXDP_TOOLS):$(PATH)
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit bench bench-quick bench-table perf-forward perf-control perf-veth perf demo walkthrough
+.PHONY: deps test lint unit bench bench-quick bench-table bench-offload perf-forward perf-control perf-veth perf demo walkthrough
 
 deps:
 	@scripts/install-deps.sh
@@ -33,6 +33,11 @@ bench: deps
 
 bench-quick: deps
 	cargo bench -p kxdp-benches --bench pipeline --locked -- $(QUICK_BENCH)
+
+# Software segmentation, coalescing and the checksum (tso/*, gro/*, checksum/*), apart from
+# the pipeline's table.
+bench-offload: deps
+	cargo bench -p kxdp-benches --bench offload --locked
 
 # The README's table (ns/packet and Mpps per case) from the last bench run.
 bench-table:

@@ -748,3 +748,87 @@ fn large_frames_are_forwarded_with_their_tail_and_cut_only_for_smaller_links() {
     let (v, ..) = env.run_large(t.pod_a.iface, &short, 1500);
     assert_eq!(v, Verdict::Drop(DropReason::TruncatedIpv4));
 }
+
+/// What the pipeline marks for cutting, `offload` cuts into frames that fit the link and are
+/// valid: the pipeline's `Split` (the link's MTU, whether VXLAN) is all the cutter needs, and
+/// the frame is its rewritten first buffer followed by the untouched tail.
+#[test]
+fn frames_marked_for_splitting_are_cut_by_offload_to_fit() {
+    use kxdp_dataplane::offload::{fragment, segment, Encap, Fragmented, FrameSink};
+
+    #[derive(Default)]
+    struct Frames(Vec<Vec<u8>>);
+    impl FrameSink for Frames {
+        fn buffer(&mut self, len: usize) -> Option<&mut [u8]> {
+            self.0.push(vec![0; len]);
+            self.0.last_mut().map(|b| &mut b[..])
+        }
+        fn commit(&mut self, _len: usize) {}
+    }
+
+    let env = Env::new();
+    let t = &env.t;
+    let payload: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let udp_spec = FrameSpec {
+        ip: Ipv4Opts {
+            dont_fragment: false,
+            ..Ipv4Opts::default()
+        },
+        ..t.from_pod_a(t.remote_pod_ip)
+    };
+    let cases = [
+        (
+            "tcp to a remote pod",
+            t.from_pod_a(t.remote_pod_ip).tcp(40000, 80, 0x18, &payload),
+        ),
+        (
+            "tcp to a local pod",
+            t.from_pod_a(t.pod_b.ip).tcp(40000, 80, 0x18, &payload),
+        ),
+        (
+            "tcp leaving the cluster",
+            t.from_pod_a(t.external_ip).tcp(40001, 443, 0x10, &payload),
+        ),
+        ("udp to a remote pod", udp_spec.udp(5000, 53, &payload)),
+    ];
+    for (what, frame) in cases {
+        let first = 1500;
+        let (v, out, tail, split) = env.run_large(t.pod_a.iface, &frame, first);
+        assert!(matches!(v, Verdict::Transmit(_)), "{what}: {v:?}");
+        let split = split.unwrap_or_else(|| panic!("{what}: not marked"));
+        let encap = if split.vxlan {
+            Encap::Vxlan
+        } else {
+            Encap::Plain
+        };
+        let pieces = [&out[..], &frame[first..]];
+        assert_eq!(pieces[1].len(), tail);
+        let mtu = usize::from(split.mtu);
+        let mut sink = Frames::default();
+        let n = if frame[23] == 6 {
+            segment(&pieces, encap, mtu, &mut sink).unwrap()
+        } else {
+            match fragment(&pieces, encap, mtu, &mut sink).unwrap() {
+                Fragmented::Frames(n) => n,
+                other => panic!("{what}: {other:?}"),
+            }
+        };
+        assert_eq!(n, sink.0.len());
+        assert!(n > 1, "{what}");
+        // Every frame fits and is valid, and the payload arrives whole and in order.
+        let mut data = Vec::new();
+        for (i, f) in sink.0.iter().enumerate() {
+            assert!(f.len() - 14 <= mtu, "{what}: frame {i} exceeds {mtu}");
+            assert_valid(f, &format!("{what}: frame {i}"));
+            let inner = if split.vxlan { &f[50..] } else { &f[..] };
+            let l4 = &inner[34..];
+            data.extend_from_slice(if inner[23] == 6 {
+                &l4[usize::from(l4[12] >> 4) * 4..]
+            } else {
+                l4
+            });
+        }
+        let skip = if frame[23] == 6 { 0 } else { 8 };
+        assert_eq!(data[skip..], payload[..], "{what}: payload");
+    }
+}

@@ -32,7 +32,7 @@ crate::counter_list! {
         SnatPortsExhausted = 21 => ("snat_ports_exhausted", "no free source port in the masquerade range for this destination"),
         NoRoute = 22 => ("no_route", "no route to the destination"),
         NeighborUnresolved = 23 => ("neighbor_unresolved", "next hop's MAC address is not known yet"),
-        TooBigForTunnel = 24 => ("too_big_for_tunnel", "packet without DF exceeds the tunnel MTU; kxdp does not fragment"),
+        TooBigUnsplit = 24 => ("too_big_unsplit", "frame larger than the link it leaves on that could not be segmented or fragmented (malformed, or no free buffer)"),
         IcmpErrorUntranslatable = 25 => ("icmp_error_untranslatable", "ICMP error too short to carry the offending header"),
         NoHeadroom = 26 => ("no_headroom", "frame buffer lacks the headroom or tailroom the rewrite needs"),
         ServiceNoLocalEndpoints = 27 => ("service_no_local_endpoints", "traffic policy Local and no usable endpoint on this node (kube-proxy drops too)"),

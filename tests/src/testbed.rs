@@ -246,7 +246,9 @@ pub struct Testbed {
     /// Queues of every veth on a kxdp node (pods and uplinks), both ends.
     queues: u8,
     /// The MTU of kxdp pods' veths and of the host interface, both ends, as a CNI plugin
-    /// sets it from the agent's `--pod-mtu`; `None` leaves the veth default (1500).
+    /// sets it from the agent's `--pod-mtu`: 1450 unless changed (the agent's default and
+    /// flannel's: a 1500-byte underlay less VXLAN's 50 bytes); `None` leaves the veth
+    /// default (1500).
     pub pod_mtu: Option<u16>,
 }
 
@@ -657,7 +659,7 @@ impl Testbed {
             nodes: Vec::new(),
             external: None,
             queues: 1,
-            pod_mtu: None,
+            pod_mtu: Some(1450),
         }
     }
 

@@ -66,3 +66,182 @@ fn large_frames_cross_a_node_whole() {
         "{bytes} bytes in {frames} frames: the stream was not carried in large frames"
     );
 }
+
+/// The TCP segments namespace `ns`'s kernel dropped for a bad checksum (`InCsumErrors`).
+fn tcp_checksum_errors(ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("cat runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().expect("names"), tcp.next().expect("values"));
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "InCsumErrors")
+        .expect("InCsumErrors");
+    values
+        .split_whitespace()
+        .nth(at)
+        .expect("a value")
+        .parse()
+        .expect("a number")
+}
+
+/// Ping `to` once from `from` with `payload` bytes, fragmentable (no DF): whether answered.
+fn ping_fragmentable(from: &str, to: &str, payload: u32) -> bool {
+    Command::new("timeout")
+        .args([
+            "10", "ip", "netns", "exec", from, "ping", "-n", "-q", "-c", "1",
+        ])
+        .args(["-W", "3", "-M", "dont", "-s", &payload.to_string(), to])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn large_frames_are_cut_for_the_tunnel_and_merged_for_the_pod() {
+    if skip_unless_privileged("large_frames_are_cut_for_the_tunnel_and_merged_for_the_pod") {
+        return;
+    }
+    let c = cluster();
+    let (client, web) = (c.pod("client-a"), c.pod("web-b"));
+    let metrics = |node| {
+        c.metrics_get(node, "/metrics", Duration::from_secs(5))
+            .expect("metrics")
+            .1
+    };
+    let io =
+        |text: &str, name: &str| metric(text, &format!("kxdp_worker_{name}_total{{worker=\"0\"}}"));
+    // One run per server (each serves one client): the ClusterIP's port is 5201.
+    let _servers = [
+        IperfServer::start(&web.ns, 5201),
+        IperfServer::start(&web.ns, 5203),
+        IperfServer::start(&client.ns, 5202),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let (a0, b0) = (metrics(0), metrics(1));
+    // Across nodes, to the pod and through the ClusterIP, and back.
+    let to_pod = iperf(&client.ns, &web.ip.to_string(), 5203, false);
+    let to_service = iperf(&client.ns, "10.96.0.20", 5201, false);
+    let back = iperf(&web.ns, &client.ip.to_string(), 5202, false);
+    let (a1, b1) = (metrics(0), metrics(1));
+    eprintln!("iperf3 TCP across nodes with 64 KiB pod frames: {to_pod} bytes to the pod, {to_service} through the ClusterIP, {back} back");
+    for (what, bytes) in [
+        ("to the pod", to_pod),
+        ("through the ClusterIP", to_service),
+        ("back", back),
+    ] {
+        let interesting = |t: &str| {
+            t.lines()
+                .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+                .filter(|l| l.contains("drops") || l.contains("worker_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            bytes > 10_000_000,
+            "iperf3 TCP {what}: {bytes} bytes\nnode A:\n{}\nnode B:\n{}",
+            interesting(&a1),
+            interesting(&b1),
+        );
+    }
+    // Each node cut its pod's large segments for the tunnel and merged the other's for its pod.
+    for (node, before, after) in [(0, &a0, &a1), (1, &b0, &b1)] {
+        let cut = io(after, "cut_frames") - io(before, "cut_frames");
+        let merged = io(after, "merged_frames") - io(before, "merged_frames");
+        assert!(
+            cut > 100.0 && merged > 100.0,
+            "node {node}: {cut} frames cut, {merged} segments merged"
+        );
+    }
+    for m in [&a1, &b1] {
+        assert_eq!(
+            metric(m, "kxdp_drops_total{reason=\"too_big_unsplit\"} "),
+            0.0,
+            "nothing too big was dropped"
+        );
+    }
+    // Every segment and every merged frame reached TCP with a checksum that holds.
+    for pod in [client, web] {
+        assert_eq!(
+            tcp_checksum_errors(&pod.ns),
+            0,
+            "TCP checksum errors in {}",
+            pod.ns
+        );
+    }
+    // Not TCP: a DF ping too big for the tunnel is answered with fragmentation needed (ping
+    // fails); without DF kxdp fragments it on the way out, and the reply too.
+    assert!(
+        !ping_whole(&client.ns, &web.ip.to_string(), 8000),
+        "DF across the tunnel"
+    );
+    assert!(
+        ping_fragmentable(&client.ns, &web.ip.to_string(), 8000),
+        "an 8000-byte ping fragmented by kxdp both ways:\n{}",
+        c.log(0)
+    );
+}
+
+/// A kxdp node whose pod has a 64 KiB MTU and a flannel node whose pods have 1450 (the
+/// kernel's own VXLAN device): TCP both ways needs no MSS clamping, as each side's MTU bounds
+/// what it sends (the kernel pod announces an MSS of 1410, the kxdp pod never sends more), and
+/// the kernel's segments reach the kxdp pod merged.
+#[test]
+fn a_large_mtu_pod_and_a_flannel_pod_stream_both_ways() {
+    use kxdp_dataplane::Snapshot;
+    use kxdp_testkit::Topology;
+    use kxdp_tests::node::{mac_text, mixed_inputs, KxdpNode, Managed};
+    use kxdp_tests::testbed::{ip, Testbed};
+    use kxdp_xdp::worker::IoCounter;
+    if skip_unless_privileged("a_large_mtu_pod_and_a_flannel_pod_stream_both_ways") {
+        return;
+    }
+    let t = Topology::default();
+    let tb = Testbed::kxdp_and_kernel_node(
+        &[(t.pod_a.ip, &mac_text(t.pod_a.mac))],
+        t.node.gateway_ip,
+        &mac_text(t.node.vtep_mac),
+        1,
+    )
+    .expect("testbed builds");
+    let (kx, kernel) = (&tb.nodes[0], &tb.nodes[1]);
+    let (kx_pod, kernel_pod) = (&kx.pods[0], &kernel.pods[0]);
+    let mtu = POD_MTU.to_string();
+    ip(Some(&kx_pod.ns), &["link", "set", "eth0", "mtu", &mtu]).expect("pod MTU");
+    ip(Some(&kx.ns), &["link", "set", "pod0", "mtu", &mtu]).expect("pod MTU");
+    let mut inputs = mixed_inputs(&t, &tb).expect("the testbed's addresses");
+    inputs.node.pod_mtu = POD_MTU;
+    let managed = vec![
+        Managed::pod("pod0", t.pod_a.iface),
+        Managed::uplink("uplink", t.node.uplink),
+    ];
+    let _servers = [
+        IperfServer::start(&kernel_pod.ns, 5201),
+        IperfServer::start(&kx_pod.ns, 5202),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let node = KxdpNode::start(
+        &kx.ns,
+        managed,
+        Snapshot::build(inputs).expect("a snapshot"),
+    )
+    .expect("kxdp starts");
+    let to_kernel = iperf(&kx_pod.ns, &kernel_pod.ip.to_string(), 5201, false);
+    let from_kernel = iperf(&kernel_pod.ns, &kx_pod.ip.to_string(), 5202, false);
+    let io = node.io();
+    node.finish().expect("the worker");
+    eprintln!("iperf3 TCP, 64 KiB MTU pod to a flannel pod: {to_kernel} bytes, back {from_kernel}");
+    assert!(
+        to_kernel > 10_000_000 && from_kernel > 10_000_000,
+        "iperf3 TCP both ways: {to_kernel} {from_kernel} bytes; {io:?}"
+    );
+    assert!(
+        io.get(IoCounter::Merged) > 100,
+        "the kernel's segments merged: {io:?}"
+    );
+    for ns in [&kx_pod.ns, &kernel_pod.ns] {
+        assert_eq!(tcp_checksum_errors(ns), 0, "TCP checksum errors in {ns}");
+    }
+}

@@ -325,3 +325,57 @@ fn an_add_that_fails_leaves_nothing_behind() {
     let _ = node.finish().expect("worker");
     assert_eq!(replies, 3, "the pod is reachable");
 }
+
+/// The sink segments are cut into: a frame that fits a chunk lands in one; a larger one (a
+/// segment for a jumbo uplink) is spread over as many chunks as it takes, in order, marked as
+/// continuing; nothing is taken that is not handed back, and a full list is out of buffers.
+#[test]
+fn a_chunk_sink_spreads_large_frames_over_chunks_and_leaks_none() {
+    use kxdp_dataplane::offload::FrameSink;
+    use kxdp_xdp::xsk::{ChunkSink, Desc};
+    if skip_unless_privileged("a_chunk_sink_spreads_large_frames_over_chunks_and_leaks_none") {
+        return;
+    }
+    let umem = Umem::new(PortConfig {
+        frames: 64,
+        ..PortConfig::default()
+    })
+    .expect("UMEM");
+    let free = umem.free_chunks();
+    let mut out = Vec::with_capacity(8);
+    let mut scratch = vec![0u8; 1 << 16];
+    let big: Vec<u8> = (0..9000u32).map(|i| (i * 7) as u8).collect();
+    {
+        let mut sink = ChunkSink::new(&umem, 0, &mut out, &mut scratch);
+        sink.buffer(100).expect("a chunk")[..100].fill(0xab);
+        sink.commit(100);
+        sink.buffer(big.len()).expect("the scratch buffer")[..big.len()].copy_from_slice(&big);
+        sink.commit(big.len());
+        // A buffer handed out and not committed goes back with the sink.
+        sink.buffer(10).expect("a chunk");
+    }
+    assert_eq!(out.len(), 4, "one chunk, then three: {out:?}");
+    assert_eq!(umem.free_chunks(), free - 4, "the open chunk came back");
+    assert!(!out[0].more && out[1].more && out[2].more && !out[3].more);
+    assert_eq!(umem.frame(out[0]), &[0xab; 100][..]);
+    let spread: Vec<u8> = out[1..]
+        .iter()
+        .flat_map(|d: &Desc| umem.frame(*d).to_vec())
+        .collect();
+    assert_eq!(spread, big, "the large frame, in order");
+    // Four more descriptors fit the list's capacity of eight; a three-chunk frame after them
+    // does not.
+    {
+        let mut sink = ChunkSink::new(&umem, 0, &mut out, &mut scratch);
+        for _ in 0..3 {
+            sink.buffer(64).expect("a chunk");
+            sink.commit(64);
+        }
+        assert!(sink.buffer(big.len()).is_none(), "out of list");
+    }
+    assert_eq!(out.len(), 7);
+    for d in out.drain(..) {
+        umem.recycle(d.addr);
+    }
+    assert_eq!(umem.free_chunks(), free, "every chunk back");
+}

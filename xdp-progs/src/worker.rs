@@ -17,13 +17,17 @@ use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 use kxdp_dataplane::conntrack::Conntrack;
+use kxdp_dataplane::offload::{
+    self, Coalescer, Encap, Fragmented, GroLimits, OffloadError, Segments,
+};
 use kxdp_dataplane::pipeline::CHUNK as BATCH;
-use kxdp_dataplane::tables::InterfaceId;
+use kxdp_dataplane::tables::{InterfaceId, InterfaceRole};
+use kxdp_dataplane::Split;
 use kxdp_dataplane::{
     process_batch, Counters, DropReason, Frame, Instant, Packet, Snapshot, Verdict,
 };
 
-use crate::xsk::{Desc, Port, MAX_FRAME_DESCS};
+use crate::xsk::{ChunkSink, Desc, Port, MAX_FRAME_DESCS};
 
 /// How a worker waits for frames.
 ///
@@ -98,6 +102,8 @@ kxdp_dataplane::counter_list! {
         Tx = 3 => ("tx_frames", "frames queued for transmission"),
         TxRingFull = 4 => ("tx_ring_full", "frames dropped because a TX ring was full"),
         Copied = 5 => ("copied_frames", "frames copied between ports on different UMEMs (zero when a worker's ports share one)"),
+        Cut = 6 => ("cut_frames", "frames larger than the link they left on, segmented (TCP) or fragmented by the worker"),
+        Merged = 7 => ("merged_frames", "TCP segments merged into a larger frame toward a pod (GRO), counted once per segment merged"),
     }
 }
 
@@ -220,7 +226,20 @@ pub struct Worker {
     /// Readable when whoever drives the worker has a command for it: a sleeping worker wakes
     /// for it at once instead of at its poll timeout.
     waker: Option<std::os::unix::net::UnixDatagram>,
+    /// Merges each batch's TCP segments toward a pod (GRO).
+    gro: Box<Coalescer<BATCH>>,
+    /// Descriptors of the frames the worker made in this batch: merged runs' chains and the
+    /// pieces large frames were cut into. Its capacity is fixed at creation.
+    built: Vec<Desc>,
+    /// Descriptors gathered for one transmit. Its capacity is fixed at creation.
+    tx: Vec<Desc>,
+    /// Where a cut frame larger than a chunk is written before it is spread over chunks.
+    scratch: Box<[u8]>,
 }
+
+/// How many descriptors of frames it made (merged, or cut) a worker holds per batch: a batch
+/// of 64 KiB frames cut for a 576-byte MTU, and then some.
+const BUILT_DESCS: usize = 4096;
 
 /// Where a frame of a batch goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -233,13 +252,25 @@ enum Dest {
     Recycle,
 }
 
-/// A frame of a batch on its way out: where to, and its descriptors, `descs[start..start + count]`
-/// of the batch's.
+/// A frame of a batch on its way out: where to, and its descriptors, `[start..start + count]`
+/// of the batch's received ones, or of those the worker built (`built`).
 #[derive(Clone, Copy)]
 struct Out {
     dest: Dest,
     start: u16,
     count: u16,
+    built: bool,
+}
+
+/// What became of a frame of the batch once merged runs are known.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It leaves as the pipeline left it.
+    Alone,
+    /// It heads a merged run whose chain is `built[start..start + count]`.
+    Heads(u16, u16),
+    /// Its payload travels in another frame's chain: it has no output of its own.
+    Merged,
 }
 
 /// Descriptors one receive may take: a batch's worth, and the rest of a frame that starts in it.
@@ -257,6 +288,10 @@ impl Worker {
             forwarding: process_batch,
             idle_since: None,
             waker: None,
+            gro: Box::new(Coalescer::new()),
+            built: Vec::with_capacity(BUILT_DESCS),
+            tx: Vec::with_capacity(BUILT_DESCS + RX_DESCS),
+            scratch: vec![0; 1 << 16].into_boxed_slice(),
         };
         w.ports_changed();
         w
@@ -426,6 +461,7 @@ impl Worker {
         IoCounters::add_at(&self.io.iface_rx, ingress, frame_count as u64);
         let host = snap.node.host;
         let mut outs: ArrayVec<Out, BATCH> = ArrayVec::new();
+        let mut splits: ArrayVec<(usize, Split), BATCH> = ArrayVec::new();
         let mut recycle: ArrayVec<u64, RX_DESCS> = ArrayVec::new();
         let port_of = &self.port_of;
         let find = |iface: InterfaceId| {
@@ -433,6 +469,9 @@ impl Worker {
             usize::from(j).checked_sub(1)
         };
         let (counters, forwarding) = (&self.counters, self.forwarding);
+        let (gro, built) = (&mut self.gro, &mut self.built);
+        built.clear();
+        let mut merged = 0;
         let port = &mut self.ports[i].1;
         let chunk_mask = !(u64::from(port.frame_size()) - 1);
         port.with_chunks(&firsts, |chunks| {
@@ -450,53 +489,141 @@ impl Worker {
                 packets.push(Packet::new(frame, ingress));
             }
             forwarding(&mut packets, snap, ct, counters, now);
-            for (p, &(start, count)) in packets.iter().zip(&frames) {
-                let (start, count) = (usize::from(start), usize::from(count));
+            let mut dests: ArrayVec<Dest, BATCH> = ArrayVec::new();
+            for (p, frame) in packets.iter().zip(frames.iter_mut()) {
                 // The pipeline may have moved the frame's start within its chunk, and cut its
                 // tail: the descriptors follow.
-                let kept = trim(
-                    &mut descs[start..start + count],
-                    &p.frame,
-                    chunk_mask,
-                    &mut recycle,
-                );
+                let range = usize::from(frame.0)..usize::from(frame.0 + frame.1);
+                frame.1 = trim(&mut descs[range], &p.frame, chunk_mask, &mut recycle) as u16;
                 let to = match p.verdict {
                     Verdict::Reply => Some(ingress),
                     Verdict::Transmit(iface) => Some(iface),
                     Verdict::ToHost(_) => Some(host),
                     Verdict::Drop(_) => None,
                 };
-                let dest = match to.and_then(find) {
-                    // Not cut to the link yet: segmentation comes with the frame's sender.
-                    Some(_) if p.frame.split().is_some() => {
-                        counters.dropped(DropReason::TooBigForTunnel);
-                        Dest::Recycle
-                    }
+                dests.push(match to.and_then(find) {
                     Some(j) if j == i => Dest::Same,
                     Some(j) => Dest::Other(j),
                     None => Dest::Recycle,
-                };
-                outs.push(Out {
-                    dest,
-                    start: start as u16,
-                    count: kept as u16,
                 });
             }
+            let mut fates = [Fate::Alone; BATCH];
+            let limits = GroLimits {
+                max_ip_len: usize::from(snap.node.pod_mtu),
+                max_segments: MAX_FRAME_DESCS,
+            };
+            merged = coalesce_to_pods(
+                gro,
+                &mut packets,
+                snap,
+                limits,
+                &descs,
+                &frames,
+                chunk_mask,
+                built,
+                &mut fates,
+            );
+            for (k, p) in packets.iter().enumerate() {
+                let (start, count) = frames[k];
+                let out = match fates[k] {
+                    Fate::Merged => continue,
+                    Fate::Heads(start, count) => Out {
+                        dest: dests[k],
+                        start,
+                        count,
+                        built: true,
+                    },
+                    Fate::Alone => Out {
+                        dest: dests[k],
+                        start,
+                        count,
+                        built: false,
+                    },
+                };
+                if let (Some(split), false) = (p.frame.split(), out.dest == Dest::Recycle) {
+                    splits.push((outs.len(), split));
+                }
+                outs.push(out);
+            }
         });
+        self.io.count(IoCounter::Merged, merged as u64);
         for addr in recycle {
             self.ports[i].1.recycle(addr);
+        }
+        for (o, split) in splits {
+            self.cut(i, &descs, &mut outs[o], split);
         }
         self.deliver(i, &descs, &outs);
         frame_count
     }
 
+    /// Cut the frame of `out` (received, in `descs`) as `split` says, into frames written to
+    /// free chunks of port `i`'s UMEM whose descriptors go to `built`; `out` then leaves as
+    /// those, and the frame's own chunks go back to the free list. A frame that cannot be cut
+    /// (malformed, or no free chunk) is dropped, counted as `too_big_unsplit`.
+    fn cut(&mut self, i: usize, descs: &[Desc], out: &mut Out, split: Split) {
+        let port = &self.ports[i].1;
+        let own = &descs[usize::from(out.start)..usize::from(out.start + out.count)];
+        let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();
+        pieces.extend(own.iter().map(|d| port.frame(*d)));
+        let encap = if split.vxlan {
+            Encap::Vxlan
+        } else {
+            Encap::Plain
+        };
+        let mtu = usize::from(split.mtu);
+        let start = self.built.len();
+        let mut sink = ChunkSink::new(port.umem(), 0, &mut self.built, &mut self.scratch);
+        let cut = match Segments::new(&pieces, encap, mtu) {
+            Ok(plan) => plan.emit(&mut sink).is_ok(),
+            Err(OffloadError::NotTcp { .. } | OffloadError::TcpFragment { .. }) => {
+                matches!(
+                    offload::fragment(&pieces, encap, mtu, &mut sink),
+                    Ok(Fragmented::Frames(_))
+                )
+            }
+            Err(_) => false,
+        };
+        drop(sink);
+        drop(pieces);
+        for d in own {
+            self.ports[i].1.recycle(d.addr);
+        }
+        if cut {
+            self.io.count(IoCounter::Cut, 1);
+            *out = Out {
+                start: start as u16,
+                count: (self.built.len() - start) as u16,
+                built: true,
+                ..*out
+            };
+        } else {
+            // What was written before the failure goes back too.
+            for d in self.built.drain(start..) {
+                self.ports[i].1.recycle(d.addr);
+            }
+            self.counters.dropped(DropReason::TooBigUnsplit);
+            out.dest = Dest::Recycle;
+            out.count = 0;
+        }
+    }
+
     /// Send a batch's frames: same-port ones in one go, others moved (or copied) to their port.
     fn deliver(&mut self, i: usize, descs: &[Desc], outs: &[Out]) {
-        let frame = |o: &Out| &descs[usize::from(o.start)..usize::from(o.start + o.count)];
-        let mut same: ArrayVec<Desc, RX_DESCS> = ArrayVec::new();
+        let built = std::mem::take(&mut self.built);
+        let mut tx = std::mem::take(&mut self.tx);
+        let frame = |o: &Out| {
+            let range = usize::from(o.start)..usize::from(o.start + o.count);
+            if o.built {
+                &built[range]
+            } else {
+                &descs[range]
+            }
+        };
+        tx.clear();
         for out in outs {
             match out.dest {
-                Dest::Same => same.extend(frame(out).iter().copied()),
+                Dest::Same => tx.extend(frame(out).iter().copied()),
                 Dest::Recycle => {
                     for d in frame(out) {
                         self.ports[i].1.recycle(d.addr);
@@ -505,7 +632,7 @@ impl Worker {
                 Dest::Other(_) => {}
             }
         }
-        self.send(i, &same);
+        self.send(i, &tx);
         // Other ports, grouped so each destination transmits once: on a shared UMEM the
         // descriptors move as they are; otherwise the bytes are copied into the destination's.
         let mut dests: ArrayVec<usize, BATCH> = ArrayVec::new();
@@ -517,37 +644,39 @@ impl Worker {
             }
         }
         for j in dests {
-            let mut to_send: ArrayVec<Desc, RX_DESCS> = ArrayVec::new();
+            tx.clear();
             for out in outs.iter().filter(|o| o.dest == Dest::Other(j)) {
                 let (src, dst) = two_mut(&mut self.ports, i, j);
                 if src.1.shares_umem_with(&dst.1) {
-                    to_send.extend(frame(out).iter().copied());
+                    tx.extend(frame(out).iter().copied());
                     continue;
                 }
-                let before = to_send.len();
+                let before = tx.len();
                 for d in frame(out) {
                     match dst.1.alloc_copy(src.1.frame(*d), COPY_HEADROOM) {
-                        Some(c) => to_send.push(Desc { more: d.more, ..c }),
+                        Some(c) => tx.push(Desc { more: d.more, ..c }),
                         None => {
                             // Out of chunks: the frame goes whole or not at all.
-                            for c in to_send.drain(before..) {
+                            for c in tx.drain(before..) {
                                 dst.1.recycle(c.addr);
                             }
                             break;
                         }
                     }
                 }
-                if to_send.len() > before {
+                if tx.len() > before {
                     self.io.count(IoCounter::Copied, 1);
                 }
                 for d in frame(out) {
                     src.1.recycle(d.addr);
                 }
             }
-            if !to_send.is_empty() {
-                self.send(j, &to_send);
+            if !tx.is_empty() {
+                self.send(j, &tx);
             }
         }
+        self.built = built;
+        self.tx = tx;
         self.ports[i].1.fill();
     }
 
@@ -589,6 +718,103 @@ fn trim(
         d.more = k + 1 < kept;
     }
     kept
+}
+
+/// Merge the batch's TCP segments toward each pod (GRO, by the kernel's rules: see
+/// `offload::coalesce`), so a stream arriving in MTU-sized segments reaches the pod as large
+/// frames. A merged run leaves as one multi-buffer frame, built without copying: its first
+/// frame whole (headers rewritten in place), then each other segment's payload where it lies
+/// in its own chunk; its chain goes to `built`, the head's fate becomes [`Fate::Heads`] and
+/// the others' [`Fate::Merged`].
+///
+/// Only single-buffer TCP frames of some size leaving whole for a pod are looked at (a batch of
+/// small packets never reaches the coalescer), and a run is merged only while `built` has room
+/// for its chain.
+#[allow(clippy::too_many_arguments)]
+fn coalesce_to_pods(
+    gro: &mut Coalescer<BATCH>,
+    packets: &mut [Packet<'_>],
+    snap: &Snapshot,
+    limits: GroLimits,
+    descs: &[Desc],
+    frames: &[(u16, u16)],
+    chunk_mask: u64,
+    built: &mut Vec<Desc>,
+    fates: &mut [Fate; BATCH],
+) -> usize {
+    let mut merged = 0;
+    /// Smaller frames are not worth merging: they are not a bulk stream's segments.
+    const MIN_LEN: usize = 512;
+    let candidate = |p: &Packet<'_>| match p.verdict {
+        Verdict::Transmit(iface) => {
+            let d = p.frame.data();
+            d.len() >= MIN_LEN
+                && d[23] == kxdp_dataplane::flow::proto::TCP
+                && p.frame.tail() == 0
+                && p.frame.split().is_none()
+                && matches!(snap.interface_role(iface), Some(InterfaceRole::Pod { .. }))
+        }
+        _ => false,
+    };
+    let mut pods: ArrayVec<InterfaceId, BATCH> = ArrayVec::new();
+    for p in packets.iter() {
+        if let (true, Verdict::Transmit(iface)) = (candidate(p), p.verdict) {
+            if !pods.contains(&iface) {
+                pods.push(iface);
+            }
+        }
+    }
+    for pod in pods {
+        let mut members: ArrayVec<usize, BATCH> = ArrayVec::new();
+        members.extend(
+            (0..packets.len()).filter(|&k| {
+                candidate(&packets[k]) && packets[k].verdict == Verdict::Transmit(pod)
+            }),
+        );
+        if members.len() < 2 {
+            continue;
+        }
+        let mut bytes: ArrayVec<&[u8], BATCH> = ArrayVec::new();
+        bytes.extend(members.iter().map(|&k| packets[k].frame.data()));
+        if gro.coalesce(&bytes, limits).is_err() {
+            continue;
+        }
+        drop(bytes);
+        let runs = gro.runs();
+        // Where each member's bytes start in the UMEM.
+        let mut at: ArrayVec<u64, BATCH> = ArrayVec::new();
+        at.extend(members.iter().map(|&k| {
+            (descs[usize::from(frames[k].0)].addr & chunk_mask) + packets[k].frame.head() as u64
+        }));
+        for run in runs.iter().filter(|r| r.is_merged()) {
+            let slices = gro.slices(run);
+            if built.capacity() - built.len() < slices.len() + 1 {
+                break;
+            }
+            let head = members[run.first];
+            run.rewrite_first(packets[head].frame.data_mut());
+            let start = built.len();
+            built.push(Desc {
+                addr: at[run.first],
+                len: run.first_len as u32,
+                more: true,
+            });
+            for s in slices {
+                built.push(Desc {
+                    addr: at[s.frame] + s.offset as u64,
+                    len: s.len as u32,
+                    more: true,
+                });
+                fates[members[s.frame]] = Fate::Merged;
+            }
+            if let Some(last) = built.last_mut() {
+                last.more = false;
+            }
+            fates[head] = Fate::Heads(start as u16, (built.len() - start) as u16);
+            merged += slices.len() + 1;
+        }
+    }
+    merged
 }
 
 /// Two distinct elements of a slice, mutably.

@@ -45,6 +45,7 @@ use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
 
+use kxdp_dataplane::offload::FrameSink;
 use libxdp_sys as xdp;
 
 /// Sizes of a UMEM and of its ports' rings.
@@ -270,6 +271,23 @@ impl Umem {
         self.free.borrow_mut().push(self.chunk_base(addr));
     }
 
+    /// The bytes of a buffer the caller holds (received, or made, and not yet sent or
+    /// recycled).
+    pub fn frame(&self, d: Desc) -> &[u8] {
+        let end = d.addr as usize + d.len as usize;
+        let base = self.chunk_base(d.addr);
+        assert!(
+            end <= self.area_len && end <= base as usize + self.frame_size as usize,
+            "frame outside its chunk"
+        );
+        // SAFETY: `d.addr` is inside the mapping (asserted).
+        let start = unsafe { self.area.as_ptr().add(d.addr as usize) };
+        // SAFETY: the range lies inside one chunk of the mapping (asserted); the chunk is held
+        // by the caller, so the kernel does not write it, and `&self` excludes the worker's
+        // own writers (views of chunks are handed out only through `&mut` of a port or sink).
+        unsafe { std::slice::from_raw_parts(start, d.len as usize) }
+    }
+
     /// Chunks on the free list.
     pub fn free_chunks(&self) -> usize {
         self.free.borrow().len()
@@ -301,6 +319,141 @@ impl Umem {
                 *o = NO_PORT;
                 free.push(i as u64 * u64::from(self.frame_size));
             }
+        }
+    }
+}
+
+/// New frames written into free chunks of a [`Umem`] (after `headroom` bytes), their
+/// descriptors appended to a list: where the frames a large one is cut into (segments,
+/// fragments) go. Implements the offload library's [`FrameSink`]. A frame that fits a chunk
+/// is written in place; a larger one (a segment for a jumbo uplink) is written into the
+/// caller's scratch buffer and then copied into as many chunks as it takes, one descriptor
+/// each ([`Desc::more`]). The list never grows past the capacity it came with (no allocation
+/// per packet): a full list is out of buffers, like an empty free list.
+#[derive(Debug)]
+pub struct ChunkSink<'a> {
+    umem: &'a Umem,
+    headroom: u32,
+    out: &'a mut Vec<Desc>,
+    scratch: &'a mut [u8],
+    open: Open,
+}
+
+/// The buffer a [`ChunkSink`] handed out and has not had committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Open {
+    None,
+    /// The chunk at this base.
+    Chunk(u64),
+    /// The scratch buffer.
+    Scratch,
+}
+
+impl<'a> ChunkSink<'a> {
+    /// A sink writing into `umem`'s free chunks, listing the frames in `out`, with `scratch`
+    /// for frames larger than a chunk.
+    pub fn new(
+        umem: &'a Umem,
+        headroom: u32,
+        out: &'a mut Vec<Desc>,
+        scratch: &'a mut [u8],
+    ) -> Self {
+        ChunkSink {
+            umem,
+            headroom,
+            out,
+            scratch,
+            open: Open::None,
+        }
+    }
+
+    /// Bytes of a frame each chunk holds.
+    fn room(&self) -> usize {
+        self.umem.frame_size.saturating_sub(self.headroom) as usize
+    }
+
+    /// A free chunk's bytes after the headroom.
+    fn chunk(&mut self, base: u64) -> &mut [u8] {
+        let at = base as usize + self.headroom as usize;
+        let room = self.room();
+        assert!(at + room <= self.umem.area_len, "chunk inside the UMEM");
+        // SAFETY: `at` is inside the mapping (asserted).
+        let start = unsafe { self.umem.area.as_ptr().add(at) };
+        // SAFETY: the chunk at `base` came off the free list, so no ring and no other view
+        // holds it; it stays this sink's until its descriptor leaves through `out` (or it is
+        // given back on drop), and the view ends with this borrow of the sink.
+        unsafe { std::slice::from_raw_parts_mut(start, room) }
+    }
+}
+
+impl FrameSink for ChunkSink<'_> {
+    fn buffer(&mut self, len: usize) -> Option<&mut [u8]> {
+        let room = self.room();
+        if room == 0 {
+            return None;
+        }
+        let chunks = len.div_ceil(room).max(1);
+        if self.out.capacity() - self.out.len() < chunks {
+            return None;
+        }
+        if len > room {
+            // Every chunk the copy will take must be there, so that `commit` cannot fail.
+            let free = self.umem.free.borrow().len();
+            if let Open::Chunk(base) = self.open {
+                self.umem.recycle(base);
+            }
+            if len > self.scratch.len() || free + usize::from(self.open != Open::None) < chunks {
+                self.open = Open::None;
+                return None;
+            }
+            self.open = Open::Scratch;
+            return Some(&mut self.scratch[..]);
+        }
+        let base = match self.open {
+            Open::Chunk(base) => base,
+            _ => self.umem.free.borrow_mut().pop()?,
+        };
+        self.open = Open::Chunk(base);
+        Some(self.chunk(base))
+    }
+
+    fn commit(&mut self, len: usize) {
+        let headroom = u64::from(self.headroom);
+        match std::mem::replace(&mut self.open, Open::None) {
+            Open::Chunk(base) => self.out.push(Desc::single(base + headroom, len as u32)),
+            Open::Scratch => {
+                let room = self.room();
+                let mut at = 0;
+                while at < len {
+                    let n = room.min(len - at);
+                    let base = self
+                        .umem
+                        .free
+                        .borrow_mut()
+                        .pop()
+                        .expect("reserved in buffer");
+                    let (chunk, scratch) =
+                        (self.chunk(base).as_mut_ptr(), &self.scratch[at..at + n]);
+                    // SAFETY: `chunk` starts `room >= n` writable bytes of a free chunk (see
+                    // `chunk`), which the scratch buffer (the caller's memory) does not overlap.
+                    unsafe { std::ptr::copy_nonoverlapping(scratch.as_ptr(), chunk, n) };
+                    at += n;
+                    self.out.push(Desc {
+                        addr: base + headroom,
+                        len: n as u32,
+                        more: at < len,
+                    });
+                }
+            }
+            Open::None => panic!("a buffer was handed out"),
+        }
+    }
+}
+
+impl Drop for ChunkSink<'_> {
+    fn drop(&mut self) {
+        if let Open::Chunk(base) = self.open {
+            self.umem.recycle(base);
         }
     }
 }
@@ -678,18 +831,7 @@ impl Port {
 
     /// A held frame's bytes (received and not yet sent or recycled).
     pub fn frame(&self, d: Desc) -> &[u8] {
-        let umem = &self.umem;
-        let end = d.addr as usize + d.len as usize;
-        let base = umem.chunk_base(d.addr);
-        assert!(
-            end <= umem.area_len && end <= base as usize + umem.frame_size as usize,
-            "frame outside its chunk"
-        );
-        // SAFETY: `d.addr` is inside the mapping (asserted).
-        let start = unsafe { umem.area.as_ptr().add(d.addr as usize) };
-        // SAFETY: the range lies inside one chunk of the mapping (asserted); the chunk is held
-        // by us, so the kernel does not write it, and `&self` excludes our own writers.
-        unsafe { std::slice::from_raw_parts(start, d.len as usize) }
+        self.umem.frame(d)
     }
 
     /// Copy `data` into a free chunk of this port's UMEM (after `headroom` bytes) and return

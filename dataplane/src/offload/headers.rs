@@ -157,7 +157,15 @@ pub(super) fn parse(frame: &[&[u8]], encap: Encap) -> Result<Stack, OffloadError
                 return Err(OffloadError::BadUdpLength { udp_len, expected });
             }
             ethernet(first, VXLAN_OVERHEAD, Layer::Inner)?;
-            (INNER_L3, OUTER_L3 + outer_len - INNER_L3, Layer::Inner)
+            // An inner packet within 50 bytes of 64 KiB has outer lengths that 16 bits cannot
+            // hold: encapsulation saturates them (IPv4 65535, UDP 65515), and the inner
+            // packet's own length says how long the frame is.
+            let available = if outer_len == usize::from(u16::MAX) {
+                frame_len - INNER_L3
+            } else {
+                OUTER_L3 + outer_len - INNER_L3
+            };
+            (INNER_L3, available, Layer::Inner)
         }
     };
     reach(first, l3 + IPV4_HEADER_LEN, layer)?;

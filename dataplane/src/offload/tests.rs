@@ -4,7 +4,9 @@
 
 use fastrand::Rng;
 
-use super::testing::{kxdp_outer, tcp_frame, verify, vxlan_frame, TcpSpec, VecSink};
+use super::testing::{
+    kxdp_outer, payload, pieces, tcp_frame, verify, vxlan_frame, TcpSpec, VecSink,
+};
 use super::{segment, Coalescer, Encap, GroLimits};
 use crate::wire::build::Ipv4Opts;
 use crate::wire::tcp_flags::{ACK, CWR, ECE, FIN, PSH};
@@ -140,4 +142,40 @@ fn segment_then_coalesce_gives_the_original_back() {
         }
         assert_eq!(first, inner, "{what}");
     }
+}
+
+/// An inner packet within 50 bytes of 64 KiB: its encapsulation's outer lengths do not fit in
+/// 16 bits, so the pipeline saturates them, and segmenting goes by the inner length.
+#[test]
+fn a_vxlan_frame_with_saturated_outer_lengths_is_cut_by_its_inner_length() {
+    let data = payload(65_535 - 40, 7);
+    let inner = tcp_frame(&TcpSpec::default(), &data);
+    assert_eq!(inner.len(), 14 + 65_535);
+    // Outer headers of a real VXLAN frame, then the whole inner frame, lengths saturated.
+    let small = vxlan_frame(&inner[..64], kxdp_outer(), false);
+    let mut frame = small[..50].to_vec();
+    frame.extend_from_slice(&inner);
+    frame[16..18].copy_from_slice(&u16::MAX.to_be_bytes());
+    frame[38..40].copy_from_slice(&(u16::MAX - 20).to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let check = etherparse::Ipv4HeaderSlice::from_slice(&frame[14..34])
+        .unwrap()
+        .to_header()
+        .calc_header_checksum();
+    frame[24..26].copy_from_slice(&check.to_be_bytes());
+    let mut sink = VecSink::default();
+    let n = super::segment(
+        &pieces(&frame, &[3000, 3840]),
+        Encap::Vxlan,
+        1500,
+        &mut sink,
+    )
+    .expect("cut by the inner length");
+    assert_eq!(n, sink.frames.len());
+    let mut got = Vec::new();
+    for (i, f) in sink.frames.iter().enumerate() {
+        assert!(f.len() <= 14 + 1500, "segment {i} fits the MTU");
+        got.extend_from_slice(verify(f, true, &format!("segment {i}")).payload);
+    }
+    assert_eq!(got, data);
 }

@@ -87,7 +87,9 @@ pub(crate) fn encap(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta, i
     if !(frame.set_len(inner_len) && frame.push_head(VXLAN_OVERHEAD)) {
         return Next::Done(Verdict::Drop(DropReason::NoHeadroom));
     }
-    let outer_ip_len = (VXLAN_OVERHEAD + meta.ip_len) as u16;
+    // Saturated for an inner packet within 50 bytes of 64 KiB (marked to be cut, so never
+    // sent as it is: see `offload`'s headers).
+    let outer_ip_len = (VXLAN_OVERHEAD + meta.ip_len).min(usize::from(u16::MAX)) as u16;
     let src_port = SRC_PORT_MIN + ((u64::from(meta.hash() as u32) * SRC_PORT_SPAN) >> 32) as u16;
     let d = frame.data_mut();
     d[..ENCAP_TEMPLATE_LEN].copy_from_slice(&template.bytes);

@@ -11,7 +11,9 @@
 //! interoperability peer kxdp must speak to): a `cni0` bridge holding the pod gateway, pods'
 //! veths on it, a `flannel.1` VXLAN device (VNI 1, port 8472, a fixed VTEP MAC), and for every
 //! other node a route, a permanent neighbour entry and a forwarding entry, as flanneld writes
-//! them. Issue 3 adds nodes run by kxdp beside these.
+//! them. Issue 3 adds nodes run by kxdp beside these. Kernel nodes, their pods and the
+//! underlay keep every offload at its default, as a flannel node does; only the veths whose
+//! packets reach kxdp run without transmit checksum offload (`no_tx_offload` says why).
 //!
 //! Commands run through `ip` (iproute2) and are bounded: every traffic run has a count and a
 //! deadline.
@@ -130,13 +132,37 @@ fn exec(ns: &str, args: &[&str]) -> Result<Output, TestbedError> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
-/// Turn off transmit checksum offload on `dev` in `ns`. A veth otherwise hands the peer
-/// packets whose TCP/UDP checksum holds only the pseudo-header sum, to be completed by
-/// hardware that does not exist; AF_XDP copies those bytes as they are, and the receiver
-/// drops the segment. A NIC delivers complete checksums, so this is the testbed's concern
-/// (and a CNI's, for pod veths on a kxdp node).
+/// Turn off transmit checksum offload on `dev` in `ns`, on the veths whose packets reach kxdp
+/// and only there. A veth otherwise hands the peer packets whose TCP/UDP checksum holds only
+/// the pseudo-header sum (`CHECKSUM_PARTIAL`), to be completed by hardware that does not
+/// exist; kxdp's copy-mode AF_XDP copies those bytes as they are, and the receiver drops the
+/// segment. So kxdp's pod veths (both ends) and host interface keep it off, as a CNI on a kxdp
+/// node must; and the switch port facing a kxdp node's uplink keeps it off, standing in for a
+/// NIC, which delivers complete checksums (the kernel completes them, and segments, as it
+/// transmits there). Kernel nodes, their pods and the other switch ports keep every offload
+/// at its default, as on a flannel node: the kernel path is measured as users run it.
+/// (Turning tx checksumming off also turns TSO off, as TSO needs it.)
 fn no_tx_offload(ns: &str, dev: &str) -> Result<(), TestbedError> {
-    exec(ns, &["ethtool", "-K", dev, "tx", "off"]).map(|_| ())
+    set_tx_offload(ns, dev, false)
+}
+
+/// Transmit checksum offload on `dev` in `ns`, on or off.
+fn set_tx_offload(ns: &str, dev: &str, on: bool) -> Result<(), TestbedError> {
+    let state = if on { "on" } else { "off" };
+    exec(ns, &["ethtool", "-K", dev, "tx", state]).map(|_| ())
+}
+
+/// The veths in namespace `ns` (their names).
+fn veths(ns: &str) -> Result<Vec<String>, TestbedError> {
+    let out = ip(Some(ns), &["-o", "link", "show", "type", "veth"])?;
+    // "7: eth0@if6: <BROADCAST,...> mtu 1500 ..."
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?;
+            Some(name.split('@').next()?.to_owned())
+        })
+        .collect())
 }
 
 /// Counts, for the seconds given as its argument, the IPv4 frames on every interface of the
@@ -271,7 +297,7 @@ impl Testbed {
                 pods: Vec::new(),
             };
             tb.add_ns(&node.ns)?;
-            tb.wire_to_switch(&node.ns, &format!("s{i}"), "uplink", node.ip)?;
+            tb.wire_to_switch(&node.ns, &format!("s{i}"), "uplink", node.ip, false)?;
             tb.build_kernel_node(&node)?;
             let mut node = node;
             for j in 0..spec.pods_per_node {
@@ -340,7 +366,7 @@ impl Testbed {
         tb.add_switch()?;
         let n0 = tb.nodes[0].ns.clone();
         tb.nodes[0].ip = Ipv4Addr::new(198, 18, 0, 10);
-        tb.wire_to_switch(&n0, "s0", "uplink", tb.nodes[0].ip)?;
+        tb.wire_to_switch(&n0, "s0", "uplink", tb.nodes[0].ip, true)?;
         let node = Node {
             ns: format!("{}-n1", tb.prefix),
             ip: Ipv4Addr::new(198, 18, 0, 11),
@@ -351,7 +377,7 @@ impl Testbed {
             pods: Vec::new(),
         };
         tb.add_ns(&node.ns)?;
-        tb.wire_to_switch(&node.ns, "s1", "uplink", node.ip)?;
+        tb.wire_to_switch(&node.ns, "s1", "uplink", node.ip, true)?;
         tb.nodes.push(node);
         for (j, (pod_ip, pod_mac)) in pods_b.iter().enumerate() {
             tb.add_kxdp_pod(1, &format!("pod{j}"), *pod_ip, pod_mac)?;
@@ -464,10 +490,11 @@ impl Testbed {
         Ok(())
     }
 
-    /// Give kxdp node `node` an uplink wired straight to a peer namespace `<prefix>-<name>`
-    /// (no switch): `uplink` in the node with `node_ip`/24 and `node_mac`, `eth0` in the peer
-    /// with `peer_ip`/24 and `peer_mac`, both with `mtu`. The perf harness's sink stands there
-    /// as the remote node. Returns the peer's namespace.
+    /// Give node `node` (kxdp's or the kernel's) an uplink wired straight to a peer namespace
+    /// `<prefix>-<name>` (no switch): `uplink` in the node with `node_ip`/24 and `node_mac`,
+    /// `eth0` in the peer with `peer_ip`/24 and `peer_mac`, both with `mtu`. The perf harness's sink stands there
+    /// as the remote node. Both ends without transmit checksum offload on a kxdp node, with
+    /// their defaults on a kernel node ([`no_tx_offload`]). Returns the peer's namespace.
     pub fn add_uplink_peer(
         &mut self,
         node: usize,
@@ -492,7 +519,9 @@ impl Testbed {
             ip(Some(n), &["link", "set", dev, "address", mac, "mtu", &mtu])?;
             ip(Some(n), &["addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ip(Some(n), &["link", "set", dev, "up"])?;
-            no_tx_offload(n, dev)?;
+            if !self.nodes[node].kernel {
+                no_tx_offload(n, dev)?;
+            }
         }
         self.nodes[node].ip = node_ip;
         Ok(peer)
@@ -564,7 +593,7 @@ impl Testbed {
         tb.add_switch()?;
         let kxdp_ip = Ipv4Addr::new(198, 18, 0, 10);
         let n0 = tb.nodes[0].ns.clone();
-        tb.wire_to_switch(&n0, "s0", "uplink", kxdp_ip)?;
+        tb.wire_to_switch(&n0, "s0", "uplink", kxdp_ip, true)?;
         tb.nodes[0].ip = kxdp_ip;
         tb.nodes[0].vtep_mac = kxdp_vtep_mac.to_owned();
         let mut node = Node {
@@ -577,7 +606,7 @@ impl Testbed {
             pods: Vec::new(),
         };
         tb.add_ns(&node.ns)?;
-        tb.wire_to_switch(&node.ns, "s1", "uplink", node.ip)?;
+        tb.wire_to_switch(&node.ns, "s1", "uplink", node.ip, false)?;
         tb.build_kernel_node(&node)?;
         for j in 0..kernel_pods {
             let pod = Pod {
@@ -598,8 +627,67 @@ impl Testbed {
         let ns = format!("{}-ext", self.prefix);
         let addr = Ipv4Addr::new(198, 18, 0, 100);
         self.add_ns(&ns)?;
-        self.wire_to_switch(&ns, "sx", "eth0", addr)?;
+        self.wire_to_switch(&ns, "sx", "eth0", addr, false)?;
         self.external = Some((ns, addr));
+        Ok(())
+    }
+
+    /// Transmit checksum offload (and with it TSO) on or off on every veth of the testbed, in
+    /// every namespace: for the perf harness's variant of the kernel path with the offloads
+    /// kxdp's own pods run without.
+    pub fn set_tx_offload_everywhere(&self, on: bool) -> Result<(), TestbedError> {
+        for ns in &self.namespaces {
+            for dev in veths(ns)? {
+                set_tx_offload(ns, &dev, on)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Set the underlay's MTU to `mtu` (every switch port, node uplink and the external
+    /// client's `eth0`) and the pods' to `mtu - 50`, as flannel's VXLAN backend sets them
+    /// from the uplink's (its CNI config's MTU: the uplink's less VXLAN's 50 bytes): both ends
+    /// of every pod veth, and on kernel nodes `flannel.1` and `cni0`. kxdp nodes follow the
+    /// same rule (kxdp's pipeline answers fragmentation needed above the uplink's MTU less 50,
+    /// and a CNI on a kxdp node gives pods that MTU); their host interface keeps its own, and
+    /// the peers of [`Testbed::add_uplink_peer`] theirs. Set it before a dataplane attaches: a
+    /// veth refuses an MTU its XDP peer cannot take.
+    pub fn set_underlay_mtu(&self, mtu: u16) -> Result<(), TestbedError> {
+        assert!((118..=65000).contains(&mtu), "an underlay MTU, got {mtu}");
+        let underlay = mtu.to_string();
+        let pod = (mtu - 50).to_string();
+        let set = |ns: &str, dev: &str, m: &str| {
+            ip(Some(ns), &["link", "set", dev, "mtu", m]).map(|_| ())
+        };
+        // The underlay first: flannel.1 takes no MTU above its uplink's less 50.
+        let mut pod_ends = Vec::new();
+        if !self.switch.is_empty() {
+            for port in veths(&self.switch)? {
+                set(&self.switch, &port, &underlay)?;
+            }
+        }
+        if let Some((ns, _)) = &self.external {
+            set(ns, "eth0", &underlay)?;
+        }
+        for node in &self.nodes {
+            for dev in veths(&node.ns)? {
+                match dev.as_str() {
+                    "uplink" => set(&node.ns, &dev, &underlay)?,
+                    "host0" | "kxdp0" => {}
+                    _ => pod_ends.push((node.ns.clone(), dev)),
+                }
+            }
+            for p in &node.pods {
+                pod_ends.push((p.ns.clone(), "eth0".to_owned()));
+            }
+            if node.kernel {
+                set(&node.ns, "flannel.1", &pod)?;
+                set(&node.ns, "cni0", &pod)?;
+            }
+        }
+        for (ns, dev) in pod_ends {
+            set(&ns, &dev, &pod)?;
+        }
         Ok(())
     }
 
@@ -709,12 +797,18 @@ impl Testbed {
     }
 
     /// A veth from `ns` (named `inner`, with `addr`/24) to the switch's bridge (port `port`).
+    /// For a kxdp node's uplink (`to_kxdp`), both ends without transmit checksum offload (see
+    /// [`no_tx_offload`]): the switch's end is where the kernel nodes' and the external
+    /// client's partially checksummed packets would otherwise reach kxdp (without it,
+    /// tests/tests/xsk_external.rs fails: a NodePort connection from the external client gets
+    /// no answer). Any other keeps its defaults.
     fn wire_to_switch(
         &self,
         ns: &str,
         port: &str,
         inner: &str,
         addr: Ipv4Addr,
+        to_kxdp: bool,
     ) -> Result<(), TestbedError> {
         let sw = self.switch.as_str();
         let args = self.veth_args(port, inner, ns);
@@ -728,8 +822,10 @@ impl Testbed {
             &["addr", "add", &format!("{addr}/24"), "dev", inner],
         )?;
         ip(Some(ns), &["link", "set", inner, "up"])?;
-        no_tx_offload(sw, port)?;
-        no_tx_offload(ns, inner)?;
+        if to_kxdp {
+            no_tx_offload(sw, port)?;
+            no_tx_offload(ns, inner)?;
+        }
         Ok(())
     }
 
@@ -872,8 +968,7 @@ impl Testbed {
             pns,
             &["route", "add", "default", "via", &node.gateway.to_string()],
         )?;
-        no_tx_offload(&node.ns, &host_side)?;
-        no_tx_offload(&pod.ns, "eth0")?;
+        // Offloads at their defaults, as flannel's CNI (the bridge plugin) leaves them.
         Ok(())
     }
 

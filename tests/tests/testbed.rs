@@ -1,10 +1,14 @@
 //! The namespace testbed itself: a two-node cluster of flannel-style kernel nodes carries pod
-//! traffic over VXLAN, and every namespace disappears afterwards, even after a panic.
-//! Needs root; prints SKIP otherwise, and fails under CI.
+//! traffic over VXLAN, and every namespace disappears afterwards, even after a panic; kernel
+//! nodes keep a flannel node's default offloads while kxdp's veths run without transmit
+//! checksum offload, and the perf harness's variants (another underlay MTU, offloads off)
+//! take. Needs root; prints SKIP otherwise, and fails under CI.
 
+use std::net::Ipv4Addr;
+use std::process::Command;
 use std::time::Duration;
 
-use kxdp_tests::testbed::{skip_unless_privileged, Spec, Testbed};
+use kxdp_tests::testbed::{ip, skip_unless_privileged, Spec, Testbed};
 
 fn spec() -> Spec {
     Spec {
@@ -128,4 +132,102 @@ fn the_panic_hook_removes_namespaces_that_no_guard_will() {
         "the hook removed the namespaces: {stderr}"
     );
     assert_eq!(left, Vec::<String>::new());
+}
+
+/// `ethtool -k`'s state of feature `name` (`on`/`off`) on `dev` in namespace `ns`.
+fn feature(ns: &str, dev: &str, name: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-k", dev])
+        .output()
+        .expect("ethtool runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {name} for {dev} in {ns}: {text}"))
+        .to_owned()
+}
+
+/// The MTU of `dev` in namespace `ns`.
+fn mtu(ns: &str, dev: &str) -> u64 {
+    let out = ip(Some(ns), &["-j", "link", "show", "dev", dev]).expect("ip runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip's JSON");
+    v[0]["mtu"].as_u64().expect("an MTU")
+}
+
+#[test]
+fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_offload() {
+    if skip_unless_privileged(
+        "kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_offload",
+    ) {
+        return;
+    }
+    let tb = Testbed::kernel_nodes(Spec {
+        nodes: 2,
+        pods_per_node: 1,
+        external: false,
+    })
+    .expect("testbed builds");
+    let (a, b) = (&tb.nodes[0], &tb.nodes[1]);
+    let pod = a.pods[0].ns.clone();
+    // A flannel node's defaults: checksum and segmentation offload on every veth.
+    for (ns, dev) in [
+        (pod.as_str(), "eth0"),
+        (a.ns.as_str(), "veth0"),
+        (a.ns.as_str(), "uplink"),
+        (tb.switch.as_str(), "s0"),
+    ] {
+        assert_eq!(feature(ns, dev, "tx-checksumming"), "on", "{dev} in {ns}");
+        assert_eq!(feature(ns, dev, "tx-tcp-segmentation"), "on", "{dev}");
+    }
+    // The perf harness's variant: off everywhere, and back on with segmentation.
+    tb.set_tx_offload_everywhere(false).unwrap();
+    assert_eq!(feature(&pod, "eth0", "tx-checksumming"), "off");
+    assert_eq!(feature(&pod, "eth0", "tx-tcp-segmentation"), "off");
+    assert_eq!(feature(&tb.switch, "s1", "tx-checksumming"), "off");
+    tb.set_tx_offload_everywhere(true).unwrap();
+    assert_eq!(feature(&pod, "eth0", "tx-checksumming"), "on");
+    assert_eq!(feature(&pod, "eth0", "tx-tcp-segmentation"), "on");
+    // Another underlay MTU: the underlay at 9000, pods and flannel's devices at 8950, and an
+    // 8900-byte echo that may not fragment crosses nodes.
+    tb.set_underlay_mtu(9000).unwrap();
+    for (ns, dev, want) in [
+        (tb.switch.as_str(), "s0", 9000),
+        (a.ns.as_str(), "uplink", 9000),
+        (a.ns.as_str(), "flannel.1", 8950),
+        (a.ns.as_str(), "cni0", 8950),
+        (a.ns.as_str(), "veth0", 8950),
+        (pod.as_str(), "eth0", 8950),
+    ] {
+        assert_eq!(mtu(ns, dev), want, "{dev} in {ns}");
+    }
+    let big = Command::new("timeout")
+        .args(["10", "ip", "netns", "exec", &pod, "ping", "-n", "-c", "2"])
+        .args(["-W", "2", "-M", "do", "-s", "8900"])
+        .arg(b.pods[0].ip.to_string())
+        .output()
+        .expect("ping runs");
+    assert!(
+        big.status.success(),
+        "{}",
+        String::from_utf8_lossy(&big.stdout)
+    );
+
+    // kxdp's veths, and the switch ports facing kxdp's uplinks, without transmit checksum
+    // offload; its pods at the underlay's MTU less 50 once asked.
+    let kx = Testbed::two_kxdp_nodes(&[(Ipv4Addr::new(10, 244, 1, 10), "0a:58:0a:f4:01:0a")], &[])
+        .expect("testbed builds");
+    let kpod = kx.nodes[0].pods[0].ns.clone();
+    for (ns, dev) in [
+        (kpod.as_str(), "eth0"),
+        (kx.nodes[0].ns.as_str(), "pod0"),
+        (kx.nodes[0].ns.as_str(), "uplink"),
+        (kx.switch.as_str(), "s0"),
+    ] {
+        assert_eq!(feature(ns, dev, "tx-checksumming"), "off", "{dev} in {ns}");
+    }
+    kx.set_underlay_mtu(1500).unwrap();
+    assert_eq!(mtu(&kpod, "eth0"), 1450);
+    assert_eq!(mtu(&kx.nodes[0].ns, "pod0"), 1450);
+    assert_eq!(mtu(&kx.nodes[0].ns, "uplink"), 1500);
 }

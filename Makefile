@@ -62,7 +62,8 @@ perf-veth: deps
 
 # kxdp against the kernel path (flannel VXLAN + kube-proxy nftables), side by side in one run,
 # with the veth path's ceilings (root): packets per second, CPU per packet, iperf3, latency.
-# PERF_ARGS=--long for the long profile. Writes perf/results/report.md and report.svg.
+# PERF_ARGS=--long for the long profile. Writes perf/results/report.md, report.svg and the raw
+# samples (samples.json).
 perf: deps
 	cargo build --release --locked -p kxdp-agent --bin kxdp
 	cargo run --release --locked -p kxdp-perf --bin compare -- --out perf/results $(PERF_ARGS)

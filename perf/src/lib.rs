@@ -4,11 +4,125 @@
 //! snapshot's services, so the kernel baseline serves exactly what kxdp serves; [`pktgen`]
 //! drives the kernel's packet generator where the kernel has one; [`programs`] loads the
 //! harness's own XDP programs (a live-frames generator, a counting sink, a redirector);
-//! [`baseline`] is the bare AF_XDP forwarder kxdp is measured against; [`in_namespace`] and
-//! [`stats`] are what every measurement uses.
+//! [`baseline`] is the bare AF_XDP forwarder kxdp is measured against; [`iperf3`] reads an
+//! iperf3 client's JSON report; [`in_namespace`] and [`stats`] are what every measurement uses.
 
 pub mod baseline;
 pub mod programs;
+
+pub mod iperf3 {
+    //! What an iperf3 client's `--json` report says about a run: the rate the receiver got,
+    //! the rate sent, TCP's retransmits and UDP's loss, or the error iperf3 gave.
+
+    use serde_json::Value;
+
+    /// One client run.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Run {
+        /// Bits per second the receiver got (`end.sum_received`, all streams).
+        pub received_bps: f64,
+        /// Bits per second the sender sent (`end.sum_sent`).
+        pub sent_bps: f64,
+        /// TCP segments the sender retransmitted (`end.sum_sent.retransmits`); none for UDP.
+        pub retransmits: Option<u64>,
+        /// UDP datagrams lost on the way, in percent (`end.sum_received.lost_percent`); none
+        /// for TCP.
+        pub lost_percent: Option<f64>,
+        /// The sender's TCP congestion control (`end.sender_tcp_congestion`).
+        pub congestion: Option<String>,
+    }
+
+    /// Parse a client's `--json` report; an error names what iperf3 said, or what is missing.
+    pub fn parse(json: &str) -> Result<Run, String> {
+        if json.trim().is_empty() {
+            return Err("iperf3 printed nothing (killed by its time limit?)".into());
+        }
+        let v: Value =
+            serde_json::from_str(json).map_err(|e| format!("iperf3's report is not JSON: {e}"))?;
+        if let Some(e) = v.get("error").and_then(Value::as_str) {
+            return Err(format!("iperf3: {e}"));
+        }
+        let end = &v["end"];
+        let sum = |name: &str| {
+            end.get(name)
+                .filter(|s| s.is_object())
+                .ok_or_else(|| format!("iperf3's report has no end.{name}"))
+        };
+        let (sent, received) = (sum("sum_sent")?, sum("sum_received")?);
+        let bps = |s: &Value, what: &str| {
+            s["bits_per_second"]
+                .as_f64()
+                .ok_or_else(|| format!("iperf3's report has no end.{what}.bits_per_second"))
+        };
+        let udp = v["start"]["test_start"]["protocol"].as_str() == Some("UDP");
+        Ok(Run {
+            received_bps: bps(received, "sum_received")?,
+            sent_bps: bps(sent, "sum_sent")?,
+            retransmits: if udp {
+                None
+            } else {
+                sent["retransmits"].as_u64()
+            },
+            lost_percent: if udp {
+                received["lost_percent"].as_f64()
+            } else {
+                None
+            },
+            congestion: end["sender_tcp_congestion"].as_str().map(str::to_owned),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn tcp_gives_the_received_rate_and_the_senders_retransmits() {
+            let json = r#"{"start": {"test_start": {"protocol": "TCP", "num_streams": 4}},
+                "end": {"streams": [],
+                  "sum_sent": {"bytes": 1572732928, "bits_per_second": 12564988644.25, "retransmits": 4, "sender": true},
+                  "sum_received": {"bytes": 1572732928, "bits_per_second": 12562466974.99, "sender": true},
+                  "sender_tcp_congestion": "cubic", "receiver_tcp_congestion": "cubic"}}"#;
+            assert_eq!(
+                parse(json).unwrap(),
+                Run {
+                    received_bps: 12562466974.99,
+                    sent_bps: 12564988644.25,
+                    retransmits: Some(4),
+                    lost_percent: None,
+                    congestion: Some("cubic".into()),
+                }
+            );
+        }
+
+        #[test]
+        fn udp_gives_the_received_rate_and_the_loss() {
+            let json = r#"{"start": {"test_start": {"protocol": "UDP"}},
+                "end": {"sum": {"bits_per_second": 2000000000.0, "lost_percent": 0, "sender": true},
+                  "sum_sent": {"bits_per_second": 2000000000.0, "lost_percent": 0, "sender": true},
+                  "sum_received": {"bits_per_second": 1500000000.0, "lost_packets": 25, "packets": 100, "lost_percent": 25.0, "sender": false}}}"#;
+            let run = parse(json).unwrap();
+            assert_eq!(run.received_bps, 1.5e9);
+            assert_eq!(run.sent_bps, 2e9);
+            assert_eq!((run.retransmits, run.lost_percent), (None, Some(25.0)));
+        }
+
+        #[test]
+        fn a_failed_run_says_why() {
+            let json = r#"{"start": {}, "intervals": [], "end": {},
+                "error": "unable to connect to server: Connection refused"}"#;
+            assert_eq!(
+                parse(json).unwrap_err(),
+                "iperf3: unable to connect to server: Connection refused"
+            );
+            assert!(parse("").unwrap_err().contains("nothing"));
+            assert!(parse("{").unwrap_err().contains("not JSON"));
+            assert!(parse(r#"{"end": {}}"#)
+                .unwrap_err()
+                .contains("end.sum_sent"));
+        }
+    }
+}
 
 /// A perf program's exit: success, or `name: error` on stderr and failure.
 pub fn exit(name: &str, result: Result<(), String>) -> std::process::ExitCode {

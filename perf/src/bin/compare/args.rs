@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 const USAGE: &str = "usage: compare [--long] [--seconds S] [--runs R] [--sizes 64,1500] \
                      [--flows 1,10000] [--cpu-rate PPS] [--rps N] [--gen-core G] \
-                     [--worker-core W] [--out DIR] [--skip pps,profile,cpu,iperf,latency]";
+                     [--worker-core W] [--mtus 1500,9000] [--out DIR] \
+                     [--skip pps,profile,cpu,iperf,latency]";
 
 /// The command line.
 #[derive(Clone)]
@@ -17,6 +18,8 @@ pub(crate) struct Args {
     pub(crate) cpu_rate: u64,
     pub(crate) rps: u32,
     pub(crate) iperf_secs: u32,
+    /// Underlay MTUs of the two-node clusters (iperf3; latency at 1500).
+    pub(crate) mtus: Vec<u16>,
     pub(crate) gen_core: usize,
     pub(crate) worker_core: usize,
     pub(crate) out: Option<PathBuf>,
@@ -33,6 +36,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         cpu_rate: 100_000,
         rps: 1000,
         iperf_secs: 3,
+        mtus: vec![1500, 9000],
         gen_core: 0,
         worker_core: 1,
         out: None,
@@ -80,6 +84,15 @@ pub(crate) fn parse_args() -> Result<Args, String> {
                 a.flows = list("flow counts")?.into_iter().map(|n| n as u32).collect();
                 if a.flows.iter().any(|n| !(1..=50_000).contains(n)) {
                     return Err(bad("flow counts from 1 to 50000"));
+                }
+            }
+            "--mtus" => {
+                a.mtus = list("underlay MTUs")?
+                    .into_iter()
+                    .map(|n| u16::try_from(n).unwrap_or(0))
+                    .collect();
+                if a.mtus.iter().any(|n| !(1280..=9000).contains(n)) {
+                    return Err(bad("underlay MTUs from 1280 to 9000"));
                 }
             }
             "--cpu-rate" => a.cpu_rate = value.parse().map_err(|_| bad("packets per second"))?,

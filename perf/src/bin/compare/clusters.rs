@@ -1,7 +1,12 @@
-//! The two-node clusters of the iperf3 and latency measurements: one run by `kxdp agent`s, one
-//! by the kernel (flannel-style nodes with kube-proxy's rules), with the same pods, addresses
-//! and services (the demo's and a UDP echo ClusterIP), and the agents' restart in another
-//! worker mode.
+//! The two-node clusters of the iperf3 and latency measurements, at one underlay MTU: one run
+//! by `kxdp agent`s, one by the kernel (flannel-style nodes with kube-proxy's rules, every
+//! offload at its default, as a flannel node runs), with the same pods, addresses and services
+//! (the demo's and a UDP echo ClusterIP), pods at the underlay's MTU less 50 on both
+//! ([`Testbed::set_underlay_mtu`]); and the agents' restart in another worker mode.
+//!
+//! kxdp's agents may fail to start, or to serve a pod, at an MTU kxdp does not take yet (its
+//! UMEM chunks are 2 KiB): the clusters are still built and the failure kept, for the report
+//! to show rather than hide.
 
 use std::time::Duration;
 
@@ -13,6 +18,8 @@ use kxdp_perf::kube_proxy::ruleset;
 use kxdp_tests::cluster::{AgentCluster, DEMO_MANIFEST, DEMO_PODS};
 use kxdp_tests::testbed::{Spec, Testbed};
 
+use crate::iperf::NOT_STARTED;
+
 /// The services of the two-node comparison: the demo's, and a UDP echo ClusterIP served by
 /// web-b.
 const ECHO: &str = "---\napiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: default}\n\
@@ -21,19 +28,33 @@ spec: {type: ClusterIP, clusterIP: 10.96.0.40, ports: [{name: echo, protocol: UD
 addressType: IPv4\nports: [{name: echo, protocol: UDP, port: 7007}]\n\
 endpoints:\n  - {addresses: [10.244.2.10], nodeName: node-b, conditions: {ready: true}}\n";
 
-/// The two-node clusters: pod namespaces by demo pod name, and what keeps them alive.
-pub(crate) enum Cluster {
-    Kxdp(Box<AgentCluster>),
-    Kernel(Testbed),
+/// How long an agent may run: longer than any profile's measurements, which stop it sooner.
+const AGENT_MAX_RUN_S: u64 = 3600;
+
+/// Which of the two clusters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Which {
+    Kxdp,
+    Kernel,
 }
 
-impl Cluster {
-    pub(crate) fn pod_ns(&self, name: &str) -> String {
-        match self {
-            Cluster::Kxdp(c) => c.pod(name).ns.clone(),
-            Cluster::Kernel(tb) => {
+/// Both clusters at one underlay MTU.
+pub(crate) struct Clusters {
+    pub(crate) mtu: u16,
+    pub(crate) kxdp: Box<AgentCluster>,
+    /// Why kxdp's agents did not start, or did not serve every pod, at this MTU.
+    pub(crate) kxdp_failed: Option<String>,
+    pub(crate) kernel: Testbed,
+}
+
+impl Clusters {
+    /// The namespace of demo pod `name` in cluster `which`.
+    pub(crate) fn pod_ns(&self, which: Which, name: &str) -> String {
+        match which {
+            Which::Kxdp => self.kxdp.pod(name).ns.clone(),
+            Which::Kernel => {
                 let (_, node, ip) = DEMO_PODS.iter().find(|p| p.0 == name).expect("a demo pod");
-                tb.nodes[*node]
+                self.kernel.nodes[*node]
                     .pods
                     .iter()
                     .find(|p| p.ip == *ip)
@@ -45,10 +66,18 @@ impl Cluster {
     }
 }
 
-pub(crate) fn clusters() -> Result<(Cluster, Cluster), String> {
+/// Build both clusters with underlay MTU `mtu`, and start kxdp's agents (wakeup mode, one
+/// unpinned worker each: their defaults).
+pub(crate) fn clusters(mtu: u16) -> Result<Clusters, String> {
     let manifest = format!("{DEMO_MANIFEST}{ECHO}");
     let mut kx = AgentCluster::build(&manifest, &DEMO_PODS)?;
-    kx.start(600, &[])?;
+    kx.tb
+        .set_underlay_mtu(mtu)
+        .map_err(|e| format!("kxdp's cluster at MTU {mtu}: {e}"))?;
+    let kxdp_failed = match kx.start(AGENT_MAX_RUN_S, &[]) {
+        Err(e) => Some(format!("{NOT_STARTED}: {}", agent_error(&e))),
+        Ok(()) => unserved(&kx),
+    };
     // The kernel cluster: flannel-style nodes with the same addresses, kube-proxy's rules for
     // the same services on both.
     let tb = Testbed::kernel_nodes(Spec {
@@ -57,6 +86,8 @@ pub(crate) fn clusters() -> Result<(Cluster, Cluster), String> {
         external: false,
     })
     .map_err(|e| e.to_string())?;
+    tb.set_underlay_mtu(mtu)
+        .map_err(|e| format!("the kernel's cluster at MTU {mtu}: {e}"))?;
     for (i, node) in ["node-a", "node-b"].iter().enumerate() {
         let mut model = Model::new();
         for (_, o) in parse("demo", &manifest).map_err(|e| e.to_string())? {
@@ -75,22 +106,49 @@ pub(crate) fn clusters() -> Result<(Cluster, Cluster), String> {
         tb.exec_with_input(&tb.nodes[i].ns, &["nft", "-f", "-"], &ruleset(&snap))
             .map_err(|e| e.to_string())?;
     }
-    Ok((Cluster::Kxdp(Box::new(kx)), Cluster::Kernel(tb)))
+    Ok(Clusters {
+        mtu,
+        kxdp: Box::new(kx),
+        kxdp_failed,
+        kernel: tb,
+    })
 }
 
-/// Restart the kxdp cluster's agents with workers in `mode` (`busy-poll` or `adaptive`),
-/// node-a's on core 0 and node-b's on core 1.
-pub(crate) fn restart_agents(c: &mut Cluster, mode: &str) -> Result<(), String> {
-    let Cluster::Kxdp(c) = c else {
-        return Ok(());
+/// The pod interfaces an agent could not serve, with why (`/api/status`), after a moment
+/// for them to be tried; none when every pod is served.
+fn unserved(c: &AgentCluster) -> Option<String> {
+    std::thread::sleep(Duration::from_millis(500));
+    let errors: Vec<String> = (0..2)
+        .flat_map(|node| match c.try_status(node) {
+            Ok(s) => s.interface_errors,
+            Err(e) => vec![format!("status: {e}")],
+        })
+        .collect();
+    (!errors.is_empty()).then(|| format!("pods not served: {}", errors.join("; ")))
+}
+
+/// What says why an agent failed, not its whole log: the log's last line (the agent's exit
+/// message), with libbpf's reason where it gave one.
+fn agent_error(e: &str) -> String {
+    let lines: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let last = lines.last().copied().unwrap_or("no reason given");
+    let why = match lines.iter().rev().find(|l| l.starts_with("libbpf:")) {
+        Some(libbpf) if *libbpf != last => format!("{last} ({libbpf})"),
+        _ => last.to_owned(),
     };
+    why.chars().take(400).collect()
+}
+
+/// Restart kxdp's agents with workers in `mode` (`busy-poll` or `adaptive`), node-a's on core
+/// 0 and node-b's on core 1.
+pub(crate) fn restart_agents(c: &mut AgentCluster, mode: &str) -> Result<(), String> {
     let manifest = c.manifest.display().to_string();
     for node in 0..2 {
         c.stop(node)?;
         let core = node.to_string();
         c.start_node(
             node,
-            600,
+            AGENT_MAX_RUN_S,
             &["--manifest", &manifest, "--mode", mode, "--cores", &core],
         )?;
     }
@@ -98,4 +156,23 @@ pub(crate) fn restart_agents(c: &mut Cluster, mode: &str) -> Result<(), String> 
         c.wait_ready(node, Duration::from_secs(30))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_failure_is_told_by_its_exit_message_and_libbpfs_reason() {
+        let e = "the agent of node-a exited (exit status: 1):\n\
+                 2026-01-01T00:00:00Z  INFO kxdp_agent::run: starting node=node-a mtu=9000\n\
+                 libbpf: prog 'kxdp_steer': failed to attach to xdp: Numerical result out of range\n\
+                 kxdp: the dataplane cannot start: interface uplink: failed to attach XDP program\n\n";
+        assert_eq!(
+            agent_error(e),
+            "kxdp: the dataplane cannot start: interface uplink: failed to attach XDP program \
+             (libbpf: prog 'kxdp_steer': failed to attach to xdp: Numerical result out of range)"
+        );
+        assert_eq!(agent_error("timed out"), "timed out");
+    }
 }

@@ -2,6 +2,12 @@
 //! kube-proxy's nftables rules, with conntrack), side by side in one run, with the ceiling of
 //! the same veth path (XDP redirect, and a bare AF_XDP forwarder on kxdp's own sockets).
 //!
+//! The kernel path runs as a flannel node does, every offload at its default; only kxdp's own
+//! veths (and the underlay port facing a kxdp node, standing in for a NIC) run without
+//! transmit checksum offload, which kxdp's copy-mode AF_XDP needs (`no_tx_offload` in the
+//! testbed says why). The report opens with every setting that differs between the two
+//! paths, read off the topologies at run time (`settings.rs`).
+//!
 //! Four measurements, each repeated `--runs` times with the paths alternating, reported as the
 //! median with the range:
 //!
@@ -40,27 +46,36 @@
 //!    delivered. kxdp runs in wakeup mode here (a busy-poll worker costs a whole core at any
 //!    rate, and an adaptive one spins between packets at this rate).
 //! 3. **iperf3** between pods of two-node clusters, one run by `kxdp agent`s, one by the kernel
-//!    as above: TCP pod to pod across nodes, TCP through a ClusterIP, UDP pod to pod.
+//!    as above, at every underlay MTU of `--mtus` (pods at 50 bytes less on both): TCP with one
+//!    stream and with four, pod to pod on one node, across nodes and through a ClusterIP;
+//!    Gbit/s and retransmits from iperf3's JSON; UDP pod to pod; and the kernel with transmit
+//!    offload off on every veth, as kxdp's pods run, as one extra row (`iperf.rs`). Where
+//!    kxdp cannot run (its agents do not start at an MTU), the rows say so.
 //! 4. **Request/response latency** at a fixed rate (`--rps`): UDP echo through a ClusterIP to a
 //!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9; kxdp's agents in
 //!    each worker mode (wakeup, adaptive, busy-poll).
 //!
-//! The report (markdown with the machine's description, and an SVG of throughput by packet
-//! size and of latency percentiles) goes to stdout and to `--out DIR`.
+//! The report (markdown with the commit measured and the machine), goes to stdout and, with
+//! `--out DIR`, to `DIR/report.md`, with its plot (`report.svg`: packets per second by frame
+//! size, iperf3 by test, latency percentiles, each a median with its range) and every run of
+//! every measurement (`samples.json`).
 //!
 //! The code, by concern: `args.rs` the command line; `paths.rs` the packet-rate topologies,
-//! their paths and generators; `clusters.rs` the two-node clusters; `measure.rs` the four
-//! measurements; `report.rs` the report's text and figures; `svg.rs` its plot; this file the
-//! order they run in.
+//! their paths and generators; `clusters.rs` the two-node clusters; `settings.rs` the devices'
+//! settings; `measure.rs` packets per second, the profile, CPU and latency; `iperf.rs`
+//! iperf3; `report.rs` the report's figures, samples and commit; `svg.rs` its plot; this file
+//! the order they run in.
 
 // A report for people: printing it is the point.
 #![allow(clippy::print_stdout)]
 
 mod args;
 mod clusters;
+mod iperf;
 mod measure;
 mod paths;
 mod report;
+mod settings;
 mod svg;
 
 use std::fmt::Write as _;
@@ -69,12 +84,75 @@ use std::time::Instant;
 
 use kxdp_tests::testbed::{missing_privilege, Testbed};
 
-use crate::args::parse_args;
+use crate::args::{parse_args, Args};
 use crate::clusters::clusters;
-use crate::measure::{measure_cpu, measure_iperf, measure_latency, measure_pps, measure_profile};
-use crate::paths::build;
-use crate::report::{machine, Report};
+use crate::iperf::{measure_iperf_at, write_iperf};
+use crate::measure::{measure_cpu, measure_latency, measure_pps, measure_profile};
+use crate::paths::{build, Bench, Path};
+use crate::report::{commit, machine, Report};
+use crate::settings::{capture, diff_table, Device};
 use crate::svg::svg;
+
+/// The settings section's table for one comparison, and the differences it found.
+fn settings_table(md: &mut String, what: &str, kernel: &[Device], kxdp: &[Device]) {
+    let (table, differences) = diff_table(kernel, kxdp);
+    let _ = writeln!(
+        md,
+        "\n### {what}\n\n{table}\nDiffering (kernel vs kxdp): {}.",
+        if differences.is_empty() {
+            "nothing".to_owned()
+        } else {
+            differences.join("; ")
+        }
+    );
+}
+
+/// The packet-rate topologies' devices: the kernel's node A as built, kxdp's while its
+/// dataplane runs (with its XDP programs).
+fn bench_settings(b: &Bench, md: &mut String) -> Result<(), String> {
+    let kernel = b.devices(Path::Kernel)?;
+    let running = b.start(Path::Kxdp, true)?;
+    let kxdp = b.devices(Path::Kxdp);
+    running.stop()?;
+    settings_table(
+        md,
+        "Packet-rate topologies (node A, its generator pod, the sink)",
+        &kernel,
+        &kxdp?,
+    );
+    Ok(())
+}
+
+/// What differs between the paths besides their devices: how they forward, their workers and
+/// pinning, segmentation, the VXLAN checksum.
+fn path_settings(a: &Args) -> String {
+    format!(
+        "\nBesides the devices:\n\n\
+         - **Forwarding.** Kernel: the `cni0` bridge, kube-proxy's nftables rules with \
+           conntrack, routing and `flannel.1`, all in softirq on the sending core (a veth runs \
+           its receiver there). kxdp: an XDP program on every veth steers frames to AF_XDP \
+           sockets (copy mode on veth), and a user-space worker does conntrack, NAT, routing and \
+           VXLAN.\n\
+         - **Workers and pinning.** Two-node clusters: each `kxdp agent` with its defaults, \
+           wakeup mode and one unpinned worker; for latency also adaptive and busy-poll, \
+           node-a's worker on core 0 and node-b's on core 1. Packet-rate topologies: one \
+           busy-poll worker pinned to core {w}, the generator to core {g}. The kernel has no \
+           worker. iperf3 and the echo clients are unpinned on both paths.\n\
+         - **Segmentation and coalescing.** Kernel pods send TCP in segments of up to 64 KiB \
+           (TSO/GSO on their veths) that cross the veths, the bridge and `flannel.1` whole: on \
+           veths nothing needs to cut them. kxdp's pod veths run without transmit checksum \
+           offload, so without TSO: pods send one MSS per segment and kxdp's worker handles \
+           each as a frame; kxdp neither segments nor coalesces (a frame is at most one 2 KiB \
+           UMEM chunk until multi-buffer AF_XDP lands). Why kxdp's veths need it off: its \
+           copy-mode AF_XDP would copy the unfilled checksum of a `CHECKSUM_PARTIAL` packet.\n\
+         - **VXLAN outer UDP checksum.** `flannel.1`'s is in the table; kxdp writes zero \
+           (its encapsulation template).\n\
+         - **Pods' MTU.** The underlay's less 50 on both: flannel's rule, and kxdp's (its \
+           pipeline answers fragmentation needed above the uplink's MTU less 50).\n",
+        w = a.worker_core,
+        g = a.gen_core
+    )
+}
 
 fn run() -> Result<(), String> {
     let args = parse_args()?;
@@ -94,22 +172,10 @@ fn run() -> Result<(), String> {
         }
     }
     let started = Instant::now();
-    let mut r = Report {
-        md: String::new(),
-        pps: Vec::new(),
-        latency: Vec::new(),
-        targets: Vec::new(),
-    };
-    let _ = writeln!(
-        r.md,
-        "# kxdp against the kernel path, side by side\n\n\
-         Machine: {}.\n\nProfile `{}`; generator on core {}, kxdp's worker on core {}. \
-         Reproduce: `make perf` (short) or `make perf PERF_ARGS=--long`.\n",
-        machine(),
-        args.profile,
-        args.gen_core,
-        args.worker_core
-    );
+    let commit = commit(args.out.as_deref());
+    let machine = machine();
+    let mut r = Report::new();
+    let mut settings_md = String::new();
     let skip = |what: &str| args.skip.iter().any(|s| s == what);
     let (do_pps, do_profile, do_cpu, do_iperf, do_latency) = (
         !skip("pps"),
@@ -119,11 +185,10 @@ fn run() -> Result<(), String> {
         !skip("latency"),
     );
     let many = *args.flows.last().unwrap_or(&1);
-    let out = args.out.clone();
-    let iperf_args = args.clone();
     if do_pps || do_profile || do_cpu {
         println!("building the packet-rate topologies ...");
-        let bench = build(args)?;
+        let bench = build(args.clone())?;
+        bench_settings(&bench, &mut settings_md)?;
         if do_pps {
             measure_pps(&bench, &mut r)?;
         }
@@ -135,14 +200,45 @@ fn run() -> Result<(), String> {
         }
     }
     if do_iperf || do_latency {
-        println!("building the two-node clusters ...");
-        let mut pair = clusters()?;
+        // Latency at 1500 where measured (the first MTU otherwise); without iperf3, only there.
+        let latency_mtu = if args.mtus.contains(&1500) {
+            1500
+        } else {
+            args.mtus[0]
+        };
+        let mut rows = Vec::new();
+        let mut counters = Vec::new();
+        let mut failures = Vec::new();
+        let mut latency_md = String::new();
+        for (i, &mtu) in args.mtus.iter().enumerate() {
+            if !do_iperf && mtu != latency_mtu {
+                continue;
+            }
+            println!("building the two-node clusters at underlay MTU {mtu} ...");
+            let mut c = clusters(mtu)?;
+            let kernel = capture(&c.kernel, &[])?;
+            let kxdp = capture(&c.kxdp.tb, &[])?;
+            settings_table(
+                &mut settings_md,
+                &format!("Two-node clusters at underlay MTU {mtu}"),
+                &kernel,
+                &kxdp,
+            );
+            if let Some(why) = &c.kxdp_failed {
+                println!("  kxdp at MTU {mtu}: {why}");
+                failures.push((mtu, why.clone()));
+            }
+            if do_iperf {
+                measure_iperf_at(&args, &c, i == 0, &mut rows, &mut counters, &mut r)?;
+            }
+            if do_latency && mtu == latency_mtu {
+                measure_latency(&args, &mut c, &mut r, &mut latency_md)?;
+            }
+        }
         if do_iperf {
-            measure_iperf(&iperf_args, &pair, &mut r)?;
+            write_iperf(&args, &rows, &failures, &counters, &mut r);
         }
-        if do_latency {
-            measure_latency(&iperf_args, &mut pair, &mut r)?;
-        }
+        r.md.push_str(&latency_md);
     }
     if !r.targets.is_empty() {
         let _ = writeln!(
@@ -178,12 +274,42 @@ fn run() -> Result<(), String> {
         "\nTotal time: {:.0} s.",
         started.elapsed().as_secs_f64()
     );
-    println!("\n{}", r.md);
-    if let Some(dir) = out {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        std::fs::write(dir.join("report.md"), &r.md).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("report.svg"), svg(&r, many)).map_err(|e| e.to_string())?;
-        println!("written: {}/report.md, report.svg", dir.display());
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# kxdp against the kernel path, side by side\n\n\
+         Commit `{commit}`. Machine: {machine}.\n\n\
+         Profile `{}`; generator on core {}, kxdp's worker on core {}. Reproduce: `make perf` \
+         (short) or `make perf PERF_ARGS=--long`. Every run of every measurement is in \
+         `samples.json` beside this file; the plot is `report.svg`.\n\n\
+         ## What differs between the two paths\n\n\
+         The kernel path runs as a flannel node with kube-proxy runs it, every offload at its \
+         default; kxdp's pod and host veths run without transmit checksum offload, as kxdp \
+         needs (below), and so does the underlay port facing a kxdp node, standing in for a \
+         NIC that hands over complete checksums. Devices as read at run time (`ip -d -j link`, \
+         `ethtool -k`), by role; **bold**: differs between the paths.",
+        args.profile, args.gen_core, args.worker_core
+    );
+    md.push_str(&settings_md);
+    md.push_str(&path_settings(&args));
+    md.push('\n');
+    md.push_str(&r.md);
+    println!("\n{md}");
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
+        };
+        write("report.md", &md)?;
+        write("report.svg", &svg(&r, many, &commit, args.runs))?;
+        write(
+            "samples.json",
+            &r.samples_json(&commit, &machine, args.profile),
+        )?;
+        println!(
+            "written: {}/report.md, report.svg, samples.json",
+            dir.display()
+        );
     }
     Ok(())
 }

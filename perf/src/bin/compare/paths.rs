@@ -4,6 +4,14 @@
 //! generators that drive them (live XDP frames, pktgen or trafgen) with the sink's sampling
 //! ([`Rate`]). Everything here builds, starts, drives or reads; the measurements that combine
 //! it into the report are in `measure.rs`.
+//!
+//! Offered and forwarded rates come from one window: the kernel's count of what the
+//! generator's veth took (sent on to node A, or dropped there with node A's queue full) and
+//! the sink's count, read at the same moments after a warm-up. A generator's own total over
+//! its whole run (trafgen's "packets outgoing" over the process's life) includes its start,
+//! when it sends little or nothing, and so reads lower than the rate the sink sees while it
+//! runs: this report used to show kxdp forwarding more than was offered for that reason. The
+//! generator's own rate is kept in the samples.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -24,6 +32,7 @@ use kxdp_xdp::worker::Mode;
 use kxdp_xdp::{enter_netns, ifindex, pin_current_thread, Attachment};
 
 use crate::args::Args;
+use crate::settings::{capture, Device, SINK_ROLE};
 
 /// How a path forwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +75,17 @@ impl Path {
         }
     }
 
+    /// The plot's series for it (one colour per path across the panels).
+    pub(crate) fn series(self) -> &'static str {
+        match self {
+            Path::Redirect => "XDP redirect (ceiling)",
+            Path::Bare => "bare AF_XDP forwarder",
+            Path::Kxdp => "kxdp",
+            Path::KxdpSkb => "kxdp, skb generator",
+            Path::Kernel => "kernel",
+        }
+    }
+
     /// Bytes the path adds to a frame (VXLAN encapsulation).
     fn overhead(self) -> f64 {
         match self {
@@ -84,12 +104,13 @@ const BURST: u32 = 1 << 20;
 pub(crate) struct Side {
     node_ns: String,
     gen_ns: String,
+    sink_ns: String,
     sink: PerfPrograms,
     /// The sink's program, attached while the side exists.
     _sink_link: Attachment,
     /// The helper programs attached in the node's namespace (redirect, drop).
     node_progs: PerfPrograms,
-    _tb: Testbed,
+    tb: Testbed,
 }
 
 /// Both sides and what they share.
@@ -129,8 +150,13 @@ impl SkbGen {
 pub(crate) struct Rate {
     /// Frames per second the sink received.
     pub(crate) forwarded: f64,
-    /// Frames per second the generator sent.
+    /// Frames per second the generator's veth took over the same window: sent on to node A,
+    /// or dropped with node A's queue full.
     pub(crate) offered: f64,
+    /// Of `offered`, frames per second dropped at the veth (node A's queue full).
+    pub(crate) offered_dropped: f64,
+    /// Frames per second by the generator's own count over its whole run, start included.
+    pub(crate) generator_reported: f64,
     /// Mean size of the frames the sink received.
     sink_bytes: f64,
     /// Busy core-seconds per second of all cores (from /proc/stat).
@@ -138,17 +164,50 @@ pub(crate) struct Rate {
 }
 
 impl Rate {
-    /// The rate of a run that sent `sent` frames in `secs`, whose sink was sampled as
+    /// The rate of a run whose generator says it sent `sent` frames in `secs`, sampled as
     /// [`sample_sink`] does.
-    fn of(sample: Result<(f64, f64, f64), String>, sent: u64, secs: f64) -> Result<Rate, String> {
-        let (forwarded, sink_bytes, busy_cores) = sample?;
+    fn of(sample: Result<Window, String>, sent: u64, secs: f64) -> Result<Rate, String> {
+        let w = sample?;
         Ok(Rate {
-            forwarded,
-            offered: sent as f64 / secs,
-            sink_bytes,
-            busy_cores,
+            forwarded: w.forwarded,
+            offered: w.offered,
+            offered_dropped: w.offered_dropped,
+            generator_reported: sent as f64 / secs,
+            sink_bytes: w.sink_bytes,
+            busy_cores: w.busy_cores,
         })
     }
+}
+
+/// What one window of [`sample_sink`] saw, per second.
+struct Window {
+    forwarded: f64,
+    sink_bytes: f64,
+    offered: f64,
+    offered_dropped: f64,
+    busy_cores: f64,
+}
+
+/// The transmit counters of the generator's `eth0` in namespace `ns` (packets, dropped), as
+/// the kernel counts them (a veth's count includes what its peer took through XDP), and when
+/// they were read (the middle of the read).
+fn generator_tx(ns: &str) -> Result<(u64, u64, Instant), String> {
+    let before = Instant::now();
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-s", "-j", "link", "show", "dev", "eth0"])
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    let at = before + (Instant::now() - before) / 2;
+    let (packets, dropped) = parse_tx_counters(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| format!("the generator's eth0 counters in {ns}: unreadable"))?;
+    Ok((packets, dropped, at))
+}
+
+/// `ip -s -j link show dev X`'s transmit packets and drops.
+fn parse_tx_counters(json: &str) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    let tx = &v[0]["stats64"]["tx"];
+    Some((tx["packets"].as_u64()?, tx["dropped"].as_u64()?))
 }
 
 /// Busy and total jiffies of all cores.
@@ -165,20 +224,50 @@ fn cpu_jiffies() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// After half a second of warm-up, what `side`'s sink receives over `window`: frames per
-/// second, mean frame size, and busy cores (all cores' busy time per second).
-fn sample_sink(side: &Side, window: Duration) -> Result<(f64, f64, f64), String> {
+/// After half a second of warm-up, what `side`'s sink receives over `window` and what the
+/// generator's veth took over the same window: frames per second, mean frame size, and busy
+/// cores (all cores' busy time per second). The generator's counters are read right before
+/// and right after each read of the sink's, and taken at the sink's read time between the two
+/// (a read takes milliseconds, while the live generator sends in bursts).
+fn sample_sink(side: &Side, window: Duration) -> Result<Window, String> {
     std::thread::sleep(Duration::from_millis(500));
-    let read = || side.sink.sink_counts().map_err(|e| e.to_string());
-    let ((f0, b0), c0, t0) = (read()?, cpu_jiffies(), Instant::now());
+    let read = || -> Result<_, String> {
+        let before = generator_tx(&side.gen_ns)?;
+        let (sink, cpu, at) = (
+            side.sink.sink_counts().map_err(|e| e.to_string())?,
+            cpu_jiffies(),
+            Instant::now(),
+        );
+        let after = generator_tx(&side.gen_ns)?;
+        Ok((sink, cpu, at, interpolate(before, after, at)))
+    };
+    let ((f0, b0), c0, t0, g0) = read()?;
     std::thread::sleep(window);
-    let ((f1, b1), c1, t1) = (read()?, cpu_jiffies(), Instant::now());
+    let ((f1, b1), c1, t1, g1) = read()?;
     let secs = (t1 - t0).as_secs_f64();
-    Ok((
-        (f1 - f0) as f64 / secs,
-        (b1 - b0) as f64 / (f1 - f0).max(1) as f64,
-        (c1.0 - c0.0) as f64 / USER_HZ / secs,
-    ))
+    Ok(Window {
+        forwarded: (f1 - f0) as f64 / secs,
+        sink_bytes: (b1 - b0) as f64 / (f1 - f0).max(1) as f64,
+        offered: (g1.0 - g0.0).max(0.0) / secs,
+        offered_dropped: (g1.1 - g0.1).max(0.0) / secs,
+        busy_cores: (c1.0 - c0.0) as f64 / USER_HZ / secs,
+    })
+}
+
+/// The generator's counters (taken: packets and drops; dropped) at `at`, between two reads.
+fn interpolate(
+    (p0, d0, t0): (u64, u64, Instant),
+    (p1, d1, t1): (u64, u64, Instant),
+    at: Instant,
+) -> (f64, f64) {
+    let span = (t1 - t0).as_secs_f64();
+    let share = if span > 0.0 {
+        (at.saturating_duration_since(t0).as_secs_f64() / span).min(1.0)
+    } else {
+        0.5
+    };
+    let between = |a: u64, b: u64| a as f64 + (b as f64 - a as f64) * share;
+    (between(p0 + d0, p1 + d1), between(d0, d1))
 }
 
 /// /proc/stat counts in USER_HZ, which Linux fixes at 100 for user space.
@@ -191,6 +280,13 @@ impl Bench {
         } else {
             &self.kxdp
         }
+    }
+
+    /// The devices of `path`'s node A, its generator pod and its sink, as they are now (with
+    /// the XDP programs of what runs `path` while it runs).
+    pub(crate) fn devices(&self, path: Path) -> Result<Vec<Device>, String> {
+        let side = self.side(path);
+        capture(&side.tb, &[(side.sink_ns.clone(), SINK_ROLE)])
     }
 
     /// The generator's template: pod A to the current destination (the DNS ClusterIP, or the
@@ -556,9 +652,32 @@ fn side(tb: Testbed, sink_ns: String) -> Result<Side, String> {
     Ok(Side {
         node_ns,
         gen_ns,
+        sink_ns,
         sink,
         _sink_link: sink_link,
         node_progs,
-        _tb: tb,
+        tb,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generators_counters_are_its_transmit_packets_and_drops() {
+        let json = r#"[{"ifindex":2,"ifname":"eth0","stats64":{"rx":{"bytes":0,"packets":3,"errors":0,"dropped":0},"tx":{"bytes":6400,"packets":100,"errors":0,"dropped":7,"carrier_errors":0,"collisions":0}}}]"#;
+        assert_eq!(parse_tx_counters(json), Some((100, 7)));
+        assert_eq!(parse_tx_counters("[]"), None);
+        assert_eq!(parse_tx_counters(""), None);
+    }
+
+    #[test]
+    fn the_generators_count_is_taken_at_the_sinks_read() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(10);
+        let at = t0 + Duration::from_millis(4);
+        assert_eq!(interpolate((100, 0, t0), (200, 10, t1), at), (144.0, 4.0));
+        assert_eq!(interpolate((100, 0, t0), (100, 0, t0), t0), (100.0, 0.0));
+    }
 }

@@ -648,11 +648,11 @@ impl Testbed {
     /// client's `eth0`) and the pods' to `mtu - 50`, as flannel's VXLAN backend sets them
     /// from the uplink's (its CNI config's MTU: the uplink's less VXLAN's 50 bytes): both ends
     /// of every pod veth, and on kernel nodes `flannel.1` and `cni0`. kxdp nodes follow the
-    /// same rule (kxdp's pipeline answers fragmentation needed above the uplink's MTU less 50,
-    /// and a CNI on a kxdp node gives pods that MTU); their host interface keeps its own, and
-    /// the peers of [`Testbed::add_uplink_peer`] theirs. Set it before a dataplane attaches: a
-    /// veth refuses an MTU its XDP peer cannot take.
-    pub fn set_underlay_mtu(&self, mtu: u16) -> Result<(), TestbedError> {
+    /// same rule, the agent's `--pod-mtu` default: their pods' veths and host interface, and
+    /// [`pod_mtu`](Self::pod_mtu) for pods added later. The peers of
+    /// [`Testbed::add_uplink_peer`] keep theirs. Set it before a dataplane attaches: a veth
+    /// refuses an MTU its XDP peer cannot take.
+    pub fn set_underlay_mtu(&mut self, mtu: u16) -> Result<(), TestbedError> {
         assert!((118..=65000).contains(&mtu), "an underlay MTU, got {mtu}");
         let underlay = mtu.to_string();
         let pod = (mtu - 50).to_string();
@@ -673,7 +673,6 @@ impl Testbed {
             for dev in veths(&node.ns)? {
                 match dev.as_str() {
                     "uplink" => set(&node.ns, &dev, &underlay)?,
-                    "host0" | "kxdp0" => {}
                     _ => pod_ends.push((node.ns.clone(), dev)),
                 }
             }
@@ -688,6 +687,7 @@ impl Testbed {
         for (ns, dev) in pod_ends {
             set(&ns, &dev, &pod)?;
         }
+        self.pod_mtu = Some(mtu - 50);
         Ok(())
     }
 

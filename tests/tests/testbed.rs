@@ -162,13 +162,13 @@ fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_off
     ) {
         return;
     }
-    let tb = Testbed::kernel_nodes(Spec {
+    let mut tb = Testbed::kernel_nodes(Spec {
         nodes: 2,
         pods_per_node: 1,
         external: false,
     })
     .expect("testbed builds");
-    let (a, b) = (&tb.nodes[0], &tb.nodes[1]);
+    let (a, b) = (tb.nodes[0].clone(), tb.nodes[1].clone());
     let pod = a.pods[0].ns.clone();
     // A flannel node's defaults: checksum and segmentation offload on every veth.
     for (ns, dev) in [
@@ -215,8 +215,9 @@ fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_off
 
     // kxdp's veths, and the switch ports facing kxdp's uplinks, without transmit checksum
     // offload; its pods at the underlay's MTU less 50 once asked.
-    let kx = Testbed::two_kxdp_nodes(&[(Ipv4Addr::new(10, 244, 1, 10), "0a:58:0a:f4:01:0a")], &[])
-        .expect("testbed builds");
+    let mut kx =
+        Testbed::two_kxdp_nodes(&[(Ipv4Addr::new(10, 244, 1, 10), "0a:58:0a:f4:01:0a")], &[])
+            .expect("testbed builds");
     let kpod = kx.nodes[0].pods[0].ns.clone();
     for (ns, dev) in [
         (kpod.as_str(), "eth0"),
@@ -230,4 +231,14 @@ fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_off
     assert_eq!(mtu(&kpod, "eth0"), 1450);
     assert_eq!(mtu(&kx.nodes[0].ns, "pod0"), 1450);
     assert_eq!(mtu(&kx.nodes[0].ns, "uplink"), 1500);
+    // A pod added later gets the pods' MTU, as the agent's --pod-mtu default.
+    let later = kx
+        .add_kxdp_pod(
+            1,
+            "pod1",
+            Ipv4Addr::new(10, 244, 2, 10),
+            "0a:58:0a:f4:02:0a",
+        )
+        .unwrap();
+    assert_eq!(mtu(&later.ns, "eth0"), 1450);
 }

@@ -4,9 +4,10 @@
 //! (the demo's and a UDP echo ClusterIP), pods at the underlay's MTU less 50 on both
 //! ([`Testbed::set_underlay_mtu`]); and the agents' restart in another worker mode.
 //!
-//! kxdp's agents may fail to start, or to serve a pod, at an MTU kxdp does not take yet (its
-//! UMEM chunks are 2 KiB): the clusters are still built and the failure kept, for the report
-//! to show rather than hide.
+//! kxdp's agents may fail to start, or to serve a pod, at an MTU kxdp does not take: the
+//! clusters are still built and the failure kept, for the report to show rather than hide.
+//! kxdp's agents run with their default `--pod-mtu`, the uplink's less 50, which is what the
+//! pods' veths are set to.
 
 use std::time::Duration;
 
@@ -80,7 +81,7 @@ pub(crate) fn clusters(mtu: u16) -> Result<Clusters, String> {
     };
     // The kernel cluster: flannel-style nodes with the same addresses, kube-proxy's rules for
     // the same services on both.
-    let tb = Testbed::kernel_nodes(Spec {
+    let mut tb = Testbed::kernel_nodes(Spec {
         nodes: 2,
         pods_per_node: 2,
         external: false,

@@ -167,7 +167,8 @@ impl KxdpCounters {
             "kxdp's counters over its runs at underlay MTU {}, both nodes: {steered:.0} frames \
              steered to its sockets by the XDP program, {taken:.0} taken by its workers \
              ({:.0} lost between: the socket's ring full or no free chunk to fill), {:.0} \
-             transmitted, {:.0} times a TX ring full; dropped by the pipeline: {}.",
+             transmit descriptors queued (a frame larger than a chunk takes several), {:.0} \
+             times a TX ring full; dropped by the pipeline: {}.",
             self.mtu,
             (steered - taken).max(0.0),
             self.total(COUNTED[2]),
@@ -390,7 +391,7 @@ pub(crate) fn write_iperf(
          median of {} runs (range), the paths alternating. Gbit/s is what the receiver got \
          (`end.sum_received`); retransmits are the sender's (`end.sum_sent.retransmits`) per \
          run. Pods' MTU is the underlay's less 50 on both paths: flannel's rule, and kxdp's \
-         (it answers fragmentation needed above the uplink's MTU less 50). UDP is offered at \
+         (the agent's `--pod-mtu` default). UDP is offered at \
          2 Gbit/s in iperf3's default datagrams. The row marked *kernel, tx offload off* is the \
          kernel path with transmit checksum offload (and with it TSO) off on every veth, as \
          kxdp's pods must run: the baseline this report used to compare against.\n\n\
@@ -468,9 +469,8 @@ pub(crate) fn write_iperf(
                 "That is the kernel refusing (`ERANGE`, `veth: Peer MTU is too large to set \
                  XDP`) an XDP program without multi-buffer support on a veth whose peer's MTU \
                  is above what one page holds (about 3.5 KiB): kxdp's XDP program is not \
-                 multi-buffer (`xdp.frags`) yet, so kxdp does not run at this MTU at all, \
-                 before any frame meets its 2 KiB UMEM chunks. NIC drivers (mlx5, ice, i40e) \
-                 refuse such a program at jumbo MTUs too."
+                 multi-buffer (`xdp.frags`) in this build, so kxdp does not run at this MTU at \
+                 all. NIC drivers (mlx5, ice, i40e) refuse such a program at jumbo MTUs too."
             );
         }
     }
@@ -510,7 +510,7 @@ mod tests {
         );
         let none = KxdpCounters::between(9000, &before, before.clone());
         assert!(
-            none.sentence().contains(", 0 transmitted, 0 times"),
+            none.sentence().contains(", 0 transmit descriptors queued"),
             "{}",
             none.sentence()
         );
@@ -519,8 +519,9 @@ mod tests {
             k.sentence(),
             "kxdp's counters over its runs at underlay MTU 1500, both nodes: 150 frames steered \
              to its sockets by the XDP program, 140 taken by its workers (10 lost between: the \
-             socket's ring full or no free chunk to fill), 137 transmitted, 4 times a TX ring \
-             full; dropped by the pipeline: too_big_for_tunnel 3."
+             socket's ring full or no free chunk to fill), 137 transmit descriptors queued (a \
+             frame larger than a chunk takes several), 4 times a TX ring full; dropped by the \
+             pipeline: too_big_for_tunnel 3."
         );
     }
 

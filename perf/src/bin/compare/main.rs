@@ -141,14 +141,16 @@ fn path_settings(a: &Args) -> String {
          - **Segmentation and coalescing.** Kernel pods send TCP in segments of up to 64 KiB \
            (TSO/GSO on their veths) that cross the veths, the bridge and `flannel.1` whole: on \
            veths nothing needs to cut them. kxdp's pod veths run without transmit checksum \
-           offload, so without TSO: pods send one MSS per segment and kxdp's worker handles \
-           each as a frame; kxdp neither segments nor coalesces (a frame is at most one 2 KiB \
-           UMEM chunk until multi-buffer AF_XDP lands). Why kxdp's veths need it off: its \
-           copy-mode AF_XDP would copy the unfilled checksum of a `CHECKSUM_PARTIAL` packet.\n\
+           offload, so without TSO: pods send one MSS per segment (the pod MTU's less 40 \
+           bytes) and kxdp's worker handles each as a frame; kxdp neither segments nor \
+           coalesces on these paths (its multi-buffer frames carry up to the pod MTU whole; a \
+           `--pod-mtu` above the uplink's less 50, which lets pods send larger segments, is not \
+           measured here). Why kxdp's veths need the offload off: its copy-mode AF_XDP would \
+           copy the unfilled checksum of a `CHECKSUM_PARTIAL` packet.\n\
          - **VXLAN outer UDP checksum.** `flannel.1`'s is in the table; kxdp writes zero \
            (its encapsulation template).\n\
-         - **Pods' MTU.** The underlay's less 50 on both: flannel's rule, and kxdp's (its \
-           pipeline answers fragmentation needed above the uplink's MTU less 50).\n",
+         - **Pods' MTU.** The underlay's less 50 on both: flannel's rule, and kxdp's (the \
+           agent's `--pod-mtu` default, which its agents run with here).\n",
         w = a.worker_core,
         g = a.gen_core
     )

@@ -367,7 +367,11 @@ fn loss_cell(runs: &[Result<Run, String>]) -> String {
         let (lo, hi) = range(&retr);
         format!("{:.0} ({lo:.0}–{hi:.0})", median(&retr))
     } else if !lost.is_empty() {
-        format!("{:.1}% lost", median(&lost))
+        let sent: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| Some(r.as_ref().ok()?.sent_bps / 1e9))
+            .collect();
+        format!("{:.1}% lost of {:.2} sent", median(&lost), median(&sent))
     } else {
         "—".into()
     }
@@ -390,7 +394,8 @@ pub(crate) fn write_iperf(
          at its default); the same pods, addresses and services. iperf3 `--json`, {} s per run, \
          median of {} runs (range), the paths alternating. Gbit/s is what the receiver got \
          (`end.sum_received`); retransmits are the sender's (`end.sum_sent.retransmits`) per \
-         run. Pods' MTU is the underlay's less 50 on both paths: flannel's rule, and kxdp's \
+         run; for UDP, the datagrams lost and the Gbit/s the client sent (medians). Pods' \
+         MTU is the underlay's less 50 on both paths: flannel's rule, and kxdp's \
          (the agent's `--pod-mtu` default). UDP is offered at \
          2 Gbit/s in iperf3's default datagrams. The row marked *kernel, tx offload off* is the \
          kernel path with transmit checksum offload (and with it TSO) off on every veth, as \
@@ -533,6 +538,14 @@ mod tests {
             "3.00 (2.00–3.00), 1 of 3 runs failed: iperf3: timed out"
         );
         assert_eq!(loss_cell(&runs), "5 (1–5)");
+        let udp = vec![Ok(Run {
+            received_bps: 0.6e9,
+            sent_bps: 1.2e9,
+            retransmits: None,
+            lost_percent: Some(50.0),
+            congestion: None,
+        })];
+        assert_eq!(loss_cell(&udp), "50.0% lost of 1.20 sent");
         let failed: Vec<Result<Run, String>> = vec![Err("no".into()), Err("no".into())];
         assert_eq!(gbps_cell(&failed), "—, 2 of 2 runs failed: no");
         assert_eq!(loss_cell(&failed), "—");

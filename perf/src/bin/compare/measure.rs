@@ -33,7 +33,7 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
     );
     let _ = writeln!(
         r.md,
-        "| frame | to | flows | XDP redirect | bare AF_XDP | kxdp | kxdp ({g}) | kernel ({g}) | kxdp / kernel, same generator | kxdp / bare | offered: live / {g} |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| frame | to | flows | XDP redirect | bare AF_XDP | kxdp | kxdp ({g}) | kernel ({g}) | kxdp / kernel, same generator | kxdp / bare | offered to kxdp: live / {g}; to the kernel: {g} |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         g = b.skb_gen.name()
     );
     let many = *a.flows.last().unwrap_or(&1);
@@ -50,16 +50,13 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
         for &(to, dst, flows) in &targets {
             b.dst.store(u32::from(dst), Relaxed);
             let mut got: Vec<Vec<f64>> = vec![Vec::new(); Path::ALL.len()];
-            let (mut live, mut skb) = (Vec::new(), Vec::new());
+            // What was offered to each path, per run.
+            let mut offered: Vec<Vec<f64>> = vec![Vec::new(); Path::ALL.len()];
             for run in 0..a.runs {
                 for (i, path) in Path::ALL.iter().enumerate() {
                     let s = b.saturate(*path, size, flows)?;
                     got[i].push(s.forwarded);
-                    if path.skb_fed() {
-                        skb.push(s.offered);
-                    } else {
-                        live.push(s.offered);
-                    }
+                    offered[i].push(s.offered);
                     over.push((s.forwarded / s.offered.max(1.0), *path, size, to, flows));
                     if *path == Path::KxdpSkb || *path == Path::Kernel {
                         own.push(s.generator_reported / s.offered.max(1.0));
@@ -90,7 +87,7 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
             }
             let _ = writeln!(
                 r.md,
-                "| {size} | {to} | {flows} | {} | {} | {} | {} | {} | {:.2}x | {:.0}% | {} / {} |",
+                "| {size} | {to} | {flows} | {} | {} | {} | {} | {} | {:.2}x | {:.0}% | {} / {}; {} |",
                 spread(&got[0], mpps),
                 spread(&got[1], mpps),
                 spread(&got[2], mpps),
@@ -98,8 +95,9 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
                 spread(&got[4], mpps),
                 m[3] / m[4].max(1.0),
                 100.0 * m[2] / m[1].max(1.0),
-                mpps(median(&live)),
-                mpps(median(&skb)),
+                mpps(median(&offered[2])),
+                mpps(median(&offered[3])),
+                mpps(median(&offered[4])),
             );
             if to == "ClusterIP" {
                 same_gen.push(m[3] / m[4].max(1.0));

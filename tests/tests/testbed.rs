@@ -214,7 +214,7 @@ fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_off
     );
 
     // kxdp's veths, and the switch ports facing kxdp's uplinks, without transmit checksum
-    // offload; its pods at the underlay's MTU less 50 once asked.
+    // offload; its pods at another underlay's MTU less 50 once asked.
     let mut kx =
         Testbed::two_kxdp_nodes(&[(Ipv4Addr::new(10, 244, 1, 10), "0a:58:0a:f4:01:0a")], &[])
             .expect("testbed builds");
@@ -227,11 +227,11 @@ fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_off
     ] {
         assert_eq!(feature(ns, dev, "tx-checksumming"), "off", "{dev} in {ns}");
     }
-    kx.set_underlay_mtu(1500).unwrap();
-    assert_eq!(mtu(&kpod, "eth0"), 1450);
-    assert_eq!(mtu(&kx.nodes[0].ns, "pod0"), 1450);
-    assert_eq!(mtu(&kx.nodes[0].ns, "uplink"), 1500);
-    // A pod added later gets the pods' MTU, as the agent's --pod-mtu default.
+    kx.set_underlay_mtu(9000).unwrap();
+    assert_eq!(mtu(&kpod, "eth0"), 8950);
+    assert_eq!(mtu(&kx.nodes[0].ns, "pod0"), 8950);
+    assert_eq!(mtu(&kx.nodes[0].ns, "uplink"), 9000);
+    // A pod added later gets the pods' MTU, as from the agent's --pod-mtu default.
     let later = kx
         .add_kxdp_pod(
             1,
@@ -240,5 +240,5 @@ fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_off
             "0a:58:0a:f4:02:0a",
         )
         .unwrap();
-    assert_eq!(mtu(&later.ns, "eth0"), 1450);
+    assert_eq!(mtu(&later.ns, "eth0"), 8950);
 }

@@ -140,13 +140,15 @@ fn path_settings(a: &Args) -> String {
            worker. iperf3 and the echo clients are unpinned on both paths.\n\
          - **Segmentation and coalescing.** Kernel pods send TCP in segments of up to 64 KiB \
            (TSO/GSO on their veths) that cross the veths, the bridge and `flannel.1` whole: on \
-           veths nothing needs to cut them. kxdp's pod veths run without transmit checksum \
-           offload, so without TSO: pods send one MSS per segment (the pod MTU's less 40 \
-           bytes) and kxdp's worker handles each as a frame; kxdp neither segments nor \
-           coalesces on these paths (its multi-buffer frames carry up to the pod MTU whole; a \
-           `--pod-mtu` above the uplink's less 50, which lets pods send larger segments, is not \
-           measured here). Why kxdp's veths need the offload off: its copy-mode AF_XDP would \
-           copy the unfilled checksum of a `CHECKSUM_PARTIAL` packet.\n\
+           veths nothing needs to cut them. kxdp's pod veths run without TSO (off with \
+           transmit checksum offload, and off anyway on a veth whose peer has an XDP \
+           program): pods send one MSS per segment (the pod MTU less 40 bytes) and kxdp's \
+           worker handles each as a frame. kxdp cuts frames larger than the link they leave \
+           on and merges a pod's incoming TCP segments up to the pod's MTU; with pods at the \
+           tunnel's MTU, as here, neither has anything to do. A `--pod-mtu` above the \
+           uplink's less 50, which lets kxdp's pods send larger segments, is not measured \
+           here. Why kxdp's veths need checksum offload off: its copy-mode AF_XDP would copy \
+           the unfilled checksum of a `CHECKSUM_PARTIAL` packet.\n\
          - **VXLAN outer UDP checksum.** `flannel.1`'s is in the table; kxdp writes zero \
            (its encapsulation template).\n\
          - **Pods' MTU.** The underlay's less 50 on both: flannel's rule, and kxdp's (the \

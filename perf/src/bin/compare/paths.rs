@@ -587,7 +587,11 @@ impl Running {
 pub(crate) fn build(args: Args) -> Result<Bench, String> {
     let t = Topology::default();
     let mut inputs = t.inputs();
-    inputs.node.uplink_mtu = 1600;
+    // An uplink that carries a 1500-byte frame in VXLAN, and pods at its MTU less 50 on both
+    // nodes (flannel's rule and kxdp's --pod-mtu default), so that both take 1500-byte frames.
+    const UPLINK_MTU: u16 = 1600;
+    inputs.node.uplink_mtu = UPLINK_MTU;
+    inputs.node.pod_mtu = UPLINK_MTU - 50;
     let e = |e: kxdp_tests::testbed::TestbedError| e.to_string();
     // kxdp's node A.
     let mut tb =
@@ -599,12 +603,13 @@ pub(crate) fn build(args: Args) -> Result<Bench, String> {
             "sink",
             (t.node.node_ips[0], &mac_text(t.node.uplink_mac)),
             (t.node_b.node_ip, &mac_text(t.node_b_mac)),
-            1600,
+            UPLINK_MTU,
         )
         .map_err(e)?;
+    tb.set_underlay_mtu(UPLINK_MTU).map_err(e)?;
     let kxdp = side(tb, sink_ns)?;
     // The kernel's node A, serving the same services.
-    let (tb, sink_ns) = Testbed::flannel_node_with_uplink_peer(
+    let (mut tb, sink_ns) = Testbed::flannel_node_with_uplink_peer(
         (t.pod_a.ip, &mac_text(t.pod_a.mac)),
         (t.node.gateway_ip, &mac_text(t.node.gateway_mac)),
         (
@@ -617,9 +622,10 @@ pub(crate) fn build(args: Args) -> Result<Bench, String> {
             t.node_b.pod_cidr.network().address(),
             &mac_text(t.node_b.vtep_mac),
         ),
-        1600,
+        UPLINK_MTU,
     )
     .map_err(e)?;
+    tb.set_underlay_mtu(UPLINK_MTU).map_err(e)?;
     let snapshot = Snapshot::build(inputs.clone()).map_err(|e| e.to_string())?;
     tb.exec_with_input(&tb.nodes[0].ns, &["nft", "-f", "-"], &ruleset(&snapshot))
         .map_err(e)?;

@@ -5,7 +5,8 @@
 //! drives the kernel's packet generator where the kernel has one; [`programs`] loads the
 //! harness's own XDP programs (a live-frames generator, a counting sink, a redirector);
 //! [`baseline`] is the bare AF_XDP forwarder kxdp is measured against; [`iperf3`] reads an
-//! iperf3 client's JSON report; [`in_namespace`] and [`stats`] are what every measurement uses.
+//! iperf3 client's JSON report; [`in_namespace`], [`ipv4_only`] and [`stats`] are what every
+//! measurement uses.
 
 pub mod baseline;
 pub mod programs;
@@ -132,6 +133,29 @@ pub fn exit(name: &str, result: Result<(), String>) -> std::process::ExitCode {
             eprintln!("{name}: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Turn IPv6 off on every interface of network namespace `ns`. A link that comes up sends
+/// IPv6 duplicate address detection, router solicitations and MLD reports for a couple of
+/// seconds: a sink would count them as forwarded frames, and a generator's veth as offered
+/// ones. The harness measures IPv4 only.
+pub fn ipv4_only(ns: &str) -> Result<(), String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "sysctl", "-qw"])
+        .args([
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ])
+        .output()
+        .map_err(|e| format!("sysctl in {ns}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "turning IPv6 off in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

@@ -18,6 +18,10 @@ fn the_generator_sends_what_the_sink_counts() {
     let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &mac_text(t.pod_a.mac))], t.node.gateway_ip)
         .expect("testbed builds");
     let (node, pod) = (tb.nodes[0].ns.clone(), tb.nodes[0].pods[0].ns.clone());
+    // The pod's IPv6 link-up chatter (neighbour discovery, MLD) would reach the sink too.
+    for ns in [&node, &pod] {
+        kxdp_perf::ipv4_only(ns).expect("IPv6 off");
+    }
     let mut spec = t.from_pod_a(t.dns_cluster_ip);
     spec.udp_checksum = false;
     let frame = spec.udp(10_000, 53, &[0x6b; 200]);

@@ -129,7 +129,8 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
              config, its ring set up), divided by that life, while the sink counted a window \
              of steady sending after a warm-up. Over its whole run, the skb generator's \
              ({g}) own count comes to {:.0}% (median; {:.0}–{:.0}%) of the rate its veth took \
-             in the window; both are in the samples.",
+             in the window; both are in the samples. IPv6 is off in these namespaces, so \
+             neither count includes a link's neighbour discovery and MLD reports.",
             100.0 * ratio,
             path.name(),
             100.0 * median(&own),

@@ -11,7 +11,8 @@
 //! its whole run (trafgen's "packets outgoing" over the process's life) includes its start,
 //! when it sends little or nothing, and so reads lower than the rate the sink sees while it
 //! runs: this report used to show kxdp forwarding more than was offered for that reason. The
-//! generator's own rate is kept in the samples.
+//! generator's own rate is kept in the samples. IPv6 is off in these namespaces, so neither
+//! count includes a link's IPv6 neighbour discovery and MLD reports.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -648,6 +649,10 @@ pub(crate) fn build(args: Args) -> Result<Bench, String> {
 fn side(tb: Testbed, sink_ns: String) -> Result<Side, String> {
     let node_ns = tb.nodes[0].ns.clone();
     let gen_ns = tb.nodes[0].pods[0].ns.clone();
+    // Only the generator's frames on the counted links.
+    for ns in [&node_ns, &gen_ns, &sink_ns] {
+        kxdp_perf::ipv4_only(ns)?;
+    }
     let (sink, sink_link) = in_namespace(&sink_ns, || {
         let progs = PerfPrograms::load().map_err(|e| e.to_string())?;
         let index = ifindex("eth0").map_err(|e| e.to_string())?;

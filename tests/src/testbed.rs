@@ -691,6 +691,22 @@ impl Testbed {
         Ok(())
     }
 
+    /// Set kxdp nodes' pod veths (both ends) and host interface to `mtu`, as a CNI plugin does
+    /// from the agent's `--pod-mtu`: the underlay keeps its MTU, and kernel nodes theirs.
+    pub fn set_kxdp_pod_mtu(&mut self, mtu: u16) -> Result<(), TestbedError> {
+        let m = mtu.to_string();
+        for node in self.nodes.iter().filter(|n| !n.kernel) {
+            for dev in veths(&node.ns)?.iter().filter(|d| *d != "uplink") {
+                ip(Some(&node.ns), &["link", "set", dev, "mtu", &m])?;
+            }
+            for p in &node.pods {
+                ip(Some(&p.ns), &["link", "set", "eth0", "mtu", &m])?;
+            }
+        }
+        self.pod_mtu = Some(mtu);
+        Ok(())
+    }
+
     /// Watch every port of the underlay switch for `secs` seconds (a raw socket in the switch
     /// namespace), counting VXLAN frames and frames whose outer header carries a pod address.
     pub fn watch_underlay(&self, secs: u32) -> Result<UnderlayWatch, TestbedError> {

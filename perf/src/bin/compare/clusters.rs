@@ -1,13 +1,15 @@
 //! The two-node clusters of the iperf3 and latency measurements, at one underlay MTU: one run
 //! by `kxdp agent`s, one by the kernel (flannel-style nodes with kube-proxy's rules, every
 //! offload at its default, as a flannel node runs), with the same pods, addresses and services
-//! (the demo's and a UDP echo ClusterIP), pods at the underlay's MTU less 50 on both
-//! ([`Testbed::set_underlay_mtu`]); and the agents' restart in another worker mode.
+//! (the demo's and a UDP echo ClusterIP), the kernel's pods at the underlay's MTU less 50
+//! ([`Testbed::set_underlay_mtu`], flannel's rule); and the agents' restart in another worker
+//! mode.
 //!
 //! kxdp's agents may fail to start, or to serve a pod, at an MTU kxdp does not take: the
 //! clusters are still built and the failure kept, for the report to show rather than hide.
-//! kxdp's agents run with their default `--pod-mtu`, the uplink's less 50, which is what the
-//! pods' veths are set to.
+//! kxdp's agents run with `--pod-mtu` [`KXDP_POD_MTU`], what its pods' veths are set to: the
+//! large frames inside the node that carry a pod's TCP in 64 KiB segments, as a flannel node's
+//! pods send theirs through `cni0` with the kernel's default offloads.
 
 use std::time::Duration;
 
@@ -28,6 +30,9 @@ spec: {type: ClusterIP, clusterIP: 10.96.0.40, ports: [{name: echo, protocol: UD
 ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echo-1\n  namespace: default\n  labels: {kubernetes.io/service-name: echo}\n\
 addressType: IPv4\nports: [{name: echo, protocol: UDP, port: 7007}]\n\
 endpoints:\n  - {addresses: [10.244.2.10], nodeName: node-b, conditions: {ready: true}}\n";
+
+/// kxdp's pods' MTU and its agents' `--pod-mtu`: Linux's largest Ethernet MTU.
+pub(crate) const KXDP_POD_MTU: u16 = 65535;
 
 /// How long an agent may run: longer than any profile's measurements, which stop it sooner.
 const AGENT_MAX_RUN_S: u64 = 3600;
@@ -67,15 +72,17 @@ impl Clusters {
     }
 }
 
-/// Build both clusters with underlay MTU `mtu`, and start kxdp's agents (wakeup mode, one
+/// Build both clusters with underlay MTU `mtu`, and start kxdp's agents (adaptive mode, one
 /// unpinned worker each: their defaults).
 pub(crate) fn clusters(mtu: u16) -> Result<Clusters, String> {
     let manifest = format!("{DEMO_MANIFEST}{ECHO}");
     let mut kx = AgentCluster::build(&manifest, &DEMO_PODS)?;
     kx.tb
         .set_underlay_mtu(mtu)
+        .and_then(|()| kx.tb.set_kxdp_pod_mtu(KXDP_POD_MTU))
         .map_err(|e| format!("kxdp's cluster at MTU {mtu}: {e}"))?;
-    let kxdp_failed = match kx.start(AGENT_MAX_RUN_S, &[]) {
+    let pod_mtu = KXDP_POD_MTU.to_string();
+    let kxdp_failed = match kx.start(AGENT_MAX_RUN_S, &["--pod-mtu", &pod_mtu]) {
         Err(e) => Some(format!("{NOT_STARTED}: {}", agent_error(&e))),
         Ok(()) => unserved(&kx),
     };
@@ -150,7 +157,16 @@ pub(crate) fn restart_agents(c: &mut AgentCluster, mode: &str) -> Result<(), Str
         c.start_node(
             node,
             AGENT_MAX_RUN_S,
-            &["--manifest", &manifest, "--mode", mode, "--cores", &core],
+            &[
+                "--manifest",
+                &manifest,
+                "--mode",
+                mode,
+                "--cores",
+                &core,
+                "--pod-mtu",
+                &KXDP_POD_MTU.to_string(),
+            ],
         )?;
     }
     for node in 0..2 {

@@ -298,7 +298,11 @@ fn sample(
         "measurement": "iperf3",
         "test": test.name,
         "underlay_mtu": mtu,
-        "pod_mtu": mtu - 50,
+        "pod_mtu": if path.starts_with("kernel") {
+            mtu - 50
+        } else {
+            crate::clusters::KXDP_POD_MTU
+        },
         "streams": streams,
         "path": path,
         "run": run,
@@ -389,14 +393,15 @@ pub(crate) fn write_iperf(
     let _ = writeln!(
         r.md,
         "\n## iperf3 between pods (two-node clusters)\n\n\
-         One cluster run by `kxdp agent`s (wakeup mode, one unpinned worker each: the agent's \
+         One cluster run by `kxdp agent`s (adaptive mode, one unpinned worker each: the agent's \
          defaults), one by the kernel as a flannel node with kube-proxy runs it (every offload \
          at its default); the same pods, addresses and services. iperf3 `--json`, {} s per run, \
          median of {} runs (range), the paths alternating. Gbit/s is what the receiver got \
          (`end.sum_received`); retransmits are the sender's (`end.sum_sent.retransmits`) per \
-         run; for UDP, the datagrams lost and the Gbit/s the client sent (medians). Pods' \
-         MTU is the underlay's less 50 on both paths: flannel's rule, and kxdp's \
-         (the agent's `--pod-mtu` default). UDP is offered at \
+         run; for UDP, the datagrams lost and the Gbit/s the client sent (medians). The \
+         kernel's pods have the underlay's MTU less 50 (flannel's rule; the MTU column), \
+         kxdp's 65535 (`--pod-mtu 65535`: large frames inside the node, cut for the tunnel \
+         and merged toward pods). UDP is offered at \
          2 Gbit/s in iperf3's default datagrams. The row marked *kernel, tx offload off* is the \
          kernel path with transmit checksum offload (and with it TSO) off on every veth, as \
          kxdp's pods must run: the baseline this report used to compare against.\n\n\

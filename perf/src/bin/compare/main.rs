@@ -134,7 +134,7 @@ fn path_settings(a: &Args) -> String {
            sockets (copy mode on veth), and a user-space worker does conntrack, NAT, routing and \
            VXLAN.\n\
          - **Workers and pinning.** Two-node clusters: each `kxdp agent` with its defaults, \
-           wakeup mode and one unpinned worker; for latency also adaptive and busy-poll, \
+           adaptive mode (2 ms spin) and one unpinned worker; for latency also wakeup and busy-poll, \
            node-a's worker on core 0 and node-b's on core 1. Packet-rate topologies: one \
            busy-poll worker pinned to core {w}, the generator to core {g}. The kernel has no \
            worker. iperf3 and the echo clients are unpinned on both paths.\n\
@@ -143,16 +143,19 @@ fn path_settings(a: &Args) -> String {
            veths nothing needs to cut them. kxdp's pod veths run without TSO (off with \
            transmit checksum offload, and off anyway on a veth whose peer has an XDP \
            program): pods send one MSS per segment (the pod MTU less 40 bytes) and kxdp's \
-           worker handles each as a frame. kxdp cuts frames larger than the link they leave \
-           on and merges a pod's incoming TCP segments up to the pod's MTU; with pods at the \
-           tunnel's MTU, as here, neither has anything to do. A `--pod-mtu` above the \
-           uplink's less 50, which lets kxdp's pods send larger segments, is not measured \
-           here. Why kxdp's veths need checksum offload off: its copy-mode AF_XDP would copy \
+           worker handles each as a frame. In the two-node clusters kxdp's pods have an MTU \
+           of 65535 (`--pod-mtu 65535`), so their TCP sends segments of up to 64 KiB too, as \
+           frames of up to 18 AF_XDP buffers: kxdp delivers them whole on the node, cuts them \
+           for the tunnel (software TSO, checksums computed while copying) and merges a pod's \
+           incoming segments (software GRO, up to 18). Why kxdp's veths need checksum offload off: its copy-mode AF_XDP would copy \
            the unfilled checksum of a `CHECKSUM_PARTIAL` packet.\n\
          - **VXLAN outer UDP checksum.** `flannel.1`'s is in the table; kxdp writes zero \
            (its encapsulation template).\n\
-         - **Pods' MTU.** The underlay's less 50 on both: flannel's rule, and kxdp's (the \
-           agent's `--pod-mtu` default, which its agents run with here).\n",
+         - **Pods' MTU.** Two-node clusters: the kernel's pods at the underlay's less 50 \
+           (flannel's rule; its TCP still moves 64 KiB segments through veths and `cni0`); \
+           kxdp's at 65535 (`--pod-mtu 65535`, the host interface too), which is what lets \
+           its pods send large segments. Packet-rate topologies: the uplink's less 50 on \
+           both.\n",
         w = a.worker_core,
         g = a.gen_core
     )
@@ -262,9 +265,10 @@ fn run() -> Result<(), String> {
                 "\nWhat limits the latency, by mode. Wakeup: each of the four forwarding hops \
                  of a round trip (client → node A → node B → server, and back) wakes a worker \
                  sleeping in poll(2), while the kernel forwards inside the sender's softirq on \
-                 a veth, with no thread to wake. Adaptive: a worker keeps spinning 200 µs after \
-                 its last frame, so the answer finds both workers awake and only the request's \
-                 two hops wake one. Busy-poll: no wakeups; a worker picks a frame up as it \
+                 a veth, with no thread to wake. Adaptive (the default): a worker keeps \
+                 spinning 2 ms after its last frame, longer than the gap between requests at \
+                 this rate, so no hop wakes one; at rates below one frame per 2 ms a request \
+                 pays the wakeups. Busy-poll: no wakeups; a worker picks a frame up as it \
                  lands. What remains in the tail is this machine: with two cores, the spinning \
                  workers share them with the client, the server and their kernel work, and \
                  although an idle worker yields the core, a request now and then waits for the \

@@ -451,14 +451,17 @@ pub(crate) fn measure_latency(
     let secs = a.seconds.max(2.0);
     let mut rows = Vec::new();
     let mut medians = Vec::new();
-    // The plot's series of each mode: kxdp's default (wakeup) is plain "kxdp".
+    // The plot's series of each mode: kxdp's default (adaptive) is plain "kxdp".
     for (name, series) in [
-        ("kxdp, wakeup", "kxdp"),
+        ("kxdp, adaptive (default)", "kxdp"),
         ("kernel", "kernel"),
-        ("kxdp, adaptive", "kxdp, adaptive"),
+        ("kxdp, wakeup", "kxdp, wakeup"),
         ("kxdp, busy-poll", "kxdp, busy-poll"),
     ] {
-        if let Some(mode) = name.strip_prefix("kxdp, ").filter(|m| *m != "wakeup") {
+        if let Some(mode) = name
+            .strip_prefix("kxdp, ")
+            .filter(|m| !m.ends_with("(default)"))
+        {
             restart_agents(&mut c.kxdp, mode)?;
         }
         let which = if name == "kernel" {
@@ -500,11 +503,12 @@ pub(crate) fn measure_latency(
          UDP echo from client-a (node A) through the ClusterIP 10.96.0.40 to web-b (node B) and \
          back, underlay MTU {}, {} requests per second for {secs} s, one request outstanding; \
          round trips in µs \
-         (hdrhistogram), median of {} runs (range). kxdp's agents in wakeup mode (their \
-         default: a worker sleeps in poll(2) when idle), then in adaptive mode (a worker spins \
-         for 200 µs after its last frame, then sleeps) and in busy-poll mode, both with \
-         node-a's worker on core 0 and node-b's on core 1, the cores the clients also run on \
-         (a spinning worker whose rings are empty yields the core).\n\n\
+         (hdrhistogram), median of {} runs (range). kxdp's agents in adaptive mode (their \
+         default: a worker spins for 2 ms after its last frame, then sleeps in poll(2); one \
+         unpinned worker each), then in wakeup mode (a worker sleeps in poll(2) whenever its \
+         rings are empty) and in busy-poll mode (it never sleeps), both with node-a's worker \
+         on core 0 and node-b's on core 1, the cores the clients also run on (a spinning \
+         worker whose rings are empty yields the core).\n\n\
          | path | p50 | p99 | p99.9 | lost |\n|---|---:|---:|---:|---:|",
         c.mtu, a.rps, a.runs
     );

@@ -13,7 +13,7 @@ use crate::report::{Point, Report};
 pub(crate) const SERIES: [(&str, &str); 8] = [
     ("kxdp", "#d64545"),
     ("kxdp, skb generator", "#f0b429"),
-    ("kxdp, adaptive", "#e8833a"),
+    ("kxdp, wakeup", "#e8833a"),
     ("kxdp, busy-poll", "#7a1616"),
     ("kernel", "#2680c2"),
     ("kernel, tx offload off (as kxdp's pods)", "#9bcbf0"),
@@ -324,8 +324,8 @@ pub(crate) fn svg(r: &Report, flows: u32, commit: &str, runs: usize) -> String {
     let _ = writeln!(
         s,
         "<text x=\"{MARGIN}\" y=\"{:.1}\" font-size=\"11\" fill=\"#52606d\">Bars: median of \
-         {runs} runs; whiskers: their range; ✕: no run gave a number. kxdp: wakeup mode unless \
-         named. Numbers in report.md, every run in samples.json.</text>",
+         {runs} runs; whiskers: their range; ✕: no run gave a number. kxdp: adaptive mode (its \
+         default) unless named. Numbers in report.md, every run in samples.json.</text>",
         legend_bottom + 12.0
     );
     s.push_str("</svg>\n");

@@ -260,8 +260,12 @@ fn run() -> Result<(), String> {
             1600,
         )
         .map_err(|e| e.to_string())?;
+    // An uplink that carries a 1500-byte frame in VXLAN, and the pod at its MTU less 50, so
+    // that the pod's veth takes 1500-byte frames.
+    tb.set_underlay_mtu(1600).map_err(|e| e.to_string())?;
     let mut inputs = t.inputs();
     inputs.node.uplink_mtu = 1600;
+    inputs.node.pod_mtu = 1550;
     let (sink, _attached) = in_namespace(&sink_ns, || {
         let progs = PerfPrograms::load().map_err(|e| e.to_string())?;
         let index = ifindex("eth0").map_err(|e| e.to_string())?;

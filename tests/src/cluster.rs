@@ -92,14 +92,16 @@ impl AgentCluster {
     }
 
     /// [`AgentCluster::build`] with pods' (and host interfaces') veths at `pod_mtu`, for agents
-    /// started with `--pod-mtu` the same.
+    /// started with `--pod-mtu` the same; `None` keeps the test bed's, the agents' default.
     pub fn build_with_pod_mtu(
         manifest_text: &str,
         pods: &[(&str, usize, Ipv4Addr)],
         pod_mtu: Option<u16>,
     ) -> Result<Self, String> {
         let mut tb = Testbed::two_kxdp_nodes(&[], &[]).map_err(|e| e.to_string())?;
-        tb.pod_mtu = pod_mtu;
+        if pod_mtu.is_some() {
+            tb.pod_mtu = pod_mtu;
+        }
         tb.add_external().map_err(|e| e.to_string())?;
         let mut list = Vec::new();
         for (name, node, ip) in pods {

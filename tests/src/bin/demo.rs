@@ -171,6 +171,7 @@ fn run() -> Result<bool, String> {
         "iperf3 TCP",
         "client-a -> web-b 10.244.2.10",
         "10.244.2.10",
+        5201,
         false,
     ));
     drop(server);
@@ -182,17 +183,20 @@ fn run() -> Result<bool, String> {
         "iperf3 TCP ClusterIP",
         "client-a -> iperf 10.96.0.20:5201",
         "10.96.0.20",
+        5201,
         false,
     ));
     drop(server);
     progress("iperf3 UDP, pod to pod across nodes, 3 s at 200 Mbit/s offered");
-    let server = IperfServer::start(&ns("web-b"), 5201);
+    // A port of its own: the last server's port may not be free again yet.
+    let server = IperfServer::start(&ns("web-b"), 5203);
     std::thread::sleep(Duration::from_millis(300));
     rows.push(iperf(
         &ns("client-a"),
         "iperf3 UDP",
         "client-a -> web-b 10.244.2.10",
         "10.244.2.10",
+        5203,
         true,
     ));
     drop(server);
@@ -307,8 +311,8 @@ fn http(from: &str, check: &str, path: &str, url: &str, expect_ok: bool) -> Row 
     }
 }
 
-fn iperf(from: &str, check: &str, path: &str, server: &str, udp: bool) -> Row {
-    let bps = iperf_rate(from, server, 5201, udp.then_some("200M"), 3);
+fn iperf(from: &str, check: &str, path: &str, server: &str, port: u16, udp: bool) -> Row {
+    let bps = iperf_rate(from, server, port, udp.then_some("200M"), 3);
     Row {
         check: check.into(),
         path: path.into(),

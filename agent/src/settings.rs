@@ -319,8 +319,9 @@ pub fn max_pod_mtu() -> u16 {
 
 /// How long an adaptive worker spins after its last frame, in microseconds, unless told: longer
 /// than the gap between a request/response exchange's frames at 500 exchanges a second, so at
-/// such rates no frame finds a worker asleep (measured: p99 of a ClusterIP round trip across
-/// nodes 0.87x the kernel's, against 1.95x with 200 µs and 2.4x in wakeup mode).
+/// such rates no frame finds a worker asleep (measured with `make perf`: p99 of a ClusterIP
+/// round trip across nodes 0.96x the kernel's, against 1.95x with 200 µs and 2.2x in wakeup
+/// mode).
 pub const DEFAULT_SPIN_US: u32 = 2000;
 
 /// `0,1` or `2-3` or `0,2-3` as core numbers, at most [`MAX_QUEUES`] of them (a range is

@@ -778,13 +778,24 @@ impl Port {
     /// In copy mode the kernel sends only when kicked, and each kick sends at most its TX
     /// budget (32 frames, unless [`Port::open_shared`] could raise it to the ring's size):
     /// kick whenever the TX ring needs it, again while the kernel says it stopped at its budget
-    /// (EAGAIN), at most once per budget's worth of the ring.
+    /// (EAGAIN) and the last kick took descriptors off the ring (EAGAIN also means a full
+    /// completion ring or a busy device, which another kick now would not change), at most
+    /// once per budget's worth of the ring.
     fn kick(&mut self) {
-        for _ in 0..=self.umem.ring_size / KERNEL_TX_BATCH {
+        let ring = self.umem.ring_size;
+        let mut free = u32::MAX;
+        for _ in 0..=ring / KERNEL_TX_BATCH {
             // SAFETY: the TX ring is live.
             if unsafe { xdp::xsk_ring_prod__needs_wakeup(&*self.tx) } == 0 {
                 return;
             }
+            // SAFETY: the TX ring is live; asking for the whole ring reads the kernel's
+            // consumer index afresh.
+            let now = unsafe { xdp::xsk_prod_nb_free(&mut *self.tx, ring) };
+            if now == free {
+                return;
+            }
+            free = now;
             // SAFETY: a zero-length sendto on our own socket: the AF_XDP wakeup.
             let rc = unsafe {
                 libc::sendto(

@@ -404,7 +404,8 @@ pub(crate) fn write_iperf(
          and merged toward pods). UDP is offered at \
          2 Gbit/s in iperf3's default datagrams. The row marked *kernel, tx offload off* is the \
          kernel path with transmit checksum offload (and with it TSO) off on every veth, as \
-         kxdp's pods must run: the baseline this report used to compare against.\n\n\
+         kxdp's pods must run: shown for what a weakened baseline would say, not as the \
+         comparison.\n\n\
          | test | MTU underlay / pods | streams | kxdp Gbit/s | kxdp retransmits | kernel Gbit/s | kernel retransmits | kxdp / kernel |\n\
          |---|---|---:|---:|---:|---:|---:|---:|",
         a.iperf_secs, a.runs

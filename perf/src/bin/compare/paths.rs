@@ -10,7 +10,7 @@
 //! the sink's count, read at the same moments after a warm-up. A generator's own total over
 //! its whole run (trafgen's "packets outgoing" over the process's life) includes its start,
 //! when it sends little or nothing, and so reads lower than the rate the sink sees while it
-//! runs: this report used to show kxdp forwarding more than was offered for that reason. The
+//! runs, and would show kxdp forwarding more than was offered. The
 //! generator's own rate is kept in the samples. IPv6 is off in these namespaces, so neither
 //! count includes a link's IPv6 neighbour discovery and MLD reports.
 

@@ -370,6 +370,7 @@ fn forward_ipv4(
 /// announcing `mtu - overhead`); without DF it is fragmented. Returns the [`Next`] of the
 /// error, or `None` after marking the frame to be cut ([`Frame::set_split`]) on the way out.
 #[cold]
+#[inline(never)]
 pub(crate) fn too_big(
     frame: &mut Frame<'_>,
     meta: &parse::Ipv4Meta,

@@ -121,7 +121,7 @@ fn a_closed_port_gives_its_chunks_back() {
     let ns = tb.nodes[0].ns.clone();
     std::thread::spawn(move || {
         kxdp_xdp::enter_netns(&ns).expect("node namespace");
-        // 2048 chunks, 512 per fill ring: four pods' worth of leaked rings would exhaust it.
+        // 2048 chunks, half of them in fill rings: leaked rings would exhaust it in a few rounds.
         let umem = Umem::new(PortConfig {
             frames: 2048,
             ..PortConfig::default()
@@ -140,6 +140,45 @@ fn a_closed_port_gives_its_chunks_back() {
             drop(port);
             assert_eq!(umem.free_chunks(), before, "round {round}: all came back");
         }
+    })
+    .join()
+    .expect("the port thread passes");
+}
+
+#[test]
+fn a_port_fills_only_its_share_so_the_next_gets_chunks() {
+    if skip_unless_privileged("a_port_fills_only_its_share_so_the_next_gets_chunks") {
+        return;
+    }
+    let t = Topology::default();
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+        .expect("testbed builds");
+    let ns = tb.nodes[0].ns.clone();
+    std::thread::spawn(move || {
+        kxdp_xdp::enter_netns(&ns).expect("node namespace");
+        // As many chunks as one fill ring has entries: filled to the ring, the first port
+        // would hold them all.
+        let config = PortConfig {
+            frames: 2048,
+            ring_size: 2048,
+            ..PortConfig::default()
+        };
+        let umem = Umem::new(config).expect("UMEM");
+        let mut first = Port::open_shared("pod0", 0, &umem).expect("first port");
+        first.fill();
+        assert_eq!(umem.free_chunks(), 2048 - 1024, "alone: half the UMEM");
+        let mut second = Port::open_shared("pod1", 0, &umem).expect("second port");
+        second.fill();
+        assert_eq!(
+            umem.free_chunks(),
+            2048 - 1024 - 512,
+            "the second port gets its share, and chunks stay free for frames in flight"
+        );
+        // Filling again takes nothing more: both rings hold their shares.
+        first.fill();
+        second.fill();
+        assert_eq!(umem.free_chunks(), 512);
     })
     .join()
     .expect("the port thread passes");

@@ -802,6 +802,19 @@ impl Testbed {
         self.add_ns(&sw)?;
         ip(Some(&sw), &["link", "add", "br0", "type", "bridge"])?;
         ip(Some(&sw), &["link", "set", "br0", "up"])?;
+        // A switch forwards frames and nothing more: where the kernel has bridge netfilter
+        // (a new namespace starts with bridge-nf-call-* at 1), the switch would otherwise run
+        // every frame through the IP hooks, a per-frame cost no physical underlay has.
+        exec(
+            &sw,
+            &[
+                "sh",
+                "-c",
+                "[ ! -d /proc/sys/net/bridge ] || sysctl -qw \
+                 net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
+                 net.bridge.bridge-nf-call-arptables=0",
+            ],
+        )?;
         Ok(())
     }
 

@@ -180,6 +180,19 @@ fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_off
         assert_eq!(feature(ns, dev, "tx-checksumming"), "on", "{dev} in {ns}");
         assert_eq!(feature(ns, dev, "tx-tcp-segmentation"), "on", "{dev}");
     }
+    // The switch only switches; a node keeps bridge netfilter as the kernel sets it.
+    let nf = |ns: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "sysctl", "-n"])
+            .arg("net.bridge.bridge-nf-call-iptables")
+            .output()
+            .expect("sysctl runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    if std::path::Path::new("/proc/sys/net/bridge").exists() {
+        assert_eq!(nf(&tb.switch), "0", "the switch runs no bridge netfilter");
+        assert_eq!(nf(&a.ns), "1", "a node keeps the kernel's default");
+    }
     // The perf harness's variant: off everywhere, and back on with segmentation.
     tb.set_tx_offload_everywhere(false).unwrap();
     assert_eq!(feature(&pod, "eth0", "tx-checksumming"), "off");

@@ -155,7 +155,12 @@ fn path_settings(a: &Args) -> String {
            (flannel's rule; its TCP still moves 64 KiB segments through veths and `cni0`); \
            kxdp's at 65535 (`--pod-mtu 65535`, the host interface too), which is what lets \
            its pods send large segments. Packet-rate topologies: the uplink's less 50 on \
-           both.\n",
+           both.\n\
+         - **The underlay** is the same for both: a namespace with a bridge standing in for \
+           the physical network, every frame crossing it whole (a 64 KiB GSO packet of the \
+           kernel's included, where a wire of the underlay's MTU would carry it cut: kxdp \
+           cuts it before it leaves). The switch runs no bridge netfilter (a physical switch \
+           has none; the kernel nodes' `cni0` keeps it, as kube-proxy needs).\n",
         w = a.worker_core,
         g = a.gen_core
     )

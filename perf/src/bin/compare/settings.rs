@@ -134,6 +134,20 @@ fn settings(ns: &str, dev: &str, link: &Value) -> Result<Vec<(&'static str, Stri
         s.push((short, value));
     }
     s.push(("XDP", xdp(link)));
+    if link["linkinfo"]["info_kind"] == "bridge" {
+        // Bridge netfilter is the namespace's, and costs every bridged frame the IP hooks.
+        let nf = Command::new("ip")
+            .args(["netns", "exec", ns, "sysctl", "-n"])
+            .arg("net.bridge.bridge-nf-call-iptables")
+            .output()
+            .map_err(|e| format!("sysctl: {e}"))?;
+        let value = match String::from_utf8_lossy(&nf.stdout).trim() {
+            "1" => "on",
+            "0" => "off",
+            _ => "not built",
+        };
+        s.push(("bridge netfilter", value.into()));
+    }
     if link["linkinfo"]["info_kind"] == "vxlan" {
         let csum = link["linkinfo"]["info_data"]["udp_csum"].as_bool();
         s.push((

@@ -8,6 +8,7 @@
 //! - [`nodefacts`]: what the node's kernel says about its interfaces, routes and neighbours;
 //! - [`run`]: start-up in order, then the loop that feeds changes to the reconciler;
 //! - [`reconcile`]: the compiler and the dataplane kept in step with the cluster and the node;
+//! - [`subnet_file`]: the node's pod network, written for the CNI plugin;
 //! - [`admin`]: the admin API (health, metrics, JSON views) and the client the CLI reads it with;
 //! - [`cli`]: the `kxdp` command and its tables;
 //! - [`logs`]: `tracing` lines on stderr.
@@ -20,3 +21,4 @@ pub mod preflight;
 pub mod reconcile;
 pub mod run;
 pub mod settings;
+pub mod subnet_file;

@@ -35,6 +35,10 @@
 //! A source error (a manifest that does not parse, a watch error) is counted once, logged
 //! once and shown in `/api/status` until the source's next good load clears it; manifests
 //! are re-read only when a file changes again.
+//!
+//! Each live snapshot's pod CIDR, gateway and pod MTU are written to `--subnet-file` for the
+//! CNI plugin when they change ([`crate::subnet_file`]); a write that fails is logged and
+//! tried again on the next publish.
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -53,6 +57,7 @@ use crate::admin::{AdminAddr, AdminState, Limits, Scope};
 use crate::nodefacts::{self, NodeEvent, NodeNet};
 use crate::reconcile::{Agent, HOST, UPLINK};
 use crate::settings::{umem_bytes, AgentConfig, AgentError, SourceConfig};
+use crate::subnet_file::SubnetFile;
 
 /// The ports masquerade uses: above Linux's default `ip_local_port_range` (32768–60999) and
 /// the NodePort range, so the XDP program steers their replies by port alone.
@@ -349,6 +354,7 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
         }
     };
     let mut agent = Agent::new(&config, settings, uplink_index, Arc::clone(&state));
+    let mut subnet_file = SubnetFile::new(config.subnet_file.clone());
     // Subscribe before the first read, so no change falls between the two.
     let mut events = nodefacts::watch().map_err(|e| AgentError::Other(e.to_string()))?;
     resync(&net, &mut agent, &model).await?;
@@ -376,6 +382,18 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
             dirty = false;
             if let Err(e) = tokio::task::block_in_place(|| agent.publish(&mut model, noticed)) {
                 break Err(e);
+            }
+            if let Some(snap) = &agent.live {
+                let subnet = crate::subnet_file::from_node(&snap.node);
+                match tokio::task::block_in_place(|| subnet_file.update(subnet)) {
+                    Ok(true) => {
+                        tracing::info!(subnet = %subnet.subnet, path = %config.subnet_file.display(), "pod network written for the CNI plugin")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, path = %config.subnet_file.display(), "writing the pod network for the CNI plugin; will retry on the next publish")
+                    }
+                }
             }
             // The tables may name next hops the kernel has yet to resolve.
             solicit(&net, uplink_index, agent.missing_neighbors(&model)).await;

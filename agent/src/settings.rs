@@ -81,6 +81,10 @@ pub struct AgentArgs {
     /// [default: 127.0.0.1:9901].
     #[arg(long, env = "KXDP_METRICS_ADDRESS")]
     pub metrics_address: Option<String>,
+    /// Where to write the node's pod network for the CNI plugin (`kxdp-cni`), as flannel
+    /// writes /run/flannel/subnet.env [default: /run/kxdp/subnet.env].
+    #[arg(long, env = "KXDP_SUBNET_FILE", value_name = "FILE")]
+    pub subnet_file: Option<PathBuf>,
     /// Flows the conntrack table holds [default: 262144].
     #[arg(long, env = "KXDP_CONNTRACK_SIZE")]
     pub conntrack_size: Option<u32>,
@@ -128,6 +132,8 @@ pub struct AgentConfig {
     pub admin: AdminAddr,
     /// The metrics listener's address.
     pub metrics: AdminAddr,
+    /// Where the node's pod network is written for the CNI plugin.
+    pub subnet_file: PathBuf,
     /// Conntrack capacity.
     pub conntrack_size: u32,
     /// Run at most this long.
@@ -303,6 +309,10 @@ impl AgentArgs {
             pod_mtu,
             admin,
             metrics,
+            subnet_file: self
+                .subnet_file
+                .or(file.subnet_file)
+                .unwrap_or_else(|| kxdp_control::node_subnet::DEFAULT_PATH.into()),
             conntrack_size,
             max_run: self.max_run.or(file.max_run).map(Duration::from_secs),
             json_logs,
@@ -438,6 +448,7 @@ mod tests {
         assert_eq!(c.source, SourceConfig::Kubernetes(None));
         assert_eq!(c.admin, "unix:/run/kxdp/admin.sock".parse().unwrap());
         assert_eq!(c.metrics, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(c.subnet_file, PathBuf::from("/run/kxdp/subnet.env"));
         assert_eq!(
             c.mode,
             Mode::Adaptive {

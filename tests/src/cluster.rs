@@ -223,6 +223,12 @@ impl AgentCluster {
         self.agents[node].as_ref().map(Child::id)
     }
 
+    /// Where node `node`'s agent writes its pod network for the CNI plugin (`--subnet-file`),
+    /// in the cluster's private directory.
+    pub fn subnet_file(&self, node: usize) -> PathBuf {
+        self.dir.join(format!("{}.subnet.env", NODES[node]))
+    }
+
     /// Node `node`'s agent log.
     pub fn log_path(&self, node: usize) -> PathBuf {
         self.dir.join(format!("{}.log", NODES[node]))
@@ -249,7 +255,7 @@ impl AgentCluster {
     }
 
     /// Start node `node`'s agent with `args` after the common flags (node, uplink, admin API,
-    /// time limit): the source at least. Does not wait.
+    /// subnet file, time limit): the source at least. Does not wait.
     pub fn start_node(&mut self, node: usize, max_run_s: u64, args: &[&str]) -> Result<(), String> {
         let bin = kxdp_bin()?;
         let log = std::fs::File::create(self.log_path(node)).map_err(|e| e.to_string())?;
@@ -265,6 +271,8 @@ impl AgentCluster {
                 "--admin",
             ])
             .arg(self.admin(node).to_string())
+            .arg("--subnet-file")
+            .arg(self.subnet_file(node))
             .args(["--max-run", &max_run_s.to_string()])
             .args(args)
             .stdout(Stdio::null())

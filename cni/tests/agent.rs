@@ -1,0 +1,116 @@
+//! The plugin and the agent together: on the demo's two-node cluster (real `kxdp agent`
+//! processes in node namespaces, [`AgentCluster`]), a pod the plugin attaches on node-a from
+//! the pod network the agent wrote is served by the agent and reaches pods on both nodes; its
+//! DEL makes the agent forget it.
+//!
+//! The plugin runs in node-a's namespace (`nsenter --net=`), its configuration, subnet file
+//! and addresses in the cluster's private folder. Needs the `kxdp` binary beside the test's
+//! (`cargo build -p kxdp-agent --bin kxdp`, which `cargo test --workspace` does).
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use kxdp_control::compile::pod_interface_name;
+use kxdp_control::node_subnet::NodeSubnet;
+use kxdp_tests::cluster::{eventually, AgentCluster, DEMO_MANIFEST, DEMO_PODS};
+use kxdp_tests::testbed::{ip, skip_unless_privileged};
+use serde_json::{json, Value};
+
+mod common;
+use common::run_plugin;
+
+/// A pod namespace the test made, deleted when dropped.
+struct PodNs(String);
+
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Run the plugin in namespace `node` with `env` and `config`: whether it succeeded, stdout.
+fn plugin(node: &str, env: &[(&str, &str)], config: &Value) -> (bool, Value) {
+    let (ok, text, stderr) = run_plugin(node, env, &config.to_string());
+    eprint!("{stderr}");
+    (ok, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[test]
+fn an_agent_serves_the_pod_the_plugin_attached() {
+    if skip_unless_privileged("an_agent_serves_the_pod_the_plugin_attached") {
+        return;
+    }
+    // The API lists the pod at the first address the plugin hands out.
+    let manifest = format!(
+        "{}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: cni-pod, namespace: default}}\n\
+         spec: {{nodeName: node-a, containers: [{{name: c, image: c}}]}}\n\
+         status: {{phase: Running, podIP: 10.244.1.2}}\n",
+        DEMO_MANIFEST.trim_end()
+    );
+    let mut c = AgentCluster::build(&manifest, &DEMO_PODS).expect("the cluster builds");
+    c.start(120, &[]).expect("the agents start");
+    let node = c.tb.nodes[0].ns.clone();
+
+    // The agent wrote node-a's pod network for the plugin.
+    let written = std::fs::read_to_string(c.subnet_file(0)).expect("the agent wrote it");
+    let subnet = NodeSubnet::parse(&written).unwrap();
+    assert_eq!(subnet.subnet.to_string(), "10.244.1.0/24");
+    assert_eq!(subnet.gateway, Ipv4Addr::new(10, 244, 1, 1));
+    assert_eq!(subnet.mtu, 1450);
+
+    let config = json!({
+        "cniVersion": "1.1.0",
+        "name": "kxdp",
+        "type": "kxdp-cni",
+        "subnetFile": c.subnet_file(0),
+        "dataDir": c.dir().join("ipam"),
+        "agentAddress": "127.0.0.1:9901",
+    });
+    let (ok, out) = plugin(&node, &[("CNI_COMMAND", "STATUS")], &config);
+    assert!(ok, "STATUS with a ready agent: {out}");
+
+    let pod = PodNs(format!("{}-cnipod", c.tb.prefix()));
+    ip(None, &["netns", "add", &pod.0]).unwrap();
+    let netns = format!("/run/netns/{}", pod.0);
+    let env = [
+        ("CNI_CONTAINERID", "cni-pod-sandbox"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=cni-pod"),
+    ];
+    let with = |command: &'static str| {
+        let mut e = vec![("CNI_COMMAND", command)];
+        e.extend(env);
+        e
+    };
+    let (ok, result) = plugin(&node, &with("ADD"), &config);
+    assert!(ok, "ADD: {result}");
+    assert_eq!(result["ips"][0]["address"], "10.244.1.2/24");
+
+    // Served as soon as its veth is up, and it reaches a pod on its node and one across.
+    let host_side = pod_interface_name("default", "cni-pod");
+    let served = |c: &AgentCluster| {
+        c.try_status(0)
+            .is_ok_and(|s| s.interfaces.iter().any(|i| i.name == host_side))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || served(&c)),
+        "node-a's agent did not serve {host_side}:\n{}",
+        c.log(0)
+    );
+    for to in [Ipv4Addr::new(10, 244, 1, 10), Ipv4Addr::new(10, 244, 2, 10)] {
+        let replies = c.tb.ping(&pod.0, to, 3, Duration::from_secs(10)).unwrap();
+        assert!(replies >= 2, "ping {to} from the plugin's pod: {replies}/3");
+    }
+
+    // DEL: the veth goes, and the agent lets it go.
+    let mut prev = config.clone();
+    prev["prevResult"] = result;
+    let (ok, out) = plugin(&node, &with("DEL"), &prev);
+    assert!(ok, "DEL: {out}");
+    assert!(
+        eventually(Duration::from_secs(10), || !served(&c)),
+        "node-a's agent still serves {host_side}"
+    );
+}

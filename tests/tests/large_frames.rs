@@ -65,6 +65,14 @@ fn large_frames_cross_a_node_whole() {
         bytes as f64 / frames > 8_000.0,
         "{bytes} bytes in {frames} frames: the stream was not carried in large frames"
     );
+    // Delivered whole, each frame is sent once: the transmit counter counts frames, not the
+    // dozen or more buffers a 64 KiB frame takes.
+    let tx = |text: &str| metric(text, "kxdp_worker_tx_frames_total{worker=\"0\"}");
+    let sent = tx(&after) - tx(&before);
+    assert!(
+        (0.9 * frames..=1.1 * frames + 10.0).contains(&sent),
+        "{frames} frames received, {sent} counted as sent"
+    );
 }
 
 /// The TCP segments namespace `ns`'s kernel dropped for a bad checksum (`InCsumErrors`).

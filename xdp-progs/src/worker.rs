@@ -680,14 +680,16 @@ impl Worker {
         self.ports[i].1.fill();
     }
 
-    /// Transmit on port `i`, counting what went and what the ring had no room for.
+    /// Transmit on port `i`, counting the frames that went and those the ring had no room
+    /// for (a frame of several descriptors counts once: the ring takes whole frames only).
     fn send(&mut self, i: usize, frames: &[Desc]) {
         let (id, port) = &mut self.ports[i];
         let sent = port.transmit(frames);
-        self.io.count(IoCounter::Tx, sent as u64);
-        IoCounters::add_at(&self.io.iface_tx, *id, sent as u64);
-        self.io
-            .count(IoCounter::TxRingFull, (frames.len() - sent) as u64);
+        let whole = |descs: &[Desc]| descs.iter().filter(|d| !d.more).count() as u64;
+        let (went, left) = (whole(&frames[..sent]), whole(&frames[sent..]));
+        self.io.count(IoCounter::Tx, went);
+        IoCounters::add_at(&self.io.iface_tx, *id, went);
+        self.io.count(IoCounter::TxRingFull, left);
     }
 }
 

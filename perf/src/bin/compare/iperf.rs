@@ -167,8 +167,8 @@ impl KxdpCounters {
             "kxdp's counters over its runs at underlay MTU {}, both nodes: {steered:.0} frames \
              steered to its sockets by the XDP program, {taken:.0} taken by its workers \
              ({:.0} lost between: the socket's ring full or no free chunk to fill), {:.0} \
-             transmit descriptors queued (a frame larger than a chunk takes several), {:.0} \
-             times a TX ring full; dropped by the pipeline: {}.",
+             frames queued for transmission (more than taken where large frames are cut for \
+             the tunnel), {:.0} not queued for a full TX ring; dropped by the pipeline: {}.",
             self.mtu,
             (steered - taken).max(0.0),
             self.total(COUNTED[2]),
@@ -521,7 +521,8 @@ mod tests {
         );
         let none = KxdpCounters::between(9000, &before, before.clone());
         assert!(
-            none.sentence().contains(", 0 transmit descriptors queued"),
+            none.sentence()
+                .contains(", 0 frames queued for transmission"),
             "{}",
             none.sentence()
         );
@@ -530,9 +531,9 @@ mod tests {
             k.sentence(),
             "kxdp's counters over its runs at underlay MTU 1500, both nodes: 150 frames steered \
              to its sockets by the XDP program, 140 taken by its workers (10 lost between: the \
-             socket's ring full or no free chunk to fill), 137 transmit descriptors queued (a \
-             frame larger than a chunk takes several), 4 times a TX ring full; dropped by the \
-             pipeline: too_big_for_tunnel 3."
+             socket's ring full or no free chunk to fill), 137 frames queued for transmission \
+             (more than taken where large frames are cut for the tunnel), 4 not queued for a \
+             full TX ring; dropped by the pipeline: too_big_for_tunnel 3."
         );
     }
 

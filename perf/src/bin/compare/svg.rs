@@ -222,6 +222,16 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The figure's closing lines, each within its width.
+fn footer(runs: usize) -> [String; 2] {
+    [
+        format!("Bars: median of {runs} runs; whiskers: their range; ✕: no run gave a number."),
+        "kxdp: adaptive mode (its default) unless named. Numbers in report.md, every run in \
+         samples.json."
+            .to_owned(),
+    ]
+}
+
 /// The SVG of the report's figures: Mpps through a ClusterIP by frame size (`flows` flows),
 /// latency percentiles, iperf3 TCP by underlay MTU; `commit` and `runs` in the caption.
 pub(crate) fn svg(r: &Report, flows: u32, commit: &str, runs: usize) -> String {
@@ -288,7 +298,8 @@ pub(crate) fn svg(r: &Report, flows: u32, commit: &str, runs: usize) -> String {
     let legend_top = 44.0 + panels_h;
     let legend = legend_layout(&names, legend_top);
     let legend_bottom = legend.last().map_or(legend_top, |l| l.1) + LEGEND_ROW_H;
-    let height = legend_bottom + 24.0;
+    let footer = footer(runs);
+    let height = legend_bottom + 14.0 * footer.len() as f64 + 10.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -321,13 +332,15 @@ pub(crate) fn svg(r: &Report, flows: u32, commit: &str, runs: usize) -> String {
             esc(name)
         );
     }
-    let _ = writeln!(
-        s,
-        "<text x=\"{MARGIN}\" y=\"{:.1}\" font-size=\"11\" fill=\"#52606d\">Bars: median of \
-         {runs} runs; whiskers: their range; ✕: no run gave a number. kxdp: adaptive mode (its \
-         default) unless named. Numbers in report.md, every run in samples.json.</text>",
-        legend_bottom + 12.0
-    );
+    // One line each: at 11 px the two together run past the right edge.
+    for (i, line) in footer.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "<text x=\"{MARGIN}\" y=\"{:.1}\" font-size=\"11\" fill=\"#52606d\">{}</text>",
+            legend_bottom + 12.0 + 14.0 * i as f64,
+            esc(line)
+        );
+    }
     s.push_str("</svg>\n");
     s
 }
@@ -362,6 +375,13 @@ mod tests {
         }
         assert_eq!(tick_label(0.25, 0.05), "0.25");
         assert_eq!(tick_label(1000.0, 500.0), "1000");
+    }
+
+    #[test]
+    fn the_footer_fits_the_width() {
+        for line in footer(100) {
+            assert!(MARGIN + text_width(&line, 11.0) <= WIDTH - MARGIN, "{line}");
+        }
     }
 
     #[test]

@@ -33,6 +33,47 @@ use crate::model::{
 pub const SERVICE_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+/// One resource the source calls, as RBAC names it: the API group (`""` for the core group),
+/// the resource's plural, and the verbs used on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiAccess {
+    /// The API group (`""`: the core group).
+    pub group: &'static str,
+    /// The resource, plural and lower case as in a URL.
+    pub resource: &'static str,
+    /// The verbs, as RBAC names them (`list`, `watch`, `patch`, ...).
+    pub verbs: &'static [&'static str],
+}
+
+/// Every call [`KubeSource`] makes to the API server: what the agent's ClusterRole
+/// (`deploy/kxdp.yaml`) must grant, and all it needs. A watcher or a call added here without a
+/// line in this list fails the deployment test, which runs the source against a recording API
+/// server and checks each request it sees against this list and this list against the role.
+pub const API_ACCESS: &[ApiAccess] = &[
+    ApiAccess {
+        group: "",
+        resource: "services",
+        verbs: &["list", "watch"],
+    },
+    ApiAccess {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list", "watch"],
+    },
+    // Watched, and this node's own Node patched with flannel's annotations.
+    ApiAccess {
+        group: "",
+        resource: "nodes",
+        verbs: &["list", "watch", "patch"],
+    },
+    // Only this node's pods are asked for, but a field selector cannot narrow an RBAC rule.
+    ApiAccess {
+        group: "",
+        resource: "pods",
+        verbs: &["list", "watch"],
+    },
+];
+
 /// A kube client from a kubeconfig file, or else the usual way (`KUBECONFIG`, `~/.kube/config`,
 /// the in-cluster service account).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, kube::Error> {

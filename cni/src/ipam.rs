@@ -215,36 +215,45 @@ impl Locked<'_> {
         Ok(hosts.filter(|ip| !taken.contains_key(ip)).count())
     }
 
-    /// Free the address `container_id`/`ifname` holds; what it was, if any.
+    /// Free every address `container_id`/`ifname` holds (one, but two when the podCIDR
+    /// changed between its ADDs); the first, if any.
     pub fn release(
         &self,
         container_id: &str,
         ifname: &str,
     ) -> Result<Option<(Ipv4Addr, Owner)>, IpamError> {
-        let Some((ip, owner)) = self.find(container_id, ifname)? else {
-            return Ok(None);
-        };
-        self.remove(ip)?;
-        Ok(Some((ip, owner)))
+        let mut first = None;
+        for (ip, owner) in self.allocations()? {
+            let Some(owner) = owner.filter(|o| o.is(container_id, ifname)) else {
+                continue;
+            };
+            self.remove(ip)?;
+            first.get_or_insert((ip, owner));
+        }
+        Ok(first)
     }
 
     /// Free every address whose attachment is not in `valid` (and every one whose owner
-    /// cannot be read); what was freed.
+    /// cannot be read), going on past an address that cannot be freed: what was freed, and
+    /// what failed.
+    #[allow(clippy::type_complexity)]
     pub fn retain(
         &self,
         valid: &BTreeSet<(String, String)>,
-    ) -> Result<Vec<(Ipv4Addr, Option<Owner>)>, IpamError> {
-        let mut freed = Vec::new();
+    ) -> Result<(Vec<(Ipv4Addr, Option<Owner>)>, Vec<IpamError>), IpamError> {
+        let (mut freed, mut failed) = (Vec::new(), Vec::new());
         for (ip, owner) in self.allocations()? {
             let keep = owner
                 .as_ref()
                 .is_some_and(|o| valid.contains(&(o.container_id.clone(), o.ifname.clone())));
             if !keep {
-                self.remove(ip)?;
-                freed.push((ip, owner));
+                match self.remove(ip) {
+                    Ok(()) => freed.push((ip, owner)),
+                    Err(e) => failed.push(e),
+                }
             }
         }
-        Ok(freed)
+        Ok((freed, failed))
     }
 
     fn remove(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
@@ -398,13 +407,36 @@ mod tests {
         }
         std::fs::write(d.0.join("kxdp/10.244.1.200"), b"garbage").unwrap();
         let valid: BTreeSet<_> = [("c1".to_string(), "eth0".to_string())].into();
-        let freed = l.retain(&valid).unwrap();
+        let (freed, failed) = l.retain(&valid).unwrap();
         assert_eq!(freed.len(), 4);
+        assert!(failed.is_empty(), "{failed:?}");
         let left = l.allocations().unwrap();
         assert_eq!(
             left.keys().copied().collect::<Vec<_>>(),
             [Ipv4Addr::new(10, 244, 1, 3)]
         );
+    }
+
+    #[test]
+    fn release_frees_every_address_of_an_attachment() {
+        // The podCIDR changed between two ADDs of one attachment: it holds one address in
+        // each, and its DEL frees both.
+        let d = TempDir::new("release");
+        let store = Store::new(&d.0, "kxdp");
+        let l = store.lock().unwrap();
+        let a = l.allocate(net("10.244.1.0/24"), GW, &owner(0)).unwrap();
+        let b = l
+            .allocate(
+                net("10.244.2.0/24"),
+                Ipv4Addr::new(10, 244, 2, 1),
+                &owner(0),
+            )
+            .unwrap();
+        assert_ne!(a, b);
+        let (c0, i0) = (owner(0).container_id, owner(0).ifname);
+        assert!(l.release(&c0, &i0).unwrap().is_some());
+        assert!(l.allocations().unwrap().is_empty(), "both freed");
+        assert!(l.release(&c0, &i0).unwrap().is_none());
     }
 
     #[test]

@@ -166,6 +166,8 @@ fn add(env: &Env, config: &Config) -> Result<Value, CniError> {
             ),
         ));
     }
+    // Before the address is taken: every failure after it must give it back.
+    let net = Net::connect().map_err(kernel)?;
     let store = Store::new(&config.data_dir, &config.name);
     let locked = store.lock().map_err(ipam_error)?;
     let owner = Owner {
@@ -177,26 +179,28 @@ fn add(env: &Env, config: &Config) -> Result<Value, CniError> {
         .allocate(subnet.subnet, subnet.gateway, &owner)
         .map_err(ipam_error)?;
     let address = Ipv4Net::new(ip, subnet.subnet.prefix_len()).expect("the subnet's prefix");
-    let net = Net::connect().map_err(kernel)?;
     match attach(&net, &ns, &host, &ifname, address, subnet.gateway, mtu) {
-        Ok(host_mac) => Ok(spec::add_result(
-            config.version,
-            &Attached {
-                host_ifname: host,
-                host_mac,
-                ifname,
-                mac: mac_text(pod_mac(ip).0),
-                mtu,
-                sandbox: env
-                    .netns
-                    .as_deref()
-                    .unwrap_or(Path::new(""))
-                    .display()
-                    .to_string(),
-                address,
-                gateway: subnet.gateway,
-            },
-            config.dns.as_ref(),
+        Ok(host_mac) => Ok(spec::chained(
+            config.prev_result.as_ref(),
+            spec::add_result(
+                config.version,
+                &Attached {
+                    host_ifname: host,
+                    host_mac,
+                    ifname,
+                    mac: mac_text(pod_mac(ip).0),
+                    mtu,
+                    sandbox: env
+                        .netns
+                        .as_deref()
+                        .unwrap_or(Path::new(""))
+                        .display()
+                        .to_string(),
+                    address,
+                    gateway: subnet.gateway,
+                },
+                config.dns.as_ref(),
+            ),
         )),
         Err(e) => {
             // Roll back: the veth (the pod's end goes with the node's), then the address.
@@ -269,6 +273,12 @@ fn remove_host_end(
     }
 }
 
+/// Whether `mac` is one [`pod_mac`] makes (`0a:58` and the pod's address).
+fn is_pod_mac(mac: [u8; 6]) -> bool {
+    let ip = Ipv4Addr::new(mac[2], mac[3], mac[4], mac[5]);
+    pod_mac(ip).0 == mac
+}
+
 fn del(env: &Env, config: &Config) -> Result<(), CniError> {
     let store = Store::new(&config.data_dir, &config.name);
     let locked = store.lock().map_err(ipam_error)?;
@@ -294,8 +304,10 @@ fn del(env: &Env, config: &Config) -> Result<(), CniError> {
                 let ifname = env.ifname.clone();
                 link::in_netns(&ns, || {
                     let pod = Net::connect()?;
+                    // Only an end this plugin made (its MAC is `pod_mac`'s): the DEL a
+                    // runtime sends after a failed ADD must not take another plugin's.
                     match pod.link(&ifname)? {
-                        Some(l) if l.veth => pod.delete(l.index),
+                        Some(l) if l.veth && l.mac.is_some_and(is_pod_mac) => pod.delete(l.index),
                         _ => Ok(()),
                     }
                 })
@@ -319,7 +331,8 @@ fn check_failed(details: String) -> CniError {
 }
 
 fn check(env: &Env, config: &Config) -> Result<(), CniError> {
-    let prev = config.prev_result.as_ref().ok_or_else(|| {
+    let prev = config.prev()?;
+    let prev = prev.as_ref().ok_or_else(|| {
         CniError::new(
             code::INVALID_NETWORK_CONFIG,
             "invalid network configuration",
@@ -499,9 +512,11 @@ fn gc(config: &Config) -> Result<(), CniError> {
         .collect();
     let store = Store::new(&config.data_dir, &config.name);
     let locked = store.lock().map_err(ipam_error)?;
-    let freed = locked.retain(&valid).map_err(ipam_error)?;
     let net = Net::connect().map_err(kernel)?;
-    let mut errors = Vec::new();
+    // Everything that can be freed is, whatever fails on the way; the failures are reported
+    // together.
+    let (freed, failed) = locked.retain(&valid).map_err(ipam_error)?;
+    let mut errors: Vec<String> = failed.iter().map(ToString::to_string).collect();
     for (_, owner) in freed.into_iter().filter_map(|(ip, o)| Some((ip, o?))) {
         // Freed already, so only a valid attachment can claim the node end now.
         if let Err(e) = remove_host_end(&net, &locked, &owner.host_ifname, "", "") {

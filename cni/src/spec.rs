@@ -298,8 +298,11 @@ pub struct Config {
     pub agent_address: String,
     /// `dns`, returned in the result.
     pub dns: Option<Dns>,
-    /// `prevResult`, the `ADD` result (`CHECK`, `DEL`).
-    pub prev_result: Option<PrevResult>,
+    /// `prevResult` as given: the result of the plugins before this one (`ADD`, which
+    /// extends it), or of the whole chain's `ADD` (`CHECK`, which reads it with
+    /// [`Config::prev`]). `DEL` ignores it: a teardown must not fail on a result it does
+    /// not need.
+    pub prev_result: Option<Value>,
     /// `cni.dev/valid-attachments` (`GC`).
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -318,6 +321,17 @@ pub fn at_least(a: &str, b: &str) -> bool {
 }
 
 impl Config {
+    /// `prevResult`, read as an `ADD` result; `None` when there is none.
+    pub fn prev(&self) -> Result<Option<PrevResult>, CniError> {
+        self.prev_result
+            .clone()
+            .map(|v| {
+                serde_path_to_error::deserialize(v)
+                    .map_err(|e| config_error(format!("prevResult.{}: {}", e.path(), e.inner())))
+            })
+            .transpose()
+    }
+
     /// Read and check the configuration text from stdin.
     pub fn parse(input: &str) -> Result<Config, CniError> {
         let value: Value = serde_json::from_str(input).map_err(|e| {
@@ -391,13 +405,7 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_AGENT_ADDRESS.into());
         crate::agent::AgentAddress::parse(&agent_address)
             .map_err(|e| config_error(format!("agentAddress: {e}")))?;
-        let prev_result = raw
-            .prev_result
-            .map(|v| {
-                serde_path_to_error::deserialize(v)
-                    .map_err(|e| config_error(format!("prevResult.{}: {}", e.path(), e.inner())))
-            })
-            .transpose()?;
+        let prev_result = raw.prev_result;
         Ok(Config {
             version,
             name,
@@ -526,6 +534,44 @@ pub fn add_result(version: &str, a: &Attached, dns: Option<&Dns>) -> Value {
         result["dns"] = dns;
     }
     result
+}
+
+/// `ours` (an [`add_result`]) after the result of the plugins before this one in its chain,
+/// as the spec asks of a chained plugin: their interfaces, addresses and routes first, then
+/// ours, our addresses' `interface` indexes moved past theirs; our `dns` where we have one,
+/// else theirs.
+pub fn chained(prev: Option<&Value>, mut ours: Value) -> Value {
+    let Some(prev) = prev else {
+        return ours;
+    };
+    let list = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).cloned();
+    let theirs = list(prev, "interfaces").unwrap_or_default();
+    let shift = theirs.len() as u64;
+    let mut interfaces = theirs;
+    interfaces.extend(list(&ours, "interfaces").unwrap_or_default());
+    let mut ips = list(prev, "ips").unwrap_or_default();
+    ips.extend(
+        list(&ours, "ips")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut ip| {
+                if let Some(i) = ip.get("interface").and_then(Value::as_u64) {
+                    ip["interface"] = json!(i + shift);
+                }
+                ip
+            }),
+    );
+    let mut routes = list(prev, "routes").unwrap_or_default();
+    routes.extend(list(&ours, "routes").unwrap_or_default());
+    ours["interfaces"] = json!(interfaces);
+    ours["ips"] = json!(ips);
+    ours["routes"] = json!(routes);
+    if ours.get("dns").is_none() {
+        if let Some(dns) = prev.get("dns") {
+            ours["dns"] = dns.clone();
+        }
+    }
+    ours
 }
 
 /// The `VERSION` result.
@@ -658,17 +704,49 @@ mod tests {
                 code::UNSUPPORTED_FIELD,
                 "ipam",
             ),
-            (
-                r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"x"}]}}"#,
-                code::INVALID_NETWORK_CONFIG,
-                "prevResult.ips[0].address",
-            ),
         ];
         for (input, want, field) in cases {
             let e = Config::parse(input).unwrap_err();
             assert_eq!(e.code, want, "{input}: {e}");
             assert!(e.details.starts_with(field), "{input}: {e}");
         }
+        // A prevResult is read only where it is needed (CHECK), naming the field there.
+        let c = Config::parse(
+            r#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"x"}]}}"#,
+        )
+        .expect("DEL and ADD take any prevResult");
+        let e = c.prev().unwrap_err();
+        assert_eq!(e.code, code::INVALID_NETWORK_CONFIG);
+        assert!(e.details.starts_with("prevResult.ips[0].address"), "{e}");
+    }
+
+    #[test]
+    fn an_add_result_follows_the_chain_before_it() {
+        let prev = json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "other0"}],
+            "ips": [{"address": "192.0.2.5/24", "interface": 0}],
+            "routes": [{"dst": "192.0.2.0/24"}],
+            "dns": {"nameservers": ["192.0.2.53"]},
+        });
+        let ours = json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "kxabc"}, {"name": "eth0"}],
+            "ips": [{"address": "10.244.1.7/24", "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}],
+        });
+        let r = chained(Some(&prev), ours.clone());
+        assert_eq!(r["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(r["interfaces"][0]["name"], "other0");
+        assert_eq!(r["ips"][0]["interface"], 0);
+        assert_eq!(r["ips"][1]["address"], "10.244.1.7/24");
+        assert_eq!(
+            r["ips"][1]["interface"], 2,
+            "eth0 is now the third interface"
+        );
+        assert_eq!(r["routes"].as_array().unwrap().len(), 2);
+        assert_eq!(r["dns"]["nameservers"][0], "192.0.2.53");
+        assert_eq!(chained(None, ours.clone()), ours);
     }
 
     fn attached() -> Attached {

@@ -52,8 +52,14 @@ fn an_agent_serves_the_pod_the_plugin_attached() {
     c.start(120, &[]).expect("the agents start");
     let node = c.tb.nodes[0].ns.clone();
 
-    // The agent wrote node-a's pod network for the plugin.
-    let written = std::fs::read_to_string(c.subnet_file(0)).expect("the agent wrote it");
+    // The agent wrote node-a's pod network for the plugin (just after it turned ready).
+    let path = c.subnet_file(0);
+    assert!(
+        eventually(Duration::from_secs(5), || path.exists()),
+        "the agent wrote {}",
+        path.display()
+    );
+    let written = std::fs::read_to_string(&path).expect("the agent wrote it");
     let subnet = NodeSubnet::parse(&written).unwrap();
     assert_eq!(subnet.subnet.to_string(), "10.244.1.0/24");
     assert_eq!(subnet.gateway, Ipv4Addr::new(10, 244, 1, 1));

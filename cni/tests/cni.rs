@@ -831,3 +831,111 @@ impl Drop for FakeAgent {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// `command` for container `container` of pod `default/<pod>` in namespace `netns`.
+fn call_for_pod(
+    bed: &Bed,
+    command: &str,
+    container: &str,
+    pod: &str,
+    netns: &str,
+    config: &Value,
+) -> Out {
+    let args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
+    bed.run(
+        &Call {
+            command: Some(command),
+            container: Some(container),
+            netns: Some(netns.to_owned()),
+            ifname: Some("eth0"),
+            args: Some(&args),
+        },
+        &config.to_string(),
+    )
+}
+
+#[test]
+fn a_new_sandbox_takes_the_pods_node_end_and_the_old_ones_del_leaves_it() {
+    if skip_unless_privileged(
+        "a_new_sandbox_takes_the_pods_node_end_and_the_old_ones_del_leaves_it",
+    ) {
+        return;
+    }
+    let mut bed = Bed::new("10.244.1.0/24", "10.244.1.1");
+    let (old, new) = (bed.pod(), bed.pod());
+    let config = bed.config(json!({}));
+    let host = pod_interface_name("default", "web");
+    let first = call_for_pod(&bed, "ADD", "c1", "web", &old, &config);
+    assert!(first.ok, "{first:?}");
+    // The runtime recreated the pod's sandbox before the old one's DEL came.
+    let second = call_for_pod(&bed, "ADD", "c2", "web", &new, &config);
+    assert!(second.ok, "{second:?}");
+    assert_eq!(bed.node_veths(), [host.clone()].into());
+    let del = call_for_pod(&bed, "DEL", "c1", "web", &old, &config);
+    assert!(del.ok, "{del:?}");
+    assert_eq!(
+        bed.node_veths(),
+        [host].into(),
+        "the new sandbox keeps its node end"
+    );
+    assert_eq!(
+        bed.allocations().len(),
+        1,
+        "the old sandbox's address is freed"
+    );
+    let mut with_prev = config.clone();
+    with_prev["prevResult"] = second.stdout.clone();
+    let check = call_for_pod(&bed, "CHECK", "c2", "web", &new, &with_prev);
+    assert!(check.ok, "{check:?}");
+}
+
+#[test]
+fn a_del_after_a_refused_add_leaves_another_plugins_interface() {
+    if skip_unless_privileged("a_del_after_a_refused_add_leaves_another_plugins_interface") {
+        return;
+    }
+    let mut bed = Bed::new("10.244.1.0/24", "10.244.1.1");
+    let pod = bed.pod();
+    let ns = pod.trim_start_matches("/run/netns/").to_owned();
+    ip(
+        Some(&ns),
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+        ],
+    )
+    .unwrap();
+    let config = bed.config(json!({}));
+    let add = bed.attach("ADD", "web-0", &pod, &config);
+    assert_eq!(add.code(), 101, "{add:?}");
+    // The runtime cleans up a failed ADD with a DEL; eth0 is not this plugin's to delete.
+    let del = bed.attach("DEL", "web-0", &pod, &config);
+    assert!(del.ok, "{del:?}");
+    assert!(
+        links(&pod).contains(&"eth0".to_owned()),
+        "{:?}",
+        links(&pod)
+    );
+}
+
+#[test]
+fn an_add_after_other_plugins_extends_their_result() {
+    if skip_unless_privileged("an_add_after_other_plugins_extends_their_result") {
+        return;
+    }
+    let mut bed = Bed::new("10.244.1.0/24", "10.244.1.1");
+    let pod = bed.pod();
+    let mut config = bed.config(json!({}));
+    config["prevResult"] = json!({
+        "cniVersion": "1.1.0",
+        "interfaces": [{"name": "net1", "sandbox": pod}],
+        "ips": [{"address": "192.0.2.5/24", "interface": 0}],
+    });
+    let add = bed.attach("ADD", "web-0", &pod, &config);
+    assert!(add.ok, "{add:?}");
+    let r = &add.stdout;
+    assert_eq!(r["interfaces"][0]["name"], "net1");
+    assert_eq!(r["interfaces"][2]["name"], "eth0");
+    assert_eq!(r["ips"][0]["address"], "192.0.2.5/24");
+    assert_eq!(r["ips"][1]["address"], "10.244.1.2/24");
+    assert_eq!(r["ips"][1]["interface"], 2);
+}

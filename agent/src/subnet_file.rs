@@ -1,12 +1,12 @@
 //! The node's pod network for the CNI plugin (`--subnet-file`, by default
 //! `/run/kxdp/subnet.env`), written as flannel writes `/run/flannel/subnet.env`: whenever a
-//! live snapshot names a pod CIDR, gateway, cluster CIDR or pod MTU other than the file's
-//! (format: [`kxdp_control::node_subnet`]).
+//! live snapshot names a pod CIDR, gateway, cluster CIDR or pod MTU other than the last one
+//! written, or the file is gone (format: [`kxdp_control::node_subnet`]).
 //!
 //! The file is replaced whole: the text goes to a temporary file beside it, which is synced
 //! and renamed over the old one, so a plugin reading it at any moment sees the old text or
-//! the new, never a part. The folder is created if missing (mode 0755: the plugin runs as
-//! root, but the file holds nothing secret).
+//! the new, never a part. The folder is created if missing (with the process's umask: the
+//! plugin runs as root, and the file holds nothing secret).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -46,9 +46,11 @@ impl SubnetFile {
         }
     }
 
-    /// Write `subnet` unless it is what this writer last wrote; true if it wrote.
+    /// Write `subnet` unless it is what this writer last wrote and the file is still there;
+    /// true if it wrote.
     pub fn update(&mut self, subnet: NodeSubnet) -> std::io::Result<bool> {
-        if self.written == Some(subnet) {
+        // A file removed since (a cleared /run) is written again at the next publish.
+        if self.written == Some(subnet) && self.path.exists() {
             return Ok(false);
         }
         write_atomically(&self.path, subnet.render().as_bytes())?;
@@ -106,6 +108,12 @@ mod tests {
         assert!(
             file.update(subnet(2, 65535)).unwrap(),
             "a new pod CIDR and MTU"
+        );
+        assert_eq!(read(), subnet(2, 65535));
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            file.update(subnet(2, 65535)).unwrap(),
+            "a removed file comes back"
         );
         assert_eq!(read(), subnet(2, 65535));
         // No temporary file is left beside it.

@@ -422,6 +422,17 @@ fn check(env: &Env, config: &Config) -> Result<(), CniError> {
     }
 
     // The pod's end.
+    // A namespace that is gone: the container is, and there is nothing to check.
+    if env.netns.as_deref().is_some_and(|p| !p.exists()) {
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "the container is gone",
+            format!(
+                "CNI_NETNS: {} does not exist",
+                env.netns.as_deref().unwrap_or(Path::new("")).display()
+            ),
+        ));
+    }
     let ns = netns(env)?;
     let ifname = env.ifname.clone();
     let want_mac = mac_text(pod_mac(address.addr()).0);

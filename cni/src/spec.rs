@@ -36,6 +36,8 @@ pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
     /// A field this plugin does not support.
     pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// The container is unknown or gone (`CHECK` of a namespace that no longer exists).
+    pub const UNKNOWN_CONTAINER: u32 = 3;
     /// A `CNI_*` environment variable is missing or malformed.
     pub const INVALID_ENVIRONMENT: u32 = 4;
     /// Reading or writing a file failed.

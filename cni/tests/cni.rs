@@ -317,8 +317,14 @@ fn del_after_the_namespace_is_gone_frees_the_address() {
     let mut bed = Bed::new("10.244.1.0/24", "10.244.1.1");
     let config = bed.config(json!({}));
     let pod = bed.pod();
-    assert!(bed.attach("ADD", "a", &pod, &config).ok);
+    let add = bed.attach("ADD", "a", &pod, &config);
+    assert!(add.ok, "{add:?}");
     bed.remove_pod(&pod);
+    // CHECK of a container that is gone: "container unknown", not a bad environment.
+    let mut with_prev = config.clone();
+    with_prev["prevResult"] = add.stdout.clone();
+    let check = bed.attach("CHECK", "a", &pod, &with_prev);
+    assert_eq!(check.code(), 3, "{check:?}");
     let del = bed.attach("DEL", "a", &pod, &config);
     assert!(del.ok, "{del:?}");
     assert!(bed.allocations().is_empty());

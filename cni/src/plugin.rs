@@ -136,6 +136,15 @@ fn host_ifname(env: &Env) -> String {
     }
 }
 
+/// `CNI_NETNS` as text, empty when absent.
+fn netns_text(env: &Env) -> String {
+    env.netns
+        .as_deref()
+        .unwrap_or(Path::new(""))
+        .display()
+        .to_string()
+}
+
 fn netns(env: &Env) -> Result<std::fs::File, CniError> {
     let path = env.netns.as_deref().unwrap_or(Path::new(""));
     link::open_netns(path).map_err(|e| {
@@ -162,7 +171,7 @@ fn add(env: &Env, config: &Config) -> Result<Value, CniError> {
             "the interface exists",
             format!(
                 "CNI_IFNAME: {ifname} is already in the namespace {}",
-                env.netns.as_deref().unwrap_or(Path::new("")).display()
+                netns_text(env)
             ),
         ));
     }
@@ -190,12 +199,7 @@ fn add(env: &Env, config: &Config) -> Result<Value, CniError> {
                     ifname,
                     mac: mac_text(pod_mac(ip).0),
                     mtu,
-                    sandbox: env
-                        .netns
-                        .as_deref()
-                        .unwrap_or(Path::new(""))
-                        .display()
-                        .to_string(),
+                    sandbox: netns_text(env),
                     address,
                     gateway: subnet.gateway,
                 },
@@ -427,10 +431,7 @@ fn check(env: &Env, config: &Config) -> Result<(), CniError> {
         return Err(CniError::new(
             code::UNKNOWN_CONTAINER,
             "the container is gone",
-            format!(
-                "CNI_NETNS: {} does not exist",
-                env.netns.as_deref().unwrap_or(Path::new("")).display()
-            ),
+            format!("CNI_NETNS: {} does not exist", netns_text(env)),
         ));
     }
     let ns = netns(env)?;

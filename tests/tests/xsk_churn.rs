@@ -114,13 +114,7 @@ fn a_closed_port_gives_its_chunks_back() {
     if skip_unless_privileged("a_closed_port_gives_its_chunks_back") {
         return;
     }
-    let t = Topology::default();
-    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
-    let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
-        .expect("testbed builds");
-    let ns = tb.nodes[0].ns.clone();
-    std::thread::spawn(move || {
-        kxdp_xdp::enter_netns(&ns).expect("node namespace");
+    on_a_node_with_two_pods(|| {
         // 2048 chunks, half of them in fill rings: leaked rings would exhaust it in a few rounds.
         let umem = Umem::new(PortConfig {
             frames: 2048,
@@ -140,9 +134,7 @@ fn a_closed_port_gives_its_chunks_back() {
             drop(port);
             assert_eq!(umem.free_chunks(), before, "round {round}: all came back");
         }
-    })
-    .join()
-    .expect("the port thread passes");
+    });
 }
 
 #[test]
@@ -150,13 +142,7 @@ fn a_port_fills_only_its_share_so_the_next_gets_chunks() {
     if skip_unless_privileged("a_port_fills_only_its_share_so_the_next_gets_chunks") {
         return;
     }
-    let t = Topology::default();
-    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
-    let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
-        .expect("testbed builds");
-    let ns = tb.nodes[0].ns.clone();
-    std::thread::spawn(move || {
-        kxdp_xdp::enter_netns(&ns).expect("node namespace");
+    on_a_node_with_two_pods(|| {
         // As many chunks as one fill ring has entries: filled to the ring, the first port
         // would hold them all.
         let config = PortConfig {
@@ -179,6 +165,20 @@ fn a_port_fills_only_its_share_so_the_next_gets_chunks() {
         first.fill();
         second.fill();
         assert_eq!(umem.free_chunks(), 512);
+    });
+}
+
+/// Run `f` on a thread in the namespace of a kxdp node with two pods (`pod0`, `pod1`), the
+/// test bed kept until it returns.
+fn on_a_node_with_two_pods(f: impl FnOnce() + Send + 'static) {
+    let t = Topology::default();
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+        .expect("testbed builds");
+    let ns = tb.nodes[0].ns.clone();
+    std::thread::spawn(move || {
+        kxdp_xdp::enter_netns(&ns).expect("node namespace");
+        f();
     })
     .join()
     .expect("the port thread passes");

@@ -51,8 +51,8 @@ impl<'a> Frame<'a> {
         })
     }
 
-    /// The same frame, continuing in `tail` bytes of further buffers (at most 4 GiB - 1: a
-    /// larger tail is cut to that, and the caller's buffers trimmed to match).
+    /// The same frame, continuing in `tail` bytes of further buffers (a frame spans a few
+    /// hundred KiB at most; a tail of 4 GiB or more would be read as 4 GiB - 1).
     #[inline]
     pub fn with_tail(mut self, tail: usize) -> Self {
         self.tail = u32::try_from(tail).unwrap_or(u32::MAX);

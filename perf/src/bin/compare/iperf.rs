@@ -167,8 +167,8 @@ impl KxdpCounters {
             "kxdp's counters over its runs at underlay MTU {}, both nodes: {steered:.0} frames \
              steered to its sockets by the XDP program, {taken:.0} taken by its workers \
              ({:.0} lost between: the socket's ring full or no free chunk to fill), {:.0} \
-             frames queued for transmission (more than taken where large frames are cut for \
-             the tunnel), {:.0} not queued for a full TX ring; dropped by the pipeline: {}.",
+             frames queued for transmission (a frame cut for the tunnel counts each piece, \
+             segments merged for a pod count once), {:.0} not queued for a full TX ring; dropped by the pipeline: {}.",
             self.mtu,
             (steered - taken).max(0.0),
             self.total(COUNTED[2]),
@@ -532,8 +532,8 @@ mod tests {
             "kxdp's counters over its runs at underlay MTU 1500, both nodes: 150 frames steered \
              to its sockets by the XDP program, 140 taken by its workers (10 lost between: the \
              socket's ring full or no free chunk to fill), 137 frames queued for transmission \
-             (more than taken where large frames are cut for the tunnel), 4 not queued for a \
-             full TX ring; dropped by the pipeline: too_big_for_tunnel 3."
+             (a frame cut for the tunnel counts each piece, segments merged for a pod count \
+             once), 4 not queued for a full TX ring; dropped by the pipeline: too_big_for_tunnel 3."
         );
     }
 

@@ -403,6 +403,16 @@ fn check(env: &Env, config: &Config) -> Result<(), CniError> {
         }
     }
 
+    // A namespace that is gone: the container is, and there is nothing to check (its
+    // veth pair is being torn down by the kernel and may vanish under the checks below).
+    if env.netns.as_deref().is_some_and(|p| !p.exists()) {
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            "the container is gone",
+            format!("CNI_NETNS: {} does not exist", netns_text(env)),
+        ));
+    }
+
     // The node's end.
     let net = Net::connect().map_err(kernel)?;
     let h = net
@@ -426,14 +436,6 @@ fn check(env: &Env, config: &Config) -> Result<(), CniError> {
     }
 
     // The pod's end.
-    // A namespace that is gone: the container is, and there is nothing to check.
-    if env.netns.as_deref().is_some_and(|p| !p.exists()) {
-        return Err(CniError::new(
-            code::UNKNOWN_CONTAINER,
-            "the container is gone",
-            format!("CNI_NETNS: {} does not exist", netns_text(env)),
-        ));
-    }
     let ns = netns(env)?;
     let ifname = env.ifname.clone();
     let want_mac = mac_text(pod_mac(address.addr()).0);

@@ -463,6 +463,7 @@ impl Compiler {
                     internal_policy: policy(info.internal_local),
                     external_policy: policy(info.external_local),
                     client_ip_affinity: info.client_ip_affinity,
+                    source_ranges: info.source_ranges.clone(),
                 })));
         }
         cached

@@ -93,6 +93,8 @@ pub struct ServiceInfo {
     pub external_local: bool,
     /// `spec.sessionAffinity: ClientIP`.
     pub client_ip_affinity: bool,
+    /// `spec.loadBalancerSourceRanges` (IPv4; IPv6 ranges are another family's).
+    pub source_ranges: Vec<Ipv4Cidr>,
 }
 
 /// One endpoint address of a slice.
@@ -356,6 +358,28 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
     if kind != "LoadBalancer" {
         load_balancer_ips.clear();
     }
+    // As kube-proxy reads them: spaces trimmed, host bits masked (the API server has accepted
+    // both), IPv6 ranges left to that family.
+    let mut source_ranges = Vec::new();
+    for (i, text) in spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = text.trim();
+        if text.contains(':') {
+            continue;
+        }
+        let net: ipnet::Ipv4Net = text.parse().map_err(|_| {
+            err(
+                &object,
+                format!("spec.loadBalancerSourceRanges[{i}]"),
+                format!("{text:?} is not an IPv4 CIDR (address/length, as 203.0.113.0/24)"),
+            )
+        })?;
+        source_ranges.push(Ipv4Cidr::new(net.network(), net.prefix_len()));
+    }
     Ok(Some(ServiceInfo {
         cluster_ip,
         cluster_ip_field: cluster_ip_field.unwrap_or_default(),
@@ -365,6 +389,7 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         external_local: external && spec.external_traffic_policy.as_deref() == Some("Local"),
         client_ip_affinity: spec.session_affinity.as_deref() == Some("ClientIP"),
+        source_ranges,
     }))
 }
 

@@ -506,6 +506,10 @@ fn errors_name_the_field_the_object_used() {
             service("clusterIP: 10.96.0.5, clusterIPs: [10.96.0.6]"),
             "Service default/s: spec.clusterIPs[0]: \"10.96.0.6\" must equal spec.clusterIP \"10.96.0.5\"",
         ),
+        (
+            service("type: LoadBalancer, loadBalancerSourceRanges: [203.0.113.0/24, 10.0.0.0/40]"),
+            "Service default/s: spec.loadBalancerSourceRanges[1]: \"10.0.0.0/40\" is not an IPv4 CIDR",
+        ),
         (pod("podIP: nonsense"), "Pod default/p: status.podIP: \"nonsense\""),
         (pod("podIPs: [{ip: nonsense}]"), "Pod default/p: status.podIPs[0].ip: \"nonsense\""),
         (
@@ -551,6 +555,18 @@ fn errors_name_the_field_the_object_used() {
         model.apply(&o).expect("converts");
     }
     assert_eq!(model.nodes()["n"].internal_ip, Some(ip("198.18.0.9")));
+    // Source ranges as kube-proxy reads them: spaces trimmed, host bits masked, IPv6 skipped.
+    let mut lb = Model::new();
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\nspec: {type: LoadBalancer, \
+                clusterIP: 10.96.0.8, loadBalancerSourceRanges: [\" 203.0.113.7/24 \", \"2001:db8::/32\"], \
+                ports: [{port: 80, nodePort: 30081}]}\n";
+    for (_, o) in parse("lb.yaml", yaml).unwrap() {
+        lb.apply(&o).expect("converts");
+    }
+    assert_eq!(
+        lb.services()["default/lb"].source_ranges,
+        [kxdp_dataplane::wire::Ipv4Cidr::new(ip("203.0.113.0"), 24)]
+    );
     let s = &model.services()["default/s"];
     assert_eq!(
         (s.cluster_ip, s.cluster_ip_field.as_str()),

@@ -37,6 +37,7 @@ crate::counter_list! {
         NoHeadroom = 26 => ("no_headroom", "frame buffer lacks the headroom or tailroom the rewrite needs"),
         ServiceNoLocalEndpoints = 27 => ("service_no_local_endpoints", "traffic policy Local and no usable endpoint on this node (kube-proxy drops too)"),
         ConntrackClash = 28 => ("conntrack_clash", "the translated flow's reply would collide with another tracked flow"),
+        LoadBalancerSourceRange = 29 => ("load_balancer_source_range", "new flow to a load-balancer address from a source outside the service's loadBalancerSourceRanges"),
     }
 }
 

@@ -297,20 +297,34 @@ fn with_extra_service(
     external_policy: kxdp_dataplane::tables::TrafficPolicy,
     frontends: Vec<kxdp_dataplane::tables::Frontend>,
 ) -> Env {
-    use kxdp_dataplane::tables::{ServicePort, ServicePortSpec, TrafficPolicy};
+    with_extra_spec(extra_spec(backends, external_policy, frontends))
+}
+
+fn extra_spec(
+    backends: Vec<kxdp_dataplane::tables::Backend>,
+    external_policy: kxdp_dataplane::tables::TrafficPolicy,
+    frontends: Vec<kxdp_dataplane::tables::Frontend>,
+) -> kxdp_dataplane::tables::ServicePortSpec {
+    kxdp_dataplane::tables::ServicePortSpec {
+        name: "default/extra:http".into(),
+        proto: kxdp_dataplane::flow::proto::TCP,
+        frontends,
+        backends,
+        internal_policy: kxdp_dataplane::tables::TrafficPolicy::Cluster,
+        external_policy,
+        client_ip_affinity: false,
+        source_ranges: Vec::new(),
+    }
+}
+
+/// The fixture with `spec` added.
+fn with_extra_spec(spec: kxdp_dataplane::tables::ServicePortSpec) -> Env {
+    use kxdp_dataplane::tables::ServicePort;
     let t = kxdp_testkit::Topology::default();
     let mut inputs = t.inputs();
     inputs
         .services
-        .push(std::sync::Arc::new(ServicePort::new(ServicePortSpec {
-            name: "default/extra:http".into(),
-            proto: kxdp_dataplane::flow::proto::TCP,
-            frontends,
-            backends,
-            internal_policy: TrafficPolicy::Cluster,
-            external_policy,
-            client_ip_affinity: false,
-        })));
+        .push(std::sync::Arc::new(ServicePort::new(spec)));
     Env::from_inputs(t, inputs, 4096)
 }
 
@@ -831,4 +845,210 @@ fn frames_marked_for_splitting_are_cut_by_offload_to_fit() {
         let skip = if frame[23] == 6 { 0 } else { 8 };
         assert_eq!(data[skip..], payload[..], "{what}: payload");
     }
+}
+
+/// The ICMP error `out` carries: (from, to, type, code).
+fn icmp_error(out: &[u8]) -> (Ipv4Addr, Ipv4Addr, u8, u8) {
+    let s = SlicedPacket::from_ethernet(out).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &s.net else {
+        panic!("not IPv4")
+    };
+    let Some(TransportSlice::Icmpv4(icmp)) = &s.transport else {
+        panic!("not ICMP: {:?}", s.transport)
+    };
+    (
+        ip.header().source_addr(),
+        ip.header().destination_addr(),
+        icmp.type_u8(),
+        icmp.code_u8(),
+    )
+}
+
+#[test]
+fn a_service_address_on_a_port_it_lacks_is_rejected_and_an_unallocated_one_dropped() {
+    let env = Env::new();
+    let t = &env.t;
+    let unreachable = |from, to| (from, to, 3, 3);
+    // From a pod: a ClusterIP's other TCP port, a protocol it lacks, a ping.
+    let cases: [(&str, FrameSpec, Vec<u8>); 3] = [
+        ("tcp port 81", t.from_pod_a(t.web_cluster_ip), Vec::new()),
+        ("udp port 80", t.from_pod_a(t.web_cluster_ip), Vec::new()),
+        ("echo", t.from_pod_a(t.web_cluster_ip), Vec::new()),
+    ];
+    for (what, spec, _) in cases {
+        let frame = match what {
+            "tcp port 81" => spec.tcp(40000, 81, f::SYN, b""),
+            "udp port 80" => spec.udp(40000, 80, b"x"),
+            _ => spec.icmp_echo(true, 7, 1, b"hi"),
+        };
+        let (v, out) = env.run(&Input {
+            ingress: t.pod_a.iface,
+            frame,
+        });
+        assert_eq!(v, Verdict::Transmit(t.pod_a.iface), "{what}");
+        assert_valid(&out, what);
+        assert_eq!(
+            icmp_error(&out),
+            unreachable(t.web_cluster_ip, t.pod_a.ip),
+            "{what}"
+        );
+    }
+    // A load-balancer address from outside, on a port it lacks: back out of the uplink.
+    let (v, out) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t
+            .from_outside(t.external_ip, t.web_lb_ip)
+            .tcp(50000, 81, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Transmit(t.node.uplink));
+    assert_eq!(icmp_error(&out), unreachable(t.web_lb_ip, t.external_ip));
+    assert_eq!(env.counters.read().event(Event::IcmpPortUnreachable), 4);
+    // An address of the service CIDR no service holds: dropped, as kube-proxy drops it.
+    let (v, _) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t
+            .from_pod_a(Ipv4Addr::new(10, 96, 0, 98))
+            .tcp(40001, 80, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::Drop(DropReason::ServiceNotFound));
+    // An ICMP error to a service address is never answered with another.
+    let quoted = t.from_pod_b(t.node.gateway_ip).udp(1, 2, b"");
+    let (v, _) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(t.web_cluster_ip).icmp(
+            Icmpv4Message::DstUnreachable,
+            3,
+            [0; 4],
+            &quoted[14..14 + 28],
+        ),
+    });
+    assert_eq!(v, Verdict::Drop(DropReason::ServiceNotFound));
+    // The node's own address is never a rejecting service address, even as an external IP:
+    // what no node port takes there is the node's kernel's.
+    let env = with_extra_service(
+        vec![kxdp_dataplane::tables::Backend::ready(
+            t.pod_b.ip, 8080, true,
+        )],
+        kxdp_dataplane::tables::TrafficPolicy::Cluster,
+        vec![kxdp_dataplane::tables::Frontend {
+            kind: kxdp_dataplane::tables::FrontendKind::ExternalIp,
+            ip: Some(t.node.primary_ip()),
+            port: 8000,
+        }],
+    );
+    let (v, _) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t
+            .from_outside(t.external_ip, t.node.primary_ip())
+            .tcp(50000, 22, f::SYN, b""),
+    });
+    assert_eq!(v, Verdict::ToHost(kxdp_dataplane::PassReason::ForNode));
+}
+
+#[test]
+fn node_ports_and_load_balancers_of_cluster_policy_masquerade_pods_and_the_node() {
+    let env = Env::new();
+    let t = &env.t;
+    for (what, dst, dport) in [
+        ("node port", t.node.primary_ip(), t.web_node_port),
+        ("load balancer", t.web_lb_ip, 80),
+    ] {
+        // A local pod: masqueraded, so the reply comes back through the node.
+        let (v, out) = env.run(&Input {
+            ingress: t.pod_a.iface,
+            frame: t.from_pod_a(dst).tcp(40000, dport, f::SYN, b""),
+        });
+        assert!(matches!(v, Verdict::Transmit(_)), "{what}: {v:?}");
+        let (src, nat_port, _, bport) = tuple(&out);
+        assert_eq!((src, bport), (t.node.gateway_ip, 8080), "{what} from a pod");
+        assert!(t.node.masquerade_ports.contains(&nat_port));
+        // The node itself: masqueraded too.
+        let (v, out) = env.run(&Input {
+            ingress: t.node.host,
+            frame: t.from_host(dst).tcp(41000, dport, f::SYN, b""),
+        });
+        assert!(matches!(v, Verdict::Transmit(_)), "{what}: {v:?}");
+        assert_eq!(tuple(&out).0, t.node.gateway_ip, "{what} from the node");
+    }
+    // The ClusterIP of the same service keeps a pod's address.
+    let (v, out) = env.run(&Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(t.web_cluster_ip).tcp(40001, 80, f::SYN, b""),
+    });
+    assert!(matches!(v, Verdict::Transmit(_)), "{v:?}");
+    assert_eq!(tuple(&out).0, t.pod_a.ip);
+}
+
+#[test]
+fn load_balancer_source_ranges_close_only_the_load_balancer_addresses() {
+    use kxdp_dataplane::tables::{Backend, Frontend, FrontendKind, TrafficPolicy};
+    use kxdp_dataplane::wire::Ipv4Cidr;
+    let t = kxdp_testkit::Topology::default();
+    let lb = Ipv4Addr::new(198, 19, 1, 40);
+    let allowed = Ipv4Addr::new(203, 0, 113, 9);
+    let refused = t.external_ip;
+    assert!(!Ipv4Cidr::new(Ipv4Addr::new(203, 0, 113, 0), 24).contains_addr(&refused));
+    let spec = |ranges: Vec<Ipv4Cidr>| {
+        let mut s = extra_spec(
+            vec![Backend::ready(t.pod_b.ip, 8080, true)],
+            TrafficPolicy::Cluster,
+            vec![
+                cluster_ip(EXTRA_VIP),
+                Frontend {
+                    kind: FrontendKind::LoadBalancer,
+                    ip: Some(lb),
+                    port: 80,
+                },
+                Frontend {
+                    kind: FrontendKind::NodePort,
+                    ip: None,
+                    port: 30400,
+                },
+            ],
+        );
+        s.source_ranges = ranges;
+        s
+    };
+    let outside = Ipv4Cidr::new(Ipv4Addr::new(203, 0, 113, 0), 24);
+    let env = with_extra_spec(spec(vec![outside]));
+    let syn = |ingress, frame| Input { ingress, frame };
+    let run = |env: &Env, input| env.run(&input).0;
+    let lb_from = |src| t.from_outside(src, lb).tcp(50000, 80, f::SYN, b"");
+    assert!(matches!(
+        run(&env, syn(t.node.uplink, lb_from(allowed))),
+        Verdict::Transmit(_)
+    ));
+    let refusal = Verdict::Drop(DropReason::LoadBalancerSourceRange);
+    assert_eq!(run(&env, syn(t.node.uplink, lb_from(refused))), refusal);
+    // Pods and the node are outside the range too.
+    let pod = t.from_pod_a(lb).tcp(40000, 80, f::SYN, b"");
+    assert_eq!(run(&env, syn(t.pod_a.iface, pod)), refusal);
+    let node = t.from_host(lb).tcp(40000, 80, f::SYN, b"");
+    assert_eq!(run(&env, syn(t.node.host, node.clone())), refusal);
+    assert_eq!(
+        env.counters
+            .read()
+            .drop(DropReason::LoadBalancerSourceRange),
+        3
+    );
+    // The node port and the ClusterIP of the same service stay open to everyone.
+    let np = t
+        .from_outside(refused, t.node.primary_ip())
+        .tcp(50001, 30400, f::SYN, b"");
+    assert!(matches!(
+        run(&env, syn(t.node.uplink, np)),
+        Verdict::Transmit(_)
+    ));
+    let vip = t.from_pod_a(EXTRA_VIP).tcp(40001, 80, f::SYN, b"");
+    assert!(matches!(
+        run(&env, syn(t.pod_a.iface, vip)),
+        Verdict::Transmit(_)
+    ));
+    // A range holding a node address lets the node in, from any of its addresses.
+    let node_range = Ipv4Cidr::new(t.node.primary_ip(), 32);
+    let env = with_extra_spec(spec(vec![outside, node_range]));
+    assert!(matches!(
+        run(&env, syn(t.node.host, node)),
+        Verdict::Transmit(_)
+    ));
 }

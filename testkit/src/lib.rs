@@ -176,6 +176,7 @@ fn service(
         internal_policy: TrafficPolicy::Cluster,
         external_policy: TrafficPolicy::Cluster,
         client_ip_affinity: false,
+        source_ranges: Vec::new(),
     }
 }
 

@@ -5,11 +5,15 @@
 //! (a reply of a DNATed flow; endpoints that left every service stay listed as draining while
 //! their flows live). Plain pod-to-pod traffic never touches the shared table, so it pays no
 //! cache miss for it however many flows are tracked. Only then is the service table consulted.
+//! A new flow to a service address on a port or protocol no service has is rejected with ICMP
+//! port unreachable, as kube-proxy rejects it; an address of the service CIDR that no service
+//! holds is dropped. `loadBalancerSourceRanges` are checked on a flow's first packet.
 //!
 //! Masquerade follows kube-proxy with flannel: a service flow is source-NATed to the gateway
-//! address when a pod reaches itself (hairpin), or when the client is outside the cluster CIDR
-//! (node processes, external clients) unless `externalTrafficPolicy: Local` preserves it, and
-//! to the node's address when the endpoint is outside the cluster (an API server on a node
+//! address when a pod reaches itself (hairpin), when it arrives through a node port, external
+//! IP or load-balancer address of a service with `externalTrafficPolicy: Cluster` (whoever the
+//! client), or when the client is outside the cluster CIDR (node processes, external clients)
+//! unless `externalTrafficPolicy: Local` preserves it; and to the node's address when the endpoint is outside the cluster (an API server on a node
 //! address). Pod traffic leaving the cluster is source-NATed to the node's primary address, and
 //! traffic from the node's kernel to another node's pod to the gateway address, so that
 //! replies come back through the overlay to this node.
@@ -149,6 +153,9 @@ pub(crate) fn translate(
         _ => None,
     };
     let trackable = trackable(meta);
+    if !to_pods && origin != Origin::Overlay && snap.services.is_service_addr(key.dst_ip) {
+        return reject_unserved(meta);
+    }
     if route == RouteTarget::ServiceCidr {
         return Next::Done(Verdict::Drop(DropReason::ServiceNotFound));
     }
@@ -173,6 +180,17 @@ pub(crate) fn translate(
     }
 }
 
+/// A packet to a service address on a port or protocol no frontend has: rejected with ICMP
+/// port unreachable as kube-proxy rejects traffic to a ClusterIP's invalid ports, so clients
+/// fail at once instead of timing out. Never in answer to an ICMP error.
+#[cold]
+fn reject_unserved(meta: &Ipv4Meta) -> Next {
+    if meta.is_icmp_error() {
+        return Next::Done(Verdict::Drop(DropReason::ServiceNotFound));
+    }
+    Next::IcmpError(IcmpError::PortUnreachable)
+}
+
 /// A new flow to a service frontend: pick a backend, track it, translate it.
 #[cold]
 fn new_service_flow(
@@ -185,7 +203,11 @@ fn new_service_flow(
 ) -> Next {
     let key = meta.key;
     let node = &ctx.snap.node;
-    let internal = node.is_internal_client(origin == Origin::Host, key.src_ip);
+    let from_node = origin == Origin::Host;
+    if !port.admits(kind, key.src_ip, from_node, &node.node_ips) {
+        return Next::Done(Verdict::Drop(DropReason::LoadBalancerSourceRange));
+    }
+    let internal = node.is_internal_client(from_node, key.src_ip);
     let (ip, bport) = match port.pick(kind, key.src_ip, internal, meta.hash()) {
         Pick::Backend(ip, bport) => (ip, bport),
         Pick::NoEndpoints => return Next::IcmpError(IcmpError::PortUnreachable),
@@ -198,10 +220,7 @@ fn new_service_flow(
         // An endpoint outside the cluster (the API server on a node address, say): the flow
         // leaves from the node's address, as flannel's masquerade rule would make it.
         Some(node.primary_ip())
-    } else if hairpin
-        || (!port.preserves_client_ip(kind, internal)
-            && !node.cluster_cidr.contains_addr(&key.src_ip))
-    {
+    } else if hairpin || port.masquerades(kind, internal, &node.cluster_cidr, key.src_ip) {
         Some(node.gateway_ip)
     } else {
         None

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use super::maglev::Maglev;
 use crate::flow::{self, FastMap};
+use crate::wire::Ipv4Cidr;
 
 /// How a service port is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,6 +111,9 @@ pub struct ServicePortSpec {
     /// `spec.sessionAffinity: ClientIP`: the pick hashes the client address only, so every
     /// connection from one client lands on the same backend while the backend set is stable.
     pub client_ip_affinity: bool,
+    /// `spec.loadBalancerSourceRanges` (IPv4): when not empty, new flows to the load-balancer
+    /// addresses are accepted only from these sources ([`ServicePort::admits`]).
+    pub source_ranges: Vec<Ipv4Cidr>,
 }
 
 /// The endpoints one kind of traffic may use, with their Maglev table.
@@ -214,6 +218,25 @@ impl ServicePort {
         kind.is_external() && !internal_client && self.spec.external_policy == TrafficPolicy::Local
     }
 
+    /// Whether a new flow from `client` through a frontend of `kind` is source-NATed (to the
+    /// node's pod-network address), where kube-proxy masquerades: external frontends (node
+    /// ports, external and load-balancer IPs) with `externalTrafficPolicy: Cluster` whoever the
+    /// client is, pods and the node included; otherwise every client outside the cluster CIDR
+    /// (the node's own processes, outside clients) unless [`ServicePort::preserves_client_ip`].
+    /// (Hairpin and endpoints outside the cluster are the NAT stage's to add.)
+    #[inline]
+    pub fn masquerades(
+        &self,
+        kind: FrontendKind,
+        internal_client: bool,
+        cluster_cidr: &Ipv4Cidr,
+        client: Ipv4Addr,
+    ) -> bool {
+        (kind.is_external() && self.spec.external_policy == TrafficPolicy::Cluster)
+            || (!self.preserves_client_ip(kind, internal_client)
+                && !cluster_cidr.contains_addr(&client))
+    }
+
     /// Which traffic policy applies to a new flow arriving through a frontend of `kind`, and
     /// so which endpoints it may get. ClusterIP traffic follows `internalTrafficPolicy`, the
     /// rest `externalTrafficPolicy`; but `internal_client` (the client is a pod or a node of
@@ -259,6 +282,27 @@ impl ServicePort {
         }
     }
 
+    /// Whether a new flow from `client` may use a frontend of `kind`:
+    /// `loadBalancerSourceRanges` close the load-balancer addresses (only those: NodePorts and
+    /// ClusterIPs of the same service stay open) to every source outside them, pods included.
+    /// As kube-proxy does, the node's own traffic (`from_node`, sent from one of `node_ips`) is
+    /// let in when a range holds any address of the node.
+    #[inline]
+    pub fn admits(
+        &self,
+        kind: FrontendKind,
+        client: Ipv4Addr,
+        from_node: bool,
+        node_ips: &[Ipv4Addr],
+    ) -> bool {
+        let ranges = &self.spec.source_ranges;
+        let within = |ip: &Ipv4Addr| ranges.iter().any(|r| r.contains_addr(ip));
+        kind != FrontendKind::LoadBalancer
+            || ranges.is_empty()
+            || within(&client)
+            || (from_node && node_ips.iter().any(within))
+    }
+
     /// The endpoints new cluster-policy flows are spread over, sorted.
     pub fn cluster_members(&self) -> &[(Ipv4Addr, u16)] {
         &self.cluster.members
@@ -270,6 +314,7 @@ impl ServicePort {
             + self.spec.name.len()
             + self.spec.frontends.len() * core::mem::size_of::<Frontend>()
             + self.spec.backends.len() * core::mem::size_of::<Backend>()
+            + self.spec.source_ranges.len() * core::mem::size_of::<Ipv4Cidr>()
             + (self.cluster.members.len() + self.local.members.len())
                 * core::mem::size_of::<(Ipv4Addr, u16)>()
             + self.cluster.maglev.memory_bytes()
@@ -333,6 +378,10 @@ pub struct ServiceTable {
     /// stale one costs a hash lookup, and the next full build clears it.
     backend_ports: Box<[u64]>,
     node_ips: Vec<Ipv4Addr>,
+    /// Every ClusterIP, external IP and load-balancer address that is not one of `node_ips`,
+    /// with how many frontends use it: a packet to one on a port or protocol no service has
+    /// is rejected ([`ServiceTable::is_service_addr`]).
+    addrs: FastMap<u32, u32>,
     draining: Vec<(Ipv4Addr, u8, u16)>,
     /// Ports changed by updates since the last full build.
     churn: usize,
@@ -353,6 +402,7 @@ impl ServiceTable {
             backends: FastMap::default(),
             backend_ports: vec![0u64; 65536 / 64].into_boxed_slice(),
             node_ips: node_ips.to_vec(),
+            addrs: FastMap::default(),
             draining: draining.to_vec(),
             churn: 0,
         };
@@ -407,6 +457,7 @@ impl ServiceTable {
             backends: self.backends.clone(),
             backend_ports: self.backend_ports.clone(),
             node_ips: self.node_ips.clone(),
+            addrs: self.addrs.clone(),
             draining: self.draining.clone(),
             churn,
         };
@@ -426,6 +477,13 @@ impl ServiceTable {
             Some(ip) => core::slice::from_ref(ip),
             None => &self.node_ips,
         }
+    }
+
+    /// The address of frontend `fe` that counts in `addrs`, if it has one.
+    fn service_addr(&self, fe: &Frontend) -> Option<u32> {
+        fe.ip
+            .filter(|ip| !self.node_ips.contains(ip))
+            .map(u32::from)
     }
 
     fn add_backend(&mut self, ip: Ipv4Addr, proto: u8, port: u16) {
@@ -471,6 +529,11 @@ impl ServiceTable {
         for b in &spec.backends {
             self.add_backend(b.ip, spec.proto, b.port);
         }
+        for fe in &spec.frontends {
+            if let Some(a) = self.service_addr(fe) {
+                *self.addrs.entry(a).or_default() += 1;
+            }
+        }
         self.ports.push(sp);
         Ok(())
     }
@@ -484,6 +547,16 @@ impl ServiceTable {
                 let key = frontend_key(ip, spec.proto, fe.port);
                 if self.index.get(&key).is_some_and(|e| e.port as usize == i) {
                     self.index.remove(&key);
+                }
+            }
+        }
+        for fe in &spec.frontends {
+            if let Some(a) = self.service_addr(fe) {
+                if let Some(n) = self.addrs.get_mut(&a) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.addrs.remove(&a);
+                    }
                 }
             }
         }
@@ -528,6 +601,14 @@ impl ServiceTable {
     ) -> Option<(&ServicePort, FrontendKind)> {
         let e = self.index.get(&frontend_key(ip, proto, port))?;
         Some((&self.ports[e.port as usize], e.kind))
+    }
+
+    /// Whether `ip` is a ClusterIP, external IP or load-balancer address of some service (and
+    /// not an address of this node): a new flow to it that no frontend takes is rejected, as
+    /// kube-proxy rejects traffic to a ClusterIP's invalid ports.
+    #[inline]
+    pub fn is_service_addr(&self, ip: Ipv4Addr) -> bool {
+        !self.addrs.is_empty() && self.addrs.contains_key(&u32::from(ip))
     }
 
     /// Whether `ip:port/proto` is an endpoint of some service port, or a draining one. Only
@@ -603,6 +684,7 @@ mod tests {
             internal_policy: TrafficPolicy::Cluster,
             external_policy: TrafficPolicy::Cluster,
             client_ip_affinity: false,
+            source_ranges: Vec::new(),
         }))
     }
 
@@ -631,6 +713,12 @@ mod tests {
                 }
             }
         }
+        for i in 0..64u32 {
+            let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
+            if t.is_service_addr(vip) {
+                out.push(format!("service address {vip}"));
+            }
+        }
         let mut names: Vec<&str> = t.ports().iter().map(|p| p.name()).collect();
         names.sort();
         out.extend(names.into_iter().map(String::from));
@@ -655,6 +743,7 @@ mod tests {
             internal_policy: TrafficPolicy::Cluster,
             external_policy: TrafficPolicy::Local,
             client_ip_affinity: false,
+            source_ranges: Vec::new(),
         });
         let client = Ipv4Addr::new(198, 19, 0, 7);
         for (kind, internal, policy, backend) in [

@@ -53,7 +53,9 @@ impl Podman {
         let prefix = format!("{}-podman", Testbed::process_prefix());
         let dir = std::env::temp_dir().join(&prefix);
         let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["bin", "net.d", "ipam", "storage", "runroot", "tmp", "var-lib", "run"] {
+        for sub in [
+            "bin", "net.d", "ipam", "storage", "runroot", "tmp", "var-lib", "run",
+        ] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let node = format!("{prefix}-node");
@@ -103,7 +105,7 @@ impl Podman {
         // The private mount namespace, held by a shell that says when it is set up.
         let setup = format!(
             "set -e\n\
-             if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi\n\
+             if mountpoint -q /sys/fs/cgroup/unified; then umount -n /sys/fs/cgroup/unified; fi\n\
              mount -n --bind {d}/var-lib /var/lib\n\
              mkdir -p {d}/run/netns\n\
              mount -n --bind /run/netns {d}/run/netns\n\
@@ -147,7 +149,10 @@ impl Podman {
         let out = self
             .nsenter()
             .arg("env")
-            .arg(format!("CONTAINERS_CONF={}", d.join("containers.conf").display()))
+            .arg(format!(
+                "CONTAINERS_CONF={}",
+                d.join("containers.conf").display()
+            ))
             .arg("podman")
             .arg("--root")
             .arg(d.join("storage"))
@@ -238,8 +243,7 @@ fn make_rootfs(root: &Path) {
 
 #[test]
 fn podman_attaches_a_container_with_the_plugin_and_detaches_it_on_rm() {
-    if skip_unless_privileged("podman_attaches_a_container_with_the_plugin_and_detaches_it_on_rm")
-    {
+    if skip_unless_privileged("podman_attaches_a_container_with_the_plugin_and_detaches_it_on_rm") {
         return;
     }
     let pm = Podman::new();
@@ -247,30 +251,42 @@ fn podman_attaches_a_container_with_the_plugin_and_detaches_it_on_rm() {
     // Podman reads kxdp's network list from the test's folder.
     let names = pm.podman(&["network", "ls", "--format", "{{.Name}}"]);
     assert!(names.lines().any(|n| n == "kxdp"), "{names}");
-    let inspect: Value =
-        serde_json::from_str(&pm.podman(&["network", "inspect", "kxdp"])).unwrap();
+    let inspect: Value = serde_json::from_str(&pm.podman(&["network", "inspect", "kxdp"])).unwrap();
     assert_eq!(inspect[0]["driver"], "kxdp-cni", "{inspect}");
 
     // `podman run`: libcni runs the plugin's ADD for the container's namespace.
     let rootfs = pm.dir.join("rootfs").display().to_string();
     let id = pm
         .podman(&[
-            "run", "--detach", "--name", "kxdp-c1", "--network", "kxdp", "--cgroups",
-            "disabled", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
-            "--rootfs", &rootfs, "/bin/sleep", "120",
+            "run",
+            "--detach",
+            "--name",
+            "kxdp-c1",
+            "--network",
+            "kxdp",
+            "--cgroups",
+            "disabled",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--rootfs",
+            &rootfs,
+            "/bin/sleep",
+            "120",
         ])
         .trim()
         .to_owned();
-    assert!(
-        pm.calls().iter().any(|c| c == "ADD"),
-        "{:?}",
-        pm.calls()
-    );
+    assert!(pm.calls().iter().any(|c| c == "ADD"), "{:?}", pm.calls());
     let ip4 = Ipv4Addr::new(10, 244, 1, 2);
-    assert_eq!(pm.allocations(), [ip4], "the first address of the node's subnet");
+    assert_eq!(
+        pm.allocations(),
+        [ip4],
+        "the first address of the node's subnet"
+    );
     // No Kubernetes pod in CNI_ARGS: the node's end is named for the container ID.
     let host = pod_interface_name("", &id);
-    assert_eq!(pm.node_veths(), [host.clone()]);
+    assert_eq!(pm.node_veths(), [host]);
     let mac = mac_text(pod_mac(ip4));
     let net: Value = serde_json::from_str(&pm.podman(&[
         "inspect",
@@ -290,7 +306,10 @@ fn podman_attaches_a_container_with_the_plugin_and_detaches_it_on_rm() {
     let link = pm.podman(&["exec", "kxdp-c1", "/sbin/ip", "-o", "link", "show", "eth0"]);
     assert!(link.contains("mtu 1450") && link.contains(&mac), "{link}");
     let routes = pm.podman(&["exec", "kxdp-c1", "/sbin/ip", "route"]);
-    assert!(routes.contains("default via 10.244.1.1 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("default via 10.244.1.1 dev eth0"),
+        "{routes}"
+    );
 
     // Podman sends no CHECK; the plugin's CHECK passes on the result libcni cached for it.
     let cached: Value = serde_json::from_str(
@@ -299,13 +318,17 @@ fn podman_attaches_a_container_with_the_plugin_and_detaches_it_on_rm() {
     )
     .unwrap();
     let sandbox = pm
-        .podman(&["inspect", "--format", "{{.NetworkSettings.SandboxKey}}", "kxdp-c1"])
+        .podman(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
+            "kxdp-c1",
+        ])
         .trim()
         .to_owned();
-    let list: Value = serde_json::from_str(
-        &std::fs::read_to_string(pm.dir.join("net.d/kxdp.conflist")).unwrap(),
-    )
-    .unwrap();
+    let list: Value =
+        serde_json::from_str(&std::fs::read_to_string(pm.dir.join("net.d/kxdp.conflist")).unwrap())
+            .unwrap();
     let mut config = list["plugins"][0].clone();
     config["cniVersion"] = list["cniVersion"].clone();
     config["name"] = list["name"].clone();
@@ -344,7 +367,12 @@ fn podman_attaches_a_container_with_the_plugin_and_detaches_it_on_rm() {
 
     // `podman rm`: libcni runs DEL; the address and the veth are gone.
     pm.podman(&["rm", "--force", "--time", "0", "kxdp-c1"]);
-    assert_eq!(pm.calls().last().map(String::as_str), Some("DEL"), "{:?}", pm.calls());
-    assert_eq!(pm.allocations(), []);
+    assert_eq!(
+        pm.calls().last().map(String::as_str),
+        Some("DEL"),
+        "{:?}",
+        pm.calls()
+    );
+    assert_eq!(pm.allocations(), Vec::<Ipv4Addr>::new());
     assert_eq!(pm.node_veths(), Vec::<String>::new());
 }

@@ -192,7 +192,7 @@ impl AgentCluster {
             &self.tb.nodes[node].ns,
             &self.subnet_file(node),
             &self.dir.join(format!("{}.ipam", NODES[node])),
-            &admin::DEFAULT_METRICS.to_string(),
+            admin::DEFAULT_METRICS,
         ))
     }
 

@@ -22,7 +22,11 @@ use crate::cluster::built_binary;
 /// The `kxdp-cni` binary: `KXDP_CNI_BIN`, or beside the running executable (or its parent
 /// directory, for test executables under `deps/`).
 pub fn cni_bin() -> Result<PathBuf, String> {
-    built_binary("kxdp-cni", "KXDP_CNI_BIN", "cargo build -p kxdp-cni --bin kxdp-cni")
+    built_binary(
+        "kxdp-cni",
+        "KXDP_CNI_BIN",
+        "cargo build -p kxdp-cni --bin kxdp-cni",
+    )
 }
 
 /// Run plugin `bin` inside network namespace `node` (a name under `/run/netns`), with `env`

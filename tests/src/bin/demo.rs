@@ -43,9 +43,7 @@ fn main() -> ExitCode {
 fn run() -> Result<bool, String> {
     let t0 = Instant::now();
     println!("kxdp demo: two kxdp nodes, four pods, services from control/manifests/demo.yaml\n");
-    println!(
-        "[setup] building namespaces: underlay switch, node-a, node-b, external client"
-    );
+    println!("[setup] building namespaces: underlay switch, node-a, node-b, external client");
     let mut c = AgentCluster::build(MANIFEST, &[])?;
     let prefix = c.tb.prefix().to_owned();
     println!(
@@ -160,4 +158,3 @@ fn run() -> Result<bool, String> {
     );
     Ok(all_ok && healthy && detached && clean && left.is_empty())
 }
-

@@ -68,10 +68,12 @@ perf: deps
 	cargo build --release --locked -p kxdp-agent --bin kxdp
 	cargo run --release --locked -p kxdp-perf --bin compare -- --out perf/results $(PERF_ARGS)
 
-# The main job (root): two kxdp nodes with four pods in namespaces, `kxdp agent` on each, real
-# traffic through pods and services, the results table, then everything torn down.
+# The main job (root): two kxdp nodes in namespaces, `kxdp agent` on each, four pods attached
+# by `kxdp-cni` as a container runtime attaches them, real traffic through pods and services,
+# the results table, then everything torn down.
 demo: deps
 	cargo build --release --locked -p kxdp-agent --bin kxdp
+	cargo build --release --locked -p kxdp-cni --bin kxdp-cni
 	cargo run --release --locked -p kxdp-tests --bin demo
 
 # One packet of every path through the pure pipeline on the fixture node (no root needed).

@@ -9,8 +9,11 @@ set -euo pipefail
 # procps (kill), util-linux (setpriv, prlimit): stopping agents, and the preflight tests.
 # nftables, netsniff-ng (trafgen): the perf harness's kernel baseline and its generator.
 # man-db, groff-base: `man -l` renders `kxdp man`'s page with groff's warnings on (agent/tests/cli.rs).
+# podman: a real CNI client (libcni) for the plugin (cni/tests/podman.rs); it brings crun and conmon.
+#   Its package ships a bridge network in /etc/cni/net.d: dpkg is told to leave /etc/cni alone, as
+#   kxdp never touches the machine's CNI configuration (its tests use folders they create).
 # (zsh and fish are optional: where installed, the completion test loads their scripts too.)
-packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4 procps util-linux nftables netsniff-ng man-db groff-base)
+packages=(build-essential pkg-config iproute2 iputils-ping ethtool python3 iperf3 clang llvm libelf-dev zlib1g-dev libbpf-dev m4 procps util-linux nftables netsniff-ng man-db groff-base podman)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,7 +26,9 @@ if ((${#missing[@]})); then
     fi
     echo "kxdp: installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        -o DPkg::Options::=--path-exclude=/etc/cni -o 'DPkg::Options::=--path-exclude=/etc/cni/*' \
+        "${missing[@]}"
 fi
 
 # promtool, for the format test of the agent's /metrics, comes from Debian's prometheus package,

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use kxdp_agent::admin::{self, AdminAddr, StatusView};
 use kxdp_control::compile::{pod_interface_name, pod_mac};
 
+use crate::cni::{cni_bin, Attachment, Plugin};
 use crate::node::mac_text;
 use crate::testbed::{Pod, Testbed};
 
@@ -62,24 +63,33 @@ pub struct AgentCluster {
     pub manifest: PathBuf,
     dir: PathBuf,
     agents: Vec<Option<Child>>,
+    /// Pods [`attach_pods_by_plugin`](Self::attach_pods_by_plugin) attached: name, node and
+    /// attachment, detached when the cluster is dropped.
+    attached: Vec<(String, usize, Attachment)>,
 }
 
 /// The `kxdp` binary: `KXDP_BIN`, or beside the running executable (or its parent directory,
 /// for test executables under `deps/`).
 pub fn kxdp_bin() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("KXDP_BIN") {
+    built_binary("kxdp", "KXDP_BIN", "cargo build -p kxdp-agent --bin kxdp")
+}
+
+/// Binary `name`: the path in `env_var`, or beside the running executable (or in its parent
+/// directory, for test executables under `deps/`); the error says to run `build`.
+pub(crate) fn built_binary(name: &str, env_var: &str, build: &str) -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var(env_var) {
         return Ok(p.into());
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|d| d.join("kxdp"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
         .ok_or_else(|| {
             format!(
-                "no kxdp binary beside {}: build it first (cargo build -p kxdp-agent --bin kxdp, \
-                 with the same profile) or set KXDP_BIN",
+                "no {name} binary beside {}: build it first ({build}, with the same profile) \
+                 or set {env_var}",
                 exe.display()
             )
         })
@@ -123,6 +133,7 @@ impl AgentCluster {
             manifest,
             dir,
             agents: vec![None, None],
+            attached: Vec::new(),
         })
     }
 
@@ -170,6 +181,122 @@ impl AgentCluster {
                 self.log(node)
             ))
         }
+    }
+
+    /// Node `node`'s CNI plugin (the built `kxdp-cni`), reading the subnet file node `node`'s
+    /// agent writes, its addresses in the cluster's directory, `STATUS` asking the agent's
+    /// metrics listener.
+    pub fn plugin(&self, node: usize) -> Result<Plugin, String> {
+        Ok(Plugin::new(
+            cni_bin()?,
+            &self.tb.nodes[node].ns,
+            &self.subnet_file(node),
+            &self.dir.join(format!("{}.ipam", NODES[node])),
+            admin::DEFAULT_METRICS,
+        ))
+    }
+
+    /// Attach `pods` (name and node index; namespace `default`) through the CNI plugin, as a
+    /// container runtime on their node does once the node's agent has written its subnet
+    /// file (after [`start`](Self::start)): a namespace for each, then the plugin's `ADD` in
+    /// the node's namespace. Their addresses are the plugin's; the pods join
+    /// [`pods`](Self::pods). The manifest is not changed: [`set_pod_ips`] rewrites addresses
+    /// in a manifest's text. Dropping the cluster detaches them
+    /// ([`detach_pods_by_plugin`](Self::detach_pods_by_plugin)).
+    pub fn attach_pods_by_plugin(&mut self, pods: &[(&str, usize)]) -> Result<(), String> {
+        for (name, node) in pods {
+            let path = self.subnet_file(*node);
+            if !eventually(Duration::from_secs(10), || path.exists()) {
+                return Err(format!(
+                    "the agent of {} wrote no subnet file {} (is it running?):\n{}",
+                    NODES[*node],
+                    path.display(),
+                    self.log(*node)
+                ));
+            }
+            let ns = format!("{}-n{node}{name}", self.tb.prefix());
+            self.tb.add_namespace(&ns).map_err(|e| e.to_string())?;
+            let attachment = self.plugin(*node)?.add(name, &ns)?;
+            self.pods.push(ClusterPod {
+                name: (*name).to_owned(),
+                node: *node,
+                ip: attachment.ip,
+                ns,
+            });
+            self.attached.push(((*name).to_owned(), *node, attachment));
+        }
+        Ok(())
+    }
+
+    /// The demo's pods ([`DEMO_PODS`], on a cluster built without them and started on
+    /// [`DEMO_MANIFEST`]) attached through the plugin, with the addresses it gave them
+    /// written into the manifest the agents read, as the API server would report them; waits
+    /// (up to `timeout`) until both agents have loaded it and serve the pods' veths.
+    pub fn attach_demo_pods_by_plugin(&mut self, timeout: Duration) -> Result<(), String> {
+        let before = [self.status(0).generation, self.status(1).generation];
+        let pods: Vec<(&str, usize)> = DEMO_PODS.iter().map(|(n, node, _)| (*n, *node)).collect();
+        self.attach_pods_by_plugin(&pods)?;
+        let changes: Vec<(Ipv4Addr, Ipv4Addr)> = DEMO_PODS
+            .iter()
+            .map(|(name, _, ip)| (*ip, self.pod(name).ip))
+            .collect();
+        let text = std::fs::read_to_string(&self.manifest).map_err(|e| e.to_string())?;
+        std::fs::write(&self.manifest, set_pod_ips(&text, &changes))
+            .map_err(|e| format!("{}: {e}", self.manifest.display()))?;
+        for node in 0..2 {
+            let veths: Vec<String> = self
+                .pods
+                .iter()
+                .filter(|p| p.node == node)
+                .map(|p| pod_interface_name("default", &p.name))
+                .collect();
+            let loaded = || {
+                self.try_status(node).is_ok_and(|s| {
+                    s.generation > before[node]
+                        && veths
+                            .iter()
+                            .all(|v| s.interfaces.iter().any(|i| &i.name == v))
+                })
+            };
+            if !eventually(timeout, loaded) {
+                return Err(format!(
+                    "the agent of {} did not load the plugin's pod addresses and serve {veths:?} \
+                     within {timeout:?}:\n{}",
+                    NODES[node],
+                    self.log(node)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `DEL` every pod [`attach_pods_by_plugin`](Self::attach_pods_by_plugin) attached, as the
+    /// runtime does when a pod is removed; the pods leave [`pods`](Self::pods). Every pod is
+    /// tried; the errors are returned together.
+    pub fn detach_pods_by_plugin(&mut self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for (name, node, attachment) in std::mem::take(&mut self.attached) {
+            if let Err(e) = self.plugin(node).and_then(|p| p.del(&name, &attachment)) {
+                errors.push(e);
+            }
+            self.pods.retain(|p| p.name != name);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// The addresses node `node`'s plugin holds (the files named by an address in its store).
+    pub fn plugin_allocations(&self, node: usize) -> Vec<Ipv4Addr> {
+        let store = self.dir.join(format!("{}.ipam", NODES[node])).join("kxdp");
+        std::fs::read_dir(store)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Node `node`'s `/api/status`, or why it could not be read.
@@ -398,8 +525,38 @@ fn terminate(child: &mut Child, grace: Duration) -> Result<bool, String> {
     Err(format!("pid {} ignored SIGTERM for {grace:?}", child.id()))
 }
 
+/// `manifest` with every pod address `from` replaced by `to` (whole addresses only: `10.244.1.1`
+/// does not touch `10.244.1.10`), as the API server reports the address the runtime's plugin
+/// gave a pod in its status and endpoint slices.
+pub fn set_pod_ips(manifest: &str, changes: &[(Ipv4Addr, Ipv4Addr)]) -> String {
+    let mut out = String::with_capacity(manifest.len());
+    let mut rest = manifest;
+    'scan: while !rest.is_empty() {
+        let at_boundary = !out.ends_with(|c: char| c.is_ascii_digit() || c == '.');
+        if at_boundary {
+            for (from, to) in changes {
+                let from = from.to_string();
+                if let Some(after) = rest.strip_prefix(from.as_str()) {
+                    if !after.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+                        out.push_str(&to.to_string());
+                        rest = after;
+                        continue 'scan;
+                    }
+                }
+            }
+        }
+        let c = rest.chars().next().expect("not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 impl Drop for AgentCluster {
     fn drop(&mut self) {
+        // Before the agents and namespaces go, as a runtime removes its pods: the plugin's
+        // addresses and node ends freed.
+        let _ = self.detach_pods_by_plugin();
         for child in self.agents.iter_mut().filter_map(Option::take) {
             let mut child = child;
             let _ = terminate(&mut child, Duration::from_secs(10));

@@ -818,6 +818,12 @@ impl Testbed {
         Ok(())
     }
 
+    /// A namespace named `ns` (loopback up) that the testbed removes with the rest, for a pod
+    /// that a CNI plugin attaches ([`crate::cni`]).
+    pub fn add_namespace(&mut self, ns: &str) -> Result<(), TestbedError> {
+        self.add_ns(ns)
+    }
+
     fn add_ns(&mut self, ns: &str) -> Result<(), TestbedError> {
         ip(None, &["netns", "add", ns])?;
         self.namespaces.push(ns.to_owned());

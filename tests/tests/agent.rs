@@ -776,3 +776,50 @@ fn a_ttl_running_out_at_the_node_answers_time_exceeded_from_the_gateway() {
         2.0
     );
 }
+
+#[test]
+fn the_demos_checks_pass_on_pods_the_cni_plugin_attached() {
+    if skip_unless_privileged("the_demos_checks_pass_on_pods_the_cni_plugin_attached") {
+        return;
+    }
+    // `make demo`'s scenario: pods attached by kxdp-cni (built beside this test:
+    // cargo build -p kxdp-cni), node-a's and node-b's stacks joined through host0.
+    let mut c = AgentCluster::build(MANIFEST, &[]).expect("the cluster builds");
+    for node in 0..2 {
+        c.add_host_interface(node).expect("the host interface");
+    }
+    c.start(120, &["--host-interface", "host0"])
+        .expect("the agents start");
+    c.attach_demo_pods_by_plugin(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the demo's pods through the plugin: {e}"));
+    // The plugin's addresses (round robin from .2), not the manifest's .10 and .11.
+    let ips: Vec<(String, Ipv4Addr)> = c.pods.iter().map(|p| (p.name.clone(), p.ip)).collect();
+    assert_eq!(
+        ips,
+        [
+            ("web-a".into(), Ipv4Addr::new(10, 244, 1, 2)),
+            ("client-a".into(), Ipv4Addr::new(10, 244, 1, 3)),
+            ("web-b".into(), Ipv4Addr::new(10, 244, 2, 2)),
+            ("client-b".into(), Ipv4Addr::new(10, 244, 2, 3)),
+        ]
+    );
+    let rows = kxdp_tests::demo::checks(&c, |_| {}).expect("the checks run");
+    assert_eq!(rows.len(), kxdp_tests::demo::STEPS);
+    let failed: Vec<_> = rows.iter().filter(|r| !r.ok).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+
+    // DEL of every pod: no address held, no pod veth left on either node.
+    c.detach_pods_by_plugin().expect("DEL");
+    for node in 0..2 {
+        assert_eq!(c.plugin_allocations(node), Vec::<Ipv4Addr>::new());
+        let links = testbed::ip(Some(&c.tb.nodes[node].ns), &["-o", "link", "show"]).unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        for (pod, _, _) in kxdp_tests::cluster::DEMO_PODS {
+            let veth = kxdp_control::compile::pod_interface_name("default", pod);
+            assert!(
+                !links.contains(&format!(": {veth}@")),
+                "{pod}'s veth {veth} left on node {node}: {links}"
+            );
+        }
+    }
+}

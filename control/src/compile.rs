@@ -462,7 +462,9 @@ impl Compiler {
                     backends,
                     internal_policy: policy(info.internal_local),
                     external_policy: policy(info.external_local),
-                    client_ip_affinity: info.client_ip_affinity,
+                    client_ip_affinity: info
+                        .client_ip_affinity
+                        .map(|s| std::time::Duration::from_secs(u64::from(s))),
                     source_ranges: info.source_ranges.clone(),
                 })));
         }

@@ -60,6 +60,10 @@ pub const FLANNEL_PUBLIC_IP: &str = "flannel.alpha.coreos.com/public-ip";
 /// See [`FLANNEL_BACKEND_DATA`].
 pub const FLANNEL_KUBE_SUBNET_MANAGER: &str = "flannel.alpha.coreos.com/kube-subnet-manager";
 
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset: three hours, as the API server
+/// defaults it.
+pub const DEFAULT_AFFINITY_TIMEOUT: i32 = 10_800;
+
 /// One port of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortInfo {
@@ -91,8 +95,9 @@ pub struct ServiceInfo {
     pub internal_local: bool,
     /// `spec.externalTrafficPolicy: Local` (NodePort and LoadBalancer services).
     pub external_local: bool,
-    /// `spec.sessionAffinity: ClientIP`.
-    pub client_ip_affinity: bool,
+    /// `spec.sessionAffinity: ClientIP`: `sessionAffinityConfig.clientIP.timeoutSeconds`
+    /// (10800 when unset, as the API server defaults it).
+    pub client_ip_affinity: Option<u32>,
     /// `spec.loadBalancerSourceRanges` (IPv4; IPv6 ranges are another family's).
     pub source_ranges: Vec<Ipv4Cidr>,
 }
@@ -358,6 +363,36 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
     if kind != "LoadBalancer" {
         load_balancer_ips.clear();
     }
+    let client_ip_affinity = match spec.session_affinity.as_deref() {
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+            // The API server's range: more than 0, at most a day.
+            let seconds = u32::try_from(timeout)
+                .ok()
+                .filter(|t| (1..=86_400).contains(t))
+                .ok_or_else(|| {
+                    err(
+                        &object,
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("{timeout} is outside 1..=86400"),
+                    )
+                })?;
+            Some(seconds)
+        }
+        None | Some("None") => None,
+        Some(other) => {
+            return Err(err(
+                &object,
+                "spec.sessionAffinity",
+                format!("unknown affinity {other:?} (ClientIP or None)"),
+            ))
+        }
+    };
     // As kube-proxy reads them: spaces trimmed, host bits masked (the API server has accepted
     // both), IPv6 ranges left to that family.
     let mut source_ranges = Vec::new();
@@ -388,7 +423,7 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
         load_balancer_ips,
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         external_local: external && spec.external_traffic_policy.as_deref() == Some("Local"),
-        client_ip_affinity: spec.session_affinity.as_deref() == Some("ClientIP"),
+        client_ip_affinity,
         source_ranges,
     }))
 }

@@ -510,6 +510,14 @@ fn errors_name_the_field_the_object_used() {
             service("type: LoadBalancer, loadBalancerSourceRanges: [203.0.113.0/24, 10.0.0.0/40]"),
             "Service default/s: spec.loadBalancerSourceRanges[1]: \"10.0.0.0/40\" is not an IPv4 CIDR",
         ),
+        (
+            service("sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}"),
+            "Service default/s: spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is outside 1..=86400",
+        ),
+        (
+            service("sessionAffinity: Sticky"),
+            "Service default/s: spec.sessionAffinity: unknown affinity \"Sticky\"",
+        ),
         (pod("podIP: nonsense"), "Pod default/p: status.podIP: \"nonsense\""),
         (pod("podIPs: [{ip: nonsense}]"), "Pod default/p: status.podIPs[0].ip: \"nonsense\""),
         (
@@ -566,6 +574,23 @@ fn errors_name_the_field_the_object_used() {
     assert_eq!(
         lb.services()["default/lb"].source_ranges,
         [kxdp_dataplane::wire::Ipv4Cidr::new(ip("203.0.113.0"), 24)]
+    );
+    // Affinity's timeout: as written, or the API server's default.
+    let affinity = |config: &str| {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec: {{clusterIP: 10.96.0.9, \
+             sessionAffinity: ClientIP, {config} ports: [{{port: 80}}]}}\n"
+        );
+        let mut m = Model::new();
+        for (_, o) in parse("a.yaml", &yaml).unwrap() {
+            m.apply(&o).expect("converts");
+        }
+        m.services()["default/a"].client_ip_affinity
+    };
+    assert_eq!(affinity(""), Some(10_800));
+    assert_eq!(
+        affinity("sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}},"),
+        Some(60)
     );
     let s = &model.services()["default/s"];
     assert_eq!(

@@ -152,10 +152,11 @@ crate::counter_list! {
         MasqueradeNewFlow = 13 => ("masquerade_new_flow", "new egress flows masqueraded to the node address"),
         ArpReply = 14 => ("arp_reply", "ARP requests from pods answered"),
         IcmpEchoReply = 15 => ("icmp_echo_reply", "pings of the pod gateway answered"),
-        IcmpPortUnreachable = 16 => ("icmp_port_unreachable", "ICMP port unreachable sent for a service without endpoints"),
+        IcmpPortUnreachable = 16 => ("icmp_port_unreachable", "ICMP port unreachable sent for a service without endpoints, or a service address on a port it lacks"),
         IcmpFragNeeded = 17 => ("icmp_frag_needed", "ICMP fragmentation-needed sent for DF packets too big for the tunnel"),
         IcmpErrorTranslated = 18 => ("icmp_error_translated", "ICMP errors about a translated flow translated back"),
         IcmpTimeExceeded = 19 => ("icmp_time_exceeded", "ICMP time exceeded sent for packets whose TTL ran out here"),
+        AffinityTableFull = 20 => ("affinity_table_full", "new flows of ClientIP-affinity services whose client the full affinity table could not remember (balanced without affinity)"),
     }
 }
 

@@ -312,7 +312,7 @@ fn extra_spec(
         backends,
         internal_policy: kxdp_dataplane::tables::TrafficPolicy::Cluster,
         external_policy,
-        client_ip_affinity: false,
+        client_ip_affinity: None,
         source_ranges: Vec::new(),
     }
 }
@@ -1051,4 +1051,92 @@ fn load_balancer_source_ranges_close_only_the_load_balancer_addresses() {
         run(&env, syn(t.node.host, node)),
         Verdict::Transmit(_)
     ));
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_backend_until_the_timeout_and_across_endpoint_changes() {
+    use core::time::Duration;
+    use kxdp_dataplane::tables::{Backend, Frontend, FrontendKind, TrafficPolicy};
+    use kxdp_dataplane::Snapshot;
+    let lb = Ipv4Addr::new(198, 19, 1, 40);
+    let backend = |last| Backend::ready(Ipv4Addr::new(10, 244, 2, last), 8080, false);
+    let spec = |backends: Vec<Backend>| {
+        let mut s = extra_spec(
+            backends,
+            TrafficPolicy::Cluster,
+            vec![Frontend {
+                kind: FrontendKind::LoadBalancer,
+                ip: Some(lb),
+                port: 80,
+            }],
+        );
+        s.client_ip_affinity = Some(Duration::from_secs(10));
+        s
+    };
+    let snapshot = |backends| {
+        let t = kxdp_testkit::Topology::default();
+        let mut inputs = t.inputs();
+        inputs.services.push(std::sync::Arc::new(
+            kxdp_dataplane::tables::ServicePort::new(spec(backends)),
+        ));
+        Snapshot::build(inputs).unwrap()
+    };
+    let three = vec![backend(20), backend(21), backend(22)];
+    let mut env = with_extra_spec(spec(three.clone()));
+    let start = env.now;
+    let t = env.t.clone();
+    let mut sport = 50000;
+    let mut connect = |env: &Env, client| {
+        sport += 1;
+        let (v, out) = env.run(&Input {
+            ingress: t.node.uplink,
+            frame: t.from_outside(client, lb).tcp(sport, 80, f::SYN, b""),
+        });
+        assert!(matches!(v, Verdict::Transmit(_)), "{v:?}");
+        tuple(&out).2
+    };
+    let clients: Vec<Ipv4Addr> = (1..=40).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect();
+    let first: Vec<Ipv4Addr> = clients.iter().map(|c| connect(&env, *c)).collect();
+    // More endpoints: the Maglev table moves some clients, the affinity table none of them.
+    let five = [three.clone(), vec![backend(23), backend(24)]].concat();
+    env.snap = snapshot(five.clone());
+    env.now = start + Duration::from_secs(9);
+    let kept: Vec<Ipv4Addr> = clients.iter().map(|c| connect(&env, *c)).collect();
+    assert_eq!(kept, first, "every client keeps its backend");
+    // Each new connection refreshed the entries: 9 s more, still kept.
+    env.now = start + Duration::from_secs(18);
+    let kept: Vec<Ipv4Addr> = clients.iter().map(|c| connect(&env, *c)).collect();
+    assert_eq!(kept, first);
+    // 10 s without a new connection: placed afresh, over all five endpoints (a fresh table on
+    // the same endpoints places them the same way).
+    env.now = start + Duration::from_secs(28);
+    let fresh = Env::from_inputs(
+        t.clone(),
+        {
+            let mut inputs = t.inputs();
+            inputs.services.push(std::sync::Arc::new(
+                kxdp_dataplane::tables::ServicePort::new(spec(five.clone())),
+            ));
+            inputs
+        },
+        4096,
+    );
+    let placed: Vec<Ipv4Addr> = clients.iter().map(|c| connect(&env, *c)).collect();
+    let expected: Vec<Ipv4Addr> = clients.iter().map(|c| connect(&fresh, *c)).collect();
+    assert_eq!(placed, expected);
+    assert_ne!(placed, first, "some clients moved to the new endpoints");
+    // A client's backend that goes away: that client moves, the others stay.
+    let gone = placed[0];
+    let remaining: Vec<Backend> = five.iter().copied().filter(|b| b.ip != gone).collect();
+    env.snap = snapshot(remaining);
+    env.now = start + Duration::from_secs(29);
+    let after: Vec<Ipv4Addr> = clients.iter().map(|c| connect(&env, *c)).collect();
+    for (i, (a, b)) in placed.iter().zip(&after).enumerate() {
+        if *a == gone {
+            assert_ne!(b, a, "client {i} left its removed backend");
+        } else {
+            assert_eq!(b, a, "client {i} kept its backend");
+        }
+    }
+    assert_eq!(env.ct.affinity().len(env.now), clients.len());
 }

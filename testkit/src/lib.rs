@@ -175,7 +175,7 @@ fn service(
         backends,
         internal_policy: TrafficPolicy::Cluster,
         external_policy: TrafficPolicy::Cluster,
-        client_ip_affinity: false,
+        client_ip_affinity: None,
         source_ranges: Vec::new(),
     }
 }

@@ -353,7 +353,7 @@ pub fn services(snap: &Snapshot) -> Vec<ServiceView> {
                     internal: spec.internal_policy.into(),
                     external: spec.external_policy.into(),
                 },
-                client_ip_affinity: spec.client_ip_affinity,
+                client_ip_affinity: spec.client_ip_affinity.is_some(),
                 backends,
                 usable: p.cluster_members().len(),
             }

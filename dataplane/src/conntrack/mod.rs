@@ -27,14 +27,18 @@
 //!   free list and the writer lock, lookups, updates, inserts, removal and the GC walk;
 //! - `state.rs`: the protocol state machine: TCP, UDP and ICMP states, their transitions and
 //!   timeouts, and how often a busy flow's timer is rewritten;
+//! - `affinity.rs`: session affinity, the backend each client of a `ClientIP` service was
+//!   last sent to, sized with the table (a quarter as many clients as flows);
 //! - `snat.rs`: source NAT, choosing the port (or ICMP identifier) a new flow's replies come
 //!   back to;
 //! - this file: what they share: the configuration, flow references, directions and errors.
 
+mod affinity;
 mod snat;
 mod state;
 mod table;
 
+pub use affinity::Affinity;
 pub use snat::SNAT_PORT_TRIES;
 pub use state::{FlowState, Timeouts};
 pub use table::{Conntrack, IndexStats};

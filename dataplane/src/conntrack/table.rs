@@ -325,6 +325,7 @@ pub struct Conntrack {
     /// Bytes of the free list's allocation, which never grows.
     free_list_bytes: usize,
     writer: Mutex<WriterState>,
+    affinity: super::Affinity,
 }
 
 impl fmt::Debug for Conntrack {
@@ -367,7 +368,14 @@ impl Conntrack {
             len: AtomicUsize::new(0),
             free_list_bytes: free.capacity() * core::mem::size_of::<u32>(),
             writer: Mutex::new(WriterState { free, gc_cursor: 0 }),
+            affinity: super::Affinity::new(capacity / 4),
         }
+    }
+
+    /// The session-affinity table that lives beside the flows.
+    #[inline]
+    pub fn affinity(&self) -> &super::Affinity {
+        &self.affinity
     }
 
     /// Bring into cache what lookups of keys with these hashes (from `FlowKey::hash`) will
@@ -665,11 +673,12 @@ impl Conntrack {
         self.flows.len()
     }
 
-    /// Heap bytes owned by the table: records, index and free list.
+    /// Heap bytes owned by the table: records, index, free list and the affinity table.
     pub fn memory_bytes(&self) -> usize {
         core::mem::size_of_val::<[FlowRecord]>(&self.flows)
             + core::mem::size_of_val::<[AtomicU64]>(&self.index)
             + self.free_list_bytes
+            + self.affinity.memory_bytes()
     }
 
     /// Count entries, tombstones and the longest run of the index. Reads the whole index

@@ -208,7 +208,7 @@ fn new_service_flow(
         return Next::Done(Verdict::Drop(DropReason::LoadBalancerSourceRange));
     }
     let internal = node.is_internal_client(from_node, key.src_ip);
-    let (ip, bport) = match port.pick(kind, key.src_ip, internal, meta.hash()) {
+    let (ip, bport) = match pick(ctx, port, kind, key.src_ip, internal, meta.hash()) {
         Pick::Backend(ip, bport) => (ip, bport),
         Pick::NoEndpoints => return Next::IcmpError(IcmpError::PortUnreachable),
         Pick::NoLocalEndpoints => {
@@ -254,6 +254,38 @@ fn new_service_flow(
         }
         Err(r) => Next::Done(Verdict::Drop(r)),
     }
+}
+
+/// Choose a new flow's backend: with session affinity, the one this client was last sent to
+/// while it stays eligible, else the port's own pick, remembered (or counted when the affinity
+/// table has no room for the client: the flow is still served).
+#[inline]
+fn pick(
+    ctx: &Ctx<'_>,
+    port: &ServicePort,
+    kind: FrontendKind,
+    client: core::net::Ipv4Addr,
+    internal: bool,
+    hash: u64,
+) -> Pick {
+    let Some((service, timeout)) = port.affinity() else {
+        return port.pick(kind, client, internal, hash);
+    };
+    let table = ctx.ct.affinity();
+    let kept = table
+        .lookup(service, client, ctx.now)
+        .filter(|b| port.eligible(kind, internal).contains(*b));
+    let chosen = match kept {
+        Some((ip, bport)) => Pick::Backend(ip, bport),
+        None => port.pick(kind, client, internal, hash),
+    };
+    if let Pick::Backend(ip, bport) = chosen {
+        let expires = ctx.now + timeout;
+        if !table.remember(service, client, (ip, bport), expires, ctx.now) {
+            ctx.counters.inc(Event::AffinityTableFull);
+        }
+    }
+    chosen
 }
 
 /// Track a new flow; returns the 5-tuple its original-direction packets are rewritten to.

@@ -108,9 +108,11 @@ pub struct ServicePortSpec {
     pub internal_policy: TrafficPolicy,
     /// `spec.externalTrafficPolicy`.
     pub external_policy: TrafficPolicy,
-    /// `spec.sessionAffinity: ClientIP`: the pick hashes the client address only, so every
-    /// connection from one client lands on the same backend while the backend set is stable.
-    pub client_ip_affinity: bool,
+    /// `spec.sessionAffinity: ClientIP` with its `timeoutSeconds`: a client keeps the backend
+    /// it was sent to until that long passes without a new connection, while the backend
+    /// stays usable (conntrack's [`Affinity`](crate::conntrack::Affinity) table remembers
+    /// it); a client new to the table is placed by a hash of its address alone.
+    pub client_ip_affinity: Option<core::time::Duration>,
     /// `spec.loadBalancerSourceRanges` (IPv4): when not empty, new flows to the load-balancer
     /// addresses are accepted only from these sources ([`ServicePort::admits`]).
     pub source_ranges: Vec<Ipv4Cidr>,
@@ -179,6 +181,12 @@ impl<'a> Eligible<'a> {
     pub fn backends(&self) -> &'a [(Ipv4Addr, u16)] {
         &self.pool.members
     }
+
+    /// Whether `backend` is one of them.
+    #[inline]
+    pub fn contains(&self, backend: (Ipv4Addr, u16)) -> bool {
+        self.pool.members.binary_search(&backend).is_ok()
+    }
 }
 
 /// One compiled service port.
@@ -187,6 +195,8 @@ pub struct ServicePort {
     spec: ServicePortSpec,
     cluster: Pool,
     local: Pool,
+    /// The port's key in the affinity table (from its name and protocol).
+    affinity_id: u64,
 }
 
 impl ServicePort {
@@ -194,10 +204,12 @@ impl ServicePort {
     pub fn new(spec: ServicePortSpec) -> Self {
         let cluster = Pool::new(&spec.backends, false);
         let local = Pool::new(&spec.backends, true);
+        let affinity_id = crate::conntrack::Affinity::service_id(&spec.name, spec.proto);
         ServicePort {
             spec,
             cluster,
             local,
+            affinity_id,
         }
     }
 
@@ -268,7 +280,7 @@ impl ServicePort {
         hash: u64,
     ) -> Pick {
         let Eligible { policy, pool } = self.eligible(kind, internal_client);
-        let hash = if self.spec.client_ip_affinity {
+        let hash = if self.spec.client_ip_affinity.is_some() {
             flow::hash_words(u64::from(u32::from(client)), 0)
         } else {
             hash
@@ -301,6 +313,13 @@ impl ServicePort {
             || ranges.is_empty()
             || within(&client)
             || (from_node && node_ips.iter().any(within))
+    }
+
+    /// With `sessionAffinity: ClientIP`, the port's key in the affinity table and how long a
+    /// client keeps its backend without a new connection.
+    #[inline]
+    pub fn affinity(&self) -> Option<(u64, core::time::Duration)> {
+        self.spec.client_ip_affinity.map(|t| (self.affinity_id, t))
     }
 
     /// The endpoints new cluster-policy flows are spread over, sorted.
@@ -683,7 +702,7 @@ mod tests {
                 .collect(),
             internal_policy: TrafficPolicy::Cluster,
             external_policy: TrafficPolicy::Cluster,
-            client_ip_affinity: false,
+            client_ip_affinity: None,
             source_ranges: Vec::new(),
         }))
     }
@@ -742,7 +761,7 @@ mod tests {
             backends: vec![remote, local],
             internal_policy: TrafficPolicy::Cluster,
             external_policy: TrafficPolicy::Local,
-            client_ip_affinity: false,
+            client_ip_affinity: None,
             source_ranges: Vec::new(),
         });
         let client = Ipv4Addr::new(198, 19, 0, 7);

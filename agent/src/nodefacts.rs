@@ -19,8 +19,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::stream::{Stream, StreamExt, TryStreamExt};
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+use kxdp_links::errno;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -61,17 +62,9 @@ pub enum NodeFactsError {
     },
 }
 
-fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NodeFactsError {
+pub(crate) fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NodeFactsError {
     let what = what.into();
     move |source| NodeFactsError::Netlink { what, source }
-}
-
-/// The errno of a kernel refusal.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
 }
 
 /// A link as the kernel describes it.
@@ -91,6 +84,10 @@ pub struct Link {
     pub peer: Option<u32>,
     /// Whether that link is in another network namespace (`IFLA_LINK_NETNSID`).
     pub peer_elsewhere: bool,
+    /// Whether it is a veth (`IFLA_INFO_KIND` "veth").
+    pub veth: bool,
+    /// Its alias (`IFLA_IFALIAS`), if it has one.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -104,6 +101,8 @@ impl Link {
             up: m.header.flags.contains(LinkFlags::Up),
             peer: None,
             peer_elsewhere: false,
+            veth: false,
+            alias: None,
         };
         for a in &m.attributes {
             match a {
@@ -116,6 +115,12 @@ impl Link {
                     link.peer = Some(*peer);
                 }
                 LinkAttribute::LinkNetNsId(_) => link.peer_elsewhere = true,
+                LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.veth |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                }
                 _ => {}
             }
         }
@@ -151,6 +156,30 @@ impl NodeNet {
         Ok(NodeNet { handle })
     }
 
+    /// The connection, for the modules that change the node's links ([`crate::host_interface`]).
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Link `name`, if there is one.
+    pub async fn find_link(&self, name: &str) -> Result<Option<Link>, NodeFactsError> {
+        match self.link(name).await {
+            Ok(link) => Ok(Some(link)),
+            Err(NodeFactsError::NoInterface(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with index `index`, if there is one.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NodeFactsError> {
+        let mut found = self.handle.link().get().match_index(index).execute();
+        match found.try_next().await {
+            Ok(m) => Ok(m.as_ref().and_then(Link::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(netlink(format!("reading interface {index}"))(e)),
+        }
+    }
+
     /// Link `name`.
     pub async fn link(&self, name: &str) -> Result<Link, NodeFactsError> {
         let mut found = self.handle.link().get().match_name(name).execute();
@@ -163,16 +192,6 @@ impl NodeNet {
                 Err(NodeFactsError::NoInterface(name.into()))
             }
             Err(e) => Err(netlink(format!("reading interface {name}"))(e)),
-        }
-    }
-
-    /// The link with index `index`, if there is one.
-    async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NodeFactsError> {
-        let mut found = self.handle.link().get().match_index(index).execute();
-        match found.try_next().await {
-            Ok(m) => Ok(m.as_ref().and_then(Link::from_message)),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(netlink(format!("reading interface {index}"))(e)),
         }
     }
 
@@ -498,6 +517,8 @@ mod tests {
                 up: true,
                 peer: Some(8),
                 peer_elsewhere: false,
+                veth: true,
+                alias: None,
             }
         );
         // IFLA_LINK naming itself (as a plain device's does) is no peer.

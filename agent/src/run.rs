@@ -4,9 +4,11 @@
 //! 1. the configuration: flags, then `KXDP_*` environment variables, then the YAML file given
 //!    with `--config` (same names as the flags), then the defaults;
 //! 2. the preflight checks ([`crate::preflight`]): capabilities, locked memory, the uplink
-//!    and the host interface exist;
+//!    exists;
 //! 3. the uplink as the kernel sees it: MAC, MTU, IPv4 address and prefix, default gateway;
-//!    and with `--host-interface`, the MAC of the kernel's end of the host veth pair;
+//!    and with `--host-interface`, the host veth pair, created if missing or adopted, with
+//!    its settings and kernel routes re-asserted ([`crate::host_interface`]), and the MAC of
+//!    its kernel end;
 //! 4. the admin listeners: the debug API (`--admin`, an owner-only Unix socket by default;
 //!    refused if a live agent serves on it) and the metrics listener (`--metrics-address`),
 //!    each with a connection limit sized far below the open-files limit, whose soft value is
@@ -54,6 +56,7 @@ use kxdp_dataplane::tables::NodeConfig;
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 
 use crate::admin::{AdminAddr, AdminState, Limits, Scope};
+use crate::host_interface;
 use crate::nodefacts::{self, NodeEvent, NodeNet};
 use crate::reconcile::{Agent, HOST, UPLINK};
 use crate::settings::{umem_bytes, AgentConfig, AgentError, SourceConfig};
@@ -74,11 +77,11 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// Run the agent until SIGINT, SIGTERM or `--max-run`.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     let open_files = raise_open_files_limit();
-    let interfaces: Vec<String> = std::iter::once(&config.uplink)
-        .chain(&config.host_interface)
-        .cloned()
-        .collect();
-    let problems = crate::preflight::check(&interfaces, umem_bytes(config.cores.len()));
+    // The host interface is not checked: the agent makes it when it is missing.
+    let problems = crate::preflight::check(
+        std::slice::from_ref(&config.uplink),
+        umem_bytes(config.cores.len()),
+    );
     if !problems.is_empty() {
         return Err(AgentError::Preflight(problems));
     }
@@ -141,18 +144,32 @@ async fn node_settings(
             config.uplink
         ))
     })?;
-    // The kernel's end of the host pair: frames for the node go to its MAC.
+    let pod_mtu = config
+        .pod_mtu
+        .unwrap_or(NodeConfig::flannel_pod_mtu(uplink.mtu));
+    // The host pair, made or adopted; frames for the node go to its kernel end's MAC.
     let host_mac = match &config.host_interface {
         None => EthernetAddress([0; 6]),
         Some(name) => {
-            let kernel_end = async {
-                let peer = net.veth_peer(name).await?;
-                net.interface(&peer).await
-            };
-            kernel_end
+            let routes = [config.cluster_cidr, config.service_cidr];
+            let pair = host_interface::ensure(net, name, u32::from(pod_mtu), &routes)
                 .await
-                .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?
-                .mac
+                .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?;
+            if !pair.created {
+                tracing::info!(
+                    interface = %name,
+                    kernel_end = %pair.kernel.name,
+                    index = pair.kxdp.index,
+                    ours = pair.ours,
+                    "host veth pair adopted"
+                );
+            }
+            pair.kernel.mac.ok_or_else(|| {
+                AgentError::Other(format!(
+                    "--host-interface {name}: its peer {} has no MAC address",
+                    pair.kernel.name
+                ))
+            })?
         }
     };
     let gateway = net
@@ -174,9 +191,7 @@ async fn node_settings(
             uplink: UPLINK,
             uplink_mac: uplink.mac,
             uplink_mtu: uplink.mtu,
-            pod_mtu: config
-                .pod_mtu
-                .unwrap_or(NodeConfig::flannel_pod_mtu(uplink.mtu)),
+            pod_mtu,
             host: HOST,
             host_mac,
             vtep_mac: config.vtep_mac.unwrap_or(uplink.mac),

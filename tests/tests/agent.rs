@@ -636,8 +636,8 @@ fn the_host_interface_joins_the_node_to_its_pods_and_services() {
         return;
     }
     let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
-    // Node A's own stack behind a veth pair, routed to kxdp as the README shows.
-    c.add_host_interface(0).expect("host interface");
+    // Node A's own stack behind the veth pair its agent makes, with the kernel's routes to
+    // the pods and services through it.
     let node_ns = c.tb.nodes[0].ns.clone();
     let manifest = c.manifest.display().to_string();
     c.start_node(

@@ -24,15 +24,12 @@
 
 use std::net::Ipv4Addr;
 
-use futures_util::TryStreamExt as _;
 use kxdp_dataplane::wire::Ipv4Cidr;
 use kxdp_links::errno;
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
-};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use crate::nodefacts::{Link, NodeFactsError, NodeNet};
+use crate::nodefacts::{in_main_table, Link, NodeFactsError, NodeNet};
 
 /// The kernel's end of the pair kxdp creates.
 pub const KERNEL_END: &str = "kxdp0";
@@ -190,19 +187,11 @@ async fn settle(net: &NodeNet, end: &Link, mtu: u32) -> Result<(), HostInterface
 
 /// Whether main-table route `r` sends `cidr` straight out of link `oif`.
 fn routes_to(r: &RouteMessage, cidr: Ipv4Cidr, oif: u32) -> bool {
-    let table = r
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(r.header.table));
     let dst = r.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
         _ => None,
     });
-    table == u32::from(RouteHeader::RT_TABLE_MAIN)
+    in_main_table(r)
         && r.header.destination_prefix_length == cidr.prefix_len()
         && dst.unwrap_or(Ipv4Addr::UNSPECIFIED) == cidr.network().address()
         && r.attributes.contains(&RouteAttribute::Oif(oif))
@@ -214,14 +203,7 @@ fn routes_to(r: &RouteMessage, cidr: Ipv4Cidr, oif: u32) -> bool {
 
 /// Route `cidr` out of `kernel` unless it already goes there.
 async fn route(net: &NodeNet, kernel: &Link, cidr: Ipv4Cidr) -> Result<(), HostInterfaceError> {
-    let routes: Vec<RouteMessage> = net
-        .handle()
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(refused("reading the IPv4 routes"))?;
+    let routes = net.ipv4_routes().await?;
     if routes.iter().any(|r| routes_to(r, cidr, kernel.index)) {
         return Ok(());
     }

@@ -246,15 +246,18 @@ impl NodeNet {
 
     /// The default IPv4 gateway through interface `index`, from the main routing table.
     pub async fn default_gateway(&self, index: u32) -> Result<Option<Ipv4Addr>, NodeFactsError> {
-        let routes: Vec<RouteMessage> = self
-            .handle
+        Ok(default_gateway(&self.ipv4_routes().await?, index))
+    }
+
+    /// Every IPv4 route, of every table.
+    pub async fn ipv4_routes(&self) -> Result<Vec<RouteMessage>, NodeFactsError> {
+        self.handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
             .try_collect()
             .await
-            .map_err(netlink("reading the IPv4 routes"))?;
-        Ok(default_gateway(&routes, index))
+            .map_err(netlink("reading the IPv4 routes"))
     }
 
     /// The neighbours the kernel has resolved on interface `index`.
@@ -314,20 +317,26 @@ fn first_ipv4(addresses: &[AddressMessage], index: u32) -> Option<Ipv4Cidr> {
         })
 }
 
+/// Whether route `r` is in the main table (`RTA_TABLE` where the header's byte cannot hold
+/// the number).
+pub fn in_main_table(r: &RouteMessage) -> bool {
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table));
+    table == u32::from(RouteHeader::RT_TABLE_MAIN)
+}
+
 /// The gateway of the main table's IPv4 default route out of interface `index`.
 fn default_gateway(routes: &[RouteMessage], index: u32) -> Option<Ipv4Addr> {
     routes.iter().find_map(|r| {
-        let table = r
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RouteAttribute::Table(t) => Some(*t),
-                _ => None,
-            })
-            .unwrap_or(u32::from(r.header.table));
         if r.header.address_family != AddressFamily::Inet
             || r.header.destination_prefix_length != 0
-            || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+            || !in_main_table(r)
         {
             return None;
         }

@@ -69,10 +69,39 @@ fn assert_pair(ns: &str, mtu: u32) {
     }
 }
 
-fn host_flags(manifest: &str) -> Vec<String> {
-    ["--manifest", manifest, "--host-interface", "host0"]
-        .map(String::from)
-        .to_vec()
+/// The stdout of a command that must have succeeded.
+fn succeeded(out: std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A fresh cluster, and node-a's namespace, where no host pair is yet.
+fn cluster() -> (AgentCluster, String) {
+    let c = AgentCluster::build(DEMO_MANIFEST, &DEMO_PODS).expect("the cluster builds");
+    let ns = c.tb.nodes[0].ns.clone();
+    assert!(
+        ip(&ns, &["link", "show", "dev", "host0"]).is_err(),
+        "no pair before"
+    );
+    (c, ns)
+}
+
+/// Start node-a's agent with `--host-interface host0`, and wait until it is ready.
+fn start_with_pair(c: &mut AgentCluster) {
+    let manifest = c.manifest.display().to_string();
+    c.start_node(
+        0,
+        120,
+        &["--manifest", &manifest, "--host-interface", "host0"],
+    )
+    .unwrap();
+    c.wait_ready(0, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -80,17 +109,8 @@ fn the_agent_makes_its_host_pair_and_a_restart_adopts_it_unchanged() {
     if skip_unless_privileged("the_agent_makes_its_host_pair_and_a_restart_adopts_it_unchanged") {
         return;
     }
-    let mut c = AgentCluster::build(DEMO_MANIFEST, &DEMO_PODS).expect("the cluster builds");
-    let ns = c.tb.nodes[0].ns.clone();
-    let manifest = c.manifest.display().to_string();
-    let flags = host_flags(&manifest);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    assert!(
-        ip(&ns, &["link", "show", "dev", "host0"]).is_err(),
-        "no pair before"
-    );
-    c.start_node(0, 120, &flags).unwrap();
-    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    let (mut c, ns) = cluster();
+    start_with_pair(&mut c);
     // The uplink's MTU (1500) less VXLAN's 50: the agent's pod MTU.
     assert_pair(&ns, 1450);
     let before = (ifindex(&ns, "host0"), ifindex(&ns, KERNEL_END));
@@ -107,8 +127,7 @@ fn the_agent_makes_its_host_pair_and_a_restart_adopts_it_unchanged() {
         .expect("ethtool runs");
     assert!(on.success());
     assert!(c.stop(0).unwrap(), "{}", c.log(0));
-    c.start_node(0, 120, &flags).unwrap();
-    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    start_with_pair(&mut c);
     assert_eq!(
         (ifindex(&ns, "host0"), ifindex(&ns, KERNEL_END)),
         before,
@@ -120,6 +139,7 @@ fn the_agent_makes_its_host_pair_and_a_restart_adopts_it_unchanged() {
 
     // An interface of the name that kxdp did not make as a veth pair is refused, untouched.
     ip(&ns, &["link", "add", "hostx", "type", "bridge"]).unwrap();
+    let manifest = c.manifest.display().to_string();
     c.start_node(
         0,
         120,
@@ -145,13 +165,8 @@ fn uninstall_removes_the_pair_its_routes_and_the_subnet_file_once_pods_and_agent
     ) {
         return;
     }
-    let mut c = AgentCluster::build(DEMO_MANIFEST, &DEMO_PODS).expect("the cluster builds");
-    let ns = c.tb.nodes[0].ns.clone();
-    let manifest = c.manifest.display().to_string();
-    let flags = host_flags(&manifest);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    c.start_node(0, 120, &flags).unwrap();
-    c.wait_ready(0, Duration::from_secs(30)).unwrap();
+    let (mut c, ns) = cluster();
+    start_with_pair(&mut c);
     let subnet = c.subnet_file(0);
     assert!(
         eventually(Duration::from_secs(10), || subnet.exists()),
@@ -215,13 +230,7 @@ fn uninstall_removes_the_pair_its_routes_and_the_subnet_file_once_pods_and_agent
     assert_pair(&ns, 1450);
 
     // --force removes the pair (its routes with it), the subnet file and kxdp's CNI files.
-    let out = uninstall(&c, true);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(uninstall(&c, true));
     assert!(stdout.contains("removed host0, kxdp0"), "{stdout}");
     for dev in ["host0", KERNEL_END] {
         assert!(
@@ -239,12 +248,6 @@ fn uninstall_removes_the_pair_its_routes_and_the_subnet_file_once_pods_and_agent
     assert!(ip(&ns, &["link", "show", "dev", &pod_veth]).is_ok());
 
     // Again: nothing left to remove, and that is no error.
-    let out = uninstall(&c, false);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(uninstall(&c, false));
     assert!(stdout.contains("none of kxdp's"), "{stdout}");
 }

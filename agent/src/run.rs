@@ -6,15 +6,15 @@
 //! 2. the preflight checks ([`crate::preflight`]): capabilities, locked memory, the uplink
 //!    exists;
 //! 3. the uplink as the kernel sees it: MAC, MTU, IPv4 address and prefix, default gateway;
-//!    and with `--host-interface`, the host veth pair, created if missing or adopted, with
-//!    its settings and kernel routes re-asserted ([`crate::host_interface`]), and the MAC of
-//!    its kernel end;
 //! 4. the admin listeners: the debug API (`--admin`, an owner-only Unix socket by default;
 //!    refused if a live agent serves on it) and the metrics listener (`--metrics-address`),
 //!    each with a connection limit sized far below the open-files limit, whose soft value is
 //!    first raised to the hard one;
 //! 5. the source: the Kubernetes API (a kubeconfig, or in-cluster) or manifest files, which
-//!    must parse.
+//!    must parse;
+//! 6. with `--host-interface`, the host veth pair, created if missing or adopted, with its
+//!    settings and kernel routes re-asserted ([`crate::host_interface`]), and the MAC of its
+//!    kernel end: the first change the agent makes to the node, once all else has passed.
 //!
 //! Then one loop owns the model, the compiler and the dataplane. A change from the source is
 //! compiled and published ([`Agent::publish`]); the dataplane starts with the first snapshot
@@ -128,6 +128,35 @@ fn admin_limits(open_files: u64) -> (Limits, Limits) {
     )
 }
 
+/// Make or adopt the host pair `name` at `mtu` ([`host_interface::ensure`]); the MAC of its
+/// kernel end, where frames for the node go.
+async fn host_pair(
+    config: &AgentConfig,
+    net: &NodeNet,
+    name: &str,
+    mtu: u16,
+) -> Result<EthernetAddress, AgentError> {
+    let routes = [config.cluster_cidr, config.service_cidr];
+    let pair = host_interface::ensure(net, name, u32::from(mtu), &routes)
+        .await
+        .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?;
+    if !pair.created {
+        tracing::info!(
+            interface = %name,
+            kernel_end = %pair.kernel.name,
+            index = pair.kxdp.index,
+            ours = pair.ours,
+            "host veth pair adopted"
+        );
+    }
+    pair.kernel.mac.ok_or_else(|| {
+        AgentError::Other(format!(
+            "--host-interface {name}: its peer {} has no MAC address",
+            pair.kernel.name
+        ))
+    })
+}
+
 /// The node as the kernel describes it: the uplink's index, and the compiler's settings.
 async fn node_settings(
     config: &AgentConfig,
@@ -147,31 +176,6 @@ async fn node_settings(
     let pod_mtu = config
         .pod_mtu
         .unwrap_or(NodeConfig::flannel_pod_mtu(uplink.mtu));
-    // The host pair, made or adopted; frames for the node go to its kernel end's MAC.
-    let host_mac = match &config.host_interface {
-        None => EthernetAddress([0; 6]),
-        Some(name) => {
-            let routes = [config.cluster_cidr, config.service_cidr];
-            let pair = host_interface::ensure(net, name, u32::from(pod_mtu), &routes)
-                .await
-                .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?;
-            if !pair.created {
-                tracing::info!(
-                    interface = %name,
-                    kernel_end = %pair.kernel.name,
-                    index = pair.kxdp.index,
-                    ours = pair.ours,
-                    "host veth pair adopted"
-                );
-            }
-            pair.kernel.mac.ok_or_else(|| {
-                AgentError::Other(format!(
-                    "--host-interface {name}: its peer {} has no MAC address",
-                    pair.kernel.name
-                ))
-            })?
-        }
-    };
     let gateway = net
         .default_gateway(uplink.index)
         .await
@@ -193,7 +197,8 @@ async fn node_settings(
             uplink_mtu: uplink.mtu,
             pod_mtu,
             host: HOST,
-            host_mac,
+            // Set by `host_pair` once the rest of the start-up has passed.
+            host_mac: EthernetAddress([0; 6]),
             vtep_mac: config.vtep_mac.unwrap_or(uplink.mac),
             vxlan_vni: 1,
             vxlan_port: 8472,
@@ -304,7 +309,7 @@ async fn resync(net: &NodeNet, agent: &mut Agent, model: &Model) -> Result<bool,
 
 async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentError> {
     let net = NodeNet::connect().map_err(|e| AgentError::Other(e.to_string()))?;
-    let (uplink_index, settings) = node_settings(&config, &net).await?;
+    let (uplink_index, mut settings) = node_settings(&config, &net).await?;
     let source_name = match config.source {
         SourceConfig::Manifests(_) => "manifests",
         SourceConfig::Kubernetes(_) => "kubernetes",
@@ -368,6 +373,11 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
             Source::Kube(Box::new(kube.clone().watch()), kube)
         }
     };
+    // The node is changed only now that every setting, listener and the source have passed.
+    if let Some(name) = &config.host_interface {
+        let mtu = settings.node.pod_mtu;
+        settings.node.host_mac = host_pair(&config, &net, name, mtu).await?;
+    }
     let mut agent = Agent::new(&config, settings, uplink_index, Arc::clone(&state));
     let mut subnet_file = SubnetFile::new(config.subnet_file.clone());
     // Subscribe before the first read, so no change falls between the two.

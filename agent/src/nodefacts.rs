@@ -19,8 +19,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::stream::{Stream, StreamExt, TryStreamExt};
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
+use kxdp_links::errno;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -61,17 +62,9 @@ pub enum NodeFactsError {
     },
 }
 
-fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NodeFactsError {
+pub(crate) fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NodeFactsError {
     let what = what.into();
     move |source| NodeFactsError::Netlink { what, source }
-}
-
-/// The errno of a kernel refusal.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
 }
 
 /// A link as the kernel describes it.
@@ -91,6 +84,10 @@ pub struct Link {
     pub peer: Option<u32>,
     /// Whether that link is in another network namespace (`IFLA_LINK_NETNSID`).
     pub peer_elsewhere: bool,
+    /// Whether it is a veth (`IFLA_INFO_KIND` "veth").
+    pub veth: bool,
+    /// Its alias (`IFLA_IFALIAS`), if it has one.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -104,6 +101,8 @@ impl Link {
             up: m.header.flags.contains(LinkFlags::Up),
             peer: None,
             peer_elsewhere: false,
+            veth: false,
+            alias: None,
         };
         for a in &m.attributes {
             match a {
@@ -116,6 +115,12 @@ impl Link {
                     link.peer = Some(*peer);
                 }
                 LinkAttribute::LinkNetNsId(_) => link.peer_elsewhere = true,
+                LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    link.veth |= infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)));
+                }
                 _ => {}
             }
         }
@@ -151,6 +156,30 @@ impl NodeNet {
         Ok(NodeNet { handle })
     }
 
+    /// The connection, for the modules that change the node's links ([`crate::host_interface`]).
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Link `name`, if there is one.
+    pub async fn find_link(&self, name: &str) -> Result<Option<Link>, NodeFactsError> {
+        match self.link(name).await {
+            Ok(link) => Ok(Some(link)),
+            Err(NodeFactsError::NoInterface(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with index `index`, if there is one.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NodeFactsError> {
+        let mut found = self.handle.link().get().match_index(index).execute();
+        match found.try_next().await {
+            Ok(m) => Ok(m.as_ref().and_then(Link::from_message)),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(netlink(format!("reading interface {index}"))(e)),
+        }
+    }
+
     /// Link `name`.
     pub async fn link(&self, name: &str) -> Result<Link, NodeFactsError> {
         let mut found = self.handle.link().get().match_name(name).execute();
@@ -163,16 +192,6 @@ impl NodeNet {
                 Err(NodeFactsError::NoInterface(name.into()))
             }
             Err(e) => Err(netlink(format!("reading interface {name}"))(e)),
-        }
-    }
-
-    /// The link with index `index`, if there is one.
-    async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NodeFactsError> {
-        let mut found = self.handle.link().get().match_index(index).execute();
-        match found.try_next().await {
-            Ok(m) => Ok(m.as_ref().and_then(Link::from_message)),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(netlink(format!("reading interface {index}"))(e)),
         }
     }
 
@@ -227,15 +246,18 @@ impl NodeNet {
 
     /// The default IPv4 gateway through interface `index`, from the main routing table.
     pub async fn default_gateway(&self, index: u32) -> Result<Option<Ipv4Addr>, NodeFactsError> {
-        let routes: Vec<RouteMessage> = self
-            .handle
+        Ok(default_gateway(&self.ipv4_routes().await?, index))
+    }
+
+    /// Every IPv4 route, of every table.
+    pub async fn ipv4_routes(&self) -> Result<Vec<RouteMessage>, NodeFactsError> {
+        self.handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
             .try_collect()
             .await
-            .map_err(netlink("reading the IPv4 routes"))?;
-        Ok(default_gateway(&routes, index))
+            .map_err(netlink("reading the IPv4 routes"))
     }
 
     /// The neighbours the kernel has resolved on interface `index`.
@@ -295,20 +317,26 @@ fn first_ipv4(addresses: &[AddressMessage], index: u32) -> Option<Ipv4Cidr> {
         })
 }
 
+/// Whether route `r` is in the main table (`RTA_TABLE` where the header's byte cannot hold
+/// the number).
+pub fn in_main_table(r: &RouteMessage) -> bool {
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table));
+    table == u32::from(RouteHeader::RT_TABLE_MAIN)
+}
+
 /// The gateway of the main table's IPv4 default route out of interface `index`.
 fn default_gateway(routes: &[RouteMessage], index: u32) -> Option<Ipv4Addr> {
     routes.iter().find_map(|r| {
-        let table = r
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RouteAttribute::Table(t) => Some(*t),
-                _ => None,
-            })
-            .unwrap_or(u32::from(r.header.table));
         if r.header.address_family != AddressFamily::Inet
             || r.header.destination_prefix_length != 0
-            || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+            || !in_main_table(r)
         {
             return None;
         }
@@ -498,6 +526,8 @@ mod tests {
                 up: true,
                 peer: Some(8),
                 peer_elsewhere: false,
+                veth: true,
+                alias: None,
             }
         );
         // IFLA_LINK naming itself (as a plain device's does) is no peer.

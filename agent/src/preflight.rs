@@ -22,7 +22,7 @@ pub const NEEDED: [Capability; 3] = [
     Capability {
         name: "cap_net_admin",
         cap: Cap::CAP_NET_ADMIN,
-        why: "to attach XDP programs and bind AF_XDP sockets",
+        why: "to attach XDP programs, bind AF_XDP sockets and make the host veth pair",
     },
     Capability {
         name: "cap_net_raw",

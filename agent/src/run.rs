@@ -4,15 +4,17 @@
 //! 1. the configuration: flags, then `KXDP_*` environment variables, then the YAML file given
 //!    with `--config` (same names as the flags), then the defaults;
 //! 2. the preflight checks ([`crate::preflight`]): capabilities, locked memory, the uplink
-//!    and the host interface exist;
+//!    exists;
 //! 3. the uplink as the kernel sees it: MAC, MTU, IPv4 address and prefix, default gateway;
-//!    and with `--host-interface`, the MAC of the kernel's end of the host veth pair;
 //! 4. the admin listeners: the debug API (`--admin`, an owner-only Unix socket by default;
 //!    refused if a live agent serves on it) and the metrics listener (`--metrics-address`),
 //!    each with a connection limit sized far below the open-files limit, whose soft value is
 //!    first raised to the hard one;
 //! 5. the source: the Kubernetes API (a kubeconfig, or in-cluster) or manifest files, which
-//!    must parse.
+//!    must parse;
+//! 6. with `--host-interface`, the host veth pair, created if missing or adopted, with its
+//!    settings and kernel routes re-asserted ([`crate::host_interface`]), and the MAC of its
+//!    kernel end: the first change the agent makes to the node, once all else has passed.
 //!
 //! Then one loop owns the model, the compiler and the dataplane. A change from the source is
 //! compiled and published ([`Agent::publish`]); the dataplane starts with the first snapshot
@@ -54,6 +56,7 @@ use kxdp_dataplane::tables::NodeConfig;
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 
 use crate::admin::{AdminAddr, AdminState, Limits, Scope};
+use crate::host_interface;
 use crate::nodefacts::{self, NodeEvent, NodeNet};
 use crate::reconcile::{Agent, HOST, UPLINK};
 use crate::settings::{umem_bytes, AgentConfig, AgentError, SourceConfig};
@@ -74,11 +77,11 @@ const RESYNC: Duration = Duration::from_secs(10);
 /// Run the agent until SIGINT, SIGTERM or `--max-run`.
 pub fn run(config: AgentConfig) -> Result<(), AgentError> {
     let open_files = raise_open_files_limit();
-    let interfaces: Vec<String> = std::iter::once(&config.uplink)
-        .chain(&config.host_interface)
-        .cloned()
-        .collect();
-    let problems = crate::preflight::check(&interfaces, umem_bytes(config.cores.len()));
+    // The host interface is not checked: the agent makes it when it is missing.
+    let problems = crate::preflight::check(
+        std::slice::from_ref(&config.uplink),
+        umem_bytes(config.cores.len()),
+    );
     if !problems.is_empty() {
         return Err(AgentError::Preflight(problems));
     }
@@ -125,6 +128,35 @@ fn admin_limits(open_files: u64) -> (Limits, Limits) {
     )
 }
 
+/// Make or adopt the host pair `name` at `mtu` ([`host_interface::ensure`]); the MAC of its
+/// kernel end, where frames for the node go.
+async fn host_pair(
+    config: &AgentConfig,
+    net: &NodeNet,
+    name: &str,
+    mtu: u16,
+) -> Result<EthernetAddress, AgentError> {
+    let routes = [config.cluster_cidr, config.service_cidr];
+    let pair = host_interface::ensure(net, name, u32::from(mtu), &routes)
+        .await
+        .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?;
+    if !pair.created {
+        tracing::info!(
+            interface = %name,
+            kernel_end = %pair.kernel.name,
+            index = pair.kxdp.index,
+            ours = pair.ours,
+            "host veth pair adopted"
+        );
+    }
+    pair.kernel.mac.ok_or_else(|| {
+        AgentError::Other(format!(
+            "--host-interface {name}: its peer {} has no MAC address",
+            pair.kernel.name
+        ))
+    })
+}
+
 /// The node as the kernel describes it: the uplink's index, and the compiler's settings.
 async fn node_settings(
     config: &AgentConfig,
@@ -141,20 +173,9 @@ async fn node_settings(
             config.uplink
         ))
     })?;
-    // The kernel's end of the host pair: frames for the node go to its MAC.
-    let host_mac = match &config.host_interface {
-        None => EthernetAddress([0; 6]),
-        Some(name) => {
-            let kernel_end = async {
-                let peer = net.veth_peer(name).await?;
-                net.interface(&peer).await
-            };
-            kernel_end
-                .await
-                .map_err(|e| AgentError::Other(format!("--host-interface {name}: {e}")))?
-                .mac
-        }
-    };
+    let pod_mtu = config
+        .pod_mtu
+        .unwrap_or(NodeConfig::flannel_pod_mtu(uplink.mtu));
     let gateway = net
         .default_gateway(uplink.index)
         .await
@@ -174,11 +195,10 @@ async fn node_settings(
             uplink: UPLINK,
             uplink_mac: uplink.mac,
             uplink_mtu: uplink.mtu,
-            pod_mtu: config
-                .pod_mtu
-                .unwrap_or(NodeConfig::flannel_pod_mtu(uplink.mtu)),
+            pod_mtu,
             host: HOST,
-            host_mac,
+            // Set by `host_pair` once the rest of the start-up has passed.
+            host_mac: EthernetAddress([0; 6]),
             vtep_mac: config.vtep_mac.unwrap_or(uplink.mac),
             vxlan_vni: 1,
             vxlan_port: 8472,
@@ -289,7 +309,7 @@ async fn resync(net: &NodeNet, agent: &mut Agent, model: &Model) -> Result<bool,
 
 async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentError> {
     let net = NodeNet::connect().map_err(|e| AgentError::Other(e.to_string()))?;
-    let (uplink_index, settings) = node_settings(&config, &net).await?;
+    let (uplink_index, mut settings) = node_settings(&config, &net).await?;
     let source_name = match config.source {
         SourceConfig::Manifests(_) => "manifests",
         SourceConfig::Kubernetes(_) => "kubernetes",
@@ -353,6 +373,11 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
             Source::Kube(Box::new(kube.clone().watch()), kube)
         }
     };
+    // The node is changed only now that every setting, listener and the source have passed.
+    if let Some(name) = &config.host_interface {
+        let mtu = settings.node.pod_mtu;
+        settings.node.host_mac = host_pair(&config, &net, name, mtu).await?;
+    }
     let mut agent = Agent::new(&config, settings, uplink_index, Arc::clone(&state));
     let mut subnet_file = SubnetFile::new(config.subnet_file.clone());
     // Subscribe before the first read, so no change falls between the two.

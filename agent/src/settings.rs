@@ -288,11 +288,15 @@ impl AgentArgs {
                 ))
             }
         };
+        let host_interface = self.host_interface.or(file.host_interface);
+        if let Some(name) = &host_interface {
+            check_host_interface(name).map_err(|e| config_error("--host-interface", e))?;
+        }
         Ok(AgentConfig {
             node,
             source,
             uplink: self.uplink.or(file.uplink).unwrap_or_else(|| "eth0".into()),
-            host_interface: self.host_interface.or(file.host_interface),
+            host_interface,
             cores,
             mode,
             cluster_cidr: cidr(
@@ -318,6 +322,34 @@ impl AgentArgs {
             json_logs,
         })
     }
+}
+
+/// Whether `name` can be kxdp's end of the host pair: a name Linux takes, not the kernel end's
+/// fixed one, and not a pod's.
+fn check_host_interface(name: &str) -> Result<(), String> {
+    let kernel_end = crate::host_interface::KERNEL_END;
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!(
+            "{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces)"
+        ));
+    }
+    if name == kernel_end {
+        return Err(format!(
+            "{name} is the kernel's end of the host pair kxdp makes: name kxdp's end otherwise \
+             (host0)"
+        ));
+    }
+    if kxdp_control::compile::is_pod_interface_name(name) {
+        return Err(format!(
+            "{name} is named as a pod's veth is (kx and 12 hex digits)"
+        ));
+    }
+    Ok(())
 }
 
 /// The largest pod MTU the workers carry whole: the largest frame their ports take, less its
@@ -583,7 +615,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_flag() {
         type Edit = fn(&mut AgentArgs);
-        let cases: [(Edit, &str); 8] = [
+        let cases: [(Edit, &str); 11] = [
             (|a| a.node = None, "--node"),
             (|a| a.mode = Some("spin".into()), "--mode"),
             (
@@ -607,6 +639,18 @@ mod tests {
                 "--metrics-address",
             ),
             (|a| a.conntrack_size = Some(0), "--conntrack-size"),
+            (
+                |a| a.host_interface = Some("kxdp0".into()),
+                "--host-interface: kxdp0 is the kernel's end",
+            ),
+            (
+                |a| a.host_interface = Some("a-name-far-too-long".into()),
+                "--host-interface",
+            ),
+            (
+                |a| a.host_interface = Some("kx0123456789ab".into()),
+                "--host-interface",
+            ),
         ];
         for (edit, flag) in cases {
             let mut a = args();

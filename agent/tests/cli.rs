@@ -671,21 +671,25 @@ fn agent_refuses_to_start_without_capabilities_memory_or_its_uplink() {
         err.contains("preflight: interface nope0 does not exist"),
         "{err}"
     );
-    // The host interface must exist, and be a veth whose peer is in this namespace.
+    // A host interface that is missing is made, but only once everything else has passed:
+    // the missing kubeconfig stops the agent first, and nothing appears in this (the root)
+    // namespace. (tests/tests/host_interface.rs makes pairs, in namespaces of its own.)
     let mut host = agent("lo");
     host.extend(["--host-interface", "nope1"]);
     let (code, _, err) = kxdp(&host);
     assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent/kubeconfig"), "{err}");
     assert!(
-        err.contains("preflight: interface nope1 does not exist"),
-        "{err}"
+        !std::path::Path::new("/sys/class/net/nope1").exists(),
+        "the agent made nope1 before its start-up had passed"
     );
+    // The kernel end's fixed name is not kxdp's end's.
     let mut host = agent("lo");
-    host.extend(["--host-interface", "lo"]);
+    host.extend(["--host-interface", "kxdp0"]);
     let (code, _, err) = kxdp(&host);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("--host-interface lo: interface lo is not a veth"),
+        err.contains("--host-interface: kxdp0 is the kernel's end"),
         "{err}"
     );
     let mut two = agent("lo");

@@ -1,13 +1,11 @@
 //! The pod's veth pair, as the kernel sees it: created, checked and deleted over rtnetlink,
-//! with transmit checksum offload turned off through the ethtool ioctl.
+//! with transmit checksum offload turned off through the ethtool ioctl; the requests the
+//! agent makes too (its host veth pair) live in `kxdp_links`, and this module adds what only
+//! the plugin does: the pod's namespace, its address and default route, and CHECK's reads.
 //!
 //! Netlink rather than running `ip` and `ethtool` as the test bed does: the plugin then needs
 //! no tools on the node (some node images ship neither), a request's failure comes back as
 //! an errno we can name, and CHECK reads typed attributes instead of parsing `ip`'s text.
-//! The agent reads the node's links with the same crates (`rtnetlink`,
-//! `netlink-packet-route`). The ethtool setting is the one legacy ioctl `ethtool -K DEV tx
-//! off` amounts to (`ETHTOOL_STXCSUM`, which clears every transmit checksum feature; the
-//! kernel then drops TSO, which needs it).
 //!
 //! A netlink socket works in the network namespace of the thread that opens it, so
 //! [`in_netns`] runs a closure on a thread of its own that has joined the pod's namespace
@@ -26,13 +24,13 @@ use std::path::Path;
 
 use futures_util::TryStreamExt as _;
 use ipnet::Ipv4Net;
+use kxdp_links::errno;
+pub use kxdp_links::ethtool::{tx_checksum, tx_checksum_off};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 /// A link as this plugin reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,14 +86,6 @@ pub fn mac_text(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// The errno of a kernel refusal.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
 }
 
 /// What was asked and the kernel's answer.
@@ -169,15 +159,8 @@ impl Net {
             .mtu(u32::from(mtu))
             .setns_by_fd(pod_ns.as_raw_fd())
             .build();
-        let message = LinkVeth::new(host, ifname)
-            .mtu(u32::from(mtu))
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-            .build();
         self.runtime.block_on(async {
-            self.handle
-                .link()
-                .add(message)
-                .execute()
+            kxdp_links::create_veth(&self.handle, host, u32::from(mtu), peer)
                 .await
                 .map_err(refused(format!(
                     "creating veth {host} (peer {ifname} in the pod's namespace)"
@@ -314,64 +297,4 @@ pub fn open_netns(path: &Path) -> Result<File, String> {
         return Err(format!("{} is not a network namespace", path.display()));
     }
     Ok(file)
-}
-
-/// `struct ethtool_value` (linux/ethtool.h).
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
-const ETHTOOL_GTXCSUM: u32 = 0x16;
-const ETHTOOL_STXCSUM: u32 = 0x17;
-
-/// One `SIOCETHTOOL` request with a `struct ethtool_value` on interface `name` of the calling
-/// thread's namespace; the value the kernel leaves in it.
-fn ethtool_value(name: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
-    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    let sock = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let mut value = EthtoolValue { cmd, data };
-    let mut ifr_name = [0 as libc::c_char; libc::IFNAMSIZ];
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-    }
-    for (dst, src) in ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    let mut ifr = libc::ifreq {
-        ifr_name,
-        ifr_ifru: libc::__c_anonymous_ifr_ifru {
-            ifru_data: (&mut value as *mut EthtoolValue).cast(),
-        },
-    };
-    // SAFETY: `ifr` is a valid ifreq naming the interface, whose data pointer points at
-    // `value`, a live `struct ethtool_value` the kernel reads and writes for these two
-    // commands; both outlive the call, and `sock` is an open socket.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(value.data)
-}
-
-/// Turn transmit checksum offload off on `name` (`ethtool -K NAME tx off`): kxdp's copy-mode
-/// AF_XDP forwards frames as they are, and a veth with it on hands over TCP and UDP packets
-/// whose checksum holds only the pseudo-header sum, which the receiver then drops.
-pub fn tx_checksum_off(name: &str) -> Result<(), String> {
-    ethtool_value(name, ETHTOOL_STXCSUM, 0)
-        .map(|_| ())
-        .map_err(|e| format!("turning transmit checksum offload off on {name}: {e}"))
-}
-
-/// Whether transmit checksum offload is on for `name`.
-pub fn tx_checksum(name: &str) -> Result<bool, String> {
-    ethtool_value(name, ETHTOOL_GTXCSUM, 0)
-        .map(|v| v != 0)
-        .map_err(|e| format!("reading the transmit checksum offload of {name}: {e}"))
 }

@@ -112,6 +112,15 @@ pub fn pod_interface_name(namespace: &str, name: &str) -> String {
     format!("kx{:012x}", h >> 16)
 }
 
+/// Whether `name` follows [`pod_interface_name`]'s convention (`kx` and 12 lowercase hex
+/// digits): the node's end of a pod's veth, as opposed to kxdp's own links (`kxdp0`).
+pub fn is_pod_interface_name(name: &str) -> bool {
+    name.len() == 14
+        && name
+            .strip_prefix("kx")
+            .is_some_and(|h| h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// The MAC of a pod that has no `kxdp.io/mac` annotation: `0a:58` and its IPv4 address, the
 /// convention OVN-Kubernetes uses, which the CNI plugin sets on the pod's interface.
 pub fn pod_mac(ip: Ipv4Addr) -> EthernetAddress {

@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kxdp_control::compile::{pod_interface_name, pod_mac, Compiler, NodeSettings};
+use kxdp_control::compile::{
+    is_pod_interface_name, pod_interface_name, pod_mac, Compiler, NodeSettings,
+};
 use kxdp_control::manifest::{parse, ManifestError, ManifestSource};
 use kxdp_control::model::{Kind, Model, Object};
 use kxdp_dataplane::tables::{FrontendKind, TrafficPolicy};
@@ -116,6 +118,17 @@ fn the_fixture_compiles_to_what_kube_proxy_and_flannel_would_serve() {
     expected.sort();
     assert_eq!(ifnames, expected);
     assert!(ifnames.iter().all(|n| n.len() <= 15 && n.starts_with("kx")));
+    // The same convention tells a pod's veth from kxdp's own links.
+    assert!(ifnames.iter().all(|n| is_pod_interface_name(n)));
+    for other in [
+        "kxdp0",
+        "host0",
+        "kx0123456789ab0",
+        "kx0123456789AB",
+        "uplink",
+    ] {
+        assert!(!is_pod_interface_name(other), "{other}");
+    }
 
     // The flannel node, by its public IP and VTEP MAC.
     let remote = snap.remote_nodes();

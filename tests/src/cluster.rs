@@ -137,24 +137,6 @@ impl AgentCluster {
         })
     }
 
-    /// Join node `node`'s own stack to kxdp as an installer would, before its agent starts
-    /// with `--host-interface host0`: a veth pair (`host0` for kxdp, `kxdp0` for the kernel)
-    /// and kernel routes for the node's pods, the cluster's pods and the services through
-    /// `kxdp0`.
-    pub fn add_host_interface(&mut self, node: usize) -> Result<(), String> {
-        let pod_cidr = format!("10.244.{}.0/24", node + 1);
-        let mac = format!("02:6b:78:00:01:{:02x}", 0x0a + node);
-        self.tb
-            .add_host_interface(node, &mac, &pod_cidr)
-            .map_err(|e| e.to_string())?;
-        let ns = self.tb.nodes[node].ns.clone();
-        for cidr in ["10.244.0.0/16", "10.96.0.0/12"] {
-            crate::testbed::ip(Some(&ns), &["route", "add", cidr, "dev", "kxdp0"])
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-
     /// Create pod `name`'s veth on node `node` (namespace `default`, address `ip`) while the
     /// agents run, as the CNI plugin does when a pod is scheduled, and wait up to `timeout`
     /// until node `node`'s agent serves it (its status lists the host end). The pod is not
@@ -447,6 +429,17 @@ impl AgentCluster {
     /// Run `kxdp <args>` (the CLI, from the root namespace).
     pub fn kxdp(&self, args: &[&str]) -> Output {
         Command::new(kxdp_bin().expect("kxdp is built"))
+            .args(args)
+            .output()
+            .expect("kxdp runs")
+    }
+
+    /// Run `kxdp <args>` in node `node`'s namespace (`kxdp uninstall`, which acts on the
+    /// node's links).
+    pub fn kxdp_on(&self, node: usize, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.tb.nodes[node].ns])
+            .arg(kxdp_bin().expect("kxdp is built"))
             .args(args)
             .output()
             .expect("kxdp runs")

@@ -458,10 +458,11 @@ impl Testbed {
         run_with_input(&mut command, Some(stdin)).map(|_| ())
     }
 
-    /// Give kxdp node `node` its host interface: a veth pair between the dataplane (`host0`)
-    /// and the node's kernel (`kxdp0`, with `kernel_mac`), and a kernel route to the node's
-    /// pods (`pod_cidr`) through it, so node processes reach pods through kxdp and pods reach
-    /// the node's own addresses.
+    /// Give kxdp node `node` its host interface, for tests that run the dataplane without the
+    /// agent (which makes its own: `kxdp agent --host-interface`): a veth pair between the
+    /// dataplane (`host0`) and the node's kernel (`kxdp0`, with `kernel_mac`, the node
+    /// settings' `host_mac`), and a kernel route to the node's pods (`pod_cidr`) through it,
+    /// so node processes reach pods through kxdp and pods reach the node's own addresses.
     pub fn add_host_interface(
         &mut self,
         node: usize,

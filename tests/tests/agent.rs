@@ -636,8 +636,8 @@ fn the_host_interface_joins_the_node_to_its_pods_and_services() {
         return;
     }
     let mut c = AgentCluster::build(MANIFEST, &PODS).expect("the cluster builds");
-    // Node A's own stack behind a veth pair, routed to kxdp as the README shows.
-    c.add_host_interface(0).expect("host interface");
+    // Node A's own stack behind the veth pair its agent makes, with the kernel's routes to
+    // the pods and services through it.
     let node_ns = c.tb.nodes[0].ns.clone();
     let manifest = c.manifest.display().to_string();
     c.start_node(
@@ -783,11 +783,9 @@ fn the_demos_checks_pass_on_pods_the_cni_plugin_attached() {
         return;
     }
     // `make demo`'s scenario: pods attached by kxdp-cni (built beside this test:
-    // cargo build -p kxdp-cni), node-a's and node-b's stacks joined through host0.
+    // cargo build -p kxdp-cni), node-a's and node-b's stacks joined through the host0 pair
+    // each agent makes.
     let mut c = AgentCluster::build(MANIFEST, &[]).expect("the cluster builds");
-    for node in 0..2 {
-        c.add_host_interface(node).expect("the host interface");
-    }
     c.start(120, &["--host-interface", "host0"])
         .expect("the agents start");
     c.attach_demo_pods_by_plugin(Duration::from_secs(20))

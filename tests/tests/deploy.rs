@@ -12,6 +12,9 @@
 //!   `agent.yaml`, resolves with the agent's own settings code; the conflist parses with the
 //!   plugin's own configuration parser and points at the agent's subnet file and listener,
 //!   which the probes ask too;
+//! - the uninstall DaemonSet (`deploy/uninstall.yaml`) runs `kxdp uninstall` with flags its
+//!   own parser takes, pointing at the agent's debug API and subnet file and at the node's
+//!   folders the install writes to, with the one capability it needs;
 //! - the Dockerfile builds both binaries with `--locked` and installs the plugin where the
 //!   init container copies it from. (It is not built here: no container registry is
 //!   reachable from these machines.)
@@ -35,16 +38,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 const MANIFEST: &str = include_str!("../../deploy/kxdp.yaml");
+const UNINSTALL: &str = include_str!("../../deploy/uninstall.yaml");
 const DOCKERFILE: &str = include_str!("../../deploy/Dockerfile");
 const NAMESPACE: &str = "kube-system";
 const BOUND: Duration = Duration::from_secs(15);
 
 /// The manifest's documents, as JSON.
 fn documents() -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(MANIFEST)
+    documents_of("deploy/kxdp.yaml", MANIFEST)
+}
+
+/// The documents of manifest `text` (named `file`), as JSON.
+fn documents_of(file: &str, text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
         .enumerate()
         .map(|(i, doc)| {
-            Value::deserialize(doc).unwrap_or_else(|e| panic!("deploy/kxdp.yaml document {i}: {e}"))
+            Value::deserialize(doc).unwrap_or_else(|e| panic!("{file} document {i}: {e}"))
         })
         .collect()
 }
@@ -405,19 +414,24 @@ fn the_agent_takes_its_command_line_and_config_file() {
         .unwrap_or_else(|e| panic!("the agent refuses its settings: {e}"));
     assert_eq!(resolved.node, "node-a");
 
-    // The host-interface init container reads these keys from agent.yaml with sed: each must
-    // be a plain `key: value` line, and the agent must agree on the interface.
-    let text = config_value(&d, "agent.yaml");
-    let line = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-            .unwrap_or_else(|| panic!("agent.yaml has no `{key}: ` line"))
-            .trim_matches('"')
-            .to_owned()
-    };
-    assert_eq!(resolved.host_interface, Some(line("host-interface")));
-    assert_eq!(resolved.cluster_cidr.to_string(), line("cluster-cidr"));
-    assert_eq!(resolved.service_cidr.to_string(), line("service-cidr"));
+    // The agent makes the host pair itself, under a name it takes.
+    let host = resolved.host_interface.as_deref();
+    assert!(
+        host.is_some_and(|h| h != kxdp_agent::host_interface::KERNEL_END),
+        "agent.yaml names kxdp's end of the host pair: {host:?}"
+    );
+    let pod = d.daemonset.spec.clone().unwrap().template.spec.unwrap();
+    let inits: Vec<&str> = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        inits,
+        ["install-cni"],
+        "no init container makes the host pair"
+    );
     assert_eq!(
         resolved.source,
         kxdp_agent::settings::SourceConfig::Kubernetes(None),
@@ -556,6 +570,109 @@ fn the_dockerfile_builds_both_binaries_locked_into_a_slim_image() {
     assert!(script.contains("/usr/local/lib/kxdp/kxdp-cni"));
     assert!(DOCKERFILE.contains("/usr/local/lib/kxdp/kxdp-cni"));
     assert!(script.contains("/etc/kxdp/10-kxdp.conflist"));
+}
+
+#[test]
+fn the_uninstall_daemonset_runs_kxdp_uninstall_on_what_the_install_put_there() {
+    use kxdp_agent::uninstall::{UninstallArgs, CNI_CONFLIST, CNI_NETWORK, CNI_PLUGIN};
+    let docs = documents_of("deploy/uninstall.yaml", UNINSTALL);
+    assert_eq!(docs.len(), 1, "deploy/uninstall.yaml holds one DaemonSet");
+    let ds: DaemonSet = typed(&docs[0]);
+    assert_eq!(ds.metadata.namespace.as_deref(), Some(NAMESPACE));
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    assert!(
+        pod.host_network.unwrap_or(false),
+        "the host pair is the node's"
+    );
+    let init = pod.init_containers.clone().unwrap_or_default();
+    assert_eq!(init.len(), 1);
+    let un = &init[0];
+    assert_eq!(
+        un.command.clone().unwrap_or_default(),
+        ["/usr/local/bin/kxdp", "uninstall"]
+    );
+    let argv: Vec<String> = std::iter::once("uninstall".to_owned())
+        .chain(un.args.clone().unwrap_or_default())
+        .collect();
+    let matches = UninstallArgs::augment_args(clap::Command::new("uninstall"))
+        .try_get_matches_from(&argv)
+        .unwrap_or_else(|e| panic!("the uninstall args {argv:?}: {e}"));
+    let args = UninstallArgs::from_arg_matches(&matches).expect("kxdp uninstall's flags");
+    assert!(!args.force, "it waits for the agent and the pods");
+
+    // The agent's debug API and subnet file, as the install runs it, through the same folder.
+    let d = deployment();
+    // A file of its own: tempdir()'s folder is the other test's, removed when it ends.
+    let file = std::env::temp_dir().join(format!("kxdp-uninstall-{}.yaml", std::process::id()));
+    std::fs::write(&file, config_value(&d, "agent.yaml")).unwrap();
+    let agent = kxdp_agent::settings::AgentArgs {
+        config: Some(file.clone()),
+        node: Some("node-a".into()),
+        ..Default::default()
+    }
+    .resolve();
+    let _ = std::fs::remove_file(&file);
+    let agent = agent.expect("the agent's settings");
+    assert_eq!(args.admin, agent.admin);
+    assert_eq!(args.subnet_file, agent.subnet_file);
+    // Each folder is the node's own, the one the install writes kxdp's files to.
+    let host_path = |inside: &std::path::Path| {
+        let mount = un
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| inside.starts_with(&m.mount_path))
+            .unwrap_or_else(|| panic!("{} is not mounted", inside.display()));
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        let node = volume.host_path.as_ref().expect("a hostPath").path.clone();
+        std::path::Path::new(&node).join(inside.strip_prefix(&mount.mount_path).unwrap())
+    };
+    assert_eq!(host_path(&args.subnet_file), agent.subnet_file);
+    let install = d.daemonset.spec.clone().unwrap().template.spec.unwrap();
+    let script = install.init_containers.unwrap()[0]
+        .command
+        .clone()
+        .unwrap()
+        .join(" ");
+    for (dir, name, node) in [
+        (&args.cni_conf_dir, CNI_CONFLIST, "/etc/cni/net.d"),
+        (&args.cni_bin_dir, CNI_PLUGIN, "/opt/cni/bin"),
+    ] {
+        let dir = dir
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}'s folder is given"));
+        assert_eq!(host_path(dir), std::path::Path::new(node));
+        assert!(
+            script.contains(&format!("/host{node}/{name}")),
+            "the install writes {node}/{name}"
+        );
+    }
+    let list: Value = serde_json::from_str(config_value(&d, "10-kxdp.conflist")).unwrap();
+    assert_eq!(
+        list["name"], CNI_NETWORK,
+        "the network whose addresses it removes"
+    );
+    let data = args
+        .cni_data_dir
+        .as_ref()
+        .expect("the address store's folder");
+    assert_eq!(
+        host_path(data),
+        std::path::Path::new(list["plugins"][0]["dataDir"].as_str().unwrap())
+    );
+    // Deleting links takes NET_ADMIN, and nothing else.
+    let caps = un
+        .security_context
+        .clone()
+        .and_then(|s| s.capabilities)
+        .expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(caps.add, Some(vec!["NET_ADMIN".to_owned()]));
 }
 
 /// A folder of this test's own, removed when dropped.

@@ -8,6 +8,7 @@
 //!   live tables (`--agent`), and prints what each stage decided; `--json` prints the same as
 //!   one JSON object (fields: see `kxdp_control::trace`).
 //! - `kxdp preflight` checks what the agent will need.
+//! - `kxdp uninstall` removes what kxdp put on the node (see [`crate::uninstall`]).
 //! - `kxdp completion bash|zsh|fish|elvish|powershell` prints a completion script
 //!   (`clap_complete`); `kxdp man [COMMAND]` prints the manual page, `kxdp(1)` or
 //!   `kxdp-COMMAND(1)`, as roff (`clap_mangen`): both come from the same definitions as the
@@ -84,6 +85,10 @@ enum Command {
     /// Check that this machine and process can run the dataplane: capabilities, locked
     /// memory, interfaces. The agent runs the same checks before it starts.
     Preflight(PreflightArgs),
+    /// Remove what kxdp put on this node once its agent has stopped: the host veth pair the
+    /// agent made (its routes go with it), the subnet file, and where named, the CNI
+    /// configuration, plugin and addresses.
+    Uninstall(crate::uninstall::UninstallArgs),
     /// Print a shell completion script (bash: `source <(kxdp completion bash)`).
     Completion(CompletionArgs),
     /// Print the manual page as roff (`kxdp man | man -l -`; `kxdp man trace` for
@@ -316,6 +321,7 @@ pub fn main() -> ExitCode {
         }
         Command::Trace(args) => text(run_trace(args)),
         Command::Preflight(args) => text(run_preflight(args)),
+        Command::Uninstall(args) => text(crate::uninstall::uninstall(&args)),
         Command::Completion(args) => completion(args),
         Command::Man(args) => man(args),
     };

@@ -46,13 +46,7 @@ fn run() -> Result<bool, String> {
     println!("[setup] building namespaces: underlay switch, node-a, node-b, external client");
     let mut c = AgentCluster::build(MANIFEST, &[])?;
     let prefix = c.tb.prefix().to_owned();
-    println!(
-        "[setup] joining each node's own stack to kxdp: host veth pair, pod and service routes"
-    );
-    for node in 0..2 {
-        c.add_host_interface(node)?;
-    }
-    println!("[setup] starting `kxdp agent` on node-a and node-b (manifest source, debug API on Unix sockets, metrics on 127.0.0.1:9901 in each node)");
+    println!("[setup] starting `kxdp agent` on node-a and node-b (manifest source, debug API on Unix sockets, metrics on 127.0.0.1:9901 in each node); each joins its node's own stack with the host veth pair host0/kxdp0 it makes, routing the pod and service CIDRs to it");
     c.start(300, &["--host-interface", "host0"])?;
     println!(
         "[setup] both agents ready after {:.1} s",

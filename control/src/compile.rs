@@ -24,8 +24,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use kxdp_dataplane::tables::{
-    Backend, Frontend, FrontendKind, InterfaceId, LocalPod, NodeConfig, RemoteNode, ServicePort,
-    ServicePortSpec, SnapshotError, SnapshotInputs, TrafficPolicy,
+    Backend, Frontend, FrontendKind, Hint, InterfaceId, LocalPod, NodeConfig, RemoteNode,
+    ServicePort, ServicePortSpec, SnapshotError, SnapshotInputs, TrafficPolicy,
 };
 use kxdp_dataplane::wire::EthernetAddress;
 use kxdp_dataplane::Snapshot;
@@ -96,6 +96,8 @@ pub struct Compiler {
     draining: BTreeSet<(Ipv4Addr, u8, u16)>,
     interfaces: InterfaceNumbers,
     node_ips: Vec<Ipv4Addr>,
+    /// This node's `topology.kubernetes.io/zone`, as the last compile saw it.
+    zone: Option<String>,
     generation: u64,
 }
 
@@ -188,6 +190,7 @@ impl Compiler {
             endpoint_users: HashMap::new(),
             draining: BTreeSet::new(),
             interfaces: InterfaceNumbers::new(first),
+            zone: None,
             generation: 0,
         }
     }
@@ -243,6 +246,12 @@ impl Compiler {
             self.conflicted.extend(all);
         }
         let mut dirty: BTreeSet<String> = changes.services.into_iter().collect();
+        // Topology hints are resolved against this node's zone: a new zone recompiles all.
+        let zone = model.nodes().get(&node.name).and_then(|n| n.zone.clone());
+        if zone != self.zone {
+            self.zone = zone.clone();
+            dirty.extend(self.services.keys().cloned());
+        }
         let mut released = false;
         for key in &dirty {
             released |= self.release(key);
@@ -270,7 +279,7 @@ impl Compiler {
                 continue;
             };
             let slices: Vec<&SliceInfo> = model.slices_of(key).collect();
-            let cached = self.compile_service(key, info, &slices, &node);
+            let cached = self.compile_service(key, info, &slices, &node, zone.as_deref());
             for e in &cached.endpoints {
                 let users = self.endpoint_users.entry(*e).or_default();
                 *users += 1;
@@ -376,6 +385,7 @@ impl Compiler {
         info: &ServiceInfo,
         slices: &[&SliceInfo],
         node: &NodeConfig,
+        zone: Option<&str>,
     ) -> Cached {
         let mut cached = Cached::default();
         // kube-apiserver allocates cluster IPs from the service CIDR and refuses others; one
@@ -451,7 +461,7 @@ impl Compiler {
             if frontends.is_empty() {
                 continue;
             }
-            let backends = backends(p.proto, &p.name, slices, &node.name);
+            let backends = backends(p.proto, &p.name, slices, &node.name, zone);
             cached
                 .endpoints
                 .extend(backends.iter().map(|b| (b.ip, p.proto, b.port)));
@@ -568,7 +578,28 @@ fn frontend(kind: FrontendKind, ip: Option<Ipv4Addr>, port: u16) -> Frontend {
 
 /// Service port `name`/`proto`'s endpoints from all its slices, each address once (the most
 /// usable conditions win when slices disagree during an update).
-fn backends(proto: u8, name: &str, slices: &[&SliceInfo], this_node: &str) -> Vec<Backend> {
+///
+/// Each endpoint's topology hints are resolved here against this node's name and `zone` (its
+/// `topology.kubernetes.io/zone` label), so the dataplane's pools choose by them as kube-proxy
+/// does. kxdp reads the hints only, as kube-proxy does: `trafficDistribution` (and the older
+/// `service.kubernetes.io/topology-mode` annotation) reach it through the hints the
+/// EndpointSlice controller writes for them.
+fn backends(
+    proto: u8,
+    name: &str,
+    slices: &[&SliceInfo],
+    this_node: &str,
+    zone: Option<&str>,
+) -> Vec<Backend> {
+    let hint = |names: &[String], here: Option<&str>| {
+        if names.is_empty() {
+            Hint::None
+        } else if here.is_some_and(|h| names.iter().any(|n| n == h)) {
+            Hint::Here
+        } else {
+            Hint::Elsewhere
+        }
+    };
     let mut by_addr: BTreeMap<(Ipv4Addr, u16), Backend> = BTreeMap::new();
     for s in slices {
         for (_, _, port) in s.ports.iter().filter(|(n, p, _)| n == name && *p == proto) {
@@ -580,6 +611,8 @@ fn backends(proto: u8, name: &str, slices: &[&SliceInfo], this_node: &str) -> Ve
                     serving: ep.serving,
                     terminating: ep.terminating,
                     local: ep.node.as_deref() == Some(this_node),
+                    node_hint: hint(&ep.for_nodes, Some(this_node)),
+                    zone_hint: hint(&ep.for_zones, zone),
                 };
                 let rank = |b: &Backend| (b.ready, b.serving, !b.terminating);
                 by_addr

@@ -64,6 +64,9 @@ pub const FLANNEL_KUBE_SUBNET_MANAGER: &str = "flannel.alpha.coreos.com/kube-sub
 /// defaults it.
 pub const DEFAULT_AFFINITY_TIMEOUT: i32 = 10_800;
 
+/// The well-known label of a node's zone, which `hints.forZones` name.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// One port of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortInfo {
@@ -115,6 +118,11 @@ pub struct EndpointInfo {
     pub terminating: bool,
     /// `nodeName`.
     pub node: Option<String>,
+    /// `hints.forZones[].name`: the zones the EndpointSlice controller meant it for.
+    pub for_zones: Vec<String>,
+    /// `hints.forNodes[].name`: the nodes it is meant for (`trafficDistribution:
+    /// PreferSameNode`).
+    pub for_nodes: Vec<String>,
 }
 
 /// What kxdp reads from an EndpointSlice.
@@ -139,6 +147,8 @@ pub struct NodeInfo {
     pub pod_cidr: Option<Ipv4Cidr>,
     /// The VTEP MAC from flannel's `backend-data` annotation.
     pub vtep_mac: Option<EthernetAddress>,
+    /// The `topology.kubernetes.io/zone` label: where topology hints for zones point.
+    pub zone: Option<String>,
 }
 
 impl NodeInfo {
@@ -469,6 +479,8 @@ pub fn slice_from(slice: &EndpointSlice) -> Result<Option<SliceInfo>, ObjectErro
                 serving,
                 terminating,
                 node: ep.node_name.clone(),
+                for_zones: hint_names(ep.hints.as_ref().and_then(|h| h.for_zones.as_ref())),
+                for_nodes: hint_names(ep.hints.as_ref().and_then(|h| h.for_nodes.as_ref())),
             });
         }
     }
@@ -477,6 +489,32 @@ pub fn slice_from(slice: &EndpointSlice) -> Result<Option<SliceInfo>, ObjectErro
         ports,
         endpoints,
     }))
+}
+
+/// The names of an endpoint's hints of one kind (zones or nodes); empty when it has none.
+fn hint_names<T: HintName>(hints: Option<&Vec<T>>) -> Vec<String> {
+    hints
+        .into_iter()
+        .flatten()
+        .map(|h| h.name().to_owned())
+        .collect()
+}
+
+/// A hint with a name: `ForZone` or `ForNode`.
+trait HintName {
+    fn name(&self) -> &str;
+}
+
+impl HintName for k8s_openapi::api::discovery::v1::ForZone {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl HintName for k8s_openapi::api::discovery::v1::ForNode {
+    fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 /// A Node as kxdp sees it.
@@ -552,6 +590,7 @@ pub fn node_from(node: &Node) -> Result<NodeInfo, ObjectError> {
         public_ip,
         pod_cidr,
         vtep_mac,
+        zone: node.labels().get(ZONE_LABEL).cloned(),
     })
 }
 

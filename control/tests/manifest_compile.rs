@@ -656,3 +656,63 @@ fn a_cluster_ip_outside_the_service_cidr_leaves_the_service_out_with_a_named_pro
     assert!(names.contains(&"default/web:http"), "{names:?}");
     assert!(c.snapshot.services.lookup(ip("8.8.8.8"), 6, 80).is_none());
 }
+
+#[test]
+fn topology_hints_follow_this_nodes_zone_and_a_new_zone_recompiles() {
+    let text = std::fs::read_to_string(fixture()).unwrap();
+    let hinted = text
+        .replace(
+            "  - addresses: [10.244.1.10]\n    nodeName: node-a\n    conditions: {ready: true}\n",
+            "  - addresses: [10.244.1.10]\n    nodeName: node-a\n    conditions: {ready: true}\n    \
+             hints: {forZones: [{name: zone-a}]}\n",
+        )
+        .replace(
+            "  - addresses: [10.244.2.10]\n    nodeName: node-b\n    conditions: {ready: true}\n",
+            "  - addresses: [10.244.2.10]\n    nodeName: node-b\n    conditions: {ready: true}\n    \
+             hints: {forZones: [{name: zone-b}]}\n",
+        );
+    let labelled = |zone: &str| {
+        hinted.replacen(
+            "  name: node-a\n",
+            &format!("  name: node-a\n  labels: {{topology.kubernetes.io/zone: {zone}}}\n"),
+            1,
+        )
+    };
+    let web = |c: &kxdp_control::compile::Compiled| -> Vec<Ipv4Addr> {
+        c.snapshot
+            .services
+            .ports()
+            .iter()
+            .find(|p| p.name() == "default/web:http")
+            .expect("web")
+            .cluster_members()
+            .iter()
+            .map(|m| m.0)
+            .collect()
+    };
+    let mut model = Model::new();
+    let mut source = ManifestSource::new(vec![scratch("zones", &labelled("zone-a"))]);
+    source.load(&mut model).unwrap();
+    let mut compiler = Compiler::new(settings());
+    assert_eq!(
+        web(&compiler.compile(&mut model).unwrap()),
+        [ip("10.244.1.10")]
+    );
+    // The node moves to zone-b: every service is compiled again, web's pool follows.
+    let moved = parse("zones.yaml", &labelled("zone-b")).unwrap();
+    for (_, o) in &moved {
+        model.apply(o).unwrap();
+    }
+    let again = compiler.compile(&mut model).unwrap();
+    assert_eq!(again.services_compiled, 2);
+    assert_eq!(web(&again), [ip("10.244.2.10")]);
+    // A zone no hint names: hints ignored, every endpoint.
+    for (_, o) in &parse("zones.yaml", &labelled("zone-c")).unwrap() {
+        model.apply(o).unwrap();
+    }
+    assert_eq!(
+        web(&compiler.compile(&mut model).unwrap()),
+        [ip("10.244.1.10"), ip("10.244.2.10")]
+    );
+    assert_eq!(model.nodes()["node-a"].zone.as_deref(), Some("zone-c"));
+}

@@ -21,8 +21,8 @@ use crate::flow::FastMap;
 use crate::wire::{checksum, vxlan, Ipv4Cidr, MacAddr};
 pub use route::Lpm;
 pub use service::{
-    frontend_key, Backend, Eligible, Frontend, FrontendKind, Pick, ServicePort, ServicePortSpec,
-    ServiceTable, ServiceTableError, TrafficPolicy,
+    frontend_key, Backend, Eligible, Frontend, FrontendKind, Hint, Pick, ServicePort,
+    ServicePortSpec, ServiceTable, ServiceTableError, TopologyMode, TrafficPolicy,
 };
 
 /// An interface the dataplane drives, numbered by the I/O layer. Small and dense: tables index

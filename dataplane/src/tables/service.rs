@@ -9,8 +9,10 @@
 //! Backend selection follows kube-proxy: a pool holds the ready endpoints, or, when none is
 //! ready, the serving-and-terminating ones (KEP-1669), so connections drain instead of being
 //! refused while a rollout finishes. `Local` traffic policies restrict the pool to endpoints on
-//! this node. Each pool carries a Maglev table over its members sorted by address, so the pick
-//! depends only on the set of backends, never on the order the API server listed them.
+//! this node. The cluster pool follows the endpoints' topology hints as kube-proxy does
+//! ([`TopologyMode`]); the local pool ignores them. Each pool carries a Maglev table over its
+//! members sorted by address, so the pick depends only on the set of backends, never on the
+//! order the API server listed them.
 
 use core::net::Ipv4Addr;
 use std::sync::Arc;
@@ -67,6 +69,64 @@ pub struct Backend {
     pub terminating: bool,
     /// Whether the endpoint runs on this node (`nodeName` is ours).
     pub local: bool,
+    /// Its `hints.forNodes`, as seen from this node.
+    pub node_hint: Hint,
+    /// Its `hints.forZones`, as seen from this node (in this node's zone or not).
+    pub zone_hint: Hint,
+}
+
+/// An endpoint's topology hints of one kind (`forNodes` or `forZones`), resolved on the control
+/// side against this node's name or zone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Hint {
+    /// The endpoint has no hint of this kind.
+    #[default]
+    None,
+    /// One of its hints names this node (or this node's zone).
+    Here,
+    /// It has hints, none of them for this node (or zone).
+    Elsewhere,
+}
+
+/// Which endpoints a cluster pool keeps by their topology hints, chosen as kube-proxy does
+/// from the ready endpoints' hints: same node when every ready endpoint has a node hint and one
+/// is for this node, else same zone likewise, else every endpoint (hints missing, incomplete or
+/// for other places only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TopologyMode {
+    /// No topology: every endpoint.
+    #[default]
+    Any,
+    /// `PreferSameNode`: the endpoints hinted for this node.
+    SameNode,
+    /// `PreferSameZone` (and `PreferClose`): the endpoints hinted for this node's zone.
+    SameZone,
+}
+
+impl TopologyMode {
+    /// The mode the ready endpoints' hints select.
+    pub fn from_hints(backends: &[Backend]) -> TopologyMode {
+        let ready = || backends.iter().filter(|b| b.ready);
+        let mode = |hint: fn(&Backend) -> Hint| {
+            ready().all(|b| hint(b) != Hint::None) && ready().any(|b| hint(b) == Hint::Here)
+        };
+        if mode(|b| b.node_hint) {
+            TopologyMode::SameNode
+        } else if mode(|b| b.zone_hint) {
+            TopologyMode::SameZone
+        } else {
+            TopologyMode::Any
+        }
+    }
+
+    /// Whether this mode keeps `b`.
+    pub fn keeps(self, b: &Backend) -> bool {
+        match self {
+            TopologyMode::Any => true,
+            TopologyMode::SameNode => b.node_hint == Hint::Here,
+            TopologyMode::SameZone => b.zone_hint == Hint::Here,
+        }
+    }
 }
 
 impl Backend {
@@ -79,6 +139,8 @@ impl Backend {
             serving: true,
             terminating: false,
             local,
+            node_hint: Hint::None,
+            zone_hint: Hint::None,
         }
     }
 }
@@ -126,11 +188,21 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(backends: &[Backend], only_local: bool) -> Pool {
+    /// The local pool (`only_local`) takes this node's endpoints; the cluster pool those
+    /// `topology` keeps. Either way the ready ones, or when none is, the serving and
+    /// terminating ones.
+    fn new(backends: &[Backend], only_local: bool, topology: TopologyMode) -> Pool {
+        let place = |b: &Backend| {
+            if only_local {
+                b.local
+            } else {
+                topology.keeps(b)
+            }
+        };
         let eligible = |usable: fn(&Backend) -> bool| -> Vec<(Ipv4Addr, u16)> {
             let mut v: Vec<_> = backends
                 .iter()
-                .filter(|b| (!only_local || b.local) && usable(b))
+                .filter(|b| place(b) && usable(b))
                 .map(|b| (b.ip, b.port))
                 .collect();
             v.sort_unstable();
@@ -202,8 +274,9 @@ pub struct ServicePort {
 impl ServicePort {
     /// Compile a service port: choose the pools and build their Maglev tables.
     pub fn new(spec: ServicePortSpec) -> Self {
-        let cluster = Pool::new(&spec.backends, false);
-        let local = Pool::new(&spec.backends, true);
+        let topology = TopologyMode::from_hints(&spec.backends);
+        let cluster = Pool::new(&spec.backends, false, topology);
+        let local = Pool::new(&spec.backends, true, TopologyMode::Any);
         let affinity_id = crate::conntrack::Affinity::service_id(&spec.name, spec.proto);
         ServicePort {
             spec,
@@ -785,6 +858,92 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn topology_hints_choose_the_cluster_pool_as_kube_proxy_does() {
+        use Hint::{Elsewhere as There, Here, None as Unhinted};
+        let ep = |last, node_hint, zone_hint| Backend {
+            node_hint,
+            zone_hint,
+            ..Backend::ready(Ipv4Addr::new(10, 244, 2, last), 8080, false)
+        };
+        let members = |backends: Vec<Backend>| {
+            let sp = ServicePort::new(ServicePortSpec {
+                name: "ns/web:http".into(),
+                proto: 6,
+                frontends: Vec::new(),
+                backends,
+                internal_policy: TrafficPolicy::Cluster,
+                external_policy: TrafficPolicy::Cluster,
+                client_ip_affinity: None,
+                source_ranges: Vec::new(),
+            });
+            let m: Vec<u8> = sp
+                .cluster_members()
+                .iter()
+                .map(|b| b.0.octets()[3])
+                .collect();
+            (m, sp.local.members.len())
+        };
+        // (case, endpoints, the cluster pool).
+        let cases: Vec<(&str, Vec<Backend>, Vec<u8>)> = vec![
+            (
+                "every endpoint has a zone hint, one for this zone",
+                vec![ep(1, Unhinted, Here), ep(2, Unhinted, There)],
+                vec![1],
+            ),
+            (
+                "one endpoint lacks a zone hint: hints ignored",
+                vec![ep(1, Unhinted, Here), ep(2, Unhinted, Unhinted)],
+                vec![1, 2],
+            ),
+            (
+                "hints for other zones only: hints ignored",
+                vec![ep(1, Unhinted, There), ep(2, Unhinted, There)],
+                vec![1, 2],
+            ),
+            (
+                "node hints, one for this node, before zone hints",
+                vec![ep(1, There, Here), ep(2, Here, There), ep(3, There, Here)],
+                vec![2],
+            ),
+            (
+                "node hints incomplete: zone hints",
+                vec![ep(1, Unhinted, Here), ep(2, Here, There)],
+                vec![1],
+            ),
+            (
+                "node hints for other nodes only: zone hints",
+                vec![ep(1, There, Here), ep(2, There, There)],
+                vec![1],
+            ),
+        ];
+        for (what, backends, want) in cases {
+            assert_eq!(members(backends).0, want, "{what}");
+        }
+        // Only ready endpoints decide: an unready one without hints changes nothing, and
+        // none is in the pool.
+        let mut unready = ep(3, Unhinted, Unhinted);
+        unready.ready = false;
+        assert_eq!(
+            members(vec![ep(1, Unhinted, Here), ep(2, Unhinted, There), unready]).0,
+            [1]
+        );
+        // With no ready endpoint the serving, terminating ones serve, hints or not.
+        let draining = |last, zone_hint| Backend {
+            ready: false,
+            terminating: true,
+            ..ep(last, Unhinted, zone_hint)
+        };
+        assert_eq!(
+            members(vec![draining(1, Here), draining(2, There)]).0,
+            [1, 2]
+        );
+        // The local pool ignores hints.
+        let mut local = ep(4, Unhinted, There);
+        local.local = true;
+        assert_eq!(members(vec![ep(1, Unhinted, Here), local]), (vec![1], 1));
     }
 
     #[test]

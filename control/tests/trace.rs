@@ -22,10 +22,16 @@ fn ip(s: &str) -> Ipv4Addr {
 
 /// The fixture, plus a service with no endpoints.
 fn snapshot() -> std::sync::Arc<Snapshot> {
+    snapshot_with("")
+}
+
+/// The fixture, a service with no endpoints, and the objects of `extra`.
+fn snapshot_with(extra: &str) -> std::sync::Arc<Snapshot> {
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster.yaml");
     let text = std::fs::read_to_string(fixture).unwrap()
         + "\n---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\n\
-           spec: {clusterIP: 10.96.0.99, ports: [{name: http, port: 80}]}\n";
+           spec: {clusterIP: 10.96.0.99, ports: [{name: http, port: 80}]}\n"
+        + extra;
     // Parsed in memory: tests run in parallel, and a shared scratch file raced.
     let mut model = Model::new();
     for (_, o) in parse("cluster.yaml", &text).unwrap() {
@@ -440,4 +446,76 @@ fn entry_names_parse_back_and_match_where_the_trace_says_it_entered() {
     }
     let err = "wire".parse::<Entry>().unwrap_err();
     assert_eq!(err.to_string(), r#""wire" is not pod, uplink or host"#);
+}
+
+/// kube-proxy's packet-flow cases restated for `kxdp trace`: every kind of frontend of a
+/// LoadBalancer service (ClusterIP, NodePort, external IP, load-balancer IP), from every
+/// origin (a local pod, the node itself, an outside client), under both external traffic
+/// policies: which endpoints a new flow may get, and whether it is masqueraded.
+#[test]
+fn every_frontend_from_every_origin_under_both_policies_as_kube_proxy_serves_it() {
+    let service = |name: &str, policy: &str, n: u8| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{type: LoadBalancer, clusterIP: 10.96.1.{n}, externalIPs: [198.19.{n}.1], \
+             externalTrafficPolicy: {policy}, ports: [{{name: http, port: 80, nodePort: 301{n:02}}}]}}\n\
+             status: {{loadBalancer: {{ingress: [{{ip: 198.19.{n}.2}}]}}}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, protocol: TCP, port: 8080}}]\n\
+             endpoints:\n  - addresses: [10.244.1.10]\n    nodeName: node-a\n\
+             \x20 - addresses: [10.244.2.10]\n    nodeName: node-b\n"
+        )
+    };
+    let snap = snapshot_with(&(service("cl", "Cluster", 1) + &service("lo", "Local", 2)));
+    let both = [ep("10.244.1.10:8080"), ep("10.244.2.10:8080")];
+    let local = [ep("10.244.1.10:8080")];
+    let origins = [
+        ("a local pod", Entry::Pod, "10.244.1.11"),
+        ("the node", Entry::Host, "198.18.0.10"),
+        ("outside", Entry::Uplink, "198.19.0.7"),
+    ];
+    for (policy, n) in [("Cluster", 1u8), ("Local", 2)] {
+        let frontends = [
+            ("ClusterIP", format!("10.96.1.{n}"), 80),
+            ("NodePort", "198.18.0.10".to_owned(), 30100 + u16::from(n)),
+            ("external IP", format!("198.19.{n}.1"), 80),
+            ("load-balancer IP", format!("198.19.{n}.2"), 80),
+        ];
+        for (kind, addr, port) in &frontends {
+            for (origin, entry, src) in origins {
+                let what =
+                    format!("{origin} to the {kind} of an externalTrafficPolicy {policy} service");
+                let t = trace(
+                    &snap,
+                    &TraceInput {
+                        entry,
+                        src: (ip(src), 40000),
+                        dst: (ip(addr), *port),
+                        proto: 6,
+                    },
+                )
+                .expect("traced");
+                assert_eq!(t.verdict, TraceVerdict::Forward, "{what}:\n{t}");
+                let s = t.service.as_ref().expect("a service");
+                let external = *kind != "ClusterIP";
+                // kube-proxy: only outside clients of an external frontend meet the Local
+                // policy; they keep their address. Every other new flow of an external
+                // frontend of a Cluster service is masqueraded, and so is every client outside
+                // the cluster CIDR (the node, outside clients) of the rest.
+                let local_only = external && policy == "Local" && entry == Entry::Uplink;
+                let masqueraded = if external && policy == "Cluster" {
+                    true
+                } else {
+                    entry != Entry::Pod && !local_only
+                };
+                let want: &[Endpoint] = if local_only { &local } else { &both };
+                assert_eq!(s.backends, want, "{what}:\n{t}");
+                assert_eq!(t.snat.is_some(), masqueraded, "{what}:\n{t}");
+                if let Some(snat) = &t.snat {
+                    assert_eq!(snat.to.ip, ip("10.244.1.1"), "{what}: the gateway address");
+                }
+            }
+        }
+    }
 }

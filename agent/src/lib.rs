@@ -10,6 +10,8 @@
 //! - [`run`]: start-up in order, then the loop that feeds changes to the reconciler;
 //! - [`reconcile`]: the compiler and the dataplane kept in step with the cluster and the node;
 //! - [`subnet_file`]: the node's pod network, written for the CNI plugin;
+//! - [`healthcheck`]: the health-check node ports of LoadBalancer services with the Local
+//!   external traffic policy;
 //! - [`admin`]: the admin API (health, metrics, JSON views) and the client the CLI reads it with;
 //! - [`cli`]: the `kxdp` command and its tables;
 //! - [`uninstall`]: `kxdp uninstall`, which removes what kxdp put on the node;
@@ -17,6 +19,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod healthcheck;
 pub mod host_interface;
 pub mod logs;
 pub mod nodefacts;

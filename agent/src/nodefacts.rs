@@ -229,6 +229,20 @@ impl NodeNet {
         })
     }
 
+    /// Every IPv4 address of the namespace's interfaces, loopback's left out (`--nodeport-
+    /// addresses` picks from these, as kube-proxy picks from every interface's).
+    pub async fn ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, NodeFactsError> {
+        let addresses: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("listing the addresses"))?;
+        Ok(ipv4_addresses(&addresses))
+    }
+
     /// The name of the other end of veth `name`, which must be in this namespace too.
     pub async fn veth_peer(&self, name: &str) -> Result<String, NodeFactsError> {
         let link = self.link(name).await?;
@@ -302,19 +316,21 @@ fn first_ipv4(addresses: &[AddressMessage], index: u32) -> Option<Ipv4Cidr> {
         .iter()
         .filter(|a| a.header.index == index && a.header.family == AddressFamily::Inet)
         .min_by_key(|a| a.header.flags.contains(AddressHeaderFlags::Secondary))
-        .and_then(|a| {
-            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the far end's on a
-            // point-to-point link).
-            let local = a.attributes.iter().find_map(|at| match at {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            let address = a.attributes.iter().find_map(|at| match at {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            Some(Ipv4Cidr::new(local.or(address)?, a.header.prefix_len))
-        })
+        .and_then(|a| Some(Ipv4Cidr::new(own_ipv4(a)?, a.header.prefix_len)))
+}
+
+/// An address message's own IPv4 address: IFA_LOCAL is the interface's own address
+/// (IFA_ADDRESS is the far end's on a point-to-point link), else IFA_ADDRESS.
+fn own_ipv4(a: &AddressMessage) -> Option<Ipv4Addr> {
+    let local = a.attributes.iter().find_map(|at| match at {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    let address = a.attributes.iter().find_map(|at| match at {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    local.or(address)
 }
 
 /// Whether route `r` is in the main table (`RTA_TABLE` where the header's byte cannot hold
@@ -329,6 +345,23 @@ pub fn in_main_table(r: &RouteMessage) -> bool {
         })
         .unwrap_or(u32::from(r.header.table));
     table == u32::from(RouteHeader::RT_TABLE_MAIN)
+}
+
+/// Each interface's own IPv4 addresses (`IFA_LOCAL`, else `IFA_ADDRESS`), in the kernel's
+/// order, without loopback ones.
+fn ipv4_addresses(addresses: &[AddressMessage]) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for a in addresses
+        .iter()
+        .filter(|a| a.header.family == AddressFamily::Inet)
+    {
+        if let Some(ip) = own_ipv4(a).filter(|ip| !ip.is_loopback()) {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
 }
 
 /// The gateway of the main table's IPv4 default route out of interface `index`.

@@ -26,6 +26,7 @@ use kxdp_xdp::worker::Mode;
 use kxdp_xdp::IfRole;
 
 use crate::admin::{AdminState, DataplaneView};
+use crate::healthcheck::HealthChecks;
 use crate::nodefacts::{Link, Neighbor};
 use crate::settings::{AgentConfig, AgentError};
 
@@ -88,6 +89,7 @@ pub(crate) struct Agent {
     pub(crate) live: Option<Arc<Snapshot>>,
     state: Arc<AdminState>,
     logged_problems: HashSet<String>,
+    health_checks: HealthChecks,
 }
 
 impl Agent {
@@ -114,6 +116,7 @@ impl Agent {
             start_retry: Backoff::default(),
             interface_retry: Backoff::default(),
             live: None,
+            health_checks: HealthChecks::new(Arc::clone(&state)),
             state,
             logged_problems: HashSet::new(),
         }
@@ -131,6 +134,7 @@ impl Agent {
         // fails again schedules the next one, and a model that no longer compiles waits for
         // the change that fixes it (a retry left in the past would fire at once, forever).
         self.start_retry.next = None;
+        let started = Instant::now();
         let compiled = match self.compiler.compile(model) {
             Ok(c) => c,
             Err(e) => {
@@ -145,6 +149,7 @@ impl Agent {
             }
         }
         let generation = compiled.snapshot.generation;
+        let health_checks = compiled.health_checks.clone();
         let result = if self.dataplane.is_some() {
             self.update(compiled)
         } else {
@@ -173,8 +178,17 @@ impl Agent {
             }
         };
         match result {
-            Ok(problems) => {
+            Ok(mut problems) => {
                 let latency = noticed.elapsed();
+                // The tables are live in the workers now: each trigger time is measured
+                // against this moment, as kube-proxy's network programming latency is.
+                let live = std::time::SystemTime::now();
+                self.state.programmed(&model.take_trigger_times(), live);
+                self.state.synced_in(started.elapsed());
+                if let Some(snap) = &self.live {
+                    let addrs = snap.node.nodeport_ips().to_vec();
+                    problems.extend(self.health_checks.sync(&health_checks, &addrs));
+                }
                 tracing::info!(
                     generation,
                     latency_us = latency.as_micros() as u64,

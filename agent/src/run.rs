@@ -176,6 +176,17 @@ async fn node_settings(
     let pod_mtu = config
         .pod_mtu
         .unwrap_or(NodeConfig::flannel_pod_mtu(uplink.mtu));
+    // kube-proxy's `--nodeport-addresses`: the node's addresses inside the CIDRs.
+    let nodeport_ips = match &config.nodeport_addresses {
+        None => None,
+        Some(cidrs) => {
+            let all = net
+                .ipv4_addresses()
+                .await
+                .map_err(|e| AgentError::Other(format!("--nodeport-addresses: {e}")))?;
+            Some(nodeport_ips(cidrs, address.address(), &all))
+        }
+    };
     let gateway = net
         .default_gateway(uplink.index)
         .await
@@ -184,6 +195,7 @@ async fn node_settings(
         node: NodeConfig {
             name: config.node.clone(),
             node_ips: vec![address.address()],
+            nodeport_ips,
             uplink_subnet: Ipv4Cidr::new(address.network().address(), address.prefix_len()),
             uplink_gateway: gateway,
             pod_cidr: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
@@ -212,10 +224,26 @@ async fn node_settings(
         address = %address,
         mtu = uplink.mtu,
         gateway = ?settings.node.uplink_gateway,
+        nodeports = ?settings.node.nodeport_ips(),
         workers = config.cores.len(),
         "starting"
     );
     Ok((uplink.index, settings))
+}
+
+/// The node's addresses inside `cidrs` (`--nodeport-addresses`), the uplink's first.
+fn nodeport_ips(cidrs: &[Ipv4Cidr], uplink: Ipv4Addr, all: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+    let ips: Vec<Ipv4Addr> = std::iter::once(uplink)
+        .chain(all.iter().copied().filter(|ip| *ip != uplink))
+        .filter(|ip| cidrs.iter().any(|c| c.contains_addr(ip)))
+        .collect();
+    if ips.is_empty() {
+        tracing::warn!(
+            cidrs = ?cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "--nodeport-addresses: no node address is inside these CIDRs: no NodePort answers"
+        );
+    }
+    ips
 }
 
 enum Source {
@@ -402,6 +430,10 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
     let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| AgentError::Other(format!("SIGTERM handler: {e}")))?;
     let result = loop {
+        // A change waits to go live from when it was noticed (the proxier's health).
+        if dirty {
+            state.queued(noticed);
+        }
         // Nothing is published before the source has listed everything once.
         if dirty && source.synced() {
             dirty = false;

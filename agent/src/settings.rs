@@ -81,6 +81,18 @@ pub struct AgentArgs {
     /// [default: 127.0.0.1:9901].
     #[arg(long, env = "KXDP_METRICS_ADDRESS")]
     pub metrics_address: Option<String>,
+    /// The node addresses NodePorts and health-check node ports answer on: those inside these
+    /// CIDRs (comma-separated, as kube-proxy's flag; `primary` alone means the default; IPv6
+    /// ranges are another family's and left out) [default: primary, the node's primary
+    /// address, as kube-proxy's nftables mode].
+    #[arg(
+        long,
+        env = "KXDP_NODEPORT_ADDRESSES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub nodeport_addresses: Vec<String>,
     /// Where to write the node's pod network for the CNI plugin (`kxdp-cni`), as flannel
     /// writes /run/flannel/subnet.env [default: /run/kxdp/subnet.env].
     #[arg(long, env = "KXDP_SUBNET_FILE", value_name = "FILE")]
@@ -132,6 +144,9 @@ pub struct AgentConfig {
     pub admin: AdminAddr,
     /// The metrics listener's address.
     pub metrics: AdminAddr,
+    /// `--nodeport-addresses`: NodePorts answer on the node's addresses inside these; `None`:
+    /// on the primary address only.
+    pub nodeport_addresses: Option<Vec<Ipv4Cidr>>,
     /// Where the node's pod network is written for the CNI plugin.
     pub subnet_file: PathBuf,
     /// Conntrack capacity.
@@ -278,6 +293,12 @@ impl AgentArgs {
                 ));
             }
         }
+        let nodeport_addresses = parse_nodeport_addresses(if self.nodeport_addresses.is_empty() {
+            &file.nodeport_addresses
+        } else {
+            &self.nodeport_addresses
+        })
+        .map_err(|e| config_error("--nodeport-addresses", e))?;
         let json_logs = match self.log_format.or(file.log_format).as_deref() {
             None | Some("text") => false,
             Some("json") => true,
@@ -313,6 +334,7 @@ impl AgentArgs {
             pod_mtu,
             admin,
             metrics,
+            nodeport_addresses,
             subnet_file: self
                 .subnet_file
                 .or(file.subnet_file)
@@ -350,6 +372,30 @@ fn check_host_interface(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `--nodeport-addresses`' list: `None` for the default (nothing given, or `primary`), else
+/// the IPv4 CIDRs (IPv6 ones are skipped, as kube-proxy leaves each family's to its proxier).
+fn parse_nodeport_addresses(list: &[String]) -> Result<Option<Vec<Ipv4Cidr>>, String> {
+    let list: Vec<&str> = list
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.is_empty() || list == ["primary"] {
+        return Ok(None);
+    }
+    let mut cidrs = Vec::new();
+    for text in list {
+        if text == "primary" {
+            return Err("\"primary\" cannot be combined with CIDRs".into());
+        }
+        if text.contains(':') && text.contains('/') {
+            continue;
+        }
+        cidrs.push(kxdp_control::model::parse_cidr(text).map_err(|e| e.to_string())?);
+    }
+    Ok(Some(cidrs))
 }
 
 /// The largest pod MTU the workers carry whole: the largest frame their ports take, less its
@@ -615,7 +661,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_flag() {
         type Edit = fn(&mut AgentArgs);
-        let cases: [(Edit, &str); 11] = [
+        let cases: [(Edit, &str); 13] = [
             (|a| a.node = None, "--node"),
             (|a| a.mode = Some("spin".into()), "--mode"),
             (
@@ -651,6 +697,14 @@ mod tests {
                 |a| a.host_interface = Some("kx0123456789ab".into()),
                 "--host-interface",
             ),
+            (
+                |a| a.nodeport_addresses = vec!["198.18.0.0/15".into(), "10.1.2".into()],
+                "--nodeport-addresses: \"10.1.2\"",
+            ),
+            (
+                |a| a.nodeport_addresses = vec!["primary".into(), "10.0.0.0/8".into()],
+                "--nodeport-addresses",
+            ),
         ];
         for (edit, flag) in cases {
             let mut a = args();
@@ -658,5 +712,43 @@ mod tests {
             let e = a.resolve().unwrap_err().to_string();
             assert!(e.contains(flag), "{flag}: {e}");
         }
+    }
+
+    #[test]
+    fn nodeport_addresses_default_to_the_primary_address_and_take_cidrs() {
+        assert_eq!(args().resolve().unwrap().nodeport_addresses, None);
+        let mut a = args();
+        a.nodeport_addresses = vec!["primary".into()];
+        assert_eq!(a.resolve().unwrap().nodeport_addresses, None);
+        let mut a = args();
+        a.nodeport_addresses = vec![
+            "198.18.0.0/15".into(),
+            " 10.0.0.0/8".into(),
+            "fd00::/64".into(),
+        ];
+        let c = a.resolve().unwrap();
+        assert_eq!(
+            c.nodeport_addresses,
+            Some(vec![
+                Ipv4Cidr::new(std::net::Ipv4Addr::new(198, 18, 0, 0), 15),
+                Ipv4Cidr::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8),
+            ])
+        );
+        // From the config file, as a YAML list.
+        let dir = std::env::temp_dir().join(format!("kxdp-npa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.yaml");
+        std::fs::write(&file, "node: n\nnodeport-addresses: [0.0.0.0/0]\n").unwrap();
+        let c = AgentArgs {
+            config: Some(file),
+            ..AgentArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.nodeport_addresses,
+            Some(vec![Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0)])
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

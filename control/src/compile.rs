@@ -69,6 +69,45 @@ pub struct Compiled {
     pub services_compiled: usize,
     /// Objects left out, each with why.
     pub problems: Vec<String>,
+    /// The health-check node ports to serve, one per LoadBalancer service with
+    /// `externalTrafficPolicy: Local`.
+    pub health_checks: Vec<HealthCheck>,
+}
+
+/// One service's health-check node port and what it answers: kube-proxy's
+/// `ServiceHealthServer` input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The service's key, `namespace/name`.
+    pub service: String,
+    /// `spec.healthCheckNodePort`.
+    pub port: u16,
+    /// This node's ready endpoints of the service, each address once (an endpoint on two
+    /// ports is one), as kube-proxy's `LocalReadyEndpoints` counts them.
+    pub local_endpoints: usize,
+}
+
+/// The health-check node ports of `model`'s services, for node `this_node`.
+pub fn health_checks(model: &Model, this_node: &str) -> Vec<HealthCheck> {
+    model
+        .services()
+        .iter()
+        .filter_map(|(key, info)| {
+            let port = info.health_check_node_port?;
+            let local: BTreeSet<Ipv4Addr> = model
+                .slices_of(key)
+                .filter(|s| !s.ports.is_empty())
+                .flat_map(|s| &s.endpoints)
+                .filter(|e| e.ready && e.node.as_deref() == Some(this_node))
+                .map(|e| e.ip)
+                .collect();
+            Some(HealthCheck {
+                service: key.clone(),
+                port,
+                local_endpoints: local.len(),
+            })
+        })
+        .collect()
 }
 
 /// A service's compiled ports, the frontends they claimed and their endpoints.
@@ -95,7 +134,8 @@ pub struct Compiler {
     endpoint_users: HashMap<(Ipv4Addr, u8, u16), u32>,
     draining: BTreeSet<(Ipv4Addr, u8, u16)>,
     interfaces: InterfaceNumbers,
-    node_ips: Vec<Ipv4Addr>,
+    /// The addresses NodePorts were claimed on.
+    nodeport_ips: Vec<Ipv4Addr>,
     /// This node's `topology.kubernetes.io/zone`, as the last compile saw it.
     zone: Option<String>,
     generation: u64,
@@ -181,7 +221,7 @@ impl Compiler {
     pub fn new(settings: NodeSettings) -> Compiler {
         let first = settings.node.uplink.0.max(settings.node.host.0) + 1;
         Compiler {
-            node_ips: settings.node.node_ips.clone(),
+            nodeport_ips: settings.node.nodeport_ips().to_vec(),
             settings,
             services: BTreeMap::new(),
             last: None,
@@ -239,9 +279,9 @@ impl Compiler {
         let node = self.node_config(model)?;
         let changes = model.take_changes();
         let mut problems = Vec::new();
-        if node.node_ips != self.node_ips {
-            // NodePorts are claimed per node address: reclaim them all.
-            self.node_ips = node.node_ips.clone();
+        if node.nodeport_ips() != self.nodeport_ips.as_slice() {
+            // NodePorts are claimed per NodePort address: reclaim them all.
+            self.nodeport_ips = node.nodeport_ips().to_vec();
             let all: Vec<String> = self.services.keys().cloned().collect();
             self.conflicted.extend(all);
         }
@@ -337,6 +377,7 @@ impl Compiler {
             flush_udp,
             services_compiled: dirty.len(),
             problems,
+            health_checks: health_checks(model, &self.settings.node.name),
         })
     }
 
@@ -419,7 +460,7 @@ impl Compiler {
             if let Some(np) = p.node_port {
                 candidates.push((
                     frontend(FrontendKind::NodePort, None, np),
-                    node.node_ips.clone(),
+                    node.nodeport_ips().to_vec(),
                 ));
             }
             for ip in &info.external_ips {

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -49,6 +50,10 @@ pub const SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 pub const HEADLESS: &str = "service.kubernetes.io/headless";
 /// The label joining an EndpointSlice to its Service.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// The annotation the endpoints controllers set on an EndpointSlice (and Endpoints): when the
+/// change behind its last update happened (a pod became ready, a service changed). kube-proxy
+/// measures network programming latency from it.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// A pod's MAC, when the CNI plugin chose one other than the one derived from its address.
 pub const POD_MAC: &str = "kxdp.io/mac";
 /// flannel's annotations, shared so kxdp and flannel nodes form one overlay.
@@ -103,6 +108,10 @@ pub struct ServiceInfo {
     pub client_ip_affinity: Option<u32>,
     /// `spec.loadBalancerSourceRanges` (IPv4; IPv6 ranges are another family's).
     pub source_ranges: Vec<Ipv4Cidr>,
+    /// `spec.healthCheckNodePort`, for a LoadBalancer service with `externalTrafficPolicy:
+    /// Local` (the API server allocates it): the node answers load balancers' health checks
+    /// on it.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// One endpoint address of a slice.
@@ -134,6 +143,8 @@ pub struct SliceInfo {
     pub ports: Vec<(String, u8, u16)>,
     /// Endpoint addresses.
     pub endpoints: Vec<EndpointInfo>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation, if it parses.
+    pub trigger_time: Option<SystemTime>,
 }
 
 /// What kxdp reads from a Node.
@@ -403,6 +414,14 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
             ))
         }
     };
+    let external_local = external && spec.external_traffic_policy.as_deref() == Some("Local");
+    // As kube-proxy: only a LoadBalancer service with the Local policy has its port served.
+    let health_check_node_port = match spec.health_check_node_port {
+        Some(n) if kind == "LoadBalancer" && external_local => {
+            Some(port(&object, "spec.healthCheckNodePort", n)?)
+        }
+        _ => None,
+    };
     // As kube-proxy reads them: spaces trimmed, host bits masked (the API server has accepted
     // both), IPv6 ranges left to that family.
     let mut source_ranges = Vec::new();
@@ -432,9 +451,10 @@ pub fn service_from(svc: &Service) -> Result<Option<ServiceInfo>, ObjectError> {
         external_ips,
         load_balancer_ips,
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        external_local: external && spec.external_traffic_policy.as_deref() == Some("Local"),
+        external_local,
         client_ip_affinity,
         source_ranges,
+        health_check_node_port,
     }))
 }
 
@@ -484,10 +504,17 @@ pub fn slice_from(slice: &EndpointSlice) -> Result<Option<SliceInfo>, ObjectErro
             });
         }
     }
+    // A trigger time that does not parse is only a metric lost: the slice still serves.
+    let trigger_time = slice
+        .annotations()
+        .get(LAST_CHANGE_TRIGGER_TIME)
+        .and_then(|t| k8s_openapi::chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(SystemTime::from);
     Ok(Some(SliceInfo {
         service: key(&ns, service),
         ports,
         endpoints,
+        trigger_time,
     }))
 }
 
@@ -673,6 +700,8 @@ pub struct Model {
     dirty_services: HashSet<String>,
     nodes_dirty: bool,
     pods_dirty: bool,
+    /// Trigger times of slice changes not yet taken ([`Model::take_trigger_times`]).
+    trigger_times: Vec<SystemTime>,
 }
 
 impl Model {
@@ -693,10 +722,16 @@ impl Model {
     /// Set (or with `None` remove) EndpointSlice `key`; returns whether anything changed.
     pub fn set_slice(&mut self, key: &str, info: Option<SliceInfo>) -> bool {
         let old_service = self.slices.get(key).map(|s| s.service.clone());
+        let old_trigger = self.slices.get(key).and_then(|s| s.trigger_time);
         let new_service = info.as_ref().map(|s| s.service.clone());
+        let new_trigger = info.as_ref().and_then(|s| s.trigger_time);
         let changed = set(&mut self.slices, key, info);
         if !changed {
             return false;
+        }
+        // As kube-proxy: a change that carries a new trigger time is measured once.
+        if let Some(t) = new_trigger.filter(|t| Some(*t) != old_trigger) {
+            self.trigger_times.push(t);
         }
         if let Some(s) = old_service {
             if let Some(set) = self.slices_by_service.get_mut(&s) {
@@ -783,6 +818,13 @@ impl Model {
             nodes: std::mem::take(&mut self.nodes_dirty),
             pods: std::mem::take(&mut self.pods_dirty),
         }
+    }
+
+    /// The trigger times (`endpoints.kubernetes.io/last-change-trigger-time`) of the slice
+    /// changes since the last call: once these changes are live, each is one observation of
+    /// the network programming latency.
+    pub fn take_trigger_times(&mut self) -> Vec<SystemTime> {
+        std::mem::take(&mut self.trigger_times)
     }
 
     /// Whether nothing changed since the last [`Model::take_changes`].

@@ -575,6 +575,7 @@ pub fn trace_settings(
         node: NodeConfig {
             name: name.to_owned(),
             node_ips: vec![],
+            nodeport_ips: None,
             uplink_subnet: Ipv4Cidr::new(net, 24),
             uplink_gateway: Some(router),
             pod_cidr: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),

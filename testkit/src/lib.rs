@@ -107,6 +107,7 @@ impl Default for Topology {
         let node = NodeConfig {
             name: "node-a".into(),
             node_ips: vec![Ipv4Addr::new(198, 18, 0, 1)],
+            nodeport_ips: None,
             uplink_subnet: Ipv4Cidr::new(Ipv4Addr::new(198, 18, 0, 0), 24),
             uplink_gateway: Some(Ipv4Addr::new(198, 18, 0, 254)),
             pod_cidr: Ipv4Cidr::new(Ipv4Addr::new(10, 244, 1, 0), 24),

@@ -56,6 +56,7 @@ fn two_kxdp_nodes_carry_pod_traffic_over_vxlan() {
         node: NodeConfig {
             name: "node-b".into(),
             node_ips: vec![nb.ip],
+            nodeport_ips: None,
             pod_cidr: Ipv4Cidr::new(nb.pod_net, 24),
             gateway_ip: nb.gateway,
             uplink_mac: mac_b,

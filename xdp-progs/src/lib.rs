@@ -420,7 +420,7 @@ impl Steering {
             let spec = port.spec();
             for fe in &spec.frontends {
                 let addrs: &[Ipv4Addr] = match (fe.kind, &fe.ip) {
-                    (FrontendKind::NodePort, _) | (_, None) => &node.node_ips,
+                    (FrontendKind::NodePort, _) | (_, None) => node.nodeport_ips(),
                     (_, Some(ip)) => std::slice::from_ref(ip),
                 };
                 for addr in addrs {

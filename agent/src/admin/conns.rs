@@ -152,6 +152,11 @@ impl Connections {
         }
     }
 
+    /// The limits it holds connections to.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

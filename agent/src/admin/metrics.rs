@@ -327,6 +327,46 @@ impl Collector for AgentCollector {
             latency_sum,
             &latency,
         )?;
+        let (sync, programming, last_sync) = {
+            let inner = lock(&state.inner);
+            let last = inner.last_updated.map_or(0.0, |t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            });
+            (
+                inner.sync_durations.clone(),
+                inner.programming.clone(),
+                last,
+            )
+        };
+        histogram(
+            enc,
+            "kxdp_sync_duration",
+            "how long a publish took, compiling the changes and making the tables live \
+             (mirrors kube-proxy's sync_proxy_rules_duration_seconds)",
+            Some(&Unit::Seconds),
+            sync.sum(),
+            &sync.buckets(),
+        )?;
+        histogram(
+            enc,
+            "kxdp_network_programming_duration",
+            "from an EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time to its \
+             change live in the workers, one observation per slice change that carries it \
+             (mirrors kube-proxy's network_programming_duration_seconds)",
+            Some(&Unit::Seconds),
+            programming.sum(),
+            &programming.buckets(),
+        )?;
+        gauge(
+            enc,
+            "kxdp_last_sync_timestamp",
+            "when tables last went live, Unix time; 0 before the first \
+             (mirrors kube-proxy's sync_proxy_rules_last_timestamp_seconds)",
+            Some(&Unit::Seconds),
+            last_sync,
+        )?;
 
         let listeners: Vec<Arc<Connections>> = lock(&state.listeners).clone();
         let by_listener = |f: fn(&Connections) -> u64| {
@@ -428,6 +468,9 @@ mod tests {
         ]);
         let snap = kxdp_testkit::Topology::with_services(2, 2).snapshot();
         state.published(Arc::new(snap), Duration::from_millis(3), vec![]);
+        state.synced_in(Duration::from_micros(300));
+        let live = std::time::SystemTime::now();
+        state.programmed(&[live - Duration::from_secs(2)], live);
         state.set_source(true, 2, Some("cluster.yaml: document 1: broken".into()));
         state.add_listener(Arc::new(Connections::new(
             "metrics",
@@ -511,6 +554,27 @@ mod tests {
         );
         assert_eq!(value(&m, "kxdp_snapshot_update_latency_seconds_count"), 1.0);
         assert_eq!(value(&m, "kxdp_snapshot_updates_total"), 1.0);
+        assert_eq!(value(&m, "kxdp_sync_duration_seconds_count"), 1.0);
+        assert!(value(&m, "kxdp_last_sync_timestamp_seconds") > 1.7e9);
+        // One slice change with a trigger time 2 s before its tables went live.
+        assert_eq!(
+            value(
+                &m,
+                "kxdp_network_programming_duration_seconds_bucket{le=\"1.0\"}"
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &m,
+                "kxdp_network_programming_duration_seconds_bucket{le=\"2.0\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(&m, "kxdp_network_programming_duration_seconds_count"),
+            1.0
+        );
         assert_eq!(value(&m, "kxdp_source_errors_total"), 2.0);
         assert_eq!(value(&m, "kxdp_ready"), 1.0);
         assert_eq!(value(&m, "kxdp_up"), 1.0);

@@ -3,7 +3,7 @@
 //! Two listeners, as kube-proxy and Cilium's agent split theirs:
 //!
 //! - **metrics** (`--metrics-address`, default TCP `127.0.0.1:9901`): `/metrics`, `/healthz`,
-//!   `/readyz`, for Prometheus and the kubelet. Any local user can reach it; it shows counts,
+//!   `/livez`, `/readyz`, for Prometheus and the kubelet. Any local user can reach it; it shows counts,
 //!   never addresses or flows.
 //! - **debug** (`--admin`, default the Unix socket `/run/kxdp/admin.sock`, mode 0600 in a
 //!   0700 directory when the agent creates it): those three and the JSON views under `/api/`,
@@ -12,7 +12,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/healthz` | 200 while the dataplane runs (or has yet to start), 503 once it stopped |
+//! | `/healthz`, `/livez` | kube-proxy's proxier health ([`health`]): 200 with `{"lastUpdated", "currentTime"}`, 503 once the dataplane stopped or a change has waited 60 s to go live |
 //! | `/readyz` | 200 once the first snapshot is live, 503 with the reason before |
 //! | `/metrics` | Prometheus text 0.0.4 ([`metrics`]): drops per reason, events, rx/tx per worker and per interface, batch sizes, conntrack size and pressure, snapshot generation and update latency, source errors, admin connections, `kxdp_build_info`, `process_*` |
 //! | `/api/status` | [`StatusView`] (debug listener only, as every `/api/` path) |
@@ -37,6 +37,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub mod client;
 pub mod conns;
 mod encode;
+pub mod health;
 pub mod listen;
 pub mod metrics;
 pub mod process;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -54,13 +54,14 @@ fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
-type Body = Full<Bytes>;
+/// A response's body.
+pub type Body = Full<Bytes>;
 
 /// The most flows one `/api/conntrack` answer lists (the default is 100); `matched` still
 /// counts them all.
 pub const MAX_FLOWS_LISTED: usize = 10_000;
 
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+pub(crate) fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
@@ -104,16 +105,20 @@ pub fn handle(
     }
     let params = query_params(query);
     match path {
-        "/healthz" => {
-            if state.stopped.load(Relaxed) {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    "dataplane stopped\n".into(),
-                )
+        // kube-proxy's proxier health (pkg/proxy/healthcheck/proxier_health.go).
+        "/healthz" | "/livez" => {
+            let health = state.proxy_health(std::time::SystemTime::now(), Instant::now());
+            let status = if health.healthy {
+                StatusCode::OK
             } else {
-                reply(StatusCode::OK, "text/plain", "ok\n".into())
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let mut r = reply(status, "application/json", health.json());
+            r.headers_mut().insert(
+                "x-content-type-options",
+                hyper::header::HeaderValue::from_static("nosniff"),
+            );
+            r
         }
         "/readyz" => {
             if state.ready() && !state.stopped.load(Relaxed) {
@@ -207,10 +212,24 @@ fn trace_live(
     trace(&snap, &input).map_err(|e| e.to_string())
 }
 
+/// What answers a listener's requests: method, path, query to the response.
+pub type Handler =
+    Arc<dyn Fn(&hyper::Method, &str, Option<&str>) -> Response<Body> + Send + Sync + 'static>;
+
 /// Serve `listener` as a `scope` listener within `limits` until the task is dropped.
 pub async fn serve(listener: Listener, state: Arc<AdminState>, scope: Scope, limits: Limits) {
     let connections = Arc::new(Connections::new(scope.name(), limits));
     state.add_listener(Arc::clone(&connections));
+    let handler: Handler =
+        Arc::new(move |method, path, query| handle(&state, scope, method, path, query));
+    serve_with(listener, connections, handler).await;
+}
+
+/// Serve `listener` with `handler`, within the limits of `connections` (the listener's table),
+/// until the task is dropped. Each answer is made on the blocking pool.
+pub async fn serve_with(listener: Listener, connections: Arc<Connections>, handler: Handler) {
+    let name = connections.name;
+    let limits = connections.limits();
     let reaper = tokio::spawn(Arc::clone(&connections).reap());
     let _reaper = AbortOnDrop(reaper.abort_handle());
     let http = {
@@ -230,18 +249,18 @@ pub async fn serve(listener: Listener, state: Arc<AdminState>, scope: Scope, lim
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and the like: the limits keep the agent far from them, but never spin.
-                tracing::warn!(listener = scope.name(), error = %e, "admin API: accept failed");
+                tracing::warn!(listener = name, error = %e, "admin API: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let state = Arc::clone(&state);
+        let handler = Arc::clone(&handler);
         let http = Arc::clone(&http);
         connections.admit(move |ticket| {
             tokio::spawn(async move {
                 match conn {
-                    Conn::Tcp(s) => connection(&http, s, state, scope, ticket).await,
-                    Conn::Unix(s) => connection(&http, s, state, scope, ticket).await,
+                    Conn::Tcp(s) => connection(&http, s, handler, name, ticket).await,
+                    Conn::Unix(s) => connection(&http, s, handler, name, ticket).await,
                 }
             })
             .abort_handle()
@@ -253,8 +272,8 @@ pub async fn serve(listener: Listener, state: Arc<AdminState>, scope: Scope, lim
 async fn connection<S>(
     http: &hyper::server::conn::http1::Builder,
     stream: S,
-    state: Arc<AdminState>,
-    scope: Scope,
+    handler: Handler,
+    name: &'static str,
     ticket: Ticket,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -263,22 +282,21 @@ async fn connection<S>(
     let seen = Arc::clone(&ticket);
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         seen.request();
-        let state = Arc::clone(&state);
+        let handler = Arc::clone(&handler);
         let (method, uri) = (req.method().clone(), req.uri().clone());
         // An answer may walk all of conntrack or render every metric: on the blocking pool,
         // never on a thread the agent's loop and the other connections need.
         async move {
-            let answer = tokio::task::spawn_blocking(move || {
-                handle(&state, scope, &method, uri.path(), uri.query())
-            })
-            .await
-            .unwrap_or_else(|e| {
-                reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("the request failed: {e}\n"),
-                )
-            });
+            let answer =
+                tokio::task::spawn_blocking(move || handler(&method, uri.path(), uri.query()))
+                    .await
+                    .unwrap_or_else(|e| {
+                        reply(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "text/plain",
+                            format!("the request failed: {e}\n"),
+                        )
+                    });
             Ok::<_, std::convert::Infallible>(answer)
         }
     });
@@ -287,7 +305,7 @@ async fn connection<S>(
         if e.is_timeout() {
             ticket.timed_out();
         }
-        tracing::debug!(listener = scope.name(), error = %e, "admin API connection");
+        tracing::debug!(listener = name, error = %e, "admin API connection");
     }
 }
 

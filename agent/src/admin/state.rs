@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use hdrhistogram::Histogram;
@@ -24,6 +24,7 @@ use kxdp_xdp::worker::{IoCounter, IoValues, BATCH_BUCKET_BOUNDS};
 use kxdp_xdp::{Decisions, XdpDecision};
 
 use super::conns::Connections;
+use super::health::{Buckets, ProxyHealth, PROGRAMMING_BUCKETS, SYNC_BUCKETS};
 use super::lock;
 use super::views::{
     BatchSizeView, ConntrackFillView, CountersView, FlowFilter, FlowView, FlowsView, InterfaceView,
@@ -76,6 +77,14 @@ pub(super) struct Inner {
     pub(super) latency_sum: Duration,
     pub(super) neighbors: [usize; 2],
     pub(super) draining: usize,
+    /// When the oldest change not yet live was noticed (kube-proxy's `oldestPendingQueued`).
+    pub(super) pending_since: Option<Instant>,
+    /// When tables last went live.
+    pub(super) last_updated: Option<SystemTime>,
+    /// How long each publish (compile and swap) took.
+    pub(super) sync_durations: Buckets,
+    /// Trigger time to live, per slice change that carried one.
+    pub(super) programming: Buckets,
 }
 
 impl Inner {
@@ -117,6 +126,10 @@ impl AdminState {
                 latency_sum: Duration::ZERO,
                 neighbors: [0; 2],
                 draining: 0,
+                pending_since: None,
+                last_updated: None,
+                sync_durations: Buckets::new(&SYNC_BUCKETS),
+                programming: Buckets::new(&PROGRAMMING_BUCKETS),
             }),
             listeners: Mutex::new(Vec::new()),
         }
@@ -142,6 +155,43 @@ impl AdminState {
         inner.latency_sum += latency;
         inner.problems = problems;
         inner.publish_error = None;
+        inner.pending_since = None;
+        inner.last_updated = Some(SystemTime::now());
+    }
+
+    /// A change was noticed at `at` and waits to go live (kube-proxy's `QueuedUpdate`): the
+    /// oldest one waiting is kept until a snapshot goes live.
+    pub fn queued(&self, at: Instant) {
+        lock(&self.inner).pending_since.get_or_insert(at);
+    }
+
+    /// The proxier's health at `now` (`wall` by the wall clock), as `/healthz` answers it.
+    pub fn proxy_health(&self, wall: SystemTime, now: Instant) -> ProxyHealth {
+        let inner = lock(&self.inner);
+        ProxyHealth::at(
+            now,
+            wall,
+            inner.pending_since,
+            inner.last_updated,
+            self.stopped.load(Relaxed),
+        )
+    }
+
+    /// A publish took `took` (compiling and making the tables live), as kube-proxy's
+    /// `sync_proxy_rules_duration_seconds` measures a sync.
+    pub fn synced_in(&self, took: Duration) {
+        lock(&self.inner).sync_durations.observe(took.as_secs_f64());
+    }
+
+    /// The tables went live at `live` with slice changes triggered at `triggers`: one
+    /// programming-latency observation each (a trigger time in the future, a skewed clock,
+    /// counts as zero).
+    pub fn programmed(&self, triggers: &[SystemTime], live: SystemTime) {
+        let mut inner = lock(&self.inner);
+        for t in triggers {
+            let latency = live.duration_since(*t).unwrap_or_default();
+            inner.programming.observe(latency.as_secs_f64());
+        }
     }
 
     /// The source's state: whether it has listed everything once, the errors it has had so

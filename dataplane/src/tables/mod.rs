@@ -50,8 +50,12 @@ pub struct NodeConfig {
     /// Kubernetes node name.
     pub name: String,
     /// The node's addresses on the underlay; the first is the VXLAN source and the egress
-    /// masquerade address. NodePorts answer on all of them.
+    /// masquerade address.
     pub node_ips: Vec<Ipv4Addr>,
+    /// The addresses NodePorts answer on (kube-proxy's `--nodeport-addresses`, resolved to
+    /// the node's addresses inside those CIDRs); `None`: the primary address only, as
+    /// kube-proxy's nftables mode does by default. See [`NodeConfig::nodeport_ips`].
+    pub nodeport_ips: Option<Vec<Ipv4Addr>>,
     /// The underlay subnet of the uplink: destinations inside it are neighbours.
     pub uplink_subnet: Ipv4Cidr,
     /// The uplink's default gateway, for destinations outside the cluster and the subnet.
@@ -105,6 +109,16 @@ impl NodeConfig {
     #[inline]
     pub fn primary_ip(&self) -> Ipv4Addr {
         self.node_ips[0]
+    }
+
+    /// The addresses NodePorts answer on: those configured, else the primary address (none
+    /// when `node_ips` is empty, which a snapshot refuses).
+    #[inline]
+    pub fn nodeport_ips(&self) -> &[Ipv4Addr] {
+        match &self.nodeport_ips {
+            Some(ips) => ips,
+            None => self.node_ips.get(..1).unwrap_or(&[]),
+        }
     }
 
     /// Whether a client is inside the cluster as kube-proxy sees it: this node's own stack
@@ -452,10 +466,18 @@ impl Snapshot {
         }
 
         let services = match previous {
-            Some(prev) => prev
-                .services
-                .updated(services, &node.node_ips, &draining_endpoints)?,
-            None => ServiceTable::new(services, &node.node_ips, &draining_endpoints)?,
+            Some(prev) => prev.services.updated(
+                services,
+                &node.node_ips,
+                node.nodeport_ips(),
+                &draining_endpoints,
+            )?,
+            None => ServiceTable::new(
+                services,
+                &node.node_ips,
+                node.nodeport_ips(),
+                &draining_endpoints,
+            )?,
         };
         let neighbors: FastMap<u32, MacAddr> = neighbors
             .into_iter()

@@ -470,6 +470,8 @@ pub struct ServiceTable {
     /// stale one costs a hash lookup, and the next full build clears it.
     backend_ports: Box<[u64]>,
     node_ips: Vec<Ipv4Addr>,
+    /// The node addresses NodePorts are expanded on (a subset of `node_ips`).
+    nodeport_ips: Vec<Ipv4Addr>,
     /// Every ClusterIP, external IP and load-balancer address that is not one of `node_ips`,
     /// with how many frontends use it: a packet to one on a port or protocol no service has
     /// is rejected ([`ServiceTable::is_service_addr`]).
@@ -480,12 +482,14 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
-    /// Index `ports`; NodePorts are expanded on every address in `node_ips`. `draining` lists
+    /// Index `ports`; NodePorts are expanded on every address in `nodeport_ips` (the node's
+    /// other addresses, `node_ips`, get none: what they receive stays the node's). `draining` lists
     /// endpoints (address, protocol, port) that left every service but whose flows still get
     /// their replies translated (see [`ServiceTable::is_backend`]).
     pub fn new(
         ports: Vec<Arc<ServicePort>>,
         node_ips: &[Ipv4Addr],
+        nodeport_ips: &[Ipv4Addr],
         draining: &[(Ipv4Addr, u8, u16)],
     ) -> Result<Self, ServiceTableError> {
         let mut t = ServiceTable {
@@ -494,6 +498,7 @@ impl ServiceTable {
             backends: FastMap::default(),
             backend_ports: vec![0u64; 65536 / 64].into_boxed_slice(),
             node_ips: node_ips.to_vec(),
+            nodeport_ips: nodeport_ips.to_vec(),
             addrs: FastMap::default(),
             draining: draining.to_vec(),
             churn: 0,
@@ -517,10 +522,14 @@ impl ServiceTable {
         &self,
         ports: Vec<Arc<ServicePort>>,
         node_ips: &[Ipv4Addr],
+        nodeport_ips: &[Ipv4Addr],
         draining: &[(Ipv4Addr, u8, u16)],
     ) -> Result<Self, ServiceTableError> {
-        if node_ips != self.node_ips.as_slice() || draining != self.draining.as_slice() {
-            return ServiceTable::new(ports, node_ips, draining);
+        if node_ips != self.node_ips.as_slice()
+            || nodeport_ips != self.nodeport_ips.as_slice()
+            || draining != self.draining.as_slice()
+        {
+            return ServiceTable::new(ports, node_ips, nodeport_ips, draining);
         }
         let ptr = |p: &Arc<ServicePort>| Arc::as_ptr(p) as usize;
         let wanted: FastMap<usize, ()> = ports.iter().map(|p| (ptr(p), ())).collect();
@@ -541,7 +550,7 @@ impl ServiceTable {
                 .cloned()
                 .collect();
             all.extend(added);
-            return ServiceTable::new(all, node_ips, draining);
+            return ServiceTable::new(all, node_ips, nodeport_ips, draining);
         }
         let mut t = ServiceTable {
             index: self.index.clone(),
@@ -549,6 +558,7 @@ impl ServiceTable {
             backends: self.backends.clone(),
             backend_ports: self.backend_ports.clone(),
             node_ips: self.node_ips.clone(),
+            nodeport_ips: self.nodeport_ips.clone(),
             addrs: self.addrs.clone(),
             draining: self.draining.clone(),
             churn,
@@ -567,7 +577,7 @@ impl ServiceTable {
     fn frontend_ips<'a>(&'a self, fe: &'a Frontend) -> &'a [Ipv4Addr] {
         match &fe.ip {
             Some(ip) => core::slice::from_ref(ip),
-            None => &self.node_ips,
+            None => &self.nodeport_ips,
         }
     }
 
@@ -951,7 +961,7 @@ mod tests {
         let node_ips = [Ipv4Addr::new(198, 18, 0, 1)];
         let mut rng = Rng::with_seed(7);
         let mut ports: Vec<Arc<ServicePort>> = (0..40).map(|i| port(i, 3, 0)).collect();
-        let mut table = ServiceTable::new(ports.clone(), &node_ips, &[]).unwrap();
+        let mut table = ServiceTable::new(ports.clone(), &node_ips, &node_ips, &[]).unwrap();
         for round in 0..300u32 {
             // Replace, remove or add a few ports.
             for _ in 0..rng.usize(1..=3) {
@@ -967,8 +977,10 @@ mod tests {
                     (None, _) => ports.push(port(i, rng.u32(..5), round)),
                 }
             }
-            let updated = table.updated(ports.clone(), &node_ips, &[]).unwrap();
-            let fresh = ServiceTable::new(ports.clone(), &node_ips, &[]).unwrap();
+            let updated = table
+                .updated(ports.clone(), &node_ips, &node_ips, &[])
+                .unwrap();
+            let fresh = ServiceTable::new(ports.clone(), &node_ips, &node_ips, &[]).unwrap();
             assert_eq!(
                 view(&updated, &node_ips),
                 view(&fresh, &node_ips),
@@ -981,8 +993,24 @@ mod tests {
         let clash = Arc::new(ServicePort::new(ports[0].spec().clone()));
         dup.push(clash);
         assert!(matches!(
-            table.updated(dup, &node_ips, &[]),
+            table.updated(dup, &node_ips, &node_ips, &[]),
             Err(ServiceTableError::DuplicateFrontend { .. })
         ));
+    }
+    #[test]
+    fn node_ports_answer_only_on_the_nodeport_addresses() {
+        let allowed = Ipv4Addr::new(198, 18, 0, 1);
+        let other = Ipv4Addr::new(198, 19, 5, 1);
+        let node_ips = [allowed, other];
+        // Port 1's NodePort is 30001 (`port` numbers them 30000 + i).
+        let ports = vec![port(1, 2, 0)];
+        let table = ServiceTable::new(ports.clone(), &node_ips, &[allowed], &[]).unwrap();
+        assert!(table.lookup(allowed, 6, 30001).is_some());
+        assert!(table.lookup(other, 6, 30001).is_none());
+        // The other address is still the node's: not a service address to reject on.
+        assert!(!table.is_service_addr(other));
+        // An update that widens the addresses answers on both, as a fresh build does.
+        let wider = table.updated(ports, &node_ips, &node_ips, &[]).unwrap();
+        assert!(wider.lookup(other, 6, 30001).is_some());
     }
 }

@@ -821,3 +821,112 @@ fn the_demos_checks_pass_on_pods_the_cni_plugin_attached() {
         }
     }
 }
+
+/// A LoadBalancer service with the Local policy, its one endpoint (web-a) on node-a; its slice
+/// carries a trigger time.
+const LOCAL_LB: &str = "---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb, namespace: default}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.60
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32100
+  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata:
+  name: web-lb-1
+  namespace: default
+  labels: {kubernetes.io/service-name: web-lb}
+  annotations: {endpoints.kubernetes.io/last-change-trigger-time: \"2026-01-01T00:00:00Z\"}
+ports: [{name: http, protocol: TCP, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: node-a, conditions: {ready: true}}
+";
+
+/// `GET /` on `ip:port` from namespace `ns`, as a load balancer's health checker asks: the
+/// status, the `X-Load-Balancing-Endpoint-Weight` header and the body; `None` when nothing
+/// answers.
+fn health_check(ns: &str, ip: Ipv4Addr, port: u16) -> Option<(u16, String, String)> {
+    use std::io::{Read, Write};
+    kxdp_tests::cluster::in_netns(ns, || {
+        let addr = std::net::SocketAddr::from((ip, port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let weight = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-load-balancing-endpoint-weight")
+                    .then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        Some((status, weight, body.to_owned()))
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_local_load_balancers_health_check_port_follows_its_local_endpoint() {
+    if skip_unless_privileged("a_local_load_balancers_health_check_port_follows_its_local_endpoint")
+    {
+        return;
+    }
+    let manifest = MANIFEST.to_owned() + LOCAL_LB;
+    let mut c = AgentCluster::build(&manifest, &PODS).expect("the cluster builds");
+    c.start(120, &[]).expect("the agents start");
+    let (ext, _) = c.tb.external.clone().expect("an external client");
+    let (node_a, node_b) = (c.tb.nodes[0].ip, c.tb.nodes[1].ip);
+
+    // From outside, as a cloud load balancer asks: node-a has the endpoint, node-b none.
+    let (status, weight, body) = health_check(&ext, node_a, 32100)
+        .unwrap_or_else(|| panic!("node-a does not answer on 32100:\n{}", c.log(0)));
+    assert_eq!((status, weight.as_str()), (200, "1"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["service"]["namespace"], "default");
+    assert_eq!(v["service"]["name"], "web-lb");
+    assert_eq!(v["localEndpoints"], 1);
+    assert_eq!(v["serviceProxyHealthy"], true);
+    let (status, weight, _) = health_check(&ext, node_b, 32100)
+        .unwrap_or_else(|| panic!("node-b does not answer on 32100:\n{}", c.log(1)));
+    assert_eq!((status, weight.as_str()), (503, "0"));
+
+    // The one slice with a trigger time was measured once; the demo's slices have none.
+    let programmed = |c: &AgentCluster| {
+        let (_, m) = admin::get(&c.admin(0), "/metrics").unwrap();
+        metric(&m, "kxdp_network_programming_duration_seconds_count ")
+    };
+    assert_eq!(programmed(&c), 1.0);
+
+    // The endpoint stops being ready: node-a fails its check within a moment.
+    let not_ready = MANIFEST.to_owned() + &LOCAL_LB.replace("ready: true", "ready: false");
+    std::fs::write(&c.manifest, &not_ready).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || health_check(&ext, node_a, 32100)
+            .is_some_and(|(status, weight, _)| status == 503 && weight == "0")),
+        "node-a still passes its check: {:?}\n{}",
+        health_check(&ext, node_a, 32100),
+        c.log(0)
+    );
+    // The same trigger time again: no second observation.
+    assert_eq!(programmed(&c), 1.0);
+
+    // The service goes: so does its port.
+    std::fs::write(&c.manifest, MANIFEST).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || health_check(&ext, node_a, 32100).is_none()),
+        "32100 still answers:\n{}",
+        c.log(0)
+    );
+    assert!(c.log(0).contains("health check port closed"), "{}", c.log(0));
+}

@@ -211,7 +211,12 @@ fn a_local_user_flooding_the_metrics_listener_starves_neither_health_nor_pods() 
             ),
         }
     };
-    assert_eq!(answers(&c, "/healthz"), "ok\n");
+    // kube-proxy's proxier health: {"lastUpdated": ...,"currentTime": ...}.
+    for path in ["/healthz", "/livez"] {
+        let health: serde_json::Value = serde_json::from_str(&answers(&c, path)).unwrap();
+        assert!(health["lastUpdated"].is_string(), "{path}: {health}");
+        assert!(health["currentTime"].is_string(), "{path}: {health}");
+    }
 
     // 20,000 idle connections and 200 trickling ones, from user nobody.
     let mut attacker = Attacker::start(&node_ns, debug_path, 20_000, 200, 60);

@@ -444,7 +444,7 @@ fn the_agent_takes_its_command_line_and_config_file() {
     };
     for (what, probe, path) in [
         ("readiness", &agent.readiness_probe, "/readyz"),
-        ("liveness", &agent.liveness_probe, "/healthz"),
+        ("liveness", &agent.liveness_probe, "/livez"),
     ] {
         let get = probe
             .as_ref()

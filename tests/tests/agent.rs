@@ -912,8 +912,10 @@ fn a_local_load_balancers_health_check_port_follows_its_local_endpoint() {
     let not_ready = MANIFEST.to_owned() + &LOCAL_LB.replace("ready: true", "ready: false");
     std::fs::write(&c.manifest, &not_ready).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || health_check(&ext, node_a, 32100)
-            .is_some_and(|(status, weight, _)| status == 503 && weight == "0")),
+        eventually(Duration::from_secs(10), || health_check(
+            &ext, node_a, 32100
+        )
+        .is_some_and(|(status, weight, _)| status == 503 && weight == "0")),
         "node-a still passes its check: {:?}\n{}",
         health_check(&ext, node_a, 32100),
         c.log(0)
@@ -924,9 +926,16 @@ fn a_local_load_balancers_health_check_port_follows_its_local_endpoint() {
     // The service goes: so does its port.
     std::fs::write(&c.manifest, MANIFEST).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || health_check(&ext, node_a, 32100).is_none()),
+        eventually(Duration::from_secs(10), || health_check(
+            &ext, node_a, 32100
+        )
+        .is_none()),
         "32100 still answers:\n{}",
         c.log(0)
     );
-    assert!(c.log(0).contains("health check port closed"), "{}", c.log(0));
+    assert!(
+        c.log(0).contains("health check port closed"),
+        "{}",
+        c.log(0)
+    );
 }

@@ -560,14 +560,14 @@ mod tests {
         assert_eq!(
             value(
                 &m,
-                "kxdp_network_programming_duration_seconds_bucket{le=\"1.0\"}"
+                "kxdp_network_programming_duration_seconds_bucket{le=\"1\"}"
             ),
             0.0
         );
         assert_eq!(
             value(
                 &m,
-                "kxdp_network_programming_duration_seconds_bucket{le=\"2.0\"}"
+                "kxdp_network_programming_duration_seconds_bucket{le=\"2\"}"
             ),
             1.0
         );

@@ -54,10 +54,12 @@ perf-forward: deps
 perf-control: deps
 	cargo run --release --locked -p kxdp-perf --bin control_scale -- $(CONTROL_ARGS)
 
-# How soon the agent serves a pod's veth once it appears (root): RTM_NEWLINK to served and to
-# the first packet through it, p50/p99/max over VETH_ARGS="--runs N" pods (default 20).
+# How soon a pod attached by `kxdp-cni` (as a runtime calls it) is served by the agent (root):
+# ADD's return to served and to the pod's first packet through the dataplane, p50/p99/max
+# over VETH_ARGS="--runs N" pods (default 20).
 perf-veth: deps
 	cargo build --release --locked -p kxdp-agent --bin kxdp
+	cargo build --release --locked -p kxdp-cni --bin kxdp-cni
 	cargo run --release --locked -p kxdp-perf --bin veth_served -- $(VETH_ARGS)
 
 # kxdp against the kernel path (flannel VXLAN + kube-proxy nftables), side by side in one run,

@@ -1,22 +1,43 @@
-//! How soon `kxdp agent` serves a pod's veth once the CNI plugin creates it: the agent runs on
-//! node A of the agents' two-node cluster (`kxdp_tests::cluster`) with a manifest that already
-//! lists `--runs` extra pods on node A, none with a veth yet; then, one pod at a time, the veth
-//! is created as a CNI plugin does (the pair with its pod end in a fresh pod namespace, the pod
-//! end configured and pinging a pod of the node, then the host end set up), and three
-//! moments are taken:
+//! How soon a pod that `kxdp-cni` attaches is served by `kxdp agent`, and when its first
+//! packet is forwarded: the agent runs on node A of the agents' two-node cluster
+//! (`kxdp_tests::cluster`) with a manifest that already lists `--runs` extra pods on node A
+//! (as the API server lists a scheduled pod before its sandbox exists). Then, one pod at a
+//! time, the runtime's part is played: a fresh pod namespace with its loopback up, and the
+//! real plugin's `ADD` run in the node's namespace with the `CNI_*` environment and the
+//! network configuration on stdin (`kxdp_tests::cni`), exactly as a container runtime calls
+//! it. The pod's address in the manifest is the one the plugin's IPAM hands out (round
+//! robin from the node subnet's .2: run `i` gets 10.244.1.(2 + i), each pod being deleted
+//! before the next is added), predicted rather than written into the manifest after `ADD`,
+//! so that what is measured is the plugin and the agent's reaction to the link, not a
+//! manifest reload; the `ADD` result must carry the predicted address, else the run fails.
+//! Node A's demo pods are moved to 10.244.1.250 and .251, out of the plugin's way (the
+//! plugin does not know them: the test bed made their veths).
 //!
+//! The moments taken, per pod:
+//!
+//! - **ADD exec** and **ADD return**: around the plugin's process (`nsenter` and the
+//!   plugin, from spawn to exit, its result read);
 //! - **appeared** and **up**: the host end's `RTM_NEWLINK` notifications, as a netlink watcher
-//!   in the node's namespace receives them (the same notifications the agent follows);
+//!   in the node's namespace receives them (the same notifications the agent follows); the
+//!   plugin makes the pair, sets the node's end up, then configures the pod's end, so both
+//!   fall inside `ADD`;
 //! - **served**: the agent's `pod interface served` log line (XDP attached, every worker's
-//!   socket bound, the snapshot published), by its timestamp;
+//!   socket bound, the snapshot published), by its timestamp; it may come before `ADD`
+//!   returns (negative "ADD return -> served");
 //! - **first reply**: the first echo reply the new pod receives from the node's `client-a`
-//!   through the dataplane (`ping -D`, one probe every 2 ms from before the host end is up; the
-//!   pod's ARP retransmit time is 10 ms so a request lost before the veth was served is
-//!   repeated as soon as a probe would be).
+//!   through the dataplane (`ping -D`, one probe every 2 ms, started in the pod's namespace
+//!   the moment `ADD` returns, the pod as the plugin left it: its ARP retransmit time is the
+//!   kernel's default, so a first ARP request lost before the veth was served costs a second,
+//!   as it would cost a real pod), with the probe number that got it.
 //!
-//! It prints p50/p99/max of served and first reply, from appeared and from up. Needs root; the
-//! namespaces are removed at the end (and on a panic). Agents are `KXDP_BIN` or the `kxdp`
-//! beside this binary.
+//! Each pod is deleted by the plugin's `DEL` (with its `ADD` result as `prevResult`) and its
+//! namespace removed before the next; the run fails unless the plugin then holds no address
+//! and the node's end is gone. An error on the way, or a panic (the release profile aborts,
+//! so a panic hook does it), deletes the pod in flight too, then every namespace.
+//!
+//! It prints p50/p99/max of each span, how many pods were served before `ADD` returned, and
+//! the machine's load average before and after. Needs root. Agents are `KXDP_BIN` or the
+//! `kxdp` beside this binary, the plugin `KXDP_CNI_BIN` or the `kxdp-cni` beside it.
 //!
 //! `veth_served [--runs N]` (1 to 100, default 20)
 
@@ -24,16 +45,15 @@
 #![allow(clippy::print_stdout)]
 
 use std::net::Ipv4Addr;
-use std::process::{Command, ExitCode};
-use std::sync::mpsc;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use hdrhistogram::Histogram;
 use kxdp_agent::nodefacts::{self, NodeEvent};
-use kxdp_control::compile::{pod_interface_name, pod_mac};
-use kxdp_tests::cluster::{AgentCluster, DEMO_MANIFEST, DEMO_PODS};
-use kxdp_tests::node::mac_text;
+use kxdp_control::compile::pod_interface_name;
+use kxdp_tests::cluster::{set_pod_ips, AgentCluster, DEMO_MANIFEST, DEMO_PODS};
+use kxdp_tests::cni::{Attachment, Plugin};
 use kxdp_tests::testbed::{self, Testbed};
 
 const USAGE: &str = "usage: veth_served [--runs N] (1 to 100)";
@@ -128,41 +148,122 @@ fn watch_links(ns: &str) -> Result<mpsc::Receiver<(String, bool, f64)>, String> 
     Ok(rx)
 }
 
-/// One pod's moments, in seconds since the epoch.
+/// The first address the plugin's IPAM hands out on node A (10.244.1.0/24, gateway .1: see
+/// `cni/src/ipam.rs`); round robin, so the `i`th pod added (each deleted before the next) gets
+/// this plus `i`.
+const FIRST_PLUGIN_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+
+/// Node A's demo pods (`web-a`, `client-a`) moved to addresses the plugin does not reach in
+/// 100 runs.
+const MOVED_DEMO_PODS: [(Ipv4Addr, Ipv4Addr); 2] = [
+    (DEMO_PODS[0].2, Ipv4Addr::new(10, 244, 1, 250)),
+    (DEMO_PODS[1].2, Ipv4Addr::new(10, 244, 1, 251)),
+];
+
+/// The pod being measured: what deleting it takes.
+struct InFlight {
+    plugin: Plugin,
+    pod: String,
+    ns: String,
+    /// Its `ADD` result, once `ADD` returned.
+    attachment: Option<Attachment>,
+}
+
+/// At most one pod is attached at a time; the panic hook and [`DetachOnDrop`] find it here.
+static IN_FLIGHT: Mutex<Option<InFlight>> = Mutex::new(None);
+
+fn in_flight() -> std::sync::MutexGuard<'static, Option<InFlight>> {
+    IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `DEL` the pod in flight (if `ADD` returned) and remove its namespace; the first error.
+fn detach_in_flight() -> Result<(), String> {
+    let Some(pod) = in_flight().take() else {
+        return Ok(());
+    };
+    let deleted = match &pod.attachment {
+        Some(a) => pod.plugin.del(&pod.pod, a),
+        None => Ok(()),
+    };
+    let removed = ip(None, &["netns", "del", &pod.ns]);
+    deleted.and(removed)
+}
+
+/// Detaches the pod in flight when an error returns early.
+struct DetachOnDrop;
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        let _ = detach_in_flight();
+    }
+}
+
+/// A panic hook that deletes the pod in flight by the plugin (while the node's namespace is
+/// still there), then runs the hook installed before it (the test bed's, which removes the
+/// namespaces): the release profile aborts on a panic, so no `Drop` runs.
+fn detach_on_panic() {
+    let before = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Err(e) = detach_in_flight() {
+            eprintln!("panic: deleting the measured pod: {e}");
+        }
+        before(info);
+    }));
+}
+
+/// One pod's moments, in seconds since the epoch, and the probe its first reply answered.
 struct Run {
+    add_exec: f64,
+    add_return: f64,
     appeared: f64,
     up: f64,
     served: f64,
     first_reply: f64,
+    first_reply_seq: u32,
 }
 
-fn percentiles(label: &str, ms: &[f64]) -> String {
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    for v in ms {
-        let _ = h.record((v * 1000.0).max(1.0) as u64);
+/// Nearest-rank percentile `p` (0 to 1) of `sorted`, which is not empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A report line: `label`, then p50, p99 and max of `values` (which may be negative).
+fn percentiles(label: &str, values: &[f64]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return format!("{label:<30} (no values)");
     }
-    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     format!(
-        "{label:<28} {:>8.1} {:>8.1} {:>8.1}",
-        q(0.5),
-        q(0.99),
-        h.max() as f64 / 1000.0
+        "{label:<30} {:>8.1} {:>8.1} {:>8.1}",
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        sorted[sorted.len() - 1]
     )
+}
+
+/// The machine's load averages (1, 5 and 15 minutes), as `/proc/loadavg` has them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn run() -> Result<(), String> {
     let runs = parse_args()?;
     Testbed::remove_namespaces_on_panic();
-    // The demo cluster, and `runs` pods on node A that the API lists before their veths exist.
+    detach_on_panic();
+    // The demo cluster with node A's pods out of the plugin's range, and `runs` pods on node
+    // A that the API lists, at the addresses the plugin will give them, before they exist.
     let pods: Vec<(String, Ipv4Addr)> = (0..runs)
         .map(|i| {
-            (
-                format!("measured-{i}"),
-                Ipv4Addr::new(10, 244, 1, 100 + i as u8),
-            )
+            let ip = Ipv4Addr::from(u32::from(FIRST_PLUGIN_ADDRESS) + i);
+            (format!("measured-{i}"), ip)
         })
         .collect();
-    let mut manifest = DEMO_MANIFEST.to_owned();
+    let mut manifest = set_pod_ips(DEMO_MANIFEST, &MOVED_DEMO_PODS);
     for (name, ip) in &pods {
         manifest += &format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\n\
@@ -170,75 +271,106 @@ fn run() -> Result<(), String> {
              status: {{phase: Running, podIP: {ip}}}\n"
         );
     }
-    let mut c = AgentCluster::build(&manifest, &DEMO_PODS)?;
+    let demo_pods: Vec<(&str, usize, Ipv4Addr)> = DEMO_PODS
+        .iter()
+        .map(|&(name, node, ip)| {
+            let moved = MOVED_DEMO_PODS.iter().find(|(from, _)| *from == ip);
+            (name, node, moved.map_or(ip, |(_, to)| *to))
+        })
+        .collect();
+    let mut c = AgentCluster::build(&manifest, &demo_pods)?;
     let prefix = c.tb.prefix().to_owned();
-    let measured = measure(&mut c, &pods);
+    let load_before = load_average();
+    let measured = measure(&mut c, &pods, demo_pods[1].2);
+    let load_after = load_average();
     // The agent and the cluster's namespaces go with the cluster; the measured pods' too.
+    let detached = detach_in_flight();
     drop(c);
     Testbed::remove_namespaces(&prefix);
     let results = measured?;
-    report(&results);
+    detached?;
+    report(&results, &load_before, &load_after);
     Ok(())
 }
 
-/// Start node A's agent and time each pod's veth.
-fn measure(c: &mut AgentCluster, pods: &[(String, Ipv4Addr)]) -> Result<Vec<Run>, String> {
+/// Start node A's agent and time each pod's attachment by the plugin, pinging `target`.
+fn measure(
+    c: &mut AgentCluster,
+    pods: &[(String, Ipv4Addr)],
+    target: Ipv4Addr,
+) -> Result<Vec<Run>, String> {
     let node_ns = c.tb.nodes[0].ns.clone();
     let links = watch_links(&node_ns)?;
     let manifest_path = c.manifest.display().to_string();
-    c.start_node(0, 600, &["--manifest", &manifest_path])?;
+    c.start_node(0, 900, &["--manifest", &manifest_path])?;
     c.wait_ready(0, Duration::from_secs(30))?;
+    // The agent writes the subnet file the plugin reads once it knows node A's podCIDR.
+    let subnet_file = c.subnet_file(0);
+    let written = (0..200).any(|_| {
+        let exists = subnet_file.exists();
+        if !exists {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        exists
+    });
+    if !written {
+        return Err(format!(
+            "the agent wrote no subnet file {} within 10 s",
+            subnet_file.display()
+        ));
+    }
+    let plugin = c.plugin(0)?;
     let prefix = c.tb.prefix().to_owned();
-    let gateway = c.tb.nodes[0].gateway.to_string();
-    let target = DEMO_PODS[1].2.to_string();
+    let target = target.to_string();
 
     let mut results = Vec::new();
     for (i, (name, pod_ip)) in pods.iter().enumerate() {
         let host_side = pod_interface_name("default", name);
         let pod_ns = format!("{prefix}-m{i}");
+        // The runtime's sandbox: a namespace with its loopback up (the loopback plugin's
+        // part), made before `ADD` and not timed.
+        *in_flight() = Some(InFlight {
+            plugin: plugin.clone(),
+            pod: name.clone(),
+            ns: pod_ns.clone(),
+            attachment: None,
+        });
+        let _detach = DetachOnDrop;
         ip(None, &["netns", "add", &pod_ns])?;
-        // The pod's end first: created in the pod's namespace, configured, and probing.
-        ip(
-            Some(&node_ns),
-            &[
-                "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns,
-            ],
-        )?;
-        let mac = mac_text(pod_mac(*pod_ip));
-        ip(Some(&pod_ns), &["link", "set", "eth0", "address", &mac])?;
-        ip(
-            Some(&pod_ns),
-            &["addr", "add", &format!("{pod_ip}/24"), "dev", "eth0"],
-        )?;
         ip(Some(&pod_ns), &["link", "set", "lo", "up"])?;
-        ip(Some(&pod_ns), &["link", "set", "eth0", "up"])?;
-        ip(Some(&pod_ns), &["route", "add", "default", "via", &gateway])?;
-        let sysctl = Command::new("ip")
-            .args(["netns", "exec", &pod_ns])
-            .args(["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=10"])
-            .status()
-            .map_err(|e| e.to_string())?;
-        if !sysctl.success() {
-            return Err(format!("sysctl in {pod_ns}: {sysctl}"));
+
+        let add_exec = now();
+        let attached = plugin.add(name, &pod_ns);
+        let add_return = now();
+        let attachment = attached?;
+        let got = attachment.ip;
+        if let Some(pod) = in_flight().as_mut() {
+            pod.attachment = Some(attachment);
+        }
+        if got != *pod_ip {
+            return Err(format!(
+                "{name}: the plugin gave {got}, the manifest lists {pod_ip} (did the IPAM's \
+                 round robin change? see cni/src/ipam.rs)"
+            ));
         }
         // Until the first reply, at most 10 s. Errors while nothing answers the pod's ARP are
         // expected, and ping stops at the first one under `-c` or `-w`: `timeout` bounds it.
         let mut ping = Command::new("timeout")
-            .args(["10", "ip", "netns", "exec", &pod_ns])
+            .arg("10")
+            .arg("nsenter")
+            .arg(format!("--net=/run/netns/{pod_ns}"))
             .args(["ping", "-n", "-D", "-i", "0.002", &target])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("ping: {e}"))?;
-        ip(Some(&node_ns), &["link", "set", &host_side, "up"])?;
         let stdout = ping.stdout.take().ok_or("ping has no stdout")?;
         let first_reply = std::io::BufRead::lines(std::io::BufReader::new(stdout))
             .map_while(Result::ok)
-            .find(|l| l.contains("bytes from"))
-            .and_then(|l| l.strip_prefix('[')?.split(']').next()?.parse::<f64>().ok());
+            .find_map(|l| echo_reply(&l));
         let _ = ping.kill();
         let _ = ping.wait();
-        let first_reply =
+        let (first_reply, first_reply_seq) =
             first_reply.ok_or_else(|| format!("{name}: no reply from {target} within 10 s"))?;
 
         // The agent's log has the served line by now (the reply came through the dataplane).
@@ -266,50 +398,83 @@ fn measure(c: &mut AgentCluster, pods: &[(String, Ipv4Addr)]) -> Result<Vec<Run>
             ));
         };
         results.push(Run {
+            add_exec,
+            add_return,
             appeared,
             up,
             served,
             first_reply,
+            first_reply_seq,
         });
-        // Gone again, so the node holds one measured pod at a time.
-        ip(None, &["netns", "del", &pod_ns])?;
+        // Gone again, by the plugin, so the node holds one measured pod at a time and the
+        // next `ADD` gets the next address; nothing may be left of it.
+        detach_in_flight()?;
+        let held = c.plugin_allocations(0);
+        if !held.is_empty() {
+            return Err(format!("{name}: after DEL the plugin still holds {held:?}"));
+        }
+        if testbed::ip(Some(&node_ns), &["link", "show", &host_side]).is_ok() {
+            return Err(format!("{name}: after DEL {host_side} is still on node A"));
+        }
     }
     Ok(results)
 }
 
-fn report(results: &[Run]) {
-    let ms = |f: fn(&Run) -> f64| results.iter().map(f).collect::<Vec<f64>>();
+/// An echo reply line of `ping -n -D` (`[1733400000.123456] 64 bytes from 10.244.1.251:
+/// icmp_seq=3 ttl=64 time=0.1 ms`): when it came, in seconds since the epoch, and its probe.
+/// Other lines (errors, `From ... Destination Host Unreachable`) are `None`.
+fn echo_reply(line: &str) -> Option<(f64, u32)> {
+    if !line.contains(" bytes from ") {
+        return None;
+    }
+    let at = line.strip_prefix('[')?.split(']').next()?.parse().ok()?;
+    let seq = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("icmp_seq="))?
+        .parse()
+        .ok()?;
+    Some((at, seq))
+}
+
+/// A span of a run, in seconds.
+type Span = fn(&Run) -> f64;
+
+fn report(results: &[Run], load_before: &str, load_after: &str) {
+    let ms = |f: Span| results.iter().map(|r| f(r) * 1e3).collect::<Vec<f64>>();
     println!(
-        "kxdp agent: a new pod veth served, {} pods (wakeup mode, 1 worker)\n",
+        "kxdp agent: a pod attached by kxdp-cni, served, its first packet forwarded; {} pods \
+         (wakeup mode, 1 worker)\n",
         results.len()
     );
-    println!("{:<28} {:>8} {:>8} {:>8}", "ms", "p50", "p99", "max");
+    println!("{:<30} {:>8} {:>8} {:>8}", "ms", "p50", "p99", "max");
+    let rows: [(&str, Span); 7] = [
+        ("ADD (exec -> exit)", |r| r.add_return - r.add_exec),
+        ("ADD exec -> veth appeared", |r| r.appeared - r.add_exec),
+        ("veth appeared -> up", |r| r.up - r.appeared),
+        ("veth up -> served", |r| r.served - r.up),
+        ("ADD return -> served", |r| r.served - r.add_return),
+        ("ADD return -> first reply", |r| {
+            r.first_reply - r.add_return
+        }),
+        ("served -> first reply", |r| r.first_reply - r.served),
+    ];
+    for (label, span) in rows {
+        println!("{}", percentiles(label, &ms(span)));
+    }
+    let seqs: Vec<f64> = results
+        .iter()
+        .map(|r| f64::from(r.first_reply_seq))
+        .collect();
+    println!("{}", percentiles("first reply's probe (icmp_seq)", &seqs));
+    let early = results.iter().filter(|r| r.served <= r.add_return).count();
     println!(
-        "{}",
-        percentiles("appeared -> up", &ms(|r| (r.up - r.appeared) * 1e3))
+        "\nserved before ADD returned: {early} of {}; load average (1, 5, 15 min): {load_before} \
+         before, {load_after} after",
+        results.len()
     );
     println!(
-        "{}",
-        percentiles("appeared -> served", &ms(|r| (r.served - r.appeared) * 1e3))
-    );
-    println!(
-        "{}",
-        percentiles("up -> served", &ms(|r| (r.served - r.up) * 1e3))
-    );
-    println!(
-        "{}",
-        percentiles(
-            "appeared -> first reply",
-            &ms(|r| (r.first_reply - r.appeared) * 1e3)
-        )
-    );
-    println!(
-        "{}",
-        percentiles("up -> first reply", &ms(|r| (r.first_reply - r.up) * 1e3))
-    );
-    println!(
-        "\nappeared -> up is this harness configuring the pod's end (as a CNI plugin does) \
-         before it sets the host end up; the agent serves a veth once it is up."
+        "ADD return -> first reply includes starting ping in the pod's namespace (timeout, \
+         nsenter, ping); probe 1 answered means nothing the pod sent was lost."
     );
 }
 
@@ -330,5 +495,36 @@ mod tests {
         let log = "2026-12-05T01:06:57.5Z  INFO kxdp_agent::reconcile: pod interface served interface=kx0\n";
         assert_eq!(served_at(log, "kx0"), Some(1_796_432_817.5));
         assert_eq!(served_at(log, "kx1"), None);
+    }
+
+    #[test]
+    fn echo_replies_read_as_time_and_probe() {
+        let line = "[1733400000.123456] 64 bytes from 10.244.1.251: icmp_seq=3 ttl=64 time=0.1 ms";
+        let (at, seq) = echo_reply(line).unwrap();
+        assert!((at - 1_733_400_000.123_456).abs() < 1e-6, "{at}");
+        assert_eq!(seq, 3);
+        assert_eq!(
+            echo_reply("64 bytes from 10.244.1.251: icmp_seq=3 ttl=64"),
+            None
+        );
+        assert_eq!(
+            echo_reply("[1.5] From 10.244.1.2 icmp_seq=1 Destination Host Unreachable"),
+            None
+        );
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_keep_the_sign() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 50.0);
+        assert_eq!(percentile(&values, 0.99), 99.0);
+        assert_eq!(percentile(&[-3.0], 0.99), -3.0);
+        assert_eq!(percentile(&[-3.0, 1.0], 0.0), -3.0);
+        let line = percentiles("x", &[2.0, -1.5, 0.5]);
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            ["x", "0.5", "2.0", "2.0"]
+        );
+        assert!(percentiles("x", &[]).contains("no values"));
     }
 }

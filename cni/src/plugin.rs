@@ -17,7 +17,8 @@
 //!   owns (a newer sandbox of the same pod) is left alone.
 //! - `CHECK` compares the pod's interface, address, default route and offload, the node's
 //!   end and the address reservation with `prevResult`; the error names what differs.
-//! - `STATUS` asks the agent's `/readyz` and whether an address is free: code 50 otherwise.
+//! - `STATUS` asks the agent's `/readyz` and reads the subnet file: code 50 otherwise (a full
+//!   address range is ADD's code 11, never STATUS's: see [`status`]).
 //! - `GC` frees every allocation whose attachment is not in `cni.dev/valid-attachments`,
 //!   deleting a node end such an attachment left.
 //!
@@ -497,18 +498,10 @@ fn status(config: &Config) -> Result<(), CniError> {
     let address =
         crate::agent::AgentAddress::parse(&config.agent_address).expect("checked by Config::parse");
     crate::agent::ready(&address).map_err(|e| not_available(format!("agentAddress: {e}")))?;
-    let subnet = node_subnet(config).map_err(|e| not_available(e.details))?;
-    let store = Store::new(&config.data_dir, &config.name);
-    let free = store
-        .lock()
-        .and_then(|l| l.free(subnet.subnet, subnet.gateway))
-        .map_err(|e| not_available(format!("dataDir: {e}")))?;
-    if free == 0 {
-        return Err(not_available(format!(
-            "subnetFile: every address of {} is taken",
-            subnet.subnet
-        )));
-    }
+    // A full address range is ADD's to answer (11, try again later), not STATUS's: runtimes
+    // turn a failed STATUS into the node's NetworkReady=false, and a NotReady node gets its
+    // pods evicted, which a busy node must not get for being busy.
+    node_subnet(config).map_err(|e| not_available(e.details))?;
     Ok(())
 }
 

@@ -681,8 +681,8 @@ fn every_error_answers_its_code_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn an_exhausted_range_answers_try_again_and_status_says_so() {
-    if skip_unless_privileged("an_exhausted_range_answers_try_again_and_status_says_so") {
+fn an_exhausted_range_answers_try_again_and_the_node_stays_ready() {
+    if skip_unless_privileged("an_exhausted_range_answers_try_again_and_the_node_stays_ready") {
         return;
     }
     // A /30: .0 network, .1 gateway, .3 broadcast: one pod.
@@ -716,9 +716,9 @@ fn an_exhausted_range_answers_try_again_and_status_says_so() {
     assert_eq!(links(&p1), ["lo"]);
     assert_eq!(bed.node_veths().len(), 1);
     assert_eq!(bed.allocations().len(), 1);
+    // Full is not unavailable: a failed STATUS would take the node NotReady.
     let s = status(&bed);
-    assert_eq!(s.code(), 50, "{s:?}");
-    assert!(s.details().contains("taken"), "{s:?}");
+    assert!(s.ok, "{s:?}");
     assert!(bed.attach("DEL", "first", &p0, &config).ok);
     assert!(bed.attach("ADD", "second", &p1, &config).ok);
     assert!(bed.attach("DEL", "second", &p1, &config).ok);

@@ -268,6 +268,13 @@ fn add_check_del_as_a_runtime_drives_them() {
     assert!(route.contains("default via 10.244.1.1 dev eth0"), "{route}");
     let h = ip_text(&bed.node, &["-o", "link", "show", &host]);
     assert!(h.contains("mtu 1450") && h.contains(",UP"), "{h}");
+    // The pod declared to the agent on the node's end.
+    assert!(h.contains("alias kxdp-pod default/web-0 10.244.1.2"), "{h}");
+    // No agent answers here: ADD asked once and succeeded anyway, saying so.
+    assert!(
+        add.stderr.contains("does not answer") && add.stderr.contains("returning anyway"),
+        "{add:?}"
+    );
     assert_eq!(tx_checksumming(&bed.node, &host), "tx-checksumming: off");
     assert_eq!(tx_checksumming(&pod, "eth0"), "tx-checksumming: off");
     assert_eq!(bed.allocations(), [Ipv4Addr::new(10, 244, 1, 2)].into());

@@ -38,6 +38,7 @@ crate::counter_list! {
         ServiceNoLocalEndpoints = 27 => ("service_no_local_endpoints", "traffic policy Local and no usable endpoint on this node (kube-proxy drops too)"),
         ConntrackClash = 28 => ("conntrack_clash", "the translated flow's reply would collide with another tracked flow"),
         LoadBalancerSourceRange = 29 => ("load_balancer_source_range", "new flow to a load-balancer address from a source outside the service's loadBalancerSourceRanges"),
+        VxlanForeignInnerSource = 30 => ("vxlan_foreign_inner_source", "decapsulated packet's source is neither in the sending node's pod CIDR nor its underlay address"),
     }
 }
 

@@ -37,6 +37,16 @@ const VXLAN_SPORT: Range<usize> = 34..36;
 const MASQ_SPORT: Range<usize> = 34..36;
 const TCP_CSUM: Range<usize> = 50..52;
 
+/// VXLAN from node B carrying a UDP datagram from `inner_src` to pod A.
+fn vxlan_from_b(t: &Topology, inner_src: Ipv4Addr) -> Vec<u8> {
+    t.vxlan_from_node_b().vxlan(
+        49152,
+        8472,
+        1,
+        &t.inner_from_node_b(inner_src, t.pod_a.ip).udp(1, 2, b"x"),
+    )
+}
+
 fn fixtures(t: &Topology) -> Vec<Fixture> {
     let gw = t.node.gateway_mac;
     let pod_b_mac = t.pod_b.mac;
@@ -267,6 +277,36 @@ fn fixtures(t: &Topology) -> Vec<Fixture> {
                 ),
             },
             verdict: Verdict::Drop(DropReason::VxlanUnknownSource),
+            output: None,
+        },
+        Fixture {
+            description: "vxlan/foreign_inner_source: a known node cannot send as the outside",
+            setup: vec![],
+            input: Input {
+                ingress: t.node.uplink,
+                frame: vxlan_from_b(t, t.external_ip),
+            },
+            verdict: Verdict::Drop(DropReason::VxlanForeignInnerSource),
+            output: None,
+        },
+        Fixture {
+            description: "vxlan/foreign_inner_source: a known node cannot send as a local pod",
+            setup: vec![],
+            input: Input {
+                ingress: t.node.uplink,
+                frame: vxlan_from_b(t, t.pod_b.ip),
+            },
+            verdict: Verdict::Drop(DropReason::VxlanForeignInnerSource),
+            output: None,
+        },
+        Fixture {
+            description: "vxlan/node_source: a node's own underlay address may send (ICMP errors)",
+            setup: vec![],
+            input: Input {
+                ingress: t.node.uplink,
+                frame: vxlan_from_b(t, t.node_b.node_ip),
+            },
+            verdict: Verdict::Transmit(t.pod_a.iface),
             output: None,
         },
         Fixture {

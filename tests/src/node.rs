@@ -53,6 +53,18 @@ pub fn mixed_inputs(t: &Topology, tb: &Testbed) -> Result<SnapshotInputs, String
 /// Longest a test node runs, whatever the test does.
 const MAX_RUN: Duration = Duration::from_secs(60);
 
+/// The testbed of [`Testbed::kxdp_and_kernel_node`] for the fixture topology `t`: its pod A
+/// on the kxdp node, one pod on the kernel node, and the external client.
+pub fn fixture_and_kernel_node(t: &Topology) -> Result<Testbed, String> {
+    Testbed::kxdp_and_kernel_node(
+        &[(t.pod_a.ip, &mac_text(t.pod_a.mac))],
+        t.node.gateway_ip,
+        &mac_text(t.node.vtep_mac),
+        1,
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// A running kxdp node; stops (and detaches) when finished or dropped.
 #[derive(Debug)]
 pub struct KxdpNode(Dataplane);
@@ -115,6 +127,11 @@ impl KxdpNode {
     /// The I/O counters, summed over workers, read while they run.
     pub fn io(&self) -> IoValues {
         self.0.io()
+    }
+
+    /// The XDP program's decision counters, by [`kxdp_xdp::XdpDecision`] number.
+    pub fn xdp_decisions(&self) -> Result<[u64; kxdp_xdp::XdpDecision::COUNT], String> {
+        self.0.decisions().read().map_err(|e| e.to_string())
     }
 
     /// Each worker's I/O counters.

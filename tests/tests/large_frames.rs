@@ -200,20 +200,14 @@ fn large_frames_are_cut_for_the_tunnel_and_merged_for_the_pod() {
 fn a_large_mtu_pod_and_a_flannel_pod_stream_both_ways() {
     use kxdp_dataplane::Snapshot;
     use kxdp_testkit::Topology;
-    use kxdp_tests::node::{mac_text, mixed_inputs, KxdpNode, Managed};
-    use kxdp_tests::testbed::{ip, Testbed};
+    use kxdp_tests::node::{fixture_and_kernel_node, mixed_inputs, KxdpNode, Managed};
+    use kxdp_tests::testbed::ip;
     use kxdp_xdp::worker::IoCounter;
     if skip_unless_privileged("a_large_mtu_pod_and_a_flannel_pod_stream_both_ways") {
         return;
     }
     let t = Topology::default();
-    let tb = Testbed::kxdp_and_kernel_node(
-        &[(t.pod_a.ip, &mac_text(t.pod_a.mac))],
-        t.node.gateway_ip,
-        &mac_text(t.node.vtep_mac),
-        1,
-    )
-    .expect("testbed builds");
+    let tb = fixture_and_kernel_node(&t).expect("testbed builds");
     let (kx, kernel) = (&tb.nodes[0], &tb.nodes[1]);
     let (kx_pod, kernel_pod) = (&kx.pods[0], &kernel.pods[0]);
     let mtu = POD_MTU.to_string();

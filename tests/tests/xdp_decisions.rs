@@ -75,7 +75,7 @@ fn steers_only_what_belongs_to_the_dataplane() {
                 }
                 .vxlan(49152, 8472, 1, &inner)
             },
-            passed(XdpDecision::PassUnknownPeer),
+            (action::DROP, vec![XdpDecision::DropUnknownPeer]),
         ),
         (
             "NodePort",
@@ -150,10 +150,13 @@ fn steers_only_what_belongs_to_the_dataplane() {
         assert_eq!(decide(&st, &frame), want, "{what}");
     }
 
-    // Maps follow the snapshot: without node B, its VXLAN is no longer steered.
+    // Maps follow the snapshot: without node B, its VXLAN is no longer steered but dropped.
     let mut inputs = t.inputs();
     inputs.nodes.clear();
     let snap = kxdp_dataplane::Snapshot::build(inputs).unwrap();
     st.sync(&snap).unwrap();
-    assert_eq!(decide(&st, &vxlan), passed(XdpDecision::PassUnknownPeer));
+    assert_eq!(
+        decide(&st, &vxlan),
+        (action::DROP, vec![XdpDecision::DropUnknownPeer])
+    );
 }

@@ -12,8 +12,8 @@ use kxdp_dataplane::tables::{Backend, ServicePort};
 use kxdp_dataplane::Snapshot;
 use kxdp_testkit::Topology;
 use kxdp_tests::clients::{connect_many, TcpServer};
-use kxdp_tests::node::{mac_text, mixed_inputs, KxdpNode, Managed};
-use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
+use kxdp_tests::node::{fixture_and_kernel_node, mixed_inputs, KxdpNode, Managed};
+use kxdp_tests::testbed::skip_unless_privileged;
 
 #[test]
 fn node_port_from_outside_and_egress_masquerade_to_outside() {
@@ -21,13 +21,7 @@ fn node_port_from_outside_and_egress_masquerade_to_outside() {
         return;
     }
     let t = Topology::default();
-    let tb = Testbed::kxdp_and_kernel_node(
-        &[(t.pod_a.ip, &mac_text(t.pod_a.mac))],
-        t.node.gateway_ip,
-        &mac_text(t.node.vtep_mac),
-        1,
-    )
-    .expect("testbed builds");
+    let tb = fixture_and_kernel_node(&t).expect("testbed builds");
     let (kx, kernel) = (&tb.nodes[0], &tb.nodes[1]);
     let (ext_ns, ext_ip) = tb.external.clone().expect("external client");
     let remote = &kernel.pods[0];

@@ -251,7 +251,8 @@ impl FrontendKey {
 }
 
 kxdp_dataplane::counter_list! {
-    /// Why the XDP program steered a packet to an AF_XDP socket or passed it to the kernel:
+    /// Why the XDP program steered a packet to an AF_XDP socket, dropped it (VXLAN from no known
+    /// node) or passed it to the kernel:
     /// `enum kxdp_xdp_stat` in `src/bpf/kxdp.h`, whose enumerators are `KXDP_STAT_` and these
     /// names in capitals, in this order (checked against the object's BTF by a test).
     pub enum XdpDecision {
@@ -263,7 +264,7 @@ kxdp_dataplane::counter_list! {
         PassUnmanaged = 5 => ("pass_unmanaged", "passed: an interface kxdp does not manage"),
         PassNotIpv4 = 6 => ("pass_not_ipv4", "passed: not IPv4 (ARP, IPv6, LLDP...)"),
         PassMalformed = 7 => ("pass_malformed", "passed: truncated, IPv4 options or a fragment; the kernel decides"),
-        PassUnknownPeer = 8 => ("pass_unknown_peer", "passed: VXLAN from an address that is no known node"),
+        DropUnknownPeer = 8 => ("drop_unknown_peer", "dropped: VXLAN to this node from an address that is no known node (the underlay is closed)"),
         PassNotOurs = 9 => ("pass_not_ours", "passed: IPv4 on the uplink that is not the dataplane's"),
     }
 }

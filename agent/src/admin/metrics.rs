@@ -256,7 +256,7 @@ impl Collector for AgentCollector {
         labeled(
             enc,
             "kxdp_xdp_decisions",
-            "packets the XDP program steered to kxdp or passed to the kernel, by decision",
+            "packets the XDP program steered to kxdp, dropped or passed to the kernel, by decision",
             "decision",
             |d: XdpDecision| decisions[d.index()],
         )?;

@@ -310,7 +310,7 @@ pub struct CountersView {
     pub drops: BTreeMap<String, u64>,
     /// Frames handed to the host, by reason.
     pub passes: BTreeMap<String, u64>,
-    /// The XDP program's decisions (steered to kxdp or passed to the kernel, and why).
+    /// The XDP program's decisions (steered to kxdp, dropped or passed to the kernel, and why).
     pub xdp: BTreeMap<String, u64>,
     /// AF_XDP I/O: rx, tx, tx_ring_full, copied, polls, empty_polls.
     pub io: BTreeMap<String, u64>,

@@ -1,5 +1,5 @@
 //! VXLAN (RFC 7348) as flannel's backend speaks it: decapsulation from known nodes (at
-//! ingress), encapsulation from the remote node's precomputed template (after output, which
+//! ingress) of what those nodes may send, encapsulation from the remote node's precomputed template (after output, which
 //! leads here with [`Next::Encap`]). A DF packet too big for the tunnel, or one whose TTL runs
 //! out here, leads on to an ICMP error ([`Next::IcmpError`]).
 
@@ -29,6 +29,11 @@ pub(crate) fn is_ours(ctx: &Ctx<'_>, meta: &Ipv4Meta) -> bool {
 }
 
 /// Strip the outer headers of a VXLAN packet from a known node and validate the inner packet.
+///
+/// The underlay is closed: the inner source must be the sending node's, an address of its pod
+/// CIDR (its pods, and its own traffic, which flannel and kxdp send from the CIDR's gateway
+/// address) or its underlay address (ICMP errors a node sends itself), so a packet forged with
+/// a known node's outer address cannot pose as another node's pod, a local pod or the outside.
 #[inline]
 pub(crate) fn decap(
     ctx: &Ctx<'_>,
@@ -49,9 +54,9 @@ pub(crate) fn decap(
     if vx.vni() != ctx.snap.node.vxlan_vni {
         return Err(DropReason::VxlanUnknownVni);
     }
-    if ctx.snap.remote_node_by_ip(outer.key.src_ip).is_none() {
+    let Some(sender) = ctx.snap.remote_node_by_ip(outer.key.src_ip) else {
         return Err(DropReason::VxlanUnknownSource);
-    }
+    };
     // Cut Ethernet padding after the outer packet, then the outer headers.
     let ok = frame.set_len(end) && frame.pull_head(inner_at);
     debug_assert!(ok, "bounds were checked above");
@@ -60,6 +65,10 @@ pub(crate) fn decap(
         return Err(DropReason::VxlanInnerNotIpv4);
     }
     let inner = parse::parse_ipv4(d, ETHERNET_HEADER_LEN, frame.tail())?;
+    let src = inner.key.src_ip;
+    if src != sender.node.node_ip && !sender.node.pod_cidr.contains_addr(&src) {
+        return Err(DropReason::VxlanForeignInnerSource);
+    }
     ctx.counters.inc(Event::VxlanDecap);
     Ok(inner)
 }

@@ -8,8 +8,10 @@
  *   - the uplink: VXLAN to this node from a known node, traffic to a service frontend, and
  *     replies to masqueraded flows (to a node address, in the masquerade port range, ICMP
  *     errors quoting such a flow included).
- * A queue without a socket (the agent is down or starting) passes instead of dropping, so the
- * node stays reachable. Maps are filled from the snapshot by the Rust side.
+ * VXLAN to this node from an address that is no known node is dropped here and counted: the
+ * underlay is closed, and the node's kernel, which has no socket on the port, would answer it
+ * with port unreachable. A queue without a socket (the agent is down or starting) passes
+ * instead of dropping, so the node stays reachable. Maps are filled from the snapshot by the Rust side.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -159,7 +161,7 @@ static __always_inline __u32 classify_uplink(void *data, void *end)
 			__u32 saddr = iph->saddr;
 
 			return bpf_map_lookup_elem(&vxlan_peers, &saddr) ? KXDP_STAT_XSK_VXLAN
-									  : KXDP_STAT_PASS_UNKNOWN_PEER;
+									  : KXDP_STAT_DROP_UNKNOWN_PEER;
 		}
 		fe.addr = daddr;
 		fe.port = dport;
@@ -206,6 +208,8 @@ int kxdp_steer(struct xdp_md *ctx)
 		stat = classify_uplink(data, end);
 	}
 	count(stat);
+	if (stat == KXDP_STAT_DROP_UNKNOWN_PEER)
+		return XDP_DROP;
 	if (stat > KXDP_STAT_XSK_MASQ_REPLY)
 		return XDP_PASS;
 	/* Ours: to this interface's socket for this queue, or to the kernel if there is none. */

@@ -63,7 +63,7 @@ enum kxdp_xdp_stat {
 	KXDP_STAT_PASS_UNMANAGED,  /* interface kxdp does not manage */
 	KXDP_STAT_PASS_NOT_IPV4,
 	KXDP_STAT_PASS_MALFORMED,  /* truncated, IP options or fragment: the kernel decides */
-	KXDP_STAT_PASS_UNKNOWN_PEER, /* VXLAN from an address that is no known node */
+	KXDP_STAT_DROP_UNKNOWN_PEER, /* VXLAN to this node from an address that is no known node */
 	KXDP_STAT_PASS_NOT_OURS,
 	KXDP_STAT_COUNT,
 };

@@ -4,11 +4,13 @@
 //! snapshot's services, so the kernel baseline serves exactly what kxdp serves; [`pktgen`]
 //! drives the kernel's packet generator where the kernel has one; [`programs`] loads the
 //! harness's own XDP programs (a live-frames generator, a counting sink, a redirector);
+//! [`generator`] sends a pod's frames by live frames or, where the kernel refuses those, AF_XDP;
 //! [`baseline`] is the bare AF_XDP forwarder kxdp is measured against; [`iperf3`] reads an
 //! iperf3 client's JSON report; [`in_namespace`], [`ipv4_only`] and [`stats`] are what every
 //! measurement uses.
 
 pub mod baseline;
+pub mod generator;
 pub mod programs;
 
 pub mod iperf3 {

@@ -7,8 +7,9 @@
 //!   gen (pod A) --veth-- node: kxdp on pod0 and uplink --veth, MTU 1600-- sink (as node B)
 //! ```
 //!
-//! The generator (the perf XDP program through `BPF_PROG_RUN` live frames, pinned to
-//! `--gen-core`) sends UDP from pod A to kube-system/dns's ClusterIP (10.96.0.53:53) over
+//! The generator (`kxdp_perf::generator`: the perf XDP program through `BPF_PROG_RUN` live
+//! frames, or AF_XDP where the kernel refuses those, pinned to `--gen-core`; the table says
+//! which ran) sends UDP from pod A to kube-system/dns's ClusterIP (10.96.0.53:53) over
 //! `--flows` source ports. The node's one worker (busy-poll, pinned to `--worker-core`) either
 //! runs kxdp's pipeline, which DNATs each datagram to the backend on node B and encapsulates it
 //! in VXLAN toward the sink, or is the bare forwarder, which swaps the MAC addresses and sends
@@ -35,6 +36,7 @@ use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::tables::SnapshotInputs;
 use kxdp_dataplane::{process_batch, DropReason, Snapshot};
 use kxdp_perf::baseline::mac_swap;
+use kxdp_perf::generator::{Generator, Means};
 use kxdp_perf::in_namespace;
 use kxdp_perf::programs::PerfPrograms;
 use kxdp_perf::stats::{median, range};
@@ -130,6 +132,8 @@ struct Sample {
     offered: f64,
     /// Mean size of the frames the sink received.
     sink_bytes: f64,
+    /// How the generator sent.
+    means: Means,
 }
 
 /// The perf harness's setup: the testbed and what runs on it.
@@ -177,25 +181,18 @@ impl Bench {
         let frame = self.frame(size);
         let stop = AtomicBool::new(false);
         let window = Duration::from_secs_f64(self.args.seconds);
-        let (forwarded, sink_bytes, offered) = std::thread::scope(|s| {
-            // Returns the frames it sent and for how long.
-            let generator = s.spawn(|| -> Result<(u64, f64), String> {
+        let (forwarded, sink_bytes, offered, means) = std::thread::scope(|s| {
+            // Returns the frames it sent, for how long and by what means.
+            let generator = s.spawn(|| -> Result<(u64, f64, Means), String> {
                 enter_netns(&self.gen_ns).map_err(|e| e.to_string())?;
                 pin_current_thread(self.args.gen_core)
                     .map_err(|e| format!("pinning the generator: {e}"))?;
-                let progs = PerfPrograms::load().map_err(|e| e.to_string())?;
-                progs
-                    .set_flows(self.args.flows)
-                    .map_err(|e| e.to_string())?;
-                let index = ifindex("eth0").map_err(|e| e.to_string())?;
+                let mut generator = Generator::new("eth0", &frame, self.args.flows)?;
                 let (started, mut sent) = (Instant::now(), 0u64);
                 while !stop.load(Relaxed) {
-                    progs
-                        .generate(&frame, index, BURST)
-                        .map_err(|e| e.to_string())?;
-                    sent += u64::from(BURST);
+                    sent += u64::from(generator.send(BURST)?);
                 }
-                Ok((sent, started.elapsed().as_secs_f64()))
+                Ok((sent, started.elapsed().as_secs_f64(), generator.means()))
             });
             let sample = (|| -> Result<(f64, f64), String> {
                 std::thread::sleep(Duration::from_millis(500));
@@ -213,13 +210,14 @@ impl Bench {
             let generated = generator
                 .join()
                 .map_err(|_| "the generator panicked".to_owned())?;
-            let (sent, secs) = generated?;
-            sample.map(|(f, b)| (f, b, sent as f64 / secs))
+            let (sent, secs, means) = generated?;
+            sample.map(|(f, b)| (f, b, sent as f64 / secs, means))
         })?;
         let sample = Sample {
             forwarded,
             offered,
             sink_bytes,
+            means,
         };
         let io = dp.io();
         let counters = dp.finish()?;
@@ -287,6 +285,7 @@ fn run() -> Result<(), String> {
     );
     println!("| frame (bytes) | bare forwarder (Mpps) | kxdp: DNAT + VXLAN encap (Mpps) | kxdp / bare | offered (Mpps) |");
     println!("|---:|---:|---:|---:|---:|");
+    let mut generators = std::collections::BTreeSet::new();
     for &size in &a.sizes {
         let (mut bare, mut kxdp, mut offered) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..a.runs {
@@ -302,6 +301,7 @@ fn run() -> Result<(), String> {
             bare.push(b.forwarded);
             kxdp.push(k.forwarded);
             offered.extend([b.offered, k.offered]);
+            generators.extend([b.means.name(), k.means.name()]);
         }
         let range = |v: &[f64]| {
             let (lo, hi) = range(v);
@@ -317,6 +317,8 @@ fn run() -> Result<(), String> {
             mpps(median(&offered)),
         );
     }
+    let generators: Vec<&str> = generators.into_iter().collect();
+    println!("\ngenerator: {}", generators.join(", "));
     drop(tb);
     Ok(())
 }

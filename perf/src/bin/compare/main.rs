@@ -27,7 +27,8 @@
 //!    forwarder.
 //!
 //!    Generators, pinned to `--gen-core`: the perf XDP program through `BPF_PROG_RUN` live
-//!    frames (4–6 Mpps here) for kxdp and the ceilings; and a generator of socket buffers for
+//!    frames (4–6 Mpps here; where the kernel refuses live frames, `kxdp_perf::generator`'s
+//!    AF_XDP fallback, which offers far less) for kxdp and the ceilings; and a generator of socket buffers for
 //!    the kernel path, and for kxdp again so that one column compares the two with the same
 //!    generator: the kernel's pktgen where `/proc/net/pktgen` exists ([`kxdp_perf::pktgen`];
 //!    this machine's kernel has none), else trafgen (netsniff-ng, PACKET_MMAP). Live XDP

@@ -22,6 +22,7 @@ use kxdp_dataplane::conntrack::ConntrackConfig;
 use kxdp_dataplane::tables::SnapshotInputs;
 use kxdp_dataplane::{process_batch, Snapshot};
 use kxdp_perf::baseline::mac_swap;
+use kxdp_perf::generator::Generator;
 use kxdp_perf::in_namespace;
 use kxdp_perf::kube_proxy::ruleset;
 use kxdp_perf::programs::PerfPrograms;
@@ -384,19 +385,20 @@ impl Bench {
                 enter_netns(&side.gen_ns).map_err(|e| e.to_string())?;
                 pin_current_thread(self.args.gen_core)
                     .map_err(|e| format!("pinning the generator: {e}"))?;
-                let progs = PerfPrograms::load().map_err(|e| e.to_string())?;
-                progs.set_flows(flows).map_err(|e| e.to_string())?;
-                let index = ifindex("eth0").map_err(|e| e.to_string())?;
+                let mut generator = Generator::new("eth0", &frame, flows)?;
                 let (started, mut sent) = (Instant::now(), 0u64);
                 // At a fixed rate: a tenth of a second's frames every tenth of a second.
                 let tick = Duration::from_millis(100);
                 let mut next = Instant::now();
                 while !stop.load(Relaxed) {
                     let burst = rate.map_or(BURST, |r| (r / 10).max(1) as u32);
-                    progs
-                        .generate(&frame, index, burst)
-                        .map_err(|e| e.to_string())?;
-                    sent += u64::from(burst);
+                    let mut queued = generator.send(burst)?;
+                    // At a fixed rate every frame of the tick goes (AF_XDP takes a ring's
+                    // worth per call).
+                    while rate.is_some() && queued < burst && !stop.load(Relaxed) {
+                        queued += generator.send(burst - queued)?;
+                    }
+                    sent += u64::from(queued);
                     if rate.is_some() {
                         next += tick;
                         if let Some(wait) = next.checked_duration_since(Instant::now()) {

@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod cli;
+mod declared;
 pub mod healthcheck;
 pub mod host_interface;
 pub mod logs;

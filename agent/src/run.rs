@@ -19,8 +19,10 @@
 //! Then one loop owns the model, the compiler and the dataplane. A change from the source is
 //! compiled and published ([`Agent::publish`]); the dataplane starts with the first snapshot
 //! that compiles (it needs this node's Node object). The loop also follows the kernel's
-//! netlink notifications: a pod interface is served as soon as its veth is up (a CNI plugin
-//! creates it after the API lists the pod), dropped and re-added when recreated, and a change
+//! netlink notifications: a pod interface is served as soon as its veth is up, whether the
+//! API lists the pod already or only the veth declares it (`kxdp-cni` writes the pod and its
+//! address on the veth's alias before it brings it up, [`crate::declared`]: the kubelet
+//! reports the pod's address only after `ADD` returns), dropped and re-added when recreated, and a change
 //! of an uplink neighbour republishes the tables. After each publish and on the slow resync it
 //! asks the kernel to resolve the underlay next hops that are still missing. Every half second
 //! (housekeeping) it re-reads changed manifest files, retires draining endpoints with no flow
@@ -56,6 +58,7 @@ use kxdp_dataplane::tables::NodeConfig;
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 
 use crate::admin::{AdminAddr, AdminState, Limits, Scope};
+use crate::declared;
 use crate::host_interface;
 use crate::nodefacts::{self, NodeEvent, NodeNet};
 use crate::reconcile::{Agent, HOST, UPLINK};
@@ -325,13 +328,14 @@ async fn solicit(net: &NodeNet, uplink: u32, ips: Vec<Ipv4Addr>) {
 
 /// Read the link and neighbour tables whole into `agent`; true if the tables should be
 /// recompiled.
-async fn resync(net: &NodeNet, agent: &mut Agent, model: &Model) -> Result<bool, AgentError> {
+async fn resync(net: &NodeNet, agent: &mut Agent, model: &mut Model) -> Result<bool, AgentError> {
     let read = |e: nodefacts::NodeFactsError| AgentError::Other(e.to_string());
     let links = net.links().await.map_err(read)?;
     let neighbors = net.neighbors(agent.uplink_index()).await.map_err(read)?;
     Ok(tokio::task::block_in_place(|| {
         agent.links_resynced(&links);
-        agent.neighbors_resynced(neighbors, model)
+        let declared = declared::links_resynced(model, &links);
+        agent.neighbors_resynced(neighbors, model) | declared
     }))
 }
 
@@ -410,7 +414,7 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
     let mut subnet_file = SubnetFile::new(config.subnet_file.clone());
     // Subscribe before the first read, so no change falls between the two.
     let mut events = nodefacts::watch().map_err(|e| AgentError::Other(e.to_string()))?;
-    resync(&net, &mut agent, &model).await?;
+    resync(&net, &mut agent, &mut model).await?;
     let mut annotated = matches!(source, Source::Files(_));
     if let Source::Files(_) = source {
         state.set_source(true, 0, None);
@@ -488,9 +492,19 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
             event = events.next() => match event {
                 Some(NodeEvent::Link(link)) => {
                     tokio::task::block_in_place(|| agent.link_changed(&link));
+                    // A pod its veth declares: compiled and published at the loop's top,
+                    // then served once its veth is up.
+                    if declared::link_changed(&mut model, &link) {
+                        noticed = Instant::now();
+                        dirty = true;
+                    }
                 }
                 Some(NodeEvent::LinkGone { index, name }) => {
                     tokio::task::block_in_place(|| agent.link_gone(index, &name));
+                    if declared::link_gone(&mut model, &name) {
+                        noticed = Instant::now();
+                        dirty = true;
+                    }
                 }
                 Some(NodeEvent::Neighbor(n)) => {
                     if agent.neighbor_changed(&n, &model) {
@@ -517,7 +531,7 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
                     } else {
                         tracing::warn!("netlink notifications lost: resyncing");
                     }
-                    match resync(&net, &mut agent, &model).await {
+                    match resync(&net, &mut agent, &mut model).await {
                         Ok(true) => {
                             noticed = Instant::now();
                             dirty = true;
@@ -532,7 +546,7 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
                 dirty = true;
             }
             _ = resync_tick.tick() => {
-                match resync(&net, &mut agent, &model).await {
+                match resync(&net, &mut agent, &mut model).await {
                     Ok(true) => {
                         noticed = Instant::now();
                         dirty = true;

@@ -168,6 +168,18 @@ impl Net {
         })
     }
 
+    /// Set link `index`'s (named `name`) alias (`IFLA_IFALIAS`) to `alias`.
+    pub fn set_alias(&self, index: u32, name: &str, alias: &str) -> Result<(), String> {
+        self.runtime.block_on(async {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).alias(alias).build())
+                .execute()
+                .await
+                .map_err(refused(format!("setting {name}'s alias to {alias:?}")))
+        })
+    }
+
     /// Bring link `index` (named `name`) up.
     pub fn up(&self, index: u32, name: &str) -> Result<(), String> {
         self.runtime.block_on(async {

@@ -8,16 +8,27 @@
 //!   when the runtime passes no pod), the pod's end `CNI_IFNAME` with the MAC [`pod_mac`] of
 //!   its address, both at the pod MTU (`mtu`, else the agent's) and without transmit checksum
 //!   offload, both up; the address with the podCIDR's prefix and a default route via the
-//!   gateway, which the agent answers ARP for. Any failure after the address is taken deletes
-//!   the veth (if made) and frees the address before the error is returned. A node end left
-//!   by an earlier sandbox of the same pod is replaced, as Cilium replaces its `lxc` ends.
+//!   gateway, which the agent answers ARP for. Before the node's end goes up its alias
+//!   declares the pod and its address ([`kxdp_control::pod_declaration`], `kxdp-pod
+//!   NAMESPACE/NAME IP`, the namespace empty and the container ID as the name when the
+//!   runtime passes no pod), so the agent serves the pod as soon as the veth is up, before
+//!   the API lists it (the kubelet reports the pod's address only after `ADD` returns). Any
+//!   failure after the address is taken deletes the veth (if made) and frees the address
+//!   before the error is returned. A node end left by an earlier sandbox of the same pod is
+//!   replaced, as Cilium replaces its `lxc` ends. Then, the store's lock released, `ADD` asks
+//!   the agent (`agentAddress`, `GET /served/<node end>`) every 2 ms until it serves the
+//!   veth, for at most `servedTimeoutMs` (1 s by default), so that the pod's first packets
+//!   (its ARP request for the gateway) find it served; it returns success either way: an
+//!   agent that is slow serves the pod later, and `ADD` never fails for it (it says so on
+//!   stderr). An agent that does not answer at all is asked once.
 //! - `DEL` deletes the node's end (the pod's goes with it), or the pod's end when only it is
 //!   left, and frees the address; it succeeds when the namespace, the interface or the
 //!   allocation is gone already, so it may be repeated. A node end another attachment now
 //!   owns (a newer sandbox of the same pod) is left alone.
 //! - `CHECK` compares the pod's interface, address, default route and offload, the node's
 //!   end and the address reservation with `prevResult`; the error names what differs.
-//! - `STATUS` asks the agent's `/readyz` and whether an address is free: code 50 otherwise.
+//! - `STATUS` asks the agent's `/readyz` and reads the subnet file: code 50 otherwise (a full
+//!   address range is ADD's code 11, never STATUS's: see [`status`]).
 //! - `GC` frees every allocation whose attachment is not in `cni.dev/valid-attachments`,
 //!   deleting a node end such an attachment left.
 //!
@@ -31,8 +42,10 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use kxdp_control::compile::{pod_interface_name, pod_mac};
 use kxdp_control::node_subnet::NodeSubnet;
+use kxdp_control::pod_declaration::PodDeclaration;
 use serde_json::Value;
 
+use crate::agent::Served;
 use crate::ipam::{IpamError, Locked, Owner, Store};
 use crate::link::{self, mac_text, Net};
 use crate::spec::{self, code, Attached, CniError, Command, Config, Env};
@@ -188,13 +201,35 @@ fn add(env: &Env, config: &Config) -> Result<Value, CniError> {
         .allocate(subnet.subnet, subnet.gateway, &owner)
         .map_err(ipam_error)?;
     let address = Ipv4Net::new(ip, subnet.subnet.prefix_len()).expect("the subnet's prefix");
-    match attach(&net, &ns, &host, &ifname, address, subnet.gateway, mtu) {
+    let (namespace, name) = env.pod().unwrap_or(("", &env.container_id));
+    let declared = PodDeclaration {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        ip,
+    };
+    // A pod that cannot be declared (a name too long for the kernel's alias) waits for the
+    // API, as every pod did before declarations.
+    let alias = declared
+        .to_alias()
+        .map_err(|e| eprintln!("kxdp-cni: {e}: the agent serves {host} once the API lists it"))
+        .ok();
+    let attached = attach(
+        &net,
+        &ns,
+        &host,
+        &ifname,
+        alias.as_deref(),
+        address,
+        subnet.gateway,
+        mtu,
+    );
+    let result = match attached {
         Ok(host_mac) => Ok(spec::chained(
             config.prev_result.as_ref(),
             spec::add_result(
                 config.version,
                 &Attached {
-                    host_ifname: host,
+                    host_ifname: host.clone(),
                     host_mac,
                     ifname,
                     mac: mac_text(pod_mac(ip).0),
@@ -214,15 +249,42 @@ fn add(env: &Env, config: &Config) -> Result<Value, CniError> {
             let _ = locked.release(&env.container_id, &ifname);
             Err(kernel(e))
         }
+    };
+    if result.is_ok() {
+        // Other ADDs need not wait for this one's agent.
+        drop(locked);
+        wait_served(config, &host);
+    }
+    result
+}
+
+/// Wait (bounded) for the agent to serve the node end `host`; whatever comes of it, `ADD`
+/// succeeds: the agent serves the pod when it can.
+fn wait_served(config: &Config, host: &str) {
+    let address =
+        crate::agent::AgentAddress::parse(&config.agent_address).expect("checked by Config::parse");
+    match crate::agent::wait_served(&address, host, config.served_timeout) {
+        Served::Yes(_) => {}
+        Served::NotYet => eprintln!(
+            "kxdp-cni: the agent did not serve {host} within servedTimeoutMs ({} ms); \
+             returning anyway, it serves the pod when it can",
+            config.served_timeout.as_millis()
+        ),
+        Served::NoAgent(e) => {
+            eprintln!("kxdp-cni: {e}; returning anyway, the agent serves the pod when it runs")
+        }
     }
 }
 
-/// Make the pair and configure both ends; the node end's MAC.
+/// Make the pair and configure both ends (the node's with `alias`, if any); the node end's
+/// MAC.
+#[allow(clippy::too_many_arguments)]
 fn attach(
     net: &Net,
     ns: &std::fs::File,
     host: &str,
     ifname: &str,
+    alias: Option<&str>,
     address: Ipv4Net,
     gateway: Ipv4Addr,
     mtu: u16,
@@ -237,6 +299,11 @@ fn attach(
         .link(host)?
         .ok_or_else(|| format!("{host} vanished after it was created"))?;
     link::tx_checksum_off(host)?;
+    // The kernel ignores an alias in the creating request; set before the end goes up, so
+    // the agent knows the pod by the time it could serve the veth.
+    if let Some(alias) = alias {
+        net.set_alias(h.index, host, alias)?;
+    }
     net.up(h.index, host)?;
     link::in_netns(ns, || {
         let pod = Net::connect()?;
@@ -497,18 +564,10 @@ fn status(config: &Config) -> Result<(), CniError> {
     let address =
         crate::agent::AgentAddress::parse(&config.agent_address).expect("checked by Config::parse");
     crate::agent::ready(&address).map_err(|e| not_available(format!("agentAddress: {e}")))?;
-    let subnet = node_subnet(config).map_err(|e| not_available(e.details))?;
-    let store = Store::new(&config.data_dir, &config.name);
-    let free = store
-        .lock()
-        .and_then(|l| l.free(subnet.subnet, subnet.gateway))
-        .map_err(|e| not_available(format!("dataDir: {e}")))?;
-    if free == 0 {
-        return Err(not_available(format!(
-            "subnetFile: every address of {} is taken",
-            subnet.subnet
-        )));
-    }
+    // A full address range is ADD's to answer (11, try again later), not STATUS's: runtimes
+    // turn a failed STATUS into the node's NetworkReady=false, and a NotReady node gets its
+    // pods evicted, which a busy node must not get for being busy.
+    node_subnet(config).map_err(|e| not_available(e.details))?;
     Ok(())
 }
 

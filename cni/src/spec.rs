@@ -30,6 +30,12 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/kxdp/ipam";
 /// otherwise.
 pub const DEFAULT_AGENT_ADDRESS: &str = "127.0.0.1:9901";
 
+/// How long `ADD` waits for the agent to serve the pod's veth, unless `servedTimeoutMs` says.
+pub const DEFAULT_SERVED_TIMEOUT_MS: u64 = 1000;
+
+/// The longest `servedTimeoutMs` taken.
+pub const MAX_SERVED_TIMEOUT_MS: u64 = 60_000;
+
 /// The spec's well-known error codes, and this plugin's own (100 and up).
 pub mod code {
     /// The configuration's `cniVersion` is not one this plugin speaks.
@@ -275,6 +281,7 @@ struct RawConfig {
     subnet_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     agent_address: Option<String>,
+    served_timeout_ms: Option<u64>,
     dns: Option<Dns>,
     ipam: Option<Value>,
     prev_result: Option<Value>,
@@ -298,6 +305,9 @@ pub struct Config {
     /// `agentAddress`: the agent's listener answering `/readyz` (`ADDRESS:PORT` or
     /// `unix:PATH`).
     pub agent_address: String,
+    /// `servedTimeoutMs`: how long `ADD` waits for the agent to serve the pod's veth before
+    /// it returns anyway.
+    pub served_timeout: std::time::Duration,
     /// `dns`, returned in the result.
     pub dns: Option<Dns>,
     /// `prevResult` as given: the result of the plugins before this one (`ADD`, which
@@ -407,6 +417,13 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_AGENT_ADDRESS.into());
         crate::agent::AgentAddress::parse(&agent_address)
             .map_err(|e| config_error(format!("agentAddress: {e}")))?;
+        let served_timeout_ms = raw.served_timeout_ms.unwrap_or(DEFAULT_SERVED_TIMEOUT_MS);
+        if served_timeout_ms > MAX_SERVED_TIMEOUT_MS {
+            return Err(config_error(format!(
+                "servedTimeoutMs: {served_timeout_ms} is over {MAX_SERVED_TIMEOUT_MS} (ADD \
+                 would hold the runtime that long when the agent is slow)"
+            )));
+        }
         let prev_result = raw.prev_result;
         Ok(Config {
             version,
@@ -417,6 +434,7 @@ impl Config {
                 .unwrap_or_else(|| kxdp_control::node_subnet::DEFAULT_PATH.into()),
             data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
             agent_address,
+            served_timeout: std::time::Duration::from_millis(served_timeout_ms),
             dns: raw.dns,
             prev_result,
             valid_attachments: raw.valid_attachments,
@@ -662,7 +680,20 @@ mod tests {
         assert_eq!(c.subnet_file, PathBuf::from("/run/kxdp/subnet.env"));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/kxdp/ipam"));
         assert_eq!(c.agent_address, "127.0.0.1:9901");
+        assert_eq!(c.served_timeout, std::time::Duration::from_secs(1));
+        let c = Config::parse(r#"{"cniVersion":"1.1.0","name":"n","servedTimeoutMs":0}"#).unwrap();
+        assert_eq!(c.served_timeout, std::time::Duration::ZERO);
         let cases = [
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","servedTimeoutMs":60001}"#,
+                code::INVALID_NETWORK_CONFIG,
+                "servedTimeoutMs",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","servedTimeoutMs":-1}"#,
+                code::INVALID_NETWORK_CONFIG,
+                "servedTimeoutMs",
+            ),
             ("{", code::DECODING_FAILURE, "stdin"),
             ("[]", code::DECODING_FAILURE, "stdin"),
             (r#"{"name":"n"}"#, code::INCOMPATIBLE_VERSION, "cniVersion"),

@@ -120,3 +120,124 @@ fn an_agent_serves_the_pod_the_plugin_attached() {
         "node-a's agent still serves {host_side}"
     );
 }
+
+/// A pod the API (here the manifest) does not list: its veth's declaration is all the agent
+/// knows, and that is enough to serve it by the time `ADD` returns, as a real cluster needs
+/// (the kubelet reports the pod's address only after `ADD`).
+#[test]
+fn a_pod_the_api_does_not_list_yet_is_served_when_add_returns() {
+    if skip_unless_privileged("a_pod_the_api_does_not_list_yet_is_served_when_add_returns") {
+        return;
+    }
+    let mut c = AgentCluster::build(DEMO_MANIFEST, &DEMO_PODS).expect("the cluster builds");
+    c.start(120, &[]).expect("the agents start");
+    let node = c.tb.nodes[0].ns.clone();
+    let path = c.subnet_file(0);
+    assert!(
+        eventually(Duration::from_secs(5), || path.exists()),
+        "the agent wrote {}",
+        path.display()
+    );
+    let config = json!({
+        "cniVersion": "1.1.0",
+        "name": "kxdp",
+        "type": "kxdp-cni",
+        "subnetFile": path,
+        "dataDir": c.dir().join("ipam"),
+        "agentAddress": "127.0.0.1:9901",
+        "servedTimeoutMs": 5000,
+    });
+    let host_side = pod_interface_name("default", "unlisted");
+    let served = |c: &AgentCluster| {
+        c.metrics_get(0, &format!("/served/{host_side}"), Duration::from_secs(2))
+            .map(|(code, _)| code)
+    };
+    assert_eq!(served(&c), Ok(404), "before ADD");
+
+    let pod = PodNs(format!("{}-unlisted", c.tb.prefix()));
+    ip(None, &["netns", "add", &pod.0]).unwrap();
+    ip(Some(&pod.0), &["link", "set", "lo", "up"]).unwrap();
+    let netns = format!("/run/netns/{}", pod.0);
+    let env = [
+        ("CNI_CONTAINERID", "unlisted-sandbox"),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        (
+            "CNI_ARGS",
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=unlisted",
+        ),
+    ];
+    let with = |command: &'static str| {
+        let mut e = vec![("CNI_COMMAND", command)];
+        e.extend(env);
+        e
+    };
+    let (ok, stdout, stderr) = run_plugin(&node, &with("ADD"), &config.to_string());
+    assert!(ok, "ADD: {stdout}\n{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        !stderr.contains("returning anyway"),
+        "ADD did not see its veth served: {stderr}\n{}",
+        c.log(0)
+    );
+    // Served when ADD returned: no wait here.
+    assert_eq!(served(&c), Ok(200), "after ADD:\n{}", c.log(0));
+    // The declaration the agent read, on the node's end.
+    let shown = Command::new("ip")
+        .args(["-n", &node, "-o", "link", "show", &host_side])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let address = result["ips"][0]["address"].as_str().unwrap();
+    let ip_only = address.split('/').next().unwrap();
+    assert!(
+        shown.contains(&format!("alias kxdp-pod default/unlisted {ip_only}")),
+        "{shown}"
+    );
+
+    // Its first ping to a pod on its node is answered at once: the first ARP request for its
+    // gateway found the veth served (a lost one is retried only after a second).
+    let start = std::time::Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod.0, "ping", "-n", "-c", "1", "-W", "3"])
+        .arg(Ipv4Addr::new(10, 244, 1, 10).to_string())
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "ping from the unlisted pod: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        took < Duration::from_millis(900),
+        "the first ping took {took:?}: its first ARP request went unanswered"
+    );
+    // And across nodes: node-b learns the pod from node-a's route for the whole podCIDR.
+    let replies =
+        c.tb.ping(
+            &pod.0,
+            Ipv4Addr::new(10, 244, 2, 10),
+            3,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(
+        replies >= 2,
+        "ping node-b's pod from the unlisted pod: {replies}/3"
+    );
+
+    // DEL: the veth and its declaration go, and the agent lets the pod go.
+    let mut prev = config.clone();
+    prev["prevResult"] = result;
+    let (ok, out) = plugin(&node, &with("DEL"), &prev);
+    assert!(ok, "DEL: {out}");
+    assert!(
+        eventually(Duration::from_secs(10), || served(&c) == Ok(404)),
+        "node-a's agent still serves {host_side}"
+    );
+    assert!(
+        !c.status(0).interfaces.iter().any(|i| i.name == host_side),
+        "still listed"
+    );
+}

@@ -268,6 +268,13 @@ fn add_check_del_as_a_runtime_drives_them() {
     assert!(route.contains("default via 10.244.1.1 dev eth0"), "{route}");
     let h = ip_text(&bed.node, &["-o", "link", "show", &host]);
     assert!(h.contains("mtu 1450") && h.contains(",UP"), "{h}");
+    // The pod declared to the agent on the node's end.
+    assert!(h.contains("alias kxdp-pod default/web-0 10.244.1.2"), "{h}");
+    // No agent answers here: ADD asked once and succeeded anyway, saying so.
+    assert!(
+        add.stderr.contains("does not answer") && add.stderr.contains("returning anyway"),
+        "{add:?}"
+    );
     assert_eq!(tx_checksumming(&bed.node, &host), "tx-checksumming: off");
     assert_eq!(tx_checksumming(&pod, "eth0"), "tx-checksumming: off");
     assert_eq!(bed.allocations(), [Ipv4Addr::new(10, 244, 1, 2)].into());
@@ -681,8 +688,8 @@ fn every_error_answers_its_code_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn an_exhausted_range_answers_try_again_and_status_says_so() {
-    if skip_unless_privileged("an_exhausted_range_answers_try_again_and_status_says_so") {
+fn an_exhausted_range_answers_try_again_and_the_node_stays_ready() {
+    if skip_unless_privileged("an_exhausted_range_answers_try_again_and_the_node_stays_ready") {
         return;
     }
     // A /30: .0 network, .1 gateway, .3 broadcast: one pod.
@@ -716,9 +723,9 @@ fn an_exhausted_range_answers_try_again_and_status_says_so() {
     assert_eq!(links(&p1), ["lo"]);
     assert_eq!(bed.node_veths().len(), 1);
     assert_eq!(bed.allocations().len(), 1);
+    // Full is not unavailable: a failed STATUS would take the node NotReady.
     let s = status(&bed);
-    assert_eq!(s.code(), 50, "{s:?}");
-    assert!(s.details().contains("taken"), "{s:?}");
+    assert!(s.ok, "{s:?}");
     assert!(bed.attach("DEL", "first", &p0, &config).ok);
     assert!(bed.attach("ADD", "second", &p1, &config).ok);
     assert!(bed.attach("DEL", "second", &p1, &config).ok);

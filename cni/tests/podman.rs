@@ -286,7 +286,14 @@ fn podman_attaches_a_container_with_the_plugin_and_detaches_it_on_rm() {
     );
     // No Kubernetes pod in CNI_ARGS: the node's end is named for the container ID.
     let host = pod_interface_name("", &id);
-    assert_eq!(pm.node_veths(), [host]);
+    assert_eq!(pm.node_veths(), std::slice::from_ref(&host));
+    // And it declares the container to the agent by its ID, no namespace.
+    let shown = ip(Some(&pm.node), &["-o", "link", "show", &host]).unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!("alias kxdp-pod /{id} 10.244.1.2")),
+        "{shown}"
+    );
     let mac = mac_text(pod_mac(ip4));
     let net: Value = serde_json::from_str(&pm.podman(&[
         "inspect",

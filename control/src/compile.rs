@@ -531,13 +531,18 @@ impl Compiler {
         cached
     }
 
+    /// This node's pods: the API's (or manifest's), then those their veths declare that the
+    /// API does not list (yet). A declaration is used only where its veth has the pod's
+    /// name and its address is inside the pod CIDR and free; the API's pod wins over the
+    /// declaration of the same pod, with a problem when the two disagree on the address.
     fn local_pods(
         &mut self,
         model: &Model,
         node: &NodeConfig,
         problems: &mut Vec<String>,
     ) -> Vec<LocalPod> {
-        let mut chosen: Vec<(String, String, &crate::model::PodInfo)> = Vec::new();
+        // (key, interface, address, MAC)
+        let mut chosen: Vec<(String, String, Ipv4Addr, EthernetAddress)> = Vec::new();
         let mut seen: HashMap<Ipv4Addr, String> = HashMap::new();
         for (key, pod) in model.pods() {
             if pod.node != node.name {
@@ -559,17 +564,56 @@ impl Compiler {
             }
             seen.insert(pod.ip, key.clone());
             let (ns, name) = key.split_once('/').unwrap_or(("", key));
-            chosen.push((key.clone(), pod_interface_name(ns, name), pod));
+            let mac = pod.mac.unwrap_or_else(|| pod_mac(pod.ip));
+            chosen.push((key.clone(), pod_interface_name(ns, name), pod.ip, mac));
         }
-        let names: BTreeSet<String> = chosen.iter().map(|(_, n, _)| n.clone()).collect();
+        for (ifname, declared) in model.declared() {
+            let key = declared.key();
+            if let Some(pod) = model.pods().get(&key) {
+                if pod.node == node.name && pod.ip != declared.ip {
+                    problems.push(format!(
+                        "pod {key}: its veth {ifname} declares {}, the API says {}: using the \
+                         API's",
+                        declared.ip, pod.ip
+                    ));
+                }
+                continue;
+            }
+            if *ifname != declared.interface_name() {
+                problems.push(format!(
+                    "pod {key}: declared on veth {ifname}, but its veth is named {}: ignored",
+                    declared.interface_name()
+                ));
+                continue;
+            }
+            if !node.pod_cidr.contains_addr(&declared.ip) {
+                problems.push(format!(
+                    "pod {key}: its veth {ifname} declares {}, outside this node's pod CIDR {}: \
+                     ignored",
+                    declared.ip, node.pod_cidr
+                ));
+                continue;
+            }
+            if let Some(first) = seen.get(&declared.ip) {
+                problems.push(format!(
+                    "pod {key}: its veth {ifname} declares {}, already used by pod {first}: \
+                     ignored",
+                    declared.ip
+                ));
+                continue;
+            }
+            seen.insert(declared.ip, key.clone());
+            chosen.push((key, ifname.clone(), declared.ip, pod_mac(declared.ip)));
+        }
+        let names: BTreeSet<String> = chosen.iter().map(|(_, n, _, _)| n.clone()).collect();
         self.interfaces.assign(&names);
         chosen
             .into_iter()
-            .map(|(key, ifname, pod)| LocalPod {
+            .map(|(key, ifname, ip, mac)| LocalPod {
                 name: key,
-                ip: pod.ip,
+                ip,
                 iface: self.interfaces.by_name[&ifname],
-                mac: pod.mac.unwrap_or_else(|| pod_mac(pod.ip)),
+                mac,
             })
             .collect()
     }

@@ -12,6 +12,7 @@ pub mod kube_source;
 pub mod manifest;
 pub mod model;
 pub mod node_subnet;
+pub mod pod_declaration;
 pub mod trace;
 
 pub use kxdp_dataplane::tables;

@@ -19,6 +19,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 
+use crate::pod_declaration::PodDeclaration;
+
 /// An object kxdp could not use, and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{object}: {field}: {problem}")]
@@ -697,6 +699,8 @@ pub struct Model {
     slices_by_service: BTreeMap<String, BTreeSet<String>>,
     nodes: BTreeMap<String, NodeInfo>,
     pods: BTreeMap<String, PodInfo>,
+    /// Pods their veths declare (see [`crate::pod_declaration`]), by the veth's name.
+    declared: BTreeMap<String, PodDeclaration>,
     dirty_services: HashSet<String>,
     nodes_dirty: bool,
     pods_dirty: bool,
@@ -764,6 +768,31 @@ impl Model {
         let changed = set(&mut self.pods, key, info);
         self.pods_dirty |= changed;
         changed
+    }
+
+    /// Set (or with `None` remove) the pod that veth `ifname` declares; returns whether
+    /// anything changed. Not an API object: the compiler serves a declared pod the API does
+    /// not list (yet), the API's pod winning when both exist.
+    pub fn set_declared(&mut self, ifname: &str, pod: Option<PodDeclaration>) -> bool {
+        let changed = set(&mut self.declared, ifname, pod);
+        self.pods_dirty |= changed;
+        changed
+    }
+
+    /// Replace every declaration with `declared` (a whole link table, read again); returns
+    /// whether anything changed.
+    pub fn replace_declared(&mut self, declared: BTreeMap<String, PodDeclaration>) -> bool {
+        let changed = declared != self.declared;
+        if changed {
+            self.declared = declared;
+            self.pods_dirty = true;
+        }
+        changed
+    }
+
+    /// Every declared pod, by its veth's name.
+    pub fn declared(&self) -> &BTreeMap<String, PodDeclaration> {
+        &self.declared
     }
 
     /// Keys of every object of `kind`, for a relist to find the ones it no longer lists.

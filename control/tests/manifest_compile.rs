@@ -716,3 +716,89 @@ fn topology_hints_follow_this_nodes_zone_and_a_new_zone_recompiles() {
     );
     assert_eq!(model.nodes()["node-a"].zone.as_deref(), Some("zone-c"));
 }
+
+#[test]
+fn a_pod_its_veth_declares_is_served_until_the_api_lists_it_and_bad_declarations_are_named() {
+    use kxdp_control::pod_declaration::PodDeclaration;
+    let declare = |ns: &str, name: &str, addr: &str| PodDeclaration {
+        namespace: ns.into(),
+        name: name.into(),
+        ip: ip(addr),
+    };
+    let mut model = Model::new();
+    ManifestSource::new(vec![fixture()])
+        .load(&mut model)
+        .unwrap();
+    let mut compiler = Compiler::new(settings());
+    compiler.compile(&mut model).unwrap();
+
+    // A pod the API does not list yet: served at its declared address, on its veth.
+    let fresh = declare("default", "fresh", "10.244.1.20");
+    assert!(model.set_declared(&fresh.interface_name(), Some(fresh.clone())));
+    // Ignored, each with a problem: a veth not named for the pod, an address outside the
+    // pod CIDR, one another pod has.
+    let misnamed = declare("default", "misnamed", "10.244.1.21");
+    model.set_declared(&pod_interface_name("default", "other"), Some(misnamed));
+    let outside = declare("default", "outside", "10.244.2.22");
+    model.set_declared(&outside.interface_name(), Some(outside.clone()));
+    let taken = declare("default", "taken", "10.244.1.10");
+    model.set_declared(&taken.interface_name(), Some(taken.clone()));
+    // The API's pod wins over its own declaration; a different address is a problem.
+    let client = declare("default", "client", "10.244.1.23");
+    model.set_declared(&client.interface_name(), Some(client.clone()));
+
+    let c = compiler.compile(&mut model).unwrap();
+    let pod = c.snapshot.local_pod(ip("10.244.1.20")).expect("served");
+    assert_eq!(pod.name, "default/fresh");
+    assert_eq!(pod.mac, pod_mac(ip("10.244.1.20")));
+    let iface = c
+        .interfaces
+        .iter()
+        .find(|(n, _)| *n == fresh.interface_name())
+        .expect("its veth is wanted");
+    assert_eq!(pod.iface, iface.1);
+    for addr in ["10.244.1.21", "10.244.2.22", "10.244.1.23"] {
+        assert!(c.snapshot.local_pod(ip(addr)).is_none(), "{addr}");
+    }
+    assert_eq!(
+        c.snapshot.local_pod(ip("10.244.1.10")).unwrap().name,
+        "default/web-0"
+    );
+    assert_eq!(
+        c.snapshot.local_pod(ip("10.244.1.11")).unwrap().name,
+        "default/client"
+    );
+    let mut problems = c.problems.clone();
+    problems.sort();
+    let wanted = [
+        "pod default/client: its veth kx",
+        "pod default/misnamed: declared on veth kx",
+        "pod default/outside: its veth kx",
+        "pod default/taken: its veth kx",
+    ];
+    assert_eq!(problems.len(), wanted.len(), "{problems:#?}");
+    for (p, w) in problems.iter().zip(wanted) {
+        assert!(p.starts_with(w), "{p:?} should start with {w:?}");
+    }
+    assert!(problems[0].contains("declares 10.244.1.23, the API says 10.244.1.11"));
+    assert!(problems[2].contains("outside this node's pod CIDR"));
+    assert!(problems[3].contains("already used by pod default/web-0"));
+
+    // The API lists it now: the same pod, from the API; the declaration goes with its veth.
+    let listed = "apiVersion: v1\nkind: Pod\nmetadata: {name: fresh, namespace: default}\n\
+                  spec: {nodeName: node-a, containers: [{name: c, image: c}]}\n\
+                  status: {phase: Running, podIP: 10.244.1.20}\n";
+    for (_, o) in parse("listed.yaml", listed).unwrap() {
+        model.apply(&o).unwrap();
+    }
+    let c = compiler.compile(&mut model).unwrap();
+    assert!(c.snapshot.local_pod(ip("10.244.1.20")).is_some());
+    model.remove(Kind::Pod, "default/fresh");
+    assert!(model.set_declared(&fresh.interface_name(), None));
+    let c = compiler.compile(&mut model).unwrap();
+    assert!(c.snapshot.local_pod(ip("10.244.1.20")).is_none());
+    assert!(!c
+        .interfaces
+        .iter()
+        .any(|(n, _)| *n == fresh.interface_name()));
+}

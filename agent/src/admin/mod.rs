@@ -3,8 +3,9 @@
 //! Two listeners, as kube-proxy and Cilium's agent split theirs:
 //!
 //! - **metrics** (`--metrics-address`, default TCP `127.0.0.1:9901`): `/metrics`, `/healthz`,
-//!   `/livez`, `/readyz`, for Prometheus and the kubelet. Any local user can reach it; it shows counts,
-//!   never addresses or flows.
+//!   `/livez`, `/readyz`, for Prometheus and the kubelet, and `/served/<interface>` for the CNI
+//!   plugin. Any local user can reach it; it shows counts and whether a named interface is
+//!   served, never addresses or flows.
 //! - **debug** (`--admin`, default the Unix socket `/run/kxdp/admin.sock`, mode 0600 in a
 //!   0700 directory when the agent creates it): those three and the JSON views under `/api/`,
 //!   which show every service, route and flow; the `kxdp` CLI's default. A TCP address can be
@@ -14,6 +15,7 @@
 //! |---|---|
 //! | `/healthz`, `/livez` | kube-proxy's proxier health ([`health`]): 200 with `{"lastUpdated", "currentTime"}`, 503 once the dataplane stopped or a change has waited 60 s to go live |
 //! | `/readyz` | 200 once the first snapshot is live, 503 with the reason before |
+//! | `/served/<interface>` | 200 once the pod interface is served (XDP attached, sockets bound, the snapshot with its pod published: when the agent logs "pod interface served"), 404 otherwise; `kxdp-cni`'s `ADD` waits for it |
 //! | `/metrics` | Prometheus text 0.0.4 ([`metrics`]): drops per reason, events, rx/tx per worker and per interface, batch sizes, conntrack size and pressure, snapshot generation and update latency, source errors, admin connections, `kxdp_build_info`, `process_*` |
 //! | `/api/status` | [`StatusView`] (debug listener only, as every `/api/` path) |
 //! | `/api/services` | [`ServiceView`] per service port |

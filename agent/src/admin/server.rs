@@ -2,7 +2,7 @@
 //! bound listener ([`serve`]) within its connection limits ([`super::conns`]).
 //!
 //! What a listener answers depends on its [`Scope`]: the metrics listener (TCP, reachable by
-//! every local user) only `/metrics`, `/healthz` and `/readyz`; the debug API (an owner-only
+//! every local user) only `/metrics`, `/healthz`, `/readyz` and `/served/<interface>`; the debug API (an owner-only
 //! Unix socket by default) those and every `/api/` view.
 
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ use super::views::{parse_endpoint, FlowFilter};
 /// What a listener answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// `/metrics`, `/healthz`, `/readyz`.
+    /// `/metrics`, `/healthz`, `/readyz`, `/served/<interface>`.
     Metrics,
     /// Those and the debug views under `/api/`.
     Debug,
@@ -131,6 +131,20 @@ pub fn handle(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     format!("not ready: {why}\n"),
+                )
+            }
+        }
+        // For the CNI plugin's ADD, which waits (bounded) for its pod's veth to be served.
+        // Only whether: the interface's name is a hash, and nothing else is told.
+        served if served.starts_with("/served/") => {
+            let name = &served["/served/".len()..];
+            if state.serves_pod_interface(name) {
+                reply(StatusCode::OK, "text/plain", "served\n".into())
+            } else {
+                reply(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    format!("{name}: not served\n"),
                 )
             }
         }
@@ -326,6 +340,7 @@ enum Conn {
 mod tests {
     use super::super::views::FlowFilter;
     use super::*;
+    use kxdp_dataplane::tables::InterfaceId;
 
     #[test]
     fn a_conntrack_listing_is_bounded() {
@@ -372,6 +387,44 @@ mod tests {
         );
         state.set_stopped();
         assert_eq!(get("/healthz"), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn served_answers_200_only_for_a_served_pod_interface_on_both_listeners() {
+        let state = Arc::new(AdminState::new("node-a", "manifests"));
+        let get = |scope, p: &str| handle(&state, scope, &hyper::Method::GET, p, None).status();
+        for scope in [Scope::Metrics, Scope::Debug] {
+            assert_eq!(get(scope, "/served/kx0123456789ab"), StatusCode::NOT_FOUND);
+        }
+        state.set_interfaces(vec![
+            (
+                "eth0".into(),
+                InterfaceId(0),
+                "uplink".into(),
+                "native".into(),
+            ),
+            (
+                "kx0123456789ab".into(),
+                InterfaceId(2),
+                "pod".into(),
+                "native".into(),
+            ),
+        ]);
+        for scope in [Scope::Metrics, Scope::Debug] {
+            assert_eq!(get(scope, "/served/kx0123456789ab"), StatusCode::OK);
+            assert_eq!(get(scope, "/served/kx0123456789ac"), StatusCode::NOT_FOUND);
+            assert_eq!(
+                get(scope, "/served/eth0"),
+                StatusCode::NOT_FOUND,
+                "not a pod's"
+            );
+            assert_eq!(get(scope, "/served/"), StatusCode::NOT_FOUND);
+        }
+        state.set_interfaces(vec![]);
+        assert_eq!(
+            get(Scope::Metrics, "/served/kx0123456789ab"),
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]

@@ -222,6 +222,16 @@ impl AdminState {
         lock(&self.inner).interfaces = interfaces;
     }
 
+    /// Whether pod interface `name` is served: XDP attached, every worker's socket bound and
+    /// the snapshot that has its pod published (the reconciler reports its interfaces after
+    /// all three).
+    pub fn serves_pod_interface(&self, name: &str) -> bool {
+        lock(&self.inner)
+            .interfaces
+            .iter()
+            .any(|(n, _, role, _)| n == name && role == "pod")
+    }
+
     /// The pod interfaces that could not be served or released (each `name: why`), tried
     /// again until they are.
     pub fn set_interface_errors(&self, errors: Vec<String>) {

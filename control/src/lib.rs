@@ -11,6 +11,7 @@ pub mod json;
 pub mod kube_source;
 pub mod manifest;
 pub mod model;
+pub mod netpol;
 pub mod node_subnet;
 pub mod pod_declaration;
 pub mod trace;

@@ -14,6 +14,7 @@ pub mod model;
 pub mod netpol;
 pub mod node_subnet;
 pub mod pod_declaration;
+pub mod policy;
 pub mod trace;
 
 pub use kxdp_dataplane::tables;

@@ -16,6 +16,7 @@ use kube::Api;
 use kxdp_control::compile::{Compiler, NodeSettings};
 use kxdp_control::kube_source::{KubeSource, SourceStatus};
 use kxdp_control::model::Model;
+use kxdp_control::tables::{Direction, PolicyVerdict};
 use kxdp_dataplane::wire::EthernetAddress;
 use kxdp_testkit::Topology;
 use kxdp_tests::apiserver::{FakeApiServer, Fault, Resource};
@@ -73,6 +74,9 @@ struct Tables {
     services: Vec<String>,
     pods: Vec<String>,
     remote_nodes: Vec<String>,
+    /// "pod <- peer: verdict", ingress on TCP 8080 from each of [`PROBES`], for every local
+    /// pod some policy selects for ingress.
+    policy: Vec<String>,
     /// What the model holds for policies: "NetworkPolicy key", "Namespace name labels", "Pod
     /// key address labels" for every pod a policy may name.
     objects: Vec<String>,
@@ -82,6 +86,9 @@ fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
     let pairs: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
     pairs.join(",")
 }
+
+/// The peers whose ingress verdicts [`Tables::policy`] lists: web-1 (on node-b) and client.
+const PROBES: [&str; 2] = ["10.244.2.10", "10.244.1.10"];
 
 /// The source running on its own thread, compiling every report into [`Tables`].
 struct Running {
@@ -125,6 +132,25 @@ impl Running {
                         })
                         .collect();
                     services.sort();
+                    let mut policy = Vec::new();
+                    for (pod, p) in c.policies.iter() {
+                        if p.ingress.is_none() {
+                            continue;
+                        }
+                        for peer in PROBES {
+                            let v = match p.evaluate(
+                                Direction::Ingress,
+                                peer.parse().unwrap(),
+                                6,
+                                8080,
+                            ) {
+                                PolicyVerdict::Allowed(by) => format!("allowed by {by}"),
+                                PolicyVerdict::Denied(_) => "denied".into(),
+                                PolicyVerdict::Open => "open".into(),
+                            };
+                            policy.push(format!("{pod} <- {peer}: {v}"));
+                        }
+                    }
                     let mut objects: Vec<String> = model
                         .policies()
                         .keys()
@@ -143,6 +169,7 @@ impl Running {
                     );
                     let tables = Tables {
                         objects,
+                        policy,
                         services,
                         pods: s.local_pods().map(|p| p.name.clone()).collect(),
                         remote_nodes: s
@@ -457,6 +484,14 @@ fn policies_namespaces_and_every_nodes_pods_are_watched_and_a_bad_policy_is_name
         ],
         "the bad policy is left out; the pod on node-b is a peer"
     );
+    assert_eq!(
+        t.policy,
+        [
+            "default/web-0 <- 10.244.2.10: allowed by default/web-from-web",
+            "default/web-0 <- 10.244.1.10: denied",
+        ],
+        "web-1, on node-b, is a peer; the bad policy selects nothing"
+    );
     assert_eq!(t.pods, ["default/client", "default/web-0"]);
     assert_eq!(
         status.rejected,
@@ -485,7 +520,7 @@ fn policies_namespaces_and_every_nodes_pods_are_watched_and_a_bad_policy_is_name
         "every node's pods are listed too: {requests:?}"
     );
 
-    // A peer on the other node changes its labels: watched.
+    // A peer on the other node changes its labels: watched, recompiled.
     server.apply(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "old"}},
         "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "c"}]},
@@ -493,32 +528,37 @@ fn policies_namespaces_and_every_nodes_pods_are_watched_and_a_bad_policy_is_name
     source.until("web-1 is no longer a peer", |t| {
         t.objects
             .contains(&"Pod default/web-1 10.244.2.10 app=old".to_owned())
+            && t.policy.first().map(String::as_str) == Some("default/web-0 <- 10.244.2.10: denied")
     });
-    // A namespace's labels change: watched.
+    // A policy by namespace: the client namespace's label decides.
     server.apply(network_policy(
         "web-from-clients",
         json!({"podSelector": {"matchLabels": {"app": "web"}},
                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "clients"}}}]}]}),
     ));
     server.apply(namespace("default", json!({"team": "clients"})));
-    source.until("the namespace is relabelled", |t| {
+    source.until("the namespace's pods are peers", |t| {
         t.objects.contains(
             &"Namespace default kubernetes.io/metadata.name=default,team=clients".to_owned(),
-        ) && t
-            .objects
-            .contains(&"NetworkPolicy default/web-from-clients".to_owned())
+        ) && t.policy
+            == [
+                "default/web-0 <- 10.244.2.10: allowed by default/web-from-clients",
+                "default/web-0 <- 10.244.1.10: allowed by default/web-from-clients",
+            ]
     });
-    // The policies go.
+    // The policies go: web-0 is selected by none.
     server.delete(Resource::NetworkPolicies, Some("default"), "web-from-web");
     server.delete(
         Resource::NetworkPolicies,
         Some("default"),
         "web-from-clients",
     );
-    let (t, status) = source.until("no policy is left", |t| {
-        !t.objects.iter().any(|o| o.starts_with("NetworkPolicy"))
-    });
-    assert!(t.objects.iter().any(|o| o.starts_with("Pod")));
+    let (t, status) = source.until("no policy selects web-0", |t| t.policy.is_empty());
+    assert!(
+        !t.objects.iter().any(|o| o.starts_with("NetworkPolicy")),
+        "{:?}",
+        t.objects
+    );
     assert_eq!(
         status.rejected.len(),
         1,

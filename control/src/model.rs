@@ -950,8 +950,8 @@ impl Model {
         &self.pods
     }
 
-    /// Take what changed since the last call: the services to recompile, and whether nodes
-    /// and pods changed.
+    /// Take what changed since the last call: the services to recompile, and whether nodes,
+    /// pods and what policies depend on changed.
     pub fn take_changes(&mut self) -> Changes {
         Changes {
             services: std::mem::take(&mut self.dirty_services),
@@ -996,7 +996,8 @@ pub struct Changes {
     pub nodes: bool,
     /// Whether any pod changed.
     pub pods: bool,
-    /// Whether any namespace or NetworkPolicy changed.
+    /// Whether any namespace or NetworkPolicy changed, or a peer pod while some policy
+    /// exists ([`Model::set_peer_pod`]).
     pub policy: bool,
 }
 

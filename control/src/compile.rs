@@ -5,6 +5,9 @@
 //! reused by reference. Local pods, remote nodes and the node's own configuration are rebuilt
 //! when nodes or pods changed, which is cheap. [`Snapshot::build`] then indexes the whole.
 //!
+//! NetworkPolicies are compiled per local pod ([`crate::policy::compile_policies`]) when pods,
+//! peer pods, namespaces or policies changed, and reused otherwise: [`Compiled::policies`].
+//!
 //! Objects that cannot be served are left out, each with a problem naming it, rather than
 //! failing the whole snapshot: a pod outside the node's pod CIDR or reusing another's address,
 //! a node whose pod CIDR overlaps another's, a service port claiming a frontend another already
@@ -31,6 +34,7 @@ use kxdp_dataplane::wire::EthernetAddress;
 use kxdp_dataplane::Snapshot;
 
 use crate::model::{Model, ObjectError, ServiceInfo, SliceInfo};
+use crate::policy::{compile_policies, PodPolicies};
 
 /// What the API does not say about this node: its name, interfaces, MACs, MTU, CIDRs, VXLAN
 /// and masquerade settings, and its underlay neighbours.
@@ -72,6 +76,11 @@ pub struct Compiled {
     /// The health-check node ports to serve, one per LoadBalancer service with
     /// `externalTrafficPolicy: Local`.
     pub health_checks: Vec<HealthCheck>,
+    /// This node's pods' NetworkPolicies, by pod key: the same `Arc` as the last compile's
+    /// unless [`Compiled::policies_compiled`].
+    pub policies: Arc<PodPolicies>,
+    /// Whether this compile rebuilt [`Compiled::policies`].
+    pub policies_compiled: bool,
 }
 
 /// One service's health-check node port and what it answers: kube-proxy's
@@ -138,6 +147,8 @@ pub struct Compiler {
     nodeport_ips: Vec<Ipv4Addr>,
     /// This node's `topology.kubernetes.io/zone`, as the last compile saw it.
     zone: Option<String>,
+    /// The last compiled policies; `None` before the first compile.
+    policies: Option<Arc<PodPolicies>>,
     generation: u64,
 }
 
@@ -231,6 +242,7 @@ impl Compiler {
             draining: BTreeSet::new(),
             interfaces: InterfaceNumbers::new(first),
             zone: None,
+            policies: None,
             generation: 0,
         }
     }
@@ -348,6 +360,14 @@ impl Compiler {
         for c in self.services.values() {
             problems.extend(c.problems.iter().cloned());
         }
+        // Policies depend on pods (selected and peers), namespaces and policies only.
+        let reused = (!changes.pods && !changes.policy)
+            .then(|| self.policies.clone())
+            .flatten();
+        let policies_compiled = reused.is_none();
+        let policies =
+            reused.unwrap_or_else(|| Arc::new(compile_policies(model, Some(&node.name))));
+        self.policies = Some(Arc::clone(&policies));
         let pods = self.local_pods(model, &node, &mut problems);
         let nodes = self.remote_nodes(model, &node, &mut problems);
         let interfaces: Vec<(String, InterfaceId)> = self
@@ -378,6 +398,8 @@ impl Compiler {
             services_compiled: dirty.len(),
             problems,
             health_checks: health_checks(model, &self.settings.node.name),
+            policies,
+            policies_compiled,
         })
     }
 

@@ -1,5 +1,6 @@
-//! The Kubernetes source: kube's runtime watchers for Services, EndpointSlices, Nodes and this
-//! node's Pods, feeding the cluster model.
+//! The Kubernetes source: kube's runtime watchers for Services, EndpointSlices, Nodes, this
+//! node's Pods, and for NetworkPolicy Namespaces, NetworkPolicies and every Pod as a peer,
+//! feeding the cluster model.
 //!
 //! Each watcher lists, then watches, and relists when it must (410 Gone, a broken stream),
 //! retrying with kube's default backoff while the API server is away; meanwhile the model, and
@@ -8,7 +9,15 @@
 //! its first list, so the first tables are complete.
 //!
 //! Services are watched with kube-proxy's label selector (no `service-proxy-name`, not
-//! headless), slices by their service-name label, pods by `spec.nodeName`. The node's overlay
+//! headless), slices by their service-name label, the pods this node serves by
+//! `spec.nodeName`.
+//!
+//! A policy's peers are pods of any node, so every pod is watched a second time, cluster-wide,
+//! as [`Kind::PeerPod`] (the model keeps only namespace, labels, address and named ports), from
+//! the start and whether or not any policy exists, as Calico's Felix receives every workload
+//! endpoint: the first policy then compiles against complete peers, with no window in which a
+//! peer on another node is unknown and its allowed traffic denied. The node's own watch stays,
+//! so serving this node's pods never waits on the larger list. The node's overlay
 //! identity is published on its Node object with flannel's annotations, so flannel nodes and
 //! kxdp nodes find each other.
 
@@ -16,8 +25,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -66,13 +76,27 @@ pub const API_ACCESS: &[ApiAccess] = &[
         resource: "nodes",
         verbs: &["list", "watch", "patch"],
     },
-    // Only this node's pods are asked for, but a field selector cannot narrow an RBAC rule.
+    // This node's pods, and every pod as a NetworkPolicy peer.
     ApiAccess {
         group: "",
         resource: "pods",
         verbs: &["list", "watch"],
     },
+    // Their labels, for NetworkPolicy `namespaceSelector`s.
+    ApiAccess {
+        group: "",
+        resource: "namespaces",
+        verbs: &["list", "watch"],
+    },
+    ApiAccess {
+        group: "networking.k8s.io",
+        resource: "networkpolicies",
+        verbs: &["list", "watch"],
+    },
 ];
+
+/// How many watchers the source runs, one per [`Kind`].
+pub const WATCHERS: usize = 7;
 
 /// A kube client from a kubeconfig file, or else the usual way (`KUBECONFIG`, `~/.kube/config`,
 /// the in-cluster service account).
@@ -101,8 +125,9 @@ pub struct SourceStatus {
     pub errors: u64,
     /// The last of them.
     pub last_error: Option<String>,
-    /// Lists completed (first lists and relists), per kind: services, slices, nodes, pods.
-    pub lists: [u64; 4],
+    /// Lists completed (first lists and relists), per kind: services, slices, nodes, this
+    /// node's pods, namespaces, network policies, every pod (peers).
+    pub lists: [u64; WATCHERS],
     /// Objects that could not be used, with why (the last 16).
     pub rejected: Vec<String>,
 }
@@ -113,6 +138,9 @@ fn index(kind: Kind) -> usize {
         Kind::EndpointSlice => 1,
         Kind::Node => 2,
         Kind::Pod => 3,
+        Kind::Namespace => 4,
+        Kind::NetworkPolicy => 5,
+        Kind::PeerPod => 6,
     }
 }
 
@@ -254,11 +282,32 @@ impl KubeSource {
                 Object::Pod(Box::new(o))
             })
             .boxed(),
+            stream(
+                Api::<Namespace>::all(c.clone()),
+                watcher::Config::default(),
+                Kind::Namespace,
+                |o| Object::Namespace(Box::new(o)),
+            )
+            .boxed(),
+            stream(
+                Api::<NetworkPolicy>::all(c.clone()),
+                watcher::Config::default(),
+                Kind::NetworkPolicy,
+                |o| Object::NetworkPolicy(Box::new(o)),
+            )
+            .boxed(),
+            stream(
+                Api::<Pod>::all(c.clone()),
+                watcher::Config::default(),
+                Kind::PeerPod,
+                |o| Object::PeerPod(Box::new(o)),
+            )
+            .boxed(),
         ]);
         Watch {
             events,
             status: SourceStatus::default(),
-            synced: [false; 4],
+            synced: [false; WATCHERS],
             buffers: Default::default(),
             published: false,
         }
@@ -269,8 +318,8 @@ impl KubeSource {
 pub struct Watch {
     events: futures::stream::SelectAll<futures::stream::BoxStream<'static, Ev>>,
     status: SourceStatus,
-    synced: [bool; 4],
-    buffers: [Option<Vec<Object>>; 4],
+    synced: [bool; WATCHERS],
+    buffers: [Option<Vec<Object>>; WATCHERS],
     published: bool,
 }
 

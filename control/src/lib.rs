@@ -11,8 +11,10 @@ pub mod json;
 pub mod kube_source;
 pub mod manifest;
 pub mod model;
+pub mod netpol;
 pub mod node_subnet;
 pub mod pod_declaration;
+pub mod policy;
 pub mod trace;
 
 pub use kxdp_dataplane::tables;

@@ -1,6 +1,7 @@
 //! The manifest source: the cluster model from Kubernetes YAML files (Services,
-//! EndpointSlices, Nodes and Pods; several documents per file, `List` objects too), optionally
-//! re-read when they change.
+//! EndpointSlices, Nodes, Pods, Namespaces and `networking.k8s.io/v1` NetworkPolicies; several
+//! documents per file, `List` objects too), optionally re-read when they change. Manifests list
+//! the pods of every node, so they are the policies' peers as well (no [`Kind::PeerPod`]).
 //!
 //! A load is all or nothing: bad YAML, an object that does not decode, or a value kxdp cannot
 //! use fails the whole load with an error naming the file, the document, the object and the
@@ -117,7 +118,7 @@ fn collect(
     let api = text(&value, "apiVersion").unwrap_or_default();
     let meta = value.get("metadata");
     let name = meta.and_then(|m| text(m, "name")).unwrap_or_default();
-    let cluster_scoped = matches!(kind.as_str(), "Node" | "List");
+    let cluster_scoped = matches!(kind.as_str(), "Node" | "Namespace" | "List");
     let object = match meta.and_then(|m| text(m, "namespace")) {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None if cluster_scoped => format!("{kind} {name}"),
@@ -148,6 +149,10 @@ fn collect(
         }
         ("v1", "Node") => Object::Node(decode(value, file, doc, &object)?),
         ("v1", "Pod") => Object::Pod(decode(namespaced(value), file, doc, &object)?),
+        ("v1", "Namespace") => Object::Namespace(decode(value, file, doc, &object)?),
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            Object::NetworkPolicy(decode(namespaced(value), file, doc, &object)?)
+        }
         _ => return Ok(()),
     };
     if name.is_empty() {
@@ -215,7 +220,14 @@ impl ManifestSource {
             })?;
         }
         let all: Vec<Object> = objects.into_iter().map(|(_, o)| o).collect();
-        for kind in [Kind::Node, Kind::Pod, Kind::Service, Kind::EndpointSlice] {
+        for kind in [
+            Kind::Node,
+            Kind::Pod,
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Namespace,
+            Kind::NetworkPolicy,
+        ] {
             let errors = model.replace_kind(kind, &all);
             debug_assert!(errors.is_empty(), "converted once already: {errors:?}");
         }

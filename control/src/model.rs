@@ -1,9 +1,16 @@
-//! The cluster as kxdp needs it: what each Service, EndpointSlice, Node and Pod says that
-//! matters to the dataplane, keyed by object, with the services whose tables a change touches.
+//! The cluster as kxdp needs it: what each Service, EndpointSlice, Node, Pod, Namespace and
+//! NetworkPolicy says that matters to the dataplane, keyed by object, with the services whose
+//! tables a change touches.
 //!
 //! Kubernetes objects are converted once, on arrival ([`service_from`], [`slice_from`],
-//! [`node_from`], [`pod_from`]); a malformed one gets an [`ObjectError`] naming the object and
-//! the field, and the model keeps what it had. Objects kube-proxy ignores (headless and
+//! [`node_from`], [`pod_from`], and for NetworkPolicy and Namespace
+//! [`crate::netpol::policy_from`] and [`crate::netpol::namespace_from`]); a malformed one gets an
+//! [`ObjectError`] naming the object and the field, and the model keeps what it had.
+//!
+//! Pods come in two kinds: [`Kind::Pod`], the pods the node serves (the Kubernetes source
+//! watches this node's only), and [`Kind::PeerPod`], every pod of the cluster as a
+//! NetworkPolicy peer (its namespace, labels, address and named ports). A source that lists
+//! every pod as [`Kind::Pod`] (manifests) needs no peer pods: [`Model::policy_pods`] joins both. Objects kube-proxy ignores (headless and
 //! ExternalName services, services of another proxy, FQDN and IPv6 slices) convert to `None`.
 //!
 //! [`Model`] records which services a change touches (a service, or any slice of it), so the
@@ -14,11 +21,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 use std::time::SystemTime;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kxdp_dataplane::wire::{EthernetAddress, Ipv4Cidr};
 
+use crate::netpol::{namespace_from, policy_from, NamespaceInfo, PolicyInfo};
 use crate::pod_declaration::PodDeclaration;
 
 /// An object kxdp could not use, and why.
@@ -180,6 +189,13 @@ pub struct PodInfo {
     pub node: String,
     /// The `kxdp.io/mac` annotation, if the CNI plugin set one.
     pub mac: Option<EthernetAddress>,
+    /// `metadata.namespace`: what a policy's `podSelector` is scoped to.
+    pub namespace: String,
+    /// `metadata.labels`: what policies select by.
+    pub labels: BTreeMap<String, String>,
+    /// The named ports of its containers (`spec.containers[].ports[]` with a `name`): name,
+    /// protocol number (6, 17, 132), port; what a policy's named port resolves to.
+    pub named_ports: Vec<(String, u8, u16)>,
 }
 
 fn proto(object: &str, field: &str, p: Option<&str>) -> Result<Option<u8>, ObjectError> {
@@ -187,6 +203,17 @@ fn proto(object: &str, field: &str, p: Option<&str>) -> Result<Option<u8>, Objec
         "TCP" => Ok(Some(6)),
         "UDP" => Ok(Some(17)),
         "SCTP" => Ok(None),
+        other => Err(err(object, field, format!("unknown protocol {other:?}"))),
+    }
+}
+
+/// A protocol as a NetworkPolicy or a container port names it: SCTP included (kxdp does not
+/// forward SCTP, but a policy naming it must still compile: its rules never match TCP or UDP).
+pub(crate) fn policy_proto(object: &str, field: &str, p: Option<&str>) -> Result<u8, ObjectError> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Ok(6),
+        "UDP" => Ok(17),
+        "SCTP" => Ok(132),
         other => Err(err(object, field, format!("unknown protocol {other:?}"))),
     }
 }
@@ -675,10 +702,30 @@ pub fn pod_from(pod: &Pod) -> Result<Option<PodInfo>, ObjectError> {
         })?),
         None => None,
     };
-    Ok(Some(PodInfo { ip, node, mac }))
+    let mut named_ports = Vec::new();
+    for (c, container) in spec.into_iter().flat_map(|s| &s.containers).enumerate() {
+        for (i, p) in container.ports.iter().flatten().enumerate() {
+            let Some(name) = p.name.clone().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let field = |f: &str| format!("spec.containers[{c}].ports[{i}].{f}");
+            let proto = policy_proto(&object, &field("protocol"), p.protocol.as_deref())?;
+            let port = port(&object, &field("containerPort"), p.container_port)?;
+            named_ports.push((name, proto, port));
+        }
+    }
+    named_ports.sort();
+    Ok(Some(PodInfo {
+        ip,
+        node,
+        mac,
+        namespace: pod.namespace().unwrap_or_default(),
+        labels: pod.labels().clone(),
+        named_ports,
+    }))
 }
 
-/// The four kinds of object the model holds.
+/// The kinds of object the model holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// Services.
@@ -689,6 +736,12 @@ pub enum Kind {
     Node,
     /// Pods.
     Pod,
+    /// Namespaces (their labels, for NetworkPolicy peers).
+    Namespace,
+    /// `networking.k8s.io/v1` NetworkPolicies.
+    NetworkPolicy,
+    /// Pods of every node, as NetworkPolicy peers (same conversion as [`Kind::Pod`]).
+    PeerPod,
 }
 
 /// The cluster model, with what changed since the compiler last looked.
@@ -701,9 +754,15 @@ pub struct Model {
     pods: BTreeMap<String, PodInfo>,
     /// Pods their veths declare (see [`crate::pod_declaration`]), by the veth's name.
     declared: BTreeMap<String, PodDeclaration>,
+    namespaces: BTreeMap<String, NamespaceInfo>,
+    policies: BTreeMap<String, PolicyInfo>,
+    /// Pods of every node, as policy peers ([`Kind::PeerPod`]).
+    peer_pods: BTreeMap<String, PodInfo>,
     dirty_services: HashSet<String>,
     nodes_dirty: bool,
     pods_dirty: bool,
+    /// Namespaces, policies or peer pods changed (pods changing is `pods_dirty`).
+    policy_dirty: bool,
     /// Trigger times of slice changes not yet taken ([`Model::take_trigger_times`]).
     trigger_times: Vec<SystemTime>,
 }
@@ -795,6 +854,52 @@ impl Model {
         &self.declared
     }
 
+    /// Set (or with `None` remove) namespace `name`; returns whether anything changed.
+    pub fn set_namespace(&mut self, name: &str, info: Option<NamespaceInfo>) -> bool {
+        let changed = set(&mut self.namespaces, name, info);
+        self.policy_dirty |= changed;
+        changed
+    }
+
+    /// Set (or with `None` remove) NetworkPolicy `key`; returns whether anything changed.
+    pub fn set_policy(&mut self, key: &str, info: Option<PolicyInfo>) -> bool {
+        let changed = set(&mut self.policies, key, info);
+        self.policy_dirty |= changed;
+        changed
+    }
+
+    /// Set (or with `None` remove) peer pod `key` (a pod of any node); returns whether anything
+    /// changed.
+    ///
+    /// Peers matter only to policies: while there is none, a peer's change leaves the model
+    /// clean (nothing to recompile or publish); the first policy compiles against the peers
+    /// held by then.
+    pub fn set_peer_pod(&mut self, key: &str, info: Option<PodInfo>) -> bool {
+        let changed = set(&mut self.peer_pods, key, info);
+        self.policy_dirty |= changed && !self.policies.is_empty();
+        changed
+    }
+
+    /// Every pod a NetworkPolicy may name as a peer, by key: the peer pods, and the served
+    /// pods, which win where both hold a key (the node's own watch may be ahead of the
+    /// cluster-wide one).
+    pub fn policy_pods(&self) -> impl Iterator<Item = (&String, &PodInfo)> + '_ {
+        self.peer_pods
+            .iter()
+            .filter(|(k, _)| !self.pods.contains_key(*k))
+            .chain(&self.pods)
+    }
+
+    /// Every namespace, by name.
+    pub fn namespaces(&self) -> &BTreeMap<String, NamespaceInfo> {
+        &self.namespaces
+    }
+
+    /// Every NetworkPolicy, by key.
+    pub fn policies(&self) -> &BTreeMap<String, PolicyInfo> {
+        &self.policies
+    }
+
     /// Keys of every object of `kind`, for a relist to find the ones it no longer lists.
     pub fn keys(&self, kind: Kind) -> Vec<String> {
         match kind {
@@ -802,6 +907,9 @@ impl Model {
             Kind::EndpointSlice => self.slices.keys().cloned().collect(),
             Kind::Node => self.nodes.keys().cloned().collect(),
             Kind::Pod => self.pods.keys().cloned().collect(),
+            Kind::Namespace => self.namespaces.keys().cloned().collect(),
+            Kind::NetworkPolicy => self.policies.keys().cloned().collect(),
+            Kind::PeerPod => self.peer_pods.keys().cloned().collect(),
         }
     }
 
@@ -812,6 +920,9 @@ impl Model {
             Kind::EndpointSlice => self.set_slice(key, None),
             Kind::Node => self.set_node(key, None),
             Kind::Pod => self.set_pod(key, None),
+            Kind::Namespace => self.set_namespace(key, None),
+            Kind::NetworkPolicy => self.set_policy(key, None),
+            Kind::PeerPod => self.set_peer_pod(key, None),
         }
     }
 
@@ -839,13 +950,14 @@ impl Model {
         &self.pods
     }
 
-    /// Take what changed since the last call: the services to recompile, and whether nodes
-    /// and pods changed.
+    /// Take what changed since the last call: the services to recompile, and whether nodes,
+    /// pods and what policies depend on changed.
     pub fn take_changes(&mut self) -> Changes {
         Changes {
             services: std::mem::take(&mut self.dirty_services),
             nodes: std::mem::take(&mut self.nodes_dirty),
             pods: std::mem::take(&mut self.pods_dirty),
+            policy: std::mem::take(&mut self.policy_dirty),
         }
     }
 
@@ -858,7 +970,10 @@ impl Model {
 
     /// Whether nothing changed since the last [`Model::take_changes`].
     pub fn is_clean(&self) -> bool {
-        self.dirty_services.is_empty() && !self.nodes_dirty && !self.pods_dirty
+        self.dirty_services.is_empty()
+            && !self.nodes_dirty
+            && !self.pods_dirty
+            && !self.policy_dirty
     }
 
     /// Object counts: services, slices, nodes, pods.
@@ -881,12 +996,15 @@ pub struct Changes {
     pub nodes: bool,
     /// Whether any pod changed.
     pub pods: bool,
+    /// Whether any namespace or NetworkPolicy changed, or a peer pod while some policy
+    /// exists ([`Model::set_peer_pod`]).
+    pub policy: bool,
 }
 
 impl Changes {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && !self.nodes && !self.pods
+        self.services.is_empty() && !self.nodes && !self.pods && !self.policy
     }
 }
 
@@ -914,6 +1032,12 @@ pub enum Object {
     Node(Box<Node>),
     /// A Pod.
     Pod(Box<Pod>),
+    /// A Namespace.
+    Namespace(Box<Namespace>),
+    /// A NetworkPolicy.
+    NetworkPolicy(Box<NetworkPolicy>),
+    /// A Pod of any node, as a NetworkPolicy peer.
+    PeerPod(Box<Pod>),
 }
 
 impl Object {
@@ -924,16 +1048,23 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Node(_) => Kind::Node,
             Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::PeerPod(_) => Kind::PeerPod,
         }
     }
 
-    /// Its key in the model: `namespace/name`, or the name for a Node.
+    /// Its key in the model: `namespace/name`, or the name for a Node or a Namespace.
     pub fn key(&self) -> String {
         match self {
             Object::Service(o) => key(&o.namespace().unwrap_or_default(), &o.name_any()),
             Object::EndpointSlice(o) => key(&o.namespace().unwrap_or_default(), &o.name_any()),
             Object::Node(o) => o.name_any(),
-            Object::Pod(o) => key(&o.namespace().unwrap_or_default(), &o.name_any()),
+            Object::Pod(o) | Object::PeerPod(o) => {
+                key(&o.namespace().unwrap_or_default(), &o.name_any())
+            }
+            Object::Namespace(o) => o.name_any(),
+            Object::NetworkPolicy(o) => key(&o.namespace().unwrap_or_default(), &o.name_any()),
         }
     }
 }
@@ -960,6 +1091,15 @@ impl Model {
             Object::Pod(o) => {
                 let info = pod_from(o)?;
                 self.set_pod(&k, info)
+            }
+            Object::Namespace(o) => self.set_namespace(&k, Some(namespace_from(o))),
+            Object::NetworkPolicy(o) => {
+                let info = policy_from(o)?;
+                self.set_policy(&k, Some(info))
+            }
+            Object::PeerPod(o) => {
+                let info = pod_from(o)?;
+                self.set_peer_pod(&k, info)
             }
         })
     }
@@ -988,6 +1128,64 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(name: &str, node: &str, ip: &str) -> Box<Pod> {
+        Box::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "ns", "labels": {"app": name}},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "c",
+                    "ports": [{"name": "http", "containerPort": 8080},
+                              {"containerPort": 9090}]}]},
+                "status": {"phase": "Running", "podIP": ip}}))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn peer_pods_matter_only_once_a_policy_exists_and_served_pods_win() {
+        let mut model = Model::new();
+        assert!(model
+            .apply(&Object::PeerPod(pod("a", "node-b", "10.0.2.1")))
+            .unwrap());
+        assert!(
+            model.is_clean(),
+            "no policy: a peer changes nothing to compile"
+        );
+        let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "ns"}, "spec": {"podSelector": {}}}))
+        .unwrap();
+        model.apply(&Object::NetworkPolicy(Box::new(np))).unwrap();
+        assert!(model.take_changes().policy);
+        model
+            .apply(&Object::PeerPod(pod("b", "node-b", "10.0.2.2")))
+            .unwrap();
+        assert!(
+            model.take_changes().policy,
+            "with a policy, a peer recompiles"
+        );
+        // The node's own watch says more recently where pod a is.
+        model
+            .apply(&Object::Pod(pod("a", "node-a", "10.0.1.1")))
+            .unwrap();
+        let peers: Vec<(&String, Ipv4Addr)> = model.policy_pods().map(|(k, p)| (k, p.ip)).collect();
+        assert_eq!(
+            peers,
+            [
+                (&"ns/b".to_owned(), Ipv4Addr::new(10, 0, 2, 2)),
+                (&"ns/a".to_owned(), Ipv4Addr::new(10, 0, 1, 1)),
+            ]
+        );
+        let a = &model.pods()["ns/a"];
+        assert_eq!(
+            a.named_ports,
+            [("http".to_owned(), 6, 8080)],
+            "named ports only"
+        );
+        assert_eq!(a.labels["app"], "a");
+        assert_eq!(a.namespace, "ns");
+    }
 
     #[test]
     fn cidrs_parse_with_ipnet_and_refuse_host_bits_naming_the_network() {

@@ -2,7 +2,7 @@
 //! watchers through the real list/watch protocol without a cluster.
 //!
 //! [`FakeApiServer`] listens on `127.0.0.1` over plain HTTP/1.1 (hyper, keep-alive on) and serves
-//! Services, EndpointSlices, Nodes and Pods as real Kubernetes JSON:
+//! Services, EndpointSlices, Nodes, Pods, Namespaces and NetworkPolicies as real Kubernetes JSON:
 //!
 //! - **list** (`GET /api/v1/pods`, `GET /api/v1/namespaces/{ns}/pods`, ...): a `PodList` whose
 //!   items carry no `kind`/`apiVersion` (as a real server sends them), `metadata.resourceVersion`,
@@ -63,14 +63,20 @@ pub enum Resource {
     Nodes,
     /// `v1` Pods, namespaced.
     Pods,
+    /// `v1` Namespaces, cluster-scoped.
+    Namespaces,
+    /// `networking.k8s.io/v1` NetworkPolicies, namespaced.
+    NetworkPolicies,
 }
 
 impl Resource {
-    const ALL: [Resource; 4] = [
+    const ALL: [Resource; 6] = [
         Resource::Services,
         Resource::EndpointSlices,
         Resource::Nodes,
         Resource::Pods,
+        Resource::Namespaces,
+        Resource::NetworkPolicies,
     ];
 
     fn index(self) -> usize {
@@ -79,13 +85,16 @@ impl Resource {
             Resource::EndpointSlices => 1,
             Resource::Nodes => 2,
             Resource::Pods => 3,
+            Resource::Namespaces => 4,
+            Resource::NetworkPolicies => 5,
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
-            Resource::Services | Resource::Nodes | Resource::Pods => "v1",
+            Resource::NetworkPolicies => "networking.k8s.io/v1",
+            Resource::Services | Resource::Nodes | Resource::Pods | Resource::Namespaces => "v1",
         }
     }
 
@@ -95,6 +104,8 @@ impl Resource {
             Resource::EndpointSlices => "EndpointSlice",
             Resource::Nodes => "Node",
             Resource::Pods => "Pod",
+            Resource::Namespaces => "Namespace",
+            Resource::NetworkPolicies => "NetworkPolicy",
         }
     }
 
@@ -104,6 +115,8 @@ impl Resource {
             Resource::EndpointSlices => "endpointslices",
             Resource::Nodes => "nodes",
             Resource::Pods => "pods",
+            Resource::Namespaces => "namespaces",
+            Resource::NetworkPolicies => "networkpolicies",
         }
     }
 
@@ -116,7 +129,7 @@ impl Resource {
     }
 
     fn namespaced(self) -> bool {
-        !matches!(self, Resource::Nodes)
+        !matches!(self, Resource::Nodes | Resource::Namespaces)
     }
 
     fn from_type(api_version: &str, kind: &str) -> Option<Resource> {
@@ -148,7 +161,8 @@ impl Resource {
                 ("status.nominatedNodeName", ""),
             ],
             Resource::Nodes => &[("spec.unschedulable", "false")],
-            Resource::Services | Resource::EndpointSlices => &[],
+            Resource::Namespaces => &[("status.phase", "")],
+            Resource::Services | Resource::EndpointSlices | Resource::NetworkPolicies => &[],
         }
     }
 }
@@ -447,7 +461,7 @@ struct OpenWatch {
 struct Store {
     /// The last resourceVersion handed out.
     rv: u64,
-    objects: [BTreeMap<Key, Value>; 4],
+    objects: [BTreeMap<Key, Value>; Resource::ALL.len()],
     /// Every write after `floor`, oldest first.
     history: Vec<Event>,
     /// The oldest resourceVersion a watch, continue token or exact list can start from.

@@ -301,6 +301,8 @@ fn the_source_calls_nothing_outside_api_access_and_all_of_it() {
             Resource::EndpointSlices,
             Resource::Nodes,
             Resource::Pods,
+            Resource::Namespaces,
+            Resource::NetworkPolicies,
         ];
         let deadline = tokio::time::Instant::now() + BOUND;
         // Drive the watchers until every one has listed and opened its watch.

@@ -2,8 +2,10 @@
 //! the first tables come only after every watcher's first (paged) list and say what the
 //! cluster says; changes follow; a 410 Gone forces a relist that deletes what is no longer
 //! listed; a 500 and a dropped connection are ridden out; while the API server is away the
-//! last tables stay served; the node's flannel annotations are published. No privileges
-//! needed; every wait is bounded.
+//! last tables stay served; the node's flannel annotations are published; NetworkPolicies,
+//! Namespaces and the pods of every node (as peers) are watched, a bad policy is reported by
+//! object and field without taking the others down. No privileges needed; every wait is
+//! bounded.
 
 use std::net::Ipv4Addr;
 use std::sync::mpsc;
@@ -14,6 +16,7 @@ use kube::Api;
 use kxdp_control::compile::{Compiler, NodeSettings};
 use kxdp_control::kube_source::{KubeSource, SourceStatus};
 use kxdp_control::model::Model;
+use kxdp_control::tables::{Direction, PolicyVerdict};
 use kxdp_dataplane::wire::EthernetAddress;
 use kxdp_testkit::Topology;
 use kxdp_tests::apiserver::{FakeApiServer, Fault, Resource};
@@ -35,9 +38,11 @@ fn node(name: &str, cidr: &str, ip: &str, vtep: Option<&str>) -> Value {
            "status": {"addresses": [{"type": "InternalIP", "address": ip}]}})
 }
 
+/// A pod labelled `app` with its name up to the first `-` (`web-0`: `app=web`).
 fn pod(name: &str, node: &str, ip: &str) -> Value {
+    let app = name.split('-').next().unwrap_or(name);
     json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": "default"},
+           "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "c"}]},
            "status": {"phase": "Running", "podIP": ip}})
 }
@@ -69,7 +74,21 @@ struct Tables {
     services: Vec<String>,
     pods: Vec<String>,
     remote_nodes: Vec<String>,
+    /// "pod <- peer: verdict", ingress on TCP 8080 from each of [`PROBES`], for every local
+    /// pod some policy selects for ingress.
+    policy: Vec<String>,
+    /// What the model holds for policies: "NetworkPolicy key", "Namespace name labels", "Pod
+    /// key address labels" for every pod a policy may name.
+    objects: Vec<String>,
 }
+
+fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+/// The peers whose ingress verdicts [`Tables::policy`] lists: web-1 (on node-b) and client.
+const PROBES: [&str; 2] = ["10.244.2.10", "10.244.1.10"];
 
 /// The source running on its own thread, compiling every report into [`Tables`].
 struct Running {
@@ -113,7 +132,44 @@ impl Running {
                         })
                         .collect();
                     services.sort();
+                    let mut policy = Vec::new();
+                    for (pod, p) in c.policies.iter() {
+                        if p.ingress.is_none() {
+                            continue;
+                        }
+                        for peer in PROBES {
+                            let v = match p.evaluate(
+                                Direction::Ingress,
+                                peer.parse().unwrap(),
+                                6,
+                                8080,
+                            ) {
+                                PolicyVerdict::Allowed(by) => format!("allowed by {by}"),
+                                PolicyVerdict::Denied(_) => "denied".into(),
+                                PolicyVerdict::Open => "open".into(),
+                            };
+                            policy.push(format!("{pod} <- {peer}: {v}"));
+                        }
+                    }
+                    let mut objects: Vec<String> = model
+                        .policies()
+                        .keys()
+                        .map(|k| format!("NetworkPolicy {k}"))
+                        .collect();
+                    objects.extend(
+                        model
+                            .namespaces()
+                            .iter()
+                            .map(|(n, i)| format!("Namespace {n} {}", labels(&i.labels))),
+                    );
+                    objects.extend(
+                        model
+                            .policy_pods()
+                            .map(|(k, p)| format!("Pod {k} {} {}", p.ip, labels(&p.labels))),
+                    );
                     let tables = Tables {
+                        objects,
+                        policy,
                         services,
                         pods: s.local_pods().map(|p| p.name.clone()).collect(),
                         remote_nodes: s
@@ -208,11 +264,7 @@ fn first_tables_come_after_every_paged_list_and_say_what_the_cluster_says() {
     let source = Running::start(&server);
     let (t, status) = source.next("the first tables");
     assert!(status.synced);
-    assert_eq!(
-        status.lists,
-        [1, 1, 1, 1],
-        "one complete list per kind first"
-    );
+    assert_eq!(status.lists, [1; 7], "one complete list per kind first");
     assert_eq!(
         t.services,
         [
@@ -389,5 +441,127 @@ fn the_node_publishes_flannel_annotations() {
     assert_eq!(
         annotations["flannel.alpha.coreos.com/backend-type"],
         "vxlan"
+    );
+}
+
+fn namespace(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": name, "labels": labels}})
+}
+
+fn network_policy(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+#[test]
+fn policies_namespaces_and_every_nodes_pods_are_watched_and_a_bad_policy_is_named() {
+    let server = FakeApiServer::start();
+    cluster(&server);
+    server.apply(namespace("default", json!({})));
+    server.apply(namespace("clients", json!({"team": "clients"})));
+    server.apply(network_policy(
+        "web-from-web",
+        json!({"podSelector": {"matchLabels": {"app": "web"}},
+               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}),
+    ));
+    server.apply(network_policy(
+        "bad",
+        json!({"podSelector": {},
+               "ingress": [{"from": [{"ipBlock": {"cidr": "nonsense"}}]}]}),
+    ));
+    let source = Running::start(&server);
+    let (t, status) = source.next("the first tables");
+    assert_eq!(
+        t.objects,
+        [
+            "NetworkPolicy default/web-from-web",
+            "Namespace clients kubernetes.io/metadata.name=clients,team=clients",
+            "Namespace default kubernetes.io/metadata.name=default",
+            "Pod default/web-1 10.244.2.10 app=web",
+            "Pod default/client 10.244.1.10 app=client",
+            "Pod default/web-0 10.244.1.11 app=web",
+        ],
+        "the bad policy is left out; the pod on node-b is a peer"
+    );
+    assert_eq!(
+        t.policy,
+        [
+            "default/web-0 <- 10.244.2.10: allowed by default/web-from-web",
+            "default/web-0 <- 10.244.1.10: denied",
+        ],
+        "web-1, on node-b, is a peer; the bad policy selects nothing"
+    );
+    assert_eq!(t.pods, ["default/client", "default/web-0"]);
+    assert_eq!(
+        status.rejected,
+        [
+            "NetworkPolicy default/bad: spec.ingress[0].from[0].ipBlock.cidr: \"nonsense\" is not \
+          a CIDR (address/length, as 10.0.0.0/8)"
+        ]
+    );
+    let requests = server.requests();
+    for (what, prefix) in [
+        ("namespaces", "GET /api/v1/namespaces?"),
+        (
+            "network policies",
+            "GET /apis/networking.k8s.io/v1/networkpolicies?",
+        ),
+    ] {
+        assert!(
+            requests.iter().any(|r| r.starts_with(prefix)),
+            "{what} are listed: {requests:?}"
+        );
+    }
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("fieldSelector")),
+        "every node's pods are listed too: {requests:?}"
+    );
+
+    // A peer on the other node changes its labels: watched, recompiled.
+    server.apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "old"}},
+        "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "c"}]},
+        "status": {"phase": "Running", "podIP": "10.244.2.10"}}));
+    source.until("web-1 is no longer a peer", |t| {
+        t.objects
+            .contains(&"Pod default/web-1 10.244.2.10 app=old".to_owned())
+            && t.policy.first().map(String::as_str) == Some("default/web-0 <- 10.244.2.10: denied")
+    });
+    // A policy by namespace: the client namespace's label decides.
+    server.apply(network_policy(
+        "web-from-clients",
+        json!({"podSelector": {"matchLabels": {"app": "web"}},
+               "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "clients"}}}]}]}),
+    ));
+    server.apply(namespace("default", json!({"team": "clients"})));
+    source.until("the namespace's pods are peers", |t| {
+        t.objects.contains(
+            &"Namespace default kubernetes.io/metadata.name=default,team=clients".to_owned(),
+        ) && t.policy
+            == [
+                "default/web-0 <- 10.244.2.10: allowed by default/web-from-clients",
+                "default/web-0 <- 10.244.1.10: allowed by default/web-from-clients",
+            ]
+    });
+    // The policies go: web-0 is selected by none.
+    server.delete(Resource::NetworkPolicies, Some("default"), "web-from-web");
+    server.delete(
+        Resource::NetworkPolicies,
+        Some("default"),
+        "web-from-clients",
+    );
+    let (t, status) = source.until("no policy selects web-0", |t| t.policy.is_empty());
+    assert!(
+        !t.objects.iter().any(|o| o.starts_with("NetworkPolicy")),
+        "{:?}",
+        t.objects
+    );
+    assert_eq!(
+        status.rejected.len(),
+        1,
+        "the bad policy is still the only one"
     );
 }

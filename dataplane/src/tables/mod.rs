@@ -10,6 +10,7 @@
 //! pre-summed), and the uplink's next hop is resolved to a MAC address.
 
 pub mod maglev;
+pub mod policy;
 pub mod route;
 pub mod service;
 
@@ -19,6 +20,10 @@ use std::sync::Arc;
 
 use crate::flow::FastMap;
 use crate::wire::{checksum, vxlan, Ipv4Cidr, MacAddr};
+pub use policy::{
+    AddressSet, Direction, PeerSet, PodPolicy, PolicyRule, PolicyVerdict, PortRange, PortSet,
+    RuleSet,
+};
 pub use route::Lpm;
 pub use service::{
     frontend_key, Backend, Eligible, Frontend, FrontendKind, Hint, Pick, ServicePort,

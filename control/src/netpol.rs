@@ -198,7 +198,7 @@ fn selector(object: &str, field: &str, s: &LabelSelector) -> Result<Selector, Ob
 pub type Cidr = (Ipv4Addr, u8);
 
 /// One `from`/`to` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// Pods matching `pods` in the namespaces matching `namespaces`; `namespaces: None` is
     /// the policy's own namespace (a `podSelector` alone), `pods` empty every pod there (a
@@ -222,7 +222,7 @@ pub enum Peer {
 
 /// A port of a rule: protocol, and the port (or range, or name); `port: None` is every port of
 /// the protocol.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PolicyPort {
     /// IP protocol number: 6 TCP (the default), 17 UDP, 132 SCTP.
     pub proto: u8,
@@ -231,7 +231,7 @@ pub struct PolicyPort {
 }
 
 /// A rule's port by number (with `endPort`: a range) or by name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PortRef {
     /// `port..=endPort` (`endPort` unset: `port..=port`).
     Range(u16, u16),
@@ -241,7 +241,7 @@ pub enum PortRef {
 
 /// One `ingress` or `egress` rule. Empty `peers` admit every peer, empty `ports` every port:
 /// the API says a missing or empty `from`/`to`/`ports` matches all.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// `from` or `to`.
     pub peers: Vec<Peer>,

@@ -102,6 +102,7 @@ pub fn compile_policies(model: &Model, node: Option<&str>) -> PodPolicies {
         egress: Option<(Vec<PolicyRule>, Vec<Arc<str>>)>,
     }
     let mut acc: BTreeMap<&str, Acc> = BTreeMap::new();
+    let mut templates = TemplateMemo::default();
     for (policy_key, policy) in model.policies() {
         let selected: Vec<(&str, &PodInfo)> = targets_by_namespace
             .get(policy.namespace.as_str())
@@ -115,9 +116,9 @@ pub fn compile_policies(model: &Model, node: Option<&str>) -> PodPolicies {
         }
         let name: Arc<str> = policy_key.as_str().into();
         if let Some(rules) = &policy.ingress {
-            let templates: Vec<Template> = rules
+            let templates: Vec<Arc<Template>> = rules
                 .iter()
-                .map(|r| Template::new(r, &policy.namespace, &mut peers, false))
+                .map(|r| templates.get(r, &policy.namespace, &mut peers, false))
                 .collect();
             for (key, pod) in &selected {
                 let (out, names) = acc
@@ -130,9 +131,9 @@ pub fn compile_policies(model: &Model, node: Option<&str>) -> PodPolicies {
             }
         }
         if let Some(rules) = &policy.egress {
-            let templates: Vec<Template> = rules
+            let templates: Vec<Arc<Template>> = rules
                 .iter()
-                .map(|r| Template::new(r, &policy.namespace, &mut peers, true))
+                .map(|r| templates.get(r, &policy.namespace, &mut peers, true))
                 .collect();
             for (key, _) in &selected {
                 let (out, names) = acc
@@ -207,6 +208,47 @@ impl<'a> PeerMemo<'a> {
         let v = Arc::new(AddressSet::from_ranges(found.iter().map(|p| (p.ip, p.ip))));
         self.memo.insert(k, v.clone());
         v
+    }
+}
+
+/// Rules compiled once per compile, shared by the policies that repeat them: the same rule
+/// (in the same namespace, where a peer depends on it) in the same direction. Common rules
+/// (egress to DNS and a named port in every namespace, say) would otherwise resolve their
+/// named ports against every pod once per policy.
+#[derive(Default)]
+struct TemplateMemo {
+    memo: HashMap<(Option<String>, bool, Rule), Arc<Template>>,
+}
+
+impl TemplateMemo {
+    fn get(
+        &mut self,
+        rule: &Rule,
+        namespace: &str,
+        peers: &mut PeerMemo<'_>,
+        egress: bool,
+    ) -> Arc<Template> {
+        // Only a `podSelector` alone looks in the policy's own namespace.
+        let in_namespace = rule.peers.iter().any(|p| {
+            matches!(
+                p,
+                Peer::Pods {
+                    namespaces: None,
+                    ..
+                }
+            )
+        });
+        let key = (
+            in_namespace.then(|| namespace.to_owned()),
+            egress,
+            rule.clone(),
+        );
+        if let Some(hit) = self.memo.get(&key) {
+            return hit.clone();
+        }
+        let t = Arc::new(Template::new(rule, namespace, peers, egress));
+        self.memo.insert(key, t.clone());
+        t
     }
 }
 

@@ -529,6 +529,43 @@ fn cases() -> Vec<Case> {
                 flow("x/a", "z/a", TCP, 80, "open", "deny:x/a-out-to-y"),
             ],
         },
+        Case {
+            what: "the same rule in two namespaces: a podSelector alone picks each policy's own \
+                   namespace, a namespaceSelector the same pods for both",
+            policies: ["x", "y"]
+                .into_iter()
+                .flat_map(|ns| {
+                    [
+                        policy(
+                            ns,
+                            "from-b",
+                            json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}],
+                                   "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                                               "ports": [{"port": "http"}]}]}),
+                        ),
+                        policy(
+                            ns,
+                            "c-from-z",
+                            json!({"podSelector": {"matchLabels": {"pod": "c"}},
+                                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),
+                        ),
+                    ]
+                })
+                .collect(),
+            flows: vec![
+                flow("x/b", "x/a", TCP, 80, "allow:x/from-b", "open"),
+                flow("y/b", "y/a", TCP, 80, "allow:y/from-b", "open"),
+                flow("y/b", "x/a", TCP, 80, "deny:x/from-b", "open"),
+                flow("x/b", "y/a", TCP, 80, "deny:y/from-b", "open"),
+                flow("x/a", "x/b", TCP, 8080, "open", "allow:x/from-b"),
+                flow("y/a", "y/b", TCP, 8080, "open", "allow:y/from-b"),
+                flow("x/a", "y/b", TCP, 8080, "open", "deny:x/from-b"),
+                flow("z/a", "x/c", TCP, 80, "allow:x/c-from-z", "open"),
+                flow("z/b", "y/c", TCP, 80, "allow:y/c-from-z", "open"),
+                flow("x/a", "y/c", TCP, 80, "deny:y/c-from-z", "deny:x/from-b"),
+            ],
+        },
     ]
 }
 

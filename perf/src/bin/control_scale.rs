@@ -13,7 +13,12 @@
 //! kube client (paged lists of 500, chunked watch streams), from the start of the watchers to
 //! the first snapshot, and from each change reaching the API server to its snapshot.
 //!
-//! `control_scale [--services N] [--endpoints N] [--nodes N] [--changes N]`
+//! Then NetworkPolicy at scale ([`policies_at_scale`]): `--pods` pods with labels and named
+//! ports, 100 namespaces and `--policies` policies to this node's first compile, every pod's
+//! compile, and `--changes` single-policy changes to the snapshot published.
+//!
+//! `control_scale [--services N] [--endpoints N] [--nodes N] [--changes N] [--pods N]
+//! [--policies N]`
 
 // A report for people: printing it is the point.
 #![allow(clippy::print_stdout)]
@@ -26,10 +31,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kxdp_control::compile::{Compiler, NodeSettings};
 use kxdp_control::model::{Kind, Model, Object};
+use kxdp_control::policy::compile_policies;
 use kxdp_testkit::Topology;
 use serde_json::{json, Value};
 
@@ -40,9 +46,13 @@ struct Args {
     endpoints: u32,
     nodes: u32,
     changes: u32,
+    pods: u32,
+    policies: u32,
 }
 
-const USAGE: &str = "usage: control_scale [--services N] [--endpoints N] [--nodes N] [--changes N]";
+const USAGE: &str =
+    "usage: control_scale [--services N] [--endpoints N] [--nodes N] [--changes N] \
+                     [--pods N] [--policies N]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -50,6 +60,8 @@ fn parse_args() -> Result<Args, String> {
         endpoints: 10,
         nodes: 100,
         changes: 1000,
+        pods: 10_000,
+        policies: 10_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +76,8 @@ fn parse_args() -> Result<Args, String> {
             "--endpoints" if (1..=1000).contains(&n) => a.endpoints = n,
             "--nodes" if (2..=250).contains(&n) => a.nodes = n,
             "--changes" if n > 0 => a.changes = n,
+            "--pods" if (1..=60_000).contains(&n) => a.pods = n,
+            "--policies" if (1..=60_000).contains(&n) => a.policies = n,
             _ => return Err(format!("{flag} {value}: out of range or unknown\n{USAGE}")),
         }
     }
@@ -139,6 +153,66 @@ fn pod_json(k: u32, a: &Args) -> Value {
     })
 }
 
+/// Namespaces of the NetworkPolicy run (`ns-0` ...), in ten teams (`team: tN`).
+const NAMESPACES: u32 = 100;
+
+/// Apps per namespace (`app: app-N`).
+const APPS: u32 = 50;
+
+fn namespace_json(i: u32) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": format!("ns-{i}"), "labels": {"team": format!("t{}", i % 10)}},
+    })
+}
+
+/// Pod `k` of the NetworkPolicy run: in namespace `k % NAMESPACES`, app `k / NAMESPACES %
+/// APPS`, a third of them `tier: db`, with a container port named `http`.
+fn policy_pod_json(k: u32, a: &Args) -> Value {
+    let (node, ip) = endpoint(k, a.nodes);
+    let tier = if k % 3 == 0 { "db" } else { "web" };
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("p-{k}"), "namespace": format!("ns-{}", k % NAMESPACES),
+                     "labels": {"app": format!("app-{}", k / NAMESPACES % APPS), "tier": tier}},
+        "spec": {"nodeName": format!("node-{node}"),
+                 "containers": [{"name": "c", "image": "c", "ports": [
+                     {"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
+    })
+}
+
+/// Policy `i`, at `version` (which moves one of its ports): selects an app of its namespace;
+/// admits `tier: web` pods of the namespace and two apps of its team's namespaces, on the
+/// named port and a range; lets the pods reach DNS and `http` in any namespace, and the
+/// 10.0.0.0/8 block but the service CIDR.
+fn policy_json(i: u32, version: u32) -> Value {
+    let ns = i % NAMESPACES;
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": format!("np-{i}"), "namespace": format!("ns-{ns}")},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": format!("app-{}", i / NAMESPACES % APPS)}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{
+                "from": [
+                    {"podSelector": {"matchLabels": {"tier": "web"}}},
+                    {"namespaceSelector": {"matchLabels": {"team": format!("t{}", i % 10)}},
+                     "podSelector": {"matchExpressions": [{"key": "app", "operator": "In",
+                         "values": [format!("app-{}", i % APPS), format!("app-{}", (i + 1) % APPS)]}]}},
+                ],
+                "ports": [{"port": "http"},
+                          {"protocol": "TCP", "port": 9000 + version % 100, "endPort": 9199}],
+            }],
+            "egress": [
+                {"to": [{"namespaceSelector": {}}],
+                 "ports": [{"protocol": "UDP", "port": 53}, {"port": "http"}]},
+                {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}}]},
+            ],
+        },
+    })
+}
+
 /// A list body's items, decoded straight from the text into k8s-openapi types, as kube does.
 #[derive(serde::Deserialize)]
 struct List<T> {
@@ -146,42 +220,50 @@ struct List<T> {
 }
 
 fn decode_list(kind: Kind, body: &str) -> Result<Vec<Object>, String> {
-    fn items<T: serde::de::DeserializeOwned>(body: &str) -> Result<Vec<T>, String> {
-        serde_json::from_str::<List<T>>(body)
-            .map(|l| l.items)
-            .map_err(|e| e.to_string())
+    fn objects<T: serde::de::DeserializeOwned>(
+        body: &str,
+        wrap: fn(Box<T>) -> Object,
+    ) -> Result<Vec<Object>, String> {
+        let list = serde_json::from_str::<List<T>>(body).map_err(|e| e.to_string())?;
+        Ok(list.items.into_iter().map(|o| wrap(Box::new(o))).collect())
     }
-    Ok(match kind {
-        Kind::Service => items::<Service>(body)?
-            .into_iter()
-            .map(|o| Object::Service(Box::new(o)))
-            .collect(),
-        Kind::EndpointSlice => items::<EndpointSlice>(body)?
-            .into_iter()
-            .map(|o| Object::EndpointSlice(Box::new(o)))
-            .collect(),
-        Kind::Node => items::<Node>(body)?
-            .into_iter()
-            .map(|o| Object::Node(Box::new(o)))
-            .collect(),
-        Kind::Pod => items::<Pod>(body)?
-            .into_iter()
-            .map(|o| Object::Pod(Box::new(o)))
-            .collect(),
-        // This run measures services; it lists no policy objects.
-        Kind::Namespace | Kind::NetworkPolicy | Kind::PeerPod => {
-            return Err(format!("{kind:?}: not generated by this run"))
+    match kind {
+        Kind::Service => objects(body, Object::Service),
+        Kind::EndpointSlice => objects(body, Object::EndpointSlice),
+        Kind::Node => objects(body, Object::Node),
+        Kind::Pod => objects(body, Object::Pod),
+        Kind::PeerPod => objects(body, Object::PeerPod),
+        Kind::Namespace => objects(body, Object::Namespace),
+        Kind::NetworkPolicy => objects(body, Object::NetworkPolicy),
+    }
+}
+
+/// A list body of `kind` holding `items`.
+fn list(kind: &str, items: Vec<Value>) -> String {
+    json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+           "items": items})
+    .to_string()
+}
+
+/// A model holding the lists' objects, decoded as kube decodes them; every object must
+/// convert.
+fn load(bodies: &[(Kind, String)]) -> Result<Model, String> {
+    let mut model = Model::new();
+    for (kind, body) in bodies {
+        let objects = decode_list(*kind, body)?;
+        let rejected = model.replace_kind(*kind, &objects);
+        if !rejected.is_empty() {
+            return Err(format!(
+                "objects rejected: {:?}",
+                &rejected[..rejected.len().min(3)]
+            ));
         }
-    })
+    }
+    Ok(model)
 }
 
 /// The list bodies: one JSON text per kind, as the API server sends them.
 fn lists(a: &Args) -> Vec<(Kind, String)> {
-    let list = |kind: &str, items: Vec<Value>| {
-        json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
-               "items": items})
-        .to_string()
-    };
     // The pods of this node (node-1) are the endpoints that landed there.
     let pods: Vec<Value> = (0..a.services * a.endpoints)
         .filter(|k| endpoint(*k, a.nodes).0 == 1)
@@ -246,14 +328,7 @@ fn run() -> Result<(), String> {
 
     // Phase 1: the lists' JSON to the first published snapshot.
     let started = Instant::now();
-    let mut model = Model::new();
-    for (kind, body) in &bodies {
-        let objects = decode_list(*kind, body)?;
-        let rejected = model.replace_kind(*kind, &objects);
-        if !rejected.is_empty() {
-            return Err(format!("objects rejected: {rejected:?}"));
-        }
-    }
+    let mut model = load(&bodies)?;
     let decoded = started.elapsed();
     let mut compiler = Compiler::new(settings());
     let first = compiler.compile(&mut model).map_err(|e| e.to_string())?;
@@ -367,6 +442,130 @@ fn run() -> Result<(), String> {
         "| process resident memory after the first snapshot (model, compiler caches, tables, and the {:.1} MB of list JSON) | {:.1} MB | |",
         list_bytes as f64 / 1e6,
         rss_after as f64 / 1e6
+    );
+    policies_at_scale(&a)
+}
+
+/// NetworkPolicy at scale: `--pods` pods over the nodes and 100 namespaces, `--policies`
+/// policies, from the lists' JSON to this node's first compile; the compile of every pod (what
+/// `trace` and tests do); then `--changes` single-policy changes, each from the changed
+/// policy's JSON to the snapshot published with this node's policies recompiled.
+fn policies_at_scale(a: &Args) -> Result<(), String> {
+    if a.pods > a.nodes * 250 {
+        return Err(format!(
+            "--pods {}: at most 250 per node ({} nodes)",
+            a.pods, a.nodes
+        ));
+    }
+    println!(
+        "\n# NetworkPolicy: {} pods in {NAMESPACES} namespaces over {} nodes, {} policies, {} changes\n",
+        a.pods, a.nodes, a.policies, a.changes
+    );
+    let local: Vec<Value> = (0..a.pods)
+        .filter(|k| endpoint(*k, a.nodes).0 == 1)
+        .map(|k| policy_pod_json(k, a))
+        .collect();
+    let bodies = vec![
+        (
+            Kind::Node,
+            list("NodeList", (1..=a.nodes).map(node_json).collect()),
+        ),
+        (
+            Kind::Namespace,
+            list(
+                "NamespaceList",
+                (0..NAMESPACES).map(namespace_json).collect(),
+            ),
+        ),
+        (Kind::Pod, list("PodList", local)),
+        (
+            Kind::PeerPod,
+            list(
+                "PodList",
+                (0..a.pods).map(|k| policy_pod_json(k, a)).collect(),
+            ),
+        ),
+        (
+            Kind::NetworkPolicy,
+            list(
+                "NetworkPolicyList",
+                (0..a.policies).map(|i| policy_json(i, 0)).collect(),
+            ),
+        ),
+    ];
+    let list_bytes: usize = bodies.iter().map(|(_, b)| b.len()).sum();
+
+    let started = Instant::now();
+    let mut model = load(&bodies)?;
+    let decoded = started.elapsed();
+    let mut compiler = Compiler::new(settings());
+    let first = compiler.compile(&mut model).map_err(|e| e.to_string())?;
+    let first_compile = started.elapsed();
+    let pods_here = first.policies.len();
+    let selected = first
+        .policies
+        .values()
+        .filter(|p| p.ingress.is_some() || p.egress.is_some())
+        .count();
+    if selected == 0 {
+        return Err("no pod of this node is selected by a policy: nothing measured".into());
+    }
+    let live = ArcSwap::new(first.snapshot);
+
+    let t = Instant::now();
+    let all = compile_policies(&model, None);
+    let all_took = t.elapsed();
+    if all.len() != a.pods as usize {
+        return Err(format!("{} of {} pods compiled", all.len(), a.pods));
+    }
+
+    let mut changes =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut versions = vec![0u32; a.policies as usize];
+    for n in 0..a.changes {
+        let i = (n * 7919) % a.policies;
+        // Each change moves one port of policy i from its last state.
+        versions[i as usize] += 1;
+        let body = policy_json(i, versions[i as usize]).to_string();
+        let t = Instant::now();
+        let policy: NetworkPolicy = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        model
+            .apply(&Object::NetworkPolicy(Box::new(policy)))
+            .map_err(|e| e.to_string())?;
+        let c = compiler.compile(&mut model).map_err(|e| e.to_string())?;
+        if !c.policies_compiled || c.services_compiled != 0 {
+            return Err(format!(
+                "a policy change compiled policies: {}, services: {}",
+                c.policies_compiled, c.services_compiled
+            ));
+        }
+        live.store(c.snapshot);
+        changes.saturating_record(t.elapsed().as_nanos() as u64);
+    }
+    let q = |p: f64| Duration::from_nanos(changes.value_at_quantile(p));
+
+    println!("| measure | value | target |");
+    println!("|---|---:|---:|");
+    println!(
+        "| list JSON ({:.1} MB) decoded into the model | {} ms | |",
+        list_bytes as f64 / 1e6,
+        ms(decoded)
+    );
+    println!(
+        "| list JSON to the first compile: this node's {pods_here} pods, {selected} selected by a policy | {} ms | |",
+        ms(first_compile)
+    );
+    println!(
+        "| every pod's policies ({} pods, {} policies; `trace`'s view) | {} ms | 1000 ms |",
+        a.pods,
+        a.policies,
+        ms(all_took)
+    );
+    println!(
+        "| one NetworkPolicy change to this node's policies compiled and the snapshot published, p50 / p99 / max | {} / {} / {} ms | 10 ms (p99) |",
+        ms(q(0.5)),
+        ms(q(0.99)),
+        ms(q(1.0))
     );
     Ok(())
 }

@@ -261,7 +261,7 @@ struct Template {
     /// Named ports: name, protocol.
     names: Vec<(String, u8)>,
     /// Egress named ports, resolved per peer.
-    peer_ports: Box<[(Ipv4Addr, u8, u16)]>,
+    peer_ports: Arc<[(Ipv4Addr, u8, u16)]>,
 }
 
 impl Template {

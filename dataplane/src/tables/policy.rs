@@ -37,7 +37,7 @@ pub enum Direction {
 /// A set of IPv4 addresses as sorted, disjoint, non-adjacent inclusive ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AddressSet {
-    ranges: Box<[(u32, u32)]>,
+    ranges: Arc<[(u32, u32)]>,
 }
 
 impl AddressSet {
@@ -57,7 +57,7 @@ impl AddressSet {
             }
         }
         AddressSet {
-            ranges: merged.into_boxed_slice(),
+            ranges: merged.into(),
         }
     }
 
@@ -196,7 +196,7 @@ pub struct PolicyRule {
     pub ports: PortSet,
     /// Exact (peer address, protocol, port) also admitted, sorted: named ports of an egress
     /// rule, resolved per destination pod among the rule's peers.
-    pub peer_ports: Box<[(Ipv4Addr, u8, u16)]>,
+    pub peer_ports: Arc<[(Ipv4Addr, u8, u16)]>,
 }
 
 impl PolicyRule {
@@ -354,7 +354,7 @@ mod tests {
                         }]
                         .into(),
                     ),
-                    peer_ports: Box::new([]),
+                    peer_ports: Arc::new([]),
                 }]
                 .into(),
                 policies: vec![a.clone(), b.clone()].into(),

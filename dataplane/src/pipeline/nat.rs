@@ -17,6 +17,13 @@
 //! address). Pod traffic leaving the cluster is source-NATed to the node's primary address, and
 //! traffic from the node's kernel to another node's pod to the gateway address, so that
 //! replies come back through the overlay to this node.
+//!
+//! NetworkPolicy is judged here too, on a new flow's first packet, once its translation is
+//! known ([`Snapshot::flow_policy`]): egress for a local source pod on the (DNATed) destination,
+//! ingress for a local destination pod on the source that reaches it. A denied flow is dropped
+//! before anything is tracked; an allowed one is tracked, pod-to-pod flows included (untranslated
+//! entries: the reply key mirrors the original), so its later packets and replies pass by the
+//! entry without being judged. Pod-to-pod flows between pods no policy selects stay untracked.
 
 use super::parse::{icmp_type, Ipv4Meta};
 use super::{Ctx, Frame, IcmpError, Next, Origin, Verdict};
@@ -45,6 +52,9 @@ fn trackable(meta: &Ipv4Meta) -> bool {
 pub(crate) struct Plan {
     pub(crate) route: RouteTarget,
     pub(crate) track: bool,
+    /// The packet concerns a local pod some NetworkPolicy selects
+    /// ([`Snapshot::policed`]): a new flow of it is judged, and tracked when allowed.
+    pub(crate) police: bool,
 }
 
 impl Plan {
@@ -52,6 +62,7 @@ impl Plan {
     pub(crate) const UNPLANNED: Plan = Plan {
         route: RouteTarget::External,
         track: false,
+        police: false,
     };
 }
 
@@ -77,18 +88,26 @@ fn may_be_translated(
 }
 
 /// Plan a packet: route its destination and decide whether it may belong to a tracked flow.
-/// Pod-to-pod traffic not from a service endpoint never does, so it never touches conntrack.
+/// Pod-to-pod traffic not from a service endpoint never does, so it never touches conntrack,
+/// unless a NetworkPolicy selects one of its local pods: then its flow is tracked, so that the
+/// verdict is taken once per flow and replies pass by the entry.
 #[inline]
 pub(crate) fn plan(ctx: &Ctx<'_>, meta: &Ipv4Meta, origin: Origin) -> Plan {
     let key = &meta.key;
     let route = ctx.snap.route(key.dst_ip);
+    let police = ctx.snap.policed(key.src_ip, key.dst_ip, route);
     let track = trackable(meta)
-        && may_be_translated(route, origin, || {
-            ctx.snap
-                .services
-                .is_backend(key.src_ip, key.proto, key.src_port)
-        });
-    Plan { route, track }
+        && (police
+            || may_be_translated(route, origin, || {
+                ctx.snap
+                    .services
+                    .is_backend(key.src_ip, key.proto, key.src_port)
+            }));
+    Plan {
+        route,
+        track,
+        police,
+    }
 }
 
 /// Plan an IPv4 fragment (see `pipeline::fragment`): only the first fragment has ports, and
@@ -105,6 +124,7 @@ pub(crate) fn plan_fragment(snap: &Snapshot, meta: &Ipv4Meta, origin: Origin) ->
     (!translated).then_some(Plan {
         route,
         track: false,
+        police: snap.policed(key.src_ip, key.dst_ip, route),
     })
 }
 
@@ -126,7 +146,13 @@ pub(crate) fn translate(
     if plan.track {
         if let Some(flow) = ctx.ct.lookup_hashed(&key, meta.hash(), ctx.now) {
             ctx.ct.update(&flow, meta.tcp_flags, ctx.now);
-            rewrite(frame, meta, flow.translated());
+            let to = flow.translated();
+            if plan.police && to == key {
+                // A flow tracked only for NetworkPolicy: allowed when it began.
+                ctx.counters.inc(Event::PolicyEstablished);
+                return Next::OutputUntranslated(route);
+            }
+            rewrite(frame, meta, to);
             ctx.counters.inc(match flow.direction {
                 Direction::Original => Event::NatEstablished,
                 Direction::Reply => Event::ReverseNat,
@@ -166,6 +192,16 @@ pub(crate) fn translate(
             Next::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
         }
         Some(snat_ip) => {
+            if let Err(r) = judge(
+                ctx,
+                key.src_ip,
+                snat_ip,
+                key.dst_ip,
+                key.proto,
+                key.dst_port,
+            ) {
+                return Next::Done(Verdict::Drop(r));
+            }
             let reply = FlowKey::new(key.proto, key.dst_ip, key.dst_port, snat_ip, 0);
             match insert(ctx, key, reply, meta.tcp_flags, true) {
                 Ok(to) => {
@@ -176,8 +212,70 @@ pub(crate) fn translate(
                 Err(r) => Next::Done(Verdict::Drop(r)),
             }
         }
+        None if plan.police => police_untranslated(ctx, meta, trackable, route),
         None => Next::OutputUntranslated(route),
     }
+}
+
+/// A packet of no translated flow and no tracked one, to or from a local pod a NetworkPolicy
+/// selects: a new flow's first packet. Judged ([`judge`]); an allowed one is tracked untranslated
+/// (original and reply keys mirror each other), so the rest of the flow and its replies pass by
+/// the entry. Packets conntrack cannot hold (fragments, ICMP other than echo, protocols
+/// other than TCP, UDP and ICMP) are judged each on its own, with port 0.
+#[cold]
+#[inline(never)]
+fn police_untranslated(
+    ctx: &Ctx<'_>,
+    meta: &Ipv4Meta,
+    trackable: bool,
+    route: RouteTarget,
+) -> Next {
+    let key = meta.key;
+    if let Err(r) = judge(
+        ctx,
+        key.src_ip,
+        key.src_ip,
+        key.dst_ip,
+        key.proto,
+        key.dst_port,
+    ) {
+        return Next::Done(Verdict::Drop(r));
+    }
+    if !trackable {
+        return Next::OutputUntranslated(route);
+    }
+    match ctx.ct.insert(key, key.reversed(), meta.tcp_flags, ctx.now) {
+        Ok(_) => {
+            ctx.counters.inc(Event::PolicyNewFlow);
+            Next::OutputUntranslated(route)
+        }
+        Err(InsertError::Full) => Next::Done(Verdict::Drop(DropReason::ConntrackFull)),
+        Err(_) => Next::Done(Verdict::Drop(DropReason::ConntrackClash)),
+    }
+}
+
+/// The NetworkPolicy verdict on a new flow from `client`, reaching `dst:port` from `src`
+/// (see [`Snapshot::flow_policy`]): egress is judged before ingress, each named in the drop.
+#[inline]
+fn judge(
+    ctx: &Ctx<'_>,
+    client: core::net::Ipv4Addr,
+    src: core::net::Ipv4Addr,
+    dst: core::net::Ipv4Addr,
+    proto: u8,
+    port: u16,
+) -> Result<(), DropReason> {
+    if !ctx.snap.has_policies() {
+        return Ok(());
+    }
+    let verdict = ctx.snap.flow_policy(client, src, dst, proto, port);
+    if !verdict.egress.is_allowed() {
+        return Err(DropReason::PolicyDeniedEgress);
+    }
+    if !verdict.ingress.is_allowed() {
+        return Err(DropReason::PolicyDeniedIngress);
+    }
+    Ok(())
 }
 
 /// A packet to a service address on a port or protocol no frontend has: rejected with ICMP
@@ -225,6 +323,16 @@ fn new_service_flow(
     } else {
         None
     };
+    if let Err(r) = judge(
+        ctx,
+        key.src_ip,
+        snat_to.unwrap_or(key.src_ip),
+        ip,
+        key.proto,
+        bport,
+    ) {
+        return Next::Done(Verdict::Drop(r));
+    }
     let tracked = match snat_to {
         Some(snat_ip) => {
             let reply = FlowKey::new(key.proto, ip, bport, snat_ip, 0);

@@ -148,6 +148,28 @@ pub struct LocalPod {
     pub iface: InterfaceId,
     /// The pod's MAC address (its end of the veth).
     pub mac: MacAddr,
+    /// The NetworkPolicies selecting the pod, compiled; `None` when none selects it in either
+    /// direction (then its traffic is not tracked for policy and pays nothing for it). Shared
+    /// by `Arc` with the control side's compile, so an unchanged pod's policy is reused
+    /// across snapshots.
+    pub policy: Option<Arc<PodPolicy>>,
+}
+
+/// What the NetworkPolicies of this node's pods say of a new flow ([`Snapshot::flow_policy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowPolicy<'a> {
+    /// The source pod's egress policy, if the source is a local pod.
+    pub egress: PolicyVerdict<'a>,
+    /// The destination pod's ingress policy, if the destination is a local pod.
+    pub ingress: PolicyVerdict<'a>,
+}
+
+impl FlowPolicy<'_> {
+    /// Whether both directions allow the flow.
+    #[inline]
+    pub fn is_allowed(&self) -> bool {
+        self.egress.is_allowed() && self.ingress.is_allowed()
+    }
 }
 
 /// Another node of the overlay, kxdp or flannel.
@@ -335,6 +357,8 @@ pub struct Snapshot {
     uplink_hosts: Option<(Subnet, Box<[u32]>)>,
     neighbors: FastMap<u32, MacAddr>,
     gateway_mac: Option<MacAddr>,
+    /// Whether some local pod has a policy: when not, the packet path asks nothing more.
+    policed: bool,
 }
 
 fn cidr_overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
@@ -635,6 +659,7 @@ impl Snapshot {
                 (block_len, blocks)
             });
 
+        let policed = pod_list.iter().any(|p| p.policy.is_some());
         Ok(Snapshot {
             generation,
             node,
@@ -652,6 +677,7 @@ impl Snapshot {
             uplink_hosts,
             neighbors,
             gateway_mac,
+            policed,
         })
     }
 
@@ -702,6 +728,78 @@ impl Snapshot {
             0 => None,
             n => self.pods.get(n as usize - 1),
         }
+    }
+
+    /// The policy of the local pod with address `ip`, if it has one.
+    #[inline]
+    pub fn pod_policy(&self, ip: Ipv4Addr) -> Option<&PodPolicy> {
+        self.local_pod(ip)?.policy.as_deref()
+    }
+
+    /// Whether a packet from `src` to `dst` (routed to `route`) concerns a local pod some
+    /// NetworkPolicy selects: its source, or its destination when that is a local pod. Its flow
+    /// is then tracked, and its first packet judged by [`Snapshot::flow_policy`]. One flag
+    /// when no local pod has a policy.
+    #[inline]
+    pub fn policed(&self, src: Ipv4Addr, dst: Ipv4Addr, route: RouteTarget) -> bool {
+        self.policed
+            && (self.pod_policy(src).is_some()
+                || (route == RouteTarget::LocalPods && self.pod_policy(dst).is_some()))
+    }
+
+    /// Whether some local pod has a policy.
+    #[inline]
+    pub fn has_policies(&self) -> bool {
+        self.policed
+    }
+
+    /// Whether `ip` is this node as its pods see it: the gateway address or a node address.
+    #[inline]
+    pub fn is_this_node(&self, ip: Ipv4Addr) -> bool {
+        ip == self.node.gateway_ip || self.is_node_ip(ip)
+    }
+
+    /// The NetworkPolicy verdicts on a new flow, as this node enforces them: egress for its
+    /// source when that is a local pod, ingress for its destination when that is a local pod.
+    ///
+    /// `client` is the flow's original source; `src` the source that reaches the destination
+    /// (the masquerade address where the flow is source-NATed, else `client`); `dst`, `proto`
+    /// and `port` its destination after service DNAT (the backend). Egress is judged on the
+    /// backend, ingress sees `src`: the address that reaches the pod (`ipBlock` sees a
+    /// masqueraded NodePort client as this node's gateway address, a client kept by
+    /// `externalTrafficPolicy: Local` as itself).
+    ///
+    /// Always allowed ([`PolicyVerdict::Open`]) whatever the policies: a pod reaching itself
+    /// (`client == dst`, a hairpin through a service included), egress to this node's own
+    /// addresses, and ingress from them (`client` is the node: kubelet probes, host-network
+    /// pods). Another node's addresses are ordinary peers.
+    #[inline]
+    pub fn flow_policy(
+        &self,
+        client: Ipv4Addr,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        port: u16,
+    ) -> FlowPolicy<'_> {
+        let mut verdicts = FlowPolicy {
+            egress: PolicyVerdict::Open,
+            ingress: PolicyVerdict::Open,
+        };
+        if !self.policed || client == dst {
+            return verdicts;
+        }
+        if let Some(policy) = self.pod_policy(client) {
+            if !self.is_this_node(dst) {
+                verdicts.egress = policy.evaluate(Direction::Egress, dst, proto, port);
+            }
+        }
+        if let Some(policy) = self.pod_policy(dst) {
+            if !self.is_this_node(client) {
+                verdicts.ingress = policy.evaluate(Direction::Ingress, src, proto, port);
+            }
+        }
+        verdicts
     }
 
     /// Every pod on this node.

@@ -159,6 +159,7 @@ crate::counter_list! {
         AffinityTableFull = 20 => ("affinity_table_full", "new flows of ClientIP-affinity services whose client the full affinity table could not remember (balanced without affinity)"),
         PolicyNewFlow = 21 => ("policy_new_flow", "new flows of a pod NetworkPolicies select, judged and allowed, tracked so the rest of the flow is not judged again"),
         PolicyEstablished = 22 => ("policy_established", "packets of a pod-to-pod flow tracked for NetworkPolicy, passed by its conntrack entry"),
+        PolicyRevalidated = 23 => ("policy_revalidated", "tracked flows of a pod NetworkPolicies select judged again, and still allowed, after the policies changed"),
     }
 }
 

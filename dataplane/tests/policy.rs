@@ -295,3 +295,135 @@ fn only_flows_of_selected_pods_look_in_conntrack() {
     );
     assert_eq!(env.counters.read().event(Event::NatEstablished), 1);
 }
+
+/// The fixture's snapshot inputs with pod A's and pod B's policies set.
+fn inputs_with(
+    t: &Topology,
+    a: Option<Arc<PodPolicy>>,
+    b: Option<Arc<PodPolicy>>,
+) -> kxdp_dataplane::tables::SnapshotInputs {
+    let mut t = t.clone();
+    t.pod_a.policy = a;
+    t.pod_b.policy = b;
+    t.inputs()
+}
+
+/// Publish a snapshot with these policies after the current one, as the control side does.
+fn publish(env: &mut Env, a: Option<Arc<PodPolicy>>, b: Option<Arc<PodPolicy>>) {
+    let inputs = inputs_with(&env.t, a, b);
+    env.snap = kxdp_dataplane::Snapshot::build_after(inputs, &env.snap).expect("valid");
+}
+
+#[test]
+fn a_policy_change_stops_a_flow_it_no_longer_allows_both_ways_at_its_next_packet() {
+    let t = Topology::default();
+    let allowed = Arc::new(b_takes_8080_from_a(&t));
+    let mut env = env(None, Some((*allowed).clone()));
+    assert_eq!(
+        env.run(&a_to_b(&t, 40000, 8080, f::SYN)).0,
+        Verdict::Transmit(t.pod_b.iface)
+    );
+    assert_eq!(
+        env.run(&b_to_a(&t, 8080, 40000, f::SYN | f::ACK)).0,
+        Verdict::Transmit(t.pod_a.iface)
+    );
+    let first = env.snap.policy_epoch();
+
+    // The same policies, compiled again (a new Arc, equal): same epoch, nothing judged again.
+    publish(&mut env, None, Some(Arc::new((*allowed).clone())));
+    assert_eq!(env.snap.policy_epoch(), first);
+    assert_eq!(
+        env.run(&a_to_b(&t, 40000, 8080, f::ACK)).0,
+        Verdict::Transmit(t.pod_b.iface)
+    );
+    assert_eq!(env.counters.read().event(Event::PolicyRevalidated), 0);
+
+    // Pod B now takes 8080 from the remote pod only: the live connection stops, both ways,
+    // though its entry is still there.
+    let remote_only = PodPolicy {
+        ingress: rules(
+            "default/b-in",
+            vec![rule("default/b-in", Some(&[t.remote_pod_ip]), Some(8080))],
+        ),
+        egress: None,
+    };
+    publish(&mut env, None, Some(Arc::new(remote_only)));
+    assert_ne!(env.snap.policy_epoch(), first);
+    assert_eq!(
+        env.run(&a_to_b(&t, 40000, 8080, f::ACK)).0,
+        Verdict::Drop(DropReason::PolicyDeniedIngress)
+    );
+    assert_eq!(
+        env.run(&b_to_a(&t, 8080, 40000, f::ACK)).0,
+        Verdict::Drop(DropReason::PolicyDeniedIngress),
+        "a reply does not revive the flow"
+    );
+    assert_eq!(
+        env.ct.len(),
+        1,
+        "the entry stays, and keeps the flow judged as A's"
+    );
+
+    // Allowed again: the flow goes on, judged once more, then not again.
+    publish(&mut env, None, Some(allowed));
+    assert_eq!(
+        env.run(&a_to_b(&t, 40000, 8080, f::ACK)).0,
+        Verdict::Transmit(t.pod_b.iface)
+    );
+    assert_eq!(
+        env.run(&b_to_a(&t, 8080, 40000, f::ACK)).0,
+        Verdict::Transmit(t.pod_a.iface)
+    );
+    assert_eq!(env.counters.read().event(Event::PolicyRevalidated), 1);
+}
+
+#[test]
+fn a_policy_change_stops_a_service_flow_to_a_backend_it_no_longer_allows() {
+    let t = Topology::default();
+    // Pod A has no policy; its flow to `default/api` reaches pod B:8443, which has none yet.
+    let mut env = env(None, None);
+    assert_eq!(
+        env.run(&t.case_service(40000, f::SYN)).0,
+        Verdict::Transmit(t.pod_b.iface)
+    );
+    assert_eq!(
+        env.run(&t.case_service_reply(40000)).0,
+        Verdict::Transmit(t.pod_a.iface)
+    );
+    // Pod B is now selected, and takes only 8080: the client's next packet, addressed to the
+    // service, is stopped too, not only the backend's replies.
+    publish(&mut env, None, Some(Arc::new(b_takes_8080_from_a(&t))));
+    assert_eq!(
+        env.run(&t.case_service(40000, f::ACK)).0,
+        Verdict::Drop(DropReason::PolicyDeniedIngress)
+    );
+    assert_eq!(
+        env.run(&t.case_service_reply(40000)).0,
+        Verdict::Drop(DropReason::PolicyDeniedIngress)
+    );
+    // A flow the new policies still allow goes on: pod A to the outside (masqueraded) was
+    // tracked before pod A's policy existed, and pod A's egress allows it.
+    let out = |flags| Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(t.external_ip).tcp(40001, 443, flags, b""),
+    };
+    assert_eq!(env.run(&out(f::SYN)).0, Verdict::Transmit(t.node.uplink));
+    let a_out = PodPolicy {
+        ingress: None,
+        egress: rules(
+            "default/a-out",
+            vec![rule("default/a-out", Some(&[t.external_ip]), None)],
+        ),
+    };
+    publish(
+        &mut env,
+        Some(Arc::new(a_out)),
+        Some(Arc::new(b_takes_8080_from_a(&t))),
+    );
+    assert_eq!(env.run(&out(f::ACK)).0, Verdict::Transmit(t.node.uplink));
+    // And pod A's egress now denies the service flow as well: egress is judged first.
+    assert_eq!(
+        env.run(&t.case_service(40000, f::ACK)).0,
+        Verdict::Drop(DropReason::PolicyDeniedEgress)
+    );
+}

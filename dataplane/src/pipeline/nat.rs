@@ -27,7 +27,7 @@
 
 use super::parse::{icmp_type, Ipv4Meta};
 use super::{Ctx, Frame, IcmpError, Next, Origin, Verdict};
-use crate::conntrack::{Direction, InsertError};
+use crate::conntrack::{Direction, FlowRef, InsertError};
 use crate::counters::Event;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
@@ -145,6 +145,16 @@ pub(crate) fn translate(
     // Known flows first: an established packet needs nothing else.
     if plan.track {
         if let Some(flow) = ctx.ct.lookup_hashed(&key, meta.hash(), ctx.now) {
+            // Any tracked flow, not only those `plan.police` names: a service flow's client
+            // packets name the service address, and its backend may be the selected pod.
+            if snap.has_policies() {
+                let judged = ctx.ct.policy_epoch(&flow);
+                if judged != snap.policy_epoch() {
+                    if let Err(r) = revalidate(ctx, &flow, judged) {
+                        return Next::Done(Verdict::Drop(r));
+                    }
+                }
+            }
             ctx.ct.update(&flow, meta.tcp_flags, ctx.now);
             let to = flow.translated();
             if plan.police && to == key {
@@ -245,12 +255,46 @@ fn police_untranslated(
         return Next::OutputUntranslated(route);
     }
     match ctx.ct.insert(key, key.reversed(), meta.tcp_flags, ctx.now) {
-        Ok(_) => {
+        Ok(flow) => {
+            stamp(ctx, &flow);
             ctx.counters.inc(Event::PolicyNewFlow);
             Next::OutputUntranslated(route)
         }
         Err(InsertError::Full) => Next::Done(Verdict::Drop(DropReason::ConntrackFull)),
         Err(_) => Next::Done(Verdict::Drop(DropReason::ConntrackClash)),
+    }
+}
+
+/// A packet (either way) of a tracked flow judged under other policies than the snapshot's
+/// (or never judged: tracked before its pod was selected): judge the flow again as its first
+/// packet was ([`judge`], on the keys conntrack holds), so a connection the new policies do
+/// not allow stops at its next packet, whichever way that goes. An allowed flow is stamped
+/// with the snapshot's epoch, and judged no more; a denied one is not refreshed (it expires
+/// unless the policies allow it again first) and each of its packets is dropped.
+#[cold]
+#[inline(never)]
+fn revalidate(ctx: &Ctx<'_>, flow: &FlowRef, judged: u32) -> Result<(), DropReason> {
+    let (original, reply) = (flow.original, flow.reply);
+    // The first packet after translation is the reverse of the reply key.
+    judge(
+        ctx,
+        original.src_ip,
+        reply.dst_ip,
+        reply.src_ip,
+        original.proto,
+        reply.src_port,
+    )?;
+    ctx.ct
+        .set_policy_epoch(flow, judged, ctx.snap.policy_epoch());
+    ctx.counters.inc(Event::PolicyRevalidated);
+    Ok(())
+}
+
+/// Remember that a flow just tracked was judged under the snapshot's policies.
+#[inline]
+fn stamp(ctx: &Ctx<'_>, flow: &FlowRef) {
+    if ctx.snap.has_policies() {
+        ctx.ct.set_policy_epoch(flow, 0, ctx.snap.policy_epoch());
     }
 }
 
@@ -412,7 +456,10 @@ fn insert(
         ctx.ct.insert(original, reply, tcp_flags, ctx.now)
     };
     match result {
-        Ok(flow) => Ok(flow.translated()),
+        Ok(flow) => {
+            stamp(ctx, &flow);
+            Ok(flow.translated())
+        }
         Err(InsertError::Full) => Err(DropReason::ConntrackFull),
         Err(InsertError::PortsExhausted) => Err(DropReason::SnatPortsExhausted),
         Err(InsertError::Clash) => Err(DropReason::ConntrackClash),

@@ -359,6 +359,8 @@ pub struct Snapshot {
     gateway_mac: Option<MacAddr>,
     /// Whether some local pod has a policy: when not, the packet path asks nothing more.
     policed: bool,
+    /// See [`Snapshot::policy_epoch`].
+    policy_epoch: u32,
 }
 
 fn cidr_overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
@@ -660,6 +662,11 @@ impl Snapshot {
             });
 
         let policed = pod_list.iter().any(|p| p.policy.is_some());
+        let policy_epoch = match previous {
+            Some(prev) if prev.same_policies(&pod_list) => prev.policy_epoch,
+            Some(prev) => prev.policy_epoch.wrapping_add(1).max(1),
+            None => 1,
+        };
         Ok(Snapshot {
             generation,
             node,
@@ -678,7 +685,23 @@ impl Snapshot {
             neighbors,
             gateway_mac,
             policed,
+            policy_epoch,
         })
+    }
+
+    /// Whether `pods` have the policies this snapshot's pods have, pod by pod (by address):
+    /// the same compiled `Arc`, or equal ones.
+    fn same_policies(&self, pods: &[LocalPod]) -> bool {
+        let selected = |pods: &[LocalPod]| pods.iter().filter(|p| p.policy.is_some()).count();
+        selected(&self.pods) == selected(pods)
+            && pods.iter().all(|p| {
+                let before = self.local_pod(p.ip).and_then(|q| q.policy.as_ref());
+                match (before, &p.policy) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                    _ => false,
+                }
+            })
     }
 
     /// The role of an interface, if the snapshot knows it.
@@ -751,6 +774,17 @@ impl Snapshot {
     #[inline]
     pub fn has_policies(&self) -> bool {
         self.policed
+    }
+
+    /// Which policies this snapshot enforces: never 0, kept by [`Snapshot::build_after`] while
+    /// every local pod's policy stays the same, bumped when one changes. A tracked flow
+    /// remembers the epoch it was judged under ([`Conntrack::policy_epoch`]), and a packet of
+    /// a flow judged under another one has its flow judged again.
+    ///
+    /// [`Conntrack::policy_epoch`]: crate::conntrack::Conntrack::policy_epoch
+    #[inline]
+    pub fn policy_epoch(&self) -> u32 {
+        self.policy_epoch
     }
 
     /// Whether `ip` is this node as its pods see it: the gateway address or a node address.

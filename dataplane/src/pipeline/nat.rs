@@ -231,7 +231,8 @@ pub(crate) fn translate(
 /// selects: a new flow's first packet. Judged ([`judge`]); an allowed one is tracked untranslated
 /// (original and reply keys mirror each other), so the rest of the flow and its replies pass by
 /// the entry. Packets conntrack cannot hold (fragments, ICMP other than echo, protocols
-/// other than TCP, UDP and ICMP) are judged each on its own, with port 0.
+/// other than TCP, UDP and ICMP) are judged each on its own: SCTP on its ports, the others
+/// as having port 0, which only a rule without ports admits.
 #[cold]
 #[inline(never)]
 fn police_untranslated(
@@ -358,15 +359,9 @@ fn new_service_flow(
         }
     };
     let hairpin = ip == key.src_ip;
-    let snat_to = if ctx.snap.route(ip) == RouteTarget::External {
-        // An endpoint outside the cluster (the API server on a node address, say): the flow
-        // leaves from the node's address, as flannel's masquerade rule would make it.
-        Some(node.primary_ip())
-    } else if hairpin || port.masquerades(kind, internal, &node.cluster_cidr, key.src_ip) {
-        Some(node.gateway_ip)
-    } else {
-        None
-    };
+    let snat_to = ctx
+        .snap
+        .service_masquerade(port, kind, key.src_ip, internal, ip);
     if let Err(r) = judge(
         ctx,
         key.src_ip,

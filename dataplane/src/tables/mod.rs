@@ -770,6 +770,32 @@ impl Snapshot {
                 || (route == RouteTarget::LocalPods && self.pod_policy(dst).is_some()))
     }
 
+    /// The address a new flow from `client` through frontend `kind` of `port` is masqueraded
+    /// to on its way to backend `backend`, or `None` where the client's address is kept:
+    /// the node's primary address toward an endpoint outside the cluster (the API server on a
+    /// node address, say), as flannel's masquerade rule would make it; the gateway address
+    /// for a hairpin (the client is the backend) and wherever kube-proxy masquerades
+    /// ([`ServicePort::masquerades`]). `internal`: [`NodeConfig::is_internal_client`].
+    #[inline]
+    pub fn service_masquerade(
+        &self,
+        port: &ServicePort,
+        kind: FrontendKind,
+        client: Ipv4Addr,
+        internal: bool,
+        backend: Ipv4Addr,
+    ) -> Option<Ipv4Addr> {
+        let node = &self.node;
+        if self.route(backend) == RouteTarget::External {
+            Some(node.primary_ip())
+        } else if backend == client || port.masquerades(kind, internal, &node.cluster_cidr, client)
+        {
+            Some(node.gateway_ip)
+        } else {
+            None
+        }
+    }
+
     /// Whether some local pod has a policy.
     #[inline]
     pub fn has_policies(&self) -> bool {

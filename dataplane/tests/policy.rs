@@ -15,6 +15,7 @@ use kxdp_dataplane::flow::{proto, FlowKey};
 use kxdp_dataplane::tables::{
     AddressSet, PeerSet, PodPolicy, PolicyRule, PortRange, PortSet, RuleSet,
 };
+use kxdp_dataplane::wire::build::{FrameSpec, Ipv4Opts};
 use kxdp_dataplane::{DropReason, Verdict};
 use kxdp_testkit::{tcp_flags as f, Input, Topology};
 
@@ -426,4 +427,62 @@ fn a_policy_change_stops_a_service_flow_to_a_backend_it_no_longer_allows() {
         env.run(&t.case_service(40000, f::ACK)).0,
         Verdict::Drop(DropReason::PolicyDeniedEgress)
     );
+}
+
+#[test]
+fn fragments_between_selected_pods_are_judged_one_by_one_and_never_tracked() {
+    let t = Topology::default();
+    let open_to = |name: &str, peer: Ipv4Addr| PodPolicy {
+        ingress: rules(name, vec![rule(name, Some(&[peer]), None)]),
+        egress: None,
+    };
+    let env = env(
+        Some(open_to("default/a-in", t.pod_b.ip)),
+        Some(open_to("default/b-in", t.pod_a.ip)),
+    );
+    let fragment = |spec: FrameSpec| {
+        FrameSpec {
+            ip: Ipv4Opts {
+                dont_fragment: false,
+                more_fragments: true,
+                ident: 7,
+                ..Ipv4Opts::default()
+            },
+            ..spec
+        }
+        .udp(5000, 6000, &[0x5a; 64])
+    };
+    // Both ways: a fragment carries no ports to track a flow by, so each is judged alone and
+    // none leaves an entry (the second way would otherwise clash with the first's).
+    for _ in 0..2 {
+        let (v, _) = env.run(&Input {
+            ingress: t.pod_a.iface,
+            frame: fragment(t.from_pod_a(t.pod_b.ip)),
+        });
+        assert_eq!(v, Verdict::Transmit(t.pod_b.iface));
+        let (v, _) = env.run(&Input {
+            ingress: t.pod_b.iface,
+            frame: fragment(t.from_pod_b(t.pod_a.ip)),
+        });
+        assert_eq!(v, Verdict::Transmit(t.pod_a.iface));
+    }
+    assert_eq!(env.ct.len(), 0);
+    // From another pod on node B (no service's endpoint, whose fragments are refused before
+    // any policy), which pod B's policy does not name: denied.
+    let inner = FrameSpec {
+        ip: Ipv4Opts {
+            dont_fragment: false,
+            more_fragments: true,
+            ..Ipv4Opts::default()
+        },
+        ..t.inner_from_node_b(Ipv4Addr::new(10, 244, 2, 21), t.pod_b.ip)
+    }
+    .udp(5000, 6000, &[0x5a; 64]);
+    let (v, _) = env.run(&Input {
+        ingress: t.node.uplink,
+        frame: t
+            .vxlan_from_node_b()
+            .vxlan(49152, t.node.vxlan_port, t.node.vxlan_vni, &inner),
+    });
+    assert_eq!(v, Verdict::Drop(DropReason::PolicyDeniedIngress));
 }

@@ -222,7 +222,8 @@ pub(crate) fn translate(
                 Err(r) => Next::Done(Verdict::Drop(r)),
             }
         }
-        None if plan.police => police_untranslated(ctx, meta, trackable, route),
+        // Not `trackable`: a fragment has a TCP or UDP protocol but no ports to track it by.
+        None if plan.police => police_untranslated(ctx, meta, plan.track, route),
         None => Next::OutputUntranslated(route),
     }
 }
@@ -235,12 +236,7 @@ pub(crate) fn translate(
 /// as having port 0, which only a rule without ports admits.
 #[cold]
 #[inline(never)]
-fn police_untranslated(
-    ctx: &Ctx<'_>,
-    meta: &Ipv4Meta,
-    trackable: bool,
-    route: RouteTarget,
-) -> Next {
+fn police_untranslated(ctx: &Ctx<'_>, meta: &Ipv4Meta, track: bool, route: RouteTarget) -> Next {
     let key = meta.key;
     if let Err(r) = judge(
         ctx,
@@ -252,7 +248,7 @@ fn police_untranslated(
     ) {
         return Next::Done(Verdict::Drop(r));
     }
-    if !trackable {
+    if !track {
         return Next::OutputUntranslated(route);
     }
     match ctx.ct.insert(key, key.reversed(), meta.tcp_flags, ctx.now) {

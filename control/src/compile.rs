@@ -368,7 +368,7 @@ impl Compiler {
         let policies =
             reused.unwrap_or_else(|| Arc::new(compile_policies(model, Some(&node.name))));
         self.policies = Some(Arc::clone(&policies));
-        let pods = self.local_pods(model, &node, &mut problems);
+        let pods = self.local_pods(model, &node, &policies, &mut problems);
         let nodes = self.remote_nodes(model, &node, &mut problems);
         let interfaces: Vec<(String, InterfaceId)> = self
             .interfaces
@@ -561,6 +561,7 @@ impl Compiler {
         &mut self,
         model: &Model,
         node: &NodeConfig,
+        policies: &PodPolicies,
         problems: &mut Vec<String>,
     ) -> Vec<LocalPod> {
         // (key, interface, address, MAC)
@@ -632,10 +633,16 @@ impl Compiler {
         chosen
             .into_iter()
             .map(|(key, ifname, ip, mac)| LocalPod {
-                name: key,
                 ip,
                 iface: self.interfaces.by_name[&ifname],
                 mac,
+                // Open both ways is no policy: its traffic stays untracked. A pod only its
+                // veth declares has no labels yet, so no entry: open until the API lists it.
+                policy: policies
+                    .get(&key)
+                    .filter(|p| p.ingress.is_some() || p.egress.is_some())
+                    .cloned(),
+                name: key,
             })
             .collect()
     }

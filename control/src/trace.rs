@@ -29,7 +29,14 @@
 //! - `dnat`, `snat`: `{"from": {ip, port}, "to": {ip, port}}`, read from that conntrack entry;
 //! - `exit`: where the packet leaves: `{"to": "pod", "pod", "ip"}`, `{"to": "node", "node",
 //!   "underlay_ip", "vni"}`, `{"to": "uplink"}`, `{"to": "host"}`, `{"to": "sender"}` (back
-//!   where it came from) or `{"to": "interface", "id"}`.
+//!   where it came from) or `{"to": "interface", "id"}`;
+//! - `network_policy`: what this node's NetworkPolicies say of the flow, as the pipeline judges
+//!   its first packet (on the backend after DNAT, from the source that reaches the pod):
+//!   `egress` for a local source pod, `ingress` for a local destination pod, each `{"pod",
+//!   "verdict", "policies"}` with `verdict` one of `open` (no policy selects the pod that
+//!   way), `exempt` (its own node, or itself), `allowed` (`policies`: the policy whose rule
+//!   allowed it) or `denied` (`policies`: every policy selecting the pod that way, none of
+//!   which allows it: their default deny); absent when neither end is a pod of this node.
 
 use std::net::Ipv4Addr;
 
@@ -37,7 +44,7 @@ use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::flow::FlowKey;
 use kxdp_dataplane::pipeline::inspect;
-use kxdp_dataplane::tables::{FrontendKind, InterfaceRole};
+use kxdp_dataplane::tables::{Direction, FrontendKind, InterfaceRole, Pick, PolicyVerdict};
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::{tcp_flags, EthernetAddress};
 use kxdp_dataplane::{process_batch, Counters, Frame, Instant, Packet, Snapshot, Verdict};
@@ -259,6 +266,70 @@ pub struct TracedFlow {
     pub state: String,
 }
 
+/// What a pod's NetworkPolicies say of a flow, one way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyOutcome {
+    /// No policy selects the pod this way.
+    Open,
+    /// Always allowed: traffic with the pod's own node, or the pod reaching itself.
+    Exempt,
+    /// A rule of a selecting policy allows it.
+    Allowed,
+    /// Policies select the pod this way and none allows it (their default deny).
+    Denied,
+}
+
+impl std::fmt::Display for PolicyOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PolicyOutcome::Open => "open",
+            PolicyOutcome::Exempt => "exempt",
+            PolicyOutcome::Allowed => "allowed",
+            PolicyOutcome::Denied => "denied",
+        })
+    }
+}
+
+/// One direction's NetworkPolicy verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDirection {
+    /// The local pod judged, `namespace/name`.
+    pub pod: String,
+    /// What its policies say.
+    pub verdict: PolicyOutcome,
+    /// `allowed`: the policy that allowed it; `denied`: every policy selecting the pod this
+    /// way; otherwise empty.
+    pub policies: Vec<String>,
+}
+
+impl std::fmt::Display for PolicyDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = self.policies.join(", ");
+        match self.verdict {
+            PolicyOutcome::Open => write!(f, "pod {}: open (no policy selects it)", self.pod),
+            PolicyOutcome::Exempt => write!(
+                f,
+                "pod {}: allowed (its own node or itself, whatever the policies)",
+                self.pod
+            ),
+            PolicyOutcome::Allowed => write!(f, "pod {}: allowed by {names}", self.pod),
+            PolicyOutcome::Denied => {
+                write!(f, "pod {}: denied (default deny of {names})", self.pod)
+            }
+        }
+    }
+}
+
+/// This node's NetworkPolicy verdicts on the flow, each way it judges.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicyTrace {
+    /// The source pod's egress, if the source is a pod of this node.
+    pub egress: Option<PolicyDirection>,
+    /// The destination pod's ingress, if the destination is a pod of this node.
+    pub ingress: Option<PolicyDirection>,
+}
+
 /// What the pipeline did with the packet; see the module docs for the fields.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trace {
@@ -284,6 +355,8 @@ pub struct Trace {
     pub packet_out: Option<Flow>,
     /// Where it leaves.
     pub exit: Option<Exit>,
+    /// What this node's NetworkPolicies say of the flow.
+    pub network_policy: Option<NetworkPolicyTrace>,
 }
 
 /// A MAC for a sender outside the node, when the snapshot knows none.
@@ -384,10 +457,22 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
         snat: None,
         packet_out: None,
         exit: None,
+        network_policy: None,
     };
+    // The flow after translation, as the pipeline judged it: the backend and the source that
+    // reaches it (see below: conntrack's keys say it where the flow was tracked).
+    let mut judged = (src, dst, input.dst.1);
     // The frontend, and what a new flow may get there.
     if let Some((port, kind)) = snap.services.lookup(dst, input.proto, input.dst.1) {
         let internal = node.is_internal_client(input.entry == Entry::Host, src);
+        // The backend the pipeline's pick gives this first packet (no affinity remembered yet),
+        // for a flow it did not track (dropped by a policy, say).
+        if let (Ok(key), true) = (inspect(&frame), input.proto != 1) {
+            if let Pick::Backend(b, bport) = port.pick(kind, src, internal, key.hash()) {
+                let seen = snap.service_masquerade(port, kind, src, internal, b);
+                judged = (seen.unwrap_or(src), b, bport);
+            }
+        }
         let eligible = port.eligible(kind, internal);
         let policy = eligible.policy;
         let backends = eligible
@@ -419,6 +504,7 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
     });
     if let Some(tracked) = &trace.conntrack {
         let (o, r) = (&tracked.original, &tracked.reply);
+        judged = (r.dst.ip, r.src.ip, r.src.port);
         if o.dst != r.src {
             trace.dnat = Some(Translation {
                 from: o.dst,
@@ -486,7 +572,47 @@ pub fn trace(snap: &Snapshot, input: &TraceInput) -> Result<Trace, TraceError> {
             (None, None) => Exit::Interface { id: iface.0 },
         }),
     };
+    trace.network_policy = network_policy(snap, src, judged, input.proto);
     Ok(trace)
+}
+
+/// What `snap`'s policies say of a flow from `client` that reaches `dst:port` from `seen`
+/// (`judged`), as [`Snapshot::flow_policy`] judges it in the pipeline; `None` when neither end
+/// is a pod of this node.
+fn network_policy(
+    snap: &Snapshot,
+    client: Ipv4Addr,
+    judged: (Ipv4Addr, Ipv4Addr, u16),
+    proto: u8,
+) -> Option<NetworkPolicyTrace> {
+    let (seen, dst, port) = judged;
+    let verdicts = snap.flow_policy(client, seen, dst, proto, port);
+    let one = |pod: Ipv4Addr, direction: Direction, verdict: PolicyVerdict<'_>, peer: Ipv4Addr| {
+        let local = snap.local_pod(pod)?;
+        let selected = local.policy.as_ref().is_some_and(|p| match direction {
+            Direction::Ingress => p.ingress.is_some(),
+            Direction::Egress => p.egress.is_some(),
+        });
+        let exempt = client == dst || snap.is_this_node(peer);
+        let (verdict, policies) = match verdict {
+            _ if !selected => (PolicyOutcome::Open, vec![]),
+            _ if exempt => (PolicyOutcome::Exempt, vec![]),
+            PolicyVerdict::Open => (PolicyOutcome::Open, vec![]),
+            PolicyVerdict::Allowed(p) => (PolicyOutcome::Allowed, vec![p.to_owned()]),
+            PolicyVerdict::Denied(ps) => (
+                PolicyOutcome::Denied,
+                ps.iter().map(|p| p.to_string()).collect(),
+            ),
+        };
+        Some(PolicyDirection {
+            pod: local.name.clone(),
+            verdict,
+            policies,
+        })
+    };
+    let egress = one(client, Direction::Egress, verdicts.egress, dst);
+    let ingress = one(dst, Direction::Ingress, verdicts.ingress, client);
+    (egress.is_some() || ingress.is_some()).then_some(NetworkPolicyTrace { egress, ingress })
 }
 
 impl std::fmt::Display for Trace {
@@ -539,6 +665,14 @@ impl std::fmt::Display for Trace {
         }
         if let Some(e) = &self.exit {
             writeln!(f, "exit:       {e}")?;
+        }
+        if let Some(p) = &self.network_policy {
+            if let Some(e) = &p.egress {
+                writeln!(f, "egress:     {e}")?;
+            }
+            if let Some(i) = &p.ingress {
+                writeln!(f, "ingress:    {i}")?;
+            }
         }
         Ok(())
     }

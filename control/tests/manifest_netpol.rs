@@ -107,10 +107,21 @@ fn manifest_policies_compile_for_this_nodes_pods_and_follow_the_file() {
         PolicyVerdict::Open
     );
 
-    // Nothing changed: the same compiled policies.
+    // The snapshot carries the pod's policy, the compile's own.
+    let in_snapshot = |c: &kxdp_control::compile::Compiled| {
+        c.snapshot
+            .local_pod(ip("10.244.1.10"))
+            .and_then(|p| p.policy.clone())
+            .expect("web-0 has its policy in the snapshot")
+    };
+    assert!(Arc::ptr_eq(&in_snapshot(&c), web));
+    assert!(c.snapshot.has_policies());
+
+    // Nothing changed: the same compiled policies, shared by the new snapshot.
     let again = compiler.compile(&mut model).expect("compiles");
     assert!(!again.policies_compiled);
     assert!(Arc::ptr_eq(&c.policies, &again.policies));
+    assert!(Arc::ptr_eq(&in_snapshot(&again), web));
     // A service changes: services recompile, policies do not.
     let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
@@ -138,6 +149,26 @@ fn manifest_policies_compile_for_this_nodes_pods_and_follow_the_file() {
     assert!(!c.policies["shop/web-0"]
         .evaluate(Direction::Ingress, ip("10.244.2.20"), 6, 8080)
         .is_allowed());
+    assert!(!in_snapshot(&c)
+        .evaluate(Direction::Ingress, ip("10.244.2.20"), 6, 8080)
+        .is_allowed());
+
+    // Without the policy the pod is open both ways: no policy in the snapshot at all.
+    let open = text
+        .split("---\napiVersion: networking.k8s.io/v1")
+        .next()
+        .unwrap();
+    std::fs::write(&path, open).unwrap();
+    assert!(source.load(&mut model).expect("loads"));
+    let c = compiler.compile(&mut model).expect("compiles");
+    assert!(c.policies["shop/web-0"].ingress.is_none());
+    assert!(c
+        .snapshot
+        .local_pod(ip("10.244.1.10"))
+        .unwrap()
+        .policy
+        .is_none());
+    assert!(!c.snapshot.has_policies());
 }
 
 #[test]

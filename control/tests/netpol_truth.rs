@@ -8,6 +8,12 @@
 //! conversion ([`kxdp_control::netpol`]), the compiler ([`compile_policies`]) and the tables
 //! together. What the tables do not decide (a pod reaching itself, node traffic) is the fast
 //! path's, and not here.
+//!
+//! The same cases also run through the dataplane's pipeline ([`process_batch`]), with each
+//! namespace's pods on a node of their own: every flow's first packet is sent on the source
+//! pod's node (egress, and ingress where both pods share it) and, arriving over VXLAN or on the
+//! uplink, on the destination pod's node (ingress), and must be dropped with the direction's
+//! reason exactly where the table says deny.
 
 use std::net::Ipv4Addr;
 
@@ -15,7 +21,14 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kxdp_control::model::{Model, Object};
 use kxdp_control::policy::{compile_policies, PodPolicies};
-use kxdp_control::tables::{Direction, PolicyVerdict};
+use kxdp_control::tables::{
+    Direction, InterfaceId, LocalPod, PolicyVerdict, RemoteNode, Snapshot, SnapshotInputs,
+};
+use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+use kxdp_dataplane::wire::build::FrameSpec;
+use kxdp_dataplane::wire::Ipv4Cidr;
+use kxdp_dataplane::{process_batch, Counters, DropReason, Instant, Verdict};
+use kxdp_testkit::{mac, tcp_flags, FrameBuf, Topology};
 use serde_json::{json, Value};
 
 const TCP: u8 = 6;
@@ -647,4 +660,212 @@ fn policies_follow_pods_namespaces_and_policies_as_they_change() {
         !verdict_from(&model, "10.244.3.99"),
         "the pod lost role=client"
     );
+}
+
+/// The namespaces, each on its node: `x` on node 1 (pod CIDR 10.244.1.0/24), `y` on node 2,
+/// `z` on node 3, as [`pod_ip`] numbers them.
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+
+fn node_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, n)
+}
+
+fn vtep(n: u8) -> kxdp_dataplane::wire::MacAddr {
+    mac([0x02, 0x6b, 0x78, 0x76, 0, n])
+}
+
+fn pod_mac(n: u8, i: u8) -> kxdp_dataplane::wire::MacAddr {
+    mac([0x02, 0, 0x0a, 0xf4, n, 10 + i])
+}
+
+/// Node `n`'s snapshot: the fixture's node settings moved to its addresses, its namespace's
+/// three pods (interfaces 2, 3, 4) with their compiled policies, the other two nodes remote.
+fn node_snapshot(t: &Topology, n: u8, compiled: &PodPolicies) -> Snapshot {
+    let mut inputs: SnapshotInputs = t.inputs();
+    inputs.services.clear();
+    let node = &mut inputs.node;
+    node.name = format!("node-{n}");
+    node.node_ips = vec![node_ip(n)];
+    node.pod_cidr = Ipv4Cidr::new(Ipv4Addr::new(10, 244, n, 0), 24);
+    node.gateway_ip = Ipv4Addr::new(10, 244, n, 1);
+    node.vtep_mac = vtep(n);
+    let ns = NAMESPACES[usize::from(n - 1)];
+    inputs.pods = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let key = format!("{ns}/{name}");
+            LocalPod {
+                ip: address(&key),
+                iface: InterfaceId(2 + i as u16),
+                mac: pod_mac(n, i as u8),
+                policy: compiled
+                    .get(&key)
+                    .filter(|p| p.ingress.is_some() || p.egress.is_some())
+                    .cloned(),
+                name: key,
+            }
+        })
+        .collect();
+    inputs.nodes = (1..=3u8)
+        .filter(|m| *m != n)
+        .map(|m| RemoteNode {
+            name: format!("node-{m}"),
+            node_ip: node_ip(m),
+            pod_cidr: Ipv4Cidr::new(Ipv4Addr::new(10, 244, m, 0), 24),
+            vtep_mac: vtep(m),
+        })
+        .collect();
+    inputs.neighbors = (1..=3u8)
+        .map(|m| (node_ip(m), mac([0x02, 0, 0xc6, 0x12, 0, m])))
+        .chain([(Ipv4Addr::new(198, 18, 0, 254), t.gateway_router_mac)])
+        .collect();
+    Snapshot::build(inputs).expect("valid node")
+}
+
+/// The node (1..=3) whose pod CIDR holds `ip`, if any.
+fn node_of(ip: Ipv4Addr) -> Option<u8> {
+    let [a, b, c, _] = ip.octets();
+    ((a, b) == (10, 244) && (1..=3).contains(&c)).then_some(c)
+}
+
+/// The first packet of flow `f`, IPv4 from `src` to `dst` in an Ethernet frame of `spec`.
+fn first_packet(spec: FrameSpec, f: &Flow) -> Vec<u8> {
+    match f.proto {
+        TCP => spec.tcp(40000, f.port, tcp_flags::SYN, b""),
+        UDP => spec.udp(40000, f.port, b"q"),
+        SCTP => {
+            // A UDP frame turned SCTP: the same ports at the same place, then a zero
+            // verification tag and checksum (the pipeline reads the ports only).
+            let mut frame = spec.udp(40000, f.port, &[0u8; 8]);
+            frame[14 + 9] = SCTP;
+            frame[14 + 10..14 + 12].fill(0);
+            let sum: u32 = frame[14..34]
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+            let folded = (sum & 0xffff) + (sum >> 16);
+            let check = !((folded & 0xffff) + (folded >> 16)) as u16;
+            frame[14 + 10..14 + 12].copy_from_slice(&check.to_be_bytes());
+            frame
+        }
+        p => panic!("protocol {p} in a case"),
+    }
+}
+
+/// Run one frame through node `snap`'s pipeline, with fresh conntrack.
+fn run(snap: &Snapshot, ingress: InterfaceId, frame: &[u8]) -> Verdict {
+    let ct = Conntrack::new(ConntrackConfig {
+        capacity: 64,
+        ..ConntrackConfig::default()
+    });
+    let counters = Counters::new();
+    let mut buf = FrameBuf::new(frame);
+    let mut batch = [buf.packet(ingress)];
+    process_batch(&mut batch, snap, &ct, &counters, Instant::from_secs(1));
+    batch[0].verdict
+}
+
+/// What a node's pipeline must do with the packet: drop it with the reason of the first
+/// direction it judges that the table denies, else send it on.
+fn expected(egress: Option<&str>, ingress: Option<&str>) -> Result<(), DropReason> {
+    if egress.is_some_and(|v| v.starts_with("deny")) {
+        return Err(DropReason::PolicyDeniedEgress);
+    }
+    if ingress.is_some_and(|v| v.starts_with("deny")) {
+        return Err(DropReason::PolicyDeniedIngress);
+    }
+    Ok(())
+}
+
+fn outcome(v: Verdict) -> Result<(), DropReason> {
+    match v {
+        Verdict::Drop(r) => Err(r),
+        _ => Ok(()),
+    }
+}
+
+#[test]
+fn every_case_holds_through_the_pipeline_on_each_node() {
+    let t = Topology::default();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases() {
+        let mut model = cluster();
+        for p in &case.policies {
+            model.apply(p).unwrap();
+        }
+        let compiled = compile_policies(&model, None);
+        let snaps: Vec<Snapshot> = (1..=3).map(|n| node_snapshot(&t, n, &compiled)).collect();
+        for f in &case.flows {
+            let (src, dst) = (address(f.from), address(f.to));
+            let from_pod = f.from.contains('/');
+            let to_pod = f.to.contains('/');
+            let (src_node, dst_node) = (node_of(src), node_of(dst));
+            let mut check = |node: u8, ingress: InterfaceId, frame: Vec<u8>, want| {
+                let got = outcome(run(&snaps[usize::from(node - 1)], ingress, &frame));
+                checked += 1;
+                if got != want {
+                    failures.push(format!(
+                        "{}\n    {} -> {} proto {} port {} on node-{node}: {got:?}, want {want:?}",
+                        case.what, f.from, f.to, f.proto, f.port
+                    ));
+                }
+            };
+            // On the source pod's node: egress, and ingress when the destination is local.
+            if let (true, Some(n)) = (from_pod, src_node) {
+                let i = address_index(f.from);
+                let gateway = snaps[usize::from(n - 1)].node.gateway_mac;
+                let frame = first_packet(FrameSpec::new(pod_mac(n, i), gateway, src, dst), f);
+                let ingress = (dst_node == Some(n) && to_pod).then_some(f.ingress);
+                check(
+                    n,
+                    InterfaceId(2 + u16::from(i)),
+                    frame,
+                    expected(Some(f.egress), ingress),
+                );
+            }
+            // On the destination pod's node, when the packet comes from elsewhere.
+            if let (true, Some(n)) = (to_pod, dst_node) {
+                if src_node == Some(n) {
+                    continue;
+                }
+                let uplink = snaps[usize::from(n - 1)].node.uplink;
+                let uplink_mac = snaps[usize::from(n - 1)].node.uplink_mac;
+                let frame = match src_node {
+                    Some(m) => {
+                        let inner = first_packet(FrameSpec::new(vtep(m), vtep(n), src, dst), f);
+                        let outer = FrameSpec {
+                            udp_checksum: false,
+                            ..FrameSpec::new(
+                                mac([0x02, 0, 0xc6, 0x12, 0, m]),
+                                uplink_mac,
+                                node_ip(m),
+                                node_ip(n),
+                            )
+                        };
+                        outer.vxlan(49152, 8472, 1, &inner)
+                    }
+                    None => first_packet(
+                        FrameSpec::new(t.gateway_router_mac, uplink_mac, src, dst),
+                        f,
+                    ),
+                };
+                check(n, uplink, frame, expected(None, Some(f.ingress)));
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} packets checked");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} packets judged wrongly:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The pod's number in its namespace (a 0, b 1, c 2).
+fn address_index(pod: &str) -> u8 {
+    let (_, name) = pod.split_once('/').unwrap();
+    ["a", "b", "c"].iter().position(|p| *p == name).unwrap() as u8
 }

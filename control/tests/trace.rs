@@ -9,7 +9,8 @@ use kxdp_control::json::{Endpoint, FrontendKind, Policy};
 use kxdp_control::manifest::parse;
 use kxdp_control::model::Model;
 use kxdp_control::trace::{
-    trace, Entered, Entry, Exit, Trace, TraceError, TraceInput, TraceVerdict,
+    trace, Entered, Entry, Exit, PolicyDirection, PolicyOutcome, Trace, TraceError, TraceInput,
+    TraceVerdict,
 };
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::reason::{DropReason, PassReason};
@@ -394,9 +395,17 @@ fn the_json_has_every_field_as_typed_objects() {
         "snat",
         "packet_out",
         "exit",
+        "network_policy",
     ] {
         assert!(v.get(field).is_some(), "{field} in {v}");
     }
+    // The client is a local pod: its egress is reported (open: no policy here), and the
+    // backend, on another node, is that node's to judge.
+    assert_eq!(
+        v["network_policy"],
+        serde_json::json!({"egress": {"pod": "default/client", "verdict": "open", "policies": []},
+                           "ingress": null})
+    );
     let endpoint = |ip: &str, port: u16| serde_json::json!({"ip": ip, "port": port});
     assert_eq!(
         v["entered"],
@@ -518,4 +527,144 @@ fn every_frontend_from_every_origin_under_both_policies_as_kube_proxy_serves_it(
             }
         }
     }
+}
+
+/// Every pod of `default` takes TCP 8080 from the client pod only, and sends only inside the
+/// cluster CIDR.
+const POLICIES: &str = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: default}
+spec:
+  podSelector: {}
+  ingress:
+    - from: [{ipBlock: {cidr: 10.244.1.11/32}}]
+      ports: [{port: 8080}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: stay-inside, namespace: default}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ipBlock: {cidr: 10.244.0.0/16}}]
+"#;
+
+fn run_with_policies(entry: Entry, src: (&str, u16), dst: (&str, u16)) -> Trace {
+    trace(
+        &snapshot_with(POLICIES),
+        &TraceInput {
+            entry,
+            src: (ip(src.0), src.1),
+            dst: (ip(dst.0), dst.1),
+            proto: 6,
+        },
+    )
+    .expect("traced")
+}
+
+fn direction(pod: &str, verdict: PolicyOutcome, policies: &[&str]) -> Option<PolicyDirection> {
+    Some(PolicyDirection {
+        pod: pod.into(),
+        verdict,
+        policies: policies.iter().map(|p| p.to_string()).collect(),
+    })
+}
+
+#[test]
+fn trace_names_the_policy_or_the_default_deny_each_way() {
+    use PolicyOutcome::*;
+    let allowed = run_with_policies(Entry::Pod, ("10.244.1.11", 40000), ("10.244.1.10", 8080));
+    assert_eq!(allowed.verdict, TraceVerdict::Forward, "{allowed}");
+    let p = allowed
+        .network_policy
+        .clone()
+        .expect("both ends are local pods");
+    assert_eq!(
+        p.egress,
+        direction("default/client", Allowed, &["default/stay-inside"])
+    );
+    assert_eq!(
+        p.ingress,
+        direction("default/web-0", Allowed, &["default/web-in"])
+    );
+    let text = allowed.to_string();
+    assert!(
+        text.contains("egress:     pod default/client: allowed by default/stay-inside"),
+        "{text}"
+    );
+
+    let wrong_port = run_with_policies(Entry::Pod, ("10.244.1.11", 40000), ("10.244.1.10", 9090));
+    assert_eq!(
+        (wrong_port.verdict, wrong_port.reason.as_deref()),
+        (
+            TraceVerdict::Drop,
+            Some(DropReason::PolicyDeniedIngress.name())
+        )
+    );
+    let p = wrong_port.network_policy.clone().unwrap();
+    assert_eq!(
+        p.ingress,
+        direction("default/web-0", Denied, &["default/web-in"])
+    );
+    assert!(
+        wrong_port
+            .to_string()
+            .contains("ingress:    pod default/web-0: denied (default deny of default/web-in)"),
+        "{wrong_port}"
+    );
+
+    let outside = run_with_policies(Entry::Pod, ("10.244.1.11", 40000), ("198.51.100.1", 443));
+    assert_eq!(
+        outside.reason.as_deref(),
+        Some(DropReason::PolicyDeniedEgress.name())
+    );
+    let p = outside.network_policy.unwrap();
+    assert_eq!(
+        p.egress,
+        direction("default/client", Denied, &["default/stay-inside"])
+    );
+    assert_eq!(p.ingress, None, "no local pod at the other end");
+
+    // The node's own kernel to a port no policy opens: its own node, always allowed.
+    let probe = run_with_policies(Entry::Host, ("198.18.0.10", 50000), ("10.244.1.10", 9090));
+    assert_eq!(probe.verdict, TraceVerdict::Forward, "{probe}");
+    assert_eq!(
+        probe.network_policy.unwrap().ingress,
+        direction("default/web-0", Exempt, &[])
+    );
+}
+
+#[test]
+fn trace_judges_a_service_flow_on_its_backend_even_when_it_is_dropped() {
+    // From outside to the NodePort of `default/web`, whose external policy is Local: the one
+    // local backend, web-0:8080, sees the client's own address, which web-in does not admit.
+    // Nothing is tracked, so the backend is the pipeline's pick, not conntrack's.
+    let t = run_with_policies(Entry::Uplink, ("198.19.0.7", 5000), ("198.18.0.10", 30080));
+    assert_eq!(
+        t.reason.as_deref(),
+        Some(DropReason::PolicyDeniedIngress.name()),
+        "{t}"
+    );
+    assert_eq!(t.conntrack, None);
+    let p = t.network_policy.expect("the backend is a local pod");
+    assert_eq!(p.egress, None);
+    assert_eq!(
+        p.ingress,
+        direction("default/web-0", PolicyOutcome::Denied, &["default/web-in"])
+    );
+    // Without policies the same trace says the pod is open, and the flow goes through.
+    let open = run(
+        Entry::Uplink,
+        ("198.19.0.7", 5000),
+        ("198.18.0.10", 30080),
+        6,
+    );
+    assert_eq!(open.verdict, TraceVerdict::Forward);
+    assert_eq!(
+        open.network_policy.unwrap().ingress,
+        direction("default/web-0", PolicyOutcome::Open, &[])
+    );
 }

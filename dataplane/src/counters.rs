@@ -157,6 +157,9 @@ crate::counter_list! {
         IcmpErrorTranslated = 18 => ("icmp_error_translated", "ICMP errors about a translated flow translated back"),
         IcmpTimeExceeded = 19 => ("icmp_time_exceeded", "ICMP time exceeded sent for packets whose TTL ran out here"),
         AffinityTableFull = 20 => ("affinity_table_full", "new flows of ClientIP-affinity services whose client the full affinity table could not remember (balanced without affinity)"),
+        PolicyNewFlow = 21 => ("policy_new_flow", "new flows of a pod NetworkPolicies select, judged and allowed, tracked so the rest of the flow is not judged again"),
+        PolicyEstablished = 22 => ("policy_established", "packets of a pod-to-pod flow tracked for NetworkPolicy, passed by its conntrack entry"),
+        PolicyRevalidated = 23 => ("policy_revalidated", "tracked flows of a pod NetworkPolicies select judged again, and still allowed, after the policies changed"),
     }
 }
 

@@ -16,6 +16,8 @@ pub mod proto {
     pub const TCP: u8 = 6;
     /// UDP.
     pub const UDP: u8 = 17;
+    /// SCTP: its ports are read for NetworkPolicy, nothing else.
+    pub const SCTP: u8 = 132;
 }
 
 /// A unidirectional 5-tuple. For ICMP echo, the request carries the identifier in

@@ -39,6 +39,8 @@ crate::counter_list! {
         ConntrackClash = 28 => ("conntrack_clash", "the translated flow's reply would collide with another tracked flow"),
         LoadBalancerSourceRange = 29 => ("load_balancer_source_range", "new flow to a load-balancer address from a source outside the service's loadBalancerSourceRanges"),
         VxlanForeignInnerSource = 30 => ("vxlan_foreign_inner_source", "decapsulated packet's source is neither in the sending node's pod CIDR nor its underlay address"),
+        PolicyDeniedEgress = 31 => ("policy_denied_egress", "new flow from a local pod that NetworkPolicies select for egress, and none of them allows it"),
+        PolicyDeniedIngress = 32 => ("policy_denied_ingress", "new flow to a local pod that NetworkPolicies select for ingress, and none of them allows it"),
     }
 }
 

@@ -1,17 +1,21 @@
 //! The steady-state pipeline allocates nothing: a counting global allocator watches batches of
-//! every case, new DNAT and masquerade flows included, after a warm-up. So do the offload
-//! functions (segmentation, fragmentation, coalescing) the workers call around it.
+//! every case, new DNAT and masquerade flows included, after a warm-up, with and without
+//! NetworkPolicies (flows judged, tracked, and judged again after a policy change). So do the
+//! offload functions (segmentation, fragmentation, coalescing) the workers call around it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
+use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::offload::{
     fragment, segment, Coalescer, Encap, Fragmented, FrameSink, GroLimits,
 };
+use kxdp_dataplane::tables::{PeerSet, PodPolicy, PolicyRule, PortSet, RuleSet};
 use kxdp_dataplane::wire::build::{FrameSpec, Ipv4Opts};
-use kxdp_dataplane::{process_batch, Counters, Instant, Verdict};
+use kxdp_dataplane::{process_batch, Counters, Instant, Snapshot, Verdict};
 use kxdp_testkit::{tcp_flags as f, FrameBuf, Input, Topology};
+use std::sync::Arc;
 
 struct Counting;
 
@@ -54,11 +58,64 @@ static GLOBAL: Counting = Counting;
 fn steady_state_batches_allocate_nothing() {
     let t = Topology::default();
     let snap = t.snapshot();
-    let ct = Conntrack::new(ConntrackConfig {
+    steady_state(&t, &snap, &table(), &Counters::new(), true);
+}
+
+fn table() -> Conntrack {
+    Conntrack::new(ConntrackConfig {
         capacity: 1 << 16,
         ..ConntrackConfig::default()
+    })
+}
+
+/// The same with NetworkPolicies selecting both local pods both ways (allowing everything, so
+/// every case still passes): new flows are judged and tracked, pod-to-pod ones included, and
+/// established ones pass by their entries, judged again once after a policy change.
+#[test]
+fn steady_state_batches_with_policies_allocate_nothing() {
+    let mut t = Topology::default();
+    let any = || {
+        Some(RuleSet {
+            rules: vec![PolicyRule {
+                policy: "default/any".into(),
+                peers: PeerSet::Any,
+                ports: PortSet::Any,
+                peer_ports: Box::new([]),
+            }]
+            .into(),
+            policies: vec![Arc::<str>::from("default/any")].into(),
+        })
+    };
+    let policy = Arc::new(PodPolicy {
+        ingress: any(),
+        egress: any(),
     });
-    let counters = Counters::new();
+    t.pod_a.policy = Some(Arc::clone(&policy));
+    t.pod_b.policy = Some(policy);
+    let first = t.snapshot();
+    assert!(first.has_policies());
+    let (ct, counters) = (table(), Counters::new());
+    steady_state(&t, &first, &ct, &counters, true);
+    assert!(counters.read().event(Event::PolicyNewFlow) > 300);
+    // New policies (an equal rule under another name): every flow is judged again once.
+    let renamed = Arc::new(PodPolicy {
+        ingress: None,
+        egress: any().map(|mut r| {
+            r.policies = vec![Arc::<str>::from("default/other")].into();
+            r
+        }),
+    });
+    t.pod_a.policy = Some(renamed);
+    let second = Snapshot::build_after(t.inputs(), &first).unwrap();
+    assert_ne!(second.policy_epoch(), first.policy_epoch());
+    // No warm-up: the first round's flows are the first run's, judged again.
+    steady_state(&t, &second, &ct, &counters, false);
+    assert!(counters.read().event(Event::PolicyRevalidated) >= 64);
+}
+
+/// Rounds of 64 packets of every case through `snap`; every round after the first (and the
+/// first too unless `warm_up`) must allocate nothing.
+fn steady_state(t: &Topology, snap: &Snapshot, ct: &Conntrack, counters: &Counters, warm_up: bool) {
     let now = Instant::from_secs(10);
     // 64 packets of every case; the service and masquerade ones open new flows.
     let mut inputs: Vec<Input> = Vec::new();
@@ -84,7 +141,7 @@ fn steady_state_batches_allocate_nothing() {
                 .zip(inputs)
                 .map(|(b, i)| b.packet(i.ingress)),
         );
-        process_batch(&mut batch, &snap, &ct, &counters, now);
+        process_batch(&mut batch, snap, ct, counters, now);
         let after = allocations();
         for p in &batch {
             assert!(
@@ -95,12 +152,15 @@ fn steady_state_batches_allocate_nothing() {
         }
         after - before
     };
-    run(&mut bufs, &inputs, 0); // warm-up: opens the flows
-                                // New flows in steady state too: fresh source ports every round.
+    let opened = run(&mut bufs, &inputs, 0); // warm-up: opens the flows
+    assert!(warm_up || opened == 0, "round 0 allocated");
+    // New flows in steady state too: fresh source ports every round.
     for round in 1..50u16 {
         for (k, i) in inputs.iter_mut().enumerate() {
             let sport = 10_000 + round * 16 + (k / 8) as u16;
             match k % 8 {
+                // A new pod-to-pod flow: tracked (and judged) where a policy selects a pod.
+                0 => *i = t.case_pod_to_pod(sport),
                 3 => *i = t.case_service(sport, f::SYN),
                 4 => *i = t.case_service(sport, f::ACK),
                 // Masquerade too: a source-NAT insert (port allocation) every round.

@@ -133,12 +133,14 @@ impl Default for Topology {
                 ip: Ipv4Addr::new(10, 244, 1, 10),
                 iface: InterfaceId(2),
                 mac: mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0a]),
+                policy: None,
             },
             pod_b: LocalPod {
                 name: "default/web-0".into(),
                 ip: Ipv4Addr::new(10, 244, 1, 11),
                 iface: InterfaceId(3),
                 mac: mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0b]),
+                policy: None,
             },
             node_b: RemoteNode {
                 name: "node-b".into(),

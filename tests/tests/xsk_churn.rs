@@ -46,6 +46,7 @@ fn pod_c(t: &Topology) -> (LocalPod, Arc<Snapshot>) {
         ip: "10.244.1.12".parse().unwrap(),
         iface: InterfaceId(4),
         mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 0x0c]),
+        policy: None,
     };
     let mut inputs = t.inputs();
     inputs.pods.push(pod.clone());
@@ -256,6 +257,7 @@ fn pods_in_turn(mode: Mode, rounds: usize) {
             ip: std::net::Ipv4Addr::new(10, 244, 1, 20 + i),
             iface: InterfaceId(4 + u16::from(i)),
             mac: kxdp_testkit::mac([0x02, 0, 0x0a, 0xf4, 0x01, 20 + i]),
+            policy: None,
         };
         let name = format!("pod{}", 2 + i);
         let ns = tb

@@ -27,6 +27,7 @@ fn two_kxdp_nodes_carry_pod_traffic_over_vxlan() {
         ip: "10.244.2.10".parse().unwrap(),
         iface: InterfaceId(2),
         mac: mac([0x02, 0, 0x0a, 0xf4, 0x02, 0x0a]),
+        policy: None,
     };
     let tb = Testbed::two_kxdp_nodes(
         &[(t.pod_a.ip, &mac_text(t.pod_a.mac))],

@@ -5,8 +5,9 @@
 //!
 //! # Layout
 //!
-//! - `flows`: `capacity` records of 48 bytes (a seqlock version, both keys as two words each,
-//!   and a state word packing the expiry, the state, a seen-reply bit and a reuse generation).
+//! - `flows`: `capacity` records of 48 bytes (a seqlock version, the policy epoch the flow
+//!   was last judged under, both keys as two words each, and a state word packing the expiry,
+//!   the state, a seen-reply bit and a reuse generation).
 //! - `index`: open addressing with linear probing over `(4 * capacity).next_power_of_two()`
 //!   words, two entries per flow, so at most half full. An entry is `EMPTY` (0), `TOMBSTONE`
 //!   (`u64::MAX`) or `tag << 32 | (id * 2 + direction + 1)`, where the tag is the high half of the
@@ -167,6 +168,9 @@ impl StateWord {
 struct FlowRecord {
     /// Seqlock version: odd while the keys are being rewritten.
     version: AtomicU32,
+    /// The snapshot policy epoch the flow was last judged under by NetworkPolicy, 0 for never
+    /// ([`Conntrack::policy_epoch`]). Lives in what was padding: the record stays 48 bytes.
+    policy_epoch: AtomicU32,
     /// [`FlowKey::to_words`] of the original key.
     original: [AtomicU64; 2],
     /// [`FlowKey::to_words`] of the reply key.
@@ -230,6 +234,7 @@ impl FlowRecord {
         self.version.store(v.wrapping_add(1), Relaxed);
         // Orders the odd version before the field stores (pairs with the reader's fence).
         fence(Release);
+        self.policy_epoch.store(0, Relaxed);
         let (a, b) = original.to_words();
         self.original[0].store(a, Relaxed);
         self.original[1].store(b, Relaxed);
@@ -507,6 +512,31 @@ impl Conntrack {
                 Ok(_) => return,
                 Err(actual) => current = StateWord(actual),
             }
+        }
+    }
+
+    /// The policy epoch ([`Snapshot::policy_epoch`](crate::tables::Snapshot::policy_epoch))
+    /// `flow` was last judged under, 0 if it never was. Lock-free: one load from the record a
+    /// lookup just read.
+    #[inline]
+    pub fn policy_epoch(&self, flow: &FlowRef) -> u32 {
+        self.flows
+            .get(flow.id as usize)
+            .map_or(0, |r| r.policy_epoch.load(Relaxed))
+    }
+
+    /// Record that `flow`, found judged under epoch `seen`, was judged again under `epoch`
+    /// (and allowed). Lock-free; does nothing if someone stamped it meanwhile. A new flow's
+    /// record starts at 0, so a record reused between a lookup and this call keeps its own
+    /// inserter's stamp unless that inserter has not stamped it yet: then the new flow takes
+    /// `epoch`, which it was judged under too unless its inserter held an older snapshot (the
+    /// flow is then judged again at the next policy change, not at this one).
+    #[inline]
+    pub fn set_policy_epoch(&self, flow: &FlowRef, seen: u32, epoch: u32) {
+        if let Some(r) = self.flows.get(flow.id as usize) {
+            let _ = r
+                .policy_epoch
+                .compare_exchange(seen, epoch, Relaxed, Relaxed);
         }
     }
 
@@ -1007,6 +1037,26 @@ mod tests {
     use crate::conntrack::FlowState;
     use crate::flow::proto;
     use crate::wire::tcp_flags::{ACK, RST, SYN};
+
+    #[test]
+    fn a_flow_keeps_the_policy_epoch_it_was_stamped_with_until_its_record_is_reused() {
+        let ct = table(1);
+        let now = Instant::from_secs(1);
+        let (original, reply) = dnat(proto::TCP, 40000);
+        let flow = ct.insert(original, reply, SYN, now).unwrap();
+        assert_eq!(ct.policy_epoch(&flow), 0, "never judged");
+        ct.set_policy_epoch(&flow, 0, 5);
+        assert_eq!(ct.policy_epoch(&flow), 5);
+        ct.set_policy_epoch(&flow, 0, 6);
+        assert_eq!(ct.policy_epoch(&flow), 5, "stamped meanwhile: left alone");
+        let found = ct.lookup(&reply, now).unwrap();
+        assert_eq!(ct.policy_epoch(&found), 5, "either direction");
+        assert!(ct.remove(&flow));
+        let (original, reply) = dnat(proto::TCP, 40001);
+        let reused = ct.insert(original, reply, SYN, now).unwrap();
+        assert_eq!(reused.id, flow.id, "the one record, reused");
+        assert_eq!(ct.policy_epoch(&reused), 0, "a new flow starts unjudged");
+    }
 
     /// A random UDP key toward the test VIP.
     fn random_key(rng: &mut Rng) -> FlowKey {

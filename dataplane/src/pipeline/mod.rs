@@ -18,9 +18,11 @@
 //!    tracked flow; the conntrack lines of those that may are loaded for the batch;
 //! 4. **ICMP** (`icmp.rs`): pings of the gateway are answered; ICMP errors about a translated flow
 //!    are translated back like the flow;
-//! 5. **service NAT and conntrack** (`nat.rs`): known flows are translated from conntrack; new
-//!    flows to a service frontend get a Maglev-picked backend (masqueraded where kube-proxy
-//!    would); pod traffic leaving the cluster is masqueraded to the node address;
+//! 5. **service NAT, NetworkPolicy and conntrack** (`nat.rs`): known flows are translated (or,
+//!    tracked for policy only, passed) from conntrack; new flows to a service frontend get a
+//!    Maglev-picked backend (masqueraded where kube-proxy would); pod traffic leaving the
+//!    cluster is masqueraded to the node address; a new flow of a pod some NetworkPolicy
+//!    selects is judged, and dropped or tracked;
 //! 6. **output** (`output.rs`): route the (translated) destination: a local pod (L2 rewrite,
 //!    TTL decrement), another node, the node itself, or the uplink;
 //! 7. **encap** (`vxlan.rs`): VXLAN encapsulation toward another node;

@@ -17,10 +17,17 @@
 //! address). Pod traffic leaving the cluster is source-NATed to the node's primary address, and
 //! traffic from the node's kernel to another node's pod to the gateway address, so that
 //! replies come back through the overlay to this node.
+//!
+//! NetworkPolicy is judged here too, on a new flow's first packet, once its translation is
+//! known ([`Snapshot::flow_policy`]): egress for a local source pod on the (DNATed) destination,
+//! ingress for a local destination pod on the source that reaches it. A denied flow is dropped
+//! before anything is tracked; an allowed one is tracked, pod-to-pod flows included (untranslated
+//! entries: the reply key mirrors the original), so its later packets and replies pass by the
+//! entry without being judged. Pod-to-pod flows between pods no policy selects stay untracked.
 
 use super::parse::{icmp_type, Ipv4Meta};
 use super::{Ctx, Frame, IcmpError, Next, Origin, Verdict};
-use crate::conntrack::{Direction, InsertError};
+use crate::conntrack::{Direction, FlowRef, InsertError};
 use crate::counters::Event;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
@@ -45,6 +52,9 @@ fn trackable(meta: &Ipv4Meta) -> bool {
 pub(crate) struct Plan {
     pub(crate) route: RouteTarget,
     pub(crate) track: bool,
+    /// The packet concerns a local pod some NetworkPolicy selects
+    /// ([`Snapshot::policed`]): a new flow of it is judged, and tracked when allowed.
+    pub(crate) police: bool,
 }
 
 impl Plan {
@@ -52,6 +62,7 @@ impl Plan {
     pub(crate) const UNPLANNED: Plan = Plan {
         route: RouteTarget::External,
         track: false,
+        police: false,
     };
 }
 
@@ -77,18 +88,26 @@ fn may_be_translated(
 }
 
 /// Plan a packet: route its destination and decide whether it may belong to a tracked flow.
-/// Pod-to-pod traffic not from a service endpoint never does, so it never touches conntrack.
+/// Pod-to-pod traffic not from a service endpoint never does, so it never touches conntrack,
+/// unless a NetworkPolicy selects one of its local pods: then its flow is tracked, so that the
+/// verdict is taken once per flow and replies pass by the entry.
 #[inline]
 pub(crate) fn plan(ctx: &Ctx<'_>, meta: &Ipv4Meta, origin: Origin) -> Plan {
     let key = &meta.key;
     let route = ctx.snap.route(key.dst_ip);
+    let police = ctx.snap.policed(key.src_ip, key.dst_ip, route);
     let track = trackable(meta)
-        && may_be_translated(route, origin, || {
-            ctx.snap
-                .services
-                .is_backend(key.src_ip, key.proto, key.src_port)
-        });
-    Plan { route, track }
+        && (police
+            || may_be_translated(route, origin, || {
+                ctx.snap
+                    .services
+                    .is_backend(key.src_ip, key.proto, key.src_port)
+            }));
+    Plan {
+        route,
+        track,
+        police,
+    }
 }
 
 /// Plan an IPv4 fragment (see `pipeline::fragment`): only the first fragment has ports, and
@@ -105,6 +124,7 @@ pub(crate) fn plan_fragment(snap: &Snapshot, meta: &Ipv4Meta, origin: Origin) ->
     (!translated).then_some(Plan {
         route,
         track: false,
+        police: snap.policed(key.src_ip, key.dst_ip, route),
     })
 }
 
@@ -125,8 +145,24 @@ pub(crate) fn translate(
     // Known flows first: an established packet needs nothing else.
     if plan.track {
         if let Some(flow) = ctx.ct.lookup_hashed(&key, meta.hash(), ctx.now) {
+            // Any tracked flow, not only those `plan.police` names: a service flow's client
+            // packets name the service address, and its backend may be the selected pod.
+            if snap.has_policies() {
+                let judged = ctx.ct.policy_epoch(&flow);
+                if judged != snap.policy_epoch() {
+                    if let Err(r) = revalidate(ctx, &flow, judged) {
+                        return Next::Done(Verdict::Drop(r));
+                    }
+                }
+            }
             ctx.ct.update(&flow, meta.tcp_flags, ctx.now);
-            rewrite(frame, meta, flow.translated());
+            let to = flow.translated();
+            if plan.police && to == key {
+                // A flow tracked only for NetworkPolicy: allowed when it began.
+                ctx.counters.inc(Event::PolicyEstablished);
+                return Next::OutputUntranslated(route);
+            }
+            rewrite(frame, meta, to);
             ctx.counters.inc(match flow.direction {
                 Direction::Original => Event::NatEstablished,
                 Direction::Reply => Event::ReverseNat,
@@ -166,6 +202,16 @@ pub(crate) fn translate(
             Next::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
         }
         Some(snat_ip) => {
+            if let Err(r) = judge(
+                ctx,
+                key.src_ip,
+                snat_ip,
+                key.dst_ip,
+                key.proto,
+                key.dst_port,
+            ) {
+                return Next::Done(Verdict::Drop(r));
+            }
             let reply = FlowKey::new(key.proto, key.dst_ip, key.dst_port, snat_ip, 0);
             match insert(ctx, key, reply, meta.tcp_flags, true) {
                 Ok(to) => {
@@ -176,8 +222,101 @@ pub(crate) fn translate(
                 Err(r) => Next::Done(Verdict::Drop(r)),
             }
         }
+        // Not `trackable`: a fragment has a TCP or UDP protocol but no ports to track it by.
+        None if plan.police => police_untranslated(ctx, meta, plan.track, route),
         None => Next::OutputUntranslated(route),
     }
+}
+
+/// A packet of no translated flow and no tracked one, to or from a local pod a NetworkPolicy
+/// selects: a new flow's first packet. Judged ([`judge`]); an allowed one is tracked untranslated
+/// (original and reply keys mirror each other), so the rest of the flow and its replies pass by
+/// the entry. Packets conntrack cannot hold (fragments, ICMP other than echo, protocols
+/// other than TCP, UDP and ICMP) are judged each on its own: SCTP on its ports, the others
+/// as having port 0, which only a rule without ports admits.
+#[cold]
+#[inline(never)]
+fn police_untranslated(ctx: &Ctx<'_>, meta: &Ipv4Meta, track: bool, route: RouteTarget) -> Next {
+    let key = meta.key;
+    if let Err(r) = judge(
+        ctx,
+        key.src_ip,
+        key.src_ip,
+        key.dst_ip,
+        key.proto,
+        key.dst_port,
+    ) {
+        return Next::Done(Verdict::Drop(r));
+    }
+    if !track {
+        return Next::OutputUntranslated(route);
+    }
+    match ctx.ct.insert(key, key.reversed(), meta.tcp_flags, ctx.now) {
+        Ok(flow) => {
+            stamp(ctx, &flow);
+            ctx.counters.inc(Event::PolicyNewFlow);
+            Next::OutputUntranslated(route)
+        }
+        Err(InsertError::Full) => Next::Done(Verdict::Drop(DropReason::ConntrackFull)),
+        Err(_) => Next::Done(Verdict::Drop(DropReason::ConntrackClash)),
+    }
+}
+
+/// A packet (either way) of a tracked flow judged under other policies than the snapshot's
+/// (or never judged: tracked before its pod was selected): judge the flow again as its first
+/// packet was ([`judge`], on the keys conntrack holds), so a connection the new policies do
+/// not allow stops at its next packet, whichever way that goes. An allowed flow is stamped
+/// with the snapshot's epoch, and judged no more; a denied one is not refreshed (it expires
+/// unless the policies allow it again first) and each of its packets is dropped.
+#[cold]
+#[inline(never)]
+fn revalidate(ctx: &Ctx<'_>, flow: &FlowRef, judged: u32) -> Result<(), DropReason> {
+    let (original, reply) = (flow.original, flow.reply);
+    // The first packet after translation is the reverse of the reply key.
+    judge(
+        ctx,
+        original.src_ip,
+        reply.dst_ip,
+        reply.src_ip,
+        original.proto,
+        reply.src_port,
+    )?;
+    ctx.ct
+        .set_policy_epoch(flow, judged, ctx.snap.policy_epoch());
+    ctx.counters.inc(Event::PolicyRevalidated);
+    Ok(())
+}
+
+/// Remember that a flow just tracked was judged under the snapshot's policies.
+#[inline]
+fn stamp(ctx: &Ctx<'_>, flow: &FlowRef) {
+    if ctx.snap.has_policies() {
+        ctx.ct.set_policy_epoch(flow, 0, ctx.snap.policy_epoch());
+    }
+}
+
+/// The NetworkPolicy verdict on a new flow from `client`, reaching `dst:port` from `src`
+/// (see [`Snapshot::flow_policy`]): egress is judged before ingress, each named in the drop.
+#[inline]
+fn judge(
+    ctx: &Ctx<'_>,
+    client: core::net::Ipv4Addr,
+    src: core::net::Ipv4Addr,
+    dst: core::net::Ipv4Addr,
+    proto: u8,
+    port: u16,
+) -> Result<(), DropReason> {
+    if !ctx.snap.has_policies() {
+        return Ok(());
+    }
+    let verdict = ctx.snap.flow_policy(client, src, dst, proto, port);
+    if !verdict.egress.is_allowed() {
+        return Err(DropReason::PolicyDeniedEgress);
+    }
+    if !verdict.ingress.is_allowed() {
+        return Err(DropReason::PolicyDeniedIngress);
+    }
+    Ok(())
 }
 
 /// A packet to a service address on a port or protocol no frontend has: rejected with ICMP
@@ -216,15 +355,19 @@ fn new_service_flow(
         }
     };
     let hairpin = ip == key.src_ip;
-    let snat_to = if ctx.snap.route(ip) == RouteTarget::External {
-        // An endpoint outside the cluster (the API server on a node address, say): the flow
-        // leaves from the node's address, as flannel's masquerade rule would make it.
-        Some(node.primary_ip())
-    } else if hairpin || port.masquerades(kind, internal, &node.cluster_cidr, key.src_ip) {
-        Some(node.gateway_ip)
-    } else {
-        None
-    };
+    let snat_to = ctx
+        .snap
+        .service_masquerade(port, kind, key.src_ip, internal, ip);
+    if let Err(r) = judge(
+        ctx,
+        key.src_ip,
+        snat_to.unwrap_or(key.src_ip),
+        ip,
+        key.proto,
+        bport,
+    ) {
+        return Next::Done(Verdict::Drop(r));
+    }
     let tracked = match snat_to {
         Some(snat_ip) => {
             let reply = FlowKey::new(key.proto, ip, bport, snat_ip, 0);
@@ -304,7 +447,10 @@ fn insert(
         ctx.ct.insert(original, reply, tcp_flags, ctx.now)
     };
     match result {
-        Ok(flow) => Ok(flow.translated()),
+        Ok(flow) => {
+            stamp(ctx, &flow);
+            Ok(flow.translated())
+        }
         Err(InsertError::Full) => Err(DropReason::ConntrackFull),
         Err(InsertError::PortsExhausted) => Err(DropReason::SnatPortsExhausted),
         Err(InsertError::Clash) => Err(DropReason::ConntrackClash),

@@ -2,7 +2,8 @@
 //!
 //! After [`parse_ipv4`] succeeds, the stages may rely on: version 4, no options (IHL 5), total
 //! length within the frame and at least the header, not a fragment, and a complete L4 header for
-//! TCP (with its data offset), UDP and ICMP. Other protocols are accepted with zero ports.
+//! TCP (with its data offset), UDP and ICMP. SCTP's ports are read when its header is there;
+//! other protocols are accepted with zero ports.
 //!
 //! A fragment fails [`parse_ipv4`] with [`DropReason::Ipv4Fragment`], so the common path pays
 //! nothing for fragments; [`parse_fragment`] then validates it apart, for the pipeline to route
@@ -13,6 +14,9 @@ use core::net::Ipv4Addr;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
 use crate::wire::{IPV4_HEADER_LEN, TCP_MIN_HEADER_LEN, UDP_HEADER_LEN};
+
+/// SCTP's common header: ports, verification tag, checksum (RFC 9260).
+const SCTP_HEADER_LEN: usize = 12;
 
 /// ICMP types the pipeline treats specially.
 pub(crate) mod icmp_type {
@@ -180,6 +184,9 @@ pub(crate) fn parse_ipv4(frame: &[u8], l3: usize, tail: usize) -> Result<Ipv4Met
                 t => (0, 0, 0, t),
             }
         }
+        // Ports only, for NetworkPolicy (SCTP is never translated or tracked); a header too
+        // short for them is forwarded as any other protocol is, with none.
+        proto::SCTP if l4.len() >= SCTP_HEADER_LEN => (be16(l4, 0), be16(l4, 2), 0, 0),
         _ => (0, 0, 0, 0),
     };
     Ok(Ipv4Meta {

@@ -148,6 +148,28 @@ pub struct LocalPod {
     pub iface: InterfaceId,
     /// The pod's MAC address (its end of the veth).
     pub mac: MacAddr,
+    /// The NetworkPolicies selecting the pod, compiled; `None` when none selects it in either
+    /// direction (then its traffic is not tracked for policy and pays nothing for it). Shared
+    /// by `Arc` with the control side's compile, so an unchanged pod's policy is reused
+    /// across snapshots.
+    pub policy: Option<Arc<PodPolicy>>,
+}
+
+/// What the NetworkPolicies of this node's pods say of a new flow ([`Snapshot::flow_policy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowPolicy<'a> {
+    /// The source pod's egress policy, if the source is a local pod.
+    pub egress: PolicyVerdict<'a>,
+    /// The destination pod's ingress policy, if the destination is a local pod.
+    pub ingress: PolicyVerdict<'a>,
+}
+
+impl FlowPolicy<'_> {
+    /// Whether both directions allow the flow.
+    #[inline]
+    pub fn is_allowed(&self) -> bool {
+        self.egress.is_allowed() && self.ingress.is_allowed()
+    }
 }
 
 /// Another node of the overlay, kxdp or flannel.
@@ -335,6 +357,10 @@ pub struct Snapshot {
     uplink_hosts: Option<(Subnet, Box<[u32]>)>,
     neighbors: FastMap<u32, MacAddr>,
     gateway_mac: Option<MacAddr>,
+    /// Whether some local pod has a policy: when not, the packet path asks nothing more.
+    policed: bool,
+    /// See [`Snapshot::policy_epoch`].
+    policy_epoch: u32,
 }
 
 fn cidr_overlaps(a: &Ipv4Cidr, b: &Ipv4Cidr) -> bool {
@@ -635,6 +661,12 @@ impl Snapshot {
                 (block_len, blocks)
             });
 
+        let policed = pod_list.iter().any(|p| p.policy.is_some());
+        let policy_epoch = match previous {
+            Some(prev) if prev.same_policies(&pod_list) => prev.policy_epoch,
+            Some(prev) => prev.policy_epoch.wrapping_add(1).max(1),
+            None => 1,
+        };
         Ok(Snapshot {
             generation,
             node,
@@ -652,7 +684,24 @@ impl Snapshot {
             uplink_hosts,
             neighbors,
             gateway_mac,
+            policed,
+            policy_epoch,
         })
+    }
+
+    /// Whether `pods` have the policies this snapshot's pods have, pod by pod (by address):
+    /// the same compiled `Arc`, or equal ones.
+    fn same_policies(&self, pods: &[LocalPod]) -> bool {
+        let selected = |pods: &[LocalPod]| pods.iter().filter(|p| p.policy.is_some()).count();
+        selected(&self.pods) == selected(pods)
+            && pods.iter().all(|p| {
+                let before = self.local_pod(p.ip).and_then(|q| q.policy.as_ref());
+                match (before, &p.policy) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                    _ => false,
+                }
+            })
     }
 
     /// The role of an interface, if the snapshot knows it.
@@ -702,6 +751,115 @@ impl Snapshot {
             0 => None,
             n => self.pods.get(n as usize - 1),
         }
+    }
+
+    /// The policy of the local pod with address `ip`, if it has one.
+    #[inline]
+    pub fn pod_policy(&self, ip: Ipv4Addr) -> Option<&PodPolicy> {
+        self.local_pod(ip)?.policy.as_deref()
+    }
+
+    /// Whether a packet from `src` to `dst` (routed to `route`) concerns a local pod some
+    /// NetworkPolicy selects: its source, or its destination when that is a local pod. Its flow
+    /// is then tracked, and its first packet judged by [`Snapshot::flow_policy`]. One flag
+    /// when no local pod has a policy.
+    #[inline]
+    pub fn policed(&self, src: Ipv4Addr, dst: Ipv4Addr, route: RouteTarget) -> bool {
+        self.policed
+            && (self.pod_policy(src).is_some()
+                || (route == RouteTarget::LocalPods && self.pod_policy(dst).is_some()))
+    }
+
+    /// The address a new flow from `client` through frontend `kind` of `port` is masqueraded
+    /// to on its way to backend `backend`, or `None` where the client's address is kept:
+    /// the node's primary address toward an endpoint outside the cluster (the API server on a
+    /// node address, say), as flannel's masquerade rule would make it; the gateway address
+    /// for a hairpin (the client is the backend) and wherever kube-proxy masquerades
+    /// ([`ServicePort::masquerades`]). `internal`: [`NodeConfig::is_internal_client`].
+    #[inline]
+    pub fn service_masquerade(
+        &self,
+        port: &ServicePort,
+        kind: FrontendKind,
+        client: Ipv4Addr,
+        internal: bool,
+        backend: Ipv4Addr,
+    ) -> Option<Ipv4Addr> {
+        let node = &self.node;
+        if self.route(backend) == RouteTarget::External {
+            Some(node.primary_ip())
+        } else if backend == client || port.masquerades(kind, internal, &node.cluster_cidr, client)
+        {
+            Some(node.gateway_ip)
+        } else {
+            None
+        }
+    }
+
+    /// Whether some local pod has a policy.
+    #[inline]
+    pub fn has_policies(&self) -> bool {
+        self.policed
+    }
+
+    /// Which policies this snapshot enforces: never 0, kept by [`Snapshot::build_after`] while
+    /// every local pod's policy stays the same, bumped when one changes. A tracked flow
+    /// remembers the epoch it was judged under ([`Conntrack::policy_epoch`]), and a packet of
+    /// a flow judged under another one has its flow judged again.
+    ///
+    /// [`Conntrack::policy_epoch`]: crate::conntrack::Conntrack::policy_epoch
+    #[inline]
+    pub fn policy_epoch(&self) -> u32 {
+        self.policy_epoch
+    }
+
+    /// Whether `ip` is this node as its pods see it: the gateway address or a node address.
+    #[inline]
+    pub fn is_this_node(&self, ip: Ipv4Addr) -> bool {
+        ip == self.node.gateway_ip || self.is_node_ip(ip)
+    }
+
+    /// The NetworkPolicy verdicts on a new flow, as this node enforces them: egress for its
+    /// source when that is a local pod, ingress for its destination when that is a local pod.
+    ///
+    /// `client` is the flow's original source; `src` the source that reaches the destination
+    /// (the masquerade address where the flow is source-NATed, else `client`); `dst`, `proto`
+    /// and `port` its destination after service DNAT (the backend). Egress is judged on the
+    /// backend, ingress sees `src`: the address that reaches the pod (`ipBlock` sees a
+    /// masqueraded NodePort client as this node's gateway address, a client kept by
+    /// `externalTrafficPolicy: Local` as itself).
+    ///
+    /// Always allowed ([`PolicyVerdict::Open`]) whatever the policies: a pod reaching itself
+    /// (`client == dst`, a hairpin through a service included), egress to this node's own
+    /// addresses, and ingress from them (`client` is the node: kubelet probes, host-network
+    /// pods). Another node's addresses are ordinary peers.
+    #[inline]
+    pub fn flow_policy(
+        &self,
+        client: Ipv4Addr,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        port: u16,
+    ) -> FlowPolicy<'_> {
+        let mut verdicts = FlowPolicy {
+            egress: PolicyVerdict::Open,
+            ingress: PolicyVerdict::Open,
+        };
+        if !self.policed || client == dst {
+            return verdicts;
+        }
+        if let Some(policy) = self.pod_policy(client) {
+            if !self.is_this_node(dst) {
+                verdicts.egress = policy.evaluate(Direction::Egress, dst, proto, port);
+            }
+        }
+        if let Some(policy) = self.pod_policy(dst) {
+            if !self.is_this_node(client) {
+                verdicts.ingress = policy.evaluate(Direction::Ingress, src, proto, port);
+            }
+        }
+        verdicts
     }
 
     /// Every pod on this node.

@@ -80,7 +80,7 @@ fn steady_state_batches_with_policies_allocate_nothing() {
                 policy: "default/any".into(),
                 peers: PeerSet::Any,
                 ports: PortSet::Any,
-                peer_ports: Box::new([]),
+                peer_ports: Arc::new([]),
             }]
             .into(),
             policies: vec![Arc::<str>::from("default/any")].into(),

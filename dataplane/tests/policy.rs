@@ -40,7 +40,7 @@ fn rule(name: &str, peers: Option<&[Ipv4Addr]>, port: Option<u16>) -> PolicyRule
                 .into(),
             ),
         },
-        peer_ports: Box::new([]),
+        peer_ports: Arc::new([]),
     }
 }
 
@@ -177,7 +177,7 @@ fn an_overlay_flow_is_judged_on_its_source_address_and_allowed_by_an_ip_block() 
                     &[],
                 )),
                 ports: PortSet::Any,
-                peer_ports: Box::new([]),
+                peer_ports: Arc::new([]),
             }],
         ),
         egress: None,

@@ -102,6 +102,32 @@ fn a_network_policy_admits_the_client_it_names_and_drops_the_other() {
             ),
         "{text}"
     );
+
+    // `kxdp policies` lists what selects web-a and what it allows, and leaves client-a open.
+    let out = c.kxdp(&["policies", "--admin", &admin, "--pod", "default/web-a"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text,
+        "default/web-a 10.244.1.10\n\
+         \x20 ingress: selected by default/web-from-client-b\n\
+         \x20   default/web-from-client-b: from 10.244.2.11 to tcp/8080\n\
+         \x20 egress: open (no policy selects it)\n"
+    );
+    let out = c.kxdp(&["policies", "--admin", &admin, "--json"]);
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let client_a = all
+        .iter()
+        .find(|p| p["pod"] == "default/client-a")
+        .expect("client-a is listed");
+    assert!(
+        client_a["ingress"].is_null() && client_a["egress"].is_null(),
+        "{client_a}"
+    );
 }
 
 /// The `app: web` pods take TCP 7000 from `cidr` only.

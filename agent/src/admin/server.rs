@@ -156,6 +156,7 @@ pub fn handle(
         "/api/status" => json(&state.status()),
         "/api/services" => json(&state.services()),
         "/api/routes" => json(&state.routes()),
+        "/api/policies" => json(&state.policies()),
         "/api/counters" => json(&state.counters_view()),
         "/api/conntrack" => {
             let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
@@ -438,18 +439,15 @@ mod tests {
             "/api/status",
             "/api/conntrack",
             "/api/services",
+            "/api/policies",
             "/api/trace",
         ] {
             assert_eq!(get(path).status(), StatusCode::NOT_FOUND, "{path}");
         }
-        let debug = handle(
-            &state,
-            Scope::Debug,
-            &hyper::Method::GET,
-            "/api/status",
-            None,
-        );
-        assert_eq!(debug.status(), StatusCode::OK);
+        for path in ["/api/status", "/api/policies"] {
+            let debug = handle(&state, Scope::Debug, &hyper::Method::GET, path, None);
+            assert_eq!(debug.status(), StatusCode::OK, "{path}");
+        }
     }
 
     /// A listener with room for 8 connections, flooded with idle and trickling ones, still

@@ -375,6 +375,12 @@ impl AdminState {
             .map_or_else(Vec::new, |snap| super::views::services(&snap))
     }
 
+    /// `/api/policies`.
+    pub fn policies(&self) -> Vec<super::views::PodPolicyView> {
+        self.snapshot()
+            .map_or_else(Vec::new, |snap| super::views::policies(&snap))
+    }
+
     /// `/api/routes`.
     pub fn routes(&self) -> Vec<RouteView> {
         self.snapshot()

@@ -1,5 +1,5 @@
-//! The admin API's JSON views: what `kxdp status|services|conntrack|routes|counters --json`
-//! print, the query model of `/api/conntrack`, and the views built from a snapshot alone.
+//! The admin API's JSON views: what `kxdp status|services|conntrack|routes|counters|policies
+//! --json` print, the query model of `/api/conntrack`, and the views built from a snapshot alone.
 //! Plain data with serde, shared by the server and the CLI.
 //!
 //! Values are typed fields, never text to be parsed again: addresses, ports, protocols,
@@ -494,10 +494,190 @@ pub fn parse_endpoint(text: &str) -> Result<(Ipv4Addr, u16), String> {
     Ok((ip, port))
 }
 
+/// The most address ranges a rule's view lists (`peer_ranges` counts them all).
+pub const MAX_PEER_RANGES_LISTED: usize = 32;
+
+/// One of this node's pods and the NetworkPolicies selecting it, as compiled
+/// (`/api/policies`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PodPolicyView {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// `None`: no policy selects it for ingress, which is open.
+    pub ingress: Option<DirectionPolicyView>,
+    /// `None`: no policy selects it for egress, which is open.
+    pub egress: Option<DirectionPolicyView>,
+}
+
+/// What the policies selecting a pod in one direction allow; anything else is denied.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirectionPolicyView {
+    /// Every policy selecting the pod in this direction (`namespace/name`).
+    pub policies: Vec<String>,
+    /// Their rules; none: everything is denied.
+    pub rules: Vec<PolicyRuleView>,
+}
+
+/// One rule: the peers it admits on its ports.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyRuleView {
+    /// The policy it belongs to.
+    pub policy: String,
+    /// `None`: any peer; else the first [`MAX_PEER_RANGES_LISTED`] address ranges
+    /// (`10.244.1.5`, `10.0.0.0-10.95.255.255`) of the pods and blocks it admits.
+    pub peers: Option<Vec<String>>,
+    /// How many address ranges the peers are.
+    pub peer_ranges: usize,
+    /// `None`: any port; else `tcp/80`, `udp/9000-9100` (SCTP by its number, `132/80`).
+    pub ports: Option<Vec<String>>,
+    /// Named ports of an egress rule, resolved per destination pod: how many (address,
+    /// protocol, port) entries.
+    pub named_port_entries: usize,
+}
+
+/// `/api/policies`: every pod this node serves and what selects it, in pod order.
+pub fn policies(snap: &Snapshot) -> Vec<PodPolicyView> {
+    use kxdp_dataplane::tables::{PeerSet, PortSet, RuleSet};
+    let proto = |p: u8| Proto::from_number(p).to_string();
+    let direction = |set: &Option<RuleSet>| {
+        set.as_ref().map(|set| DirectionPolicyView {
+            policies: set.policies.iter().map(|p| p.to_string()).collect(),
+            rules: set
+                .rules
+                .iter()
+                .map(|r| {
+                    let (peers, peer_ranges) = match &r.peers {
+                        PeerSet::Any => (None, 0),
+                        PeerSet::Addresses(a) => {
+                            let listed = a
+                                .ranges()
+                                .take(MAX_PEER_RANGES_LISTED)
+                                .map(|(lo, hi)| {
+                                    if lo == hi {
+                                        lo.to_string()
+                                    } else {
+                                        format!("{lo}-{hi}")
+                                    }
+                                })
+                                .collect();
+                            (Some(listed), a.ranges().count())
+                        }
+                    };
+                    let ports = match &r.ports {
+                        PortSet::Any => None,
+                        PortSet::Ranges(ranges) => Some(
+                            ranges
+                                .iter()
+                                .map(|p| match p.lo == p.hi {
+                                    true => format!("{}/{}", proto(p.proto), p.lo),
+                                    false => format!("{}/{}-{}", proto(p.proto), p.lo, p.hi),
+                                })
+                                .collect(),
+                        ),
+                    };
+                    PolicyRuleView {
+                        policy: r.policy.to_string(),
+                        peers,
+                        peer_ranges,
+                        ports,
+                        named_port_entries: r.peer_ports.len(),
+                    }
+                })
+                .collect(),
+        })
+    };
+    let mut out: Vec<PodPolicyView> = snap
+        .local_pods()
+        .map(|p| {
+            let (ingress, egress) = p.policy.as_ref().map_or((None, None), |pol| {
+                (direction(&pol.ingress), direction(&pol.egress))
+            });
+            PodPolicyView {
+                pod: p.name.clone(),
+                ip: p.ip,
+                ingress,
+                egress,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.pod.cmp(&b.pod));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use kxdp_xdp::worker::BATCH_BUCKET_BOUNDS;
+
+    #[test]
+    fn policies_show_each_pod_open_or_what_selects_it() {
+        use kxdp_dataplane::tables::{
+            AddressSet, PeerSet, PodPolicy, PolicyRule, PortRange, PortSet, RuleSet,
+        };
+        use std::sync::Arc;
+        let mut t = kxdp_testkit::Topology::default();
+        let (a, b) = (t.pod_a.ip, t.pod_b.ip);
+        t.pod_b.policy = Some(Arc::new(PodPolicy {
+            ingress: Some(RuleSet {
+                rules: vec![PolicyRule {
+                    policy: "default/b-in".into(),
+                    peers: PeerSet::Addresses(AddressSet::from_ranges([
+                        (a, a),
+                        (Ipv4Addr::new(10, 0, 0, 0), Ipv4Addr::new(10, 0, 0, 255)),
+                    ])),
+                    ports: PortSet::Ranges(
+                        vec![PortRange {
+                            proto: 6,
+                            lo: 8080,
+                            hi: 8090,
+                        }]
+                        .into(),
+                    ),
+                    peer_ports: Arc::new([(a, 6, 80)]),
+                }]
+                .into(),
+                policies: vec![Arc::<str>::from("default/b-in")].into(),
+            }),
+            egress: Some(RuleSet {
+                rules: Vec::new().into(),
+                policies: vec![Arc::<str>::from("default/deny-out")].into(),
+            }),
+        }));
+        let snap = t.snapshot();
+        let views = policies(&snap);
+        let by_ip = |ip| views.iter().find(|v| v.ip == ip).expect("every local pod");
+        let open = by_ip(a);
+        assert_eq!((&open.ingress, &open.egress), (&None, &None), "{open:?}");
+        let b = by_ip(b);
+        let ingress = b.ingress.as_ref().expect("selected for ingress");
+        assert_eq!(ingress.policies, ["default/b-in"]);
+        assert_eq!(
+            ingress.rules,
+            [PolicyRuleView {
+                policy: "default/b-in".into(),
+                peers: Some(vec!["10.0.0.0-10.0.0.255".into(), a.to_string()]),
+                peer_ranges: 2,
+                ports: Some(vec!["tcp/8080-8090".into()]),
+                named_port_entries: 1,
+            }]
+        );
+        let egress = b.egress.as_ref().expect("selected for egress");
+        assert_eq!(
+            (egress.policies.as_slice(), egress.rules.len()),
+            (&["default/deny-out".to_owned()][..], 0)
+        );
+        let text = crate::cli::render::policies(&views);
+        assert!(
+            text.contains("  ingress: selected by default/b-in\n")
+                && text.contains("default/b-in: from 10.0.0.0-10.0.0.255, ")
+                && text.contains(" to tcp/8080-8090 (+1 named-port entries)\n")
+                && text.contains("  egress: selected by default/deny-out\n    denies everything\n")
+                && text.contains("  egress: open (no policy selects it)\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn batch_labels_cover_one_to_sixty_four() {

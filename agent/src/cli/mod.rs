@@ -1,8 +1,8 @@
 //! `kxdp`: the operator's command.
 //!
 //! - `kxdp agent` runs the node's dataplane (see [`crate::run`]).
-//! - `kxdp status|services|conntrack|routes|counters` read a running agent's admin API and
-//!   print plain tables, or with `--json` the API's JSON (see [`crate::admin`]).
+//! - `kxdp status|services|conntrack|routes|counters|policies` read a running agent's admin
+//!   API and print plain tables, or with `--json` the API's JSON (see [`crate::admin`]).
 //! - `kxdp trace` runs one packet through the real pipeline against tables compiled from
 //!   manifest files (the embedded default cluster when none is given) or a running agent's
 //!   live tables (`--agent`), and prints what each stage decided; `--json` prints the same as
@@ -80,6 +80,8 @@ enum Command {
     Routes(AdminArgs),
     /// Pipeline events, drops by reason, frames to the host by reason, AF_XDP I/O.
     Counters(AdminArgs),
+    /// This node's pods, the NetworkPolicies selecting each, and what they allow.
+    Policies(PoliciesArgs),
     /// Run one packet through the pipeline and print each stage's decision.
     Trace(TraceArgs),
     /// Check that this machine and process can run the dataplane: capabilities, locked
@@ -164,6 +166,31 @@ struct ConntrackArgs {
         value_parser = clap::value_parser!(u64).range(0..=admin::server::MAX_FLOWS_LISTED as u64),
     )]
     limit: u64,
+}
+
+#[derive(clap::Args)]
+struct PoliciesArgs {
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Only this pod (`namespace/name`).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pod: Option<String>,
+}
+
+fn run_policies(args: PoliciesArgs) -> Result<String, String> {
+    let mut pods: Vec<admin::views::PodPolicyView> =
+        admin::get_json(&args.admin.admin, "/api/policies")?;
+    if let Some(want) = &args.pod {
+        pods.retain(|p| &p.pod == want);
+        if pods.is_empty() {
+            return Err(format!("policies: no pod {want} on this node"));
+        }
+    }
+    if args.admin.json {
+        serde_json::to_string_pretty(&pods).map_err(|e| e.to_string())
+    } else {
+        Ok(render::policies(&pods))
+    }
 }
 
 #[derive(clap::Args)]
@@ -306,6 +333,7 @@ pub fn main() -> ExitCode {
         Command::Services(a) => text(view(&a, "/api/services", |v: &Vec<_>| render::services(v))),
         Command::Routes(a) => text(view(&a, "/api/routes", |v: &Vec<_>| render::routes(v))),
         Command::Counters(a) => text(view(&a, "/api/counters", render::counters)),
+        Command::Policies(a) => text(run_policies(a)),
         Command::Conntrack(c) => {
             let mut path = format!("/api/conntrack?limit={}", c.limit);
             if let Some(p) = c.proto {

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::admin::views::PodPolicyView;
 use crate::admin::{CountersView, FlowsView, RouteTarget, RouteView, ServiceView, StatusView};
 
 /// Columns padded to their widest cell, two spaces apart.
@@ -281,6 +282,58 @@ pub fn counters(c: &CountersView) -> String {
         out,
         "({zero_drops} drop reasons at zero not shown; --json has all)"
     );
+    out
+}
+
+/// `kxdp policies`: per pod, each direction open or what its selecting policies allow.
+pub fn policies(pods: &[PodPolicyView]) -> String {
+    let mut out = String::new();
+    for p in pods {
+        out += &format!("{} {}\n", p.pod, p.ip);
+        for (name, d) in [("ingress", &p.ingress), ("egress", &p.egress)] {
+            let Some(d) = d else {
+                out += &format!("  {name}: open (no policy selects it)\n");
+                continue;
+            };
+            out += &format!("  {name}: selected by {}\n", d.policies.join(", "));
+            if d.rules.is_empty() {
+                out += "    denies everything\n";
+            }
+            let (peer_word, port_word) = match name {
+                "ingress" => ("from", "to"),
+                _ => ("to", "on"),
+            };
+            for r in &d.rules {
+                let peers = match &r.peers {
+                    None => "any peer".to_owned(),
+                    Some(list) if list.is_empty() => "no address".to_owned(),
+                    Some(list) => {
+                        let more = r.peer_ranges.saturating_sub(list.len());
+                        let mut text = list.join(", ");
+                        if more > 0 {
+                            text += &format!(" and {more} more ranges");
+                        }
+                        text
+                    }
+                };
+                let mut ports = match &r.ports {
+                    None => "any port".to_owned(),
+                    Some(list) if list.is_empty() => "no numbered port".to_owned(),
+                    Some(list) => list.join(", "),
+                };
+                if r.named_port_entries > 0 {
+                    ports += &format!(" (+{} named-port entries)", r.named_port_entries);
+                }
+                out += &format!(
+                    "    {}: {peer_word} {peers} {port_word} {ports}\n",
+                    r.policy
+                );
+            }
+        }
+    }
+    if pods.is_empty() {
+        out += "no pods on this node\n";
+    }
     out
 }
 

@@ -1,8 +1,9 @@
 //! The demo's checks (`make demo`, and the agent tests that run its scenario): real traffic on
 //! the demo cluster ([`crate::cluster`], [`DEMO_MANIFEST`](crate::cluster::DEMO_MANIFEST)):
 //! ping, HTTP and iperf3 across nodes and through services, an external client to a NodePort,
-//! node-a's own stack to a ClusterIP (its host interface), a pod to its node's address, and a
-//! service without endpoints. Pods are found by name, so their addresses may be the test
+//! node-a's own stack to a ClusterIP (its host interface), a pod to its node's address, a
+//! service without endpoints, and last a NetworkPolicy added live (the client it admits gets
+//! through, the other is dropped). Pods are found by name, so their addresses may be the test
 //! bed's or the CNI plugin's. Every traffic run is bounded in count and time.
 
 use std::net::Ipv4Addr;
@@ -26,7 +27,7 @@ pub struct Row {
 }
 
 /// How many checks the demo runs, for its progress lines.
-pub const STEPS: usize = 13;
+pub const STEPS: usize = 15;
 
 /// Run every check on the started cluster `c` (agents ready, pods served, node-a's host
 /// interface joined), calling `progress` with each one's title before it runs.
@@ -158,7 +159,69 @@ pub fn checks(c: &AgentCluster, mut progress: impl FnMut(&str)) -> Result<Vec<Ro
     ));
     drop(server);
 
+    // Last, as it closes web-a and web-b to everyone but client-b.
+    progress("NetworkPolicy added live: web takes port 8080 from client-b only");
+    let web_a = format!("http://{}:8080/", c.pod("web-a").ip);
+    add_policy(c, &web_from(c.pod("client-b").ip))?;
+    rows.push(http(
+        &ns("client-b"),
+        "NetworkPolicy allows",
+        "client-b -> web-a :8080 (node-b)",
+        &web_a,
+        true,
+    ));
+    progress("NetworkPolicy: client-a is not admitted (should time out)");
+    rows.push(denied(
+        &ns("client-a"),
+        "NetworkPolicy denies",
+        "client-a -> web-a :8080 (node-a)",
+        &web_a,
+    ));
+
     Ok(rows)
+}
+
+/// A NetworkPolicy selecting the `app: web` pods: TCP 8080 from `client` only.
+fn web_from(client: Ipv4Addr) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {{name: web-from-client-b, namespace: default}}\n\
+         spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n\
+         \x20   - from: [{{ipBlock: {{cidr: {client}/32}}}}]\n      ports: [{{port: 8080}}]\n"
+    )
+}
+
+/// Append `policy` to the manifest both agents read, and wait (10 s at most) until both
+/// have published a snapshot with it.
+fn add_policy(c: &AgentCluster, policy: &str) -> Result<(), String> {
+    let generation = |n| c.try_status(n).map(|s| s.generation);
+    let before = [generation(0)?, generation(1)?];
+    let manifest = std::fs::read_to_string(&c.manifest).map_err(|e| e.to_string())?;
+    std::fs::write(&c.manifest, manifest + policy).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (0..2).any(|n| generation(n).map_or(true, |g| g <= before[n])) {
+        if std::time::Instant::now() > deadline {
+            return Err("the agents did not load the NetworkPolicy within 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Three GETs that a NetworkPolicy drops: each must time out (a refusal would mean something
+/// answered).
+fn denied(from: &str, check: &str, path: &str, url: &str) -> Row {
+    let answers = http_get_many(from, url, 3);
+    let dropped = answers
+        .iter()
+        .filter(|(b, _)| b.starts_with("ERR") && b != "ERR refused")
+        .count();
+    Row {
+        check: check.into(),
+        path: path.into(),
+        result: format!("{dropped}/{} requests dropped (timed out)", answers.len()),
+        ok: answers.len() == 3 && dropped == 3,
+    }
 }
 
 fn ping(tb: &Testbed, from: &str, path: &str, to: Ipv4Addr) -> Row {

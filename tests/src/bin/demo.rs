@@ -98,6 +98,10 @@ fn run() -> Result<bool, String> {
         ("kxdp services (node-a)", vec!["services"]),
         ("kxdp counters (node-a)", vec!["counters"]),
         (
+            "kxdp policies --pod default/web-a (node-a)",
+            vec!["policies", "--pod", "default/web-a"],
+        ),
+        (
             "kxdp conntrack --limit 5 (node-a)",
             vec!["conntrack", "--limit", "5"],
         ),

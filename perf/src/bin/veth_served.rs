@@ -392,7 +392,9 @@ fn measure(
         let first_reply = std::io::BufRead::lines(std::io::BufReader::new(stdout))
             .map_while(Result::ok)
             .find_map(|l| echo_reply(&l));
-        let _ = ping.kill();
+        // SIGTERM, which `timeout` passes on to ping; a SIGKILL (`Child::kill`) would end
+        // `timeout` alone and leave ping probing every 2 ms, orphaned.
+        let _ = Command::new("kill").arg(ping.id().to_string()).status();
         let _ = ping.wait();
         let (first_reply, first_reply_seq) =
             first_reply.ok_or_else(|| format!("{name}: no reply from {target} within 10 s"))?;

@@ -44,7 +44,7 @@ use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::flow::FlowKey;
 use kxdp_dataplane::pipeline::inspect;
-use kxdp_dataplane::tables::{Direction, FrontendKind, InterfaceRole, Pick, PolicyVerdict};
+use kxdp_dataplane::tables::{FrontendKind, InterfaceRole, Pick, PolicyVerdict};
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::{tcp_flags, EthernetAddress};
 use kxdp_dataplane::{process_batch, Counters, Frame, Instant, Packet, Snapshot, Verdict};
@@ -587,17 +587,11 @@ fn network_policy(
 ) -> Option<NetworkPolicyTrace> {
     let (seen, dst, port) = judged;
     let verdicts = snap.flow_policy(client, seen, dst, proto, port);
-    let one = |pod: Ipv4Addr, direction: Direction, verdict: PolicyVerdict<'_>, peer: Ipv4Addr| {
+    let one = |pod: Ipv4Addr, verdict: PolicyVerdict<'_>| {
         let local = snap.local_pod(pod)?;
-        let selected = local.policy.as_ref().is_some_and(|p| match direction {
-            Direction::Ingress => p.ingress.is_some(),
-            Direction::Egress => p.egress.is_some(),
-        });
-        let exempt = client == dst || snap.is_this_node(peer);
         let (verdict, policies) = match verdict {
-            _ if !selected => (PolicyOutcome::Open, vec![]),
-            _ if exempt => (PolicyOutcome::Exempt, vec![]),
             PolicyVerdict::Open => (PolicyOutcome::Open, vec![]),
+            PolicyVerdict::Exempt => (PolicyOutcome::Exempt, vec![]),
             PolicyVerdict::Allowed(p) => (PolicyOutcome::Allowed, vec![p.to_owned()]),
             PolicyVerdict::Denied(ps) => (
                 PolicyOutcome::Denied,
@@ -610,8 +604,8 @@ fn network_policy(
             policies,
         })
     };
-    let egress = one(client, Direction::Egress, verdicts.egress, dst);
-    let ingress = one(dst, Direction::Ingress, verdicts.ingress, client);
+    let egress = one(client, verdicts.egress);
+    let ingress = one(dst, verdicts.ingress);
     (egress.is_some() || ingress.is_some()).then_some(NetworkPolicyTrace { egress, ingress })
 }
 

@@ -151,6 +151,7 @@ fn verdict(policies: &PodPolicies, pod: &str, d: Direction, peer: &str, f: &Flow
         .unwrap_or_else(|| panic!("no entry for pod {pod}"));
     match compiled.evaluate(d, address(peer), f.proto, f.port) {
         PolicyVerdict::Open => "open".into(),
+        PolicyVerdict::Exempt => "exempt".into(),
         PolicyVerdict::Allowed(p) => format!("allow:{p}"),
         PolicyVerdict::Denied(ps) => {
             let names: Vec<&str> = ps.iter().map(|p| &**p).collect();

@@ -147,6 +147,7 @@ impl Running {
                                 PolicyVerdict::Allowed(by) => format!("allowed by {by}"),
                                 PolicyVerdict::Denied(_) => "denied".into(),
                                 PolicyVerdict::Open => "open".into(),
+                                PolicyVerdict::Exempt => "exempt".into(),
                             };
                             policy.push(format!("{pod} <- {peer}: {v}"));
                         }

@@ -164,14 +164,6 @@ pub struct FlowPolicy<'a> {
     pub ingress: PolicyVerdict<'a>,
 }
 
-impl FlowPolicy<'_> {
-    /// Whether both directions allow the flow.
-    #[inline]
-    pub fn is_allowed(&self) -> bool {
-        self.egress.is_allowed() && self.ingress.is_allowed()
-    }
-}
-
 /// Another node of the overlay, kxdp or flannel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteNode {
@@ -829,7 +821,7 @@ impl Snapshot {
     /// masqueraded NodePort client as this node's gateway address, a client kept by
     /// `externalTrafficPolicy: Local` as itself).
     ///
-    /// Always allowed ([`PolicyVerdict::Open`]) whatever the policies: a pod reaching itself
+    /// Always allowed ([`PolicyVerdict::Exempt`]) whatever the policies: a pod reaching itself
     /// (`client == dst`, a hairpin through a service included), egress to this node's own
     /// addresses, and ingress from them (`client` is the node: kubelet probes, host-network
     /// pods). Another node's addresses are ordinary peers.
@@ -846,18 +838,17 @@ impl Snapshot {
             egress: PolicyVerdict::Open,
             ingress: PolicyVerdict::Open,
         };
-        if !self.policed || client == dst {
+        if !self.policed {
             return verdicts;
         }
+        let hairpin = client == dst;
         if let Some(policy) = self.pod_policy(client) {
-            if !self.is_this_node(dst) {
-                verdicts.egress = policy.evaluate(Direction::Egress, dst, proto, port);
-            }
+            let exempt = hairpin || self.is_this_node(dst);
+            verdicts.egress = policy.evaluate_unless(exempt, Direction::Egress, dst, proto, port);
         }
         if let Some(policy) = self.pod_policy(dst) {
-            if !self.is_this_node(client) {
-                verdicts.ingress = policy.evaluate(Direction::Ingress, src, proto, port);
-            }
+            let exempt = hairpin || self.is_this_node(client);
+            verdicts.ingress = policy.evaluate_unless(exempt, Direction::Ingress, src, proto, port);
         }
         verdicts
     }

@@ -233,6 +233,11 @@ pub struct PodPolicy {
 pub enum PolicyVerdict<'a> {
     /// No policy selects the pod in this direction.
     Open,
+    /// Policies select the pod in this direction, but the packet is one they never apply to
+    /// (a pod reaching itself, traffic with its own node: [`Snapshot::flow_policy`]).
+    ///
+    /// [`Snapshot::flow_policy`]: super::Snapshot::flow_policy
+    Exempt,
     /// Allowed by a rule of this policy (`namespace/name`), the first that matched.
     Allowed(&'a str),
     /// Denied: these policies select the pod in this direction, and none allows the packet.
@@ -247,6 +252,33 @@ impl PolicyVerdict<'_> {
 }
 
 impl PodPolicy {
+    /// What the policies selecting the pod in `direction` allow; `None` when none selects it.
+    #[inline]
+    pub fn rules(&self, direction: Direction) -> Option<&RuleSet> {
+        match direction {
+            Direction::Ingress => self.ingress.as_ref(),
+            Direction::Egress => self.egress.as_ref(),
+        }
+    }
+
+    /// [`PodPolicy::evaluate`], or for a packet policies never apply to (`exempt`),
+    /// [`PolicyVerdict::Exempt`] where some policy selects the pod in `direction`.
+    #[inline]
+    pub fn evaluate_unless(
+        &self,
+        exempt: bool,
+        direction: Direction,
+        peer: Ipv4Addr,
+        proto: u8,
+        port: u16,
+    ) -> PolicyVerdict<'_> {
+        match (exempt, self.rules(direction)) {
+            (true, Some(_)) => PolicyVerdict::Exempt,
+            (true, None) => PolicyVerdict::Open,
+            (false, _) => self.evaluate(direction, peer, proto, port),
+        }
+    }
+
     /// The verdict on a packet between the pod and `peer` (its source for ingress, its
     /// destination for egress), with protocol `proto` and destination port `port` (the pod's
     /// own port for ingress, the peer's for egress; 0 for protocols without ports).
@@ -262,11 +294,7 @@ impl PodPolicy {
         proto: u8,
         port: u16,
     ) -> PolicyVerdict<'_> {
-        let set = match direction {
-            Direction::Ingress => &self.ingress,
-            Direction::Egress => &self.egress,
-        };
-        let Some(set) = set else {
+        let Some(set) = self.rules(direction) else {
             return PolicyVerdict::Open;
         };
         match set.rules.iter().find(|r| r.admits(peer, proto, port)) {

@@ -2,8 +2,8 @@
 //! bound listener ([`serve`]) within its connection limits ([`super::conns`]).
 //!
 //! What a listener answers depends on its [`Scope`]: the metrics listener (TCP, reachable by
-//! every local user) only `/metrics`, `/healthz`, `/readyz` and `/served/<interface>`; the debug API (an owner-only
-//! Unix socket by default) those and every `/api/` view.
+//! every local user) only `/metrics`, `/healthz`, `/readyz` and `/served/<interface>`; the
+//! debug API (an owner-only Unix socket by default) those and every `/api/` view.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

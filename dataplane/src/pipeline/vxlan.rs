@@ -1,7 +1,7 @@
 //! VXLAN (RFC 7348) as flannel's backend speaks it: decapsulation from known nodes (at
-//! ingress) of what those nodes may send, encapsulation from the remote node's precomputed template (after output, which
-//! leads here with [`Next::Encap`]). A DF packet too big for the tunnel, or one whose TTL runs
-//! out here, leads on to an ICMP error ([`Next::IcmpError`]).
+//! ingress) of what those nodes may send, encapsulation from the remote node's precomputed
+//! template (after output, which leads here with [`Next::Encap`]). A DF packet too big for the
+//! tunnel, or one whose TTL runs out here, leads on to an ICMP error ([`Next::IcmpError`]).
 
 use super::parse::{self, Ipv4Meta};
 use super::rewrite::decrement_ttl;

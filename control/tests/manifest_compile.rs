@@ -7,39 +7,16 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kxdp_control::compile::{
-    is_pod_interface_name, pod_interface_name, pod_mac, Compiler, NodeSettings,
-};
+use kxdp_control::compile::{is_pod_interface_name, pod_interface_name, pod_mac, Compiler};
 use kxdp_control::manifest::{parse, ManifestError, ManifestSource};
 use kxdp_control::model::{Kind, Model, Object};
 use kxdp_dataplane::tables::{FrontendKind, TrafficPolicy};
-use kxdp_testkit::Topology;
+
+mod common;
+use common::{ip, scratch, settings};
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cluster.yaml")
-}
-
-fn settings() -> NodeSettings {
-    let mut node = Topology::default().node;
-    node.name = "node-a".into();
-    node.node_ips = vec![];
-    NodeSettings {
-        node,
-        neighbors: vec![],
-    }
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-/// A scratch copy of the fixture, to edit.
-fn scratch(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kxdp-control-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("cluster.yaml");
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 #[test]

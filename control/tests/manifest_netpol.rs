@@ -3,15 +3,15 @@
 //! changed file recompiles them, and a bad policy fails the load naming file, document,
 //! object and field while the last good model stays, as for every other kind.
 
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use kxdp_control::compile::{Compiler, NodeSettings};
+use kxdp_control::compile::Compiler;
 use kxdp_control::manifest::ManifestSource;
 use kxdp_control::model::{Kind, Model, Object};
 use kxdp_control::tables::{Direction, PolicyVerdict};
-use kxdp_testkit::Topology;
+
+mod common;
+use common::{ip, scratch, settings};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -54,28 +54,6 @@ spec:
               podSelector: {matchLabels: {app: client}}}]
       ports: [{port: http}]
 "#;
-
-fn settings() -> NodeSettings {
-    let mut node = Topology::default().node;
-    node.name = "node-a".into();
-    node.node_ips = vec![];
-    NodeSettings {
-        node,
-        neighbors: vec![],
-    }
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-fn scratch(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kxdp-netpol-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("cluster.yaml");
-    std::fs::write(&p, text).unwrap();
-    p
-}
 
 #[test]
 fn manifest_policies_compile_for_this_nodes_pods_and_follow_the_file() {

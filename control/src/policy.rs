@@ -33,14 +33,20 @@
 //! Cost: a full compile per change of pods, namespaces or policies. Pod peer selections are
 //! memoised per (namespace scope, selector), so policies sharing selectors (the common case:
 //! `app=...` in each namespace) evaluate each once; policies selecting no compiled pod cost one
-//! selector test per pod of their namespace. Not measured yet (issue 16 item 5).
+//! selector test per pod of their namespace; rules repeated across policies compile once (see
+//! `TemplateMemo`). `make perf-control` measures it at 10k pods and 10k policies.
+//!
+//! An egress rule's named port compiles into one [`PortPeers`] per number it resolves to,
+//! holding the peers where it does as merged address ranges: a name that is `8080` on every
+//! pod of the cluster is one entry of a few ranges, not one entry per pod, so a new flow's
+//! verdict stays a few binary searches however many pods the rule names.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use kxdp_dataplane::tables::{
-    AddressSet, PeerSet, PodPolicy, PolicyRule, PortRange, PortSet, RuleSet,
+    AddressSet, PeerSet, PodPolicy, PolicyRule, PortPeers, PortRange, PortSet, RuleSet,
 };
 
 use crate::model::{Model, PodInfo};
@@ -261,7 +267,7 @@ struct Template {
     /// Named ports: name, protocol.
     names: Vec<(String, u8)>,
     /// Egress named ports, resolved per peer.
-    peer_ports: Arc<[(Ipv4Addr, u8, u16)]>,
+    peer_ports: Arc<[PortPeers]>,
 }
 
 impl Template {
@@ -313,24 +319,34 @@ impl Template {
             }
             Some(ranges)
         };
-        let mut peer_ports = Vec::new();
+        let mut by_port: BTreeMap<(u8, u16), Vec<(Ipv4Addr, Ipv4Addr)>> = BTreeMap::new();
         if egress && !names.is_empty() {
             // Every pod among the peers: those a pod peer selected, and any pod whose address
             // an ipBlock (or "any peer") admits.
             let admits = |p: &PodInfo| peers.contains(p.ip);
             for (_, pod) in memo.all.iter().filter(|(_, p)| admits(p)) {
                 for (name, proto) in &names {
-                    peer_ports.extend(
-                        pod.named_ports
-                            .iter()
-                            .filter(|(n, pr, _)| n == name && pr == proto)
-                            .map(|(_, pr, port)| (pod.ip, *pr, *port)),
-                    );
+                    for (_, pr, port) in pod
+                        .named_ports
+                        .iter()
+                        .filter(|(n, pr, _)| n == name && pr == proto)
+                    {
+                        by_port
+                            .entry((*pr, *port))
+                            .or_default()
+                            .push((pod.ip, pod.ip));
+                    }
                 }
             }
-            peer_ports.sort_unstable();
-            peer_ports.dedup();
         }
+        let peer_ports: Vec<PortPeers> = by_port
+            .into_iter()
+            .map(|((proto, port), ranges)| PortPeers {
+                proto,
+                port,
+                peers: AddressSet::from_ranges(ranges),
+            })
+            .collect();
         Template {
             peers,
             ranges,

@@ -532,15 +532,19 @@ pub struct PolicyRuleView {
     pub peer_ranges: usize,
     /// `None`: any port; else `tcp/80`, `udp/9000-9100` (SCTP by its number, `132/80`).
     pub ports: Option<Vec<String>>,
-    /// Named ports of an egress rule, resolved per destination pod: how many (address,
-    /// protocol, port) entries.
-    pub named_port_entries: usize,
+    /// Named ports of an egress rule, resolved per destination pod: each number the name
+    /// is somewhere (`tcp/8080`) and how many address ranges hold the pods where it is.
+    pub named_ports: Vec<(String, usize)>,
 }
 
 /// `/api/policies`: every pod this node serves and what selects it, in pod order.
 pub fn policies(snap: &Snapshot) -> Vec<PodPolicyView> {
     use kxdp_dataplane::tables::{PeerSet, PortSet, RuleSet};
     let proto = |p: u8| Proto::from_number(p).to_string();
+    let port_name = |p: u8, lo: u16, hi: u16| match lo == hi {
+        true => format!("{}/{lo}", proto(p)),
+        false => format!("{}/{lo}-{hi}", proto(p)),
+    };
     let direction = |set: &Option<RuleSet>| {
         set.as_ref().map(|set| DirectionPolicyView {
             policies: set.policies.iter().map(|p| p.to_string()).collect(),
@@ -570,10 +574,7 @@ pub fn policies(snap: &Snapshot) -> Vec<PodPolicyView> {
                         PortSet::Ranges(ranges) => Some(
                             ranges
                                 .iter()
-                                .map(|p| match p.lo == p.hi {
-                                    true => format!("{}/{}", proto(p.proto), p.lo),
-                                    false => format!("{}/{}-{}", proto(p.proto), p.lo, p.hi),
-                                })
+                                .map(|p| port_name(p.proto, p.lo, p.hi))
                                 .collect(),
                         ),
                     };
@@ -582,7 +583,11 @@ pub fn policies(snap: &Snapshot) -> Vec<PodPolicyView> {
                         peers,
                         peer_ranges,
                         ports,
-                        named_port_entries: r.peer_ports.len(),
+                        named_ports: r
+                            .peer_ports
+                            .iter()
+                            .map(|p| (port_name(p.proto, p.port, p.port), p.peers.ranges().count()))
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -614,7 +619,7 @@ mod tests {
     #[test]
     fn policies_show_each_pod_open_or_what_selects_it() {
         use kxdp_dataplane::tables::{
-            AddressSet, PeerSet, PodPolicy, PolicyRule, PortRange, PortSet, RuleSet,
+            AddressSet, PeerSet, PodPolicy, PolicyRule, PortPeers, PortRange, PortSet, RuleSet,
         };
         use std::sync::Arc;
         let mut t = kxdp_testkit::Topology::default();
@@ -635,7 +640,11 @@ mod tests {
                         }]
                         .into(),
                     ),
-                    peer_ports: Arc::new([(a, 6, 80)]),
+                    peer_ports: Arc::new([PortPeers {
+                        proto: 6,
+                        port: 80,
+                        peers: AddressSet::from_ranges([(a, a)]),
+                    }]),
                 }]
                 .into(),
                 policies: vec![Arc::<str>::from("default/b-in")].into(),
@@ -660,7 +669,7 @@ mod tests {
                 peers: Some(vec!["10.0.0.0-10.0.0.255".into(), a.to_string()]),
                 peer_ranges: 2,
                 ports: Some(vec!["tcp/8080-8090".into()]),
-                named_port_entries: 1,
+                named_ports: vec![("tcp/80".into(), 1)],
             }]
         );
         let egress = b.egress.as_ref().expect("selected for egress");
@@ -672,7 +681,7 @@ mod tests {
         assert!(
             text.contains("  ingress: selected by default/b-in\n")
                 && text.contains("default/b-in: from 10.0.0.0-10.0.0.255, ")
-                && text.contains(" to tcp/8080-8090 (+1 named-port entries)\n")
+                && text.contains(" to tcp/8080-8090, and per destination pod tcp/80 (1 range)\n")
                 && text.contains("  egress: selected by default/deny-out\n    denies everything\n")
                 && text.contains("  egress: open (no policy selects it)\n"),
             "{text}"

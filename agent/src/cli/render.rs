@@ -321,8 +321,16 @@ pub fn policies(pods: &[PodPolicyView]) -> String {
                     Some(list) if list.is_empty() => "no numbered port".to_owned(),
                     Some(list) => list.join(", "),
                 };
-                if r.named_port_entries > 0 {
-                    ports += &format!(" (+{} named-port entries)", r.named_port_entries);
+                if !r.named_ports.is_empty() {
+                    let named: Vec<String> = r
+                        .named_ports
+                        .iter()
+                        .map(|(port, n)| match n {
+                            1 => format!("{port} (1 range)"),
+                            n => format!("{port} ({n} ranges)"),
+                        })
+                        .collect();
+                    ports += &format!(", and per destination pod {}", named.join(", "));
                 }
                 out += &format!(
                     "    {}: {peer_word} {peers} {port_word} {ports}\n",

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use crate::flow::FastMap;
 use crate::wire::{checksum, vxlan, Ipv4Cidr, MacAddr};
 pub use policy::{
-    AddressSet, Direction, PeerSet, PodPolicy, PolicyRule, PolicyVerdict, PortRange, PortSet,
-    RuleSet,
+    AddressSet, Direction, PeerSet, PodPolicy, PolicyRule, PolicyVerdict, PortPeers, PortRange,
+    PortSet, RuleSet,
 };
 pub use route::Lpm;
 pub use service::{

@@ -7,9 +7,11 @@
 //! a packet is allowed when any rule allows it, and denied otherwise).
 //!
 //! A [`PolicyRule`] allows a packet when its peer is in the rule's [`PeerSet`] and its
-//! protocol and port in the rule's [`PortSet`], or when the exact (peer, protocol, port) is
-//! one of the rule's `peer_ports`: the entries an egress rule's *named* port compiles into,
-//! since a name resolves per destination pod (`http` may be 8080 on one pod and 80 on another).
+//! protocol and port in the rule's [`PortSet`], or when its protocol and port are one of the
+//! rule's `peer_ports` ([`PortPeers`]) and its peer among that port's peers: what an egress
+//! rule's *named* port compiles into, since a name resolves per destination pod (`http` may be
+//! 8080 on one pod and 80 on another): one entry per number it resolves to, holding the pods
+//! where it does.
 //! Ingress named ports resolve against the selected (local) pod itself, so they compile into
 //! plain port ranges.
 //!
@@ -194,9 +196,22 @@ pub struct PolicyRule {
     pub peers: PeerSet,
     /// Ports admitted for [`PolicyRule::peers`].
     pub ports: PortSet,
-    /// Exact (peer address, protocol, port) also admitted, sorted: named ports of an egress
-    /// rule, resolved per destination pod among the rule's peers.
-    pub peer_ports: Arc<[(Ipv4Addr, u8, u16)]>,
+    /// Ports admitted for some peers only, sorted by protocol and port: named ports of an
+    /// egress rule, resolved per destination pod among the rule's peers.
+    pub peer_ports: Arc<[PortPeers]>,
+}
+
+/// One port an egress rule's named port resolves to, and the pods (among the rule's peers)
+/// where it does. A name usually resolves to a few numbers across a cluster, so a rule holds
+/// a few of these, each a merged [`AddressSet`] (pods of one node are one range or a few).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPeers {
+    /// The protocol.
+    pub proto: u8,
+    /// The port.
+    pub port: u16,
+    /// The peers on which the name is this port.
+    pub peers: AddressSet,
 }
 
 impl PolicyRule {
@@ -204,8 +219,10 @@ impl PolicyRule {
     #[inline]
     pub fn admits(&self, peer: Ipv4Addr, proto: u8, port: u16) -> bool {
         (self.ports.contains(proto, port) && self.peers.contains(peer))
-            || (!self.peer_ports.is_empty()
-                && self.peer_ports.binary_search(&(peer, proto, port)).is_ok())
+            || self
+                .peer_ports
+                .iter()
+                .any(|p| p.proto == proto && p.port == port && p.peers.contains(peer))
     }
 }
 
@@ -392,7 +409,19 @@ mod tests {
                     policy: b.clone(),
                     peers: PeerSet::Addresses(AddressSet::default()),
                     ports: PortSet::Ranges(Box::new([])),
-                    peer_ports: vec![(ip("10.2.0.1"), 6, 8080), (ip("10.2.0.2"), 6, 80)].into(),
+                    peer_ports: vec![
+                        PortPeers {
+                            proto: 6,
+                            port: 80,
+                            peers: AddressSet::from_block(ip("10.2.0.2"), 32, &[]),
+                        },
+                        PortPeers {
+                            proto: 6,
+                            port: 8080,
+                            peers: AddressSet::from_block(ip("10.2.0.1"), 32, &[]),
+                        },
+                    ]
+                    .into(),
                 }]
                 .into(),
                 policies: vec![b.clone()].into(),

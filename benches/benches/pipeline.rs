@@ -1,4 +1,5 @@
-//! Criterion benches of the pipeline's stages, named `stage/case/flows=N,services=M`.
+//! Criterion benches of the pipeline's stages, named `stage/case/flows=N,services=M`, and of
+//! NetworkPolicy on new flows, `policy/case/policies=N,pods=10k` (see [`policy_world`]).
 //!
 //! Every case is a batch of 64 frames from the shared fixture topology
 //! (`kxdp_testkit`), the same cases the fixture tests check, at 1k and 1M live
@@ -137,17 +138,22 @@ impl Batch {
         process_batch(&mut packets, &w.snap, &w.ct, &w.counters, now);
         let took = start.elapsed();
         if check {
-            for p in &packets {
-                assert!(
-                    matches!(p.verdict, Verdict::Transmit(_)),
-                    "{}: {:?}",
-                    w.label,
-                    p.verdict
-                );
-            }
+            all_transmitted(w, &packets);
         }
         black_box(&packets);
         took
+    }
+}
+
+/// Assert that every packet of a batch was transmitted: the path a case names.
+fn all_transmitted(w: &World, packets: &[kxdp_dataplane::Packet<'_>]) {
+    for p in packets {
+        assert!(
+            matches!(p.verdict, Verdict::Transmit(_)),
+            "{}: {:?}",
+            w.label,
+            p.verdict
+        );
     }
 }
 
@@ -248,55 +254,157 @@ fn bench_world(c: &mut Criterion, w: &World) {
         Batch::new(ports(4096).map(|p| t.case_egress(p, f::ACK)).collect()),
     );
 
-    // New flows: each batch opens 64 flows never seen; only process_batch is timed, and the
-    // flows are removed afterwards so the table stays at its size.
-    {
-        let mut g = c.benchmark_group("service");
-        g.throughput(Throughput::Elements(BATCH as u64));
-        let mut sport = 20_000u16;
-        let mut checked = false;
-        let mut bufs: Vec<FrameBuf> = (0..BATCH).map(|_| FrameBuf::new(&[0u8; 64])).collect();
-        g.bench_function(BenchmarkId::new("new_flow", label), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let inputs: Vec<Input> = (0..BATCH)
-                        .map(|_| {
-                            sport = if sport >= 60_000 { 20_000 } else { sport + 1 };
-                            t.case_service(sport, f::SYN)
-                        })
-                        .collect();
-                    let mut packets: Vec<_> = bufs
-                        .iter_mut()
-                        .zip(&inputs)
-                        .map(|(b, i)| {
-                            b.reset(&i.frame);
-                            b.packet(i.ingress)
-                        })
-                        .collect();
-                    let now = w.tick();
-                    let start = WallClock::now();
-                    process_batch(&mut packets, &w.snap, &w.ct, &w.counters, now);
-                    total += start.elapsed();
-                    if !checked {
-                        // The first batch must open 64 flows, or this measures something else.
-                        for p in &packets {
-                            assert!(matches!(p.verdict, Verdict::Transmit(_)), "{:?}", p.verdict);
-                        }
-                        checked = true;
-                    }
-                    drop(packets);
-                    for i in &inputs {
-                        let key = inspect(&i.frame).expect("valid");
-                        if let Some(flow) = w.ct.lookup(&key, now) {
-                            w.ct.remove(&flow);
-                        }
+    // New flows: each batch opens 64 flows never seen.
+    bench_new_flows(c, w, "service", "new_flow", |sport| {
+        t.case_service(sport, f::SYN)
+    });
+}
+
+/// `stage/case/label` over batches of 64 flows never seen, made by `case(sport)`: only
+/// process_batch is timed, and the flows are removed afterwards so the table stays at its size.
+fn bench_new_flows(
+    c: &mut Criterion,
+    w: &World,
+    stage: &str,
+    case: &str,
+    make: impl Fn(u16) -> Input,
+) {
+    let mut g = c.benchmark_group(stage);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let mut sport = 20_000u16;
+    let mut checked = false;
+    let mut bufs: Vec<FrameBuf> = (0..BATCH).map(|_| FrameBuf::new(&[0u8; 64])).collect();
+    g.bench_function(BenchmarkId::new(case, &w.label), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let inputs: Vec<Input> = (0..BATCH)
+                    .map(|_| {
+                        sport = if sport >= 60_000 { 20_000 } else { sport + 1 };
+                        make(sport)
+                    })
+                    .collect();
+                let mut packets: Vec<_> = bufs
+                    .iter_mut()
+                    .zip(&inputs)
+                    .map(|(b, i)| {
+                        b.reset(&i.frame);
+                        b.packet(i.ingress)
+                    })
+                    .collect();
+                let now = w.tick();
+                let start = WallClock::now();
+                process_batch(&mut packets, &w.snap, &w.ct, &w.counters, now);
+                total += start.elapsed();
+                if !checked {
+                    // The first batch must pass whole, or this measures something else.
+                    all_transmitted(w, &packets);
+                    checked = true;
+                }
+                drop(packets);
+                for i in &inputs {
+                    let key = inspect(&i.frame).expect("valid");
+                    if let Some(flow) = w.ct.lookup(&key, now) {
+                        w.ct.remove(&flow);
                     }
                 }
-                total
-            })
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+/// Pods of the NetworkPolicy cluster ([`kxdp_testkit::netpol`]).
+const POLICY_PODS: u32 = 10_000;
+
+/// The fixture's pods A and B as pods of the NetworkPolicy cluster: both in namespace `ns-0`,
+/// app `app-0` (selected by policy `np-0` whenever there is one); A `tier: db`, B `tier: web`.
+const POD_A: u32 = 0;
+const POD_B: u32 = 5_000;
+
+/// The 1k-flow, 10-service world with the fixture's pods in a cluster of [`POLICY_PODS`] pods
+/// in 100 namespaces, and `policies` NetworkPolicies compiled for its node as the agent
+/// compiles them. Pod B's `http` port is 8443, the one `default/api` sends to, so the cases'
+/// flows are allowed: A's egress by `np-0`'s named port `http` to any namespace's pods, B's
+/// ingress from A (an `app-0` pod of a team-t0 namespace) on `http`, or 9000-9199.
+fn policy_world(policies: u32) -> World {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use kxdp_control::model::{Model, Object};
+    use kxdp_control::policy::compile_policies;
+    use kxdp_testkit::netpol;
+
+    let mut w = world(1_000, 10);
+    let t = &w.t;
+    let mut model = Model::new();
+    let mut apply = |o: Object| {
+        model.apply(&o).expect("a valid object");
+    };
+    for i in 0..netpol::NAMESPACES {
+        apply(Object::Namespace(Box::new(json::<Namespace>(
+            netpol::namespace(i),
+        ))));
+    }
+    for k in 0..POLICY_PODS {
+        // Elsewhere: 40 nodes of 250 pods.
+        let (node, ip) = match k {
+            POD_A => (1, t.pod_a.ip),
+            POD_B => (1, t.pod_b.ip),
+            _ => (
+                2 + k % 40,
+                core::net::Ipv4Addr::new(10, 244, 2 + (k % 40) as u8, (k / 40 % 250 + 2) as u8),
+            ),
+        };
+        let pod = netpol::pod(k, node, ip, 8443);
+        if node == 1 {
+            apply(Object::Pod(Box::new(json::<Pod>(pod.clone()))));
+        }
+        apply(Object::PeerPod(Box::new(json::<Pod>(pod))));
+    }
+    for i in 0..policies {
+        apply(Object::NetworkPolicy(Box::new(json::<NetworkPolicy>(
+            netpol::policy(i, 0),
+        ))));
+    }
+    let compiled = compile_policies(&model, Some("node-1"));
+    let policy = |k: u32| {
+        compiled
+            .get(&format!("ns-0/p-{k}"))
+            .filter(|p| p.ingress.is_some() || p.egress.is_some())
+            .cloned()
+    };
+    let mut inputs = t.inputs();
+    inputs.pods[0].policy = policy(POD_A);
+    inputs.pods[1].policy = policy(POD_B);
+    assert_eq!(
+        inputs.pods.iter().all(|p| p.policy.is_some()),
+        policies > 0,
+        "with policies, both pods are selected"
+    );
+    w.snap = Snapshot::build(inputs).expect("valid");
+    w.label = format!("policies={policies},pods=10k");
+    w
+}
+
+fn json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("a valid object")
+}
+
+/// policy/*: what NetworkPolicy adds to a flow, at 0, 10 and 1000 policies over 10k pods. A
+/// new ClusterIP flow is judged on its first packet (A's egress, B's ingress after DNAT); a new
+/// pod-to-pod flow is judged and, with policies, tracked (without, it never is); an established
+/// service flow's packets check only the policy epoch.
+fn bench_policy(c: &mut Criterion) {
+    for policies in [0, 10, 1000] {
+        let w = policy_world(policies);
+        let t = &w.t;
+        bench_new_flows(c, &w, "policy", "new_flow", |sport| {
+            t.case_service(sport, f::SYN)
         });
-        g.finish();
+        bench_new_flows(c, &w, "policy", "pod_new_flow", |sport| {
+            t.case_pod_to_pod(sport)
+        });
     }
 }
 
@@ -327,6 +435,7 @@ fn pipeline(c: &mut Criterion) {
         let w = world(flows, services);
         bench_world(c, &w);
     }
+    bench_policy(c);
 }
 
 criterion_group!(benches, pipeline);

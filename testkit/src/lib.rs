@@ -20,6 +20,8 @@ use kxdp_dataplane::tables::{
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::{Ipv4Cidr, MacAddr};
 
+pub mod netpol;
+
 /// Size of a fixture buffer, like an AF_XDP UMEM chunk.
 pub const CHUNK_SIZE: usize = 2048;
 /// Headroom before the frame, like the UMEM frame headroom the I/O layer configures.

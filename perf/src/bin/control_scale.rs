@@ -36,7 +36,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kxdp_control::compile::{Compiler, NodeSettings};
 use kxdp_control::model::{Kind, Model, Object};
 use kxdp_control::policy::compile_policies;
-use kxdp_testkit::Topology;
+use kxdp_testkit::{netpol, Topology};
+use netpol::NAMESPACES;
 use serde_json::{json, Value};
 
 /// The command line.
@@ -153,64 +154,10 @@ fn pod_json(k: u32, a: &Args) -> Value {
     })
 }
 
-/// Namespaces of the NetworkPolicy run (`ns-0` ...), in ten teams (`team: tN`).
-const NAMESPACES: u32 = 100;
-
-/// Apps per namespace (`app: app-N`).
-const APPS: u32 = 50;
-
-fn namespace_json(i: u32) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": format!("ns-{i}"), "labels": {"team": format!("t{}", i % 10)}},
-    })
-}
-
-/// Pod `k` of the NetworkPolicy run: in namespace `k % NAMESPACES`, app `k / NAMESPACES %
-/// APPS`, a third of them `tier: db`, with a container port named `http`.
-fn policy_pod_json(k: u32, a: &Args) -> Value {
-    let (node, ip) = endpoint(k, a.nodes);
-    let tier = if k % 3 == 0 { "db" } else { "web" };
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("p-{k}"), "namespace": format!("ns-{}", k % NAMESPACES),
-                     "labels": {"app": format!("app-{}", k / NAMESPACES % APPS), "tier": tier}},
-        "spec": {"nodeName": format!("node-{node}"),
-                 "containers": [{"name": "c", "image": "c", "ports": [
-                     {"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
-        "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]},
-    })
-}
-
-/// Policy `i`, at `version` (which moves one of its ports): selects an app of its namespace;
-/// admits `tier: web` pods of the namespace and two apps of its team's namespaces, on the
-/// named port and a range; lets the pods reach DNS and `http` in any namespace, and the
-/// 10.0.0.0/8 block but the service CIDR.
-fn policy_json(i: u32, version: u32) -> Value {
-    let ns = i % NAMESPACES;
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": format!("np-{i}"), "namespace": format!("ns-{ns}")},
-        "spec": {
-            "podSelector": {"matchLabels": {"app": format!("app-{}", i / NAMESPACES % APPS)}},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{
-                "from": [
-                    {"podSelector": {"matchLabels": {"tier": "web"}}},
-                    {"namespaceSelector": {"matchLabels": {"team": format!("t{}", i % 10)}},
-                     "podSelector": {"matchExpressions": [{"key": "app", "operator": "In",
-                         "values": [format!("app-{}", i % APPS), format!("app-{}", (i + 1) % APPS)]}]}},
-                ],
-                "ports": [{"port": "http"},
-                          {"protocol": "TCP", "port": 9000 + version % 100, "endPort": 9199}],
-            }],
-            "egress": [
-                {"to": [{"namespaceSelector": {}}],
-                 "ports": [{"protocol": "UDP", "port": 53}, {"port": "http"}]},
-                {"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.96.0.0/12"]}}]},
-            ],
-        },
-    })
+/// Pod `k` of the NetworkPolicy run, placed as the service endpoints are ([`endpoint`]).
+fn policy_pod_json(k: u32, nodes: u32) -> Value {
+    let (node, ip) = endpoint(k, nodes);
+    netpol::pod(k, node, ip, 8080)
 }
 
 /// A list body's items, decoded straight from the text into k8s-openapi types, as kube does.
@@ -463,7 +410,7 @@ fn policies_at_scale(a: &Args) -> Result<(), String> {
     );
     let local: Vec<Value> = (0..a.pods)
         .filter(|k| endpoint(*k, a.nodes).0 == 1)
-        .map(|k| policy_pod_json(k, a))
+        .map(|k| policy_pod_json(k, a.nodes))
         .collect();
     let bodies = vec![
         (
@@ -474,7 +421,7 @@ fn policies_at_scale(a: &Args) -> Result<(), String> {
             Kind::Namespace,
             list(
                 "NamespaceList",
-                (0..NAMESPACES).map(namespace_json).collect(),
+                (0..NAMESPACES).map(netpol::namespace).collect(),
             ),
         ),
         (Kind::Pod, list("PodList", local)),
@@ -482,14 +429,14 @@ fn policies_at_scale(a: &Args) -> Result<(), String> {
             Kind::PeerPod,
             list(
                 "PodList",
-                (0..a.pods).map(|k| policy_pod_json(k, a)).collect(),
+                (0..a.pods).map(|k| policy_pod_json(k, a.nodes)).collect(),
             ),
         ),
         (
             Kind::NetworkPolicy,
             list(
                 "NetworkPolicyList",
-                (0..a.policies).map(|i| policy_json(i, 0)).collect(),
+                (0..a.policies).map(|i| netpol::policy(i, 0)).collect(),
             ),
         ),
     ];
@@ -526,7 +473,7 @@ fn policies_at_scale(a: &Args) -> Result<(), String> {
         let i = (n * 7919) % a.policies;
         // Each change moves one port of policy i from its last state.
         versions[i as usize] += 1;
-        let body = policy_json(i, versions[i as usize]).to_string();
+        let body = netpol::policy(i, versions[i as usize]).to_string();
         let t = Instant::now();
         let policy: NetworkPolicy = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         model

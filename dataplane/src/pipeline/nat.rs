@@ -145,34 +145,24 @@ pub(crate) fn translate(
     // Known flows first: an established packet needs nothing else.
     if plan.track {
         if let Some(flow) = ctx.ct.lookup_hashed(&key, meta.hash(), ctx.now) {
-            // Any tracked flow, not only those `plan.police` names: a service flow's client
-            // packets name the service address, and its backend may be the selected pod.
             if snap.has_policies() {
-                let judged = ctx.ct.policy_epoch(&flow);
-                if judged != snap.policy_epoch() {
-                    if let Err(r) = revalidate(ctx, &flow, judged) {
-                        return Next::Done(Verdict::Drop(r));
-                    }
-                }
+                return established_policed(ctx, frame, meta, plan, &flow);
             }
             ctx.ct.update(&flow, meta.tcp_flags, ctx.now);
-            let to = flow.translated();
-            if plan.police && to == key {
-                // A flow tracked only for NetworkPolicy: allowed when it began.
-                ctx.counters.inc(Event::PolicyEstablished);
-                return Next::OutputUntranslated(route);
-            }
-            rewrite(frame, meta, to);
-            ctx.counters.inc(match flow.direction {
-                Direction::Original => Event::NatEstablished,
-                Direction::Reply => Event::ReverseNat,
-            });
-            return Next::OutputTranslated;
+            return established(ctx, frame, meta, &flow);
         }
     }
-    let is_l4 = key.proto == proto::TCP || key.proto == proto::UDP;
-    // No frontend is ever a pod address, so pod-to-pod traffic skips the service table.
+    // No frontend is ever a pod address, so pod-to-pod traffic skips the service table, and
+    // nothing translates it but the node's own traffic to another node's pods: it goes on as
+    // it is, judged first where a policy selects one of its pods.
     let to_pods = matches!(route, RouteTarget::LocalPods | RouteTarget::RemoteNode(_));
+    if to_pods && !(origin == Origin::Host && route != RouteTarget::LocalPods) {
+        return match plan.police {
+            true => police_untranslated(ctx, frame, meta, plan.track, route),
+            false => Next::OutputUntranslated(route),
+        };
+    }
+    let is_l4 = key.proto == proto::TCP || key.proto == proto::UDP;
     if is_l4 && origin != Origin::Overlay && !to_pods {
         if let Some((port, kind)) = snap.services.lookup(key.dst_ip, key.proto, key.dst_port) {
             return new_service_flow(ctx, frame, meta, origin, port, kind);
@@ -223,9 +213,48 @@ pub(crate) fn translate(
             }
         }
         // Not `trackable`: a fragment has a TCP or UDP protocol but no ports to track it by.
-        None if plan.police => police_untranslated(ctx, meta, plan.track, route),
+        None if plan.police => police_untranslated(ctx, frame, meta, plan.track, route),
         None => Next::OutputUntranslated(route),
     }
+}
+
+/// A packet of a translated flow, accounted for: translate it.
+#[inline(always)]
+fn established(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta, flow: &FlowRef) -> Next {
+    rewrite(frame, meta, flow.translated());
+    ctx.counters.inc(match flow.direction {
+        Direction::Original => Event::NatEstablished,
+        Direction::Reply => Event::ReverseNat,
+    });
+    Next::OutputTranslated
+}
+
+/// A packet of a tracked flow where some local pod has a NetworkPolicy: apart, so that a node
+/// without any pays one test per packet for them. Any tracked flow, not only those
+/// `plan.police` names: a service flow's client packets name the service address, and its
+/// backend may be the selected pod. A flow judged under other policies is judged again
+/// ([`revalidate`]); one tracked only for its policy passes untranslated.
+#[inline(never)]
+fn established_policed(
+    ctx: &Ctx<'_>,
+    frame: &mut Frame<'_>,
+    meta: &mut Ipv4Meta,
+    plan: Plan,
+    flow: &FlowRef,
+) -> Next {
+    let judged = ctx.ct.policy_epoch(flow);
+    if judged != ctx.snap.policy_epoch() {
+        if let Err(r) = revalidate(ctx, flow, judged) {
+            return Next::Done(Verdict::Drop(r));
+        }
+    }
+    ctx.ct.update(flow, meta.tcp_flags, ctx.now);
+    if plan.police && flow.translated() == meta.key {
+        // A flow tracked only for NetworkPolicy: allowed when it began.
+        ctx.counters.inc(Event::PolicyEstablished);
+        return Next::OutputUntranslated(plan.route);
+    }
+    established(ctx, frame, meta, flow)
 }
 
 /// A packet of no translated flow and no tracked one, to or from a local pod a NetworkPolicy
@@ -236,16 +265,19 @@ pub(crate) fn translate(
 /// as having port 0, which only a rule without ports admits.
 #[cold]
 #[inline(never)]
-fn police_untranslated(ctx: &Ctx<'_>, meta: &Ipv4Meta, track: bool, route: RouteTarget) -> Next {
+fn police_untranslated(
+    ctx: &Ctx<'_>,
+    frame: &Frame<'_>,
+    meta: &Ipv4Meta,
+    track: bool,
+    route: RouteTarget,
+) -> Next {
     let key = meta.key;
-    if let Err(r) = judge(
-        ctx,
-        key.src_ip,
-        key.src_ip,
-        key.dst_ip,
-        key.proto,
-        key.dst_port,
-    ) {
+    let port = match key.proto {
+        proto::SCTP => super::parse::sctp_dst_port(frame.data(), meta),
+        _ => key.dst_port,
+    };
+    if let Err(r) = judge(ctx, key.src_ip, key.src_ip, key.dst_ip, key.proto, port) {
         return Next::Done(Verdict::Drop(r));
     }
     if !track {

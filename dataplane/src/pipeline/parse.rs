@@ -2,8 +2,8 @@
 //!
 //! After [`parse_ipv4`] succeeds, the stages may rely on: version 4, no options (IHL 5), total
 //! length within the frame and at least the header, not a fragment, and a complete L4 header for
-//! TCP (with its data offset), UDP and ICMP. SCTP's ports are read when its header is there;
-//! other protocols are accepted with zero ports.
+//! TCP (with its data offset), UDP and ICMP. Other protocols are accepted with zero ports
+//! (SCTP's are read only where NetworkPolicy judges it: [`sctp_dst_port`]).
 //!
 //! A fragment fails [`parse_ipv4`] with [`DropReason::Ipv4Fragment`], so the common path pays
 //! nothing for fragments; [`parse_fragment`] then validates it apart, for the pipeline to route
@@ -17,6 +17,17 @@ use crate::wire::{IPV4_HEADER_LEN, TCP_MIN_HEADER_LEN, UDP_HEADER_LEN};
 
 /// SCTP's common header: ports, verification tag, checksum (RFC 9260).
 const SCTP_HEADER_LEN: usize = 12;
+
+/// The destination port of the SCTP packet `meta` describes in `frame`, 0 when its common
+/// header is cut short. Read apart from [`parse_ipv4`] (SCTP is never translated or tracked:
+/// only NetworkPolicy asks for its ports, on its cold path), so other traffic pays nothing.
+pub(crate) fn sctp_dst_port(frame: &[u8], meta: &Ipv4Meta) -> u16 {
+    let end = meta.l3 + meta.ip_len;
+    match frame.get(meta.l4()..end) {
+        Some(l4) if l4.len() >= SCTP_HEADER_LEN => be16(l4, 2),
+        _ => 0,
+    }
+}
 
 /// ICMP types the pipeline treats specially.
 pub(crate) mod icmp_type {
@@ -184,9 +195,6 @@ pub(crate) fn parse_ipv4(frame: &[u8], l3: usize, tail: usize) -> Result<Ipv4Met
                 t => (0, 0, 0, t),
             }
         }
-        // Ports only, for NetworkPolicy (SCTP is never translated or tracked); a header too
-        // short for them is forwarded as any other protocol is, with none.
-        proto::SCTP if l4.len() >= SCTP_HEADER_LEN => (be16(l4, 0), be16(l4, 2), 0, 0),
         _ => (0, 0, 0, 0),
     };
     Ok(Ipv4Meta {

@@ -13,7 +13,8 @@
 //! namespace's pods on a node of their own: every flow's first packet is sent on the source
 //! pod's node (egress, and ingress where both pods share it) and, arriving over VXLAN or on the
 //! uplink, on the destination pod's node (ingress), and must be dropped with the direction's
-//! reason exactly where the table says deny.
+//! reason exactly where the table says deny; and through `kxdp trace`, which must name each
+//! way's verdict and policies as the table does.
 
 use std::net::Ipv4Addr;
 
@@ -24,6 +25,7 @@ use kxdp_control::policy::{compile_policies, PodPolicies};
 use kxdp_control::tables::{
     Direction, InterfaceId, LocalPod, PolicyVerdict, RemoteNode, Snapshot, SnapshotInputs,
 };
+use kxdp_control::trace::{trace, Entry, PolicyDirection, PolicyOutcome, TraceInput, TraceVerdict};
 use kxdp_dataplane::conntrack::{Conntrack, ConntrackConfig};
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::Ipv4Cidr;
@@ -724,6 +726,16 @@ fn node_snapshot(t: &Topology, n: u8, compiled: &PodPolicies) -> Snapshot {
     Snapshot::build(inputs).expect("valid node")
 }
 
+/// The three nodes' snapshots under `case`'s policies.
+fn node_snapshots(t: &Topology, case: &Case) -> Vec<Snapshot> {
+    let mut model = cluster();
+    for p in &case.policies {
+        model.apply(p).unwrap();
+    }
+    let compiled = compile_policies(&model, None);
+    (1..=3).map(|n| node_snapshot(t, n, &compiled)).collect()
+}
+
 /// The node (1..=3) whose pod CIDR holds `ip`, if any.
 fn node_of(ip: Ipv4Addr) -> Option<u8> {
     let [a, b, c, _] = ip.octets();
@@ -792,12 +804,7 @@ fn every_case_holds_through_the_pipeline_on_each_node() {
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases() {
-        let mut model = cluster();
-        for p in &case.policies {
-            model.apply(p).unwrap();
-        }
-        let compiled = compile_policies(&model, None);
-        let snaps: Vec<Snapshot> = (1..=3).map(|n| node_snapshot(&t, n, &compiled)).collect();
+        let snaps = node_snapshots(&t, &case);
         for f in &case.flows {
             let (src, dst) = (address(f.from), address(f.to));
             let from_pod = f.from.contains('/');
@@ -869,4 +876,86 @@ fn every_case_holds_through_the_pipeline_on_each_node() {
 fn address_index(pod: &str) -> u8 {
     let (_, name) = pod.split_once('/').unwrap();
     ["a", "b", "c"].iter().position(|p| *p == name).unwrap() as u8
+}
+
+/// A traced direction as the table writes a verdict: `open`, `exempt`, `allow:P` or
+/// `deny:P1,P2`; `-` when the trace judged nothing that way.
+fn traced(d: Option<&PolicyDirection>) -> String {
+    let Some(d) = d else {
+        return "-".into();
+    };
+    match d.verdict {
+        PolicyOutcome::Open => "open".into(),
+        PolicyOutcome::Exempt => "exempt".into(),
+        PolicyOutcome::Allowed => format!("allow:{}", d.policies.join(",")),
+        PolicyOutcome::Denied => format!("deny:{}", d.policies.join(",")),
+    }
+}
+
+/// The same cases through `kxdp trace` ([`trace`]), as an operator would ask about each flow:
+/// on the source pod's node (its egress, and ingress when the destination is local), and for
+/// a source that is no pod, on the destination pod's node from the uplink. The trace must name
+/// the verdict the table states each way, and its own verdict and reason must be the
+/// pipeline's. SCTP is left out: the tracer builds TCP, UDP and ICMP only.
+#[test]
+fn every_case_holds_through_trace() {
+    let t = Topology::default();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases() {
+        let snaps = node_snapshots(&t, &case);
+        for f in case.flows.iter().filter(|f| f.proto != SCTP) {
+            let (src, dst) = (address(f.from), address(f.to));
+            let (from_pod, to_pod) = (f.from.contains('/'), f.to.contains('/'));
+            let (src_node, dst_node) = (node_of(src), node_of(dst));
+            let (node, entry, egress, ingress) = match (from_pod, src_node, dst_node) {
+                (true, Some(n), d) => {
+                    let ingress = if to_pod && d == Some(n) {
+                        f.ingress
+                    } else {
+                        "-"
+                    };
+                    (n, Entry::Pod, f.egress, ingress)
+                }
+                (false, None, Some(n)) if to_pod => (n, Entry::Uplink, "-", f.ingress),
+                _ => continue,
+            };
+            let input = TraceInput {
+                entry,
+                src: (src, 40000),
+                dst: (dst, f.port),
+                proto: f.proto,
+            };
+            let got = trace(&snaps[usize::from(node - 1)], &input)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.what));
+            checked += 1;
+            let policy = got.network_policy.as_ref();
+            let got_out = traced(policy.and_then(|p| p.egress.as_ref()));
+            let got_in = traced(policy.and_then(|p| p.ingress.as_ref()));
+            let want = expected(
+                (egress != "-").then_some(egress),
+                (ingress != "-").then_some(ingress),
+            );
+            let got_reason = match got.verdict {
+                TraceVerdict::Drop => got.reason.clone(),
+                _ => None,
+            };
+            let want_reason = want.err().map(|r| r.name().to_owned());
+            if (got_out.as_str(), got_in.as_str(), &got_reason) != (egress, ingress, &want_reason) {
+                failures.push(format!(
+                    "{}\n    {} -> {} proto {} port {} on node-{node}: egress {got_out} (want \
+                     {egress}), ingress {got_in} (want {ingress}), drop {got_reason:?} (want \
+                     {want_reason:?})",
+                    case.what, f.from, f.to, f.proto, f.port
+                ));
+            }
+        }
+    }
+    assert!(checked > 60, "only {checked} flows traced");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} traces wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -1,12 +1,14 @@
 //! NetworkPolicy end to end: two agent processes on a two-node namespace cluster, real HTTP
 //! clients in pod namespaces, a policy added by rewriting the manifest: the client it admits
 //! gets through (across nodes, over VXLAN, directly and through a ClusterIP), the other does
-//! not, the denials are counted in `/metrics`, and `kxdp trace` names the policy; and a live
+//! not, the denials are counted in `/metrics`, and `kxdp trace` names the policy; UDP is judged
+//! as TCP is; an external client through a NodePort is judged on the address that reaches the
+//! pod (its own with `externalTrafficPolicy: Local`, the node's when masqueraded); and a live
 //! connection stops within a second of a policy change that no longer admits it.
 
 use std::time::Duration;
 
-use kxdp_tests::clients::{http_get_many, HttpServer};
+use kxdp_tests::clients::{http_get_many, udp_echo_many, HttpServer, UdpEchoServer};
 use kxdp_tests::cluster::{eventually, metric, AgentCluster};
 use kxdp_tests::cluster::{DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS};
 use kxdp_tests::testbed::skip_unless_privileged;
@@ -241,4 +243,93 @@ fn a_policy_change_cuts_a_live_connection_within_a_second() {
         .metrics_get(0, "/metrics", Duration::from_secs(10))
         .unwrap();
     assert!(metric(&m, "kxdp_drops_total{reason=\"policy_denied_ingress\"} ") >= 1.0);
+}
+
+/// A NodePort with `externalTrafficPolicy: Local` to web-a (node-a), beside the demo's
+/// `web-nodeport` (30080, Cluster: the client is masqueraded).
+const LOCAL_NODEPORT: &str = "---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.61
+  externalTrafficPolicy: Local
+  ports: [{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30081}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+addressType: IPv4
+metadata:
+  name: web-local-1
+  namespace: default
+  labels: {kubernetes.io/service-name: web-local}
+ports: [{name: http, protocol: TCP, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: node-a, conditions: {ready: true}}
+";
+
+/// The `app: web` pods take UDP 9000 from client-b, and TCP 8080 from the external client.
+const UDP_AND_EXTERNAL_POLICY: &str = "---\napiVersion: networking.k8s.io/v1\n\
+kind: NetworkPolicy\nmetadata: {name: web-udp-and-outside, namespace: default}\n\
+spec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n\
+\x20   - from: [{ipBlock: {cidr: 10.244.2.11/32}}]\n      ports: [{protocol: UDP, port: 9000}]\n\
+\x20   - from: [{ipBlock: {cidr: 198.18.0.100/32}}]\n      ports: [{port: 8080}]\n";
+
+#[test]
+fn udp_and_an_external_client_through_a_node_port_are_judged_too() {
+    if skip_unless_privileged("udp_and_an_external_client_through_a_node_port_are_judged_too") {
+        return;
+    }
+    let manifest = MANIFEST.to_owned() + LOCAL_NODEPORT + UDP_AND_EXTERNAL_POLICY;
+    let mut c = AgentCluster::build(&manifest, &PODS).expect("the cluster builds");
+    c.start(120, &[]).expect("the agents start");
+    let ns = |c: &AgentCluster, name: &str| c.pod(name).ns.clone();
+    let (ext, _) = c.tb.external.clone().expect("an external client");
+    let node_a = c.tb.nodes[0].ip;
+    let _a = HttpServer::start(&ns(&c, "web-a"), 8080, "web-a", 90);
+    let _b = HttpServer::start(&ns(&c, "web-b"), 8080, "web-b", 90);
+    let _echo = UdpEchoServer::start(&ns(&c, "web-a"), 9000);
+    let _other = UdpEchoServer::start(&ns(&c, "web-a"), 9001);
+
+    // UDP across nodes: client-b's datagrams are judged on web-a's node after decapsulation
+    // and admitted; client-a's (web-a's own node) are dropped, and so is client-b on a port
+    // the policy does not name.
+    let echoed = |client: &str, port: u16, n: u32| {
+        udp_echo_many(&ns(&c, client), "10.244.1.10", port, 100, n)
+    };
+    assert_eq!(echoed("client-b", 9000, 3), 3, "{}", c.log(0));
+    assert_eq!(echoed("client-a", 9000, 2), 0);
+    assert_eq!(echoed("client-b", 9001, 2), 0);
+
+    // From outside through a NodePort: with externalTrafficPolicy Local web-a sees the
+    // client's own address, which the policy admits; with Cluster it sees the node's
+    // masquerade address instead, which it does not.
+    let local = http_get_many(&ext, &format!("http://{node_a}:30081/"), 3);
+    assert!(
+        local.len() == 3 && local.iter().all(|(b, _)| b == "web-a"),
+        "{local:?}\n{}",
+        c.log(0)
+    );
+    let cluster = http_get_many(&ext, &format!("http://{node_a}:30080/"), 2);
+    assert!(
+        cluster.len() == 2 && cluster.iter().all(|(b, _)| b.starts_with("ERR")),
+        "{cluster:?}"
+    );
+
+    // Every denial counted on the node that made it: node-a for the UDP and for the
+    // masqueraded connections to web-a, node-b for those sent on to web-b.
+    let denied = |n: usize| {
+        let (_, m) = c
+            .metrics_get(n, "/metrics", Duration::from_secs(10))
+            .unwrap();
+        metric(&m, "kxdp_drops_total{reason=\"policy_denied_ingress\"} ")
+    };
+    assert!(
+        denied(0) + denied(1) >= 6.0,
+        "{} + {}",
+        denied(0),
+        denied(1)
+    );
+    assert!(denied(0) >= 4.0, "the datagrams to web-a: {}", denied(0));
 }

@@ -499,6 +499,13 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
                         dirty = true;
                     }
                 }
+                Some(NodeEvent::LinkGone { index, name }) if index == agent.uplink_index() => {
+                    // Its XDP program and sockets went with it: nothing here can serve the
+                    // node any more. Exit, so that the supervisor starts the agent afresh.
+                    break Err(AgentError::Other(format!(
+                        "the uplink {name} (index {index}) was deleted under the dataplane"
+                    )));
+                }
                 Some(NodeEvent::LinkGone { index, name }) => {
                     tokio::task::block_in_place(|| agent.link_gone(index, &name));
                     if declared::link_gone(&mut model, &name) {

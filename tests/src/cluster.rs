@@ -454,6 +454,26 @@ impl AgentCluster {
         terminate(&mut child, Duration::from_secs(15))
     }
 
+    /// Wait at most `timeout` for node `node`'s agent to exit by itself: its exit status, or
+    /// `None` while it still runs (or was never started).
+    pub fn wait_exit(
+        &mut self,
+        node: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let child = self.agents[node].as_mut()?;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The directory holding the manifest, sockets and logs.
     pub fn dir(&self) -> &Path {
         &self.dir

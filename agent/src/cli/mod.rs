@@ -37,6 +37,7 @@ use kxdp_control::trace::{trace, trace_settings, Entry, TraceInput};
 fn run_agent(args: crate::settings::AgentArgs) -> Result<String, String> {
     let config = args.resolve().map_err(|e| e.to_string())?;
     crate::logs::init_logs(config.json_logs);
+    crate::logs::abort_on_panic();
     crate::run::run(config).map_err(|e| e.to_string())?;
     Ok(String::new())
 }

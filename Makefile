@@ -14,7 +14,7 @@ export PATH := $(KXDP_TOOLS):$(PATH)
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit bench bench-quick bench-table bench-offload perf-forward perf-control perf-veth perf demo walkthrough
+.PHONY: deps test lint unit fuzz bench bench-quick bench-table bench-offload perf-forward perf-control perf-veth perf demo walkthrough
 
 deps:
 	@scripts/install-deps.sh
@@ -27,6 +27,25 @@ unit: deps
 	cargo test --workspace --locked
 
 test: lint unit
+
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer, on the stable toolchain without a
+# sanitizer): each target for FUZZ_SECONDS, from its seeds (tests/fuzz/corpus) and what earlier
+# runs found (kept under the target directory); a crash fails the run and its input is left in
+# $(CARGO_TARGET_DIR)/fuzz/artifacts/<target>.
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := parse pipeline manifest
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+	cd tests/fuzz && cargo fuzz build -s none --fuzz-dir .
+	@for t in $(FUZZ_TARGETS); do \
+		dir="$(CARGO_TARGET_DIR)/fuzz"; mkdir -p "$$dir/corpus/$$t" "$$dir/artifacts/$$t"; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		(cd tests/fuzz && cargo fuzz run -s none --fuzz-dir . $$t "$$dir/corpus/$$t" corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+			-artifact_prefix="$$dir/artifacts/$$t/") > "$$dir/$$t.log" 2>&1; rc=$$?; \
+		grep -E "DONE|number_of_executed_units" "$$dir/$$t.log"; \
+		if [ $$rc -ne 0 ]; then tail -n 60 "$$dir/$$t.log"; exit $$rc; fi; \
+	done
 
 bench: deps
 	cargo bench -p kxdp-benches --bench pipeline --locked

@@ -638,10 +638,7 @@ impl Compiler {
                 mac,
                 // Open both ways is no policy: its traffic stays untracked. A pod only its
                 // veth declares has no labels yet, so no entry: open until the API lists it.
-                policy: policies
-                    .get(&key)
-                    .filter(|p| p.ingress.is_some() || p.egress.is_some())
-                    .cloned(),
+                policy: policies.get(&key).filter(|p| p.is_selected()).cloned(),
                 name: key,
             })
             .collect()

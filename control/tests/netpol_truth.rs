@@ -702,10 +702,7 @@ fn node_snapshot(t: &Topology, n: u8, compiled: &PodPolicies) -> Snapshot {
                 ip: address(&key),
                 iface: InterfaceId(2 + i as u16),
                 mac: pod_mac(n, i as u8),
-                policy: compiled
-                    .get(&key)
-                    .filter(|p| p.ingress.is_some() || p.egress.is_some())
-                    .cloned(),
+                policy: compiled.get(&key).filter(|p| p.is_selected()).cloned(),
                 name: key,
             }
         })
@@ -747,21 +744,7 @@ fn first_packet(spec: FrameSpec, f: &Flow) -> Vec<u8> {
     match f.proto {
         TCP => spec.tcp(40000, f.port, tcp_flags::SYN, b""),
         UDP => spec.udp(40000, f.port, b"q"),
-        SCTP => {
-            // A UDP frame turned SCTP: the same ports at the same place, then a zero
-            // verification tag and checksum (the pipeline reads the ports only).
-            let mut frame = spec.udp(40000, f.port, &[0u8; 8]);
-            frame[14 + 9] = SCTP;
-            frame[14 + 10..14 + 12].fill(0);
-            let sum: u32 = frame[14..34]
-                .chunks(2)
-                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-                .sum();
-            let folded = (sum & 0xffff) + (sum >> 16);
-            let check = !((folded & 0xffff) + (folded >> 16)) as u16;
-            frame[14 + 10..14 + 12].copy_from_slice(&check.to_be_bytes());
-            frame
-        }
+        SCTP => spec.sctp(40000, f.port, &[0u8; 4]),
         p => panic!("protocol {p} in a case"),
     }
 }

@@ -486,3 +486,54 @@ fn fragments_between_selected_pods_are_judged_one_by_one_and_never_tracked() {
     });
     assert_eq!(v, Verdict::Drop(DropReason::PolicyDeniedIngress));
 }
+
+#[test]
+fn sctp_is_judged_on_its_port_and_an_sctp_fragment_as_having_none() {
+    let t = Topology::default();
+    let sctp_6000 = PolicyRule {
+        ports: PortSet::Ranges(
+            vec![PortRange {
+                proto: proto::SCTP,
+                lo: 6000,
+                hi: 6000,
+            }]
+            .into(),
+        ),
+        ..rule("default/b-in", Some(&[t.pod_a.ip]), None)
+    };
+    let env = env(
+        None,
+        Some(PodPolicy {
+            ingress: rules("default/b-in", vec![sctp_6000]),
+            egress: None,
+        }),
+    );
+    let whole = |port| t.from_pod_a(t.pod_b.ip).sctp(5000, port, &[0x5a; 64]);
+    let run = |frame| {
+        env.run(&Input {
+            ingress: t.pod_a.iface,
+            frame,
+        })
+        .0
+    };
+    assert_eq!(run(whole(6000)), Verdict::Transmit(t.pod_b.iface));
+    assert_eq!(
+        run(whole(6001)),
+        Verdict::Drop(DropReason::PolicyDeniedIngress)
+    );
+    // A first fragment holds the ports, but fragments are judged as having none: only a rule
+    // without ports admits them, as for TCP and UDP.
+    let fragment = FrameSpec {
+        ip: Ipv4Opts {
+            dont_fragment: false,
+            more_fragments: true,
+            ..Ipv4Opts::default()
+        },
+        ..t.from_pod_a(t.pod_b.ip)
+    }
+    .sctp(5000, 6000, &[0x5a; 64]);
+    assert_eq!(
+        run(fragment),
+        Verdict::Drop(DropReason::PolicyDeniedIngress)
+    );
+}

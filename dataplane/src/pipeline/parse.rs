@@ -18,13 +18,16 @@ use crate::wire::{IPV4_HEADER_LEN, TCP_MIN_HEADER_LEN, UDP_HEADER_LEN};
 /// SCTP's common header: ports, verification tag, checksum (RFC 9260).
 const SCTP_HEADER_LEN: usize = 12;
 
-/// The destination port of the SCTP packet `meta` describes in `frame`, 0 when its common
-/// header is cut short. Read apart from [`parse_ipv4`] (SCTP is never translated or tracked:
-/// only NetworkPolicy asks for its ports, on its cold path), so other traffic pays nothing.
+/// The destination port of the SCTP packet `meta` describes in `frame`, 0 for a fragment (as
+/// [`parse_fragment`] gives every fragment) or when its common header is cut short. Read apart
+/// from [`parse_ipv4`] (SCTP is never translated or tracked: only NetworkPolicy asks for its
+/// ports, on its cold path), so other traffic pays nothing.
 pub(crate) fn sctp_dst_port(frame: &[u8], meta: &Ipv4Meta) -> u16 {
-    let end = meta.l3 + meta.ip_len;
-    match frame.get(meta.l4()..end) {
-        Some(l4) if l4.len() >= SCTP_HEADER_LEN => be16(l4, 2),
+    let fragment = frame
+        .get(meta.l3 + 6..meta.l3 + 8)
+        .is_none_or(|f| be16(f, 0) & 0x3fff != 0);
+    match frame.get(meta.l4()..meta.l3 + meta.ip_len) {
+        Some(l4) if !fragment && l4.len() >= SCTP_HEADER_LEN => be16(l4, 2),
         _ => 0,
     }
 }

@@ -269,6 +269,12 @@ impl PolicyVerdict<'_> {
 }
 
 impl PodPolicy {
+    /// Whether some policy selects the pod, either way: else it is open both ways and the
+    /// fast path need not know it ([`super::LocalPod::policy`] stays `None`).
+    pub fn is_selected(&self) -> bool {
+        self.ingress.is_some() || self.egress.is_some()
+    }
+
     /// What the policies selecting the pod in `direction` allow; `None` when none selects it.
     #[inline]
     pub fn rules(&self, direction: Direction) -> Option<&RuleSet> {

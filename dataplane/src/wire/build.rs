@@ -174,6 +174,17 @@ impl FrameSpec {
         frame
     }
 
+    /// An SCTP packet: the common header (ports, a zero verification tag and a zero CRC32c,
+    /// which kxdp never checks) and `chunks` taken as is.
+    pub fn sctp(&self, src_port: u16, dst_port: u16, chunks: &[u8]) -> Vec<u8> {
+        let mut l4 = Vec::with_capacity(12 + chunks.len());
+        l4.extend(src_port.to_be_bytes());
+        l4.extend(dst_port.to_be_bytes());
+        l4.extend([0u8; 8]);
+        l4.extend(chunks);
+        self.ipv4(IpProtocol::Unknown(132), &l4)
+    }
+
     /// A TCP segment with `flags` (see [`tcp_flags`]) and no options.
     pub fn tcp(&self, src_port: u16, dst_port: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
         let (src, dst) = (IpAddress::Ipv4(self.src), IpAddress::Ipv4(self.dst));

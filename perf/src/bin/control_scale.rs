@@ -449,11 +449,7 @@ fn policies_at_scale(a: &Args) -> Result<(), String> {
     let first = compiler.compile(&mut model).map_err(|e| e.to_string())?;
     let first_compile = started.elapsed();
     let pods_here = first.policies.len();
-    let selected = first
-        .policies
-        .values()
-        .filter(|p| p.ingress.is_some() || p.egress.is_some())
-        .count();
+    let selected = first.policies.values().filter(|p| p.is_selected()).count();
     if selected == 0 {
         return Err("no pod of this node is selected by a policy: nothing measured".into());
     }

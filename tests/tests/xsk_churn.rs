@@ -169,6 +169,30 @@ fn a_port_fills_only_its_share_so_the_next_gets_chunks() {
     });
 }
 
+#[test]
+fn a_umems_first_socket_refused_a_busy_queue_binds_on_the_next_try() {
+    if skip_unless_privileged("a_umems_first_socket_refused_a_busy_queue_binds_on_the_next_try") {
+        return;
+    }
+    on_a_node_with_two_pods(|| {
+        // The queue held by another UMEM's socket, as a predecessor's is while it leaves.
+        let holder = Port::open("pod0", 0, PortConfig::default()).expect("the holder");
+        let umem = Umem::new(PortConfig {
+            frames: 2048,
+            ..PortConfig::default()
+        })
+        .expect("UMEM");
+        let busy = Port::open_shared("pod0", 0, &umem).expect_err("the queue is held");
+        assert_eq!(busy.kind(), std::io::ErrorKind::ResourceBusy, "{busy}");
+        drop(holder);
+        // The failed try gave the UMEM's rings back: the retry takes them and they work
+        // (libxdp copied them from freed memory before, and the fill below crashed).
+        let mut port = open_when_released("pod0", &umem);
+        port.fill();
+        assert_eq!(umem.free_chunks(), 1024, "the fill ring took its share");
+    });
+}
+
 /// Run `f` on a thread in the namespace of a kxdp node with two pods (`pod0`, `pod1`), the
 /// test bed kept until it returns.
 fn on_a_node_with_two_pods(f: impl FnOnce() + Send + 'static) {

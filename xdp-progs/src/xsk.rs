@@ -507,11 +507,9 @@ impl Port {
     /// `Steering::register_socket`).
     pub fn open_shared(ifname: &str, queue: u32, umem: &Rc<Umem>) -> io::Result<Port> {
         // The UMEM's first socket takes the rings created with it; the others get their own.
-        let (fill, comp) = umem
-            .first_rings
-            .borrow_mut()
-            .take()
-            .unwrap_or_else(zeroed_rings);
+        let first = umem.first_rings.borrow_mut().take();
+        let took_first = first.is_some();
+        let (fill, comp) = first.unwrap_or_else(zeroed_rings);
         let (rx, tx) = {
             // SAFETY: as in `zeroed_rings`.
             let rx = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_cons>() });
@@ -562,6 +560,14 @@ impl Port {
             )
         };
         if rc != 0 {
+            // libxdp still holds the UMEM's first rings by address (it lets go of them only
+            // when a socket takes them): give the same boxes back for the next try, or it
+            // would copy them from freed memory.
+            if took_first {
+                let fill = core::mem::replace(&mut port.fill, zeroed_rings().0);
+                let comp = core::mem::replace(&mut port.comp, zeroed_rings().1);
+                *umem.first_rings.borrow_mut() = Some((fill, comp));
+            }
             return Err(os_err(
                 &format!("binding AF_XDP to {ifname} queue {queue}"),
                 rc,

@@ -70,6 +70,8 @@ pub(crate) struct Agent {
     cores: Vec<Option<usize>>,
     mode: Mode,
     conntrack_size: u32,
+    /// Where the dataplane's lasting state is kept, if it outlives the agent.
+    state_dir: Option<std::path::PathBuf>,
     compiler: Compiler,
     dataplane: Option<Dataplane>,
     /// Pod interfaces served: name to (number, ifindex when added).
@@ -105,6 +107,7 @@ impl Agent {
             cores: config.cores.clone(),
             mode: config.mode,
             conntrack_size: config.conntrack_size,
+            state_dir: lasting_state(config.state_dir.as_deref()),
             compiler: Compiler::new(settings),
             dataplane: None,
             served: BTreeMap::new(),
@@ -233,6 +236,7 @@ impl Agent {
                 capacity: self.conntrack_size,
                 ..ConntrackConfig::default()
             },
+            state_dir: self.state_dir.clone(),
             ..DataplaneConfig::default()
         };
         // The node's own interfaces only: a pod interface that cannot be served (another XDP
@@ -247,6 +251,9 @@ impl Agent {
             clock_origin: Instant::now() - Duration::from_nanos(now.as_nanos()),
             decisions: Some(Arc::clone(dp.decisions())),
         });
+        if let Some(t) = dp.taken() {
+            log_taken(t, self.state_dir.as_deref());
+        }
         tracing::info!(modes = ?dp.modes(), "dataplane started");
         self.dataplane = Some(dp);
         self.served = BTreeMap::new();
@@ -545,7 +552,7 @@ impl Agent {
         Ok(recompile)
     }
 
-    /// Stop the workers and detach everything.
+    /// Stop the workers; detach the programs, unless they are to outlive the agent.
     pub(crate) fn stop(&mut self) -> Result<(), AgentError> {
         self.state.set_stopped();
         let Some(dp) = self.dataplane.take() else {
@@ -555,12 +562,72 @@ impl Agent {
             .finish()
             .map_err(|e| AgentError::Other(format!("stopping the dataplane: {e}")))?;
         let dropped: u64 = counters.drops.iter().sum();
-        tracing::info!(
-            rx = counters.events[kxdp_dataplane::counters::Event::RxPackets as usize],
-            dropped,
-            "stopped; XDP programs detached"
-        );
+        let rx = counters.events[kxdp_dataplane::counters::Event::RxPackets as usize];
+        match &self.state_dir {
+            Some(dir) => tracing::info!(
+                rx,
+                dropped,
+                state_dir = %dir.display(),
+                "stopped; XDP programs left in place, dropping the dataplane's traffic until \
+                 the next agent takes over (kxdp uninstall removes them)"
+            ),
+            None => tracing::info!(rx, dropped, "stopped; XDP programs detached"),
+        }
         Ok(())
+    }
+}
+
+/// The state directory to run with: `dir` if its file system keeps files in memory. On a disk
+/// the kernel would write conntrack's every change back to it, so the state then stays in the
+/// process (and the programs are detached when the agent stops), with a warning.
+fn lasting_state(dir: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    let dir = dir?;
+    let existing = dir.ancestors().find(|d| d.exists())?;
+    match kxdp_xdp::state::in_memory(existing) {
+        Ok(true) => Some(dir.to_owned()),
+        Ok(false) => {
+            tracing::warn!(
+                state_dir = %dir.display(),
+                "the state directory is not on a tmpfs: conntrack is kept in the process and \
+                 will not survive a restart (mount a tmpfs there, or choose a directory on one)"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(state_dir = %dir.display(), error = %e, "the state directory cannot be examined: conntrack is kept in the process");
+            None
+        }
+    }
+}
+
+/// Say what taking the state directory found.
+fn log_taken(t: &kxdp_xdp::state::Taken, dir: Option<&std::path::Path>) {
+    let dir = dir.map(|d| d.display().to_string()).unwrap_or_default();
+    if let Some(pid) = t.predecessor {
+        tracing::info!(
+            predecessor = pid,
+            killed = t.killed,
+            waited_ms = t.waited.as_secs_f64() * 1e3,
+            dark_ms = t.dark.as_secs_f64() * 1e3,
+            "took over from the running agent"
+        );
+    }
+    match (&t.adopted, &t.fresh_because) {
+        (Some((a, took)), _) => tracing::info!(
+            state_dir = %dir,
+            took_ms = took.as_secs_f64() * 1e3,
+            flows = a.flows,
+            expired = a.expired,
+            torn = a.torn,
+            clashing = a.clashing,
+            "conntrack adopted"
+        ),
+        (None, Some(why)) => tracing::info!(
+            state_dir = %dir,
+            reason = %why,
+            "conntrack starts empty: the file there was not taken"
+        ),
+        (None, None) => {}
     }
 }
 

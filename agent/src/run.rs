@@ -33,8 +33,12 @@
 //! uplink, an rx queue still held by another socket) leaves the agent up but not ready, with
 //! the cause in `/readyz`, and is tried again with a bounded backoff; one that cannot start
 //! (the program refused, a core that cannot be pinned) ends the agent with the cause, as a
-//! dataplane that stops by itself does. SIGINT and SIGTERM stop the workers and detach every
-//! XDP program before the agent exits; so does `--max-run`.
+//! dataplane that stops by itself does. SIGINT and SIGTERM stop the workers before the agent
+//! exits, and so does `--max-run`; the XDP programs stay attached, dropping the dataplane's
+//! traffic, for the next agent to take over with the conntrack kept in `--state-dir`
+//! ([`kxdp_xdp::state`]), or are detached with `--state-dir none`. An agent started while
+//! another holds the state directory takes over from it once ready, and binds its admin
+//! listeners when the other has left them.
 //!
 //! A source error (a manifest that does not parse, a watch error) is counted once, logged
 //! once and shown in `/api/status` until the source's next good load clears it; manifests
@@ -339,14 +343,12 @@ async fn resync(net: &NodeNet, agent: &mut Agent, model: &mut Model) -> Result<b
     }))
 }
 
-async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentError> {
-    let net = NodeNet::connect().map_err(|e| AgentError::Other(e.to_string()))?;
-    let (uplink_index, mut settings) = node_settings(&config, &net).await?;
-    let source_name = match config.source {
-        SourceConfig::Manifests(_) => "manifests",
-        SourceConfig::Kubernetes(_) => "kubernetes",
-    };
-    let state = Arc::new(AdminState::new(&config.node, source_name));
+/// Bind the admin listeners and serve them: the debug API and the metrics listener.
+async fn listen(
+    config: &AgentConfig,
+    state: &Arc<AdminState>,
+    open_files: u64,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, AgentError> {
     let (debug_limits, metrics_limits) = admin_limits(open_files);
     let debug_listener = crate::admin::bind(&config.admin)
         .await
@@ -370,20 +372,53 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
         max_connections = metrics_limits.max_connections,
         "metrics, health and readiness listening"
     );
-    let servers = [
+    Ok(vec![
         tokio::spawn(crate::admin::serve(
             debug_listener,
-            Arc::clone(&state),
+            Arc::clone(state),
             Scope::Debug,
             debug_limits,
         )),
         tokio::spawn(crate::admin::serve(
             metrics_listener,
-            Arc::clone(&state),
+            Arc::clone(state),
             Scope::Metrics,
             metrics_limits,
         )),
-    ];
+    ])
+}
+
+/// Whether the agent `predecessor` names no longer holds the state directory.
+fn predecessor_left(config: &AgentConfig, predecessor: Option<u32>) -> bool {
+    let held = config
+        .state_dir
+        .as_deref()
+        .and_then(|dir| kxdp_xdp::state::holder(dir).ok().flatten());
+    predecessor.is_some() && held != predecessor
+}
+
+async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentError> {
+    let net = NodeNet::connect().map_err(|e| AgentError::Other(e.to_string()))?;
+    let (uplink_index, mut settings) = node_settings(&config, &net).await?;
+    let source_name = match config.source {
+        SourceConfig::Manifests(_) => "manifests",
+        SourceConfig::Kubernetes(_) => "kubernetes",
+    };
+    let state = Arc::new(AdminState::new(&config.node, source_name));
+    // An agent running with the same state directory is replaced once this one is ready to
+    // serve (the dataplane's start asks it to leave): its listeners are free only then.
+    let predecessor = config
+        .state_dir
+        .as_deref()
+        .and_then(|dir| kxdp_xdp::state::holder(dir).ok().flatten());
+    let mut servers = Vec::new();
+    match predecessor {
+        Some(pid) => tracing::info!(
+            predecessor = pid,
+            "an agent runs with this state directory: taking over from it once ready"
+        ),
+        None => servers = listen(&config, &state, open_files).await?,
+    }
     let mut model = Model::new();
     let mut source = match &config.source {
         SourceConfig::Manifests(paths) => {
@@ -458,6 +493,13 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
             }
             // The tables may name next hops the kernel has yet to resolve.
             solicit(&net, uplink_index, agent.missing_neighbors(&model)).await;
+        }
+        // Taken over (or the predecessor left by itself): its listeners are free.
+        if servers.is_empty() && predecessor_left(&config, predecessor) {
+            match listen(&config, &state, open_files).await {
+                Ok(s) => servers = s,
+                Err(e) => break Err(e),
+            }
         }
         let until_deadline = async {
             match deadline {

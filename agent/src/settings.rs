@@ -100,6 +100,13 @@ pub struct AgentArgs {
     /// Flows the conntrack table holds [default: 262144].
     #[arg(long, env = "KXDP_CONNTRACK_SIZE")]
     pub conntrack_size: Option<u32>,
+    /// Where the state that outlives the agent is kept (conntrack, and which agent holds it):
+    /// a directory on a tmpfs. A new agent started with the same directory takes over from the
+    /// one running, and one restarted after a crash carries on with its flows; `none` keeps
+    /// the state in the process and detaches the XDP programs when the agent stops
+    /// [default: /run/kxdp/state].
+    #[arg(long, env = "KXDP_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Stop by itself after this many seconds (demos and tests bound every run).
     #[arg(long, env = "KXDP_MAX_RUN")]
     pub max_run: Option<u64>,
@@ -151,6 +158,8 @@ pub struct AgentConfig {
     pub subnet_file: PathBuf,
     /// Conntrack capacity.
     pub conntrack_size: u32,
+    /// The state directory, unless `none`.
+    pub state_dir: Option<PathBuf>,
     /// Run at most this long.
     pub max_run: Option<Duration>,
     /// `json` logs rather than text.
@@ -340,6 +349,12 @@ impl AgentArgs {
                 .or(file.subnet_file)
                 .unwrap_or_else(|| kxdp_control::node_subnet::DEFAULT_PATH.into()),
             conntrack_size,
+            state_dir: Some(
+                self.state_dir
+                    .or(file.state_dir)
+                    .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            )
+            .filter(|d| d.as_os_str() != "none"),
             max_run: self.max_run.or(file.max_run).map(Duration::from_secs),
             json_logs,
         })
@@ -411,6 +426,9 @@ pub fn max_pod_mtu() -> u16 {
 /// round trip across nodes 0.96x the kernel's, against 1.95x with 200 µs and 2.2x in wakeup
 /// mode).
 pub const DEFAULT_SPIN_US: u32 = 2000;
+
+/// Where the state that outlives the agent is kept: `/run` is a tmpfs on most distributions.
+pub const DEFAULT_STATE_DIR: &str = "/run/kxdp/state";
 
 /// `0,1` or `2-3` or `0,2-3` as core numbers, at most [`MAX_QUEUES`] of them (a range is
 /// measured before it is expanded, so `0-99999999999` is refused without being listed).

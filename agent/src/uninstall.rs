@@ -1,6 +1,9 @@
 //! `kxdp uninstall`: remove what kxdp put on a node, once its agent has stopped.
 //!
 //! What it removes, each only if it is there:
+//! - kxdp's XDP program from every interface of the namespace (an agent that stops leaves it,
+//!   dropping the dataplane's traffic until its successor takes over);
+//! - the state directory (`--state-dir`: conntrack kept for the next agent);
 //! - every host veth pair the agent created (marked with [`host_interface::ALIAS`]; a pair
 //!   someone else made is left), and with it the kernel's routes to its kernel end;
 //! - the subnet file (`--subnet-file`);
@@ -41,6 +44,9 @@ pub struct UninstallArgs {
     /// The agent's debug API (its --admin), asked whether an agent still runs.
     #[arg(long, env = "KXDP_ADMIN", default_value = admin::DEFAULT_ADMIN)]
     pub admin: AdminAddr,
+    /// The agent's state directory (its --state-dir).
+    #[arg(long, value_name = "DIR", default_value = crate::settings::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     /// The agent's subnet file (its --subnet-file).
     #[arg(long, value_name = "FILE", default_value = kxdp_control::node_subnet::DEFAULT_PATH)]
     pub subnet_file: PathBuf,
@@ -108,6 +114,20 @@ pub fn uninstall(args: &UninstallArgs) -> Result<String, String> {
                 pods.join(", ")
             ));
         }
+        let recorded = kxdp_xdp::state::recorded_program(&args.state_dir);
+        let mut detached = Vec::new();
+        for link in net.links().await.map_err(|e| e.to_string())? {
+            match kxdp_xdp::detach_lasting(link.index, recorded) {
+                Ok(true) => detached.push(link.name),
+                Ok(false) => {}
+                Err(e) => return Err(format!("{}: {e}", link.name)),
+            }
+        }
+        report.push(if detached.is_empty() {
+            "XDP program: on no interface".to_owned()
+        } else {
+            format!("XDP program: detached from {}", detached.join(", "))
+        });
         host_interface::remove(&net)
             .await
             .map_err(|e| e.to_string())
@@ -121,6 +141,13 @@ pub fn uninstall(args: &UninstallArgs) -> Result<String, String> {
         )
     });
     report.push(remove_file(&args.subnet_file)?);
+    report.push(match std::fs::remove_dir_all(&args.state_dir) {
+        Ok(()) => format!("{}: removed", args.state_dir.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("{}: not there", args.state_dir.display())
+        }
+        Err(e) => return Err(format!("removing {}: {e}", args.state_dir.display())),
+    });
     if let Some(dir) = &args.cni_conf_dir {
         report.extend(remove_installed(dir, CNI_CONFLIST)?);
     }

@@ -12,6 +12,10 @@
 //! The 1M-flow tables hold 1M random flows besides the benchmark's own; the benchmark's
 //! established flows (DNAT, reverse NAT, masquerade) cycle through 16k (masquerade: 4k) of
 //! them, so conntrack lookups miss the CPU caches the way they do on a busy node.
+//!
+//! Conntrack is in anonymous memory advised for huge pages, as `Conntrack::new` makes it. With
+//! `KXDP_BENCH_CONNTRACK_DIR=DIR` it is in a file in DIR (a tmpfs), as the agent keeps it to
+//! outlive the process, so the two can be compared.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -50,10 +54,26 @@ impl World {
 fn world(flows: usize, services: usize) -> World {
     let t = Topology::with_services(services.saturating_sub(5), 10);
     let snap = t.snapshot();
-    let ct = Conntrack::new(ConntrackConfig {
+    let config = ConntrackConfig {
         capacity: (flows + 100_000) as u32,
         ..ConntrackConfig::default()
-    });
+    };
+    let ct = match std::env::var_os("KXDP_BENCH_CONNTRACK_DIR") {
+        None => Conntrack::new(config),
+        Some(dir) => {
+            let path = std::path::Path::new(&dir).join(format!("bench-ct-{flows}"));
+            let file = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .expect("the conntrack file");
+            // Unlinked at once: the mapping keeps it.
+            let _ = std::fs::remove_file(&path);
+            Conntrack::create_in(config, &file, [0; 16]).expect("conntrack in a file")
+        }
+    };
     let now = Instant::from_secs(100);
     // Filler flows: random clients to random backends, as service flows look in conntrack.
     let mut x = 0x9e37_79b9_7f4a_7c15u64;

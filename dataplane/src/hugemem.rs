@@ -8,6 +8,10 @@
 //! safe slice. When the kernel says no (THP off), the memory is ordinary 4 KiB pages and works
 //! the same.
 //!
+//! A table may also live in a file ([`ZeroedTable::in_file`]): conntrack's, when it is to
+//! outlive the process (see `conntrack/persist.rs`). A shared mapping of a tmpfs file gets huge
+//! pages only where the kernel's `shmem_enabled` allows it.
+//!
 //! It is the one place outside the I/O layer with `unsafe`: the pipeline needs the kernel for
 //! nothing else, and this is allocation, not packet handling.
 
@@ -18,7 +22,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Huge page size on x86-64 and arm64 (with 4 KiB base pages).
-const HUGE_PAGE: usize = 2 << 20;
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 /// Types whose all-zero bit pattern is a valid value, so freshly mapped (zero-filled) memory
 /// holds valid ones.
@@ -50,12 +54,7 @@ impl<T: Zeroable> ZeroedTable<T> {
     /// `len` zeroed elements. Panics, like an allocation failure, if the memory cannot be
     /// mapped.
     pub(crate) fn new(len: usize) -> Self {
-        assert!(core::mem::align_of::<T>() <= HUGE_PAGE);
-        let bytes = len
-            .checked_mul(core::mem::size_of::<T>())
-            .and_then(|b| b.checked_next_multiple_of(HUGE_PAGE))
-            .expect("table size overflows usize")
-            .max(HUGE_PAGE);
+        let bytes = Self::bytes(len);
         // One huge page more than needed, so the table can start on a huge-page boundary.
         let map_len = bytes + HUGE_PAGE;
         // SAFETY: a new private anonymous mapping at an address of the kernel's choosing; it
@@ -77,18 +76,77 @@ impl<T: Zeroable> ZeroedTable<T> {
             );
         }
         let start = (map as usize).next_multiple_of(HUGE_PAGE);
-        let ptr = start as *mut c_void;
-        // SAFETY: advice on pages of our own mapping ([start, start + bytes) lies inside it);
-        // it changes how the kernel backs them, not their contents. Failure (THP disabled)
-        // is harmless, so the result is ignored.
-        let _ = unsafe { libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE) };
+        Self::advise(start as *mut c_void, bytes);
         ZeroedTable {
-            ptr: NonNull::new(ptr.cast::<T>()).expect("mmap returned a non-null mapping"),
+            ptr: NonNull::new(start as *mut T).expect("mmap returned a non-null mapping"),
             len,
             map: NonNull::new(map).expect("mmap returned a non-null mapping"),
             map_len,
             _owns: PhantomData,
         }
+    }
+
+    /// `len` elements stored in `file` from byte `offset` (a multiple of [`HUGE_PAGE`]), shared
+    /// with every other mapping of the file: what one process writes there, the next one to
+    /// map the file finds. The file must already extend over them ([`ZeroedTable::bytes`]);
+    /// bytes never written read as zero, a valid `T`.
+    ///
+    /// Whatever else maps the file may write the elements too: `T` must be made of atomics
+    /// (as every `Zeroable` here is), and the caller must not let two writers at once follow
+    /// a protocol that assumes one.
+    pub(crate) fn in_file(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            offset % HUGE_PAGE as u64,
+            0,
+            "a table starts on a huge page"
+        );
+        let bytes = Self::bytes(len);
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::other("table offset past off_t"))?;
+        // SAFETY: a new shared mapping of the file at an address of the kernel's choosing; it
+        // aliases no Rust object. Other mappings of the same file see the same bytes, which
+        // is why `T` is restricted to atomics (see above).
+        let map = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                // Populated now: a successor maps the file before its predecessor leaves, so
+                // the page faults are not paid while the node's traffic waits for it.
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                offset,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Self::advise(map, bytes);
+        Ok(ZeroedTable {
+            ptr: NonNull::new(map.cast::<T>()).expect("mmap returned a non-null mapping"),
+            len,
+            map: NonNull::new(map).expect("mmap returned a non-null mapping"),
+            map_len: bytes,
+            _owns: PhantomData,
+        })
+    }
+
+    /// Bytes a table of `len` elements occupies: whole huge pages, at least one.
+    pub(crate) fn bytes(len: usize) -> usize {
+        assert!(core::mem::align_of::<T>() <= HUGE_PAGE);
+        len.checked_mul(core::mem::size_of::<T>())
+            .and_then(|b| b.checked_next_multiple_of(HUGE_PAGE))
+            .expect("table size overflows usize")
+            .max(HUGE_PAGE)
+    }
+
+    /// Ask for huge pages on `[start, start + bytes)`, pages of a mapping of ours.
+    fn advise(start: *mut c_void, bytes: usize) {
+        // SAFETY: advice on pages of our own mapping; it changes how the kernel backs them,
+        // not their contents. Failure (THP disabled, or for shared memory
+        // `shmem_enabled` set to never) is harmless, so the result is ignored.
+        let _ = unsafe { libc::madvise(start, bytes, libc::MADV_HUGEPAGE) };
     }
 }
 

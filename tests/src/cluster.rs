@@ -338,6 +338,38 @@ impl AgentCluster {
         self.dir.join(format!("{}.subnet.env", NODES[node]))
     }
 
+    /// Where node `node`'s agent keeps the state that outlives it (`--state-dir`): on the
+    /// tmpfs at /dev/shm, as /run is on a node; removed with the cluster.
+    pub fn state_dir(&self, node: usize) -> PathBuf {
+        PathBuf::from(format!(
+            "/dev/shm/kxdp-{}-{}",
+            self.tb.prefix(),
+            NODES[node]
+        ))
+    }
+
+    /// Start another agent on node `node` with `args` (as [`start_node`](Self::start_node)),
+    /// which takes over from the one running there; returns the one replaced, to wait for.
+    pub fn replace_node(
+        &mut self,
+        node: usize,
+        max_run_s: u64,
+        args: &[&str],
+    ) -> Result<Option<Child>, String> {
+        let old = self.agents[node].take();
+        self.start_node(node, max_run_s, args)?;
+        Ok(old)
+    }
+
+    /// SIGKILL node `node`'s agent, as a crash ends it, and reap it.
+    pub fn kill(&mut self, node: usize) -> Result<(), String> {
+        let Some(mut child) = self.agents[node].take() else {
+            return Err(format!("the agent of {} is not running", NODES[node]));
+        };
+        child.kill().map_err(|e| e.to_string())?;
+        child.wait().map(drop).map_err(|e| e.to_string())
+    }
+
     /// Node `node`'s agent log.
     pub fn log_path(&self, node: usize) -> PathBuf {
         self.dir.join(format!("{}.log", NODES[node]))
@@ -367,7 +399,12 @@ impl AgentCluster {
     /// subnet file, time limit): the source at least. Does not wait.
     pub fn start_node(&mut self, node: usize, max_run_s: u64, args: &[&str]) -> Result<(), String> {
         let bin = kxdp_bin()?;
-        let log = std::fs::File::create(self.log_path(node)).map_err(|e| e.to_string())?;
+        // Appended to: an agent that replaces another logs after it.
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(node))
+            .map_err(|e| e.to_string())?;
         let child = Command::new("ip")
             .args(["netns", "exec", &self.tb.nodes[node].ns])
             .arg(&bin)
@@ -382,6 +419,8 @@ impl AgentCluster {
             .arg(self.admin(node).to_string())
             .arg("--subnet-file")
             .arg(self.subnet_file(node))
+            .arg("--state-dir")
+            .arg(self.state_dir(node))
             .args(["--max-run", &max_run_s.to_string()])
             .args(args)
             .stdout(Stdio::null())
@@ -575,5 +614,8 @@ impl Drop for AgentCluster {
             let _ = terminate(&mut child, Duration::from_secs(10));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        for node in 0..NODES.len() {
+            let _ = std::fs::remove_dir_all(self.state_dir(node));
+        }
     }
 }

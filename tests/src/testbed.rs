@@ -117,6 +117,30 @@ fn run_with_input(cmd: &mut Command, stdin: Option<&str>) -> Result<Output, Test
     Ok(out)
 }
 
+/// Counter `name` of group `group` in `/proc/net/snmp` as namespace `ns` sees it (`Tcp
+/// OutRsts`, `Udp NoPorts`, `Icmp OutDestUnreachs`...). Panics if it cannot be read.
+pub fn snmp(ns: &str, group: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("ip runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{group}:")))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let (names, values) = match rows.as_slice() {
+        [names, values, ..] => (names, values),
+        _ => panic!("no {group} counters in {ns}'s /proc/net/snmp"),
+    };
+    let i = names
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or_else(|| panic!("no counter {group} {name}"));
+    values[i].parse().expect("a number")
+}
+
 /// `ip <args>`, in namespace `ns` if given (`ip -n ns <args>`); an error if it fails, naming
 /// the command and what it printed.
 pub fn ip(ns: Option<&str>, args: &[&str]) -> Result<Output, TestbedError> {

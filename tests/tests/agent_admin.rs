@@ -344,6 +344,8 @@ fn a_second_agent_on_the_same_admin_socket_refuses_to_start_and_a_stale_one_is_r
             "uplink",
             "--max-run",
             "10",
+            "--state-dir",
+            "none",
         ])
         .args(["--manifest", &manifest, "--admin", &socket])
         .output()

@@ -1,17 +1,19 @@
 //! The steering program attached for real, on a node's uplink, with no AF_XDP socket bound:
-//! as when the agent is down or starting. Traffic the program would steer (VXLAN from a known
-//! node) and traffic it does not own (a ping of the node) must both still reach the kernel.
-//! Needs root; prints SKIP otherwise, and fails under CI.
+//! as while no agent runs (one is being replaced, or restarting). Attached to outlive its
+//! loader, it stays when the loader is gone; traffic it would steer (VXLAN from a known node)
+//! is dropped, never answered by the node's kernel, and traffic it does not own (a ping of the
+//! node) still reaches the kernel. Needs root; prints SKIP otherwise, and fails under CI.
 
-use std::sync::mpsc;
 use std::time::Duration;
 
-use kxdp_tests::testbed::{skip_unless_privileged, Spec, Testbed};
+use kxdp_tests::testbed::{ip, skip_unless_privileged, snmp, Spec, Testbed};
 use kxdp_xdp::{enter_netns, ifindex, IfRole, Steering, XdpDecision, XdpMode};
 
 #[test]
-fn an_attached_program_without_sockets_leaves_the_node_reachable() {
-    if skip_unless_privileged("an_attached_program_without_sockets_leaves_the_node_reachable") {
+fn a_lasting_program_without_sockets_drops_the_dataplanes_traffic_and_leaves_the_node_reachable() {
+    if skip_unless_privileged(
+        "a_lasting_program_without_sockets_drops_the_dataplanes_traffic_and_leaves_the_node_reachable",
+    ) {
         return;
     }
     let tb = Testbed::kernel_nodes(Spec {
@@ -22,56 +24,48 @@ fn an_attached_program_without_sockets_leaves_the_node_reachable() {
     .expect("testbed builds");
     let (a, b) = (tb.nodes[0].clone(), tb.nodes[1].clone());
     let (ext, _) = tb.external.clone().expect("external client");
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    // The program is loaded and attached from a thread inside node A's namespace, as the
-    // agent's control thread would; it is detached when that thread drops the link.
-    let worker = std::thread::spawn(move || -> Result<[u64; XdpDecision::COUNT], String> {
-        let result = (|| -> Result<_, String> {
-            enter_netns(&a.ns).map_err(|e| format!("entering {}: {e}", a.ns))?;
-            let st = Steering::load().map_err(|e| e.to_string())?;
-            st.set_config(8472, 61000..=65535)
-                .map_err(|e| e.to_string())?;
-            st.set_node_ips(&[a.ip]).map_err(|e| e.to_string())?;
-            st.set_vxlan_peers(&[b.ip]).map_err(|e| e.to_string())?;
-            let uplink = ifindex("uplink").map_err(|e| e.to_string())?;
-            st.set_interface(uplink, IfRole::Uplink, 0)
-                .map_err(|e| e.to_string())?;
-            let link = st.attach(uplink).map_err(|e| e.to_string())?;
-            if link.mode != XdpMode::Native {
-                return Err(format!("veth takes XDP natively, got {:?}", link.mode));
-            }
-            Ok((st, link))
-        })();
-        let (st, link) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e.clone()));
-                return Err(e);
-            }
-        };
-        let _ = ready_tx.send(Ok(()));
-        let _ = stop_rx.recv_timeout(Duration::from_secs(30));
-        let stats = st.stats().map_err(|e| e.to_string())?;
-        drop(link);
-        Ok(stats)
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the worker reports")
-        .expect("the program attaches");
+    // Loaded and attached from a thread inside node A's namespace, as the agent's control
+    // thread does; the thread and everything it loaded are gone before any traffic.
+    let ns = a.ns.clone();
+    let decisions = std::thread::spawn(move || -> Result<_, String> {
+        enter_netns(&ns).map_err(|e| format!("entering {ns}: {e}"))?;
+        let st = Steering::load().map_err(|e| e.to_string())?;
+        st.set_config(8472, 61000..=65535)
+            .map_err(|e| e.to_string())?;
+        st.set_node_ips(&[a.ip]).map_err(|e| e.to_string())?;
+        st.set_vxlan_peers(&[b.ip]).map_err(|e| e.to_string())?;
+        let uplink = ifindex("uplink").map_err(|e| e.to_string())?;
+        st.set_interface(uplink, IfRole::Uplink, 0)
+            .map_err(|e| e.to_string())?;
+        let attached = st.attach_lasting(uplink, None).map_err(|e| e.to_string())?;
+        if attached.mode != XdpMode::Native {
+            return Err(format!("veth takes XDP natively, got {:?}", attached.mode));
+        }
+        st.decisions().map_err(|e| e.to_string())
+    })
+    .join()
+    .expect("the loader thread")
+    .expect("the program attaches");
+    let shown =
+        ip(Some(&a.ns), &["link", "show", "dev", "uplink"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("prog/xdp"),
+        "the program outlived its loader"
+    );
 
-    let (a, b) = (&tb.nodes[0], &tb.nodes[1]);
     let deadline = Duration::from_secs(5);
-    // VXLAN from node B: steered to queue 0's socket slot, which is empty, so passed.
+    let (no_ports, unreachables) = (
+        snmp(&a.ns, "Udp", "NoPorts"),
+        snmp(&a.ns, "Icmp", "OutDestUnreachs"),
+    );
+    // VXLAN from node B: steered to queue 0's socket slot, which is empty, so dropped.
     assert_eq!(
         tb.ping(&b.pods[0].ns, a.pods[0].ip, 3, deadline).unwrap(),
-        3
+        0
     );
     // The node itself, which kxdp does not own: passed.
     assert_eq!(tb.ping(&ext, a.ip, 2, deadline).unwrap(), 2);
-    stop_tx.send(()).unwrap();
-    let stats = worker.join().expect("worker thread").expect("worker");
+    let stats = decisions.read().expect("the counters");
     let n = |s: XdpDecision| stats[s as usize];
     assert!(
         n(XdpDecision::XskVxlan) >= 3,
@@ -79,13 +73,26 @@ fn an_attached_program_without_sockets_leaves_the_node_reachable() {
     );
     assert!(
         n(XdpDecision::NoSocket) >= 3,
-        "and passed for want of a socket: {stats:?}"
+        "and dropped for want of a socket: {stats:?}"
     );
     assert!(
         n(XdpDecision::PassNotOurs) >= 2,
         "the node's own traffic passed: {stats:?}"
     );
-    // Detached: still reachable.
+    // The node's kernel never saw the VXLAN, so it answered nothing.
+    assert_eq!(snmp(&a.ns, "Udp", "NoPorts"), no_ports);
+    assert_eq!(snmp(&a.ns, "Icmp", "OutDestUnreachs"), unreachables);
+
+    // Detached as `kxdp uninstall` does: the kernel's own VXLAN path answers again.
+    let ns = a.ns.clone();
+    let detached = std::thread::spawn(move || -> Result<bool, String> {
+        enter_netns(&ns).map_err(|e| e.to_string())?;
+        let uplink = ifindex("uplink").map_err(|e| e.to_string())?;
+        kxdp_xdp::detach_lasting(uplink, None).map_err(|e| e.to_string())
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(detached, Ok(true));
     assert_eq!(
         tb.ping(&b.pods[0].ns, a.pods[0].ip, 2, deadline).unwrap(),
         2

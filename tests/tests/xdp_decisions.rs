@@ -39,7 +39,7 @@ fn steers_only_what_belongs_to_the_dataplane() {
     st.sync(&snap).unwrap();
     let node = t.node.primary_ip();
     let outside = |dst| t.from_outside(t.external_ip, dst);
-    let steered = |stat| (action::PASS, vec![stat, XdpDecision::NoSocket]);
+    let steered = |stat| (action::DROP, vec![stat, XdpDecision::NoSocket]);
     let passed = |stat| (action::PASS, vec![stat]);
 
     // An interface kxdp does not manage: everything passes.
@@ -49,8 +49,8 @@ fn steers_only_what_belongs_to_the_dataplane() {
         passed(XdpDecision::PassUnmanaged)
     );
 
-    // A pod's veth: everything is the dataplane's. With no socket on the queue (agent down)
-    // the frame passes to the kernel instead of being dropped.
+    // A pod's veth: everything is the dataplane's. With no socket on the queue (no agent
+    // runs) the frame is dropped: the node's kernel must not answer for the dataplane.
     st.set_interface(IFINDEX, IfRole::Pod, 0).unwrap();
     let pod_frame = t.case_pod_to_pod(1).frame;
     assert_eq!(decide(&st, &pod_frame), steered(XdpDecision::XskPod));

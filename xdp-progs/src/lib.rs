@@ -14,6 +14,7 @@
 //! other XDP objects loaded beside this one: the perf harness's generator and sink.
 
 pub mod runtime;
+pub mod state;
 pub mod worker;
 pub mod xsk;
 
@@ -37,12 +38,57 @@ pub enum XdpMode {
     Multiple,
 }
 
-/// The program attached to one interface; dropping it detaches the program.
+/// The program attached to one interface. A link attachment ends when it is dropped (or the
+/// process exits); a lasting one stays until [`Attachment::detach`] or a successor replaces it.
 #[derive(Debug)]
 pub struct Attachment {
-    _link: libbpf_rs::Link,
+    hold: Hold,
     /// The mode the kernel attached it in.
     pub mode: XdpMode,
+}
+
+#[derive(Debug)]
+enum Hold {
+    /// Held by a BPF link: detached when the link is dropped.
+    Link(libbpf_rs::Link),
+    /// Attached through netlink: stays until detached or replaced.
+    Lasting {
+        ifindex: u32,
+        prog_id: u32,
+        prog: std::os::fd::OwnedFd,
+    },
+}
+
+impl Attachment {
+    /// Take the program off the interface: end the link, or, for a lasting attachment, detach
+    /// it if it is still the program there (a successor's is left alone).
+    pub fn detach(self) -> Result<(), XdpError> {
+        match self.hold {
+            Hold::Link(link) => {
+                drop(link);
+                Ok(())
+            }
+            Hold::Lasting {
+                ifindex,
+                prog_id,
+                prog,
+            } => {
+                let index = i32::try_from(ifindex).expect("ifindex fits in i32");
+                let xdp = libbpf_rs::Xdp::new(prog.as_fd());
+                let there = xdp
+                    .query_id(index, libbpf_rs::XdpFlags::NONE)
+                    .map_err(bpf(format!("querying interface {ifindex}")))?;
+                if there != prog_id {
+                    return Ok(());
+                }
+                match xdp.detach(index, libbpf_rs::XdpFlags::NONE) {
+                    // The interface is gone, and the program with it.
+                    Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+                    r => r.map_err(bpf(format!("detaching from interface {ifindex}"))),
+                }
+            }
+        }
+    }
 }
 
 /// The compiled program.
@@ -260,7 +306,7 @@ kxdp_dataplane::counter_list! {
         XskVxlan = 1 => ("xsk_vxlan", "steered: VXLAN to this node from a known node"),
         XskService = 2 => ("xsk_service", "steered: to a service frontend (ClusterIP, load-balancer or external IP, NodePort)"),
         XskMasqReply = 3 => ("xsk_masq_reply", "steered: to this node in the masquerade port range (replies to masqueraded flows)"),
-        NoSocket = 4 => ("no_socket", "the dataplane's, but no AF_XDP socket on the receiving queue: passed to the kernel"),
+        NoSocket = 4 => ("no_socket", "the dataplane's, but no AF_XDP socket on the receiving queue (no agent runs): dropped"),
         PassUnmanaged = 5 => ("pass_unmanaged", "passed: an interface kxdp does not manage"),
         PassNotIpv4 = 6 => ("pass_not_ipv4", "passed: not IPv4 (ARP, IPv6, LLDP...)"),
         PassMalformed = 7 => ("pass_malformed", "passed: truncated, IPv4 options or a fragment; the kernel decides"),
@@ -455,6 +501,29 @@ impl Steering {
         attach_program(&self.obj, PROGRAM, ifindex)
     }
 
+    /// Attach the program to interface `ifindex` so that it stays when the process ends, in
+    /// place of a predecessor's ([`attach_lasting`]): with no socket to deliver to, it drops
+    /// the dataplane's traffic, so the node's kernel never answers for it.
+    pub fn attach_lasting(
+        &self,
+        ifindex: u32,
+        predecessor: Option<u32>,
+    ) -> Result<Attachment, XdpError> {
+        attach_lasting(&self.obj, PROGRAM, ifindex, predecessor)
+    }
+
+    /// The program's id, as `bpftool prog show` and `ip link` name it.
+    pub fn program_id(&self) -> Result<u32, XdpError> {
+        let prog = self
+            .obj
+            .progs()
+            .find(|p| p.name() == PROGRAM)
+            .ok_or(XdpError::Missing("program kxdp_steer"))?;
+        program_info(prog.as_fd())
+            .map(|(id, _)| id)
+            .ok_or(XdpError::Missing("the program's id"))
+    }
+
     /// The counters, summed over CPUs, by [`XdpDecision`] number.
     pub fn stats(&self) -> Result<[u64; XdpDecision::COUNT], XdpError> {
         self.decisions()?.read()
@@ -502,6 +571,19 @@ impl Steering {
     }
 }
 
+/// Program `name` of `obj`, and `ifindex` as libbpf's XDP calls take it.
+fn program_for<'o>(
+    obj: &'o Object,
+    name: &'static str,
+    ifindex: u32,
+) -> Result<(libbpf_rs::ProgramMut<'o>, i32), XdpError> {
+    let prog = obj
+        .progs_mut()
+        .find(|p| p.name() == name)
+        .ok_or(XdpError::Missing(name))?;
+    Ok((prog, i32::try_from(ifindex).expect("ifindex fits in i32")))
+}
+
 /// Attach program `name` of the loaded object `obj` to interface `ifindex` of the calling
 /// thread's network namespace, natively where the driver supports XDP, else generically (the
 /// kernel falls back by itself; [`Attachment::mode`] says which it got). The program stays
@@ -516,11 +598,7 @@ pub fn attach_program(
     name: &'static str,
     ifindex: u32,
 ) -> Result<Attachment, XdpError> {
-    let prog = obj
-        .progs_mut()
-        .find(|p| p.name() == name)
-        .ok_or(XdpError::Missing(name))?;
-    let index = i32::try_from(ifindex).expect("ifindex fits in i32");
+    let (prog, index) = program_for(obj, name, ifindex)?;
     let query = || {
         libbpf_rs::Xdp::new(prog.as_fd())
             .query(index, libbpf_rs::XdpFlags::NONE)
@@ -544,7 +622,155 @@ pub fn attach_program(
         }
     };
     let mode = attach_mode(&query()?);
-    Ok(Attachment { _link: link, mode })
+    Ok(Attachment {
+        hold: Hold::Link(link),
+        mode,
+    })
+}
+
+/// Attach program `name` of `obj` to interface `ifindex` so that it outlives the process (a
+/// netlink attachment, as `ip link set dev IFACE xdp` makes): it stays until
+/// [`Attachment::detach`], and a later process's program replaces it in one step. A program
+/// of the same name attached that way (a predecessor's, dropping what it cannot deliver:
+/// program `predecessor`, or one whose name says so) is replaced in one step, so no packet
+/// meets an empty hook; any other program makes the interface [`XdpError::Occupied`]. Reading
+/// a program's name takes CAP_SYS_ADMIN: without it, only `predecessor` is recognised.
+pub fn attach_lasting(
+    obj: &Object,
+    name: &'static str,
+    ifindex: u32,
+    predecessor: Option<u32>,
+) -> Result<Attachment, XdpError> {
+    let (prog, index) = program_for(obj, name, ifindex)?;
+    let xdp = libbpf_rs::Xdp::new(prog.as_fd());
+    let query = || {
+        xdp.query(index, libbpf_rs::XdpFlags::NONE)
+            .map_err(bpf(format!("querying interface {ifindex}")))
+    };
+    let occupied = || {
+        query()
+            .ok()
+            .and_then(|q| foreign_program(ifindex, &q))
+            .map(|program| XdpError::Occupied { ifindex, program })
+    };
+    let there = xdp
+        .query_id(index, libbpf_rs::XdpFlags::NONE)
+        .map_err(bpf(format!("querying interface {ifindex}")))?;
+    let attached = if there == 0 {
+        xdp.attach(index, libbpf_rs::XdpFlags::UPDATE_IF_NOEXIST)
+    } else if Some(there) == predecessor || is_named(there, name) {
+        // A netlink attachment over another replaces it atomically.
+        xdp.attach(index, libbpf_rs::XdpFlags::NONE)
+    } else {
+        return Err(occupied().unwrap_or_else(|| XdpError::Bpf {
+            what: format!("attaching {name} to interface {ifindex}"),
+            source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(libc::EBUSY)),
+        }));
+    };
+    if let Err(source) = attached {
+        // A link holds what is there (the kernel will not replace it through netlink), or
+        // someone attached meanwhile.
+        return Err(occupied().unwrap_or(XdpError::Bpf {
+            what: format!("attaching {name} to interface {ifindex}"),
+            source,
+        }));
+    }
+    let q = query()?;
+    let prog_id = [q.prog_id, q.drv_prog_id, q.skb_prog_id]
+        .into_iter()
+        .find(|id| *id != 0)
+        .unwrap_or(0);
+    let prog = prog
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| XdpError::Bpf {
+            what: format!("keeping program {name}"),
+            source: libbpf_rs::Error::from(e),
+        })?;
+    Ok(Attachment {
+        hold: Hold::Lasting {
+            ifindex,
+            prog_id,
+            prog,
+        },
+        mode: attach_mode(&q),
+    })
+}
+
+/// Whether program `id` is named `name` (false if its name cannot be read: that takes
+/// CAP_SYS_ADMIN).
+fn is_named(id: u32, name: &str) -> bool {
+    libbpf_rs::Program::fd_from_id(id)
+        .ok()
+        .and_then(|fd| program_info(fd.as_fd()))
+        .is_some_and(|(_, n)| n == name)
+}
+
+/// Detach kxdp's steering program from interface `ifindex` of the calling thread's namespace
+/// if it is there (left by an agent that stopped, for its successor): program `recorded`
+/// (the last agent's, from its state directory), or one named as kxdp's; whether it was.
+/// Another program is left alone.
+pub fn detach_lasting(ifindex: u32, recorded: Option<u32>) -> Result<bool, XdpError> {
+    let index = i32::try_from(ifindex).expect("ifindex fits in i32");
+    let query = |e| bpf(format!("querying interface {ifindex}"))(e);
+    // Any program's descriptor serves for a query (libbpf reads only the interface).
+    let id = {
+        let mut id = 0;
+        for flags in [libbpf_rs::XdpFlags::DRV_MODE, libbpf_rs::XdpFlags::SKB_MODE] {
+            // SAFETY: bpf_xdp_query_id writes one u32, which `id` is.
+            let rc = unsafe {
+                libbpf_rs::libbpf_sys::bpf_xdp_query_id(index, flags.bits() as i32, &mut id)
+            };
+            if rc != 0 {
+                return Err(query(libbpf_rs::Error::from(
+                    std::io::Error::from_raw_os_error(-rc),
+                )));
+            }
+            if id != 0 {
+                break;
+            }
+        }
+        id
+    };
+    if id == 0 || !(Some(id) == recorded || is_named(id, PROGRAM)) {
+        return Ok(false);
+    }
+    // Detaching reads only the interface: any descriptor does for the builder.
+    let any = std::fs::File::open("/dev/null").map_err(|e| XdpError::Bpf {
+        what: "opening /dev/null".into(),
+        source: libbpf_rs::Error::from(e),
+    })?;
+    libbpf_rs::Xdp::new(any.as_fd())
+        .detach(index, libbpf_rs::XdpFlags::NONE)
+        .map_err(bpf(format!("detaching from interface {ifindex}")))?;
+    Ok(true)
+}
+
+/// The id and name of the BPF program `fd` (the name 15 characters at most, as the kernel
+/// keeps it). Needs no privilege beyond holding the descriptor.
+fn program_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<(u32, String)> {
+    use std::os::fd::AsRawFd;
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = core::mem::size_of_val(&info) as u32;
+    // SAFETY: `info` is a bpf_prog_info of `len` bytes, which is all the kernel writes; the
+    // pointers in it are zero, so it fills in nothing else.
+    let rc = unsafe {
+        libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
+            fd.as_raw_fd(),
+            (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    Some((info.id, String::from_utf8(bytes).ok()?))
 }
 
 fn attach_mode(q: &libbpf_rs::libbpf_sys::bpf_xdp_query_opts) -> XdpMode {

@@ -26,6 +26,7 @@ use kxdp_dataplane::counters::CounterValues;
 use kxdp_dataplane::tables::InterfaceId;
 use kxdp_dataplane::{Counters, Instant, Snapshot};
 
+use crate::state::Taken;
 use crate::worker::{BatchFn, IoCounters, IoValues, Mode, Worker};
 use crate::xsk::{Port, PortConfig, Umem};
 use crate::{enter_netns, ifindex, Attachment, Decisions, IfRole, Steering, XdpMode};
@@ -101,6 +102,12 @@ pub struct Config {
     /// descriptors), or each socket has its own (frames are copied between them): for drivers
     /// that cannot share a UMEM between devices.
     pub shared_umem: bool,
+    /// Make the dataplane outlive the process ([`crate::state`]): conntrack in a file in this
+    /// directory, taken over from the process that held it (asked to leave once everything
+    /// else is ready), and programs attached so that they stay when the process ends, dropping
+    /// the dataplane's traffic until a successor's replace them. None: conntrack in process
+    /// memory, programs detached when the dataplane stops.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -114,6 +121,7 @@ impl Default for Config {
             max_run: None,
             forwarding: kxdp_dataplane::process_batch,
             shared_umem: true,
+            state_dir: None,
         }
     }
 }
@@ -186,12 +194,15 @@ pub struct WorkerStats {
     pub io: Arc<IoCounters>,
 }
 
-/// A running dataplane; stops, detaches and frees everything when finished or dropped.
+/// A running dataplane; stops and frees everything when finished or dropped, and detaches its
+/// programs unless they are to outlive it ([`Config::state_dir`]).
 #[derive(Debug)]
 pub struct Dataplane {
     stop: Arc<AtomicBool>,
-    ct: Arc<Conntrack>,
-    started: WallClock,
+    /// Set before `start` returns.
+    ct: Option<Arc<Conntrack>>,
+    /// What taking the state directory found, with a state directory (boxed: rarely read).
+    taken: Option<Box<Taken>>,
     workers: Vec<WorkerStats>,
     /// The interfaces served and the XDP mode each got, kept by the control thread.
     modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
@@ -265,6 +276,9 @@ type ChangeRequest = (Change, mpsc::Sender<Result<(), String>>);
 
 /// What the control thread tells a worker.
 enum Command {
+    /// Start with this conntrack table: the first command, once the table is known (taken
+    /// over from a predecessor).
+    Start(Arc<Conntrack>),
     /// Open a socket on this interface (XSKMAP base given) and report its fd, if the
     /// interface has the worker's queue.
     Add(
@@ -279,8 +293,13 @@ enum Command {
 const WORKER_REPLY: Duration = Duration::from_secs(10);
 
 /// The longest pause between tries at a queue still held by a closed socket: the pauses
-/// double from 5 ms, so an add waits about 2.5 s in all before it reports the queue busy.
-const QUEUE_RELEASE_PAUSE_MAX: Duration = Duration::from_millis(1280);
+/// double from [`QUEUE_RELEASE_PAUSE_MIN`], so an add waits about 2 s in all before it reports
+/// the queue busy.
+const QUEUE_RELEASE_PAUSE_MAX: Duration = Duration::from_millis(1024);
+
+/// The first pause: a queue a predecessor's socket held is usually free a few milliseconds
+/// after the close, and every millisecond waited here is one the node's traffic is dropped.
+const QUEUE_RELEASE_PAUSE_MIN: Duration = Duration::from_micros(500);
 
 /// How long after kxdp closed an interface's sockets an add waits for its queues to be freed.
 const QUEUE_RELEASE: Duration = Duration::from_secs(3);
@@ -300,28 +319,26 @@ impl Dataplane {
             "1 to {MAX_QUEUES} workers"
         );
         let stop = Arc::new(AtomicBool::new(false));
-        let ct = Arc::new(Conntrack::new(config.conntrack));
         let started = WallClock::now();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (changes, changes_rx) = mpsc::channel();
         let modes = Arc::new(Mutex::new(Vec::new()));
         let control = {
             let stop = Arc::clone(&stop);
-            let ct = Arc::clone(&ct);
             let modes = Arc::clone(&modes);
             std::thread::Builder::new()
                 .name("kxdp-control".into())
                 .spawn(move || {
                     control(
-                        config, ifaces, snapshot, ct, modes, started, stop, ready_tx, changes_rx,
+                        config, ifaces, snapshot, modes, started, stop, ready_tx, changes_rx,
                     )
                 })
                 .map_err(|e| fatal(format!("spawning the control thread: {e}")))?
         };
         let mut dp = Dataplane {
             stop,
-            ct,
-            started,
+            ct: None,
+            taken: None,
             workers: Vec::new(),
             modes,
             decisions: None,
@@ -339,9 +356,11 @@ impl Dataplane {
                 }
             });
         match ready {
-            Ok(Ok((workers, decisions))) => {
-                dp.workers = workers;
-                dp.decisions = Some(decisions);
+            Ok(Ok(ready)) => {
+                dp.workers = ready.workers;
+                dp.decisions = Some(ready.decisions);
+                dp.ct = Some(ready.ct);
+                dp.taken = ready.taken.map(Box::new);
                 Ok(dp)
             }
             Ok(Err(e)) | Err(e) => {
@@ -372,12 +391,20 @@ impl Dataplane {
     /// The shared conntrack table (to list flows, and to ask which draining endpoints still
     /// have some).
     pub fn conntrack(&self) -> &Arc<Conntrack> {
-        &self.ct
+        self.ct
+            .as_ref()
+            .expect("a dataplane that started has its conntrack")
     }
 
-    /// The pipeline's clock now (conntrack expiries are on it).
+    /// What taking the state directory found: the predecessor replaced, the flows adopted.
+    /// None without a state directory.
+    pub fn taken(&self) -> Option<&Taken> {
+        self.taken.as_deref()
+    }
+
+    /// The pipeline's clock now (conntrack expiries are on it): [`crate::state::now`].
     pub fn now(&self) -> Instant {
-        now_since(self.started)
+        crate::state::now()
     }
 
     /// Whether the dataplane still runs: false once it stopped by itself (its time limit, a
@@ -420,6 +447,9 @@ impl Dataplane {
     /// Stop every thread, detach the program, free the sockets; returns the summed counters.
     pub fn finish(mut self) -> Result<CounterValues, String> {
         self.stop.store(true, Relaxed);
+        // Closing the channel wakes the control thread now, not at its next collection: a
+        // successor waits for it to stop.
+        self.changes = mpsc::channel().0;
         let control = self.control.take().expect("running until finished");
         control
             .join()
@@ -431,6 +461,7 @@ impl Dataplane {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
+        self.changes = mpsc::channel().0;
         if let Some(c) = self.control.take() {
             let _ = c.join();
         }
@@ -454,7 +485,15 @@ pub fn sum_counters(values: impl Iterator<Item = CounterValues>) -> CounterValue
     total
 }
 
-type Ready = Result<(Vec<WorkerStats>, Arc<Decisions>), StartError>;
+/// What the control thread reports once everything runs.
+struct Started {
+    workers: Vec<WorkerStats>,
+    decisions: Arc<Decisions>,
+    ct: Arc<Conntrack>,
+    taken: Option<Taken>,
+}
+
+type Ready = Result<Started, StartError>;
 
 /// A worker thread seen from the control thread.
 struct WorkerHandle {
@@ -479,7 +518,8 @@ impl WorkerHandle {
 /// The control thread's state.
 struct Control {
     steering: Steering,
-    ct: Arc<Conntrack>,
+    /// The shared table, once the state is taken over (workers start with it).
+    ct: Option<Arc<Conntrack>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     workers: Vec<WorkerHandle>,
     links: Vec<Served>,
@@ -492,6 +532,10 @@ struct Control {
     /// Interfaces (by ifindex) whose sockets a removal closed, and when: the kernel frees
     /// their queues shortly after the close.
     released: Vec<(u32, WallClock)>,
+    /// Whether programs are attached to outlive the process ([`Config::state_dir`]).
+    lasting: bool,
+    /// The program a predecessor left attached, replaced by ours.
+    predecessor_program: Option<u32>,
 }
 
 /// An interface the control thread attached the program to.
@@ -501,8 +545,9 @@ struct Served {
     mode: XdpMode,
     ifindex: u32,
     xsk_base: u32,
-    /// Dropping it detaches the program.
-    _link: Attachment,
+    /// Detached when the interface is no longer served; dropped as it is when the dataplane
+    /// stops, which detaches a link but leaves a lasting attachment.
+    link: Attachment,
 }
 
 impl Control {
@@ -535,7 +580,13 @@ impl Control {
             .set_interface(index, m.role, base)
             .map_err(fatal)
             .and_then(|()| {
-                self.steering.attach(index).map_err(|e| match e {
+                let attached = if self.lasting {
+                    self.steering
+                        .attach_lasting(index, self.predecessor_program)
+                } else {
+                    self.steering.attach(index)
+                };
+                attached.map_err(|e| match e {
                     crate::XdpError::Occupied { program, .. } => StartError::Occupied {
                         interface: m.name.clone(),
                         program,
@@ -558,14 +609,14 @@ impl Control {
             mode,
             ifindex: index,
             xsk_base: base,
-            _link: link,
+            link,
         });
         // A queue whose socket kxdp closed a moment ago (the same interface served again) is
         // freed by the kernel shortly after: wait for it here, on the control thread, so
         // that no worker ever sleeps and stalls the traffic of its other ports.
         self.released.retain(|(_, at)| at.elapsed() < QUEUE_RELEASE);
         let ours = starting || self.released.iter().any(|(i, _)| *i == index);
-        let mut pause = Duration::from_millis(5);
+        let mut pause = QUEUE_RELEASE_PAUSE_MIN;
         let opened = loop {
             match self.open_sockets(m, base) {
                 Err(StartError::QueueBusy(_)) if ours && pause <= QUEUE_RELEASE_PAUSE_MAX => {
@@ -630,6 +681,8 @@ impl Control {
         }
         let mut result = Ok(());
         for w in self.workers.drain(..) {
+            // Closed, so a worker still waiting for its start stops waiting.
+            drop(w.commands);
             let r = w
                 .thread
                 .join()
@@ -656,12 +709,13 @@ impl Control {
 
     fn remove(&mut self, id: InterfaceId) -> Result<(), String> {
         self.close_sockets(id)?;
-        // Closing the sockets took them out of the XSKMAP; dropping the link detaches. The
+        // Closing the sockets took them out of the XSKMAP; then the program is detached. The
         // interface's slots are free for the next one, and its ifindex is forgotten (the
         // kernel may give the number to another interface).
         while let Some(i) = self.links.iter().position(|s| s.id == id) {
             let served = self.links.swap_remove(i);
             self.free_bases.push(served.xsk_base);
+            served.link.detach().map_err(|e| e.to_string())?;
             self.steering
                 .clear_interface(served.ifindex)
                 .map_err(|e| e.to_string())?;
@@ -705,7 +759,9 @@ impl Control {
             Change::Publish(snap, flush) => {
                 self.publish(snap)?;
                 // After the swap, so no worker creates a flow the flush would miss.
-                self.ct.flush_udp_to(&flush);
+                if let Some(ct) = &self.ct {
+                    ct.flush_udp_to(&flush);
+                }
                 Ok(())
             }
         }
@@ -722,7 +778,6 @@ fn control(
     config: Config,
     ifaces: Vec<Managed>,
     snapshot: Arc<Snapshot>,
-    ct: Arc<Conntrack>,
     modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
     started: WallClock,
     stop: Arc<AtomicBool>,
@@ -735,10 +790,18 @@ fn control(
         }
         let steering = Steering::load().map_err(fatal)?;
         steering.sync(&snapshot).map_err(fatal)?;
+        // Everything that can be readied while a predecessor still runs is: the program and
+        // its maps, the state file mapped, the workers and their UMEMs.
+        let preparing = config
+            .state_dir
+            .as_deref()
+            .map(|dir| crate::state::Preparing::start(dir, config.conntrack))
+            .transpose()
+            .map_err(fatal)?;
         let snap = Arc::new(ArcSwap::new(snapshot));
         let mut ctl = Control {
             steering,
-            ct: Arc::clone(&ct),
+            ct: None,
             snapshot: Arc::clone(&snap),
             workers: Vec::new(),
             links: Vec::new(),
@@ -746,6 +809,8 @@ fn control(
             free_bases: Vec::new(),
             next_base: 0,
             released: Vec::new(),
+            lasting: config.state_dir.is_some(),
+            predecessor_program: preparing.as_ref().and_then(|p| p.predecessor_program()),
         };
         // Whatever fails from here on, the workers started so far stop (closing their
         // sockets) before the start reports, so a retry finds their queues free.
@@ -772,9 +837,7 @@ fn control(
                     port: config.port,
                     shared_umem: config.shared_umem,
                     snap: Arc::clone(&snap),
-                    ct: Arc::clone(&ct),
                     stop: Arc::clone(&stop),
-                    started,
                 };
                 let thread = std::thread::Builder::new()
                     .name(format!("kxdp-worker-{q}"))
@@ -790,6 +853,21 @@ fn control(
                 })??;
                 stats.push(s);
             }
+            // From here until the sockets are bound, the node's dataplane traffic is dropped
+            // (the predecessor's program, without its sockets): keep it short.
+            let (ct, held, mut taken) = match preparing {
+                Some(p) => {
+                    let program = ctl.steering.program_id().map_err(fatal)?;
+                    let (ct, held, taken) = p.take(program).map_err(fatal)?;
+                    (ct, Some(held), Some(taken))
+                }
+                None => (Conntrack::new(config.conntrack), None, None),
+            };
+            let ct = Arc::new(ct);
+            ctl.ct = Some(Arc::clone(&ct));
+            for w in &ctl.workers {
+                w.send(Command::Start(Arc::clone(&ct)))?;
+            }
             // The first socket on each worker's UMEM stays bound until the UMEM goes (see
             // `xsk`): give it the interface that lives longest, the uplink, then the host's.
             let mut ordered: Vec<&Managed> = ifaces.iter().collect();
@@ -803,22 +881,33 @@ fn control(
                 // sockets here.
                 ctl.add(m, true)?;
             }
+            if let Some(t) = &mut taken {
+                t.dark = t.taken_at.elapsed();
+            }
             ctl.report_modes();
             let decisions = ctl.steering.decisions().map_err(fatal)?;
-            Ok((stats, Arc::new(decisions)))
+            Ok((
+                Started {
+                    workers: stats,
+                    decisions: Arc::new(decisions),
+                    ct,
+                    taken,
+                },
+                held,
+            ))
         })();
         match built {
-            Ok((stats, decisions)) => Ok((ctl, stats, decisions)),
+            Ok((started, held)) => Ok((ctl, started, held)),
             Err(e) => {
                 let _ = ctl.stop_workers(&stop);
                 Err(e)
             }
         }
     })();
-    let mut ctl = match setup {
-        Ok((ctl, stats, decisions)) => {
-            let _ = ready.send(Ok((stats, decisions)));
-            ctl
+    let (mut ctl, held) = match setup {
+        Ok((ctl, started, held)) => {
+            let _ = ready.send(Ok(started));
+            (ctl, held)
         }
         Err(e) => {
             stop.store(true, Relaxed);
@@ -841,19 +930,19 @@ fn control(
             break;
         }
         if last_gc.elapsed() >= GC_EVERY {
-            ct.gc(now_since(started), GC_SCAN);
+            if let Some(ct) = &ctl.ct {
+                ct.gc(crate::state::now(), GC_SCAN);
+            }
             last_gc = WallClock::now();
         }
     }
     let stopped = ctl.stop_workers(&stop);
-    // The sockets are closed; dropping the links detaches the program.
+    // The sockets are closed and no one writes conntrack any more: a successor waiting for
+    // the state directory may have it now.
+    drop(held);
+    // Dropping the links detaches the program; lasting attachments stay, dropping.
     drop(ctl);
     stopped
-}
-
-/// The pipeline's clock: time since the dataplane started.
-fn now_since(started: WallClock) -> Instant {
-    Instant::from_nanos(started.elapsed().as_nanos() as u64)
 }
 
 struct WorkerSetup {
@@ -867,9 +956,7 @@ struct WorkerSetup {
     port: PortConfig,
     shared_umem: bool,
     snap: Arc<ArcSwap<Snapshot>>,
-    ct: Arc<Conntrack>,
     stop: Arc<AtomicBool>,
-    started: WallClock,
 }
 
 fn run_worker(
@@ -912,6 +999,14 @@ fn run_worker(
         counters: Arc::clone(worker.counters()),
         io: Arc::clone(worker.io()),
     }));
+    // The table comes once the state is taken over; a closed channel means the start failed.
+    let ct = loop {
+        match commands.recv() {
+            Ok(Command::Start(ct)) => break ct,
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    };
     while !w.stop.load(Relaxed) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
@@ -929,12 +1024,13 @@ fn run_worker(
                     drop(worker.remove_port(id));
                     let _ = reply.send(());
                 }
+                Command::Start(_) => {}
             }
         }
         worker
             .wait(w.mode)
             .map_err(|e| format!("worker {q}: {e}"))?;
-        worker.run_batches(&w.snap.load(), &w.ct, now_since(w.started));
+        worker.run_batches(&w.snap.load(), &ct, crate::state::now());
     }
     Ok(())
 }

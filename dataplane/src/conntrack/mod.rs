@@ -29,16 +29,19 @@
 //!   timeouts, and how often a busy flow's timer is rewritten;
 //! - `affinity.rs`: session affinity, the backend each client of a `ClientIP` service was
 //!   last sent to, sized with the table (a quarter as many clients as flows);
+//! - `persist.rs`: the table in a file, for the next process to adopt;
 //! - `snat.rs`: source NAT, choosing the port (or ICMP identifier) a new flow's replies come
 //!   back to;
 //! - this file: what they share: the configuration, flow references, directions and errors.
 
 mod affinity;
+mod persist;
 mod snat;
 mod state;
 mod table;
 
 pub use affinity::Affinity;
+pub use persist::{Adopted, OpenError, LAYOUT};
 pub use snat::SNAT_PORT_TRIES;
 pub use state::{FlowState, Timeouts};
 pub use table::{Conntrack, IndexStats};

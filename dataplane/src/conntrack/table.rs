@@ -68,9 +68,9 @@ use core::sync::atomic::{
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::state::{FlowState, Timers};
-use super::{ConntrackConfig, Direction, FlowRef, InsertError, MAX_CAPACITY};
+use super::{Adopted, ConntrackConfig, Direction, FlowRef, InsertError, MAX_CAPACITY};
 use crate::flow::FlowKey;
-use crate::hugemem::{Zeroable, ZeroedTable};
+use crate::hugemem::{Zeroable, ZeroedTable, HUGE_PAGE};
 use crate::time::Instant;
 
 /// How many records an insert into a full table scans for expired flows before failing.
@@ -163,8 +163,10 @@ impl StateWord {
 // Flow records.
 
 /// One flow. Keys are written only under the writer lock inside a seqlock write; the state word
-/// is also CASed by [`Conntrack::update`] without the lock.
+/// is also CASed by [`Conntrack::update`] without the lock. `repr(C)`: records outlive the
+/// process in a file (`persist.rs`), so their layout is fixed, not the compiler's choice.
 #[derive(Debug, Default)]
+#[repr(C)]
 struct FlowRecord {
     /// Seqlock version: odd while the keys are being rewritten.
     version: AtomicU32,
@@ -350,21 +352,43 @@ impl Conntrack {
     ///
     /// If `config.capacity` is 0 or more than [`MAX_CAPACITY`].
     pub fn new(config: ConntrackConfig) -> Self {
+        let (capacity, index_len) = Self::shape(&config);
+        // Zeroed memory is an empty table: free records (`FlowRecord::default()`) and EMPTY
+        // index slots. Both may be huge pages (see `hugemem`).
+        Self::over(
+            config,
+            ZeroedTable::new(capacity),
+            ZeroedTable::new(index_len),
+        )
+    }
+
+    /// Records and index slots of a table for `config`.
+    ///
+    /// # Panics
+    ///
+    /// If `config.capacity` is 0 or more than [`MAX_CAPACITY`].
+    pub(super) fn shape(config: &ConntrackConfig) -> (usize, usize) {
         assert!(
             (1..=MAX_CAPACITY).contains(&config.capacity),
             "conntrack capacity {} is outside 1..={MAX_CAPACITY}",
             config.capacity
         );
         let capacity = config.capacity as usize;
-        let index_len = (capacity * 4).next_power_of_two();
-        // Zeroed memory is an empty table: free records (`FlowRecord::default()`) and EMPTY
-        // index slots. Both may be huge pages (see `hugemem`).
-        let flows: ZeroedTable<FlowRecord> = ZeroedTable::new(capacity);
-        let index: ZeroedTable<AtomicU64> = ZeroedTable::new(index_len);
+        (capacity, (capacity * 4).next_power_of_two())
+    }
+
+    /// The table over `flows` and `index`, every record taken for free.
+    fn over(
+        config: ConntrackConfig,
+        flows: ZeroedTable<FlowRecord>,
+        index: ZeroedTable<AtomicU64>,
+    ) -> Self {
+        let capacity = flows.len();
+        let index_len = index.len();
         // Reversed so that ids are handed out from 0 up, which keeps a small table's live
         // records together.
         let mut free = Vec::with_capacity(capacity);
-        free.extend((0..config.capacity).rev());
+        free.extend((0..capacity as u32).rev());
         Conntrack {
             flows,
             index,
@@ -375,6 +399,92 @@ impl Conntrack {
             writer: Mutex::new(WriterState { free, gc_cursor: 0 }),
             affinity: super::Affinity::new(capacity / 4),
         }
+    }
+
+    /// A table for `config` whose records and index live in `file` (see `persist.rs` for the
+    /// layout): `file_layout` gives where they start. Records are taken for free until
+    /// [`Conntrack::adopt`].
+    pub(super) fn in_file(config: ConntrackConfig, file: &std::fs::File) -> std::io::Result<Self> {
+        let (capacity, index_len) = Self::shape(&config);
+        let (flows_at, index_at, _) = Self::file_layout(&config);
+        let flows = ZeroedTable::in_file(file, flows_at, capacity)?;
+        let index = ZeroedTable::in_file(file, index_at, index_len)?;
+        Ok(Self::over(config, flows, index))
+    }
+
+    /// Where a table for `config` keeps its records and its index in a file, and the file's
+    /// length: the first huge page holds the header, then records, then index, each from a
+    /// huge-page boundary.
+    pub(super) fn file_layout(config: &ConntrackConfig) -> (u64, u64, u64) {
+        let (capacity, index_len) = Self::shape(config);
+        let flows_at = HUGE_PAGE;
+        let index_at = flows_at + ZeroedTable::<FlowRecord>::bytes(capacity);
+        let end = index_at + ZeroedTable::<AtomicU64>::bytes(index_len);
+        (flows_at as u64, index_at as u64, end as u64)
+    }
+
+    /// The bytes of one flow record, for the file header (a change is a new layout).
+    pub(super) const RECORD_BYTES: u32 = core::mem::size_of::<FlowRecord>() as u32;
+
+    /// Take over the flows in the records of a table another process kept (see
+    /// [`Conntrack::open_in`](super::Conntrack::open_in)), once that process is gone: a record
+    /// caught half-written (its version odd: the writer died inside an insert), expired at
+    /// `now`, or holding a key another record holds already is freed; every other one is a
+    /// live flow again, to be judged by NetworkPolicy again at its next packet (the epochs it
+    /// was judged under were the other process's). The index is rebuilt from the records, so
+    /// whatever state it was left in does not matter, and so is the free list.
+    pub fn adopt(&self, now: Instant) -> Adopted {
+        let mut writer = self.lock();
+        for slot in self.index.iter() {
+            slot.store(EMPTY, Relaxed);
+        }
+        let mut adopted = Adopted::default();
+        let mut free = std::mem::take(&mut writer.free);
+        free.clear();
+        let mut live = 0;
+        for (id, record) in self.flows.iter().enumerate().rev() {
+            let version = record.version.load(Relaxed);
+            let word = StateWord(record.state.load(Relaxed));
+            let keep = if version & 1 != 0 {
+                record.version.store(version.wrapping_add(1), Relaxed);
+                adopted.torn += 1;
+                false
+            } else if word.state().is_none() {
+                false
+            } else if word.is_expired(now) {
+                adopted.expired += 1;
+                false
+            } else {
+                let original = record.key_locked(Direction::Original);
+                let reply = record.key_locked(Direction::Reply);
+                let taken =
+                    self.find_locked(&original).is_some() || self.find_locked(&reply).is_some();
+                if taken {
+                    adopted.clashing += 1;
+                    false
+                } else {
+                    self.publish(&original, id as u32, Direction::Original);
+                    self.publish(&reply, id as u32, Direction::Reply);
+                    true
+                }
+            };
+            if keep {
+                record.policy_epoch.store(0, Relaxed);
+                live += 1;
+            } else {
+                record.state.store(word.freed().0, Relaxed);
+                free.push(id as u32);
+            }
+        }
+        // Ids were pushed from the top down: the lowest is handed out first, as in `new`.
+        adopted.flows = live;
+        writer.free = free;
+        writer.gc_cursor = 0;
+        self.len.store(live, Relaxed);
+        // Everything above is published to workers by the lock's release and by whatever
+        // hands them the table afterwards.
+        fence(Release);
+        adopted
     }
 
     /// The session-affinity table that lives beside the flows.

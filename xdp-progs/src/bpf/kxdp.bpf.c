@@ -10,8 +10,11 @@
  *     errors quoting such a flow included).
  * VXLAN to this node from an address that is no known node is dropped here and counted: the
  * underlay is closed, and the node's kernel, which has no socket on the port, would answer it
- * with port unreachable. A queue without a socket (the agent is down or starting) passes
- * instead of dropping, so the node stays reachable. Maps are filled from the snapshot by the Rust side.
+ * with port unreachable. What is the dataplane's but finds no socket on its queue (no agent
+ * runs: it is being replaced, or restarting) is dropped and counted, so the node's kernel never
+ * answers for a flow it does not know (no RST, no ICMP): the flow resumes when the next agent's
+ * sockets are in place. The rest of the uplink's traffic passes as ever, so the node stays
+ * reachable. Maps are filled from the snapshot by the Rust side.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -212,16 +215,16 @@ int kxdp_steer(struct xdp_md *ctx)
 		return XDP_DROP;
 	if (stat > KXDP_STAT_XSK_MASQ_REPLY)
 		return XDP_PASS;
-	/* Ours: to this interface's socket for this queue, or to the kernel if there is none. */
+	/* Ours: to this interface's socket for this queue, dropped if there is none. */
 	if (!iface) /* not reached: unmanaged passed above; the verifier wants it said */
 		return XDP_PASS;
 	/* A queue past the interface's slots would land in the next interface's. */
 	slot = iface->xsk_base + ctx->rx_queue_index;
 	if (ctx->rx_queue_index >= KXDP_MAX_QUEUES || !bpf_map_lookup_elem(&xsks, &slot)) {
 		count(KXDP_STAT_NO_SOCKET);
-		return XDP_PASS;
+		return XDP_DROP;
 	}
-	return bpf_redirect_map(&xsks, slot, XDP_PASS);
+	return bpf_redirect_map(&xsks, slot, XDP_DROP);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

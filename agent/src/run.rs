@@ -390,11 +390,12 @@ async fn listen(
 
 /// Whether the agent `predecessor` names no longer holds the state directory.
 fn predecessor_left(config: &AgentConfig, predecessor: Option<u32>) -> bool {
-    let held = config
-        .state_dir
-        .as_deref()
-        .and_then(|dir| kxdp_xdp::state::holder(dir).ok().flatten());
-    predecessor.is_some() && held != predecessor
+    predecessor.is_some()
+        && config
+            .state_dir
+            .as_deref()
+            .and_then(|dir| kxdp_xdp::state::holder(dir).ok().flatten())
+            != predecessor
 }
 
 async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentError> {
@@ -494,11 +495,12 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
             // The tables may name next hops the kernel has yet to resolve.
             solicit(&net, uplink_index, agent.missing_neighbors(&model)).await;
         }
-        // Taken over (or the predecessor left by itself): its listeners are free.
+        // Taken over (or the predecessor left by itself): its listeners are free, or will be
+        // in a moment (it closes them before it lets go of the state directory).
         if servers.is_empty() && predecessor_left(&config, predecessor) {
             match listen(&config, &state, open_files).await {
                 Ok(s) => servers = s,
-                Err(e) => break Err(e),
+                Err(e) => tracing::warn!(error = %e, "the admin listeners; will retry"),
             }
         }
         let until_deadline = async {
@@ -643,11 +645,12 @@ async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentErro
             }
         }
     };
-    let stopped = tokio::task::block_in_place(|| agent.stop());
+    // The listeners first (and the socket file, if still ours: they go with the task), so a
+    // successor waiting for the state directory finds them free once it has it.
     for server in servers {
         server.abort();
-        // The listeners (and the socket file, if still ours) go with the task.
         let _ = server.await;
     }
+    let stopped = tokio::task::block_in_place(|| agent.stop());
     result.and(stopped)
 }

@@ -114,10 +114,10 @@ pub fn uninstall(args: &UninstallArgs) -> Result<String, String> {
                 pods.join(", ")
             ));
         }
-        let recorded = kxdp_xdp::state::recorded_program(&args.state_dir);
+        let recorded = kxdp_xdp::state::recorded_programs(&args.state_dir);
         let mut detached = Vec::new();
         for link in net.links().await.map_err(|e| e.to_string())? {
-            match kxdp_xdp::detach_lasting(link.index, recorded) {
+            match kxdp_xdp::detach_lasting(link.index, &recorded) {
                 Ok(true) => detached.push(link.name),
                 Ok(false) => {}
                 Err(e) => return Err(format!("{}: {e}", link.name)),

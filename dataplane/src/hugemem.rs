@@ -150,6 +150,19 @@ impl<T: Zeroable> ZeroedTable<T> {
     }
 }
 
+/// Give `file` `len` bytes of storage now (extending it to `len` if shorter), so that writes
+/// through a mapping never find the file system full: on a tmpfs that would be SIGBUS in
+/// whichever thread wrote first.
+pub(crate) fn allocate(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::other("file past off_t"))?;
+    // SAFETY: posix_fallocate on a descriptor we own; it touches no memory of ours.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
 impl<T: Zeroable> Deref for ZeroedTable<T> {
     type Target = [T];
 

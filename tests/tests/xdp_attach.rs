@@ -37,7 +37,7 @@ fn a_lasting_program_without_sockets_drops_the_dataplanes_traffic_and_leaves_the
         let uplink = ifindex("uplink").map_err(|e| e.to_string())?;
         st.set_interface(uplink, IfRole::Uplink, 0)
             .map_err(|e| e.to_string())?;
-        let attached = st.attach_lasting(uplink, None).map_err(|e| e.to_string())?;
+        let attached = st.attach_lasting(uplink, &[]).map_err(|e| e.to_string())?;
         if attached.mode != XdpMode::Native {
             return Err(format!("veth takes XDP natively, got {:?}", attached.mode));
         }
@@ -88,7 +88,7 @@ fn a_lasting_program_without_sockets_drops_the_dataplanes_traffic_and_leaves_the
     let detached = std::thread::spawn(move || -> Result<bool, String> {
         enter_netns(&ns).map_err(|e| e.to_string())?;
         let uplink = ifindex("uplink").map_err(|e| e.to_string())?;
-        kxdp_xdp::detach_lasting(uplink, None).map_err(|e| e.to_string())
+        kxdp_xdp::detach_lasting(uplink, &[]).map_err(|e| e.to_string())
     })
     .join()
     .expect("thread");

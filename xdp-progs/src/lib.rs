@@ -507,9 +507,9 @@ impl Steering {
     pub fn attach_lasting(
         &self,
         ifindex: u32,
-        predecessor: Option<u32>,
+        predecessors: &[u32],
     ) -> Result<Attachment, XdpError> {
-        attach_lasting(&self.obj, PROGRAM, ifindex, predecessor)
+        attach_lasting(&self.obj, PROGRAM, ifindex, predecessors)
     }
 
     /// The program's id, as `bpftool prog show` and `ip link` name it.
@@ -631,15 +631,15 @@ pub fn attach_program(
 /// Attach program `name` of `obj` to interface `ifindex` so that it outlives the process (a
 /// netlink attachment, as `ip link set dev IFACE xdp` makes): it stays until
 /// [`Attachment::detach`], and a later process's program replaces it in one step. A program
-/// of the same name attached that way (a predecessor's, dropping what it cannot deliver:
-/// program `predecessor`, or one whose name says so) is replaced in one step, so no packet
-/// meets an empty hook; any other program makes the interface [`XdpError::Occupied`]. Reading
-/// a program's name takes CAP_SYS_ADMIN: without it, only `predecessor` is recognised.
+/// of the same name attached that way (a predecessor's, dropping what it cannot deliver: one
+/// of `predecessors`, or one whose name says so) is replaced in one step, so no packet meets
+/// an empty hook; any other program makes the interface [`XdpError::Occupied`]. Reading a
+/// program's name takes CAP_SYS_ADMIN: without it, only `predecessors` are recognised.
 pub fn attach_lasting(
     obj: &Object,
     name: &'static str,
     ifindex: u32,
-    predecessor: Option<u32>,
+    predecessors: &[u32],
 ) -> Result<Attachment, XdpError> {
     let (prog, index) = program_for(obj, name, ifindex)?;
     let xdp = libbpf_rs::Xdp::new(prog.as_fd());
@@ -658,7 +658,7 @@ pub fn attach_lasting(
         .map_err(bpf(format!("querying interface {ifindex}")))?;
     let attached = if there == 0 {
         xdp.attach(index, libbpf_rs::XdpFlags::UPDATE_IF_NOEXIST)
-    } else if Some(there) == predecessor || is_named(there, name) {
+    } else if predecessors.contains(&there) || is_named(there, name) {
         // A netlink attachment over another replaces it atomically.
         xdp.attach(index, libbpf_rs::XdpFlags::NONE)
     } else {
@@ -707,10 +707,10 @@ fn is_named(id: u32, name: &str) -> bool {
 }
 
 /// Detach kxdp's steering program from interface `ifindex` of the calling thread's namespace
-/// if it is there (left by an agent that stopped, for its successor): program `recorded`
-/// (the last agent's, from its state directory), or one named as kxdp's; whether it was.
+/// if it is there (left by an agent that stopped, for its successor): one of `recorded` (the
+/// last agents', from their state directory), or one named as kxdp's; whether it was.
 /// Another program is left alone.
-pub fn detach_lasting(ifindex: u32, recorded: Option<u32>) -> Result<bool, XdpError> {
+pub fn detach_lasting(ifindex: u32, recorded: &[u32]) -> Result<bool, XdpError> {
     let index = i32::try_from(ifindex).expect("ifindex fits in i32");
     let query = |e| bpf(format!("querying interface {ifindex}"))(e);
     // Any program's descriptor serves for a query (libbpf reads only the interface).
@@ -732,7 +732,7 @@ pub fn detach_lasting(ifindex: u32, recorded: Option<u32>) -> Result<bool, XdpEr
         }
         id
     };
-    if id == 0 || !(Some(id) == recorded || is_named(id, PROGRAM)) {
+    if id == 0 || !(recorded.contains(&id) || is_named(id, PROGRAM)) {
         return Ok(false);
     }
     // Detaching reads only the interface: any descriptor does for the builder.

@@ -534,8 +534,8 @@ struct Control {
     released: Vec<(u32, WallClock)>,
     /// Whether programs are attached to outlive the process ([`Config::state_dir`]).
     lasting: bool,
-    /// The program a predecessor left attached, replaced by ours.
-    predecessor_program: Option<u32>,
+    /// The programs predecessors left attached, replaced by ours.
+    predecessor_programs: Vec<u32>,
 }
 
 /// An interface the control thread attached the program to.
@@ -582,7 +582,7 @@ impl Control {
             .and_then(|()| {
                 let attached = if self.lasting {
                     self.steering
-                        .attach_lasting(index, self.predecessor_program)
+                        .attach_lasting(index, &self.predecessor_programs)
                 } else {
                     self.steering.attach(index)
                 };
@@ -810,12 +810,19 @@ fn control(
             next_base: 0,
             released: Vec::new(),
             lasting: config.state_dir.is_some(),
-            predecessor_program: preparing.as_ref().and_then(|p| p.predecessor_program()),
+            predecessor_programs: preparing
+                .as_ref()
+                .map(|p| p.predecessor_programs().to_vec())
+                .unwrap_or_default(),
         };
         // Whatever fails from here on, the workers started so far stop (closing their
         // sockets) before the start reports, so a retry finds their queues free.
+        // The state directory once taken: released only after the workers have stopped, on
+        // failure too, so no successor adopts a table they may still write.
+        let mut held = None;
         let built = (|| -> Result<_, StartError> {
             let ctl = &mut ctl;
+            let held = &mut held;
             let mut stats = Vec::new();
             for (q, core) in config.workers.iter().enumerate() {
                 let (tx, rx) = mpsc::channel();
@@ -855,13 +862,14 @@ fn control(
             }
             // From here until the sockets are bound, the node's dataplane traffic is dropped
             // (the predecessor's program, without its sockets): keep it short.
-            let (ct, held, mut taken) = match preparing {
+            let (ct, mut taken) = match preparing {
                 Some(p) => {
                     let program = ctl.steering.program_id().map_err(fatal)?;
-                    let (ct, held, taken) = p.take(program).map_err(fatal)?;
-                    (ct, Some(held), Some(taken))
+                    let (ct, taken_dir, taken) = p.take(program).map_err(fatal)?;
+                    *held = Some(taken_dir);
+                    (ct, Some(taken))
                 }
-                None => (Conntrack::new(config.conntrack), None, None),
+                None => (Conntrack::new(config.conntrack), None),
             };
             let ct = Arc::new(ct);
             ctl.ct = Some(Arc::clone(&ct));
@@ -886,20 +894,18 @@ fn control(
             }
             ctl.report_modes();
             let decisions = ctl.steering.decisions().map_err(fatal)?;
-            Ok((
-                Started {
-                    workers: stats,
-                    decisions: Arc::new(decisions),
-                    ct,
-                    taken,
-                },
-                held,
-            ))
+            Ok(Started {
+                workers: stats,
+                decisions: Arc::new(decisions),
+                ct,
+                taken,
+            })
         })();
         match built {
-            Ok((started, held)) => Ok((ctl, started, held)),
+            Ok(started) => Ok((ctl, started, held)),
             Err(e) => {
                 let _ = ctl.stop_workers(&stop);
+                drop(held);
                 Err(e)
             }
         }

@@ -2,20 +2,24 @@
 //! one process holds at a time, and the clock its expiries are on.
 //!
 //! A dataplane started with a state directory ([`crate::runtime::Config::state_dir`]):
-//! 1. locks `DIR/owner` (`flock`); if another process holds it, reads that process's id from
-//!    the file: its predecessor, to be replaced;
+//! 1. locks `DIR/owner` (`flock`); if another process holds it, finds that process in
+//!    `/proc/locks`: its predecessor, to be replaced;
 //! 2. maps `DIR/conntrack` if the file is one it can read ([`Conntrack::open_in`]), else
-//!    prepares a new one beside it (the reason is logged), all while the predecessor runs;
+//!    prepares a new one beside it (`conntrack.new.PID`; the reason is logged), all while the
+//!    predecessor runs;
 //! 3. asks the predecessor to leave (SIGTERM), waits until its lock is released (a
 //!    dataplane releases it as soon as its workers have stopped, and the kernel does when a
-//!    process dies), and kills it if it has not left within [`LEAVE`];
-//! 4. takes the file over ([`Conntrack::adopt`]) or puts the new one in its place, and
-//!    writes its own process id into `DIR/owner` and its steering program's id into
-//!    `DIR/program`: the program that stays attached after it, which the next agent (or
-//!    `kxdp uninstall`) knows as kxdp's by that id, without the privilege of reading names.
+//!    process dies), and kills it if it has not left within [`LEAVE`]; a predecessor in
+//!    another PID namespace (another container) is only waited for;
+//! 4. takes the file over ([`Conntrack::adopt`]; if the file was replaced meanwhile, the one
+//!    there now) or puts the new one in its place, and writes its own process id into
+//!    `DIR/owner` and its steering program's id at the head of `DIR/programs`: the programs
+//!    that stay attached after agents, which the next agent (or `kxdp uninstall`) knows as
+//!    kxdp's by their ids, without the privilege of reading names.
 //!
 //! The directory should be on a tmpfs (`/run` is one on most distributions): a mapped file
-//! there is memory. On a disk file system the kernel would write every change to conntrack
+//! there is memory, allocated whole when the file is made (a full tmpfs fails the start
+//! rather than a worker's write). On a disk file system the kernel would write every change to conntrack
 //! back to the disk, so the state is then kept in process memory instead, with a warning.
 
 use std::fs::File;
@@ -64,7 +68,8 @@ pub fn clock_id() -> std::io::Result<[u8; 16]> {
 /// How the state directory was found, for the log.
 #[derive(Debug)]
 pub struct Taken {
-    /// The process replaced, if one held the directory.
+    /// The process replaced, if one held the directory: its pid, 0 if it runs in another PID
+    /// namespace (a container), where it could only be waited for.
     pub predecessor: Option<u32>,
     /// Whether it had to be killed.
     pub killed: bool,
@@ -93,34 +98,42 @@ pub struct Held {
 #[derive(Debug)]
 pub struct Preparing {
     dir: PathBuf,
+    config: ConntrackConfig,
+    clock: [u8; 16],
     owner: File,
     predecessor: Option<u32>,
-    program: Option<u32>,
+    programs: Vec<u32>,
     conntrack: Prepared,
 }
 
 #[derive(Debug)]
 enum Prepared {
-    /// The file there, mapped, to be adopted.
-    Existing(Conntrack),
-    /// A new one at `DIR/conntrack.new`, to replace it; why the file there was not taken.
-    Fresh(Conntrack, String),
+    /// The file there (device and inode), mapped, to be adopted.
+    Existing(Conntrack, (u64, u64)),
+    /// A new one at this path in the directory, to replace it; why the file there was not
+    /// taken.
+    Fresh(Conntrack, PathBuf, String),
 }
 
-/// The steering program the last agent with state directory `dir` recorded (`DIR/program`).
-pub fn recorded_program(dir: &Path) -> Option<u32> {
-    std::fs::read_to_string(dir.join("program"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// How many steering programs `DIR/programs` remembers: kxdp's own, known by id where the
+/// privilege to read a program's name (CAP_SYS_ADMIN) is missing. An agent that died before
+/// it replaced its predecessor's program on every interface leaves that one in place, so a
+/// few generations are kept.
+const PROGRAMS_KEPT: usize = 8;
+
+/// The steering programs the last agents with state directory `dir` attached, newest first
+/// (`DIR/programs`).
+pub fn recorded_programs(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("programs"))
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
-/// Whether `dir`'s file system keeps files in memory (tmpfs, ramfs, hugetlbfs).
+/// Whether `dir`'s file system keeps files in memory and takes them as written (tmpfs,
+/// ramfs; not hugetlbfs, whose files cannot be written or sized that way).
 pub fn in_memory(dir: &Path) -> std::io::Result<bool> {
     const TMPFS: i64 = 0x0102_1994;
     const RAMFS: i64 = 0x8584_58f6_u32 as i64;
-    const HUGETLBFS: i64 = 0x9584_58f6_u32 as i64;
     let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|_| std::io::Error::other("NUL in path"))?;
     // SAFETY: an all-zero statfs is a valid value for statfs to overwrite.
@@ -131,7 +144,7 @@ pub fn in_memory(dir: &Path) -> std::io::Result<bool> {
     }
     #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86-64, not everywhere
     let kind = st.f_type as i64;
-    Ok(matches!(kind, TMPFS | RAMFS | HUGETLBFS))
+    Ok(matches!(kind, TMPFS | RAMFS))
 }
 
 fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
@@ -160,49 +173,90 @@ fn write_pid(owner: &mut File) -> std::io::Result<()> {
     writeln!(owner, "{}", std::process::id())
 }
 
-/// The process holding state directory `dir`, if one does.
+/// The file's device and inode.
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// The process holding state directory `dir`, if one does: its pid as this process's PID
+/// namespace sees it, 0 if it runs in another. Takes no lock of its own.
 pub fn holder(dir: &Path) -> std::io::Result<Option<u32>> {
-    let owner = match File::open(dir.join("owner")) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    match flock(&owner, libc::LOCK_SH | libc::LOCK_NB) {
-        // Free (ours for a moment, released as `owner` closes).
-        Ok(()) => Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => lock_holder(&owner).map(Some),
+    match std::fs::metadata(dir.join("owner")) {
+        Ok(meta) => lock_holder(&meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// The process holding the `flock` on `file`, as the kernel lists it in `/proc/locks` (not
-/// as the file says: a holder that just took the lock may not have written its id yet).
-fn lock_holder(file: &File) -> std::io::Result<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = file.metadata()?;
-    let dev = meta.dev();
-    let wanted = format!(
-        "{:02x}:{:02x}:{}",
-        libc::major(dev),
-        libc::minor(dev),
-        meta.ino()
-    );
+/// The process holding the exclusive `flock` on the file `meta` describes, as the kernel
+/// lists it in `/proc/locks` (not as the file says: a holder that just took the lock may not
+/// have written its id yet).
+fn lock_holder(meta: &std::fs::Metadata) -> std::io::Result<Option<u32>> {
+    let (dev, ino) = identity(meta);
+    let wanted = format!("{:02x}:{:02x}:{ino}", libc::major(dev), libc::minor(dev));
     let locks = std::fs::read_to_string("/proc/locks")?;
-    parse_lock_holder(&locks, &wanted).ok_or_else(|| {
-        std::io::Error::other("the lock is held, but /proc/locks lists no holder (it just left?)")
-    })
+    Ok(parse_lock_holder(&locks, &wanted))
 }
 
-/// The pid of the granted `FLOCK` on `file` (`MAJ:MIN:INODE`) in `/proc/locks`' text.
+/// The pid of the granted exclusive `FLOCK` on `file` (`MAJ:MIN:INODE`) in `/proc/locks`'
+/// text (0 for a holder in another PID namespace).
 fn parse_lock_holder(locks: &str, file: &str) -> Option<u32> {
     locks.lines().find_map(|line| {
         // `N: FLOCK  ADVISORY  WRITE PID MAJ:MIN:INODE START END`; waiters have `->`.
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
-            [_, "FLOCK", _, _, pid, f, ..] if *f == file => pid.parse().ok(),
+            [_, "FLOCK", _, "WRITE", pid, f, ..] if *f == file => pid.parse().ok(),
             _ => None,
         }
     })
+}
+
+/// The conntrack file of `dir` mapped if it is one this build reads, else a new one beside it
+/// (named for this process, so that no two agents preparing at once share one).
+fn prepare_conntrack(
+    dir: &Path,
+    config: ConntrackConfig,
+    clock: [u8; 16],
+) -> Result<Prepared, String> {
+    let fail =
+        |what: &str, e: std::io::Error| format!("state directory {}: {what}: {e}", dir.display());
+    let existing = match File::options()
+        .read(true)
+        .write(true)
+        .open(dir.join("conntrack"))
+    {
+        Ok(file) => file.metadata().map_err(|e| e.to_string()).and_then(|meta| {
+            Conntrack::open_in(config, &file, clock)
+                .map(|ct| (ct, identity(&meta)))
+                .map_err(|e| match e {
+                    OpenError::Refused(why) => why,
+                    OpenError::Io(e) => e.to_string(),
+                })
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("there was none".into()),
+        Err(e) => Err(e.to_string()),
+    };
+    match existing {
+        Ok((ct, id)) => Ok(Prepared::Existing(ct, id)),
+        Err(why) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let name = format!("conntrack.new.{}", std::process::id());
+            let path = dir.join(&name);
+            // Left by a process of the same id that died preparing.
+            let _ = std::fs::remove_file(&path);
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| fail(&name, e))?;
+            let ct = Conntrack::create_in(config, &file, clock)
+                .map_err(|e| fail(&format!("sizing {name}"), e))?;
+            Ok(Prepared::Fresh(ct, path, why))
+        }
+    }
 }
 
 impl Preparing {
@@ -232,101 +286,96 @@ impl Preparing {
                     break;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                    match lock_holder(&owner) {
-                        Ok(pid) => {
+                    let meta = owner.metadata().map_err(|e| fail("owner", e))?;
+                    match lock_holder(&meta).map_err(|e| fail("reading /proc/locks", e))? {
+                        Some(pid) => {
                             predecessor = Some(pid);
                             break;
                         }
-                        Err(e) if last => return Err(fail("finding who holds owner", e)),
-                        Err(_) => {}
+                        None if last => {
+                            return Err(format!(
+                                "state directory {}: its lock is held, but /proc/locks names no \
+                                 holder",
+                                dir.display()
+                            ))
+                        }
+                        None => {}
                     }
                 }
                 Err(e) => return Err(fail("locking owner", e)),
             }
         }
         let clock = clock_id().map_err(|e| fail("reading the boot id", e))?;
-        let path = dir.join("conntrack");
-        let existing = match File::options().read(true).write(true).open(&path) {
-            Ok(file) => Conntrack::open_in(config, &file, clock).map_err(|e| match e {
-                OpenError::Refused(why) => why,
-                OpenError::Io(e) => e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("there was none".into()),
-            Err(e) => Err(e.to_string()),
-        };
-        let conntrack = match existing {
-            Ok(ct) => Prepared::Existing(ct),
-            Err(why) => {
-                let new = dir.join("conntrack.new");
-                let file = open_rw(&new).map_err(|e| fail("conntrack.new", e))?;
-                let ct = Conntrack::create_in(config, &file, clock)
-                    .map_err(|e| fail("sizing conntrack.new", e))?;
-                Prepared::Fresh(ct, why)
-            }
-        };
+        let conntrack = prepare_conntrack(dir, config, clock)?;
         Ok(Preparing {
             dir: dir.to_owned(),
+            config,
+            clock,
             owner,
             predecessor,
-            program: recorded_program(dir),
+            programs: recorded_programs(dir),
             conntrack,
         })
     }
 
-    /// The process holding the directory now, if any.
+    /// The process holding the directory now, if any (0: in another PID namespace).
     pub fn predecessor(&self) -> Option<u32> {
         self.predecessor
     }
 
-    /// The steering program the last holder left attached, if it recorded one.
-    pub fn predecessor_program(&self) -> Option<u32> {
-        self.program
+    /// The steering programs earlier agents left attached, newest first.
+    pub fn predecessor_programs(&self) -> &[u32] {
+        &self.programs
     }
 
     /// Have the predecessor leave (see the module), then take its flows over: the table to
     /// run with, the held directory and what happened. `program` is this process's steering
     /// program, recorded for the next.
     pub fn take(mut self, program: u32) -> Result<(Conntrack, Held, Taken), String> {
+        let fail = |what: &str, e: std::io::Error| {
+            format!("state directory {}: {what}: {e}", self.dir.display())
+        };
         let started = WallClock::now();
         let killed = match self.predecessor {
             Some(pid) => self.wait_for(pid)?,
             None => false,
         };
+        let waited = started.elapsed();
+        if self.predecessor.is_some() {
+            write_pid(&mut self.owner).map_err(|e| fail("writing owner", e))?;
+        }
+        let mut programs = vec![program];
+        programs.extend(self.programs.iter().filter(|id| **id != program));
+        programs.truncate(PROGRAMS_KEPT);
+        let text: String = programs.iter().map(|id| format!("{id}\n")).collect();
+        std::fs::write(self.dir.join("programs"), text).map_err(|e| fail("writing programs", e))?;
+        // The file mapped while the predecessor ran may have been replaced since (by another
+        // agent that took the directory first and then left): take what is there now.
+        if let Prepared::Existing(_, id) = &self.conntrack {
+            let now_there = std::fs::metadata(self.dir.join("conntrack")).map(|m| identity(&m));
+            if now_there.ok() != Some(*id) {
+                self.conntrack = prepare_conntrack(&self.dir, self.config, self.clock)?;
+            }
+        }
         let mut taken = Taken {
             predecessor: self.predecessor,
             killed,
-            waited: started.elapsed(),
+            waited,
             adopted: None,
             fresh_because: None,
             taken_at: WallClock::now(),
             dark: Duration::ZERO,
         };
-        if self.predecessor.is_some() {
-            write_pid(&mut self.owner).map_err(|e| {
-                format!("state directory {}: writing owner: {e}", self.dir.display())
-            })?;
-        }
-        std::fs::write(self.dir.join("program"), format!("{program}\n")).map_err(|e| {
-            format!(
-                "state directory {}: writing program: {e}",
-                self.dir.display()
-            )
-        })?;
         let ct = match self.conntrack {
-            Prepared::Existing(ct) => {
+            Prepared::Existing(ct, _) => {
                 let t = WallClock::now();
                 let adopted = ct.adopt(now());
                 taken.adopted = Some((adopted, t.elapsed()));
                 ct
             }
-            Prepared::Fresh(ct, why) => {
-                std::fs::rename(self.dir.join("conntrack.new"), self.dir.join("conntrack"))
-                    .map_err(|e| {
-                        format!(
-                            "state directory {}: placing conntrack: {e}",
-                            self.dir.display()
-                        )
-                    })?;
+            Prepared::Fresh(ct, path, why) => {
+                std::fs::rename(&path, self.dir.join("conntrack"))
+                    .map_err(|e| fail("placing conntrack", e))?;
                 taken.fresh_because = Some(why);
                 ct
             }
@@ -334,37 +383,65 @@ impl Preparing {
         Ok((ct, Held { _owner: self.owner }, taken))
     }
 
-    /// SIGTERM `pid`, and wait for the lock it holds; SIGKILL it after [`LEAVE`]. Whether it
-    /// was killed.
+    /// Wait for the lock `pid` holds: SIGTERM it, and SIGKILL it after [`LEAVE`], as long as
+    /// it is still the holder (never a process that took the lock since, nor a pid that may
+    /// have been reused). A holder in another PID namespace (pid 0) cannot be signalled from
+    /// here: it is waited for, as its own supervisor stops it (a DaemonSet's rolling update).
+    /// Whether it was killed.
     fn wait_for(&self, pid: u32) -> Result<bool, String> {
+        let dir = self.dir.display();
         let signal = |sig| {
-            // SAFETY: kill() sends a signal; it touches no memory of ours.
+            // SAFETY: kill() sends a signal; it touches no memory of ours. `pid` is positive
+            // (checked by the callers below): never 0 (our process group) or -1 (everyone).
             unsafe { libc::kill(pid as libc::pid_t, sig) }
         };
-        // Gone already (its lock is then free, and taken below).
-        let _ = signal(libc::SIGTERM);
         let asked = WallClock::now();
+        let mut termed = false;
         let mut killed = false;
         loop {
             match flock(&self.owner, libc::LOCK_EX | libc::LOCK_NB) {
                 Ok(()) => return Ok(killed),
                 Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {}
-                Err(e) => {
+                Err(e) => return Err(format!("state directory {dir}: locking owner: {e}")),
+            }
+            let meta = self
+                .owner
+                .metadata()
+                .map_err(|e| format!("state directory {dir}: owner: {e}"))?;
+            let now_held_by = lock_holder(&meta)
+                .map_err(|e| format!("state directory {dir}: reading /proc/locks: {e}"))?;
+            match now_held_by {
+                // Released between the try and the look: try again at once.
+                None => continue,
+                Some(other) if other != pid => {
                     return Err(format!(
-                        "state directory {}: locking owner: {e}",
-                        self.dir.display()
+                        "state directory {dir}: another agent (pid {other}) took it over first"
                     ))
                 }
+                Some(_) => {}
             }
-            if !killed && asked.elapsed() > LEAVE {
-                let _ = signal(libc::SIGKILL);
+            if pid > 0 && !termed {
+                signal(libc::SIGTERM);
+                termed = true;
+            }
+            if pid > 0 && !killed && asked.elapsed() > LEAVE {
+                signal(libc::SIGKILL);
                 killed = true;
             }
             if asked.elapsed() > 2 * LEAVE {
-                return Err(format!(
-                    "state directory {}: process {pid} holds it and did not leave when killed",
-                    self.dir.display()
-                ));
+                return Err(if pid > 0 {
+                    format!(
+                        "state directory {dir}: process {pid} holds it and did not leave when \
+                         killed"
+                    )
+                } else {
+                    format!(
+                        "state directory {dir}: an agent in another PID namespace holds it and \
+                         did not leave within {:?}: stop it (delete its pod), or run agents \
+                         with the host's PID namespace so that the new one can ask it to leave",
+                        2 * LEAVE
+                    )
+                });
             }
             std::thread::sleep(Duration::from_micros(100));
         }
@@ -380,10 +457,65 @@ mod tests {
         let locks = "1: POSIX  ADVISORY  WRITE 700 00:1a:99 0 EOF\n\
                      2: FLOCK  ADVISORY  WRITE 812 fd:00:1234 0 EOF\n\
                      2: -> FLOCK  ADVISORY  WRITE 900 fd:00:1234 0 EOF\n\
-                     3: FLOCK  ADVISORY  WRITE 813 fd:00:12345 0 EOF\n";
+                     3: FLOCK  ADVISORY  WRITE 813 fd:00:12345 0 EOF\n\
+                     4: FLOCK  ADVISORY  READ 814 fd:00:777 0 EOF\n\
+                     5: FLOCK  ADVISORY  WRITE 0 fd:00:888 0 EOF\n";
         assert_eq!(parse_lock_holder(locks, "fd:00:1234"), Some(812));
         assert_eq!(parse_lock_holder(locks, "fd:00:12345"), Some(813));
         assert_eq!(parse_lock_holder(locks, "00:1a:99"), None);
+        // A shared lock is no holder's; a holder in another PID namespace shows as 0.
+        assert_eq!(parse_lock_holder(locks, "fd:00:777"), None);
+        assert_eq!(parse_lock_holder(locks, "fd:00:888"), Some(0));
+    }
+
+    #[test]
+    fn a_holder_is_asked_to_leave_and_its_table_taken_over() {
+        let dir = std::env::temp_dir().join(format!("kxdp-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = ConntrackConfig {
+            capacity: 64,
+            ..ConntrackConfig::default()
+        };
+        // A first owner, gone: its table is in the file, its program recorded.
+        let (ct, held, taken) = Preparing::start(&dir, config).unwrap().take(7).unwrap();
+        assert_eq!(taken.predecessor, None);
+        assert_eq!(taken.fresh_because.as_deref(), Some("there was none"));
+        let t = now();
+        let (o, r) = (
+            kxdp_dataplane::flow::FlowKey::new(6, [10, 0, 0, 1].into(), 1, [10, 0, 0, 2].into(), 2),
+            kxdp_dataplane::flow::FlowKey::new(6, [10, 0, 0, 2].into(), 2, [10, 0, 0, 1].into(), 1),
+        );
+        ct.insert(o, r, 0x02, t).unwrap();
+        drop((ct, held));
+        // A running holder (flock(1), which holds the lock itself and leaves on SIGTERM).
+        let mut holder = std::process::Command::new("flock")
+            .arg("-o")
+            .arg(dir.join("owner"))
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("flock(1) from util-linux");
+        let pid = holder.id();
+        let deadline = WallClock::now() + Duration::from_secs(5);
+        while holder_of(&dir) != Some(pid) {
+            assert!(WallClock::now() < deadline, "flock never took the lock");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let preparing = Preparing::start(&dir, config).unwrap();
+        assert_eq!(preparing.predecessor(), Some(pid));
+        assert_eq!(preparing.predecessor_programs(), &[7]);
+        let (ct, _held, taken) = preparing.take(9).unwrap();
+        assert_eq!((taken.predecessor, taken.killed), (Some(pid), false));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(holder.wait().unwrap().signal(), Some(libc::SIGTERM));
+        assert_eq!(taken.adopted.map(|(a, _)| a.flows), Some(1));
+        assert!(ct.lookup(&r, now()).is_some(), "the flow, both ways");
+        assert_eq!(recorded_programs(&dir), vec![9, 7]);
+        assert_eq!(holder_of(&dir), Some(std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn holder_of(dir: &Path) -> Option<u32> {
+        holder(dir).unwrap()
     }
 
     #[test]

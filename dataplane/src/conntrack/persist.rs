@@ -73,8 +73,9 @@ fn header(config: &ConntrackConfig, clock: [u8; 16]) -> [u8; HEADER_BYTES] {
 }
 
 impl Conntrack {
-    /// An empty table for `config` in `file`, which is cut to nothing and sized for it; its
-    /// expiries are on the clock `clock` names. The file must be one no other process maps.
+    /// An empty table for `config` in `file`, which is cut to nothing and sized for it, every
+    /// byte allocated (a full file system fails this call, not a later write); its expiries
+    /// are on the clock `clock` names. The file must be one no other process maps.
     pub fn create_in(
         config: ConntrackConfig,
         file: &File,
@@ -82,7 +83,7 @@ impl Conntrack {
     ) -> std::io::Result<Self> {
         let (_, _, end) = Conntrack::file_layout(&config);
         file.set_len(0)?;
-        file.set_len(end)?;
+        crate::hugemem::allocate(file, end)?;
         file.write_all_at(&header(&config, clock), 0)?;
         Conntrack::in_file(config, file)
     }
@@ -142,6 +143,8 @@ impl Conntrack {
                 "it is {len} bytes long, its header says {end}"
             )));
         }
+        // Whatever its writer left unallocated (nothing, if it made the file here).
+        crate::hugemem::allocate(file, end)?;
         Ok(Conntrack::in_file(config, file)?)
     }
 }

@@ -1,7 +1,8 @@
 //! Write the seed corpora: every named case of the fixture topology (the frames the pipeline
 //! tests and benches use), as `parse` takes them (a frame) and as `pipeline` takes them (a
-//! record of interface selector, length, frame), and the embedded default manifest for
-//! `manifest`. Run from this folder: `cargo run --example seeds`.
+//! record of interface selector, length, frame), the embedded default manifest for
+//! `manifest`, a plugin configuration as a runtime hands it over for `cni`, and a run of every
+//! operation for `conntrack`. Run from this folder: `cargo run --example seeds`.
 
 use kxdp_testkit::{tcp_flags as f, Input, Topology};
 
@@ -22,7 +23,13 @@ fn main() -> std::io::Result<()> {
             .position(|i| *i == iface)
             .unwrap_or(4) as u8
     };
-    for dir in ["corpus/parse", "corpus/pipeline", "corpus/manifest"] {
+    for dir in [
+        "corpus/parse",
+        "corpus/pipeline",
+        "corpus/manifest",
+        "corpus/cni",
+        "corpus/conntrack",
+    ] {
         std::fs::create_dir_all(dir)?;
     }
     let mut batch = Vec::new();
@@ -39,5 +46,22 @@ fn main() -> std::io::Result<()> {
         "corpus/manifest/default",
         include_str!("../../../control/manifests/default.yaml"),
     )?;
+    // The plugin's entry of deploy/kxdp.yaml's conflist, as a runtime passes it (name and
+    // version from the list), with a previous plugin's result.
+    std::fs::write(
+        "corpus/cni/config",
+        r#"{"cniVersion":"1.1.0","name":"kxdp","type":"kxdp-cni","subnetFile":"/run/kxdp/subnet.env","dataDir":"/var/lib/kxdp/ipam","agentAddress":"127.0.0.1:9901","prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.244.1.5/24","gateway":"10.244.1.1","interface":0}]}}"#,
+    )?;
+    // conntrack: records of (operation, four key bytes); each operation a few times over
+    // colliding keys, then an adoption and a removal.
+    let mut ops = Vec::new();
+    for (i, op) in [0u8, 1, 0, 3, 1, 2, 4, 5, 6, 0, 1, 5, 2, 3]
+        .iter()
+        .enumerate()
+    {
+        let i = i as u8;
+        ops.extend([*op, 0x80 | i, i / 2, 0x02 | (i << 2), i]);
+    }
+    std::fs::write("corpus/conntrack/ops", &ops)?;
     Ok(())
 }

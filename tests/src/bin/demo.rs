@@ -132,7 +132,7 @@ fn run() -> Result<bool, String> {
         }
     };
     println!(
-        "[teardown] SIGTERM to both agents (they detach their XDP programs), then the namespaces"
+        "[teardown] SIGTERM to both agents (their XDP programs stay, dropping, for a successor), then the namespaces (and the programs with them)"
     );
     let mut clean = true;
     for (node, name) in NODES.iter().enumerate() {

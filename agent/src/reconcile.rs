@@ -107,7 +107,7 @@ impl Agent {
             cores: config.cores.clone(),
             mode: config.mode,
             conntrack_size: config.conntrack_size,
-            state_dir: lasting_state(config.state_dir.as_deref()),
+            state_dir: config.state_dir.clone(),
             compiler: Compiler::new(settings),
             dataplane: None,
             served: BTreeMap::new(),
@@ -580,7 +580,7 @@ impl Agent {
 /// The state directory to run with: `dir` if its file system keeps files in memory. On a disk
 /// the kernel would write conntrack's every change back to it, so the state then stays in the
 /// process (and the programs are detached when the agent stops), with a warning.
-fn lasting_state(dir: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+pub(crate) fn lasting_state(dir: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
     let dir = dir?;
     let existing = dir.ancestors().find(|d| d.exists())?;
     match kxdp_xdp::state::in_memory(existing) {

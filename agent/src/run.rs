@@ -398,7 +398,9 @@ fn predecessor_left(config: &AgentConfig, predecessor: Option<u32>) -> bool {
             != predecessor
 }
 
-async fn run_async(config: AgentConfig, open_files: u64) -> Result<(), AgentError> {
+async fn run_async(mut config: AgentConfig, open_files: u64) -> Result<(), AgentError> {
+    // The state directory in effect: none where files are not kept in memory.
+    config.state_dir = crate::reconcile::lasting_state(config.state_dir.as_deref());
     let net = NodeNet::connect().map_err(|e| AgentError::Other(e.to_string()))?;
     let (uplink_index, mut settings) = node_settings(&config, &net).await?;
     let source_name = match config.source {

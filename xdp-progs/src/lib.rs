@@ -712,36 +712,20 @@ fn is_named(id: u32, name: &str) -> bool {
 /// Another program is left alone.
 pub fn detach_lasting(ifindex: u32, recorded: &[u32]) -> Result<bool, XdpError> {
     let index = i32::try_from(ifindex).expect("ifindex fits in i32");
-    let query = |e| bpf(format!("querying interface {ifindex}"))(e);
-    // Any program's descriptor serves for a query (libbpf reads only the interface).
-    let id = {
-        let mut id = 0;
-        for flags in [libbpf_rs::XdpFlags::DRV_MODE, libbpf_rs::XdpFlags::SKB_MODE] {
-            // SAFETY: bpf_xdp_query_id writes one u32, which `id` is.
-            let rc = unsafe {
-                libbpf_rs::libbpf_sys::bpf_xdp_query_id(index, flags.bits() as i32, &mut id)
-            };
-            if rc != 0 {
-                return Err(query(libbpf_rs::Error::from(
-                    std::io::Error::from_raw_os_error(-rc),
-                )));
-            }
-            if id != 0 {
-                break;
-            }
-        }
-        id
-    };
-    if id == 0 || !(recorded.contains(&id) || is_named(id, PROGRAM)) {
-        return Ok(false);
-    }
-    // Detaching reads only the interface: any descriptor does for the builder.
+    // Querying and detaching read only the interface: any descriptor does for the builder
+    // (without CAP_SYS_ADMIN there is no program's to be had).
     let any = std::fs::File::open("/dev/null").map_err(|e| XdpError::Bpf {
         what: "opening /dev/null".into(),
         source: libbpf_rs::Error::from(e),
     })?;
-    libbpf_rs::Xdp::new(any.as_fd())
-        .detach(index, libbpf_rs::XdpFlags::NONE)
+    let xdp = libbpf_rs::Xdp::new(any.as_fd());
+    let id = xdp
+        .query_id(index, libbpf_rs::XdpFlags::NONE)
+        .map_err(bpf(format!("querying interface {ifindex}")))?;
+    if id == 0 || !(recorded.contains(&id) || is_named(id, PROGRAM)) {
+        return Ok(false);
+    }
+    xdp.detach(index, libbpf_rs::XdpFlags::NONE)
         .map_err(bpf(format!("detaching from interface {ifindex}")))?;
     Ok(true)
 }

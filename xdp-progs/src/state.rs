@@ -318,11 +318,6 @@ impl Preparing {
         })
     }
 
-    /// The process holding the directory now, if any (0: in another PID namespace).
-    pub fn predecessor(&self) -> Option<u32> {
-        self.predecessor
-    }
-
     /// The steering programs earlier agents left attached, newest first.
     pub fn predecessor_programs(&self) -> &[u32] {
         &self.programs
@@ -501,7 +496,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let preparing = Preparing::start(&dir, config).unwrap();
-        assert_eq!(preparing.predecessor(), Some(pid));
         assert_eq!(preparing.predecessor_programs(), &[7]);
         let (ct, _held, taken) = preparing.take(9).unwrap();
         assert_eq!((taken.predecessor, taken.killed), (Some(pid), false));

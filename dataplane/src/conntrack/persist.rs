@@ -103,19 +103,11 @@ impl Conntrack {
         if read < HEADER_BYTES || found[0..8] != wanted[0..8] {
             return Err(OpenError::Refused("not a kxdp conntrack file".into()));
         }
-        let field = |r: std::ops::Range<usize>| {
-            u64::from_le_bytes({
-                let mut w = [0u8; 8];
-                w[..r.len()].copy_from_slice(&found[r]);
-                w
-            })
-        };
-        let want = |r: std::ops::Range<usize>| {
-            u64::from_le_bytes({
-                let mut w = [0u8; 8];
-                w[..r.len()].copy_from_slice(&wanted[r]);
-                w
-            })
+        // A header field (at most 8 bytes, little-endian) as a number.
+        let word = |h: &[u8; HEADER_BYTES], r: std::ops::Range<usize>| {
+            let mut w = [0u8; 8];
+            w[..r.len()].copy_from_slice(&h[r]);
+            u64::from_le_bytes(w)
         };
         for (name, r) in [
             ("layout version", 8..12),
@@ -123,11 +115,10 @@ impl Conntrack {
             ("capacity", 16..24),
             ("index size", 24..32),
         ] {
-            if field(r.clone()) != want(r.clone()) {
+            let (theirs, ours) = (word(&found, r.clone()), word(&wanted, r));
+            if theirs != ours {
                 return Err(OpenError::Refused(format!(
-                    "its {name} is {}, this agent's is {}",
-                    field(r.clone()),
-                    want(r)
+                    "its {name} is {theirs}, this agent's is {ours}"
                 )));
             }
         }

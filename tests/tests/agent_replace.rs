@@ -213,16 +213,28 @@ fn established_flows_of_every_kind_survive_ten_agent_replacements_without_a_rese
         }
         (sent, echoes)
     });
-    // iperf3 through the iperf ClusterIP (served by web-b) for the whole run.
-    let mut iperf_server = Command::new("ip")
-        .args(["netns", "exec", &ns("web-b"), "iperf3", "-s", "-1"])
+    // iperf3 through the iperf ClusterIP (served by web-b) for the whole run; both ends
+    // bounded in time, even if the test fails before the client connects.
+    let mut iperf_server = Command::new("timeout")
+        .args([
+            "60",
+            "ip",
+            "netns",
+            "exec",
+            &ns("web-b"),
+            "iperf3",
+            "-s",
+            "-1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("iperf3 (scripts/install-deps.sh installs it)");
     std::thread::sleep(Duration::from_millis(300));
-    let iperf = Command::new("ip")
+    let iperf = Command::new("timeout")
         .args([
+            "60",
+            "ip",
             "netns",
             "exec",
             &ns("client-a"),

@@ -14,7 +14,7 @@ export PATH := $(KXDP_TOOLS):$(PATH)
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit fuzz bench bench-quick bench-table bench-offload perf-forward perf-control perf-veth perf demo walkthrough
+.PHONY: deps test lint unit fuzz bench bench-quick bench-table bench-offload perf-forward perf-control perf-veth perf soak demo walkthrough
 
 deps:
 	@scripts/install-deps.sh
@@ -88,6 +88,16 @@ perf-veth: deps
 perf: deps
 	cargo build --release --locked -p kxdp-agent --bin kxdp
 	cargo run --release --locked -p kxdp-perf --bin compare -- --out perf/results $(PERF_ARGS)
+
+# The agents under steady load at half of saturation, with pods and services changing every
+# few seconds (root): resident memory, file descriptors, UMEM chunks and conntrack watched on
+# both agents, verdicts in the report. The short profile by default (3 minutes); for the hour:
+# SOAK_ARGS="--minutes 60 --out perf/results". See perf/src/bin/soak.rs for the flags.
+SOAK_ARGS ?=
+soak: deps
+	cargo build --release --locked -p kxdp-agent --bin kxdp
+	cargo build --release --locked -p kxdp-cni --bin kxdp-cni
+	cargo run --release --locked -p kxdp-perf --bin soak -- $(SOAK_ARGS)
 
 # The main job (root): two kxdp nodes in namespaces, `kxdp agent` on each, four pods attached
 # by `kxdp-cni` as a container runtime attaches them, real traffic through pods and services,

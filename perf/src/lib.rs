@@ -9,6 +9,61 @@
 //! iperf3 client's JSON report; [`in_namespace`], [`ipv4_only`] and [`stats`] are what every
 //! measurement uses.
 
+pub mod provenance {
+    //! What a report records about where its figures come from: the commit and the machine.
+
+    /// The commit measured: `git rev-parse --short HEAD`, with `-dirty` when the work tree has
+    /// changes (untracked files included) outside the results folder `out` the run writes;
+    /// `unknown` outside a git checkout.
+    pub fn commit(out: Option<&std::path::Path>) -> String {
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+            return "unknown".into();
+        };
+        let mut status = vec!["status", "--porcelain", "--", "."];
+        let exclude = out.map(|d| format!(":(exclude){}", d.display()));
+        if let Some(x) = &exclude {
+            status.push(x);
+        }
+        let dirty = git(&status).is_none_or(|s| !s.trim().is_empty());
+        format!("{}{}", head.trim(), if dirty { "-dirty" } else { "" })
+    }
+
+    /// The machine this ran on.
+    pub fn machine() -> String {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_else(|| "unknown CPU".into());
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mem = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        format!(
+            "{model}, {cores} cores, {mem:.0} GiB, Linux {}; load average before the run: {}",
+            kernel.trim(),
+            load.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
+}
+
 pub mod baseline;
 pub mod generator;
 pub mod programs;

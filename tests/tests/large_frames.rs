@@ -73,6 +73,31 @@ fn large_frames_cross_a_node_whole() {
         (0.9 * frames..=1.1 * frames + 10.0).contains(&sent),
         "{frames} frames received, {sent} counted as sent"
     );
+    // Every buffer of every frame went back to the free list or to a ring: once the stream is
+    // over, the worker's census (once a second) finds none in its hands.
+    let mut census = String::new();
+    let settled = kxdp_tests::cluster::eventually(Duration::from_secs(5), || {
+        census = c
+            .metrics_get(0, "/metrics", Duration::from_secs(5))
+            .map(|(_, m)| m)
+            .unwrap_or_default();
+        let chunks = |place: &str| {
+            metric(
+                &census,
+                &format!("kxdp_worker_umem_chunks{{worker=\"0\",place=\"{place}\"}}"),
+            )
+        };
+        chunks("held") == 0.0 && chunks("free") + chunks("kernel") > 0.0
+    });
+    assert!(
+        settled,
+        "UMEM chunks lost after a stream of large frames:\n{}",
+        census
+            .lines()
+            .filter(|l| l.starts_with("kxdp_worker_umem_chunks"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 /// The TCP segments namespace `ns`'s kernel dropped for a bad checksum (`InCsumErrors`).

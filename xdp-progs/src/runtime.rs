@@ -772,6 +772,9 @@ impl Control {
 const GC_EVERY: Duration = Duration::from_millis(200);
 const GC_SCAN: usize = 1 << 16;
 
+/// How often a worker counts where its UMEM chunks are (`kxdp_worker_umem_chunks`).
+const CENSUS_EVERY_NS: u64 = 1_000_000_000;
+
 // The thread's whole state, moved in once.
 #[allow(clippy::too_many_arguments)]
 fn control(
@@ -1013,6 +1016,7 @@ fn run_worker(
             Err(_) => return Ok(()),
         }
     };
+    let mut next_census = Instant::from_nanos(0);
     while !w.stop.load(Relaxed) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
@@ -1036,7 +1040,12 @@ fn run_worker(
         worker
             .wait(w.mode)
             .map_err(|e| format!("worker {q}: {e}"))?;
-        worker.run_batches(&w.snap.load(), &ct, crate::state::now());
+        let now = crate::state::now();
+        worker.run_batches(&w.snap.load(), &ct, now);
+        if now >= next_census {
+            worker.census(umem.as_ref());
+            next_census = Instant::from_nanos(now.as_nanos() + CENSUS_EVERY_NS);
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! Nothing here allocates per packet or per batch: batches live in fixed-size arrays.
 
 use std::io;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ use kxdp_dataplane::{
     process_batch, Counters, DropReason, Frame, Instant, Packet, Snapshot, Verdict,
 };
 
-use crate::xsk::{ChunkSink, Desc, Port, MAX_FRAME_DESCS};
+use crate::xsk::{ChunkSink, Chunks, Desc, Port, Umem, MAX_FRAME_DESCS};
 
 /// How a worker waits for frames.
 ///
@@ -120,6 +121,9 @@ pub struct IoCounters {
     iface_rx: Box<[AtomicU64]>,
     /// Frames queued for transmission per interface number.
     iface_tx: Box<[AtomicU64]>,
+    /// The worker's UMEM chunks at its last census ([`Worker::census`]): total, free, the
+    /// kernel's.
+    chunks: [AtomicU64; 3],
 }
 
 impl Default for IoCounters {
@@ -130,6 +134,7 @@ impl Default for IoCounters {
             batch_sizes: Default::default(),
             iface_rx: zeros(),
             iface_tx: zeros(),
+            chunks: Default::default(),
         }
     }
 }
@@ -179,6 +184,16 @@ impl IoCounters {
         IoValues {
             counts: self.counts.each_ref().map(|c| c.load(Relaxed)),
             batch_sizes: self.batch_sizes.each_ref().map(|c| c.load(Relaxed)),
+        }
+    }
+
+    /// Where the worker's UMEM chunks were at its last census (all zero before the first).
+    pub fn chunks(&self) -> Chunks {
+        let [total, free, kernel] = self.chunks.each_ref().map(|c| c.load(Relaxed));
+        Chunks {
+            total,
+            free,
+            kernel,
         }
     }
 
@@ -358,6 +373,25 @@ impl Worker {
         let (_, port) = self.ports.remove(i);
         self.ports_changed();
         Some(port)
+    }
+
+    /// Count the chunks of every UMEM the worker's ports use, and `also` (the worker's own,
+    /// which outlives its ports), into [`IoCounters::chunks`]. Call it between batches, when
+    /// the worker holds no chunk: one then held is one lost. Reads every UMEM's ownership
+    /// records, so call it rarely (once a second).
+    pub fn census(&self, also: Option<&Rc<Umem>>) {
+        let mut seen: Vec<&Rc<Umem>> = also.into_iter().collect();
+        for (_, port) in &self.ports {
+            if !seen.iter().any(|u| Rc::ptr_eq(u, port.umem())) {
+                seen.push(port.umem());
+            }
+        }
+        let sum = seen
+            .iter()
+            .fold(Chunks::default(), |sum, u| sum.plus(u.chunks()));
+        for (c, v) in self.io.chunks.iter().zip([sum.total, sum.free, sum.kernel]) {
+            c.store(v, Relaxed);
+        }
     }
 
     /// The worker's counters, readable from any thread.

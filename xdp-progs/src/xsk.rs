@@ -303,6 +303,22 @@ impl Umem {
         self.free.borrow().len()
     }
 
+    /// Where the chunks are now. Between batches the worker holds none, so a chunk that is
+    /// neither free nor in a ring is one lost.
+    pub fn chunks(&self) -> Chunks {
+        let kernel = self
+            .owner
+            .borrow()
+            .iter()
+            .filter(|o| **o != NO_PORT)
+            .count();
+        Chunks {
+            total: u64::from(self.frames),
+            free: self.free.borrow().len() as u64,
+            kernel: kernel as u64,
+        }
+    }
+
     /// The index of the chunk holding `addr`.
     #[inline]
     fn chunk_index(&self, addr: u64) -> usize {
@@ -464,6 +480,33 @@ impl Drop for ChunkSink<'_> {
     fn drop(&mut self) {
         if let Open::Chunk(base) = self.open {
             self.umem.recycle(base);
+        }
+    }
+}
+
+/// A count of a UMEM's chunks by where they are ([`Umem::chunks`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chunks {
+    /// Chunks in the UMEM.
+    pub total: u64,
+    /// On the free list.
+    pub free: u64,
+    /// In a fill or TX ring: the kernel's until it gives them back.
+    pub kernel: u64,
+}
+
+impl Chunks {
+    /// Chunks neither free nor the kernel's: in the worker's hands.
+    pub fn held(&self) -> u64 {
+        self.total.saturating_sub(self.free + self.kernel)
+    }
+
+    /// The sum of `self` and `other`, field by field.
+    pub fn plus(self, other: Chunks) -> Chunks {
+        Chunks {
+            total: self.total + other.total,
+            free: self.free + other.free,
+            kernel: self.kernel + other.kernel,
         }
     }
 }

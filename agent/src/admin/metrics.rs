@@ -265,6 +265,20 @@ impl Collector for AgentCollector {
         per_entry(enc, "kxdp_worker", &workers, |k: IoCounter, w| io[w].get(k))?;
 
         let dp_workers = state.dataplane.get().map_or(&[][..], |d| &d.workers[..]);
+        let mut chunks = Vec::new();
+        for (w, stats) in dp_workers.iter().enumerate() {
+            let c = stats.io.chunks();
+            for (place, n) in [("free", c.free), ("kernel", c.kernel), ("held", c.held())] {
+                chunks.push(([("worker", w.to_string()), ("place", place.to_owned())], n));
+            }
+        }
+        gauges(
+            enc,
+            "kxdp_worker_umem_chunks",
+            "UMEM chunks by where they were at the worker's last census (once a second, between \
+             batches): free, the kernel's (fill and TX rings), or held by the worker (lost)",
+            chunks,
+        )?;
         let mut rx = Vec::new();
         let mut tx = Vec::new();
         for i in &status.interfaces {

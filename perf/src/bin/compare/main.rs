@@ -90,9 +90,10 @@ use crate::clusters::clusters;
 use crate::iperf::{measure_iperf_at, write_iperf};
 use crate::measure::{measure_cpu, measure_latency, measure_pps, measure_profile};
 use crate::paths::{build, Bench, Path};
-use crate::report::{commit, machine, Report};
+use crate::report::Report;
 use crate::settings::{capture, diff_table, Device};
 use crate::svg::svg;
+use kxdp_perf::provenance::{commit, machine};
 
 /// The settings section's table for one comparison, and the differences it found.
 fn settings_table(md: &mut String, what: &str, kernel: &[Device], kxdp: &[Device]) {

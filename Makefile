@@ -14,7 +14,7 @@ export PATH := $(KXDP_TOOLS):$(PATH)
 # Short criterion runs, enough for the figures to show in CI's log.
 QUICK_BENCH := --warm-up-time 0.3 --measurement-time 1
 
-.PHONY: deps test lint unit fuzz bench bench-quick bench-table bench-offload perf-forward perf-control perf-veth perf soak demo walkthrough
+.PHONY: deps test lint unit fuzz bench bench-quick bench-table bench-offload perf-forward perf-control perf-veth perf-takeover perf soak demo walkthrough
 
 deps:
 	@scripts/install-deps.sh
@@ -80,6 +80,14 @@ perf-veth: deps
 	cargo build --release --locked -p kxdp-agent --bin kxdp
 	cargo build --release --locked -p kxdp-cni --bin kxdp-cni
 	cargo run --release --locked -p kxdp-perf --bin veth_served -- $(VETH_ARGS)
+
+# How long pods go without service while node-a's agent is replaced (root): a takeover by a
+# new agent and a restart after SIGKILL, TAKEOVER_ARGS="--rounds N --pods N" (more pods, more
+# sockets to close and bind). KXDP_BIN picks the agent build.
+perf-takeover: deps
+	cargo build --release --locked -p kxdp-agent --bin kxdp
+	cargo build --release --locked -p kxdp-cni --bin kxdp-cni
+	cargo run --release --locked -p kxdp-perf --bin takeover -- $(TAKEOVER_ARGS)
 
 # kxdp against the kernel path (flannel VXLAN + kube-proxy nftables), side by side in one run,
 # with the veth path's ceilings (root): packets per second, CPU per packet, iperf3, latency.

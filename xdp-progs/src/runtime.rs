@@ -14,6 +14,7 @@
 //! one once per round. Publishing never waits for a worker, a worker never waits on a lock,
 //! and an old snapshot is freed when the last worker that loaded it lets go.
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -532,6 +533,10 @@ struct Control {
     /// Interfaces (by ifindex) whose sockets a removal closed, and when: the kernel frees
     /// their queues shortly after the close.
     released: Vec<(u32, WallClock)>,
+    /// When the state was taken from a predecessor (or, with none, the dataplane started):
+    /// every queue the predecessor held (its pods' too, which are added after the start) is
+    /// being freed by the kernel for [`QUEUE_RELEASE`] after.
+    started: WallClock,
     /// Whether programs are attached to outlive the process ([`Config::state_dir`]).
     lasting: bool,
     /// The programs predecessors left attached, replaced by ours.
@@ -555,8 +560,9 @@ impl Control {
     /// fails once the program is attached, [`Control::remove`] undoes what was done, so a
     /// failed add leaves neither an attachment nor sockets behind, and its XSKMAP slots go
     /// back only once no socket holds them. A busy queue is waited for when it may be one
-    /// kxdp released a moment ago: at start (a kxdp that ran before), or when `m`'s sockets
-    /// were closed lately; held by anyone else, it fails the add at once.
+    /// kxdp released a moment ago: at start and shortly after (a kxdp that ran before, whose
+    /// sockets the kernel frees some time after their close), or when `m`'s sockets were
+    /// closed lately; held by anyone else, it fails the add at once.
     fn add(&mut self, m: &Managed, starting: bool) -> Result<XdpMode, StartError> {
         // The interface may come back (or be renamed back): worth another try.
         let index = ifindex(&m.name)
@@ -615,7 +621,9 @@ impl Control {
         // freed by the kernel shortly after: wait for it here, on the control thread, so
         // that no worker ever sleeps and stalls the traffic of its other ports.
         self.released.retain(|(_, at)| at.elapsed() < QUEUE_RELEASE);
-        let ours = starting || self.released.iter().any(|(i, _)| *i == index);
+        let ours = starting
+            || self.started.elapsed() < QUEUE_RELEASE
+            || self.released.iter().any(|(i, _)| *i == index);
         let mut pause = QUEUE_RELEASE_PAUSE_MIN;
         let opened = loop {
             match self.open_sockets(m, base) {
@@ -812,6 +820,7 @@ fn control(
             free_bases: Vec::new(),
             next_base: 0,
             released: Vec::new(),
+            started: WallClock::now(),
             lasting: config.state_dir.is_some(),
             predecessor_programs: preparing
                 .as_ref()
@@ -839,15 +848,17 @@ fn control(
                     .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
                 let w = WorkerSetup {
                     woken,
-                    queue: q as u32,
                     core: *core,
                     netns: config.netns.clone(),
-                    mode: config.mode,
                     forwarding: config.forwarding,
-                    port: config.port,
                     shared_umem: config.shared_umem,
-                    snap: Arc::clone(&snap),
-                    stop: Arc::clone(&stop),
+                    running: Running {
+                        queue: q as u32,
+                        mode: config.mode,
+                        port: config.port,
+                        snap: Arc::clone(&snap),
+                        stop: Arc::clone(&stop),
+                    },
                 };
                 let thread = std::thread::Builder::new()
                     .name(format!("kxdp-worker-{q}"))
@@ -869,6 +880,7 @@ fn control(
                 Some(p) => {
                     let program = ctl.steering.program_id().map_err(fatal)?;
                     let (ct, taken_dir, taken) = p.take(program).map_err(fatal)?;
+                    ctl.started = WallClock::now();
                     *held = Some(taken_dir);
                     (ct, Some(taken))
                 }
@@ -957,13 +969,18 @@ fn control(
 struct WorkerSetup {
     /// The worker's end of its waker pair.
     woken: std::os::unix::net::UnixDatagram,
-    queue: u32,
     core: Option<usize>,
     netns: Option<String>,
-    mode: Mode,
     forwarding: BatchFn,
-    port: PortConfig,
     shared_umem: bool,
+    running: Running,
+}
+
+/// What a worker needs once it serves.
+struct Running {
+    queue: u32,
+    mode: Mode,
+    port: PortConfig,
     snap: Arc<ArcSwap<Snapshot>>,
     stop: Arc<AtomicBool>,
 }
@@ -973,7 +990,7 @@ fn run_worker(
     commands: mpsc::Receiver<Command>,
     stats: mpsc::Sender<Result<WorkerStats, StartError>>,
 ) -> Result<(), String> {
-    let q = w.queue;
+    let q = w.running.queue;
     let setup = (|| -> Result<_, StartError> {
         if let Some(ns) = &w.netns {
             enter_netns(ns)
@@ -985,7 +1002,7 @@ fn run_worker(
         }
         // One UMEM for all of the worker's sockets, unless each is to have its own.
         w.shared_umem
-            .then(|| Umem::new(w.port).map_err(|e| fatal(format!("worker {q}: UMEM: {e}"))))
+            .then(|| Umem::new(w.running.port).map_err(|e| fatal(format!("worker {q}: UMEM: {e}"))))
             .transpose()
     })();
     let umem = match setup {
@@ -1016,12 +1033,26 @@ fn run_worker(
             Err(_) => return Ok(()),
         }
     };
+    let served = serve(&mut worker, &w.running, &commands, umem.as_ref(), &ct);
+    release(worker, umem);
+    served
+}
+
+/// Run `worker` until told to stop: its commands, then a round of batches, again and again.
+fn serve(
+    worker: &mut Worker,
+    w: &Running,
+    commands: &mpsc::Receiver<Command>,
+    umem: Option<&Rc<Umem>>,
+    ct: &Conntrack,
+) -> Result<(), String> {
+    let q = w.queue;
     let mut next_census = Instant::from_nanos(0);
     while !w.stop.load(Relaxed) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 Command::Add(m, base, reply) => {
-                    let opened = open(&m, q, umem.as_ref(), w.port).map(|port| {
+                    let opened = open(&m, q, umem, w.port).map(|port| {
                         port.map(|port| {
                             let fd = port.fd();
                             worker.add_port(m.id, port);
@@ -1041,13 +1072,47 @@ fn run_worker(
             .wait(w.mode)
             .map_err(|e| format!("worker {q}: {e}"))?;
         let now = crate::state::now();
-        worker.run_batches(&w.snap.load(), &ct, now);
+        worker.run_batches(&w.snap.load(), ct, now);
         if now >= next_census {
-            worker.census(umem.as_ref());
+            worker.census(umem);
             next_census = Instant::from_nanos(now.as_nanos() + CENSUS_EVERY_NS);
         }
     }
     Ok(())
+}
+
+/// Close a stopping worker's sockets and UMEM, all at once. The kernel releases a bound
+/// AF_XDP socket only after an RCU grace period (`xsk_unbind_dev`), so closing them one after
+/// another, as dropping the worker does, takes a grace period per socket, and a successor
+/// waits for every queue to be free. Holding a duplicate of each descriptor makes the worker's
+/// own closes cheap (the kernel releases a socket at its last close); the duplicates are then
+/// closed together, one thread each, so the grace periods overlap. Returns once all are
+/// released.
+fn release(worker: Worker, umem: Option<Rc<Umem>>) {
+    use std::os::fd::{BorrowedFd, OwnedFd};
+    let mut fds = worker.socket_fds();
+    if let Some(u) = &umem {
+        if !fds.contains(&u.fd()) {
+            fds.push(u.fd());
+        }
+    }
+    let copies: Vec<OwnedFd> = fds
+        .into_iter()
+        .filter_map(|fd| {
+            // SAFETY: each descriptor is open until `worker` and `umem` are dropped, below.
+            let open = unsafe { BorrowedFd::borrow_raw(fd) };
+            open.try_clone_to_owned().ok()
+        })
+        .collect();
+    drop(worker);
+    drop(umem);
+    std::thread::scope(|s| {
+        for fd in copies {
+            // A thread that cannot be made drops its closure, and so closes the descriptor
+            // here, in turn.
+            let _ = std::thread::Builder::new().spawn_scoped(s, move || drop(fd));
+        }
+    });
 }
 
 /// Worker `q`'s socket on `m` (on the worker's UMEM if given, else on its own), or none if `m`

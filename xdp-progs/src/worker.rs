@@ -394,6 +394,20 @@ impl Worker {
         }
     }
 
+    /// The descriptors of the worker's sockets and of their UMEMs' own (on which each UMEM's
+    /// first socket is bound), each once.
+    pub fn socket_fds(&self) -> Vec<i32> {
+        let mut fds: Vec<i32> = Vec::new();
+        for (_, port) in &self.ports {
+            for fd in [port.fd(), port.umem().fd()] {
+                if !fds.contains(&fd) {
+                    fds.push(fd);
+                }
+            }
+        }
+        fds
+    }
+
     /// The worker's counters, readable from any thread.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters

@@ -298,6 +298,13 @@ impl Umem {
         unsafe { std::slice::from_raw_parts(start, d.len as usize) }
     }
 
+    /// The UMEM's own descriptor, on which its first socket is bound (see the module
+    /// documentation).
+    pub fn fd(&self) -> i32 {
+        // SAFETY: the UMEM is live until drop.
+        unsafe { xdp::xsk_umem__fd(self.umem) }
+    }
+
     /// Chunks on the free list.
     pub fn free_chunks(&self) -> usize {
         self.free.borrow().len()
@@ -948,8 +955,7 @@ impl Drop for Port {
         if self.xsk.is_null() {
             return;
         }
-        // SAFETY: the UMEM is live (our `Rc`).
-        let on_umem_fd = self.fd() == unsafe { xdp::xsk_umem__fd(self.umem.umem) };
+        let on_umem_fd = self.fd() == self.umem.fd();
         // SAFETY: the socket is live and deleted once; the UMEM outlives it (our `Rc`).
         unsafe { xdp::xsk_socket__delete(self.xsk) };
         // Closing the socket released it: the kernel no longer reads its fill ring or sends

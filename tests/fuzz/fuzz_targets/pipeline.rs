@@ -65,6 +65,9 @@ use kxdp_dataplane::tables::{
 use kxdp_dataplane::wire::Ipv4Cidr;
 use kxdp_dataplane::{process_batch, Counters, Instant, Snapshot};
 use kxdp_testkit::{mac, FrameBuf, Topology, CHUNK_SIZE, HEADROOM};
+#[path = "shared/checksum.rs"]
+mod checksum;
+use checksum::{be16, sum16, verifies};
 use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
 
 /// Bytes per table edit.
@@ -610,32 +613,6 @@ fn snapshot(w: &World, edits: &[u8], policed: bool) -> Arc<Snapshot> {
         s
     });
     s.unwrap_or_else(|| w.plain.clone())
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// The one's-complement sum of `bytes` as big-endian words, the last byte padded, plus `acc`.
-fn sum16(acc: u64, bytes: &[u8]) -> u64 {
-    let mut chunks = bytes.chunks_exact(2);
-    let mut s = acc;
-    for w in &mut chunks {
-        s += u64::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        s += u64::from(*last) << 8;
-    }
-    s
-}
-
-/// Whether a sum over a checksummed range (the checksum included) verifies, as a receiver
-/// checks it: it folds to `0xffff`.
-fn verifies(mut s: u64) -> bool {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s == 0xffff
 }
 
 /// The IPv4 headers of a frame: the outer one at 14, then, for VXLAN (UDP to the node's port

@@ -37,6 +37,9 @@ use kxdp_dataplane::offload::{
     Coalescer, Encap, FragmentPlan, Fragments, FrameSink, GroLimits, OffloadError, Segments,
 };
 use kxdp_dataplane::wire::{VxlanPacket, VxlanRepr};
+#[path = "shared/checksum.rs"]
+mod checksum;
+use checksum::{be16, sum16, verifies};
 use libfuzzer_sys::fuzz_target;
 
 /// Bytes before the cut points or frames.
@@ -89,33 +92,6 @@ impl FrameSink for Sink {
         assert!(len <= self.pending.len(), "committed past the buffer");
         self.frames.push(self.pending[..len].to_vec());
     }
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-/// The 32-bit sum of `bytes` as big-endian 16-bit words (the last byte padded with zero), added
-/// to `acc`.
-fn sum16(acc: u64, bytes: &[u8]) -> u64 {
-    let mut chunks = bytes.chunks_exact(2);
-    let mut s = acc;
-    for w in &mut chunks {
-        s += u64::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        s += u64::from(*last) << 8;
-    }
-    s
-}
-
-/// Whether a one's-complement sum, checksum field included, verifies: it folds to `0xffff`
-/// (the receiver's check, which takes either encoding of zero).
-fn verifies(mut s: u64) -> bool {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s == 0xffff
 }
 
 /// The sum of the IPv4 pseudo header of an L4 packet.

@@ -15,8 +15,8 @@
 //!   connection each, ten a second.
 //!
 //! The churn, one step every `--churn` seconds: a pod attached by the real CNI plugin (`ADD`,
-//! on the two nodes in turn) or, once four are up, the oldest deleted (`DEL`, its namespace
-//! removed); and at every step the manifest rewritten with a new `churn-N` ClusterIP whose
+//! on the two nodes in turn) until four are up, then the oldest deleted (`DEL`, its namespace
+//! removed) until none is, and again; and at every step the manifest rewritten with a new `churn-N` ClusterIP whose
 //! endpoints are the churn pods up then (the previous `churn-N` gone), so both agents rebuild
 //! their tables.
 //!
@@ -251,7 +251,7 @@ fn soak(args: &Args) -> Result<bool, String> {
     };
 
     let mut churn: VecDeque<ChurnPod> = VecDeque::new();
-    let (mut step, mut added, mut deleted) = (0u32, 0u32, 0u32);
+    let (mut step, mut added, mut deleted, mut most) = (0u32, 0u32, 0u32, 0usize);
     let mut next_churn = Duration::ZERO;
     let mut next_sample = Duration::from_secs_f64(args.sample_s);
     let mut failure = None;
@@ -259,12 +259,16 @@ fn soak(args: &Args) -> Result<bool, String> {
         let now = start.elapsed();
         if now >= next_churn {
             step += 1;
-            let r = if churn.len() >= CHURN_PODS || (step % 2 == 0 && !churn.is_empty()) {
+            // Up to CHURN_PODS pods, one a step, then down to none, oldest first.
+            let adding = (step - 1) as usize % (2 * CHURN_PODS) < CHURN_PODS;
+            let add = churn.is_empty() || (adding && churn.len() < CHURN_PODS);
+            let r = if !add {
                 delete_pod(&mut c, churn.pop_front().expect("not empty")).map(|()| deleted += 1)
             } else {
                 add_pod(&mut c, step, (added % 2) as usize).map(|p| {
                     churn.push_back(p);
                     added += 1;
+                    most = most.max(churn.len());
                 })
             };
             let ips: Vec<(Ipv4Addr, usize)> =
@@ -342,6 +346,7 @@ fn soak(args: &Args) -> Result<bool, String> {
         steps: step,
         added,
         deleted,
+        most,
         samples,
         segments,
         http,
@@ -547,6 +552,8 @@ struct Run<'a> {
     steps: u32,
     added: u32,
     deleted: u32,
+    /// Churn pods up at once, at most.
+    most: usize,
     samples: Vec<Sample>,
     segments: Vec<(f64, Result<iperf3::Run, String>)>,
     http: (u64, u64),
@@ -684,8 +691,9 @@ impl Run<'_> {
              segments of {} s ({} failed): received {:.0} Mbit/s on average, {:.2}% lost.\n\
              - HTTP through the `web` ClusterIP from client-b, {HTTP_RATE} new connections a \
              second: {} answered, {} not.\n\
-             - Churn every {} s: {} steps, {} pods attached and {} deleted by the CNI plugin (at \
-             most {CHURN_PODS} up), a new ClusterIP over them at every step.\n\
+             - Churn every {} s: {} steps, {} pods attached and {} deleted by the CNI plugin (up \
+             to {} at once, one more or one fewer a step), a new ClusterIP over them at every \
+             step.\n\
              - Warm-up {:.0} s; samples every {} s; the churn stopped at {:.0} s, the last \
              load segment ended at {:.0} s.\n",
             self.saturation / 1e6,
@@ -701,6 +709,7 @@ impl Run<'_> {
             self.steps,
             self.added,
             self.deleted,
+            self.most,
             self.warm_up(),
             a.sample_s,
             self.load_s,

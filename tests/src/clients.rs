@@ -133,6 +133,24 @@ fn python_output(ns: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Stop `child`, a `timeout` running a command: SIGTERM, which `timeout` passes on to the
+/// command (SIGKILL, as `Child::kill` sends, would end `timeout` alone and leave the command
+/// running without its bound, orphaned), then reap it; SIGKILL if it lingers 5 s.
+pub fn stop_bounded(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// An iperf3 server for one test in a namespace; killed when dropped.
 #[derive(Debug)]
 pub struct IperfServer(Child);

@@ -336,8 +336,7 @@ fn established_flows_of_every_kind_survive_ten_agent_replacements_without_a_rese
     );
     echoer.join().unwrap();
     let iperf = iperf.wait_with_output().unwrap();
-    let _ = iperf_server.kill();
-    let _ = iperf_server.wait();
+    kxdp_tests::clients::stop_bounded(&mut iperf_server);
     let report: serde_json::Value = serde_json::from_slice(&iperf.stdout).unwrap_or_default();
     eprintln!(
         "iperf3 through the ClusterIP: {:.2} Gbit/s, {} retransmits",

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use kxdp_perf::iperf3;
 use kxdp_perf::provenance::{commit, machine};
-use kxdp_tests::clients::HttpServer;
+use kxdp_tests::clients::{stop_bounded, HttpServer};
 use kxdp_tests::cluster::{AgentCluster, DEMO_MANIFEST, DEMO_PODS, NODES};
 use kxdp_tests::cni::Attachment;
 use kxdp_tests::testbed::{missing_privilege, Testbed};
@@ -365,7 +365,7 @@ fn soak(args: &Args) -> Result<bool, String> {
     Ok(ok)
 }
 
-/// A child process killed when dropped (its own time limit bounds it too).
+/// A `timeout` running a command, stopped when dropped ([`stop_bounded`]).
 struct Bounded(Child);
 
 impl Bounded {
@@ -380,8 +380,7 @@ impl Bounded {
 
 impl Drop for Bounded {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        stop_bounded(&mut self.0);
     }
 }
 

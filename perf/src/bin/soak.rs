@@ -8,7 +8,7 @@
 //! snapshot generation.
 //!
 //! The load, in segments of `--segment` seconds so that every segment opens new flows:
-//! - iperf3 UDP from client-a through a ClusterIP (`soak`, 10.96.0.30, UDP and TCP 5201) to
+//! - iperf3 UDP from client-a through a ClusterIP (`soak`, 10.96.0.40, UDP and TCP 5201) to
 //!   web-b on the other node, offered at half of the saturation rate measured first on the
 //!   same path (iperf3 `-b 0` for 5 s, 1200-byte datagrams);
 //! - short HTTP requests from client-b through the `web` ClusterIP (both web pods), a new
@@ -65,7 +65,7 @@ const USAGE: &str =
   --out DIR    where soak.md and soak.json go (default: printed only)";
 
 /// The ClusterIP the UDP load goes through (web-b's iperf3).
-const SOAK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const SOAK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 /// The `web` ClusterIP of the demo manifest (both web pods, port 80 to 8080).
 const WEB_VIP: &str = "10.96.0.10";
 /// Pods the churn keeps up at most.

@@ -237,6 +237,13 @@ impl Agent {
                 ..ConntrackConfig::default()
             },
             state_dir: self.state_dir.clone(),
+            // A predecessor's sockets on these are served from the start.
+            pods: compiled
+                .interfaces
+                .iter()
+                .filter(|(name, _)| matches!(self.links.get(name.as_str()), Some((_, true))))
+                .map(|(name, id)| Managed::pod(name, *id))
+                .collect(),
             ..DataplaneConfig::default()
         };
         // The node's own interfaces only: a pod interface that cannot be served (another XDP
@@ -523,7 +530,7 @@ impl Agent {
     /// dataplane stopped by itself.
     pub(crate) fn maintain(&mut self, model: &Model) -> Result<bool, AgentError> {
         if let Some(dp) = &self.dataplane {
-            if !dp.running() {
+            if !dp.running() && !dp.replaced() {
                 self.state.set_stopped();
                 return Err(AgentError::Other("the dataplane stopped by itself".into()));
             }
@@ -552,18 +559,30 @@ impl Agent {
         Ok(recompile)
     }
 
+    /// Whether the dataplane was handed over to an agent that replaced this one.
+    pub(crate) fn replaced(&self) -> bool {
+        self.dataplane.as_ref().is_some_and(|dp| dp.replaced())
+    }
+
     /// Stop the workers; detach the programs, unless they are to outlive the agent.
     pub(crate) fn stop(&mut self) -> Result<(), AgentError> {
         self.state.set_stopped();
         let Some(dp) = self.dataplane.take() else {
             return Ok(());
         };
+        let replaced = dp.replaced();
         let counters = dp
             .finish()
             .map_err(|e| AgentError::Other(format!("stopping the dataplane: {e}")))?;
         let dropped: u64 = counters.drops.iter().sum();
         let rx = counters.events[kxdp_dataplane::counters::Event::RxPackets as usize];
         match &self.state_dir {
+            Some(_) if replaced => tracing::info!(
+                rx,
+                dropped,
+                "stopped; the sockets, flows and programs were handed to the agent that \
+                 replaced this one"
+            ),
             Some(dir) => tracing::info!(
                 rx,
                 dropped,
@@ -611,6 +630,17 @@ fn log_taken(t: &kxdp_xdp::state::Taken, dir: Option<&std::path::Path>) {
             dark_ms = t.dark.as_secs_f64() * 1e3,
             "took over from the running agent"
         );
+    }
+    match &t.handover {
+        Some(Ok(sockets)) => tracing::info!(
+            sockets,
+            "its sockets were handed over: their traffic waited in their rings, none dropped"
+        ),
+        Some(Err(why)) => tracing::warn!(
+            reason = %why,
+            "nothing was handed over: sockets bound afresh, traffic dropped meanwhile"
+        ),
+        None => {}
     }
     match (&t.adopted, &t.fresh_because) {
         (Some((a, took)), _) => tracing::info!(

@@ -610,6 +610,12 @@ async fn run_async(mut config: AgentConfig, open_files: u64) -> Result<(), Agent
                 solicit(&net, uplink_index, agent.missing_neighbors(&model)).await;
             }
             _ = housekeeping.tick() => {
+                // The successor that took the sockets tells this agent to stop (SIGTERM); in
+                // case it could not, stop here.
+                if agent.replaced() {
+                    tracing::info!("the dataplane was handed over to the agent that replaced this one: stopping");
+                    break Ok(());
+                }
                 // Reading manifest files blocks: off the async threads.
                 if tokio::task::block_in_place(|| source.reread(&mut model, &state)) {
                     noticed = Instant::now();

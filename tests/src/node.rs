@@ -144,6 +144,16 @@ impl KxdpNode {
         self.0.change(change)
     }
 
+    /// What taking the state directory found, with one ([`Config::state_dir`]).
+    pub fn taken(&self) -> Option<&kxdp_xdp::state::Taken> {
+        self.0.taken()
+    }
+
+    /// Whether the node handed its sockets to a successor (and so stopped).
+    pub fn replaced(&self) -> bool {
+        self.0.replaced()
+    }
+
     /// Stop the node and return its workers' summed counters.
     pub fn finish(self) -> Result<CounterValues, String> {
         self.0.finish()

@@ -1044,6 +1044,31 @@ impl Testbed {
         self.ping_bytes(from, to, count, 56, deadline)
     }
 
+    /// A ping running in the background from namespace `from` to `to`: `count` echoes
+    /// `interval` apart, each waited for at most a second, the run bounded by 15 s; its quiet
+    /// summary (`N packets transmitted, M received`) on its stdout.
+    pub fn ping_flow(
+        &self,
+        from: &str,
+        to: Ipv4Addr,
+        count: u32,
+        interval: Duration,
+    ) -> Result<std::process::Child, TestbedError> {
+        Command::new("ip")
+            .args(["netns", "exec", from, "ping", "-n", "-q", "-c"])
+            .arg(count.to_string())
+            .arg("-i")
+            .arg(format!("{:.3}", interval.as_secs_f64()))
+            .args(["-W", "1", "-w", "15"])
+            .arg(to.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| TestbedError::Spawn {
+                command: format!("ping {to} in {from}"),
+                source,
+            })
+    }
+
     /// [`Testbed::ping`] with `payload` bytes of ICMP data per echo (ping's `-s`): past the
     /// path MTU, the sender's kernel fragments each echo.
     pub fn ping_bytes(

@@ -365,10 +365,18 @@ fn established_flows_of_every_kind_survive_ten_agent_replacements_without_a_rese
         );
     }
     let log = c.log(0);
-    for line in log
-        .lines()
-        .filter(|l| l.contains("took over") || l.contains("SIGTERM") || l.contains("adopted"))
-    {
+    for line in log.lines().filter(|l| {
+        [
+            "took over",
+            "SIGTERM",
+            "adopted",
+            "handed",
+            "stopping",
+            "TIMING",
+        ]
+        .iter()
+        .any(|w| l.contains(w))
+    }) {
         eprintln!("{line}");
     }
     assert_eq!(
@@ -376,6 +384,13 @@ fn established_flows_of_every_kind_survive_ten_agent_replacements_without_a_rese
         5,
         "{log}"
     );
+    // Every upgrade took the running agent's sockets over, none bound afresh.
+    assert_eq!(
+        log.matches("its sockets were handed over").count(),
+        5,
+        "{log}"
+    );
+    assert!(!log.contains("nothing was handed over"), "{log}");
     // Every agent after the first took the flows over: none found the table empty.
     let adopted: Vec<&str> = log
         .lines()

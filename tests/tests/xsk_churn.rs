@@ -3,7 +3,6 @@
 //! each other throughout without losing a packet. Needs root; prints SKIP otherwise, and fails
 //! under CI.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,13 +76,8 @@ fn pods_come_and_go_without_loss_for_the_others() {
     );
 
     // 60 pings, 50 ms apart: three seconds of traffic spanning the churn.
-    let flow = Command::new("ip")
-        .args([
-            "netns", "exec", &a, "ping", "-n", "-q", "-c", "60", "-i", "0.05", "-W", "1",
-        ])
-        .args(["-w", "15", &t.pod_b.ip.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
+    let flow = tb
+        .ping_flow(&a, t.pod_b.ip, 60, Duration::from_millis(50))
         .expect("ping runs");
     std::thread::sleep(Duration::from_millis(300));
 

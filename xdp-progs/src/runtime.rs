@@ -14,6 +14,7 @@
 //! one once per round. Publishing never waits for a worker, a worker never waits on a lock,
 //! and an old snapshot is freed when the last worker that loaded it lets go.
 
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
@@ -29,7 +30,7 @@ use kxdp_dataplane::{Counters, Instant, Snapshot};
 
 use crate::state::Taken;
 use crate::worker::{BatchFn, IoCounters, IoValues, Mode, Worker};
-use crate::xsk::{Port, PortConfig, Umem};
+use crate::xsk::{HandedUmem, Port, PortConfig, Umem};
 use crate::{enter_netns, ifindex, Attachment, Decisions, IfRole, Steering, XdpMode};
 
 /// XSKMAP slots per interface: the most queues (and so workers) an interface is served on
@@ -109,6 +110,11 @@ pub struct Config {
     /// the dataplane's traffic until a successor's replace them. None: conntrack in process
     /// memory, programs detached when the dataplane stops.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Pod interfaces the start's snapshot has already. A predecessor's sockets on them, if
+    /// handed over, are served from the start; every pod is still added ([`Change::Add`]),
+    /// which registers its sockets and attaches the program (a socket handed over and never
+    /// added is closed after a few seconds).
+    pub pods: Vec<Managed>,
 }
 
 impl Default for Config {
@@ -123,6 +129,7 @@ impl Default for Config {
             forwarding: kxdp_dataplane::process_batch,
             shared_umem: true,
             state_dir: None,
+            pods: Vec::new(),
         }
     }
 }
@@ -209,7 +216,9 @@ pub struct Dataplane {
     modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
     /// Set before `start` returns.
     decisions: Option<Arc<Decisions>>,
-    changes: mpsc::Sender<(Change, mpsc::Sender<Result<(), String>>)>,
+    /// Set once a successor has been handed the sockets ([`crate::handover`]).
+    replaced: Arc<AtomicBool>,
+    requests: mpsc::Sender<Request>,
     control: Option<JoinHandle<Result<(), String>>>,
 }
 
@@ -273,13 +282,25 @@ pub fn rx_queues(name: &str) -> std::io::Result<u32> {
     Ok((ch.rx_count + ch.combined_count).max(1))
 }
 
-type ChangeRequest = (Change, mpsc::Sender<Result<(), String>>);
+/// What the control thread is asked.
+enum Request {
+    /// Apply a change, and say how it went.
+    Change(Change, mpsc::Sender<Result<(), String>>),
+    /// A successor connected to the handover socket.
+    HandOver(OwnedFd),
+    /// Stop.
+    Stop,
+}
 
 /// What the control thread tells a worker.
 enum Command {
-    /// Start with this conntrack table: the first command, once the table is known (taken
-    /// over from a predecessor).
-    Start(Arc<Conntrack>),
+    /// Start with this conntrack table, once it is known (taken over from a predecessor), and
+    /// with the UMEM and sockets a predecessor handed over, if any: the first command. The
+    /// reply says how many sockets were adopted, or why none; an error, that the worker
+    /// cannot serve.
+    Start(Box<Starting>),
+    /// Stop between two batches and describe the UMEM and sockets for a successor.
+    HandOver(mpsc::Sender<Result<HandedUmem, String>>),
     /// Open a socket on this interface (XSKMAP base given) and report its fd, if the
     /// interface has the worker's queue.
     Add(
@@ -288,6 +309,18 @@ enum Command {
         mpsc::Sender<Result<Option<(u32, i32)>, StartError>>,
     ),
     Remove(InterfaceId, mpsc::Sender<()>),
+}
+
+/// What a worker starts with.
+struct Starting {
+    ct: Arc<Conntrack>,
+    /// What a predecessor's worker of the same number handed over.
+    handed: Option<HandedUmem>,
+    /// The interfaces the start's snapshot knows, by index: handed sockets on them are
+    /// served at once.
+    known: Vec<(u32, InterfaceId)>,
+    /// How many sockets were adopted, or why none; an error, that the worker cannot serve.
+    reply: mpsc::Sender<Result<Result<usize, String>, StartError>>,
 }
 
 /// How long the control side waits for a worker to act on a command.
@@ -322,16 +355,20 @@ impl Dataplane {
         let stop = Arc::new(AtomicBool::new(false));
         let started = WallClock::now();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (changes, changes_rx) = mpsc::channel();
+        let (requests, requests_rx) = mpsc::channel();
         let modes = Arc::new(Mutex::new(Vec::new()));
+        let replaced = Arc::new(AtomicBool::new(false));
         let control = {
             let stop = Arc::clone(&stop);
             let modes = Arc::clone(&modes);
+            let replaced = Arc::clone(&replaced);
+            let requests = (requests.clone(), requests_rx);
             std::thread::Builder::new()
                 .name("kxdp-control".into())
                 .spawn(move || {
                     control(
-                        config, ifaces, snapshot, modes, started, stop, ready_tx, changes_rx,
+                        config, ifaces, snapshot, modes, started, stop, replaced, ready_tx,
+                        requests,
                     )
                 })
                 .map_err(|e| fatal(format!("spawning the control thread: {e}")))?
@@ -343,7 +380,8 @@ impl Dataplane {
             workers: Vec::new(),
             modes,
             decisions: None,
-            changes,
+            replaced,
+            requests,
             control: Some(control),
         };
         let ready = ready_rx
@@ -408,8 +446,14 @@ impl Dataplane {
         crate::state::now()
     }
 
+    /// Whether the dataplane handed its sockets to a successor (and so stopped): the process
+    /// has been replaced.
+    pub fn replaced(&self) -> bool {
+        self.replaced.load(Relaxed)
+    }
+
     /// Whether the dataplane still runs: false once it stopped by itself (its time limit, a
-    /// worker's failure).
+    /// worker's failure, a successor it handed over to).
     pub fn running(&self) -> bool {
         self.control.as_ref().is_some_and(|c| !c.is_finished())
     }
@@ -437,8 +481,8 @@ impl Dataplane {
     /// Apply a change while traffic flows; returns once every worker has applied it.
     pub fn change(&self, change: Change) -> Result<(), String> {
         let (done_tx, done_rx) = mpsc::channel();
-        self.changes
-            .send((change, done_tx))
+        self.requests
+            .send(Request::Change(change, done_tx))
             .map_err(|_| "the dataplane has stopped".to_owned())?;
         done_rx
             .recv_timeout(WORKER_REPLY * 2)
@@ -448,9 +492,9 @@ impl Dataplane {
     /// Stop every thread, detach the program, free the sockets; returns the summed counters.
     pub fn finish(mut self) -> Result<CounterValues, String> {
         self.stop.store(true, Relaxed);
-        // Closing the channel wakes the control thread now, not at its next collection: a
-        // successor waits for it to stop.
-        self.changes = mpsc::channel().0;
+        // Wake the control thread now, not at its next collection: a successor waits for it
+        // to stop.
+        let _ = self.requests.send(Request::Stop);
         let control = self.control.take().expect("running until finished");
         control
             .join()
@@ -462,7 +506,7 @@ impl Dataplane {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
-        self.changes = mpsc::channel().0;
+        let _ = self.requests.send(Request::Stop);
         if let Some(c) = self.control.take() {
             let _ = c.join();
         }
@@ -556,13 +600,17 @@ struct Served {
 }
 
 impl Control {
-    /// Attach the program to `m` and have every worker open its socket there. If anything
-    /// fails once the program is attached, [`Control::remove`] undoes what was done, so a
-    /// failed add leaves neither an attachment nor sockets behind, and its XSKMAP slots go
-    /// back only once no socket holds them. A busy queue is waited for when it may be one
-    /// kxdp released a moment ago: at start and shortly after (a kxdp that ran before, whose
-    /// sockets the kernel frees some time after their close), or when `m`'s sockets were
-    /// closed lately; held by anyone else, it fails the add at once.
+    /// Have every worker open its socket on `m` (or take up the one a predecessor handed
+    /// over), register them, and attach the program to `m`. If anything fails, what was done
+    /// is undone, so a failed add leaves neither an attachment nor sockets behind, and its
+    /// XSKMAP slots go back only once no socket holds them. A busy queue is waited for when
+    /// it may be one kxdp released a moment ago: at start and shortly after (a kxdp that ran
+    /// before, whose sockets the kernel frees some time after their close), or when `m`'s
+    /// sockets were closed lately; held by anyone else, it fails the add at once.
+    ///
+    /// The sockets come first: a socket handed over keeps receiving through the
+    /// predecessor's program until ours replaces it, with the socket already in our XSKMAP,
+    /// so no frame meets an empty slot.
     fn add(&mut self, m: &Managed, starting: bool) -> Result<XdpMode, StartError> {
         // The interface may come back (or be renamed back): worth another try.
         let index = ifindex(&m.name)
@@ -581,42 +629,11 @@ impl Control {
                 m.name
             ))
         })?;
-        let attached = self
-            .steering
-            .set_interface(index, m.role, base)
-            .map_err(fatal)
-            .and_then(|()| {
-                let attached = if self.lasting {
-                    self.steering
-                        .attach_lasting(index, &self.predecessor_programs)
-                } else {
-                    self.steering.attach(index)
-                };
-                attached.map_err(|e| match e {
-                    crate::XdpError::Occupied { program, .. } => StartError::Occupied {
-                        interface: m.name.clone(),
-                        program,
-                    },
-                    other => fatal(format!("interface {}: {other}", m.name)),
-                })
-            });
-        let link = match attached {
-            Ok(link) => link,
-            Err(e) => {
-                let _ = self.steering.clear_interface(index);
-                self.free_bases.push(base);
-                return Err(e);
-            }
-        };
-        let mode = link.mode;
-        self.links.push(Served {
-            id: m.id,
-            name: m.name.clone(),
-            mode,
-            ifindex: index,
-            xsk_base: base,
-            link,
-        });
+        if let Err(e) = self.steering.set_interface(index, m.role, base) {
+            let _ = self.steering.clear_interface(index);
+            self.free_bases.push(base);
+            return Err(fatal(e));
+        }
         // A queue whose socket kxdp closed a moment ago (the same interface served again) is
         // freed by the kernel shortly after: wait for it here, on the control thread, so
         // that no worker ever sleeps and stalls the traffic of its other ports.
@@ -637,14 +654,45 @@ impl Control {
                 opened => break opened,
             }
         };
-        match opened {
-            Ok(()) => Ok(mode),
+        let attached = opened.and_then(|()| {
+            let attached = if self.lasting {
+                self.steering
+                    .attach_lasting(index, &self.predecessor_programs)
+            } else {
+                self.steering.attach(index)
+            };
+            attached.map_err(|e| match e {
+                crate::XdpError::Occupied { program, .. } => StartError::Occupied {
+                    interface: m.name.clone(),
+                    program,
+                },
+                other => fatal(format!("interface {}: {other}", m.name)),
+            })
+        });
+        match attached {
+            Ok(link) => {
+                let mode = link.mode;
+                self.links.push(Served {
+                    id: m.id,
+                    name: m.name.clone(),
+                    mode,
+                    ifindex: index,
+                    xsk_base: base,
+                    link,
+                });
+                Ok(mode)
+            }
             // Undone, the interface can be tried again; if undoing failed too, what is left
-            // behind (sockets, the attachment) would make every retry fail: give up.
-            Err(e) => match self.remove(m.id) {
-                Ok(()) => Err(e),
-                Err(undo) => Err(fatal(format!("{e}; undoing it failed: {undo}"))),
-            },
+            // behind (sockets) would make every retry fail: give up.
+            Err(e) => {
+                let undone = self.close_sockets(m.id);
+                let _ = self.steering.clear_interface(index);
+                self.free_bases.push(base);
+                match undone {
+                    Ok(()) => Err(e),
+                    Err(undo) => Err(fatal(format!("{e}; undoing it failed: {undo}"))),
+                }
+            }
         }
     }
 
@@ -698,6 +746,34 @@ impl Control {
             result = result.and(r);
         }
         result
+    }
+
+    /// Have every worker stop between two batches and describe its UMEM and sockets for a
+    /// successor. The workers stop whatever comes of it (joined by [`Control::stop_workers`]):
+    /// what was described, by worker number, or why nothing was.
+    fn hand_over(&mut self, stop: &AtomicBool) -> Result<Vec<(u32, HandedUmem)>, String> {
+        let mut replies = Vec::new();
+        for w in &self.workers {
+            let (tx, rx) = mpsc::channel();
+            // A worker that is gone cannot answer: its reply is an error below.
+            let _ = w.send(Command::HandOver(tx));
+            replies.push(rx);
+        }
+        let mut handed = Vec::new();
+        let mut why = None;
+        for (q, rx) in replies.into_iter().enumerate() {
+            match rx.recv_timeout(WORKER_REPLY) {
+                Ok(Ok(umem)) => handed.push((q as u32, umem)),
+                Ok(Err(e)) => why = why.or(Some(e)),
+                Err(e) => why = why.or(Some(format!("worker {q} did not answer: {e}"))),
+            }
+        }
+        // They have stopped serving; `stop_workers` joins them.
+        stop.store(true, Relaxed);
+        match (handed.is_empty(), why) {
+            (true, Some(why)) => Err(why),
+            _ => Ok(handed),
+        }
     }
 
     /// Have every worker close its socket on interface `id`, if it has one.
@@ -792,12 +868,33 @@ fn control(
     modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
     started: WallClock,
     stop: Arc<AtomicBool>,
+    replaced: Arc<AtomicBool>,
     ready: mpsc::Sender<Ready>,
-    changes: mpsc::Receiver<ChangeRequest>,
+    (requester, requests): (mpsc::Sender<Request>, mpsc::Receiver<Request>),
 ) -> Result<(), String> {
     let setup = (|| -> Result<_, StartError> {
         if let Some(ns) = &config.netns {
             enter_netns(ns).map_err(|e| fatal(format!("entering namespace {ns}: {e}")))?;
+        }
+        // The workers first: making their UMEMs is the slowest part of a start, done while
+        // the program loads and the state is prepared. A worker makes its UMEM only if no
+        // predecessor holds the state directory (one that does hands its UMEMs over); if the
+        // start fails before the workers are joined, their commands close and they end.
+        let predecessor_now = config
+            .state_dir
+            .as_deref()
+            .is_some_and(|dir| crate::state::holder(dir).ok().flatten().is_some());
+        let snap = Arc::new(ArcSwap::new(Arc::clone(&snapshot)));
+        let mut spawned = Vec::new();
+        for (q, core) in config.workers.iter().enumerate() {
+            spawned.push(spawn_worker(
+                &config,
+                q,
+                *core,
+                &snap,
+                &stop,
+                !predecessor_now,
+            )?);
         }
         let steering = Steering::load().map_err(fatal)?;
         steering.sync(&snapshot).map_err(fatal)?;
@@ -809,7 +906,11 @@ fn control(
             .map(|dir| crate::state::Preparing::start(dir, config.conntrack))
             .transpose()
             .map_err(fatal)?;
-        let snap = Arc::new(ArcSwap::new(snapshot));
+        // A predecessor that holds the directory is asked for its sockets once ours are ready
+        // to take them; the workers make UMEMs of their own only if it hands none.
+        let predecessor = preparing
+            .as_ref()
+            .is_some_and(|p| p.predecessor().is_some());
         let mut ctl = Control {
             steering,
             ct: None,
@@ -836,50 +937,25 @@ fn control(
             let ctl = &mut ctl;
             let held = &mut held;
             let mut stats = Vec::new();
-            for (q, core) in config.workers.iter().enumerate() {
-                let (tx, rx) = mpsc::channel();
-                let (stats_tx, stats_rx) = mpsc::channel();
-                let (waker, woken) = std::os::unix::net::UnixDatagram::pair()
-                    .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
-                // A busy worker never drains its waker: once the buffer is full, wake-ups are
-                // pending anyway, and a send must fail rather than block the control thread.
-                waker
-                    .set_nonblocking(true)
-                    .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
-                let w = WorkerSetup {
-                    woken,
-                    core: *core,
-                    netns: config.netns.clone(),
-                    forwarding: config.forwarding,
-                    shared_umem: config.shared_umem,
-                    running: Running {
-                        queue: q as u32,
-                        mode: config.mode,
-                        port: config.port,
-                        snap: Arc::clone(&snap),
-                        stop: Arc::clone(&stop),
-                    },
-                };
-                let thread = std::thread::Builder::new()
-                    .name(format!("kxdp-worker-{q}"))
-                    .spawn(move || run_worker(w, rx, stats_tx))
-                    .map_err(|e| fatal(format!("spawning worker {q}: {e}")))?;
-                ctl.workers.push(WorkerHandle {
-                    commands: tx,
-                    waker,
-                    thread,
-                });
+            for (q, (handle, stats_rx)) in spawned.drain(..).enumerate() {
+                ctl.workers.push(handle);
                 let s = stats_rx.recv_timeout(WORKER_REPLY).map_err(|e| {
                     StartError::Transient(format!("worker {q} did not start: {e}"))
                 })??;
                 stats.push(s);
             }
-            // From here until the sockets are bound, the node's dataplane traffic is dropped
-            // (the predecessor's program, without its sockets): keep it short.
+            // Handed over, the predecessor's sockets wait (receiving) until ours read them;
+            // otherwise, from here until the sockets are bound, the node's dataplane traffic
+            // is dropped (the predecessor's program, without its sockets): keep it short.
+            let handed = match (&config.state_dir, predecessor && config.shared_umem) {
+                (Some(dir), true) => Some(crate::handover::request(dir).map_err(|e| e.to_string())),
+                _ => None,
+            };
             let (ct, mut taken) = match preparing {
                 Some(p) => {
                     let program = ctl.steering.program_id().map_err(fatal)?;
-                    let (ct, taken_dir, taken) = p.take(program).map_err(fatal)?;
+                    let handed_some = matches!(handed, Some(Ok(_)));
+                    let (ct, taken_dir, taken) = p.take(program, handed_some).map_err(fatal)?;
                     ctl.started = WallClock::now();
                     *held = Some(taken_dir);
                     (ct, Some(taken))
@@ -888,8 +964,46 @@ fn control(
             };
             let ct = Arc::new(ct);
             ctl.ct = Some(Arc::clone(&ct));
-            for w in &ctl.workers {
-                w.send(Command::Start(Arc::clone(&ct)))?;
+            let (mut umems, mut why) = match handed {
+                Some(Ok(umems)) => (umems, None),
+                Some(Err(e)) => (Vec::new(), Some(e)),
+                None => (Vec::new(), None),
+            };
+            let known: Vec<(u32, InterfaceId)> = ifaces
+                .iter()
+                .chain(&config.pods)
+                .filter_map(|m| ifindex(&m.name).ok().map(|i| (i, m.id)))
+                .collect();
+            let mut replies = Vec::new();
+            for (q, w) in ctl.workers.iter().enumerate() {
+                let mine = umems.iter().position(|(i, _)| *i as usize == q);
+                let (reply, rx) = mpsc::channel();
+                w.send(Command::Start(Box::new(Starting {
+                    ct: Arc::clone(&ct),
+                    handed: mine.map(|i| umems.swap_remove(i).1),
+                    known: known.clone(),
+                    reply,
+                })))?;
+                replies.push(rx);
+            }
+            // A predecessor's workers this process does not have: their sockets close here.
+            drop(umems);
+            let mut adopted = 0;
+            for (q, rx) in replies.into_iter().enumerate() {
+                let reply = rx
+                    .recv_timeout(WORKER_REPLY)
+                    .map_err(|e| StartError::Transient(format!("worker {q} did not start: {e}")))?;
+                match reply? {
+                    Ok(n) => adopted += n,
+                    Err(e) => why = why.or(Some(e)),
+                }
+            }
+            if let Some(t) = &mut taken {
+                t.handover = match (predecessor, why) {
+                    (false, _) => None,
+                    (true, Some(why)) if adopted == 0 => Some(Err(why)),
+                    (true, _) => Some(Ok(adopted)),
+                };
             }
             // The first socket on each worker's UMEM stays bound until the UMEM goes (see
             // `xsk`): give it the interface that lives longest, the uplink, then the host's.
@@ -925,10 +1039,42 @@ fn control(
             }
         }
     })();
-    let (mut ctl, held) = match setup {
+    let (mut ctl, mut held, acceptor) = match setup {
         Ok((ctl, started, held)) => {
+            // A successor may ask for the sockets: a thread waits for it on the handover socket.
+            // Without one (it could not be made), a successor has this process leave instead.
+            let acceptor = config
+                .state_dir
+                .as_deref()
+                .and_then(|dir| crate::handover::listen(dir).ok())
+                .map(Arc::new)
+                .and_then(|listener| {
+                    let (l, requester) = (Arc::clone(&listener), requester.clone());
+                    let thread = std::thread::Builder::new()
+                        .name("kxdp-handover".into())
+                        .spawn(move || {
+                            // Until the listener is shut down (or the control thread gone).
+                            loop {
+                                match crate::handover::accept(&l) {
+                                    Ok(conn) => {
+                                        if requester.send(Request::HandOver(conn)).is_err() {
+                                            break;
+                                        }
+                                    }
+                                    Err(e)
+                                        if matches!(
+                                            e.raw_os_error(),
+                                            Some(libc::EINTR | libc::ECONNABORTED)
+                                        ) => {}
+                                    Err(_) => break,
+                                }
+                            }
+                        })
+                        .ok()?;
+                    Some((listener, thread))
+                });
             let _ = ready.send(Ok(started));
-            (ctl, held)
+            (ctl, held, acceptor)
         }
         Err(e) => {
             stop.store(true, Relaxed);
@@ -937,15 +1083,41 @@ fn control(
             return Err(message);
         }
     };
+    drop(requester);
     let mut last_gc = WallClock::now();
     while !stop.load(Relaxed) && config.max_run.is_none_or(|m| started.elapsed() < m) {
-        match changes.recv_timeout(GC_EVERY) {
-            Ok((change, done)) => {
+        match requests.recv_timeout(GC_EVERY) {
+            Ok(Request::Change(change, done)) => {
                 let r = ctl.apply(change);
                 let _ = done.send(r);
             }
+            Ok(Request::HandOver(conn)) => {
+                if let Err(e) = crate::handover::read_hello(&conn) {
+                    crate::handover::refuse(&conn, &e.to_string());
+                    continue;
+                }
+                if !config.shared_umem {
+                    crate::handover::refuse(&conn, "its sockets do not share UMEMs");
+                    continue;
+                }
+                // The workers stop between two batches; then the directory is let go (no
+                // one here writes conntrack any more), and the successor gets the sockets.
+                let handed = ctl.hand_over(&stop);
+                // Every worker has stopped: no one here writes conntrack any more.
+                drop(held.take());
+                match handed {
+                    Ok(umems) => {
+                        if let Err(e) = crate::handover::answer(&conn, &umems) {
+                            crate::handover::refuse(&conn, &e.to_string());
+                        }
+                    }
+                    Err(e) => crate::handover::refuse(&conn, &e),
+                }
+                replaced.store(true, Relaxed);
+                break;
+            }
+            Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         if ctl.workers.iter().any(|w| w.thread.is_finished()) {
             break;
@@ -956,6 +1128,10 @@ fn control(
             }
             last_gc = WallClock::now();
         }
+    }
+    if let Some((listener, thread)) = acceptor {
+        crate::handover::shut(&listener);
+        let _ = thread.join();
     }
     let stopped = ctl.stop_workers(&stop);
     // The sockets are closed and no one writes conntrack any more: a successor waiting for
@@ -973,6 +1149,8 @@ struct WorkerSetup {
     netns: Option<String>,
     forwarding: BatchFn,
     shared_umem: bool,
+    /// Make the UMEM while setting up, rather than at the start if none is handed over.
+    umem_at_setup: bool,
     running: Running,
 }
 
@@ -983,6 +1161,58 @@ struct Running {
     port: PortConfig,
     snap: Arc<ArcSwap<Snapshot>>,
     stop: Arc<AtomicBool>,
+}
+
+/// Spawn worker `q` (pinned to `core`, if given): its handle, and where it reports its
+/// counters once set up.
+fn spawn_worker(
+    config: &Config,
+    q: usize,
+    core: Option<usize>,
+    snap: &Arc<ArcSwap<Snapshot>>,
+    stop: &Arc<AtomicBool>,
+    umem_at_setup: bool,
+) -> Result<
+    (
+        WorkerHandle,
+        mpsc::Receiver<Result<WorkerStats, StartError>>,
+    ),
+    StartError,
+> {
+    let (tx, rx) = mpsc::channel();
+    let (stats_tx, stats_rx) = mpsc::channel();
+    let (waker, woken) = std::os::unix::net::UnixDatagram::pair()
+        .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
+    // A busy worker never drains its waker: once the buffer is full, wake-ups are pending
+    // anyway, and a send must fail rather than block the control thread.
+    waker
+        .set_nonblocking(true)
+        .map_err(|e| fatal(format!("worker {q}: its waker: {e}")))?;
+    let w = WorkerSetup {
+        woken,
+        core,
+        netns: config.netns.clone(),
+        forwarding: config.forwarding,
+        shared_umem: config.shared_umem,
+        umem_at_setup,
+        running: Running {
+            queue: q as u32,
+            mode: config.mode,
+            port: config.port,
+            snap: Arc::clone(snap),
+            stop: Arc::clone(stop),
+        },
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("kxdp-worker-{q}"))
+        .spawn(move || run_worker(w, rx, stats_tx))
+        .map_err(|e| fatal(format!("spawning worker {q}: {e}")))?;
+    let handle = WorkerHandle {
+        commands: tx,
+        waker,
+        thread,
+    };
+    Ok((handle, stats_rx))
 }
 
 fn run_worker(
@@ -1001,11 +1231,11 @@ fn run_worker(
                 .map_err(|e| fatal(format!("worker {q}: pinning to core {core}: {e}")))?;
         }
         // One UMEM for all of the worker's sockets, unless each is to have its own.
-        w.shared_umem
+        (w.shared_umem && w.umem_at_setup)
             .then(|| Umem::new(w.running.port).map_err(|e| fatal(format!("worker {q}: UMEM: {e}"))))
             .transpose()
     })();
-    let umem = match setup {
+    let mut umem = match setup {
         Ok(u) => u,
         Err(e) => {
             let message = e.to_string();
@@ -1026,33 +1256,106 @@ fn run_worker(
         io: Arc::clone(worker.io()),
     }));
     // The table comes once the state is taken over; a closed channel means the start failed.
-    let ct = loop {
+    let Starting {
+        ct,
+        handed,
+        known,
+        reply: started,
+    } = loop {
         match commands.recv() {
-            Ok(Command::Start(ct)) => break ct,
+            Ok(Command::Start(s)) => break *s,
             Ok(_) => {}
             Err(_) => return Ok(()),
         }
     };
-    let served = serve(&mut worker, &w.running, &commands, umem.as_ref(), &ct);
-    release(worker, umem);
-    served
+    // A predecessor's sockets on interfaces the snapshot knows are served at once (the
+    // predecessor's program still steers to them); the others wait, parked, until the
+    // control thread adds their interfaces. Either kind not added within `QUEUE_RELEASE` is
+    // closed.
+    let mut parked = Vec::new();
+    let mut unconfirmed = Vec::new();
+    let adopted = match handed.map(Umem::adopt) {
+        Some(Ok((u, ports))) => {
+            umem = Some(u);
+            let n = ports.len();
+            for port in ports {
+                let (index, queue) = port.bound_to();
+                match known.iter().find(|(i, _)| *i == index) {
+                    Some((_, id)) if queue == q && worker.port(*id).is_none() => {
+                        worker.add_port(*id, port);
+                        unconfirmed.push(*id);
+                    }
+                    _ => parked.push(port),
+                }
+            }
+            Ok(n)
+        }
+        Some(Err(e)) => Err(format!("worker {q}: adopting the UMEM handed over: {e}")),
+        None => Ok(0),
+    };
+    if w.shared_umem && umem.is_none() {
+        match Umem::new(w.running.port) {
+            Ok(u) => umem = Some(u),
+            Err(e) => {
+                let message = format!("worker {q}: UMEM: {e}");
+                let _ = started.send(Err(fatal(&message)));
+                return Err(message);
+            }
+        }
+    }
+    let _ = started.send(Ok(adopted));
+    let served = serve(
+        &mut worker,
+        &w.running,
+        &commands,
+        umem.as_ref(),
+        &ct,
+        (&mut parked, &mut unconfirmed),
+    );
+    // Handed over: the successor is being sent the sockets. Closing ours and unmapping the
+    // UMEM would take CPU from it, so that waits until the control thread is done.
+    if served == Ok(true) {
+        while commands.recv().is_ok() {}
+    }
+    release(worker, parked, umem);
+    served.map(|_| ())
+}
+
+/// The port of `parked` bound to queue `q` of interface `name`, taken out.
+fn unpark(parked: &mut Vec<Port>, name: &str, q: u32) -> Option<Port> {
+    let index = ifindex(name).ok()?;
+    let i = parked.iter().position(|p| p.bound_to() == (index, q))?;
+    Some(parked.swap_remove(i))
 }
 
 /// Run `worker` until told to stop: its commands, then a round of batches, again and again.
+/// True if it stopped to hand its sockets over.
 fn serve(
     worker: &mut Worker,
     w: &Running,
     commands: &mpsc::Receiver<Command>,
     umem: Option<&Rc<Umem>>,
     ct: &Conntrack,
-) -> Result<(), String> {
+    (parked, unconfirmed): (&mut Vec<Port>, &mut Vec<InterfaceId>),
+) -> Result<bool, String> {
     let q = w.queue;
     let mut next_census = Instant::from_nanos(0);
+    let unclaimed_after = WallClock::now() + QUEUE_RELEASE;
     while !w.stop.load(Relaxed) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
+                Command::Add(m, base, reply) if worker.port(m.id).is_some() => {
+                    // Handed over and served since the start: now added.
+                    unconfirmed.retain(|id| *id != m.id);
+                    let fd = worker.port(m.id).map(Port::fd);
+                    let _ = reply.send(Ok(fd.map(|fd| (base + q, fd))));
+                }
                 Command::Add(m, base, reply) => {
-                    let opened = open(&m, q, umem, w.port).map(|port| {
+                    let opened = match unpark(parked, &m.name, q) {
+                        Some(port) => Ok(Some(port)),
+                        None => open(&m, q, umem, w.port),
+                    };
+                    let opened = opened.map(|port| {
                         port.map(|port| {
                             let fd = port.fd();
                             worker.add_port(m.id, port);
@@ -1065,7 +1368,24 @@ fn serve(
                     drop(worker.remove_port(id));
                     let _ = reply.send(());
                 }
-                Command::Start(_) => {}
+                Command::HandOver(reply) => {
+                    // Between two batches: the worker holds no frame.
+                    let handed = match umem {
+                        Some(u) => u
+                            .hand_over(worker.ports().chain(parked.iter()))
+                            .map_err(|e| format!("worker {q}: {e}")),
+                        None => Err(format!("worker {q}: its sockets do not share a UMEM")),
+                    };
+                    let _ = reply.send(handed);
+                    return Ok(true);
+                }
+                Command::Start(..) => {}
+            }
+        }
+        if !(parked.is_empty() && unconfirmed.is_empty()) && WallClock::now() >= unclaimed_after {
+            parked.clear();
+            for id in unconfirmed.drain(..) {
+                drop(worker.remove_port(id));
             }
         }
         worker
@@ -1078,7 +1398,7 @@ fn serve(
             next_census = Instant::from_nanos(now.as_nanos() + CENSUS_EVERY_NS);
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Close a stopping worker's sockets and UMEM, all at once. The kernel releases a bound
@@ -1088,9 +1408,15 @@ fn serve(
 /// own closes cheap (the kernel releases a socket at its last close); the duplicates are then
 /// closed together, one thread each, so the grace periods overlap. Returns once all are
 /// released.
-fn release(worker: Worker, umem: Option<Rc<Umem>>) {
-    use std::os::fd::{BorrowedFd, OwnedFd};
+fn release(worker: Worker, parked: Vec<Port>, umem: Option<Rc<Umem>>) {
+    use std::os::fd::BorrowedFd;
     let mut fds = worker.socket_fds();
+    fds.extend(
+        parked
+            .iter()
+            .map(Port::fd)
+            .filter(|fd| umem.as_ref().is_none_or(|u| u.fd() != *fd)),
+    );
     if let Some(u) = &umem {
         if !fds.contains(&u.fd()) {
             fds.push(u.fd());
@@ -1105,6 +1431,7 @@ fn release(worker: Worker, umem: Option<Rc<Umem>>) {
         })
         .collect();
     drop(worker);
+    drop(parked);
     drop(umem);
     std::thread::scope(|s| {
         for fd in copies {

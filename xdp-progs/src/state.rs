@@ -83,8 +83,12 @@ pub struct Taken {
     pub taken_at: WallClock,
     /// From then until the node's own interfaces had this process's sockets (the runtime
     /// fills it in): how long the node's dataplane traffic was dropped at most, besides the
-    /// moment the predecessor took to release the directory after its workers stopped.
+    /// moment the predecessor took to release the directory after its workers stopped. With
+    /// the sockets handed over, nothing is dropped: their rings held the traffic meanwhile.
     pub dark: Duration,
+    /// With a predecessor: how many of its sockets were handed over and taken up
+    /// ([`crate::handover`]), or why none were (the runtime fills it in).
+    pub handover: Option<Result<usize, String>>,
 }
 
 /// A state directory, held: the lock on `DIR/owner`, released when dropped.
@@ -102,6 +106,9 @@ pub struct Preparing {
     clock: [u8; 16],
     owner: File,
     predecessor: Option<u32>,
+    /// The predecessor's process, opened while it held the directory (so never another
+    /// process that reused its id), to tell it to stop once it handed its sockets over.
+    predecessor_process: Option<std::os::fd::OwnedFd>,
     programs: Vec<u32>,
     conntrack: Prepared,
 }
@@ -145,6 +152,30 @@ pub fn in_memory(dir: &Path) -> std::io::Result<bool> {
     #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86-64, not everywhere
     let kind = st.f_type as i64;
     Ok(matches!(kind, TMPFS | RAMFS))
+}
+
+/// A descriptor of process `pid` (`pidfd_open`, Linux 5.3), if it can be had.
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a new descriptor owned by nothing else.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Send `signal` to the process behind `process` (a pidfd): never to another that reused its
+/// id.
+fn pidfd_signal(process: &std::os::fd::OwnedFd, signal: libc::c_int) {
+    // SAFETY: pidfd_send_signal with no siginfo (null) and no flags reads no memory of ours.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            process.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
 }
 
 fn flock(file: &File, how: libc::c_int) -> std::io::Result<()> {
@@ -307,15 +338,26 @@ impl Preparing {
         }
         let clock = clock_id().map_err(|e| fail("reading the boot id", e))?;
         let conntrack = prepare_conntrack(dir, config, clock)?;
+        // A predecessor in this very process (two dataplanes in one test) is never signalled.
+        let predecessor_process = predecessor
+            .filter(|pid| *pid > 0 && *pid != std::process::id())
+            .and_then(pidfd_open);
         Ok(Preparing {
             dir: dir.to_owned(),
             config,
             clock,
             owner,
             predecessor,
+            predecessor_process,
             programs: recorded_programs(dir),
             conntrack,
         })
+    }
+
+    /// The process holding the directory when it was prepared: its pid (0 in another PID
+    /// namespace).
+    pub fn predecessor(&self) -> Option<u32> {
+        self.predecessor
     }
 
     /// The steering programs earlier agents left attached, newest first.
@@ -325,8 +367,9 @@ impl Preparing {
 
     /// Have the predecessor leave (see the module), then take its flows over: the table to
     /// run with, the held directory and what happened. `program` is this process's steering
-    /// program, recorded for the next.
-    pub fn take(mut self, program: u32) -> Result<(Conntrack, Held, Taken), String> {
+    /// program, recorded for the next. A predecessor that `handed` its sockets over has let
+    /// go of the directory already; it is told to stop (SIGTERM) once the directory is ours.
+    pub fn take(mut self, program: u32, handed: bool) -> Result<(Conntrack, Held, Taken), String> {
         let fail = |what: &str, e: std::io::Error| {
             format!("state directory {}: {what}: {e}", self.dir.display())
         };
@@ -338,6 +381,9 @@ impl Preparing {
         let waited = started.elapsed();
         if self.predecessor.is_some() {
             write_pid(&mut self.owner).map_err(|e| fail("writing owner", e))?;
+        }
+        if let (true, Some(process)) = (handed, &self.predecessor_process) {
+            pidfd_signal(process, libc::SIGTERM);
         }
         let mut programs = vec![program];
         programs.extend(self.programs.iter().filter(|id| **id != program));
@@ -360,6 +406,7 @@ impl Preparing {
             fresh_because: None,
             taken_at: WallClock::now(),
             dark: Duration::ZERO,
+            handover: None,
         };
         let ct = match self.conntrack {
             Prepared::Existing(ct, _) => {
@@ -415,11 +462,12 @@ impl Preparing {
                 }
                 Some(_) => {}
             }
-            if pid > 0 && !termed {
+            let signalled = pid > 0 && pid != std::process::id();
+            if signalled && !termed {
                 signal(libc::SIGTERM);
                 termed = true;
             }
-            if pid > 0 && !killed && asked.elapsed() > LEAVE {
+            if signalled && !killed && asked.elapsed() > LEAVE {
                 signal(libc::SIGKILL);
                 killed = true;
             }
@@ -472,7 +520,10 @@ mod tests {
             ..ConntrackConfig::default()
         };
         // A first owner, gone: its table is in the file, its program recorded.
-        let (ct, held, taken) = Preparing::start(&dir, config).unwrap().take(7).unwrap();
+        let (ct, held, taken) = Preparing::start(&dir, config)
+            .unwrap()
+            .take(7, false)
+            .unwrap();
         assert_eq!(taken.predecessor, None);
         assert_eq!(taken.fresh_because.as_deref(), Some("there was none"));
         let t = now();
@@ -497,7 +548,7 @@ mod tests {
         }
         let preparing = Preparing::start(&dir, config).unwrap();
         assert_eq!(preparing.predecessor_programs(), &[7]);
-        let (ct, _held, taken) = preparing.take(9).unwrap();
+        let (ct, _held, taken) = preparing.take(9, false).unwrap();
         assert_eq!((taken.predecessor, taken.killed), (Some(pid), false));
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(holder.wait().unwrap().signal(), Some(libc::SIGTERM));

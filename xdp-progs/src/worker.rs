@@ -394,6 +394,16 @@ impl Worker {
         }
     }
 
+    /// The worker's port on interface `id`, if it has one.
+    pub fn port(&self, id: InterfaceId) -> Option<&Port> {
+        self.ports.iter().find(|(i, _)| *i == id).map(|(_, p)| p)
+    }
+
+    /// The worker's ports.
+    pub fn ports(&self) -> impl Iterator<Item = &Port> {
+        self.ports.iter().map(|(_, p)| p)
+    }
+
     /// The descriptors of the worker's sockets and of their UMEMs' own (on which each UMEM's
     /// first socket is bound), each once.
     pub fn socket_fds(&self) -> Vec<i32> {

@@ -1,4 +1,4 @@
-//! AF_XDP sockets on libxdp's rings, sharing one UMEM per worker.
+//! AF_XDP sockets sharing one UMEM per worker, driven by libxdp's ring helpers.
 //!
 //! A [`Umem`] is a mapped area of equal chunks that the kernel receives into and transmits
 //! from. A [`Port`] is one AF_XDP socket bound to one queue of one interface, with its own four
@@ -14,14 +14,19 @@
 //! come and go gives back the chunks left in its fill and TX rings instead of leaking them. A
 //! UMEM and its ports belong to one worker thread (`Rc`, not `Arc`).
 //!
-//! libxdp binds a UMEM's first socket on the UMEM's own file descriptor, which stays open (and
-//! bound) until the UMEM is deleted, and later sockets share the UMEM through it: give the
-//! first socket the most stable interface (the uplink).
+//! A UMEM registers its area on a socket of its own, on which its first port is bound; that
+//! socket stays open (and bound) until the UMEM is dropped, and later sockets share the UMEM
+//! through it: give the first socket the most stable interface (the uplink).
 //!
-//! The rings are driven through libxdp's own helpers (libxdp-sys) rather than a higher-level
-//! crate because the pipeline moves a frame's start inside its chunk (VXLAN encapsulation
-//! prepends 50 bytes, decapsulation strips them): a transmit descriptor carries whatever
-//! address and length the pipeline left, which xsk-rs's frame descriptors cannot express.
+//! The sockets and their rings are set up here (socket options, `mmap` of each ring at the
+//! offsets the kernel gives) and driven through libxdp's ring helpers (libxdp-sys), rather
+//! than by a higher-level crate, for two reasons. The pipeline moves a frame's start inside its
+//! chunk (VXLAN encapsulation prepends 50 bytes, decapsulation strips them): a transmit
+//! descriptor carries whatever address and length the pipeline left, which xsk-rs's frame
+//! descriptors cannot express. And a successor process takes a UMEM and its bound sockets over
+//! ([`Umem::hand_over`], [`Umem::adopt`]): the area is a memory file it maps too, and it maps
+//! each socket's rings again (which Linux allows for a bound socket since 6.4) and reads on
+//! from the indexes left in them, which no library that creates its own sockets can do.
 //!
 //! Binding is in copy mode with need_wakeup, what veth supports; transmit kicks the kernel
 //! (`sendto`) whenever the TX ring needs a wakeup, not only after adding descriptors, since
@@ -41,9 +46,11 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::raw::c_void;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Acquire;
 
 use kxdp_dataplane::offload::FrameSink;
 use libxdp_sys as xdp;
@@ -95,9 +102,6 @@ pub const KERNEL_HEADROOM: u32 = 256;
 /// The most descriptors one transmitted frame may have: in copy mode the kernel builds one
 /// skb per frame, its first buffer and up to `MAX_SKB_FRAGS` (17) fragments.
 pub const MAX_FRAME_DESCS: usize = 18;
-
-/// `XDP_USE_SG` (linux/if_xdp.h, 6.6): frames larger than a chunk span several descriptors.
-const XDP_USE_SG: u16 = 1 << 4;
 
 /// `XDP_MAX_TX_SKB_BUDGET` (linux/if_xdp.h, 6.17): how many frames one kick of a copy-mode
 /// socket sends, instead of the kernel's [`KERNEL_TX_BATCH`].
@@ -167,25 +171,219 @@ pub fn errno(e: &io::Error) -> Option<i32> {
     })
 }
 
-/// Fill and completion rings, boxed: libxdp keeps pointers to them.
-type FillComp = (Box<xdp::xsk_ring_prod>, Box<xdp::xsk_ring_cons>);
+/// A mapping of one of a socket's rings, unmapped when dropped.
+#[derive(Debug)]
+struct Mapping {
+    base: NonNull<c_void>,
+    len: usize,
+}
 
-fn zeroed_rings() -> FillComp {
-    // SAFETY: ring structs are plain C data for libxdp to fill in; all-zero is their state
-    // before creation.
-    let fill = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_prod>() });
-    // SAFETY: as above.
-    let comp = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_cons>() });
-    (fill, comp)
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly this mapping, which no ring struct refers to any more (they
+        // are dropped with it, see `Rings`).
+        let _ = unsafe { libc::munmap(self.base.as_ptr(), self.len) };
+    }
+}
+
+/// The four rings of one AF_XDP socket, mapped, described for libxdp's ring helpers (boxed:
+/// their addresses stay put).
+#[derive(Debug)]
+struct Rings {
+    fill: Box<xdp::xsk_ring_prod>,
+    comp: Box<xdp::xsk_ring_cons>,
+    rx: Box<xdp::xsk_ring_cons>,
+    tx: Box<xdp::xsk_ring_prod>,
+    /// Declared last: dropped after the descriptions that point into them.
+    _maps: [Mapping; 4],
+}
+
+/// The fields of a ring description, read from a mapping of it.
+struct RingView {
+    producer: *mut u32,
+    consumer: *mut u32,
+    ring: *mut c_void,
+    flags: *mut u32,
+    /// The kernel's indexes now.
+    prod_now: u32,
+    cons_now: u32,
+}
+
+fn setsockopt<T>(fd: i32, opt: i32, value: &T, what: &str) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` of the size given; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_XDP,
+            opt,
+            (value as *const T).cast::<c_void>(),
+            core::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(os_err(what, -e.raw_os_error().unwrap_or(libc::EIO)));
+    }
+    Ok(())
+}
+
+impl Rings {
+    /// Give socket `fd` (not bound yet) four rings of `size` entries each.
+    fn create(fd: i32, size: u32) -> io::Result<Rings> {
+        for (opt, what) in [
+            (libc::XDP_UMEM_FILL_RING, "sizing the fill ring"),
+            (libc::XDP_UMEM_COMPLETION_RING, "sizing the completion ring"),
+            (libc::XDP_RX_RING, "sizing the RX ring"),
+            (libc::XDP_TX_RING, "sizing the TX ring"),
+        ] {
+            setsockopt(fd, opt, &size, what)?;
+        }
+        Rings::map(fd, size)
+    }
+
+    /// Map socket `fd`'s four rings of `size` entries, which exist already, and describe them
+    /// from the indexes the kernel and the socket's last user left: a socket handed over by
+    /// another process is taken up where that process stopped (the kernel lets a bound
+    /// socket's rings be mapped again since Linux 6.4).
+    fn map(fd: i32, size: u32) -> io::Result<Rings> {
+        // SAFETY: an all-zero offsets struct is valid for the kernel to overwrite.
+        let mut off: libc::xdp_mmap_offsets = unsafe { core::mem::zeroed() };
+        let mut len = core::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+        // SAFETY: `off` and `len` are live and describe each other.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                (&mut off as *mut libc::xdp_mmap_offsets).cast::<c_void>(),
+                &mut len,
+            )
+        };
+        if rc != 0 || len as usize != core::mem::size_of::<libc::xdp_mmap_offsets>() {
+            let e = io::Error::last_os_error();
+            return Err(os_err(
+                "reading the ring offsets (a kernel with need_wakeup, 5.4 or later)",
+                -e.raw_os_error().unwrap_or(libc::EINVAL),
+            ));
+        }
+        let desc = core::mem::size_of::<libc::xdp_desc>();
+        let (fill, fill_map) = map_one(fd, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, size, 8)?;
+        let (comp, comp_map) = map_one(fd, &off.cr, libc::XDP_UMEM_PGOFF_COMPLETION_RING, size, 8)?;
+        let (rx, rx_map) = map_one(fd, &off.rx, libc::XDP_PGOFF_RX_RING as u64, size, desc)?;
+        let (tx, tx_map) = map_one(fd, &off.tx, libc::XDP_PGOFF_TX_RING as u64, size, desc)?;
+        // Producer rings keep their consumer index a ring ahead (as libxdp does), consumer
+        // rings as it is. The two are distinct C types of one layout.
+        macro_rules! describe {
+            ($ty:ident, $v:expr, $ahead:expr) => {{
+                let v: RingView = $v;
+                Box::new(xdp::$ty {
+                    cached_prod: v.prod_now,
+                    cached_cons: v.cons_now.wrapping_add($ahead),
+                    mask: size - 1,
+                    size,
+                    producer: v.producer,
+                    consumer: v.consumer,
+                    ring: v.ring,
+                    flags: v.flags,
+                })
+            }};
+        }
+        let prod = |v: RingView| describe!(xsk_ring_prod, v, size);
+        let cons = |v: RingView| describe!(xsk_ring_cons, v, 0);
+        Ok(Rings {
+            fill: prod(fill),
+            comp: cons(comp),
+            rx: cons(rx),
+            tx: prod(tx),
+            _maps: [fill_map, comp_map, rx_map, tx_map],
+        })
+    }
+}
+
+/// Map one ring of `fd` at page offset `pgoff`: `size` entries of `entry` bytes after the
+/// header the offsets describe.
+fn map_one(
+    fd: i32,
+    off: &libc::xdp_ring_offset,
+    pgoff: u64,
+    size: u32,
+    entry: usize,
+) -> io::Result<(RingView, Mapping)> {
+    let len = off.desc as usize + size as usize * entry;
+    // SAFETY: a new shared mapping of the socket's ring; it aliases no Rust memory.
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd,
+            pgoff as libc::off_t,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        let e = io::Error::last_os_error();
+        return Err(os_err(
+            "mapping a ring",
+            -e.raw_os_error().unwrap_or(libc::EINVAL),
+        ));
+    }
+    let map = Mapping {
+        base: NonNull::new(base).expect("mmap does not return null"),
+        len,
+    };
+    let at = |o: u64| base.cast::<u8>().wrapping_add(o as usize);
+    let (producer, consumer) = (
+        at(off.producer).cast::<u32>(),
+        at(off.consumer).cast::<u32>(),
+    );
+    let load = |p: *mut u32| {
+        // SAFETY: `p` lies in the mapping (the kernel's offsets), an aligned u32 that the
+        // kernel updates atomically; reading it atomically is how the rings are shared.
+        unsafe { std::sync::atomic::AtomicU32::from_ptr(p) }.load(Acquire)
+    };
+    let (prod_now, cons_now) = (load(producer), load(consumer));
+    let view = RingView {
+        producer,
+        consumer,
+        ring: at(off.desc).cast::<c_void>(),
+        flags: at(off.flags).cast::<u32>(),
+        prod_now,
+        cons_now,
+    };
+    Ok((view, map))
+}
+
+/// A new AF_XDP socket.
+fn xdp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket() has no memory preconditions.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(os_err(
+            "creating an AF_XDP socket",
+            -e.raw_os_error().unwrap_or(libc::EINVAL),
+        ));
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A UMEM: the frame area and its free list, shared by a worker's ports.
+///
+/// The area is a memory file (`memfd`) mapped shared, so that another process can map the
+/// same chunks: a successor takes over a UMEM, and the sockets on it, with the frames in
+/// flight ([`Umem::hand_over`]).
 #[derive(Debug)]
 pub struct Umem {
     area: NonNull<u8>,
     area_len: usize,
-    umem: *mut xdp::xsk_umem,
+    /// The memory file behind the area.
+    memfd: OwnedFd,
+    /// The UMEM's socket: the area is registered on it, and its first port is bound on it.
+    socket: OwnedFd,
     frame_size: u32,
+    headroom: u32,
     ring_size: u32,
     /// Chunks no ring holds, by base address.
     free: RefCell<Vec<u64>>,
@@ -197,8 +395,8 @@ pub struct Umem {
     live: Cell<u32>,
     /// Chunks in the UMEM.
     frames: u32,
-    /// The fill and completion rings created with the UMEM, for its first socket.
-    first_rings: RefCell<Option<FillComp>>,
+    /// The rings of the UMEM's socket, until its first port takes them.
+    first_rings: RefCell<Option<Rings>>,
 }
 
 impl Umem {
@@ -206,27 +404,22 @@ impl Umem {
     pub fn new(config: PortConfig) -> io::Result<Rc<Umem>> {
         assert!(config.frame_size.is_power_of_two() && config.frames > 0);
         let area_len = config.frames as usize * config.frame_size as usize;
-        // SAFETY: a new private anonymous mapping; it aliases nothing.
-        let area = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                area_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if area == libc::MAP_FAILED {
+        // SAFETY: the name is NUL-terminated; memfd_create reads nothing else.
+        let fd = unsafe { libc::memfd_create(c"kxdp-umem".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let area = NonNull::new(area.cast::<u8>()).expect("mmap does not return null");
-        let (mut fill, mut comp) = zeroed_rings();
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        std::fs::File::from(memfd.try_clone()?).set_len(area_len as u64)?;
+        let area = map_area(&memfd, area_len)?;
         let mut umem = Umem {
             area,
             area_len,
-            umem: ptr::null_mut(),
+            memfd,
+            socket: xdp_socket()?,
             frame_size: config.frame_size,
+            headroom: config.headroom,
             ring_size: config.ring_size,
             free: RefCell::new(
                 (0..config.frames)
@@ -239,29 +432,22 @@ impl Umem {
             frames: config.frames,
             first_rings: RefCell::new(None),
         };
-        let umem_config = xdp::xsk_umem_config {
-            fill_size: config.ring_size,
-            comp_size: config.ring_size,
-            frame_size: config.frame_size,
-            frame_headroom: config.headroom,
+        let reg = libc::xdp_umem_reg {
+            addr: umem.area.as_ptr() as u64,
+            len: area_len as u64,
+            chunk_size: config.frame_size,
+            headroom: config.headroom,
             flags: 0,
+            tx_metadata_len: 0,
         };
-        // SAFETY: the area is ours and outlives the UMEM (`drop` deletes the UMEM first); the
-        // ring structs are boxed, so their addresses stay valid for libxdp.
-        let rc = unsafe {
-            xdp::xsk_umem__create(
-                &mut umem.umem,
-                umem.area.as_ptr().cast::<c_void>(),
-                area_len as u64,
-                &mut *fill,
-                &mut *comp,
-                &umem_config,
-            )
-        };
-        if rc != 0 {
-            return Err(os_err("creating the UMEM", rc));
-        }
-        *umem.first_rings.borrow_mut() = Some((fill, comp));
+        setsockopt(
+            umem.socket.as_raw_fd(),
+            libc::XDP_UMEM_REG,
+            &reg,
+            "registering the UMEM",
+        )?;
+        let rings = Rings::create(umem.socket.as_raw_fd(), config.ring_size)?;
+        umem.first_rings = RefCell::new(Some(rings));
         Ok(Rc::new(umem))
     }
 
@@ -301,8 +487,7 @@ impl Umem {
     /// The UMEM's own descriptor, on which its first socket is bound (see the module
     /// documentation).
     pub fn fd(&self) -> i32 {
-        // SAFETY: the UMEM is live until drop.
-        unsafe { xdp::xsk_umem__fd(self.umem) }
+        self.socket.as_raw_fd()
     }
 
     /// Chunks on the free list.
@@ -523,11 +708,9 @@ const NO_PORT: u32 = 0;
 
 impl Drop for Umem {
     fn drop(&mut self) {
-        if !self.umem.is_null() {
-            // SAFETY: every port holds an `Rc` to this UMEM, so none is left: no socket uses it.
-            let _ = unsafe { xdp::xsk_umem__delete(self.umem) };
-        }
-        // SAFETY: unmaps exactly our area, which nothing references any more.
+        // Every port holds an `Rc` to this UMEM, so none is left: the socket (closed with the
+        // fields) is the last that uses the area.
+        // SAFETY: unmaps exactly our area, which nothing in this process references any more.
         let _ = unsafe { libc::munmap(self.area.as_ptr().cast::<c_void>(), self.area_len) };
     }
 }
@@ -536,13 +719,19 @@ impl Drop for Umem {
 #[derive(Debug)]
 pub struct Port {
     umem: Rc<Umem>,
-    xsk: *mut xdp::xsk_socket,
+    /// The socket, unless the port is bound on the UMEM's own (which the UMEM keeps).
+    own: Option<OwnedFd>,
     fill: Box<xdp::xsk_ring_prod>,
     comp: Box<xdp::xsk_ring_cons>,
     rx: Box<xdp::xsk_ring_cons>,
     tx: Box<xdp::xsk_ring_prod>,
+    /// The rings' mappings, unmapped after the descriptions above are gone.
+    _maps: [Mapping; 4],
     /// This port's number in its UMEM's ownership records.
     id: u32,
+    /// Where it is bound: interface index and queue.
+    ifindex: u32,
+    queue: u32,
 }
 
 impl Port {
@@ -556,87 +745,98 @@ impl Port {
     /// loaded: the caller attaches its own and registers the socket in its XSKMAP (see
     /// `Steering::register_socket`).
     pub fn open_shared(ifname: &str, queue: u32, umem: &Rc<Umem>) -> io::Result<Port> {
-        // The UMEM's first socket takes the rings created with it; the others get their own.
+        let what = format!("binding AF_XDP to {ifname} queue {queue}");
+        let name = CString::new(ifname)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+        // SAFETY: `name` is NUL-terminated; if_nametoindex reads nothing else.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(os_err(&what, -libc::ENODEV));
+        }
+        // The UMEM's first port is bound on the UMEM's socket, with the rings made with it;
+        // the others get a socket and rings of their own and share the UMEM through it.
         let first = umem.first_rings.borrow_mut().take();
-        let took_first = first.is_some();
-        let (fill, comp) = first.unwrap_or_else(zeroed_rings);
-        let (rx, tx) = {
-            // SAFETY: as in `zeroed_rings`.
-            let rx = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_cons>() });
-            // SAFETY: as in `zeroed_rings`.
-            let tx = Box::new(unsafe { core::mem::zeroed::<xdp::xsk_ring_prod>() });
-            (rx, tx)
+        let (own, rings) = match first {
+            Some(rings) => (None, rings),
+            None => {
+                let socket = xdp_socket()?;
+                let rings = Rings::create(socket.as_raw_fd(), umem.ring_size)?;
+                (Some(socket), rings)
+            }
         };
+        let fd = own.as_ref().unwrap_or(&umem.socket).as_raw_fd();
+        let addr = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            // Only the UMEM's first socket binds with flags; the kernel refuses them on a
+            // socket that shares a UMEM, which takes copy mode, need_wakeup and SG from the
+            // first.
+            sxdp_flags: match own {
+                None => libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP | libc::XDP_USE_SG,
+                Some(_) => libc::XDP_SHARED_UMEM,
+            },
+            sxdp_ifindex: ifindex,
+            sxdp_queue_id: queue,
+            sxdp_shared_umem_fd: match own {
+                None => 0,
+                Some(_) => umem.socket.as_raw_fd() as u32,
+            },
+        };
+        // SAFETY: `addr` is a live sockaddr_xdp of the size given; the kernel only reads it.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_xdp).cast::<libc::sockaddr>(),
+                core::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let errno = io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            // The UMEM's socket stays unbound: its rings wait for the next try.
+            if own.is_none() {
+                *umem.first_rings.borrow_mut() = Some(rings);
+            }
+            return Err(os_err(&what, -errno));
+        }
+        let port = Port::on(umem, own, rings, ifindex, queue);
+        // One kick sends the whole ring where the kernel lets us say so; older kernels refuse
+        // the option and `kick` kicks again instead.
+        let budget: u32 = umem.ring_size;
+        let _ = setsockopt(port.fd(), XDP_MAX_TX_SKB_BUDGET, &budget, "the TX budget");
+        Ok(port)
+    }
+
+    /// A port on `umem` with `rings`, numbered next.
+    fn on(umem: &Rc<Umem>, own: Option<OwnedFd>, rings: Rings, ifindex: u32, queue: u32) -> Port {
         // Numbers wrap after 2^32 - 1 ports; 0 is nobody.
         let id = umem.ports.get().wrapping_add(1).max(1);
         umem.ports.set(id);
         umem.live.set(umem.live.get() + 1);
-        let mut port = Port {
-            umem: Rc::clone(umem),
-            xsk: ptr::null_mut(),
+        let Rings {
             fill,
             comp,
             rx,
             tx,
+            _maps,
+        } = rings;
+        Port {
+            umem: Rc::clone(umem),
+            own,
+            fill,
+            comp,
+            rx,
+            tx,
+            _maps,
             id,
-        };
-        let name = CString::new(ifname)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
-        let socket_config = xdp::xsk_socket_config {
-            rx_size: umem.ring_size,
-            tx_size: umem.ring_size,
-            __bindgen_anon_1: xdp::xsk_socket_config__bindgen_ty_1 {
-                libxdp_flags: xdp::XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
-            },
-            xdp_flags: 0,
-            // Only the UMEM's first socket binds with these flags; the kernel refuses flags on
-            // a socket that shares a UMEM (libxdp then sends only XDP_SHARED_UMEM), and
-            // such a socket takes copy mode, need_wakeup and SG from the first.
-            bind_flags: (xdp::XDP_COPY | xdp::XDP_USE_NEED_WAKEUP) as u16 | XDP_USE_SG,
-        };
-        // SAFETY: valid UMEM, name and boxed rings; on success the socket refers to them
-        // until `xsk_socket__delete` in `drop`, and the `Rc` keeps the UMEM alive as long.
-        let rc = unsafe {
-            xdp::xsk_socket__create_shared(
-                &mut port.xsk,
-                name.as_ptr(),
-                queue,
-                umem.umem,
-                &mut *port.rx,
-                &mut *port.tx,
-                &mut *port.fill,
-                &mut *port.comp,
-                &socket_config,
-            )
-        };
-        if rc != 0 {
-            // libxdp still holds the UMEM's first rings by address (it lets go of them only
-            // when a socket takes them): give the same boxes back for the next try, or it
-            // would copy them from freed memory.
-            if took_first {
-                let fill = core::mem::replace(&mut port.fill, zeroed_rings().0);
-                let comp = core::mem::replace(&mut port.comp, zeroed_rings().1);
-                *umem.first_rings.borrow_mut() = Some((fill, comp));
-            }
-            return Err(os_err(
-                &format!("binding AF_XDP to {ifname} queue {queue}"),
-                rc,
-            ));
+            ifindex,
+            queue,
         }
-        // One kick sends the whole ring where the kernel lets us say so; older kernels refuse
-        // the option and `kick` kicks again instead.
-        let budget: u32 = umem.ring_size;
-        // SAFETY: a u32 option value of the size given, on our own socket.
-        let _ = unsafe {
-            libc::setsockopt(
-                port.fd(),
-                libc::SOL_XDP,
-                XDP_MAX_TX_SKB_BUDGET,
-                (&budget as *const u32).cast::<c_void>(),
-                core::mem::size_of::<u32>() as libc::socklen_t,
-            )
-        };
-        Ok(port)
+    }
+
+    /// Where the port is bound: its interface's index and the queue.
+    pub fn bound_to(&self) -> (u32, u32) {
+        (self.ifindex, self.queue)
     }
 
     /// The UMEM this port uses.
@@ -656,8 +856,7 @@ impl Port {
 
     /// The socket's file descriptor, for the XSKMAP and for `poll`.
     pub fn fd(&self) -> i32 {
-        // SAFETY: `xsk` is a live socket until drop.
-        unsafe { xdp::xsk_socket__fd(self.xsk) }
+        self.own.as_ref().unwrap_or(&self.umem.socket).as_raw_fd()
     }
 
     /// Give the kernel free chunks to receive into: up to this port's share of the UMEM
@@ -952,18 +1151,176 @@ const MIN_FILL: u32 = 64;
 impl Drop for Port {
     fn drop(&mut self) {
         self.umem.live.set(self.umem.live.get().saturating_sub(1));
-        if self.xsk.is_null() {
-            return;
-        }
-        let on_umem_fd = self.fd() == self.umem.fd();
-        // SAFETY: the socket is live and deleted once; the UMEM outlives it (our `Rc`).
-        unsafe { xdp::xsk_socket__delete(self.xsk) };
-        // Closing the socket released it: the kernel no longer reads its fill ring or sends
-        // from its TX ring, so their chunks are free again. The UMEM's first socket is not
-        // closed (libxdp keeps the UMEM's descriptor open): its chunks stay where they are.
-        if !on_umem_fd {
+        // Closing the socket releases it: the kernel no longer reads its fill ring or sends
+        // from its TX ring, so their chunks are free again. The UMEM's socket is not closed
+        // (the UMEM keeps it): its chunks stay where they are.
+        if let Some(socket) = self.own.take() {
+            drop(socket);
             self.umem.reclaim(self.id);
         }
+    }
+}
+
+/// Map `len` bytes of memory file `memfd`, shared, for a UMEM's area.
+fn map_area(memfd: &OwnedFd, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a new shared mapping of our memory file; it aliases no Rust memory.
+    let area = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            memfd.as_raw_fd(),
+            0,
+        )
+    };
+    if area == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // Huge pages where the kernel gives them to shared memory (`shmem_enabled` advise or
+    // always): fewer TLB misses over the area. Without them, 4 KiB pages, as before.
+    // SAFETY: advice about our own mapping; it changes no contents.
+    let _ = unsafe { libc::madvise(area, len, libc::MADV_HUGEPAGE) };
+    Ok(NonNull::new(area.cast::<u8>()).expect("mmap does not return null"))
+}
+
+/// A UMEM and its ports as a process hands them to its successor ([`Umem::hand_over`],
+/// [`Umem::adopt`]): descriptors to pass (`SCM_RIGHTS`), the geometry, and where each chunk
+/// is. The predecessor stops using them once handed; the successor goes on where it stopped.
+#[derive(Debug)]
+pub struct HandedUmem {
+    /// The memory file of the area.
+    pub memfd: OwnedFd,
+    /// The UMEM's socket.
+    pub socket: OwnedFd,
+    /// Chunks, bytes per chunk, headroom and ring entries ([`PortConfig`]).
+    pub frames: u32,
+    /// Bytes per chunk.
+    pub frame_size: u32,
+    /// Headroom before received frames.
+    pub headroom: u32,
+    /// Entries per ring.
+    pub ring_size: u32,
+    /// Whether the UMEM's socket is still unbound (no port has taken its rings).
+    pub unbound: bool,
+    /// By chunk: 0 if free, else 1 + the index in `ports` of the port whose rings hold it.
+    pub owner: Vec<u16>,
+    /// The ports on the UMEM.
+    pub ports: Vec<HandedPort>,
+}
+
+/// A bound socket handed over with its UMEM.
+#[derive(Debug)]
+pub struct HandedPort {
+    /// Its descriptor; none for the port bound on the UMEM's own socket.
+    pub fd: Option<OwnedFd>,
+    /// The interface it is bound to, by index.
+    pub ifindex: u32,
+    /// The queue.
+    pub queue: u32,
+}
+
+impl Umem {
+    /// Describe this UMEM and `ports`, all those on it, for a successor ([`Umem::adopt`]).
+    /// Call it between batches, when the worker holds no chunk: a chunk held would be lost
+    /// (refused). The descriptors are duplicates: this process may close its own.
+    pub fn hand_over<'a>(&self, ports: impl Iterator<Item = &'a Port>) -> io::Result<HandedUmem> {
+        let held = self.chunks().held();
+        if held != 0 {
+            return Err(io::Error::other(format!(
+                "{held} chunks are being processed"
+            )));
+        }
+        let mut index = std::collections::HashMap::new();
+        let mut handed = Vec::new();
+        for p in ports.filter(|p| ptr::eq(&*p.umem, self)) {
+            let fd = p.own.as_ref().map(OwnedFd::try_clone).transpose()?;
+            handed.push(HandedPort {
+                fd,
+                ifindex: p.ifindex,
+                queue: p.queue,
+            });
+            let n = u16::try_from(handed.len())
+                .map_err(|_| io::Error::other("too many ports on one UMEM"))?;
+            index.insert(p.id, n);
+        }
+        let owner = self.owner.borrow();
+        Ok(HandedUmem {
+            memfd: self.memfd.try_clone()?,
+            socket: self.socket.try_clone()?,
+            frames: self.frames,
+            frame_size: self.frame_size,
+            headroom: self.headroom,
+            ring_size: self.ring_size,
+            unbound: self.first_rings.borrow().is_some(),
+            owner: owner
+                .iter()
+                .map(|o| index.get(o).copied().unwrap_or(0))
+                .collect(),
+            ports: handed,
+        })
+    }
+
+    /// Take over a UMEM a predecessor handed over, and its ports in the order handed, each
+    /// with its rings as the predecessor left them. Refuses a description that does not hold
+    /// together (an area smaller than its chunks, a chunk owned by no port handed).
+    pub fn adopt(h: HandedUmem) -> io::Result<(Rc<Umem>, Vec<Port>)> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+        let ports = h.ports.len();
+        if !h.frame_size.is_power_of_two()
+            || h.frames == 0
+            || !h.ring_size.is_power_of_two()
+            || h.owner.len() != h.frames as usize
+        {
+            return Err(bad("a UMEM's geometry does not hold together"));
+        }
+        if h.owner.iter().any(|o| usize::from(*o) > ports) {
+            return Err(bad("a chunk is held by a port not handed over"));
+        }
+        let on_socket = h.ports.iter().filter(|p| p.fd.is_none()).count();
+        if on_socket > usize::from(!h.unbound) {
+            return Err(bad(
+                "the UMEM's socket is unbound, or bound for more than one port",
+            ));
+        }
+        let area_len = h.frames as usize * h.frame_size as usize;
+        let file = std::fs::File::from(h.memfd.try_clone()?);
+        if (file.metadata()?.len() as usize) < area_len {
+            return Err(bad("a UMEM's memory file is smaller than its chunks"));
+        }
+        let area = map_area(&h.memfd, area_len)?;
+        let first_rings = match h.unbound {
+            true => Some(Rings::map(h.socket.as_raw_fd(), h.ring_size)?),
+            false => None,
+        };
+        let umem = Rc::new(Umem {
+            area,
+            area_len,
+            memfd: h.memfd,
+            socket: h.socket,
+            frame_size: h.frame_size,
+            headroom: h.headroom,
+            ring_size: h.ring_size,
+            free: RefCell::new(
+                (0..h.frames)
+                    .filter(|i| h.owner[*i as usize] == 0)
+                    .map(|i| u64::from(i) * u64::from(h.frame_size))
+                    .collect(),
+            ),
+            // Ports are numbered in the order handed, from 1 (see `Port::on`).
+            owner: RefCell::new(h.owner.iter().map(|o| u32::from(*o)).collect()),
+            ports: Cell::new(NO_PORT),
+            live: Cell::new(0),
+            frames: h.frames,
+            first_rings: RefCell::new(first_rings),
+        });
+        let mut adopted = Vec::with_capacity(ports);
+        for p in h.ports {
+            let fd = p.fd.as_ref().unwrap_or(&umem.socket).as_raw_fd();
+            let rings = Rings::map(fd, umem.ring_size)?;
+            adopted.push(Port::on(&umem, p.fd, rings, p.ifindex, p.queue));
+        }
+        Ok((umem, adopted))
     }
 }
 

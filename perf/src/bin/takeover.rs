@@ -5,16 +5,19 @@
 //! Node-a's agent is then replaced `--rounds` times each way, one after the other:
 //!
 //! - **takeover**: a new agent is started while the old one runs; it prepares everything,
-//!   asks the old one to leave and takes its conntrack and queues over (an upgrade);
+//!   asks the old one for its sockets (or to leave) and takes its conntrack and queues over
+//!   (an upgrade);
 //! - **restart**: the agent is SIGKILLed and started again at once (a crash and its
 //!   supervisor).
 //!
 //! The gap of a round is the longest time between two echoes among the silences that begin
 //! in it (from its start to the next round's, both less a millisecond, as the last echo
 //! before a silence may come just before the round's action): a silence that a round starts
-//! and the next one ends is the first round's. For each kind it prints the gaps' median and maximum, with the new agent's
-//! own account of a takeover from its log (`waited_ms`: from asking the old one to leave to
-//! having its state, `dark_ms`: from there to its sockets bound). Needs root; agents are
+//! and the next one ends is the first round's. For each kind it prints the gaps' median and
+//! maximum and the datagrams lost (sent in a round of that kind, never echoed), with the new
+//! agent's own account of a takeover from its log (`waited_ms`: from asking the old one to
+//! leave to having its state, `dark_ms`: from there to the node's interfaces its own, and
+//! whether the sockets were handed over). Needs root; agents are
 //! `KXDP_BIN` or the `kxdp` beside this binary (so two builds compare by running this twice,
 //! each with its own `KXDP_BIN`), the plugin `KXDP_CNI_BIN` or the `kxdp-cni` beside it.
 //!
@@ -86,9 +89,21 @@ fn measure(rounds: u32, pods: u32) -> Result<(), String> {
     let max_run = 600;
     let mut c = AgentCluster::build(DEMO_MANIFEST, &DEMO_PODS)?;
     c.start(max_run, &[])?;
-    let extra: Vec<String> = (0..pods).map(|i| format!("extra-{i}")).collect();
-    let extra: Vec<(&str, usize)> = extra.iter().map(|n| (n.as_str(), 0)).collect();
-    c.attach_pods_by_plugin(&extra)?;
+    // The plugin's addresses start at the subnet's first; the manifest's pods have fixed
+    // ones there, which the agent would refuse a second time: pods given one of them are left
+    // attached but not counted.
+    let fixed: Vec<Ipv4Addr> = c.pods.iter().map(|p| p.ip).collect();
+    let mut served = 0;
+    for i in 0.. {
+        if served == pods {
+            break;
+        }
+        let name = format!("extra-{i}");
+        c.attach_pods_by_plugin(&[(name.as_str(), 0)])?;
+        if !fixed.contains(&c.pod(&name).ip) {
+            served += 1;
+        }
+    }
     let manifest = c.manifest.display().to_string();
     let args = ["--manifest", manifest.as_str()];
 
@@ -120,23 +135,26 @@ fn measure(rounds: u32, pods: u32) -> Result<(), String> {
     let stream = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            let (mut sent, mut echoes) = (0u64, Vec::new());
+            // When each datagram was sent (by sequence number), when echoes came, and which.
+            let (mut sent_at, mut echoes, mut echoed) = (Vec::new(), Vec::new(), Vec::new());
             let mut buf = [0u8; 64];
             let mut next = Instant::now();
             while !stop.load(Relaxed) {
                 if Instant::now() >= next {
-                    sent += 1;
-                    let _ = udp.send(&sent.to_be_bytes());
+                    let seq = sent_at.len() as u64;
+                    sent_at.push(Instant::now());
+                    let _ = udp.send(&seq.to_be_bytes());
                     next += SPACING;
                 }
                 while let Ok(n) = udp.recv(&mut buf) {
-                    if n == 8 {
+                    if let Ok(seq) = <[u8; 8]>::try_from(&buf[..n]) {
                         echoes.push(Instant::now());
+                        echoed.push(u64::from_be_bytes(seq));
                     }
                 }
                 std::thread::sleep(Duration::from_micros(50));
             }
-            (sent, echoes)
+            (sent_at, echoes, echoed)
         })
     };
     std::thread::sleep(Duration::from_secs(1));
@@ -162,10 +180,19 @@ fn measure(rounds: u32, pods: u32) -> Result<(), String> {
     }
     let end = Instant::now();
     stop.store(true, Relaxed);
-    let (sent, echoes) = stream.join().map_err(|_| "the stream panicked")?;
+    let (sent_at, echoes, echoed) = stream.join().map_err(|_| "the stream panicked")?;
     let _ = echoer.join();
+    let sent = sent_at.len();
+    let mut came = vec![false; sent];
+    for seq in echoed {
+        if let Some(c) = came.get_mut(seq as usize) {
+            *c = true;
+        }
+    }
 
     let mut gaps: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // Datagrams sent in each kind of round whose echo never came.
+    let mut lost = [0usize; 2];
     for (i, (kind, start)) in starts.iter().enumerate() {
         let until = starts.get(i + 1).map_or(end, |(_, s)| *s);
         let longest = echoes
@@ -174,6 +201,11 @@ fn measure(rounds: u32, pods: u32) -> Result<(), String> {
             .map(|p| (p[1] - p[0]).as_secs_f64() * 1e3)
             .fold(0.0, f64::max);
         gaps[*kind].push(longest);
+        lost[*kind] += sent_at
+            .iter()
+            .zip(&came)
+            .filter(|(at, came)| !**came && **at + MARGIN >= *start && **at + MARGIN < until)
+            .count();
     }
     let log = c.log(0);
     if std::env::var_os("TAKEOVER_LOG").is_some() {
@@ -200,9 +232,12 @@ fn measure(rounds: u32, pods: u32) -> Result<(), String> {
         let mut g = gaps[kind].clone();
         g.sort_by(f64::total_cmp);
         println!(
-            "  {name}: longest silence per round, median {:.1} ms, max {:.1} ms ({} rounds: {})",
+            "  {name}: longest silence per round, median {:.1} ms, max {:.1} ms; {} datagrams \
+             lost in all, {:.1} ms of the stream ({} rounds: {})",
             g[g.len() / 2],
             g[g.len() - 1],
+            lost[kind],
+            lost[kind] as f64 * SPACING.as_secs_f64() * 1e3,
             g.len(),
             gaps[kind]
                 .iter()
@@ -213,9 +248,14 @@ fn measure(rounds: u32, pods: u32) -> Result<(), String> {
     }
     if !took.is_empty() {
         let mean = |f: fn(&(f64, f64)) -> f64| took.iter().map(f).sum::<f64>() / took.len() as f64;
+        let handed = log
+            .lines()
+            .filter(|l| l.contains("its sockets were handed over"))
+            .count();
         println!(
             "  the new agent's account of a takeover (mean of {}): waited {:.1} ms for the old \
-             one to leave, dark {:.1} ms until its sockets were bound",
+             one to leave, {:.1} ms until the node's interfaces were its own (dark_ms); sockets \
+             handed over in {handed} of them",
             took.len(),
             mean(|t| t.0),
             mean(|t| t.1)

@@ -33,7 +33,7 @@ test: lint unit
 # runs found (kept under the target directory); a crash fails the run and its input is left in
 # $(CARGO_TARGET_DIR)/fuzz/artifacts/<target>.
 FUZZ_SECONDS ?= 20
-FUZZ_TARGETS := parse wire pipeline xdp manifest conntrack cni
+FUZZ_TARGETS := parse wire pipeline xdp manifest conntrack cni handover
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 	cd tests/fuzz && cargo fuzz build -s none --fuzz-dir .

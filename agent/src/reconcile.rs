@@ -570,18 +570,24 @@ impl Agent {
         let Some(dp) = self.dataplane.take() else {
             return Ok(());
         };
-        let replaced = dp.replaced();
+        let (replaced, handed) = (dp.replaced(), dp.handed_over());
         let counters = dp
             .finish()
             .map_err(|e| AgentError::Other(format!("stopping the dataplane: {e}")))?;
         let dropped: u64 = counters.drops.iter().sum();
         let rx = counters.events[kxdp_dataplane::counters::Event::RxPackets as usize];
         match &self.state_dir {
-            Some(_) if replaced => tracing::info!(
+            Some(_) if handed => tracing::info!(
                 rx,
                 dropped,
                 "stopped; the sockets, flows and programs were handed to the agent that \
                  replaced this one"
+            ),
+            Some(_) if replaced => tracing::warn!(
+                rx,
+                dropped,
+                "stopped; the agent that replaced this one takes the flows and programs over, \
+                 but could not be handed the sockets: it binds its own"
             ),
             Some(dir) => tracing::info!(
                 rx,

@@ -19,8 +19,9 @@
 //! Messages, little-endian, one per packet:
 //! - hello (successor): `KXDPHAND`, version `u32`;
 //! - UMEM: kind 1, worker `u32`, frames, chunk size, headroom, ring entries (`u32` each), the
-//!   socket unbound (`u8`), ports `u32`, then the owner of each chunk (`u16`: 0 free, else 1 +
-//!   the port's index); descriptors: the memory file and the UMEM's socket;
+//!   socket unbound (`u8`), ports `u32`, then the owner of each chunk (`u16`: 0 free, `0xffff`
+//!   in a socket not handed over, else 1 + the port's index); descriptors: the memory file and
+//!   the UMEM's socket;
 //! - port (one per port of the UMEM before, in order): kind 2, interface index, queue (`u32`
 //!   each); descriptor: its socket, or none for the port bound on the UMEM's socket;
 //! - end: kind 3, UMEMs sent `u32`;
@@ -106,7 +107,9 @@ fn send(fd: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
 
 /// One message and the descriptors that came with it.
 fn receive(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
-    let mut space = nix::cmsg_space!([RawFd; 2]);
+    // Room for as many descriptors as one message can carry (`SCM_MAX_FD`), so that none is
+    // cut off, and left open, before the count is checked.
+    let mut space = nix::cmsg_space!([RawFd; 253]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = socket::recvmsg::<()>(
         fd.as_raw_fd(),
@@ -151,10 +154,10 @@ pub fn read_hello(conn: &OwnedFd) -> std::io::Result<()> {
 }
 
 /// Tell the successor on `conn` why nothing is handed.
-pub fn refuse(conn: &OwnedFd, why: &str) {
+pub fn refuse(conn: &OwnedFd, why: &str) -> std::io::Result<()> {
     let mut msg = vec![REFUSED];
     msg.extend_from_slice(why.as_bytes());
-    let _ = send(conn, &msg, &[]);
+    send(conn, &msg, &[])
 }
 
 /// Send each worker's UMEM and ports (by worker number) on `conn`.
@@ -195,6 +198,15 @@ fn set_timeout(fd: &OwnedFd, t: Duration) -> std::io::Result<()> {
 struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
+    fn u8(&mut self) -> std::io::Result<u8> {
+        let (head, rest) = self
+            .0
+            .split_first()
+            .ok_or_else(|| std::io::Error::other("a message is too short"))?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
     fn u32(&mut self) -> std::io::Result<u32> {
         let (head, rest) = self
             .0
@@ -222,24 +234,43 @@ pub fn request_layout(dir: &Path, version: u32) -> std::io::Result<Vec<(u32, Han
     hello.extend_from_slice(&version.to_le_bytes());
     send(&conn, &hello, &[])?;
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut umems: Vec<(u32, HandedUmem)> = Vec::new();
-    let mut ports_due = 0usize;
+    let mut receiving = Receiving::default();
     loop {
-        let (n, mut fds) = receive(&conn, &mut buf)?;
-        let (kind, body) = buf[..n]
+        let (n, fds) = receive(&conn, &mut buf)?;
+        if let Some(umems) = receiving.take(&buf[..n], fds)? {
+            return Ok(umems);
+        }
+    }
+}
+
+/// What a successor has made of its predecessor's messages so far.
+#[derive(Debug, Default)]
+pub struct Receiving {
+    umems: Vec<(u32, HandedUmem)>,
+    /// Ports the last UMEM announced that have not come yet.
+    ports_due: usize,
+}
+
+impl Receiving {
+    /// Take one message and the descriptors that came with it: every UMEM and port handed,
+    /// once the end has come; an error for a message that does not fit (the descriptors
+    /// taken so far are closed with `self`).
+    pub fn take(
+        &mut self,
+        msg: &[u8],
+        mut fds: Vec<OwnedFd>,
+    ) -> std::io::Result<Option<Vec<(u32, HandedUmem)>>> {
+        let (kind, body) = msg
             .split_first()
             .ok_or_else(|| std::io::Error::other("the predecessor closed the connection"))?;
         let mut r = Reader(body);
         match *kind {
-            UMEM if ports_due == 0 => {
+            UMEM if self.ports_due == 0 => {
                 let worker = r.u32()?;
                 let [frames, frame_size, headroom, ring_size] =
                     [r.u32()?, r.u32()?, r.u32()?, r.u32()?];
-                let (unbound, rest) =
-                    r.0.split_first()
-                        .ok_or_else(|| std::io::Error::other("a UMEM message is too short"))?;
-                r.0 = rest;
-                ports_due = r.u32()? as usize;
+                let unbound = r.u8()?;
+                let ports_due = r.u32()? as usize;
                 if r.0.len() != 2 * frames as usize || fds.len() != 2 {
                     return Err(std::io::Error::other(
                         "a UMEM message does not hold together",
@@ -251,7 +282,8 @@ pub fn request_layout(dir: &Path, version: u32) -> std::io::Result<Vec<(u32, Han
                         .collect();
                 let socket = fds.pop().expect("two descriptors");
                 let memfd = fds.pop().expect("two descriptors");
-                umems.push((
+                self.ports_due = ports_due;
+                self.umems.push((
                     worker,
                     HandedUmem {
                         memfd,
@@ -260,44 +292,44 @@ pub fn request_layout(dir: &Path, version: u32) -> std::io::Result<Vec<(u32, Han
                         frame_size,
                         headroom,
                         ring_size,
-                        unbound: *unbound != 0,
+                        unbound: unbound != 0,
                         owner,
                         ports: Vec::with_capacity(ports_due.min(1024)),
                     },
                 ));
+                Ok(None)
             }
-            PORT if ports_due > 0 => {
+            PORT if self.ports_due > 0 => {
                 let (ifindex, queue) = (r.u32()?, r.u32()?);
                 if fds.len() > 1 {
                     return Err(std::io::Error::other(
                         "a port came with several descriptors",
                     ));
                 }
-                let (_, u) = umems.last_mut().expect("a port follows its UMEM");
+                let (_, u) = self.umems.last_mut().expect("a port follows its UMEM");
                 u.ports.push(HandedPort {
                     fd: fds.pop(),
                     ifindex,
                     queue,
                 });
-                ports_due -= 1;
+                self.ports_due -= 1;
+                Ok(None)
             }
-            END if ports_due == 0 => {
+            END if self.ports_due == 0 => {
                 let sent = r.u32()? as usize;
-                if sent != umems.len() {
+                if sent != self.umems.len() {
                     return Err(std::io::Error::other(format!(
                         "{sent} UMEMs were sent, {} came",
-                        umems.len()
+                        self.umems.len()
                     )));
                 }
-                return Ok(umems);
+                Ok(Some(std::mem::take(&mut self.umems)))
             }
-            REFUSED => {
-                return Err(std::io::Error::other(format!(
-                    "the running agent refused: {}",
-                    String::from_utf8_lossy(body)
-                )))
-            }
-            _ => return Err(std::io::Error::other("messages out of order")),
+            REFUSED => Err(std::io::Error::other(format!(
+                "the running agent refused: {}",
+                String::from_utf8_lossy(body)
+            ))),
+            _ => Err(std::io::Error::other("messages out of order")),
         }
     }
 }

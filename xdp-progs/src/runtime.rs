@@ -16,7 +16,7 @@
 
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -216,8 +216,9 @@ pub struct Dataplane {
     modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
     /// Set before `start` returns.
     decisions: Option<Arc<Decisions>>,
-    /// Set once a successor has been handed the sockets ([`crate::handover`]).
-    replaced: Arc<AtomicBool>,
+    /// Set once a successor has taken over: [`HANDED`] the sockets, or [`LEFT`] without them
+    /// ([`crate::handover`]).
+    replaced: Arc<AtomicU8>,
     requests: mpsc::Sender<Request>,
     control: Option<JoinHandle<Result<(), String>>>,
 }
@@ -282,6 +283,11 @@ pub fn rx_queues(name: &str) -> std::io::Result<u32> {
     Ok((ch.rx_count + ch.combined_count).max(1))
 }
 
+/// [`Dataplane::replaced`]: the successor was handed the sockets.
+const HANDED: u8 = 1;
+/// [`Dataplane::replaced`]: the successor was told why not, and binds its own.
+const LEFT: u8 = 2;
+
 /// What the control thread is asked.
 enum Request {
     /// Apply a change, and say how it went.
@@ -323,6 +329,14 @@ struct Starting {
     reply: mpsc::Sender<Result<Result<usize, String>, StartError>>,
 }
 
+/// How long a worker has to stop and describe its sockets for a successor: a batch at most
+/// (the successor waits `handover::WAIT` for each message).
+const HANDOVER_REPLY: Duration = Duration::from_secs(1);
+
+/// How long a socket handed over may wait to be claimed by an add of its interface before it
+/// is closed: longer than the adds' waits for busy queues (about 2 s each).
+const UNCLAIMED: Duration = Duration::from_secs(10);
+
 /// How long the control side waits for a worker to act on a command.
 const WORKER_REPLY: Duration = Duration::from_secs(10);
 
@@ -357,7 +371,7 @@ impl Dataplane {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (requests, requests_rx) = mpsc::channel();
         let modes = Arc::new(Mutex::new(Vec::new()));
-        let replaced = Arc::new(AtomicBool::new(false));
+        let replaced = Arc::new(AtomicU8::new(0));
         let control = {
             let stop = Arc::clone(&stop);
             let modes = Arc::clone(&modes);
@@ -446,10 +460,15 @@ impl Dataplane {
         crate::state::now()
     }
 
-    /// Whether the dataplane handed its sockets to a successor (and so stopped): the process
-    /// has been replaced.
+    /// Whether a successor took over (and so the dataplane stopped): the process has been
+    /// replaced.
     pub fn replaced(&self) -> bool {
-        self.replaced.load(Relaxed)
+        self.replaced.load(Relaxed) != 0
+    }
+
+    /// Whether the successor that took over was handed the sockets.
+    pub fn handed_over(&self) -> bool {
+        self.replaced.load(Relaxed) == HANDED
     }
 
     /// Whether the dataplane still runs: false once it stopped by itself (its time limit, a
@@ -644,10 +663,10 @@ impl Control {
         let mut pause = QUEUE_RELEASE_PAUSE_MIN;
         let opened = loop {
             match self.open_sockets(m, base) {
+                // The workers that opened their sockets keep them (an add of an interface a
+                // worker serves already is answered with its socket), so a socket handed over
+                // and served is never closed and reopened here.
                 Err(StartError::QueueBusy(_)) if ours && pause <= QUEUE_RELEASE_PAUSE_MAX => {
-                    if let Err(e) = self.close_sockets(m.id) {
-                        break Err(fatal(e));
-                    }
                     std::thread::sleep(pause);
                     pause *= 2;
                 }
@@ -761,15 +780,24 @@ impl Control {
         }
         let mut handed = Vec::new();
         let mut why = None;
+        let mut silent = false;
         for (q, rx) in replies.into_iter().enumerate() {
-            match rx.recv_timeout(WORKER_REPLY) {
+            match rx.recv_timeout(HANDOVER_REPLY) {
                 Ok(Ok(umem)) => handed.push((q as u32, umem)),
                 Ok(Err(e)) => why = why.or(Some(e)),
-                Err(e) => why = why.or(Some(format!("worker {q} did not answer: {e}"))),
+                Err(e) => {
+                    silent = true;
+                    why = why.or(Some(format!("worker {q} did not answer: {e}")));
+                }
             }
         }
-        // They have stopped serving; `stop_workers` joins them.
+        // Those that answered have stopped serving (`stop_workers` joins them later); one that
+        // did not may still be in a batch, writing conntrack: it is joined now, before the
+        // directory is let go.
         stop.store(true, Relaxed);
+        if silent {
+            let _ = self.stop_workers(stop);
+        }
         match (handed.is_empty(), why) {
             (true, Some(why)) => Err(why),
             _ => Ok(handed),
@@ -868,7 +896,7 @@ fn control(
     modes: Arc<Mutex<Vec<(String, XdpMode)>>>,
     started: WallClock,
     stop: Arc<AtomicBool>,
-    replaced: Arc<AtomicBool>,
+    replaced: Arc<AtomicU8>,
     ready: mpsc::Sender<Ready>,
     (requester, requests): (mpsc::Sender<Request>, mpsc::Receiver<Request>),
 ) -> Result<(), String> {
@@ -1061,12 +1089,10 @@ fn control(
                                             break;
                                         }
                                     }
-                                    Err(e)
-                                        if matches!(
-                                            e.raw_os_error(),
-                                            Some(libc::EINTR | libc::ECONNABORTED)
-                                        ) => {}
-                                    Err(_) => break,
+                                    // Shut down.
+                                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                                    // Interrupted, or out of descriptors for a moment.
+                                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
                                 }
                             }
                         })
@@ -1093,11 +1119,11 @@ fn control(
             }
             Ok(Request::HandOver(conn)) => {
                 if let Err(e) = crate::handover::read_hello(&conn) {
-                    crate::handover::refuse(&conn, &e.to_string());
+                    let _ = crate::handover::refuse(&conn, &e.to_string());
                     continue;
                 }
                 if !config.shared_umem {
-                    crate::handover::refuse(&conn, "its sockets do not share UMEMs");
+                    let _ = crate::handover::refuse(&conn, "its sockets do not share UMEMs");
                     continue;
                 }
                 // The workers stop between two batches; then the directory is let go (no
@@ -1105,15 +1131,17 @@ fn control(
                 let handed = ctl.hand_over(&stop);
                 // Every worker has stopped: no one here writes conntrack any more.
                 drop(held.take());
-                match handed {
-                    Ok(umems) => {
-                        if let Err(e) = crate::handover::answer(&conn, &umems) {
-                            crate::handover::refuse(&conn, &e.to_string());
-                        }
-                    }
-                    Err(e) => crate::handover::refuse(&conn, &e),
+                // The workers have stopped whatever comes of it. Replaced if the successor
+                // heard the answer: handed the sockets, or told why not (then it binds its
+                // own). If it went away meanwhile, the dataplane ends as after a failure (the
+                // agent exits non-zero, and its supervisor starts one that binds afresh).
+                let answered = match handed {
+                    Ok(umems) => crate::handover::answer(&conn, &umems).map(|()| true),
+                    Err(e) => crate::handover::refuse(&conn, &e).map(|()| false),
+                };
+                if let Ok(handed_over) = answered {
+                    replaced.store(if handed_over { HANDED } else { LEFT }, Relaxed);
                 }
-                replaced.store(true, Relaxed);
                 break;
             }
             Ok(Request::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -1340,7 +1368,7 @@ fn serve(
 ) -> Result<bool, String> {
     let q = w.queue;
     let mut next_census = Instant::from_nanos(0);
-    let unclaimed_after = WallClock::now() + QUEUE_RELEASE;
+    let unclaimed_after = WallClock::now() + UNCLAIMED;
     while !w.stop.load(Relaxed) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {

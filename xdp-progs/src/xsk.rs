@@ -703,6 +703,9 @@ impl Chunks {
     }
 }
 
+/// How long after a handover the predecessor may still hold copies of the sockets.
+const PREDECESSOR_CLOSES: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// No port: the chunk is on the free list or in the worker's hands.
 const NO_PORT: u32 = 0;
 
@@ -732,6 +735,8 @@ pub struct Port {
     /// Where it is bound: interface index and queue.
     ifindex: u32,
     queue: u32,
+    /// When it was taken over from a predecessor, if it was.
+    adopted: Option<std::time::Instant>,
 }
 
 impl Port {
@@ -809,8 +814,11 @@ impl Port {
 
     /// A port on `umem` with `rings`, numbered next.
     fn on(umem: &Rc<Umem>, own: Option<OwnedFd>, rings: Rings, ifindex: u32, queue: u32) -> Port {
-        // Numbers wrap after 2^32 - 1 ports; 0 is nobody.
-        let id = umem.ports.get().wrapping_add(1).max(1);
+        // Numbers wrap before `UNKNOWN_PORT`; 0 is nobody.
+        let id = match umem.ports.get() {
+            n if n >= UNKNOWN_PORT - 1 => 1,
+            n => n + 1,
+        };
         umem.ports.set(id);
         umem.live.set(umem.live.get() + 1);
         let Rings {
@@ -831,6 +839,7 @@ impl Port {
             id,
             ifindex,
             queue,
+            adopted: None,
         }
     }
 
@@ -1156,7 +1165,15 @@ impl Drop for Port {
         // (the UMEM keeps it): its chunks stay where they are.
         if let Some(socket) = self.own.take() {
             drop(socket);
-            self.umem.reclaim(self.id);
+            // A socket taken over a moment ago may still be open in the predecessor, which
+            // closes its copies as it ends: until then the kernel may fill its chunks, which
+            // stay counted as the kernel's (lost to the UMEM) rather than be reused.
+            if self
+                .adopted
+                .is_none_or(|at| at.elapsed() > PREDECESSOR_CLOSES)
+            {
+                self.umem.reclaim(self.id);
+            }
         }
     }
 }
@@ -1203,11 +1220,19 @@ pub struct HandedUmem {
     pub ring_size: u32,
     /// Whether the UMEM's socket is still unbound (no port has taken its rings).
     pub unbound: bool,
-    /// By chunk: 0 if free, else 1 + the index in `ports` of the port whose rings hold it.
+    /// By chunk: 0 if free, [`HANDED_UNKNOWN`] if in the rings of a socket not handed over
+    /// (never to be used again), else 1 + the index in `ports` of the port whose rings hold it.
     pub owner: Vec<u16>,
     /// The ports on the UMEM.
     pub ports: Vec<HandedPort>,
 }
+
+/// In [`HandedUmem::owner`]: a chunk in the rings of a socket that was not handed over.
+pub const HANDED_UNKNOWN: u16 = u16::MAX;
+
+/// Who holds the chunks of [`HANDED_UNKNOWN`] in an adopted UMEM: no port's number (they wrap
+/// before reaching it).
+const UNKNOWN_PORT: u32 = u32::MAX;
 
 /// A bound socket handed over with its UMEM.
 #[derive(Debug)]
@@ -1222,15 +1247,9 @@ pub struct HandedPort {
 
 impl Umem {
     /// Describe this UMEM and `ports`, all those on it, for a successor ([`Umem::adopt`]).
-    /// Call it between batches, when the worker holds no chunk: a chunk held would be lost
-    /// (refused). The descriptors are duplicates: this process may close its own.
+    /// Call it between batches, when the worker holds no chunk (one held then is one lost,
+    /// and goes over as free). The descriptors are duplicates: this process may close its own.
     pub fn hand_over<'a>(&self, ports: impl Iterator<Item = &'a Port>) -> io::Result<HandedUmem> {
-        let held = self.chunks().held();
-        if held != 0 {
-            return Err(io::Error::other(format!(
-                "{held} chunks are being processed"
-            )));
-        }
         let mut index = std::collections::HashMap::new();
         let mut handed = Vec::new();
         for p in ports.filter(|p| ptr::eq(&*p.umem, self)) {
@@ -1253,9 +1272,15 @@ impl Umem {
             headroom: self.headroom,
             ring_size: self.ring_size,
             unbound: self.first_rings.borrow().is_some(),
+            // A chunk in the rings of a port not handed (the UMEM's socket, still bound after
+            // its port was dropped) may still be filled by the kernel: never free.
             owner: owner
                 .iter()
-                .map(|o| index.get(o).copied().unwrap_or(0))
+                .map(|o| match (*o, index.get(o)) {
+                    (NO_PORT, _) => 0,
+                    (_, Some(i)) => *i,
+                    (_, None) => HANDED_UNKNOWN,
+                })
                 .collect(),
             ports: handed,
         })
@@ -1274,7 +1299,11 @@ impl Umem {
         {
             return Err(bad("a UMEM's geometry does not hold together"));
         }
-        if h.owner.iter().any(|o| usize::from(*o) > ports) {
+        if ports >= usize::from(HANDED_UNKNOWN)
+            || h.owner
+                .iter()
+                .any(|o| *o != HANDED_UNKNOWN && usize::from(*o) > ports)
+        {
             return Err(bad("a chunk is held by a port not handed over"));
         }
         let on_socket = h.ports.iter().filter(|p| p.fd.is_none()).count();
@@ -1308,7 +1337,15 @@ impl Umem {
                     .collect(),
             ),
             // Ports are numbered in the order handed, from 1 (see `Port::on`).
-            owner: RefCell::new(h.owner.iter().map(|o| u32::from(*o)).collect()),
+            owner: RefCell::new(
+                h.owner
+                    .iter()
+                    .map(|o| match *o {
+                        HANDED_UNKNOWN => UNKNOWN_PORT,
+                        o => u32::from(o),
+                    })
+                    .collect(),
+            ),
             ports: Cell::new(NO_PORT),
             live: Cell::new(0),
             frames: h.frames,
@@ -1318,7 +1355,9 @@ impl Umem {
         for p in h.ports {
             let fd = p.fd.as_ref().unwrap_or(&umem.socket).as_raw_fd();
             let rings = Rings::map(fd, umem.ring_size)?;
-            adopted.push(Port::on(&umem, p.fd, rings, p.ifindex, p.queue));
+            let mut port = Port::on(&umem, p.fd, rings, p.ifindex, p.queue);
+            port.adopted = Some(std::time::Instant::now());
+            adopted.push(port);
         }
         Ok((umem, adopted))
     }

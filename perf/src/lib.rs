@@ -64,6 +64,27 @@ pub mod provenance {
     }
 }
 
+pub mod args {
+    //! The `--flag value` pairs a harness program is run with.
+
+    /// Each flag of `flags` (the arguments after the program's name) with the value after it,
+    /// in order; a flag without one is an error that ends with `usage`.
+    pub fn pairs(
+        flags: impl Iterator<Item = String>,
+        usage: &str,
+    ) -> Result<Vec<(String, String)>, String> {
+        let mut it = flags;
+        let mut pairs = Vec::new();
+        while let Some(flag) = it.next() {
+            let value = it
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value\n{usage}"))?;
+            pairs.push((flag, value));
+        }
+        Ok(pairs)
+    }
+}
+
 pub mod baseline;
 pub mod generator;
 pub mod programs;

@@ -1368,7 +1368,8 @@ fn serve(
 ) -> Result<bool, String> {
     let q = w.queue;
     let mut next_census = Instant::from_nanos(0);
-    let unclaimed_after = WallClock::now() + UNCLAIMED;
+    let unclaimed_after =
+        Instant::from_nanos(crate::state::now().as_nanos() + UNCLAIMED.as_nanos() as u64);
     while !w.stop.load(Relaxed) {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
@@ -1410,12 +1411,6 @@ fn serve(
                 Command::Start(..) => {}
             }
         }
-        if !(parked.is_empty() && unconfirmed.is_empty()) && WallClock::now() >= unclaimed_after {
-            parked.clear();
-            for id in unconfirmed.drain(..) {
-                drop(worker.remove_port(id));
-            }
-        }
         worker
             .wait(w.mode)
             .map_err(|e| format!("worker {q}: {e}"))?;
@@ -1424,6 +1419,13 @@ fn serve(
         if now >= next_census {
             worker.census(umem);
             next_census = Instant::from_nanos(now.as_nanos() + CENSUS_EVERY_NS);
+            // Handed sockets nobody claimed, looked for as seldom as the census.
+            if !(parked.is_empty() && unconfirmed.is_empty()) && now >= unclaimed_after {
+                parked.clear();
+                for id in unconfirmed.drain(..) {
+                    drop(worker.remove_port(id));
+                }
+            }
         }
     }
     Ok(false)

@@ -95,11 +95,7 @@ fn parse_args(flags: impl Iterator<Item = String>) -> Result<Args, String> {
         drain_s: 300,
         out: None,
     };
-    let mut it = flags;
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+    for (flag, value) in kxdp_perf::args::pairs(flags, USAGE)? {
         let bad = || format!("{flag} {value}: out of range or unknown\n{USAGE}");
         let num = |lo: f64, hi: f64| {
             value

@@ -49,11 +49,7 @@ const MARGIN: Duration = Duration::from_millis(1);
 
 fn parse_args(flags: impl Iterator<Item = String>) -> Result<(u32, u32), String> {
     let (mut rounds, mut pods) = (10, 0);
-    let mut it = flags;
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+    for (flag, value) in kxdp_perf::args::pairs(flags, USAGE)? {
         match (flag.as_str(), value.parse::<u32>()) {
             ("--rounds", Ok(n)) if (1..=50).contains(&n) => rounds = n,
             ("--pods", Ok(n)) if n <= 60 => pods = n,

@@ -86,11 +86,7 @@ fn parse_args(flags: impl Iterator<Item = String>) -> Result<Args, String> {
         runs: 20,
         arp_retrans_ms: None,
     };
-    let mut it = flags;
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+    for (flag, value) in kxdp_perf::args::pairs(flags, USAGE)? {
         match (flag.as_str(), value.parse::<u32>()) {
             ("--runs", Ok(n)) if (1..=100).contains(&n) => args.runs = n,
             ("--arp-retrans-ms", Ok(n)) if (10..=1000).contains(&n) => {

@@ -438,3 +438,66 @@ fn a_chunk_sink_spreads_large_frames_over_chunks_and_leaks_none() {
     }
     assert_eq!(umem.free_chunks(), free, "every chunk back");
 }
+
+#[test]
+fn frames_the_kernel_drops_before_a_socket_are_counted() {
+    if skip_unless_privileged("frames_the_kernel_drops_before_a_socket_are_counted") {
+        return;
+    }
+    let t = Topology::default();
+    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
+    let mut tb =
+        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+            .expect("testbed builds");
+    tb.set_kxdp_pod_mtu(65535).expect("pod MTU");
+    // Rings of 8 entries: a 40 KB frame needs 10 buffers, more than a socket's RX ring and
+    // fill ring can ever hold, so the kernel drops every one before the worker sees it.
+    let node = KxdpNode::start_configured(
+        &tb.nodes[0].ns,
+        vec![
+            Managed::pod("pod0", t.pod_a.iface),
+            Managed::pod("pod1", t.pod_b.iface),
+        ],
+        t.snapshot(),
+        |c| {
+            c.mode = WAKEUP;
+            c.port = PortConfig {
+                ring_size: 8,
+                ..PortConfig::default()
+            };
+        },
+    )
+    .expect("kxdp starts");
+    let a = tb.nodes[0].pods[0].ns.clone();
+    let lost = |io: &kxdp_xdp::worker::IoValues| {
+        io.get(IoCounter::RxRingFull) + io.get(IoCounter::RxNoChunk)
+    };
+    assert_eq!(
+        tb.ping(&a, t.pod_b.ip, 3, Duration::from_secs(3)).unwrap(),
+        3
+    );
+    // A census (once a second, while the worker runs) has read the sockets: nothing lost.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        tb.ping(&a, t.pod_b.ip, 2, Duration::from_secs(3)).unwrap(),
+        2
+    );
+    assert_eq!(lost(&node.io()), 0, "small echoes fit the rings");
+    let big = tb
+        .ping_bytes(&a, t.pod_b.ip, 4, 40_000, Duration::from_secs(6))
+        .unwrap();
+    assert_eq!(big, 0, "no 40 KB echo fits rings of 8");
+    // Keep the worker awake past its next census.
+    let flow = tb
+        .ping_flow(&a, t.pod_b.ip, 12, Duration::from_millis(200))
+        .expect("ping runs");
+    let out = flow.wait_with_output().expect("ping ends by itself");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("12 received"));
+    let io = node.io();
+    assert!(
+        lost(&io) >= 4,
+        "the 4 dropped echoes are counted: ring full {}, no chunk {}",
+        io.get(IoCounter::RxRingFull),
+        io.get(IoCounter::RxNoChunk)
+    );
+}

@@ -105,6 +105,8 @@ kxdp_dataplane::counter_list! {
         Copied = 5 => ("copied_frames", "frames copied between ports on different UMEMs (zero when a worker's ports share one)"),
         Cut = 6 => ("cut_frames", "frames larger than the link they left on, segmented (TCP) or fragmented by the worker"),
         Merged = 7 => ("merged_frames", "TCP segments merged into a larger frame toward a pod (GRO), counted once per segment merged"),
+        RxRingFull = 8 => ("rx_ring_full", "frames the kernel dropped because a socket's RX ring was full (the worker fell behind; read from the sockets once a second)"),
+        RxNoChunk = 9 => ("rx_no_chunk", "frames the kernel dropped for want of a free chunk in a socket's fill ring (read from the sockets once a second)"),
     }
 }
 
@@ -376,9 +378,10 @@ impl Worker {
     }
 
     /// Count the chunks of every UMEM the worker's ports use, and `also` (the worker's own,
-    /// which outlives its ports), into [`IoCounters::chunks`]. Call it between batches, when
-    /// the worker holds no chunk: one then held is one lost. Reads every UMEM's ownership
-    /// records, so call it rarely (once a second).
+    /// which outlives its ports), into [`IoCounters::chunks`]; and add the frames the kernel
+    /// lost on the way into each port's socket since the last census. Call it between
+    /// batches, when the worker holds no chunk: one then held is one lost. Reads every UMEM's
+    /// ownership records and asks every socket, so call it rarely (once a second).
     pub fn census(&self, also: Option<&Rc<Umem>>) {
         let mut seen: Vec<&Rc<Umem>> = also.into_iter().collect();
         for (_, port) in &self.ports {
@@ -391,6 +394,11 @@ impl Worker {
             .fold(Chunks::default(), |sum, u| sum.plus(u.chunks()));
         for (c, v) in self.io.chunks.iter().zip([sum.total, sum.free, sum.kernel]) {
             c.store(v, Relaxed);
+        }
+        for (_, port) in &self.ports {
+            let lost = port.new_losses();
+            self.io.count(IoCounter::RxRingFull, lost.ring_full);
+            self.io.count(IoCounter::RxNoChunk, lost.no_chunk);
         }
     }
 

@@ -64,11 +64,13 @@ pub struct PortConfig {
     pub frame_size: u32,
     /// Headroom the kernel leaves before a received frame, for the pipeline to grow into.
     pub headroom: u32,
-    /// Entries per ring of each port. The default, 1024, is measured: with 512 a burst of
-    /// segments cut from one 64 KiB frame overran the receiving node's socket while its
-    /// worker waited for a core (TCP across nodes retransmitted thousands of times a run);
-    /// with 2048 the chunks a port cycles through outgrow the caches and 1464-byte packet
-    /// rates fell 10 to 15%. A port's fill ring holds at most its [`fill_share`].
+    /// Entries per ring of each port. The default, 4096, is measured: a pod's 64 KiB frame
+    /// takes 16 RX descriptors, and with 1024 four iperf3 streams between two pods of a node
+    /// overran the sender's RX ring (22,000 frames dropped in 10 s, as many retransmits);
+    /// across nodes the segments of one 64 KiB frame arrive in one burst, and a fill ring of
+    /// 1024 ran dry. At 4096 neither socket lost a frame and TCP retransmitted nothing. A
+    /// port's fill ring holds at most its [`fill_share`] of the UMEM's chunks, so more ports
+    /// do not take more chunks; each socket's four rings take 192 KiB of kernel memory.
     pub ring_size: u32,
 }
 
@@ -78,7 +80,7 @@ impl Default for PortConfig {
             frames: 16384,
             frame_size: 4096,
             headroom: 0,
-            ring_size: 1024,
+            ring_size: 4096,
         }
     }
 }
@@ -737,6 +739,44 @@ pub struct Port {
     queue: u32,
     /// When it was taken over from a predecessor, if it was.
     adopted: Option<std::time::Instant>,
+    /// The kernel's loss counts when last read ([`Port::new_losses`]).
+    losses: Cell<Losses>,
+}
+
+/// Frames the kernel lost on their way into a socket, as it counts them (`XDP_STATISTICS`):
+/// since the socket was opened, or, as [`Port::new_losses`] gives them, since the last read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// The socket's RX ring had no room: its worker did not keep up.
+    pub ring_full: u64,
+    /// No chunk to receive into (the fill ring empty), or a frame the socket cannot take.
+    pub no_chunk: u64,
+}
+
+impl Losses {
+    /// What the kernel has counted on socket `fd`; `None` if it does not say (not an AF_XDP
+    /// socket, or a kernel older than 5.9, which lacks the ring-full count).
+    fn read(fd: i32) -> Option<Losses> {
+        // SAFETY: an all-zero statistics struct is valid for the kernel to overwrite.
+        let mut st: libc::xdp_statistics = unsafe { core::mem::zeroed() };
+        let mut len = core::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        // SAFETY: `st` and `len` are live and describe each other.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                (&mut st as *mut libc::xdp_statistics).cast::<c_void>(),
+                &mut len,
+            )
+        };
+        (rc == 0 && len as usize == core::mem::size_of::<libc::xdp_statistics>()).then_some(
+            Losses {
+                ring_full: st.rx_ring_full,
+                no_chunk: st.rx_dropped,
+            },
+        )
+    }
 }
 
 impl Port {
@@ -840,6 +880,28 @@ impl Port {
             ifindex,
             queue,
             adopted: None,
+            losses: Cell::new(Losses::default()),
+        }
+        .counting_from_now()
+    }
+
+    /// Count losses from the kernel's present counts: a socket taken over keeps the counts of
+    /// its life before, which its predecessor reported.
+    fn counting_from_now(self) -> Port {
+        self.losses.set(Losses::read(self.fd()).unwrap_or_default());
+        self
+    }
+
+    /// The frames the kernel lost on their way into this socket since the last call (one
+    /// `getsockopt`; call it rarely, as the worker's census does once a second).
+    pub fn new_losses(&self) -> Losses {
+        let Some(now) = Losses::read(self.fd()) else {
+            return Losses::default();
+        };
+        let before = self.losses.replace(now);
+        Losses {
+            ring_full: now.ring_full.saturating_sub(before.ring_full),
+            no_chunk: now.no_chunk.saturating_sub(before.no_chunk),
         }
     }
 

@@ -96,12 +96,14 @@ pub(crate) struct KxdpCounters {
 }
 
 /// The series of kxdp's `/metrics` that say where frames went.
-const COUNTED: [&str; 5] = [
+const COUNTED: [&str; 7] = [
     "kxdp_xdp_decisions_total{decision=\"xsk_",
     "kxdp_worker_rx_frames_total",
     "kxdp_worker_tx_frames_total",
     "kxdp_worker_tx_ring_full_total",
     "kxdp_drops_total",
+    "kxdp_worker_rx_ring_full_total",
+    "kxdp_worker_rx_no_chunk_total",
 ];
 
 /// Those series of a Prometheus text: (series with its labels, value).
@@ -166,11 +168,14 @@ impl KxdpCounters {
         format!(
             "kxdp's counters over its runs at underlay MTU {}, both nodes: {steered:.0} frames \
              steered to its sockets by the XDP program, {taken:.0} taken by its workers \
-             ({:.0} lost between: the socket's ring full or no free chunk to fill), {:.0} \
-             frames queued for transmission (a frame cut for the tunnel counts each piece, \
-             segments merged for a pod count once), {:.0} not queued for a full TX ring; dropped by the pipeline: {}.",
+             ({:.0} lost between, which the kernel counted as {:.0} for a full RX ring and \
+             {:.0} for want of a free chunk), {:.0} frames queued for transmission (a frame cut \
+             for the tunnel counts each piece, segments merged for a pod count once), {:.0} not \
+             queued for a full TX ring; dropped by the pipeline: {}.",
             self.mtu,
             (steered - taken).max(0.0),
+            self.total(COUNTED[5]),
+            self.total(COUNTED[6]),
             self.total(COUNTED[2]),
             self.total(COUNTED[3]),
             if drops.is_empty() {
@@ -517,7 +522,9 @@ mod tests {
              kxdp_xdp_decisions_total{decision=\"xsk_vxlan\"} 50\n\
              kxdp_worker_rx_frames_total{worker=\"0\"} 140\n\
              kxdp_worker_tx_frames_total{worker=\"0\"} 137\n\
-             kxdp_worker_tx_ring_full_total{worker=\"0\"} 4\n",
+             kxdp_worker_tx_ring_full_total{worker=\"0\"} 4\n\
+             kxdp_worker_rx_ring_full_total{worker=\"0\"} 7\n\
+             kxdp_worker_rx_no_chunk_total{worker=\"0\"} 3\n",
         );
         let none = KxdpCounters::between(9000, &before, before.clone());
         assert!(
@@ -530,10 +537,10 @@ mod tests {
         assert_eq!(
             k.sentence(),
             "kxdp's counters over its runs at underlay MTU 1500, both nodes: 150 frames steered \
-             to its sockets by the XDP program, 140 taken by its workers (10 lost between: the \
-             socket's ring full or no free chunk to fill), 137 frames queued for transmission \
-             (a frame cut for the tunnel counts each piece, segments merged for a pod count \
-             once), 4 not queued for a full TX ring; dropped by the pipeline: too_big_for_tunnel 3."
+             to its sockets by the XDP program, 140 taken by its workers (10 lost between, which \
+             the kernel counted as 7 for a full RX ring and 3 for want of a free chunk), 137 \
+             frames queued for transmission (a frame cut for the tunnel counts each piece, \
+             segments merged for a pod count once), 4 not queued for a full TX ring; dropped by the pipeline: too_big_for_tunnel 3."
         );
     }
 

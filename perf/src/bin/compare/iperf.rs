@@ -407,7 +407,12 @@ pub(crate) fn write_iperf(
          kernel's pods have the underlay's MTU less 50 (flannel's rule; the MTU column), \
          kxdp's 65535 (`--pod-mtu 65535`: large frames inside the node, cut for the tunnel \
          and merged toward pods). UDP is offered at \
-         2 Gbit/s in iperf3's default datagrams. The row marked *kernel, tx offload off* is the \
+         2 Gbit/s in iperf3's default datagrams, which it sizes from the control connection's \
+         MSS: about 1.4 KB for the kernel's pods, about 64 KiB for kxdp's, sent with DF. kxdp \
+         answers the first that must leave through the tunnel with fragmentation needed, as a \
+         router does; the client's kernel then fragments the rest to the tunnel's MTU (one lost \
+         fragment loses a whole datagram), but the error also reaches the client's socket, and \
+         iperf3 sometimes stops on it (*Message too long*). The row marked *kernel, tx offload off* is the \
          kernel path with transmit checksum offload (and with it TSO) off on every veth, as \
          kxdp's pods must run: shown for what a weakened baseline would say, not as the \
          comparison.\n\n\

@@ -33,7 +33,7 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
     );
     let _ = writeln!(
         r.md,
-        "| frame | to | flows | XDP redirect | bare AF_XDP | kxdp | kxdp ({g}) | kernel ({g}) | kxdp / kernel, same generator | kxdp / bare | offered to kxdp: live / {g}; to the kernel: {g} |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| frame | to | flows | XDP redirect | bare AF_XDP | kxdp | kxdp ({g}) | kernel ({g}) | kxdp / kernel, same generator | kxdp / bare | offered to kxdp: own generator / {g}; to the kernel: {g} |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         g = b.skb_gen.name()
     );
     let many = *a.flows.last().unwrap_or(&1);
@@ -67,7 +67,7 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
                         "to": to,
                         "flows": flows,
                         "path": path.name(),
-                        "generator": if path.skb_fed() { b.skb_gen.name() } else { "live XDP frames" },
+                        "generator": if path.skb_fed() { b.skb_gen.name() } else { b.own_gen_name() },
                         "run": run,
                         "forwarded_pps": s.forwarded,
                         "offered_pps": s.offered,
@@ -106,6 +106,13 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
             println!("  pps: {size} B to a {to}, {flows} flows done");
         }
     }
+    let _ = writeln!(
+        r.md,
+        "\n*Own generator*: the one feeding the XDP redirect, bare AF_XDP and kxdp columns, here \
+         {} (BPF_PROG_RUN live frames where the kernel allows them, else an AF_XDP \
+         copy-mode socket's transmit ring, which offers far less).",
+        b.own_gen_name()
+    );
     let worst = over
         .iter()
         .copied()

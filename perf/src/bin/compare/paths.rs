@@ -22,7 +22,7 @@ use kxdp_dataplane::conntrack::ConntrackConfig;
 use kxdp_dataplane::tables::SnapshotInputs;
 use kxdp_dataplane::{process_batch, Snapshot};
 use kxdp_perf::baseline::mac_swap;
-use kxdp_perf::generator::Generator;
+use kxdp_perf::generator::{Generator, Means};
 use kxdp_perf::in_namespace;
 use kxdp_perf::kube_proxy::ruleset;
 use kxdp_perf::programs::PerfPrograms;
@@ -127,6 +127,9 @@ pub(crate) struct Bench {
     /// The generator of socket buffers both paths take: pktgen where the kernel has it, else
     /// trafgen.
     pub(crate) skb_gen: SkbGen,
+    /// What the other generator (of kxdp and the ceilings) used in its last run: live frames,
+    /// or AF_XDP where the kernel refused them.
+    pub(crate) own_gen: std::sync::Mutex<Option<Means>>,
 }
 
 /// A generator that sends socket buffers into the pod's veth, which both paths can take.
@@ -276,6 +279,14 @@ fn interpolate(
 const USER_HZ: f64 = 100.0;
 
 impl Bench {
+    /// How the report names the generator of kxdp and the ceilings, as its last run used it.
+    pub(crate) fn own_gen_name(&self) -> &'static str {
+        match *self.own_gen.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(means) => means.name(),
+            None => "not run",
+        }
+    }
+
     pub(crate) fn side(&self, path: Path) -> &Side {
         if path == Path::Kernel {
             &self.kernel
@@ -381,7 +392,7 @@ impl Bench {
         let stop = AtomicBool::new(false);
         let window = Duration::from_secs_f64(self.args.seconds);
         std::thread::scope(|s| {
-            let generator = s.spawn(|| -> Result<(u64, f64), String> {
+            let generator = s.spawn(|| -> Result<(u64, f64, Means), String> {
                 enter_netns(&side.gen_ns).map_err(|e| e.to_string())?;
                 pin_current_thread(self.args.gen_core)
                     .map_err(|e| format!("pinning the generator: {e}"))?;
@@ -406,13 +417,14 @@ impl Bench {
                         }
                     }
                 }
-                Ok((sent, started.elapsed().as_secs_f64()))
+                Ok((sent, started.elapsed().as_secs_f64(), generator.means()))
             });
             let sample = sample_sink(side, window);
             stop.store(true, Relaxed);
-            let (sent, secs) = generator
+            let (sent, secs, means) = generator
                 .join()
                 .map_err(|_| "the generator panicked".to_owned())??;
+            *self.own_gen.lock().unwrap_or_else(|e| e.into_inner()) = Some(means);
             Rate::of(sample, sent, secs)
         })
     }
@@ -645,6 +657,7 @@ pub(crate) fn build(args: Args) -> Result<Bench, String> {
         } else {
             SkbGen::Trafgen
         },
+        own_gen: std::sync::Mutex::new(None),
     })
 }
 

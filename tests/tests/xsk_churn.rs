@@ -450,7 +450,7 @@ fn frames_the_kernel_drops_before_a_socket_are_counted() {
         Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
             .expect("testbed builds");
     tb.set_kxdp_pod_mtu(65535).expect("pod MTU");
-    // Rings of 8 entries: a 40 KB frame needs 10 buffers, more than a socket's RX ring and
+    // Rings of 8 entries: a 40 KB frame needs 11 buffers, more than a socket's RX ring and
     // fill ring can ever hold, so the kernel drops every one before the worker sees it.
     let node = KxdpNode::start_configured(
         &tb.nodes[0].ns,

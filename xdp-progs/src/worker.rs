@@ -374,6 +374,10 @@ impl Worker {
         let i = self.ports.iter().position(|(p, _)| *p == id)?;
         let (_, port) = self.ports.remove(i);
         self.ports_changed();
+        // What the kernel lost on it since the last census, before the socket goes.
+        let lost = port.new_losses();
+        self.io.count(IoCounter::RxRingFull, lost.ring_full);
+        self.io.count(IoCounter::RxNoChunk, lost.no_chunk);
         Some(port)
     }
 

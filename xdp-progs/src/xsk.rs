@@ -65,12 +65,17 @@ pub struct PortConfig {
     /// Headroom the kernel leaves before a received frame, for the pipeline to grow into.
     pub headroom: u32,
     /// Entries per ring of each port. The default, 4096, is measured: a pod's 64 KiB frame
-    /// takes 16 RX descriptors, and with 1024 four iperf3 streams between two pods of a node
+    /// takes 18 RX descriptors, and with 1024 four iperf3 streams between two pods of a node
     /// overran the sender's RX ring (22,000 frames dropped in 10 s, as many retransmits);
     /// across nodes the segments of one 64 KiB frame arrive in one burst, and a fill ring of
-    /// 1024 ran dry. At 4096 neither socket lost a frame and TCP retransmitted nothing. A
-    /// port's fill ring holds at most its [`fill_share`] of the UMEM's chunks, so more ports
-    /// do not take more chunks; each socket's four rings take 192 KiB of kernel memory.
+    /// 1024 ran dry. At 4096 neither socket lost a frame in those TCP runs and TCP
+    /// retransmitted nothing. A port's fill ring holds at most its [`fill_share`] of the
+    /// UMEM's chunks (its RX ring may hold as many again while its worker is behind); each
+    /// socket's four rings take 192 KiB of kernel memory. Whether the larger footprint costs
+    /// packet rate (with 2048 entries, 1464-byte rates once fell 10 to 15% under a
+    /// live-frames generator) cannot be measured where the kernel refuses live frames: the
+    /// AF_XDP generator then limits every forwarder. Sockets taken over from a predecessor
+    /// keep the rings they were made with.
     pub ring_size: u32,
 }
 

@@ -21,18 +21,31 @@ const WAKEUP: Mode = Mode::Wakeup { timeout_ms: 50 };
 /// their veths (`pod0`, `pod1`; no uplink, so pod0's socket is the first on the worker's UMEM)
 /// with one worker that waits as `mode` says.
 fn node_with_two_pods(t: &Topology, mode: Mode) -> (Testbed, KxdpNode) {
+    node_with_two_pods_configured(t, None, |c| c.mode = mode)
+}
+
+/// [`node_with_two_pods`] with the pods' veths at `pod_mtu` (if given) and the runtime's
+/// configuration edited by `edit`.
+fn node_with_two_pods_configured(
+    t: &Topology,
+    pod_mtu: Option<u16>,
+    edit: impl FnOnce(&mut kxdp_xdp::runtime::Config),
+) -> (Testbed, KxdpNode) {
     let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
-    let tb = Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
-        .expect("testbed builds");
-    let node = KxdpNode::start_with(
+    let mut tb =
+        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
+            .expect("testbed builds");
+    if let Some(mtu) = pod_mtu {
+        tb.set_kxdp_pod_mtu(mtu).expect("pod MTU");
+    }
+    let node = KxdpNode::start_configured(
         &tb.nodes[0].ns,
         vec![
             Managed::pod("pod0", t.pod_a.iface),
             Managed::pod("pod1", t.pod_b.iface),
         ],
         t.snapshot(),
-        mode,
-        &[None],
+        edit,
     )
     .expect("kxdp starts");
     (tb, node)
@@ -445,29 +458,15 @@ fn frames_the_kernel_drops_before_a_socket_are_counted() {
         return;
     }
     let t = Topology::default();
-    let (ma, mb) = (mac_text(t.pod_a.mac), mac_text(t.pod_b.mac));
-    let mut tb =
-        Testbed::pods_on_kxdp_node(&[(t.pod_a.ip, &ma), (t.pod_b.ip, &mb)], t.node.gateway_ip)
-            .expect("testbed builds");
-    tb.set_kxdp_pod_mtu(65535).expect("pod MTU");
     // Rings of 8 entries: a 40 KB frame needs 11 buffers, more than a socket's RX ring and
     // fill ring can ever hold, so the kernel drops every one before the worker sees it.
-    let node = KxdpNode::start_configured(
-        &tb.nodes[0].ns,
-        vec![
-            Managed::pod("pod0", t.pod_a.iface),
-            Managed::pod("pod1", t.pod_b.iface),
-        ],
-        t.snapshot(),
-        |c| {
-            c.mode = WAKEUP;
-            c.port = PortConfig {
-                ring_size: 8,
-                ..PortConfig::default()
-            };
-        },
-    )
-    .expect("kxdp starts");
+    let (tb, node) = node_with_two_pods_configured(&t, Some(65535), |c| {
+        c.mode = WAKEUP;
+        c.port = PortConfig {
+            ring_size: 8,
+            ..PortConfig::default()
+        };
+    });
     let a = tb.nodes[0].pods[0].ns.clone();
     let lost = |io: &kxdp_xdp::worker::IoValues| {
         io.get(IoCounter::RxRingFull) + io.get(IoCounter::RxNoChunk)

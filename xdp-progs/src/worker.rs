@@ -375,10 +375,15 @@ impl Worker {
         let (_, port) = self.ports.remove(i);
         self.ports_changed();
         // What the kernel lost on it since the last census, before the socket goes.
+        self.count_losses(&port);
+        Some(port)
+    }
+
+    /// Count what the kernel lost on the way into `port`'s socket since the last count.
+    fn count_losses(&self, port: &Port) {
         let lost = port.new_losses();
         self.io.count(IoCounter::RxRingFull, lost.ring_full);
         self.io.count(IoCounter::RxNoChunk, lost.no_chunk);
-        Some(port)
     }
 
     /// Count the chunks of every UMEM the worker's ports use, and `also` (the worker's own,
@@ -400,9 +405,7 @@ impl Worker {
             c.store(v, Relaxed);
         }
         for (_, port) in &self.ports {
-            let lost = port.new_losses();
-            self.io.count(IoCounter::RxRingFull, lost.ring_full);
-            self.io.count(IoCounter::RxNoChunk, lost.no_chunk);
+            self.count_losses(port);
         }
     }
 

@@ -234,6 +234,34 @@ fn setsockopt<T>(fd: i32, opt: i32, value: &T, what: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Read option `opt` of AF_XDP socket `fd` into a `T`; an error names `what`, and a reply
+/// shorter than `T` is one (an older kernel's layout).
+///
+/// # Safety
+/// `T` must be a plain C struct for which all-zero bytes are a valid value (the kernel's
+/// `xdp_*` option structs).
+unsafe fn getsockopt<T>(fd: i32, opt: i32, what: &str) -> io::Result<T> {
+    let mut value = core::mem::MaybeUninit::<T>::zeroed();
+    let mut len = core::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and describe each other; the kernel writes at most
+    // `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            opt,
+            value.as_mut_ptr().cast::<c_void>(),
+            &mut len,
+        )
+    };
+    if rc != 0 || len as usize != core::mem::size_of::<T>() {
+        let e = io::Error::last_os_error();
+        return Err(os_err(what, -e.raw_os_error().unwrap_or(libc::EINVAL)));
+    }
+    // SAFETY: zeroed bytes are a valid `T` (the caller's promise), and the kernel filled it.
+    Ok(unsafe { value.assume_init() })
+}
+
 impl Rings {
     /// Give socket `fd` (not bound yet) four rings of `size` entries each.
     fn create(fd: i32, size: u32) -> io::Result<Rings> {
@@ -253,26 +281,14 @@ impl Rings {
     /// another process is taken up where that process stopped (the kernel lets a bound
     /// socket's rings be mapped again since Linux 6.4).
     fn map(fd: i32, size: u32) -> io::Result<Rings> {
-        // SAFETY: an all-zero offsets struct is valid for the kernel to overwrite.
-        let mut off: libc::xdp_mmap_offsets = unsafe { core::mem::zeroed() };
-        let mut len = core::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-        // SAFETY: `off` and `len` are live and describe each other.
-        let rc = unsafe {
-            libc::getsockopt(
+        // SAFETY: `xdp_mmap_offsets` is a plain C struct of integers.
+        let off: libc::xdp_mmap_offsets = unsafe {
+            getsockopt(
                 fd,
-                libc::SOL_XDP,
                 libc::XDP_MMAP_OFFSETS,
-                (&mut off as *mut libc::xdp_mmap_offsets).cast::<c_void>(),
-                &mut len,
-            )
-        };
-        if rc != 0 || len as usize != core::mem::size_of::<libc::xdp_mmap_offsets>() {
-            let e = io::Error::last_os_error();
-            return Err(os_err(
                 "reading the ring offsets (a kernel with need_wakeup, 5.4 or later)",
-                -e.raw_os_error().unwrap_or(libc::EINVAL),
-            ));
-        }
+            )
+        }?;
         let desc = core::mem::size_of::<libc::xdp_desc>();
         let (fill, fill_map) = map_one(fd, &off.fr, libc::XDP_UMEM_PGOFF_FILL_RING, size, 8)?;
         let (comp, comp_map) = map_one(fd, &off.cr, libc::XDP_UMEM_PGOFF_COMPLETION_RING, size, 8)?;
@@ -762,25 +778,13 @@ impl Losses {
     /// What the kernel has counted on socket `fd`; `None` if it does not say (not an AF_XDP
     /// socket, or a kernel older than 5.9, which lacks the ring-full count).
     fn read(fd: i32) -> Option<Losses> {
-        // SAFETY: an all-zero statistics struct is valid for the kernel to overwrite.
-        let mut st: libc::xdp_statistics = unsafe { core::mem::zeroed() };
-        let mut len = core::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // SAFETY: `st` and `len` are live and describe each other.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                (&mut st as *mut libc::xdp_statistics).cast::<c_void>(),
-                &mut len,
-            )
-        };
-        (rc == 0 && len as usize == core::mem::size_of::<libc::xdp_statistics>()).then_some(
-            Losses {
-                ring_full: st.rx_ring_full,
-                no_chunk: st.rx_dropped,
-            },
-        )
+        // SAFETY: `xdp_statistics` is a plain C struct of integers.
+        let st: libc::xdp_statistics =
+            unsafe { getsockopt(fd, libc::XDP_STATISTICS, "reading the statistics") }.ok()?;
+        Some(Losses {
+            ring_full: st.rx_ring_full,
+            no_chunk: st.rx_dropped,
+        })
     }
 }
 

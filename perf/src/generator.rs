@@ -140,32 +140,54 @@ impl XskGen {
         })
     }
 
-    /// Queue up to `count` frames, each a copy of `frame` with the next flow's source port.
+    /// Queue up to `count` frames, each a copy of `frame` with the next flow's source port; a
+    /// frame larger than a chunk goes as several buffers (multi-buffer AF_XDP).
     fn send(&mut self, frame: &mut [u8], flows: u16, count: u32) -> u32 {
+        let piece = self.port.frame_size() as usize;
         let mut sent = 0u32;
         while sent < count {
             self.port.complete();
             self.batch.clear();
-            let want = XSK_BATCH.min((count - sent) as usize);
-            while self.batch.len() < want {
+            let mut frames = 0;
+            while frames < XSK_BATCH.min((count - sent) as usize) {
                 let port = FIRST_PORT + (self.seq % u32::from(flows)) as u16;
                 frame[34..36].copy_from_slice(&port.to_be_bytes());
-                let Some(d) = self.port.alloc_copy(frame, 0) else {
+                if !self.queue(frame, piece) {
                     break;
-                };
+                }
                 self.seq = self.seq.wrapping_add(1);
-                self.batch.push(d);
+                frames += 1;
             }
-            if self.batch.is_empty() {
+            if frames == 0 {
                 // Every chunk is in flight: a full ring; what the kernel takes next is later.
                 return sent;
             }
             let queued = self.port.transmit(&self.batch);
-            sent += queued as u32;
+            sent += self.batch[..queued].iter().filter(|d| !d.more).count() as u32;
             if queued < self.batch.len() {
                 return sent;
             }
         }
         sent
+    }
+
+    /// Copy `frame` into free chunks, `piece` bytes each, and add its descriptors to the batch;
+    /// false (and nothing added) when the chunks run out.
+    fn queue(&mut self, frame: &[u8], piece: usize) -> bool {
+        let start = self.batch.len();
+        for bytes in frame.chunks(piece) {
+            let Some(mut d) = self.port.alloc_copy(bytes, 0) else {
+                for d in self.batch.drain(start..) {
+                    self.port.recycle(d.addr);
+                }
+                return false;
+            };
+            d.more = true;
+            self.batch.push(d);
+        }
+        if let Some(last) = self.batch.last_mut() {
+            last.more = false;
+        }
+        true
     }
 }

@@ -21,6 +21,7 @@ use kxdp_tests::clients::IperfServer;
 use serde_json::json;
 
 use crate::args::Args;
+use crate::ceiling::{Ceiling, SEGMENT_OVERHEAD};
 use crate::clusters::{Clusters, Which};
 use crate::report::{Point, Report};
 
@@ -393,6 +394,7 @@ pub(crate) fn write_iperf(
     rows: &[Row],
     kxdp_failed: &[(u16, String)],
     counters: &[KxdpCounters],
+    ceilings: &[Ceiling],
     r: &mut Report,
 ) {
     let _ = writeln!(
@@ -478,6 +480,8 @@ pub(crate) fn write_iperf(
     for k in counters {
         let _ = writeln!(r.md, "\n{}", k.sentence());
     }
+    write_ceilings(rows, ceilings, r);
+    iperf_targets(rows, ceilings, r);
     for (mtu, why) in kxdp_failed {
         let _ = writeln!(
             r.md,
@@ -494,6 +498,172 @@ pub(crate) fn write_iperf(
                  all. NIC drivers (mlx5, ice, i40e) refuse such a program at jumbo MTUs too."
             );
         }
+    }
+}
+
+/// The median Gbit/s of `runs`, if any gave one.
+fn median_rate(runs: &[Result<Run, String>]) -> Option<f64> {
+    let (ok, _) = rates(runs);
+    (!ok.is_empty()).then(|| median(&ok))
+}
+
+/// The median retransmits of `runs`, if any gave a count.
+fn median_retransmits(runs: &[Result<Run, String>]) -> Option<f64> {
+    let retr: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.as_ref().ok()?.retransmits.map(|n| n as f64))
+        .collect();
+    (!retr.is_empty()).then(|| median(&retr))
+}
+
+/// The row of `test` at `mtu` with `streams`, against the kernel with its offloads.
+fn row<'a>(rows: &'a [Row], test: &str, mtu: u16, streams: u32) -> Option<&'a Row> {
+    rows.iter()
+        .find(|r| r.test.name == test && r.mtu == mtu && r.streams == streams && !r.tx_off)
+}
+
+/// kxdp over the kernel in `row`, medians.
+fn ratio(row: &Row) -> Option<f64> {
+    Some(median_rate(&row.kxdp)? / median_rate(&row.kernel)?.max(f64::MIN_POSITIVE))
+}
+
+/// The ceiling of kxdp's path across nodes, beside what kxdp and the kernel moved.
+fn write_ceilings(rows: &[Row], ceilings: &[Ceiling], r: &mut Report) {
+    if ceilings.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        r.md,
+        "\n**The ceiling of kxdp's path across nodes.** Every TCP segment kxdp sends to another \
+         node leaves node A's uplink as one frame of at most the underlay's MTU, through a \
+         copy-mode AF_XDP socket (an skb and a copy per frame), the switch's bridge, and node \
+         B's XDP program and the copy into node B's AF_XDP socket, which on a veth all run on \
+         the sending core. The ceiling is that hop alone, measured on kxdp's own cluster with \
+         its agents stopped: an AF_XDP socket on node A's uplink transmitting frames of the \
+         underlay's MTU as fast as one core (the generator's) allows, into node B's \
+         uplink, where kxdp's own sockets and a worker on the other core receive and drop \
+         them. Each frame stands for a segment of MTU less {SEGMENT_OVERHEAD} bytes of TCP \
+         payload (VXLAN's 50, the inner IPv4 header's 20, TCP's with timestamps 32). The \
+         kernel's path has no such hop: its 64 KiB GSO packets cross the veths and the \
+         switch whole. Median of the runs (range).\n\n\
+         | underlay MTU | frames received by node B (ceiling) | kxdp, TCP across nodes, 1 stream | \
+         kernel, same | kxdp / ceiling | ceiling / kernel |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    for c in ceilings {
+        let Some(row) = row(rows, TESTS[1].name, c.mtu, 1) else {
+            continue;
+        };
+        let (kx, k) = (median_rate(&row.kxdp), median_rate(&row.kernel));
+        let cell = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2} Gbit/s"));
+        let share = |num: Option<f64>, den: f64, unit: &str| {
+            num.map_or("—".to_owned(), |n| {
+                format!("{:.2}{unit}", n / den.max(f64::MIN_POSITIVE))
+            })
+        };
+        let ceiling = c.median_gbps();
+        let _ = writeln!(
+            r.md,
+            "| {} | {} | {} | {} | {} | {} |",
+            c.mtu,
+            c.cell(),
+            cell(kx),
+            cell(k),
+            share(kx, ceiling, ""),
+            k.map_or("—".to_owned(), |k| format!(
+                "{:.2}x",
+                ceiling / k.max(f64::MIN_POSITIVE)
+            )),
+        );
+    }
+}
+
+/// The throughput targets, with the ceiling where the path has one: across nodes at least
+/// 0.5x the kernel at an underlay MTU of 1500 and 1.0x at 9000, on one node 0.6x, through a
+/// ClusterIP within 10% of pod to pod, and no more retransmits than the kernel.
+fn iperf_targets(rows: &[Row], ceilings: &[Ceiling], r: &mut Report) {
+    let ceiling_of = |mtu: u16| ceilings.iter().find(|c| c.mtu == mtu);
+    for mtu in [1500u16, 9000] {
+        for (test, want) in [
+            (&TESTS[1], if mtu == 1500 { 0.5 } else { 1.0 }),
+            (&TESTS[0], 0.6),
+        ] {
+            let found: Vec<(u32, f64)> = [1, 4]
+                .iter()
+                .filter_map(|&n| Some((n, ratio(row(rows, test.name, mtu, n)?)?)))
+                .collect();
+            if found.is_empty() {
+                continue;
+            }
+            let mut measured = found
+                .iter()
+                .map(|(n, x)| format!("{x:.2}x ({n} stream{})", if *n == 1 { "" } else { "s" }))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let (true, Some(c), Some(k)) = (
+                std::ptr::eq(test, &TESTS[1]),
+                ceiling_of(mtu),
+                row(rows, test.name, mtu, 1).and_then(|row| median_rate(&row.kernel)),
+            ) {
+                let _ = write!(
+                    measured,
+                    "; the path's ceiling is {:.2}x the kernel's 1 stream",
+                    c.median_gbps() / k.max(f64::MIN_POSITIVE)
+                );
+            }
+            r.targets.push((
+                format!(
+                    "iperf3 {}, underlay MTU {mtu}: kxdp / kernel ≥ {want:.1}x",
+                    test.short
+                ),
+                measured,
+                found.iter().all(|(_, x)| *x >= want),
+            ));
+        }
+        for streams in [1, 4] {
+            let (Some(pod), Some(svc)) = (
+                row(rows, TESTS[1].name, mtu, streams).and_then(|r| median_rate(&r.kxdp)),
+                row(rows, TESTS[2].name, mtu, streams).and_then(|r| median_rate(&r.kxdp)),
+            ) else {
+                continue;
+            };
+            let share = svc / pod.max(f64::MIN_POSITIVE);
+            r.targets.push((
+                format!(
+                    "kxdp through a ClusterIP within 10% of pod to pod across nodes, MTU {mtu}, \
+                     {streams} stream{}",
+                    if streams == 1 { "" } else { "s" }
+                ),
+                format!("{svc:.2} vs {pod:.2} Gbit/s ({:.0}%)", 100.0 * share),
+                share >= 0.9,
+            ));
+        }
+    }
+    let (mut over, mut compared) = (Vec::new(), 0);
+    for row in rows.iter().filter(|r| !r.tx_off && !r.test.udp) {
+        if let (Some(kx), Some(k)) = (
+            median_retransmits(&row.kxdp),
+            median_retransmits(&row.kernel),
+        ) {
+            compared += 1;
+            if kx > k {
+                over.push(format!(
+                    "{}, MTU {}, {} streams: {kx:.0} vs {k:.0}",
+                    row.test.short, row.mtu, row.streams
+                ));
+            }
+        }
+    }
+    if compared > 0 {
+        let measured = if over.is_empty() {
+            format!("no more in any of {compared} rows (medians)")
+        } else {
+            format!("more in {}", over.join("; "))
+        };
+        r.targets.push((
+            "TCP retransmits, kxdp no more than the kernel".to_owned(),
+            measured,
+            over.is_empty(),
+        ));
     }
 }
 
@@ -568,5 +738,62 @@ mod tests {
         let failed: Vec<Result<Run, String>> = vec![Err("no".into()), Err("no".into())];
         assert_eq!(gbps_cell(&failed), "—, 2 of 2 runs failed: no");
         assert_eq!(loss_cell(&failed), "—");
+    }
+
+    #[test]
+    fn targets_judge_the_ratios_and_name_the_ceiling() {
+        let row = |test: usize, streams: u32, kxdp: Result<Run, String>, kernel| Row {
+            test: &TESTS[test],
+            mtu: 1500,
+            streams,
+            kxdp: vec![kxdp],
+            kernel: vec![kernel],
+            tx_off: false,
+        };
+        let rows = [
+            row(0, 1, run(10.0, 0), run(16.0, 800)),
+            row(1, 1, run(3.0, 0), run(12.0, 200)),
+            row(1, 4, run(2.5, 30), run(20.0, 20)),
+            row(2, 1, run(2.8, 0), run(13.0, 200)),
+        ];
+        let ceiling = Ceiling {
+            mtu: 1500,
+            fps: vec![350_000.0],
+        };
+        let mut r = Report::new();
+        iperf_targets(&rows, &[ceiling], &mut r);
+        let t: Vec<(&str, &str, bool)> = r
+            .targets
+            .iter()
+            .map(|(a, b, c)| (a.as_str(), b.as_str(), *c))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                (
+                    "iperf3 across nodes, underlay MTU 1500: kxdp / kernel ≥ 0.5x",
+                    // 0.35 Mpps of 1398-byte segments: 3.91 Gbit/s, 0.33x the kernel's 12.
+                    "0.25x (1 stream), 0.12x (4 streams); the path's ceiling is 0.33x the \
+                     kernel's 1 stream",
+                    false
+                ),
+                (
+                    "iperf3 one node, underlay MTU 1500: kxdp / kernel ≥ 0.6x",
+                    "0.62x (1 stream)",
+                    true
+                ),
+                (
+                    "kxdp through a ClusterIP within 10% of pod to pod across nodes, MTU 1500, \
+                     1 stream",
+                    "2.80 vs 3.00 Gbit/s (93%)",
+                    true
+                ),
+                (
+                    "TCP retransmits, kxdp no more than the kernel",
+                    "more in across nodes, MTU 1500, 4 streams: 30 vs 20",
+                    false
+                ),
+            ]
+        );
     }
 }

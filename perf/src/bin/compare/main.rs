@@ -51,7 +51,10 @@
 //!    stream and with four, pod to pod on one node, across nodes and through a ClusterIP;
 //!    Gbit/s and retransmits from iperf3's JSON; UDP pod to pod; and the kernel with transmit
 //!    offload off on every veth, as kxdp's pods run, as one extra row (`iperf.rs`). Where
-//!    kxdp cannot run (its agents do not start at an MTU), the rows say so.
+//!    kxdp cannot run (its agents do not start at an MTU), the rows say so. Then, on kxdp's
+//!    cluster with its agents stopped, the ceiling of the hop each segment kxdp sends to
+//!    another node takes: frames of the underlay's MTU from an AF_XDP socket on node A's
+//!    uplink into kxdp's sockets on node B's, as many as one core sends (`ceiling.rs`).
 //! 4. **Request/response latency** at a fixed rate (`--rps`): UDP echo through a ClusterIP to a
 //!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9; kxdp's agents in
 //!    each worker mode (wakeup, adaptive, busy-poll).
@@ -64,13 +67,14 @@
 //! The code, by concern: `args.rs` the command line; `paths.rs` the packet-rate topologies,
 //! their paths and generators; `clusters.rs` the two-node clusters; `settings.rs` the devices'
 //! settings; `measure.rs` packets per second, the profile, CPU and latency; `iperf.rs`
-//! iperf3; `report.rs` the report's figures, samples and commit; `svg.rs` its plot; this file
+//! iperf3 and its targets; `ceiling.rs` the across-node hop's ceiling; `report.rs` the report's figures, samples and commit; `svg.rs` its plot; this file
 //! the order they run in.
 
 // A report for people: printing it is the point.
 #![allow(clippy::print_stdout)]
 
 mod args;
+mod ceiling;
 mod clusters;
 mod iperf;
 mod measure;
@@ -86,6 +90,7 @@ use std::time::Instant;
 use kxdp_tests::testbed::{missing_privilege, Testbed};
 
 use crate::args::{parse_args, Args};
+use crate::ceiling::measure_ceiling;
 use crate::clusters::clusters;
 use crate::iperf::{measure_iperf_at, write_iperf};
 use crate::measure::{measure_cpu, measure_latency, measure_pps, measure_profile};
@@ -223,6 +228,7 @@ fn run() -> Result<(), String> {
         let mut rows = Vec::new();
         let mut counters = Vec::new();
         let mut failures = Vec::new();
+        let mut ceilings = Vec::new();
         let mut latency_md = String::new();
         for (i, &mtu) in args.mtus.iter().enumerate() {
             if !do_iperf && mtu != latency_mtu {
@@ -248,9 +254,12 @@ fn run() -> Result<(), String> {
             if do_latency && mtu == latency_mtu {
                 measure_latency(&args, &mut c, &mut r, &mut latency_md)?;
             }
+            if do_iperf && c.kxdp_failed.is_none() {
+                ceilings.push(measure_ceiling(&args, &mut c, &mut r)?);
+            }
         }
         if do_iperf {
-            write_iperf(&args, &rows, &failures, &counters, &mut r);
+            write_iperf(&args, &rows, &failures, &counters, &ceilings, &mut r);
         }
         r.md.push_str(&latency_md);
     }

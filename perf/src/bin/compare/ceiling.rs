@@ -1,0 +1,188 @@
+//! The ceiling of kxdp's path across nodes: how many frames of the underlay's MTU the hop
+//! every cut TCP segment takes can carry at all, measured on kxdp's own cluster with nothing
+//! else running. Node A's uplink transmits through a copy-mode AF_XDP socket, as kxdp's worker
+//! sends what it cut for the tunnel (an skb and a copy per frame, the switch's bridge, and on
+//! a veth node B's XDP and the copy into its UMEM, all on the sending core, pinned to
+//! `--gen-core`); node B's uplink receives them on kxdp's own sockets and worker, which drops
+//! them (busy-poll, pinned to `--worker-core`). Frames are VXLAN-sized: the underlay's MTU,
+//! as kxdp's largest cut segments are. Each carries `mtu - 102` bytes of a TCP stream (VXLAN's
+//! 50, the inner IPv4 header's 20, TCP's with timestamps 32), so the rate times that is the
+//! most TCP any design that sends one segment per frame over this hop could move with a core
+//! to itself, before iperf3, the pods' kernels and the rest of the path take their share.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use kxdp_dataplane::conntrack::Conntrack;
+use kxdp_dataplane::wire::build::FrameSpec;
+use kxdp_dataplane::wire::MacAddr;
+use kxdp_dataplane::{Counters, DropReason, Packet, Snapshot, Verdict};
+use kxdp_perf::generator::Generator;
+use kxdp_perf::stats::{median, range};
+use kxdp_testkit::Topology;
+use kxdp_tests::testbed::ip;
+use kxdp_xdp::runtime::{Config, Dataplane, Managed};
+use kxdp_xdp::worker::{IoCounter, Mode};
+use kxdp_xdp::{enter_netns, pin_current_thread};
+use serde_json::json;
+
+use crate::args::Args;
+use crate::clusters::Clusters;
+use crate::report::Report;
+
+/// Bytes of a TCP stream a frame of the underlay's MTU carries through VXLAN: the MTU less
+/// VXLAN's 50, the inner IPv4 header's 20 and TCP's 32 (with timestamps, as Linux sends).
+pub(crate) const SEGMENT_OVERHEAD: u16 = 102;
+
+/// Generator calls: a burst is about 100 ms of frames here.
+const BURST: u32 = 32_768;
+
+/// The ceiling measured at one underlay MTU.
+pub(crate) struct Ceiling {
+    pub(crate) mtu: u16,
+    /// Frames per second node B's worker received, per run.
+    pub(crate) fps: Vec<f64>,
+}
+
+impl Ceiling {
+    /// Gbit/s of TCP payload at `fps` frames per second.
+    pub(crate) fn gbps(&self, fps: f64) -> f64 {
+        fps * f64::from(self.mtu - SEGMENT_OVERHEAD) * 8.0 / 1e9
+    }
+
+    /// The median run's Gbit/s of TCP payload.
+    pub(crate) fn median_gbps(&self) -> f64 {
+        self.gbps(median(&self.fps))
+    }
+
+    /// The table cell: Mpps and Gbit/s, medians with their ranges.
+    pub(crate) fn cell(&self) -> String {
+        let (lo, hi) = range(&self.fps);
+        format!(
+            "{:.3} Mpps ({:.3}–{:.3}) = {:.2} Gbit/s ({:.2}–{:.2})",
+            median(&self.fps) / 1e6,
+            lo / 1e6,
+            hi / 1e6,
+            self.median_gbps(),
+            self.gbps(lo),
+            self.gbps(hi)
+        )
+    }
+}
+
+/// The worker's whole work on node B: drop every frame (it has been received, which is what
+/// is measured).
+fn drop_all(
+    packets: &mut [Packet<'_>],
+    _snap: &Snapshot,
+    _conntrack: &Conntrack,
+    _counters: &Counters,
+    _now: kxdp_dataplane::Instant,
+) {
+    for p in packets {
+        p.verdict = Verdict::Drop(DropReason::UnsupportedEthertype);
+    }
+}
+
+fn parse_mac(text: &str) -> Result<MacAddr, String> {
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("MAC {text}: {e}"))?;
+    if bytes.len() != 6 {
+        return Err(format!("MAC {text}: not six bytes"));
+    }
+    Ok(MacAddr::from_bytes(&bytes))
+}
+
+/// Stop kxdp's agents (this runs last at an MTU) and measure the ceiling, `a.runs` runs of
+/// `a.seconds`.
+pub(crate) fn measure_ceiling(
+    a: &Args,
+    c: &mut Clusters,
+    r: &mut Report,
+) -> Result<Ceiling, String> {
+    for node in 0..2 {
+        c.kxdp.stop(node)?;
+        // A stopped agent leaves its XDP program in place for a successor to adopt.
+        ip(
+            Some(&c.kxdp.tb.nodes[node].ns),
+            &["link", "set", "dev", "uplink", "xdp", "off"],
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let tb = &c.kxdp.tb;
+    let (ns_a, ns_b) = (tb.nodes[0].ns.clone(), tb.nodes[1].ns.clone());
+    let mac = |ns: &str| tb.mac(ns, "uplink").map_err(|e| e.to_string());
+    let (mac_a, mac_b) = (parse_mac(&mac(&ns_a)?)?, parse_mac(&mac(&ns_b)?)?);
+    // Node B's steering takes VXLAN from a known node to one of its addresses: the default
+    // topology's, which its worker's tables are built from (the switch forwards by MAC).
+    let t = Topology::default();
+    let mut inputs = t.inputs();
+    inputs.node.uplink_mtu = c.mtu;
+    let mut spec = FrameSpec::new(mac_a, mac_b, t.node_b.node_ip, t.node.node_ips[0]);
+    spec.udp_checksum = false;
+    let size = usize::from(c.mtu) + 14;
+    let frame = spec.udp(10_000, inputs.node.vxlan_port, &vec![0x6b; size - 42]);
+    let mut ceiling = Ceiling {
+        mtu: c.mtu,
+        fps: Vec::new(),
+    };
+    for run in 0..a.runs {
+        let config = Config {
+            netns: Some(ns_b.clone()),
+            workers: vec![Some(a.worker_core)],
+            mode: Mode::BusyPoll,
+            forwarding: drop_all,
+            max_run: Some(Duration::from_secs_f64(a.seconds + 60.0)),
+            ..Config::default()
+        };
+        let snapshot = Snapshot::build(inputs.clone()).map_err(|e| e.to_string())?;
+        let dp = Dataplane::start(
+            config,
+            vec![Managed::uplink("uplink", t.node.uplink)],
+            snapshot,
+        )?;
+        let stop = AtomicBool::new(false);
+        let measured = std::thread::scope(|s| {
+            let generator = s.spawn(|| -> Result<(), String> {
+                enter_netns(&ns_a).map_err(|e| e.to_string())?;
+                pin_current_thread(a.gen_core)
+                    .map_err(|e| format!("pinning the generator: {e}"))?;
+                let mut g = Generator::af_xdp("uplink", &frame, 64)?;
+                while !stop.load(Relaxed) {
+                    g.send(BURST)?;
+                }
+                Ok(())
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let (f0, t0) = (dp.io().get(IoCounter::Rx), Instant::now());
+            std::thread::sleep(Duration::from_secs_f64(a.seconds));
+            let (f1, t1) = (dp.io().get(IoCounter::Rx), Instant::now());
+            let window = (f1 - f0) as f64 / (t1 - t0).as_secs_f64();
+            stop.store(true, Relaxed);
+            generator
+                .join()
+                .map_err(|_| "the generator panicked".to_owned())?
+                .map(|()| window)
+        });
+        let io = dp.io();
+        dp.finish()?;
+        let fps = measured?;
+        r.samples.push(json!({
+            "measurement": "ceiling across nodes: AF_XDP transmit from node A's uplink to node B's AF_XDP socket",
+            "underlay_mtu": c.mtu,
+            "frame_bytes": size,
+            "run": run,
+            "received_fps": fps,
+            "tcp_payload_gbps": ceiling.gbps(fps),
+            "rx_ring_full": io.get(IoCounter::RxRingFull),
+            "rx_no_chunk": io.get(IoCounter::RxNoChunk),
+        }));
+        ceiling.fps.push(fps);
+    }
+    println!("  ceiling at MTU {}: {}", c.mtu, ceiling.cell());
+    Ok(ceiling)
+}

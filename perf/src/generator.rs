@@ -22,7 +22,7 @@ use crate::programs::PerfPrograms;
 /// First UDP source port of the generated flows (as the live-frames program uses).
 const FIRST_PORT: u16 = 10_000;
 
-/// Frames per AF_XDP transmit: one kernel TX budget's worth.
+/// Frames per AF_XDP transmit (a frame larger than a chunk takes several descriptors).
 const XSK_BATCH: usize = 64;
 
 /// The means a [`Generator`] uses.

@@ -102,12 +102,18 @@ fn large_frames_cross_a_node_whole() {
 
 /// The TCP segments namespace `ns`'s kernel dropped for a bad checksum (`InCsumErrors`).
 fn tcp_checksum_errors(ns: &str) -> u64 {
+    checksum_errors(ns, "Tcp:")
+}
+
+/// The packets of protocol `proto` (`Tcp:`, `Udp:`) namespace `ns`'s kernel dropped for a
+/// bad checksum (`InCsumErrors` of /proc/net/snmp).
+fn checksum_errors(ns: &str, proto: &str) -> u64 {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
         .output()
         .expect("cat runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let mut tcp = text.lines().filter(|l| l.starts_with(proto));
     let (names, values) = (tcp.next().expect("names"), tcp.next().expect("values"));
     let at = names
         .split_whitespace()
@@ -179,13 +185,20 @@ fn large_frames_are_cut_for_the_tunnel_and_merged_for_the_pod() {
             interesting(&b1),
         );
     }
-    // Each node cut its pod's large segments for the tunnel and merged the other's for its pod.
+    // Each node cut its pod's large segments for the tunnel, and sent them as UDP GSO
+    // packets the kernel took, and merged the other's for its pod.
     for (node, before, after) in [(0, &a0, &a1), (1, &b0, &b1)] {
         let cut = io(after, "cut_frames") - io(before, "cut_frames");
         let merged = io(after, "merged_frames") - io(before, "merged_frames");
+        let gso = io(after, "gso_packets") - io(before, "gso_packets");
         assert!(
-            cut > 100.0 && merged > 100.0,
-            "node {node}: {cut} frames cut, {merged} segments merged"
+            cut > 100.0 && merged > 100.0 && gso > 100.0,
+            "node {node}: {cut} frames cut, {gso} GSO packets, {merged} segments merged"
+        );
+        assert_eq!(
+            io(after, "gso_failed"),
+            0.0,
+            "node {node}: GSO packets refused"
         );
     }
     for m in [&a1, &b1] {
@@ -217,44 +230,53 @@ fn large_frames_are_cut_for_the_tunnel_and_merged_for_the_pod() {
     );
 }
 
+/// A kxdp node (the default topology's node A) whose pod has a 64 KiB MTU beside a flannel
+/// node: the testbed, the kxdp node's snapshot and its interfaces.
+fn large_pod_beside_flannel(
+    t: &kxdp_testkit::Topology,
+) -> (
+    kxdp_tests::testbed::Testbed,
+    kxdp_dataplane::Snapshot,
+    Vec<kxdp_tests::node::Managed>,
+) {
+    use kxdp_tests::node::{fixture_and_kernel_node, mixed_inputs, Managed};
+    use kxdp_tests::testbed::ip;
+    let tb = fixture_and_kernel_node(t).expect("testbed builds");
+    let (kx, kx_pod) = (&tb.nodes[0], &tb.nodes[0].pods[0]);
+    let mtu = POD_MTU.to_string();
+    ip(Some(&kx_pod.ns), &["link", "set", "eth0", "mtu", &mtu]).expect("pod MTU");
+    ip(Some(&kx.ns), &["link", "set", "pod0", "mtu", &mtu]).expect("pod MTU");
+    let mut inputs = mixed_inputs(t, &tb).expect("the testbed's addresses");
+    inputs.node.pod_mtu = POD_MTU;
+    let managed = vec![
+        Managed::pod("pod0", t.pod_a.iface),
+        Managed::uplink("uplink", t.node.uplink),
+    ];
+    let snapshot = kxdp_dataplane::Snapshot::build(inputs).expect("a snapshot");
+    (tb, snapshot, managed)
+}
+
 /// A kxdp node whose pod has a 64 KiB MTU and a flannel node whose pods have 1450 (the
 /// kernel's own VXLAN device): TCP both ways needs no MSS clamping, as each side's MTU bounds
 /// what it sends (the kernel pod announces an MSS of 1410, the kxdp pod never sends more), and
 /// the kernel's segments reach the kxdp pod merged.
 #[test]
 fn a_large_mtu_pod_and_a_flannel_pod_stream_both_ways() {
-    use kxdp_dataplane::Snapshot;
-    use kxdp_testkit::Topology;
-    use kxdp_tests::node::{fixture_and_kernel_node, mixed_inputs, KxdpNode, Managed};
-    use kxdp_tests::testbed::ip;
+    use kxdp_tests::node::KxdpNode;
     use kxdp_xdp::worker::IoCounter;
     if skip_unless_privileged("a_large_mtu_pod_and_a_flannel_pod_stream_both_ways") {
         return;
     }
-    let t = Topology::default();
-    let tb = fixture_and_kernel_node(&t).expect("testbed builds");
+    let t = kxdp_testkit::Topology::default();
+    let (tb, snapshot, managed) = large_pod_beside_flannel(&t);
     let (kx, kernel) = (&tb.nodes[0], &tb.nodes[1]);
     let (kx_pod, kernel_pod) = (&kx.pods[0], &kernel.pods[0]);
-    let mtu = POD_MTU.to_string();
-    ip(Some(&kx_pod.ns), &["link", "set", "eth0", "mtu", &mtu]).expect("pod MTU");
-    ip(Some(&kx.ns), &["link", "set", "pod0", "mtu", &mtu]).expect("pod MTU");
-    let mut inputs = mixed_inputs(&t, &tb).expect("the testbed's addresses");
-    inputs.node.pod_mtu = POD_MTU;
-    let managed = vec![
-        Managed::pod("pod0", t.pod_a.iface),
-        Managed::uplink("uplink", t.node.uplink),
-    ];
     let _servers = [
         IperfServer::start(&kernel_pod.ns, 5201),
         IperfServer::start(&kx_pod.ns, 5202),
     ];
     std::thread::sleep(Duration::from_millis(300));
-    let node = KxdpNode::start(
-        &kx.ns,
-        managed,
-        Snapshot::build(inputs).expect("a snapshot"),
-    )
-    .expect("kxdp starts");
+    let node = KxdpNode::start(&kx.ns, managed, snapshot).expect("kxdp starts");
     let to_kernel = iperf(&kx_pod.ns, &kernel_pod.ip.to_string(), 5201, false);
     let from_kernel = iperf(&kernel_pod.ns, &kx_pod.ip.to_string(), 5202, false);
     let io = node.io();
@@ -271,4 +293,51 @@ fn a_large_mtu_pod_and_a_flannel_pod_stream_both_ways() {
     for ns in [&kx_pod.ns, &kernel_pod.ns] {
         assert_eq!(tcp_checksum_errors(ns), 0, "TCP checksum errors in {ns}");
     }
+}
+
+/// A kxdp pod sending large segments to a flannel pod whose MTU lets its TCP take them: kxdp
+/// cuts them for the tunnel and hands them to the kernel as UDP GSO packets, whose datagrams
+/// the flannel node's own VXLAN device takes, checking each UDP checksum the kernel computed.
+#[test]
+fn segments_sent_as_udp_gso_reach_a_flannel_node_with_good_checksums() {
+    use kxdp_tests::node::KxdpNode;
+    use kxdp_tests::testbed::ip;
+    use kxdp_xdp::worker::IoCounter;
+    if skip_unless_privileged("segments_sent_as_udp_gso_reach_a_flannel_node_with_good_checksums") {
+        return;
+    }
+    let t = kxdp_testkit::Topology::default();
+    let (tb, snapshot, managed) = large_pod_beside_flannel(&t);
+    let (kx, kernel) = (&tb.nodes[0], &tb.nodes[1]);
+    let (kx_pod, kernel_pod) = (&kx.pods[0], &kernel.pods[0]);
+    // The flannel pod announces an MSS from its own interface's MTU: at 9000, the kxdp pod
+    // sends it segments of almost 9000 bytes, which kxdp must cut for the 1450-byte tunnel.
+    ip(
+        Some(&kernel_pod.ns),
+        &["link", "set", "eth0", "mtu", "9000"],
+    )
+    .expect("pod MTU");
+    let _server = IperfServer::start(&kernel_pod.ns, 5201);
+    std::thread::sleep(Duration::from_millis(300));
+    let node = KxdpNode::start(&kx.ns, managed, snapshot).expect("kxdp starts");
+    let udp_errors = checksum_errors(&kernel.ns, "Udp:");
+    let bytes = iperf(&kx_pod.ns, &kernel_pod.ip.to_string(), 5201, false);
+    let io = node.io();
+    node.finish().expect("the worker");
+    eprintln!("iperf3 TCP, 64 KiB MTU pod to a 9000 MTU flannel pod: {bytes} bytes; {io:?}");
+    assert!(bytes > 10_000_000, "iperf3 TCP: {bytes} bytes; {io:?}");
+    assert!(
+        io.get(IoCounter::GsoPackets) > 100 && io.get(IoCounter::GsoFailed) == 0,
+        "cut frames sent as UDP GSO packets: {io:?}"
+    );
+    assert_eq!(
+        checksum_errors(&kernel.ns, "Udp:"),
+        udp_errors,
+        "UDP checksum errors on the flannel node"
+    );
+    assert_eq!(
+        tcp_checksum_errors(&kernel_pod.ns),
+        0,
+        "TCP checksum errors"
+    );
 }

@@ -13,6 +13,7 @@
 //! The loader's building blocks ([`attach_program`], [`percpu_sum`], [`bpf`]) are public for
 //! other XDP objects loaded beside this one: the perf harness's generator and sink.
 
+pub mod gso;
 pub mod handover;
 pub mod runtime;
 pub mod state;

@@ -28,6 +28,7 @@ use kxdp_dataplane::{
     process_batch, Counters, DropReason, Frame, Instant, Packet, Snapshot, Verdict,
 };
 
+use crate::gso::{GsoBuf, GsoSocket};
 use crate::xsk::{ChunkSink, Chunks, Desc, Port, Umem, MAX_FRAME_DESCS};
 
 /// How a worker waits for frames.
@@ -107,6 +108,8 @@ kxdp_dataplane::counter_list! {
         Merged = 7 => ("merged_frames", "TCP segments merged into a larger frame toward a pod (GRO), counted once per segment merged"),
         RxRingFull = 8 => ("rx_ring_full", "frames the kernel dropped because a socket's RX ring was full (the worker fell behind; read from the sockets once a second)"),
         RxNoChunk = 9 => ("rx_no_chunk", "frames the kernel dropped for want of a free chunk in a socket's fill ring (read from the sockets once a second)"),
+        GsoPackets = 10 => ("gso_packets", "UDP GSO packets sent to the kernel, each carrying a cut frame's VXLAN datagrams (counted in tx_frames one per datagram)"),
+        GsoFailed = 11 => ("gso_failed", "UDP GSO packets the kernel refused (their datagrams are lost; the worker sends through AF_XDP from then on)"),
     }
 }
 
@@ -252,6 +255,20 @@ pub struct Worker {
     tx: Vec<Desc>,
     /// Where a cut frame larger than a chunk is written before it is spread over chunks.
     scratch: Box<[u8]>,
+    /// The batch's frames cut for the tunnel, as UDP GSO packets.
+    gso: Box<GsoBuf>,
+    /// Each port's packet socket for those, by port index; rebuilt when ports come and go.
+    gso_sockets: Vec<GsoState>,
+}
+
+/// Whether a port sends cut frames as UDP GSO packets.
+#[derive(Debug)]
+enum GsoState {
+    /// Not tried yet: the socket opens at the first frame cut for the tunnel.
+    Untried,
+    Open(GsoSocket),
+    /// The socket would not open or the kernel refused a packet: AF_XDP it is.
+    Off,
 }
 
 /// How many descriptors of frames it made (merged, or cut) a worker holds per batch: a batch
@@ -277,6 +294,8 @@ struct Out {
     start: u16,
     count: u16,
     built: bool,
+    /// `start..start + count` are packets of the worker's [`GsoBuf`], not descriptors.
+    gso: bool,
 }
 
 /// What became of a frame of the batch once merged runs are known.
@@ -309,6 +328,8 @@ impl Worker {
             built: Vec::with_capacity(BUILT_DESCS),
             tx: Vec::with_capacity(BUILT_DESCS + RX_DESCS),
             scratch: vec![0; 1 << 16].into_boxed_slice(),
+            gso: Box::default(),
+            gso_sockets: Vec::new(),
         };
         w.ports_changed();
         w
@@ -333,6 +354,25 @@ impl Worker {
             events: libc::POLLIN,
             revents: 0,
         }));
+        self.gso_sockets.clear();
+        self.gso_sockets
+            .extend(self.ports.iter().map(|_| GsoState::Untried));
+    }
+
+    /// Port `j`'s packet socket for UDP GSO packets, opened at first use; `None` where it
+    /// would not open (the worker then cuts into AF_XDP frames, as without one).
+    fn gso_socket(&mut self, j: usize) -> Option<&GsoSocket> {
+        if let Some(GsoState::Untried) = self.gso_sockets.get(j) {
+            let (ifindex, _) = self.ports[j].1.bound_to();
+            self.gso_sockets[j] = match GsoSocket::open(ifindex) {
+                Ok(s) => GsoState::Open(s),
+                Err(_) => GsoState::Off,
+            };
+        }
+        match self.gso_sockets.get(j) {
+            Some(GsoState::Open(s)) => Some(s),
+            _ => None,
+        }
     }
 
     /// Wake from [`Worker::wait`] whenever `waker` has a datagram (it is set non-blocking and
@@ -605,12 +645,14 @@ impl Worker {
                         start,
                         count,
                         built: true,
+                        gso: false,
                     },
                     Fate::Alone => Out {
                         dest: dests[k],
                         start,
                         count,
                         built: false,
+                        gso: false,
                     },
                 };
                 if let (Some(split), false) = (p.frame.split(), out.dest == Dest::Recycle) {
@@ -623,6 +665,7 @@ impl Worker {
         for addr in recycle {
             self.ports[i].1.recycle(addr);
         }
+        self.gso.clear();
         for (o, split) in splits {
             self.cut(i, &descs, &mut outs[o], split);
         }
@@ -635,6 +678,11 @@ impl Worker {
     /// those, and the frame's own chunks go back to the free list. A frame that cannot be cut
     /// (malformed, or no free chunk) is dropped, counted as `too_big_unsplit`.
     fn cut(&mut self, i: usize, descs: &[Desc], out: &mut Out, split: Split) {
+        if let (true, Dest::Other(j)) = (split.vxlan, out.dest) {
+            if self.gso_socket(j).is_some() && self.cut_for_gso(i, descs, out, split) {
+                return;
+            }
+        }
         let port = &self.ports[i].1;
         let own = &descs[usize::from(out.start)..usize::from(out.start + out.count)];
         let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();
@@ -681,6 +729,71 @@ impl Worker {
         }
     }
 
+    /// Cut a TCP frame of `out` for the tunnel into UDP GSO packets of the worker's
+    /// [`GsoBuf`]; false, with nothing changed, where it is not TCP or the buffer is full (the
+    /// frame is then cut into AF_XDP frames).
+    fn cut_for_gso(&mut self, i: usize, descs: &[Desc], out: &mut Out, split: Split) -> bool {
+        let port = &self.ports[i].1;
+        let own = &descs[usize::from(out.start)..usize::from(out.start + out.count)];
+        let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();
+        pieces.extend(own.iter().map(|d| port.frame(*d)));
+        let Ok(plan) = Segments::new(&pieces, Encap::Vxlan, usize::from(split.mtu)) else {
+            return false;
+        };
+        let first = self.gso.len();
+        self.gso.seal();
+        if plan.emit(&mut *self.gso).is_err() {
+            self.gso.truncate(first);
+            return false;
+        }
+        drop(pieces);
+        for d in own {
+            self.ports[i].1.recycle(d.addr);
+        }
+        self.io.count(IoCounter::Cut, 1);
+        *out = Out {
+            start: first as u16,
+            count: (self.gso.len() - first) as u16,
+            built: false,
+            gso: true,
+            ..*out
+        };
+        true
+    }
+
+    /// Send port `j` the UDP GSO packets of `out`, counting each datagram as a frame sent (or
+    /// as one not queued, where the socket had no room). A packet the kernel refuses turns the
+    /// port's GSO off: later frames go through AF_XDP.
+    fn send_gso(&mut self, j: usize, out: &Out) {
+        let range = usize::from(out.start)..usize::from(out.start + out.count);
+        let Some(GsoState::Open(socket)) = self.gso_sockets.get(j) else {
+            self.io.count(IoCounter::GsoFailed, range.len() as u64);
+            return;
+        };
+        let mut failed = false;
+        for k in range {
+            let (packet, datagrams) = self.gso.packet(k);
+            match socket.send(packet) {
+                Ok(()) => {
+                    self.io.count(IoCounter::GsoPackets, 1);
+                    self.io.count(IoCounter::Tx, datagrams as u64);
+                    IoCounters::add_at(&self.io.iface_tx, self.ports[j].0, datagrams as u64);
+                }
+                // No room now: lost like a frame for a full TX ring; TCP sends it again.
+                Err(e) if GsoSocket::is_full(&e) => {
+                    self.io.count(IoCounter::TxRingFull, datagrams as u64);
+                }
+                Err(_) => {
+                    self.io.count(IoCounter::GsoFailed, 1);
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            self.gso_sockets[j] = GsoState::Off;
+        }
+    }
+
     /// Send a batch's frames: same-port ones in one go, others moved (or copied) to their port.
     fn deliver(&mut self, i: usize, descs: &[Desc], outs: &[Out]) {
         let built = std::mem::take(&mut self.built);
@@ -719,6 +832,15 @@ impl Worker {
         for j in dests {
             tx.clear();
             for out in outs.iter().filter(|o| o.dest == Dest::Other(j)) {
+                if out.gso {
+                    // In order: what was gathered for the port leaves first.
+                    if !tx.is_empty() {
+                        self.send(j, &tx);
+                        tx.clear();
+                    }
+                    self.send_gso(j, out);
+                    continue;
+                }
                 let (src, dst) = two_mut(&mut self.ports, i, j);
                 if src.1.shares_umem_with(&dst.1) {
                     tx.extend(frame(out).iter().copied());

@@ -519,6 +519,8 @@ mod tests {
             "kxdp_worker_copied_frames_total",
             "kxdp_worker_rx_ring_full_total",
             "kxdp_worker_rx_no_chunk_total",
+            "kxdp_worker_gso_packets_total",
+            "kxdp_worker_gso_failed_total",
             "kxdp_worker_polls_total",
             "kxdp_worker_empty_polls_total",
         ] {

@@ -1,14 +1,16 @@
 //! The ceiling of kxdp's path across nodes: how many frames of the underlay's MTU the hop
 //! every cut TCP segment takes can carry at all, measured on kxdp's own cluster with nothing
-//! else running. Node A's uplink transmits through a copy-mode AF_XDP socket, as kxdp's worker
-//! sends what it cut for the tunnel (an skb and a copy per frame, the switch's bridge, and on
-//! a veth node B's XDP and the copy into its UMEM, all on the sending core, pinned to
-//! `--gen-core`); node B's uplink receives them on kxdp's own sockets and worker, which drops
-//! them (busy-poll, pinned to `--worker-core`). Frames are VXLAN-sized: the underlay's MTU,
-//! as kxdp's largest cut segments are. Each carries `mtu - 102` bytes of a TCP stream (VXLAN's
-//! 50, the inner IPv4 header's 20, TCP's with timestamps 32), so the rate times that is the
-//! most TCP any design that sends one segment per frame over this hop could move with a core
-//! to itself, before iperf3, the pods' kernels and the rest of the path take their share.
+//! else running, sent both ways a worker can send them. **UDP GSO** (kxdp's way for the TCP
+//! segments it cuts): a packet socket on node A's uplink hands the kernel one packet per 64
+//! KiB frame, its VXLAN datagrams back to back, which the kernel cuts where a device cannot
+//! carry it whole (`kxdp_xdp::gso`). **AF_XDP**: one frame per segment through a copy-mode
+//! AF_XDP socket (an skb and a copy per frame, and the switch's bridge once per frame). Either
+//! way node B's XDP program and the copy into its UMEM run, on a veth, on the sending core
+//! (pinned to `--gen-core`); node B's uplink receives on kxdp's own sockets and a worker that
+//! drops everything (busy-poll, pinned to `--worker-core`). Each frame carries `mtu - 102`
+//! bytes of a TCP stream (VXLAN's 50, the inner IPv4 header's 20, TCP's with timestamps
+//! 32), so the rate times that is the most TCP the hop could move with a core sending, before
+//! iperf3, the pods' kernels and the rest of the path take their share.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -16,15 +18,18 @@ use std::time::{Duration, Instant};
 
 use kxdp_control::model::parse_mac;
 use kxdp_dataplane::conntrack::Conntrack;
+use kxdp_dataplane::offload::{Encap, Segments};
 use kxdp_dataplane::wire::build::FrameSpec;
+use kxdp_dataplane::wire::tcp_flags;
 use kxdp_dataplane::{Counters, DropReason, Packet, Snapshot, Verdict};
 use kxdp_perf::generator::Generator;
 use kxdp_perf::stats::{median, range};
 use kxdp_testkit::Topology;
 use kxdp_tests::testbed::ip;
+use kxdp_xdp::gso::{GsoBuf, GsoSocket};
 use kxdp_xdp::runtime::{Config, Dataplane, Managed};
 use kxdp_xdp::worker::{IoCounter, Mode};
-use kxdp_xdp::{enter_netns, pin_current_thread};
+use kxdp_xdp::{enter_netns, ifindex, pin_current_thread};
 use serde_json::json;
 
 use crate::args::Args;
@@ -39,12 +44,31 @@ pub(crate) const SEGMENT_OVERHEAD: u16 = 102;
 /// Frames per generator call: about 10 ms of them here, the grain of the sent count.
 const BURST: u32 = 4096;
 
-/// The ceiling measured at one underlay MTU.
+/// How node A sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Means {
+    /// UDP GSO packets through a packet socket, as kxdp sends what it cut.
+    Gso,
+    /// One frame per segment through a copy-mode AF_XDP socket.
+    AfXdp,
+}
+
+impl Means {
+    fn name(self) -> &'static str {
+        match self {
+            Means::Gso => "UDP GSO packets (kxdp's)",
+            Means::AfXdp => "AF_XDP, a frame per segment",
+        }
+    }
+}
+
+/// The ceiling measured at one underlay MTU, one way of sending.
 pub(crate) struct Ceiling {
     pub(crate) mtu: u16,
+    pub(crate) means: Means,
     /// Frames per second node B's worker received, per run.
     pub(crate) fps: Vec<f64>,
-    /// Frames per second node A's socket queued for transmission, per run.
+    /// Frames per second node A sent, per run.
     pub(crate) sent: Vec<f64>,
 }
 
@@ -95,7 +119,7 @@ pub(crate) fn measure_ceiling(
     a: &Args,
     c: &mut Clusters,
     r: &mut Report,
-) -> Result<Ceiling, String> {
+) -> Result<[Ceiling; 2], String> {
     for node in 0..2 {
         c.kxdp.stop(node)?;
         // A stopped agent leaves its XDP program in place for a successor to adopt.
@@ -121,87 +145,143 @@ pub(crate) fn measure_ceiling(
     spec.udp_checksum = false;
     let size = usize::from(c.mtu) + 14;
     let frame = spec.udp(10_000, inputs.node.vxlan_port, &vec![0x6b; size - 42]);
-    let mut ceiling = Ceiling {
+    // What kxdp cuts: a pod's 64 KiB TCP segment in VXLAN.
+    let pod = FrameSpec::new(mac_a, mac_b, t.pod_a.ip, t.pod_b.ip);
+    let inner = pod.tcp(40_000, 5201, tcp_flags::ACK, &vec![0x6b; 65_000]);
+    let large = spec.vxlan(10_000, inputs.node.vxlan_port, 1, &inner);
+    let mut ceilings = [Means::Gso, Means::AfXdp].map(|means| Ceiling {
         mtu: c.mtu,
+        means,
         fps: Vec::new(),
         sent: Vec::new(),
-    };
+    });
     for run in 0..a.runs {
-        let config = Config {
-            netns: Some(ns_b.clone()),
-            workers: vec![Some(a.worker_core)],
-            mode: Mode::BusyPoll,
-            forwarding: drop_all,
-            max_run: Some(Duration::from_secs_f64(a.seconds + 60.0)),
-            ..Config::default()
-        };
-        let snapshot = Snapshot::build(inputs.clone()).map_err(|e| e.to_string())?;
-        let dp = Dataplane::start(
-            config,
-            vec![Managed::uplink("uplink", t.node.uplink)],
-            snapshot,
-        )?;
-        let stop = AtomicBool::new(false);
-        let sending = AtomicBool::new(false);
-        let sent = AtomicU64::new(0);
-        let measured = std::thread::scope(|s| {
-            let generator = s.spawn(|| -> Result<(), String> {
-                enter_netns(&ns_a).map_err(|e| e.to_string())?;
-                pin_current_thread(a.gen_core)
-                    .map_err(|e| format!("pinning the generator: {e}"))?;
-                let mut g = Generator::af_xdp("uplink", &frame, 64)?;
-                while !stop.load(Relaxed) {
-                    sent.fetch_add(u64::from(g.send(BURST)?), Relaxed);
-                    sending.store(true, Relaxed);
-                }
-                Ok(())
-            });
-            // The window opens once the generator has sent its first burst, and after a
-            // warm-up; it is given up if the generator has failed meanwhile.
-            let started = Instant::now();
-            while !sending.load(Relaxed)
-                && !generator.is_finished()
-                && started.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            let read = || {
-                (
-                    dp.io().get(IoCounter::Rx),
-                    sent.load(Relaxed),
-                    Instant::now(),
-                )
+        for ceiling in &mut ceilings {
+            let config = Config {
+                netns: Some(ns_b.clone()),
+                workers: vec![Some(a.worker_core)],
+                mode: Mode::BusyPoll,
+                forwarding: drop_all,
+                max_run: Some(Duration::from_secs_f64(a.seconds + 60.0)),
+                ..Config::default()
             };
-            let (f0, s0, t0) = read();
-            std::thread::sleep(Duration::from_secs_f64(a.seconds));
-            let (f1, s1, t1) = read();
-            stop.store(true, Relaxed);
-            let secs = (t1 - t0).as_secs_f64();
-            generator
-                .join()
-                .map_err(|_| "the generator panicked".to_owned())?
-                .map(|()| ((f1 - f0) as f64 / secs, (s1 - s0) as f64 / secs))
-        });
-        let io = dp.io();
-        dp.finish()?;
-        let (fps, offered) = measured?;
-        r.samples.push(json!({
-            "measurement": "ceiling across nodes: AF_XDP transmit from node A's uplink to node B's AF_XDP socket",
-            "underlay_mtu": c.mtu,
-            "frame_bytes": size,
-            "run": run,
-            "received_fps": fps,
-            "sent_fps": offered,
-            "tcp_payload_gbps": ceiling.gbps(fps),
-            "rx_ring_full": io.get(IoCounter::RxRingFull),
-            "rx_no_chunk": io.get(IoCounter::RxNoChunk),
-        }));
-        ceiling.fps.push(fps);
-        ceiling.sent.push(offered);
+            let snapshot = Snapshot::build(inputs.clone()).map_err(|e| e.to_string())?;
+            let dp = Dataplane::start(
+                config,
+                vec![Managed::uplink("uplink", t.node.uplink)],
+                snapshot,
+            )?;
+            let measured = window(a, &dp, &ns_a, |sent, stop| match ceiling.means {
+                Means::AfXdp => send_frames(&frame, sent, stop),
+                Means::Gso => send_gso(&large, c.mtu, sent, stop),
+            });
+            let io = dp.io();
+            dp.finish()?;
+            let (fps, offered) = measured?;
+            r.samples.push(json!({
+                "measurement": "ceiling across nodes: node A's uplink to node B's AF_XDP socket",
+                "means": ceiling.means.name(),
+                "underlay_mtu": c.mtu,
+                "frame_bytes": size,
+                "run": run,
+                "received_fps": fps,
+                "sent_fps": offered,
+                "tcp_payload_gbps": ceiling.gbps(fps),
+                "rx_ring_full": io.get(IoCounter::RxRingFull),
+                "rx_no_chunk": io.get(IoCounter::RxNoChunk),
+            }));
+            ceiling.fps.push(fps);
+            ceiling.sent.push(offered);
+        }
     }
-    println!("  ceiling at MTU {}: {}", c.mtu, ceiling.cell());
-    Ok(ceiling)
+    for ceiling in &ceilings {
+        println!(
+            "  ceiling at MTU {}, {}: {}",
+            c.mtu,
+            ceiling.means.name(),
+            ceiling.cell()
+        );
+    }
+    Ok(ceilings)
+}
+
+/// Run `send` in node A's namespace on the generator's core and measure, once it is sending
+/// and warmed up, the frames per second node B's worker received and `send` counted sent.
+fn window(
+    a: &Args,
+    dp: &Dataplane,
+    ns_a: &str,
+    send: impl FnOnce(&AtomicU64, &AtomicBool) -> Result<(), String> + Send,
+) -> Result<(f64, f64), String> {
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let generator = s.spawn(|| -> Result<(), String> {
+            enter_netns(ns_a).map_err(|e| e.to_string())?;
+            pin_current_thread(a.gen_core).map_err(|e| format!("pinning the generator: {e}"))?;
+            send(&sent, &stop)
+        });
+        // The window opens once the generator has sent something, after a warm-up; it is
+        // given up if the generator has failed meanwhile.
+        let started = Instant::now();
+        while sent.load(Relaxed) == 0
+            && !generator.is_finished()
+            && started.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let read = || {
+            (
+                dp.io().get(IoCounter::Rx),
+                sent.load(Relaxed),
+                Instant::now(),
+            )
+        };
+        let (f0, s0, t0) = read();
+        std::thread::sleep(Duration::from_secs_f64(a.seconds));
+        let (f1, s1, t1) = read();
+        stop.store(true, Relaxed);
+        let secs = (t1 - t0).as_secs_f64();
+        generator
+            .join()
+            .map_err(|_| "the generator panicked".to_owned())?
+            .map(|()| ((f1 - f0) as f64 / secs, (s1 - s0) as f64 / secs))
+    })
+}
+
+/// Send `frame` out of the uplink through a copy-mode AF_XDP socket until `stop`.
+fn send_frames(frame: &[u8], sent: &AtomicU64, stop: &AtomicBool) -> Result<(), String> {
+    let mut g = Generator::af_xdp("uplink", frame, 64)?;
+    while !stop.load(Relaxed) {
+        sent.fetch_add(u64::from(g.send(BURST)?), Relaxed);
+    }
+    Ok(())
+}
+
+/// Cut `large` for `mtu` as kxdp does into UDP GSO packets, and send them out of the uplink
+/// through a packet socket until `stop`, counting the datagrams.
+fn send_gso(large: &[u8], mtu: u16, sent: &AtomicU64, stop: &AtomicBool) -> Result<(), String> {
+    let pieces = [large];
+    let plan = Segments::new(&pieces, Encap::Vxlan, usize::from(mtu)).map_err(|e| e.to_string())?;
+    let mut gso = GsoBuf::default();
+    plan.emit(&mut gso).map_err(|e| e.to_string())?;
+    let socket = GsoSocket::open(ifindex("uplink").map_err(|e| e.to_string())?)
+        .map_err(|e| format!("packet socket: {e}"))?;
+    while !stop.load(Relaxed) {
+        for k in 0..gso.len() {
+            let (packet, datagrams) = gso.packet(k);
+            match socket.send(packet) {
+                Ok(()) => {
+                    sent.fetch_add(datagrams as u64, Relaxed);
+                }
+                // No room now: a moment for the device to drain.
+                Err(e) if GsoSocket::is_full(&e) => std::thread::yield_now(),
+                Err(e) => return Err(format!("sending a UDP GSO packet: {e}")),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The ceiling of kxdp's path across nodes, beside what kxdp and the kernel moved.
@@ -216,19 +296,25 @@ pub(crate) fn write_ceilings(
     let _ = writeln!(
         r.md,
         "\n**The ceiling of kxdp's path across nodes.** Every TCP segment kxdp sends to another \
-         node leaves node A's uplink as one frame of at most the underlay's MTU, through a \
-         copy-mode AF_XDP socket (an skb and a copy per frame), the switch's bridge, and node \
-         B's XDP program and the copy into node B's AF_XDP socket, which on a veth all run on \
-         the sending core. The ceiling is that hop alone, measured on kxdp's own cluster with \
-         its agents stopped: an AF_XDP socket on node A's uplink transmitting frames of the \
-         underlay's MTU as fast as one core (the generator's) allows, into node B's \
+         node leaves node A's uplink as a datagram of at most the underlay's MTU, and on a veth \
+         the switch's bridge, node B's XDP program and the copy into node B's AF_XDP socket \
+         run on the sending core. kxdp hands the kernel the segments it cuts from a pod's 64 \
+         KiB frame as UDP GSO packets (one per frame, or two where IPv4's length limit cuts \
+         it), which the kernel divides into datagrams where a device cannot carry them whole: \
+         here at the switch port facing node B, whose peer's XDP program turns its GSO off. \
+         The ceiling is that hop alone, measured on kxdp's own cluster with its agents \
+         stopped: node A sending as fast as one core (the generator's) allows, into node B's \
          uplink, where kxdp's own sockets and a worker on the other core receive and drop \
-         them. Each frame stands for a segment of MTU less {SEGMENT_OVERHEAD} bytes of TCP \
-         payload (VXLAN's 50, the inner IPv4 header's 20, TCP's with timestamps 32). The \
-         kernel's path has no such hop: its 64 KiB GSO packets cross the veths and the \
-         switch whole. Median of the runs (range).\n\n\
-         | underlay MTU | frames received by node B (ceiling) | kxdp, TCP across nodes, 1 stream | \
-         kernel, same | kxdp / ceiling | ceiling / kernel |\n|---:|---:|---:|---:|---:|---:|"
+         what comes; sent kxdp's way (UDP GSO packets through a packet socket), and for \
+         comparison as one frame per segment through a copy-mode AF_XDP socket (an skb, a \
+         copy and the bridge per frame). Each datagram stands for a segment of MTU less \
+         {SEGMENT_OVERHEAD} bytes of TCP payload (VXLAN's 50, the inner IPv4 header's 20, \
+         TCP's with timestamps 32). The kernel's path has no such hop: its 64 KiB GSO packets \
+         cross the veths and the switch whole, as no XDP program turns GSO off on its way. \
+         Median of the runs (range).\n\n\
+         | underlay MTU | sent as | datagrams received by node B (ceiling) | kxdp, TCP across \
+         nodes, 1 stream | kernel, same | kxdp / ceiling | ceiling / kernel |\n\
+         |---:|---|---:|---:|---:|---:|---:|"
     );
     let mut failed = Vec::new();
     for c in ceilings {
@@ -247,8 +333,9 @@ pub(crate) fn write_ceilings(
         let ceiling = c.median_gbps();
         let _ = writeln!(
             r.md,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             c.mtu,
+            c.means.name(),
             c.cell(),
             cell(kx),
             cell(k),

@@ -21,7 +21,7 @@ use kxdp_tests::clients::IperfServer;
 use serde_json::json;
 
 use crate::args::Args;
-use crate::ceiling::{write_ceilings, Ceiling};
+use crate::ceiling::{write_ceilings, Ceiling, Means};
 use crate::clusters::{Clusters, Which};
 use crate::report::{Point, Report};
 
@@ -481,7 +481,11 @@ pub(crate) fn write_iperf(
         let _ = writeln!(r.md, "\n{}", k.sentence());
     }
     write_ceilings(rows, ceilings, r);
-    let measured: Vec<&Ceiling> = ceilings.iter().filter_map(|c| c.as_ref().ok()).collect();
+    let measured: Vec<&Ceiling> = ceilings
+        .iter()
+        .filter_map(|c| c.as_ref().ok())
+        .filter(|c| c.means == Means::Gso)
+        .collect();
     iperf_targets(rows, &measured, r);
     for (mtu, why) in kxdp_failed {
         let _ = writeln!(
@@ -713,6 +717,7 @@ mod tests {
         ];
         let ceiling = Ceiling {
             mtu: 1500,
+            means: Means::Gso,
             fps: vec![350_000.0],
             sent: vec![350_000.0],
         };

@@ -53,8 +53,9 @@
 //!    offload off on every veth, as kxdp's pods run, as one extra row (`iperf.rs`). Where
 //!    kxdp cannot run (its agents do not start at an MTU), the rows say so. Then, on kxdp's
 //!    cluster with its agents stopped, the ceiling of the hop each segment kxdp sends to
-//!    another node takes: frames of the underlay's MTU from an AF_XDP socket on node A's
-//!    uplink into kxdp's sockets on node B's, as many as one core sends (`ceiling.rs`).
+//!    another node takes: datagrams of the underlay's MTU from node A's uplink into kxdp's
+//!    sockets on node B's, as many as one core sends, as UDP GSO packets (kxdp's way) and
+//!    as AF_XDP frames (`ceiling.rs`).
 //! 4. **Request/response latency** at a fixed rate (`--rps`): UDP echo through a ClusterIP to a
 //!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9; kxdp's agents in
 //!    each worker mode (wakeup, adaptive, busy-poll).
@@ -256,10 +257,13 @@ fn run() -> Result<(), String> {
             }
             if do_iperf && c.kxdp_failed.is_none() {
                 // A failure here loses only the ceiling: the report says why.
-                ceilings.push(measure_ceiling(&args, &mut c, &mut r).map_err(|e| {
-                    println!("  ceiling at MTU {mtu}: {e}");
-                    (mtu, e)
-                }));
+                match measure_ceiling(&args, &mut c, &mut r) {
+                    Ok(measured) => ceilings.extend(measured.into_iter().map(Ok)),
+                    Err(e) => {
+                        println!("  ceiling at MTU {mtu}: {e}");
+                        ceilings.push(Err((mtu, e)));
+                    }
+                }
             }
         }
         if do_iperf {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use kxdp_perf::iperf3::{parse, Run};
 use kxdp_perf::stats::{median, range};
 use kxdp_tests::clients::IperfServer;
+use kxdp_tests::testbed::ip;
 use serde_json::json;
 
 use crate::args::Args;
@@ -268,6 +269,11 @@ pub(crate) fn measure_iperf_at(
 /// One client run of `test` with `streams` streams in cluster `which`, against a fresh
 /// one-test server, bounded by the run's length and 15 s.
 fn one_run(a: &Args, c: &Clusters, which: Which, test: &Test, streams: u32) -> Result<Run, String> {
+    // Each run starts from no learnt path MTU: the UDP test's large datagrams are answered
+    // with fragmentation needed, and the client's kernel would otherwise send the next TCP
+    // runs to that pod in segments of the tunnel's MTU instead of its own.
+    let client = c.pod_ns(which, "client-a");
+    ip(Some(&client), &["route", "flush", "cache"]).map_err(|e| e.to_string())?;
     let _server = IperfServer::start(&c.pod_ns(which, test.server_pod), 5201);
     std::thread::sleep(Duration::from_millis(300));
     let secs = a.iperf_secs;

@@ -69,6 +69,7 @@ pub(crate) struct Agent {
     host: Option<String>,
     cores: Vec<Option<usize>>,
     mode: Mode,
+    tunnel_gso: bool,
     conntrack_size: u32,
     /// Where the dataplane's lasting state is kept, if it outlives the agent.
     state_dir: Option<std::path::PathBuf>,
@@ -106,6 +107,7 @@ impl Agent {
             host: config.host_interface.clone(),
             cores: config.cores.clone(),
             mode: config.mode,
+            tunnel_gso: config.tunnel_gso,
             conntrack_size: config.conntrack_size,
             state_dir: config.state_dir.clone(),
             compiler: Compiler::new(settings),
@@ -232,6 +234,7 @@ impl Agent {
         let config = DataplaneConfig {
             workers: self.cores.clone(),
             mode: self.mode,
+            tunnel_gso: self.tunnel_gso,
             conntrack: ConntrackConfig {
                 capacity: self.conntrack_size,
                 ..ConntrackConfig::default()

@@ -72,6 +72,11 @@ pub struct AgentArgs {
     /// less 50, as flannel sets it].
     #[arg(long, env = "KXDP_POD_MTU")]
     pub pod_mtu: Option<u16>,
+    /// Whether TCP segments cut for the VXLAN tunnel leave as UDP GSO packets through a
+    /// packet socket on the uplink (`true`: one send per pod frame, needs CAP_NET_RAW and
+    /// Linux 6.2) or each as an AF_XDP frame (`false`) [default: true].
+    #[arg(long, env = "KXDP_TUNNEL_GSO", value_name = "BOOL")]
+    pub tunnel_gso: Option<bool>,
     /// The debug API (`/api/*`: status, services, routes, counters, conntrack, trace, which
     /// show every flow): unix:PATH, a socket only its owner may use, or ADDRESS:PORT, which
     /// every local user can read [default: unix:/run/kxdp/admin.sock].
@@ -147,6 +152,8 @@ pub struct AgentConfig {
     pub vtep_mac: Option<EthernetAddress>,
     /// The pods' MTU, if set (else flannel's, from the uplink's).
     pub pod_mtu: Option<u16>,
+    /// Whether segments cut for the tunnel leave as UDP GSO packets.
+    pub tunnel_gso: bool,
     /// The debug API's address.
     pub admin: AdminAddr,
     /// The metrics listener's address.
@@ -341,6 +348,7 @@ impl AgentArgs {
             )?,
             vtep_mac,
             pod_mtu,
+            tunnel_gso: self.tunnel_gso.or(file.tunnel_gso).unwrap_or(true),
             admin,
             metrics,
             nodeport_addresses,
@@ -545,6 +553,7 @@ mod tests {
         assert_eq!(c.admin, "unix:/run/kxdp/admin.sock".parse().unwrap());
         assert_eq!(c.metrics, "127.0.0.1:9901".parse().unwrap());
         assert_eq!(c.subnet_file, PathBuf::from("/run/kxdp/subnet.env"));
+        assert!(c.tunnel_gso);
         assert_eq!(
             c.mode,
             Mode::Adaptive {
@@ -640,7 +649,7 @@ mod tests {
         std::fs::write(
             &file,
             "node: from-file\nuplink: ens1\ncores: \"0-1\"\nmanifest: [a.yaml]\n\
-             metrics-address: 127.0.0.1:9911\n",
+             metrics-address: 127.0.0.1:9911\ntunnel-gso: false\n",
         )
         .unwrap();
         let c = AgentArgs {
@@ -655,6 +664,7 @@ mod tests {
         assert_eq!(c.cores, vec![Some(0), Some(1)]);
         assert_eq!(c.source, SourceConfig::Manifests(vec!["a.yaml".into()]));
         assert_eq!(c.metrics, "127.0.0.1:9911".parse().unwrap());
+        assert!(!c.tunnel_gso);
         std::fs::write(&file, "node: n\nconntrack-size: lots\n").unwrap();
         let e = AgentArgs {
             config: Some(file.clone()),

@@ -300,12 +300,29 @@ fn a_large_mtu_pod_and_a_flannel_pod_stream_both_ways() {
 /// the flannel node's own VXLAN device takes, checking each UDP checksum the kernel computed.
 #[test]
 fn segments_sent_as_udp_gso_reach_a_flannel_node_with_good_checksums() {
-    use kxdp_tests::node::KxdpNode;
-    use kxdp_tests::testbed::ip;
-    use kxdp_xdp::worker::IoCounter;
     if skip_unless_privileged("segments_sent_as_udp_gso_reach_a_flannel_node_with_good_checksums") {
         return;
     }
+    segments_cut_for_a_flannel_node(true);
+}
+
+/// The same with UDP GSO off (`--tunnel-gso false`, and what a worker falls back to where
+/// the kernel refuses GSO packets or no packet socket opens): each segment leaves as an
+/// AF_XDP frame of its own, with kxdp's checksums.
+#[test]
+fn segments_sent_as_af_xdp_frames_reach_a_flannel_node_with_good_checksums() {
+    if skip_unless_privileged(
+        "segments_sent_as_af_xdp_frames_reach_a_flannel_node_with_good_checksums",
+    ) {
+        return;
+    }
+    segments_cut_for_a_flannel_node(false);
+}
+
+fn segments_cut_for_a_flannel_node(tunnel_gso: bool) {
+    use kxdp_tests::node::KxdpNode;
+    use kxdp_tests::testbed::ip;
+    use kxdp_xdp::worker::IoCounter;
     let t = kxdp_testkit::Topology::default();
     let (tb, snapshot, managed) = large_pod_beside_flannel(&t);
     let (kx, kernel) = (&tb.nodes[0], &tb.nodes[1]);
@@ -319,17 +336,25 @@ fn segments_sent_as_udp_gso_reach_a_flannel_node_with_good_checksums() {
     .expect("pod MTU");
     let _server = IperfServer::start(&kernel_pod.ns, 5201);
     std::thread::sleep(Duration::from_millis(300));
-    let node = KxdpNode::start(&kx.ns, managed, snapshot).expect("kxdp starts");
+    let node = KxdpNode::start_configured(&kx.ns, managed, snapshot, |c| {
+        c.tunnel_gso = tunnel_gso;
+    })
+    .expect("kxdp starts");
     let udp_errors = checksum_errors(&kernel.ns, "Udp:");
     let bytes = iperf(&kx_pod.ns, &kernel_pod.ip.to_string(), 5201, false);
     let io = node.io();
     node.finish().expect("the worker");
-    eprintln!("iperf3 TCP, 64 KiB MTU pod to a 9000 MTU flannel pod: {bytes} bytes; {io:?}");
+    eprintln!("iperf3 TCP, 64 KiB MTU pod to a 9000 MTU flannel pod (GSO {tunnel_gso}): {bytes} bytes; {io:?}");
     assert!(bytes > 10_000_000, "iperf3 TCP: {bytes} bytes; {io:?}");
-    assert!(
-        io.get(IoCounter::GsoPackets) > 100 && io.get(IoCounter::GsoFailed) == 0,
-        "cut frames sent as UDP GSO packets: {io:?}"
-    );
+    assert!(io.get(IoCounter::Cut) > 100, "segments cut: {io:?}");
+    if tunnel_gso {
+        assert!(
+            io.get(IoCounter::GsoPackets) > 100 && io.get(IoCounter::GsoFailed) == 0,
+            "cut frames sent as UDP GSO packets: {io:?}"
+        );
+    } else {
+        assert_eq!(io.get(IoCounter::GsoPackets), 0, "GSO off: {io:?}");
+    }
     assert_eq!(
         checksum_errors(&kernel.ns, "Udp:"),
         udp_errors,
@@ -339,5 +364,70 @@ fn segments_sent_as_udp_gso_reach_a_flannel_node_with_good_checksums() {
         tcp_checksum_errors(&kernel_pod.ns),
         0,
         "TCP checksum errors"
+    );
+}
+
+/// What the kernel answers a packet socket for a UDP GSO packet: taken, and for a GSO type
+/// it does not know (as a kernel before 6.2 answers `VIRTIO_NET_HDR_GSO_UDP_L4`) an error the
+/// worker reads as a refusal, which turns GSO off for the uplink, rather than as no room.
+#[test]
+fn the_kernel_takes_a_gso_packet_and_refuses_an_unknown_gso_type() {
+    use kxdp_dataplane::offload::{gso, Encap, GsoBuf, Segments};
+    use kxdp_tests::testbed::{Spec, Testbed};
+    use kxdp_xdp::gso::GsoSocket;
+    if skip_unless_privileged("the_kernel_takes_a_gso_packet_and_refuses_an_unknown_gso_type") {
+        return;
+    }
+    let tb = Testbed::kernel_nodes(Spec {
+        nodes: 2,
+        pods_per_node: 1,
+        external: false,
+    })
+    .expect("testbed builds");
+    let (a, b) = (&tb.nodes[0], &tb.nodes[1]);
+    let mac = |ns: &str| {
+        let text = tb.mac(ns, "uplink").expect("a MAC");
+        let mut m = [0u8; 6];
+        for (x, part) in m.iter_mut().zip(text.split(':')) {
+            *x = u8::from_str_radix(part, 16).expect("hex");
+        }
+        kxdp_dataplane::wire::MacAddr::from_bytes(&m)
+    };
+    let (pa, pb) = (&a.pods[0], &b.pods[0]);
+    let payload = vec![0x5a; 20_000];
+    let inner = kxdp_dataplane::wire::build::FrameSpec::new(
+        kxdp_dataplane::wire::MacAddr::from_bytes(&[2, 0, 0, 0, 0, 1]),
+        kxdp_dataplane::wire::MacAddr::from_bytes(&[2, 0, 0, 0, 0, 2]),
+        pa.ip,
+        pb.ip,
+    )
+    .tcp(40_000, 9, kxdp_dataplane::wire::tcp_flags::ACK, &payload);
+    let mut outer = kxdp_dataplane::wire::build::FrameSpec::new(mac(&a.ns), mac(&b.ns), a.ip, b.ip);
+    outer.udp_checksum = false;
+    let frame = outer.vxlan(51_000, 8472, 1, &inner);
+    let pieces = [frame.as_slice()];
+    let plan = Segments::new(&pieces, Encap::Vxlan, 1500).expect("a TCP frame");
+    let mut buf = GsoBuf::new(1 << 16, 4);
+    plan.emit(&mut buf).expect("cut");
+    let (packet, datagrams) = buf.packet(0);
+    assert!(datagrams > 10, "{datagrams} datagrams");
+    let mut unknown = packet.to_vec();
+    unknown[1] = 0x7f;
+    assert_eq!(packet[1], gso::GSO_UDP_L4);
+    let ns = a.ns.clone();
+    let packet = packet.to_vec();
+    let (good, bad) = std::thread::spawn(move || {
+        kxdp_xdp::enter_netns(&ns).expect("node A's namespace");
+        let socket =
+            GsoSocket::open(kxdp_xdp::ifindex("uplink").expect("uplink")).expect("a packet socket");
+        (socket.send(&packet), socket.send(&unknown))
+    })
+    .join()
+    .expect("the sending thread");
+    assert!(good.is_ok(), "a UDP GSO packet: {good:?}");
+    let bad = bad.expect_err("an unknown GSO type is refused");
+    assert!(
+        GsoSocket::is_refusal(&bad) && !GsoSocket::is_full(&bad),
+        "an unknown GSO type: {bad}"
     );
 }

@@ -100,6 +100,9 @@ pub struct Config {
     /// What each worker runs on a batch: the pipeline ([`kxdp_dataplane::process_batch`], the
     /// default), or the perf harness's baseline forwarder.
     pub forwarding: BatchFn,
+    /// Whether TCP frames cut for the tunnel leave as UDP GSO packets through a packet socket
+    /// on the uplink (the default), or each as an AF_XDP frame.
+    pub tunnel_gso: bool,
     /// Whether a worker's sockets share its UMEM (frames move between interfaces as
     /// descriptors), or each socket has its own (frames are copied between them): for drivers
     /// that cannot share a UMEM between devices.
@@ -127,6 +130,7 @@ impl Default for Config {
             port: PortConfig::default(),
             max_run: None,
             forwarding: kxdp_dataplane::process_batch,
+            tunnel_gso: true,
             shared_umem: true,
             state_dir: None,
             pods: Vec::new(),
@@ -1176,6 +1180,7 @@ struct WorkerSetup {
     core: Option<usize>,
     netns: Option<String>,
     forwarding: BatchFn,
+    tunnel_gso: bool,
     shared_umem: bool,
     /// Make the UMEM while setting up, rather than at the start if none is handed over.
     umem_at_setup: bool,
@@ -1221,6 +1226,7 @@ fn spawn_worker(
         core,
         netns: config.netns.clone(),
         forwarding: config.forwarding,
+        tunnel_gso: config.tunnel_gso,
         shared_umem: config.shared_umem,
         umem_at_setup,
         running: Running {
@@ -1273,6 +1279,7 @@ fn run_worker(
     };
     let mut worker = Worker::new(Vec::new(), Arc::new(Counters::new()));
     worker.set_forwarding(w.forwarding);
+    worker.set_tunnel_gso(w.tunnel_gso);
     if let Err(e) = worker.set_waker(w.woken) {
         let e = fatal(format!("worker {q}: its waker: {e}"));
         let message = e.to_string();

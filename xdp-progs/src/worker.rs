@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arrayvec::ArrayVec;
 use kxdp_dataplane::conntrack::Conntrack;
 use kxdp_dataplane::offload::{
-    self, Coalescer, Encap, Fragmented, GroLimits, OffloadError, Segments,
+    self, Coalescer, Encap, Fragmented, GroLimits, GsoBuf, OffloadError, Segments,
 };
 use kxdp_dataplane::pipeline::CHUNK as BATCH;
 use kxdp_dataplane::tables::{InterfaceId, InterfaceRole};
@@ -28,7 +28,7 @@ use kxdp_dataplane::{
     process_batch, Counters, DropReason, Frame, Instant, Packet, Snapshot, Verdict,
 };
 
-use crate::gso::{GsoBuf, GsoSocket};
+use crate::gso::GsoSocket;
 use crate::xsk::{ChunkSink, Chunks, Desc, Port, Umem, MAX_FRAME_DESCS};
 
 /// How a worker waits for frames.
@@ -109,7 +109,7 @@ kxdp_dataplane::counter_list! {
         RxRingFull = 8 => ("rx_ring_full", "frames the kernel dropped because a socket's RX ring was full (the worker fell behind; read from the sockets once a second)"),
         RxNoChunk = 9 => ("rx_no_chunk", "frames the kernel dropped for want of a free chunk in a socket's fill ring (read from the sockets once a second)"),
         GsoPackets = 10 => ("gso_packets", "UDP GSO packets sent to the kernel, each carrying a cut frame's VXLAN datagrams (counted in tx_frames one per datagram)"),
-        GsoFailed = 11 => ("gso_failed", "UDP GSO packets the kernel refused (their datagrams are lost; the worker sends through AF_XDP from then on)"),
+        GsoFailed = 11 => ("gso_failed", "UDP GSO packets not sent: the kernel refused them, or one before them in their batch as a kind it never takes (their datagrams are lost; the port's cut frames then leave through AF_XDP)"),
     }
 }
 
@@ -257,17 +257,20 @@ pub struct Worker {
     scratch: Box<[u8]>,
     /// The batch's frames cut for the tunnel, as UDP GSO packets.
     gso: Box<GsoBuf>,
-    /// Each port's packet socket for those, by port index; rebuilt when ports come and go.
-    gso_sockets: Vec<GsoState>,
+    /// The packet socket for those of each interface that has been sent some, by ifindex:
+    /// kept while a port is bound to the interface, so a refusal outlives pods coming and
+    /// going.
+    gso_sockets: Vec<(u32, GsoState)>,
+    /// Whether frames cut for the tunnel may leave as UDP GSO packets at all.
+    tunnel_gso: bool,
 }
 
 /// Whether a port sends cut frames as UDP GSO packets.
 #[derive(Debug)]
 enum GsoState {
-    /// Not tried yet: the socket opens at the first frame cut for the tunnel.
-    Untried,
     Open(GsoSocket),
-    /// The socket would not open or the kernel refused a packet: AF_XDP it is.
+    /// The socket would not open (no `CAP_NET_RAW`), or the kernel refused a packet as one
+    /// it will never take: AF_XDP it is.
     Off,
 }
 
@@ -312,6 +315,15 @@ enum Fate {
 /// Descriptors one receive may take: a batch's worth, and the rest of a frame that starts in it.
 const RX_DESCS: usize = BATCH + MAX_FRAME_DESCS - 1;
 
+/// UDP GSO packets a worker holds per batch: two for each frame (a 64 KiB frame at a 1500
+/// underlay is two; a frame needing more, at a smaller MTU, may find the buffer full and is
+/// then cut into AF_XDP frames).
+const GSO_PACKETS: usize = 2 * BATCH;
+
+/// Bytes of UDP GSO packets a worker holds per batch: a batch's received bytes in 4 KiB
+/// chunks, twice over (each datagram repeats the inner headers).
+const GSO_BYTES: usize = 2 * RX_DESCS * 4096;
+
 impl Worker {
     /// A worker serving `ports`, counting into `counters`.
     pub fn new(ports: Vec<(InterfaceId, Port)>, counters: Arc<Counters>) -> Self {
@@ -328,8 +340,9 @@ impl Worker {
             built: Vec::with_capacity(BUILT_DESCS),
             tx: Vec::with_capacity(BUILT_DESCS + RX_DESCS),
             scratch: vec![0; 1 << 16].into_boxed_slice(),
-            gso: Box::default(),
+            gso: Box::new(GsoBuf::new(GSO_BYTES, GSO_PACKETS)),
             gso_sockets: Vec::new(),
+            tunnel_gso: true,
         };
         w.ports_changed();
         w
@@ -354,25 +367,39 @@ impl Worker {
             events: libc::POLLIN,
             revents: 0,
         }));
-        self.gso_sockets.clear();
+        let ports = &self.ports;
         self.gso_sockets
-            .extend(self.ports.iter().map(|_| GsoState::Untried));
+            .retain(|(ix, _)| ports.iter().any(|(_, p)| p.bound_to().0 == *ix));
     }
 
-    /// Port `j`'s packet socket for UDP GSO packets, opened at first use; `None` where it
-    /// would not open (the worker then cuts into AF_XDP frames, as without one).
+    /// The packet socket for UDP GSO packets out of port `j`'s interface, opened at first
+    /// use; `None` where GSO is off (the worker then cuts into AF_XDP frames, as without it).
     fn gso_socket(&mut self, j: usize) -> Option<&GsoSocket> {
-        if let Some(GsoState::Untried) = self.gso_sockets.get(j) {
-            let (ifindex, _) = self.ports[j].1.bound_to();
-            self.gso_sockets[j] = match GsoSocket::open(ifindex) {
-                Ok(s) => GsoState::Open(s),
-                Err(_) => GsoState::Off,
-            };
+        if !self.tunnel_gso {
+            return None;
         }
-        match self.gso_sockets.get(j) {
-            Some(GsoState::Open(s)) => Some(s),
-            _ => None,
+        let ifindex = self.ports[j].1.bound_to().0;
+        let at = match self.gso_sockets.iter().position(|(ix, _)| *ix == ifindex) {
+            Some(at) => at,
+            None => {
+                let state = match GsoSocket::open(ifindex) {
+                    Ok(s) => GsoState::Open(s),
+                    Err(_) => GsoState::Off,
+                };
+                self.gso_sockets.push((ifindex, state));
+                self.gso_sockets.len() - 1
+            }
+        };
+        match &self.gso_sockets[at].1 {
+            GsoState::Open(s) => Some(s),
+            GsoState::Off => None,
         }
+    }
+
+    /// Whether TCP frames cut for the tunnel leave as UDP GSO packets (the default) or each
+    /// as an AF_XDP frame.
+    pub fn set_tunnel_gso(&mut self, on: bool) {
+        self.tunnel_gso = on;
     }
 
     /// Wake from [`Worker::wait`] whenever `waker` has a datagram (it is set non-blocking and
@@ -673,16 +700,17 @@ impl Worker {
         frame_count
     }
 
-    /// Cut the frame of `out` (received, in `descs`) as `split` says, into frames written to
-    /// free chunks of port `i`'s UMEM whose descriptors go to `built`; `out` then leaves as
-    /// those, and the frame's own chunks go back to the free list. A frame that cannot be cut
-    /// (malformed, or no free chunk) is dropped, counted as `too_big_unsplit`.
+    /// Cut the frame of `out` (received, in `descs`) as `split` says: a TCP frame for the
+    /// tunnel into UDP GSO packets of the worker's [`GsoBuf`], where its port sends them and
+    /// they fit; anything else into frames written to free chunks of port `i`'s UMEM whose
+    /// descriptors go to `built`. `out` then leaves as those, and the frame's own chunks go
+    /// back to the free list. A frame that cannot be cut (malformed, or no free chunk) is
+    /// dropped, counted as `too_big_unsplit`.
     fn cut(&mut self, i: usize, descs: &[Desc], out: &mut Out, split: Split) {
-        if let (true, Dest::Other(j)) = (split.vxlan, out.dest) {
-            if self.gso_socket(j).is_some() && self.cut_for_gso(i, descs, out, split) {
-                return;
-            }
-        }
+        let to_gso = match out.dest {
+            Dest::Other(j) if split.vxlan => self.gso_socket(j).is_some(),
+            _ => false,
+        };
         let port = &self.ports[i].1;
         let own = &descs[usize::from(out.start)..usize::from(out.start + out.count)];
         let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();
@@ -693,29 +721,46 @@ impl Worker {
             Encap::Plain
         };
         let mtu = usize::from(split.mtu);
-        let start = self.built.len();
-        let mut sink = ChunkSink::new(port.umem(), 0, &mut self.built, &mut self.scratch);
-        let cut = match Segments::new(&pieces, encap, mtu) {
-            Ok(plan) => plan.emit(&mut sink).is_ok(),
-            Err(OffloadError::NotTcp { .. } | OffloadError::TcpFragment { .. }) => {
-                matches!(
-                    offload::fragment(&pieces, encap, mtu, &mut sink),
-                    Ok(Fragmented::Frames(_))
-                )
+        let plan = Segments::new(&pieces, encap, mtu);
+        // (start, count, whether those are GSO packets rather than built descriptors)
+        let mut cut = None;
+        if let (true, Ok(plan)) = (to_gso, &plan) {
+            let first = self.gso.len();
+            self.gso.seal();
+            match plan.emit(&mut *self.gso) {
+                Ok(_) => cut = Some((first, self.gso.len() - first, true)),
+                Err(_) => self.gso.truncate(first),
             }
-            Err(_) => false,
-        };
-        drop(sink);
+        }
+        let start = self.built.len();
+        if cut.is_none() {
+            let mut sink = ChunkSink::new(port.umem(), 0, &mut self.built, &mut self.scratch);
+            let done = match plan {
+                Ok(plan) => plan.emit(&mut sink).is_ok(),
+                Err(OffloadError::NotTcp { .. } | OffloadError::TcpFragment { .. }) => {
+                    matches!(
+                        offload::fragment(&pieces, encap, mtu, &mut sink),
+                        Ok(Fragmented::Frames(_))
+                    )
+                }
+                Err(_) => false,
+            };
+            drop(sink);
+            if done {
+                cut = Some((start, self.built.len() - start, false));
+            }
+        }
         drop(pieces);
         for d in own {
             self.ports[i].1.recycle(d.addr);
         }
-        if cut {
+        if let Some((start, count, gso)) = cut {
             self.io.count(IoCounter::Cut, 1);
             *out = Out {
                 start: start as u16,
-                count: (self.built.len() - start) as u16,
-                built: true,
+                count: count as u16,
+                built: !gso,
+                gso,
                 ..*out
             };
         } else {
@@ -729,49 +774,22 @@ impl Worker {
         }
     }
 
-    /// Cut a TCP frame of `out` for the tunnel into UDP GSO packets of the worker's
-    /// [`GsoBuf`]; false, with nothing changed, where it is not TCP or the buffer is full (the
-    /// frame is then cut into AF_XDP frames).
-    fn cut_for_gso(&mut self, i: usize, descs: &[Desc], out: &mut Out, split: Split) -> bool {
-        let port = &self.ports[i].1;
-        let own = &descs[usize::from(out.start)..usize::from(out.start + out.count)];
-        let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();
-        pieces.extend(own.iter().map(|d| port.frame(*d)));
-        let Ok(plan) = Segments::new(&pieces, Encap::Vxlan, usize::from(split.mtu)) else {
-            return false;
-        };
-        let first = self.gso.len();
-        self.gso.seal();
-        if plan.emit(&mut *self.gso).is_err() {
-            self.gso.truncate(first);
-            return false;
-        }
-        drop(pieces);
-        for d in own {
-            self.ports[i].1.recycle(d.addr);
-        }
-        self.io.count(IoCounter::Cut, 1);
-        *out = Out {
-            start: first as u16,
-            count: (self.gso.len() - first) as u16,
-            built: false,
-            gso: true,
-            ..*out
-        };
-        true
-    }
-
     /// Send port `j` the UDP GSO packets of `out`, counting each datagram as a frame sent (or
-    /// as one not queued, where the socket had no room). A packet the kernel refuses turns the
-    /// port's GSO off: later frames go through AF_XDP.
+    /// as one not queued, where the socket had no room). A refusal that says the kernel will
+    /// never take them turns the port's GSO off: the rest of the batch's packets for it are
+    /// lost (counted in `gso_failed`), and later frames are cut into AF_XDP frames.
     fn send_gso(&mut self, j: usize, out: &Out) {
         let range = usize::from(out.start)..usize::from(out.start + out.count);
-        let Some(GsoState::Open(socket)) = self.gso_sockets.get(j) else {
+        let ifindex = self.ports[j].1.bound_to().0;
+        let Some(at) = self.gso_sockets.iter().position(|(ix, _)| *ix == ifindex) else {
             self.io.count(IoCounter::GsoFailed, range.len() as u64);
             return;
         };
-        let mut failed = false;
-        for k in range {
+        for k in range.clone() {
+            let GsoState::Open(socket) = &self.gso_sockets[at].1 else {
+                self.io.count(IoCounter::GsoFailed, (range.end - k) as u64);
+                return;
+            };
             let (packet, datagrams) = self.gso.packet(k);
             match socket.send(packet) {
                 Ok(()) => {
@@ -783,14 +801,13 @@ impl Worker {
                 Err(e) if GsoSocket::is_full(&e) => {
                     self.io.count(IoCounter::TxRingFull, datagrams as u64);
                 }
-                Err(_) => {
+                Err(e) => {
                     self.io.count(IoCounter::GsoFailed, 1);
-                    failed = true;
+                    if GsoSocket::is_refusal(&e) {
+                        self.gso_sockets[at].1 = GsoState::Off;
+                    }
                 }
             }
-        }
-        if failed {
-            self.gso_sockets[j] = GsoState::Off;
         }
     }
 

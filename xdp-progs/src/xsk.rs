@@ -216,12 +216,20 @@ struct RingView {
     cons_now: u32,
 }
 
-fn setsockopt<T>(fd: i32, opt: i32, value: &T, what: &str) -> io::Result<()> {
+/// Set option `opt` at `level` (`SOL_XDP` for AF_XDP's own) of socket `fd` to `value`; an
+/// error names `what`.
+pub(crate) fn setsockopt<T>(
+    fd: i32,
+    level: i32,
+    opt: i32,
+    value: &T,
+    what: &str,
+) -> io::Result<()> {
     // SAFETY: `value` is a live `T` of the size given; the kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_XDP,
+            level,
             opt,
             (value as *const T).cast::<c_void>(),
             core::mem::size_of::<T>() as libc::socklen_t,
@@ -271,7 +279,7 @@ impl Rings {
             (libc::XDP_RX_RING, "sizing the RX ring"),
             (libc::XDP_TX_RING, "sizing the TX ring"),
         ] {
-            setsockopt(fd, opt, &size, what)?;
+            setsockopt(fd, libc::SOL_XDP, opt, &size, what)?;
         }
         Rings::map(fd, size)
     }
@@ -465,6 +473,7 @@ impl Umem {
         };
         setsockopt(
             umem.socket.as_raw_fd(),
+            libc::SOL_XDP,
             libc::XDP_UMEM_REG,
             &reg,
             "registering the UMEM",
@@ -857,7 +866,13 @@ impl Port {
         // One kick sends the whole ring where the kernel lets us say so; older kernels refuse
         // the option and `kick` kicks again instead.
         let budget: u32 = umem.ring_size;
-        let _ = setsockopt(port.fd(), XDP_MAX_TX_SKB_BUDGET, &budget, "the TX budget");
+        let _ = setsockopt(
+            port.fd(),
+            libc::SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            &budget,
+            "the TX budget",
+        );
         Ok(port)
     }
 

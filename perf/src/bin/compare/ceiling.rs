@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use kxdp_control::model::parse_mac;
 use kxdp_dataplane::conntrack::Conntrack;
+use kxdp_dataplane::offload::GsoBuf;
 use kxdp_dataplane::offload::{Encap, Segments};
 use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::tcp_flags;
@@ -26,7 +27,7 @@ use kxdp_perf::generator::Generator;
 use kxdp_perf::stats::{median, range};
 use kxdp_testkit::Topology;
 use kxdp_tests::testbed::ip;
-use kxdp_xdp::gso::{GsoBuf, GsoSocket};
+use kxdp_xdp::gso::GsoSocket;
 use kxdp_xdp::runtime::{Config, Dataplane, Managed};
 use kxdp_xdp::worker::{IoCounter, Mode};
 use kxdp_xdp::{enter_netns, ifindex, pin_current_thread};
@@ -264,7 +265,7 @@ fn send_frames(frame: &[u8], sent: &AtomicU64, stop: &AtomicBool) -> Result<(), 
 fn send_gso(large: &[u8], mtu: u16, sent: &AtomicU64, stop: &AtomicBool) -> Result<(), String> {
     let pieces = [large];
     let plan = Segments::new(&pieces, Encap::Vxlan, usize::from(mtu)).map_err(|e| e.to_string())?;
-    let mut gso = GsoBuf::default();
+    let mut gso = GsoBuf::new(256 << 10, 8);
     plan.emit(&mut gso).map_err(|e| e.to_string())?;
     let socket = GsoSocket::open(ifindex("uplink").map_err(|e| e.to_string())?)
         .map_err(|e| format!("packet socket: {e}"))?;

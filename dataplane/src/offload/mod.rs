@@ -38,8 +38,8 @@
 //! rewritten header fields go into the first frame in place and whose payload slices chain
 //! after it, for a multi-buffer frame built without copying.
 //!
-//! Nothing here allocates, reads a clock or does I/O; the plans and the coalescer borrow the
-//! caller's bytes and buffers only.
+//! Nothing here allocates (but [`GsoBuf::new`], once), reads a clock or does I/O; the plans and
+//! the coalescer borrow the caller's bytes and buffers only.
 //!
 //! # Decisions
 //!

@@ -320,8 +320,9 @@ const RX_DESCS: usize = BATCH + MAX_FRAME_DESCS - 1;
 /// then cut into AF_XDP frames).
 const GSO_PACKETS: usize = 2 * BATCH;
 
-/// Bytes of UDP GSO packets a worker holds per batch: a batch's received bytes in 4 KiB
-/// chunks, twice over (each datagram repeats the inner headers).
+/// Bytes of UDP GSO packets a worker holds per batch: a batch's received bytes in chunks of
+/// at most a page (4 KiB, as [`crate::xsk::PortConfig`] allows), twice over (each datagram
+/// repeats the inner headers).
 const GSO_BYTES: usize = 2 * RX_DESCS * 4096;
 
 impl Worker {
@@ -372,16 +373,22 @@ impl Worker {
             .retain(|(ix, _)| ports.iter().any(|(_, p)| p.bound_to().0 == *ix));
     }
 
+    /// Where port `j`'s interface is in `gso_sockets`, once a GSO packet was made for it.
+    fn gso_entry(&self, j: usize) -> Option<usize> {
+        let ifindex = self.ports[j].1.bound_to().0;
+        self.gso_sockets.iter().position(|(ix, _)| *ix == ifindex)
+    }
+
     /// The packet socket for UDP GSO packets out of port `j`'s interface, opened at first
     /// use; `None` where GSO is off (the worker then cuts into AF_XDP frames, as without it).
     fn gso_socket(&mut self, j: usize) -> Option<&GsoSocket> {
         if !self.tunnel_gso {
             return None;
         }
-        let ifindex = self.ports[j].1.bound_to().0;
-        let at = match self.gso_sockets.iter().position(|(ix, _)| *ix == ifindex) {
+        let at = match self.gso_entry(j) {
             Some(at) => at,
             None => {
+                let ifindex = self.ports[j].1.bound_to().0;
                 let state = match GsoSocket::open(ifindex) {
                     Ok(s) => GsoState::Open(s),
                     Err(_) => GsoState::Off,
@@ -780,8 +787,7 @@ impl Worker {
     /// lost (counted in `gso_failed`), and later frames are cut into AF_XDP frames.
     fn send_gso(&mut self, j: usize, out: &Out) {
         let range = usize::from(out.start)..usize::from(out.start + out.count);
-        let ifindex = self.ports[j].1.bound_to().0;
-        let Some(at) = self.gso_sockets.iter().position(|(ix, _)| *ix == ifindex) else {
+        let Some(at) = self.gso_entry(j) else {
             self.io.count(IoCounter::GsoFailed, range.len() as u64);
             return;
         };

@@ -428,7 +428,8 @@ fn bad_pods_and_nodes_are_left_out_each_with_a_named_problem() {
            spec: {podCIDR: 10.244.4.0/24}\n\
            status: {addresses: [{type: InternalIP, address: 198.18.0.13}]}\n";
     let mut model = Model::new();
-    ManifestSource::new(vec![scratch("bad-pods", &text)])
+    let manifest = scratch("bad-pods", &text);
+    ManifestSource::new(vec![manifest.to_path_buf()])
         .load(&mut model)
         .expect("loads: each object converts on its own");
     let c = Compiler::new(settings())
@@ -601,7 +602,8 @@ fn a_cluster_ip_outside_the_service_cidr_leaves_the_service_out_with_a_named_pro
         + &rogue("rogue", "clusterIP: 8.8.8.8")
         + &rogue("listed", "clusterIPs: [9.9.9.9]");
     let mut model = Model::new();
-    ManifestSource::new(vec![scratch("rogue", &text)])
+    let manifest = scratch("rogue", &text);
+    ManifestSource::new(vec![manifest.to_path_buf()])
         .load(&mut model)
         .expect("loads: the address itself is well formed");
     let c = Compiler::new(settings())
@@ -668,7 +670,8 @@ fn topology_hints_follow_this_nodes_zone_and_a_new_zone_recompiles() {
             .collect()
     };
     let mut model = Model::new();
-    let mut source = ManifestSource::new(vec![scratch("zones", &labelled("zone-a"))]);
+    let manifest = scratch("zones", &labelled("zone-a"));
+    let mut source = ManifestSource::new(vec![manifest.to_path_buf()]);
     source.load(&mut model).unwrap();
     let mut compiler = Compiler::new(settings());
     assert_eq!(

@@ -58,7 +58,8 @@
 //!    as AF_XDP frames (`ceiling.rs`).
 //! 4. **Request/response latency** at a fixed rate (`--rps`): UDP echo through a ClusterIP to a
 //!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9; kxdp's agents in
-//!    each worker mode (wakeup, adaptive, busy-poll).
+//!    each worker mode (adaptive, wakeup, busy-poll), each mode's runs alternating with the
+//!    kernel's.
 //!
 //! The report (markdown with the commit measured and the machine), goes to stdout and, with
 //! `--out DIR`, to `DIR/report.md`, with its plot (`report.svg`: packets per second by frame
@@ -296,8 +297,14 @@ fn run() -> Result<(), String> {
                  lands. What remains in the tail is this machine: with two cores, the spinning \
                  workers share them with the client, the server and their kernel work, and \
                  although an idle worker yields the core, a request now and then waits for the \
-                 scheduler (p99.9). Wakeup and adaptive modes trade this latency for idle CPU; \
-                 busy-poll with a core per worker is the mode for latency."
+                 scheduler (p99.9). Above all, a worker whose core another task takes waits \
+                 there: the other core is never idle while the other worker spins, so the \
+                 scheduler does not move it. `perf sched` on this machine during a run: the \
+                 kernel's memory monitor (kdamond) takes a core for 1 to 4 ms about every 0.4 s, \
+                 and a request that meets it waits as long; the kernel path's client and server \
+                 wake on whichever core is free, having no worker to wait for. Wakeup and \
+                 adaptive modes trade this latency for idle CPU; busy-poll with a core per \
+                 worker, away from other work, is the mode for latency."
             );
         }
     }

@@ -3,34 +3,13 @@
 //! manifest and a source address no pod owns; output into a pipe its reader closes; the
 //! completion scripts loaded by their shells and the manual page rendered by `man`.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A scratch folder under the temporary directory, named after the test and this process, and
-/// removed when dropped, so a failing assertion leaves nothing behind either.
-struct Scratch(PathBuf);
+use kxdp_testkit::ScratchDir;
 
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kxdp-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch folder for test `name`, removed when dropped.
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("cli-{name}"))
 }
 
 fn kxdp(args: &[&str]) -> (i32, String, String) {
@@ -168,7 +147,7 @@ fn trace_reads_manifest_files_and_names_bad_ones() {
         "no such service here: {out}"
     );
 
-    let dir = Scratch::new("bad");
+    let dir = scratch("bad");
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
@@ -195,7 +174,7 @@ fn trace_reads_manifest_files_and_names_bad_ones() {
 
 #[test]
 fn trace_names_what_the_compiler_left_out() {
-    let dir = Scratch::new("rogue");
+    let dir = scratch("rogue");
     let manifest = dir.join("rogue.yaml");
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -449,7 +428,7 @@ fn the_manual_pages_render_without_warnings() {
         eprintln!("SKIP the_manual_pages_render_without_warnings: no man (man-db, groff)");
         return;
     }
-    let dir = Scratch::new("man");
+    let dir = scratch("man");
     for (page, args, wanted) in [
         (
             "kxdp.1",

@@ -117,7 +117,7 @@ fn the_fixture_compiles_to_what_kube_proxy_and_flannel_would_serve() {
 #[test]
 fn bad_manifests_name_file_object_and_field_and_the_last_tables_stay() {
     let good = std::fs::read_to_string(fixture()).unwrap();
-    let path = scratch("bad", &good);
+    let (_dir, path) = scratch("bad", &good);
     let mut model = Model::new();
     let mut source = ManifestSource::new(vec![path.clone()]);
     source.load(&mut model).expect("the fixture loads");
@@ -302,7 +302,7 @@ spec: {clusterIP: 10.96.1.2, externalIPs: [198.19.0.5], ports: [{name: x, port: 
 ";
     let text = std::fs::read_to_string(fixture()).unwrap() + extra;
     let mut model = Model::new();
-    let path = scratch("claims", &text);
+    let (_dir, path) = scratch("claims", &text);
     let mut source = ManifestSource::new(vec![path.clone()]);
     source.load(&mut model).unwrap();
     let mut compiler = Compiler::new(settings());
@@ -341,7 +341,7 @@ spec: {clusterIP: 10.96.1.2, externalIPs: [198.19.0.5], ports: [{name: x, port: 
 #[test]
 fn a_changed_file_is_noticed_and_re_read() {
     let text = std::fs::read_to_string(fixture()).unwrap();
-    let path = scratch("reread", &text);
+    let (_dir, path) = scratch("reread", &text);
     let mut model = Model::new();
     let mut source = ManifestSource::new(vec![path.clone()]);
     assert!(source.changed(), "never read yet");
@@ -363,7 +363,7 @@ fn a_changed_file_is_noticed_and_re_read() {
 #[test]
 fn a_file_that_fails_to_load_is_not_read_again_until_it_changes() {
     let text = std::fs::read_to_string(fixture()).unwrap();
-    let path = scratch("bad-reread", &text);
+    let (_dir, path) = scratch("bad-reread", &text);
     let mut model = Model::new();
     let mut source = ManifestSource::new(vec![path.clone()]);
     source.load(&mut model).unwrap();
@@ -428,8 +428,8 @@ fn bad_pods_and_nodes_are_left_out_each_with_a_named_problem() {
            spec: {podCIDR: 10.244.4.0/24}\n\
            status: {addresses: [{type: InternalIP, address: 198.18.0.13}]}\n";
     let mut model = Model::new();
-    let manifest = scratch("bad-pods", &text);
-    ManifestSource::new(vec![manifest.to_path_buf()])
+    let (_dir, manifest) = scratch("bad-pods", &text);
+    ManifestSource::new(vec![manifest])
         .load(&mut model)
         .expect("loads: each object converts on its own");
     let c = Compiler::new(settings())
@@ -602,8 +602,8 @@ fn a_cluster_ip_outside_the_service_cidr_leaves_the_service_out_with_a_named_pro
         + &rogue("rogue", "clusterIP: 8.8.8.8")
         + &rogue("listed", "clusterIPs: [9.9.9.9]");
     let mut model = Model::new();
-    let manifest = scratch("rogue", &text);
-    ManifestSource::new(vec![manifest.to_path_buf()])
+    let (_dir, manifest) = scratch("rogue", &text);
+    ManifestSource::new(vec![manifest])
         .load(&mut model)
         .expect("loads: the address itself is well formed");
     let c = Compiler::new(settings())
@@ -670,8 +670,8 @@ fn topology_hints_follow_this_nodes_zone_and_a_new_zone_recompiles() {
             .collect()
     };
     let mut model = Model::new();
-    let manifest = scratch("zones", &labelled("zone-a"));
-    let mut source = ManifestSource::new(vec![manifest.to_path_buf()]);
+    let (_dir, manifest) = scratch("zones", &labelled("zone-a"));
+    let mut source = ManifestSource::new(vec![manifest]);
     source.load(&mut model).unwrap();
     let mut compiler = Compiler::new(settings());
     assert_eq!(

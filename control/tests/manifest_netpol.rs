@@ -57,7 +57,7 @@ spec:
 
 #[test]
 fn manifest_policies_compile_for_this_nodes_pods_and_follow_the_file() {
-    let path = scratch("follow", CLUSTER);
+    let (_dir, path) = scratch("follow", CLUSTER);
     let mut model = Model::new();
     let mut source = ManifestSource::new(vec![path.clone()]);
     assert!(source.load(&mut model).expect("loads"));
@@ -151,7 +151,7 @@ fn manifest_policies_compile_for_this_nodes_pods_and_follow_the_file() {
 
 #[test]
 fn a_bad_policy_fails_the_load_naming_file_object_and_field_and_the_model_stays() {
-    let path = scratch("bad", CLUSTER);
+    let (_dir, path) = scratch("bad", CLUSTER);
     let mut model = Model::new();
     let mut source = ManifestSource::new(vec![path.clone()]);
     source.load(&mut model).expect("loads");

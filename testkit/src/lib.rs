@@ -1,6 +1,7 @@
 //! kxdp's test harness: the fixture node shared by the tests, the benches, the perf harness and
 //! the walkthrough: one topology, frame builders for it, the pipeline's named cases, and
-//! buffers that look like UMEM chunks (headroom for encapsulation, tailroom for ICMP).
+//! buffers that look like UMEM chunks (headroom for encapsulation, tailroom for ICMP); and a
+//! scratch folder that goes when the test does ([`ScratchDir`]).
 //!
 //! It depends on `kxdp-dataplane` and nothing else of kxdp, and no production crate depends on
 //! it (only dev-dependencies and the harness crates: tests, perf, benches). It is never on the
@@ -9,6 +10,7 @@
 //! fixture live in `dataplane/tests/` instead.
 
 use core::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kxdp_dataplane::flow::proto;
@@ -21,6 +23,35 @@ use kxdp_dataplane::wire::build::FrameSpec;
 use kxdp_dataplane::wire::{Ipv4Cidr, MacAddr};
 
 pub mod netpol;
+
+/// A folder of a test's own under the temporary directory, `kxdp-NAME-PID`: made empty, and
+/// removed when dropped, so a failing assertion leaves nothing behind either.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// The folder for `name` (unique among this process's tests), made empty.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kxdp-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch folder under the temporary directory");
+        ScratchDir(dir)
+    }
+}
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// Size of a fixture buffer, like an AF_XDP UMEM chunk.
 pub const CHUNK_SIZE: usize = 2048;

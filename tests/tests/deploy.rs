@@ -386,7 +386,7 @@ fn the_agent_takes_its_command_line_and_config_file() {
         .find(|m| m.name == "config")
         .expect("the config volume is mounted");
     assert_eq!(mount.mount_path, "/etc/kxdp");
-    let dir = tempdir();
+    let dir = kxdp_testkit::ScratchDir::new("deploy");
     let file = dir.join("agent.yaml");
     std::fs::write(&file, config_value(&d, "agent.yaml")).unwrap();
 
@@ -604,7 +604,7 @@ fn the_uninstall_daemonset_runs_kxdp_uninstall_on_what_the_install_put_there() {
 
     // The agent's debug API and subnet file, as the install runs it, through the same folder.
     let d = deployment();
-    // A file of its own: tempdir()'s folder is the other test's, removed when it ends.
+    // A file of its own: the scratch folder is the other test's, removed when it ends.
     let file = std::env::temp_dir().join(format!("kxdp-uninstall-{}.yaml", std::process::id()));
     std::fs::write(&file, config_value(&d, "agent.yaml")).unwrap();
     let agent = kxdp_agent::settings::AgentArgs {
@@ -675,25 +675,4 @@ fn the_uninstall_daemonset_runs_kxdp_uninstall_on_what_the_install_put_there() {
         .expect("capabilities");
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
     assert_eq!(caps.add, Some(vec!["NET_ADMIN".to_owned()]));
-}
-
-/// A folder of this test's own, removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn join(&self, name: &str) -> std::path::PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> TempDir {
-    let dir = std::env::temp_dir().join(format!("kxdp-deploy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
 }

@@ -304,22 +304,11 @@ fn first_tables_come_after_every_paged_list_and_say_what_the_cluster_says() {
     source.until("the pod came", |t| t.pods.len() == 3);
 }
 
-/// Removes a scratch folder when dropped, the test passing or not.
-struct RemoveDir(std::path::PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_kubeconfig_file_finds_the_api_server() {
     let server = FakeApiServer::start();
     cluster(&server);
-    let dir = std::env::temp_dir().join(format!("kxdp-kubeconfig-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let _remove = RemoveDir(dir.clone());
+    let dir = kxdp_testkit::ScratchDir::new("kubeconfig");
     let path = dir.join("config");
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\ncurrent-context: test\n\

@@ -13,10 +13,9 @@
 //! - anything else of that name (not a veth, or a veth whose peer is in another namespace,
 //!   a pod's say): refused, naming the interface, before anything is changed.
 //!
-//! Then the settings are re-asserted on both ends, each only where it differs: the MTU,
-//! transmit checksum offload off (kxdp's copy-mode AF_XDP forwards frames as they are, and a
-//! veth with it on hands over packets whose checksum holds only the pseudo-header sum), up;
-//! and in the main table a link-scope route for each CIDR out of the kernel's end, replaced
+//! Then the settings are re-asserted on both ends, each only where it differs: the MTU and
+//! up (offloads stay as the kernel makes them: kxdp takes the partial checksums a veth with
+//! transmit checksum offload hands over); and in the main table a link-scope route for each CIDR out of the kernel's end, replaced
 //! where it is missing or goes elsewhere (`ip route replace CIDR dev kxdp0`).
 //!
 //! [`remove`] deletes every pair marked as kxdp's (its routes go with it), for `kxdp
@@ -166,18 +165,12 @@ async fn set(
         .map_err(refused(what))
 }
 
-/// One end's MTU, transmit checksum offload and state, each changed only where it differs.
+/// One end's MTU and state, each changed only where it differs.
 async fn settle(net: &NodeNet, end: &Link, mtu: u32) -> Result<(), HostInterfaceError> {
     if end.mtu != mtu {
         let change = LinkUnspec::new_with_index(end.index).mtu(mtu);
         set(net, change, format!("setting {} to MTU {mtu}", end.name)).await?;
     }
-    kxdp_links::ethtool::tx_checksum_off(&end.name).map_err(|reason| {
-        HostInterfaceError::Refused {
-            what: format!("{}: ethtool", end.name),
-            reason,
-        }
-    })?;
     if !end.up {
         let change = LinkUnspec::new_with_index(end.index).up();
         set(net, change, format!("setting {} up", end.name)).await?;

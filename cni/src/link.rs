@@ -1,6 +1,5 @@
-//! The pod's veth pair, as the kernel sees it: created, checked and deleted over rtnetlink,
-//! with transmit checksum offload turned off through the ethtool ioctl; the requests the
-//! agent makes too (its host veth pair) live in `kxdp_links`, and this module adds what only
+//! The pod's veth pair, as the kernel sees it: created, checked and deleted over rtnetlink;
+//! the requests the agent makes too (its host veth pair) live in `kxdp_links`, and this module adds what only
 //! the plugin does: the pod's namespace, its address and default route, and CHECK's reads.
 //!
 //! Netlink rather than running `ip` and `ethtool` as the test bed does: the plugin then needs
@@ -25,7 +24,6 @@ use std::path::Path;
 use futures_util::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use kxdp_links::errno;
-pub use kxdp_links::ethtool::{tx_checksum, tx_checksum_off};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};

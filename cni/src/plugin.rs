@@ -6,8 +6,9 @@
 //!   the pod's veth pair as the agent serves it: the node's end named for the pod
 //!   ([`pod_interface_name`] of `K8S_POD_NAMESPACE`/`K8S_POD_NAME`, or of the container ID
 //!   when the runtime passes no pod), the pod's end `CNI_IFNAME` with the MAC [`pod_mac`] of
-//!   its address, both at the pod MTU (`mtu`, else the agent's) and without transmit checksum
-//!   offload, both up; the address with the podCIDR's prefix and a default route via the
+//!   its address, both at the pod MTU (`mtu`, else the agent's) with every offload at the
+//!   kernel's default (the pod's stack leaves TCP and UDP checksums to the agent, which hands
+//!   them on or completes them), both up; the address with the podCIDR's prefix and a default route via the
 //!   gateway, which the agent answers ARP for. Before the node's end goes up its alias
 //!   declares the pod and its address ([`kxdp_control::pod_declaration`], `kxdp-pod
 //!   NAMESPACE/NAME IP`, the namespace empty and the container ID as the name when the
@@ -298,7 +299,6 @@ fn attach(
     let h = net
         .link(host)?
         .ok_or_else(|| format!("{host} vanished after it was created"))?;
-    link::tx_checksum_off(host)?;
     // The kernel ignores an alias in the creating request; set before the end goes up, so
     // the agent knows the pod by the time it could serve the veth.
     if let Some(alias) = alias {
@@ -310,7 +310,6 @@ fn attach(
         let p = pod
             .link(ifname)?
             .ok_or_else(|| format!("{ifname} is not in the pod's namespace after creation"))?;
-        link::tx_checksum_off(ifname)?;
         pod.up(p.index, ifname)?;
         pod.add_address(p.index, ifname, address)?;
         pod.add_default_route(p.index, ifname, gateway)
@@ -496,11 +495,6 @@ fn check(env: &Env, config: &Config) -> Result<(), CniError> {
     if let Some((_, why)) = host_checks.into_iter().find(|(bad, _)| *bad) {
         return Err(check_failed(why));
     }
-    if link::tx_checksum(&host).map_err(kernel)? {
-        return Err(check_failed(format!(
-            "{host}: transmit checksum offload is on (kxdp needs it off)"
-        )));
-    }
 
     // The pod's end.
     let ns = netns(env)?;
@@ -537,11 +531,6 @@ fn check(env: &Env, config: &Config) -> Result<(), CniError> {
         if !gateways.contains(&gateway) {
             return Ok(Err(format!(
                 "{ifname}: no default route via {gateway} (default routes via {gateways:?})"
-            )));
-        }
-        if link::tx_checksum(&ifname)? {
-            return Ok(Err(format!(
-                "{ifname}: transmit checksum offload is on (kxdp needs it off)"
             )));
         }
         Ok(Ok(()))

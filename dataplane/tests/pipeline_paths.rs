@@ -1140,3 +1140,85 @@ fn client_ip_affinity_keeps_a_backend_until_the_timeout_and_across_endpoint_chan
     }
     assert_eq!(env.ct.affinity().len(env.now), clients.len());
 }
+
+/// `frame` (Ethernet, IPv4, TCP or UDP) with its L4 checksum as a stack offloading it leaves
+/// it: the folded pseudo-header sum, not complemented.
+fn with_partial_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    use kxdp_dataplane::wire::checksum::{fold, pseudo_header};
+    let at = if frame[23] == 6 { 34 + 16 } else { 34 + 6 };
+    let ip = |at: usize| Ipv4Addr::new(frame[at], frame[at + 1], frame[at + 2], frame[at + 3]);
+    let len = u16::from_be_bytes([frame[16], frame[17]]) - 20;
+    let value = !fold(pseudo_header(ip(26), ip(30), frame[23], len));
+    frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    frame
+}
+
+/// A pod's stack leaves its TCP and UDP checksums for offload; the pipeline finds them so,
+/// keeps the mark on the L4 header through NAT and encapsulation (and drops it when the packet
+/// becomes an ICMP error), and the checksum completed at the mark on the way out is right.
+#[test]
+fn a_partial_checksum_is_marked_through_nat_and_encapsulation_and_completes_right() {
+    use kxdp_dataplane::offload::partial::{completed, prepare};
+    let env = Env::new();
+    let t = &env.t;
+    let run = |input: &Input| {
+        let mut buf = kxdp_testkit::FrameBuf::new(&input.frame);
+        let mut batch = [buf.packet(input.ingress)];
+        kxdp_dataplane::process_batch(&mut batch, &env.snap, &env.ct, &env.counters, env.now);
+        let [mut p] = batch;
+        let mark = p.frame.partial_checksum();
+        let mut out = p.frame.data().to_vec();
+        if let Some(l4) = mark {
+            let req = prepare(p.frame.data_mut(), l4).expect("an L4 header at the mark");
+            let value = completed(&[p.frame.data()], req);
+            p.frame.data_mut()[req.field()..req.field() + 2].copy_from_slice(&value.to_be_bytes());
+            out = p.frame.data().to_vec();
+        }
+        (p.verdict, mark, out)
+    };
+    let from_a = |dst| Input {
+        ingress: t.pod_a.iface,
+        frame: with_partial_checksum(t.from_pod_a(dst).tcp(41000, 80, f::SYN, b"hello")),
+    };
+    // To a ClusterIP: DNAT to a backend, here or on node B (encapsulated, the mark moved by
+    // the outer headers).
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 41000..41040 {
+        let mut input = from_a(t.web_cluster_ip);
+        input.frame[34..36].copy_from_slice(&u16::to_be_bytes(sport));
+        input.frame = with_partial_checksum(input.frame);
+        let (v, mark, out) = run(&input);
+        assert!(matches!(v, Verdict::Transmit(_)), "{v:?}");
+        let vxlan = v == Verdict::Transmit(t.node.uplink);
+        assert_eq!(mark, Some(if vxlan { 84 } else { 34 }), "{v:?}");
+        assert_valid(&out, "service, completed");
+        seen.insert(vxlan);
+    }
+    assert_eq!(seen.len(), 2, "backends here and on node B");
+    // Masqueraded out of the cluster; UDP to a pod here.
+    let (_, mark, out) = run(&from_a(t.external_ip));
+    assert_eq!(mark, Some(34));
+    assert_valid(&out, "masqueraded, completed");
+    let udp = Input {
+        ingress: t.pod_a.iface,
+        frame: with_partial_checksum(t.from_pod_a(t.pod_b.ip).udp(5000, 53, b"query")),
+    };
+    let (v, mark, out) = run(&udp);
+    assert_eq!((v, mark), (Verdict::Transmit(t.pod_b.iface), Some(34)));
+    assert_valid(&out, "UDP, completed");
+    // A complete checksum is left unmarked, and so is an error quoting a partial one.
+    let full = Input {
+        ingress: t.pod_a.iface,
+        frame: t.from_pod_a(t.pod_b.ip).tcp(41000, 80, f::SYN, b"hello"),
+    };
+    assert_eq!(run(&full).1, None);
+    let mut spent = from_a(t.pod_b.ip);
+    spent.frame[22] = 1;
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&spent.frame[14..34]).unwrap();
+    let mut h = ip.to_header();
+    h.header_checksum = h.calc_header_checksum();
+    spent.frame[14..34].copy_from_slice(&h.to_bytes());
+    let (v, mark, out) = run(&spent);
+    assert_eq!((v, mark), (Verdict::Transmit(t.pod_a.iface), None));
+    assert_eq!(icmp_error(&out).2, 11, "time exceeded");
+}

@@ -4,15 +4,11 @@
 //! - [`create_veth`]: a veth pair in one `RTM_NEWLINK` request, as `ip link add NAME type veth
 //!   peer name PEER` makes it, the peer's settings (name, MAC, MTU, namespace) in the same
 //!   request, so no half-named interface ever appears;
-//! - [`ethtool`]: transmit checksum offload, read and turned off;
 //! - [`errno`]: the errno of a kernel refusal, for the callers' messages.
 //!
-//! Netlink rather than running `ip` and `ethtool`: neither program needs those tools on the
-//! node (some node images ship neither), and a failure comes back as an errno the caller can
-//! name. Every request works in the network namespace of the thread that opened the
-//! connection (or the ioctl's socket).
-
-pub mod ethtool;
+//! Netlink rather than running `ip`: neither program needs it on the node (some node images
+//! ship without it), and a failure comes back as an errno the caller can name. Every request
+//! works in the network namespace of the thread that opened the connection.
 
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkMessage};
 use rtnetlink::{Handle, LinkVeth};

@@ -289,3 +289,25 @@ pub fn http_get_many(ns: &str, url: &str, n: u32) -> Vec<(String, f64)> {
         })
         .collect()
 }
+
+/// The packets of protocol `proto` (`Tcp:`, `Udp:`) namespace `ns`'s kernel dropped for a
+/// bad checksum (`InCsumErrors` of /proc/net/snmp).
+pub fn checksum_errors(ns: &str, proto: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+        .output()
+        .expect("cat runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().filter(|l| l.starts_with(proto));
+    let (names, values) = (lines.next().expect("names"), lines.next().expect("values"));
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "InCsumErrors")
+        .expect("InCsumErrors");
+    values
+        .split_whitespace()
+        .nth(at)
+        .expect("a value")
+        .parse()
+        .expect("a number")
+}

@@ -12,8 +12,9 @@
 //! veths on it, a `flannel.1` VXLAN device (VNI 1, port 8472, a fixed VTEP MAC), and for every
 //! other node a route, a permanent neighbour entry and a forwarding entry, as flanneld writes
 //! them. Issue 3 adds nodes run by kxdp beside these. Kernel nodes, their pods and the
-//! underlay keep every offload at its default, as a flannel node does; only the veths whose
-//! packets reach kxdp run without transmit checksum offload (`no_tx_offload` says why).
+//! underlay keep every offload at its default, as a flannel node does, and so do kxdp's pods;
+//! only the underlay's veths to a kxdp node run without transmit checksum offload
+//! (`no_tx_offload` says why).
 //!
 //! Commands run through `ip` (iproute2) and are bounded: every traffic run has a count and a
 //! deadline.
@@ -156,15 +157,13 @@ fn exec(ns: &str, args: &[&str]) -> Result<Output, TestbedError> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
-/// Turn off transmit checksum offload on `dev` in `ns`, on the veths whose packets reach kxdp
-/// and only there. A veth otherwise hands the peer packets whose TCP/UDP checksum holds only
-/// the pseudo-header sum (`CHECKSUM_PARTIAL`), to be completed by hardware that does not
-/// exist; kxdp's copy-mode AF_XDP copies those bytes as they are, and the receiver drops the
-/// segment. So kxdp's pod veths (both ends) and host interface keep it off, as a CNI on a kxdp
-/// node must; and the switch port facing a kxdp node's uplink keeps it off, standing in for a
-/// NIC, which delivers complete checksums (the kernel completes them, and segments, as it
-/// transmits there). Kernel nodes, their pods and the other switch ports keep every offload
-/// at its default, as on a flannel node: the kernel path is measured as users run it.
+/// Turn off transmit checksum offload on `dev` in `ns`. A veth with it on hands the peer
+/// packets whose TCP/UDP checksum holds only the pseudo-header sum (`CHECKSUM_PARTIAL`), to be
+/// completed by hardware that does not exist. kxdp's pods keep it on (kxdp finds such
+/// checksums and hands them on, or completes them); the switch port facing a kxdp node's
+/// uplink (and the node's end) keep it off, standing in for a NIC, which delivers complete
+/// checksums (the kernel completes them, and segments, as it transmits there). Kernel nodes, their pods and the other switch ports keep every
+/// offload at its default, as on a flannel node: the kernel path is measured as users run it.
 /// (Turning tx checksumming off also turns TSO off, as TSO needs it.)
 fn no_tx_offload(ns: &str, dev: &str) -> Result<(), TestbedError> {
     set_tx_offload(ns, dev, false)
@@ -504,8 +503,6 @@ impl Testbed {
         ip(n, &["link", "set", "kxdp0", "address", kernel_mac])?;
         ip(n, &["link", "set", "host0", "up"])?;
         ip(n, &["link", "set", "kxdp0", "up"])?;
-        no_tx_offload(&ns, "host0")?;
-        no_tx_offload(&ns, "kxdp0")?;
         if let Some(mtu) = self.pod_mtu {
             for dev in ["host0", "kxdp0"] {
                 ip(n, &["link", "set", dev, "mtu", &mtu.to_string()])?;
@@ -582,8 +579,6 @@ impl Testbed {
             pns,
             &["route", "add", "default", "via", &n.gateway.to_string()],
         )?;
-        no_tx_offload(&n.ns, host_side)?;
-        no_tx_offload(&pod.ns, "eth0")?;
         if let Some(mtu) = self.pod_mtu {
             let mtu = mtu.to_string();
             ip(nns, &["link", "set", host_side, "mtu", &mtu])?;

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use kxdp_tests::clients::{iperf, IperfServer};
+use kxdp_tests::clients::{checksum_errors, iperf, IperfServer};
 use kxdp_tests::cluster::{metric, AgentCluster, DEMO_MANIFEST, DEMO_PODS};
 use kxdp_tests::testbed::skip_unless_privileged;
 
@@ -103,28 +103,6 @@ fn large_frames_cross_a_node_whole() {
 /// The TCP segments namespace `ns`'s kernel dropped for a bad checksum (`InCsumErrors`).
 fn tcp_checksum_errors(ns: &str) -> u64 {
     checksum_errors(ns, "Tcp:")
-}
-
-/// The packets of protocol `proto` (`Tcp:`, `Udp:`) namespace `ns`'s kernel dropped for a
-/// bad checksum (`InCsumErrors` of /proc/net/snmp).
-fn checksum_errors(ns: &str, proto: &str) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
-        .output()
-        .expect("cat runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut tcp = text.lines().filter(|l| l.starts_with(proto));
-    let (names, values) = (tcp.next().expect("names"), tcp.next().expect("values"));
-    let at = names
-        .split_whitespace()
-        .position(|n| n == "InCsumErrors")
-        .expect("InCsumErrors");
-    values
-        .split_whitespace()
-        .nth(at)
-        .expect("a value")
-        .parse()
-        .expect("a number")
 }
 
 /// Ping `to` once from `from` with `payload` bytes, fragmentable (no DF): whether answered.

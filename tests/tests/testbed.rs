@@ -156,9 +156,9 @@ fn mtu(ns: &str, dev: &str) -> u64 {
 }
 
 #[test]
-fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_offload() {
+fn kernel_nodes_and_kxdp_pods_keep_default_offloads_and_kxdp_uplinks_run_without_tx_checksum() {
     if skip_unless_privileged(
-        "kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_offload",
+        "kernel_nodes_and_kxdp_pods_keep_default_offloads_and_kxdp_uplinks_run_without_tx_checksum",
     ) {
         return;
     }
@@ -226,15 +226,17 @@ fn kernel_nodes_keep_default_offloads_and_kxdp_veths_run_without_tx_checksum_off
         String::from_utf8_lossy(&big.stdout)
     );
 
-    // kxdp's veths, and the switch ports facing kxdp's uplinks, without transmit checksum
-    // offload; its pods at another underlay's MTU less 50 once asked.
+    // kxdp's pods with the kernel's defaults; its uplinks, and the switch ports facing them,
+    // without transmit checksum offload (a NIC's stand-in); its pods at another underlay's
+    // MTU less 50 once asked.
     let mut kx =
         Testbed::two_kxdp_nodes(&[(Ipv4Addr::new(10, 244, 1, 10), "0a:58:0a:f4:01:0a")], &[])
             .expect("testbed builds");
     let kpod = kx.nodes[0].pods[0].ns.clone();
+    for (ns, dev) in [(kpod.as_str(), "eth0"), (kx.nodes[0].ns.as_str(), "pod0")] {
+        assert_eq!(feature(ns, dev, "tx-checksumming"), "on", "{dev} in {ns}");
+    }
     for (ns, dev) in [
-        (kpod.as_str(), "eth0"),
-        (kx.nodes[0].ns.as_str(), "pod0"),
         (kx.nodes[0].ns.as_str(), "uplink"),
         (kx.switch.as_str(), "s0"),
     ] {

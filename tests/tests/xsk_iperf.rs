@@ -1,8 +1,10 @@
 //! Bulk traffic through kxdp over AF_XDP with a real client: iperf3 TCP streams between pods on
 //! the kxdp node and across to the kernel node both ways over VXLAN, and a UDP exchange, each
 //! for two seconds; and a packet too big for the tunnel, answered by kxdp with fragmentation
-//! needed carrying the tunnel's MTU. Needs root; prints SKIP otherwise, and fails
-//! under CI.
+//! needed carrying the tunnel's MTU. The pods' veths keep transmit checksum offload on (a
+//! veth's default), so their stacks leave TCP and UDP checksums partial: kxdp hands them on in
+//! AF_XDP TX metadata, or, on a UMEM without it, completes them; either way every receiver
+//! finds them right. Needs root; prints SKIP otherwise, and fails under CI.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use std::time::Duration;
 use kxdp_dataplane::counters::Event;
 use kxdp_dataplane::Snapshot;
 use kxdp_testkit::Topology;
-use kxdp_tests::clients::{iperf, IperfServer};
+use kxdp_tests::clients::{checksum_errors, iperf, IperfServer};
 use kxdp_tests::node::{mac_text, mixed_inputs, KxdpNode, Managed};
 use kxdp_tests::testbed::{skip_unless_privileged, Testbed};
 
@@ -19,6 +21,22 @@ fn iperf3_streams_through_kxdp_on_one_node_and_across_nodes() {
     if skip_unless_privileged("iperf3_streams_through_kxdp_on_one_node_and_across_nodes") {
         return;
     }
+    streams(true);
+}
+
+/// The same where the kernel has no TX metadata for kxdp (a kernel before 6.11): the worker
+/// completes the checksums the pods left partial.
+#[test]
+fn iperf3_streams_through_kxdp_with_checksums_completed_by_the_worker() {
+    if skip_unless_privileged("iperf3_streams_through_kxdp_with_checksums_completed_by_the_worker")
+    {
+        return;
+    }
+    streams(false);
+}
+
+fn streams(tx_metadata: bool) {
+    use kxdp_xdp::worker::IoCounter;
     let t = Topology::default();
     let tb = Testbed::kxdp_and_kernel_node(
         &[
@@ -45,7 +63,10 @@ fn iperf3_streams_through_kxdp_on_one_node_and_across_nodes() {
     let _s3 = IperfServer::start(&a, 5203);
     let _s4 = IperfServer::start(&remote.ns, 5204);
     std::thread::sleep(Duration::from_millis(500));
-    let node = KxdpNode::start(&kx.ns, managed, snapshot).expect("kxdp starts");
+    let node = KxdpNode::start_configured(&kx.ns, managed, snapshot, |c| {
+        c.port.tx_metadata = tx_metadata;
+    })
+    .expect("kxdp starts");
 
     let same_node = iperf(&a, &t.pod_b.ip.to_string(), 5201, false);
     let to_kernel_node = iperf(&a, &remote.ip.to_string(), 5202, false);
@@ -66,7 +87,29 @@ fn iperf3_streams_through_kxdp_on_one_node_and_across_nodes() {
         .expect("ping runs");
     let big_text =
         String::from_utf8_lossy(&big.stdout).into_owned() + &String::from_utf8_lossy(&big.stderr);
+    let io = node.io();
     let c = node.finish().expect("worker");
+    let (handed_on, completed) = (
+        io.get(IoCounter::ChecksumsHandedOn),
+        io.get(IoCounter::ChecksumsCompleted),
+    );
+    if tx_metadata {
+        assert!(handed_on > 1000 && completed == 0, "{io:?}");
+    } else {
+        assert!(completed > 1000 && handed_on == 0, "{io:?}");
+    }
+    // Handed on to the uplink, whose veth has no checksum offload, the kernel completed them
+    // there from the pseudo-header sum kxdp wrote; the pod here trusts what it is handed, as
+    // it trusts a partial checksum from a veth.
+    for ns in [&a, &b, &remote.ns] {
+        for proto in ["Tcp:", "Udp:"] {
+            assert_eq!(
+                checksum_errors(ns, proto),
+                0,
+                "{proto} checksum errors in {ns}"
+            );
+        }
+    }
 
     let mb = 1_000_000;
     assert!(

@@ -18,8 +18,8 @@
 //!
 //! Messages, little-endian, one per packet:
 //! - hello (successor): `KXDPHAND`, version `u32`;
-//! - UMEM: kind 1, worker `u32`, frames, chunk size, headroom, ring entries (`u32` each), the
-//!   socket unbound (`u8`), ports `u32`, then the owner of each chunk (`u16`: 0 free, `0xffff`
+//! - UMEM: kind 1, worker `u32`, frames, chunk size, headroom, ring entries, TX metadata
+//!   bytes (`u32` each), the socket unbound (`u8`), ports `u32`, then the owner of each chunk (`u16`: 0 free, `0xffff`
 //!   in a socket not handed over, else 1 + the port's index); descriptors: the memory file and
 //!   the UMEM's socket;
 //! - port (one per port of the UMEM before, in order): kind 2, interface index, queue (`u32`
@@ -40,7 +40,7 @@ use nix::sys::socket::{
 use crate::xsk::{HandedPort, HandedUmem};
 
 /// The layout of what is handed over: a successor adopts only this one.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 const HELLO: &[u8; 8] = b"KXDPHAND";
 const UMEM: u8 = 1;
@@ -166,7 +166,14 @@ pub fn answer(conn: &OwnedFd, umems: &[(u32, HandedUmem)]) -> std::io::Result<()
     let _ = socket::setsockopt(conn, socket::sockopt::SndBufForce, &(2 * MAX_MESSAGE));
     for (worker, u) in umems {
         let mut msg = vec![UMEM];
-        for v in [*worker, u.frames, u.frame_size, u.headroom, u.ring_size] {
+        for v in [
+            *worker,
+            u.frames,
+            u.frame_size,
+            u.headroom,
+            u.ring_size,
+            u.tx_metadata_len,
+        ] {
             msg.extend_from_slice(&v.to_le_bytes());
         }
         msg.push(u8::from(u.unbound));
@@ -267,8 +274,8 @@ impl Receiving {
         match *kind {
             UMEM if self.ports_due == 0 => {
                 let worker = r.u32()?;
-                let [frames, frame_size, headroom, ring_size] =
-                    [r.u32()?, r.u32()?, r.u32()?, r.u32()?];
+                let [frames, frame_size, headroom, ring_size, tx_metadata_len] =
+                    [r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?];
                 let unbound = r.u8()?;
                 let ports_due = r.u32()? as usize;
                 if r.0.len() != 2 * frames as usize || fds.len() != 2 {
@@ -292,6 +299,7 @@ impl Receiving {
                         frame_size,
                         headroom,
                         ring_size,
+                        tx_metadata_len,
                         unbound: unbound != 0,
                         owner,
                         ports: Vec::with_capacity(ports_due.min(1024)),

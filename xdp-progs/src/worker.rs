@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arrayvec::ArrayVec;
 use kxdp_dataplane::conntrack::Conntrack;
 use kxdp_dataplane::offload::{
-    self, Coalescer, Encap, Fragmented, GroLimits, GsoBuf, OffloadError, Segments,
+    self, ChecksumRequest, Coalescer, Encap, Fragmented, GroLimits, GsoBuf, OffloadError, Segments,
 };
 use kxdp_dataplane::pipeline::CHUNK as BATCH;
 use kxdp_dataplane::tables::{InterfaceId, InterfaceRole};
@@ -110,6 +110,8 @@ kxdp_dataplane::counter_list! {
         RxNoChunk = 9 => ("rx_no_chunk", "frames the kernel dropped for want of a free chunk in a socket's fill ring (read from the sockets once a second)"),
         GsoPackets = 10 => ("gso_packets", "UDP GSO packets sent to the kernel, each carrying a cut frame's VXLAN datagrams (counted in tx_frames one per datagram)"),
         GsoFailed = 11 => ("gso_failed", "UDP GSO packets not sent: the kernel refused them, or one before them in their batch as a kind it never takes (their datagrams are lost; the port's cut frames then leave through AF_XDP)"),
+        ChecksumsHandedOn = 12 => ("checksums_handed_on", "frames whose TCP or UDP checksum their sender left partial (for offload) and that left as partial, for the kernel or device to complete (AF_XDP TX metadata)"),
+        ChecksumsCompleted = 13 => ("checksums_completed", "frames whose TCP or UDP checksum their sender left partial (for offload) and that the worker completed, its destination taking no TX metadata"),
     }
 }
 
@@ -299,6 +301,9 @@ struct Out {
     built: bool,
     /// `start..start + count` are packets of the worker's [`GsoBuf`], not descriptors.
     gso: bool,
+    /// The frame's TCP or UDP checksum is partial, readied to be completed on the way out
+    /// (`offload::partial`).
+    csum: Option<ChecksumRequest>,
 }
 
 /// What became of a frame of the batch once merged runs are known.
@@ -670,7 +675,7 @@ impl Worker {
                 built,
                 &mut fates,
             );
-            for (k, p) in packets.iter().enumerate() {
+            for (k, p) in packets.iter_mut().enumerate() {
                 let (start, count) = frames[k];
                 let out = match fates[k] {
                     Fate::Merged => continue,
@@ -680,13 +685,19 @@ impl Worker {
                         count,
                         built: true,
                         gso: false,
+                        csum: None,
                     },
+                    // (Merged runs are of complete checksums only: see `coalesce_to_pods`.)
                     Fate::Alone => Out {
                         dest: dests[k],
                         start,
                         count,
                         built: false,
                         gso: false,
+                        csum: match (p.frame.partial_checksum(), dests[k]) {
+                            (Some(_), Dest::Recycle) | (None, _) => None,
+                            (Some(l4), _) => offload::partial::prepare(p.frame.data_mut(), l4),
+                        },
                     },
                 };
                 if let (Some(split), false) = (p.frame.split(), out.dest == Dest::Recycle) {
@@ -703,8 +714,44 @@ impl Worker {
         for (o, split) in splits {
             self.cut(i, &descs, &mut outs[o], split);
         }
+        for out in &outs {
+            if let Some(req) = out.csum {
+                self.finish_checksum(i, &mut descs, out, req);
+            }
+        }
         self.deliver(i, &descs, &outs);
         frame_count
+    }
+
+    /// See to the partial checksum of `out`, a frame received on port `i` (in `descs`) that
+    /// leaves whole: handed on in TX metadata where its destination takes it, else completed
+    /// here.
+    fn finish_checksum(&mut self, i: usize, descs: &mut [Desc], out: &Out, req: ChecksumRequest) {
+        let j = match out.dest {
+            Dest::Same => i,
+            Dest::Other(j) => j,
+            Dest::Recycle => return,
+        };
+        let first = usize::from(out.start);
+        if self.ports[j].1.tx_metadata()
+            && self.ports[i].1.set_checksum_request(&mut descs[first], req)
+        {
+            self.io.count(IoCounter::ChecksumsHandedOn, 1);
+            return;
+        }
+        let own = &descs[first..first + usize::from(out.count)];
+        self.complete_checksum(i, own, req);
+    }
+
+    /// Complete the partial checksum of the frame of `own`, received on port `i`.
+    fn complete_checksum(&mut self, i: usize, own: &[Desc], req: ChecksumRequest) {
+        let port = &mut self.ports[i].1;
+        let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();
+        pieces.extend(own.iter().map(|d| port.frame(*d)));
+        let value = offload::partial::completed(&pieces, req);
+        drop(pieces);
+        port.write(own[0].addr + req.field() as u64, &value.to_be_bytes());
+        self.io.count(IoCounter::ChecksumsCompleted, 1);
     }
 
     /// Cut the frame of `out` (received, in `descs`) as `split` says: a TCP frame for the
@@ -718,8 +765,20 @@ impl Worker {
             Dest::Other(j) if split.vxlan => self.gso_socket(j).is_some(),
             _ => false,
         };
-        let port = &self.ports[i].1;
         let own = &descs[usize::from(out.start)..usize::from(out.start + out.count)];
+        // Segments get checksums of their own; fragments carry the datagram's, so a partial
+        // one is completed first. The pieces are complete either way.
+        if let Some(req) = out.csum.take() {
+            // The IPv4 protocol byte, in the first buffer (`prepare` found the header there).
+            let proto = self.ports[i]
+                .1
+                .frame(own[0])
+                .get(usize::from(req.start) - 11);
+            if proto != Some(&kxdp_dataplane::flow::proto::TCP) {
+                self.complete_checksum(i, own, req);
+            }
+        }
+        let port = &self.ports[i].1;
         let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();
         pieces.extend(own.iter().map(|d| port.frame(*d)));
         let encap = if split.vxlan {
@@ -872,7 +931,12 @@ impl Worker {
                 let before = tx.len();
                 for d in frame(out) {
                     match dst.1.alloc_copy(src.1.frame(*d), COPY_HEADROOM) {
-                        Some(c) => tx.push(Desc { more: d.more, ..c }),
+                        Some(mut c) => {
+                            if d.metadata {
+                                dst.1.copy_metadata(&mut c, &src.1, *d);
+                            }
+                            tx.push(Desc { more: d.more, ..c });
+                        }
                         None => {
                             // Out of chunks: the frame goes whole or not at all.
                             for c in tx.drain(before..) {
@@ -972,6 +1036,7 @@ fn coalesce_to_pods(
                 && d[23] == kxdp_dataplane::flow::proto::TCP
                 && p.frame.tail() == 0
                 && p.frame.split().is_none()
+                && p.frame.partial_checksum().is_none()
                 && matches!(snap.interface_role(iface), Some(InterfaceRole::Pod { .. }))
         }
         _ => false,
@@ -1018,12 +1083,14 @@ fn coalesce_to_pods(
                 addr: at[run.first],
                 len: run.first_len as u32,
                 more: true,
+                metadata: false,
             });
             for s in slices {
                 built.push(Desc {
                     addr: at[s.frame] + s.offset as u64,
                     len: s.len as u32,
                     more: true,
+                    metadata: false,
                 });
                 fates[members[s.frame]] = Fate::Merged;
             }

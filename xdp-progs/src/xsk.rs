@@ -52,7 +52,7 @@ use std::ptr::{self, NonNull};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Acquire;
 
-use kxdp_dataplane::offload::FrameSink;
+use kxdp_dataplane::offload::{ChecksumRequest, FrameSink};
 use libxdp_sys as xdp;
 
 /// Sizes of a UMEM and of its ports' rings.
@@ -77,6 +77,11 @@ pub struct PortConfig {
     /// AF_XDP generator then limits every forwarder. Sockets taken over from a predecessor
     /// keep the rings they were made with.
     pub ring_size: u32,
+    /// Register the UMEM with room for AF_XDP TX metadata ([`TX_METADATA_LEN`] bytes before
+    /// each transmitted frame), so a frame can leave with its TCP or UDP checksum to be
+    /// completed by the kernel or the device ([`Port::request_checksum`]). Kernels without it
+    /// (before 6.11) refuse the registration; the UMEM is then made without.
+    pub tx_metadata: bool,
 }
 
 impl Default for PortConfig {
@@ -86,6 +91,7 @@ impl Default for PortConfig {
             frame_size: 4096,
             headroom: 0,
             ring_size: 4096,
+            tx_metadata: true,
         }
     }
 }
@@ -120,6 +126,11 @@ const KERNEL_TX_BATCH: u32 = 32;
 /// `XDP_PKT_CONTD` (linux/if_xdp.h): the frame continues in the next descriptor.
 const XDP_PKT_CONTD: u32 = 1;
 
+/// Bytes of TX metadata before a transmitted frame: `struct xsk_tx_metadata` (linux/if_xdp.h,
+/// 6.14 on: flags, then the checksum request's start and offset, then a launch time). The
+/// kernel finds it at the descriptor's address less this, and reads only what the flags ask.
+pub const TX_METADATA_LEN: u32 = 24;
+
 /// One buffer of a received or to-be-sent frame: its address in the UMEM, its length, and
 /// whether the frame continues in the next descriptor.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,6 +141,9 @@ pub struct Desc {
     pub len: u32,
     /// More of the frame follows in the next descriptor (all but a frame's last buffer).
     pub more: bool,
+    /// The [`TX_METADATA_LEN`] bytes before `addr` hold TX metadata for the frame (its first
+    /// descriptor only): `XDP_TX_METADATA` ([`Port::request_checksum`]).
+    pub metadata: bool,
 }
 
 impl Desc {
@@ -139,6 +153,7 @@ impl Desc {
             addr,
             len,
             more: false,
+            metadata: false,
         }
     }
 }
@@ -416,6 +431,9 @@ pub struct Umem {
     frame_size: u32,
     headroom: u32,
     ring_size: u32,
+    /// Bytes of TX metadata registered before each frame: [`TX_METADATA_LEN`], or 0 where
+    /// the kernel refused it (or it was not asked for).
+    tx_metadata_len: u32,
     /// Chunks no ring holds, by base address.
     free: RefCell<Vec<u64>>,
     /// By chunk index: the port whose fill or TX ring holds it, or [`NO_PORT`].
@@ -452,6 +470,7 @@ impl Umem {
             frame_size: config.frame_size,
             headroom: config.headroom,
             ring_size: config.ring_size,
+            tx_metadata_len: 0,
             free: RefCell::new(
                 (0..config.frames)
                     .map(|i| u64::from(i) * u64::from(config.frame_size))
@@ -463,7 +482,7 @@ impl Umem {
             frames: config.frames,
             first_rings: RefCell::new(None),
         };
-        let reg = libc::xdp_umem_reg {
+        let mut reg = libc::xdp_umem_reg {
             addr: umem.area.as_ptr() as u64,
             len: area_len as u64,
             chunk_size: config.frame_size,
@@ -471,13 +490,30 @@ impl Umem {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(
-            umem.socket.as_raw_fd(),
-            libc::SOL_XDP,
-            libc::XDP_UMEM_REG,
-            &reg,
-            "registering the UMEM",
-        )?;
+        let register = |reg: &libc::xdp_umem_reg| {
+            setsockopt(
+                umem.socket.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_UMEM_REG,
+                reg,
+                "registering the UMEM",
+            )
+        };
+        // With TX metadata where asked and the kernel knows the flag (6.11 on; 6.8 to 6.10
+        // read the length without it, and are left without metadata here): a refusal of the
+        // flag leaves the socket unregistered, so the plain registration follows.
+        let with_metadata = config.tx_metadata && {
+            reg.flags = libc::XDP_UMEM_TX_METADATA_LEN;
+            reg.tx_metadata_len = TX_METADATA_LEN;
+            register(&reg).is_ok()
+        };
+        if with_metadata {
+            umem.tx_metadata_len = TX_METADATA_LEN;
+        } else {
+            reg.flags = 0;
+            reg.tx_metadata_len = 0;
+            register(&reg)?;
+        }
         let rings = Rings::create(umem.socket.as_raw_fd(), config.ring_size)?;
         umem.first_rings = RefCell::new(Some(rings));
         Ok(Rc::new(umem))
@@ -486,6 +522,19 @@ impl Umem {
     /// Bytes per chunk; chunks are aligned to it.
     pub fn frame_size(&self) -> u32 {
         self.frame_size
+    }
+
+    /// Whether frames sent from this UMEM may carry TX metadata ([`Port::set_checksum_request`]).
+    pub fn tx_metadata(&self) -> bool {
+        self.tx_metadata_len != 0
+    }
+
+    /// Bytes every transmitted buffer needs before it in its chunk: with TX metadata
+    /// registered, the kernel takes the [`TX_METADATA_LEN`] bytes before any descriptor's
+    /// address for its metadata, and refuses (drops, its chunk never completed) a descriptor
+    /// with fewer, whether or not it asks for metadata.
+    pub fn tx_headroom(&self) -> u32 {
+        self.tx_metadata_len
     }
 
     /// The base of the chunk holding `addr`.
@@ -601,7 +650,8 @@ enum Open {
 
 impl<'a> ChunkSink<'a> {
     /// A sink writing into `umem`'s free chunks, listing the frames in `out`, with `scratch`
-    /// for frames larger than a chunk.
+    /// for frames larger than a chunk. The headroom is at least what every transmitted frame
+    /// needs before it ([`Umem::tx_headroom`]).
     pub fn new(
         umem: &'a Umem,
         headroom: u32,
@@ -610,7 +660,7 @@ impl<'a> ChunkSink<'a> {
     ) -> Self {
         ChunkSink {
             umem,
-            headroom,
+            headroom: headroom.max(umem.tx_headroom()),
             out,
             scratch,
             open: Open::None,
@@ -692,6 +742,7 @@ impl FrameSink for ChunkSink<'_> {
                         addr: base + headroom,
                         len: n as u32,
                         more: at < len,
+                        metadata: false,
                     });
                 }
             }
@@ -1058,6 +1109,7 @@ impl Port {
                 addr: desc.addr,
                 len: desc.len,
                 more: desc.options & XDP_PKT_CONTD != 0,
+                metadata: false,
             };
         }
         // SAFETY: releasing exactly the `n` slots peeked.
@@ -1128,7 +1180,8 @@ impl Port {
             }
             // SAFETY: as above.
             unsafe {
-                (*desc).options = if f.more { XDP_PKT_CONTD } else { 0 };
+                (*desc).options = if f.more { XDP_PKT_CONTD } else { 0 }
+                    | if f.metadata { libc::XDP_TX_METADATA } else { 0 };
             }
         }
         // SAFETY: exactly `n` slots were reserved and written.
@@ -1212,9 +1265,73 @@ impl Port {
         self.umem.frame(d)
     }
 
-    /// Copy `data` into a free chunk of this port's UMEM (after `headroom` bytes) and return
-    /// its descriptor, or `None` when every chunk is in use.
+    /// Whether frames this port sends may carry TX metadata ([`Port::set_checksum_request`]).
+    pub fn tx_metadata(&self) -> bool {
+        self.umem.tx_metadata()
+    }
+
+    /// Ask, in TX metadata before the held frame whose first descriptor is `d`, that the frame
+    /// leave with its L4 checksum completed downstream (`XDP_TXMD_FLAGS_CHECKSUM`): the kernel
+    /// makes it a `CHECKSUM_PARTIAL` skb, which the device (or the kernel, where the device
+    /// cannot) completes, or a receiving stack on this host takes as it is, as it takes such
+    /// a packet from a veth. The field must hold the pseudo-header sum
+    /// (`offload::partial::prepare`). Marks `d` ([`Desc::metadata`]); false, and nothing
+    /// written, where the chunk has no [`TX_METADATA_LEN`] bytes before the frame. Only for a
+    /// port that [has](Port::tx_metadata) metadata, or a frame copied to one
+    /// ([`Port::copy_metadata`]).
+    pub fn set_checksum_request(&mut self, d: &mut Desc, req: ChecksumRequest) -> bool {
+        let mut meta = [0u8; TX_METADATA_LEN as usize];
+        meta[..8].copy_from_slice(&u64::from(libc::XDP_TXMD_FLAGS_CHECKSUM).to_ne_bytes());
+        meta[8..10].copy_from_slice(&req.start.to_ne_bytes());
+        meta[10..12].copy_from_slice(&req.offset.to_ne_bytes());
+        self.put_metadata(d, &meta)
+    }
+
+    /// Copy the TX metadata of `src`, a held frame of `from`, before `d`, a frame of this
+    /// port's UMEM made from it ([`Port::alloc_copy`]); as [`Port::set_checksum_request`].
+    pub fn copy_metadata(&mut self, d: &mut Desc, from: &Port, src: Desc) -> bool {
+        let len = TX_METADATA_LEN as u64;
+        if src.addr - from.umem.chunk_base(src.addr) < len {
+            return false;
+        }
+        let mut meta = [0u8; TX_METADATA_LEN as usize];
+        meta.copy_from_slice(
+            from.umem
+                .frame(Desc::single(src.addr - len, TX_METADATA_LEN)),
+        );
+        self.put_metadata(d, &meta)
+    }
+
+    fn put_metadata(&mut self, d: &mut Desc, meta: &[u8; TX_METADATA_LEN as usize]) -> bool {
+        let len = TX_METADATA_LEN as u64;
+        if d.addr - self.umem.chunk_base(d.addr) < len {
+            return false;
+        }
+        self.write(d.addr - len, meta);
+        d.metadata = true;
+        true
+    }
+
+    /// Write `bytes` at `addr`, inside one chunk of this port's UMEM that the caller holds.
+    pub fn write(&mut self, addr: u64, bytes: &[u8]) {
+        let end = addr as usize + bytes.len();
+        let base = self.umem.chunk_base(addr) as usize;
+        assert!(
+            end <= self.umem.area_len && end <= base + self.umem.frame_size as usize,
+            "write outside its chunk"
+        );
+        // SAFETY: `addr` is inside the mapping (asserted).
+        let dst = unsafe { self.umem.area.as_ptr().add(addr as usize) };
+        // SAFETY: the range lies inside one chunk of the mapping (asserted), which the caller
+        // holds, so the kernel does not touch it and no view of it is alive (views are handed
+        // out only through `&mut` of a port or sink, and this takes `&mut self`).
+        unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+    }
+
+    /// Copy `data` into a free chunk of this port's UMEM (after `headroom` bytes, at least
+    /// [`Umem::tx_headroom`]) and return its descriptor, or `None` when every chunk is in use.
     pub fn alloc_copy(&mut self, data: &[u8], headroom: usize) -> Option<Desc> {
+        let headroom = headroom.max(self.umem.tx_headroom() as usize);
         if headroom + data.len() > self.umem.frame_size as usize {
             return None;
         }
@@ -1304,6 +1421,8 @@ pub struct HandedUmem {
     pub headroom: u32,
     /// Entries per ring.
     pub ring_size: u32,
+    /// Bytes of TX metadata the UMEM was registered with.
+    pub tx_metadata_len: u32,
     /// Whether the UMEM's socket is still unbound (no port has taken its rings).
     pub unbound: bool,
     /// By chunk: 0 if free, [`HANDED_UNKNOWN`] if in the rings of a socket not handed over
@@ -1357,6 +1476,7 @@ impl Umem {
             frame_size: self.frame_size,
             headroom: self.headroom,
             ring_size: self.ring_size,
+            tx_metadata_len: self.tx_metadata_len,
             unbound: self.first_rings.borrow().is_some(),
             // A chunk in the rings of a port not handed (the UMEM's socket, still bound after
             // its port was dropped) may still be filled by the kernel: never free.
@@ -1382,6 +1502,7 @@ impl Umem {
             || h.frames == 0
             || !h.ring_size.is_power_of_two()
             || h.owner.len() != h.frames as usize
+            || !matches!(h.tx_metadata_len, 0 | TX_METADATA_LEN)
         {
             return Err(bad("a UMEM's geometry does not hold together"));
         }
@@ -1416,6 +1537,7 @@ impl Umem {
             frame_size: h.frame_size,
             headroom: h.headroom,
             ring_size: h.ring_size,
+            tx_metadata_len: h.tx_metadata_len,
             free: RefCell::new(
                 (0..h.frames)
                     .filter(|i| h.owner[*i as usize] == 0)

@@ -92,12 +92,14 @@ pub mod coalesce;
 pub mod fragment;
 pub mod gso;
 mod headers;
+pub mod partial;
 mod pieces;
 pub mod segment;
 
 pub use coalesce::{BatchTooLarge, Coalescer, GroLimits, PayloadSlice, Run, MAX_OPEN_FLOWS};
 pub use fragment::{fragment, FragmentPlan, Fragmented, Fragments};
 pub use gso::GsoBuf;
+pub use partial::ChecksumRequest;
 pub use segment::{segment, Segments};
 
 /// Where the caller's output buffers come from: a worker hands out free UMEM chunks.

@@ -13,6 +13,10 @@
 /// also ask the caller to cut the frame into packets of at most [`Frame::split_at`] bytes on
 /// the way out ([`Split`]: TCP segmentation, IPv4 fragmentation), for a frame larger than the
 /// link it leaves on.
+///
+/// A TCP or UDP packet whose checksum its sender left for offload (the field holds only the
+/// pseudo-header sum: see `offload::partial`) is marked so ([`Frame::partial_checksum`]), for
+/// the caller to have the checksum completed on the way out.
 #[derive(Debug)]
 pub struct Frame<'a> {
     buf: &'a mut [u8],
@@ -21,8 +25,19 @@ pub struct Frame<'a> {
     head: u32,
     len: u32,
     tail: u32,
-    split: Option<Split>,
+    /// [`Split::mtu`], meaningful with [`SPLIT`].
+    split_mtu: u16,
+    /// [`SPLIT`], [`SPLIT_VXLAN`].
+    flags: u8,
+    /// Offset of the L4 header from the frame's start when its checksum is partial, else 0
+    /// (an L4 header is never at the start). Moves with the start ([`Frame::push_head`]).
+    partial_l4: u8,
 }
+
+/// [`Frame::flags`]: the frame is to be cut ([`Frame::split`]).
+const SPLIT: u8 = 1;
+/// [`Frame::flags`]: [`Split::vxlan`].
+const SPLIT_VXLAN: u8 = 2;
 
 /// How the caller must cut a frame too big for the link it leaves on: TCP into segments,
 /// anything else into IPv4 fragments (`offload::segment`, `offload::fragment`).
@@ -47,7 +62,9 @@ impl<'a> Frame<'a> {
             head: head as u32,
             len: len as u32,
             tail: 0,
-            split: None,
+            split_mtu: 0,
+            flags: 0,
+            partial_l4: 0,
         })
     }
 
@@ -75,13 +92,32 @@ impl<'a> Frame<'a> {
     /// pipeline for the caller to segment or fragment it.
     #[inline]
     pub fn split(&self) -> Option<Split> {
-        self.split
+        (self.flags & SPLIT != 0).then_some(Split {
+            mtu: self.split_mtu,
+            vxlan: self.flags & SPLIT_VXLAN != 0,
+        })
     }
 
     /// Ask the caller to cut the frame as `split` says on the way out.
     #[inline]
     pub fn set_split(&mut self, split: Split) {
-        self.split = Some(split);
+        self.split_mtu = split.mtu;
+        self.flags = SPLIT | if split.vxlan { SPLIT_VXLAN } else { 0 };
+    }
+
+    /// Where the (innermost) L4 header starts, as an offset from the frame's first byte, when
+    /// the packet's TCP or UDP checksum holds only the pseudo-header sum: its sender left the
+    /// rest to be completed on the way out. `None` for a complete checksum, or none.
+    #[inline]
+    pub fn partial_checksum(&self) -> Option<usize> {
+        (self.partial_l4 != 0).then_some(usize::from(self.partial_l4))
+    }
+
+    /// Mark the checksum of the L4 header at `l4` partial, or (`None`) complete. An offset
+    /// past 255 bytes, which no header stack kxdp handles reaches, is not recorded.
+    #[inline]
+    pub fn set_partial_checksum(&mut self, l4: Option<usize>) {
+        self.partial_l4 = l4.and_then(|l4| u8::try_from(l4).ok()).unwrap_or(0);
     }
 
     /// Offset of the first byte in the buffer.
@@ -122,6 +158,9 @@ impl<'a> Frame<'a> {
         let n = n as u32;
         self.head -= n;
         self.len += n;
+        if self.partial_l4 != 0 {
+            self.partial_l4 = u8::try_from(u32::from(self.partial_l4) + n).unwrap_or(0);
+        }
         true
     }
 
@@ -134,6 +173,10 @@ impl<'a> Frame<'a> {
         let n = n as u32;
         self.head += n;
         self.len -= n;
+        self.partial_l4 = u32::from(self.partial_l4)
+            .checked_sub(n)
+            .filter(|l4| *l4 > 0)
+            .map_or(0, |l4| l4 as u8);
         true
     }
 
@@ -217,5 +260,35 @@ mod tests {
         let mut f = Frame::new(&mut buf, 8, 10).unwrap().with_tail(5);
         assert!(f.push_head(8));
         assert_eq!((f.len(), f.tail()), (18, 5));
+    }
+
+    #[test]
+    fn a_partial_checksum_moves_with_the_start_and_leaves_with_its_header() {
+        let mut buf = [0u8; 400];
+        let mut f = Frame::new(&mut buf, 100, 100).unwrap();
+        assert_eq!(f.partial_checksum(), None);
+        f.set_partial_checksum(Some(34));
+        f.set_split(Split {
+            mtu: 1500,
+            vxlan: true,
+        });
+        assert!(f.push_head(50), "VXLAN encapsulation");
+        assert_eq!(f.partial_checksum(), Some(84));
+        assert_eq!(
+            f.split(),
+            Some(Split {
+                mtu: 1500,
+                vxlan: true
+            })
+        );
+        assert!(f.pull_head(50));
+        assert_eq!(f.partial_checksum(), Some(34));
+        assert!(f.pull_head(34), "the L4 header now starts the frame");
+        assert_eq!(f.partial_checksum(), None);
+        f.set_partial_checksum(Some(300));
+        assert_eq!(f.partial_checksum(), None, "past what is recorded");
+        f.set_partial_checksum(Some(250));
+        assert!(f.push_head(10));
+        assert_eq!(f.partial_checksum(), None, "pushed past what is recorded");
     }
 }

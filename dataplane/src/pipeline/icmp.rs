@@ -175,6 +175,8 @@ fn build_error(
     frame.data_mut().copy_within(l3..l3 + quote, l3 + hdrs);
     let ok = frame.set_len(len);
     debug_assert!(ok);
+    // The quote keeps the packet's checksum as it was; the error's own is complete.
+    frame.set_partial_checksum(None);
     let d = frame.data_mut();
     let ip = &mut d[l3..l3 + IPV4_HEADER_LEN];
     ip.copy_from_slice(&[

@@ -186,6 +186,9 @@ pub fn process_batch(
         for (p, stage) in chunk.iter_mut().zip(stages.iter_mut()) {
             *stage = ingress(&ctx, &mut p.frame, p.ingress);
             if let Stage::Ipv4(meta, origin, plan) = stage {
+                if crate::offload::partial::is_partial(p.frame.data(), meta.l3) {
+                    p.frame.set_partial_checksum(Some(meta.l4()));
+                }
                 *plan = nat::plan(&ctx, meta, *origin);
                 if plan.track {
                     hashes[tracked] = meta.hash();

@@ -2,11 +2,11 @@
 //! kube-proxy's nftables rules, with conntrack), side by side in one run, with the ceiling of
 //! the same veth path (XDP redirect, and a bare AF_XDP forwarder on kxdp's own sockets).
 //!
-//! The kernel path runs as a flannel node does, every offload at its default; only kxdp's own
-//! veths (and the underlay port facing a kxdp node, standing in for a NIC) run without
-//! transmit checksum offload, which kxdp's copy-mode AF_XDP needs (`no_tx_offload` in the
-//! testbed says why). The report opens with every setting that differs between the two
-//! paths, read off the topologies at run time (`settings.rs`).
+//! The kernel path runs as a flannel node does, every offload at its default, and so do kxdp's
+//! pods; only a kxdp node's uplink and the underlay port facing it (standing in for a NIC)
+//! run without transmit checksum offload (`no_tx_offload` in the testbed says why). The report
+//! opens with every setting that differs between the two paths, read off the topologies at
+//! run time (`settings.rs`).
 //!
 //! Four measurements, each repeated `--runs` times with the paths alternating, reported as the
 //! median with the range:
@@ -149,15 +149,15 @@ fn path_settings(a: &Args) -> String {
            worker. iperf3 and the echo clients are unpinned on both paths.\n\
          - **Segmentation and coalescing.** Kernel pods send TCP in segments of up to 64 KiB \
            (TSO/GSO on their veths) that cross the veths, the bridge and `flannel.1` whole: on \
-           veths nothing needs to cut them. kxdp's pod veths run without TSO (off with \
-           transmit checksum offload, and off anyway on a veth whose peer has an XDP \
-           program): pods send one MSS per segment (the pod MTU less 40 bytes) and kxdp's \
+           veths nothing needs to cut them. kxdp's pod veths run without TSO (off on a veth \
+           whose peer has an XDP program): pods send one MSS per segment (the pod MTU less 40 bytes) and kxdp's \
            worker handles each as a frame. In the two-node clusters kxdp's pods have an MTU \
            of 65535 (`--pod-mtu 65535`), so their TCP sends segments of up to 64 KiB too, as \
            frames of up to 18 AF_XDP buffers: kxdp delivers them whole on the node, cuts them \
            for the tunnel (software TSO, checksums computed while copying) and merges a pod's \
-           incoming segments (software GRO, up to 18). Why kxdp's veths need checksum offload off: its copy-mode AF_XDP would copy \
-           the unfilled checksum of a `CHECKSUM_PARTIAL` packet.\n\
+           incoming segments (software GRO, up to 18). Checksum offload stays on on kxdp's \
+           pod veths: kxdp hands a pod's partial checksums on in AF_XDP TX metadata, so \
+           neither the sender nor a receiver on the node sums them.\n\
          - **VXLAN outer UDP checksum.** `flannel.1`'s is in the table; kxdp writes zero \
            (its encapsulation template).\n\
          - **Pods' MTU.** Two-node clusters: the kernel's pods at the underlay's less 50 \
@@ -323,9 +323,9 @@ fn run() -> Result<(), String> {
          `samples.json` beside this file; the plot is `report.svg`.\n\n\
          ## What differs between the two paths\n\n\
          The kernel path runs as a flannel node with kube-proxy runs it, every offload at its \
-         default; kxdp's pod and host veths run without transmit checksum offload, as kxdp \
-         needs (below), and so does the underlay port facing a kxdp node, standing in for a \
-         NIC that hands over complete checksums. Devices as read at run time (`ip -d -j link`, \
+         default, and so do kxdp's pods; a kxdp node's uplink and the underlay port facing \
+         it run without transmit checksum offload, standing in for a NIC that hands over \
+         complete checksums. Devices as read at run time (`ip -d -j link`, \
          `ethtool -k`), by role; **bold**: differs between the paths.",
         args.profile, args.gen_core, args.worker_core
     );

@@ -9,6 +9,10 @@
 //!   headers only, so this is the whole per-batch cost before the I/O side chains the buffers.
 //! - `checksum/{sum,copy_and_sum}/N`: the Internet checksum over N bytes, alone and fused with
 //!   a copy, at the sizes segmentation sees (an MSS, a whole frame).
+//! - `checksum/partial/{hand_on,complete}`: what a worker does for a pod's 64 KiB TCP frame
+//!   whose checksum the pod left partial, in 4 KiB pieces: readying it to be handed on in
+//!   AF_XDP TX metadata (the pseudo-header sum written), or that and completing it in
+//!   software, where the kernel has no TX metadata.
 //!
 //! Output buffers are preallocated and reused, as a worker's UMEM chunks are; nothing in the
 //! timed loops allocates.
@@ -16,7 +20,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kxdp_dataplane::offload::{segment, Coalescer, Encap, FrameSink, GroLimits, Segments};
+use kxdp_dataplane::offload::{partial, segment, Coalescer, Encap, FrameSink, GroLimits, Segments};
 use kxdp_dataplane::wire::checksum;
 use kxdp_testkit::{tcp_flags as f, Topology};
 
@@ -134,6 +138,21 @@ fn checksums(c: &mut Criterion) {
             });
         }
     }
+    let mut frame = big_frame(&Topology::default(), Encap::Plain);
+    g.throughput(Throughput::Bytes(frame.len() as u64));
+    g.bench_function(BenchmarkId::new("partial", "hand_on"), |b| {
+        b.iter(|| partial::prepare(black_box(&mut frame), 34))
+    });
+    g.bench_function(BenchmarkId::new("partial", "complete"), |b| {
+        b.iter(|| {
+            let req = partial::prepare(black_box(&mut frame), 34).expect("TCP");
+            let mut pieces: [&[u8]; 16] = [&[]; 16];
+            for (p, c) in pieces.iter_mut().zip(frame.chunks(4096)) {
+                *p = c;
+            }
+            partial::completed(&pieces, req)
+        })
+    });
     g.finish();
 }
 

@@ -143,7 +143,8 @@ impl XskGen {
     /// Queue up to `count` frames, each a copy of `frame` with the next flow's source port; a
     /// frame larger than a chunk goes as several buffers (multi-buffer AF_XDP).
     fn send(&mut self, frame: &mut [u8], flows: u16, count: u32) -> u32 {
-        let piece = self.port.frame_size() as usize;
+        // What a chunk holds after the room every transmitted buffer needs before it.
+        let piece = (self.port.frame_size() - self.port.umem().tx_headroom()) as usize;
         let mut sent = 0u32;
         while sent < count {
             self.port.complete();

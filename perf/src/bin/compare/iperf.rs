@@ -77,7 +77,7 @@ pub(crate) const NOT_STARTED: &str = "the agents did not start";
 /// The paths a row compares.
 pub(crate) const KXDP: &str = "kxdp";
 pub(crate) const KERNEL: &str = "kernel";
-pub(crate) const KERNEL_TX_OFF: &str = "kernel, tx offload off (as kxdp's pods)";
+pub(crate) const KERNEL_TX_OFF: &str = "kernel, tx offload off";
 
 /// The runs of one test at one MTU and stream count.
 pub(crate) struct Row {
@@ -420,9 +420,8 @@ pub(crate) fn write_iperf(
          control connection's MSS, which would be about 64 KiB for kxdp's pods, sent with DF; \
          kxdp answers those with fragmentation needed, as a router does, and iperf3 stops on \
          the error that reaches its socket (*Message too long*). The row marked *kernel, tx offload off* is the \
-         kernel path with transmit checksum offload (and with it TSO) off on every veth, as \
-         kxdp's pods must run: shown for what a weakened baseline would say, not as the \
-         comparison.\n\n\
+         kernel path with transmit checksum offload (and with it TSO) off on every veth: shown \
+         for what a weakened baseline would say, not as the comparison.\n\n\
          | test | MTU underlay / pods | streams | kxdp Gbit/s | kxdp retransmits | kernel Gbit/s | kernel retransmits | kxdp / kernel |\n\
          |---|---|---:|---:|---:|---:|---:|---:|",
         a.iperf_secs, a.runs

@@ -50,7 +50,7 @@
 //!    as above, at every underlay MTU of `--mtus` (pods at 50 bytes less on both): TCP with one
 //!    stream and with four, pod to pod on one node, across nodes and through a ClusterIP;
 //!    Gbit/s and retransmits from iperf3's JSON; UDP pod to pod; and the kernel with transmit
-//!    offload off on every veth, as kxdp's pods run, as one extra row (`iperf.rs`). Where
+//!    offload off on every veth (a weakened baseline) as one extra row (`iperf.rs`). Where
 //!    kxdp cannot run (its agents do not start at an MTU), the rows say so. Then, on kxdp's
 //!    cluster with its agents stopped, the ceiling of the hop each segment kxdp sends to
 //!    another node takes: datagrams of the underlay's MTU from node A's uplink into kxdp's

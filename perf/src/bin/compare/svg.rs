@@ -16,7 +16,7 @@ pub(crate) const SERIES: [(&str, &str); 8] = [
     ("kxdp, wakeup", "#e8833a"),
     ("kxdp, busy-poll", "#7a1616"),
     ("kernel", "#2680c2"),
-    ("kernel, tx offload off (as kxdp's pods)", "#9bcbf0"),
+    ("kernel, tx offload off", "#9bcbf0"),
     ("XDP redirect (ceiling)", "#9aa5b1"),
     ("bare AF_XDP forwarder", "#3e4c59"),
 ];

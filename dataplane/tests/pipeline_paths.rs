@@ -1153,11 +1153,12 @@ fn with_partial_checksum(mut frame: Vec<u8>) -> Vec<u8> {
     frame
 }
 
-/// A pod's stack leaves its TCP and UDP checksums for offload; the pipeline finds them so,
-/// keeps the mark on the L4 header through NAT and encapsulation (and drops it when the packet
+/// A pod's TCP and UDP checksums are left to the way out, partial as its stack leaves them or
+/// not: the mark stays on the L4 header through NAT and encapsulation (and goes when the packet
 /// becomes an ICMP error), and the checksum completed at the mark on the way out is right.
+/// Packets from the overlay, and UDP without a checksum, keep theirs.
 #[test]
-fn a_partial_checksum_is_marked_through_nat_and_encapsulation_and_completes_right() {
+fn a_pods_checksums_are_left_to_the_way_out_through_nat_and_encapsulation() {
     use kxdp_dataplane::offload::partial::{completed, prepare};
     let env = Env::new();
     let t = &env.t;
@@ -1166,7 +1167,7 @@ fn a_partial_checksum_is_marked_through_nat_and_encapsulation_and_completes_righ
         let mut batch = [buf.packet(input.ingress)];
         kxdp_dataplane::process_batch(&mut batch, &env.snap, &env.ct, &env.counters, env.now);
         let [mut p] = batch;
-        let mark = p.frame.partial_checksum();
+        let mark = p.frame.checksum_offload();
         let mut out = p.frame.data().to_vec();
         if let Some(l4) = mark {
             let req = prepare(p.frame.data_mut(), l4).expect("an L4 header at the mark");
@@ -1206,12 +1207,38 @@ fn a_partial_checksum_is_marked_through_nat_and_encapsulation_and_completes_righ
     let (v, mark, out) = run(&udp);
     assert_eq!((v, mark), (Verdict::Transmit(t.pod_b.iface), Some(34)));
     assert_valid(&out, "UDP, completed");
-    // A complete checksum is left unmarked, and so is an error quoting a partial one.
+    // A complete checksum from a pod is left to the way out too, and comes out right.
     let full = Input {
         ingress: t.pod_a.iface,
         frame: t.from_pod_a(t.pod_b.ip).tcp(41000, 80, f::SYN, b"hello"),
     };
-    assert_eq!(run(&full).1, None);
+    let (_, mark, out) = run(&full);
+    assert_eq!(mark, Some(34));
+    assert_valid(&out, "a complete checksum, completed again");
+    // UDP without a checksum keeps none; the overlay's packets keep theirs.
+    let mut spec = t.from_pod_a(t.pod_b.ip);
+    spec.udp_checksum = false;
+    let bare = Input {
+        ingress: t.pod_a.iface,
+        frame: spec.udp(5000, 53, b"query"),
+    };
+    assert_eq!(run(&bare).1, None, "UDP without a checksum");
+    let inner = t
+        .inner_from_node_b(t.remote_pod_ip, t.pod_a.ip)
+        .tcp(8080, 41000, f::ACK, b"data");
+    let overlay = Input {
+        ingress: t.node.uplink,
+        frame: t
+            .vxlan_from_node_b()
+            .vxlan(40000, 8472, 1, &with_partial_checksum(inner)),
+    };
+    let (v, mark, _) = run(&overlay);
+    assert_eq!(
+        (v, mark),
+        (Verdict::Transmit(t.pod_a.iface), None),
+        "from the overlay"
+    );
+    // An error quoting a pod's packet is unmarked.
     let mut spent = from_a(t.pod_b.ip);
     spent.frame[22] = 1;
     let ip = etherparse::Ipv4HeaderSlice::from_slice(&spent.frame[14..34]).unwrap();

@@ -110,8 +110,8 @@ kxdp_dataplane::counter_list! {
         RxNoChunk = 9 => ("rx_no_chunk", "frames the kernel dropped for want of a free chunk in a socket's fill ring (read from the sockets once a second)"),
         GsoPackets = 10 => ("gso_packets", "UDP GSO packets sent to the kernel, each carrying a cut frame's VXLAN datagrams (counted in tx_frames one per datagram)"),
         GsoFailed = 11 => ("gso_failed", "UDP GSO packets not sent: the kernel refused them, or one before them in their batch as a kind it never takes (their datagrams are lost; the port's cut frames then leave through AF_XDP)"),
-        ChecksumsHandedOn = 12 => ("checksums_handed_on", "frames whose TCP or UDP checksum their sender left partial (for offload) and that left as partial, for the kernel or device to complete (AF_XDP TX metadata)"),
-        ChecksumsCompleted = 13 => ("checksums_completed", "frames whose TCP or UDP checksum their sender left partial (for offload) and that the worker completed, its destination taking no TX metadata"),
+        ChecksumsHandedOn = 12 => ("checksums_handed_on", "TCP and UDP frames from pods and the node whose checksum left partial, for the kernel or the device to complete (AF_XDP TX metadata)"),
+        ChecksumsCompleted = 13 => ("checksums_completed", "TCP and UDP frames from pods and the node whose checksum the worker completed, their destination taking no TX metadata"),
     }
 }
 
@@ -301,8 +301,7 @@ struct Out {
     built: bool,
     /// `start..start + count` are packets of the worker's [`GsoBuf`], not descriptors.
     gso: bool,
-    /// The frame's TCP or UDP checksum is partial, readied to be completed on the way out
-    /// (`offload::partial`).
+    /// The frame's TCP or UDP checksum is left to the way out, readied (`offload::partial`).
     csum: Option<ChecksumRequest>,
 }
 
@@ -687,14 +686,14 @@ impl Worker {
                         gso: false,
                         csum: None,
                     },
-                    // (Merged runs are of complete checksums only: see `coalesce_to_pods`.)
+                    // (Merged runs keep their checksums: see `coalesce_to_pods`.)
                     Fate::Alone => Out {
                         dest: dests[k],
                         start,
                         count,
                         built: false,
                         gso: false,
-                        csum: match (p.frame.partial_checksum(), dests[k]) {
+                        csum: match (p.frame.checksum_offload(), dests[k]) {
                             (Some(_), Dest::Recycle) | (None, _) => None,
                             (Some(l4), _) => offload::partial::prepare(p.frame.data_mut(), l4),
                         },
@@ -723,9 +722,9 @@ impl Worker {
         frame_count
     }
 
-    /// See to the partial checksum of `out`, a frame received on port `i` (in `descs`) that
-    /// leaves whole: handed on in TX metadata where its destination takes it, else completed
-    /// here.
+    /// See to the checksum `out` leaves to the way out, a frame received on port `i` (in
+    /// `descs`) that leaves whole: handed on in TX metadata where its destination takes it,
+    /// else completed here.
     fn finish_checksum(&mut self, i: usize, descs: &mut [Desc], out: &Out, req: ChecksumRequest) {
         let j = match out.dest {
             Dest::Same => i,
@@ -743,7 +742,7 @@ impl Worker {
         self.complete_checksum(i, own, req);
     }
 
-    /// Complete the partial checksum of the frame of `own`, received on port `i`.
+    /// Complete the readied checksum of the frame of `own`, received on port `i`.
     fn complete_checksum(&mut self, i: usize, own: &[Desc], req: ChecksumRequest) {
         let port = &mut self.ports[i].1;
         let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();
@@ -766,8 +765,8 @@ impl Worker {
             _ => false,
         };
         let own = &descs[usize::from(out.start)..usize::from(out.start + out.count)];
-        // Segments get checksums of their own; fragments carry the datagram's, so a partial
-        // one is completed first. The pieces are complete either way.
+        // Segments get checksums of their own; fragments carry the datagram's, so one left to
+        // the way out is completed first. The pieces are complete either way.
         if let Some(req) = out.csum.take() {
             // The IPv4 protocol byte, in the first buffer (`prepare` found the header there).
             let proto = self.ports[i]
@@ -1036,7 +1035,7 @@ fn coalesce_to_pods(
                 && d[23] == kxdp_dataplane::flow::proto::TCP
                 && p.frame.tail() == 0
                 && p.frame.split().is_none()
-                && p.frame.partial_checksum().is_none()
+                && p.frame.checksum_offload().is_none()
                 && matches!(snap.interface_role(iface), Some(InterfaceRole::Pod { .. }))
         }
         _ => false,

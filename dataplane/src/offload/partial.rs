@@ -1,22 +1,23 @@
-//! Checksums a sender left for offload: a TCP or UDP checksum field that holds only the sum of
-//! the pseudo header, for the device to complete (the kernel's `CHECKSUM_PARTIAL`).
+//! Checksums left to the way out, as a stack leaves them to its device: the TCP or UDP
+//! checksum field holds only the sum of the pseudo header (the kernel's `CHECKSUM_PARTIAL`),
+//! to be completed where the packet leaves.
 //!
 //! A pod's stack leaves every TCP and UDP checksum so on a veth with transmit checksum offload
 //! on, which is a veth's default; the kernel path carries the packet so to the receiving pod,
 //! whose stack trusts a partial checksum without reading the payload, or completes it where it
-//! leaves through a device that cannot. AF_XDP gives kxdp the bytes only, without the skb's
-//! checksum state, so kxdp reads the state off the bytes ([`is_partial`]): a field equal to the
-//! folded pseudo-header sum is what `tcp_v4_send_check` and `udp4_hwcsum` write. A complete
-//! checksum equals it by chance once in 65,536 packets; such a packet is then treated as
-//! partial, which costs nothing but the receiver's check of it (its checksum is recomputed
-//! where one is needed, and never made wrong).
+//! leaves through a device that cannot. AF_XDP hands kxdp the bytes without the skb's
+//! checksum state, so kxdp does not ask what the field holds: the pipeline leaves the checksum
+//! of every TCP packet, and every UDP datagram with a checksum, from a pod or the node's stack
+//! to the way out (`Frame::checksum_offload`). A packet a pod's stack checksummed in full (its
+//! veth without offload) is then handed on too, which spares a receiver on the node its check
+//! of bytes that never left the host's memory; packets from the uplink keep their checksums.
 //!
-//! On the way out, a partial checksum is either handed on as partial with AF_XDP TX metadata
-//! ([`prepare`] writes the pseudo-header sum of the packet as it leaves, after NAT; the
+//! On the way out, [`prepare`] writes the pseudo-header sum of the packet as it leaves (after
+//! NAT, inside VXLAN), and the worker hands the checksum on with AF_XDP TX metadata (the
 //! descriptor's metadata says where the checksum starts and lies), which the kernel turns into
-//! `CHECKSUM_PARTIAL` again, or completed here ([`completed`]) where the socket has no
-//! metadata. Software segmentation computes every segment's checksum anyway; fragmentation
-//! needs the whole datagram's checksum first, so it is completed before.
+//! `CHECKSUM_PARTIAL` again, or, where the socket has no metadata, completes it here
+//! ([`completed`]). Software segmentation computes every segment's checksum anyway;
+//! fragmentation needs the whole datagram's checksum first, so it is completed before.
 
 use crate::flow::proto;
 use crate::wire::checksum::{add_at, fold, pseudo_header, sum};
@@ -55,25 +56,6 @@ fn pseudo_sum(ip: &[u8]) -> u16 {
     let total = u16::from_be_bytes([ip[2], ip[3]]);
     let l4_len = total.saturating_sub(IPV4_HEADER_LEN as u16);
     !fold(pseudo_header(addr(12), addr(16), ip[9], l4_len))
-}
-
-/// Whether the TCP or UDP packet whose IPv4 header (no options) is at `l3` in `frame`, its L4
-/// header complete there, carries a partial checksum. False for other protocols, for a UDP
-/// datagram without a checksum (zero), and for bytes that do not reach the field.
-#[inline]
-pub fn is_partial(frame: &[u8], l3: usize) -> bool {
-    let Some(ip) = frame.get(l3..l3 + IPV4_HEADER_LEN) else {
-        return false;
-    };
-    let Some(at) = field_offset(ip[9]) else {
-        return false;
-    };
-    let at = l3 + IPV4_HEADER_LEN + at;
-    let Some(field) = frame.get(at..at + 2) else {
-        return false;
-    };
-    let field = u16::from_be_bytes([field[0], field[1]]);
-    field != 0 && field == pseudo_sum(ip)
 }
 
 /// Ready the packet whose L4 header is at `l4` in `first` (the frame's first buffer, which
@@ -147,26 +129,6 @@ mod tests {
     }
 
     #[test]
-    fn a_pseudo_header_sum_in_the_field_is_partial_and_a_complete_checksum_is_not() {
-        let tcp = tcp_frame(&TcpSpec::default(), &payload(1000, 1));
-        let udp = udp_frame(Default::default(), &payload(300, 2));
-        for full in [tcp, udp] {
-            assert!(!is_partial(&full, 14));
-            assert!(is_partial(&made_partial(full.clone()), 14));
-        }
-        // UDP without a checksum is not partial, whatever the pseudo header sums to.
-        let mut none = made_partial(udp_frame(Default::default(), &payload(300, 2)));
-        none[40..42].copy_from_slice(&[0, 0]);
-        assert!(!is_partial(&none, 14));
-        // Cut short before the field, or another protocol: not partial.
-        let p = made_partial(tcp_frame(&TcpSpec::default(), b""));
-        assert!(!is_partial(&p[..50], 14));
-        let mut icmp = p.clone();
-        icmp[23] = proto::ICMP;
-        assert!(!is_partial(&icmp, 14));
-    }
-
-    #[test]
     fn prepared_then_completed_in_pieces_gives_the_checksum_of_the_packet_as_it_leaves() {
         let mut rng = fastrand::Rng::with_seed(0x9a27);
         for case in 0..300u64 {
@@ -182,12 +144,16 @@ mod tests {
             h.destination = [10, 96, 0, rng.u8(1..255)];
             h.header_checksum = h.calc_header_checksum();
             frame[14..34].copy_from_slice(&h.to_bytes());
-            assert!(!is_partial(&frame, 14), "stale");
             // Ethernet padding after the packet is not summed.
             frame.extend_from_slice(&[0xee; 3]);
             let req = prepare(&mut frame, 34).unwrap();
             assert_eq!(req.start, 34);
-            assert!(is_partial(&frame, 14), "prepared is partial again");
+            let field = u16::from_be_bytes([frame[req.field()], frame[req.field() + 1]]);
+            assert_eq!(
+                field,
+                pseudo_sum(&frame[14..34]),
+                "the pseudo-header sum written"
+            );
             // In pieces of any length, the first holding every header.
             let mut cuts = vec![rng.usize(60..700)];
             for _ in 0..rng.usize(0..5) {

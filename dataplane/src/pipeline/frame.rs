@@ -14,9 +14,8 @@
 /// the way out ([`Split`]: TCP segmentation, IPv4 fragmentation), for a frame larger than the
 /// link it leaves on.
 ///
-/// A TCP or UDP packet whose checksum its sender left for offload (the field holds only the
-/// pseudo-header sum: see `offload::partial`) is marked so ([`Frame::partial_checksum`]), for
-/// the caller to have the checksum completed on the way out.
+/// A TCP or UDP packet whose checksum is to be left to the way out (a pod's or the node's: see
+/// `offload::partial`) is marked so ([`Frame::checksum_offload`]), the mark on its L4 header.
 #[derive(Debug)]
 pub struct Frame<'a> {
     buf: &'a mut [u8],
@@ -29,9 +28,10 @@ pub struct Frame<'a> {
     split_mtu: u16,
     /// [`SPLIT`], [`SPLIT_VXLAN`].
     flags: u8,
-    /// Offset of the L4 header from the frame's start when its checksum is partial, else 0
-    /// (an L4 header is never at the start). Moves with the start ([`Frame::push_head`]).
-    partial_l4: u8,
+    /// Offset of the L4 header from the frame's start when its checksum is left to the way
+    /// out, else 0 (an L4 header is never at the start). Moves with the start
+    /// ([`Frame::push_head`]).
+    offload_l4: u8,
 }
 
 /// [`Frame::flags`]: the frame is to be cut ([`Frame::split`]).
@@ -64,7 +64,7 @@ impl<'a> Frame<'a> {
             tail: 0,
             split_mtu: 0,
             flags: 0,
-            partial_l4: 0,
+            offload_l4: 0,
         })
     }
 
@@ -106,18 +106,20 @@ impl<'a> Frame<'a> {
     }
 
     /// Where the (innermost) L4 header starts, as an offset from the frame's first byte, when
-    /// the packet's TCP or UDP checksum holds only the pseudo-header sum: its sender left the
-    /// rest to be completed on the way out. `None` for a complete checksum, or none.
+    /// the packet's TCP or UDP checksum is left to the way out: written there as the
+    /// pseudo-header sum of the packet as it leaves and completed downstream
+    /// (`offload::partial`), whatever the field held on the way in. `None`: the field is kept,
+    /// and kept right through NAT.
     #[inline]
-    pub fn partial_checksum(&self) -> Option<usize> {
-        (self.partial_l4 != 0).then_some(usize::from(self.partial_l4))
+    pub fn checksum_offload(&self) -> Option<usize> {
+        (self.offload_l4 != 0).then_some(usize::from(self.offload_l4))
     }
 
-    /// Mark the checksum of the L4 header at `l4` partial, or (`None`) complete. An offset
-    /// past 255 bytes, which no header stack kxdp handles reaches, is not recorded.
+    /// Leave the checksum of the L4 header at `l4` to the way out, or (`None`) keep it. An
+    /// offset past 255 bytes, which no header stack kxdp handles reaches, is not recorded.
     #[inline]
-    pub fn set_partial_checksum(&mut self, l4: Option<usize>) {
-        self.partial_l4 = l4.and_then(|l4| u8::try_from(l4).ok()).unwrap_or(0);
+    pub fn set_checksum_offload(&mut self, l4: Option<usize>) {
+        self.offload_l4 = l4.and_then(|l4| u8::try_from(l4).ok()).unwrap_or(0);
     }
 
     /// Offset of the first byte in the buffer.
@@ -158,8 +160,8 @@ impl<'a> Frame<'a> {
         let n = n as u32;
         self.head -= n;
         self.len += n;
-        if self.partial_l4 != 0 {
-            self.partial_l4 = u8::try_from(u32::from(self.partial_l4) + n).unwrap_or(0);
+        if self.offload_l4 != 0 {
+            self.offload_l4 = u8::try_from(u32::from(self.offload_l4) + n).unwrap_or(0);
         }
         true
     }
@@ -173,7 +175,7 @@ impl<'a> Frame<'a> {
         let n = n as u32;
         self.head += n;
         self.len -= n;
-        self.partial_l4 = u32::from(self.partial_l4)
+        self.offload_l4 = u32::from(self.offload_l4)
             .checked_sub(n)
             .filter(|l4| *l4 > 0)
             .map_or(0, |l4| l4 as u8);
@@ -263,17 +265,17 @@ mod tests {
     }
 
     #[test]
-    fn a_partial_checksum_moves_with_the_start_and_leaves_with_its_header() {
+    fn the_checksum_mark_moves_with_the_start_and_leaves_with_its_header() {
         let mut buf = [0u8; 400];
         let mut f = Frame::new(&mut buf, 100, 100).unwrap();
-        assert_eq!(f.partial_checksum(), None);
-        f.set_partial_checksum(Some(34));
+        assert_eq!(f.checksum_offload(), None);
+        f.set_checksum_offload(Some(34));
         f.set_split(Split {
             mtu: 1500,
             vxlan: true,
         });
         assert!(f.push_head(50), "VXLAN encapsulation");
-        assert_eq!(f.partial_checksum(), Some(84));
+        assert_eq!(f.checksum_offload(), Some(84));
         assert_eq!(
             f.split(),
             Some(Split {
@@ -282,13 +284,13 @@ mod tests {
             })
         );
         assert!(f.pull_head(50));
-        assert_eq!(f.partial_checksum(), Some(34));
+        assert_eq!(f.checksum_offload(), Some(34));
         assert!(f.pull_head(34), "the L4 header now starts the frame");
-        assert_eq!(f.partial_checksum(), None);
-        f.set_partial_checksum(Some(300));
-        assert_eq!(f.partial_checksum(), None, "past what is recorded");
-        f.set_partial_checksum(Some(250));
+        assert_eq!(f.checksum_offload(), None);
+        f.set_checksum_offload(Some(300));
+        assert_eq!(f.checksum_offload(), None, "past what is recorded");
+        f.set_checksum_offload(Some(250));
         assert!(f.push_head(10));
-        assert_eq!(f.partial_checksum(), None, "pushed past what is recorded");
+        assert_eq!(f.checksum_offload(), None, "pushed past what is recorded");
     }
 }

@@ -176,7 +176,7 @@ fn build_error(
     let ok = frame.set_len(len);
     debug_assert!(ok);
     // The quote keeps the packet's checksum as it was; the error's own is complete.
-    frame.set_partial_checksum(None);
+    frame.set_checksum_offload(None);
     let d = frame.data_mut();
     let ip = &mut d[l3..l3 + IPV4_HEADER_LEN];
     ip.copy_from_slice(&[

@@ -186,8 +186,13 @@ pub fn process_batch(
         for (p, stage) in chunk.iter_mut().zip(stages.iter_mut()) {
             *stage = ingress(&ctx, &mut p.frame, p.ingress);
             if let Stage::Ipv4(meta, origin, plan) = stage {
-                if crate::offload::partial::is_partial(p.frame.data(), meta.l3) {
-                    p.frame.set_partial_checksum(Some(meta.l4()));
+                // A pod's and the node's TCP and UDP checksums are left to the way out, as
+                // their stacks leave them to the device (`offload::partial`); a datagram sent
+                // without a checksum keeps none.
+                if matches!(origin, Origin::Pod | Origin::Host)
+                    && parse::has_l4_checksum(p.frame.data(), meta)
+                {
+                    p.frame.set_checksum_offload(Some(meta.l4()));
                 }
                 *plan = nat::plan(&ctx, meta, *origin);
                 if plan.track {

@@ -90,6 +90,18 @@ impl Ipv4Meta {
     }
 }
 
+/// Whether the packet `meta` describes is TCP, or UDP with a checksum (a zero field: none).
+#[inline(always)]
+pub(crate) fn has_l4_checksum(frame: &[u8], meta: &Ipv4Meta) -> bool {
+    match meta.key.proto {
+        proto::TCP => true,
+        proto::UDP => frame
+            .get(meta.l4() + 6..meta.l4() + 8)
+            .is_some_and(|c| c != [0, 0]),
+        _ => false,
+    }
+}
+
 /// A big-endian 16-bit field at `at`.
 #[inline(always)]
 pub(crate) fn be16(b: &[u8], at: usize) -> u16 {

@@ -767,15 +767,8 @@ impl Worker {
         let own = &descs[usize::from(out.start)..usize::from(out.start + out.count)];
         // Segments get checksums of their own; fragments carry the datagram's, so one left to
         // the way out is completed first. The pieces are complete either way.
-        if let Some(req) = out.csum.take() {
-            // The IPv4 protocol byte, in the first buffer (`prepare` found the header there).
-            let proto = self.ports[i]
-                .1
-                .frame(own[0])
-                .get(usize::from(req.start) - 11);
-            if proto != Some(&kxdp_dataplane::flow::proto::TCP) {
-                self.complete_checksum(i, own, req);
-            }
+        if let Some(req) = out.csum.take().filter(|req| !req.tcp()) {
+            self.complete_checksum(i, own, req);
         }
         let port = &self.ports[i].1;
         let mut pieces: ArrayVec<&[u8], MAX_FRAME_DESCS> = ArrayVec::new();

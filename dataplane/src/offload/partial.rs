@@ -34,16 +34,24 @@ pub struct ChecksumRequest {
 }
 
 impl ChecksumRequest {
+    /// Whether the checksum is TCP's (else UDP's), as its place in the header says.
+    pub fn tcp(&self) -> bool {
+        usize::from(self.offset) == TCP_FIELD
+    }
+
     /// Offset of the checksum field in the frame.
     pub fn field(&self) -> usize {
         usize::from(self.start) + usize::from(self.offset)
     }
 }
 
+/// Offset of the checksum field in a TCP header.
+const TCP_FIELD: usize = 16;
+
 /// Offset of the checksum field in an L4 header of protocol `protocol`, for TCP and UDP.
 fn field_offset(protocol: u8) -> Option<usize> {
     match protocol {
-        proto::TCP => Some(16),
+        proto::TCP => Some(TCP_FIELD),
         proto::UDP => Some(6),
         _ => None,
     }

@@ -73,12 +73,17 @@ fn large_frames_cross_a_node_whole() {
         (0.9 * frames..=1.1 * frames + 10.0).contains(&sent),
         "{frames} frames received, {sent} counted as sent"
     );
-    // Every buffer of every frame went back to the free list or to a ring: once the stream is
-    // over, the worker's census (once a second) finds none in its hands.
+    // Every buffer of every frame went back to the free list or to a ring.
+    assert_no_chunk_held(&c, 0, "a stream of large frames");
+}
+
+/// Once a stream is over, the worker of node `node` holds no UMEM chunk: its census (once a
+/// second) finds every one on the free list or in a ring.
+fn assert_no_chunk_held(c: &AgentCluster, node: usize, after: &str) {
     let mut census = String::new();
     let settled = kxdp_tests::cluster::eventually(Duration::from_secs(5), || {
         census = c
-            .metrics_get(0, "/metrics", Duration::from_secs(5))
+            .metrics_get(node, "/metrics", Duration::from_secs(5))
             .map(|(_, m)| m)
             .unwrap_or_default();
         let chunks = |place: &str| {
@@ -91,7 +96,7 @@ fn large_frames_cross_a_node_whole() {
     });
     assert!(
         settled,
-        "UMEM chunks lost after a stream of large frames:\n{}",
+        "UMEM chunks lost after {after}:\n{}",
         census
             .lines()
             .filter(|l| l.starts_with("kxdp_worker_umem_chunks"))
@@ -206,6 +211,49 @@ fn large_frames_are_cut_for_the_tunnel_and_merged_for_the_pod() {
         "an 8000-byte ping fragmented by kxdp both ways:\n{}",
         c.log(0)
     );
+}
+
+/// At an underlay MTU of 9000 every segment from the tunnel is larger than a UMEM chunk: each
+/// reaches the worker in three buffers, and those are merged for the pod as single-buffer
+/// segments are, into frames of up to 18 buffers.
+#[test]
+fn jumbo_segments_from_the_tunnel_are_merged_for_the_pod() {
+    if skip_unless_privileged("jumbo_segments_from_the_tunnel_are_merged_for_the_pod") {
+        return;
+    }
+    let mut c = AgentCluster::build(DEMO_MANIFEST, &DEMO_PODS).expect("the cluster builds");
+    c.tb.set_underlay_mtu(9000).expect("underlay MTU");
+    c.tb.set_kxdp_pod_mtu(POD_MTU).expect("pod MTU");
+    c.start(120, &["--pod-mtu", &POD_MTU.to_string()])
+        .expect("the agents start");
+    let (client, web) = (c.pod("client-a"), c.pod("web-b"));
+    let metrics = || {
+        c.metrics_get(1, "/metrics", Duration::from_secs(5))
+            .expect("metrics")
+            .1
+    };
+    let _server = IperfServer::start(&web.ns, 5201);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = metrics();
+    let bytes = iperf(&client.ns, &web.ip.to_string(), 5201, false);
+    let after = metrics();
+    let delta = |name: &str| metric(&after, name) - metric(&before, name);
+    let from_tunnel = delta("kxdp_interface_rx_frames_total{interface=\"uplink\",worker=\"0\"}");
+    let merged = delta("kxdp_worker_merged_frames_total{worker=\"0\"}");
+    let to_pod = delta("kxdp_worker_tx_frames_total{worker=\"0\"}");
+    eprintln!(
+        "iperf3 TCP across a 9000-byte underlay: {bytes} bytes; node B took {from_tunnel} \
+         frames from the tunnel, merged {merged}, sent {to_pod}"
+    );
+    assert!(bytes > 10_000_000, "iperf3 TCP: {bytes} bytes");
+    // Most of the stream's segments were merged, so the pod got fewer, larger frames.
+    assert!(
+        merged > 0.5 * from_tunnel && to_pod < 0.7 * from_tunnel,
+        "{from_tunnel} jumbo frames from the tunnel, {merged} merged, {to_pod} sent"
+    );
+    assert_eq!(tcp_checksum_errors(&web.ns), 0, "TCP checksum errors");
+    // Every chunk of every merged frame came back with its transmit's completion.
+    assert_no_chunk_held(&c, 1, "merging jumbo frames");
 }
 
 /// A kxdp node (the default topology's node A) whose pod has a 64 KiB MTU beside a flannel

@@ -20,6 +20,7 @@ use arrayvec::ArrayVec;
 use kxdp_dataplane::conntrack::Conntrack;
 use kxdp_dataplane::offload::{
     self, ChecksumRequest, Coalescer, Encap, Fragmented, GroLimits, GsoBuf, OffloadError, Segments,
+    Tail,
 };
 use kxdp_dataplane::pipeline::CHUNK as BATCH;
 use kxdp_dataplane::tables::{InterfaceId, InterfaceRole};
@@ -661,7 +662,7 @@ impl Worker {
             let mut fates = [Fate::Alone; BATCH];
             let limits = GroLimits {
                 max_ip_len: usize::from(snap.node.pod_mtu),
-                max_segments: MAX_FRAME_DESCS,
+                max_buffers: MAX_FRAME_DESCS,
             };
             merged = coalesce_to_pods(
                 gro,
@@ -670,7 +671,6 @@ impl Worker {
                 limits,
                 &descs,
                 &frames,
-                chunk_mask,
                 built,
                 &mut fates,
             );
@@ -1000,12 +1000,14 @@ fn trim(
 /// `offload::coalesce`), so a stream arriving in MTU-sized segments reaches the pod as large
 /// frames. A merged run leaves as one multi-buffer frame, built without copying: its first
 /// frame whole (headers rewritten in place), then each other segment's payload where it lies
-/// in its own chunk; its chain goes to `built`, the head's fate becomes [`Fate::Heads`] and
-/// the others' [`Fate::Merged`].
+/// in its own chunks; its chain goes to `built`, the head's fate becomes [`Fate::Heads`] and
+/// the others' [`Fate::Merged`]. Every chunk of every merged frame is in the chain once, so
+/// each comes back with the transmit's completion.
 ///
-/// Only single-buffer TCP frames of some size leaving whole for a pod are looked at (a batch of
-/// small packets never reaches the coalescer), and a run is merged only while `built` has room
-/// for its chain.
+/// Only TCP frames of some size (in the first buffer: a batch of small packets never reaches
+/// the coalescer) leaving whole for a pod are looked at, of one buffer or several (jumbo frames
+/// from a 9000-byte underlay take three 4 KiB chunks); a run stays within `limits`' buffers and
+/// is merged only while `built` has room for its chain.
 #[allow(clippy::too_many_arguments)]
 fn coalesce_to_pods(
     gro: &mut Coalescer<BATCH>,
@@ -1014,7 +1016,6 @@ fn coalesce_to_pods(
     limits: GroLimits,
     descs: &[Desc],
     frames: &[(u16, u16)],
-    chunk_mask: u64,
     built: &mut Vec<Desc>,
     fates: &mut [Fate; BATCH],
 ) -> usize {
@@ -1026,7 +1027,6 @@ fn coalesce_to_pods(
             let d = p.frame.data();
             d.len() >= MIN_LEN
                 && d[23] == kxdp_dataplane::flow::proto::TCP
-                && p.frame.tail() == 0
                 && p.frame.split().is_none()
                 && p.frame.checksum_offload().is_none()
                 && matches!(snap.interface_role(iface), Some(InterfaceRole::Pod { .. }))
@@ -1051,40 +1051,55 @@ fn coalesce_to_pods(
         if members.len() < 2 {
             continue;
         }
+        // Each member's descriptors (trimmed to the frame the pipeline left).
+        let own = |m: usize| {
+            let (start, count) = frames[members[m]];
+            &descs[usize::from(start)..usize::from(start + count)]
+        };
         let mut bytes: ArrayVec<&[u8], BATCH> = ArrayVec::new();
         bytes.extend(members.iter().map(|&k| packets[k].frame.data()));
-        if gro.coalesce(&bytes, limits).is_err() {
+        let tail = |m: usize| Tail {
+            len: packets[members[m]].frame.tail(),
+            buffers: own(m).len() - 1,
+        };
+        if gro.coalesce_chained(&bytes, tail, limits).is_err() {
             continue;
         }
         drop(bytes);
         let runs = gro.runs();
-        // Where each member's bytes start in the UMEM.
-        let mut at: ArrayVec<u64, BATCH> = ArrayVec::new();
-        at.extend(members.iter().map(|&k| {
-            (descs[usize::from(frames[k].0)].addr & chunk_mask) + packets[k].frame.head() as u64
-        }));
         for run in runs.iter().filter(|r| r.is_merged()) {
             let slices = gro.slices(run);
-            if built.capacity() - built.len() < slices.len() + 1 {
+            let needed =
+                own(run.first).len() + slices.iter().map(|s| own(s.frame).len()).sum::<usize>();
+            if built.capacity() - built.len() < needed {
                 break;
             }
             let head = members[run.first];
             run.rewrite_first(packets[head].frame.data_mut());
             let start = built.len();
-            built.push(Desc {
-                addr: at[run.first],
-                len: run.first_len as u32,
-                more: true,
-                metadata: false,
-            });
+            match own(run.first) {
+                // Ethernet padding cut.
+                [one] => built.push(Desc {
+                    len: run.first_len as u32,
+                    ..*one
+                }),
+                chain => built.extend_from_slice(chain),
+            }
             for s in slices {
+                // The payload from its offset in the first buffer, then the further buffers
+                // whole (the coalescer merges a chained frame only where its payload starts
+                // in the first buffer and its packet ends with the last).
+                let (first, rest) = own(s.frame).split_first().expect("a frame has a buffer");
                 built.push(Desc {
-                    addr: at[s.frame] + s.offset as u64,
-                    len: s.len as u32,
-                    more: true,
-                    metadata: false,
+                    addr: first.addr + s.offset as u64,
+                    len: (s.len - rest.iter().map(|d| d.len as usize).sum::<usize>()) as u32,
+                    ..*first
                 });
+                built.extend_from_slice(rest);
                 fates[members[s.frame]] = Fate::Merged;
+            }
+            for d in &mut built[start..] {
+                d.more = true;
             }
             if let Some(last) = built.last_mut() {
                 last.more = false;

@@ -2,7 +2,9 @@
 //! one large frame, with the rules of Linux's `tcp_gro_receive` and `inet_gro_receive`.
 //!
 //! [`Coalescer::coalesce`] takes the frames of a batch headed for one pod (single-buffer
-//! Ethernet frames, each a few KiB at most) and splits the batch into [`Run`]s: every frame
+//! Ethernet frames, each a few KiB at most; [`Coalescer::coalesce_chained`] takes frames that
+//! go on in further buffers, as a jumbo frame in 4 KiB chunks does, every header in the first)
+//! and splits the batch into [`Run`]s: every frame
 //! belongs to exactly one run, a run is either one frame sent as it is or a TCP segment
 //! followed by the segments merged into it, and the runs come in the order of their first
 //! frames. Up to [`MAX_OPEN_FLOWS`] flows are merged at once, so interleaved streams coalesce
@@ -18,8 +20,8 @@
 //!   data offset, window and option bytes, the same flags but for CWR, PSH and FIN, and CWR
 //!   clear (a segment with CWR starts a run of its own);
 //! - its payload is not empty and not longer than the first segment's; the merged IPv4
-//!   total length stays within [`GroLimits::max_ip_len`] and the run within
-//!   [`GroLimits::max_segments`].
+//!   total length stays within [`GroLimits::max_ip_len`] and the run's buffers within
+//!   [`GroLimits::max_buffers`].
 //!
 //! A segment with less payload than the first, or with PSH, FIN, URG, RST or SYN, ends the run
 //! it joins; one that cannot join any run and has no payload or one of those flags is sent
@@ -42,8 +44,9 @@
 //! over the merged frame).
 //!
 //! Nothing is copied: the caller rewrites the first frame's headers in place
-//! ([`Run::rewrite_first`]) and chains each [`PayloadSlice`] after it as a further buffer of a
-//! multi-buffer frame; [`Coalescer::write_merged`] does the same into one contiguous buffer.
+//! ([`Run::rewrite_first`]) and chains each [`PayloadSlice`] after it as further buffers of a
+//! multi-buffer frame (a slice of a chained frame goes on in that frame's further buffers);
+//! [`Coalescer::write_merged`] does the same into one contiguous buffer.
 
 use super::headers::{addr, be16, ipv4_checksum, put16, IP_DF};
 use crate::flow::proto;
@@ -68,17 +71,18 @@ pub struct GroLimits {
     /// The largest merged IPv4 total length (at most 65535, which the kernel's default
     /// `gro_max_size` of 64 KiB allows).
     pub max_ip_len: usize,
-    /// The most segments in one run: each is one buffer of the merged frame, and AF_XDP's
-    /// copy-mode transmit takes at most `MAX_SKB_FRAGS + 1` buffers per frame (18 with the
-    /// default kernel configuration; more and the frame is dropped with `EOVERFLOW`).
-    pub max_segments: usize,
+    /// The most buffers in one merged frame: a segment adds its buffers (one, for a
+    /// single-buffer frame), and AF_XDP's copy-mode transmit takes at most `MAX_SKB_FRAGS + 1`
+    /// buffers per frame (18 with the default kernel configuration; more and the frame is
+    /// dropped with `EOVERFLOW`).
+    pub max_buffers: usize,
 }
 
 impl GroLimits {
-    /// The kernel's own limits: 64 KiB less one byte of IPv4, any number of segments.
+    /// The kernel's own limits: 64 KiB less one byte of IPv4, any number of buffers.
     pub const KERNEL: GroLimits = GroLimits {
         max_ip_len: 65535,
-        max_segments: usize::MAX,
+        max_buffers: usize::MAX,
     };
 }
 
@@ -89,7 +93,8 @@ impl Default for GroLimits {
 }
 
 /// Payload to chain after a run's first frame: `len` bytes at `offset` in frame `frame` (an
-/// index into the batch given to [`Coalescer::coalesce`]).
+/// index into the batch given to [`Coalescer::coalesce`]), going on into the frame's further
+/// buffers where it has some.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PayloadSlice {
     /// Index of the frame in the batch.
@@ -100,6 +105,20 @@ pub struct PayloadSlice {
     pub len: usize,
 }
 
+/// What follows a frame's first buffer in a multi-buffer frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tail {
+    /// Bytes in the further buffers.
+    pub len: usize,
+    /// How many further buffers.
+    pub buffers: usize,
+}
+
+impl Tail {
+    /// A single-buffer frame's.
+    pub const NONE: Tail = Tail { len: 0, buffers: 0 };
+}
+
 /// Frames of a batch that leave as one: frame `first`, followed by `segments - 1` payload
 /// slices when merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,8 +127,8 @@ pub struct Run {
     pub first: usize,
     /// How many frames the run merges; 1 means frame `first` goes as it is.
     pub segments: usize,
-    /// Bytes of frame `first` to send: its headers and payload, Ethernet padding cut when
-    /// merged; the whole frame otherwise.
+    /// Bytes of frame `first` to send (in all its buffers): its headers and payload,
+    /// Ethernet padding cut when merged; the whole frame otherwise.
     pub first_len: usize,
     /// Bytes of headers (Ethernet, IPv4, TCP with options) of frame `first`, when merged.
     pub header_len: usize,
@@ -179,9 +198,12 @@ struct Segment {
 }
 
 impl Segment {
-    /// The frame as a TCP segment this module can merge, or `None`.
+    /// The frame whose first buffer is `f`, followed by `tail`, as a TCP segment this module
+    /// can merge, or `None`. A chained frame must end where its IPv4 packet does (no padding
+    /// to cut in a further buffer), and its first buffer must hold its headers and the start
+    /// of its payload.
     #[inline]
-    fn parse(f: &[u8]) -> Option<Segment> {
+    fn parse(f: &[u8], tail: Tail) -> Option<Segment> {
         if f.len() < L4 + TCP_MIN_HEADER_LEN
             || be16(f, 12) != 0x0800
             || f[L3] != 0x45
@@ -193,14 +215,19 @@ impl Segment {
         let flags_offset = be16(f, L3 + 6);
         // MF, a fragment offset or the reserved bit: the kernel flushes these too. So it does
         // a header with a bad checksum, which must not be blessed with a fresh one.
-        if flags_offset & !IP_DF != 0
-            || L3 + ip_len > f.len()
-            || checksum::checksum(&f[L3..L4]) != 0
-        {
+        let whole = if tail.len == 0 {
+            L3 + ip_len <= f.len()
+        } else {
+            L3 + ip_len == f.len() + tail.len
+        };
+        if flags_offset & !IP_DF != 0 || !whole || checksum::checksum(&f[L3..L4]) != 0 {
             return None;
         }
         let thl = usize::from(f[L4 + 12] >> 4) * 4;
-        if thl < TCP_MIN_HEADER_LEN || IPV4_HEADER_LEN + thl > ip_len {
+        if thl < TCP_MIN_HEADER_LEN
+            || IPV4_HEADER_LEN + thl > ip_len
+            || (tail.len > 0 && L4 + thl >= f.len())
+        {
             return None;
         }
         Some(Segment {
@@ -241,6 +268,8 @@ struct Open {
     fixed_id: bool,
     /// Segments so far.
     count: usize,
+    /// Buffers so far.
+    buffers: usize,
     /// The sequence number the next segment must have.
     next_seq: u32,
     /// Merged IPv4 total length so far.
@@ -272,6 +301,8 @@ pub struct Coalescer<const N: usize> {
     slices: [PayloadSlice; N],
     /// Each frame's payload, by frame index.
     payloads: [PayloadSlice; N],
+    /// Each frame's further buffers, by frame index.
+    tails: [Tail; N],
     /// The next frame of each frame's run, or `usize::MAX`.
     next: [usize; N],
     open: [Open; MAX_OPEN_FLOWS],
@@ -292,6 +323,7 @@ impl<const N: usize> Coalescer<N> {
             run_count: 0,
             slices: [PayloadSlice::default(); N],
             payloads: [PayloadSlice::default(); N],
+            tails: [Tail::NONE; N],
             next: [usize::MAX; N],
             open: [Open::default(); MAX_OPEN_FLOWS],
             open_count: 0,
@@ -307,6 +339,18 @@ impl<const N: usize> Coalescer<N> {
         frames: &[&[u8]],
         limits: GroLimits,
     ) -> Result<&[Run], BatchTooLarge> {
+        self.coalesce_chained(frames, |_| Tail::NONE, limits)
+    }
+
+    /// As [`Coalescer::coalesce`], for frames of which `frames` holds the first buffers and
+    /// `tail(i)` says what follows frame `i`'s (the payload slices then run on into those
+    /// buffers, and [`Run::first_len`] counts them).
+    pub fn coalesce_chained(
+        &mut self,
+        frames: &[&[u8]],
+        tail: impl Fn(usize) -> Tail,
+        limits: GroLimits,
+    ) -> Result<&[Run], BatchTooLarge> {
         if frames.len() > N {
             return Err(BatchTooLarge {
                 len: frames.len(),
@@ -317,8 +361,9 @@ impl<const N: usize> Coalescer<N> {
         self.open_count = 0;
         for (i, &f) in frames.iter().enumerate() {
             self.next[i] = usize::MAX;
-            let Some(seg) = Segment::parse(f) else {
-                self.alone(i, f.len());
+            self.tails[i] = tail(i);
+            let Some(seg) = Segment::parse(f, self.tails[i]) else {
+                self.alone(i, f.len() + self.tails[i].len);
                 continue;
             };
             self.payloads[i] = PayloadSlice {
@@ -359,7 +404,7 @@ impl<const N: usize> Coalescer<N> {
 
     /// Writes the frame `run` makes from the batch `frames` (the same as given to
     /// [`Coalescer::coalesce`]) into `out` as one contiguous frame; returns its length, or
-    /// `None` if `out` is too short.
+    /// `None` if `out` is too short or the run takes bytes of further buffers.
     pub fn write_merged(&self, run: &Run, frames: &[&[u8]], out: &mut [u8]) -> Option<usize> {
         let len = run.len();
         let out = out.get_mut(..len)?;
@@ -399,16 +444,16 @@ impl<const N: usize> Coalescer<N> {
 
     /// Frame `i` starts a run of its flow, or goes alone if it cannot be merged into.
     fn start(&mut self, i: usize, frames: &[&[u8]], seg: &Segment) {
-        let f = frames[i];
+        let (f, tail) = (frames[i], self.tails[i]);
         if seg.payload == 0 || seg.flags & FLUSH_FLAGS != 0 {
-            self.alone(i, f.len());
+            self.alone(i, f.len() + tail.len);
             return;
         }
         if self.open_count == MAX_OPEN_FLOWS {
             self.close(0, frames);
         }
         let run = self.run_count;
-        self.alone(i, f.len());
+        self.alone(i, f.len() + tail.len);
         self.open[self.open_count] = Open {
             run,
             head: i,
@@ -418,6 +463,7 @@ impl<const N: usize> Coalescer<N> {
             df: seg.df,
             fixed_id: false,
             count: 1,
+            buffers: 1 + tail.buffers,
             next_seq: seg.seq.wrapping_add(seg.payload as u32),
             ip_len: IPV4_HEADER_LEN + seg.thl + seg.payload,
             payload: seg.payload,
@@ -439,6 +485,7 @@ impl<const N: usize> Coalescer<N> {
     ) -> Merge {
         let open = &mut self.open[o];
         let (h, f) = (frames[open.head], frames[i]);
+        let buffers = 1 + self.tails[i].buffers;
         // IPv4: TOS, TTL, DF.
         if h[L3 + 1] != f[L3 + 1] || h[L3 + 8] != f[L3 + 8] || open.df != seg.df {
             return Merge::No;
@@ -469,7 +516,7 @@ impl<const N: usize> Coalescer<N> {
             || seg.payload > open.mss
             || seg.seq != open.next_seq
             || open.ip_len + seg.payload > limits.max_ip_len.min(65535)
-            || open.count >= limits.max_segments
+            || open.buffers + buffers > limits.max_buffers
         {
             return Merge::No;
         }
@@ -478,6 +525,7 @@ impl<const N: usize> Coalescer<N> {
         open.ip_len += seg.payload;
         open.next_seq = open.next_seq.wrapping_add(seg.payload as u32);
         open.count += 1;
+        open.buffers += buffers;
         open.flags_or |= seg.flags & (tcp_flags::PSH | tcp_flags::FIN);
         self.next[open.last] = i;
         open.last = i;
@@ -665,7 +713,7 @@ mod tests {
             &[(0, 45), (45, 5)],
         );
         let limits = GroLimits {
-            max_segments: 18,
+            max_buffers: 18,
             ..GroLimits::KERNEL
         };
         check(
@@ -678,6 +726,92 @@ mod tests {
             ..GroLimits::KERNEL
         };
         check(&default_stream(&[1000; 4]), limits, &[(0, 2), (2, 2)]);
+    }
+
+    /// Jumbo frames as a 4 KiB-chunk UMEM holds them: a first buffer of 3,840 bytes, then
+    /// buffers of 4,096.
+    #[test]
+    fn chained_frames_merge_within_the_buffer_limit() {
+        // 8,964-byte frames: 3,840 + 4,096 + 1,028, three buffers each.
+        let frames = default_stream(&[8898; 8]);
+        const FIRST: usize = 3840;
+        let firsts: Vec<&[u8]> = frames.iter().map(|f| &f[..FIRST]).collect();
+        let tail = |i: usize| {
+            let len = frames[i].len() - FIRST;
+            Tail {
+                len,
+                buffers: len.div_ceil(4096),
+            }
+        };
+        let limits = GroLimits {
+            max_buffers: 18,
+            ..GroLimits::KERNEL
+        };
+        let mut c = Coalescer::<64>::new();
+        let runs = c.coalesce_chained(&firsts, tail, limits).unwrap().to_vec();
+        // Seven would fit in 64 KiB of IPv4; 18 buffers take six.
+        let got: Vec<(usize, usize)> = runs.iter().map(|r| (r.first, r.segments)).collect();
+        assert_eq!(got, [(0, 6), (6, 2)]);
+        let mut contiguous = Coalescer::<64>::new();
+        let refs: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        let six = GroLimits {
+            max_buffers: 6,
+            ..GroLimits::KERNEL
+        };
+        let same = contiguous.coalesce(&refs, six).unwrap();
+        for (k, run) in runs.iter().enumerate() {
+            // The run's bytes gathered from each frame's buffers, as the worker chains them.
+            let mut merged = frames[run.first][..run.first_len].to_vec();
+            run.rewrite_first(&mut merged);
+            for s in c.slices(run) {
+                merged.extend_from_slice(&frames[s.frame][s.offset..s.offset + s.len]);
+            }
+            assert_eq!(merged.len(), run.len(), "run {k}");
+            let v = verify(&merged, false, &format!("run {k}"));
+            let want: Vec<u8> = (run.first..run.first + run.segments)
+                .flat_map(|f| verify(&frames[f], false, "segment").payload.to_vec())
+                .collect();
+            assert_eq!(v.payload, want, "run {k} payload");
+            assert_eq!(
+                *run,
+                Run {
+                    slices_at: run.slices_at,
+                    ..same[k]
+                },
+                "run {k} as merged whole"
+            );
+            // The first buffers alone do not hold it.
+            let mut out = vec![0; run.len()];
+            assert_eq!(c.write_merged(run, &firsts, &mut out), None);
+        }
+        // A chained frame that goes on past its packet (padding in a further buffer), or whose
+        // payload does not start in its first buffer, goes alone.
+        let padded = |i: usize| Tail {
+            len: tail(i).len + 4,
+            ..tail(i)
+        };
+        let alone: Vec<(usize, usize)> = (0..8).map(|i| (i, 1)).collect();
+        let got = c.coalesce_chained(&firsts, padded, limits).unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|r| (r.first, r.segments))
+                .collect::<Vec<_>>(),
+            alone
+        );
+        for first in [60, 66] {
+            let short: Vec<&[u8]> = frames.iter().map(|f| &f[..first]).collect();
+            let rest = |i: usize| Tail {
+                len: frames[i].len() - first,
+                buffers: 3,
+            };
+            let got = c.coalesce_chained(&short, rest, GroLimits::KERNEL).unwrap();
+            let got: Vec<(usize, usize)> = got.iter().map(|r| (r.first, r.segments)).collect();
+            assert_eq!(got, alone, "first buffers of {first} bytes");
+            assert!(c
+                .runs()
+                .iter()
+                .all(|r| r.first_len == frames[r.first].len()));
+        }
     }
 
     #[test]

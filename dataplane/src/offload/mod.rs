@@ -80,8 +80,8 @@
 //! - Every output frame goes into one buffer of [`Segments::max_frame_len`] (or
 //!   [`Fragments::max_frame_len`]) bytes. With chunks smaller than the uplink's MTU plus the
 //!   Ethernet header, pass a smaller MTU: smaller segments are still correct.
-//! - A merged run is `segments` buffers on transmit; AF_XDP's copy mode takes at most
-//!   `MAX_SKB_FRAGS + 1` (18 by default) per frame, so set [`GroLimits::max_segments`] to what
+//! - A merged run is its segments' buffers on transmit; AF_XDP's copy mode takes at most
+//!   `MAX_SKB_FRAGS + 1` (18 by default) per frame, so set [`GroLimits::max_buffers`] to what
 //!   the transmit path takes.
 //! - The errors map to drop reasons where the pipeline counts them; `OutOfBuffers` is the
 //!   worker's own shortage, not the packet's fault.
@@ -96,7 +96,7 @@ pub mod partial;
 mod pieces;
 pub mod segment;
 
-pub use coalesce::{BatchTooLarge, Coalescer, GroLimits, PayloadSlice, Run, MAX_OPEN_FLOWS};
+pub use coalesce::{BatchTooLarge, Coalescer, GroLimits, PayloadSlice, Run, Tail, MAX_OPEN_FLOWS};
 pub use fragment::{fragment, FragmentPlan, Fragmented, Fragments};
 pub use gso::GsoBuf;
 pub use partial::ChecksumRequest;

@@ -466,10 +466,16 @@ fn wire(t: &Topology) -> std::io::Result<()> {
         .zip(&other)
         .flat_map(|(a, b)| [a.clone(), b.clone()])
         .collect();
-    let gro = |sel: u8, max_ip_len: u16, max_segments: u16, frames: &[Vec<u8>]| {
-        wire_input(sel, max_ip_len - 20, max_segments, 0, &[], &records(frames))
+    let gro = |sel: u8, max_ip_len: u16, max_buffers: u16, frames: &[Vec<u8>]| {
+        wire_input(sel, max_ip_len - 20, max_buffers, 0, &[], &records(frames))
     };
     write("wire", "coalesce", &gro(COALESCE, 65535, 0, &stream))?;
+    // Each segment's first 320 bytes in a buffer of their own, the rest in another.
+    write(
+        "wire",
+        "coalesce_chained",
+        &wire_input(COALESCE, 65535 - 20, 6, 20, &[], &records(&stream)),
+    )?;
     write("wire", "coalesce_limits", &gro(COALESCE, 2000, 2, &stream))?;
     write(
         "wire",

@@ -12,7 +12,9 @@
 //! - **coalesce**: every frame of the batch is in exactly one run, runs come in the order of
 //!   their first frames, no merged run exceeds the limits, and each run's frame is written
 //!   whole; a merged frame has a correct IPv4 checksum, and a correct TCP checksum when each
-//!   of its segments had one.
+//!   of its segments had one. The same with each frame's first bytes in a first buffer and
+//!   the rest in further ones (`coalesce_chained`): a slice of a chained frame starts in its
+//!   first buffer and ends with the frame, as the worker chains it.
 //! - **vxlan**: `VxlanPacket::new_checked` accepts exactly the buffers that hold a header,
 //!   `VxlanRepr::parse` exactly the headers a conforming sender emits, and emitting the parsed
 //!   header gives its bytes back.
@@ -28,13 +30,14 @@
 //! - `[1..3]`: the MTU, 68 to 9000 (segment, fragment), or the coalescer's largest IPv4
 //!   length, 20 to 65535;
 //! - `[3..5]`: a peer's MSS for `Segments::limit_mss` (0: none), or the coalescer's largest
-//!   run in segments (0: no limit);
-//! - `[5]`: extra bytes on every buffer the sink hands out, and the dry sink's frame count.
+//!   run in buffers (0: no limit);
+//! - `[5]`: extra bytes on every buffer the sink hands out, and the dry sink's frame count; or
+//!   (coalesce) 16 times the bytes of each frame's first buffer (0: frames whole).
 #![no_main]
 
 use etherparse::{Ipv4HeaderSlice, TcpSlice, UdpHeaderSlice};
 use kxdp_dataplane::offload::{
-    Coalescer, Encap, FragmentPlan, Fragments, FrameSink, GroLimits, OffloadError, Segments,
+    Coalescer, Encap, FragmentPlan, Fragments, FrameSink, GroLimits, OffloadError, Segments, Tail,
 };
 use kxdp_dataplane::wire::{VxlanPacket, VxlanRepr};
 #[path = "shared/checksum.rs"]
@@ -344,13 +347,13 @@ fn tcp_checksum_ok(f: &[u8]) -> bool {
 
 fn coalesce(params: &[u8], mut rest: &[u8], fix: bool) {
     let max_ip_len = 20 + usize::from(be16(params, 1)) % (65535 - 20 + 1);
-    let max_segments = match usize::from(be16(params, 3)) {
+    let max_buffers = match usize::from(be16(params, 3)) {
         0 => usize::MAX,
         n => n,
     };
     let limits = GroLimits {
         max_ip_len,
-        max_segments,
+        max_buffers,
     };
     let mut owned: Vec<Vec<u8>> = Vec::new();
     while let [hi, lo, tail @ ..] = rest {
@@ -362,8 +365,21 @@ fn coalesce(params: &[u8], mut rest: &[u8], fix: bool) {
         owned.iter_mut().for_each(|f| fix_checksums(f));
     }
     let frames: Vec<&[u8]> = owned.iter().map(|f| &f[..]).collect();
+    // Chained: each frame's first buffer, and what follows it in 4 KiB buffers.
+    let chain_at = usize::from(params[5]) * 16;
+    let firsts: Vec<&[u8]> = match chain_at {
+        0 => frames.clone(),
+        n => frames.iter().map(|f| &f[..n.min(f.len())]).collect(),
+    };
+    let tail = |i: usize| {
+        let len = frames[i].len() - firsts[i].len();
+        Tail {
+            len,
+            buffers: len.div_ceil(4096),
+        }
+    };
     let mut c = Coalescer::<BATCH>::new();
-    let runs = match c.coalesce(&frames, limits) {
+    let runs = match c.coalesce_chained(&firsts, tail, limits) {
         Ok(runs) => runs.to_vec(),
         Err(e) => {
             assert!(frames.len() > BATCH, "{e}");
@@ -389,14 +405,32 @@ fn coalesce(params: &[u8], mut rest: &[u8], fix: bool) {
         let len = c.write_merged(run, &frames, &mut out);
         assert_eq!(len, Some(run.len()), "{what}: written");
         let out = &out[..run.len()];
+        if run.is_merged() {
+            // What the worker chains: the first frame's buffers (padding cut where it has one),
+            // then each slice from its first buffer on through the frame's further buffers.
+            let head = run.first;
+            assert!(
+                tail(head).len == 0 || run.first_len == frames[head].len(),
+                "{what}: a chained first frame cut"
+            );
+            for s in slices {
+                assert!(
+                    tail(s.frame).len == 0
+                        || (s.offset < firsts[s.frame].len()
+                            && s.offset + s.len == frames[s.frame].len()),
+                    "{what}: slice {s:?} of a chained frame"
+                );
+            }
+        }
         if !run.is_merged() {
             assert_eq!(out, frames[run.first], "{what}: a single frame changed");
             continue;
         }
-        assert!(
-            run.segments <= max_segments,
-            "{what}: past {max_segments} segments"
-        );
+        let buffers: usize = std::iter::once(run.first)
+            .chain(slices.iter().map(|s| s.frame))
+            .map(|i| 1 + tail(i).buffers)
+            .sum();
+        assert!(buffers <= max_buffers, "{what}: past {max_buffers} buffers");
         assert!(
             usize::from(run.ip_total_len) <= max_ip_len,
             "{what}: past {max_ip_len}"

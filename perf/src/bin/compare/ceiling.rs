@@ -84,6 +84,23 @@ impl Ceiling {
         self.gbps(median(&self.fps))
     }
 
+    /// The ceiling, or why it measured nothing: a median of no frames received (a generator
+    /// that could not send, say) is no ceiling, and a ratio to it would read infinite.
+    pub(crate) fn checked(self) -> Result<Ceiling, (u16, String)> {
+        if median(&self.fps) > 0.0 {
+            return Ok(self);
+        }
+        Err((
+            self.mtu,
+            format!(
+                "{}: node B received nothing (median of {} runs; {:.3} Mpps sent)",
+                self.means.name(),
+                self.fps.len(),
+                median(&self.sent) / 1e6
+            ),
+        ))
+    }
+
     /// The table cell: Mpps received (of those sent) and Gbit/s, medians with their ranges.
     pub(crate) fn cell(&self) -> String {
         let (lo, hi) = range(&self.fps);
@@ -355,6 +372,31 @@ pub(crate) fn write_ceilings(
             r.md,
             "\nThe ceiling was not measured {}.",
             failed.join("; ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ceiling_that_received_nothing_is_not_measured() {
+        let ceiling = |fps: Vec<f64>| Ceiling {
+            mtu: 9000,
+            means: Means::AfXdp,
+            sent: vec![0.0; fps.len()],
+            fps,
+        };
+        assert!(ceiling(vec![0.0, 120_000.0, 130_000.0]).checked().is_ok());
+        let (mtu, why) = ceiling(vec![0.0, 0.0, 130_000.0])
+            .checked()
+            .err()
+            .expect("a median of nothing is refused");
+        assert_eq!(mtu, 9000);
+        assert!(
+            why.starts_with("AF_XDP, a frame per segment: node B received nothing"),
+            "{why}"
         );
     }
 }

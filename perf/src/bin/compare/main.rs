@@ -92,7 +92,7 @@ use std::time::Instant;
 use kxdp_tests::testbed::{missing_privilege, Testbed};
 
 use crate::args::{parse_args, Args};
-use crate::ceiling::measure_ceiling;
+use crate::ceiling::{measure_ceiling, Ceiling};
 use crate::clusters::clusters;
 use crate::iperf::{measure_iperf_at, write_iperf};
 use crate::measure::{measure_cpu, measure_latency, measure_pps, measure_profile};
@@ -259,7 +259,7 @@ fn run() -> Result<(), String> {
             if do_iperf && c.kxdp_failed.is_none() {
                 // A failure here loses only the ceiling: the report says why.
                 match measure_ceiling(&args, &mut c, &mut r) {
-                    Ok(measured) => ceilings.extend(measured.into_iter().map(Ok)),
+                    Ok(measured) => ceilings.extend(measured.into_iter().map(Ceiling::checked)),
                     Err(e) => {
                         println!("  ceiling at MTU {mtu}: {e}");
                         ceilings.push(Err((mtu, e)));

@@ -308,11 +308,7 @@ pub(crate) fn write_ceilings(
     ceilings: &[Result<Ceiling, (u16, String)>],
     r: &mut Report,
 ) {
-    if ceilings.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        r.md,
+    let intro = format!(
         "\n**The ceiling of kxdp's path across nodes.** Every TCP segment kxdp sends to another \
          node leaves node A's uplink as a datagram of at most the underlay's MTU, and on a veth \
          the switch's bridge, node B's XDP program and the copy into node B's AF_XDP socket \
@@ -334,45 +330,68 @@ pub(crate) fn write_ceilings(
          nodes, 1 stream | kernel, same | kxdp / ceiling | ceiling / kernel |\n\
          |---:|---|---:|---:|---:|---:|---:|"
     );
-    let mut failed = Vec::new();
-    for c in ceilings {
-        let c = match c {
-            Ok(c) => c,
-            Err((mtu, why)) => {
-                failed.push(format!("at underlay MTU {mtu}: {why}"));
-                continue;
-            }
-        };
+    write_section(r, &intro, ceilings, |c, md| {
         let Some(row) = row(rows, TESTS[1].name, c.mtu, 1) else {
-            continue;
+            return;
         };
         let (kx, k) = (median_rate(&row.kxdp), median_rate(&row.kernel));
         let cell = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2} Gbit/s"));
-        let ceiling = c.median_gbps();
+        let ceiling = Some(c.median_gbps());
         let _ = writeln!(
-            r.md,
+            md,
             "| {} | {} | {} | {} | {} | {} | {} |",
             c.mtu,
             c.means.name(),
             c.cell(),
             cell(kx),
             cell(k),
-            kx.map_or("—".to_owned(), |kx| format!(
-                "{:.0}%",
-                100.0 * kx / ceiling.max(f64::MIN_POSITIVE)
-            )),
-            k.map_or("—".to_owned(), |k| format!(
-                "{:.2}x",
-                ceiling / k.max(f64::MIN_POSITIVE)
-            )),
+            percent(kx, ceiling),
+            times(ceiling, k),
         );
+    });
+}
+
+/// A ceiling's part of the report: `intro` (its text and its table's head), the rows
+/// `write_rows` writes for each ceiling measured, and the MTUs where none was, with why.
+pub(crate) fn write_section<C>(
+    r: &mut Report,
+    intro: &str,
+    ceilings: &[Result<C, (u16, String)>],
+    mut write_rows: impl FnMut(&C, &mut String),
+) {
+    if ceilings.is_empty() {
+        return;
+    }
+    let _ = writeln!(r.md, "{intro}");
+    let mut failed = Vec::new();
+    for c in ceilings {
+        match c {
+            Ok(c) => write_rows(c, &mut r.md),
+            Err((mtu, why)) => failed.push(format!("at underlay MTU {mtu}: {why}")),
+        }
     }
     if !failed.is_empty() {
         let _ = writeln!(
             r.md,
-            "\nThe ceiling was not measured {}.",
+            "\nThis ceiling was not measured {}.",
             failed.join("; ")
         );
+    }
+}
+
+/// `a` as a percentage of `b`, or a dash where either is missing.
+pub(crate) fn percent(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:.0}%", 100.0 * a / b.max(f64::MIN_POSITIVE)),
+        _ => "—".to_owned(),
+    }
+}
+
+/// `a` over `b` as a ratio, or a dash where either is missing.
+pub(crate) fn times(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:.2}x", a / b.max(f64::MIN_POSITIVE)),
+        _ => "—".to_owned(),
     }
 }
 

@@ -55,7 +55,8 @@
 //!    cluster with its agents stopped, the ceiling of the hop each segment kxdp sends to
 //!    another node takes: datagrams of the underlay's MTU from node A's uplink into kxdp's
 //!    sockets on node B's, as many as one core sends, as UDP GSO packets (kxdp's way) and
-//!    as AF_XDP frames (`ceiling.rs`).
+//!    as AF_XDP frames (`ceiling.rs`); and the ceiling of the one-node test, its iperf3 runs
+//!    through a bare forwarder on kxdp's sockets and worker loop (`node_ceiling.rs`).
 //! 4. **Request/response latency** at a fixed rate (`--rps`): UDP echo through a ClusterIP to a
 //!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9; kxdp's agents in
 //!    each worker mode (adaptive, wakeup, busy-poll), each mode's runs alternating with the
@@ -69,7 +70,7 @@
 //! The code, by concern: `args.rs` the command line; `paths.rs` the packet-rate topologies,
 //! their paths and generators; `clusters.rs` the two-node clusters; `settings.rs` the devices'
 //! settings; `measure.rs` packets per second, the profile, CPU and latency; `iperf.rs`
-//! iperf3 and its targets; `ceiling.rs` the across-node hop's ceiling; `report.rs` the report's figures, samples and commit; `svg.rs` its plot; this file
+//! iperf3 and its targets; `ceiling.rs` the across-node hop's ceiling; `node_ceiling.rs` the one-node path's; `report.rs` the report's figures, samples and commit; `svg.rs` its plot; this file
 //! the order they run in.
 
 // A report for people: printing it is the point.
@@ -80,6 +81,7 @@ mod ceiling;
 mod clusters;
 mod iperf;
 mod measure;
+mod node_ceiling;
 mod paths;
 mod report;
 mod settings;
@@ -96,6 +98,7 @@ use crate::ceiling::{measure_ceiling, Ceiling};
 use crate::clusters::clusters;
 use crate::iperf::{measure_iperf_at, write_iperf};
 use crate::measure::{measure_cpu, measure_latency, measure_pps, measure_profile};
+use crate::node_ceiling::measure_node_ceiling;
 use crate::paths::{build, Bench, Path};
 use crate::report::Report;
 use crate::settings::{capture, diff_table, Device};
@@ -231,6 +234,7 @@ fn run() -> Result<(), String> {
         let mut counters = Vec::new();
         let mut failures = Vec::new();
         let mut ceilings = Vec::new();
+        let mut node_ceilings = Vec::new();
         let mut latency_md = String::new();
         for (i, &mtu) in args.mtus.iter().enumerate() {
             if !do_iperf && mtu != latency_mtu {
@@ -259,16 +263,32 @@ fn run() -> Result<(), String> {
             if do_iperf && c.kxdp_failed.is_none() {
                 // A failure here loses only the ceiling: the report says why.
                 match measure_ceiling(&args, &mut c, &mut r) {
-                    Ok(measured) => ceilings.extend(measured.into_iter().map(Ceiling::checked)),
+                    Ok(measured) => {
+                        ceilings.extend(measured.into_iter().map(Ceiling::checked));
+                        // The agents are stopped now: the one-node ceiling may use node A.
+                        node_ceilings.push(measure_node_ceiling(&args, &c, &mut r).map_err(|e| {
+                            println!("  ceiling on one node at MTU {mtu}: {e}");
+                            (mtu, e)
+                        }));
+                    }
                     Err(e) => {
                         println!("  ceiling at MTU {mtu}: {e}");
-                        ceilings.push(Err((mtu, e)));
+                        ceilings.push(Err((mtu, e.clone())));
+                        node_ceilings.push(Err((mtu, format!("the agents' stop failed: {e}"))));
                     }
                 }
             }
         }
         if do_iperf {
-            write_iperf(&args, &rows, &failures, &counters, &ceilings, &mut r);
+            write_iperf(
+                &args,
+                &rows,
+                &failures,
+                &counters,
+                &ceilings,
+                &node_ceilings,
+                &mut r,
+            );
         }
         r.md.push_str(&latency_md);
     }
@@ -340,7 +360,10 @@ fn run() -> Result<(), String> {
             std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
         };
         write("report.md", &md)?;
-        write("report.svg", &svg(&r, many, &commit, args.runs))?;
+        write(
+            "report.svg",
+            &svg(&r, many, &commit, args.runs, args.latency_runs),
+        )?;
         write(
             "samples.json",
             &r.samples_json(&commit, &machine, args.profile),

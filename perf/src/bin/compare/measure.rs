@@ -474,7 +474,7 @@ pub(crate) fn measure_latency(
         }
         let (mut q, mut beside) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
         let mut lost = 0;
-        for run in 0..a.runs {
+        for run in 0..a.latency_runs {
             let order = if run % 2 == 0 {
                 [Which::Kxdp, Which::Kernel]
             } else {
@@ -541,8 +541,8 @@ pub(crate) fn measure_latency(
          | path | p50 | p99 | p99.9 | lost |\n|---|---:|---:|---:|---:|",
         c.mtu,
         a.rps,
-        a.runs,
-        3 * a.runs
+        a.latency_runs,
+        3 * a.latency_runs
     );
     let us = |v: f64| format!("{v:.0}");
     for (name, q, lost) in &rows {

@@ -223,9 +223,12 @@ fn esc(s: &str) -> String {
 }
 
 /// The figure's closing lines, each within its width.
-fn footer(runs: usize) -> [String; 2] {
+fn footer(runs: usize, latency_runs: usize) -> [String; 2] {
     [
-        format!("Bars: median of {runs} runs; whiskers: their range; ✕: no run gave a number."),
+        format!(
+            "Bars: median of {runs} runs ({latency_runs} for latency); whiskers: their range; \
+             ✕: no number."
+        ),
         "kxdp: adaptive mode (its default) unless named. Numbers in report.md, every run in \
          samples.json."
             .to_owned(),
@@ -233,8 +236,15 @@ fn footer(runs: usize) -> [String; 2] {
 }
 
 /// The SVG of the report's figures: Mpps through a ClusterIP by frame size (`flows` flows),
-/// latency percentiles, iperf3 TCP by underlay MTU; `commit` and `runs` in the caption.
-pub(crate) fn svg(r: &Report, flows: u32, commit: &str, runs: usize) -> String {
+/// latency percentiles, iperf3 TCP by underlay MTU; `commit` and the runs (`latency_runs` of
+/// each latency path) in the caption.
+pub(crate) fn svg(
+    r: &Report,
+    flows: u32,
+    commit: &str,
+    runs: usize,
+    latency_runs: usize,
+) -> String {
     let mut rows: Vec<Vec<Panel>> = Vec::new();
     let mut first = Vec::new();
     if !r.pps.is_empty() {
@@ -298,7 +308,7 @@ pub(crate) fn svg(r: &Report, flows: u32, commit: &str, runs: usize) -> String {
     let legend_top = 44.0 + panels_h;
     let legend = legend_layout(&names, legend_top);
     let legend_bottom = legend.last().map_or(legend_top, |l| l.1) + LEGEND_ROW_H;
-    let footer = footer(runs);
+    let footer = footer(runs, latency_runs);
     let height = legend_bottom + 14.0 * footer.len() as f64 + 10.0;
     let mut s = String::new();
     let _ = writeln!(
@@ -379,7 +389,7 @@ mod tests {
 
     #[test]
     fn the_footer_fits_the_width() {
-        for line in footer(100) {
+        for line in footer(100, 100) {
             assert!(MARGIN + text_width(&line, 11.0) <= WIDTH - MARGIN, "{line}");
         }
     }
@@ -438,7 +448,7 @@ mod tests {
             .push(point("one node, 1 stream, MTU 1500", "kxdp", 2.4));
         r.iperf
             .push(point("one node, 1 stream, MTU 1500", "kernel", 13.0));
-        let text = svg(&r, 10_000, "abc1234", 3);
+        let text = svg(&r, 10_000, "abc1234", 3, 9);
         // kxdp red and the kernel blue in each of the three panels, in the legend once more.
         assert_eq!(text.matches("fill=\"#d64545\"><title>").count(), 3);
         assert_eq!(text.matches("fill=\"#2680c2\"><title>").count(), 3);

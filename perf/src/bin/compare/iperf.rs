@@ -306,7 +306,7 @@ pub(crate) fn one_run(
 }
 
 /// One run as a raw sample.
-fn sample(
+pub(crate) fn sample(
     test: &Test,
     mtu: u16,
     streams: u32,

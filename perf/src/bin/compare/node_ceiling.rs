@@ -23,13 +23,15 @@ use kxdp_testkit::Topology;
 use kxdp_tests::testbed::ip;
 use kxdp_xdp::runtime::{Config, Dataplane, Managed};
 use kxdp_xdp::worker::Mode;
-use serde_json::json;
 
 use crate::args::Args;
 use crate::ceiling::{percent, times, write_section};
 use crate::clusters::{Clusters, Which};
-use crate::iperf::{gbps_cell, loss_cell, median_rate, one_run, row, Row, TESTS};
+use crate::iperf::{gbps_cell, loss_cell, median_rate, one_run, row, sample, Row, TESTS};
 use crate::report::Report;
+
+/// The path its iperf3 runs are recorded under in the samples.
+const PATH: &str = "bare forwarder (ceiling on one node)";
 
 /// The interface numbers the forwarder gives the client's and the server's pod veths.
 const PODS: [InterfaceId; 2] = [InterfaceId(1), InterfaceId(2)];
@@ -92,9 +94,9 @@ pub(crate) fn measure_node_ceiling(
     }
     let config = Config {
         netns: Some(ns),
-        // The agent's default mode (`--mode adaptive`, `--spin-us 2000`).
+        // The agent's default mode.
         mode: Mode::Adaptive {
-            spin_us: 2000,
+            spin_us: kxdp_agent::settings::DEFAULT_SPIN_US,
             timeout_ms: 50,
         },
         forwarding: pod_to_pod,
@@ -115,22 +117,8 @@ pub(crate) fn measure_node_ceiling(
     for run in 0..a.runs {
         for (streams, runs) in &mut ceiling.runs {
             let result = one_run(a, c, Which::Kxdp, test, *streams);
-            let mut s = json!({
-                "measurement": "ceiling on one node: iperf3 through a bare forwarder",
-                "test": test.name,
-                "underlay_mtu": c.mtu,
-                "pod_mtu": crate::clusters::KXDP_POD_MTU,
-                "streams": *streams,
-                "run": run,
-            });
-            match &result {
-                Ok(x) => {
-                    s["received_gbit_s"] = json!(x.received_bps / 1e9);
-                    s["retransmits"] = json!(x.retransmits);
-                }
-                Err(e) => s["error"] = json!(e),
-            }
-            r.samples.push(s);
+            r.samples
+                .push(sample(test, c.mtu, *streams, PATH, run, &result));
             runs.push(result);
         }
     }

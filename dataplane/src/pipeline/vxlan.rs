@@ -65,8 +65,7 @@ pub(crate) fn decap(
         return Err(DropReason::VxlanInnerNotIpv4);
     }
     let inner = parse::parse_ipv4(d, ETHERNET_HEADER_LEN, frame.tail())?;
-    let src = inner.key.src_ip;
-    if src != sender.node.node_ip && !sender.node.pod_cidr.contains_addr(&src) {
+    if !sender.sends_from(inner.key.src_ip) {
         return Err(DropReason::VxlanForeignInnerSource);
     }
     ctx.counters.inc(Event::VxlanDecap);

@@ -204,6 +204,18 @@ pub struct RemoteNodeEntry {
     pub node: RemoteNode,
     /// Ready-made headers, or `None` while the next hop's MAC is unknown.
     pub encap: Option<EncapTemplate>,
+    /// The node's pod CIDR, as two words for [`RemoteNodeEntry::sends_from`].
+    pods: Subnet,
+}
+
+impl RemoteNodeEntry {
+    /// Whether the node may send from `src` through the tunnel: an address of its pod CIDR
+    /// (its pods, and its own traffic, which flannel and kxdp send from the CIDR's gateway
+    /// address) or its underlay address (ICMP errors a node sends itself).
+    #[inline]
+    pub fn sends_from(&self, src: Ipv4Addr) -> bool {
+        self.pods.contains(u32::from(src)) || src == self.node.node_ip
+    }
 }
 
 /// Headers of a VXLAN packet toward one node, complete but for the outer IPv4 total length and
@@ -620,6 +632,7 @@ impl Snapshot {
             add(remote.pod_cidr, RouteTarget::RemoteNode(idx));
             nodes_by_ip.insert(u32::from(remote.node_ip), idx);
             remote_nodes.push(RemoteNodeEntry {
+                pods: Subnet::new(remote.pod_cidr),
                 node: remote,
                 encap,
             });

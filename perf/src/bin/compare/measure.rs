@@ -466,6 +466,11 @@ pub(crate) fn measure_latency(
     // The plot's series of each mode: kxdp's default (adaptive) is plain "kxdp".
     for (name, series, mode) in [
         ("kxdp, adaptive (default)", "kxdp", None),
+        (
+            "kxdp, adaptive, pinned",
+            "kxdp, adaptive, pinned",
+            Some("adaptive"),
+        ),
         ("kxdp, wakeup", "kxdp, wakeup", Some("wakeup")),
         ("kxdp, busy-poll", "kxdp, busy-poll", Some("busy-poll")),
     ] {
@@ -534,10 +539,11 @@ pub(crate) fn measure_latency(
          of the kernel's, the two alternating (the kernel's row: all {} of its runs; each \
          mode's ratio: to the median of the kernel's runs beside it). kxdp's agents in \
          adaptive mode (their default: a worker spins for 2 ms after its last frame, then \
-         sleeps in poll(2); one unpinned worker each), then in wakeup mode (a worker sleeps in poll(2) whenever its \
-         rings are empty) and in busy-poll mode (it never sleeps), both with node-a's worker \
-         on core 0 and node-b's on core 1, the cores the clients also run on (a spinning \
-         worker whose rings are empty yields the core).\n\n\
+         sleeps in poll(2); one unpinned worker each), then in adaptive mode again, in wakeup \
+         mode (a worker sleeps in poll(2) whenever its rings are empty) and in busy-poll mode \
+         (it never sleeps), these three with node-a's worker on core 0 and node-b's on core 1, \
+         the cores the clients also run on (a spinning worker whose rings are empty yields \
+         the core).\n\n\
          | path | p50 | p99 | p99.9 | lost |\n|---|---:|---:|---:|---:|",
         c.mtu,
         a.rps,

@@ -431,8 +431,8 @@ pub fn max_pod_mtu() -> u16 {
 /// How long an adaptive worker spins after its last frame, in microseconds, unless told: longer
 /// than the gap between a request/response exchange's frames at 500 exchanges a second, so at
 /// such rates no frame finds a worker asleep (measured with `make perf`: p50 of a ClusterIP
-/// round trip across nodes 1.03x the kernel's and p99 1.66x, against a p99 of 1.95x with
-/// 200 µs and 2.2x in wakeup mode).
+/// round trip across nodes 1.08x the kernel's and p99 1.26x, 1.66x in another run, against a
+/// p99 of 1.95x with 200 µs and 2.5x in wakeup mode).
 pub const DEFAULT_SPIN_US: u32 = 2000;
 
 /// Where the state that outlives the agent is kept: `/run` is a tmpfs on most distributions.

@@ -548,7 +548,7 @@ pub(crate) fn measure_latency(
         c.mtu,
         a.rps,
         a.latency_runs,
-        3 * a.latency_runs
+        ratios.len() * a.latency_runs
     );
     let us = |v: f64| format!("{v:.0}");
     for (name, q, lost) in &rows {

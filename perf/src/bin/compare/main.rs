@@ -51,7 +51,10 @@
 //!    stream and with four, pod to pod on one node, across nodes and through a ClusterIP;
 //!    Gbit/s and retransmits from iperf3's JSON; UDP pod to pod; and the kernel with transmit
 //!    offload off on every veth (a weakened baseline) as one extra row (`iperf.rs`). Where
-//!    kxdp cannot run (its agents do not start at an MTU), the rows say so. Then, on kxdp's
+//!    kxdp cannot run (its agents do not start at an MTU), the rows say so. Where `perf` is
+//!    installed, one more stream across nodes on each path with every core sampled, the
+//!    samples put in categories by call stack (copies by their caller, the rest by stage) and
+//!    given as CPU time per megabyte received (`stream_profile.rs`). Then, on kxdp's
 //!    cluster with its agents stopped, the ceiling of the hop each segment kxdp sends to
 //!    another node takes: datagrams of the underlay's MTU from node A's uplink into kxdp's
 //!    sockets on node B's, as many as one core sends, as UDP GSO packets (kxdp's way) and
@@ -70,7 +73,7 @@
 //! The code, by concern: `args.rs` the command line; `paths.rs` the packet-rate topologies,
 //! their paths and generators; `clusters.rs` the two-node clusters; `settings.rs` the devices'
 //! settings; `measure.rs` packets per second, the profile, CPU and latency; `iperf.rs`
-//! iperf3 and its targets; `ceiling.rs` the across-node hop's ceiling; `node_ceiling.rs` the one-node path's; `report.rs` the report's figures, samples and commit; `svg.rs` its plot; this file
+//! iperf3 and its targets; `stream_profile.rs` where the cores go in a stream across nodes; `ceiling.rs` the across-node hop's ceiling; `node_ceiling.rs` the one-node path's; `report.rs` the report's figures, samples and commit; `svg.rs` its plot; this file
 //! the order they run in.
 
 // A report for people: printing it is the point.
@@ -85,6 +88,7 @@ mod node_ceiling;
 mod paths;
 mod report;
 mod settings;
+mod stream_profile;
 mod svg;
 
 use std::fmt::Write as _;
@@ -102,6 +106,7 @@ use crate::node_ceiling::measure_node_ceiling;
 use crate::paths::{build, Bench, Path};
 use crate::report::Report;
 use crate::settings::{capture, diff_table, Device};
+use crate::stream_profile::{measure_stream_profile, write_stream_profiles};
 use crate::svg::svg;
 use kxdp_perf::provenance::{commit, machine};
 
@@ -236,6 +241,7 @@ fn run() -> Result<(), String> {
         let mut ceilings = Vec::new();
         let mut node_ceilings = Vec::new();
         let mut latency_md = String::new();
+        let mut stream_profiles = Vec::new();
         for (i, &mtu) in args.mtus.iter().enumerate() {
             if !do_iperf && mtu != latency_mtu {
                 continue;
@@ -256,6 +262,7 @@ fn run() -> Result<(), String> {
             }
             if do_iperf {
                 measure_iperf_at(&args, &c, i == 0, &mut rows, &mut counters, &mut r)?;
+                stream_profiles.push(measure_stream_profile(&args, &c, &mut r));
             }
             if do_latency && mtu == latency_mtu {
                 measure_latency(&args, &mut c, &mut r, &mut latency_md)?;
@@ -289,6 +296,7 @@ fn run() -> Result<(), String> {
                 &node_ceilings,
                 &mut r,
             );
+            write_stream_profiles(&stream_profiles, &mut r);
         }
         r.md.push_str(&latency_md);
     }

@@ -164,6 +164,14 @@ pub(crate) fn measure_pps(b: &Bench, r: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `perf` runs here.
+pub(crate) fn perf_installed() -> bool {
+    std::process::Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Samples of one core (`perf record -e cpu-clock`): (share in %, kernel or not, symbol).
 type Profile = Vec<(f64, bool, String)>;
 
@@ -243,8 +251,7 @@ fn parse_perf_report(text: &str) -> Profile {
 }
 
 pub(crate) fn measure_profile(b: &Bench, r: &mut Report) -> Result<(), String> {
-    let perf = std::process::Command::new("perf").arg("--version").output();
-    if !perf.is_ok_and(|o| o.status.success()) {
+    if !perf_installed() {
         let _ = writeln!(
             r.md,
             "\n## Where the worker's core goes\n\nNot profiled: `perf` is not installed \

@@ -153,7 +153,7 @@ fn category(comm: &str, stack: &[(bool, &str)]) -> usize {
 type Counts = [u64; CATEGORIES.len()];
 
 /// One task's samples: its command and process, and its samples by category.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug)]
 struct Task {
     comm: String,
     pid: u32,
@@ -212,13 +212,13 @@ pub(crate) struct PathProfile {
 impl PathProfile {
     /// Samples by category, all tasks.
     fn counts(&self) -> Counts {
-        let mut all = [0; CATEGORIES.len()];
-        for t in self.tasks.values() {
-            for (a, n) in all.iter_mut().zip(t.counts) {
-                *a += n;
-            }
-        }
-        all
+        sum(self.tasks.values())
+    }
+
+    /// Which node's agent a task is the worker of (0 for node A), if any.
+    fn worker_of(&self, t: &Task) -> Option<usize> {
+        let node = self.agents.iter().position(|a| *a == Some(t.pid))?;
+        t.comm.starts_with("kxdp-worker").then_some(node)
     }
 
     /// CPU µs per megabyte received in category `i`: the category's share of every core's
@@ -235,11 +235,9 @@ impl PathProfile {
 
     /// The name a task goes by in the report.
     fn name(&self, t: &Task) -> String {
-        match self.agents.iter().position(|a| *a == Some(t.pid)) {
-            Some(node) if t.comm.starts_with("kxdp-worker") => {
-                format!("node {}'s worker", ["A", "B"][node])
-            }
-            _ => format!("`{}`", t.comm),
+        match self.worker_of(t) {
+            Some(node) => format!("node {}'s worker", ["A", "B"][node]),
+            None => format!("`{}`", t.comm),
         }
     }
 
@@ -268,14 +266,7 @@ impl PathProfile {
 
     /// Node A's worker's samples by category, in % of its own.
     fn node_a_worker(&self) -> Option<Vec<f64>> {
-        let mut mine = [0u64; CATEGORIES.len()];
-        for t in self.tasks.values() {
-            if self.agents[0] == Some(t.pid) && t.comm.starts_with("kxdp-worker") {
-                for (a, n) in mine.iter_mut().zip(t.counts) {
-                    *a += n;
-                }
-            }
-        }
+        let mine = sum(self.tasks.values().filter(|t| self.worker_of(t) == Some(0)));
         let total: u64 = mine.iter().sum();
         (total > 0).then(|| {
             mine.iter()
@@ -283,6 +274,17 @@ impl PathProfile {
                 .collect()
         })
     }
+}
+
+/// The samples of `tasks` by category.
+fn sum<'a>(tasks: impl Iterator<Item = &'a Task>) -> Counts {
+    let mut all = [0; CATEGORIES.len()];
+    for t in tasks {
+        for (a, n) in all.iter_mut().zip(t.counts) {
+            *a += n;
+        }
+    }
+    all
 }
 
 /// Both paths at one underlay MTU.
@@ -310,24 +312,27 @@ fn profile_path(a: &Args, c: &Clusters, which: Which) -> Result<PathProfile, Str
         let run = one_run(a, c, which, &TESTS[1], 1);
         (run, recorder.join())
     });
-    let recorded = recorded
-        .map_err(|_| "perf record panicked".to_owned())?
-        .map_err(|e| format!("perf record: {e}"))?;
-    let run = run?;
-    if !recorded.status.success() {
-        let _ = std::fs::remove_file(&data);
-        return Err(format!(
-            "perf record: {}",
-            String::from_utf8_lossy(&recorded.stderr).trim()
-        ));
-    }
-    let script = Command::new("perf")
-        .args(["script", "-F", "comm,pid,tid,ip,sym", "-i"])
-        .arg(&data)
-        .output()
-        .map_err(|e| format!("perf script: {e}"));
+    let script = recorded
+        .map_err(|_| "perf record panicked".to_owned())
+        .and_then(|r| r.map_err(|e| format!("perf record: {e}")))
+        .and_then(|r| {
+            if r.status.success() {
+                Ok(())
+            } else {
+                let why = String::from_utf8_lossy(&r.stderr);
+                Err(format!("perf record: {}", why.trim()))
+            }
+        })
+        .and_then(|()| {
+            Command::new("perf")
+                .args(["script", "-F", "comm,pid,tid,ip,sym", "-i"])
+                .arg(&data)
+                .output()
+                .map_err(|e| format!("perf script: {e}"))
+        });
+    // Whatever failed, the recording goes.
     let _ = std::fs::remove_file(&data);
-    let script = script?;
+    let (run, script) = (run?, script?);
     Ok(PathProfile {
         tasks: classify(&String::from_utf8_lossy(&script.stdout)),
         gbps: run.received_bps / 1e9,

@@ -46,7 +46,11 @@ pub(crate) fn answer(ctx: &Ctx<'_>, frame: &mut Frame<'_>) -> Verdict {
     reply.set_target_protocol_addr(&sender_ip.octets());
     reply.set_source_hardware_addr(&gw.0);
     reply.set_source_protocol_addr(&target_ip.octets());
-    set_macs(frame, crate::wire::EthernetAddress(sender_mac), gw);
+    set_macs(
+        frame.data_mut(),
+        crate::wire::EthernetAddress(sender_mac),
+        gw,
+    );
     ctx.counters.inc(Event::ArpReply);
     Verdict::Reply
 }

@@ -175,10 +175,12 @@ impl<'a> Frame<'a> {
         let n = n as u32;
         self.head += n;
         self.len -= n;
-        self.offload_l4 = u32::from(self.offload_l4)
-            .checked_sub(n)
-            .filter(|l4| *l4 > 0)
-            .map_or(0, |l4| l4 as u8);
+        if self.offload_l4 != 0 {
+            self.offload_l4 = u32::from(self.offload_l4)
+                .checked_sub(n)
+                .filter(|l4| *l4 > 0)
+                .map_or(0, |l4| l4 as u8);
+        }
         true
     }
 

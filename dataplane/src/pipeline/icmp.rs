@@ -47,7 +47,7 @@ pub(crate) fn input(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -
 /// Turn an echo request to the gateway into its reply and send it back the way it came.
 #[cold]
 fn echo_reply(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -> Next {
-    let l3 = meta.l3;
+    let l3 = meta.l3();
     let l4 = meta.l4();
     let (src, dst) = (meta.key.src_ip, meta.key.dst_ip);
     let d = frame.data_mut();
@@ -114,7 +114,7 @@ fn frag_needed(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta, mtu: u
 fn time_exceeded(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta) -> Next {
     let later_fragment = frame
         .data()
-        .get(meta.l3 + 6..meta.l3 + 8)
+        .get(meta.l3() + 6..meta.l3() + 8)
         .is_some_and(|f| be16(f, 0) & 0x1fff != 0);
     if meta.is_icmp_error() || later_fragment {
         return Next::Done(Verdict::Drop(DropReason::TtlExceeded));
@@ -150,7 +150,7 @@ fn fill_ipv4_checksum(header: &mut [u8]) {
     header[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Rewrite the packet at `meta.l3` into an ICMP error quoting it: `(type, code, next-hop
+/// Rewrite the packet at `meta.l3()` into an ICMP error quoting it: `(type, code, next-hop
 /// MTU)`, the MTU only meaningful for fragmentation needed (zero otherwise, as the unused
 /// field must be).
 fn build_error(
@@ -160,8 +160,8 @@ fn build_error(
     dst: Ipv4Addr,
     (kind, code, next_hop_mtu): (u8, u8, u16),
 ) -> Result<(), DropReason> {
-    let l3 = meta.l3;
-    let quote = meta.ip_len.min(IPV4_HEADER_LEN + 8);
+    let l3 = meta.l3();
+    let quote = meta.ip_len().min(IPV4_HEADER_LEN + 8);
     let ip_len = IPV4_HEADER_LEN + ICMP_HEADER_LEN + quote;
     let len = l3 + ip_len;
     // The error replaces the packet: the tail of a multi-buffer frame goes first, so what the
@@ -210,15 +210,14 @@ fn build_error(
     icmp[6..8].copy_from_slice(&next_hop_mtu.to_be_bytes());
     let c = checksum::checksum(icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    *meta = Ipv4Meta {
+    *meta = Ipv4Meta::new(
         l3,
-        ip_len,
-        key: FlowKey::new(proto::ICMP, src, 0, dst, 0),
-        tcp_flags: 0,
-        icmp_type: kind,
-        dont_frag: false,
-        hash: 0,
-    };
+        ip_len as u16,
+        FlowKey::new(proto::ICMP, src, 0, dst, 0),
+        0,
+        kind,
+        false,
+    );
     Ok(())
 }
 
@@ -267,9 +266,9 @@ fn translate_error(
     frame: &mut Frame<'_>,
     meta: &mut Ipv4Meta,
 ) -> Result<bool, DropReason> {
-    let l3 = meta.l3;
+    let l3 = meta.l3();
     let l4 = meta.l4();
-    let end = l3 + meta.ip_len;
+    let end = l3 + meta.ip_len();
     let q3 = l4 + ICMP_HEADER_LEN;
     let d = frame.data();
     if frame.tail() > 0 {

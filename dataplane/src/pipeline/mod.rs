@@ -190,7 +190,7 @@ pub fn process_batch(
                 // their stacks leave them to the device (`offload::partial`); a datagram sent
                 // without a checksum keeps none.
                 if matches!(origin, Origin::Pod | Origin::Host)
-                    && parse::has_l4_checksum(p.frame.data(), meta)
+                    && parse::has_l4_checksum(&p.frame, meta)
                 {
                     p.frame.set_checksum_offload(Some(meta.l4()));
                 }
@@ -372,7 +372,7 @@ fn forward_ipv4(
     }
 }
 
-/// A packet of `meta.ip_len` bytes leaving on a link that takes IP packets of `mtu` bytes
+/// A packet of `meta.ip_len()` bytes leaving on a link that takes IP packets of `mtu` bytes
 /// once `overhead` bytes of VXLAN encapsulation are added (0 for none): what the kernel does with a
 /// packet too big for its route. TCP (not a fragment) is segmented, as the kernel's GSO cuts a
 /// large segment whatever its DF bit (the stream is the sender's, only its cut changes);
@@ -389,7 +389,7 @@ pub(crate) fn too_big(
 ) -> Option<Next> {
     let fragment = frame
         .data()
-        .get(meta.l3 + 6..meta.l3 + 8)
+        .get(meta.l3() + 6..meta.l3() + 8)
         .is_some_and(|f| parse::be16(f, 0) & 0x3fff != 0);
     if meta.dont_frag && (meta.key.proto != crate::flow::proto::TCP || fragment) {
         return Some(Next::IcmpError(IcmpError::FragNeeded {

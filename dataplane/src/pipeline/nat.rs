@@ -494,8 +494,8 @@ fn insert(
 pub(crate) fn rewrite(frame: &mut Frame<'_>, meta: &mut Ipv4Meta, to: FlowKey) {
     // The headers; a payload beyond this buffer is not read.
     let d = frame.data_mut();
-    let end = (meta.l3 + meta.ip_len).min(d.len());
-    let ip = &mut d[meta.l3..end];
+    let end = (meta.l3() + meta.ip_len()).min(d.len());
+    let ip = &mut d[meta.l3()..end];
     super::rewrite::nat(ip, &meta.key, &to, meta.icmp_type);
     meta.key = to;
     meta.hash = 0;

@@ -38,15 +38,18 @@ pub(crate) fn deliver(
             let Some(pod) = snap.local_pod(dst) else {
                 return Next::Done(Verdict::Drop(DropReason::NoRoute));
             };
-            if !decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+            // TTL and MACs through one borrow of the frame: a packet too big for the pod
+            // that turns into an ICMP error is rewritten whole, addresses included.
+            let d = frame.data_mut();
+            if !decrement_ttl(&mut d[meta.l3()..]) {
                 return Next::IcmpError(IcmpError::TimeExceeded);
             }
-            if meta.ip_len > usize::from(node.pod_mtu) {
+            set_macs(d, pod.mac, node.gateway_mac);
+            if meta.ip_len() > usize::from(node.pod_mtu) {
                 if let Some(next) = too_big(frame, meta, node.pod_mtu, 0) {
                     return next;
                 }
             }
-            set_macs(frame, pod.mac, node.gateway_mac);
             ctx.counters.inc(Event::LocalForward);
             Verdict::Transmit(pod.iface)
         }
@@ -63,7 +66,7 @@ pub(crate) fn deliver(
             Verdict::Drop(DropReason::NoRoute)
         }
         RouteTarget::Node => {
-            set_macs(frame, node.host_mac, node.gateway_mac);
+            set_macs(frame.data_mut(), node.host_mac, node.gateway_mac);
             Verdict::ToHost(PassReason::ForNode)
         }
         RouteTarget::ServiceCidr => Verdict::Drop(DropReason::ServiceNotFound),
@@ -80,15 +83,16 @@ pub(crate) fn deliver(
             let Some(mac) = snap.next_hop_mac(dst) else {
                 return Next::Done(Verdict::Drop(DropReason::NeighborUnresolved));
             };
-            if !decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+            let d = frame.data_mut();
+            if !decrement_ttl(&mut d[meta.l3()..]) {
                 return Next::IcmpError(IcmpError::TimeExceeded);
             }
-            if meta.ip_len > usize::from(node.uplink_mtu) {
+            set_macs(d, mac, node.uplink_mac);
+            if meta.ip_len() > usize::from(node.uplink_mtu) {
                 if let Some(next) = too_big(frame, meta, node.uplink_mtu, 0) {
                     return next;
                 }
             }
-            set_macs(frame, mac, node.uplink_mac);
             Verdict::Transmit(node.uplink)
         }
     };

@@ -11,6 +11,7 @@
 
 use core::net::Ipv4Addr;
 
+use super::Frame;
 use crate::flow::{proto, FlowKey};
 use crate::reason::DropReason;
 use crate::wire::{IPV4_HEADER_LEN, TCP_MIN_HEADER_LEN, UDP_HEADER_LEN};
@@ -24,9 +25,9 @@ const SCTP_HEADER_LEN: usize = 12;
 /// ports, on its cold path), so other traffic pays nothing.
 pub(crate) fn sctp_dst_port(frame: &[u8], meta: &Ipv4Meta) -> u16 {
     let fragment = frame
-        .get(meta.l3 + 6..meta.l3 + 8)
+        .get(meta.l3() + 6..meta.l3() + 8)
         .is_none_or(|f| be16(f, 0) & 0x3fff != 0);
-    match frame.get(meta.l4()..meta.l3 + meta.ip_len) {
+    match frame.get(meta.l4()..meta.l3() + meta.ip_len()) {
         Some(l4) if !fragment && l4.len() >= SCTP_HEADER_LEN => be16(l4, 2),
         _ => 0,
     }
@@ -50,10 +51,13 @@ pub(crate) mod icmp_type {
 /// What the pipeline knows about a validated IPv4 packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Ipv4Meta {
-    /// Offset of the IPv4 header in the frame.
-    pub(crate) l3: usize,
-    /// IPv4 total length.
-    pub(crate) ip_len: usize,
+    /// Offset of the IPv4 header in the frame ([`Ipv4Meta::l3`]). This and the length are
+    /// kept in 16 bits, as the header lies in the frame's first buffer and an IPv4 length has
+    /// 16: the meta travels with every packet between the pipeline's two passes, and a
+    /// smaller one is cheaper to move.
+    l3: u16,
+    /// IPv4 total length ([`Ipv4Meta::ip_len`]).
+    ip_len: u16,
     /// The 5-tuple; ICMP echo carries its identifier as documented on [`FlowKey`], other ICMP
     /// has zero ports.
     pub(crate) key: FlowKey,
@@ -67,11 +71,48 @@ pub(crate) struct Ipv4Meta {
     pub(crate) hash: u64,
 }
 
+const _: () = assert!(core::mem::size_of::<Ipv4Meta>() <= 32);
+
 impl Ipv4Meta {
+    /// What [`parse_ipv4`] learned about a packet at `l3` of `ip_len` bytes (the header must
+    /// lie within the first 64 KiB of the frame, as it does in any buffer kxdp is given).
+    #[inline(always)]
+    pub(crate) fn new(
+        l3: usize,
+        ip_len: u16,
+        key: FlowKey,
+        tcp_flags: u8,
+        icmp_type: u8,
+        dont_frag: bool,
+    ) -> Ipv4Meta {
+        debug_assert!(l3 <= usize::from(u16::MAX));
+        Ipv4Meta {
+            l3: l3 as u16,
+            ip_len,
+            key,
+            tcp_flags,
+            icmp_type,
+            dont_frag,
+            hash: 0,
+        }
+    }
+
+    /// Offset of the IPv4 header in the frame.
+    #[inline]
+    pub(crate) fn l3(&self) -> usize {
+        usize::from(self.l3)
+    }
+
+    /// IPv4 total length.
+    #[inline]
+    pub(crate) fn ip_len(&self) -> usize {
+        usize::from(self.ip_len)
+    }
+
     /// Offset of the L4 header in the frame.
     #[inline]
     pub(crate) fn l4(&self) -> usize {
-        self.l3 + IPV4_HEADER_LEN
+        self.l3() + IPV4_HEADER_LEN
     }
 
     /// The key's flow hash, computed at most once per key.
@@ -91,11 +132,13 @@ impl Ipv4Meta {
 }
 
 /// Whether the packet `meta` describes is TCP, or UDP with a checksum (a zero field: none).
+/// Takes the frame rather than its bytes so that only UDP reads them.
 #[inline(always)]
-pub(crate) fn has_l4_checksum(frame: &[u8], meta: &Ipv4Meta) -> bool {
+pub(crate) fn has_l4_checksum(frame: &Frame<'_>, meta: &Ipv4Meta) -> bool {
     match meta.key.proto {
         proto::TCP => true,
         proto::UDP => frame
+            .data()
             .get(meta.l4() + 6..meta.l4() + 8)
             .is_some_and(|c| c != [0, 0]),
         _ => false,
@@ -133,21 +176,20 @@ pub(crate) fn parse_fragment(frame: &[u8], l3: usize, tail: usize) -> Result<Ipv
     if ip_len > ip.len() + tail {
         return Err(DropReason::TruncatedIpv4);
     }
-    Ok(Ipv4Meta {
+    Ok(Ipv4Meta::new(
         l3,
-        ip_len,
-        key: FlowKey {
+        ip_len as u16,
+        FlowKey {
             src_ip: addr(ip, 12),
             dst_ip: addr(ip, 16),
             src_port: 0,
             dst_port: 0,
             proto: ip[9],
         },
-        tcp_flags: 0,
-        icmp_type: 0,
-        dont_frag: be16(ip, 6) & 0x4000 != 0,
-        hash: 0,
-    })
+        0,
+        0,
+        be16(ip, 6) & 0x4000 != 0,
+    ))
 }
 
 /// Validate the IPv4 packet at `l3` in `frame`, the first buffer of a frame that continues in
@@ -212,10 +254,10 @@ pub(crate) fn parse_ipv4(frame: &[u8], l3: usize, tail: usize) -> Result<Ipv4Met
         }
         _ => (0, 0, 0, 0),
     };
-    Ok(Ipv4Meta {
+    Ok(Ipv4Meta::new(
         l3,
-        ip_len,
-        key: FlowKey {
+        ip_len as u16,
+        FlowKey {
             src_ip: addr(ip, 12),
             dst_ip: addr(ip, 16),
             src_port,
@@ -224,7 +266,6 @@ pub(crate) fn parse_ipv4(frame: &[u8], l3: usize, tail: usize) -> Result<Ipv4Met
         },
         tcp_flags,
         icmp_type,
-        dont_frag: flags_frag & 0x4000 != 0,
-        hash: 0,
-    })
+        flags_frag & 0x4000 != 0,
+    ))
 }

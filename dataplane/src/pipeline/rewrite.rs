@@ -11,14 +11,13 @@
 use core::net::Ipv4Addr;
 
 use super::parse::icmp_type;
-use super::Frame;
 use crate::flow::{proto, FlowKey};
 use crate::wire::MacAddr;
 
-/// Write the Ethernet addresses.
+/// Write the Ethernet addresses of the frame whose bytes are `frame`.
 #[inline]
-pub(crate) fn set_macs(frame: &mut Frame<'_>, dst: MacAddr, src: MacAddr) {
-    if let Some(eth) = frame.data_mut().first_chunk_mut::<12>() {
+pub(crate) fn set_macs(frame: &mut [u8], dst: MacAddr, src: MacAddr) {
+    if let Some(eth) = frame.first_chunk_mut::<12>() {
         eth[..6].copy_from_slice(&dst.0);
         eth[6..].copy_from_slice(&src.0);
     }

@@ -42,7 +42,7 @@ pub(crate) fn decap(
 ) -> Result<Ipv4Meta, DropReason> {
     let vx_at = outer.l4() + UDP_HEADER_LEN;
     let inner_at = vx_at + VXLAN_HEADER_LEN;
-    let end = outer.l3 + outer.ip_len;
+    let end = outer.l3() + outer.ip_len();
     // The inner Ethernet header must be in this buffer too (a tail holds payload only).
     if end < inner_at + ETHERNET_HEADER_LEN || frame.len() < inner_at + ETHERNET_HEADER_LEN {
         return Err(DropReason::VxlanTruncated);
@@ -82,22 +82,24 @@ pub(crate) fn encap(ctx: &Ctx<'_>, frame: &mut Frame<'_>, meta: &mut Ipv4Meta, i
     let Some(template) = &remote.encap else {
         return Next::Done(Verdict::Drop(DropReason::NeighborUnresolved));
     };
-    if meta.ip_len + VXLAN_OVERHEAD > usize::from(node.uplink_mtu) {
+    if meta.ip_len() + VXLAN_OVERHEAD > usize::from(node.uplink_mtu) {
         if let Some(next) = too_big(frame, meta, node.uplink_mtu, VXLAN_OVERHEAD as u16) {
             return next;
         }
     }
-    debug_assert_eq!(meta.l3, ETHERNET_HEADER_LEN);
-    if !decrement_ttl(&mut frame.data_mut()[meta.l3..]) {
+    debug_assert_eq!(meta.l3(), ETHERNET_HEADER_LEN);
+    if !decrement_ttl(&mut frame.data_mut()[meta.l3()..]) {
         return Next::IcmpError(IcmpError::TimeExceeded);
     }
-    let inner_len = meta.l3 + meta.ip_len;
-    if !(frame.set_len(inner_len) && frame.push_head(VXLAN_OVERHEAD)) {
+    // Ethernet padding after the packet is cut (rarely there: asked only then).
+    let inner_len = meta.l3() + meta.ip_len();
+    let cut = frame.total_len() == inner_len || frame.set_len(inner_len);
+    if !(cut && frame.push_head(VXLAN_OVERHEAD)) {
         return Next::Done(Verdict::Drop(DropReason::NoHeadroom));
     }
     // Saturated for an inner packet within 50 bytes of 64 KiB (marked to be cut, so never
     // sent as it is: see `offload`'s headers).
-    let outer_ip_len = (VXLAN_OVERHEAD + meta.ip_len).min(usize::from(u16::MAX)) as u16;
+    let outer_ip_len = (VXLAN_OVERHEAD + meta.ip_len()).min(usize::from(u16::MAX)) as u16;
     let src_port = SRC_PORT_MIN + ((u64::from(meta.hash() as u32) * SRC_PORT_SPAN) >> 32) as u16;
     let d = frame.data_mut();
     d[..ENCAP_TEMPLATE_LEN].copy_from_slice(&template.bytes);

@@ -41,6 +41,22 @@ const CATEGORIES: [&str; 17] = [
     "idle",
 ];
 
+/// Each category's index in [`CATEGORIES`].
+const POD_TCP_COPY: usize = 0;
+const VETH_COW: usize = 1;
+const XSK_RX_COPY: usize = 2;
+const XSK_TX_COPY: usize = 3;
+const PACKET_SOCKET_COPY: usize = 4;
+const OTHER_COPY: usize = 5;
+const KERNEL_CHECKSUM: usize = 6;
+const KXDP_COPY_AND_SUM: usize = 7;
+const KXDP_REST: usize = 8;
+const XDP: usize = 9;
+const GSO: usize = 10;
+const FORWARDING: usize = 11;
+const TCP_IP: usize = 12;
+const ALLOCATION: usize = 13;
+const REST: usize = 14;
 /// The two categories that are not work: a spinning worker's yields, and idle.
 const YIELD: usize = 15;
 const IDLE: usize = 16;
@@ -48,49 +64,49 @@ const IDLE: usize = 16;
 /// Stages a kernel stack frame belongs to, by the start of its symbol: the innermost frame
 /// that matches one decides a sample that is not a copy or a checksum.
 const STAGES: [(&str, usize); 36] = [
-    ("skb_release", 13),
-    ("kfree_skb", 13),
-    ("consume_skb", 13),
-    ("__alloc_skb", 13),
-    ("alloc_skb", 13),
-    ("napi_consume", 13),
-    ("skb_defer_free", 13),
-    ("kmem_cache_", 13),
-    ("page_pool_", 13),
-    ("__free_pages", 13),
-    ("free_frozen", 13),
-    ("get_page_from_freelist", 13),
-    ("xsk_", 9),
-    ("__xsk", 9),
-    ("xp_", 9),
-    ("veth_xdp", 9),
-    ("bpf_prog", 9),
-    ("xdp_", 9),
-    ("skb_pp_cow", 9),
-    ("skb_segment", 10),
-    ("__udp_gso_segment", 10),
-    ("br_", 11),
-    ("vxlan", 11),
-    ("udp_tunnel", 11),
-    ("nf_", 11),
-    ("nft_", 11),
-    ("ip_forward", 11),
-    ("fib_", 11),
-    ("packet_", 14),
-    ("tcp", 12),
-    ("__tcp", 12),
-    ("ip_", 12),
-    ("__ip", 12),
-    ("inet_", 12),
-    ("udp", 11),
-    ("__udp", 11),
+    ("skb_release", ALLOCATION),
+    ("kfree_skb", ALLOCATION),
+    ("consume_skb", ALLOCATION),
+    ("__alloc_skb", ALLOCATION),
+    ("alloc_skb", ALLOCATION),
+    ("napi_consume", ALLOCATION),
+    ("skb_defer_free", ALLOCATION),
+    ("kmem_cache_", ALLOCATION),
+    ("page_pool_", ALLOCATION),
+    ("__free_pages", ALLOCATION),
+    ("free_frozen", ALLOCATION),
+    ("get_page_from_freelist", ALLOCATION),
+    ("xsk_", XDP),
+    ("__xsk", XDP),
+    ("xp_", XDP),
+    ("veth_xdp", XDP),
+    ("bpf_prog", XDP),
+    ("xdp_", XDP),
+    ("skb_pp_cow", XDP),
+    ("skb_segment", GSO),
+    ("__udp_gso_segment", GSO),
+    ("br_", FORWARDING),
+    ("vxlan", FORWARDING),
+    ("udp_tunnel", FORWARDING),
+    ("nf_", FORWARDING),
+    ("nft_", FORWARDING),
+    ("ip_forward", FORWARDING),
+    ("fib_", FORWARDING),
+    ("packet_", REST),
+    ("tcp", TCP_IP),
+    ("__tcp", TCP_IP),
+    ("ip_", TCP_IP),
+    ("__ip", TCP_IP),
+    ("inet_", TCP_IP),
+    ("udp", FORWARDING),
+    ("__udp", FORWARDING),
 ];
 
 /// The category of one sample: its command and its stack, innermost frame first, each
 /// frame (user space or kernel, symbol).
 fn category(comm: &str, stack: &[(bool, &str)]) -> usize {
     let Some(&(leaf_kernel, leaf)) = stack.first() else {
-        return 14;
+        return REST;
     };
     let has = |s: &str| stack.iter().any(|f| f.1.starts_with(s));
     let copy = [
@@ -114,28 +130,28 @@ fn category(comm: &str, stack: &[(bool, &str)]) -> usize {
     }
     if !leaf_kernel {
         return match comm.starts_with("kxdp-worker") {
-            true if copy || leaf.contains("checksum") || leaf.contains("csum") => 7,
-            true => 8,
-            false => 14,
+            true if copy || leaf.contains("checksum") || leaf.contains("csum") => KXDP_COPY_AND_SUM,
+            true => KXDP_REST,
+            false => REST,
         };
     }
     if copy {
         return if has("skb_pp_cow_data") {
-            1
+            VETH_COW
         } else if has("__xsk_rcv") {
-            2
+            XSK_RX_COPY
         } else if has("__xsk_generic_xmit") {
-            3
+            XSK_TX_COPY
         } else if has("packet_snd") || has("packet_sendmsg") {
-            4
+            PACKET_SOCKET_COPY
         } else if has("tcp_sendmsg") || has("tcp_recvmsg") {
-            0
+            POD_TCP_COPY
         } else {
-            5
+            OTHER_COPY
         };
     }
     if leaf.contains("csum") {
-        return 6;
+        return KERNEL_CHECKSUM;
     }
     stack
         .iter()
@@ -146,7 +162,7 @@ fn category(comm: &str, stack: &[(bool, &str)]) -> usize {
                 .find(|(start, _)| f.1.starts_with(start))
                 .map(|s| s.1)
         })
-        .unwrap_or(14)
+        .unwrap_or(REST)
 }
 
 /// Samples by category.
@@ -528,7 +544,16 @@ mod tests {
         // receive, a checksum.
         assert_eq!(
             of(11),
-            Some(("iperf3", 10, counts(&[(0, 1), (1, 1), (6, 1), (13, 1)])))
+            Some((
+                "iperf3",
+                10,
+                counts(&[
+                    (POD_TCP_COPY, 1),
+                    (VETH_COW, 1),
+                    (KERNEL_CHECKSUM, 1),
+                    (ALLOCATION, 1)
+                ])
+            ))
         );
         // Into UMEM under the packet socket's send; the completion ring's lock; TSO's copy;
         // the packet socket's send, not copying.
@@ -537,16 +562,21 @@ mod tests {
             Some((
                 "kxdp-worker-0",
                 20,
-                counts(&[(2, 1), (7, 1), (9, 1), (14, 1)])
+                counts(&[
+                    (XSK_RX_COPY, 1),
+                    (KXDP_COPY_AND_SUM, 1),
+                    (XDP, 1),
+                    (REST, 1)
+                ])
             ))
         );
         // The pipeline; a yield.
         assert_eq!(
             of(31),
-            Some(("kxdp-worker-0", 30, counts(&[(8, 1), (YIELD, 1)])))
+            Some(("kxdp-worker-0", 30, counts(&[(KXDP_REST, 1), (YIELD, 1)])))
         );
         // A command with a space in its name: user space, not kxdp's.
-        assert_eq!(of(40), Some(("opt cgu.0", 40, counts(&[(14, 1)]))));
+        assert_eq!(of(40), Some(("opt cgu.0", 40, counts(&[(REST, 1)]))));
         assert_eq!(of(0), Some(("swapper", 0, counts(&[(IDLE, 1)]))));
         assert_eq!(tasks.len(), 5);
     }
@@ -559,10 +589,13 @@ mod tests {
             agents: [Some(20), Some(30)],
         };
         // One of 12 samples is the pod's copy: 1/12 of 2 cores, over 1000 MB/s.
-        assert!((p.us_per_mb(0, 2.0) - 2e6 / 12.0 / 1000.0).abs() < 1e-9);
+        assert!((p.us_per_mb(POD_TCP_COPY, 2.0) - 2e6 / 12.0 / 1000.0).abs() < 1e-9);
         // Node A's worker (process 20): its four samples, one each in four categories.
         let a = p.node_a_worker().expect("node A's worker sampled");
-        assert_eq!((a[2], a[7], a[9], a[14]), (25.0, 25.0, 25.0, 25.0));
+        assert_eq!(
+            (a[XSK_RX_COPY], a[KXDP_COPY_AND_SUM], a[XDP], a[REST]),
+            (25.0, 25.0, 25.0, 25.0)
+        );
         // Tasks by share of one core: iperf3 4 of 12 samples of 2 cores, 67%; node B's
         // worker yields half its time.
         let busiest = p.busiest(2, 2.0);
@@ -576,6 +609,6 @@ mod tests {
             gbps: 8.0,
             agents: [None, None],
         };
-        assert!(none.us_per_mb(0, 2.0).is_nan() && none.node_a_worker().is_none());
+        assert!(none.us_per_mb(POD_TCP_COPY, 2.0).is_nan() && none.node_a_worker().is_none());
     }
 }

@@ -45,7 +45,9 @@ pub struct AgentArgs {
     /// through NodePorts].
     #[arg(long, env = "KXDP_HOST_INTERFACE", value_name = "IFACE")]
     pub host_interface: Option<String>,
-    /// Cores for the workers, one worker each (`0,1` or `2-3`) [default: one unpinned worker].
+    /// Cores for the workers, one worker each (`0,1` or `2-3`); `auto`: one worker pinned to
+    /// the last CPU of the agent's affinity mask (what a cpuset or the kubelet's static CPU
+    /// manager gives it); `none`: one worker the scheduler places [default: auto].
     #[arg(long, env = "KXDP_CORES", value_name = "LIST")]
     pub cores: Option<String>,
     /// How idle workers wait: `adaptive` (spin for --spin-us after traffic, then sleep in
@@ -227,10 +229,11 @@ impl AgentArgs {
         } else {
             SourceConfig::Manifests(manifests)
         };
-        let cores = match self.cores.or(file.cores) {
-            None => vec![None],
+        let cores = match self.cores.or(file.cores).as_deref() {
+            None | Some("auto") => vec![usable.and_then(|u| u.last().copied())],
+            Some("none") => vec![None],
             Some(list) => {
-                let cores = parse_cores(&list).map_err(|e| config_error("--cores", e))?;
+                let cores = parse_cores(list).map_err(|e| config_error("--cores", e))?;
                 if let Some(usable) = usable {
                     check_cores(&cores, usable).map_err(|e| config_error("--cores", e))?;
                 }
@@ -447,7 +450,8 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
     let too_many = || format!("{list:?} names more than {max} cores: at most {max} workers");
     let mut cores = Vec::new();
     for part in list.split(',').map(str::trim) {
-        let bad = || format!("{part:?} is not a core number or range (as in 0,1 or 2-3)");
+        let bad =
+            || format!("{part:?} is not a core number or range (as in 0,1 or 2-3), auto or none");
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b): (usize, usize) =
@@ -546,9 +550,9 @@ mod tests {
 
     #[test]
     fn defaults_fill_what_is_not_given() {
-        let c = args().resolve().unwrap();
+        let c = args().resolve_on(Some(&[0, 2, 5])).unwrap();
         assert_eq!(c.uplink, "eth0");
-        assert_eq!(c.cores, vec![None]);
+        assert_eq!(c.cores, vec![Some(5)]);
         assert_eq!(c.source, SourceConfig::Kubernetes(None));
         assert_eq!(c.admin, "unix:/run/kxdp/admin.sock".parse().unwrap());
         assert_eq!(c.metrics, "127.0.0.1:9901".parse().unwrap());
@@ -592,6 +596,29 @@ mod tests {
         b.mode = Some("spin".into());
         let e = b.resolve().unwrap_err().to_string();
         assert!(e.contains("--mode") && e.contains("\"spin\""), "{e}");
+    }
+
+    #[test]
+    fn one_worker_takes_the_last_allowed_cpu_unless_told_otherwise() {
+        let mut a = args();
+        a.cores = Some("auto".into());
+        assert_eq!(
+            a.clone().resolve_on(Some(&[3, 4])).unwrap().cores,
+            vec![Some(4)]
+        );
+        // Where the kernel does not say which CPUs are allowed, nothing is pinned.
+        assert_eq!(a.clone().resolve_on(None).unwrap().cores, vec![None]);
+        a.cores = Some("none".into());
+        assert_eq!(
+            a.clone().resolve_on(Some(&[3, 4])).unwrap().cores,
+            vec![None]
+        );
+        // By default, on this machine: its own last allowed CPU.
+        let here = usable_cpus().expect("the kernel lists this process's CPUs");
+        assert_eq!(args().resolve().unwrap().cores, vec![here.last().copied()]);
+        a.cores = Some("nne".into());
+        let e = a.resolve_on(Some(&[0])).unwrap_err().to_string();
+        assert!(e.contains("--cores") && e.contains("\"nne\""), "{e}");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! of its veth named [`pod_interface_name`], its MAC [`pod_mac`]. The manifest is copied into a
 //! private directory, where tests may rewrite it and the agents re-read it; a pod scheduled later
 //! gets its veth the same way ([`AgentCluster::add_pod_veth`]). [`AgentCluster::start`]
-//! runs one agent per node in the node's namespace (`ip netns exec`), with the debug API on a
+//! runs one agent per node in the node's namespace (`ip netns exec`) and, as on two machines,
+//! on a CPU of its own ([`node_cpu`]; the agent pins its worker there), with the debug API on a
 //! Unix socket in that directory ([`AgentCluster::admin`]), the metrics listener on its default
 //! `127.0.0.1:9901` in the node's namespace ([`AgentCluster::metrics_get`] reads it from there),
 //! and a time limit. Agents get SIGTERM when the cluster is dropped, and the testbed removes
@@ -66,6 +67,13 @@ pub struct AgentCluster {
     /// Pods [`attach_pods_by_plugin`](Self::attach_pods_by_plugin) attached: name, node and
     /// attachment, detached when the cluster is dropped.
     attached: Vec<(String, usize, Attachment)>,
+}
+
+/// The CPU node `node`'s agent runs on, as if each node were a machine: the node's index
+/// among the CPUs this process may use, wrapping around where there are fewer.
+pub fn node_cpu(node: usize) -> usize {
+    let cpus = kxdp_agent::settings::usable_cpus().unwrap_or_else(|| vec![0]);
+    cpus[node % cpus.len()]
 }
 
 /// The `kxdp` binary: `KXDP_BIN`, or beside the running executable (or its parent directory,
@@ -396,7 +404,8 @@ impl AgentCluster {
     }
 
     /// Start node `node`'s agent with `args` after the common flags (node, uplink, admin API,
-    /// subnet file, time limit): the source at least. Does not wait.
+    /// subnet file, time limit): the source at least. Does not wait. The agent may run only
+    /// on [`node_cpu`]`(node)` unless `args` say where its workers go (`--cores`).
     pub fn start_node(&mut self, node: usize, max_run_s: u64, args: &[&str]) -> Result<(), String> {
         let bin = kxdp_bin()?;
         // Appended to: an agent that replaces another logs after it.
@@ -405,7 +414,14 @@ impl AgentCluster {
             .append(true)
             .open(self.log_path(node))
             .map_err(|e| e.to_string())?;
-        let child = Command::new("ip")
+        let mut command = if args.contains(&"--cores") {
+            Command::new("ip")
+        } else {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", &node_cpu(node).to_string(), "ip"]);
+            taskset
+        };
+        let child = command
             .args(["netns", "exec", &self.tb.nodes[node].ns])
             .arg(&bin)
             .args([

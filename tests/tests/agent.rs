@@ -114,6 +114,17 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
     );
     assert_eq!(s.interfaces.len(), 3, "uplink and two pods: {s:?}");
     assert!(s.interfaces.iter().all(|i| i.rx > 0), "{s:?}");
+    // By default each agent pins its one worker to the last CPU it may use: here, the CPU the
+    // cluster gave its node.
+    for node in 0..2 {
+        let cpu = kxdp_tests::cluster::node_cpu(node);
+        let workers = c.status(node).workers;
+        assert_eq!(
+            workers.iter().map(|w| w.core).collect::<Vec<_>>(),
+            vec![Some(cpu)],
+            "{workers:?}"
+        );
+    }
     let text = cli(&c, 0, &["status"]);
     assert!(
         text.contains("node node-a") && text.contains("INTERFACE"),

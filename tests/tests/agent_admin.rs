@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kxdp_agent::settings::usable_cpus;
 use kxdp_tests::cluster::{
     eventually, kxdp_bin, metric, AgentCluster, DEMO_MANIFEST as MANIFEST, DEMO_PODS as PODS,
 };
@@ -370,9 +371,19 @@ fn a_second_agent_on_the_same_admin_socket_refuses_to_start_and_a_stale_one_is_r
     // A socket left behind by an agent that died (nothing listens) is replaced.
     let stale = c.admin(1).to_string();
     drop(std::os::unix::net::UnixListener::bind(stale.trim_start_matches("unix:")).unwrap());
-    c.start_node(1, 120, &["--manifest", &manifest]).unwrap();
+    // (`--cores auto`, the default, said: the agent may run on every CPU, and pins its worker
+    // to the last.)
+    c.start_node(1, 120, &["--manifest", &manifest, "--cores", "auto"])
+        .unwrap();
     c.wait_ready(1, Duration::from_secs(30)).unwrap();
     assert!(c.log(1).contains("replaced a stale socket"), "{}", c.log(1));
+    let pid = c.agent_pid(1).unwrap();
+    let allowed = usable_cpus().unwrap();
+    let last = allowed.last().unwrap().to_string();
+    assert_eq!(cpus_allowed(&format!("{}/status", worker_task(pid))), last);
+    if allowed.len() > 1 {
+        assert_ne!(cpus_allowed(&format!("/proc/{pid}/status")), last);
+    }
 
     // At exit each agent removes its own socket.
     assert_eq!(c.stop(1), Ok(true), "{}", c.log(1));
@@ -381,4 +392,27 @@ fn a_second_agent_on_the_same_admin_socket_refuses_to_start_and_a_stale_one_is_r
         std::path::Path::new(&path).exists(),
         "node-a's is not node-b's to remove"
     );
+}
+
+/// The `Cpus_allowed_list` of a task's `status` file: the CPUs it may run on (`0-1`, `1`).
+fn cpus_allowed(status: &str) -> String {
+    let text = std::fs::read_to_string(status).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned()
+}
+
+/// `/proc/PID/task/TID` of agent `pid`'s worker thread.
+fn worker_task(pid: u32) -> String {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|t| t.unwrap().path())
+        .find(|t| {
+            std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "kxdp-worker-0")
+        })
+        .expect("the agent has a thread kxdp-worker-0")
+        .display()
+        .to_string()
 }

@@ -72,8 +72,10 @@ impl Clusters {
     }
 }
 
-/// Build both clusters with underlay MTU `mtu`, and start kxdp's agents (adaptive mode, one
-/// unpinned worker each: their defaults).
+/// Build both clusters with underlay MTU `mtu`, and start kxdp's agents with their defaults
+/// (adaptive mode, one worker pinned to the last CPU the agent may use), node-a's agent on
+/// core 0 and node-b's on core 1, as on two machines
+/// ([`node_cpu`](kxdp_tests::cluster::node_cpu)).
 pub(crate) fn clusters(mtu: u16) -> Result<Clusters, String> {
     let manifest = format!("{DEMO_MANIFEST}{ECHO}");
     let mut kx = AgentCluster::build(&manifest, &DEMO_PODS)?;
@@ -147,27 +149,27 @@ fn agent_error(e: &str) -> String {
     why.chars().take(400).collect()
 }
 
-/// Restart kxdp's agents with workers in `mode` (`busy-poll` or `adaptive`), node-a's on core
-/// 0 and node-b's on core 1.
-pub(crate) fn restart_agents(c: &mut AgentCluster, mode: &str) -> Result<(), String> {
+/// Restart kxdp's agents with workers in `mode` (`adaptive`, `wakeup` or `busy-poll`): pinned
+/// as by default, each agent on its node's core
+/// ([`node_cpu`](kxdp_tests::cluster::node_cpu)), or left with every core and `--cores none`,
+/// the scheduler placing their workers.
+pub(crate) fn restart_agents(c: &mut AgentCluster, mode: &str, pinned: bool) -> Result<(), String> {
     let manifest = c.manifest.display().to_string();
+    let pod_mtu = KXDP_POD_MTU.to_string();
+    let mut args = vec![
+        "--manifest",
+        &manifest,
+        "--mode",
+        mode,
+        "--pod-mtu",
+        &pod_mtu,
+    ];
+    if !pinned {
+        args.extend(["--cores", "none"]);
+    }
     for node in 0..2 {
         c.stop(node)?;
-        let core = node.to_string();
-        c.start_node(
-            node,
-            AGENT_MAX_RUN_S,
-            &[
-                "--manifest",
-                &manifest,
-                "--mode",
-                mode,
-                "--cores",
-                &core,
-                "--pod-mtu",
-                &KXDP_POD_MTU.to_string(),
-            ],
-        )?;
+        c.start_node(node, AGENT_MAX_RUN_S, &args)?;
     }
     for node in 0..2 {
         c.wait_ready(node, Duration::from_secs(30))?;

@@ -415,8 +415,9 @@ pub(crate) fn write_iperf(
     let _ = writeln!(
         r.md,
         "\n## iperf3 between pods (two-node clusters)\n\n\
-         One cluster run by `kxdp agent`s (adaptive mode, one unpinned worker each: the agent's \
-         defaults), one by the kernel as a flannel node with kube-proxy runs it (every offload \
+         One cluster run by `kxdp agent`s with their defaults (adaptive mode, one worker \
+         pinned to the last core the agent may use; node-a's agent on core 0, node-b's on \
+         core 1), one by the kernel as a flannel node with kube-proxy runs it (every offload \
          at its default); the same pods, addresses and services. iperf3 `--json`, {} s per run, \
          median of {} runs (range), the paths alternating. Gbit/s is what the receiver got \
          (`end.sum_received`); retransmits are the sender's (`end.sum_sent.retransmits`) per \

@@ -62,8 +62,8 @@
 //!    through a bare forwarder on kxdp's sockets and worker loop (`node_ceiling.rs`).
 //! 4. **Request/response latency** at a fixed rate (`--rps`): UDP echo through a ClusterIP to a
 //!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9; kxdp's agents in
-//!    each worker mode (adaptive unpinned as by default, then adaptive, wakeup and busy-poll
-//!    with a core per node's worker), each mode's runs alternating with the kernel's.
+//!    each worker mode (adaptive pinned as by default, then adaptive unpinned, wakeup and
+//!    busy-poll), each mode's runs alternating with the kernel's.
 //!
 //! The report (markdown with the commit measured and the machine), goes to stdout and, with
 //! `--out DIR`, to `DIR/report.md`, with its plot (`report.svg`: packets per second by frame
@@ -151,8 +151,10 @@ fn path_settings(a: &Args) -> String {
            sockets (copy mode on veth), and a user-space worker does conntrack, NAT, routing and \
            VXLAN.\n\
          - **Workers and pinning.** Two-node clusters: each `kxdp agent` with its defaults, \
-           adaptive mode (2 ms spin) and one unpinned worker; for latency also adaptive, wakeup and \
-           busy-poll with node-a's worker on core 0 and node-b's on core 1. Packet-rate topologies: one \
+           adaptive mode (2 ms spin) and one worker pinned to the last core the agent may use, \
+           node-a's agent on core 0 and node-b's on core 1 (`taskset`), as if each node were a \
+           machine; the kernel's nodes use both cores. For latency also adaptive with every \
+           core and the worker unpinned (`--cores none`), wakeup and busy-poll. Packet-rate topologies: one \
            busy-poll worker pinned to core {w}, the generator to core {g}. The kernel has no \
            worker. iperf3 and the echo clients are unpinned on both paths.\n\
          - **Segmentation and coalescing.** Kernel pods send TCP in segments of up to 64 KiB \
@@ -321,10 +323,9 @@ fn run() -> Result<(), String> {
                  a veth, with no thread to wake. Adaptive (the default): a worker keeps \
                  spinning 2 ms after its last frame, longer than the gap between requests at \
                  this rate, so no hop wakes one; at rates below one frame per 2 ms a request \
-                 pays the wakeups. Adaptive, pinned: the same, with each node's worker held to a \
-                 core of its own, so the scheduler neither stacks the two spinning workers on \
-                 one core nor moves them; an agent pins only when told (`--cores`), as it \
-                 cannot know which cores are free. Busy-poll: no wakeups; a worker picks a \
+                 pays the wakeups. The default pins each node's worker to a core of its own, \
+                 so the scheduler neither stacks the two spinning workers on one core nor \
+                 moves them, as it may unpinned (`--cores none`). Busy-poll: no wakeups; a worker picks a \
                  frame up as it lands. What remains in the tail is this machine: with two cores, the spinning \
                  workers share them with the client, the server and their kernel work, and \
                  although an idle worker yields the core, a request now and then waits for the \

@@ -470,19 +470,23 @@ pub(crate) fn measure_latency(
     let mut rows: Vec<(&str, [Vec<f64>; 3], u64)> = Vec::new();
     let mut kernel: ([Vec<f64>; 3], u64) = Default::default();
     let mut ratios = Vec::new();
-    // The plot's series of each mode: kxdp's default (adaptive) is plain "kxdp".
-    for (name, series, mode) in [
+    // The plot's series of each mode: kxdp's default (adaptive, pinned) is plain "kxdp".
+    for (name, series, restart) in [
         ("kxdp, adaptive (default)", "kxdp", None),
         (
-            "kxdp, adaptive, pinned",
-            "kxdp, adaptive, pinned",
-            Some("adaptive"),
+            "kxdp, adaptive, unpinned",
+            "kxdp, adaptive, unpinned",
+            Some(("adaptive", false)),
         ),
-        ("kxdp, wakeup", "kxdp, wakeup", Some("wakeup")),
-        ("kxdp, busy-poll", "kxdp, busy-poll", Some("busy-poll")),
+        ("kxdp, wakeup", "kxdp, wakeup", Some(("wakeup", true))),
+        (
+            "kxdp, busy-poll",
+            "kxdp, busy-poll",
+            Some(("busy-poll", true)),
+        ),
     ] {
-        if let Some(mode) = mode {
-            restart_agents(&mut c.kxdp, mode)?;
+        if let Some((mode, pinned)) = restart {
+            restart_agents(&mut c.kxdp, mode, pinned)?;
         }
         let (mut q, mut beside) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
         let mut lost = 0;
@@ -545,12 +549,13 @@ pub(crate) fn measure_latency(
          (hdrhistogram), median of {} runs of each kxdp mode (range), each run beside one \
          of the kernel's, the two alternating (the kernel's row: all {} of its runs; each \
          mode's ratio: to the median of the kernel's runs beside it). kxdp's agents in \
-         adaptive mode (their default: a worker spins for 2 ms after its last frame, then \
-         sleeps in poll(2); one unpinned worker each), then in adaptive mode again, in wakeup \
-         mode (a worker sleeps in poll(2) whenever its rings are empty) and in busy-poll mode \
-         (it never sleeps), these three with node-a's worker on core 0 and node-b's on core 1, \
-         the cores the clients also run on (a spinning worker whose rings are empty yields \
-         the core).\n\n\
+         their defaults (adaptive mode: a worker spins for 2 ms after its last frame, then \
+         sleeps in poll(2); one worker pinned to the last core the agent may use, node-a's \
+         agent on core 0 and node-b's on core 1, as on two machines), then adaptive with \
+         every core and its worker unpinned (`--cores none`), wakeup (a worker sleeps in \
+         poll(2) whenever its rings are empty) and busy-poll (it never sleeps), these two \
+         pinned as by default. The clients run on the same cores (a spinning worker whose \
+         rings are empty yields the core).\n\n\
          | path | p50 | p99 | p99.9 | lost |\n|---|---:|---:|---:|---:|",
         c.mtu,
         a.rps,

@@ -9,7 +9,8 @@
 //! skb and copy of each AF_XDP transmit, and the receiver's TCP in the worker's.
 //!
 //! The pods keep their neighbour entries (made permanent: nothing answers ARP while the
-//! forwarder runs) and their MTU; the worker runs in the agent's default mode, unpinned.
+//! forwarder runs) and their MTU; the worker runs as the agent's would by default: adaptive
+//! mode, pinned to node A's CPU.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -94,7 +95,8 @@ pub(crate) fn measure_node_ceiling(
     }
     let config = Config {
         netns: Some(ns),
-        // The agent's default mode.
+        // The agent's defaults: adaptive mode, one worker on the CPU its node was given.
+        workers: vec![Some(kxdp_tests::cluster::node_cpu(0))],
         mode: Mode::Adaptive {
             spin_us: kxdp_agent::settings::DEFAULT_SPIN_US,
             timeout_ms: 50,
@@ -174,7 +176,8 @@ pub(crate) fn write_node_ceilings(
 ) {
     let intro = "\n**The ceiling of kxdp's path on one node.** The one-node test again on kxdp's \
          cluster with its agents stopped, through a bare forwarder on kxdp's own sockets, UMEM \
-         and worker loop (the agent's default mode, one unpinned worker): each frame goes \
+         and worker loop (as the agent by default: adaptive mode, one worker pinned to node \
+         A's core): each frame goes \
          from one pod's veth to the other's whole, its Ethernet addresses rewritten and the \
          pod's partial TCP checksum handed on in AF_XDP TX metadata, as kxdp does, with no \
          conntrack, policy, routing or counting. What it moves is what copy-mode AF_XDP on a \

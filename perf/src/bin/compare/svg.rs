@@ -12,7 +12,7 @@ use crate::report::{Point, Report};
 /// Every series the plot may show, with its colour: one colour per path in every panel.
 pub(crate) const SERIES: [(&str, &str); 9] = [
     ("kxdp", "#d64545"),
-    ("kxdp, adaptive, pinned", "#c05fa0"),
+    ("kxdp, adaptive, unpinned", "#c05fa0"),
     ("kxdp, skb generator", "#f0b429"),
     ("kxdp, wakeup", "#e8833a"),
     ("kxdp, busy-poll", "#7a1616"),

@@ -233,6 +233,7 @@ async fn node_settings(
         gateway = ?settings.node.uplink_gateway,
         nodeports = ?settings.node.nodeport_ips(),
         workers = config.cores.len(),
+        cores = ?config.cores,
         "starting"
     );
     Ok((uplink.index, settings))

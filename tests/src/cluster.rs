@@ -414,7 +414,7 @@ impl AgentCluster {
             .append(true)
             .open(self.log_path(node))
             .map_err(|e| e.to_string())?;
-        let mut command = if args.contains(&"--cores") {
+        let mut command = if args.iter().any(|a| a.starts_with("--cores")) {
             Command::new("ip")
         } else {
             let mut taskset = Command::new("taskset");

@@ -63,7 +63,8 @@
 //! 4. **Request/response latency** at a fixed rate (`--rps`): UDP echo through a ClusterIP to a
 //!    pod on the other node, recorded in an hdrhistogram: p50, p99, p99.9; kxdp's agents in
 //!    each worker mode (adaptive pinned as by default, then adaptive unpinned, wakeup and
-//!    busy-poll), each mode's runs alternating with the kernel's.
+//!    busy-poll), each mode's runs alternating with the kernel's; before each mode's runs, the
+//!    CPU its idle agents use.
 //!
 //! The report (markdown with the commit measured and the machine), goes to stdout and, with
 //! `--out DIR`, to `DIR/report.md`, with its plot (`report.svg`: packets per second by frame

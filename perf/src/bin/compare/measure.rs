@@ -445,6 +445,54 @@ fn echo_latency(
     })
 }
 
+/// One path's row of the latency table: p50, p99 and p99.9 of each run, requests lost, and
+/// (kxdp's modes) the share of a core an idle agent uses.
+struct LatencyRow<'a> {
+    name: &'a str,
+    q: [Vec<f64>; 3],
+    lost: u64,
+    idle: Option<f64>,
+}
+
+/// How long [`idle_cpu`] waits for traffic to end (an adaptive worker spins 2 ms after its
+/// last frame) and how long it then counts.
+const IDLE_SETTLE_SECS: f64 = 2.0;
+const IDLE_SECS: f64 = 3.0;
+
+/// The share of a core each of kxdp's agent processes (every thread: workers, control,
+/// API) ran over [`IDLE_SECS`] with no traffic, both nodes' mean.
+fn idle_cpu(kx: &kxdp_tests::cluster::AgentCluster) -> Result<f64, String> {
+    std::thread::sleep(Duration::from_secs_f64(IDLE_SETTLE_SECS));
+    let pids: Vec<u32> = (0..2)
+        .map(|n| kx.agent_pid(n).ok_or("an agent is not running"))
+        .collect::<Result<_, _>>()?;
+    let ran = || -> Result<u64, String> { pids.iter().map(|&p| cpu_ns(p)).sum() };
+    let (t0, start) = (ran()?, Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(IDLE_SECS));
+    let used = ran()?.saturating_sub(t0) as f64 / 1e9;
+    Ok(used / start.elapsed().as_secs_f64() / pids.len() as f64)
+}
+
+/// How long process `pid`'s threads have run, in ns: the first field of each
+/// `/proc/PID/task/TID/schedstat` (a thread that ended is no longer counted).
+fn cpu_ns(pid: u32) -> Result<u64, String> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let mut ns = 0;
+    for task in tasks.flatten() {
+        // A thread may end between the listing and the read.
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += parse_schedstat(&text).ok_or_else(|| format!("{dir}: schedstat {text:?}"))?;
+        }
+    }
+    Ok(ns)
+}
+
+/// The time on a CPU, in ns, of a `schedstat` line (`ran waited timeslices`).
+fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// The latency section, on clusters whose kxdp agents run (they are restarted in each worker
 /// mode); it goes to `md` rather than the report's, to follow the iperf3 section.
 pub(crate) fn measure_latency(
@@ -467,7 +515,7 @@ pub(crate) fn measure_latency(
     // this VM's speed drifts within minutes, so a ratio is only taken between runs made side
     // by side. The kernel's row is all its runs; each mode's ratio is to the kernel's runs
     // made beside it.
-    let mut rows: Vec<(&str, [Vec<f64>; 3], u64)> = Vec::new();
+    let mut rows: Vec<LatencyRow> = Vec::new();
     let mut kernel: ([Vec<f64>; 3], u64) = Default::default();
     let mut ratios = Vec::new();
     // The plot's series of each mode: kxdp's default (adaptive, pinned) is plain "kxdp".
@@ -488,6 +536,13 @@ pub(crate) fn measure_latency(
         if let Some((mode, pinned)) = restart {
             restart_agents(&mut c.kxdp, mode, pinned)?;
         }
+        let idle = idle_cpu(&c.kxdp)?;
+        r.samples.push(json!({
+            "measurement": "idle agent CPU",
+            "path": name,
+            "share_of_a_core": idle,
+            "seconds": IDLE_SECS,
+        }));
         let (mut q, mut beside) = (<[Vec<f64>; 3]>::default(), <[Vec<f64>; 3]>::default());
         let mut lost = 0;
         for run in 0..a.latency_runs {
@@ -533,13 +588,26 @@ pub(crate) fn measure_latency(
         }
         let ratio = |qi: usize| median(&q[qi]) / median(&beside[qi]).max(1.0);
         ratios.push((name, [ratio(0), ratio(1), ratio(2)]));
-        rows.push((name, q, lost));
+        rows.push(LatencyRow {
+            name,
+            q,
+            lost,
+            idle: Some(idle),
+        });
     }
     for (qi, label) in ["p50", "p99", "p99.9"].iter().enumerate() {
         r.latency
             .push(Point::of((*label).to_owned(), "kernel", &kernel.0[qi]));
     }
-    rows.insert(1, ("kernel", kernel.0, kernel.1));
+    rows.insert(
+        1,
+        LatencyRow {
+            name: "kernel",
+            q: kernel.0,
+            lost: kernel.1,
+            idle: None,
+        },
+    );
     let _ = writeln!(
         md,
         "\n## Request/response latency at a fixed rate\n\n\
@@ -555,27 +623,37 @@ pub(crate) fn measure_latency(
          every core and its worker unpinned (`--cores none`), wakeup (a worker sleeps in \
          poll(2) whenever its rings are empty) and busy-poll (it never sleeps), these two \
          pinned as by default. The clients run on the same cores (a spinning worker whose \
-         rings are empty yields the core).\n\n\
-         | path | p50 | p99 | p99.9 | lost |\n|---|---:|---:|---:|---:|",
+         rings are empty yields the core). *Idle*: the CPU each agent process used while no \
+         traffic ran, before its mode's runs ({IDLE_SECS} s, after {IDLE_SETTLE_SECS} s without \
+         traffic; every thread's `schedstat`, both agents' mean); the kernel path has no process to \
+         idle.\n\n\
+         | path | p50 | p99 | p99.9 | lost | idle, % of a core |\n|---|---:|---:|---:|---:|---:|",
         c.mtu,
         a.rps,
         a.latency_runs,
         ratios.len() * a.latency_runs
     );
     let us = |v: f64| format!("{v:.0}");
-    for (name, q, lost) in &rows {
+    for LatencyRow {
+        name,
+        q,
+        lost,
+        idle,
+    } in &rows
+    {
         let _ = writeln!(
             md,
-            "| {name} | {} | {} | {} | {lost} |",
+            "| {name} | {} | {} | {} | {lost} | {} |",
             spread(&q[0], us),
             spread(&q[1], us),
-            spread(&q[2], us)
+            spread(&q[2], us),
+            idle.map_or("–".to_owned(), |f| format!("{:.2}", 100.0 * f))
         );
     }
     for (name, k) in &ratios {
         let _ = writeln!(
             md,
-            "| **{name} / kernel** | **{:.2}x** | **{:.2}x** | **{:.2}x** | |",
+            "| **{name} / kernel** | **{:.2}x** | **{:.2}x** | **{:.2}x** | | |",
             k[0], k[1], k[2]
         );
         r.targets.push((
@@ -591,6 +669,14 @@ pub(crate) fn measure_latency(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_threads_run_time_is_schedstats_first_field() {
+        assert_eq!(parse_schedstat("123684 1278615 2\n"), Some(123_684));
+        assert_eq!(parse_schedstat(""), None);
+        // This process has run.
+        assert!(cpu_ns(std::process::id()).unwrap() > 0);
+    }
 
     #[test]
     fn perf_report_lines_give_share_kind_and_symbol() {

@@ -405,7 +405,8 @@ impl AgentCluster {
 
     /// Start node `node`'s agent with `args` after the common flags (node, uplink, admin API,
     /// subnet file, time limit): the source at least. Does not wait. The agent may run only
-    /// on [`node_cpu`]`(node)` unless `args` say where its workers go (`--cores`).
+    /// on [`node_cpu`]`(node)` unless `args` or the environment say where its workers go
+    /// (`--cores`, `KXDP_CORES`).
     pub fn start_node(&mut self, node: usize, max_run_s: u64, args: &[&str]) -> Result<(), String> {
         let bin = kxdp_bin()?;
         // Appended to: an agent that replaces another logs after it.
@@ -414,7 +415,8 @@ impl AgentCluster {
             .append(true)
             .open(self.log_path(node))
             .map_err(|e| e.to_string())?;
-        let mut command = if args.iter().any(|a| a.starts_with("--cores")) {
+        let told = args.iter().any(|a| a.starts_with("--cores"));
+        let mut command = if told || std::env::var_os("KXDP_CORES").is_some() {
             Command::new("ip")
         } else {
             let mut taskset = Command::new("taskset");

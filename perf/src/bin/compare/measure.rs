@@ -455,8 +455,9 @@ struct LatencyRow<'a> {
 }
 
 /// How long [`idle_cpu`] waits for traffic to end (an adaptive worker spins 2 ms after its
-/// last frame) and how long it then counts.
+/// last frame).
 const IDLE_SETTLE_SECS: f64 = 2.0;
+/// How long [`idle_cpu`] then counts the agents' run time.
 const IDLE_SECS: f64 = 3.0;
 
 /// The share of a core each of kxdp's agent processes (every thread: workers, control,

@@ -2,7 +2,8 @@
 //! each path: `perf record -a -g -e cpu-clock` over the middle of one extra iperf3 run, every
 //! sample put in one category by its call stack ([`category`]), each category given as CPU
 //! time per megabyte the receiver got, so paths moving data at different rates compare by
-//! what each byte costs.
+//! what each byte costs. Below each table, the most kxdp's path could carry if its user space
+//! took no time and every core ran the rest of its work ([`PathProfile::rate_without_kxdp_code`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -249,6 +250,26 @@ impl PathProfile {
         share * cores * 1e6 / (self.gbps * 1e3 / 8.0)
     }
 
+    /// The most this path could move (Gbit/s) if kxdp's user space took no time and every
+    /// core were kept busy with the rest of its work: the work per megabyte that remains
+    /// (every category but kxdp's user space, yielding and idle) against every core's time.
+    /// A bound, not a forecast: per-megabyte kernel costs are taken as they were at the
+    /// measured rate.
+    fn rate_without_kxdp_code(&self) -> f64 {
+        let counts = self.counts();
+        let total: u64 = counts.iter().sum();
+        let kernel_work: u64 = counts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| ![KXDP_COPY_AND_SUM, KXDP_REST, YIELD, IDLE].contains(i))
+            .map(|(_, n)| n)
+            .sum();
+        if kernel_work == 0 {
+            return f64::NAN;
+        }
+        self.gbps * total as f64 / kernel_work as f64
+    }
+
     /// The name a task goes by in the report.
     fn name(&self, t: &Task) -> String {
         match self.worker_of(t) {
@@ -480,6 +501,21 @@ pub(crate) fn write_stream_profiles(profiles: &[StreamProfile], r: &mut Report) 
             busy(kx),
             busy(ke)
         );
+        if let (Ok(k), Ok(e)) = (kx, ke) {
+            let bound = k.rate_without_kxdp_code();
+            if bound.is_finite() && e.gbps > 0.0 {
+                let _ = writeln!(
+                    r.md,
+                    "\nWhat the kernel's part of kxdp's path allows by itself: with kxdp's user \
+                     space taking no time and all {cores:.0} cores kept busy with the rest of \
+                     kxdp's row (the kernel's copies, XDP, skbs, bridge and the pods' TCP at the \
+                     cost per megabyte measured here), a stream could reach at most {bound:.2} \
+                     Gbit/s, {:.2}x the kernel path's {:.2} in this profile.",
+                    bound / e.gbps,
+                    e.gbps
+                );
+            }
+        }
     }
 }
 
@@ -604,6 +640,9 @@ mod tests {
         assert_eq!(busiest[1].0, "node A's worker");
         let b = p.busiest(3, 2.0);
         assert_eq!((b[2].0.as_str(), b[2].2), ("node B's worker", 50.0));
+        // Without kxdp's user space (2 samples) and yielding (1) and idle (1), 8 of 12
+        // samples remain: at most 12/8 of the measured rate.
+        assert!((p.rate_without_kxdp_code() - 8.0 * 12.0 / 8.0).abs() < 1e-9);
         let none = PathProfile {
             tasks: BTreeMap::new(),
             gbps: 8.0,

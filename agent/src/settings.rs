@@ -513,7 +513,7 @@ fn check_cores(cores: &[usize], usable: &[usize]) -> Result<(), String> {
 }
 
 /// `cpus` (sorted) as the kernel writes a CPU list: `0-3,6`.
-fn cpu_list(cpus: &[usize]) -> String {
+pub(crate) fn cpu_list(cpus: &[usize]) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;
     while i < cpus.len() {

@@ -115,13 +115,16 @@ fn agents_serve_the_cluster_and_report_it_through_the_api_and_cli() {
     assert_eq!(s.interfaces.len(), 3, "uplink and two pods: {s:?}");
     assert!(s.interfaces.iter().all(|i| i.rx > 0), "{s:?}");
     // By default each agent pins its one worker to the last CPU it may use: here, the CPU the
-    // cluster gave its node.
+    // cluster gave its node (where the whole agent runs, so the pinning shows in `pinned`).
     for node in 0..2 {
         let cpu = kxdp_tests::cluster::node_cpu(node);
         let workers = c.status(node).workers;
         assert_eq!(
-            workers.iter().map(|w| w.core).collect::<Vec<_>>(),
-            vec![Some(cpu)],
+            workers
+                .iter()
+                .map(|w| (w.core, w.cpus.clone(), w.pinned))
+                .collect::<Vec<_>>(),
+            vec![(Some(cpu), vec![cpu], Some(cpu))],
             "{workers:?}"
         );
     }

@@ -380,9 +380,44 @@ fn a_second_agent_on_the_same_admin_socket_refuses_to_start_and_a_stale_one_is_r
     let pid = c.agent_pid(1).unwrap();
     let allowed = usable_cpus().unwrap();
     let last = allowed.last().unwrap().to_string();
-    assert_eq!(cpus_allowed(&format!("{}/status", worker_task(pid))), last);
+    let worker = worker_task(pid);
+    assert_eq!(cpus_allowed(&format!("{worker}/status")), last);
     if allowed.len() > 1 {
         assert_ne!(cpus_allowed(&format!("/proc/{pid}/status")), last);
+    }
+    // The status says where the worker runs, as the kernel has it: moved after the start (as
+    // a cpuset change moves it), it reports the move beside the core it was pinned to.
+    let w = &c.status(1).workers[0];
+    let last_cpu = *allowed.last().unwrap();
+    assert_eq!(
+        (w.core, w.cpus.clone(), w.pinned),
+        (Some(last_cpu), vec![last_cpu], Some(last_cpu))
+    );
+    let tid = worker.rsplit('/').next().unwrap();
+    let first = allowed[0];
+    let moved = Command::new("taskset")
+        .args(["-p", "-c", &first.to_string(), tid])
+        .output()
+        .unwrap();
+    assert!(moved.status.success(), "{moved:?}");
+    let w = &c.status(1).workers[0];
+    assert_eq!(
+        (w.core, w.cpus.clone(), w.pinned),
+        (Some(first), vec![first], Some(last_cpu))
+    );
+    if allowed.len() > 1 {
+        let every = allowed
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let widened = Command::new("taskset")
+            .args(["-p", "-c", &every, tid])
+            .output()
+            .unwrap();
+        assert!(widened.status.success(), "{widened:?}");
+        let w = &c.status(1).workers[0];
+        assert_eq!((w.core, &w.cpus), (None, &allowed), "{w:?}");
     }
 
     // At exit each agent removes its own socket.

@@ -197,13 +197,16 @@ fn fatal(e: impl std::fmt::Display) -> StartError {
     StartError::Fatal(e.to_string())
 }
 
-/// What a worker shares with everyone: its counters.
+/// What a worker shares with everyone: its counters, and its thread.
 #[derive(Clone, Debug)]
 pub struct WorkerStats {
     /// The pipeline's counters.
     pub counters: Arc<Counters>,
     /// The I/O counters.
     pub io: Arc<IoCounters>,
+    /// The worker thread's id (`gettid`), for where the kernel lets it run
+    /// ([`crate::thread_cpus`]).
+    pub tid: i32,
 }
 
 /// A running dataplane; stops and frees everything when finished or dropped, and detaches its
@@ -1289,6 +1292,8 @@ fn run_worker(
     let _ = stats.send(Ok(WorkerStats {
         counters: Arc::clone(worker.counters()),
         io: Arc::clone(worker.io()),
+        // SAFETY: gettid has no preconditions.
+        tid: unsafe { libc::gettid() },
     }));
     // The table comes once the state is taken over; a closed channel means the start failed.
     let Starting {

@@ -447,7 +447,11 @@ mod tests {
                 counters.add(Event::RxPackets, 10 + w);
                 // The I/O counters have no writer outside their worker: zeros.
                 let io = Arc::new(IoCounters::default());
-                WorkerStats { counters, io }
+                WorkerStats {
+                    counters,
+                    io,
+                    tid: 0,
+                }
             })
             .collect();
         state.set_dataplane(DataplaneView {

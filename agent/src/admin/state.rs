@@ -283,9 +283,15 @@ impl AdminState {
                 .enumerate()
                 .map(|(i, w)| {
                     let io = w.io.read();
+                    let cpus = kxdp_xdp::thread_cpus(w.tid).unwrap_or_default();
                     WorkerView {
                         worker: i,
-                        core: d.cores.get(i).copied().flatten(),
+                        core: match cpus[..] {
+                            [one] => Some(one),
+                            _ => None,
+                        },
+                        cpus,
+                        pinned: d.cores.get(i).copied().flatten(),
                         rx: io.get(IoCounter::Rx),
                         tx: io.get(IoCounter::Tx),
                         tx_ring_full: io.get(IoCounter::TxRingFull),

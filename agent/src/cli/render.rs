@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::admin::views::PodPolicyView;
+use crate::admin::views::{PodPolicyView, WorkerView};
 use crate::admin::{CountersView, FlowsView, RouteTarget, RouteView, ServiceView, StatusView};
 
 /// Columns padded to their widest cell, two spaces apart.
@@ -82,7 +82,7 @@ pub fn status(s: &StatusView) -> String {
         .map(|w| {
             vec![
                 w.worker.to_string(),
-                w.core.map_or("-".into(), |c| c.to_string()),
+                where_it_runs(w),
                 w.rx.to_string(),
                 w.tx.to_string(),
                 w.tx_ring_full.to_string(),
@@ -345,6 +345,20 @@ pub fn policies(pods: &[PodPolicyView]) -> String {
     out
 }
 
+/// A worker's CORE column: the core it runs on, or the CPUs it may run on (`0-3`), and the
+/// core it was pinned to where that differs.
+fn where_it_runs(w: &WorkerView) -> String {
+    let now = match (w.core, &w.cpus[..]) {
+        (Some(core), _) => core.to_string(),
+        (None, []) => "-".into(),
+        (None, cpus) => crate::settings::cpu_list(cpus),
+    };
+    match w.pinned {
+        Some(p) if w.core != Some(p) && !w.cpus.is_empty() => format!("{now} (pinned to {p})"),
+        _ => now,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +378,27 @@ mod tests {
             ],
         );
         assert_eq!(t, "A          BB\nlong cell  x\ns          y\n");
+    }
+
+    #[test]
+    fn a_worker_shows_where_it_runs_and_where_it_was_pinned() {
+        let w = |core, cpus: &[usize], pinned| WorkerView {
+            core,
+            cpus: cpus.to_vec(),
+            pinned,
+            ..WorkerView::default()
+        };
+        assert_eq!(where_it_runs(&w(Some(3), &[3], Some(3))), "3");
+        assert_eq!(where_it_runs(&w(None, &[0, 1, 2, 3, 6], None)), "0-3,6");
+        // A cpuset change moved it off the core it was pinned to.
+        assert_eq!(
+            where_it_runs(&w(None, &[0, 1, 2], Some(3))),
+            "0-2 (pinned to 3)"
+        );
+        assert_eq!(where_it_runs(&w(Some(0), &[0], Some(3))), "0 (pinned to 3)");
+        // Not read (an older agent's status): what it was pinned to, if anything.
+        assert_eq!(where_it_runs(&w(Some(3), &[], Some(3))), "3");
+        assert_eq!(where_it_runs(&w(None, &[], None)), "-");
     }
 
     #[test]

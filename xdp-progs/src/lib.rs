@@ -841,11 +841,12 @@ pub fn pin_current_thread(core: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The CPUs thread `tid` (of this process) may run on, as the kernel has them now: what a
-/// pinning asked for, unless a cpuset change has since overridden it. `None` if the thread is
-/// gone (or `tid` is not a thread id: 0 would mean the caller).
+/// The CPUs thread `tid` of this process may run on, as the kernel has them now: what a
+/// pinning asked for, unless a cpuset change has since overridden it. `None` if the process
+/// has no such thread (gone, its id perhaps another process's by now; 0, which the kernel
+/// would take for the caller).
 pub fn thread_cpus(tid: i32) -> Option<Vec<usize>> {
-    if tid <= 0 {
+    if tid <= 0 || !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists() {
         return None;
     }
     // SAFETY: an all-zero cpu_set_t is the empty set.

@@ -40,14 +40,13 @@ pub struct InterfaceView {
 pub struct WorkerView {
     /// Its number (= the rx queue it serves).
     pub worker: usize,
-    /// The core it runs on, where the kernel lets it run on one alone (pinned, and no cpuset
-    /// change has moved it since).
+    /// The one CPU the kernel lets it run on, where its affinity is a single CPU.
     pub core: Option<usize>,
     /// Every CPU the kernel lets it run on now (empty if that could not be read).
     #[serde(default)]
     pub cpus: Vec<usize>,
-    /// The core the agent pinned it to at start, if any: where it differs from `core`,
-    /// something (a cpuset change) has moved the worker since.
+    /// The core the agent pinned it to at start, if any: where `cpus` is known and is not
+    /// this core alone, something (a cpuset change) has moved the worker since.
     #[serde(default)]
     pub pinned: Option<usize>,
     /// Frames received.

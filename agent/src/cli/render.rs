@@ -397,7 +397,7 @@ mod tests {
         );
         assert_eq!(where_it_runs(&w(Some(0), &[0], Some(3))), "0 (pinned to 3)");
         // Not read (an older agent's status): what it was pinned to, if anything.
-        assert_eq!(where_it_runs(&w(Some(3), &[], Some(3))), "3");
+        assert_eq!(where_it_runs(&w(Some(3), &[], None)), "3");
         assert_eq!(where_it_runs(&w(None, &[], None)), "-");
     }
 

@@ -252,7 +252,8 @@ impl PathProfile {
 
     /// The most this path could move (Gbit/s) if kxdp's user space took no time and every
     /// core were kept busy with the rest of its work: the work per megabyte that remains
-    /// (every category but kxdp's user space, yielding and idle) against every core's time.
+    /// (every category but kxdp's user space, yielding and idle: the kernel's on the path,
+    /// the pods' TCP and iperf3, and whatever else ran) against every core's time.
     /// A bound, not a forecast: per-megabyte kernel costs are taken as they were at the
     /// measured rate.
     fn rate_without_kxdp_code(&self) -> f64 {
@@ -508,8 +509,9 @@ pub(crate) fn write_stream_profiles(profiles: &[StreamProfile], r: &mut Report) 
                     r.md,
                     "\nWhat the kernel's part of kxdp's path allows by itself: with kxdp's user \
                      space taking no time and all {cores:.0} cores kept busy with the rest of \
-                     kxdp's row (the kernel's copies, XDP, skbs, bridge and the pods' TCP at the \
-                     cost per megabyte measured here), a stream could reach at most {bound:.2} \
+                     kxdp's row (the kernel's copies, XDP, skbs and bridge, the pods' TCP and \
+                     iperf3, and whatever else ran, at the cost per megabyte measured here), a \
+                     stream could reach at most {bound:.2} \
                      Gbit/s, {:.2}x the kernel path's {:.2} in this profile.",
                     bound / e.gbps,
                     e.gbps

@@ -483,11 +483,28 @@ pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
 /// The CPUs this process may run on: online, and in its affinity mask (which a container's
 /// cpuset narrows); `None` if the kernel does not say.
 pub fn usable_cpus() -> Option<Vec<usize>> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
-    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|c| set.is_set(*c).unwrap_or(false))
-        .collect();
-    (!cpus.is_empty()).then_some(cpus)
+    affinity(0).filter(|cpus| !cpus.is_empty())
+}
+
+/// The CPUs thread `tid` of this process may run on, as the kernel has them now: what a
+/// pinning asked for, unless a cpuset change has since overridden it. `None` if the process
+/// has no such thread (gone, its id perhaps another process's by now; 0, which the kernel
+/// would take for the caller).
+pub fn thread_cpus(tid: i32) -> Option<Vec<usize>> {
+    if tid <= 0 || !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists() {
+        return None;
+    }
+    affinity(tid)
+}
+
+/// Task `pid`'s affinity mask (0: the calling thread's).
+fn affinity(pid: i32) -> Option<Vec<usize>> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(pid)).ok()?;
+    Some(
+        (0..nix::sched::CpuSet::count())
+            .filter(|c| set.is_set(*c).unwrap_or(false))
+            .collect(),
+    )
 }
 
 /// Every core of `cores` must be one of `usable`: a worker pinned elsewhere cannot start.
@@ -619,6 +636,29 @@ mod tests {
         a.cores = Some("nne".into());
         let e = a.resolve_on(Some(&[0])).unwrap_err().to_string();
         assert!(e.contains("--cores") && e.contains("\"nne\""), "{e}");
+    }
+
+    #[test]
+    fn a_threads_cpus_are_its_own_pinning() {
+        let tid = || nix::unistd::gettid().as_raw();
+        let before = thread_cpus(tid()).expect("this thread's CPUs");
+        let last = *before.last().unwrap();
+        // A thread pins itself, then waits while this one reads its CPUs.
+        let (pinned_tx, pinned) = std::sync::mpsc::channel();
+        let (done, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            kxdp_xdp::pin_current_thread(last).expect("pinning needs no privilege");
+            pinned_tx.send(tid()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let other_tid = pinned.recv().unwrap();
+        assert_eq!(thread_cpus(other_tid), Some(vec![last]));
+        // Another thread's pinning is its own.
+        assert_eq!(thread_cpus(tid()), Some(before));
+        done.send(()).unwrap();
+        other.join().expect("thread");
+        assert_eq!(thread_cpus(i32::MAX), None, "no such thread");
+        assert_eq!(thread_cpus(0), None, "0 is not a thread id");
     }
 
     #[test]

@@ -841,29 +841,6 @@ pub fn pin_current_thread(core: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The CPUs thread `tid` of this process may run on, as the kernel has them now: what a
-/// pinning asked for, unless a cpuset change has since overridden it. `None` if the process
-/// has no such thread (gone, its id perhaps another process's by now; 0, which the kernel
-/// would take for the caller).
-pub fn thread_cpus(tid: i32) -> Option<Vec<usize>> {
-    if tid <= 0 || !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists() {
-        return None;
-    }
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
-    // SAFETY: `set` is a live cpu_set_t of the size passed, which the kernel writes.
-    let rc =
-        unsafe { libc::sched_getaffinity(tid, core::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return None;
-    }
-    let cpus = (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: CPU_ISSET reads bit `cpu` of `set`, within its size.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect();
-    Some(cpus)
-}
-
 /// The CPU the calling thread is running on.
 pub fn current_cpu() -> Option<usize> {
     // SAFETY: sched_getcpu has no preconditions.
@@ -1019,22 +996,14 @@ mod tests {
     fn a_pinned_thread_runs_on_its_core() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let last = cores - 1;
-        // SAFETY: gettid has no preconditions.
-        let tid = || unsafe { libc::gettid() };
-        let before = thread_cpus(tid()).expect("this thread's CPUs");
-        let (ran_on, allowed) = std::thread::spawn(move || {
+        let ran_on = std::thread::spawn(move || {
             pin_current_thread(last).expect("pinning needs no privilege");
             std::thread::yield_now();
-            (current_cpu(), thread_cpus(tid()))
+            current_cpu()
         })
         .join()
         .expect("thread");
         assert_eq!(ran_on, Some(last));
-        assert_eq!(allowed, Some(vec![last]));
-        // Another thread's pinning is its own.
-        assert_eq!(thread_cpus(tid()), Some(before));
-        assert_eq!(thread_cpus(i32::MAX), None, "no such thread");
-        assert_eq!(thread_cpus(0), None, "0 is not a thread id");
     }
 
     #[test]

@@ -204,8 +204,7 @@ pub struct WorkerStats {
     pub counters: Arc<Counters>,
     /// The I/O counters.
     pub io: Arc<IoCounters>,
-    /// The worker thread's id (`gettid`), for where the kernel lets it run
-    /// ([`crate::thread_cpus`]).
+    /// The worker thread's id (`gettid`), for asking the kernel where it may run.
     pub tid: i32,
 }
 

@@ -283,7 +283,7 @@ impl AdminState {
                 .enumerate()
                 .map(|(i, w)| {
                     let io = w.io.read();
-                    let cpus = kxdp_xdp::thread_cpus(w.tid).unwrap_or_default();
+                    let cpus = crate::settings::thread_cpus(w.tid).unwrap_or_default();
                     WorkerView {
                         worker: i,
                         core: match cpus[..] {
